@@ -1,0 +1,1 @@
+//! A local Azure IoT Hub (work in progress).

@@ -1,0 +1,249 @@
+//! Percent-encoding as IoT Hub uses it, in one place.
+//!
+//! One rule serves the SAS `sr`/`sig`/`skn` fields, property-bag names and values, request ids
+//! and username query values: the RFC 3986 unreserved set `A-Z a-z 0-9 - _ . ~` is kept and every
+//! other byte becomes uppercase `%XX` (Python's `quote(safe='')`, azure-sdk-for-c). Space is
+//! `%20`, never `+`.
+//!
+//! Decoding is lenient in what it reads, as the hub is: lower- or upper-case hex both decode, and
+//! `+` stays a literal `+` (Python's `unquote`; a `+` is not a space in a topic). A `%` not followed
+//! by two hex digits is an error rather than being passed through, so a truncated escape is caught
+//! instead of silently producing a different string.
+
+use core::fmt;
+
+/// Whether `b` is left as-is by [`encode`]: the RFC 3986 unreserved set.
+#[inline]
+pub const fn is_unreserved(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'~')
+}
+
+const HEX_UPPER: &[u8; 16] = b"0123456789ABCDEF";
+
+/// Writes `s` percent-encoded (unreserved kept, everything else uppercase `%XX`) into `out`.
+///
+/// # Errors
+/// Only the writer's own error (for example a full fixed-capacity buffer).
+pub fn encode<W: fmt::Write + ?Sized>(out: &mut W, s: &str) -> fmt::Result {
+    let bytes = s.as_bytes();
+    let mut start = 0;
+    for (i, &b) in bytes.iter().enumerate() {
+        if !is_unreserved(b) {
+            if start < i {
+                // Safe split: unreserved bytes are ASCII, so [start, i) is on char boundaries.
+                out.write_str(&s[start..i])?;
+            }
+            let esc = [
+                b'%',
+                HEX_UPPER[usize::from(b >> 4)],
+                HEX_UPPER[usize::from(b & 0xF)],
+            ];
+            // The three bytes are ASCII.
+            out.write_str(core::str::from_utf8(&esc).map_err(|_| fmt::Error)?)?;
+            start = i + 1;
+        }
+    }
+    if start < bytes.len() {
+        out.write_str(&s[start..])?;
+    }
+    Ok(())
+}
+
+/// `Display` adapter: `format!("{}", Encoded("a/b"))` is `a%2Fb`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Encoded<'a>(pub &'a str);
+
+impl fmt::Display for Encoded<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        encode(f, self.0)
+    }
+}
+
+/// The length `s` has once encoded.
+pub fn encoded_len(s: &str) -> usize {
+    s.bytes()
+        .map(|b| if is_unreserved(b) { 1 } else { 3 })
+        .sum()
+}
+
+/// Why a percent-encoded string could not be decoded.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DecodeError {
+    /// A `%` not followed by two hex digits.
+    BadEscape,
+    /// The decoded bytes are not UTF-8.
+    NotUtf8,
+    /// The output buffer is too small.
+    BufferTooSmall,
+}
+
+impl fmt::Display for DecodeError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::BadEscape => "bad percent escape",
+            Self::NotUtf8 => "percent-decoded text is not utf-8",
+            Self::BufferTooSmall => "buffer too small for decoded text",
+        })
+    }
+}
+
+impl core::error::Error for DecodeError {}
+
+#[inline]
+const fn hex_val(b: u8) -> Option<u8> {
+    match b {
+        b'0'..=b'9' => Some(b - b'0'),
+        b'a'..=b'f' => Some(b - b'a' + 10),
+        b'A'..=b'F' => Some(b - b'A' + 10),
+        _ => None,
+    }
+}
+
+/// Whether `s` contains any `%` escape (so decoding would change it).
+#[inline]
+pub fn needs_decoding(s: &str) -> bool {
+    s.as_bytes().contains(&b'%')
+}
+
+/// Decodes `s` into `buf` and returns the decoded text. `+` is kept as `+`.
+///
+/// # Errors
+/// [`DecodeError::BadEscape`] for a `%` without two hex digits, [`DecodeError::NotUtf8`] when the
+/// result is not UTF-8, [`DecodeError::BufferTooSmall`] when `buf` is shorter than the result.
+pub fn decode<'b>(s: &str, buf: &'b mut [u8]) -> Result<&'b str, DecodeError> {
+    let bytes = s.as_bytes();
+    let mut i = 0;
+    let mut n = 0;
+    while i < bytes.len() {
+        let b = bytes[i];
+        let out = if b == b'%' {
+            let hi = bytes.get(i + 1).copied().and_then(hex_val);
+            let lo = bytes.get(i + 2).copied().and_then(hex_val);
+            match (hi, lo) {
+                (Some(h), Some(l)) => {
+                    i += 3;
+                    (h << 4) | l
+                }
+                _ => return Err(DecodeError::BadEscape),
+            }
+        } else {
+            i += 1;
+            b
+        };
+        *buf.get_mut(n).ok_or(DecodeError::BufferTooSmall)? = out;
+        n += 1;
+    }
+    core::str::from_utf8(&buf[..n]).map_err(|_| DecodeError::NotUtf8)
+}
+
+/// Decodes `s` into any `fmt::Write` (a `String`, a `heapless::String`), without a scratch buffer.
+///
+/// # Errors
+/// As [`decode`]; a writer error is reported as [`DecodeError::BufferTooSmall`].
+pub fn decode_to<W: fmt::Write + ?Sized>(out: &mut W, s: &str) -> Result<(), DecodeError> {
+    // Escaped bytes of one multi-byte UTF-8 character are collected in `pending` and written
+    // once the character is complete.
+    let bytes = s.as_bytes();
+    let mut pending = [0u8; 4];
+    let mut pending_len = 0usize;
+    let mut i = 0;
+    while i < bytes.len() {
+        let b = bytes[i];
+        if b == b'%' {
+            let hi = bytes.get(i + 1).copied().and_then(hex_val);
+            let lo = bytes.get(i + 2).copied().and_then(hex_val);
+            let (Some(h), Some(l)) = (hi, lo) else {
+                return Err(DecodeError::BadEscape);
+            };
+            i += 3;
+            let v = (h << 4) | l;
+            if pending_len == 0 && v.is_ascii() {
+                let one = [v];
+                let s = core::str::from_utf8(&one).map_err(|_| DecodeError::NotUtf8)?;
+                out.write_str(s).map_err(|_| DecodeError::BufferTooSmall)?;
+                continue;
+            }
+            if pending_len == pending.len() {
+                return Err(DecodeError::NotUtf8);
+            }
+            pending[pending_len] = v;
+            pending_len += 1;
+            match core::str::from_utf8(&pending[..pending_len]) {
+                Ok(s) => {
+                    out.write_str(s).map_err(|_| DecodeError::BufferTooSmall)?;
+                    pending_len = 0;
+                }
+                Err(e) if e.error_len().is_none() => {} // incomplete sequence: wait for more
+                Err(_) => return Err(DecodeError::NotUtf8),
+            }
+        } else {
+            if pending_len != 0 {
+                return Err(DecodeError::NotUtf8);
+            }
+            // Copy the run of literal text up to the next '%'.
+            let end = bytes[i..]
+                .iter()
+                .position(|&c| c == b'%')
+                .map_or(bytes.len(), |p| i + p);
+            out.write_str(&s[i..end])
+                .map_err(|_| DecodeError::BufferTooSmall)?;
+            i = end;
+        }
+    }
+    if pending_len != 0 {
+        return Err(DecodeError::NotUtf8);
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    extern crate std;
+    use super::*;
+    use std::string::String;
+
+    #[test]
+    fn unreserved_kept_everything_else_upper_hex() {
+        let mut s = String::new();
+        encode(&mut s, "myhub.azure-devices.net/devices/a b~_.-+=é").unwrap();
+        assert_eq!(s, "myhub.azure-devices.net%2Fdevices%2Fa%20b~_.-%2B%3D%C3%A9");
+        assert_eq!(encoded_len("a/b é"), s_len("a/b é"));
+    }
+
+    fn s_len(x: &str) -> usize {
+        std::format!("{}", Encoded(x)).len()
+    }
+
+    #[test]
+    fn decode_accepts_both_cases_and_keeps_plus() {
+        let mut buf = [0u8; 64];
+        assert_eq!(decode("a%2fb%2Fc+d", &mut buf).unwrap(), "a/b/c+d");
+        let mut s = String::new();
+        decode_to(&mut s, "%C3%A9t%c3%a9+x").unwrap();
+        assert_eq!(s, "été+x");
+    }
+
+    #[test]
+    fn bad_escapes_are_errors() {
+        let mut buf = [0u8; 8];
+        assert_eq!(decode("%4", &mut buf), Err(DecodeError::BadEscape));
+        assert_eq!(decode("%zz", &mut buf), Err(DecodeError::BadEscape));
+        assert_eq!(decode("%FF", &mut buf), Err(DecodeError::NotUtf8));
+        assert_eq!(decode("abcdefghij", &mut buf), Err(DecodeError::BufferTooSmall));
+        let mut s = String::new();
+        assert_eq!(decode_to(&mut s, "%C3"), Err(DecodeError::NotUtf8));
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn encode_decode_round_trip(input in ".*") {
+            let enc = std::format!("{}", Encoded(&input));
+            proptest::prop_assert!(enc.bytes().all(|b| is_unreserved(b) || b == b'%'));
+            let mut s = String::new();
+            decode_to(&mut s, &enc).unwrap();
+            proptest::prop_assert_eq!(&s, &input);
+            let mut buf = std::vec![0u8; input.len()];
+            proptest::prop_assert_eq!(decode(&enc, &mut buf).unwrap(), input.as_str());
+        }
+    }
+}

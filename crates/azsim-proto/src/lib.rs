@@ -1,0 +1,12 @@
+//! The wire rules of Azure IoT Hub's device MQTT dialect, and the device session, for every
+//! azsim part: the laptop driver, the local hub and the ESP32 firmware.
+//!
+//! `#![no_std]`, no heap, no I/O and no clock: functions write into caller buffers
+//! (`core::fmt::Write`, `&mut [u8]`) and time is a `u64` of Unix seconds passed in. What this
+//! crate does not do: open sockets, frame MQTT packets, read the time, or allocate.
+#![no_std]
+
+#[cfg(any(feature = "std", test))]
+extern crate std;
+
+pub mod encoding;

@@ -1,0 +1,1 @@
+//! azsim: the CLI's library half, so integration tests can call in.
