@@ -10,3 +10,10 @@
 extern crate std;
 
 pub mod encoding;
+pub mod connection_string;
+pub mod sas;
+pub mod username;
+pub mod topic;
+pub mod property_bag;
+pub mod session;
+pub mod device;
