@@ -579,7 +579,13 @@ pub struct C2dTopic<'a> {
 pub fn parse_c2d(topic: &str) -> Result<C2dTopic<'_>, TopicError> {
     const MARK: &str = "/messages/devicebound";
     let rest = topic.strip_prefix("devices/").ok_or(TopicError::NoMatch)?;
-    let at = rest.find(MARK).ok_or(TopicError::NoMatch)?;
+    // Scanning the `/`s (memchr) beats a substring search on these short topics; the device id
+    // normally has no `/`, so the first one is the hit.
+    let at = rest
+        .match_indices('/')
+        .map(|(i, _)| i)
+        .find(|&i| rest[i..].starts_with(MARK))
+        .ok_or(TopicError::NoMatch)?;
     let device_id = &rest[..at];
     let after = &rest[at + MARK.len()..];
     let bag = match after {
