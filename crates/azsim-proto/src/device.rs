@@ -1,1 +1,1151 @@
-//! (being written)
+//! The reference device behaviour shared by `azsim run` and the ESP32 firmware, on top of
+//! [`crate::session`]: what the simulated (or real) device sends and how it answers.
+//!
+//! - Telemetry `{"temperature":..,"humidity":..,"seq":n}` every interval, values from a
+//!   [`Sensor`] (real on the board, the seeded [`RandomWalk`] on a laptop).
+//! - Direct methods: `ping` (200, echoes the payload), `reboot` (200, then reconnects),
+//!   `setTelemetryInterval` (`{"interval":seconds}`: 200, or 400 on bad input); anything else
+//!   404 `{"message":"method not found"}`.
+//! - Desired property `telemetryInterval`: applied and acknowledged in reported properties as
+//!   `{"telemetryInterval":{"value":v,"ac":200,"av":<desired $version>}}` (the Plug and Play
+//!   writable-property convention), from the full twin after a connect and from each patch.
+//! - On every connect it reports `{"azsim":{"version":..}}`.
+//!
+//! No heap: JSON is written with `core::fmt` into caller buffers and read with the small
+//! [`json`] scanner, which finds a value by key path without building a tree.
+
+use core::fmt::{self, Write as _};
+
+use crate::session::{Event, Publish, PublishKind, Session, TwinRequestKind};
+
+/// Shortest telemetry interval accepted, in seconds.
+pub const MIN_INTERVAL: u64 = 1;
+/// Longest telemetry interval accepted (one day), in seconds.
+pub const MAX_INTERVAL: u64 = 86_400;
+/// Size of the buffer [`Device::poll_telemetry`] writes the body into.
+pub const TELEMETRY_BUFFER_LEN: usize = 128;
+/// Room [`Device::handle_event`] and [`Device::poll_publish`] keep at the end of their buffer
+/// for a body they write themselves (the topic goes in front of it).
+pub const SMALL_BODY_LEN: usize = 160;
+
+/// One sensor reading.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Reading {
+    /// Degrees Celsius.
+    pub temperature: f32,
+    /// Relative humidity, percent.
+    pub humidity: f32,
+}
+
+/// Where telemetry values come from.
+pub trait Sensor {
+    /// Takes a reading.
+    fn read(&mut self) -> Reading;
+}
+
+/// A seeded random walk around room conditions: the same seed gives the same values, so a
+/// simulated run is repeatable.
+#[derive(Clone, Debug)]
+pub struct RandomWalk {
+    state: u64,
+    current: Reading,
+}
+
+impl RandomWalk {
+    /// A walk starting near 22 °C and 50 % from `seed`.
+    pub fn new(seed: u64) -> Self {
+        // splitmix64 of the seed, so seeds 0, 1, 2 do not start correlated (and never 0).
+        let mut z = seed.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        let state = (z ^ (z >> 31)) | 1;
+        let mut w = Self {
+            state,
+            current: Reading {
+                temperature: 22.0,
+                humidity: 50.0,
+            },
+        };
+        w.current.temperature += w.step(2.0);
+        w.current.humidity += w.step(10.0);
+        w
+    }
+
+    /// The next pseudo-random number (xorshift64*).
+    pub fn next_u32(&mut self) -> u32 {
+        let mut x = self.state;
+        x ^= x >> 12;
+        x ^= x << 25;
+        x ^= x >> 27;
+        self.state = x;
+        (x.wrapping_mul(0x2545_F491_4F6C_DD1D) >> 32) as u32
+    }
+
+    /// A value in `[-span/2, span/2]`.
+    fn step(&mut self, span: f32) -> f32 {
+        let unit = self.next_u32() as f32 / u32::MAX as f32;
+        (unit - 0.5) * span
+    }
+}
+
+impl Sensor for RandomWalk {
+    fn read(&mut self) -> Reading {
+        let t = self.current.temperature + self.step(0.4);
+        let h = self.current.humidity + self.step(1.0);
+        self.current = Reading {
+            temperature: t.clamp(-20.0, 50.0),
+            humidity: h.clamp(0.0, 100.0),
+        };
+        self.current
+    }
+}
+
+/// How the behaviour starts.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct DeviceConfig {
+    /// Telemetry interval in seconds.
+    pub interval: u64,
+    /// Software version reported as `azsim.version`.
+    pub version: &'static str,
+}
+
+/// A telemetry message due now.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Telemetry<'b> {
+    /// Sequence number, from 1.
+    pub seq: u32,
+    /// The JSON body.
+    pub body: &'b str,
+}
+
+/// What the device answered to a method (for the driver's output).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct MethodOutcome {
+    /// Status sent.
+    pub status: u16,
+    /// Whether the device will reconnect (`reboot`).
+    pub reboot: bool,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct IntervalAck {
+    value: u64,
+    ac: u16,
+    av: u64,
+}
+
+/// The reference behaviour. Drive it next to a [`Session`]:
+///
+/// ```text
+/// on each session event e:   device.handle_event(now, &e, &mut session, buf) -> maybe a publish
+/// then:                      while let Some(p) = device.poll_publish(now, &mut session, buf) { send p }
+/// when device.poll_timeout() passes: device.poll_telemetry(now, buf) -> body to queue and send
+/// ```
+/// A returned publish must be sent before the session's next actions (a `reboot` response
+/// precedes its disconnect).
+#[derive(Debug)]
+pub struct Device<S> {
+    sensor: S,
+    interval: u64,
+    version: &'static str,
+    next_at: Option<u64>,
+    seq: u32,
+    report_version: bool,
+    version_rid: Option<u32>,
+    ack: Option<IntervalAck>,
+    ack_rid: Option<(u32, IntervalAck)>,
+}
+
+impl<S: Sensor> Device<S> {
+    /// A device reading `sensor`; the interval is clamped to [`MIN_INTERVAL`]..=[`MAX_INTERVAL`].
+    pub fn new(sensor: S, config: DeviceConfig) -> Self {
+        Self {
+            sensor,
+            interval: config.interval.clamp(MIN_INTERVAL, MAX_INTERVAL),
+            version: config.version,
+            next_at: None,
+            seq: 0,
+            report_version: false,
+            version_rid: None,
+            ack: None,
+            ack_rid: None,
+        }
+    }
+
+    /// The telemetry interval in seconds.
+    pub fn interval(&self) -> u64 {
+        self.interval
+    }
+
+    /// The last sequence number produced.
+    pub fn seq(&self) -> u32 {
+        self.seq
+    }
+
+    /// Changes the interval; the next message is due one new interval after the last one.
+    pub fn set_interval(&mut self, now: u64, interval: u64) {
+        let interval = interval.clamp(MIN_INTERVAL, MAX_INTERVAL);
+        if let Some(next) = self.next_at {
+            let last = next.saturating_sub(self.interval);
+            self.next_at = Some((last + interval).max(now));
+        }
+        self.interval = interval;
+    }
+
+    /// When telemetry is next due (`None` before the first [`Device::poll_telemetry`], which
+    /// produces a message at once).
+    pub fn poll_timeout(&self) -> Option<u64> {
+        self.next_at
+    }
+
+    /// The telemetry message due at `now`, if any. Messages are produced whether or not the
+    /// session is connected: the driver queues them.
+    pub fn poll_telemetry<'b>(
+        &mut self,
+        now: u64,
+        buf: &'b mut [u8; TELEMETRY_BUFFER_LEN],
+    ) -> Option<Telemetry<'b>> {
+        if self.next_at.is_some_and(|t| now < t) {
+            return None;
+        }
+        // Late by more than an interval (a paused process): resume the cadence, no burst.
+        let next = match self.next_at {
+            Some(t) if now < t + self.interval => t + self.interval,
+            _ => now + self.interval,
+        };
+        self.next_at = Some(next);
+        self.seq = self.seq.wrapping_add(1);
+        let r = self.sensor.read();
+        let seq = self.seq;
+        let body = write_str(&mut buf[..], |w| {
+            write!(
+                w,
+                "{{\"temperature\":{:.2},\"humidity\":{:.2},\"seq\":{seq}}}",
+                finite(r.temperature),
+                finite(r.humidity),
+            )
+        })?;
+        Some(Telemetry { seq, body })
+    }
+
+    /// Reacts to a session event. For a method request it returns the response to send now
+    /// (with [`Device::method_outcome`] telling what it was); other events only update state.
+    pub fn handle_event<'a>(
+        &mut self,
+        now: u64,
+        event: &Event<'a>,
+        session: &mut Session,
+        buf: &'a mut [u8],
+    ) -> Option<Publish<'a>> {
+        match *event {
+            Event::Connected { .. } => {
+                self.report_version = true;
+                None
+            }
+            Event::MethodRequest { name, rid, payload } => {
+                self.respond(now, name, rid, payload, session, buf)
+            }
+            Event::Twin {
+                document,
+                desired_version,
+            } => {
+                if let Some(raw) = json::find(document, &["desired", "telemetryInterval"]) {
+                    let av = desired_version.unwrap_or(0);
+                    let reported = json::find(document, &["reported", "telemetryInterval"]);
+                    let already = reported.is_some_and(|r| {
+                        json::find_u64(r, &["av"]) == Some(av)
+                            && json::find_u64(r, &["value"]) == json::as_u64(raw)
+                            && json::find_u64(r, &["ac"]) == Some(200)
+                    });
+                    self.apply_desired(now, raw, av);
+                    if already && self.ack.is_some_and(|a| a.ac == 200) {
+                        self.ack = None;
+                    }
+                }
+                None
+            }
+            Event::DesiredPatch { version, patch } => {
+                if let Some(raw) = json::find(patch, &["telemetryInterval"]) {
+                    self.apply_desired(now, raw, version);
+                }
+                None
+            }
+            Event::ReportedAccepted { rid, .. } => {
+                if self.version_rid == Some(rid) {
+                    self.version_rid = None;
+                }
+                if self.ack_rid.is_some_and(|(r, _)| r == rid) {
+                    self.ack_rid = None;
+                }
+                None
+            }
+            Event::TwinRequestFailed {
+                rid,
+                kind: TwinRequestKind::Reported,
+                ..
+            } => {
+                // Report again on the next chance rather than leave the twin stale.
+                if self.version_rid == Some(rid) {
+                    self.version_rid = None;
+                    self.report_version = true;
+                }
+                if let Some((r, ack)) = self.ack_rid
+                    && r == rid
+                {
+                    self.ack_rid = None;
+                    self.ack.get_or_insert(ack);
+                }
+                None
+            }
+            _ => None,
+        }
+    }
+
+    /// How the device answers method `name` (the driver's output uses it; the answer itself
+    /// comes from [`Device::handle_event`]).
+    pub fn method_outcome(name: &str, payload: &[u8]) -> MethodOutcome {
+        match name {
+            "ping" => MethodOutcome {
+                status: 200,
+                reboot: false,
+            },
+            "reboot" => MethodOutcome {
+                status: 200,
+                reboot: true,
+            },
+            "setTelemetryInterval" => MethodOutcome {
+                status: if parse_interval_request(payload).is_ok() {
+                    200
+                } else {
+                    400
+                },
+                reboot: false,
+            },
+            _ => MethodOutcome {
+                status: 404,
+                reboot: false,
+            },
+        }
+    }
+
+    /// The next reported-properties PATCH the behaviour wants sent, if the session takes it.
+    pub fn poll_publish<'a>(
+        &mut self,
+        now: u64,
+        session: &mut Session,
+        buf: &'a mut [u8],
+    ) -> Option<Publish<'a>> {
+        if !session.is_connected() {
+            return None;
+        }
+        let (topic_buf, body_buf) = split_for_body(buf)?;
+        if self.report_version && self.version_rid.is_none() {
+            let version = self.version;
+            let body = write_str(body_buf, |w| {
+                write!(w, "{{\"azsim\":{{\"version\":{}}}}}", json::Quoted(version))
+            })?;
+            let p = session
+                .send_reported(now, body.as_bytes(), topic_buf)
+                .ok()?;
+            if let PublishKind::Reported { rid } = p.kind {
+                self.version_rid = Some(rid);
+            }
+            self.report_version = false;
+            return Some(p);
+        }
+        // A newer acknowledgement goes out even while an older one is unanswered: the hub
+        // applies patches in order, so the last one wins.
+        if let Some(ack) = self.ack {
+            let body = write_str(body_buf, |w| {
+                write!(
+                    w,
+                    "{{\"telemetryInterval\":{{\"value\":{},\"ac\":{},\"av\":{}",
+                    ack.value, ack.ac, ack.av
+                )?;
+                if ack.ac != 200 {
+                    w.write_str(
+                        ",\"ad\":\"telemetryInterval must be an integer from 1 to 86400\"",
+                    )?;
+                }
+                w.write_str("}}")
+            })?;
+            let p = session
+                .send_reported(now, body.as_bytes(), topic_buf)
+                .ok()?;
+            if let PublishKind::Reported { rid } = p.kind {
+                self.ack_rid = Some((rid, ack));
+            }
+            self.ack = None;
+            return Some(p);
+        }
+        None
+    }
+
+    fn apply_desired(&mut self, now: u64, raw: &[u8], version: u64) {
+        if raw == b"null" {
+            // The property was removed: keep the current interval, nothing to acknowledge.
+            return;
+        }
+        match json::as_u64(raw).filter(|v| (MIN_INTERVAL..=MAX_INTERVAL).contains(v)) {
+            Some(v) => {
+                self.set_interval(now, v);
+                self.ack = Some(IntervalAck {
+                    value: v,
+                    ac: 200,
+                    av: version,
+                });
+            }
+            None => {
+                self.ack = Some(IntervalAck {
+                    value: self.interval,
+                    ac: 400,
+                    av: version,
+                });
+            }
+        }
+    }
+
+    fn respond<'a>(
+        &mut self,
+        now: u64,
+        name: &str,
+        rid: &str,
+        payload: &'a [u8],
+        session: &mut Session,
+        buf: &'a mut [u8],
+    ) -> Option<Publish<'a>> {
+        if name == "ping" {
+            let body: &'a [u8] = if payload.is_empty() { b"null" } else { payload };
+            return session.respond_method(rid, 200, body, buf).ok();
+        }
+        let (topic_buf, body_buf) = split_for_body(buf)?;
+        let (status, body): (u16, &'a str) = match name {
+            "reboot" => (200, "{\"message\":\"rebooting\"}"),
+            "setTelemetryInterval" => match parse_interval_request(payload) {
+                Ok(v) => {
+                    self.set_interval(now, v);
+                    let body = write_str(body_buf, |w| write!(w, "{{\"interval\":{v}}}"))?;
+                    (200, body)
+                }
+                Err(msg) => {
+                    let body = write_str(body_buf, |w| {
+                        write!(w, "{{\"message\":{}}}", json::Quoted(msg))
+                    })?;
+                    (400, body)
+                }
+            },
+            _ => (404, "{\"message\":\"method not found\"}"),
+        };
+        let p = session
+            .respond_method(rid, status, body.as_bytes(), topic_buf)
+            .ok()?;
+        if name == "reboot" {
+            session.reconnect(now);
+        }
+        Some(p)
+    }
+}
+
+/// Reads `{"interval":seconds}`.
+///
+/// # Errors
+/// A short message saying what is wrong with the request.
+pub fn parse_interval_request(payload: &[u8]) -> Result<u64, &'static str> {
+    if !json::is_object(payload) {
+        return Err("payload must be a JSON object like {\"interval\":5}");
+    }
+    let raw = json::find(payload, &["interval"]).ok_or("missing \"interval\"")?;
+    json::as_u64(raw)
+        .filter(|v| (MIN_INTERVAL..=MAX_INTERVAL).contains(v))
+        .ok_or("\"interval\" must be an integer from 1 to 86400")
+}
+
+fn finite(x: f32) -> f32 {
+    if x.is_finite() { x } else { 0.0 }
+}
+
+fn split_for_body(buf: &mut [u8]) -> Option<(&mut [u8], &mut [u8])> {
+    let at = buf.len().checked_sub(SMALL_BODY_LEN)?;
+    Some(buf.split_at_mut(at))
+}
+
+struct SliceWriter<'b> {
+    buf: &'b mut [u8],
+    len: usize,
+}
+
+impl fmt::Write for SliceWriter<'_> {
+    fn write_str(&mut self, s: &str) -> fmt::Result {
+        let end = self.len.checked_add(s.len()).ok_or(fmt::Error)?;
+        self.buf
+            .get_mut(self.len..end)
+            .ok_or(fmt::Error)?
+            .copy_from_slice(s.as_bytes());
+        self.len = end;
+        Ok(())
+    }
+}
+
+fn write_str<'b>(
+    buf: &'b mut [u8],
+    f: impl FnOnce(&mut SliceWriter<'_>) -> fmt::Result,
+) -> Option<&'b str> {
+    let mut w = SliceWriter { buf, len: 0 };
+    f(&mut w).ok()?;
+    let len = w.len;
+    let buf: &'b [u8] = buf;
+    core::str::from_utf8(&buf[..len]).ok()
+}
+
+/// A small JSON reader for the few fields the session and the behaviour need: find a value by
+/// a path of object keys and get its raw bytes, without allocating. It checks the syntax of
+/// everything it walks over and gives up (`None`) on anything malformed or nested deeper than
+/// [`json::MAX_DEPTH`], so hostile input cannot make it panic or recurse without bound.
+pub mod json {
+    use core::fmt;
+
+    /// Deepest nesting walked.
+    pub const MAX_DEPTH: usize = 32;
+
+    struct Cursor<'a> {
+        s: &'a [u8],
+        i: usize,
+    }
+
+    impl<'a> Cursor<'a> {
+        fn ws(&mut self) {
+            while matches!(self.s.get(self.i), Some(b' ' | b'\t' | b'\n' | b'\r')) {
+                self.i += 1;
+            }
+        }
+
+        fn peek(&self) -> Option<u8> {
+            self.s.get(self.i).copied()
+        }
+
+        fn eat(&mut self, b: u8) -> Option<()> {
+            self.ws();
+            (self.peek()? == b).then(|| self.i += 1)
+        }
+
+        /// A string; returns its raw contents (escapes not decoded).
+        fn string(&mut self) -> Option<&'a [u8]> {
+            self.ws();
+            if self.peek()? != b'"' {
+                return None;
+            }
+            self.i += 1;
+            let start = self.i;
+            loop {
+                match self.peek()? {
+                    b'"' => {
+                        let raw = &self.s[start..self.i];
+                        self.i += 1;
+                        return Some(raw);
+                    }
+                    b'\\' => {
+                        self.i += 1;
+                        match self.peek()? {
+                            b'"' | b'\\' | b'/' | b'b' | b'f' | b'n' | b'r' | b't' => self.i += 1,
+                            b'u' => {
+                                let hex = self.s.get(self.i + 1..self.i + 5)?;
+                                if !hex.iter().all(u8::is_ascii_hexdigit) {
+                                    return None;
+                                }
+                                self.i += 5;
+                            }
+                            _ => return None,
+                        }
+                    }
+                    0..=0x1F => return None,
+                    _ => self.i += 1,
+                }
+            }
+        }
+
+        fn digits(&mut self) -> usize {
+            let start = self.i;
+            while self.peek().is_some_and(|b| b.is_ascii_digit()) {
+                self.i += 1;
+            }
+            self.i - start
+        }
+
+        fn number(&mut self) -> Option<()> {
+            if self.peek() == Some(b'-') {
+                self.i += 1;
+            }
+            match self.peek()? {
+                b'0' => self.i += 1,
+                b'1'..=b'9' => {
+                    self.digits();
+                }
+                _ => return None,
+            }
+            if self.peek() == Some(b'.') {
+                self.i += 1;
+                (self.digits() > 0).then_some(())?;
+            }
+            if matches!(self.peek(), Some(b'e' | b'E')) {
+                self.i += 1;
+                if matches!(self.peek(), Some(b'+' | b'-')) {
+                    self.i += 1;
+                }
+                (self.digits() > 0).then_some(())?;
+            }
+            Some(())
+        }
+
+        /// Skips one value; returns its raw bytes.
+        fn value(&mut self, depth: usize) -> Option<&'a [u8]> {
+            self.ws();
+            let start = self.i;
+            match self.peek()? {
+                b'{' => {
+                    if depth >= MAX_DEPTH {
+                        return None;
+                    }
+                    self.i += 1;
+                    self.ws();
+                    if self.peek()? == b'}' {
+                        self.i += 1;
+                    } else {
+                        loop {
+                            self.string()?;
+                            self.eat(b':')?;
+                            self.value(depth + 1)?;
+                            self.ws();
+                            match self.peek()? {
+                                b',' => self.i += 1,
+                                b'}' => {
+                                    self.i += 1;
+                                    break;
+                                }
+                                _ => return None,
+                            }
+                        }
+                    }
+                }
+                b'[' => {
+                    if depth >= MAX_DEPTH {
+                        return None;
+                    }
+                    self.i += 1;
+                    self.ws();
+                    if self.peek()? == b']' {
+                        self.i += 1;
+                    } else {
+                        loop {
+                            self.value(depth + 1)?;
+                            self.ws();
+                            match self.peek()? {
+                                b',' => self.i += 1,
+                                b']' => {
+                                    self.i += 1;
+                                    break;
+                                }
+                                _ => return None,
+                            }
+                        }
+                    }
+                }
+                b'"' => {
+                    self.string()?;
+                }
+                b't' | b'f' | b'n' => {
+                    let rest = &self.s[self.i..];
+                    let lit: &[u8] = [&b"true"[..], b"false", b"null"]
+                        .into_iter()
+                        .find(|l| rest.starts_with(l))?;
+                    self.i += lit.len();
+                }
+                _ => self.number()?,
+            }
+            Some(&self.s[start..self.i])
+        }
+    }
+
+    /// Whether the raw (still escaped) key `raw` equals `want`.
+    fn key_is(raw: &[u8], want: &str) -> bool {
+        if !raw.contains(&b'\\') {
+            return raw == want.as_bytes();
+        }
+        let mut want = want.as_bytes();
+        let mut i = 0;
+        while i < raw.len() {
+            let mut utf8 = [0u8; 4];
+            let piece: &[u8] = if raw[i] == b'\\' {
+                let c = match raw.get(i + 1) {
+                    Some(b'u') => {
+                        let hex = raw
+                            .get(i + 2..i + 6)
+                            .and_then(|h| core::str::from_utf8(h).ok());
+                        let Some(c) = hex
+                            .and_then(|h| u32::from_str_radix(h, 16).ok())
+                            .and_then(char::from_u32)
+                        else {
+                            // Surrogate pairs never match the ASCII keys asked for here.
+                            return false;
+                        };
+                        i += 6;
+                        c
+                    }
+                    Some(&e) => {
+                        i += 2;
+                        match e {
+                            b'b' => '\u{8}',
+                            b'f' => '\u{c}',
+                            b'n' => '\n',
+                            b'r' => '\r',
+                            b't' => '\t',
+                            other => char::from(other),
+                        }
+                    }
+                    None => return false,
+                };
+                c.encode_utf8(&mut utf8).as_bytes()
+            } else {
+                i += 1;
+                core::slice::from_ref(&raw[i - 1])
+            };
+            match want.strip_prefix(piece) {
+                Some(rest) => want = rest,
+                None => return false,
+            }
+        }
+        want.is_empty()
+    }
+
+    /// The raw bytes of the value at `path` (object keys from the top), e.g.
+    /// `find(doc, &["desired", "$version"])`. An empty path returns the whole value.
+    pub fn find<'a>(doc: &'a [u8], path: &[&str]) -> Option<&'a [u8]> {
+        let mut c = Cursor { s: doc, i: 0 };
+        let mut depth = 0;
+        let mut path = path;
+        loop {
+            let Some((first, rest)) = path.split_first() else {
+                return c.value(depth);
+            };
+            c.eat(b'{')?;
+            c.ws();
+            if c.peek()? == b'}' {
+                return None;
+            }
+            loop {
+                let key = c.string()?;
+                c.eat(b':')?;
+                if key_is(key, first) {
+                    break;
+                }
+                c.value(depth + 1)?;
+                c.ws();
+                match c.peek()? {
+                    b',' => c.i += 1,
+                    _ => return None,
+                }
+            }
+            depth += 1;
+            if depth > MAX_DEPTH {
+                return None;
+            }
+            path = rest;
+        }
+    }
+
+    /// The unsigned integer at `path`.
+    pub fn find_u64(doc: &[u8], path: &[&str]) -> Option<u64> {
+        as_u64(find(doc, path)?)
+    }
+
+    /// `raw` as an unsigned integer (no sign, fraction or exponent).
+    pub fn as_u64(raw: &[u8]) -> Option<u64> {
+        if raw.is_empty() || raw.len() > 20 || !raw.iter().all(u8::is_ascii_digit) {
+            return None;
+        }
+        if raw.len() > 1 && raw[0] == b'0' {
+            return None;
+        }
+        core::str::from_utf8(raw).ok()?.parse().ok()
+    }
+
+    /// Whether `doc` is exactly one well-formed JSON value.
+    pub fn is_valid(doc: &[u8]) -> bool {
+        let mut c = Cursor { s: doc, i: 0 };
+        if c.value(0).is_none() {
+            return false;
+        }
+        c.ws();
+        c.i == doc.len()
+    }
+
+    /// Whether `doc` is exactly one well-formed JSON object.
+    pub fn is_object(doc: &[u8]) -> bool {
+        let mut c = Cursor { s: doc, i: 0 };
+        c.ws();
+        c.peek() == Some(b'{') && is_valid(doc)
+    }
+
+    /// Writes a `&str` as a JSON string literal, quotes included.
+    #[derive(Clone, Copy, Debug)]
+    pub struct Quoted<'a>(pub &'a str);
+
+    impl fmt::Display for Quoted<'_> {
+        fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            f.write_str("\"")?;
+            let mut start = 0;
+            for (i, ch) in self.0.char_indices() {
+                let esc = match ch {
+                    '"' => Some("\\\""),
+                    '\\' => Some("\\\\"),
+                    '\n' => Some("\\n"),
+                    '\r' => Some("\\r"),
+                    '\t' => Some("\\t"),
+                    c if (c as u32) < 0x20 => None,
+                    _ => continue,
+                };
+                f.write_str(&self.0[start..i])?;
+                match esc {
+                    Some(e) => f.write_str(e)?,
+                    None => write!(f, "\\u{:04x}", ch as u32)?,
+                }
+                start = i + ch.len_utf8();
+            }
+            f.write_str(&self.0[start..])?;
+            f.write_str("\"")
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::session::{ACTION_BUFFER_LEN, Action, Identity, SessionConfig};
+    use std::string::{String, ToString};
+    use std::vec::Vec;
+
+    struct Fixed(f32, f32);
+    impl Sensor for Fixed {
+        fn read(&mut self) -> Reading {
+            Reading {
+                temperature: self.0,
+                humidity: self.1,
+            }
+        }
+    }
+
+    fn device(interval: u64) -> Device<Fixed> {
+        Device::new(
+            Fixed(21.5, 40.25),
+            DeviceConfig {
+                interval,
+                version: "0.1.0",
+            },
+        )
+    }
+
+    fn connected() -> Session {
+        let mut s = Session::new(Identity::device("d").unwrap(), SessionConfig::default());
+        s.handle_timeout(0);
+        s.handle_connected(0);
+        let mut b = [0u8; ACTION_BUFFER_LEN];
+        while s.poll_action(&mut b).is_some() {}
+        while s.poll_event().is_some() {}
+        s
+    }
+
+    fn owned(p: Option<Publish<'_>>) -> Option<(String, String)> {
+        p.map(|p| {
+            (
+                p.topic.to_string(),
+                String::from_utf8(p.payload.to_vec()).unwrap(),
+            )
+        })
+    }
+
+    fn method(
+        d: &mut Device<Fixed>,
+        s: &mut Session,
+        name: &str,
+        payload: &[u8],
+    ) -> (String, String) {
+        let mut buf = [0u8; 512];
+        let ev = Event::MethodRequest {
+            name,
+            rid: "7",
+            payload,
+        };
+        owned(d.handle_event(0, &ev, s, &mut buf)).unwrap()
+    }
+
+    #[test]
+    fn telemetry_is_json_with_a_sequence_at_each_interval() {
+        let mut d = device(10);
+        let mut buf = [0u8; TELEMETRY_BUFFER_LEN];
+        let t = d.poll_telemetry(100, &mut buf).unwrap();
+        assert_eq!(t.seq, 1);
+        assert_eq!(
+            t.body,
+            "{\"temperature\":21.50,\"humidity\":40.25,\"seq\":1}"
+        );
+        assert_eq!(d.poll_timeout(), Some(110));
+        assert!(d.poll_telemetry(109, &mut buf).is_none());
+        assert_eq!(d.poll_telemetry(111, &mut buf).unwrap().seq, 2);
+        assert_eq!(
+            d.poll_timeout(),
+            Some(120),
+            "cadence kept after a late poll"
+        );
+        assert_eq!(d.poll_telemetry(500, &mut buf).unwrap().seq, 3);
+        assert_eq!(d.poll_timeout(), Some(510), "no burst after a long pause");
+        let v: serde_json::Value =
+            serde_json::from_str(d.poll_telemetry(510, &mut buf).unwrap().body).unwrap();
+        assert_eq!(v["seq"], 4);
+    }
+
+    #[test]
+    fn the_random_walk_is_repeatable_and_plausible() {
+        let mut a = RandomWalk::new(42);
+        let mut b = RandomWalk::new(42);
+        let mut c = RandomWalk::new(43);
+        let ra: Vec<Reading> = (0..1000).map(|_| a.read()).collect();
+        let rb: Vec<Reading> = (0..1000).map(|_| b.read()).collect();
+        assert_eq!(ra, rb);
+        assert_ne!(ra[0], c.read());
+        for r in &ra {
+            assert!((-20.0..=50.0).contains(&r.temperature));
+            assert!((0.0..=100.0).contains(&r.humidity));
+        }
+        for w in ra.windows(2) {
+            assert!((w[1].temperature - w[0].temperature).abs() <= 0.21);
+        }
+    }
+
+    #[test]
+    fn ping_echoes_the_payload() {
+        let mut d = device(10);
+        let mut s = connected();
+        assert_eq!(
+            method(&mut d, &mut s, "ping", b"{\"hello\":[1,2]}"),
+            (
+                "$iothub/methods/res/200/?$rid=7".into(),
+                "{\"hello\":[1,2]}".into()
+            )
+        );
+    }
+
+    #[test]
+    fn unknown_methods_get_404() {
+        let mut d = device(10);
+        let mut s = connected();
+        assert_eq!(
+            method(&mut d, &mut s, "selfDestruct", b"{}"),
+            (
+                "$iothub/methods/res/404/?$rid=7".into(),
+                "{\"message\":\"method not found\"}".into()
+            )
+        );
+    }
+
+    #[test]
+    fn set_telemetry_interval_validates_its_input() {
+        let mut d = device(10);
+        let mut s = connected();
+        assert_eq!(
+            method(&mut d, &mut s, "setTelemetryInterval", b"{\"interval\": 3}"),
+            (
+                "$iothub/methods/res/200/?$rid=7".into(),
+                "{\"interval\":3}".into()
+            )
+        );
+        assert_eq!(d.interval(), 3);
+        for bad in [
+            &b"{\"interval\":0}"[..],
+            b"{\"interval\":\"5\"}",
+            b"{\"interval\":2.5}",
+            b"{\"interval\":-1}",
+            b"{\"interval\":86401}",
+            b"{\"other\":1}",
+            b"[5]",
+            b"not json",
+            b"{\"interval\":5",
+            b"",
+        ] {
+            let (topic, body) = method(&mut d, &mut s, "setTelemetryInterval", bad);
+            assert_eq!(topic, "$iothub/methods/res/400/?$rid=7", "{bad:?}");
+            let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+            assert!(v["message"].is_string());
+            assert_eq!(
+                Device::<Fixed>::method_outcome("setTelemetryInterval", bad).status,
+                400
+            );
+        }
+        assert_eq!(d.interval(), 3);
+    }
+
+    #[test]
+    fn reboot_answers_then_reconnects() {
+        let mut d = device(10);
+        let mut s = connected();
+        let (topic, _) = method(&mut d, &mut s, "reboot", b"null");
+        assert_eq!(topic, "$iothub/methods/res/200/?$rid=7");
+        let mut b = [0u8; ACTION_BUFFER_LEN];
+        assert!(matches!(
+            s.poll_action(&mut b),
+            Some(Action::Disconnect { .. })
+        ));
+    }
+
+    fn reported(d: &mut Device<Fixed>, s: &mut Session) -> Vec<String> {
+        let mut out = Vec::new();
+        loop {
+            let mut buf = [0u8; 512];
+            let Some((topic, body)) = owned(d.poll_publish(0, s, &mut buf)) else {
+                break;
+            };
+            assert!(topic.starts_with("$iothub/twin/PATCH/properties/reported/?$rid="));
+            out.push(body);
+        }
+        out
+    }
+
+    #[test]
+    fn on_connect_it_reports_its_version() {
+        let mut d = device(10);
+        let mut s = connected();
+        let mut buf = [0u8; 64];
+        let ev = Event::Connected {
+            token_expiry: None,
+            reconnect: false,
+        };
+        assert!(d.handle_event(0, &ev, &mut s, &mut buf).is_none());
+        assert_eq!(
+            reported(&mut d, &mut s),
+            ["{\"azsim\":{\"version\":\"0.1.0\"}}"]
+        );
+        assert_eq!(reported(&mut d, &mut s), Vec::<String>::new());
+    }
+
+    #[test]
+    fn desired_interval_is_applied_and_acknowledged() {
+        let mut d = device(10);
+        let mut s = connected();
+        let mut buf = [0u8; 64];
+        let patch = Event::DesiredPatch {
+            version: 5,
+            patch: b"{\"telemetryInterval\":2,\"$version\":5}",
+        };
+        d.handle_event(0, &patch, &mut s, &mut buf);
+        assert_eq!(d.interval(), 2);
+        assert_eq!(
+            reported(&mut d, &mut s),
+            ["{\"telemetryInterval\":{\"value\":2,\"ac\":200,\"av\":5}}"]
+        );
+        let bad = Event::DesiredPatch {
+            version: 6,
+            patch: b"{\"telemetryInterval\":\"fast\",\"$version\":6}",
+        };
+        d.handle_event(0, &bad, &mut s, &mut buf);
+        assert_eq!(d.interval(), 2);
+        let r = reported(&mut d, &mut s);
+        let v: serde_json::Value = serde_json::from_str(&r[0]).unwrap();
+        assert_eq!(v["telemetryInterval"]["ac"], 400);
+        assert_eq!(v["telemetryInterval"]["av"], 6);
+        assert_eq!(v["telemetryInterval"]["value"], 2);
+        // Other desired properties are left alone.
+        let other = Event::DesiredPatch {
+            version: 7,
+            patch: b"{\"colour\":\"red\",\"$version\":7}",
+        };
+        d.handle_event(0, &other, &mut s, &mut buf);
+        assert!(reported(&mut d, &mut s).is_empty());
+    }
+
+    #[test]
+    fn the_twin_document_sets_the_interval_unless_already_acknowledged() {
+        let mut d = device(10);
+        let mut s = connected();
+        let mut buf = [0u8; 64];
+        let doc = Event::Twin {
+            document: b"{\"desired\":{\"telemetryInterval\":4,\"$version\":9},\"reported\":{\"$version\":3}}",
+            desired_version: Some(9),
+        };
+        d.handle_event(0, &doc, &mut s, &mut buf);
+        assert_eq!(d.interval(), 4);
+        assert_eq!(
+            reported(&mut d, &mut s),
+            ["{\"telemetryInterval\":{\"value\":4,\"ac\":200,\"av\":9}}"]
+        );
+        let acked = Event::Twin {
+            document: b"{\"desired\":{\"telemetryInterval\":4,\"$version\":9},\"reported\":{\"telemetryInterval\":{\"value\":4,\"ac\":200,\"av\":9},\"$version\":4}}",
+            desired_version: Some(9),
+        };
+        d.handle_event(0, &acked, &mut s, &mut buf);
+        assert!(reported(&mut d, &mut s).is_empty());
+    }
+
+    #[test]
+    fn a_failed_report_is_sent_again() {
+        let mut d = device(10);
+        let mut s = connected();
+        let mut buf = [0u8; 64];
+        let ev = Event::Connected {
+            token_expiry: None,
+            reconnect: false,
+        };
+        d.handle_event(0, &ev, &mut s, &mut buf);
+        assert_eq!(reported(&mut d, &mut s).len(), 1);
+        let failed = Event::TwinRequestFailed {
+            rid: 2, // rid 1 is the session's GET
+            kind: TwinRequestKind::Reported,
+            status: Some(429),
+            body: b"",
+        };
+        d.handle_event(0, &failed, &mut s, &mut buf);
+        assert_eq!(reported(&mut d, &mut s).len(), 1);
+    }
+
+    #[test]
+    fn the_json_scanner_finds_nested_values() {
+        let doc = br#" { "a" : [1, {"x":2}], "de\"sired": {"$version": 12, "n": null}, "desired" : { "b":"s\u0041", "$version" :7 } } "#;
+        assert_eq!(json::find(doc, &["desired", "$version"]), Some(&b"7"[..]));
+        assert_eq!(json::find_u64(doc, &["desired", "$version"]), Some(7));
+        assert_eq!(
+            json::find(doc, &["desired", "b"]),
+            Some(&br#""s\u0041""#[..])
+        );
+        assert_eq!(json::find(doc, &["a"]), Some(&b"[1, {\"x\":2}]"[..]));
+        assert_eq!(json::find(doc, &["de\"sired", "n"]), Some(&b"null"[..]));
+        assert_eq!(json::find(doc, &["missing"]), None);
+        assert_eq!(json::find(doc, &["a", "x"]), None);
+        assert_eq!(
+            json::find(br#"{"\u0069nterval":5}"#, &["interval"]),
+            Some(&b"5"[..])
+        );
+        assert!(json::is_valid(doc));
+        for bad in [
+            &b"{"[..],
+            b"{\"a\":}",
+            b"{\"a\":1,}",
+            b"[1 2]",
+            b"\"\x01\"",
+            b"01",
+            b"1.",
+            b"tru",
+            b"{} x",
+        ] {
+            assert!(!json::is_valid(bad), "{bad:?}");
+        }
+        let deep: Vec<u8> = core::iter::repeat_n(b'[', 10_000).collect();
+        assert!(!json::is_valid(&deep));
+        assert_eq!(json::as_u64(b"18446744073709551615"), Some(u64::MAX));
+        assert_eq!(json::as_u64(b"18446744073709551616"), None);
+    }
+
+    #[test]
+    fn quoted_strings_are_valid_json() {
+        let s = "a\"b\\c\nd\u{1}é";
+        let q = json::Quoted(s).to_string();
+        let back: String = serde_json::from_str(&q).unwrap();
+        assert_eq!(back, s);
+    }
+}

@@ -1,1 +1,2052 @@
-//! (being written)
+//! The device session, sans-IO: what an IoT Hub device does on its MQTT connection, decided
+//! without touching a socket or a clock (the quinn-proto pattern).
+//!
+//! The driver (tokio + rumqttc on a laptop, embassy on the ESP32) owns the connection and the
+//! time. It tells the session what happened (`handle_*`), then performs what the session asks
+//! (`poll_action`), hands the application what it produced (`poll_event`, and the event returned
+//! by `handle_publish`), and sleeps until `poll_timeout`. Time is Unix seconds.
+//!
+//! What the session owns: the connect / backoff / renewal schedule, the four subscriptions and
+//! the twin GET after every connect, twin request ids with their correlation and timeouts,
+//! desired-patch ordering across reconnects, and the packet ids and acknowledgement of QoS 1
+//! telemetry. What it does not own: telemetry bodies and the offline queue (no heap here; the
+//! driver keeps them and re-queues what [`Event::TelemetryUnacked`] hands back), MQTT framing,
+//! TLS, and signing the token (the driver signs with `crate::sas` for the expiry in
+//! [`Action::Connect`]).
+//!
+//! ```text
+//! driver                         session
+//! ------                         -------
+//! (start)            poll_timeout() == Some(0) -> handle_timeout(now) -> Connect{expiry}
+//! CONNACK 0          handle_connected(now)     -> Subscribe x4, Publish(twin GET)
+//! PUBLISH in         handle_publish(now, t, p) -> Some(Event::MethodRequest{..}) ...
+//! PUBACK             handle_puback(now, pkid)  -> Event::TelemetryAcked{tag}
+//! renewal due        handle_timeout(now)       -> (drain acks) Disconnect{TokenRenewal} -> Connect
+//! socket lost        handle_disconnected(..)   -> Event::Reconnecting{attempt, delay} ... Connect
+//! ```
+
+use core::fmt;
+
+use heapless::{Deque, Vec};
+
+use crate::device::json;
+pub use crate::property_bag::{PropertyBag, SystemProperties};
+
+/// The most QoS 1 telemetry messages the session tracks in flight at once.
+pub const MAX_IN_FLIGHT: usize = 16;
+/// The most twin requests (GET, reported PATCH) awaiting an answer at once.
+pub const MAX_TWIN_REQUESTS: usize = 8;
+/// Size of the buffer [`Session::poll_action`] writes topics into: enough for the longest topic
+/// the session itself produces (the C2D filter of a 128-character device id).
+pub const ACTION_BUFFER_LEN: usize = 256;
+/// Longest device or module id IoT Hub accepts.
+pub const MAX_ID_LEN: usize = 128;
+
+const EVENT_QUEUE_LEN: usize = MAX_IN_FLIGHT + MAX_TWIN_REQUESTS + 8;
+const ACTION_QUEUE_LEN: usize = 8;
+/// Seconds before a failed twin GET (error status or timeout) is retried.
+const TWIN_GET_RETRY_SECS: u64 = 5;
+
+/// MQTT quality of service; IoT Hub has no QoS 2.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum QoS {
+    /// QoS 0.
+    AtMostOnce,
+    /// QoS 1.
+    AtLeastOnce,
+}
+
+/// Who the session connects as. Ids are kept as given (the hub does not URL-decode them).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Identity {
+    device_id: heapless::String<MAX_ID_LEN>,
+    module_id: Option<heapless::String<MAX_ID_LEN>>,
+}
+
+/// Why an [`Identity`] could not be built.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum IdentityError {
+    /// The id is empty.
+    Empty,
+    /// The id is longer than [`MAX_ID_LEN`].
+    TooLong,
+}
+
+impl fmt::Display for IdentityError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::Empty => "device id is empty",
+            Self::TooLong => "device id is longer than 128 characters",
+        })
+    }
+}
+
+impl core::error::Error for IdentityError {}
+
+fn id_string(s: &str) -> Result<heapless::String<MAX_ID_LEN>, IdentityError> {
+    if s.is_empty() {
+        return Err(IdentityError::Empty);
+    }
+    let mut out = heapless::String::new();
+    out.push_str(s).map_err(|()| IdentityError::TooLong)?;
+    Ok(out)
+}
+
+impl Identity {
+    /// A device identity.
+    ///
+    /// # Errors
+    /// [`IdentityError`] when the id is empty or too long.
+    pub fn device(device_id: &str) -> Result<Self, IdentityError> {
+        Ok(Self {
+            device_id: id_string(device_id)?,
+            module_id: None,
+        })
+    }
+
+    /// A module identity. Modules get no C2D subscription (IoT Hub has no module C2D).
+    ///
+    /// # Errors
+    /// [`IdentityError`] when an id is empty or too long.
+    pub fn module(device_id: &str, module_id: &str) -> Result<Self, IdentityError> {
+        Ok(Self {
+            device_id: id_string(device_id)?,
+            module_id: Some(id_string(module_id)?),
+        })
+    }
+
+    /// The device id.
+    pub fn device_id(&self) -> &str {
+        &self.device_id
+    }
+
+    /// The module id, for a module identity.
+    pub fn module_id(&self) -> Option<&str> {
+        self.module_id.as_deref()
+    }
+}
+
+/// The session's knobs. [`SessionConfig::default`] is what `azsim run` and the firmware use.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SessionConfig {
+    /// Lifetime of each SAS token in seconds; `None` when the credential cannot be renewed
+    /// (X.509, or a fixed `SharedAccessSignature` from the connection string).
+    pub token_ttl: Option<u64>,
+    /// Reconnect with a fresh token after this percentage of its lifetime (the C SDK's 80%).
+    pub renew_at_percent: u8,
+    /// First reconnect delay in seconds (before jitter).
+    pub backoff_min: u64,
+    /// Largest reconnect delay in seconds.
+    pub backoff_max: u64,
+    /// Seconds to wait for a twin response before giving up on the request.
+    pub twin_request_timeout: u64,
+    /// Seconds a planned reconnect (renewal, reboot) waits for in-flight telemetry acks, so
+    /// nothing is sent twice; capped so the token never expires first.
+    pub drain_timeout: u64,
+    /// QoS 1 telemetry messages allowed in flight (at most [`MAX_IN_FLIGHT`]).
+    pub max_in_flight: usize,
+    /// MQTT keep-alive in seconds, passed through to [`Action::Connect`] (IoT Hub allows 1177).
+    pub keep_alive: u16,
+    /// MQTT clean-session flag; the SDKs use `false` so C2D queued while offline arrives.
+    pub clean_session: bool,
+    /// Failed connection attempts tolerated before the first successful connect; `None` retries
+    /// forever. A CLI wants `Some(1)` (report and exit), a device `None`.
+    pub max_initial_attempts: Option<u32>,
+    /// Consecutive failed attempts tolerated after having been connected; `None` retries forever.
+    pub max_attempts: Option<u32>,
+}
+
+impl Default for SessionConfig {
+    fn default() -> Self {
+        Self {
+            token_ttl: Some(3600),
+            renew_at_percent: 80,
+            backoff_min: 1,
+            backoff_max: 60,
+            twin_request_timeout: 30,
+            drain_timeout: 5,
+            max_in_flight: MAX_IN_FLIGHT,
+            keep_alive: 60,
+            clean_session: false,
+            max_initial_attempts: None,
+            max_attempts: None,
+        }
+    }
+}
+
+/// A CONNACK return code other than 0 (MQTT 3.1.1).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ConnackCode {
+    /// 1: unacceptable protocol version.
+    BadProtocol,
+    /// 2: identifier rejected.
+    IdentifierRejected,
+    /// 3: server unavailable (seen during hub trouble).
+    ServerUnavailable,
+    /// 4: bad user name or password.
+    BadCredentials,
+    /// 5: not authorized (what IoT Hub sends for every credential problem).
+    NotAuthorized,
+    /// Anything else.
+    Other(u8),
+}
+
+impl ConnackCode {
+    /// Maps a CONNACK return code; `None` for 0 (accepted).
+    pub fn from_u8(code: u8) -> Option<Self> {
+        Some(match code {
+            0 => return None,
+            1 => Self::BadProtocol,
+            2 => Self::IdentifierRejected,
+            3 => Self::ServerUnavailable,
+            4 => Self::BadCredentials,
+            5 => Self::NotAuthorized,
+            n => Self::Other(n),
+        })
+    }
+
+    /// The numeric code.
+    pub fn as_u8(self) -> u8 {
+        match self {
+            Self::BadProtocol => 1,
+            Self::IdentifierRejected => 2,
+            Self::ServerUnavailable => 3,
+            Self::BadCredentials => 4,
+            Self::NotAuthorized => 5,
+            Self::Other(n) => n,
+        }
+    }
+
+    /// Whether retrying with the same credentials is pointless.
+    fn is_credential_problem(self) -> bool {
+        matches!(
+            self,
+            Self::IdentifierRejected | Self::BadCredentials | Self::NotAuthorized
+        )
+    }
+}
+
+impl fmt::Display for ConnackCode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::BadProtocol => f.write_str("unacceptable protocol version"),
+            Self::IdentifierRejected => f.write_str("identifier rejected"),
+            Self::ServerUnavailable => f.write_str("server unavailable"),
+            Self::BadCredentials => f.write_str("bad user name or password"),
+            Self::NotAuthorized => f.write_str("not authorized"),
+            Self::Other(n) => write!(f, "connack code {n}"),
+        }
+    }
+}
+
+/// Why the connection ended or could not be made, as the driver reports it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DisconnectReason {
+    /// The driver closed it because the session asked ([`Action::Disconnect`]).
+    Requested,
+    /// The hub answered CONNECT with a refusal.
+    Refused(ConnackCode),
+    /// Name resolution or the TCP connect failed.
+    Unreachable,
+    /// The TLS handshake failed (certificate or protocol).
+    Tls,
+    /// The connection dropped after it was up: I/O error, EOF, keep-alive timeout, or the hub
+    /// closing it (token expiry, duplicate client, bad topic).
+    Lost,
+}
+
+impl fmt::Display for DisconnectReason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Requested => f.write_str("closed by the device"),
+            Self::Refused(c) => write!(f, "connection refused: {c}"),
+            Self::Unreachable => f.write_str("hub unreachable"),
+            Self::Tls => f.write_str("tls handshake failed"),
+            Self::Lost => f.write_str("connection lost"),
+        }
+    }
+}
+
+/// Why the session asks the driver to close a healthy connection.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DisconnectCause {
+    /// The token reached `renew_at_percent` of its lifetime: reconnect with a fresh one.
+    TokenRenewal,
+    /// The application asked for a reconnect (the `reboot` method).
+    Reconnect,
+    /// The application is stopping.
+    Close,
+}
+
+/// Why the session stopped trying.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum GiveUpReason {
+    /// The hub refused the credentials before the session was ever connected.
+    Refused(ConnackCode),
+    /// The last attempt failed this way and the attempt budget is spent.
+    Exhausted(DisconnectReason),
+}
+
+impl fmt::Display for GiveUpReason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Refused(c) => write!(f, "the hub refused the connection: {c}"),
+            Self::Exhausted(r) => write!(f, "gave up reconnecting: {r}"),
+        }
+    }
+}
+
+/// What a publish carries, so the driver can label it in its output.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PublishKind {
+    /// Telemetry with the application's tag (the driver's sequence number).
+    Telemetry {
+        /// The tag given to [`Session::send_telemetry`].
+        tag: u32,
+    },
+    /// Twin GET with its request id.
+    TwinGet {
+        /// Request id.
+        rid: u32,
+    },
+    /// Reported-properties PATCH with its request id.
+    Reported {
+        /// Request id.
+        rid: u32,
+    },
+    /// Direct-method response.
+    MethodResponse {
+        /// Status sent.
+        status: u16,
+    },
+}
+
+/// An MQTT PUBLISH for the driver to send.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Publish<'a> {
+    /// Topic name.
+    pub topic: &'a str,
+    /// Body.
+    pub payload: &'a [u8],
+    /// QoS.
+    pub qos: QoS,
+    /// Packet id for QoS 1 (the driver must use this one; [`Session::handle_puback`] takes it
+    /// back), 0 for QoS 0.
+    pub pkid: u16,
+    /// What it is.
+    pub kind: PublishKind,
+}
+
+/// What the driver must do next.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Action<'b> {
+    /// Open a connection: TLS, then CONNECT with a token signed for `token_expiry` (`None`: use
+    /// the fixed credential). Then report [`Session::handle_connected`] or
+    /// [`Session::handle_disconnected`].
+    Connect {
+        /// Expiry (Unix seconds) of the token to sign for this connection.
+        token_expiry: Option<u64>,
+        /// MQTT clean-session flag.
+        clean_session: bool,
+        /// MQTT keep-alive in seconds.
+        keep_alive: u16,
+        /// Consecutive failed attempts before this one (0 for a first or planned connect).
+        attempt: u32,
+    },
+    /// SUBSCRIBE to one filter.
+    Subscribe {
+        /// Topic filter.
+        filter: &'b str,
+        /// Requested QoS.
+        qos: QoS,
+    },
+    /// PUBLISH.
+    Publish(Publish<'b>),
+    /// Send DISCONNECT and close, then report `handle_disconnected(now, Requested)`.
+    Disconnect {
+        /// Why.
+        cause: DisconnectCause,
+    },
+    /// Stop: the session will not connect again.
+    GiveUp {
+        /// Why.
+        reason: GiveUpReason,
+    },
+}
+
+/// Which twin request an event is about.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TwinRequestKind {
+    /// `$iothub/twin/GET`.
+    Get,
+    /// Reported-properties PATCH.
+    Reported,
+}
+
+/// What the session tells the application. Events from [`Session::handle_publish`] borrow the
+/// incoming topic and payload; those from [`Session::poll_event`] are `'static`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Event<'a> {
+    /// The connection is up (subscriptions and the twin GET are being sent).
+    Connected {
+        /// Expiry of the token in use, if it expires.
+        token_expiry: Option<u64>,
+        /// Whether this is a reconnect.
+        reconnect: bool,
+    },
+    /// A planned reconnect with a fresh token succeeded.
+    TokenRenewed {
+        /// The new token's expiry.
+        token_expiry: u64,
+    },
+    /// The connection ended.
+    Disconnected {
+        /// Why.
+        reason: DisconnectReason,
+    },
+    /// The next attempt is scheduled.
+    Reconnecting {
+        /// Consecutive failed attempts so far.
+        attempt: u32,
+        /// Seconds until it.
+        delay: u64,
+    },
+    /// The hub acknowledged telemetry.
+    TelemetryAcked {
+        /// The application's tag.
+        tag: u32,
+    },
+    /// The connection ended before this telemetry was acknowledged: send it again.
+    TelemetryUnacked {
+        /// The application's tag.
+        tag: u32,
+    },
+    /// The hub accepted a reported PATCH.
+    ReportedAccepted {
+        /// Request id.
+        rid: u32,
+        /// New reported `$version`, when the hub gave one.
+        version: Option<u64>,
+    },
+    /// A twin request failed: an error status (`status` set, hub error JSON in `body`), or no
+    /// answer before the timeout or the connection ended (`status` `None`).
+    TwinRequestFailed {
+        /// Request id.
+        rid: u32,
+        /// Which request.
+        kind: TwinRequestKind,
+        /// Hub status, if it answered.
+        status: Option<u16>,
+        /// Hub error body.
+        body: &'a [u8],
+    },
+    /// The full twin (`{"desired":{..},"reported":{..}}`) from the GET after a connect.
+    Twin {
+        /// The JSON document.
+        document: &'a [u8],
+        /// `desired.$version`, when present.
+        desired_version: Option<u64>,
+    },
+    /// A desired-properties patch newer than anything applied so far.
+    DesiredPatch {
+        /// Its `$version`.
+        version: u64,
+        /// The JSON patch.
+        patch: &'a [u8],
+    },
+    /// A cloud-to-device message.
+    C2d {
+        /// The property bag from the topic (still encoded; iterate and decode as needed).
+        properties: PropertyBag<'a>,
+        /// Body.
+        body: &'a [u8],
+    },
+    /// A direct-method call; answer with [`Session::respond_method`].
+    MethodRequest {
+        /// Method name.
+        name: &'a str,
+        /// The hub's request id exactly as in the topic (still percent-encoded); pass it to
+        /// [`Session::respond_method`] as is.
+        rid: &'a str,
+        /// JSON payload.
+        payload: &'a [u8],
+    },
+}
+
+/// Why an application publish could not be built.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SendError {
+    /// Not connected (or closing for a planned reconnect): try again after `Connected`.
+    NotConnected,
+    /// The in-flight window or twin request table is full: wait for acks.
+    Busy,
+    /// The caller's buffer cannot hold the topic.
+    BufferTooSmall,
+}
+
+impl fmt::Display for SendError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::NotConnected => "not connected",
+            Self::Busy => "too many requests in flight",
+            Self::BufferTooSmall => "buffer too small for topic",
+        })
+    }
+}
+
+impl core::error::Error for SendError {}
+
+/// Where the connection stands.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum State {
+    /// Not started: the first `handle_timeout` asks for a connect.
+    Idle,
+    /// A connect was asked for; waiting for the driver's verdict.
+    Connecting,
+    /// Connected.
+    Connected,
+    /// Connected, waiting for telemetry acks before a planned disconnect.
+    Draining,
+    /// Disconnect asked for; waiting for the driver to confirm.
+    Disconnecting,
+    /// Waiting until `until` to reconnect.
+    Backoff {
+        /// Unix seconds.
+        until: u64,
+    },
+    /// Stopped (closed by the application, or given up).
+    Closed,
+}
+
+#[derive(Clone, Copy, Debug)]
+enum Pending {
+    Connect { expiry: Option<u64>, attempt: u32 },
+    Subscribe(u8),
+    TwinGet(u32),
+    Disconnect(DisconnectCause),
+    GiveUp(GiveUpReason),
+}
+
+#[derive(Clone, Copy, Debug)]
+struct InFlight {
+    pkid: u16,
+    tag: u32,
+}
+
+#[derive(Clone, Copy, Debug)]
+struct TwinRequest {
+    rid: u32,
+    kind: TwinRequestKind,
+    deadline: u64,
+}
+
+/// The device session. See the module docs for the driver loop.
+#[derive(Debug)]
+pub struct Session {
+    identity: Identity,
+    config: SessionConfig,
+    state: State,
+    actions: Deque<Pending, ACTION_QUEUE_LEN>,
+    events: Deque<Event<'static>, EVENT_QUEUE_LEN>,
+    in_flight: Vec<InFlight, MAX_IN_FLIGHT>,
+    twin: Vec<TwinRequest, MAX_TWIN_REQUESTS>,
+    next_pkid: u16,
+    next_rid: u32,
+    /// Consecutive failed attempts.
+    attempt: u32,
+    ever_connected: bool,
+    /// Expiry of the token of the connection being made or in use.
+    token_expiry: Option<u64>,
+    /// When to start a renewal, for the current connection.
+    renew_at: Option<u64>,
+    /// Deadline of a drain in progress, and why we drain.
+    drain: Option<(u64, DisconnectCause)>,
+    /// Cause of the disconnect we asked for.
+    closing: Option<DisconnectCause>,
+    /// The connect in progress is a planned renewal.
+    renewing: bool,
+    /// Highest desired `$version` handed to the application.
+    desired_version: Option<u64>,
+    /// Request id of the twin GET in flight.
+    get_rid: Option<u32>,
+    /// Highest desired `$version` seen (and dropped) while the GET was in flight.
+    patch_during_get: Option<u64>,
+    /// When to retry a failed GET.
+    get_retry_at: Option<u64>,
+}
+
+impl Session {
+    /// A new, idle session: its first [`Session::poll_timeout`] is `Some(0)`, and the
+    /// `handle_timeout` that follows asks for the first connect.
+    pub fn new(identity: Identity, mut config: SessionConfig) -> Self {
+        config.max_in_flight = config.max_in_flight.clamp(1, MAX_IN_FLIGHT);
+        config.renew_at_percent = config.renew_at_percent.clamp(1, 100);
+        config.backoff_min = config.backoff_min.max(1);
+        config.backoff_max = config.backoff_max.max(config.backoff_min);
+        Self {
+            identity,
+            config,
+            state: State::Idle,
+            actions: Deque::new(),
+            events: Deque::new(),
+            in_flight: Vec::new(),
+            twin: Vec::new(),
+            next_pkid: 1,
+            next_rid: 1,
+            attempt: 0,
+            ever_connected: false,
+            token_expiry: None,
+            renew_at: None,
+            drain: None,
+            closing: None,
+            renewing: false,
+            desired_version: None,
+            get_rid: None,
+            patch_during_get: None,
+            get_retry_at: None,
+        }
+    }
+
+    /// The identity.
+    pub fn identity(&self) -> &Identity {
+        &self.identity
+    }
+
+    /// The configuration in effect.
+    pub fn config(&self) -> &SessionConfig {
+        &self.config
+    }
+
+    /// Where the connection stands.
+    pub fn state(&self) -> State {
+        self.state
+    }
+
+    /// Whether application publishes are accepted now.
+    pub fn is_connected(&self) -> bool {
+        self.state == State::Connected
+    }
+
+    /// How many more telemetry messages may be sent now (0 while not connected or draining).
+    pub fn telemetry_window(&self) -> usize {
+        if self.is_connected() {
+            self.config
+                .max_in_flight
+                .saturating_sub(self.in_flight.len())
+        } else {
+            0
+        }
+    }
+
+    /// Telemetry messages sent and not yet acknowledged.
+    pub fn in_flight(&self) -> usize {
+        self.in_flight.len()
+    }
+
+    /// Expiry of the token of the current connection.
+    pub fn token_expiry(&self) -> Option<u64> {
+        self.token_expiry
+    }
+
+    // ---- inputs -------------------------------------------------------------------------
+
+    /// The hub accepted CONNECT (CONNACK 0).
+    pub fn handle_connected(&mut self, now: u64) {
+        let _ = now;
+        let reconnect = self.ever_connected;
+        self.ever_connected = true;
+        self.attempt = 0;
+        self.state = State::Connected;
+        self.closing = None;
+        self.drain = None;
+        self.renew_at = self.token_expiry.and_then(|_| self.renewal_point());
+        for i in 0..wire::subscription_count(&self.identity) {
+            self.push_action(Pending::Subscribe(i));
+        }
+        self.queue_twin_get(now);
+        self.push_event(Event::Connected {
+            token_expiry: self.token_expiry,
+            reconnect,
+        });
+        if core::mem::take(&mut self.renewing)
+            && let Some(token_expiry) = self.token_expiry
+        {
+            self.push_event(Event::TokenRenewed { token_expiry });
+        }
+    }
+
+    /// The connection ended, or a connect attempt failed. `entropy` is any random number (it
+    /// jitters the reconnect delay so a fleet does not reconnect in lockstep).
+    pub fn handle_disconnected(&mut self, now: u64, reason: DisconnectReason, entropy: u32) {
+        if self.state == State::Closed {
+            return;
+        }
+        let was_up = matches!(
+            self.state,
+            State::Connected | State::Draining | State::Disconnecting
+        );
+        if was_up {
+            self.push_event(Event::Disconnected { reason });
+        }
+        // Whatever was in flight will not be acknowledged on this connection.
+        for f in core::mem::take(&mut self.in_flight) {
+            self.push_event(Event::TelemetryUnacked { tag: f.tag });
+        }
+        for r in core::mem::take(&mut self.twin) {
+            self.push_event(Event::TwinRequestFailed {
+                rid: r.rid,
+                kind: r.kind,
+                status: None,
+                body: &[],
+            });
+        }
+        self.get_rid = None;
+        self.get_retry_at = None;
+        self.patch_during_get = None;
+        self.renew_at = None;
+        self.drain = None;
+        // Actions for the old connection (subscribes, GET) must not leak into the next one.
+        self.actions.clear();
+
+        let planned = if reason == DisconnectReason::Requested {
+            self.closing.take()
+        } else {
+            self.closing = None;
+            None
+        };
+        match planned {
+            Some(DisconnectCause::Close) => {
+                self.state = State::Closed;
+                return;
+            }
+            Some(cause @ (DisconnectCause::TokenRenewal | DisconnectCause::Reconnect)) => {
+                self.renewing = cause == DisconnectCause::TokenRenewal;
+                self.queue_connect(now, 0);
+                return;
+            }
+            None => {}
+        }
+        self.renewing = false;
+
+        if let DisconnectReason::Refused(code) = reason
+            && !self.ever_connected
+            && code.is_credential_problem()
+        {
+            self.give_up(GiveUpReason::Refused(code));
+            return;
+        }
+        self.attempt = self.attempt.saturating_add(1);
+        let budget = if self.ever_connected {
+            self.config.max_attempts
+        } else {
+            self.config.max_initial_attempts
+        };
+        if budget.is_some_and(|max| self.attempt >= max) {
+            self.give_up(GiveUpReason::Exhausted(reason));
+            return;
+        }
+        let delay = self.backoff_delay(self.attempt, entropy);
+        self.state = State::Backoff { until: now + delay };
+        self.push_event(Event::Reconnecting {
+            attempt: self.attempt,
+            delay,
+        });
+    }
+
+    /// The hub acknowledged a QoS 1 publish.
+    pub fn handle_puback(&mut self, now: u64, pkid: u16) {
+        let _ = now;
+        if let Some(i) = self.in_flight.iter().position(|f| f.pkid == pkid) {
+            let f = self.in_flight.remove(i);
+            self.push_event(Event::TelemetryAcked { tag: f.tag });
+        }
+        self.maybe_finish_drain();
+    }
+
+    /// A PUBLISH arrived. Returns the event it carries for the application, if any (a late twin
+    /// response, a stale desired patch or a topic this session does not know give `None`).
+    pub fn handle_publish<'p>(
+        &mut self,
+        now: u64,
+        topic: &'p str,
+        payload: &'p [u8],
+    ) -> Option<Event<'p>> {
+        match wire::parse_incoming(topic, &self.identity)? {
+            wire::Incoming::C2d { properties } => Some(Event::C2d {
+                properties,
+                body: payload,
+            }),
+            wire::Incoming::Method { name, rid } => {
+                Some(Event::MethodRequest { name, rid, payload })
+            }
+            wire::Incoming::TwinResponse {
+                status,
+                rid,
+                version,
+            } => self.on_twin_response(now, status, rid, version, payload),
+            wire::Incoming::DesiredPatch { version } => self.on_desired_patch(version, payload),
+        }
+    }
+
+    /// Advances time: starts the first connect, reconnects after backoff, starts token
+    /// renewal, ends a drain, expires twin requests.
+    pub fn handle_timeout(&mut self, now: u64) {
+        match self.state {
+            State::Idle => self.queue_connect(now, 0),
+            State::Backoff { until } if now >= until => self.queue_connect(now, self.attempt),
+            State::Connected if self.renew_at.is_some_and(|t| now >= t) => {
+                self.renew_at = None;
+                self.start_drain(now, DisconnectCause::TokenRenewal);
+            }
+            State::Draining if self.drain.is_some_and(|(t, _)| now >= t) => self.finish_drain(),
+            _ => {}
+        }
+        if matches!(self.state, State::Connected | State::Draining) {
+            let mut i = 0;
+            while i < self.twin.len() {
+                if now >= self.twin[i].deadline {
+                    let r = self.twin.remove(i);
+                    if self.get_rid == Some(r.rid) {
+                        self.get_rid = None;
+                        self.get_retry_at = Some(now + TWIN_GET_RETRY_SECS);
+                    }
+                    self.push_event(Event::TwinRequestFailed {
+                        rid: r.rid,
+                        kind: r.kind,
+                        status: None,
+                        body: &[],
+                    });
+                } else {
+                    i += 1;
+                }
+            }
+            if self.state == State::Connected && self.get_retry_at.is_some_and(|t| now >= t) {
+                self.get_retry_at = None;
+                self.queue_twin_get(now);
+            }
+        }
+    }
+
+    // ---- application calls --------------------------------------------------------------
+
+    /// Builds a QoS 1 telemetry publish: the topic with its property bag (system properties
+    /// `sys`, then the application properties `app`, values given decoded) goes into `buf`, the
+    /// body is the caller's. `tag` comes back in [`Event::TelemetryAcked`] or
+    /// [`Event::TelemetryUnacked`].
+    ///
+    /// # Errors
+    /// [`SendError::NotConnected`] while not connected or draining, [`SendError::Busy`] when the
+    /// in-flight window is full, [`SendError::BufferTooSmall`].
+    pub fn send_telemetry<'a, 'x, I>(
+        &mut self,
+        now: u64,
+        tag: u32,
+        sys: &SystemProperties<'_>,
+        app: I,
+        payload: &'a [u8],
+        buf: &'a mut [u8],
+    ) -> Result<Publish<'a>, SendError>
+    where
+        I: IntoIterator<Item = (&'x str, &'x str)>,
+    {
+        let _ = now;
+        if !self.is_connected() {
+            return Err(SendError::NotConnected);
+        }
+        if self.telemetry_window() == 0 {
+            return Err(SendError::Busy);
+        }
+        let id = wire::topic_id(&self.identity);
+        let topic = write_into(buf, |w| {
+            crate::topic::write_telemetry_topic(w, id, sys, app)
+        })?;
+        let pkid = self.alloc_pkid();
+        // Cannot fail: the window check above bounds the length.
+        let _ = self.in_flight.push(InFlight { pkid, tag });
+        Ok(Publish {
+            topic,
+            payload,
+            qos: QoS::AtLeastOnce,
+            pkid,
+            kind: PublishKind::Telemetry { tag },
+        })
+    }
+
+    /// Builds a reported-properties PATCH (QoS 0, as the SDKs send twin traffic). The answer
+    /// arrives as [`Event::ReportedAccepted`] or [`Event::TwinRequestFailed`] with the request id
+    /// in the returned [`PublishKind::Reported`].
+    ///
+    /// # Errors
+    /// [`SendError::NotConnected`], [`SendError::Busy`] when [`MAX_TWIN_REQUESTS`] are pending,
+    /// [`SendError::BufferTooSmall`].
+    pub fn send_reported<'a>(
+        &mut self,
+        now: u64,
+        patch: &'a [u8],
+        buf: &'a mut [u8],
+    ) -> Result<Publish<'a>, SendError> {
+        if !self.is_connected() {
+            return Err(SendError::NotConnected);
+        }
+        if self.twin.is_full() {
+            return Err(SendError::Busy);
+        }
+        let rid = self.next_rid;
+        let topic = write_into(buf, |w| wire::twin_reported(w, rid))?;
+        self.next_rid = self.next_rid.wrapping_add(1).max(1);
+        let _ = self.twin.push(TwinRequest {
+            rid,
+            kind: TwinRequestKind::Reported,
+            deadline: now + self.config.twin_request_timeout,
+        });
+        Ok(Publish {
+            topic,
+            payload: patch,
+            qos: QoS::AtMostOnce,
+            pkid: 0,
+            kind: PublishKind::Reported { rid },
+        })
+    }
+
+    /// Builds the response to a direct method (`rid` exactly as received).
+    ///
+    /// # Errors
+    /// [`SendError::NotConnected`] (the hub will time the call out),
+    /// [`SendError::BufferTooSmall`].
+    pub fn respond_method<'a>(
+        &mut self,
+        rid: &str,
+        status: u16,
+        payload: &'a [u8],
+        buf: &'a mut [u8],
+    ) -> Result<Publish<'a>, SendError> {
+        if !matches!(self.state, State::Connected | State::Draining) {
+            return Err(SendError::NotConnected);
+        }
+        let topic = write_into(buf, |w| wire::method_response(w, status, rid))?;
+        Ok(Publish {
+            topic,
+            payload,
+            qos: QoS::AtMostOnce,
+            pkid: 0,
+            kind: PublishKind::MethodResponse { status },
+        })
+    }
+
+    /// Reconnects soon (the `reboot` method): waits for in-flight telemetry acks (at most
+    /// `drain_timeout`), asks for a disconnect, then connects again at once.
+    pub fn reconnect(&mut self, now: u64) {
+        match self.state {
+            State::Connected => self.start_drain(now, DisconnectCause::Reconnect),
+            State::Backoff { .. } => self.queue_connect(now, self.attempt),
+            _ => {}
+        }
+    }
+
+    /// Stops: disconnects at once if connected (in-flight telemetry is reported unacked) and
+    /// never connects again.
+    pub fn close(&mut self, now: u64) {
+        let _ = now;
+        match self.state {
+            State::Connected | State::Draining => {
+                self.actions.clear();
+                self.drain = None;
+                self.closing = Some(DisconnectCause::Close);
+                self.state = State::Disconnecting;
+                self.push_action(Pending::Disconnect(DisconnectCause::Close));
+            }
+            State::Disconnecting => self.closing = Some(DisconnectCause::Close),
+            State::Connecting => {
+                // The driver still owns a half-open attempt: ask it to drop that too.
+                self.actions.clear();
+                self.closing = Some(DisconnectCause::Close);
+                self.state = State::Disconnecting;
+                self.push_action(Pending::Disconnect(DisconnectCause::Close));
+            }
+            State::Idle | State::Backoff { .. } => {
+                self.actions.clear();
+                self.state = State::Closed;
+            }
+            State::Closed => {}
+        }
+    }
+
+    // ---- outputs ------------------------------------------------------------------------
+
+    /// The next thing the driver must do, with topics written into `buf`.
+    pub fn poll_action<'b>(&mut self, buf: &'b mut [u8; ACTION_BUFFER_LEN]) -> Option<Action<'b>> {
+        let pending = self.actions.pop_front()?;
+        Some(match pending {
+            Pending::Connect { expiry, attempt } => Action::Connect {
+                token_expiry: expiry,
+                clean_session: self.config.clean_session,
+                keep_alive: self.config.keep_alive,
+                attempt,
+            },
+            Pending::Subscribe(i) => {
+                let (kind, qos) = wire::subscription(&self.identity, i)?;
+                let id = wire::topic_id(&self.identity);
+                // Cannot fail: ids are at most 128 bytes and the buffer is sized for two.
+                let filter = write_into(buf, |w| {
+                    crate::topic::write_filter(w, kind, id).map_err(|_| fmt::Error)
+                })
+                .unwrap_or("");
+                Action::Subscribe { filter, qos }
+            }
+            Pending::TwinGet(rid) => {
+                let topic = write_into(buf, |w| wire::twin_get(w, rid)).unwrap_or("");
+                Action::Publish(Publish {
+                    topic,
+                    payload: &[],
+                    qos: QoS::AtMostOnce,
+                    pkid: 0,
+                    kind: PublishKind::TwinGet { rid },
+                })
+            }
+            Pending::Disconnect(cause) => Action::Disconnect { cause },
+            Pending::GiveUp(reason) => Action::GiveUp { reason },
+        })
+    }
+
+    /// The next event for the application.
+    pub fn poll_event(&mut self) -> Option<Event<'static>> {
+        self.events.pop_front()
+    }
+
+    /// When `handle_timeout` must next be called (Unix seconds); `None` when nothing is timed.
+    pub fn poll_timeout(&self) -> Option<u64> {
+        let mut t: Option<u64> = None;
+        let mut take = |x: Option<u64>| {
+            if let Some(x) = x {
+                t = Some(t.map_or(x, |t| t.min(x)));
+            }
+        };
+        match self.state {
+            State::Idle => take(Some(0)),
+            State::Backoff { until } => take(Some(until)),
+            State::Connected => {
+                take(self.renew_at);
+                take(self.get_retry_at);
+            }
+            State::Draining => take(self.drain.map(|(t, _)| t)),
+            _ => {}
+        }
+        if matches!(self.state, State::Connected | State::Draining) {
+            for r in &self.twin {
+                take(Some(r.deadline));
+            }
+        }
+        t
+    }
+
+    // ---- internals ----------------------------------------------------------------------
+
+    fn renewal_point(&self) -> Option<u64> {
+        let ttl = self.config.token_ttl?;
+        let expiry = self.token_expiry?;
+        let issued = expiry.saturating_sub(ttl);
+        let after = (ttl * u64::from(self.config.renew_at_percent) / 100).max(1);
+        Some(issued + after)
+    }
+
+    fn queue_connect(&mut self, now: u64, attempt: u32) {
+        let expiry = self.config.token_ttl.map(|ttl| now + ttl.max(1));
+        self.token_expiry = expiry;
+        self.state = State::Connecting;
+        self.actions.clear();
+        self.push_action(Pending::Connect { expiry, attempt });
+    }
+
+    fn give_up(&mut self, reason: GiveUpReason) {
+        self.state = State::Closed;
+        self.actions.clear();
+        self.push_action(Pending::GiveUp(reason));
+    }
+
+    fn start_drain(&mut self, now: u64, cause: DisconnectCause) {
+        let mut deadline = now + self.config.drain_timeout;
+        if let Some(exp) = self.token_expiry {
+            // Disconnect before the hub closes us for an expired token.
+            deadline = deadline.min(exp.saturating_sub(1).max(now));
+        }
+        self.drain = Some((deadline, cause));
+        self.state = State::Draining;
+        self.maybe_finish_drain();
+    }
+
+    fn maybe_finish_drain(&mut self) {
+        if self.state == State::Draining && self.in_flight.is_empty() {
+            self.finish_drain();
+        }
+    }
+
+    fn finish_drain(&mut self) {
+        if let Some((_, cause)) = self.drain.take() {
+            self.closing = Some(cause);
+            self.state = State::Disconnecting;
+            self.push_action(Pending::Disconnect(cause));
+        }
+    }
+
+    fn queue_twin_get(&mut self, now: u64) {
+        if self.get_rid.is_some() {
+            return;
+        }
+        if self.twin.is_full() {
+            self.get_retry_at = Some(now + TWIN_GET_RETRY_SECS);
+            return;
+        }
+        let rid = self.next_rid;
+        self.next_rid = self.next_rid.wrapping_add(1).max(1);
+        let _ = self.twin.push(TwinRequest {
+            rid,
+            kind: TwinRequestKind::Get,
+            deadline: now + self.config.twin_request_timeout,
+        });
+        self.get_rid = Some(rid);
+        self.patch_during_get = None;
+        self.push_action(Pending::TwinGet(rid));
+    }
+
+    fn on_twin_response<'p>(
+        &mut self,
+        now: u64,
+        status: u16,
+        rid: u32,
+        version: Option<u64>,
+        payload: &'p [u8],
+    ) -> Option<Event<'p>> {
+        let i = self.twin.iter().position(|r| r.rid == rid)?;
+        let req = self.twin.remove(i);
+        match req.kind {
+            TwinRequestKind::Get => {
+                self.get_rid = None;
+                if !(200..300).contains(&status) {
+                    self.get_retry_at = Some(now + TWIN_GET_RETRY_SECS);
+                    return Some(Event::TwinRequestFailed {
+                        rid,
+                        kind: req.kind,
+                        status: Some(status),
+                        body: payload,
+                    });
+                }
+                let desired_version = json::find_u64(payload, &["desired", "$version"]);
+                if let Some(v) = desired_version {
+                    self.desired_version = Some(v);
+                }
+                // A patch newer than this document arrived (and was dropped) while the GET was
+                // in flight: read the twin again rather than lose it.
+                if let (Some(seen), Some(v)) = (self.patch_during_get.take(), desired_version)
+                    && seen > v
+                {
+                    self.queue_twin_get(now);
+                }
+                Some(Event::Twin {
+                    document: payload,
+                    desired_version,
+                })
+            }
+            TwinRequestKind::Reported => Some(if (200..300).contains(&status) {
+                Event::ReportedAccepted { rid, version }
+            } else {
+                Event::TwinRequestFailed {
+                    rid,
+                    kind: req.kind,
+                    status: Some(status),
+                    body: payload,
+                }
+            }),
+        }
+    }
+
+    fn on_desired_patch<'p>(
+        &mut self,
+        topic_version: Option<u64>,
+        patch: &'p [u8],
+    ) -> Option<Event<'p>> {
+        let version = topic_version.or_else(|| json::find_u64(patch, &["$version"]))?;
+        if self.get_rid.is_some() {
+            // The GET's document decides what is current; remember that something newer may
+            // exist so a second GET can fetch it.
+            self.patch_during_get = Some(self.patch_during_get.map_or(version, |s| s.max(version)));
+            return None;
+        }
+        if self.desired_version.is_some_and(|v| version <= v) {
+            return None;
+        }
+        self.desired_version = Some(version);
+        Some(Event::DesiredPatch { version, patch })
+    }
+
+    fn alloc_pkid(&mut self) -> u16 {
+        loop {
+            let p = self.next_pkid;
+            self.next_pkid = self.next_pkid.wrapping_add(1).max(1);
+            if !self.in_flight.iter().any(|f| f.pkid == p) {
+                return p;
+            }
+        }
+    }
+
+    fn backoff_delay(&self, attempt: u32, entropy: u32) -> u64 {
+        let shift = attempt.saturating_sub(1).min(32);
+        let base = self
+            .config
+            .backoff_min
+            .saturating_mul(1u64 << shift)
+            .min(self.config.backoff_max);
+        // Equal jitter: half fixed, half random, so delays still grow but spread out.
+        let half = base / 2;
+        half + u64::from(entropy) % (base - half + 1)
+    }
+
+    fn push_action(&mut self, a: Pending) {
+        // The queue is sized for the longest sequence (4 subscribes + GET + disconnect).
+        let _ = self.actions.push_back(a);
+    }
+
+    fn push_event(&mut self, e: Event<'static>) {
+        if self.events.is_full() {
+            // Sized for a full in-flight window plus the twin table; an application that never
+            // polls loses the oldest rather than the session failing.
+            let _ = self.events.pop_front();
+        }
+        let _ = self.events.push_back(e);
+    }
+}
+
+/// A `fmt::Write` over a byte slice.
+struct SliceWriter<'b> {
+    buf: &'b mut [u8],
+    len: usize,
+}
+
+impl fmt::Write for SliceWriter<'_> {
+    fn write_str(&mut self, s: &str) -> fmt::Result {
+        let end = self.len.checked_add(s.len()).ok_or(fmt::Error)?;
+        let dst = self.buf.get_mut(self.len..end).ok_or(fmt::Error)?;
+        dst.copy_from_slice(s.as_bytes());
+        self.len = end;
+        Ok(())
+    }
+}
+
+fn write_into<'b>(
+    buf: &'b mut [u8],
+    f: impl FnOnce(&mut SliceWriter<'_>) -> fmt::Result,
+) -> Result<&'b str, SendError> {
+    let mut w = SliceWriter { buf, len: 0 };
+    f(&mut w).map_err(|_| SendError::BufferTooSmall)?;
+    let len = w.len;
+    let buf: &'b [u8] = buf;
+    core::str::from_utf8(&buf[..len]).map_err(|_| SendError::BufferTooSmall)
+}
+
+/// Glue between the session and [`crate::topic`], where every topic string lives.
+mod wire {
+    use core::fmt::{self, Write as _};
+
+    use super::QoS;
+    use crate::property_bag::{EncodedStr, PropertyBag};
+    use crate::topic::{self, HubTopic, SubscriptionKind, TopicError};
+
+    pub(super) fn subscription(id: &super::Identity, i: u8) -> Option<(SubscriptionKind, QoS)> {
+        let kind = *SubscriptionKind::for_identity(topic_id(id)).get(usize::from(i))?;
+        let qos = match kind {
+            // C2D and module inputs are at-least-once; twin and method traffic is QoS 0, as the
+            // SDKs subscribe it.
+            SubscriptionKind::C2d | SubscriptionKind::ModuleInputs => QoS::AtLeastOnce,
+            _ => QoS::AtMostOnce,
+        };
+        Some((kind, qos))
+    }
+
+    pub(super) fn subscription_count(id: &super::Identity) -> u8 {
+        SubscriptionKind::for_identity(topic_id(id)).len() as u8
+    }
+
+    pub(super) fn topic_id(id: &super::Identity) -> topic::Identity<'_> {
+        match id.module_id() {
+            Some(m) => topic::Identity::module(id.device_id(), m),
+            None => topic::Identity::device(id.device_id()),
+        }
+    }
+
+    fn rid_text(rid: u32) -> heapless::String<10> {
+        let mut s = heapless::String::new();
+        // A u32 has at most 10 digits.
+        let _ = write!(s, "{rid}");
+        s
+    }
+
+    pub(super) fn twin_get(w: &mut dyn fmt::Write, rid: u32) -> fmt::Result {
+        topic::write_twin_get(w, &rid_text(rid))
+    }
+
+    pub(super) fn twin_reported(w: &mut dyn fmt::Write, rid: u32) -> fmt::Result {
+        topic::write_twin_patch_reported(w, &rid_text(rid))
+    }
+
+    /// `rid` is the raw (still percent-encoded) id from the request topic; the builder encodes
+    /// it again, so it is decoded first.
+    pub(super) fn method_response(w: &mut dyn fmt::Write, status: u16, rid: &str) -> fmt::Result {
+        let mut decoded = heapless::String::<128>::new();
+        EncodedStr::new(rid)
+            .decode_to(&mut decoded)
+            .map_err(|_| fmt::Error)?;
+        topic::write_method_response(w, status, &decoded)
+    }
+
+    pub(super) enum Incoming<'t> {
+        C2d {
+            properties: PropertyBag<'t>,
+        },
+        Method {
+            name: &'t str,
+            rid: &'t str,
+        },
+        TwinResponse {
+            status: u16,
+            rid: u32,
+            version: Option<u64>,
+        },
+        DesiredPatch {
+            version: Option<u64>,
+        },
+    }
+
+    pub(super) fn parse_incoming<'t>(t: &'t str, id: &super::Identity) -> Option<Incoming<'t>> {
+        match topic::parse_hub_publish(t) {
+            Ok(HubTopic::C2d(c)) if c.device_id == id.device_id() => {
+                Some(Incoming::C2d { properties: c.bag })
+            }
+            Ok(HubTopic::MethodRequest(m)) => Some(Incoming::Method {
+                name: m.name.as_str(),
+                rid: m.rid.as_raw(),
+            }),
+            Ok(HubTopic::TwinResponse(r)) => Some(Incoming::TwinResponse {
+                status: r.status,
+                // Our own ids are plain decimal; anything else is not ours.
+                rid: r.rid.as_plain()?.parse().ok()?,
+                version: r.version,
+            }),
+            Ok(HubTopic::DesiredPatch { version }) => Some(Incoming::DesiredPatch {
+                version: Some(version),
+            }),
+            // Lenient on the device side: the body's `$version` is used instead.
+            Err(TopicError::VersionMissing) => Some(Incoming::DesiredPatch { version: None }),
+            _ => None,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn session(config: SessionConfig) -> Session {
+        Session::new(Identity::device("dev-1").unwrap(), config)
+    }
+
+    /// Owned copy of an action, so tests can hold several.
+    #[derive(Debug, PartialEq, Eq)]
+    enum A {
+        Connect(Option<u64>, u32),
+        Sub(std::string::String, QoS),
+        Pub(std::string::String, QoS, u16),
+        Disconnect(DisconnectCause),
+        GiveUp(GiveUpReason),
+    }
+
+    fn actions(s: &mut Session) -> std::vec::Vec<A> {
+        let mut out = std::vec::Vec::new();
+        let mut buf = [0u8; ACTION_BUFFER_LEN];
+        while let Some(a) = s.poll_action(&mut buf) {
+            out.push(match a {
+                Action::Connect {
+                    token_expiry,
+                    attempt,
+                    ..
+                } => A::Connect(token_expiry, attempt),
+                Action::Subscribe { filter, qos } => A::Sub(filter.into(), qos),
+                Action::Publish(p) => A::Pub(p.topic.into(), p.qos, p.pkid),
+                Action::Disconnect { cause } => A::Disconnect(cause),
+                Action::GiveUp { reason } => A::GiveUp(reason),
+            });
+        }
+        out
+    }
+
+    fn events(s: &mut Session) -> std::vec::Vec<Event<'static>> {
+        core::iter::from_fn(|| s.poll_event()).collect()
+    }
+
+    /// Starts and connects a session at `now`; returns the GET's rid.
+    fn connect(s: &mut Session, now: u64) -> u32 {
+        s.handle_timeout(now);
+        let a = actions(s);
+        assert!(matches!(a[0], A::Connect(..)), "{a:?}");
+        s.handle_connected(now);
+        let a = actions(s);
+        let A::Pub(get, ..) = a.last().unwrap() else {
+            panic!("{a:?}")
+        };
+        get.rsplit('=').next().unwrap().parse().unwrap()
+    }
+
+    #[test]
+    fn a_new_session_connects_at_once_with_a_fresh_token() {
+        let mut s = session(SessionConfig::default());
+        assert_eq!(s.poll_timeout(), Some(0));
+        s.handle_timeout(1_000);
+        assert_eq!(actions(&mut s), [A::Connect(Some(4_600), 0)]);
+        assert_eq!(s.state(), State::Connecting);
+    }
+
+    #[test]
+    fn after_connect_it_subscribes_the_four_filters_then_gets_the_twin() {
+        let mut s = session(SessionConfig::default());
+        s.handle_timeout(10);
+        actions(&mut s);
+        s.handle_connected(10);
+        assert_eq!(
+            actions(&mut s),
+            [
+                A::Sub(
+                    "devices/dev-1/messages/devicebound/#".into(),
+                    QoS::AtLeastOnce
+                ),
+                A::Sub("$iothub/methods/POST/#".into(), QoS::AtMostOnce),
+                A::Sub("$iothub/twin/res/#".into(), QoS::AtMostOnce),
+                A::Sub(
+                    "$iothub/twin/PATCH/properties/desired/#".into(),
+                    QoS::AtMostOnce
+                ),
+                A::Pub("$iothub/twin/GET/?$rid=1".into(), QoS::AtMostOnce, 0),
+            ]
+        );
+        assert_eq!(
+            events(&mut s),
+            [Event::Connected {
+                token_expiry: Some(3610),
+                reconnect: false
+            }]
+        );
+    }
+
+    #[test]
+    fn a_module_subscribes_to_its_inputs_instead_of_c2d() {
+        let mut s = Session::new(
+            Identity::module("dev-1", "mod-a").unwrap(),
+            SessionConfig::default(),
+        );
+        s.handle_timeout(0);
+        actions(&mut s);
+        s.handle_connected(0);
+        let a = actions(&mut s);
+        assert_eq!(a.len(), 5);
+        assert!(
+            !a.iter()
+                .any(|a| matches!(a, A::Sub(f, _) if f.contains("devicebound")))
+        );
+        assert_eq!(
+            a[0],
+            A::Sub(
+                "devices/dev-1/modules/mod-a/inputs/#".into(),
+                QoS::AtLeastOnce
+            )
+        );
+        let mut buf = [0u8; 128];
+        let p = s
+            .send_telemetry(0, 1, &SystemProperties::default(), [], b"{}", &mut buf)
+            .unwrap();
+        assert_eq!(p.topic, "devices/dev-1/modules/mod-a/messages/events/");
+    }
+
+    #[test]
+    fn telemetry_gets_packet_ids_and_acks_come_back_with_the_tag() {
+        let mut s = session(SessionConfig::default());
+        connect(&mut s, 0);
+        events(&mut s);
+        let mut buf = [0u8; 256];
+        let p = s
+            .send_telemetry(
+                1,
+                7,
+                &SystemProperties {
+                    content_type: Some("application/json"),
+                    content_encoding: Some("utf-8"),
+                    ..SystemProperties::default()
+                },
+                [("k", "a b")],
+                b"{}",
+                &mut buf,
+            )
+            .unwrap();
+        assert_eq!(
+            p.topic,
+            "devices/dev-1/messages/events/%24.ct=application%2Fjson&%24.ce=utf-8&k=a%20b"
+        );
+        assert_eq!((p.qos, p.pkid), (QoS::AtLeastOnce, 1));
+        let p2 = s
+            .send_telemetry(1, 8, &SystemProperties::default(), [], b"{}", &mut buf)
+            .unwrap()
+            .pkid;
+        assert_eq!(p2, 2);
+        assert_eq!(s.in_flight(), 2);
+        s.handle_puback(2, 2);
+        s.handle_puback(2, 1);
+        s.handle_puback(2, 1); // duplicate ack: ignored
+        assert_eq!(
+            events(&mut s),
+            [
+                Event::TelemetryAcked { tag: 8 },
+                Event::TelemetryAcked { tag: 7 }
+            ]
+        );
+    }
+
+    #[test]
+    fn the_in_flight_window_is_enforced() {
+        let mut s = session(SessionConfig {
+            max_in_flight: 2,
+            ..SessionConfig::default()
+        });
+        let mut buf = [0u8; 128];
+        assert_eq!(
+            s.send_telemetry(0, 1, &SystemProperties::default(), [], b"", &mut buf),
+            Err(SendError::NotConnected)
+        );
+        connect(&mut s, 0);
+        s.send_telemetry(0, 1, &SystemProperties::default(), [], b"", &mut buf)
+            .unwrap();
+        s.send_telemetry(0, 2, &SystemProperties::default(), [], b"", &mut buf)
+            .unwrap();
+        assert_eq!(s.telemetry_window(), 0);
+        assert_eq!(
+            s.send_telemetry(0, 3, &SystemProperties::default(), [], b"", &mut buf),
+            Err(SendError::Busy)
+        );
+        let mut tiny = [0u8; 8];
+        s.handle_puback(0, 1);
+        assert_eq!(
+            s.send_telemetry(0, 3, &SystemProperties::default(), [], b"", &mut tiny),
+            Err(SendError::BufferTooSmall)
+        );
+        assert_eq!(s.telemetry_window(), 1, "a failed send takes no slot");
+    }
+
+    #[test]
+    fn unacked_telemetry_is_handed_back_when_the_connection_drops() {
+        let mut s = session(SessionConfig::default());
+        connect(&mut s, 0);
+        events(&mut s);
+        let mut buf = [0u8; 128];
+        s.send_telemetry(0, 1, &SystemProperties::default(), [], b"", &mut buf)
+            .unwrap();
+        s.send_telemetry(0, 2, &SystemProperties::default(), [], b"", &mut buf)
+            .unwrap();
+        s.handle_puback(1, 1);
+        s.handle_disconnected(5, DisconnectReason::Lost, 0);
+        let ev = events(&mut s);
+        assert_eq!(
+            ev,
+            [
+                Event::TelemetryAcked { tag: 1 },
+                Event::Disconnected {
+                    reason: DisconnectReason::Lost
+                },
+                Event::TelemetryUnacked { tag: 2 },
+                Event::TwinRequestFailed {
+                    rid: 1,
+                    kind: TwinRequestKind::Get,
+                    status: None,
+                    body: &[]
+                },
+                Event::Reconnecting {
+                    attempt: 1,
+                    delay: 0
+                },
+            ]
+        );
+        assert_eq!(s.in_flight(), 0);
+    }
+
+    #[test]
+    fn reconnects_back_off_exponentially_with_jitter_up_to_the_cap() {
+        let mut s = session(SessionConfig {
+            backoff_min: 2,
+            backoff_max: 30,
+            ..SessionConfig::default()
+        });
+        connect(&mut s, 0);
+        let mut now = 100;
+        let mut delays = std::vec::Vec::new();
+        for attempt in 1..=7u32 {
+            // Maximum entropy: the delay is the full base.
+            s.handle_disconnected(now, DisconnectReason::Lost, u32::MAX - 1);
+            let ev = events(&mut s);
+            let Some(Event::Reconnecting { attempt: a, delay }) = ev.last().copied() else {
+                panic!("{ev:?}")
+            };
+            assert_eq!(a, attempt);
+            delays.push(delay);
+            assert_eq!(s.poll_timeout(), Some(now + delay));
+            s.handle_timeout(now + delay - 1);
+            assert_eq!(actions(&mut s), [], "not before the delay");
+            now += delay;
+            s.handle_timeout(now);
+            assert_eq!(actions(&mut s), [A::Connect(Some(now + 3600), attempt)]);
+        }
+        for (d, base) in delays.iter().zip([2u64, 4, 8, 16, 30, 30, 30]) {
+            assert!((base / 2..=base).contains(d), "{d} vs base {base}");
+        }
+        // Jitter spreads: entropy 0 gives the low end.
+        s.handle_disconnected(now, DisconnectReason::Lost, 0);
+        assert_eq!(
+            events(&mut s).last(),
+            Some(&Event::Reconnecting {
+                attempt: 8,
+                delay: 15
+            })
+        );
+        // A success resets the schedule.
+        s.handle_timeout(now + 15);
+        actions(&mut s);
+        s.handle_connected(now + 15);
+        s.handle_disconnected(now + 20, DisconnectReason::Lost, u32::MAX);
+        assert_eq!(
+            events(&mut s).last(),
+            Some(&Event::Reconnecting {
+                attempt: 1,
+                delay: 2
+            })
+        );
+    }
+
+    #[test]
+    fn the_token_is_renewed_at_80_percent_by_a_planned_reconnect() {
+        let mut s = session(SessionConfig {
+            token_ttl: Some(100),
+            ..SessionConfig::default()
+        });
+        connect(&mut s, 1_000);
+        events(&mut s);
+        assert_eq!(s.token_expiry(), Some(1_100));
+        assert_eq!(s.poll_timeout(), Some(1_030), "twin GET timeout first");
+        s.handle_publish(
+            1_001,
+            "$iothub/twin/res/200/?$rid=1",
+            b"{\"desired\":{\"$version\":1}}",
+        );
+        assert_eq!(s.poll_timeout(), Some(1_080));
+        s.handle_timeout(1_079);
+        assert_eq!(actions(&mut s), []);
+        s.handle_timeout(1_080);
+        assert_eq!(
+            actions(&mut s),
+            [A::Disconnect(DisconnectCause::TokenRenewal)]
+        );
+        s.handle_disconnected(1_080, DisconnectReason::Requested, 0);
+        assert_eq!(actions(&mut s), [A::Connect(Some(1_180), 0)]);
+        s.handle_connected(1_081);
+        let ev = events(&mut s);
+        assert!(ev.contains(&Event::TokenRenewed {
+            token_expiry: 1_180
+        }));
+        assert!(!ev.iter().any(|e| matches!(e, Event::Reconnecting { .. })));
+        assert_eq!(s.poll_timeout(), Some(1_111), "GET timeout before renewal");
+    }
+
+    #[test]
+    fn renewal_waits_for_in_flight_acks_so_nothing_is_sent_twice() {
+        let mut s = session(SessionConfig {
+            token_ttl: Some(60),
+            ..SessionConfig::default()
+        });
+        connect(&mut s, 0);
+        let mut buf = [0u8; 128];
+        s.send_telemetry(0, 1, &SystemProperties::default(), [], b"", &mut buf)
+            .unwrap();
+        s.handle_timeout(48);
+        assert_eq!(s.state(), State::Draining);
+        assert_eq!(actions(&mut s), []);
+        assert_eq!(
+            s.send_telemetry(48, 2, &SystemProperties::default(), [], b"", &mut buf),
+            Err(SendError::NotConnected)
+        );
+        s.handle_puback(49, 1);
+        assert_eq!(
+            actions(&mut s),
+            [A::Disconnect(DisconnectCause::TokenRenewal)]
+        );
+    }
+
+    #[test]
+    fn a_drain_ends_at_its_deadline_and_never_outlives_the_token() {
+        let mut s = session(SessionConfig {
+            token_ttl: Some(6),
+            drain_timeout: 5,
+            ..SessionConfig::default()
+        });
+        connect(&mut s, 0);
+        let mut buf = [0u8; 128];
+        s.send_telemetry(0, 1, &SystemProperties::default(), [], b"", &mut buf)
+            .unwrap();
+        s.handle_timeout(4);
+        assert_eq!(
+            s.poll_timeout(),
+            Some(5),
+            "one second before expiry, not 4+5"
+        );
+        s.handle_timeout(5);
+        assert_eq!(
+            actions(&mut s),
+            [A::Disconnect(DisconnectCause::TokenRenewal)]
+        );
+        s.handle_disconnected(5, DisconnectReason::Requested, 0);
+        let ev = events(&mut s);
+        assert!(ev.contains(&Event::TelemetryUnacked { tag: 1 }), "{ev:?}");
+    }
+
+    #[test]
+    fn twin_requests_are_correlated_by_request_id() {
+        let mut s = session(SessionConfig::default());
+        let get = connect(&mut s, 0);
+        events(&mut s);
+        let mut buf = [0u8; 128];
+        let p = s.send_reported(1, b"{\"a\":1}", &mut buf).unwrap();
+        assert_eq!(p.topic, "$iothub/twin/PATCH/properties/reported/?$rid=2");
+        assert_eq!(p.kind, PublishKind::Reported { rid: 2 });
+        let p = s.send_reported(1, b"{\"a\":2}", &mut buf).unwrap();
+        assert_eq!(p.kind, PublishKind::Reported { rid: 3 });
+        // Answers out of order, and one for a request nobody made.
+        assert_eq!(
+            s.handle_publish(2, "$iothub/twin/res/204/?$rid=3&$version=7", b""),
+            Some(Event::ReportedAccepted {
+                rid: 3,
+                version: Some(7)
+            })
+        );
+        assert_eq!(
+            s.handle_publish(2, "$iothub/twin/res/204/?$rid=99&$version=8", b""),
+            None
+        );
+        assert_eq!(
+            s.handle_publish(2, "$iothub/twin/res/400/?$rid=2", b"{\"errorCode\":400004}"),
+            Some(Event::TwinRequestFailed {
+                rid: 2,
+                kind: TwinRequestKind::Reported,
+                status: Some(400),
+                body: b"{\"errorCode\":400004}"
+            })
+        );
+        let doc =
+            b"{\"desired\":{\"telemetryInterval\":5,\"$version\":4},\"reported\":{\"$version\":7}}";
+        assert_eq!(
+            s.handle_publish(2, "$iothub/twin/res/200/?$rid=1", doc),
+            Some(Event::Twin {
+                document: doc,
+                desired_version: Some(4)
+            })
+        );
+        assert_eq!(get, 1);
+    }
+
+    #[test]
+    fn twin_requests_time_out_and_a_failed_get_is_retried() {
+        let mut s = session(SessionConfig {
+            twin_request_timeout: 10,
+            ..SessionConfig::default()
+        });
+        connect(&mut s, 0);
+        events(&mut s);
+        let mut buf = [0u8; 128];
+        s.send_reported(3, b"{}", &mut buf).unwrap();
+        assert_eq!(s.poll_timeout(), Some(10));
+        s.handle_timeout(10);
+        assert_eq!(
+            events(&mut s),
+            [Event::TwinRequestFailed {
+                rid: 1,
+                kind: TwinRequestKind::Get,
+                status: None,
+                body: &[]
+            }]
+        );
+        assert_eq!(s.poll_timeout(), Some(13));
+        s.handle_timeout(13);
+        let ev = events(&mut s);
+        assert!(matches!(
+            ev[..],
+            [Event::TwinRequestFailed {
+                rid: 2,
+                kind: TwinRequestKind::Reported,
+                ..
+            }]
+        ));
+        s.handle_timeout(15);
+        assert_eq!(
+            actions(&mut s),
+            [A::Pub(
+                "$iothub/twin/GET/?$rid=3".into(),
+                QoS::AtMostOnce,
+                0
+            )]
+        );
+        // An error status is retried the same way.
+        s.handle_publish(16, "$iothub/twin/res/429/?$rid=3", b"{}");
+        s.handle_timeout(21);
+        assert_eq!(
+            actions(&mut s),
+            [A::Pub(
+                "$iothub/twin/GET/?$rid=4".into(),
+                QoS::AtMostOnce,
+                0
+            )]
+        );
+    }
+
+    #[test]
+    fn desired_patches_are_delivered_in_order_and_stale_ones_dropped() {
+        let mut s = session(SessionConfig::default());
+        connect(&mut s, 0);
+        let patch = |v: u64| {
+            let mut t =
+                std::string::String::from("$iothub/twin/PATCH/properties/desired/?$version=");
+            t += &std::string::ToString::to_string(&v);
+            t
+        };
+        // Before the GET answers, patches are held back (the document will cover them).
+        assert_eq!(
+            s.handle_publish(1, &patch(3), b"{\"x\":1,\"$version\":3}"),
+            None
+        );
+        let doc = b"{\"desired\":{\"x\":1,\"$version\":3},\"reported\":{\"$version\":1}}";
+        assert!(matches!(
+            s.handle_publish(1, "$iothub/twin/res/200/?$rid=1", doc),
+            Some(Event::Twin {
+                desired_version: Some(3),
+                ..
+            })
+        ));
+        assert_eq!(actions(&mut s), [], "nothing newer was missed");
+        assert_eq!(s.handle_publish(2, &patch(3), b"{}"), None, "duplicate");
+        assert_eq!(
+            s.handle_publish(2, &patch(4), b"{\"x\":2,\"$version\":4}"),
+            Some(Event::DesiredPatch {
+                version: 4,
+                patch: b"{\"x\":2,\"$version\":4}"
+            })
+        );
+        assert_eq!(s.handle_publish(2, &patch(2), b"{}"), None, "older");
+        // The version in the body is used when the topic has none.
+        assert!(matches!(
+            s.handle_publish(
+                3,
+                "$iothub/twin/PATCH/properties/desired/",
+                b"{\"x\":3,\"$version\":6}"
+            ),
+            Some(Event::DesiredPatch { version: 6, .. })
+        ));
+    }
+
+    #[test]
+    fn after_a_reconnect_patches_older_than_the_get_are_dropped_and_newer_ones_refetched() {
+        let mut s = session(SessionConfig::default());
+        connect(&mut s, 0);
+        s.handle_publish(
+            0,
+            "$iothub/twin/res/200/?$rid=1",
+            b"{\"desired\":{\"$version\":2}}",
+        );
+        s.handle_disconnected(10, DisconnectReason::Lost, 0);
+        s.handle_timeout(11);
+        actions(&mut s);
+        s.handle_connected(11);
+        let a = actions(&mut s);
+        assert_eq!(
+            a.last(),
+            Some(&A::Pub(
+                "$iothub/twin/GET/?$rid=2".into(),
+                QoS::AtMostOnce,
+                0
+            ))
+        );
+        // Version 6 arrives before the GET's answer, which is at version 5.
+        let t = "$iothub/twin/PATCH/properties/desired/?$version=6";
+        assert_eq!(s.handle_publish(12, t, b"{\"$version\":6}"), None);
+        s.handle_publish(
+            12,
+            "$iothub/twin/res/200/?$rid=2",
+            b"{\"desired\":{\"$version\":5}}",
+        );
+        assert_eq!(
+            actions(&mut s),
+            [A::Pub(
+                "$iothub/twin/GET/?$rid=3".into(),
+                QoS::AtMostOnce,
+                0
+            )],
+            "a second GET fetches version 6"
+        );
+        s.handle_publish(
+            13,
+            "$iothub/twin/res/200/?$rid=3",
+            b"{\"desired\":{\"$version\":6}}",
+        );
+        let t = "$iothub/twin/PATCH/properties/desired/?$version=6";
+        assert_eq!(s.handle_publish(14, t, b"{}"), None);
+    }
+
+    #[test]
+    fn c2d_and_method_requests_are_recognised() {
+        let mut s = session(SessionConfig::default());
+        connect(&mut s, 0);
+        assert_eq!(
+            s.handle_publish(
+                1,
+                "devices/dev-1/messages/devicebound/%24.mid=m1&%24.to=%2Fdevices%2Fdev-1%2Fmessages%2FdeviceBound&k=v",
+                b"hello"
+            ),
+            Some(Event::C2d {
+                properties: PropertyBag::new(
+                    "%24.mid=m1&%24.to=%2Fdevices%2Fdev-1%2Fmessages%2FdeviceBound&k=v"
+                ),
+                body: b"hello"
+            })
+        );
+        assert_eq!(
+            s.handle_publish(1, "devices/other/messages/devicebound/", b"x"),
+            None
+        );
+        assert_eq!(
+            s.handle_publish(1, "$iothub/methods/POST/ping/?$rid=a1", b"{\"x\":1}"),
+            Some(Event::MethodRequest {
+                name: "ping",
+                rid: "a1",
+                payload: b"{\"x\":1}"
+            })
+        );
+        let mut buf = [0u8; 64];
+        let p = s.respond_method("a1", 200, b"{}", &mut buf).unwrap();
+        assert_eq!(p.topic, "$iothub/methods/res/200/?$rid=a1");
+        // An encoded request id is echoed exactly, not encoded twice.
+        let p = s.respond_method("a%20b", 200, b"{}", &mut buf).unwrap();
+        assert_eq!(p.topic, "$iothub/methods/res/200/?$rid=a%20b");
+        assert_eq!(p.qos, QoS::AtMostOnce);
+        assert_eq!(s.handle_publish(1, "some/other/topic", b""), None);
+    }
+
+    #[test]
+    fn bad_credentials_before_the_first_connect_give_up() {
+        let mut s = session(SessionConfig::default());
+        s.handle_timeout(0);
+        actions(&mut s);
+        s.handle_disconnected(1, DisconnectReason::Refused(ConnackCode::NotAuthorized), 0);
+        assert_eq!(
+            actions(&mut s),
+            [A::GiveUp(GiveUpReason::Refused(ConnackCode::NotAuthorized))]
+        );
+        assert_eq!(s.state(), State::Closed);
+        assert_eq!(s.poll_timeout(), None);
+        s.handle_timeout(100);
+        assert_eq!(actions(&mut s), []);
+    }
+
+    #[test]
+    fn the_attempt_budget_gives_up_with_the_last_reason() {
+        let mut s = session(SessionConfig {
+            max_initial_attempts: Some(1),
+            ..SessionConfig::default()
+        });
+        s.handle_timeout(0);
+        actions(&mut s);
+        s.handle_disconnected(1, DisconnectReason::Unreachable, 0);
+        assert_eq!(
+            actions(&mut s),
+            [A::GiveUp(GiveUpReason::Exhausted(
+                DisconnectReason::Unreachable
+            ))]
+        );
+        // Once connected, a refusal is retried (a disabled device may come back).
+        let mut s = session(SessionConfig {
+            max_attempts: Some(3),
+            ..SessionConfig::default()
+        });
+        connect(&mut s, 0);
+        let refused = DisconnectReason::Refused(ConnackCode::NotAuthorized);
+        s.handle_disconnected(1, DisconnectReason::Lost, 0);
+        for now in [10, 20] {
+            s.handle_timeout(now);
+            actions(&mut s);
+            s.handle_disconnected(now, refused, 0);
+        }
+        assert_eq!(
+            actions(&mut s),
+            [A::GiveUp(GiveUpReason::Exhausted(refused))]
+        );
+    }
+
+    #[test]
+    fn reboot_reconnects_at_once_and_close_stops_for_good() {
+        let mut s = session(SessionConfig::default());
+        connect(&mut s, 0);
+        events(&mut s);
+        let mut buf = [0u8; 64];
+        s.respond_method("1", 200, b"", &mut buf).unwrap();
+        s.reconnect(1);
+        assert_eq!(actions(&mut s), [A::Disconnect(DisconnectCause::Reconnect)]);
+        s.handle_disconnected(1, DisconnectReason::Requested, 0);
+        assert_eq!(actions(&mut s), [A::Connect(Some(3601), 0)]);
+        s.handle_connected(2);
+        actions(&mut s);
+        s.close(3);
+        assert_eq!(actions(&mut s), [A::Disconnect(DisconnectCause::Close)]);
+        s.handle_disconnected(3, DisconnectReason::Requested, 0);
+        assert_eq!(s.state(), State::Closed);
+        s.handle_timeout(10_000);
+        assert_eq!(actions(&mut s), []);
+        assert_eq!(s.poll_timeout(), None);
+    }
+
+    #[test]
+    fn a_fixed_credential_is_never_renewed() {
+        let mut s = session(SessionConfig {
+            token_ttl: None,
+            ..SessionConfig::default()
+        });
+        s.handle_timeout(0);
+        assert_eq!(actions(&mut s), [A::Connect(None, 0)]);
+        s.handle_connected(0);
+        s.handle_publish(0, "$iothub/twin/res/200/?$rid=1", b"{}");
+        assert_eq!(s.poll_timeout(), None);
+    }
+
+    #[test]
+    fn packet_ids_skip_zero_and_ids_still_in_flight() {
+        let mut s = session(SessionConfig::default());
+        connect(&mut s, 0);
+        let mut buf = [0u8; 128];
+        s.next_pkid = u16::MAX;
+        assert_eq!(
+            s.send_telemetry(0, 1, &SystemProperties::default(), [], b"", &mut buf)
+                .unwrap()
+                .pkid,
+            u16::MAX
+        );
+        assert_eq!(
+            s.send_telemetry(0, 2, &SystemProperties::default(), [], b"", &mut buf)
+                .unwrap()
+                .pkid,
+            1
+        );
+        s.next_pkid = u16::MAX;
+        assert_eq!(
+            s.send_telemetry(0, 3, &SystemProperties::default(), [], b"", &mut buf)
+                .unwrap()
+                .pkid,
+            2
+        );
+    }
+}
