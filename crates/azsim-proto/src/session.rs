@@ -145,6 +145,10 @@ pub struct SessionConfig {
     pub drain_timeout: u64,
     /// QoS 1 telemetry messages allowed in flight (at most [`MAX_IN_FLIGHT`]).
     pub max_in_flight: usize,
+    /// Highest packet id handed out (ids cycle through `1..=max_packet_id`, skipping ids still in
+    /// flight). Clients that index in-flight state by packet id (rumqttc) need it small; it is
+    /// raised to at least `max_in_flight`.
+    pub max_packet_id: u16,
     /// MQTT keep-alive in seconds, passed through to [`Action::Connect`] (IoT Hub allows 1177).
     pub keep_alive: u16,
     /// MQTT clean-session flag; the SDKs use `false` so C2D queued while offline arrives.
@@ -166,6 +170,7 @@ impl Default for SessionConfig {
             twin_request_timeout: 30,
             drain_timeout: 5,
             max_in_flight: MAX_IN_FLIGHT,
+            max_packet_id: u16::MAX,
             keep_alive: 60,
             clean_session: false,
             max_initial_attempts: None,
@@ -581,6 +586,7 @@ impl Session {
     pub fn new(identity: Identity, mut config: SessionConfig) -> Self {
         config.max_in_flight = config.max_in_flight.clamp(1, MAX_IN_FLIGHT);
         config.renew_at_percent = config.renew_at_percent.clamp(1, 100);
+        config.max_packet_id = config.max_packet_id.max(config.max_in_flight as u16);
         config.backoff_min = config.backoff_min.max(1);
         config.backoff_max = config.backoff_max.max(config.backoff_min);
         Self {
@@ -1181,7 +1187,11 @@ impl Session {
     fn alloc_pkid(&mut self) -> u16 {
         loop {
             let p = self.next_pkid;
-            self.next_pkid = self.next_pkid.wrapping_add(1).max(1);
+            self.next_pkid = if p >= self.config.max_packet_id {
+                1
+            } else {
+                p + 1
+            };
             if !self.in_flight.iter().any(|f| f.pkid == p) {
                 return p;
             }
@@ -2021,6 +2031,27 @@ mod tests {
         s.handle_connected(0);
         s.handle_publish(0, "$iothub/twin/res/200/?$rid=1", b"{}");
         assert_eq!(s.poll_timeout(), None);
+    }
+
+    #[test]
+    fn packet_ids_stay_within_the_configured_range() {
+        let mut s = session(SessionConfig {
+            max_in_flight: 2,
+            max_packet_id: 3,
+            ..SessionConfig::default()
+        });
+        connect(&mut s, 0);
+        let mut buf = [0u8; 128];
+        let mut ids = std::vec::Vec::new();
+        for tag in 0..6 {
+            let p = s
+                .send_telemetry(0, tag, &SystemProperties::default(), [], b"", &mut buf)
+                .unwrap()
+                .pkid;
+            ids.push(p);
+            s.handle_puback(0, p);
+        }
+        assert_eq!(ids, [1, 2, 3, 1, 2, 3]);
     }
 
     #[test]
