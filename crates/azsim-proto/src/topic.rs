@@ -361,6 +361,11 @@ pub fn classify_subscription(
         TWIN_DESIRED_FILTER => return Ok(SubscriptionKind::DesiredPatches),
         _ => {}
     }
+    // A `+` or a non-trailing `#` would widen the filter to other devices' topics whatever the
+    // identity's own id contains.
+    if filter.contains('+') || filter.find('#').is_some_and(|i| i + 1 != filter.len()) {
+        return Err(TopicError::NotAllowed);
+    }
     let rest = strip_identity(filter, id).ok_or(TopicError::NotAllowed)?;
     match (id.module_id, rest) {
         (None, "messages/devicebound/#" | "messages/#") => Ok(SubscriptionKind::C2d),
@@ -1223,6 +1228,15 @@ mod tests {
         }
         assert_eq!(
             classify_subscription("devices/d1/messages/devicebound/#", m),
+            Err(TopicError::NotAllowed)
+        );
+        // A device whose id is a wildcard still gets no wildcard subscription.
+        assert_eq!(
+            classify_subscription("devices/+/messages/devicebound/#", Identity::device("+")),
+            Err(TopicError::NotAllowed)
+        );
+        assert_eq!(
+            classify_subscription("devices/#/messages/devicebound/#", Identity::device("#")),
             Err(TopicError::NotAllowed)
         );
         for id in [dev, m] {
