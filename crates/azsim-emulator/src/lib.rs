@@ -1,1 +1,170 @@
-//! A local Azure IoT Hub (work in progress).
+//! A local Azure IoT Hub for development and tests: a TLS MQTT 3.1.1 endpoint that applies IoT
+//! Hub's device rules (SAS auth, topic ACL, QoS, limits, C2D, methods, twins), the service REST
+//! API subset of api-version 2021-04-12 (plus emulator-only `/emulator/...` endpoints), and the
+//! registry, twins, C2D queues and a D2C event log kept in SQLite.
+//!
+//! What it does not do: AMQP, WebSockets, X.509 device auth, DPS, routing or Event Hubs. Every
+//! wire rule (tokens, usernames, topics, property bags) comes from `azsim-proto`; MQTT framing
+//! comes from `rumqttc::mqttbytes::v4`.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+pub mod state_dir;
+pub mod store;
+pub mod twin;
+
+/// The MQTT port Azure uses (devices assume it when `HostName` has no port).
+pub const DEFAULT_MQTT_PORT: u16 = 8883;
+/// The hub's REST api-version.
+pub const API_VERSION: &str = "2021-04-12";
+/// The discovery file written into the state dir on start.
+pub const HUB_JSON: &str = "hub.json";
+
+/// Errors starting or running the hub.
+#[derive(Debug, thiserror::Error)]
+pub enum HubError {
+    #[error("state directory: {0}")]
+    State(String),
+    #[error("tls: {0}")]
+    Tls(String),
+    #[error("store: {0}")]
+    Store(String),
+    #[error("io: {0}")]
+    Io(#[from] std::io::Error),
+    #[error("{0}: cannot read hub info: {1}")]
+    Info(PathBuf, String),
+}
+
+/// Limits and defaults; `Default` gives Azure's documented values.
+#[derive(Debug, Clone)]
+pub struct HubLimits {
+    pub c2d_queue_cap: u32,
+    pub c2d_default_ttl: Duration,
+    pub c2d_max_delivery_count: u32,
+    pub c2d_max_bytes: usize,
+    pub d2c_max_bytes: usize,
+    pub max_subscriptions: usize,
+    pub event_log_cap: usize,
+    /// Keep-alive ceiling (Azure caps the 1.5x timeout at 1767 s, so 1177 s of keep-alive).
+    pub max_keep_alive: u16,
+}
+
+impl Default for HubLimits {
+    fn default() -> Self {
+        HubLimits {
+            c2d_queue_cap: 50,
+            c2d_default_ttl: Duration::from_secs(3600),
+            c2d_max_delivery_count: 10,
+            c2d_max_bytes: 64 * 1024,
+            d2c_max_bytes: 256 * 1024,
+            max_subscriptions: 5,
+            event_log_cap: 10_000,
+            max_keep_alive: 1177,
+        }
+    }
+}
+
+/// How to run the hub.
+#[derive(Debug, Clone)]
+pub struct HubConfig {
+    /// Holds the CA, server cert, keys, the database (unless `in_memory`) and `hub.json`.
+    pub state_dir: PathBuf,
+    /// The name devices and services use (`HostName=`); in the server certificate.
+    pub hostname: String,
+    /// Keep registry, twins and queues in memory only (certs and keys still go to `state_dir`).
+    pub in_memory: bool,
+    pub limits: HubLimits,
+}
+
+impl HubConfig {
+    /// Defaults: hostname `localhost`, persistent, Azure's limits.
+    pub fn new(state_dir: impl Into<PathBuf>) -> HubConfig {
+        HubConfig {
+            state_dir: state_dir.into(),
+            hostname: "localhost".into(),
+            in_memory: false,
+            limits: HubLimits::default(),
+        }
+    }
+}
+
+/// The discovery record in `DIR/hub.json` (CONTRACTS.md).
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HubInfo {
+    pub hostname: String,
+    pub mqtt_port: u16,
+    pub https_port: u16,
+    pub ca_file: PathBuf,
+    pub service_connection_string: String,
+    pub pid: u32,
+}
+
+impl std::fmt::Debug for HubInfo {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("HubInfo")
+            .field("hostname", &self.hostname)
+            .field("mqtt_port", &self.mqtt_port)
+            .field("https_port", &self.https_port)
+            .field("ca_file", &self.ca_file)
+            .field("service_connection_string", &"<redacted>")
+            .field("pid", &self.pid)
+            .finish()
+    }
+}
+
+impl HubInfo {
+    /// Read `dir/hub.json`.
+    ///
+    /// # Errors
+    /// [`HubError::Info`] naming the file when it is missing or malformed.
+    pub fn load(dir: &Path) -> Result<HubInfo, HubError> {
+        let path = dir.join(HUB_JSON);
+        let text = std::fs::read_to_string(&path)
+            .map_err(|e| HubError::Info(path.clone(), e.to_string()))?;
+        serde_json::from_str(&text).map_err(|e| HubError::Info(path, e.to_string()))
+    }
+
+    /// `HostName=..;DeviceId=..;SharedAccessKey=..` for a device of this hub; the MQTT port is
+    /// appended to `HostName` only when it is not 8883.
+    pub fn device_connection_string(&self, device_id: &str, key: &str) -> String {
+        format!(
+            "HostName={};DeviceId={device_id};SharedAccessKey={key}",
+            self.mqtt_host()
+        )
+    }
+
+    /// `HostName` for devices: the hostname, plus `:port` when the port is not 8883.
+    pub fn mqtt_host(&self) -> String {
+        if self.mqtt_port == DEFAULT_MQTT_PORT {
+            self.hostname.clone()
+        } else {
+            format!("{}:{}", self.hostname, self.mqtt_port)
+        }
+    }
+}
+
+#[allow(dead_code)]
+pub(crate) fn now_rfc3339() -> String {
+    time::OffsetDateTime::now_utc()
+        .format(&time::format_description::well_known::Rfc3339)
+        .unwrap_or_default()
+}
+
+#[allow(dead_code)]
+pub(crate) fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or_default()
+}
+
+#[allow(dead_code)]
+pub(crate) fn unix_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or_default()
+}

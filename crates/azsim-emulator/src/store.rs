@@ -1,0 +1,608 @@
+//! SQLite persistence: identities (registry + twin in one row), C2D queues, MQTT session
+//! subscriptions and the capped D2C event log.
+//!
+//! One connection behind a mutex; async callers go through [`Store::call`] (spawn_blocking) so
+//! SQLite never runs on a runtime worker. Telemetry never waits for SQLite: it goes through a
+//! channel to a writer thread that inserts in batches, one transaction per batch, in WAL mode
+//! with `synchronous=NORMAL` (no fsync per commit).
+
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+
+use rusqlite::{Connection, OptionalExtension as _, params};
+use serde_json::{Map, Value};
+use tokio::sync::{mpsc, oneshot};
+
+use crate::HubError;
+
+/// A registered device or module, with its twin.
+#[derive(Clone)]
+pub struct Identity {
+    pub device_id: String,
+    pub module_id: Option<String>,
+    pub primary_key: String,
+    pub secondary_key: String,
+    pub enabled: bool,
+    pub status_reason: Option<String>,
+    pub generation_id: String,
+    pub etag_n: u64,
+    pub status_updated: String,
+    pub managed_by: Option<String>,
+    pub tags: Map<String, Value>,
+    pub desired: Map<String, Value>,
+    pub desired_version: u64,
+    pub desired_updated: String,
+    pub reported: Map<String, Value>,
+    pub reported_version: u64,
+    pub reported_updated: String,
+    pub twin_version: u64,
+}
+
+impl std::fmt::Debug for Identity {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Identity")
+            .field("device_id", &self.device_id)
+            .field("module_id", &self.module_id)
+            .field("keys", &"<redacted>")
+            .field("enabled", &self.enabled)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A cloud-to-device message in a device queue.
+#[derive(Debug, Clone)]
+pub struct C2dMessage {
+    pub seq: i64,
+    pub device_id: String,
+    pub message_id: String,
+    pub correlation_id: Option<String>,
+    pub content_type: Option<String>,
+    pub content_encoding: Option<String>,
+    pub user_id: Option<String>,
+    pub ack: String,
+    /// App properties in send order.
+    pub properties: Vec<(String, String)>,
+    pub body: Vec<u8>,
+    pub enqueued_ms: i64,
+    pub expiry_ms: i64,
+    pub delivery_count: u32,
+}
+
+enum WriterMsg {
+    Event(String, String),
+    Flush(oneshot::Sender<()>),
+}
+
+/// Handle to the database. Cheap to clone.
+#[derive(Clone)]
+pub struct Store {
+    conn: Arc<Mutex<Connection>>,
+    events_tx: mpsc::Sender<WriterMsg>,
+    writer: Arc<Mutex<Option<JoinHandle<()>>>>,
+}
+
+impl std::fmt::Debug for Store {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Store")
+    }
+}
+
+fn db_err(e: rusqlite::Error) -> HubError {
+    HubError::Store(e.to_string())
+}
+
+const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS identities (
+  device_id TEXT NOT NULL, module_id TEXT NOT NULL DEFAULT '', data TEXT NOT NULL,
+  PRIMARY KEY (device_id, module_id));
+CREATE TABLE IF NOT EXISTS c2d (
+  seq INTEGER PRIMARY KEY AUTOINCREMENT, device_id TEXT NOT NULL, data TEXT NOT NULL,
+  body BLOB NOT NULL, expiry_ms INTEGER NOT NULL, delivery_count INTEGER NOT NULL DEFAULT 0,
+  dead TEXT);
+CREATE INDEX IF NOT EXISTS c2d_device ON c2d (device_id, dead, seq);
+CREATE TABLE IF NOT EXISTS sessions (client_id TEXT PRIMARY KEY, filters TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS events (
+  seq INTEGER PRIMARY KEY AUTOINCREMENT, device_id TEXT NOT NULL, json TEXT NOT NULL);
+";
+
+impl Store {
+    /// Open (creating) the database at `path`, or an in-memory one when `path` is `None`.
+    pub fn open(path: Option<&Path>, event_cap: usize) -> Result<Store, HubError> {
+        let conn = match path {
+            Some(p) => Connection::open(p).map_err(db_err)?,
+            None => Connection::open_in_memory().map_err(db_err)?,
+        };
+        if path.is_some() {
+            conn.pragma_update(None, "journal_mode", "WAL")
+                .map_err(db_err)?;
+        }
+        conn.pragma_update(None, "synchronous", "NORMAL")
+            .map_err(db_err)?;
+        conn.busy_timeout(std::time::Duration::from_secs(5))
+            .map_err(db_err)?;
+        conn.execute_batch(SCHEMA).map_err(db_err)?;
+        let conn = Arc::new(Mutex::new(conn));
+        let (tx, rx) = mpsc::channel(16_384);
+        let wconn = conn.clone();
+        let handle = std::thread::Builder::new()
+            .name("azsim-hub-events".into())
+            .spawn(move || event_writer(wconn, rx, event_cap.max(1)))
+            .map_err(|e| HubError::Store(e.to_string()))?;
+        Ok(Store {
+            conn,
+            events_tx: tx,
+            writer: Arc::new(Mutex::new(Some(handle))),
+        })
+    }
+
+    /// Run `f` on the connection on the blocking pool.
+    pub async fn call<T, F>(&self, f: F) -> Result<T, HubError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&mut Connection) -> Result<T, HubError> + Send + 'static,
+    {
+        let conn = self.conn.clone();
+        tokio::task::spawn_blocking(move || {
+            let mut guard = conn.lock().unwrap_or_else(|p| p.into_inner());
+            f(&mut guard)
+        })
+        .await
+        .map_err(|e| HubError::Store(format!("store task failed: {e}")))?
+    }
+
+    /// Queue a telemetry event (JSON text) for the log. Waits only when the writer is far behind.
+    pub async fn log_event(&self, device_id: String, json: String) {
+        let _ = self.events_tx.send(WriterMsg::Event(device_id, json)).await;
+    }
+
+    /// Wait until every event queued so far is committed.
+    pub async fn flush(&self) {
+        let (tx, rx) = oneshot::channel();
+        if self.events_tx.send(WriterMsg::Flush(tx)).await.is_ok() {
+            let _ = rx.await;
+        }
+    }
+
+    /// Flush, then checkpoint the WAL so the db file is complete on its own.
+    pub async fn close(&self) {
+        self.flush().await;
+        let _ = self
+            .call(|c| {
+                let _ = c.execute_batch("PRAGMA wal_checkpoint(TRUNCATE);");
+                Ok(())
+            })
+            .await;
+        let _ = self.writer.lock().map(|mut w| w.take());
+    }
+}
+
+fn event_writer(conn: Arc<Mutex<Connection>>, mut rx: mpsc::Receiver<WriterMsg>, cap: usize) {
+    let mut since_trim = 0usize;
+    while let Some(first) = rx.blocking_recv() {
+        let mut batch = vec![first];
+        while batch.len() < 2048 {
+            match rx.try_recv() {
+                Ok(m) => batch.push(m),
+                Err(_) => break,
+            }
+        }
+        let mut flushes = Vec::new();
+        {
+            let mut guard = conn.lock().unwrap_or_else(|p| p.into_inner());
+            let result = (|| -> rusqlite::Result<()> {
+                let tx = guard.transaction()?;
+                {
+                    let mut stmt =
+                        tx.prepare_cached("INSERT INTO events (device_id, json) VALUES (?1, ?2)")?;
+                    for m in batch {
+                        match m {
+                            WriterMsg::Event(d, j) => {
+                                stmt.execute(params![d, j])?;
+                                since_trim += 1;
+                            }
+                            WriterMsg::Flush(f) => flushes.push(f),
+                        }
+                    }
+                }
+                if since_trim >= 256 {
+                    since_trim = 0;
+                    tx.execute(
+                        "DELETE FROM events WHERE seq <= (SELECT MAX(seq) FROM events) - ?1",
+                        params![cap as i64],
+                    )?;
+                }
+                tx.commit()
+            })();
+            if let Err(e) = result {
+                tracing::warn!(error = %e, "event log write failed");
+            }
+        }
+        for f in flushes {
+            let _ = f.send(());
+        }
+    }
+}
+
+fn mid_key(m: Option<&str>) -> &str {
+    m.unwrap_or("")
+}
+
+fn identity_to_json(i: &Identity) -> String {
+    serde_json::json!({
+        "primaryKey": i.primary_key, "secondaryKey": i.secondary_key, "enabled": i.enabled,
+        "statusReason": i.status_reason, "generationId": i.generation_id, "etagN": i.etag_n,
+        "statusUpdated": i.status_updated, "managedBy": i.managed_by, "tags": i.tags,
+        "desired": i.desired, "desiredVersion": i.desired_version,
+        "desiredUpdated": i.desired_updated, "reported": i.reported,
+        "reportedVersion": i.reported_version, "reportedUpdated": i.reported_updated,
+        "twinVersion": i.twin_version,
+    })
+    .to_string()
+}
+
+fn identity_from_json(device_id: String, module_id: String, data: &str) -> Option<Identity> {
+    let v: Value = serde_json::from_str(data).ok()?;
+    let s = |k: &str| {
+        v.get(k)
+            .and_then(Value::as_str)
+            .unwrap_or_default()
+            .to_string()
+    };
+    let u = |k: &str| v.get(k).and_then(Value::as_u64).unwrap_or_default();
+    let m = |k: &str| {
+        v.get(k)
+            .and_then(Value::as_object)
+            .cloned()
+            .unwrap_or_default()
+    };
+    Some(Identity {
+        device_id,
+        module_id: if module_id.is_empty() {
+            None
+        } else {
+            Some(module_id)
+        },
+        primary_key: s("primaryKey"),
+        secondary_key: s("secondaryKey"),
+        enabled: v.get("enabled").and_then(Value::as_bool).unwrap_or(true),
+        status_reason: v
+            .get("statusReason")
+            .and_then(Value::as_str)
+            .map(str::to_string),
+        generation_id: s("generationId"),
+        etag_n: u("etagN"),
+        status_updated: s("statusUpdated"),
+        managed_by: v
+            .get("managedBy")
+            .and_then(Value::as_str)
+            .map(str::to_string),
+        tags: m("tags"),
+        desired: m("desired"),
+        desired_version: u("desiredVersion"),
+        desired_updated: s("desiredUpdated"),
+        reported: m("reported"),
+        reported_version: u("reportedVersion"),
+        reported_updated: s("reportedUpdated"),
+        twin_version: u("twinVersion"),
+    })
+}
+
+/// Synchronous queries, run inside [`Store::call`].
+pub mod q {
+    use super::*;
+
+    pub fn get_identity(
+        c: &Connection,
+        device: &str,
+        module: Option<&str>,
+    ) -> Result<Option<Identity>, HubError> {
+        let row: Option<String> = c
+            .prepare_cached("SELECT data FROM identities WHERE device_id = ?1 AND module_id = ?2")
+            .map_err(db_err)?
+            .query_row(params![device, mid_key(module)], |r| r.get(0))
+            .optional()
+            .map_err(db_err)?;
+        Ok(row
+            .and_then(|d| identity_from_json(device.to_string(), mid_key(module).to_string(), &d)))
+    }
+
+    pub fn put_identity(c: &Connection, i: &Identity) -> Result<(), HubError> {
+        c.prepare_cached(
+            "INSERT OR REPLACE INTO identities (device_id, module_id, data) VALUES (?1, ?2, ?3)",
+        )
+        .map_err(db_err)?
+        .execute(params![
+            i.device_id,
+            mid_key(i.module_id.as_deref()),
+            identity_to_json(i)
+        ])
+        .map_err(db_err)?;
+        Ok(())
+    }
+
+    /// Delete a device (with its modules, queue and sessions) or one module.
+    pub fn delete_identity(
+        c: &mut Connection,
+        device: &str,
+        module: Option<&str>,
+    ) -> Result<(), HubError> {
+        let tx = c.transaction().map_err(db_err)?;
+        match module {
+            Some(m) => {
+                tx.execute(
+                    "DELETE FROM identities WHERE device_id = ?1 AND module_id = ?2",
+                    params![device, m],
+                )
+                .map_err(db_err)?;
+                tx.execute(
+                    "DELETE FROM sessions WHERE client_id = ?1",
+                    params![format!("{device}/{m}")],
+                )
+                .map_err(db_err)?;
+            }
+            None => {
+                tx.execute(
+                    "DELETE FROM identities WHERE device_id = ?1",
+                    params![device],
+                )
+                .map_err(db_err)?;
+                tx.execute("DELETE FROM c2d WHERE device_id = ?1", params![device])
+                    .map_err(db_err)?;
+                tx.execute(
+                    "DELETE FROM sessions WHERE client_id = ?1 OR client_id LIKE ?2",
+                    params![device, format!("{device}/%")],
+                )
+                .map_err(db_err)?;
+            }
+        }
+        tx.commit().map_err(db_err)
+    }
+
+    /// Devices (module_id None) or the modules of `device`.
+    pub fn list_identities(
+        c: &Connection,
+        modules_of: Option<&str>,
+    ) -> Result<Vec<Identity>, HubError> {
+        let mut out = Vec::new();
+        let mut push = |r: &rusqlite::Row<'_>| -> rusqlite::Result<()> {
+            let (d, m, data): (String, String, String) = (r.get(0)?, r.get(1)?, r.get(2)?);
+            if let Some(i) = identity_from_json(d, m, &data) {
+                out.push(i);
+            }
+            Ok(())
+        };
+        match modules_of {
+            None => {
+                let mut st = c
+                    .prepare(
+                        "SELECT device_id, module_id, data FROM identities WHERE module_id = '' \
+                         ORDER BY device_id",
+                    )
+                    .map_err(db_err)?;
+                let mut rows = st.query([]).map_err(db_err)?;
+                while let Some(r) = rows.next().map_err(db_err)? {
+                    push(r).map_err(db_err)?;
+                }
+            }
+            Some(d) => {
+                let mut st = c
+                    .prepare(
+                        "SELECT device_id, module_id, data FROM identities WHERE device_id = ?1 \
+                         AND module_id <> '' ORDER BY module_id",
+                    )
+                    .map_err(db_err)?;
+                let mut rows = st.query(params![d]).map_err(db_err)?;
+                while let Some(r) = rows.next().map_err(db_err)? {
+                    push(r).map_err(db_err)?;
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// Live (not dead-lettered) queue depth.
+    pub fn c2d_depth(c: &Connection, device: &str) -> Result<u32, HubError> {
+        c.prepare_cached("SELECT COUNT(*) FROM c2d WHERE device_id = ?1 AND dead IS NULL")
+            .map_err(db_err)?
+            .query_row(params![device], |r| r.get::<_, i64>(0))
+            .map(|n| n as u32)
+            .map_err(db_err)
+    }
+
+    /// Append to a queue; `Ok(None)` when the queue is already at `cap`.
+    pub fn c2d_enqueue(
+        c: &mut Connection,
+        m: &C2dMessage,
+        cap: u32,
+    ) -> Result<Option<u32>, HubError> {
+        let tx = c.transaction().map_err(db_err)?;
+        let depth = c2d_depth(&tx, &m.device_id)?;
+        if depth >= cap {
+            return Ok(None);
+        }
+        let data = serde_json::json!({
+            "messageId": m.message_id, "correlationId": m.correlation_id,
+            "contentType": m.content_type, "contentEncoding": m.content_encoding,
+            "userId": m.user_id, "ack": m.ack, "properties": m.properties,
+            "enqueuedMs": m.enqueued_ms,
+        })
+        .to_string();
+        tx.execute(
+            "INSERT INTO c2d (device_id, data, body, expiry_ms, delivery_count) VALUES (?1, ?2, ?3, ?4, 0)",
+            params![m.device_id, data, m.body, m.expiry_ms],
+        )
+        .map_err(db_err)?;
+        tx.commit().map_err(db_err)?;
+        Ok(Some(depth + 1))
+    }
+
+    /// Live messages of a device, oldest first.
+    pub fn c2d_pending(c: &Connection, device: &str) -> Result<Vec<C2dMessage>, HubError> {
+        let mut st = c
+            .prepare_cached(
+                "SELECT seq, data, body, expiry_ms, delivery_count FROM c2d \
+                 WHERE device_id = ?1 AND dead IS NULL ORDER BY seq",
+            )
+            .map_err(db_err)?;
+        let rows = st
+            .query_map(params![device], |r| {
+                Ok((
+                    r.get::<_, i64>(0)?,
+                    r.get::<_, String>(1)?,
+                    r.get::<_, Vec<u8>>(2)?,
+                    r.get::<_, i64>(3)?,
+                    r.get::<_, i64>(4)?,
+                ))
+            })
+            .map_err(db_err)?;
+        let mut out = Vec::new();
+        for row in rows {
+            let (seq, data, body, expiry_ms, dc) = row.map_err(db_err)?;
+            let v: Value = serde_json::from_str(&data).unwrap_or(Value::Null);
+            let s = |k: &str| v.get(k).and_then(Value::as_str).map(str::to_string);
+            let properties = v
+                .get("properties")
+                .and_then(Value::as_array)
+                .map(|a| {
+                    a.iter()
+                        .filter_map(|p| {
+                            let p = p.as_array()?;
+                            Some((
+                                p.first()?.as_str()?.to_string(),
+                                p.get(1)?.as_str()?.to_string(),
+                            ))
+                        })
+                        .collect()
+                })
+                .unwrap_or_default();
+            out.push(C2dMessage {
+                seq,
+                device_id: device.to_string(),
+                message_id: s("messageId").unwrap_or_default(),
+                correlation_id: s("correlationId"),
+                content_type: s("contentType"),
+                content_encoding: s("contentEncoding"),
+                user_id: s("userId"),
+                ack: s("ack").unwrap_or_else(|| "none".into()),
+                properties,
+                body,
+                enqueued_ms: v
+                    .get("enqueuedMs")
+                    .and_then(Value::as_i64)
+                    .unwrap_or_default(),
+                expiry_ms,
+                delivery_count: dc as u32,
+            });
+        }
+        Ok(out)
+    }
+
+    pub fn c2d_mark_delivered(c: &Connection, seq: i64) -> Result<(), HubError> {
+        c.prepare_cached("UPDATE c2d SET delivery_count = delivery_count + 1 WHERE seq = ?1")
+            .map_err(db_err)?
+            .execute(params![seq])
+            .map_err(db_err)?;
+        Ok(())
+    }
+
+    /// Complete (delete) a message; true when it was still live.
+    pub fn c2d_complete(c: &Connection, seq: i64) -> Result<bool, HubError> {
+        let n = c
+            .prepare_cached("DELETE FROM c2d WHERE seq = ?1 AND dead IS NULL")
+            .map_err(db_err)?
+            .execute(params![seq])
+            .map_err(db_err)?;
+        Ok(n > 0)
+    }
+
+    pub fn c2d_dead_letter(c: &Connection, seq: i64, reason: &str) -> Result<(), HubError> {
+        c.prepare_cached("UPDATE c2d SET dead = ?2 WHERE seq = ?1")
+            .map_err(db_err)?
+            .execute(params![seq, reason])
+            .map_err(db_err)?;
+        Ok(())
+    }
+
+    pub fn c2d_purge(c: &Connection, device: &str) -> Result<u32, HubError> {
+        c.execute(
+            "DELETE FROM c2d WHERE device_id = ?1 AND dead IS NULL",
+            params![device],
+        )
+        .map(|n| n as u32)
+        .map_err(db_err)
+    }
+
+    pub fn session_filters(c: &Connection, client_id: &str) -> Result<Vec<String>, HubError> {
+        let row: Option<String> = c
+            .prepare_cached("SELECT filters FROM sessions WHERE client_id = ?1")
+            .map_err(db_err)?
+            .query_row(params![client_id], |r| r.get(0))
+            .optional()
+            .map_err(db_err)?;
+        Ok(row
+            .and_then(|s| serde_json::from_str(&s).ok())
+            .unwrap_or_default())
+    }
+
+    pub fn set_session_filters(
+        c: &Connection,
+        client_id: &str,
+        filters: &[String],
+    ) -> Result<(), HubError> {
+        if filters.is_empty() {
+            c.execute(
+                "DELETE FROM sessions WHERE client_id = ?1",
+                params![client_id],
+            )
+            .map_err(db_err)?;
+        } else {
+            c.execute(
+                "INSERT OR REPLACE INTO sessions (client_id, filters) VALUES (?1, ?2)",
+                params![
+                    client_id,
+                    serde_json::to_string(filters).unwrap_or_default()
+                ],
+            )
+            .map_err(db_err)?;
+        }
+        Ok(())
+    }
+
+    /// The newest `limit` events (oldest first), optionally for one device.
+    pub fn recent_events(
+        c: &Connection,
+        device: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<String>, HubError> {
+        let mut out = Vec::new();
+        match device {
+            Some(d) => {
+                let mut st = c
+                    .prepare(
+                        "SELECT json FROM events WHERE device_id = ?1 ORDER BY seq DESC LIMIT ?2",
+                    )
+                    .map_err(db_err)?;
+                for r in st
+                    .query_map(params![d, limit as i64], |r| r.get(0))
+                    .map_err(db_err)?
+                {
+                    out.push(r.map_err(db_err)?);
+                }
+            }
+            None => {
+                let mut st = c
+                    .prepare("SELECT json FROM events ORDER BY seq DESC LIMIT ?1")
+                    .map_err(db_err)?;
+                for r in st
+                    .query_map(params![limit as i64], |r| r.get(0))
+                    .map_err(db_err)?
+                {
+                    out.push(r.map_err(db_err)?);
+                }
+            }
+        }
+        out.reverse();
+        Ok(out)
+    }
+}
