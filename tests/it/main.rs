@@ -1,1 +1,2 @@
-mod placeholder {}
+//! The one integration-test binary. One module per feature; each owner adds its `mod` line.
+//! Tests that exercise the CLI run the real binary (`env!("CARGO_BIN_EXE_azsim")`).

@@ -1,0 +1,59 @@
+//! Command-line parsing: clap structs only, one file per subcommand.
+//!
+//! Each `cli/X.rs` holds the clap structs of one subcommand and an `into_config(self) ->
+//! Result<XConfig, UsageError>` that validates everything that can be validated without doing the
+//! work; `cmd/X.rs` takes the config and never sees clap types. There is no global `--json`: the
+//! subcommands that print data take their own `--json`, so `--help` shows it where it means
+//! something. Log verbosity is `RUST_LOG` (logs go to stderr, output to stdout).
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+use crate::error::CliError;
+
+pub mod token;
+
+/// azsim: run an ESP32's Azure IoT Hub device session on a laptop, against a real hub or a local one.
+#[derive(Debug, Parser)]
+#[command(
+    name = "azsim",
+    version,
+    propagate_version = true,
+    max_term_width = 100
+)]
+pub struct Cli {
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// The subcommands. Each owner adds its variant and its dispatch line in [`Cli::run`].
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Make, derive or inspect SAS tokens (device, module, hub policy, DPS).
+    Token(token::TokenArgs),
+}
+
+impl Cli {
+    /// Validates the arguments of the chosen subcommand and runs it.
+    ///
+    /// # Errors
+    /// [`CliError::Usage`] for bad input (exit 2), otherwise what the subcommand returns.
+    pub async fn run(self) -> Result<ExitCode, CliError> {
+        match self.command {
+            Command::Token(args) => crate::cmd::token::run(args.into_config()?).await,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn the_clap_definition_is_consistent() {
+        Cli::command().debug_assert();
+    }
+}

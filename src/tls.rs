@@ -1,0 +1,157 @@
+//! The TLS client configuration every azsim client uses (device driver, service REST, tests).
+//!
+//! Trusts the Mozilla roots from `webpki-roots` (so a real Azure hub works with no flags) plus,
+//! when given, the certificates of one extra CA PEM file (the local hub's `ca.pem`). Crypto is
+//! `ring` only, selected explicitly: nothing here depends on a process-wide default provider.
+//! TLS 1.2 and 1.3, the versions IoT Hub accepts.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use rustls::RootCertStore;
+use rustls::pki_types::CertificateDer;
+use rustls::pki_types::pem::PemObject;
+
+/// Why a TLS client configuration could not be built. Every file error names the file.
+#[derive(Debug, thiserror::Error)]
+pub enum TlsError {
+    /// The CA file could not be read.
+    #[error("cannot read ca file {}", path.display())]
+    ReadCa {
+        /// The file.
+        path: PathBuf,
+        /// The I/O error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The CA file is not PEM, or a PEM section is malformed.
+    #[error("ca file {} is not valid pem: {reason}", path.display())]
+    BadPem {
+        /// The file.
+        path: PathBuf,
+        /// What the PEM parser said.
+        reason: String,
+    },
+    /// The CA file holds no `CERTIFICATE` section.
+    #[error("ca file {} contains no pem certificate", path.display())]
+    NoCertificate {
+        /// The file.
+        path: PathBuf,
+    },
+    /// A certificate in the CA file cannot be used as a trust anchor.
+    #[error("ca file {} has a certificate that is not a usable ca: {source}", path.display())]
+    BadCertificate {
+        /// The file.
+        path: PathBuf,
+        /// rustls/webpki's reason.
+        #[source]
+        source: rustls::Error,
+    },
+    /// rustls rejected the configuration (protocol versions vs provider).
+    #[error("tls configuration rejected: {0}")]
+    Config(#[source] rustls::Error),
+}
+
+/// Reads every `CERTIFICATE` section of the PEM file at `path`.
+///
+/// # Errors
+/// [`TlsError::ReadCa`], [`TlsError::BadPem`] or [`TlsError::NoCertificate`], naming the file.
+pub fn load_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
+    let pem = std::fs::read(path).map_err(|source| TlsError::ReadCa {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    let certs = CertificateDer::pem_slice_iter(&pem)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| TlsError::BadPem {
+            path: path.to_path_buf(),
+            reason: e.to_string(),
+        })?;
+    if certs.is_empty() {
+        return Err(TlsError::NoCertificate {
+            path: path.to_path_buf(),
+        });
+    }
+    Ok(certs)
+}
+
+/// The root store: webpki roots plus the certificates in `ca_file`.
+///
+/// # Errors
+/// As [`load_certs`], plus [`TlsError::BadCertificate`] when a certificate is not a usable anchor.
+pub fn root_store(ca_file: Option<&Path>) -> Result<RootCertStore, TlsError> {
+    let mut roots = RootCertStore {
+        roots: webpki_roots::TLS_SERVER_ROOTS.to_vec(),
+    };
+    if let Some(path) = ca_file {
+        for cert in load_certs(path)? {
+            roots.add(cert).map_err(|source| TlsError::BadCertificate {
+                path: path.to_path_buf(),
+                source,
+            })?;
+        }
+    }
+    Ok(roots)
+}
+
+/// A client configuration with the ring provider, TLS 1.2+, webpki roots and the extra CA.
+///
+/// # Errors
+/// See [`TlsError`]; file errors name `ca_file`.
+pub fn client_config(ca_file: Option<&Path>) -> Result<Arc<rustls::ClientConfig>, TlsError> {
+    let roots = root_store(ca_file)?;
+    let config = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
+    .map_err(TlsError::Config)?
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    Ok(Arc::new(config))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write;
+
+    #[test]
+    fn without_a_ca_file_the_webpki_roots_are_trusted() {
+        let roots = root_store(None).unwrap();
+        assert_eq!(roots.len(), webpki_roots::TLS_SERVER_ROOTS.len());
+        client_config(None).unwrap();
+    }
+
+    #[test]
+    fn a_missing_ca_file_is_named_in_the_error() {
+        let err = client_config(Some(Path::new("/nonexistent/azsim-ca.pem"))).unwrap_err();
+        assert!(
+            err.to_string().contains("/nonexistent/azsim-ca.pem"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn a_file_without_certificates_is_refused_by_name() {
+        let mut f = tempfile::NamedTempFile::new().unwrap();
+        writeln!(f, "not a certificate").unwrap();
+        let err = client_config(Some(f.path())).unwrap_err();
+        assert!(matches!(err, TlsError::NoCertificate { .. }), "{err}");
+        assert!(err.to_string().contains(&f.path().display().to_string()));
+    }
+
+    #[test]
+    fn a_garbled_pem_section_is_refused_by_name() {
+        let mut f = tempfile::NamedTempFile::new().unwrap();
+        write!(
+            f,
+            "-----BEGIN CERTIFICATE-----\n!!!!\n-----END CERTIFICATE-----\n"
+        )
+        .unwrap();
+        let err = client_config(Some(f.path())).unwrap_err();
+        assert!(
+            err.to_string().contains(&f.path().display().to_string()),
+            "{err}"
+        );
+    }
+}
