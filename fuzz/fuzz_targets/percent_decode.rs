@@ -13,7 +13,13 @@ fuzz_target!(|data: &[u8]| {
     let a = encoding::decode(s, &mut buf).map(str::to_owned);
     let mut b = String::new();
     let b = encoding::decode_to(&mut b, s).map(|()| b);
-    assert_eq!(a, b, "decode and decode_to disagree on {s:?}");
+    // Both accept or both refuse; the error kind may differ when an input has both a bad escape
+    // and invalid UTF-8 (`decode` checks UTF-8 at the end, `decode_to` per character).
+    assert_eq!(
+        a.as_ref().ok(),
+        b.as_ref().ok(),
+        "decode and decode_to disagree on {s:?}"
+    );
     // A decoded text is never longer than its encoding, so a buffer of that size never fails
     // for lack of room.
     assert_ne!(a, Err(DecodeError::BufferTooSmall));
