@@ -1,8 +1,21 @@
 //! `azsim token`: clap structs and validation. The work is in `crate::cmd::token`.
 
+use std::fmt;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use azsim_proto::sas;
 use clap::{Args, Subcommand};
 
 use crate::error::UsageError;
+
+/// The env var `azsim token` reads a device (or service) connection string from.
+pub const DEVICE_CS_ENV: &str = "IOTHUB_DEVICE_CONNECTION_STRING";
+
+/// The default token lifetime, as every Azure SDK uses.
+pub const DEFAULT_TTL: u64 = 3600;
+
+/// The last second `time` can format (9999-12-31T23:59:59Z); later expiries are refused.
+const MAX_EXPIRY: u64 = 253_402_300_799;
 
 /// Make a SAS token for a device, module or hub policy, or derive/inspect one.
 #[derive(Debug, Args)]
@@ -136,19 +149,466 @@ pub struct InspectArgs {
     pub json: bool,
 }
 
+/// A base64 key that has been checked. `Debug` never shows it.
+#[derive(Clone, PartialEq, Eq)]
+pub struct SecretKey(String);
+
+impl SecretKey {
+    /// Checks `b64` with the same rule the signer uses; the error names `field`, never the value.
+    ///
+    /// # Errors
+    /// A [`UsageError`] for an empty, non-base64 or oversized key.
+    pub fn parse(field: &'static str, b64: &str) -> Result<Self, UsageError> {
+        sas::check_key(b64).map_err(|e| UsageError::new(field, key_problem(e)))?;
+        Ok(Self(b64.to_owned()))
+    }
+
+    /// The base64 text, for signing. Never print it.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for SecretKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("SecretKey(<redacted>)")
+    }
+}
+
+fn key_problem(e: sas::KeyError) -> &'static str {
+    match e {
+        sas::KeyError::Empty => "empty",
+        sas::KeyError::NotBase64 => "not valid base64",
+        sas::KeyError::TooLong => "longer than 512 bytes once decoded",
+    }
+}
+
+/// Who a token is for: a hub (policy token), a device or a module.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Target {
+    /// The hub host name that goes into `sr` and the MQTT username (`HostName`).
+    pub host: String,
+    /// Where to open the TCP/TLS connection when it differs (`GatewayHostName`, IoT Edge).
+    pub gateway_host: Option<String>,
+    /// The device id; `None` for a hub-level (policy) token.
+    pub device_id: Option<String>,
+    /// The module id.
+    pub module_id: Option<String>,
+}
+
+impl Target {
+    /// The resource the token grants, as `azsim_proto::sas::Resource`.
+    pub fn resource(&self) -> sas::Resource<'_> {
+        match (&self.device_id, &self.module_id) {
+            (None, _) => sas::Resource::Hub { host: &self.host },
+            (Some(d), None) => sas::Resource::Device {
+                host: &self.host,
+                device_id: d,
+            },
+            (Some(d), Some(m)) => sas::Resource::Module {
+                host: &self.host,
+                device_id: d,
+                module_id: m,
+            },
+        }
+    }
+}
+
+/// How `azsim token` prints its result.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Output {
+    /// The bare token, one line.
+    Text,
+    /// One JSON object.
+    Json,
+    /// The MQTT CONNECT fields and a `mosquitto_pub` line.
+    Mqtt,
+}
+
+/// Validated `azsim token` (signing a hub, device or module token).
+#[derive(Debug)]
+pub struct SignConfig {
+    /// The hub, device or module.
+    pub target: Target,
+    /// The key to sign with.
+    pub key: SecretKey,
+    /// `skn`: the policy name for a policy key, `None` for a device or module key.
+    pub policy: Option<String>,
+    /// Expiry, Unix seconds.
+    pub expiry: u64,
+    /// Output form.
+    pub output: Output,
+}
+
+/// The key a DPS token is signed with.
+#[derive(Debug)]
+pub enum DpsKey {
+    /// The individual enrollment's (or an already derived) key.
+    Device(SecretKey),
+    /// A group-enrollment key; the device key is derived from it.
+    Group(SecretKey),
+}
+
+/// Validated `azsim token dps`.
+#[derive(Debug)]
+pub struct DpsConfig {
+    /// The DPS ID scope.
+    pub id_scope: String,
+    /// The registration id.
+    pub registration_id: String,
+    /// The key.
+    pub key: DpsKey,
+    /// Expiry, Unix seconds.
+    pub expiry: u64,
+    /// JSON output.
+    pub json: bool,
+}
+
+/// Validated `azsim token derive-key`.
+#[derive(Debug)]
+pub struct DeriveKeyConfig {
+    /// The group-enrollment key.
+    pub group_key: SecretKey,
+    /// The registration id.
+    pub registration_id: String,
+}
+
+/// What `azsim token inspect` checks the token against.
+#[derive(Debug)]
+pub struct InspectAgainst {
+    /// The key.
+    pub key: SecretKey,
+    /// The expected hub/device/module, when known (`None`: only the signature and expiry).
+    pub target: Option<Target>,
+    /// The expected `skn`: `Some` for a policy key, `None` for a device or module key; only
+    /// checked when `policy_known`.
+    pub policy: Option<String>,
+    /// Whether `policy` says something (a connection string or `--policy` was given).
+    pub policy_known: bool,
+    /// Where the key came from, for the report (`--key`, `--connection-string`, the env var).
+    pub source: &'static str,
+}
+
+/// Validated `azsim token inspect`.
+#[derive(Debug)]
+pub struct InspectConfig {
+    /// The token text as given (it carries a signature: never print it whole).
+    pub token: String,
+    /// What to check it against, if anything.
+    pub against: Option<InspectAgainst>,
+    /// The time to check at (now), Unix seconds.
+    pub now: u64,
+    /// JSON output.
+    pub json: bool,
+}
+
 /// Validated `azsim token` input.
 #[derive(Debug)]
 pub enum TokenConfig {
-    /// Placeholder until signing lands.
-    Pending,
+    /// Sign a hub, device or module token.
+    Sign(SignConfig),
+    /// Sign a DPS registration token.
+    Dps(DpsConfig),
+    /// Derive a device key from a group key.
+    DeriveKey(DeriveKeyConfig),
+    /// Decode and check a token.
+    Inspect(InspectConfig),
+}
+
+/// The current time in Unix seconds.
+pub fn now_unix() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
 }
 
 impl TokenArgs {
-    /// Validates the arguments.
+    /// Validates the arguments (reading `IOTHUB_DEVICE_CONNECTION_STRING` when no identity flag
+    /// is given).
     ///
     /// # Errors
-    /// A [`UsageError`] naming the bad field.
+    /// A [`UsageError`] naming the bad field; it never contains a key or a connection string.
     pub fn into_config(self) -> Result<TokenConfig, UsageError> {
-        Ok(TokenConfig::Pending)
+        let env_cs = std::env::var(DEVICE_CS_ENV).ok().filter(|s| !s.is_empty());
+        self.into_config_with(now_unix(), env_cs)
     }
+
+    /// [`TokenArgs::into_config`] with the clock and the environment passed in.
+    ///
+    /// # Errors
+    /// As [`TokenArgs::into_config`].
+    pub fn into_config_with(
+        self,
+        now: u64,
+        env_cs: Option<String>,
+    ) -> Result<TokenConfig, UsageError> {
+        match self.command {
+            None => self.sign.into_config(now, env_cs).map(TokenConfig::Sign),
+            Some(TokenCommand::Dps(a)) => a.into_config(now).map(TokenConfig::Dps),
+            Some(TokenCommand::DeriveKey(a)) => Ok(TokenConfig::DeriveKey(DeriveKeyConfig {
+                group_key: SecretKey::parse("--group-key", &a.group_key)?,
+                registration_id: non_empty("--registration-id", a.registration_id)?,
+            })),
+            Some(TokenCommand::Inspect(a)) => a.into_config(now, env_cs).map(TokenConfig::Inspect),
+        }
+    }
+}
+
+fn non_empty(field: &'static str, v: String) -> Result<String, UsageError> {
+    if v.trim().is_empty() {
+        return Err(UsageError::new(field, "empty"));
+    }
+    Ok(v)
+}
+
+/// A host, device or module id that goes into `sr` or a username: no `/` (it would change the
+/// resource path), no whitespace or control characters.
+fn id_field(field: &'static str, v: String) -> Result<String, UsageError> {
+    let v = non_empty(field, v)?;
+    if v.contains('/') {
+        return Err(UsageError::new(field, "must not contain '/'"));
+    }
+    if v.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        return Err(UsageError::new(
+            field,
+            "must not contain spaces or control characters",
+        ));
+    }
+    Ok(v)
+}
+
+impl ExpiryArgs {
+    /// Resolves to an absolute expiry (Unix seconds) at `now`.
+    ///
+    /// # Errors
+    /// `--ttl` zero, unparsable or too large; `--expiry` unparsable, too large or (without
+    /// `--allow-expired`) not in the future.
+    pub fn resolve(&self, now: u64) -> Result<u64, UsageError> {
+        if let Some(text) = &self.expiry {
+            let at: u64 = text.trim().parse().map_err(|_| {
+                UsageError::new(
+                    "--expiry",
+                    "must be a unix time in seconds (e.g. 1767225600)",
+                )
+            })?;
+            if at > MAX_EXPIRY {
+                return Err(UsageError::new("--expiry", "is after the year 9999"));
+            }
+            if at <= now && !self.allow_expired {
+                return Err(UsageError::new(
+                    "--expiry",
+                    format!(
+                        "{at} ({}) is not in the future; pass --allow-expired to sign it anyway",
+                        rfc3339(at)
+                    ),
+                ));
+            }
+            return Ok(at);
+        }
+        let ttl = match &self.ttl {
+            None => DEFAULT_TTL,
+            Some(text) => parse_ttl(text)?,
+        };
+        match now.checked_add(ttl) {
+            Some(at) if at <= MAX_EXPIRY => Ok(at),
+            _ => Err(UsageError::new(
+                "--ttl",
+                "too large (expiry after the year 9999)",
+            )),
+        }
+    }
+}
+
+fn parse_ttl(text: &str) -> Result<u64, UsageError> {
+    let text = text.trim();
+    let secs = if !text.is_empty() && text.bytes().all(|b| b.is_ascii_digit()) {
+        text.parse::<u64>()
+            .map_err(|_| UsageError::new("--ttl", "too large"))?
+    } else {
+        humantime::parse_duration(text)
+            .map_err(|_| {
+                UsageError::new(
+                    "--ttl",
+                    "must be seconds (3600) or a duration (1h, 90m, 7d)",
+                )
+            })?
+            .as_secs()
+    };
+    if secs == 0 {
+        return Err(UsageError::new("--ttl", "must be at least 1 second"));
+    }
+    Ok(secs)
+}
+
+/// RFC 3339 UTC text of a Unix time (`2026-01-01T00:00:00Z`).
+pub fn rfc3339(unix: u64) -> String {
+    i64::try_from(unix)
+        .ok()
+        .and_then(|t| time::OffsetDateTime::from_unix_timestamp(t).ok())
+        .and_then(|t| {
+            t.format(&time::format_description::well_known::Rfc3339)
+                .ok()
+        })
+        .unwrap_or_else(|| "after year 9999".to_owned())
+}
+
+impl SignArgs {
+    fn into_config(self, now: u64, env_cs: Option<String>) -> Result<SignConfig, UsageError> {
+        let output = match (self.json, self.mqtt) {
+            (true, _) => Output::Json,
+            (false, true) => Output::Mqtt,
+            _ => Output::Text,
+        };
+        let explicit = self.host.is_some() || self.key.is_some();
+        let (target, key, policy) = if let Some(cs) = self.connection_string {
+            if explicit || self.policy.is_some() {
+                return Err(UsageError::new(
+                    "--connection-string",
+                    "cannot be combined with --host, --device, --module, --key or --policy",
+                ));
+            }
+            from_connection_string("--connection-string", &cs)?
+        } else if explicit {
+            let host = self
+                .host
+                .ok_or_else(|| UsageError::new("--host", "required with --key"))?;
+            let key = self
+                .key
+                .ok_or_else(|| UsageError::new("--key", "required with --host"))?;
+            let target = Target {
+                host: id_field("--host", host)?,
+                gateway_host: None,
+                device_id: self.device.map(|d| id_field("--device", d)).transpose()?,
+                module_id: self.module.map(|m| id_field("--module", m)).transpose()?,
+            };
+            let policy = self.policy.map(|p| id_field("--policy", p)).transpose()?;
+            if target.device_id.is_none() && policy.is_none() {
+                return Err(UsageError::new(
+                    "--policy",
+                    "required for a hub-level token (no --device): the policy name the key belongs to, e.g. iothubowner",
+                ));
+            }
+            (target, SecretKey::parse("--key", &key)?, policy)
+        } else if let Some(cs) = env_cs {
+            if self.policy.is_some() {
+                return Err(UsageError::new("--policy", "needs --host and --key"));
+            }
+            from_connection_string(DEVICE_CS_ENV, &cs)?
+        } else {
+            return Err(UsageError::new(
+                "--connection-string",
+                format!("required (or set {DEVICE_CS_ENV}, or give --host and --key)"),
+            ));
+        };
+        if output == Output::Mqtt && target.device_id.is_none() {
+            return Err(UsageError::new(
+                "--mqtt",
+                "needs a device or module identity; a hub policy token is not an mqtt credential",
+            ));
+        }
+        let expiry = self.expiry.resolve(now)?;
+        Ok(SignConfig {
+            target,
+            key,
+            policy,
+            expiry,
+            output,
+        })
+    }
+}
+
+impl DpsArgs {
+    fn into_config(self, now: u64) -> Result<DpsConfig, UsageError> {
+        let key = match (self.key, self.group_key) {
+            (Some(k), None) => DpsKey::Device(SecretKey::parse("--key", &k)?),
+            (None, Some(g)) => DpsKey::Group(SecretKey::parse("--group-key", &g)?),
+            _ => {
+                return Err(UsageError::new(
+                    "--key",
+                    "give exactly one of --key and --group-key",
+                ));
+            }
+        };
+        Ok(DpsConfig {
+            id_scope: id_field("--id-scope", self.id_scope)?,
+            registration_id: id_field("--registration-id", self.registration_id)?,
+            key,
+            expiry: self.expiry.resolve(now)?,
+            json: self.json,
+        })
+    }
+}
+
+impl InspectArgs {
+    fn into_config(self, now: u64, env_cs: Option<String>) -> Result<InspectConfig, UsageError> {
+        let token = self.token.trim().to_owned();
+        if token.is_empty() {
+            return Err(UsageError::new("TOKEN", "empty"));
+        }
+        let against = if let Some(cs) = self.connection_string {
+            let (target, key, policy) = from_connection_string("--connection-string", &cs)?;
+            Some(InspectAgainst {
+                key,
+                target: Some(target),
+                policy,
+                policy_known: true,
+                source: "--connection-string",
+            })
+        } else if let Some(k) = self.key {
+            let key = SecretKey::parse("--key", &k)?;
+            let target = match self.host {
+                None => None,
+                Some(h) => Some(Target {
+                    host: id_field("--host", h)?,
+                    gateway_host: None,
+                    device_id: self.device.map(|d| id_field("--device", d)).transpose()?,
+                    module_id: self.module.map(|m| id_field("--module", m)).transpose()?,
+                }),
+            };
+            let policy = self.policy.map(|p| id_field("--policy", p)).transpose()?;
+            let policy_known = policy.is_some() || target.is_some();
+            Some(InspectAgainst {
+                key,
+                target,
+                policy,
+                policy_known,
+                source: "--key",
+            })
+        } else if let Some(cs) = env_cs {
+            let (target, key, policy) = from_connection_string(DEVICE_CS_ENV, &cs)?;
+            Some(InspectAgainst {
+                key,
+                target: Some(target),
+                policy,
+                policy_known: true,
+                source: DEVICE_CS_ENV,
+            })
+        } else {
+            None
+        };
+        Ok(InspectConfig {
+            token,
+            against,
+            now,
+            json: self.json,
+        })
+    }
+}
+
+/// Reads a device, module or service connection string into (target, key, policy). `field` is
+/// what the user set (`--connection-string` or the env var) and prefixes every error; neither the
+/// key nor the string is ever part of one.
+///
+/// # Errors
+/// A [`UsageError`] naming `field` and the connection-string key that is wrong.
+pub fn from_connection_string(
+    field: &'static str,
+    cs: &str,
+) -> Result<(Target, SecretKey, Option<String>), UsageError> {
+    let _ = cs;
+    Err(UsageError::new(
+        field,
+        "connection strings are read once azsim-proto::connection_string lands",
+    ))
 }
