@@ -88,6 +88,9 @@ impl<'a> EncodedStr<'a> {
     /// # Errors
     /// [`DecodeError::BadEscape`] or [`DecodeError::NotUtf8`].
     pub fn validate(&self) -> Result<usize, DecodeError> {
+        if !encoding::needs_decoding(self.0) {
+            return Ok(self.0.len());
+        }
         let mut counter = LenCounter(0);
         encoding::decode_to(&mut counter, self.0)?;
         Ok(counter.0)
@@ -428,6 +431,10 @@ impl<'a> PropertyBag<'a> {
     /// # Errors
     /// The first [`DecodeError`] found.
     pub fn validate(&self) -> Result<(), DecodeError> {
+        // Text without escapes is already UTF-8 (it is a `&str`).
+        if !encoding::needs_decoding(self.0) {
+            return Ok(());
+        }
         for p in self.iter() {
             p.name.validate()?;
             if let Some(v) = p.value {
