@@ -1,2 +1,4 @@
 //! The one integration-test binary. One module per feature; each owner adds its `mod` line.
 //! Tests that exercise the CLI run the real binary (`env!("CARGO_BIN_EXE_azsim")`).
+mod hub_e2e;
+mod support;

@@ -7,11 +7,20 @@
 //! wire rule (tokens, usernames, topics, property bags) comes from `azsim-proto`; MQTT framing
 //! comes from `rumqttc::mqttbytes::v4`.
 
+use std::future::Future;
+use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
+
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
+use tokio::net::TcpListener;
+use tokio::sync::oneshot;
 
+mod auth;
+mod hub;
+mod mqtt;
+mod rest;
 pub mod state_dir;
 pub mod store;
 pub mod twin;
@@ -146,14 +155,88 @@ impl HubInfo {
     }
 }
 
-#[allow(dead_code)]
+/// Serve until `shutdown` completes, then stop cleanly (connections closed, event log flushed,
+/// database checkpointed). Writes `hub.json` once listening.
+///
+/// # Errors
+/// State directory, certificate or database failures at start.
+pub async fn run(
+    mqtt: TcpListener,
+    https: TcpListener,
+    config: HubConfig,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), HubError> {
+    hub::serve(mqtt, https, config, shutdown, None).await
+}
+
+/// A hub running in this process (see [`start`]).
+#[derive(Debug)]
+pub struct HubHandle {
+    pub info: HubInfo,
+    stop: Option<oneshot::Sender<()>>,
+    task: tokio::task::JoinHandle<Result<(), HubError>>,
+}
+
+impl HubHandle {
+    /// Stop the hub and wait until its state is saved.
+    ///
+    /// # Errors
+    /// Whatever the hub failed with while running.
+    pub async fn stop(mut self) -> Result<(), HubError> {
+        if let Some(s) = self.stop.take() {
+            let _ = s.send(());
+        }
+        match (&mut self.task).await {
+            Ok(r) => r,
+            Err(e) => Err(HubError::State(format!("hub task failed: {e}"))),
+        }
+    }
+}
+
+/// Bind `bind:mqtt_port` and `bind:https_port` (0 picks free ports), prepare the state dir and
+/// start the hub in the background; returns once it accepts connections.
+///
+/// # Errors
+/// Bind failures and everything [`run`] can fail with at start.
+pub async fn start(
+    config: HubConfig,
+    bind: IpAddr,
+    mqtt_port: u16,
+    https_port: u16,
+) -> Result<HubHandle, HubError> {
+    let mqtt = TcpListener::bind(SocketAddr::new(bind, mqtt_port)).await?;
+    let https = TcpListener::bind(SocketAddr::new(bind, https_port)).await?;
+    let (ready_tx, ready_rx) = oneshot::channel();
+    let (stop_tx, stop_rx) = oneshot::channel::<()>();
+    let task = tokio::spawn(hub::serve(
+        mqtt,
+        https,
+        config,
+        async move {
+            let _ = stop_rx.await;
+        },
+        Some(ready_tx),
+    ));
+    match ready_rx.await {
+        Ok(info) => Ok(HubHandle {
+            info,
+            stop: Some(stop_tx),
+            task,
+        }),
+        Err(_) => match task.await {
+            Ok(Err(e)) => Err(e),
+            Ok(Ok(())) => Err(HubError::State("hub stopped during start".into())),
+            Err(e) => Err(HubError::State(format!("hub task failed: {e}"))),
+        },
+    }
+}
+
 pub(crate) fn now_rfc3339() -> String {
     time::OffsetDateTime::now_utc()
         .format(&time::format_description::well_known::Rfc3339)
         .unwrap_or_default()
 }
 
-#[allow(dead_code)]
 pub(crate) fn unix_now() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -161,7 +244,6 @@ pub(crate) fn unix_now() -> u64 {
         .unwrap_or_default()
 }
 
-#[allow(dead_code)]
 pub(crate) fn unix_ms() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)

@@ -1,0 +1,400 @@
+//! The hub core shared by the MQTT endpoint and the REST API: live connections and their
+//! subscriptions, the method broker, desired-patch pushes, C2D wake-ups and the event stream.
+//! Also the server loop that ties the listeners, TLS and shutdown together.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use rumqttc::mqttbytes::QoS;
+use rumqttc::mqttbytes::v4::Publish;
+use serde_json::{Map, Value, json};
+use tokio::net::TcpListener;
+use tokio::sync::{broadcast, mpsc, oneshot, watch};
+
+use crate::store::{Identity, Store, q};
+use crate::{HUB_JSON, HubConfig, HubError, HubInfo, state_dir, twin};
+
+/// What the hub asks a live connection to do.
+#[derive(Debug)]
+pub(crate) enum ConnCmd {
+    /// Send this (QoS 0) publish.
+    Publish(Publish),
+    /// New C2D messages may be waiting.
+    C2dWake,
+    /// Close the connection; the reason is logged.
+    Kick(&'static str),
+}
+
+/// Which of the documented subscriptions a connection holds.
+#[derive(Debug, Default)]
+pub(crate) struct Subs {
+    pub c2d: AtomicBool,
+    pub methods: AtomicBool,
+    pub twin_res: AtomicBool,
+    pub desired: AtomicBool,
+}
+
+#[derive(Debug, Clone)]
+pub(crate) struct ConnEntry {
+    pub conn_id: u64,
+    pub tx: mpsc::UnboundedSender<ConnCmd>,
+    pub subs: Arc<Subs>,
+    pub since: String,
+}
+
+/// A stream event: the device it concerns and its JSON text.
+#[derive(Debug)]
+pub(crate) struct HubEvent {
+    pub device_id: String,
+    pub json: String,
+}
+
+/// Why a method invocation failed.
+#[derive(Debug)]
+pub(crate) enum MethodError {
+    NotOnline,
+    Timeout,
+}
+
+pub(crate) struct Hub {
+    pub cfg: HubConfig,
+    pub owner_key: String,
+    pub store: Store,
+    pub mqtt_port: u16,
+    pub https_port: u16,
+    pub events: broadcast::Sender<Arc<HubEvent>>,
+    pub conns: Mutex<HashMap<String, ConnEntry>>,
+    presence: watch::Sender<u64>,
+    methods: Mutex<HashMap<(String, String), oneshot::Sender<(u16, Bytes)>>>,
+    next_rid: AtomicU64,
+    next_conn: AtomicU64,
+    pub shutdown: watch::Sender<bool>,
+    /// Counts live connection tasks so shutdown can wait for them.
+    pub live: watch::Sender<usize>,
+}
+
+impl std::fmt::Debug for Hub {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Hub")
+            .field("hostname", &self.cfg.hostname)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Client id of an identity: `{device}` or `{device}/{module}`.
+pub(crate) fn client_id(device: &str, module: Option<&str>) -> String {
+    match module {
+        Some(m) => format!("{device}/{m}"),
+        None => device.to_string(),
+    }
+}
+
+impl Hub {
+    pub fn new_conn_id(&self) -> u64 {
+        self.next_conn.fetch_add(1, Ordering::Relaxed)
+    }
+
+    /// Publish an event to the SSE stream (nobody listening is fine).
+    pub fn emit(&self, device_id: &str, v: Value) {
+        let _ = self.events.send(Arc::new(HubEvent {
+            device_id: device_id.to_string(),
+            json: v.to_string(),
+        }));
+    }
+
+    /// Something about connections or subscriptions changed: wake method waiters.
+    pub fn presence_changed(&self) {
+        self.presence.send_modify(|n| *n = n.wrapping_add(1));
+    }
+
+    /// Register a live connection, kicking any older one with the same client id.
+    pub fn register(&self, cid: &str, entry: ConnEntry) {
+        let old = self
+            .conns
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(cid.to_string(), entry);
+        if let Some(old) = old {
+            tracing::info!(
+                client_id = cid,
+                code = 400027,
+                "ConnectionForcefullyClosedOnNewConnection: closing the older connection"
+            );
+            let _ = old.tx.send(ConnCmd::Kick(
+                "400027 ConnectionForcefullyClosedOnNewConnection",
+            ));
+        }
+        self.presence_changed();
+    }
+
+    /// Remove the connection if it is still the registered one.
+    pub fn unregister(&self, cid: &str, conn_id: u64) -> bool {
+        let mut conns = self.conns.lock().unwrap_or_else(|p| p.into_inner());
+        let removed = conns.get(cid).is_some_and(|e| e.conn_id == conn_id);
+        if removed {
+            conns.remove(cid);
+        }
+        drop(conns);
+        self.presence_changed();
+        removed
+    }
+
+    pub fn conn(&self, cid: &str) -> Option<ConnEntry> {
+        self.conns
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(cid)
+            .cloned()
+    }
+
+    pub fn is_connected(&self, cid: &str) -> bool {
+        self.conns
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .contains_key(cid)
+    }
+
+    /// Close every connection of a device (and its modules), or of one module.
+    pub fn kick_identity(&self, device: &str, module: Option<&str>, reason: &'static str) {
+        let conns = self.conns.lock().unwrap_or_else(|p| p.into_inner());
+        for (cid, e) in conns.iter() {
+            let hit = match module {
+                Some(m) => *cid == client_id(device, Some(m)),
+                None => cid == device || cid.starts_with(&format!("{device}/")),
+            };
+            if hit {
+                let _ = e.tx.send(ConnCmd::Kick(reason));
+            }
+        }
+    }
+
+    pub fn wake_c2d(&self, device: &str) {
+        if let Some(e) = self.conn(device) {
+            let _ = e.tx.send(ConnCmd::C2dWake);
+        }
+    }
+
+    /// Push a desired patch to the identity if it is connected and subscribed.
+    pub fn push_desired(
+        &self,
+        device: &str,
+        module: Option<&str>,
+        patch: &Map<String, Value>,
+        version: u64,
+    ) {
+        let cid = client_id(device, module);
+        let Some(e) = self.conn(&cid) else { return };
+        if !e.subs.desired.load(Ordering::Acquire) {
+            return;
+        }
+        let mut topic = String::new();
+        if azsim_proto::topic::write_desired_patch(&mut topic, version).is_err() {
+            return;
+        }
+        let body = twin::with_version(patch, version).to_string();
+        let _ = e.tx.send(ConnCmd::Publish(Publish::new(
+            topic,
+            QoS::AtMostOnce,
+            body.into_bytes(),
+        )));
+    }
+
+    /// Invoke a direct method: wait up to `connect_timeout` for the identity to be connected and
+    /// subscribed to methods, publish the request, wait up to `response_timeout` for the reply.
+    pub async fn invoke_method(
+        &self,
+        device: &str,
+        module: Option<&str>,
+        name: azsim_proto::topic::MethodName<'_>,
+        payload: &Value,
+        response_timeout: Duration,
+        connect_timeout: Duration,
+    ) -> Result<(u16, Bytes), MethodError> {
+        let cid = client_id(device, module);
+        let mut presence = self.presence.subscribe();
+        let deadline = tokio::time::Instant::now() + connect_timeout;
+        let entry = loop {
+            presence.borrow_and_update();
+            if let Some(e) = self
+                .conn(&cid)
+                .filter(|e| e.subs.methods.load(Ordering::Acquire))
+            {
+                break e;
+            }
+            match tokio::time::timeout_at(deadline, presence.changed()).await {
+                Ok(Ok(())) => {}
+                _ => return Err(MethodError::NotOnline),
+            }
+        };
+        let rid = format!("{:x}", self.next_rid.fetch_add(1, Ordering::Relaxed));
+        let mut topic = String::new();
+        if azsim_proto::topic::write_method_request(&mut topic, name, &rid).is_err() {
+            return Err(MethodError::NotOnline);
+        }
+        let (tx, rx) = oneshot::channel();
+        let key = (cid.clone(), rid.clone());
+        self.methods
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(key.clone(), tx);
+        let body = serde_json::to_vec(payload).unwrap_or_default();
+        if entry
+            .tx
+            .send(ConnCmd::Publish(Publish::new(topic, QoS::AtMostOnce, body)))
+            .is_err()
+        {
+            self.methods
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .remove(&key);
+            return Err(MethodError::NotOnline);
+        }
+        let r = tokio::time::timeout(response_timeout, rx).await;
+        self.methods
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&key);
+        match r {
+            Ok(Ok(v)) => Ok(v),
+            _ => Err(MethodError::Timeout),
+        }
+    }
+
+    /// A method reply from `cid`; false when nobody waits for it (late or unknown: dropped).
+    pub fn method_reply(&self, cid: &str, rid: &str, status: u16, body: Bytes) -> bool {
+        let tx = self
+            .methods
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&(cid.to_string(), rid.to_string()));
+        match tx {
+            Some(tx) => tx.send((status, body)).is_ok(),
+            None => false,
+        }
+    }
+
+    pub fn info(&self, ca_file: std::path::PathBuf) -> HubInfo {
+        HubInfo {
+            hostname: self.cfg.hostname.clone(),
+            mqtt_port: self.mqtt_port,
+            https_port: self.https_port,
+            ca_file,
+            service_connection_string: format!(
+                "HostName={}:{};SharedAccessKeyName=iothubowner;SharedAccessKey={}",
+                self.cfg.hostname, self.https_port, self.owner_key
+            ),
+            pid: std::process::id(),
+        }
+    }
+}
+
+/// Mutable twin helpers used by both MQTT and REST.
+pub(crate) fn twin_device_view(i: &Identity) -> Value {
+    json!({
+        "desired": twin::with_version(&i.desired, i.desired_version),
+        "reported": twin::with_version(&i.reported, i.reported_version),
+    })
+}
+
+pub(crate) async fn serve(
+    mqtt: TcpListener,
+    https: TcpListener,
+    config: HubConfig,
+    shutdown: impl Future<Output = ()>,
+    ready: Option<oneshot::Sender<HubInfo>>,
+) -> Result<(), HubError> {
+    let cfg2 = config.clone();
+    let prepared =
+        tokio::task::spawn_blocking(move || state_dir::prepare(&cfg2.state_dir, &cfg2.hostname))
+            .await
+            .map_err(|e| HubError::State(e.to_string()))??;
+    let db_path = (!config.in_memory).then(|| prepared.ca_file.with_file_name(state_dir::DB_FILE));
+    let cap = config.limits.event_log_cap;
+    let store = tokio::task::spawn_blocking(move || Store::open(db_path.as_deref(), cap))
+        .await
+        .map_err(|e| HubError::Store(e.to_string()))??;
+    let mqtt_tls = prepared.server_config(&[])?;
+    let https_tls = prepared.server_config(&[b"h2", b"http/1.1"])?;
+    let (events, _) = broadcast::channel(4096);
+    let hub = Arc::new(Hub {
+        owner_key: prepared.owner_key.clone(),
+        store: store.clone(),
+        mqtt_port: mqtt.local_addr()?.port(),
+        https_port: https.local_addr()?.port(),
+        events,
+        conns: Mutex::new(HashMap::new()),
+        presence: watch::channel(0).0,
+        methods: Mutex::new(HashMap::new()),
+        next_rid: AtomicU64::new(1),
+        next_conn: AtomicU64::new(1),
+        shutdown: watch::channel(false).0,
+        live: watch::channel(0).0,
+        cfg: config,
+    });
+    let info = hub.info(prepared.ca_file.clone());
+    let hub_json = prepared.ca_file.with_file_name(HUB_JSON);
+    let text = serde_json::to_string_pretty(&info).map_err(|e| HubError::State(e.to_string()))?;
+    std::fs::write(&hub_json, text + "\n")
+        .map_err(|e| HubError::State(format!("{}: {e}", hub_json.display())))?;
+    tracing::info!(
+        hostname = %info.hostname, mqtt_port = info.mqtt_port, https_port = info.https_port,
+        "hub listening"
+    );
+
+    let mqtt_task = tokio::spawn(crate::mqtt::accept_loop(hub.clone(), mqtt, mqtt_tls));
+    let https_task = tokio::spawn(crate::rest::accept_loop(hub.clone(), https, https_tls));
+    if let Some(r) = ready {
+        let _ = r.send(info);
+    }
+    shutdown.await;
+    tracing::info!("hub shutting down");
+    hub.shutdown.send_replace(true);
+    mqtt_task.abort();
+    https_task.abort();
+    let _ = mqtt_task.await;
+    let _ = https_task.await;
+    // Connections notice the shutdown flag and finish their current packet; wait for them so
+    // every PUBACKed message is in the event log before the final flush.
+    let mut live = hub.live.subscribe();
+    let _ = tokio::time::timeout(Duration::from_secs(5), live.wait_for(|n| *n == 0)).await;
+    store.close().await;
+    tracing::info!("hub stopped; state saved");
+    Ok(())
+}
+
+/// Guard that counts a live connection task.
+pub(crate) struct LiveGuard(pub Arc<Hub>);
+
+impl LiveGuard {
+    pub fn new(hub: Arc<Hub>) -> LiveGuard {
+        hub.live.send_modify(|n| *n += 1);
+        LiveGuard(hub)
+    }
+}
+
+impl Drop for LiveGuard {
+    fn drop(&mut self) {
+        self.0.live.send_modify(|n| *n = n.saturating_sub(1));
+    }
+}
+
+/// Read an identity (blocking pool).
+pub(crate) async fn load_identity(
+    hub: &Hub,
+    device: &str,
+    module: Option<&str>,
+) -> Result<Option<Identity>, HubError> {
+    let (d, m) = (device.to_string(), module.map(str::to_string));
+    hub.store
+        .call(move |c| q::get_identity(c, &d, m.as_deref()))
+        .await
+}
+
+/// Completes once the hub's shutdown flag is set.
+pub(crate) async fn until_shutdown(rx: &mut watch::Receiver<bool>) {
+    let _ = rx.wait_for(|s| *s).await;
+}

@@ -1,0 +1,1147 @@
+//! The service REST API (Azure's shapes, api-version 2021-04-12) and the emulator-only
+//! endpoints under `/emulator/` (not part of Azure: C2D send and the event stream), served by
+//! axum over hyper on the same TLS stack as the MQTT endpoint.
+
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::{Path, Query, Request, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::middleware::{self, Next};
+use axum::response::sse::{Event, KeepAlive, Sse};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{delete, get, post, put};
+use base64::Engine as _;
+use futures::StreamExt as _;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::server::conn::auto;
+use hyper_util::service::TowerToHyperService;
+use serde::Deserialize;
+use serde_json::{Map, Value, json};
+use tokio::net::TcpListener;
+use tokio_rustls::TlsAcceptor;
+use tokio_stream::wrappers::BroadcastStream;
+
+use crate::hub::{Hub, LiveGuard, MethodError, client_id};
+use crate::store::{C2dMessage, Identity, q};
+use crate::{HubError, now_rfc3339, state_dir, twin, unix_ms, unix_now};
+
+type Shared = Arc<Hub>;
+
+pub(crate) async fn accept_loop(
+    hub: Shared,
+    listener: TcpListener,
+    tls: Arc<rustls::ServerConfig>,
+) {
+    let acceptor = TlsAcceptor::from(tls);
+    let app = router(hub.clone());
+    loop {
+        let (tcp, peer) = match listener.accept().await {
+            Ok(x) => x,
+            Err(e) => {
+                tracing::warn!(error = %e, "https accept failed");
+                tokio::time::sleep(Duration::from_millis(20)).await;
+                continue;
+            }
+        };
+        let _ = tcp.set_nodelay(true);
+        let acceptor = acceptor.clone();
+        let app = app.clone();
+        let hub = hub.clone();
+        tokio::spawn(async move {
+            let mut shutdown = hub.shutdown.subscribe();
+            let _live = LiveGuard::new(hub);
+            let tls =
+                match tokio::time::timeout(Duration::from_secs(10), acceptor.accept(tcp)).await {
+                    Ok(Ok(s)) => s,
+                    _ => {
+                        tracing::debug!(%peer, "https tls handshake failed");
+                        return;
+                    }
+                };
+            let svc = TowerToHyperService::new(app);
+            let builder = auto::Builder::new(TokioExecutor::new());
+            let conn = builder.serve_connection_with_upgrades(TokioIo::new(tls), svc);
+            tokio::select! {
+                r = conn => if let Err(e) = r { tracing::debug!(%peer, error = %e, "https connection ended") },
+                () = crate::hub::until_shutdown(&mut shutdown) => {}
+            }
+        });
+    }
+}
+
+fn router(hub: Shared) -> Router {
+    Router::new()
+        .route("/devices", get(list_devices))
+        .route(
+            "/devices/{id}",
+            put(put_device).get(get_device).delete(delete_device),
+        )
+        .route("/devices/{id}/modules", get(list_modules))
+        .route(
+            "/devices/{id}/modules/{mid}",
+            put(put_module).get(get_module).delete(delete_module),
+        )
+        .route("/devices/{id}/commands", delete(purge_c2d))
+        .route("/twins/{id}", get(get_twin).patch(patch_twin).put(put_twin))
+        .route(
+            "/twins/{id}/modules/{mid}",
+            get(get_module_twin)
+                .patch(patch_module_twin)
+                .put(put_module_twin),
+        )
+        .route("/twins/{id}/methods", post(invoke_device))
+        .route("/twins/{id}/modules/{mid}/methods", post(invoke_module))
+        .route("/emulator/devices/{id}/c2d", post(send_c2d))
+        .route("/emulator/events", get(events_sse))
+        .route("/emulator/events/recent", get(events_recent))
+        .fallback(not_found)
+        .layer(middleware::from_fn_with_state(hub.clone(), auth))
+        .with_state(hub)
+}
+
+// ---------------------------------------------------------------------------------------------
+// Errors in Azure's shape
+
+#[derive(Debug)]
+pub(crate) struct ApiError {
+    status: StatusCode,
+    code: u32,
+    name: &'static str,
+    message: String,
+    info: Value,
+}
+
+impl ApiError {
+    fn new(
+        status: StatusCode,
+        code: u32,
+        name: &'static str,
+        message: impl Into<String>,
+    ) -> ApiError {
+        ApiError {
+            status,
+            code,
+            name,
+            message: message.into(),
+            info: json!({}),
+        }
+    }
+    fn bad(message: impl Into<String>) -> ApiError {
+        ApiError::new(StatusCode::BAD_REQUEST, 400004, "ArgumentInvalid", message)
+    }
+    fn device_not_found(id: &str) -> ApiError {
+        ApiError::new(
+            StatusCode::NOT_FOUND,
+            404001,
+            "DeviceNotFound",
+            format!("Device {id} not registered"),
+        )
+    }
+    fn module_not_found(id: &str, m: &str) -> ApiError {
+        ApiError::new(
+            StatusCode::NOT_FOUND,
+            404010,
+            "ModuleNotFound",
+            format!("Module {m} on device {id} not registered"),
+        )
+    }
+    fn precondition() -> ApiError {
+        ApiError::new(
+            StatusCode::PRECONDITION_FAILED,
+            412001,
+            "PreconditionFailed",
+            "Precondition failed: etag mismatch",
+        )
+    }
+    fn internal(e: HubError) -> ApiError {
+        ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            500001,
+            "ServerError",
+            e.to_string(),
+        )
+    }
+    fn with_timeout(mut self, secs: u64) -> ApiError {
+        self.info = json!({"timeout": format!("{:02}:{:02}:{:02}", secs / 3600, (secs / 60) % 60, secs % 60)});
+        self
+    }
+}
+
+impl From<HubError> for ApiError {
+    fn from(e: HubError) -> Self {
+        ApiError::internal(e)
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let inner = json!({
+            "errorCode": self.code,
+            "trackingId": uuid::Uuid::new_v4().simple().to_string(),
+            "message": self.message,
+            "info": self.info,
+            "timestampUtc": now_rfc3339(),
+        });
+        let body = json!({"Message": inner.to_string(), "ExceptionMessage": ""});
+        let mut r = (self.status, axum::Json(body)).into_response();
+        r.headers_mut()
+            .insert("iothub-errorcode", HeaderValue::from_static(self.name));
+        r
+    }
+}
+
+type ApiResult = Result<Response, ApiError>;
+
+async fn not_found() -> ApiError {
+    ApiError::new(
+        StatusCode::NOT_FOUND,
+        404000,
+        "NotFound",
+        "no such resource",
+    )
+}
+
+async fn auth(State(hub): State<Shared>, req: Request, next: Next) -> Response {
+    let header = req
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok());
+    match crate::auth::verify_service(
+        header,
+        &hub.cfg.hostname,
+        hub.https_port,
+        &hub.owner_key,
+        unix_now(),
+    ) {
+        Ok(()) => next.run(req).await,
+        Err(e) => {
+            tracing::info!(path = %req.uri().path(), reason = %e.0, "REST 401");
+            ApiError::new(
+                StatusCode::UNAUTHORIZED,
+                401002,
+                "IotHubUnauthorizedAccess",
+                "Unauthorized",
+            )
+            .into_response()
+        }
+    }
+}
+
+fn parse_json(body: &Bytes) -> Result<Value, ApiError> {
+    if body.is_empty() {
+        return Ok(Value::Object(Map::new()));
+    }
+    serde_json::from_slice(body).map_err(|e| ApiError::bad(format!("invalid JSON body: {e}")))
+}
+
+fn json_ok(status: StatusCode, v: Value) -> Response {
+    let mut r = (status, axum::Json(v)).into_response();
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json; charset=utf-8"),
+    );
+    r
+}
+
+/// `If-Match` value without quotes; `None` when absent.
+fn if_match(h: &HeaderMap) -> Option<String> {
+    h.get(header::IF_MATCH)
+        .and_then(|v| v.to_str().ok())
+        .map(|s| s.trim().trim_matches('"').to_string())
+}
+
+fn etag_ok(given: &Option<String>, current: &str) -> bool {
+    match given.as_deref() {
+        None | Some("*") | Some("") => true,
+        Some(g) => g == current,
+    }
+}
+
+/// Azure's id rule: up to 128 chars of ASCII alphanumerics and `-:.+%_#*?!(),=@;$'`.
+fn check_id(what: &str, id: &str) -> Result<(), ApiError> {
+    let ok = !id.is_empty()
+        && id.len() <= 128
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-:.+%_#*?!(),=@;$'".contains(&b));
+    if ok {
+        Ok(())
+    } else {
+        Err(ApiError::bad(format!(
+            "{what} '{id}' is invalid: up to 128 characters of letters, digits and -:.+%_#*?!(),=@;$'"
+        )))
+    }
+}
+
+fn etag_of(n: u64) -> String {
+    base64::engine::general_purpose::STANDARD.encode(n.to_be_bytes())
+}
+
+// ---------------------------------------------------------------------------------------------
+// Registry
+
+fn device_json(hub: &Hub, i: &Identity, c2d_count: u32) -> Value {
+    let cid = client_id(&i.device_id, i.module_id.as_deref());
+    let conn = hub.conn(&cid);
+    let mut v = json!({
+        "deviceId": i.device_id,
+        "generationId": i.generation_id,
+        "etag": etag_of(i.etag_n),
+        "connectionState": if conn.is_some() { "Connected" } else { "Disconnected" },
+        "status": if i.enabled { "enabled" } else { "disabled" },
+        "statusReason": i.status_reason,
+        "connectionStateUpdatedTime": conn.as_ref().map_or("0001-01-01T00:00:00Z".to_string(), |c| c.since.clone()),
+        "statusUpdatedTime": i.status_updated,
+        "lastActivityTime": "0001-01-01T00:00:00Z",
+        "cloudToDeviceMessageCount": c2d_count,
+        "authentication": {
+            "type": "sas",
+            "symmetricKey": {"primaryKey": i.primary_key, "secondaryKey": i.secondary_key},
+            "x509Thumbprint": {"primaryThumbprint": null, "secondaryThumbprint": null},
+        },
+    });
+    let m = v.as_object_mut().expect("object");
+    match &i.module_id {
+        Some(mid) => {
+            m.insert("moduleId".into(), json!(mid));
+            m.insert("managedBy".into(), json!(i.managed_by));
+        }
+        None => {
+            m.insert("capabilities".into(), json!({"iotEdge": false}));
+            m.insert("deviceScope".into(), json!(null));
+            m.insert("parentScopes".into(), json!([]));
+        }
+    }
+    v
+}
+
+fn key_from(body: &Value, which: &str) -> Result<Option<String>, ApiError> {
+    match body.pointer(&format!("/authentication/symmetricKey/{which}")) {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::String(s)) if s.is_empty() => Ok(None),
+        Some(Value::String(s)) => {
+            azsim_proto::sas::check_key(s)
+                .map_err(|e| ApiError::bad(format!("authentication.symmetricKey.{which}: {e}")))?;
+            let len = base64::engine::general_purpose::STANDARD
+                .decode(s)
+                .map(|k| k.len())
+                .unwrap_or(0);
+            if !(16..=64).contains(&len) {
+                return Err(ApiError::bad(format!(
+                    "authentication.symmetricKey.{which}: must be 16 to 64 bytes"
+                )));
+            }
+            Ok(Some(s.clone()))
+        }
+        Some(_) => Err(ApiError::bad(format!(
+            "authentication.symmetricKey.{which}: must be a string"
+        ))),
+    }
+}
+
+async fn upsert_identity(
+    hub: &Shared,
+    headers: &HeaderMap,
+    id: String,
+    module: Option<String>,
+    body: Bytes,
+) -> ApiResult {
+    check_id("deviceId", &id)?;
+    if let Some(m) = &module {
+        check_id("moduleId", m)?;
+    }
+    let body = parse_json(&body)?;
+    if !body.is_object() {
+        return Err(ApiError::bad("body must be a JSON object"));
+    }
+    if let Some(d) = body.get("deviceId").and_then(Value::as_str) {
+        if d != id {
+            return Err(ApiError::bad("deviceId in the body does not match the URL"));
+        }
+    }
+    if let (Some(m), Some(bm)) = (&module, body.get("moduleId").and_then(Value::as_str)) {
+        if bm != m {
+            return Err(ApiError::bad("moduleId in the body does not match the URL"));
+        }
+    }
+    if let Some(t) = body.pointer("/authentication/type").and_then(Value::as_str) {
+        if t != "sas" {
+            return Err(ApiError::bad(format!(
+                "authentication.type '{t}' is not supported by the local hub (sas only)"
+            )));
+        }
+    }
+    let enabled = match body.get("status") {
+        None | Some(Value::Null) => None,
+        Some(Value::String(s)) if s == "enabled" => Some(true),
+        Some(Value::String(s)) if s == "disabled" => Some(false),
+        Some(_) => return Err(ApiError::bad("status must be 'enabled' or 'disabled'")),
+    };
+    let primary = key_from(&body, "primaryKey")?;
+    let secondary = key_from(&body, "secondaryKey")?;
+    let status_reason = body
+        .get("statusReason")
+        .and_then(Value::as_str)
+        .map(str::to_string);
+    let managed_by = body
+        .get("managedBy")
+        .and_then(Value::as_str)
+        .map(str::to_string);
+    let im = if_match(headers);
+    let (d, m) = (id.clone(), module.clone());
+    let result = hub
+        .store
+        .call(move |c| {
+            if m.is_some() && q::get_identity(c, &d, None)?.is_none() {
+                return Ok(Err(ApiError::device_not_found(&d)));
+            }
+            let existing = q::get_identity(c, &d, m.as_deref())?;
+            let now = now_rfc3339();
+            let (ident, created, status_changed) = match (existing, &im) {
+                (Some(_), None) => {
+                    return Ok(Err(match &m {
+                        Some(mm) => ApiError::new(
+                            StatusCode::CONFLICT,
+                            409301,
+                            "ModuleAlreadyExistsOnDevice",
+                            format!("Module {mm} already exists on device {d}"),
+                        ),
+                        None => ApiError::new(
+                            StatusCode::CONFLICT,
+                            409001,
+                            "DeviceAlreadyExists",
+                            format!("Device {d} already exists"),
+                        ),
+                    }));
+                }
+                (Some(mut i), Some(_)) => {
+                    if !etag_ok(&im, &etag_of(i.etag_n)) {
+                        return Ok(Err(ApiError::precondition()));
+                    }
+                    let was = i.enabled;
+                    if let Some(e) = enabled {
+                        if e != i.enabled {
+                            i.status_updated = now.clone();
+                        }
+                        i.enabled = e;
+                    }
+                    if let Some(k) = &primary {
+                        i.primary_key = k.clone();
+                    }
+                    if let Some(k) = &secondary {
+                        i.secondary_key = k.clone();
+                    }
+                    if status_reason.is_some() {
+                        i.status_reason = status_reason.clone();
+                    }
+                    if managed_by.is_some() {
+                        i.managed_by = managed_by.clone();
+                    }
+                    i.etag_n += 1;
+                    let changed = was && !i.enabled;
+                    (i, false, changed)
+                }
+                (None, Some(_)) => {
+                    return Ok(Err(match &m {
+                        Some(mm) => ApiError::module_not_found(&d, mm),
+                        None => ApiError::device_not_found(&d),
+                    }));
+                }
+                (None, None) => {
+                    let gen_id =
+                        format!("63{}", unix_ms().unsigned_abs() % 100_000_000_000_000_000);
+                    let i = Identity {
+                        device_id: d.clone(),
+                        module_id: m.clone(),
+                        primary_key: primary.clone().unwrap_or_else(state_dir::generate_key),
+                        secondary_key: secondary.clone().unwrap_or_else(state_dir::generate_key),
+                        enabled: enabled.unwrap_or(true),
+                        status_reason: status_reason.clone(),
+                        generation_id: gen_id,
+                        etag_n: 1,
+                        status_updated: now.clone(),
+                        managed_by: managed_by.clone(),
+                        tags: Map::new(),
+                        desired: Map::new(),
+                        desired_version: 1,
+                        desired_updated: now.clone(),
+                        reported: Map::new(),
+                        reported_version: 1,
+                        reported_updated: now.clone(),
+                        twin_version: 1,
+                    };
+                    (i, true, false)
+                }
+            };
+            q::put_identity(c, &ident)?;
+            let depth = q::c2d_depth(c, &d)?;
+            Ok(Ok((ident, created, status_changed, depth)))
+        })
+        .await?;
+    let (ident, created, disabled, depth) = result?;
+    if disabled || !ident.enabled {
+        hub.kick_identity(
+            &ident.device_id,
+            ident.module_id.as_deref(),
+            "device disabled",
+        );
+    }
+    tracing::info!(device = %ident.device_id, module = ?ident.module_id, created, "identity saved");
+    Ok(json_ok(StatusCode::OK, device_json(hub, &ident, depth)))
+}
+
+async fn put_device(
+    State(hub): State<Shared>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> ApiResult {
+    upsert_identity(&hub, &headers, id, None, body).await
+}
+
+async fn put_module(
+    State(hub): State<Shared>,
+    Path((id, mid)): Path<(String, String)>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> ApiResult {
+    upsert_identity(&hub, &headers, id, Some(mid), body).await
+}
+
+async fn get_identity_json(hub: &Shared, id: String, module: Option<String>) -> ApiResult {
+    let (d, m) = (id.clone(), module.clone());
+    let r = hub
+        .store
+        .call(move |c| {
+            let i = q::get_identity(c, &d, m.as_deref())?;
+            let depth = q::c2d_depth(c, &d)?;
+            Ok(i.map(|i| (i, depth)))
+        })
+        .await?;
+    match r {
+        Some((i, depth)) => Ok(json_ok(StatusCode::OK, device_json(hub, &i, depth))),
+        None => Err(match module {
+            Some(m) => ApiError::module_not_found(&id, &m),
+            None => ApiError::device_not_found(&id),
+        }),
+    }
+}
+
+async fn get_device(State(hub): State<Shared>, Path(id): Path<String>) -> ApiResult {
+    get_identity_json(&hub, id, None).await
+}
+
+async fn get_module(
+    State(hub): State<Shared>,
+    Path((id, mid)): Path<(String, String)>,
+) -> ApiResult {
+    get_identity_json(&hub, id, Some(mid)).await
+}
+
+async fn delete_identity(
+    hub: &Shared,
+    headers: &HeaderMap,
+    id: String,
+    module: Option<String>,
+) -> ApiResult {
+    let im = if_match(headers);
+    let (d, m) = (id.clone(), module.clone());
+    let r = hub
+        .store
+        .call(move |c| {
+            let Some(i) = q::get_identity(c, &d, m.as_deref())? else {
+                return Ok(Some(false));
+            };
+            if !etag_ok(&im, &etag_of(i.etag_n)) {
+                return Ok(None);
+            }
+            q::delete_identity(c, &d, m.as_deref())?;
+            Ok(Some(true))
+        })
+        .await?;
+    match r {
+        Some(true) => {
+            hub.kick_identity(&id, module.as_deref(), "identity deleted");
+            tracing::info!(device = %id, module = ?module, "identity deleted");
+            Ok(StatusCode::NO_CONTENT.into_response())
+        }
+        Some(false) => Err(match module {
+            Some(m) => ApiError::module_not_found(&id, &m),
+            None => ApiError::device_not_found(&id),
+        }),
+        None => Err(ApiError::precondition()),
+    }
+}
+
+async fn delete_device(
+    State(hub): State<Shared>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+) -> ApiResult {
+    delete_identity(&hub, &headers, id, None).await
+}
+
+async fn delete_module(
+    State(hub): State<Shared>,
+    Path((id, mid)): Path<(String, String)>,
+    headers: HeaderMap,
+) -> ApiResult {
+    delete_identity(&hub, &headers, id, Some(mid)).await
+}
+
+#[derive(Deserialize)]
+struct ListQuery {
+    top: Option<usize>,
+}
+
+async fn list_devices(State(hub): State<Shared>, Query(lq): Query<ListQuery>) -> ApiResult {
+    let list = hub
+        .store
+        .call(|c| {
+            let mut out = Vec::new();
+            for i in q::list_identities(c, None)? {
+                let depth = q::c2d_depth(c, &i.device_id)?;
+                out.push((i, depth));
+            }
+            Ok(out)
+        })
+        .await?;
+    let top = lq.top.unwrap_or(usize::MAX);
+    let v: Vec<Value> = list
+        .iter()
+        .take(top)
+        .map(|(i, d)| device_json(&hub, i, *d))
+        .collect();
+    Ok(json_ok(StatusCode::OK, Value::Array(v)))
+}
+
+async fn list_modules(State(hub): State<Shared>, Path(id): Path<String>) -> ApiResult {
+    let d = id.clone();
+    let list = hub
+        .store
+        .call(move |c| q::list_identities(c, Some(&d)))
+        .await?;
+    let v: Vec<Value> = list.iter().map(|i| device_json(&hub, i, 0)).collect();
+    Ok(json_ok(StatusCode::OK, Value::Array(v)))
+}
+
+// ---------------------------------------------------------------------------------------------
+// Twins
+
+fn twin_json(hub: &Hub, i: &Identity) -> Value {
+    let cid = client_id(&i.device_id, i.module_id.as_deref());
+    let connected = hub.is_connected(&cid);
+    let mut desired = i.desired.clone();
+    desired.insert(
+        "$metadata".into(),
+        json!({"$lastUpdated": i.desired_updated, "$lastUpdatedVersion": i.desired_version}),
+    );
+    desired.insert("$version".into(), json!(i.desired_version));
+    let mut reported = i.reported.clone();
+    reported.insert(
+        "$metadata".into(),
+        json!({"$lastUpdated": i.reported_updated}),
+    );
+    reported.insert("$version".into(), json!(i.reported_version));
+    let mut v = json!({
+        "deviceId": i.device_id,
+        "etag": etag_of(i.twin_version),
+        "deviceEtag": etag_of(i.etag_n),
+        "version": i.twin_version,
+        "status": if i.enabled { "enabled" } else { "disabled" },
+        "statusReason": i.status_reason,
+        "statusUpdateTime": i.status_updated,
+        "connectionState": if connected { "Connected" } else { "Disconnected" },
+        "lastActivityTime": "0001-01-01T00:00:00Z",
+        "cloudToDeviceMessageCount": 0,
+        "authenticationType": "sas",
+        "x509Thumbprint": {"primaryThumbprint": null, "secondaryThumbprint": null},
+        "tags": i.tags,
+        "properties": {"desired": desired, "reported": reported},
+    });
+    let m = v.as_object_mut().expect("object");
+    match &i.module_id {
+        Some(mid) => {
+            m.insert("moduleId".into(), json!(mid));
+        }
+        None => {
+            m.insert("capabilities".into(), json!({"iotEdge": false}));
+        }
+    }
+    v
+}
+
+async fn get_twin_json(hub: &Shared, id: String, module: Option<String>) -> ApiResult {
+    let (d, m) = (id.clone(), module.clone());
+    match hub
+        .store
+        .call(move |c| q::get_identity(c, &d, m.as_deref()))
+        .await?
+    {
+        Some(i) => Ok(json_ok(StatusCode::OK, twin_json(hub, &i))),
+        None => Err(match module {
+            Some(m) => ApiError::module_not_found(&id, &m),
+            None => ApiError::device_not_found(&id),
+        }),
+    }
+}
+
+async fn get_twin(State(hub): State<Shared>, Path(id): Path<String>) -> ApiResult {
+    get_twin_json(&hub, id, None).await
+}
+
+async fn get_module_twin(
+    State(hub): State<Shared>,
+    Path((id, mid)): Path<(String, String)>,
+) -> ApiResult {
+    get_twin_json(&hub, id, Some(mid)).await
+}
+
+fn section(body: &Value, ptr: &str, what: &str) -> Result<Option<Map<String, Value>>, ApiError> {
+    match body.pointer(ptr) {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::Object(m)) => {
+            let mut m = m.clone();
+            twin::strip_meta(&mut m);
+            twin::validate_patch(&m).map_err(|e| ApiError::bad(format!("{what}: {e}")))?;
+            Ok(Some(m))
+        }
+        Some(_) => Err(ApiError::bad(format!("{what} must be a JSON object"))),
+    }
+}
+
+/// PATCH (merge) or PUT (replace) tags and desired properties.
+async fn update_twin(
+    hub: &Shared,
+    headers: &HeaderMap,
+    id: String,
+    module: Option<String>,
+    body: Bytes,
+    replace: bool,
+) -> ApiResult {
+    let body = parse_json(&body)?;
+    if !body.is_object() {
+        return Err(ApiError::bad("body must be a JSON object"));
+    }
+    let tags = section(&body, "/tags", "tags")?;
+    let desired = section(&body, "/properties/desired", "properties.desired")?;
+    let im = if_match(headers);
+    let (d, m) = (id.clone(), module.clone());
+    let r = hub
+        .store
+        .call(move |c| {
+            let Some(mut i) = q::get_identity(c, &d, m.as_deref())? else {
+                return Ok(Err(match &m {
+                    Some(mm) => ApiError::module_not_found(&d, mm),
+                    None => ApiError::device_not_found(&d),
+                }));
+            };
+            if !etag_ok(&im, &etag_of(i.twin_version)) {
+                return Ok(Err(ApiError::precondition()));
+            }
+            let mut changed = false;
+            if let Some(t) = &tags {
+                let mut next = if replace { Map::new() } else { i.tags.clone() };
+                twin::merge(&mut next, t);
+                if let Err(e) = twin::check_size(&next, twin::MAX_TAGS_BYTES, "tags") {
+                    return Ok(Err(ApiError::bad(e.0)));
+                }
+                i.tags = next;
+                changed = true;
+            } else if replace {
+                changed |= !i.tags.is_empty();
+                i.tags = Map::new();
+            }
+            let mut desired_patch = None;
+            let new_desired = match (&desired, replace) {
+                (Some(p), false) => {
+                    let mut next = i.desired.clone();
+                    twin::merge(&mut next, p);
+                    desired_patch = Some(p.clone());
+                    Some(next)
+                }
+                (Some(p), true) => {
+                    let mut next = Map::new();
+                    twin::merge(&mut next, p);
+                    desired_patch = Some(twin::replacement_patch(&i.desired, &next));
+                    Some(next)
+                }
+                (None, true) if !i.desired.is_empty() => {
+                    desired_patch = Some(twin::replacement_patch(&i.desired, &Map::new()));
+                    Some(Map::new())
+                }
+                _ => None,
+            };
+            if let Some(next) = new_desired {
+                if let Err(e) =
+                    twin::check_size(&next, twin::MAX_SECTION_BYTES, "desired properties")
+                {
+                    return Ok(Err(ApiError::bad(e.0)));
+                }
+                i.desired = next;
+                i.desired_version += 1;
+                i.desired_updated = now_rfc3339();
+                changed = true;
+            }
+            if changed {
+                i.twin_version += 1;
+                q::put_identity(c, &i)?;
+            }
+            Ok(Ok((i, desired_patch)))
+        })
+        .await?;
+    let (i, patch) = r?;
+    if let Some(p) = patch {
+        hub.push_desired(&i.device_id, i.module_id.as_deref(), &p, i.desired_version);
+        hub.emit(&i.device_id, json!({"type":"twinDesired","deviceId":i.device_id,"moduleId":i.module_id,"version":i.desired_version,"patch":p}));
+    }
+    Ok(json_ok(StatusCode::OK, twin_json(hub, &i)))
+}
+
+async fn patch_twin(
+    State(hub): State<Shared>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> ApiResult {
+    update_twin(&hub, &headers, id, None, body, false).await
+}
+
+async fn put_twin(
+    State(hub): State<Shared>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> ApiResult {
+    update_twin(&hub, &headers, id, None, body, true).await
+}
+
+async fn patch_module_twin(
+    State(hub): State<Shared>,
+    Path((id, mid)): Path<(String, String)>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> ApiResult {
+    update_twin(&hub, &headers, id, Some(mid), body, false).await
+}
+
+async fn put_module_twin(
+    State(hub): State<Shared>,
+    Path((id, mid)): Path<(String, String)>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> ApiResult {
+    update_twin(&hub, &headers, id, Some(mid), body, true).await
+}
+
+// ---------------------------------------------------------------------------------------------
+// Methods
+
+fn timeout_field(
+    body: &Value,
+    name: &str,
+    default: u64,
+    min: u64,
+    max: u64,
+) -> Result<u64, ApiError> {
+    match body.get(name) {
+        None | Some(Value::Null) => Ok(default),
+        Some(v) => match v.as_u64() {
+            Some(n) if (min..=max).contains(&n) => Ok(n),
+            _ => Err(ApiError::bad(format!(
+                "{name} must be an integer from {min} to {max}"
+            ))),
+        },
+    }
+}
+
+async fn invoke(hub: &Shared, id: String, module: Option<String>, body: Bytes) -> ApiResult {
+    let body = parse_json(&body)?;
+    let name = body
+        .get("methodName")
+        .and_then(Value::as_str)
+        .ok_or_else(|| ApiError::bad("methodName is required"))?
+        .to_string();
+    let method = azsim_proto::topic::MethodName::new(&name)
+        .map_err(|e| ApiError::bad(format!("methodName: {e}")))?;
+    let response_timeout = timeout_field(&body, "responseTimeoutInSeconds", 30, 5, 300)?;
+    let connect_timeout = timeout_field(&body, "connectTimeoutInSeconds", 0, 0, 300)?;
+    let payload = body.get("payload").cloned().unwrap_or(Value::Null);
+    if serde_json::to_vec(&payload).map(|v| v.len()).unwrap_or(0) > 128 * 1024 {
+        return Err(ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            413001,
+            "MessageTooLarge",
+            "method payload exceeds 128 KB",
+        ));
+    }
+    if crate::hub::load_identity(hub, &id, module.as_deref())
+        .await?
+        .is_none()
+    {
+        return Err(match module {
+            Some(m) => ApiError::module_not_found(&id, &m),
+            None => ApiError::device_not_found(&id),
+        });
+    }
+    let r = hub
+        .invoke_method(
+            &id,
+            module.as_deref(),
+            method,
+            &payload,
+            Duration::from_secs(response_timeout),
+            Duration::from_secs(connect_timeout),
+        )
+        .await;
+    match r {
+        Ok((status, body)) => {
+            let payload = if body.is_empty() {
+                Value::Null
+            } else {
+                serde_json::from_slice(&body)
+                    .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&body).into_owned()))
+            };
+            Ok(json_ok(
+                StatusCode::OK,
+                json!({"status": status, "payload": payload}),
+            ))
+        }
+        Err(MethodError::NotOnline) => Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            404103,
+            "DeviceNotOnline",
+            "Timed out waiting for device to connect.",
+        )
+        .with_timeout(connect_timeout)),
+        Err(MethodError::Timeout) => Err(ApiError::new(
+            StatusCode::GATEWAY_TIMEOUT,
+            504101,
+            "GatewayTimeout",
+            "Timed out waiting for the response from device.",
+        )
+        .with_timeout(response_timeout)),
+    }
+}
+
+async fn invoke_device(
+    State(hub): State<Shared>,
+    Path(id): Path<String>,
+    body: Bytes,
+) -> ApiResult {
+    invoke(&hub, id, None, body).await
+}
+
+async fn invoke_module(
+    State(hub): State<Shared>,
+    Path((id, mid)): Path<(String, String)>,
+    body: Bytes,
+) -> ApiResult {
+    invoke(&hub, id, Some(mid), body).await
+}
+
+// ---------------------------------------------------------------------------------------------
+// C2D
+
+async fn purge_c2d(State(hub): State<Shared>, Path(id): Path<String>) -> ApiResult {
+    let d = id.clone();
+    let r = hub
+        .store
+        .call(move |c| {
+            if q::get_identity(c, &d, None)?.is_none() {
+                return Ok(None);
+            }
+            q::c2d_purge(c, &d).map(Some)
+        })
+        .await?;
+    match r {
+        Some(n) => Ok(json_ok(
+            StatusCode::OK,
+            json!({"totalMessagesPurged": n, "deviceId": id}),
+        )),
+        None => Err(ApiError::device_not_found(&id)),
+    }
+}
+
+fn opt_str(body: &Value, k: &str) -> Result<Option<String>, ApiError> {
+    match body.get(k) {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::String(s)) => Ok(Some(s.clone())),
+        Some(_) => Err(ApiError::bad(format!("{k} must be a string"))),
+    }
+}
+
+fn prop_name_ok(s: &str) -> bool {
+    !s.is_empty()
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
+}
+
+/// Emulator-only (not Azure): queue a C2D message for a device.
+async fn send_c2d(State(hub): State<Shared>, Path(id): Path<String>, body: Bytes) -> ApiResult {
+    let body = parse_json(&body)?;
+    if !body.is_object() {
+        return Err(ApiError::bad("body must be a JSON object"));
+    }
+    let payload = match (opt_str(&body, "body")?, opt_str(&body, "bodyBase64")?) {
+        (Some(_), Some(_)) => return Err(ApiError::bad("give body or bodyBase64, not both")),
+        (Some(t), None) => t.into_bytes(),
+        (None, Some(b)) => base64::engine::general_purpose::STANDARD
+            .decode(b)
+            .map_err(|_| ApiError::bad("bodyBase64 is not base64"))?,
+        (None, None) => Vec::new(),
+    };
+    let ack = opt_str(&body, "ack")?.unwrap_or_else(|| "none".into());
+    if azsim_proto::property_bag::Ack::parse(&ack).is_err() {
+        return Err(ApiError::bad(
+            "ack must be none, positive, negative or full",
+        ));
+    }
+    let mut properties = Vec::new();
+    match body.get("properties") {
+        None | Some(Value::Null) => {}
+        Some(Value::Object(m)) => {
+            for (k, v) in m {
+                if !prop_name_ok(k) || k.starts_with("$.") || k.starts_with("iothub-") {
+                    return Err(ApiError::bad(format!("properties: invalid name '{k}'")));
+                }
+                let v = match v {
+                    Value::String(s) => s.clone(),
+                    Value::Null => {
+                        return Err(ApiError::bad(format!("properties.{k}: must be a string")));
+                    }
+                    other => other.to_string(),
+                };
+                properties.push((k.clone(), v));
+            }
+        }
+        Some(_) => return Err(ApiError::bad("properties must be an object of strings")),
+    }
+    let ttl = match body.get("ttlSeconds") {
+        None | Some(Value::Null) => hub.cfg.limits.c2d_default_ttl.as_millis() as i64,
+        Some(v) => match v.as_u64() {
+            Some(n) if (1..=172_800).contains(&n) => (n * 1000) as i64,
+            _ => {
+                return Err(ApiError::bad(
+                    "ttlSeconds must be an integer from 1 to 172800",
+                ));
+            }
+        },
+    };
+    let message_id =
+        opt_str(&body, "messageId")?.unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
+    if message_id.is_empty() || message_id.len() > 128 {
+        return Err(ApiError::bad("messageId must be 1 to 128 characters"));
+    }
+    let size = payload.len()
+        + properties
+            .iter()
+            .map(|(k, v)| k.len() + v.len())
+            .sum::<usize>();
+    if size > hub.cfg.limits.c2d_max_bytes {
+        return Err(ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            413001,
+            "MessageTooLarge",
+            format!("message exceeds {} bytes", hub.cfg.limits.c2d_max_bytes),
+        ));
+    }
+    let now = unix_ms();
+    let msg = C2dMessage {
+        seq: 0,
+        device_id: id.clone(),
+        message_id: message_id.clone(),
+        correlation_id: opt_str(&body, "correlationId")?,
+        content_type: opt_str(&body, "contentType")?,
+        content_encoding: opt_str(&body, "contentEncoding")?,
+        user_id: None,
+        ack,
+        properties,
+        body: payload,
+        enqueued_ms: now,
+        expiry_ms: now + ttl,
+        delivery_count: 0,
+    };
+    let cap = hub.cfg.limits.c2d_queue_cap;
+    let d = id.clone();
+    let r = hub
+        .store
+        .call(move |c| {
+            if q::get_identity(c, &d, None)?.is_none() {
+                return Ok(Err(ApiError::device_not_found(&d)));
+            }
+            // Expired messages no longer count against the cap.
+            c.execute(
+                "UPDATE c2d SET dead = 'Expired' WHERE device_id = ?1 AND dead IS NULL AND expiry_ms <= ?2",
+                rusqlite::params![d, unix_ms()],
+            )
+            .map_err(|e| HubError::Store(e.to_string()))?;
+            Ok(Ok(q::c2d_enqueue(c, &msg, cap)?))
+        })
+        .await?;
+    match r? {
+        Some(depth) => {
+            hub.wake_c2d(&id);
+            Ok(json_ok(
+                StatusCode::ACCEPTED,
+                json!({"messageId": message_id, "deviceId": id, "queueDepth": depth}),
+            ))
+        }
+        None => Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            403004,
+            "DeviceMaximumQueueDepthExceeded",
+            format!("Device {id} already has {cap} messages pending"),
+        )),
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Event stream (emulator-only)
+
+#[derive(Deserialize)]
+struct EventQuery {
+    #[serde(rename = "deviceId")]
+    device_id: Option<String>,
+    limit: Option<usize>,
+}
+
+async fn events_sse(State(hub): State<Shared>, Query(eq): Query<EventQuery>) -> impl IntoResponse {
+    let rx = hub.events.subscribe();
+    let filter = eq.device_id;
+    let mut shutdown = hub.shutdown.subscribe();
+    let ready =
+        futures::stream::once(async { Ok::<Event, Infallible>(Event::default().comment("ready")) });
+    let live = BroadcastStream::new(rx).filter_map(move |r| {
+        let out = match r {
+            Ok(ev) if filter.as_deref().is_none_or(|d| d == ev.device_id) => {
+                Some(Ok(Event::default().data(ev.json.clone())))
+            }
+            _ => None,
+        };
+        async move { out }
+    });
+    let stream = ready
+        .chain(live)
+        .take_until(async move { crate::hub::until_shutdown(&mut shutdown).await });
+    Sse::new(stream).keep_alive(KeepAlive::new().interval(Duration::from_secs(15)))
+}
+
+async fn events_recent(State(hub): State<Shared>, Query(eq): Query<EventQuery>) -> ApiResult {
+    hub.store.flush().await;
+    let limit = eq.limit.unwrap_or(100).min(hub.cfg.limits.event_log_cap);
+    let d = eq.device_id;
+    let rows = hub
+        .store
+        .call(move |c| q::recent_events(c, d.as_deref(), limit))
+        .await?;
+    let v: Vec<Value> = rows
+        .iter()
+        .filter_map(|s| serde_json::from_str(s).ok())
+        .collect();
+    Ok(json_ok(StatusCode::OK, Value::Array(v)))
+}
