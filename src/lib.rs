@@ -8,4 +8,5 @@
 pub mod cli;
 pub mod cmd;
 pub mod error;
+pub mod service;
 pub mod tls;

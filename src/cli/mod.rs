@@ -12,6 +12,7 @@ use clap::{Parser, Subcommand};
 
 use crate::error::CliError;
 
+pub mod service;
 pub mod token;
 
 /// azsim: run an ESP32's Azure IoT Hub device session on a laptop, against a real hub or a local one.
@@ -33,6 +34,16 @@ pub struct Cli {
 pub enum Command {
     /// Make, derive or inspect SAS tokens (device, module, hub policy, DPS).
     Token(token::TokenArgs),
+    /// Manage device identities in a hub's registry (create prints the connection string).
+    Device(service::DeviceArgs),
+    /// Invoke a direct method on a connected device and print its status and payload.
+    Invoke(service::InvokeArgs),
+    /// Show a device twin or patch its desired properties and tags.
+    Twin(service::TwinArgs),
+    /// Send cloud-to-device messages (local azsim hub only).
+    C2d(service::C2dArgs),
+    /// Watch telemetry, connections and twin changes (local azsim hub only).
+    Monitor(service::MonitorArgs),
 }
 
 impl Cli {
@@ -43,6 +54,11 @@ impl Cli {
     pub async fn run(self) -> Result<ExitCode, CliError> {
         match self.command {
             Command::Token(args) => crate::cmd::token::run(args.into_config()?).await,
+            Command::Device(args) => crate::cmd::device::run(args.into_config()?).await,
+            Command::Invoke(args) => crate::cmd::invoke::run(args.into_config()?).await,
+            Command::Twin(args) => crate::cmd::twin::run(args.into_config()?).await,
+            Command::C2d(args) => crate::cmd::c2d::run(args.into_config()?).await,
+            Command::Monitor(args) => crate::cmd::monitor::run(args.into_config()?).await,
         }
     }
 }

@@ -1,0 +1,581 @@
+//! Load bench: N devices with real SAS tokens over TLS each send M QoS 1 messages, against the
+//! azsim hub (in-process, in-memory) and against Debian's `mosquitto` (TLS listener) in the
+//! same run, and print msgs/s, PUBACK latency p50/p99 and the hub/mosquitto ratio.
+//!
+//! Not a test: it asserts nothing and prints numbers.
+//!
+//! ```text
+//! cargo bench -p azsim-emulator --bench load -- [--devices N] [--messages M] [--payload BYTES]
+//!     [--window W] [--connect-concurrency C] [--only hub|mosquitto]
+//! ```
+//! Defaults: 1000 devices, 20 messages of 256 bytes each, 1 message in flight per device,
+//! 200 TLS handshakes at a time. Env `AZSIM_LOAD_DEVICES` / `AZSIM_LOAD_MESSAGES` override the
+//! defaults too. Each device is a raw `rumqttc` client (its own TLS connection and event loop);
+//! all of them run as tasks of one tokio runtime. Phases: connect everyone (CONNACK), then
+//! everyone publishes at once; msgs/s is total messages over the time from the start signal
+//! to the last PUBACK. Latency is from the PUBLISH leaving the client to its PUBACK.
+//! mosquitto gets the same clients, usernames, SAS passwords and topics (it ignores them:
+//! `allow_anonymous true`), with a certificate from the same kind of rcgen CA.
+
+use std::collections::HashMap;
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use azsim_proto::sas;
+use azsim_proto::topic::{self, Identity};
+use rumqttc::{
+    AsyncClient, ConnectReturnCode, Event, EventLoop, MqttOptions, Outgoing, Packet, QoS,
+    TlsConfiguration, Transport,
+};
+use tokio::sync::{Barrier, Semaphore};
+
+#[derive(Debug, Clone)]
+struct Params {
+    devices: usize,
+    messages: usize,
+    payload: usize,
+    window: u16,
+    connect_concurrency: usize,
+    only: Option<String>,
+}
+
+fn parse_params() -> Params {
+    let env = |k: &str, d: usize| {
+        std::env::var(k)
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(d)
+    };
+    let mut p = Params {
+        devices: env("AZSIM_LOAD_DEVICES", 1000),
+        messages: env("AZSIM_LOAD_MESSAGES", 20),
+        payload: 256,
+        window: 1,
+        connect_concurrency: 200,
+        only: None,
+    };
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let mut i = 0;
+    while i < args.len() {
+        let val = args.get(i + 1).cloned().unwrap_or_default();
+        let num = || val.parse::<usize>().unwrap_or_else(|_| usage(&args[i]));
+        match args[i].as_str() {
+            "--devices" => p.devices = num(),
+            "--messages" => p.messages = num(),
+            "--payload" => p.payload = num(),
+            "--window" => p.window = u16::try_from(num()).unwrap_or(u16::MAX).max(1),
+            "--connect-concurrency" => p.connect_concurrency = num().max(1),
+            "--only" => p.only = Some(val.clone()),
+            // cargo bench passes `--bench`; ignore it and anything unknown without a value.
+            _ => {
+                i += 1;
+                continue;
+            }
+        }
+        i += 2;
+    }
+    p
+}
+
+fn usage(flag: &str) -> ! {
+    eprintln!("load: {flag} needs a number");
+    std::process::exit(2)
+}
+
+/// Raises the soft open-files limit to the hard one: each device is a socket on the client side
+/// and another on the broker side, both in this process for the hub.
+fn raise_nofile(needed: u64) {
+    use rustix::process::{Resource, Rlimit, getrlimit, setrlimit};
+    let lim = getrlimit(Resource::Nofile);
+    let soft = lim.current.unwrap_or(u64::MAX);
+    if soft >= needed {
+        return;
+    }
+    let new = Rlimit {
+        current: lim.maximum,
+        maximum: lim.maximum,
+    };
+    match setrlimit(Resource::Nofile, new) {
+        Ok(()) => eprintln!(
+            "load: raised the open-files soft limit from {soft} to {}",
+            lim.maximum.map_or("unlimited".into(), |m| m.to_string())
+        ),
+        Err(e) => eprintln!("load: cannot raise the open-files limit ({soft}): {e}"),
+    }
+    let now = getrlimit(Resource::Nofile).current.unwrap_or(u64::MAX);
+    if now < needed {
+        eprintln!(
+            "load: warning: open-files limit {now} is below the ~{needed} this run needs; \
+             raise it with `ulimit -n`"
+        );
+    }
+}
+
+fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+fn random_key() -> String {
+    azsim_emulator::state_dir::generate_key()
+}
+
+/// One simulated device's credentials and topic.
+#[derive(Clone)]
+struct DeviceSpec {
+    id: String,
+    username: String,
+    password: String,
+    topic: String,
+}
+
+fn device_spec(host: &str, id: &str, key: &str) -> DeviceSpec {
+    let mut password = String::new();
+    sas::sign(
+        &mut password,
+        &sas::Resource::Device {
+            host,
+            device_id: id,
+        },
+        key,
+        unix_now() + 3600,
+        None,
+    )
+    .expect("sign device token");
+    let username = username_for(host, id);
+    let mut topic_s = String::new();
+    topic::write_telemetry_topic(
+        &mut topic_s,
+        Identity::device(id),
+        &azsim_proto::property_bag::SystemProperties::default(),
+        [("bench", "load")],
+    )
+    .expect("topic");
+    DeviceSpec {
+        id: id.to_owned(),
+        username,
+        password,
+        topic: topic_s,
+    }
+}
+
+/// The device's MQTT username (TEMP until azsim-proto's `username` module lands).
+fn username_for(host: &str, id: &str) -> String {
+    format!("{host}/{id}/?api-version=2021-04-12")
+}
+
+/// What one run against one broker measured.
+#[derive(Debug, Default)]
+struct RunStats {
+    connected: usize,
+    connect_failures: usize,
+    connect_secs: f64,
+    messages: usize,
+    publish_failures: usize,
+    publish_secs: f64,
+    latencies_us: Vec<u64>,
+    first_error: Option<String>,
+}
+
+impl RunStats {
+    fn msgs_per_sec(&self) -> f64 {
+        if self.publish_secs > 0.0 {
+            self.messages as f64 / self.publish_secs
+        } else {
+            0.0
+        }
+    }
+
+    fn percentile_ms(&self, p: f64) -> f64 {
+        if self.latencies_us.is_empty() {
+            return f64::NAN;
+        }
+        let idx = ((self.latencies_us.len() as f64 - 1.0) * p).round() as usize;
+        self.latencies_us[idx] as f64 / 1000.0
+    }
+}
+
+enum DeviceOutcome {
+    ConnectFailed(String),
+    Done {
+        latencies_us: Vec<u64>,
+        error: Option<String>,
+        acked: usize,
+    },
+}
+
+async fn wait_connack(el: &mut EventLoop) -> Result<(), String> {
+    loop {
+        match el.poll().await {
+            Ok(Event::Incoming(Packet::ConnAck(ack))) => {
+                return if ack.code == ConnectReturnCode::Success {
+                    Ok(())
+                } else {
+                    Err(format!("connack {:?}", ack.code))
+                };
+            }
+            Ok(_) => {}
+            Err(e) => return Err(e.to_string()),
+        }
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn run_device(
+    spec: DeviceSpec,
+    port: u16,
+    tls: Arc<rustls::ClientConfig>,
+    p: Arc<Params>,
+    connect_gate: Arc<Semaphore>,
+    connected: Arc<Barrier>,
+    start: Arc<Barrier>,
+) -> DeviceOutcome {
+    let mut opts = MqttOptions::new(spec.id.clone(), "localhost", port);
+    opts.set_credentials(spec.username.clone(), spec.password.clone())
+        .set_keep_alive(Duration::from_secs(240))
+        .set_clean_session(false)
+        .set_inflight(p.window)
+        .set_max_packet_size(256 * 1024, 256 * 1024)
+        .set_transport(Transport::tls_with_config(TlsConfiguration::Rustls(tls)));
+    let (client, mut el) = AsyncClient::new(opts, p.messages + 4);
+    let mut net = el.network_options();
+    net.set_tcp_nodelay(true);
+    net.set_connection_timeout(60);
+    el.set_network_options(net);
+
+    let connect = {
+        let _permit = connect_gate.acquire().await;
+        wait_connack(&mut el).await
+    };
+    connected.wait().await;
+    start.wait().await;
+    if let Err(e) = connect {
+        return DeviceOutcome::ConnectFailed(e);
+    }
+    let payload = vec![b'x'; p.payload];
+    for _ in 0..p.messages {
+        if let Err(e) = client.try_publish(&spec.topic, QoS::AtLeastOnce, false, payload.clone()) {
+            return DeviceOutcome::Done {
+                latencies_us: Vec::new(),
+                error: Some(e.to_string()),
+                acked: 0,
+            };
+        }
+    }
+    let mut sent: HashMap<u16, Instant> = HashMap::new();
+    let mut latencies_us = Vec::with_capacity(p.messages);
+    let mut error = None;
+    while latencies_us.len() < p.messages {
+        match el.poll().await {
+            Ok(Event::Outgoing(Outgoing::Publish(pkid))) => {
+                sent.insert(pkid, Instant::now());
+            }
+            Ok(Event::Incoming(Packet::PubAck(ack))) => {
+                if let Some(t) = sent.remove(&ack.pkid) {
+                    latencies_us.push(t.elapsed().as_micros() as u64);
+                }
+            }
+            Ok(_) => {}
+            Err(e) => {
+                error = Some(e.to_string());
+                break;
+            }
+        }
+    }
+    let acked = latencies_us.len();
+    let _ = client.try_disconnect();
+    // Drive the DISCONNECT out (bounded: a broken connection just ends here).
+    let _ = tokio::time::timeout(Duration::from_secs(5), async {
+        loop {
+            match el.poll().await {
+                Ok(Event::Outgoing(Outgoing::Disconnect)) | Err(_) => break,
+                Ok(_) => {}
+            }
+        }
+    })
+    .await;
+    DeviceOutcome::Done {
+        latencies_us,
+        error,
+        acked,
+    }
+}
+
+async fn run_load(
+    name: &str,
+    port: u16,
+    tls: Arc<rustls::ClientConfig>,
+    specs: &[DeviceSpec],
+    p: &Arc<Params>,
+) -> RunStats {
+    let n = specs.len();
+    let connect_gate = Arc::new(Semaphore::new(p.connect_concurrency));
+    let connected = Arc::new(Barrier::new(n + 1));
+    let start = Arc::new(Barrier::new(n + 1));
+    let t0 = Instant::now();
+    let mut tasks = Vec::with_capacity(n);
+    for spec in specs {
+        tasks.push(tokio::spawn(run_device(
+            spec.clone(),
+            port,
+            tls.clone(),
+            p.clone(),
+            connect_gate.clone(),
+            connected.clone(),
+            start.clone(),
+        )));
+    }
+    connected.wait().await;
+    let connect_secs = t0.elapsed().as_secs_f64();
+    eprintln!("load: {name}: {n} devices through CONNACK in {connect_secs:.2} s, publishing");
+    let t1 = Instant::now();
+    start.wait().await;
+    let mut stats = RunStats {
+        connect_secs,
+        ..RunStats::default()
+    };
+    for t in tasks {
+        match t.await {
+            Ok(DeviceOutcome::ConnectFailed(e)) => {
+                stats.connect_failures += 1;
+                stats.first_error.get_or_insert(format!("connect: {e}"));
+            }
+            Ok(DeviceOutcome::Done {
+                latencies_us,
+                error,
+                acked,
+            }) => {
+                stats.connected += 1;
+                stats.messages += acked;
+                stats.publish_failures += p.messages - acked;
+                stats.latencies_us.extend(latencies_us);
+                if let Some(e) = error {
+                    stats.first_error.get_or_insert(format!("publish: {e}"));
+                }
+            }
+            Err(e) => {
+                stats.connect_failures += 1;
+                stats.first_error.get_or_insert(format!("task: {e}"));
+            }
+        }
+    }
+    // Every task has ended by now; the last PUBACK came before its task's disconnect, so
+    // this over-counts by at most one DISCONNECT round: small against the whole run.
+    stats.publish_secs = t1.elapsed().as_secs_f64();
+    stats.latencies_us.sort_unstable();
+    stats
+}
+
+// ---------------------------------------------------------------------------------------------
+// The two brokers
+// ---------------------------------------------------------------------------------------------
+
+fn client_tls(ca_file: &Path) -> Arc<rustls::ClientConfig> {
+    let pem = std::fs::read(ca_file).expect("read ca");
+    let mut roots = rustls::RootCertStore::empty();
+    use rustls_pki_types::pem::PemObject as _;
+    for cert in rustls_pki_types::CertificateDer::pem_slice_iter(&pem) {
+        roots.add(cert.expect("ca pem")).expect("ca cert");
+    }
+    Arc::new(
+        rustls::ClientConfig::builder_with_provider(Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .expect("tls versions")
+        .with_root_certificates(roots)
+        .with_no_client_auth(),
+    )
+}
+
+struct Mosquitto {
+    child: Child,
+    port: u16,
+    ca_file: PathBuf,
+}
+
+impl Drop for Mosquitto {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn find_mosquitto() -> Option<PathBuf> {
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    std::env::split_paths(&path)
+        .chain([PathBuf::from("/usr/sbin"), PathBuf::from("/usr/local/sbin")])
+        .map(|d| d.join("mosquitto"))
+        .find(|p| p.is_file())
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("free port")
+}
+
+fn start_mosquitto(dir: &Path) -> Result<Mosquitto, String> {
+    let bin = find_mosquitto().ok_or(
+        "mosquitto not found (Debian: `apt-get install -y mosquitto`); skipping the comparison",
+    )?;
+    // A CA and a server certificate for localhost, like the hub's.
+    let ca_key = rcgen::KeyPair::generate().map_err(|e| e.to_string())?;
+    let mut ca_params = rcgen::CertificateParams::default();
+    ca_params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, "azsim load bench CA");
+    ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    ca_params.key_usages = vec![
+        rcgen::KeyUsagePurpose::KeyCertSign,
+        rcgen::KeyUsagePurpose::DigitalSignature,
+    ];
+    let ca = ca_params.self_signed(&ca_key).map_err(|e| e.to_string())?;
+    let issuer = rcgen::Issuer::new(ca_params, ca_key);
+    let srv_key = rcgen::KeyPair::generate().map_err(|e| e.to_string())?;
+    let mut srv_params =
+        rcgen::CertificateParams::new(vec!["localhost".into(), "127.0.0.1".into()])
+            .map_err(|e| e.to_string())?;
+    srv_params.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ServerAuth];
+    let srv = srv_params
+        .signed_by(&srv_key, &issuer)
+        .map_err(|e| e.to_string())?;
+    let ca_file = dir.join("mosq-ca.pem");
+    let cert_file = dir.join("mosq-server.pem");
+    let key_file = dir.join("mosq-server.key");
+    let conf_file = dir.join("mosquitto.conf");
+    std::fs::write(&ca_file, ca.pem()).map_err(|e| e.to_string())?;
+    std::fs::write(&cert_file, srv.pem()).map_err(|e| e.to_string())?;
+    std::fs::write(&key_file, srv_key.serialize_pem()).map_err(|e| e.to_string())?;
+    let port = free_port();
+    let mut conf = String::new();
+    let _ = writeln!(conf, "per_listener_settings false");
+    let _ = writeln!(conf, "allow_anonymous true");
+    let _ = writeln!(conf, "persistence false");
+    // Running as root, mosquitto would switch to its own user and lose the temp files.
+    let _ = writeln!(conf, "user root");
+    let _ = writeln!(conf, "log_dest stderr");
+    let _ = writeln!(conf, "log_type error");
+    let _ = writeln!(conf, "max_connections -1");
+    let _ = writeln!(conf, "set_tcp_nodelay true");
+    let _ = writeln!(conf, "listener {port} 127.0.0.1");
+    let _ = writeln!(conf, "cafile {}", ca_file.display());
+    let _ = writeln!(conf, "certfile {}", cert_file.display());
+    let _ = writeln!(conf, "keyfile {}", key_file.display());
+    std::fs::write(&conf_file, conf).map_err(|e| e.to_string())?;
+    let child = Command::new(&bin)
+        .arg("-c")
+        .arg(&conf_file)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .map_err(|e| format!("cannot start {}: {e}", bin.display()))?;
+    let m = Mosquitto {
+        child,
+        port,
+        ca_file,
+    };
+    // Ready when the port accepts.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        if Instant::now() > deadline {
+            return Err("mosquitto did not open its port within 10 s".into());
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    Ok(m)
+}
+
+fn print_stats(name: &str, s: &RunStats, p: &Params) {
+    println!(
+        "{name:<10} devices {}/{} connected in {:.2} s | {} of {} msgs in {:.2} s = {:.0} msgs/s | \
+         PUBACK p50 {:.2} ms p99 {:.2} ms | errors: {} connect, {} publish",
+        s.connected,
+        p.devices,
+        s.connect_secs,
+        s.messages,
+        p.devices * p.messages,
+        s.publish_secs,
+        s.msgs_per_sec(),
+        s.percentile_ms(0.50),
+        s.percentile_ms(0.99),
+        s.connect_failures,
+        s.publish_failures,
+    );
+    if let Some(e) = &s.first_error {
+        println!("{name:<10} first error: {e}");
+    }
+}
+
+fn main() {
+    let p = Arc::new(parse_params());
+    raise_nofile(p.devices as u64 * 2 + 256);
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("tokio runtime");
+    let dir = tempfile::tempdir().expect("tempdir");
+    println!(
+        "azsim load bench: {} devices x {} QoS 1 messages of {} bytes, {} in flight per device, \
+         TLS, SAS auth, {} cores",
+        p.devices,
+        p.messages,
+        p.payload,
+        p.window,
+        std::thread::available_parallelism().map_or(1, |n| n.get())
+    );
+    rt.block_on(async {
+        let mut hub_rate = None;
+        if p.only.as_deref() != Some("mosquitto") {
+            match hub::run(&p, dir.path()).await {
+                Ok(stats) => {
+                    print_stats("azsim-hub", &stats, &p);
+                    hub_rate = Some(stats.msgs_per_sec());
+                }
+                Err(e) => println!("azsim-hub  not run: {e}"),
+            }
+        }
+        let mut mosq_rate = None;
+        if p.only.as_deref() != Some("hub") {
+            match start_mosquitto(dir.path()) {
+                Ok(m) => {
+                    let tls = client_tls(&m.ca_file);
+                    let specs: Vec<DeviceSpec> = (0..p.devices)
+                        .map(|i| {
+                            let id = format!("load-{i:05}");
+                            device_spec("localhost", &id, &random_key())
+                        })
+                        .collect();
+                    let stats = run_load("mosquitto", m.port, tls, &specs, &p).await;
+                    print_stats("mosquitto", &stats, &p);
+                    mosq_rate = Some(stats.msgs_per_sec());
+                    drop(m);
+                }
+                Err(e) => println!("mosquitto  not run: {e}"),
+            }
+        }
+        if let (Some(h), Some(m)) = (hub_rate, mosq_rate) {
+            if m > 0.0 {
+                println!("ratio      azsim-hub / mosquitto ingest = {:.2}x", h / m);
+            }
+        }
+    });
+}
+
+mod hub {
+    //! The azsim hub side: start it in-process on port 0 (in-memory state), register the
+    //! devices through its REST API, hand back their credentials.
+    use super::*;
+
+    pub async fn run(p: &Arc<Params>, _dir: &Path) -> Result<RunStats, String> {
+        let _ = p;
+        Err("the hub's in-process start API is not available yet".into())
+    }
+}

@@ -1,0 +1,57 @@
+//! `azsim twin show | patch`: device twins through the hub's REST API.
+
+use std::process::ExitCode;
+
+use serde_json::Value;
+
+use crate::cli::service::{TwinAction, TwinConfig};
+use crate::error::CliError;
+use crate::service::ServiceClient;
+use crate::service::output::to_text;
+
+/// Shows or patches the twin and prints it.
+///
+/// # Errors
+/// [`CliError::Runtime`] with the hub's error (`412001` etag mismatch, `404001` unknown device)
+/// or a transport error.
+pub async fn run(cfg: TwinConfig) -> Result<ExitCode, CliError> {
+    let client = ServiceClient::new(&cfg.target).map_err(CliError::runtime)?;
+    match cfg.action {
+        TwinAction::Show => {
+            let twin = client
+                .get_twin(&cfg.device)
+                .await
+                .map_err(CliError::runtime)?;
+            println!("{}", to_text(&twin, cfg.json));
+        }
+        TwinAction::Patch {
+            desired,
+            tags,
+            etag,
+        } => {
+            let twin = client
+                .patch_twin(
+                    &cfg.device,
+                    desired.as_ref(),
+                    tags.as_ref(),
+                    etag.as_deref(),
+                )
+                .await
+                .map_err(CliError::runtime)?;
+            if cfg.json {
+                println!("{}", to_text(&twin, true));
+            } else {
+                let version = twin
+                    .pointer("/properties/desired/$version")
+                    .and_then(Value::as_i64)
+                    .map_or_else(|| "-".to_owned(), |v| v.to_string());
+                let etag = twin.get("etag").and_then(Value::as_str).unwrap_or("-");
+                println!(
+                    "updated twin of {}: desired $version {version}, etag {etag}",
+                    cfg.device
+                );
+            }
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}

@@ -1,0 +1,74 @@
+"""Drives azure-iot-hub (the official Python service SDK) against an azsim hub's REST API.
+
+Run by tests/it/service_python_sdk.rs; prints JSON lines (key "event") and never a key.
+The caller sets REQUESTS_CA_BUNDLE to the hub's CA (requests would use the system bundle).
+
+    service_sdk.py registry SERVICE_CS_FILE DEVICE DEVICE_CS_FILE DEVICE_HOSTNAME
+        create a SAS device (hub-generated keys), read it back, read and update its twin,
+        write the device connection string to DEVICE_CS_FILE
+    service_sdk.py invoke SERVICE_CS_FILE DEVICE METHOD
+        invoke a direct method on the (connected) device and print status and payload
+"""
+
+import json
+import sys
+
+from azure.iot.hub import IoTHubRegistryManager
+from azure.iot.hub.models import CloudToDeviceMethod, Twin, TwinProperties
+
+
+def emit(event, **fields):
+    fields["event"] = event
+    sys.stdout.write(json.dumps(fields, sort_keys=True, default=str) + "\n")
+    sys.stdout.flush()
+
+
+def manager(cs_file):
+    with open(cs_file, encoding="utf-8") as f:
+        return IoTHubRegistryManager.from_connection_string(f.read().strip())
+
+
+def registry(rm, device_id, device_cs_file, device_hostname):
+    created = rm.create_device_with_sas(device_id, None, None, "enabled")
+    emit(
+        "created",
+        device_id=created.device_id,
+        status=created.status,
+        auth_type=created.authentication.type,
+        has_keys=bool(created.authentication.symmetric_key.primary_key),
+    )
+    got = rm.get_device(device_id)
+    emit("device", device_id=got.device_id, connection_state=got.connection_state, etag=got.etag)
+    key = got.authentication.symmetric_key.primary_key
+    with open(device_cs_file, "w", encoding="utf-8") as f:
+        f.write(f"HostName={device_hostname};DeviceId={device_id};SharedAccessKey={key}")
+
+    twin = rm.get_twin(device_id)
+    emit("twin", device_id=twin.device_id, etag=twin.etag, desired=twin.properties.desired)
+    patch = Twin(properties=TwinProperties(desired={"telemetryInterval": 7, "mode": "python"}))
+    updated = rm.update_twin(device_id, patch, twin.etag)
+    emit("twin_updated", desired=updated.properties.desired, etag=updated.etag)
+    return 0
+
+
+def invoke(rm, device_id, method):
+    req = CloudToDeviceMethod(method_name=method, payload={"from": "python"}, response_timeout_in_seconds=30)
+    res = rm.invoke_device_method(device_id, req)
+    emit("invoked", status=res.status, payload=res.payload)
+    return 0
+
+
+def main():
+    action, cs_file, device_id = sys.argv[1:4]
+    rm = manager(cs_file)
+    if action == "registry":
+        return registry(rm, device_id, sys.argv[4], sys.argv[5])
+    return invoke(rm, device_id, sys.argv[4])
+
+
+if __name__ == "__main__":
+    try:
+        sys.exit(main())
+    except Exception as e:
+        emit("error", kind=type(e).__name__, message=str(e)[:500])
+        sys.exit(1)
