@@ -12,6 +12,7 @@ use clap::{Parser, Subcommand};
 
 use crate::error::CliError;
 
+pub mod hub;
 pub mod service;
 pub mod token;
 
@@ -44,6 +45,8 @@ pub enum Command {
     C2d(service::C2dArgs),
     /// Watch telemetry, connections and twin changes (local azsim hub only).
     Monitor(service::MonitorArgs),
+    /// Run a local Azure IoT Hub: TLS MQTT for devices, service REST, state in SQLite.
+    Hub(hub::HubArgs),
 }
 
 impl Cli {
@@ -54,6 +57,7 @@ impl Cli {
     pub async fn run(self) -> Result<ExitCode, CliError> {
         match self.command {
             Command::Token(args) => crate::cmd::token::run(args.into_config()?).await,
+            Command::Hub(args) => crate::cmd::hub::run(args.into_config()?).await,
             Command::Device(args) => crate::cmd::device::run(args.into_config()?).await,
             Command::Invoke(args) => crate::cmd::invoke::run(args.into_config()?).await,
             Command::Twin(args) => crate::cmd::twin::run(args.into_config()?).await,
