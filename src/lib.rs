@@ -7,6 +7,7 @@
 
 pub mod cli;
 pub mod cmd;
+pub mod device;
 pub mod error;
 pub mod service;
 pub mod tls;

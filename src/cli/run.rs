@@ -1,0 +1,373 @@
+//! `azsim run`: clap structs and validation. The work is in `crate::cmd::run`, the driver in
+//! `crate::device`.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::Args;
+
+use crate::device::driver::{Credential, MethodReply};
+use crate::device::template::Template;
+use crate::error::UsageError;
+
+/// Env var holding the device connection string.
+pub const ENV_DEVICE_CONNECTION_STRING: &str = "IOTHUB_DEVICE_CONNECTION_STRING";
+/// Env var holding an extra CA file.
+pub const ENV_CA_FILE: &str = "AZSIM_CA_FILE";
+/// IoT Hub's keep-alive ceiling (1.5 x 1177 s = the hub's 1767 s cap).
+pub const MAX_KEEP_ALIVE: u16 = 1177;
+
+/// `azsim run`: connect as a device and behave like the reference firmware.
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    /// Device connection string (`HostName=..;DeviceId=..;SharedAccessKey=..`)
+    /// [env: IOTHUB_DEVICE_CONNECTION_STRING]. Without one, azsim starts (or reuses) the local
+    /// hub in --state and runs device `sim-device-1` against it.
+    #[arg(long, value_name = "CS")]
+    pub connection_string: Option<String>,
+    /// Extra CA certificate (PEM) to trust [env: AZSIM_CA_FILE].
+    #[arg(long, value_name = "FILE")]
+    pub ca: Option<PathBuf>,
+    /// MQTT port (default: the one in HostName, else 8883).
+    #[arg(long, value_name = "N")]
+    pub port: Option<u16>,
+    /// Time between telemetry messages (whole seconds: `10s`, `1m`).
+    #[arg(long, value_name = "DURATION", default_value = "10s")]
+    pub interval: String,
+    /// Stop after N telemetry messages were acknowledged.
+    #[arg(long, value_name = "N")]
+    pub count: Option<u64>,
+    /// Stop after this long (`30s`, `5m`).
+    #[arg(long, value_name = "DURATION")]
+    pub duration: Option<String>,
+    /// Telemetry body: a minijinja template, or @FILE. Variables: seq, device_id, temperature,
+    /// humidity; functions: now(), uuid(), randint(lo, hi), uniform(lo, hi).
+    #[arg(long, value_name = "TEMPLATE|@FILE")]
+    pub payload: Option<String>,
+    /// Application property on every message (repeatable).
+    #[arg(long = "property", value_name = "K=V")]
+    pub properties: Vec<String>,
+    /// Content type ($.ct) of every message.
+    #[arg(long, value_name = "T", default_value = "application/json")]
+    pub content_type: String,
+    /// Answer direct method NAME with STATUS and an optional JSON body (repeatable; takes
+    /// precedence over the built-in ping, reboot and setTelemetryInterval).
+    #[arg(long = "method", value_name = "NAME=STATUS[:JSON]")]
+    pub methods: Vec<String>,
+    /// Lifetime of each SAS token in seconds; the device reconnects with a new one at 80%.
+    #[arg(long, value_name = "SECONDS", default_value_t = 3600)]
+    pub token_ttl: u64,
+    /// Seed of the simulated sensor and of template randomness (default: random).
+    #[arg(long, value_name = "N")]
+    pub seed: Option<u64>,
+    /// Plug and Play model id sent in the username (`dtmi:...;1`).
+    #[arg(long, value_name = "DTMI")]
+    pub model_id: Option<String>,
+    /// MQTT keep-alive in seconds (at most 1177, IoT Hub's limit).
+    #[arg(long, value_name = "S", default_value_t = 60)]
+    pub keep_alive: u16,
+    /// Most messages kept while offline; when full the oldest is dropped (and counted).
+    #[arg(long, value_name = "N", default_value_t = 1000)]
+    pub max_queue: usize,
+    /// State directory of the local hub used when no connection string is given.
+    #[arg(long, value_name = "DIR", default_value = ".azsim/hub")]
+    pub state: PathBuf,
+    /// One JSON object per line instead of readable lines.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// The parts of a device connection string `azsim run` uses.
+#[derive(Clone)]
+pub struct DeviceTarget {
+    /// `HostName` without a port.
+    pub hub_host: String,
+    /// Where to open TCP (`GatewayHostName`, else the hub host).
+    pub connect_host: String,
+    /// Port from `HostName=host:port`, `--port`, or 8883.
+    pub port: u16,
+    /// Device id.
+    pub device_id: String,
+    /// Module id.
+    pub module_id: Option<String>,
+    /// Key or fixed token.
+    pub credential: Credential,
+}
+
+impl std::fmt::Debug for DeviceTarget {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DeviceTarget")
+            .field("hub_host", &self.hub_host)
+            .field("connect_host", &self.connect_host)
+            .field("port", &self.port)
+            .field("device_id", &self.device_id)
+            .field("module_id", &self.module_id)
+            .field("credential", &self.credential)
+            .finish()
+    }
+}
+
+/// Validated `azsim run` input.
+#[derive(Debug)]
+pub struct RunSettings {
+    /// The device, or `None` for the embedded local hub.
+    pub target: Option<DeviceTarget>,
+    /// `--port` (applies to the embedded hub's connection too).
+    pub port: Option<u16>,
+    /// Extra CA.
+    pub ca_file: Option<PathBuf>,
+    /// Interval, seconds.
+    pub interval: u64,
+    /// `--count`.
+    pub count: Option<u64>,
+    /// `--duration`.
+    pub duration: Option<Duration>,
+    /// Template source (checked to compile).
+    pub payload: Option<String>,
+    /// `--property`.
+    pub properties: Vec<(String, String)>,
+    /// `--content-type`.
+    pub content_type: String,
+    /// `--method`.
+    pub methods: Vec<MethodReply>,
+    /// `--token-ttl`.
+    pub token_ttl: u64,
+    /// `--seed` (resolved).
+    pub seed: u64,
+    /// `--model-id`.
+    pub model_id: Option<String>,
+    /// `--keep-alive`.
+    pub keep_alive: u16,
+    /// `--max-queue`.
+    pub max_queue: usize,
+    /// `--state`.
+    pub state_dir: PathBuf,
+    /// `--json`.
+    pub json: bool,
+}
+
+impl RunArgs {
+    /// Validates the arguments (and the env vars they fall back to).
+    ///
+    /// # Errors
+    /// A [`UsageError`] naming the field; never echoing a key.
+    pub fn into_config(self) -> Result<RunSettings, UsageError> {
+        let env_cs = std::env::var(ENV_DEVICE_CONNECTION_STRING)
+            .ok()
+            .filter(|s| !s.trim().is_empty());
+        let env_ca = std::env::var_os(ENV_CA_FILE)
+            .filter(|s| !s.is_empty())
+            .map(PathBuf::from);
+        self.into_config_with(env_cs, env_ca)
+    }
+
+    /// [`RunArgs::into_config`] with the env vars passed in.
+    ///
+    /// # Errors
+    /// As [`RunArgs::into_config`].
+    pub fn into_config_with(
+        self,
+        env_cs: Option<String>,
+        env_ca: Option<PathBuf>,
+    ) -> Result<RunSettings, UsageError> {
+        let (cs, cs_field) = match (self.connection_string, env_cs) {
+            (Some(cs), _) => (Some(cs), "--connection-string"),
+            (None, Some(cs)) => (Some(cs), ENV_DEVICE_CONNECTION_STRING),
+            (None, None) => (None, ""),
+        };
+        let target = cs
+            .map(|cs| parse_device_connection_string(&cs, cs_field, self.port))
+            .transpose()?;
+        let (ca_file, ca_field) = match (self.ca, env_ca) {
+            (Some(p), _) => (Some(p), "--ca"),
+            (None, Some(p)) => (Some(p), ENV_CA_FILE),
+            (None, None) => (None, ""),
+        };
+        if let Some(p) = &ca_file
+            && !p.is_file()
+        {
+            return Err(UsageError::new(
+                ca_field,
+                format!("{} is not a readable file", p.display()),
+            ));
+        }
+        if self.port == Some(0) {
+            return Err(UsageError::new("--port", "must be between 1 and 65535"));
+        }
+        let interval = parse_duration("--interval", &self.interval)?;
+        if interval < Duration::from_secs(1) || interval.subsec_nanos() != 0 {
+            return Err(UsageError::new(
+                "--interval",
+                "must be a whole number of seconds, at least 1s",
+            ));
+        }
+        if interval.as_secs() > azsim_proto::device::MAX_INTERVAL {
+            return Err(UsageError::new("--interval", "must be at most 1 day"));
+        }
+        if self.count == Some(0) {
+            return Err(UsageError::new("--count", "must be at least 1"));
+        }
+        let duration = self
+            .duration
+            .as_deref()
+            .map(|d| parse_duration("--duration", d))
+            .transpose()?;
+        if duration.is_some_and(|d| d.is_zero()) {
+            return Err(UsageError::new("--duration", "must be longer than 0s"));
+        }
+        let seed = self.seed.unwrap_or_else(rand::random);
+        let payload = self
+            .payload
+            .map(|p| {
+                let source = match p.strip_prefix('@') {
+                    Some(path) => std::fs::read_to_string(path).map_err(|e| {
+                        UsageError::new("--payload", format!("cannot read {path}: {e}"))
+                    })?,
+                    None => p,
+                };
+                Template::new(source.clone(), seed).map_err(|e| UsageError::new("--payload", e))?;
+                Ok(source)
+            })
+            .transpose()?;
+        let properties = self
+            .properties
+            .into_iter()
+            .map(|kv| match kv.split_once('=') {
+                Some((k, v)) if !k.is_empty() => Ok((k.to_owned(), v.to_owned())),
+                _ => Err(UsageError::new(
+                    "--property",
+                    format!("{kv:?} is not KEY=VALUE"),
+                )),
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        if self.content_type.trim().is_empty() {
+            return Err(UsageError::new("--content-type", "must not be empty"));
+        }
+        let methods = self
+            .methods
+            .iter()
+            .map(|m| parse_method(m))
+            .collect::<Result<Vec<_>, _>>()?;
+        if !(2..=365 * 24 * 3600).contains(&self.token_ttl) {
+            return Err(UsageError::new(
+                "--token-ttl",
+                "must be between 2 seconds and 365 days",
+            ));
+        }
+        if let Some(m) = &self.model_id
+            && (!m.starts_with("dtmi:") || m.chars().any(|c| c.is_whitespace()))
+        {
+            return Err(UsageError::new(
+                "--model-id",
+                "must be a DTMI like dtmi:com:example:Thermostat;1",
+            ));
+        }
+        if self.keep_alive > MAX_KEEP_ALIVE {
+            return Err(UsageError::new(
+                "--keep-alive",
+                "must be at most 1177 seconds (IoT Hub's limit)",
+            ));
+        }
+        if self.max_queue == 0 {
+            return Err(UsageError::new("--max-queue", "must be at least 1"));
+        }
+        Ok(RunSettings {
+            target,
+            port: self.port,
+            ca_file,
+            interval: interval.as_secs(),
+            count: self.count,
+            duration,
+            payload,
+            properties,
+            content_type: self.content_type,
+            methods,
+            token_ttl: self.token_ttl,
+            seed,
+            model_id: self.model_id,
+            keep_alive: self.keep_alive,
+            max_queue: self.max_queue,
+            state_dir: self.state,
+            json: self.json,
+        })
+    }
+}
+
+fn parse_duration(field: &'static str, s: &str) -> Result<Duration, UsageError> {
+    humantime::parse_duration(s.trim()).map_err(|e| {
+        UsageError::new(
+            field,
+            format!("{s:?} is not a duration like 10s or 5m: {e}"),
+        )
+    })
+}
+
+/// `NAME=STATUS[:JSON]`.
+fn parse_method(s: &str) -> Result<MethodReply, UsageError> {
+    const FIELD: &str = "--method";
+    let (name, rest) = s
+        .split_once('=')
+        .ok_or_else(|| UsageError::new(FIELD, format!("{s:?} is not NAME=STATUS[:JSON]")))?;
+    azsim_proto::topic::MethodName::new(name)
+        .map_err(|_| UsageError::new(FIELD, format!("{name:?} is not a valid method name")))?;
+    let (status, body) = match rest.split_once(':') {
+        Some((st, body)) => (st, Some(body)),
+        None => (rest, None),
+    };
+    let status: u16 = status
+        .parse()
+        .ok()
+        .filter(|s| (100..=999).contains(s))
+        .ok_or_else(|| {
+            UsageError::new(
+                FIELD,
+                format!("status {status:?} is not a number from 100 to 999"),
+            )
+        })?;
+    let body = match body {
+        Some(b) => {
+            serde_json::from_str::<serde_json::Value>(b).map_err(|e| {
+                UsageError::new(FIELD, format!("the body of {name} is not JSON: {e}"))
+            })?;
+            b.to_owned()
+        }
+        None => "null".to_owned(),
+    };
+    Ok(MethodReply {
+        name: name.to_owned(),
+        status,
+        body,
+    })
+}
+
+/// Splits a device connection string.
+fn parse_device_connection_string(
+    s: &str,
+    field: &'static str,
+    port: Option<u16>,
+) -> Result<DeviceTarget, UsageError> {
+    let cs = crate::device::credentials::parse_connection_string(s)
+        .map_err(|e| UsageError::new(field, e))?;
+    let (hub_host, cs_port) = match cs.host.rsplit_once(':') {
+        Some((h, p)) => {
+            let p: u16 = p.parse().ok().filter(|p| *p != 0).ok_or_else(|| {
+                UsageError::new(
+                    field,
+                    "HostName has a port that is not a number from 1 to 65535",
+                )
+            })?;
+            (h.to_owned(), Some(p))
+        }
+        None => (cs.host.clone(), None),
+    };
+    Ok(DeviceTarget {
+        connect_host: cs.gateway.unwrap_or_else(|| hub_host.clone()),
+        hub_host,
+        port: port
+            .or(cs_port)
+            .unwrap_or(azsim_emulator::DEFAULT_MQTT_PORT),
+        device_id: cs.device_id,
+        module_id: cs.module_id,
+        credential: cs.credential,
+    })
+}

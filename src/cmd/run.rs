@@ -1,0 +1,103 @@
+//! `azsim run`: connect as a device and behave like the reference firmware until `--count`,
+//! `--duration` or Ctrl-C.
+//!
+//! With no connection string it runs against the local hub: the one already serving the state
+//! dir (its `hub.json` names a live process), or one started in this process, and registers
+//! `sim-device-1` there if it is missing.
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use crate::cli::run::{DeviceTarget, RunSettings};
+use crate::device::driver::{self, RunConfig};
+use crate::device::output::Output;
+use crate::device::template::Template;
+use crate::error::{CliError, UsageError};
+
+/// The device `azsim run` registers and runs on the local hub.
+pub const SIM_DEVICE: &str = "sim-device-1";
+
+/// Runs the device.
+///
+/// # Errors
+/// [`CliError::Runtime`] when the hub refuses the device (with the diagnosis), cannot be
+/// reached, or the local hub cannot be started.
+pub async fn run(s: RunSettings) -> Result<ExitCode, CliError> {
+    let out = Output::stdout(s.json);
+    let shutdown = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    let (target, ca_file, local) = match s.target.clone() {
+        Some(t) => (t, s.ca_file.clone(), None),
+        None => {
+            let local = crate::device::local_hub::LocalHub::ensure(&s.state_dir, &out)
+                .await
+                .map_err(CliError::runtime)?;
+            let target = local
+                .device_target(SIM_DEVICE, s.port)
+                .await
+                .map_err(CliError::runtime)?;
+            let ca = s.ca_file.clone().or_else(|| Some(local.ca_file()));
+            print_hints(&out, &s.state_dir);
+            (target, ca, Some(local))
+        }
+    };
+    let cfg = config(&s, target, ca_file)?;
+    let result = driver::run(cfg, out, shutdown).await;
+    if let Some(local) = local {
+        local.stop().await;
+    }
+    match result {
+        Ok(_) => Ok(ExitCode::SUCCESS),
+        Err(e) => Err(CliError::runtime(e)),
+    }
+}
+
+fn config(
+    s: &RunSettings,
+    t: DeviceTarget,
+    ca_file: Option<PathBuf>,
+) -> Result<RunConfig, CliError> {
+    let payload = s
+        .payload
+        .as_ref()
+        .map(|src| Template::new(src.clone(), s.seed))
+        .transpose()
+        .map_err(|e| UsageError::new("--payload", e))?;
+    Ok(RunConfig {
+        hub_host: t.hub_host,
+        connect_host: t.connect_host,
+        port: t.port,
+        device_id: t.device_id,
+        module_id: t.module_id,
+        credential: t.credential,
+        ca_file,
+        interval: s.interval,
+        count: s.count,
+        duration: s.duration,
+        payload,
+        properties: s.properties.clone(),
+        content_type: s.content_type.clone(),
+        methods: s.methods.clone(),
+        token_ttl: s.token_ttl,
+        seed: s.seed,
+        model_id: s.model_id.clone(),
+        keep_alive: s.keep_alive,
+        max_queue: s.max_queue,
+        // A device that cannot connect the first time says why and exits; once connected it
+        // keeps reconnecting.
+        max_initial_attempts: Some(1),
+        state_dir: s.state_dir.clone(),
+    })
+}
+
+fn print_hints(out: &Output, state_dir: &Path) {
+    let state = if state_dir == Path::new(".azsim/hub") {
+        String::new()
+    } else {
+        format!(" --state {}", state_dir.display())
+    };
+    out.note(&format!(
+        "running {SIM_DEVICE} on the local hub; from another terminal try:\n  azsim invoke {SIM_DEVICE} ping{state}\n  azsim twin patch {SIM_DEVICE} '{{\"telemetryInterval\":5}}'{state}\n  azsim c2d send {SIM_DEVICE} hello{state}\n  azsim monitor{state}"
+    ));
+}
