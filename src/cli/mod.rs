@@ -13,6 +13,7 @@ use clap::{Parser, Subcommand};
 use crate::error::CliError;
 
 pub mod hub;
+pub mod run;
 pub mod service;
 pub mod token;
 
@@ -47,6 +48,9 @@ pub enum Command {
     Monitor(service::MonitorArgs),
     /// Run a local Azure IoT Hub: TLS MQTT for devices, service REST, state in SQLite.
     Hub(hub::HubArgs),
+    /// Connect as a device and behave like the reference ESP32 firmware (telemetry, methods,
+    /// twin, C2D); without a connection string, against the local hub.
+    Run(run::RunArgs),
 }
 
 impl Cli {
@@ -63,6 +67,7 @@ impl Cli {
             Command::Twin(args) => crate::cmd::twin::run(args.into_config()?).await,
             Command::C2d(args) => crate::cmd::c2d::run(args.into_config()?).await,
             Command::Monitor(args) => crate::cmd::monitor::run(args.into_config()?).await,
+            Command::Run(args) => crate::cmd::run::run(args.into_config()?).await,
         }
     }
 }

@@ -6,5 +6,6 @@ pub mod device;
 pub mod hub;
 pub mod invoke;
 pub mod monitor;
+pub mod run;
 pub mod token;
 pub mod twin;

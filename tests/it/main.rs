@@ -2,3 +2,4 @@
 //! Tests that exercise the CLI run the real binary (`env!("CARGO_BIN_EXE_azsim")`).
 mod hub_e2e;
 mod support;
+mod run_mosquitto;
