@@ -1,0 +1,229 @@
+//! The little glue between `mqttrs` and a byte stream: where a packet ends in the receive
+//! buffer, and the packets this client writes.
+
+use embedded_io_async::{Read, Write};
+use mqttrs::{Connect, Packet, Pid, Protocol, QoS, QosPid, Subscribe, SubscribeTopic};
+
+/// Why a packet was not sent.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum SendError {
+    /// It does not fit the transmit buffer (nothing was written).
+    TooLarge,
+    /// The stream failed.
+    Io,
+}
+
+/// Why no packet could be read.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum ReadError {
+    /// The packet is larger than the receive buffer.
+    TooLarge,
+    /// The bytes are not MQTT.
+    Malformed,
+    /// The peer closed the stream.
+    Eof,
+    /// The stream failed.
+    Io,
+}
+
+/// Encodes `packet` into `tx` and writes it out.
+pub(crate) async fn send<T: Write>(
+    conn: &mut T,
+    tx: &mut [u8],
+    packet: &Packet<'_>,
+) -> Result<(), SendError> {
+    let n = mqttrs::encode_slice(packet, tx).map_err(|_| SendError::TooLarge)?;
+    conn.write_all(&tx[..n]).await.map_err(|_| SendError::Io)?;
+    conn.flush().await.map_err(|_| SendError::Io)
+}
+
+/// Reads until a whole packet sits at the front of `rx[..*rx_len]` and returns its length. The
+/// caller consumes it (moves the rest to the front). Progress is kept in `rx_len`, so dropping
+/// this future between reads loses nothing (given a cancel-safe `read`).
+pub(crate) async fn read_packet<T: Read>(
+    conn: &mut T,
+    rx: &mut [u8],
+    rx_len: &mut usize,
+) -> Result<usize, ReadError> {
+    loop {
+        match frame_len(&rx[..*rx_len]) {
+            Ok(Some(n)) => return Ok(n),
+            Ok(None) => {}
+            Err(FrameLenError) => return Err(ReadError::Malformed),
+        }
+        if *rx_len == rx.len() {
+            return Err(ReadError::TooLarge);
+        }
+        let n = conn
+            .read(&mut rx[*rx_len..])
+            .await
+            .map_err(|_| ReadError::Io)?;
+        if n == 0 {
+            return Err(ReadError::Eof);
+        }
+        *rx_len += n;
+    }
+}
+
+/// The remaining-length field of a packet is malformed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct FrameLenError;
+
+impl core::fmt::Display for FrameLenError {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.write_str("malformed mqtt remaining length")
+    }
+}
+
+impl core::error::Error for FrameLenError {}
+
+/// The length of the first complete MQTT packet at the front of `buf` (fixed header included),
+/// `Ok(None)` while more bytes are needed.
+///
+/// `mqttrs::decode_slice` decodes a packet but does not say how many bytes it used; this reads
+/// just the fixed header's remaining-length field (MQTT 3.1.1 section 2.2.3) to know where the
+/// next packet starts.
+///
+/// # Errors
+/// [`FrameLenError`] when the remaining length runs past four bytes.
+pub fn frame_len(buf: &[u8]) -> Result<Option<usize>, FrameLenError> {
+    let mut len = 0usize;
+    for i in 0..4 {
+        let Some(&b) = buf.get(1 + i) else {
+            return Ok(None);
+        };
+        len |= usize::from(b & 0x7F) << (7 * i);
+        if b & 0x80 == 0 {
+            let total = 2 + i + len;
+            return Ok((buf.len() >= total).then_some(total));
+        }
+    }
+    Err(FrameLenError)
+}
+
+pub(crate) fn pid(n: u16) -> Option<Pid> {
+    Pid::try_from(n).ok()
+}
+
+pub(crate) fn connect<'a>(
+    client_id: &'a str,
+    username: &'a str,
+    password: Option<&'a [u8]>,
+    keep_alive: u16,
+    clean_session: bool,
+) -> Packet<'a> {
+    Packet::Connect(Connect {
+        protocol: Protocol::MQTT311,
+        keep_alive,
+        client_id,
+        clean_session,
+        last_will: None,
+        username: Some(username),
+        password,
+    })
+}
+
+pub(crate) fn subscribe(pid: Pid, filter: &str, qos: azsim_proto::session::QoS) -> Packet<'static> {
+    let topic = SubscribeTopic {
+        // Filters the session builds are at most 160 bytes; mqttrs holds 256 without std.
+        topic_path: filter.into(),
+        qos: mqtt_qos(qos),
+    };
+    Packet::Subscribe(Subscribe {
+        pid,
+        topics: core::iter::once(topic).collect(),
+    })
+}
+
+pub(crate) fn publish<'a>(topic: &'a str, payload: &'a [u8], qospid: QosPid) -> Packet<'a> {
+    Packet::Publish(mqttrs::Publish {
+        dup: false,
+        qospid,
+        retain: false,
+        topic_name: topic,
+        payload,
+    })
+}
+
+fn mqtt_qos(q: azsim_proto::session::QoS) -> QoS {
+    match q {
+        azsim_proto::session::QoS::AtMostOnce => QoS::AtMostOnce,
+        azsim_proto::session::QoS::AtLeastOnce => QoS::AtLeastOnce,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn encode(packet: &Packet<'_>, out: &mut [u8]) -> Option<usize> {
+        mqttrs::encode_slice(packet, out).ok()
+    }
+
+    #[test]
+    fn frame_len_waits_for_the_whole_packet() {
+        assert_eq!(frame_len(&[]), Ok(None));
+        assert_eq!(frame_len(&[0xD0]), Ok(None));
+        assert_eq!(frame_len(&[0xD0, 0x00]), Ok(Some(2)));
+        assert_eq!(frame_len(&[0x30, 0x03, 1, 2]), Ok(None));
+        assert_eq!(frame_len(&[0x30, 0x03, 1, 2, 3, 9, 9]), Ok(Some(5)));
+    }
+
+    #[test]
+    fn frame_len_reads_multi_byte_lengths() {
+        // 200 = 0xC8 -> 0xC8 0x01
+        let mut buf = [0u8; 203];
+        buf[0] = 0x30;
+        buf[1] = 0xC8;
+        buf[2] = 0x01;
+        assert_eq!(frame_len(&buf[..202]), Ok(None));
+        assert_eq!(frame_len(&buf), Ok(Some(203)));
+        assert_eq!(
+            frame_len(&[0x30, 0xFF, 0xFF, 0xFF, 0xFF, 0x01]),
+            Err(FrameLenError)
+        );
+    }
+
+    #[test]
+    fn frame_len_agrees_with_mqttrs() {
+        let mut buf = [0u8; 512];
+        let payload = [7u8; 300];
+        let n = encode(
+            &publish(
+                "devices/d/messages/events/",
+                &payload,
+                QosPid::AtLeastOnce(pid(9).unwrap()),
+            ),
+            &mut buf,
+        )
+        .unwrap();
+        assert_eq!(frame_len(&buf[..n]), Ok(Some(n)));
+        assert_eq!(frame_len(&buf[..n - 1]), Ok(None));
+        match mqttrs::decode_slice(&buf[..n]) {
+            Ok(Some(Packet::Publish(p))) => assert_eq!(p.payload.len(), 300),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn subscribe_carries_one_filter() {
+        let mut buf = [0u8; 256];
+        let n = encode(
+            &subscribe(
+                pid(60001).unwrap(),
+                "$iothub/methods/POST/#",
+                azsim_proto::session::QoS::AtMostOnce,
+            ),
+            &mut buf,
+        )
+        .unwrap();
+        match mqttrs::decode_slice(&buf[..n]) {
+            Ok(Some(Packet::Subscribe(s))) => {
+                assert_eq!(s.pid.get(), 60001);
+                assert_eq!(s.topics.len(), 1);
+                assert_eq!(s.topics[0].topic_path.as_str(), "$iothub/methods/POST/#");
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+}
