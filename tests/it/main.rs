@@ -3,3 +3,5 @@
 mod hub_e2e;
 mod support;
 mod run_mosquitto;
+mod service_cli;
+mod service_python_sdk;
