@@ -191,11 +191,8 @@ impl<'a> ConnectionString<'a> {
             return Err(E::Empty);
         }
         let mut values: [Option<&'a str>; 8] = [None; 8];
-        for segment in s.split(';') {
-            if segment.is_empty() {
-                return Err(E::EmptySegment);
-            }
-            let (name, value) = segment.split_once('=').ok_or(E::MissingEquals)?;
+        for pair in pairs(s) {
+            let (name, value) = pair?;
             let field = Field::from_name(name).ok_or(E::UnknownKey)?;
             let slot = &mut values[field.index()];
             if slot.is_some() {
@@ -519,6 +516,27 @@ impl<'a> ConnectionString<'a> {
         }
         Ok(())
     }
+}
+
+/// The generic `key=value;key=value` layer under [`ConnectionString::parse`], for any key set:
+/// splits on `;`, each segment on its first `=`. Yields an error for an empty segment (so an
+/// empty string or a trailing `;`) or a segment without `=`; the values may be empty (the caller
+/// decides). Keys are returned as written.
+pub fn pairs(s: &str) -> impl Iterator<Item = Result<(&str, &str), ConnectionStringError>> {
+    s.split(';').map(|segment| {
+        if segment.is_empty() {
+            return Err(E::EmptySegment);
+        }
+        segment.split_once('=').ok_or(E::MissingEquals)
+    })
+}
+
+/// Splits a hub host name into the hub name and the DNS suffix at the first `.`:
+/// `myhub.azure-devices.net` -> (`myhub`, `azure-devices.net`). `None` without a `.` or with an
+/// empty part.
+pub fn split_host_name(host: &str) -> Option<(&str, &str)> {
+    host.split_once('.')
+        .filter(|(name, suffix)| !name.is_empty() && !suffix.is_empty())
 }
 
 /// Splits `host[:port]`. `None` when a port is present but not a number in 1..=65535 or the
