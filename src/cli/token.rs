@@ -11,6 +11,9 @@ use crate::error::UsageError;
 /// The env var `azsim token` reads a device (or service) connection string from.
 pub const DEVICE_CS_ENV: &str = "IOTHUB_DEVICE_CONNECTION_STRING";
 
+/// The MQTT port of IoT Hub (and of the local hub by default).
+pub const MQTT_PORT: u16 = 8883;
+
 /// The default token lifetime, as every Azure SDK uses.
 pub const DEFAULT_TTL: u64 = 3600;
 
@@ -197,6 +200,19 @@ pub struct Target {
 }
 
 impl Target {
+    /// Where an MQTT client connects: the gateway or the hub host without any `:port`, and the
+    /// port given in `HostName` (`localhost:8884`) or 8883.
+    pub fn connect_host_port(&self) -> (&str, u16) {
+        let host = self.gateway_host.as_deref().unwrap_or(&self.host);
+        match host.rsplit_once(':') {
+            Some((h, p)) if !h.is_empty() && !h.contains(':') => match p.parse() {
+                Ok(port) => (h, port),
+                Err(_) => (host, MQTT_PORT),
+            },
+            _ => (host, MQTT_PORT),
+        }
+    }
+
     /// The resource the token grants, as `azsim_proto::sas::Resource`.
     pub fn resource(&self) -> sas::Resource<'_> {
         match (&self.device_id, &self.module_id) {
@@ -362,17 +378,18 @@ fn non_empty(field: &'static str, v: String) -> Result<String, UsageError> {
     Ok(v)
 }
 
-/// A host, device or module id that goes into `sr` or a username: no `/` (it would change the
-/// resource path), no whitespace or control characters.
+/// A host, device or module id that goes into `sr` or a username: not empty, no `/` (it would
+/// change the resource path), no control characters. Anything else is signed as given (encoded
+/// once), as the SDKs do.
 fn id_field(field: &'static str, v: String) -> Result<String, UsageError> {
     let v = non_empty(field, v)?;
     if v.contains('/') {
         return Err(UsageError::new(field, "must not contain '/'"));
     }
-    if v.chars().any(|c| c.is_whitespace() || c.is_control()) {
+    if v.chars().any(char::is_control) {
         return Err(UsageError::new(
             field,
-            "must not contain spaces or control characters",
+            "must not contain control characters",
         ));
     }
     Ok(v)
@@ -606,9 +623,66 @@ pub fn from_connection_string(
     field: &'static str,
     cs: &str,
 ) -> Result<(Target, SecretKey, Option<String>), UsageError> {
-    let _ = cs;
-    Err(UsageError::new(
-        field,
-        "connection strings are read once azsim-proto::connection_string lands",
+    use azsim_proto::connection_string::{ConnectionString, ConnectionStringError, Kind};
+    let parsed = ConnectionString::parse(cs.trim()).map_err(|e| match e {
+        ConnectionStringError::UnknownKey => UsageError::new(field, unknown_key_message(cs)),
+        e => UsageError::new(field, e.to_string()),
+    })?;
+    match parsed.kind() {
+        Kind::Device | Kind::Module | Kind::Service => {}
+        Kind::DeviceWithSas => {
+            return Err(UsageError::new(
+                field,
+                "has a SharedAccessSignature instead of a SharedAccessKey: there is no key to sign or check with",
+            ));
+        }
+        Kind::X509 => {
+            return Err(UsageError::new(
+                field,
+                "is an x509 (certificate) identity: it has no key and uses no sas token",
+            ));
+        }
+    }
+    let key = parsed
+        .shared_access_key()
+        .ok_or_else(|| UsageError::new(field, "SharedAccessKey: missing"))?;
+    let key = SecretKey::parse(field, key)
+        .map_err(|e| UsageError::new(field, format!("SharedAccessKey: {}", e.message())))?;
+    let target = Target {
+        host: parsed.host_name().to_owned(),
+        gateway_host: parsed.gateway_host_name().map(str::to_owned),
+        device_id: parsed.device_id().map(str::to_owned),
+        module_id: parsed.module_id().map(str::to_owned),
+    };
+    Ok((
+        target,
+        key,
+        parsed.shared_access_key_name().map(str::to_owned),
     ))
+}
+
+/// Names the unknown key of a connection string, so a typo (`SharedAccesKey`) is obvious. Only a
+/// short alphanumeric name is shown: anything else could be a fragment of a key.
+fn unknown_key_message(cs: &str) -> String {
+    use azsim_proto::connection_string::Field;
+    let known = Field::ALL.map(Field::name).join(", ");
+    let unknown = cs
+        .trim()
+        .split(';')
+        .filter_map(|seg| seg.split_once('='))
+        .map(|(k, _)| k)
+        .find(|k| Field::from_name(k).is_none());
+    match unknown {
+        Some(k)
+            if !k.is_empty() && k.len() <= 40 && k.bytes().all(|b| b.is_ascii_alphanumeric()) =>
+        {
+            let hint = Field::ALL
+                .iter()
+                .find(|f| f.name().eq_ignore_ascii_case(k))
+                .map(|f| format!(" (names are case-sensitive: {})", f.name()))
+                .unwrap_or_default();
+            format!("unknown key '{k}'{hint}; known: {known}")
+        }
+        _ => format!("unknown key; known (case-sensitive): {known}"),
+    }
 }

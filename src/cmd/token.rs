@@ -7,7 +7,7 @@
 use std::fmt::Write as _;
 use std::process::ExitCode;
 
-use azsim_proto::sas;
+use azsim_proto::{sas, username};
 use serde_json::json;
 
 use crate::cli::token::{
@@ -16,8 +16,7 @@ use crate::cli::token::{
 };
 use crate::error::CliError;
 
-/// The MQTT port of IoT Hub (and of the local hub by default).
-pub const MQTT_PORT: u16 = 8883;
+pub use crate::cli::token::MQTT_PORT;
 
 /// The global DPS endpoint devices connect to.
 pub const DPS_GLOBAL_HOST: &str = "global.azure-devices-provisioning.net";
@@ -61,23 +60,30 @@ pub fn make_token(c: &SignConfig) -> Result<String, CliError> {
 
 /// The MQTT client id for a device or module target (`device` or `device/module`).
 pub fn client_id(t: &Target) -> Option<String> {
-    let d = t.device_id.as_deref()?;
-    Some(match &t.module_id {
-        Some(m) => format!("{d}/{m}"),
-        None => d.to_owned(),
-    })
+    let mut s = String::new();
+    username::write_client_id(&mut s, t.device_id.as_deref()?, t.module_id.as_deref()).ok()?;
+    Some(s)
 }
 
-/// The MQTT username for a device or module target, from `azsim_proto::username`.
-pub fn username(t: &Target) -> Option<String> {
-    let _ = t.device_id.as_deref()?;
-    None
+/// The MQTT username for a device or module target (`HostName` as the token's `sr` uses it).
+pub fn mqtt_username(t: &Target) -> Option<String> {
+    let mut s = String::new();
+    username::write_username(
+        &mut s,
+        &t.host,
+        t.device_id.as_deref()?,
+        t.module_id.as_deref(),
+        env!("CARGO_PKG_VERSION"),
+        None,
+    )
+    .ok()?;
+    Some(s)
 }
 
 fn sign(c: &SignConfig) -> Result<String, CliError> {
     let token = make_token(c)?;
     let resource = c.target.resource().to_string();
-    let connect_host = c.target.gateway_host.as_deref().unwrap_or(&c.target.host);
+    let (connect_host, port) = c.target.connect_host_port();
     let mut out = String::new();
     match c.output {
         Output::Text => {
@@ -91,17 +97,17 @@ fn sign(c: &SignConfig) -> Result<String, CliError> {
                 "expiry": c.expiry,
                 "expiry_rfc3339": rfc3339(c.expiry),
             });
-            if let (Some(id), Some(user)) = (client_id(&c.target), username(&c.target)) {
+            if let (Some(id), Some(user)) = (client_id(&c.target), mqtt_username(&c.target)) {
                 v["client_id"] = json!(id);
                 v["username"] = json!(user);
                 v["host"] = json!(connect_host);
-                v["port"] = json!(MQTT_PORT);
+                v["port"] = json!(port);
             }
             let _ = writeln!(out, "{}", pretty(&v));
         }
         Output::Mqtt => {
             let id = client_id(&c.target).unwrap_or_default();
-            let user = username(&c.target).unwrap_or_default();
+            let user = mqtt_username(&c.target).unwrap_or_default();
             let mut topic = String::new();
             let ident = azsim_proto::topic::Identity {
                 device_id: c.target.device_id.as_deref().unwrap_or_default(),
@@ -109,7 +115,7 @@ fn sign(c: &SignConfig) -> Result<String, CliError> {
             };
             let _ = azsim_proto::topic::write_telemetry_prefix(&mut topic, ident);
             let _ = writeln!(out, "host:      {connect_host}");
-            let _ = writeln!(out, "port:      {MQTT_PORT}");
+            let _ = writeln!(out, "port:      {port}");
             let _ = writeln!(out, "client id: {id}");
             let _ = writeln!(out, "username:  {user}");
             let _ = writeln!(out, "password:  {token}");
@@ -121,10 +127,16 @@ fn sign(c: &SignConfig) -> Result<String, CliError> {
                 relative(i128::from(c.expiry) - i128::from(crate::cli::token::now_unix()))
             );
             let _ = writeln!(out);
+            let local = matches!(connect_host, "localhost" | "127.0.0.1" | "::1");
+            let ca = if local {
+                "--cafile .azsim/hub/ca.pem"
+            } else {
+                "--capath /etc/ssl/certs"
+            };
             let _ = writeln!(out, "# send one telemetry message with mosquitto:");
             let _ = writeln!(
                 out,
-                "mosquitto_pub -h {} -p {MQTT_PORT} -V mqttv311 --capath /etc/ssl/certs -i {} -u {} -P {} -t {} -q 1 -m '{{\"hello\":\"azsim\"}}'",
+                "mosquitto_pub -h {} -p {port} -V mqttv311 {ca} -i {} -u {} -P {} -t {} -q 1 -m '{{\"hello\":\"azsim\"}}'",
                 shell_quote(connect_host),
                 shell_quote(&id),
                 shell_quote(&user),
@@ -175,7 +187,9 @@ fn dps(c: &DpsConfig) -> Result<String, CliError> {
 
 /// The DPS MQTT username, `{scope}/registrations/{regId}/api-version=2019-03-31` (no `?`).
 pub fn dps_username(id_scope: &str, registration_id: &str) -> String {
-    format!("{id_scope}/registrations/{registration_id}/api-version=2019-03-31")
+    let mut s = String::new();
+    let _ = username::write_dps_username(&mut s, id_scope, registration_id);
+    s
 }
 
 fn derive_key(c: &DeriveKeyConfig) -> Result<String, CliError> {

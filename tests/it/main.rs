@@ -5,3 +5,4 @@ mod support;
 mod run_mosquitto;
 mod service_cli;
 mod service_python_sdk;
+mod token;
