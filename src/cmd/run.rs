@@ -30,11 +30,11 @@ pub async fn run(s: RunSettings) -> Result<ExitCode, CliError> {
     let (target, ca_file, local) = match s.target.clone() {
         Some(t) => (t, s.ca_file.clone(), None),
         None => {
-            let local = crate::device::local_hub::LocalHub::ensure(&s.state_dir, &out)
+            let local = crate::device::local_hub::LocalHub::ensure(&s.state_dir, s.port, &out)
                 .await
                 .map_err(CliError::runtime)?;
             let target = local
-                .device_target(SIM_DEVICE, s.port)
+                .device_target(SIM_DEVICE)
                 .await
                 .map_err(CliError::runtime)?;
             let ca = s.ca_file.clone().or_else(|| Some(local.ca_file()));

@@ -1,11 +1,8 @@
-//! The MQTT username of a device or module identity, and the device connection string.
-//!
-//! Interim: these move onto `azsim_proto::{username, connection_string}` as soon as those land;
-//! until then the query values go through the one percent-encoder in `azsim_proto::encoding`.
+//! The MQTT username and client id of a device or module identity, and the device connection
+//! string, from `azsim_proto::{username, connection_string}`.
 
-use std::fmt::Write as _;
-
-/// The MQTT username: `{host}/{device}[/{module}]/?api-version=2021-04-12&DeviceClientType=azsim%2F{ver}[&model-id={dtmi}]`.
+/// The MQTT username:
+/// `{host}/{device}[/{module}]/?api-version=2021-04-12&DeviceClientType=azsim%2F{ver}[&model-id={dtmi}]`.
 pub fn username(
     host: &str,
     device_id: &str,
@@ -13,20 +10,22 @@ pub fn username(
     model_id: Option<&str>,
 ) -> String {
     let mut s = String::new();
-    // Interim: until `azsim_proto::username` lands, the query values still go through the one
-    // percent-encoder.
-    let _ = write!(s, "{host}/{device_id}/");
-    if let Some(m) = module_id {
-        let _ = write!(s, "{m}/");
-    }
-    let _ = write!(
-        s,
-        "?api-version=2021-04-12&DeviceClientType={}",
-        azsim_proto::encoding::Encoded(concat!("azsim/", env!("CARGO_PKG_VERSION")))
+    // Writing into a String cannot fail.
+    let _ = azsim_proto::username::write_username(
+        &mut s,
+        host,
+        device_id,
+        module_id,
+        env!("CARGO_PKG_VERSION"),
+        model_id,
     );
-    if let Some(dtmi) = model_id {
-        let _ = write!(s, "&model-id={}", azsim_proto::encoding::Encoded(dtmi));
-    }
+    s
+}
+
+/// The MQTT client id: `{device}` or `{device}/{module}`.
+pub fn client_id(device_id: &str, module_id: Option<&str>) -> String {
+    let mut s = String::new();
+    let _ = azsim_proto::username::write_client_id(&mut s, device_id, module_id);
     s
 }
 
@@ -56,64 +55,41 @@ impl std::fmt::Debug for DeviceConnectionString {
     }
 }
 
-/// Parses a device (or module) connection string: `;`-separated pairs split at the first `=`,
-/// case-sensitive names, exactly one of `SharedAccessKey` / `SharedAccessSignature`.
+/// Parses a device (or module) connection string with `azsim_proto::connection_string`.
 ///
 /// # Errors
 /// A short reason naming the field (never its value).
 pub fn parse_connection_string(s: &str) -> Result<DeviceConnectionString, String> {
+    use azsim_proto::connection_string::{ConnectionString, Kind};
+
     use super::driver::Credential;
-    let (mut host, mut device, mut module, mut key, mut sig, mut gateway, mut x509) =
-        (None, None, None, None, None, None, false);
-    for part in s.split(';').map(str::trim).filter(|p| !p.is_empty()) {
-        let (k, v) = part
-            .split_once('=')
-            .ok_or_else(|| "is not a list of Name=value pairs".to_owned())?;
-        let slot = match k {
-            "HostName" => &mut host,
-            "DeviceId" => &mut device,
-            "ModuleId" => &mut module,
-            "SharedAccessKey" => &mut key,
-            "SharedAccessSignature" => &mut sig,
-            "GatewayHostName" => &mut gateway,
-            "x509" => {
-                x509 = v.eq_ignore_ascii_case("true");
-                continue;
+    let cs = ConnectionString::parse(s.trim()).map_err(|e| e.to_string())?;
+    let credential = match cs.kind() {
+        Kind::Device | Kind::Module => {
+            let key = cs.shared_access_key().unwrap_or_default().to_owned();
+            match cs.shared_access_key_name() {
+                Some(policy) => Credential::PolicyKey {
+                    policy: policy.to_owned(),
+                    key,
+                },
+                None => Credential::Key(key),
             }
-            "SharedAccessKeyName" => {
-                return Err("is a service (policy) connection string; azsim run needs a device connection string with DeviceId".into());
-            }
-            other => return Err(format!("unknown name {other:?}")),
-        };
-        if slot.replace(v.to_owned()).is_some() {
-            return Err(format!("{k} is given twice"));
         }
-    }
-    let host = host
-        .filter(|h| !h.is_empty())
-        .ok_or("HostName is missing")?;
-    let device_id = device
-        .filter(|d| !d.is_empty())
-        .ok_or("DeviceId is missing")?;
-    let credential = match (key, sig, x509) {
-        (Some(k), None, false) => {
-            azsim_proto::sas::check_key(&k).map_err(|e| format!("SharedAccessKey: {e}"))?;
-            Credential::Key(k)
+        Kind::DeviceWithSas => {
+            Credential::Token(cs.shared_access_signature().unwrap_or_default().to_owned())
         }
-        (None, Some(t), false) => Credential::Token(t),
-        (None, None, true) => {
+        Kind::Service => {
+            return Err("is a service (policy) connection string; azsim run needs a device connection string with DeviceId".into());
+        }
+        Kind::X509 => {
             return Err("x509 authentication is not supported by azsim run (use a SAS key)".into());
         }
-        (None, None, false) => {
-            return Err("needs SharedAccessKey or SharedAccessSignature".into());
-        }
-        _ => return Err("give only one of SharedAccessKey, SharedAccessSignature and x509".into()),
     };
     Ok(DeviceConnectionString {
-        host,
-        device_id,
-        module_id: module.filter(|m| !m.is_empty()),
-        gateway: gateway.filter(|g| !g.is_empty()),
+        host: cs.host_name().to_owned(),
+        device_id: cs.device_id().unwrap_or_default().to_owned(),
+        module_id: cs.module_id().map(str::to_owned),
+        gateway: cs.gateway_host_name().map(str::to_owned),
         credential,
     })
 }

@@ -36,6 +36,13 @@ const PUBLISH_BUFFER_LEN: usize = 1024;
 pub enum Credential {
     /// A base64 symmetric key: a fresh token is signed for every connection.
     Key(String),
+    /// A hub policy key (`SharedAccessKeyName`) acting for the device: tokens carry `skn`.
+    PolicyKey {
+        /// Policy name.
+        policy: String,
+        /// Base64 key.
+        key: String,
+    },
     /// A fixed `SharedAccessSignature ...` token from the connection string (never renewed).
     Token(String),
 }
@@ -44,6 +51,7 @@ impl std::fmt::Debug for Credential {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             Self::Key(_) => f.write_str("Key(<redacted>)"),
+            Self::PolicyKey { policy, .. } => write!(f, "PolicyKey({policy}, <redacted>)"),
             Self::Token(_) => f.write_str("Token(<redacted>)"),
         }
     }
@@ -213,7 +221,7 @@ pub async fn run(
     }
     .map_err(|e| RunError::Identity(e.to_string()))?;
     let token_ttl = match cfg.credential {
-        Credential::Key(_) => Some(cfg.token_ttl),
+        Credential::Key(_) | Credential::PolicyKey { .. } => Some(cfg.token_ttl),
         Credential::Token(_) => None,
     };
     let session = Session::new(
@@ -366,22 +374,26 @@ impl Driver {
                     old.abort();
                 }
                 let password = match (&self.cfg.credential, token_expiry) {
-                    (Credential::Key(key), Some(exp)) => {
+                    (Credential::Key(key) | Credential::PolicyKey { key, .. }, Some(exp)) => {
+                        let policy = match &self.cfg.credential {
+                            Credential::PolicyKey { policy, .. } => Some(policy.as_str()),
+                            _ => None,
+                        };
                         let mut token = String::new();
                         let resource = self.resource();
-                        sas::sign(&mut token, &resource, key, exp, None)
+                        sas::sign(&mut token, &resource, key, exp, policy)
                             .map_err(|e| RunError::Identity(format!("cannot sign a token: {e}")))?;
                         self.last_token = Some((token.clone(), now));
                         token
                     }
                     (Credential::Token(t), _) => t.clone(),
-                    (Credential::Key(_), None) => String::new(),
+                    (Credential::Key(_) | Credential::PolicyKey { .. }, None) => String::new(),
                 };
                 let username = self.username();
-                let client_id = match &self.cfg.module_id {
-                    Some(m) => format!("{}/{m}", self.cfg.device_id),
-                    None => self.cfg.device_id.clone(),
-                };
+                let client_id = super::credentials::client_id(
+                    &self.cfg.device_id,
+                    self.cfg.module_id.as_deref(),
+                );
                 self.conn = Some(Conn::start(ConnectParams {
                     host: self.cfg.connect_host.clone(),
                     port: self.cfg.port,

@@ -1,32 +1,54 @@
-//! A hub started inside `azsim run` through the emulator library.
+//! A hub started inside `azsim run` through the emulator library, on the default ports (8883
+//! MQTT, 8443 HTTPS) of 127.0.0.1, with its state (CA, keys, SQLite, `hub.json`) in the state
+//! dir, so `azsim invoke`, `azsim twin` and `azsim c2d` in another terminal find it.
 
 use std::path::Path;
 
-use azsim_emulator::HubInfo;
+use azsim_emulator::{HubConfig, HubHandle, HubInfo};
+
+/// Default HTTPS port of the local hub.
+pub const DEFAULT_HTTPS_PORT: u16 = 8443;
 
 /// The in-process hub.
 #[derive(Debug)]
 pub struct EmbeddedHub {
-    info: HubInfo,
+    handle: HubHandle,
 }
 
 impl EmbeddedHub {
-    /// Starts the hub on the default ports with state in `dir`.
+    /// Starts the hub with state in `dir`, MQTT on `mqtt_port` (default 8883).
     ///
     /// # Errors
-    /// Why it could not start.
-    pub async fn start(dir: &Path) -> Result<Self, String> {
-        Err(format!(
-            "no local hub is running in {} (start one with `azsim hub`)",
-            dir.display()
-        ))
+    /// Why it could not start (a port in use, an unwritable state dir).
+    pub async fn start(dir: &Path, mqtt_port: Option<u16>) -> Result<Self, String> {
+        let mqtt_port = mqtt_port.unwrap_or(azsim_emulator::DEFAULT_MQTT_PORT);
+        let handle = azsim_emulator::start(
+            HubConfig::new(dir),
+            std::net::IpAddr::from([127, 0, 0, 1]),
+            mqtt_port,
+            DEFAULT_HTTPS_PORT,
+        )
+        .await
+        .map_err(|e| match e {
+            azsim_emulator::HubError::Io(io) if io.kind() == std::io::ErrorKind::AddrInUse => {
+                format!(
+                    "port {mqtt_port} or {DEFAULT_HTTPS_PORT} on 127.0.0.1 is in use (is another hub running? use --port, or a connection string)"
+                )
+            }
+            other => other.to_string(),
+        })?;
+        Ok(Self { handle })
     }
 
     /// Its discovery record.
     pub fn info(&self) -> &HubInfo {
-        &self.info
+        &self.handle.info
     }
 
-    /// Stops it.
-    pub async fn stop(self) {}
+    /// Stops it and waits until its state is saved.
+    pub async fn stop(self) {
+        if let Err(e) = self.handle.stop().await {
+            tracing::warn!("local hub stopped with an error: {e}");
+        }
+    }
 }

@@ -42,7 +42,11 @@ impl LocalHub {
     ///
     /// # Errors
     /// [`LocalHubError::Start`] when no hub is running and one cannot be started.
-    pub async fn ensure(state_dir: &Path, out: &Output) -> Result<Self, LocalHubError> {
+    pub async fn ensure(
+        state_dir: &Path,
+        mqtt_port: Option<u16>,
+        out: &Output,
+    ) -> Result<Self, LocalHubError> {
         if let Ok(info) = HubInfo::load(state_dir)
             && is_live(&info).await
         {
@@ -58,7 +62,7 @@ impl LocalHub {
                 embedded: None,
             });
         }
-        let embedded = super::embedded::EmbeddedHub::start(state_dir)
+        let embedded = super::embedded::EmbeddedHub::start(state_dir, mqtt_port)
             .await
             .map_err(|reason| LocalHubError::Start {
                 dir: state_dir.to_owned(),
@@ -87,11 +91,7 @@ impl LocalHub {
     ///
     /// # Errors
     /// [`LocalHubError::Service`] when the REST API fails.
-    pub async fn device_target(
-        &self,
-        device_id: &str,
-        port: Option<u16>,
-    ) -> Result<DeviceTarget, LocalHubError> {
+    pub async fn device_target(&self, device_id: &str) -> Result<DeviceTarget, LocalHubError> {
         let target = Target::resolve_with(
             TargetInputs {
                 connection_string: None,
@@ -122,7 +122,7 @@ impl LocalHub {
         Ok(DeviceTarget {
             hub_host: self.info.hostname.clone(),
             connect_host: self.info.hostname.clone(),
-            port: port.unwrap_or(self.info.mqtt_port),
+            port: self.info.mqtt_port,
             device_id: device_id.to_owned(),
             module_id: None,
             credential: Credential::Key(key),
