@@ -2,6 +2,7 @@
 
 use std::fmt;
 
+use azsim_proto::connection_string::{ConnectionString, Kind};
 use azsim_proto::sas;
 
 /// `HostName`, `SharedAccessKeyName` and `SharedAccessKey` of a service connection string.
@@ -29,7 +30,26 @@ impl ServiceCredentials {
     /// # Errors
     /// A one-line reason naming the connection-string field, never the key.
     pub fn parse(s: &str) -> Result<Self, String> {
-        parse_fields(s)
+        let cs = ConnectionString::parse(s).map_err(|e| e.to_string())?;
+        match cs.kind() {
+            Kind::Service => {}
+            Kind::Device | Kind::Module | Kind::DeviceWithSas | Kind::X509 => {
+                return Err(
+                    "DeviceId: this is a device connection string; the service commands need a \
+                     hub policy one (HostName, SharedAccessKeyName, SharedAccessKey)"
+                        .into(),
+                );
+            }
+        }
+        let (Some(policy), Some(key)) = (cs.shared_access_key_name(), cs.shared_access_key())
+        else {
+            return Err("SharedAccessKeyName: missing".into());
+        };
+        Ok(Self {
+            host: cs.host_name().to_owned(),
+            policy: policy.to_owned(),
+            key: key.to_owned(),
+        })
     }
 
     /// `host` or `host:port`.
@@ -61,33 +81,38 @@ impl ServiceCredentials {
     }
 }
 
-/// Interim parser until `azsim_proto::connection_string` is published; same rules (split on
-/// `;`, then on the first `=`, case-sensitive names), errors name the field, never the key.
-fn parse_fields(s: &str) -> Result<ServiceCredentials, String> {
-    let mut host = None;
-    let mut policy = None;
-    let mut key = None;
-    for part in s.split(';').filter(|p| !p.is_empty()) {
-        let (k, v) = part
-            .split_once('=')
-            .ok_or("expected Name=value pairs separated by ';'")?;
-        match k {
-            "HostName" => host = Some(v.to_owned()),
-            "SharedAccessKeyName" => policy = Some(v.to_owned()),
-            "SharedAccessKey" => key = Some(v.to_owned()),
-            "DeviceId" | "ModuleId" => {
-                return Err(format!(
-                    "{k}: this is a device connection string; a service (policy) one is needed"
-                ));
-            }
-            _ => return Err(format!("{k}: unknown field")),
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const KEY: &str = "c2VjcmV0LWtleS0xMjM0NTY3ODkwMTIzNDU2Nzg5MA==";
+
+    #[test]
+    fn a_policy_string_parses_and_signs_a_hub_token() {
+        let c = ServiceCredentials::parse(&format!(
+            "HostName=localhost:8443;SharedAccessKeyName=iothubowner;SharedAccessKey={KEY}"
+        ))
+        .unwrap();
+        assert_eq!(c.host(), "localhost:8443");
+        assert_eq!(c.policy(), "iothubowner");
+        assert!(!format!("{c:?}").contains(KEY));
+        let t = c.token(1_700_000_000).unwrap();
+        assert!(
+            t.starts_with("SharedAccessSignature sr=localhost%3A8443&sig="),
+            "{t}"
+        );
+        assert!(t.ends_with("&se=1700000000&skn=iothubowner"), "{t}");
+    }
+
+    #[test]
+    fn device_strings_and_bad_keys_are_refused_without_the_key() {
+        for bad in [
+            format!("HostName=h;DeviceId=d;SharedAccessKey={KEY}"),
+            "HostName=h;SharedAccessKeyName=p;SharedAccessKey=not base64".to_owned(),
+            format!("HostName=h;SharedAccessKey={KEY}"),
+        ] {
+            let e = ServiceCredentials::parse(&bad).unwrap_err();
+            assert!(!e.contains(KEY), "{e}");
         }
     }
-    let host: String = host.filter(|h| !h.is_empty()).ok_or("HostName: missing")?;
-    let policy = policy
-        .filter(|p| !p.is_empty())
-        .ok_or("SharedAccessKeyName: missing")?;
-    let key = key.ok_or("SharedAccessKey: missing")?;
-    sas::check_key(&key).map_err(|e| format!("SharedAccessKey: {e}"))?;
-    Ok(ServiceCredentials { host, policy, key })
 }

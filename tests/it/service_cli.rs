@@ -122,7 +122,10 @@ impl RawDevice {
         .unwrap();
         let tls = azsim::tls::client_config(Some(&hub.ca_file)).unwrap();
         let mut opts = MqttOptions::new(id.clone(), host, hub.mqtt_port);
-        opts.set_credentials(format!("{host}/{id}/?api-version=2021-04-12"), password)
+        let mut username = String::new();
+        azsim_proto::username::write_username(&mut username, host, &id, None, "test", None)
+            .unwrap();
+        opts.set_credentials(username, password)
             .set_keep_alive(Duration::from_secs(60))
             .set_transport(Transport::tls_with_config(TlsConfiguration::Rustls(tls)));
         let (client, mut events) = AsyncClient::new(opts, 16);
