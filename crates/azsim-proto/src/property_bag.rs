@@ -233,6 +233,28 @@ impl SystemProperty {
         }
     }
 
+    /// The name as [`crate::encoding::encode`] writes it on the wire (`%24.mid`, `iothub-ack`).
+    pub const fn encoded_name(self) -> &'static str {
+        match self {
+            Self::MessageId => "%24.mid",
+            Self::CorrelationId => "%24.cid",
+            Self::UserId => "%24.uid",
+            Self::ContentType => "%24.ct",
+            Self::ContentEncoding => "%24.ce",
+            Self::CreationTime => "%24.ctime",
+            Self::Expiry => "%24.exp",
+            Self::To => "%24.to",
+            Self::OutputName => "%24.on",
+            Self::Component => "%24.sub",
+            Self::InterfaceId => "%24.ifid",
+            Self::DiagnosticId => "%24.diagid",
+            Self::DiagnosticContext => "%24.diagctx",
+            Self::ConnectionDeviceId => "%24.cdid",
+            Self::ConnectionModuleId => "%24.cmid",
+            Self::Ack => "iothub-ack",
+        }
+    }
+
     /// The property with this decoded name (`$.mid`), if it is a system property. Exact,
     /// case-sensitive match.
     pub fn from_name(name: &str) -> Option<Self> {
@@ -530,7 +552,13 @@ impl<'w, W: fmt::Write + ?Sized> BagWriter<'w, W> {
     /// # Errors
     /// Only the writer's own error.
     pub fn system(&mut self, prop: SystemProperty, value: &str) -> fmt::Result {
-        self.pair(prop.name(), Some(value))
+        if !self.empty {
+            self.out.write_char('&')?;
+        }
+        self.empty = false;
+        self.out.write_str(prop.encoded_name())?;
+        self.out.write_char('=')?;
+        encoding::encode(self.out, value)
     }
 
     /// Appends application properties in the caller's order.
@@ -760,6 +788,10 @@ mod tests {
         );
         for p in SystemProperty::ALL {
             assert_eq!(SystemProperty::from_name(p.name()), Some(p));
+            assert_eq!(
+                std::format!("{}", crate::encoding::Encoded(p.name())),
+                p.encoded_name()
+            );
         }
         let bag = PropertyBag::new("$.cid=1&%24.mid=2&x=3&%24.foo=4");
         assert_eq!(
