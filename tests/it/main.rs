@@ -6,3 +6,4 @@ mod run_mosquitto;
 mod service_cli;
 mod service_python_sdk;
 mod token;
+mod firmware_loop;

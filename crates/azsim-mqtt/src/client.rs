@@ -13,6 +13,7 @@ use core::future::Future;
 use azsim_proto::device::{Device, Sensor, TELEMETRY_BUFFER_LEN};
 use azsim_proto::property_bag::SystemProperties;
 use azsim_proto::sas::{self, Key, KeyError, Resource};
+use azsim_proto::username;
 use azsim_proto::session::{
     self, ACTION_BUFFER_LEN, Action, ConnackCode, DisconnectReason, Event, GiveUpReason,
     IdentityError, MAX_ID_LEN, MAX_IN_FLIGHT, Publish, PublishKind, Session, SessionConfig,
@@ -346,26 +347,6 @@ impl<const N: usize> fmt::Write for Sink<'_, N> {
     }
 }
 
-/// The MQTT username: `{host}/{device}[/{module}]/?api-version=2021-04-12&DeviceClientType=azsim%2F{ver}[&model-id=..]`.
-///
-/// Interim, like the laptop driver's copy: this moves onto `azsim_proto::username` as soon as it
-/// lands. The query values already go through the one percent-encoder.
-fn write_username(out: &mut impl fmt::Write, id: &Identity<'_>) -> fmt::Result {
-    write!(out, "{}/{}/", id.host, id.device_id)?;
-    if let Some(m) = id.module_id {
-        write!(out, "{m}/")?;
-    }
-    write!(
-        out,
-        "?api-version=2021-04-12&DeviceClientType={}",
-        azsim_proto::encoding::Encoded(concat!("azsim/", env!("CARGO_PKG_VERSION")))
-    )?;
-    if let Some(dtmi) = id.model_id {
-        write!(out, "&model-id={}", azsim_proto::encoding::Encoded(dtmi))?;
-    }
-    Ok(())
-}
-
 impl<'b, S: Sensor> Client<'b, S> {
     /// A client for `identity` running `device`. `config` is the session's; its packet-id
     /// range is narrowed (SUBSCRIBE ids live above it) and a fixed token turns renewal off.
@@ -402,13 +383,22 @@ impl<'b, S: Sensor> Client<'b, S> {
         };
         config.max_packet_id = config.max_packet_id.min(SESSION_MAX_PACKET_ID);
         let mut client_id = String::new();
-        let _ = write!(Sink(&mut client_id), "{}", identity.device_id);
-        if let Some(m) = identity.module_id {
-            let _ = write!(Sink(&mut client_id), "/{m}");
-        }
-        let mut username = String::new();
-        write_username(&mut Sink(&mut username), &identity)
-            .map_err(|_| ClientError::UsernameTooLong)?;
+        // Cannot fail: both ids were checked to be at most MAX_ID_LEN long.
+        let _ = username::write_client_id(
+            &mut Sink(&mut client_id),
+            identity.device_id,
+            identity.module_id,
+        );
+        let mut user = String::new();
+        username::write_username(
+            &mut Sink(&mut user),
+            identity.host,
+            identity.device_id,
+            identity.module_id,
+            env!("CARGO_PKG_VERSION"),
+            identity.model_id,
+        )
+        .map_err(|_| ClientError::UsernameTooLong)?;
         let core = Core {
             session: Session::new(session_id, config),
             device,
@@ -418,7 +408,7 @@ impl<'b, S: Sensor> Client<'b, S> {
             credential,
             key,
             client_id,
-            username,
+            username: user,
             rng: seed | 1,
             queue: Deque::new(),
             in_flight: Vec::new(),

@@ -1,0 +1,426 @@
+//! The ESP32 firmware's protocol code, proven on the laptop: the `azsim-mqtt` client loop (the
+//! exact code the firmware runs, `no_std`, mqttrs framing) over TCP + rustls, adapted to
+//! `embedded-io-async` the way mbedtls-rs is on the board, against the real local hub.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use azsim_mqtt::{Client, Clock, Connector, Credential, Identity, Note};
+use azsim_proto::connection_string::ConnectionString;
+use azsim_proto::device::{Device, DeviceConfig, RandomWalk};
+use azsim_proto::session::{ConnackCode, DisconnectReason, GiveUpReason, SessionConfig};
+use embedded_io_adapters::tokio_1::FromTokio;
+use reqwest::Method;
+use serde_json::{Value, json};
+use tokio::net::TcpStream;
+use tokio::sync::mpsc;
+use tokio_rustls::TlsConnector;
+use tokio_rustls::client::TlsStream;
+
+use crate::support::TestHub;
+
+fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+/// The system clock; on the board this is SNTP time.
+struct SystemClock;
+
+impl Clock for SystemClock {
+    fn now(&mut self) -> u64 {
+        unix_now()
+    }
+
+    fn sleep_until(&mut self, unix: u64) -> impl Future<Output = ()> {
+        async move {
+            while unix_now() < unix {
+                let target = UNIX_EPOCH + Duration::from_secs(unix);
+                let wait = target
+                    .duration_since(SystemTime::now())
+                    .unwrap_or(Duration::from_millis(1));
+                tokio::time::sleep(wait).await;
+            }
+        }
+    }
+}
+
+/// TCP + TLS to the hub, as the firmware's embassy-net + mbedtls-rs connector does.
+struct TlsToHub {
+    port: u16,
+    tls: Arc<rustls::ClientConfig>,
+    connects: u32,
+}
+
+impl Connector for TlsToHub {
+    type Conn<'a> = FromTokio<TlsStream<TcpStream>>;
+
+    async fn connect(&mut self) -> Result<Self::Conn<'_>, DisconnectReason> {
+        self.connects += 1;
+        let tcp = TcpStream::connect(("127.0.0.1", self.port))
+            .await
+            .map_err(|_| DisconnectReason::Unreachable)?;
+        let name = rustls_pki_types::ServerName::try_from("localhost")
+            .map_err(|_| DisconnectReason::Tls)?
+            .to_owned();
+        let tls = TlsConnector::from(self.tls.clone())
+            .connect(name, tcp)
+            .await
+            .map_err(|_| DisconnectReason::Tls)?;
+        Ok(FromTokio::new(tls))
+    }
+}
+
+/// The notes the tests look at, owned so they can cross a channel.
+#[derive(Debug, Clone, PartialEq)]
+enum Seen {
+    Connected,
+    Twin,
+    TelemetryAcked(u32),
+    Method(String, u16),
+    ReportedAccepted,
+    Disconnected,
+    Other,
+}
+
+fn seen(n: Note<'_>) -> Seen {
+    match n {
+        Note::Connected { .. } => Seen::Connected,
+        Note::Twin { .. } => Seen::Twin,
+        Note::TelemetryAcked { seq } => Seen::TelemetryAcked(seq),
+        Note::Method { name, status } => Seen::Method(name.to_owned(), status),
+        Note::ReportedAccepted { .. } => Seen::ReportedAccepted,
+        Note::Disconnected { .. } => Seen::Disconnected,
+        _ => Seen::Other,
+    }
+}
+
+/// What the loop reported, in order; each wait takes the first matching note, past or future.
+struct Notes {
+    rx: mpsc::UnboundedReceiver<Seen>,
+    past: Vec<Seen>,
+}
+
+impl Notes {
+    fn new(rx: mpsc::UnboundedReceiver<Seen>) -> Notes {
+        Notes {
+            rx,
+            past: Vec::new(),
+        }
+    }
+
+    async fn wait_for(&mut self, f: impl Fn(&Seen) -> bool) -> Seen {
+        if let Some(i) = self.past.iter().position(&f) {
+            return self.past.remove(i);
+        }
+        tokio::time::timeout(Duration::from_secs(20), async {
+            loop {
+                let s = self.rx.recv().await.expect("client loop ended");
+                if f(&s) {
+                    return s;
+                }
+                self.past.push(s);
+            }
+        })
+        .await
+        .expect("expected note within 20 s")
+    }
+}
+
+struct Parts {
+    host: String,
+    device_id: String,
+    key: String,
+}
+
+fn parts(cs: &str) -> Parts {
+    let c = ConnectionString::parse(cs).expect("device connection string");
+    Parts {
+        host: c.host().to_owned(),
+        device_id: c.device_id().expect("device id").to_owned(),
+        key: c.shared_access_key().expect("key").to_owned(),
+    }
+}
+
+fn buffers() -> (Vec<u8>, Vec<u8>) {
+    (vec![0u8; 4096], vec![0u8; 4096])
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_firmware_loop_sends_telemetry_answers_ping_and_acknowledges_a_desired_patch() {
+    let hub = TestHub::start().await;
+    let cs = hub.create_device("fw-loop").await;
+    let p = parts(&cs);
+    let (mut rx_buf, mut tx_buf) = buffers();
+    let device = Device::new(
+        RandomWalk::new(42),
+        DeviceConfig {
+            interval: 1,
+            version: "fw-test",
+        },
+    );
+    let mut client = Client::new(
+        Identity {
+            host: &p.host,
+            device_id: &p.device_id,
+            module_id: None,
+            model_id: None,
+        },
+        Credential::Key(&p.key),
+        device,
+        SessionConfig {
+            keep_alive: 30,
+            ..SessionConfig::default()
+        },
+        7,
+        &mut rx_buf,
+        &mut tx_buf,
+    )
+    .expect("client");
+    let mut connector = TlsToHub {
+        port: hub.mqtt_port,
+        tls: hub.tls(),
+        connects: 0,
+    };
+    let (notes_tx, notes_rx) = mpsc::unbounded_channel();
+    let mut notes = Notes::new(notes_rx);
+    let mut observer = move |n: Note<'_>| {
+        let _ = notes_tx.send(seen(n));
+    };
+
+    let checks = async {
+        // Telemetry: acknowledged by the hub, and there in its event log with our properties.
+        let Seen::TelemetryAcked(seq) = notes
+            .wait_for(|s| matches!(s, Seen::TelemetryAcked(_)))
+            .await
+        else {
+            unreachable!()
+        };
+        let (status, events) = hub
+            .rest(
+                Method::GET,
+                "/emulator/events/recent?deviceId=fw-loop",
+                None,
+            )
+            .await;
+        assert_eq!(status, 200, "{events}");
+        let telemetry: Vec<&Value> = events
+            .as_array()
+            .expect("event array")
+            .iter()
+            .filter(|e| e["type"] == "telemetry")
+            .collect();
+        let body: Value = telemetry
+            .iter()
+            .find_map(|e| {
+                let b: Value = serde_json::from_str(e["body"].as_str()?).ok()?;
+                (b["seq"] == seq).then_some(b)
+            })
+            .unwrap_or_else(|| panic!("telemetry #{seq} not in the hub's events: {events}"));
+        assert!(
+            body["temperature"].is_number() && body["humidity"].is_number(),
+            "{body}"
+        );
+        let e = telemetry[0];
+        assert_eq!(
+            e["systemProperties"]["content-type"], "application/json",
+            "{e}"
+        );
+        assert_eq!(e["systemProperties"]["content-encoding"], "utf-8", "{e}");
+        assert_eq!(
+            e["systemProperties"]["message-id"].as_str().map(str::len),
+            Some(36),
+            "{e}"
+        );
+
+        // The twin GET answered means the subscriptions went out before it.
+        notes.wait_for(|s| *s == Seen::Twin).await;
+
+        // A direct method through the hub's REST API.
+        let (status, reply) = hub
+            .rest(
+                Method::POST,
+                "/twins/fw-loop/methods",
+                Some(json!({"methodName":"ping","payload":{"hello":"board"},"responseTimeoutInSeconds":15})),
+            )
+            .await;
+        assert_eq!(status, 200, "{reply}");
+        assert_eq!(reply, json!({"status":200,"payload":{"hello":"board"}}));
+        notes
+            .wait_for(|s| *s == Seen::Method("ping".into(), 200))
+            .await;
+
+        // A desired patch, acknowledged in reported properties (Plug and Play convention).
+        let (status, twin) = hub
+            .rest(
+                Method::PATCH,
+                "/twins/fw-loop",
+                Some(json!({"properties":{"desired":{"telemetryInterval":7}}})),
+            )
+            .await;
+        assert_eq!(status, 200, "{twin}");
+        let desired_version = twin["properties"]["desired"]["$version"]
+            .as_u64()
+            .expect("desired $version");
+        let want = json!({"value":7,"ac":200,"av":desired_version});
+        tokio::time::timeout(Duration::from_secs(20), async {
+            loop {
+                notes.wait_for(|s| *s == Seen::ReportedAccepted).await;
+                let (_, twin) = hub.rest(Method::GET, "/twins/fw-loop", None).await;
+                if twin["properties"]["reported"]["telemetryInterval"] == want {
+                    assert_eq!(
+                        twin["properties"]["reported"]["azsim"]["version"], "fw-test",
+                        "{twin}"
+                    );
+                    return;
+                }
+            }
+        })
+        .await
+        .expect("telemetryInterval acknowledged in reported properties");
+    };
+
+    let mut clock = SystemClock;
+    tokio::select! {
+        reason = client.run(&mut connector, &mut clock, &mut observer) => {
+            panic!("the loop gave up: {reason}");
+        }
+        () = checks => {}
+    }
+    assert_eq!(client.device().interval(), 7);
+    assert_eq!(connector.connects, 1, "one connection for the whole test");
+    hub.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_firmware_loop_gives_up_on_a_wrong_key_with_connack_5() {
+    let hub = TestHub::start().await;
+    let cs = hub.create_device("fw-wrong-key").await;
+    let p = parts(&cs);
+    let (mut rx_buf, mut tx_buf) = buffers();
+    let wrong_key = "AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=";
+    assert_ne!(p.key, wrong_key);
+    let mut client = Client::new(
+        Identity {
+            host: &p.host,
+            device_id: &p.device_id,
+            module_id: None,
+            model_id: None,
+        },
+        Credential::Key(wrong_key),
+        Device::new(
+            RandomWalk::new(1),
+            DeviceConfig {
+                interval: 60,
+                version: "fw-test",
+            },
+        ),
+        SessionConfig::default(),
+        1,
+        &mut rx_buf,
+        &mut tx_buf,
+    )
+    .expect("client");
+    let mut connector = TlsToHub {
+        port: hub.mqtt_port,
+        tls: hub.tls(),
+        connects: 0,
+    };
+    let mut notes = Vec::new();
+    let mut observer = |n: Note<'_>| notes.push(format!("{n:?}"));
+    let reason = tokio::time::timeout(
+        Duration::from_secs(20),
+        client.run(&mut connector, &mut SystemClock, &mut observer),
+    )
+    .await
+    .expect("gives up within 20 s");
+    assert_eq!(reason, GiveUpReason::Refused(ConnackCode::NotAuthorized));
+    assert_eq!(connector.connects, 1);
+    // Nothing the loop reports carries the key or a signature.
+    let text = notes.join("\n");
+    assert!(
+        !text.contains(wrong_key) && !text.contains("sig="),
+        "{text}"
+    );
+    assert!(!format!("{client:?}").contains(wrong_key));
+    hub.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_firmware_loop_reconnects_after_the_hub_restarts_and_resends_telemetry() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let dir = tmp.path().join("hub");
+    let hub = TestHub::start_in(&dir).await;
+    let cs = hub.create_device("fw-restart").await;
+    let p = parts(&cs);
+    let port = hub.mqtt_port;
+    let tls = hub.tls();
+    let (mut rx_buf, mut tx_buf) = buffers();
+    let mut client = Client::new(
+        Identity {
+            host: &p.host,
+            device_id: &p.device_id,
+            module_id: None,
+            model_id: None,
+        },
+        Credential::Key(&p.key),
+        Device::new(
+            RandomWalk::new(3),
+            DeviceConfig {
+                interval: 1,
+                version: "fw-test",
+            },
+        ),
+        SessionConfig {
+            backoff_min: 1,
+            backoff_max: 2,
+            ..SessionConfig::default()
+        },
+        3,
+        &mut rx_buf,
+        &mut tx_buf,
+    )
+    .expect("client");
+    let mut connector = TlsToHub {
+        port,
+        tls,
+        connects: 0,
+    };
+    let (notes_tx, notes_rx) = mpsc::unbounded_channel();
+    let mut notes = Notes::new(notes_rx);
+    let mut observer = move |n: Note<'_>| {
+        let _ = notes_tx.send(seen(n));
+    };
+
+    let checks = async {
+        notes
+            .wait_for(|s| matches!(s, Seen::TelemetryAcked(_)))
+            .await;
+        hub.stop().await;
+        notes.wait_for(|s| *s == Seen::Disconnected).await;
+        // Only what happens after the restart counts from here.
+        notes.past.clear();
+        // Same state dir and the same port, so the device finds it again.
+        let mut cfg = azsim_emulator::HubConfig::new(&dir);
+        cfg.in_memory = false;
+        let again = azsim_emulator::start(cfg, "127.0.0.1".parse().expect("ip"), port, 0)
+            .await
+            .expect("hub restarts on the same port");
+        notes.wait_for(|s| *s == Seen::Connected).await;
+        notes
+            .wait_for(|s| matches!(s, Seen::TelemetryAcked(_)))
+            .await;
+        again.stop().await.expect("stops");
+    };
+
+    let mut clock = SystemClock;
+    tokio::select! {
+        reason = client.run(&mut connector, &mut clock, &mut observer) => {
+            panic!("the loop gave up: {reason}");
+        }
+        () = checks => {}
+    }
+    assert!(connector.connects >= 2, "{} connects", connector.connects);
+}
