@@ -7,3 +7,4 @@ mod service_cli;
 mod service_python_sdk;
 mod token;
 mod firmware_loop;
+mod run_hub;

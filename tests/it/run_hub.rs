@@ -1,0 +1,651 @@
+//! `azsim run` (the real binary) against the local hub over TLS: telemetry, C2D, methods, twin,
+//! token renewal, a hub restart, and a wrong key.
+
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::process::{ExitStatus, Stdio};
+use std::time::Duration;
+
+use reqwest::Method;
+use serde_json::{Value, json};
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, BufReader};
+use tokio::sync::mpsc;
+
+use crate::support::TestHub;
+
+/// `azsim run --json` for `cs` against `hub`, with the environment cleared of azsim variables.
+fn azsim_run(hub: &TestHub, cs: &str, extra: &[&str]) -> tokio::process::Command {
+    let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_azsim"));
+    cmd.args(["run", "--json", "--connection-string", cs, "--ca"])
+        .arg(&hub.ca_file)
+        .args(extra)
+        .env_remove("IOTHUB_DEVICE_CONNECTION_STRING")
+        .env_remove("IOTHUB_CONNECTION_STRING")
+        .env_remove("AZSIM_CA_FILE")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true);
+    cmd
+}
+
+/// A running `azsim run` whose JSON lines are read as they come.
+struct Running {
+    child: tokio::process::Child,
+    lines: mpsc::UnboundedReceiver<Value>,
+    seen: Vec<Value>,
+    stderr: tokio::task::JoinHandle<String>,
+}
+
+impl Running {
+    fn spawn(mut cmd: tokio::process::Command) -> Running {
+        let mut child = cmd.spawn().expect("azsim runs");
+        let stdout = child.stdout.take().unwrap();
+        let mut stderr = child.stderr.take().unwrap();
+        let (tx, lines) = mpsc::unbounded_channel();
+        tokio::spawn(async move {
+            let mut r = BufReader::new(stdout).lines();
+            while let Ok(Some(line)) = r.next_line().await {
+                let v: Value = serde_json::from_str(&line)
+                    .unwrap_or_else(|e| panic!("not a JSON line ({e}): {line}"));
+                if tx.send(v).is_err() {
+                    break;
+                }
+            }
+        });
+        let stderr = tokio::spawn(async move {
+            let mut s = String::new();
+            let _ = stderr.read_to_string(&mut s).await;
+            s
+        });
+        Running {
+            child,
+            lines,
+            seen: Vec::new(),
+            stderr,
+        }
+    }
+
+    /// Waits for the first event (from now on) that `pred` accepts.
+    async fn wait_for(&mut self, what: &str, pred: impl Fn(&Value) -> bool) -> Value {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+        loop {
+            match tokio::time::timeout_at(deadline, self.lines.recv()).await {
+                Ok(Some(v)) => {
+                    self.seen.push(v.clone());
+                    if pred(&v) {
+                        return v;
+                    }
+                }
+                Ok(None) => panic!("azsim ended before {what}: {:#?}", self.seen),
+                Err(_) => panic!("no {what} within 30 s: {:#?}", self.seen),
+            }
+        }
+    }
+
+    async fn event(&mut self, name: &str) -> Value {
+        self.wait_for(name, |v| v["event"] == name).await
+    }
+
+    /// Ctrl-C, then everything it printed.
+    async fn interrupt(self) -> (ExitStatus, Vec<Value>, String) {
+        let pid = self.child.id().expect("running").to_string();
+        let status = tokio::process::Command::new("kill")
+            .args(["-INT", &pid])
+            .status()
+            .await
+            .unwrap();
+        assert!(status.success());
+        self.finish().await
+    }
+
+    async fn finish(mut self) -> (ExitStatus, Vec<Value>, String) {
+        let status = tokio::time::timeout(Duration::from_secs(60), self.child.wait())
+            .await
+            .expect("azsim exits")
+            .unwrap();
+        while let Some(v) = self.lines.recv().await {
+            self.seen.push(v);
+        }
+        let stderr = self.stderr.await.unwrap();
+        (status, self.seen, stderr)
+    }
+}
+
+fn events<'a>(all: &'a [Value], name: &str) -> Vec<&'a Value> {
+    all.iter().filter(|v| v["event"] == name).collect()
+}
+
+async fn recent_telemetry(hub: &TestHub, device: &str) -> Vec<Value> {
+    let (s, v) = hub
+        .rest(
+            Method::GET,
+            &format!("/emulator/events/recent?deviceId={device}&limit=1000"),
+            None,
+        )
+        .await;
+    assert_eq!(s, 200, "{v}");
+    v.as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["type"] == "telemetry")
+        .cloned()
+        .collect()
+}
+
+async fn invoke(hub: &TestHub, device: &str, method: &str, payload: Value) -> (u16, Value) {
+    let (s, v) = hub
+        .rest(
+            Method::POST,
+            &format!("/twins/{device}/methods"),
+            Some(json!({"methodName": method, "payload": payload, "responseTimeoutInSeconds": 10})),
+        )
+        .await;
+    assert_eq!(s, 200, "invoke {method}: {v}");
+    (v["status"].as_u64().unwrap() as u16, v["payload"].clone())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn telemetry_is_acknowledged_and_reaches_the_hub_with_its_properties() {
+    let hub = TestHub::start().await;
+    let cs = hub.create_device("run-tel").await;
+    let key = hub.device_key("run-tel").await;
+    let dev = Running::spawn(azsim_run(
+        &hub,
+        &cs,
+        &[
+            "--count",
+            "3",
+            "--interval",
+            "1s",
+            "--property",
+            "site=lab 7",
+            "--property",
+            "kind=sim",
+            "--content-type",
+            "application/json",
+            "--payload",
+            r#"{"n":{{ seq }},"dev":"{{ device_id }}","t":{{ temperature }}}"#,
+        ],
+    ));
+    let (status, out, stderr) = dev.finish().await;
+    assert!(status.success(), "{stderr}\n{out:#?}");
+    let acked = events(&out, "telemetry_acked");
+    assert_eq!(acked.len(), 3);
+    assert_eq!(events(&out, "stopped")[0]["acked"], 3);
+    let ids: Vec<&str> = acked
+        .iter()
+        .map(|a| a["message_id"].as_str().unwrap())
+        .collect();
+
+    let tel = recent_telemetry(&hub, "run-tel").await;
+    assert_eq!(tel.len(), 3, "{tel:#?}");
+    for (i, t) in tel.iter().enumerate() {
+        assert!(ids.contains(&t["systemProperties"]["message-id"].as_str().unwrap()));
+        assert_eq!(t["systemProperties"]["content-type"], "application/json");
+        assert_eq!(t["systemProperties"]["content-encoding"], "utf-8");
+        assert_eq!(t["properties"]["site"], "lab 7");
+        assert_eq!(t["properties"]["kind"], "sim");
+        let body: Value = serde_json::from_str(t["body"].as_str().unwrap()).unwrap();
+        assert_eq!(body["n"], i as u64 + 1);
+        assert_eq!(body["dev"], "run-tel");
+        assert!(body["t"].is_number());
+    }
+    let all = serde_json::to_string(&out).unwrap() + &stderr;
+    assert!(!all.contains(&key), "the key leaked");
+    hub.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn c2d_messages_arrive_with_their_properties_and_ctrl_c_exits_cleanly() {
+    let hub = TestHub::start().await;
+    let cs = hub.create_device("run-c2d").await;
+    let mut dev = Running::spawn(azsim_run(&hub, &cs, &["--interval", "60s"]));
+    dev.event("connected").await;
+    dev.wait_for("the twin", |v| v["event"] == "twin").await;
+    let (s, v) = hub
+        .rest(
+            Method::POST,
+            "/emulator/devices/run-c2d/c2d",
+            Some(json!({"body": "hello device", "properties": {"colour": "blue green"}, "messageId": "m-1"})),
+        )
+        .await;
+    assert_eq!(s, 202, "{v}");
+    let c2d = dev.event("c2d").await;
+    assert_eq!(c2d["body"], "hello device");
+    assert_eq!(c2d["properties"]["colour"], "blue green");
+    assert_eq!(c2d["properties"]["$.mid"], "m-1");
+    let (status, out, stderr) = dev.interrupt().await;
+    assert!(status.success(), "ctrl-c exits 0: {stderr}");
+    assert_eq!(events(&out, "stopped")[0]["reason"], "interrupted");
+    assert_eq!(events(&out, "stopped")[0]["c2d"], 1);
+    hub.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn built_in_and_canned_methods_answer_as_documented() {
+    let hub = TestHub::start().await;
+    let cs = hub.create_device("run-m").await;
+    let mut dev = Running::spawn(azsim_run(
+        &hub,
+        &cs,
+        &[
+            "--interval",
+            "60s",
+            "--method",
+            r#"selfTest=201:{"ok":true}"#,
+            "--method",
+            "ping=503",
+        ],
+    ));
+    dev.wait_for("the twin", |v| v["event"] == "twin").await;
+
+    // --method takes precedence over the built-in ping.
+    assert_eq!(
+        invoke(&hub, "run-m", "ping", json!({"a": [1, 2]})).await,
+        (503, Value::Null)
+    );
+    assert_eq!(
+        invoke(&hub, "run-m", "selfTest", json!(null)).await,
+        (201, json!({"ok": true}))
+    );
+    assert_eq!(
+        invoke(&hub, "run-m", "nope", json!({})).await,
+        (404, json!({"message": "method not found"}))
+    );
+    assert_eq!(
+        invoke(
+            &hub,
+            "run-m",
+            "setTelemetryInterval",
+            json!({"interval": 7})
+        )
+        .await,
+        (200, json!({"interval": 7}))
+    );
+    let (st, body) = invoke(
+        &hub,
+        "run-m",
+        "setTelemetryInterval",
+        json!({"interval": 0}),
+    )
+    .await;
+    assert_eq!(st, 400);
+    assert!(body["message"].as_str().unwrap().contains("interval"));
+    let m = dev
+        .wait_for("the 400", |v| v["event"] == "method" && v["status"] == 400)
+        .await;
+    assert_eq!(m["name"], "setTelemetryInterval");
+
+    // reboot answers, then the device reconnects.
+    assert_eq!(
+        invoke(&hub, "run-m", "reboot", json!(null)).await,
+        (200, json!({"message": "rebooting"}))
+    );
+    dev.event("disconnected").await;
+    let c = dev.event("connected").await;
+    assert_eq!(c["reconnect"], true);
+    let (status, out, _) = dev.interrupt().await;
+    assert!(status.success());
+    assert!(
+        events(&out, "reconnecting").is_empty(),
+        "a reboot is not a failure"
+    );
+    hub.stop().await;
+
+    // The built-in ping echoes, on a device without overrides.
+    let hub = TestHub::start().await;
+    let cs = hub.create_device("run-p").await;
+    let mut dev = Running::spawn(azsim_run(&hub, &cs, &["--interval", "60s"]));
+    dev.wait_for("the twin", |v| v["event"] == "twin").await;
+    assert_eq!(
+        invoke(&hub, "run-p", "ping", json!({"a": [1, 2], "s": "x"})).await,
+        (200, json!({"a": [1, 2], "s": "x"}))
+    );
+    let (status, ..) = dev.interrupt().await;
+    assert!(status.success());
+    hub.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_twin_is_read_reported_and_desired_updates_apply_in_order() {
+    let hub = TestHub::start().await;
+    let cs = hub.create_device("run-tw").await;
+    // A desired value set before the device connects arrives in the GET.
+    let (s, _) = hub
+        .rest(
+            Method::PATCH,
+            "/twins/run-tw",
+            Some(json!({"properties": {"desired": {"telemetryInterval": 30}}})),
+        )
+        .await;
+    assert_eq!(s, 200);
+    let mut dev = Running::spawn(azsim_run(&hub, &cs, &["--interval", "60s"]));
+    let twin = dev.event("twin").await;
+    assert_eq!(twin["desired"]["telemetryInterval"], 30);
+    let first_ack = dev
+        .wait_for("the interval ack", |v| {
+            v["event"] == "reported" && v["patch"]["telemetryInterval"]["av"] == 2
+        })
+        .await;
+    assert!(first_ack["version"].as_u64().unwrap() >= 1);
+
+    for interval in [5, 6, 7] {
+        let (s, _) = hub
+            .rest(
+                Method::PATCH,
+                "/twins/run-tw",
+                Some(json!({"properties": {"desired": {"telemetryInterval": interval}}})),
+            )
+            .await;
+        assert_eq!(s, 200);
+    }
+    let mut versions = Vec::new();
+    for interval in [5, 6, 7] {
+        let d = dev.event("desired").await;
+        assert_eq!(d["patch"]["telemetryInterval"], interval);
+        versions.push(d["version"].as_u64().unwrap());
+    }
+    assert!(versions.windows(2).all(|w| w[0] < w[1]), "{versions:?}");
+    dev.wait_for("the last ack", |v| {
+        v["event"] == "reported" && v["patch"]["telemetryInterval"]["value"] == 7
+    })
+    .await;
+    let (s, twin) = hub.rest(Method::GET, "/twins/run-tw", None).await;
+    assert_eq!(s, 200);
+    let ack = &twin["properties"]["reported"]["telemetryInterval"];
+    assert_eq!(ack["value"], 7);
+    assert_eq!(ack["ac"], 200);
+    assert_eq!(ack["av"], versions[2]);
+    assert_eq!(
+        twin["properties"]["reported"]["azsim"]["version"],
+        env!("CARGO_PKG_VERSION")
+    );
+    let (status, ..) = dev.interrupt().await;
+    assert!(status.success());
+    hub.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn short_lived_tokens_are_renewed_and_every_message_is_acknowledged_exactly_once() {
+    let hub = TestHub::start().await;
+    let cs = hub.create_device("run-ttl").await;
+    let dev = Running::spawn(azsim_run(
+        &hub,
+        &cs,
+        &["--token-ttl", "6", "--interval", "1s", "--duration", "20s"],
+    ));
+    let (status, out, stderr) = dev.finish().await;
+    assert!(status.success(), "{stderr}");
+    let renewed = events(&out, "token_renewed").len();
+    assert!(renewed >= 2, "renewed {renewed} times: {out:#?}");
+    assert!(
+        events(&out, "reconnecting").is_empty(),
+        "renewal happens before the hub closes the connection: {out:#?}"
+    );
+    let acked: Vec<&str> = events(&out, "telemetry_acked")
+        .iter()
+        .map(|a| a["message_id"].as_str().unwrap())
+        .collect();
+    assert!(acked.len() >= 15, "{} acked", acked.len());
+    let mut at_hub: HashMap<String, usize> = HashMap::new();
+    for t in recent_telemetry(&hub, "run-ttl").await {
+        *at_hub
+            .entry(
+                t["systemProperties"]["message-id"]
+                    .as_str()
+                    .unwrap()
+                    .to_owned(),
+            )
+            .or_default() += 1;
+    }
+    for id in &acked {
+        assert_eq!(at_hub.get(*id), Some(&1), "message {id} at the hub");
+    }
+    assert_eq!(
+        at_hub.len(),
+        acked.len(),
+        "nothing unacknowledged reached the hub"
+    );
+    hub.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_a_hub_restart_the_device_reconnects_with_backoff_and_loses_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let hub = TestHub::start_in(dir.path()).await;
+    let (mqtt_port, https_port) = (hub.mqtt_port, hub.https_port);
+    let cs = hub.create_device("run-rs").await;
+    let mut dev = Running::spawn(azsim_run(&hub, &cs, &["--interval", "1s"]));
+    for _ in 0..3 {
+        dev.event("telemetry_acked").await;
+    }
+    hub.stop().await;
+    dev.event("disconnected").await;
+    let r = dev.event("reconnecting").await;
+    assert!(r["attempt"].as_u64().unwrap() >= 1);
+    // Down for a few seconds: messages queue up offline meanwhile.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let handle = azsim_emulator::start(
+        azsim_emulator::HubConfig::new(dir.path()),
+        IpAddr::from([127, 0, 0, 1]),
+        mqtt_port,
+        https_port,
+    )
+    .await
+    .expect("the hub restarts on the same ports");
+    let c = dev.event("connected").await;
+    assert_eq!(c["reconnect"], true);
+    let last_sent = dev.event("telemetry_sent").await["seq"].as_u64().unwrap();
+    dev.wait_for("the newest message acked", |v| {
+        v["event"] == "telemetry_acked" && v["seq"].as_u64() >= Some(last_sent + 2)
+    })
+    .await;
+    let (status, out, stderr) = dev.interrupt().await;
+    assert!(status.success(), "{stderr}");
+    let attempts: Vec<u64> = events(&out, "reconnecting")
+        .iter()
+        .map(|r| r["attempt"].as_u64().unwrap())
+        .collect();
+    assert!(!attempts.is_empty());
+    // Every message acknowledged, or produced (queued) before the end, reached the hub.
+    let acked_max = events(&out, "telemetry_acked")
+        .iter()
+        .map(|a| a["seq"].as_u64().unwrap())
+        .max()
+        .unwrap();
+    let stopped = events(&out, "stopped")[0].clone();
+    assert_eq!(stopped["dropped"], 0);
+
+    let restarted = TestHubView {
+        https_port,
+        ca: dir.path().join("ca.pem"),
+    };
+    let tel = restarted
+        .recent(&handle.info.service_connection_string)
+        .await;
+    let mut seqs: Vec<u64> = tel
+        .iter()
+        .map(|t| {
+            serde_json::from_str::<Value>(t["body"].as_str().unwrap()).unwrap()["seq"]
+                .as_u64()
+                .unwrap()
+        })
+        .collect();
+    seqs.sort_unstable();
+    seqs.dedup();
+    let expected: Vec<u64> = (1..=acked_max).collect();
+    assert_eq!(seqs[..acked_max as usize], expected[..], "{seqs:?}");
+    handle.stop().await.unwrap();
+}
+
+/// REST access to a hub started with `azsim_emulator::start` directly (not a `TestHub`).
+struct TestHubView {
+    https_port: u16,
+    ca: std::path::PathBuf,
+}
+
+impl TestHubView {
+    async fn recent(&self, service_cs: &str) -> Vec<Value> {
+        let key = service_cs
+            .split(';')
+            .find_map(|p| p.strip_prefix("SharedAccessKey="))
+            .unwrap();
+        let mut token = String::new();
+        azsim_proto::sas::sign(
+            &mut token,
+            &format!("localhost:{}", self.https_port),
+            key,
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap()
+                .as_secs()
+                + 600,
+            Some("iothubowner"),
+        )
+        .unwrap();
+        let tls = azsim::tls::client_config(Some(&self.ca)).unwrap();
+        let http = reqwest::Client::builder()
+            .use_preconfigured_tls((*tls).clone())
+            .build()
+            .unwrap();
+        let v: Value = http
+            .get(format!(
+                "https://localhost:{}/emulator/events/recent?deviceId=run-rs&limit=1000&api-version=2021-04-12",
+                self.https_port
+            ))
+            .header("Authorization", token)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        v.as_array()
+            .unwrap()
+            .iter()
+            .filter(|e| e["type"] == "telemetry")
+            .cloned()
+            .collect()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_wrong_key_exits_1_saying_the_key_is_wrong() {
+    let hub = TestHub::start().await;
+    hub.create_device("run-bad").await;
+    let wrong = "AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=";
+    let cs = format!(
+        "HostName=localhost:{};DeviceId=run-bad;SharedAccessKey={wrong}",
+        hub.mqtt_port
+    );
+    let mut cmd = azsim_run(&hub, &cs, &["--count", "1"]);
+    // With service credentials for the same hub, azsim checks the token against the registry.
+    cmd.env("IOTHUB_CONNECTION_STRING", &hub.service_connection_string);
+    let (status, out, stderr) = Running::spawn(cmd).finish().await;
+    assert_eq!(status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("the hub refused the connection: not authorized"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("wrong key"), "{stderr}");
+    assert_eq!(stderr.trim().lines().count(), 1, "one line: {stderr}");
+    let all = serde_json::to_string(&out).unwrap() + &stderr;
+    assert!(
+        !all.contains(wrong) && !all.contains("sig="),
+        "secret leaked: {all}"
+    );
+
+    // An unknown device is named as such.
+    let cs = format!(
+        "HostName=localhost:{};DeviceId=ghost;SharedAccessKey={wrong}",
+        hub.mqtt_port
+    );
+    let mut cmd = azsim_run(&hub, &cs, &["--count", "1"]);
+    cmd.env("IOTHUB_CONNECTION_STRING", &hub.service_connection_string);
+    let (status, _, stderr) = Running::spawn(cmd).finish().await;
+    assert_eq!(status.code(), Some(1));
+    assert!(stderr.contains("not registered"), "{stderr}");
+    hub.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unreachable_hosts_and_untrusted_certificates_are_named() {
+    let hub = TestHub::start().await;
+    let cs = hub.create_device("run-net").await;
+    // Nothing listens on this port.
+    let closed = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let (status, _, stderr) = Running::spawn(azsim_run(
+        &hub,
+        &cs,
+        &["--count", "1", "--port", &closed.to_string()],
+    ))
+    .finish()
+    .await;
+    assert_eq!(status.code(), Some(1));
+    assert!(
+        stderr.contains(&format!("localhost:{closed}")) && stderr.contains("connection refused"),
+        "{stderr}"
+    );
+
+    // Without the hub's CA the certificate is not trusted.
+    let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_azsim"));
+    cmd.args(["run", "--json", "--count", "1", "--connection-string", &cs])
+        .env_remove("AZSIM_CA_FILE")
+        .env_remove("IOTHUB_DEVICE_CONNECTION_STRING")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let (status, _, stderr) = Running::spawn(cmd).finish().await;
+    assert_eq!(status.code(), Some(1));
+    assert!(stderr.contains("unknown certificate authority"), "{stderr}");
+    hub.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_arguments_exit_2_naming_the_field_without_the_key() {
+    let key = "c2VjcmV0LWtleS1zZWNyZXQta2V5LXNlY3JldC1rZXk=";
+    let cases: [(&[&str], &str); 6] = [
+        (&["--keep-alive", "2000"], "--keep-alive"),
+        (&["--interval", "500ms"], "--interval"),
+        (&["--method", "ping=abc"], "--method"),
+        (&["--property", "novalue"], "--property"),
+        (&["--payload", "{{ seq "], "--payload"),
+        (&["--max-queue", "0"], "--max-queue"),
+    ];
+    for (args, field) in cases {
+        let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_azsim"))
+            .arg("run")
+            .arg("--connection-string")
+            .arg(format!(
+                "HostName=h.example;DeviceId=d;SharedAccessKey={key}"
+            ))
+            .args(args)
+            .output()
+            .await
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {stderr}");
+        assert!(stderr.starts_with(&format!("error: {field}:")), "{stderr}");
+        assert_eq!(stderr.trim().lines().count(), 1);
+        assert!(!stderr.contains(key));
+    }
+    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_azsim"))
+        .args(["run", "--connection-string"])
+        .arg(format!(
+            "HostName=h.example;SharedAccessKeyName=x;SharedAccessKey={key}"
+        ))
+        .output()
+        .await
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.starts_with("error: --connection-string:"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains(key));
+}
