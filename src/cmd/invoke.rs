@@ -5,7 +5,6 @@ use std::process::ExitCode;
 use crate::cli::service::InvokeConfig;
 use crate::error::CliError;
 use crate::service::ServiceClient;
-use crate::service::output::to_text;
 
 /// Invokes the method and prints the device's `{"status","payload"}`.
 ///
@@ -20,7 +19,12 @@ pub async fn run(cfg: InvokeConfig) -> Result<ExitCode, CliError> {
         .invoke(&cfg.device, &cfg.request)
         .await
         .map_err(CliError::runtime)?;
-    let v = serde_json::to_value(&result).map_err(CliError::runtime)?;
-    println!("{}", to_text(&v, cfg.json));
+    // The struct, not a `Value`, so `status` prints before `payload`.
+    let text = if cfg.json {
+        serde_json::to_string(&result)
+    } else {
+        serde_json::to_string_pretty(&result)
+    };
+    println!("{}", text.map_err(CliError::runtime)?);
     Ok(ExitCode::SUCCESS)
 }

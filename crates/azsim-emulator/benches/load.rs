@@ -164,9 +164,12 @@ fn device_spec(host: &str, id: &str, key: &str) -> DeviceSpec {
     }
 }
 
-/// The device's MQTT username (TEMP until azsim-proto's `username` module lands).
+/// The device's MQTT username, as azsim's own driver sends it.
 fn username_for(host: &str, id: &str) -> String {
-    format!("{host}/{id}/?api-version=2021-04-12")
+    let mut u = String::new();
+    azsim_proto::username::write_username(&mut u, host, id, None, env!("CARGO_PKG_VERSION"), None)
+        .expect("username");
+    u
 }
 
 /// What one run against one broker measured.
@@ -571,11 +574,105 @@ fn main() {
 
 mod hub {
     //! The azsim hub side: start it in-process on port 0 (in-memory state), register the
-    //! devices through its REST API, hand back their credentials.
+    //! devices through its REST API with keys chosen here, hand back their credentials.
     use super::*;
 
-    pub async fn run(p: &Arc<Params>, _dir: &Path) -> Result<RunStats, String> {
-        let _ = p;
-        Err("the hub's in-process start API is not available yet".into())
+    pub async fn run(p: &Arc<Params>, dir: &Path) -> Result<RunStats, String> {
+        // The hub gets its own runtime (its own worker threads), as if it were its own process
+        // like mosquitto, instead of sharing the clients' scheduler queues.
+        let hub_rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .thread_name("hub")
+            .enable_all()
+            .build()
+            .map_err(|e| format!("hub runtime: {e}"))?;
+        let mut cfg = azsim_emulator::HubConfig::new(dir.join("hub"));
+        cfg.in_memory = true;
+        let handle = hub_rt
+            .spawn(azsim_emulator::start(
+                cfg,
+                "127.0.0.1".parse().expect("ip"),
+                0,
+                0,
+            ))
+            .await
+            .map_err(|e| format!("hub start: {e}"))?
+            .map_err(|e| format!("hub start: {e}"))?;
+        let info = handle.info.clone();
+        let tls = client_tls(&info.ca_file);
+        let specs = register(&info, &tls, p.devices).await?;
+        let stats = run_load("azsim-hub", info.mqtt_port, tls, &specs, p).await;
+        hub_rt
+            .spawn(handle.stop())
+            .await
+            .map_err(|e| format!("hub stop: {e}"))?
+            .map_err(|e| format!("hub stop: {e}"))?;
+        hub_rt.shutdown_background();
+        Ok(stats)
+    }
+
+    async fn register(
+        info: &azsim_emulator::HubInfo,
+        tls: &Arc<rustls::ClientConfig>,
+        n: usize,
+    ) -> Result<Vec<DeviceSpec>, String> {
+        let owner_key = info
+            .service_connection_string
+            .split(';')
+            .find_map(|f| f.strip_prefix("SharedAccessKey="))
+            .ok_or("no key in the service connection string")?
+            .to_owned();
+        let rest_host = format!("{}:{}", info.hostname, info.https_port);
+        let mut token = String::new();
+        sas::sign(
+            &mut token,
+            &sas::Resource::Hub { host: &rest_host },
+            &owner_key,
+            unix_now() + 3600,
+            Some("iothubowner"),
+        )
+        .map_err(|e| e.to_string())?;
+        let http = reqwest::Client::builder()
+            .use_preconfigured_tls((**tls).clone())
+            .build()
+            .map_err(|e| e.to_string())?;
+        let t0 = Instant::now();
+        let gate = Arc::new(Semaphore::new(32));
+        let mut tasks = Vec::with_capacity(n);
+        for i in 0..n {
+            let id = format!("load-{i:05}");
+            let key = random_key();
+            let (http, token, gate) = (http.clone(), token.clone(), gate.clone());
+            let url = format!("https://{rest_host}/devices/{id}?api-version=2021-04-12");
+            let hostname = info.hostname.clone();
+            tasks.push(tokio::spawn(async move {
+                let _permit = gate.acquire().await;
+                let body = serde_json::json!({
+                    "deviceId": id,
+                    "authentication": {"type": "sas",
+                        "symmetricKey": {"primaryKey": key, "secondaryKey": random_key()}},
+                });
+                let resp = http
+                    .put(&url)
+                    .header("Authorization", &token)
+                    .json(&body)
+                    .send()
+                    .await
+                    .map_err(|e| format!("create {id}: {e}"))?;
+                if !resp.status().is_success() {
+                    return Err(format!("create {id}: http {}", resp.status()));
+                }
+                Ok(device_spec(&hostname, &id, &key))
+            }));
+        }
+        let mut specs = Vec::with_capacity(n);
+        for t in tasks {
+            specs.push(t.await.map_err(|e| e.to_string())??);
+        }
+        eprintln!(
+            "load: azsim-hub: registered {n} devices over REST in {:.2} s",
+            t0.elapsed().as_secs_f64()
+        );
+        Ok(specs)
     }
 }
