@@ -8,3 +8,5 @@ mod service_python_sdk;
 mod token;
 mod firmware_loop;
 mod run_hub;
+mod hub_mqtt_rules;
+mod hub_service;

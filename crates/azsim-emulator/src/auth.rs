@@ -84,43 +84,25 @@ pub(crate) fn verify_service(
         .map_err(|e| ServiceAuthError(e.to_string()))
 }
 
-/// Check the CONNECT username against the client id's identity and the hub's hostname.
-///
-/// Interim: `azsim_proto::username` has not landed yet; this only splits
-/// `{host}/{device}[/{module}]/...` and will be replaced by the proto parser.
+/// Check the CONNECT username (any of the forms `azsim_proto::username` accepts) against the
+/// client id and the hub's hostname (`host` or `host:port`).
 pub(crate) fn check_username(
     username: &str,
     hostname: &str,
-    device: &str,
-    module: Option<&str>,
+    client_id: &str,
 ) -> Result<(), String> {
-    let (host, rest) = username.split_once('/').ok_or("bad username: no '/'")?;
-    let host_ok = host == hostname
-        || host.strip_prefix(hostname).is_some_and(|p| {
+    let u = azsim_proto::username::Username::parse(username)
+        .map_err(|e| format!("bad username: {e}"))?;
+    let host_ok = u.host == hostname
+        || u.host.strip_prefix(hostname).is_some_and(|p| {
             p.strip_prefix(':')
                 .is_some_and(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()))
         });
     if !host_ok {
-        return Err(format!("username host '{host}' is not this hub"));
+        return Err(format!("username host '{}' is not this hub", u.host));
     }
-    let rest = rest
-        .strip_prefix(device)
-        .ok_or("username identity does not match the client id")?;
-    let rest = rest
-        .strip_prefix('/')
-        .ok_or("username identity does not match the client id")?;
-    let rest = match module {
-        Some(m) => rest
-            .strip_prefix(m)
-            .and_then(|r| r.strip_prefix('/'))
-            .ok_or("username identity does not match the client id")?,
-        None => rest,
-    };
-    let params = rest.strip_prefix('?').unwrap_or(rest);
-    if !params.split('&').any(|p| p.starts_with("api-version=")) {
-        return Err(
-            "username identity does not match the client id (or api-version missing)".into(),
-        );
+    if !u.matches_client_id(client_id) {
+        return Err("username identity does not match the client id".into());
     }
     Ok(())
 }

@@ -60,6 +60,9 @@ pub(crate) enum MethodError {
     Timeout,
 }
 
+/// Where a device's method reply goes: status and body.
+type MethodReply = oneshot::Sender<(u16, Bytes)>;
+
 pub(crate) struct Hub {
     pub cfg: HubConfig,
     pub owner_key: String,
@@ -69,7 +72,7 @@ pub(crate) struct Hub {
     pub events: broadcast::Sender<Arc<HubEvent>>,
     pub conns: Mutex<HashMap<String, ConnEntry>>,
     presence: watch::Sender<u64>,
-    methods: Mutex<HashMap<(String, String), oneshot::Sender<(u16, Bytes)>>>,
+    methods: Mutex<HashMap<(String, String), MethodReply>>,
     next_rid: AtomicU64,
     next_conn: AtomicU64,
     pub shutdown: watch::Sender<bool>,

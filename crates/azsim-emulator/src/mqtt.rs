@@ -164,20 +164,11 @@ struct Authed {
 
 /// CONNECT checks. Errors are the precise reason, logged by the caller (never the token).
 async fn authenticate(hub: &Hub, c: &Connect) -> Result<Authed, String> {
-    if c.client_id.is_empty() {
-        return Err("empty client id".into());
-    }
-    let (device, module) = match c.client_id.split_once('/') {
-        Some((d, m)) => (d.to_string(), Some(m.to_string())),
-        None => (c.client_id.clone(), None),
-    };
+    let (device, module) = azsim_proto::username::parse_client_id(&c.client_id)
+        .map(|(d, m)| (d.to_string(), m.map(str::to_string)))
+        .ok_or("bad client id")?;
     let login = c.login.as_ref().ok_or("no username/password")?;
-    crate::auth::check_username(
-        &login.username,
-        &hub.cfg.hostname,
-        &device,
-        module.as_deref(),
-    )?;
+    crate::auth::check_username(&login.username, &hub.cfg.hostname, &c.client_id)?;
     if login.password.is_empty() {
         return Err("no password (x509 is not supported by the local hub)".into());
     }
@@ -340,10 +331,10 @@ async fn connection(hub: Arc<Hub>, mut stream: Stream, peer: SocketAddr) {
     let expiry_at = Instant::now() + Duration::from_secs(authed.se.saturating_sub(unix_now()));
     let mut shutdown = hub.shutdown.subscribe();
     let mut close = None;
-    if conn.subs.c2d.load(Ordering::Acquire) {
-        if let Err(e) = conn.deliver_c2d().await {
-            close = Some(Close::Ungraceful(e));
-        }
+    if conn.subs.c2d.load(Ordering::Acquire)
+        && let Err(e) = conn.deliver_c2d().await
+    {
+        close = Some(Close::Ungraceful(e));
     }
     while close.is_none() {
         if !conn.out.is_empty() {
@@ -480,10 +471,8 @@ impl Conn {
                 let _ = Packet::SubAck(SubAck::new(s.pkid, codes)).write(&mut self.out, usize::MAX);
                 self.persist_filters().await;
                 self.hub.presence_changed();
-                if wake {
-                    if let Err(e) = self.deliver_c2d().await {
-                        return Some(Close::Ungraceful(e));
-                    }
+                if wake && let Err(e) = self.deliver_c2d().await {
+                    return Some(Close::Ungraceful(e));
                 }
                 None
             }

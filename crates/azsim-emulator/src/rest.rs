@@ -358,22 +358,24 @@ async fn upsert_identity(
     if !body.is_object() {
         return Err(ApiError::bad("body must be a JSON object"));
     }
-    if let Some(d) = body.get("deviceId").and_then(Value::as_str) {
-        if d != id {
-            return Err(ApiError::bad("deviceId in the body does not match the URL"));
-        }
+    if body
+        .get("deviceId")
+        .and_then(Value::as_str)
+        .is_some_and(|d| d != id)
+    {
+        return Err(ApiError::bad("deviceId in the body does not match the URL"));
     }
-    if let (Some(m), Some(bm)) = (&module, body.get("moduleId").and_then(Value::as_str)) {
-        if bm != m {
-            return Err(ApiError::bad("moduleId in the body does not match the URL"));
-        }
+    if let (Some(m), Some(bm)) = (&module, body.get("moduleId").and_then(Value::as_str))
+        && bm != m
+    {
+        return Err(ApiError::bad("moduleId in the body does not match the URL"));
     }
-    if let Some(t) = body.pointer("/authentication/type").and_then(Value::as_str) {
-        if t != "sas" {
-            return Err(ApiError::bad(format!(
-                "authentication.type '{t}' is not supported by the local hub (sas only)"
-            )));
-        }
+    if let Some(t) = body.pointer("/authentication/type").and_then(Value::as_str)
+        && t != "sas"
+    {
+        return Err(ApiError::bad(format!(
+            "authentication.type '{t}' is not supported by the local hub (sas only)"
+        )));
     }
     let enabled = match body.get("status") {
         None | Some(Value::Null) => None,

@@ -1,0 +1,351 @@
+//! The local hub's service side: REST registry/twin/method rules and C2D delivery guarantees
+//! (redelivery after reconnect and after a hub restart).
+
+use std::time::Duration;
+
+use reqwest::Method;
+use rumqttc::{AsyncClient, Event, Packet, QoS};
+use serde_json::json;
+
+use crate::support::{TestHub, next_incoming};
+
+#[tokio::test]
+async fn rest_crud_uses_etags_and_azure_error_shapes() {
+    let hub = TestHub::start().await;
+    let (s, created) = hub.rest(Method::PUT, "/devices/r1", Some(json!({"deviceId":"r1","authentication":{"type":"sas","symmetricKey":{"primaryKey":null,"secondaryKey":null}}}))).await;
+    assert_eq!(s, 200);
+    assert_eq!(created["status"], "enabled");
+    assert_eq!(created["connectionState"], "Disconnected");
+    assert!(
+        created["authentication"]["symmetricKey"]["primaryKey"]
+            .as_str()
+            .unwrap()
+            .len()
+            >= 44
+    );
+    let etag = created["etag"].as_str().unwrap().to_string();
+
+    let (s, err) = hub
+        .rest(Method::PUT, "/devices/r1", Some(json!({"deviceId":"r1"})))
+        .await;
+    assert_eq!(s, 409);
+    let inner: serde_json::Value = serde_json::from_str(err["Message"].as_str().unwrap()).unwrap();
+    assert_eq!(inner["errorCode"], 409001);
+    assert_eq!(err["ExceptionMessage"], "");
+
+    let client = hub.http();
+    let r = client
+        .delete(hub.url("/devices/r1"))
+        .header("Authorization", hub.service_token())
+        .header("If-Match", "\"AAAAAAAAAAA=\"")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 412);
+    assert_eq!(r.headers()["iothub-errorcode"], "PreconditionFailed");
+
+    let (s, list) = hub.rest(Method::GET, "/devices", None).await;
+    assert_eq!(s, 200);
+    assert_eq!(list.as_array().unwrap().len(), 1);
+
+    let r = client
+        .delete(hub.url("/devices/r1"))
+        .header("Authorization", hub.service_token())
+        .header("If-Match", etag)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 204);
+    let (s, err) = hub.rest(Method::GET, "/devices/r1", None).await;
+    assert_eq!(s, 404);
+    assert!(err["Message"].as_str().unwrap().contains("404001"));
+    hub.stop().await;
+}
+
+#[tokio::test]
+async fn rest_without_a_valid_token_is_401_and_bad_json_is_400() {
+    let hub = TestHub::start().await;
+    let client = hub.http();
+    let r = client.get(hub.url("/devices")).send().await.unwrap();
+    assert_eq!(r.status(), 401);
+    let forged = hub.service_token().replace("sig=", "sig=A");
+    let r = client
+        .get(hub.url("/devices"))
+        .header("Authorization", forged)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 401);
+    let r = client
+        .put(hub.url("/devices/j1"))
+        .header("Authorization", hub.service_token())
+        .header("Content-Type", "application/json")
+        .body("{not json")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 400);
+    assert_eq!(r.headers()["iothub-errorcode"], "ArgumentInvalid");
+    let body: serde_json::Value = r.json().await.unwrap();
+    assert!(body["Message"].as_str().unwrap().contains("400004"));
+    // The hub keeps serving.
+    hub.create_device("j2").await;
+    hub.stop().await;
+}
+
+#[tokio::test]
+async fn twin_patch_checks_the_etag_and_the_limits() {
+    let hub = TestHub::start().await;
+    hub.create_device("t1").await;
+    let client = hub.http();
+    let r = client
+        .patch(hub.url("/twins/t1"))
+        .header("Authorization", hub.service_token())
+        .header("If-Match", "\"bogus\"")
+        .json(&json!({"properties":{"desired":{"a":1}}}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 412);
+    let (s, _) = hub
+        .rest(
+            Method::PATCH,
+            "/twins/t1",
+            Some(json!({"properties":{"desired":{"bad.key":1}}})),
+        )
+        .await;
+    assert_eq!(s, 400);
+    let (s, _) = hub
+        .rest(
+            Method::PATCH,
+            "/twins/t1",
+            Some(json!({"properties":{"desired":{"big":"x".repeat(5000)}}})),
+        )
+        .await;
+    assert_eq!(s, 400);
+    let (s, t) = hub
+        .rest(
+            Method::PATCH,
+            "/twins/t1",
+            Some(json!({"tags":{"site":"lab"},"properties":{"desired":{"a":{"b":1}}}})),
+        )
+        .await;
+    assert_eq!(s, 200);
+    assert_eq!(t["properties"]["desired"]["$version"], 2);
+    let etag = t["etag"].as_str().unwrap().to_string();
+    let r = client
+        .patch(hub.url("/twins/t1"))
+        .header("Authorization", hub.service_token())
+        .header("If-Match", format!("\"{etag}\""))
+        .json(&json!({"properties":{"desired":{"a":{"b":null,"c":2}}}}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let t: serde_json::Value = r.json().await.unwrap();
+    assert_eq!(t["properties"]["desired"]["a"], json!({"c":2}));
+    assert_eq!(t["properties"]["desired"]["$version"], 3);
+    assert_eq!(t["tags"]["site"], "lab");
+    hub.stop().await;
+}
+
+#[tokio::test]
+async fn methods_answer_404103_when_offline_and_400_for_bad_timeouts() {
+    let hub = TestHub::start().await;
+    hub.create_device("m1").await;
+    let (s, v) = hub
+        .rest(
+            Method::POST,
+            "/twins/m1/methods",
+            Some(json!({"methodName":"x","responseTimeoutInSeconds":5})),
+        )
+        .await;
+    assert_eq!(s, 404);
+    let inner: serde_json::Value = serde_json::from_str(v["Message"].as_str().unwrap()).unwrap();
+    assert_eq!(inner["errorCode"], 404103);
+    assert_eq!(inner["message"], "Timed out waiting for device to connect.");
+    for bad in [4, 301] {
+        let (s, _) = hub
+            .rest(
+                Method::POST,
+                "/twins/m1/methods",
+                Some(json!({"methodName":"x","responseTimeoutInSeconds":bad})),
+            )
+            .await;
+        assert_eq!(s, 400, "responseTimeoutInSeconds {bad}");
+    }
+    // Connected but not subscribed to methods is not online for methods.
+    let key = hub.device_key("m1").await;
+    let (_c, mut el) = hub.connect("m1", &key, true).await;
+    let poll = tokio::spawn(async move { while el.poll().await.is_ok() {} });
+    let (s, _) = hub
+        .rest(
+            Method::POST,
+            "/twins/m1/methods",
+            Some(json!({"methodName":"x"})),
+        )
+        .await;
+    assert_eq!(s, 404);
+    poll.abort();
+    hub.stop().await;
+}
+
+#[tokio::test]
+async fn a_method_the_device_ignores_times_out_with_504101_and_connect_timeout_waits() {
+    let hub = TestHub::start().await;
+    hub.create_device("m2").await;
+    let key = hub.device_key("m2").await;
+    let invoke = hub.rest(
+        Method::POST,
+        "/twins/m2/methods",
+        Some(
+            json!({"methodName":"slow","responseTimeoutInSeconds":5,"connectTimeoutInSeconds":30}),
+        ),
+    );
+    let device = async {
+        // Connect only after the invocation started: connectTimeoutInSeconds covers it.
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let (c, mut el) = hub.connect("m2", &key, true).await;
+        c.subscribe("$iothub/methods/POST/#", QoS::AtMostOnce)
+            .await
+            .unwrap();
+        let topic = next_incoming(&mut el, |p| match p {
+            Packet::Publish(p) => Some(p.topic.clone()),
+            _ => None,
+        })
+        .await;
+        assert!(topic.starts_with("$iothub/methods/POST/slow/"));
+        // Answer too late: after the 5 s response timeout.
+        let rid = topic.rsplit("$rid=").next().unwrap().to_string();
+        tokio::time::sleep(Duration::from_millis(5500)).await;
+        c.publish(
+            format!("$iothub/methods/res/200/?$rid={rid}"),
+            QoS::AtMostOnce,
+            false,
+            b"{}".to_vec(),
+        )
+        .await
+        .unwrap();
+        let _ = tokio::time::timeout(Duration::from_millis(300), async {
+            while el.poll().await.is_ok() {}
+        })
+        .await;
+    };
+    let ((s, v), ()) = tokio::join!(invoke, device);
+    assert_eq!(s, 504, "{v}");
+    let inner: serde_json::Value = serde_json::from_str(v["Message"].as_str().unwrap()).unwrap();
+    assert_eq!(inner["errorCode"], 504101);
+    hub.stop().await;
+}
+
+async fn send_c2d(hub: &TestHub, device: &str, body: &str) {
+    let (s, v) = hub
+        .rest(
+            Method::POST,
+            &format!("/emulator/devices/{device}/c2d"),
+            Some(json!({"body": body})),
+        )
+        .await;
+    assert_eq!(s, 202, "{v}");
+}
+
+async fn next_c2d(el: &mut rumqttc::EventLoop) -> rumqttc::Publish {
+    next_incoming(el, |p| match p {
+        Packet::Publish(p) if p.topic.contains("/messages/devicebound/") => Some(p.clone()),
+        _ => None,
+    })
+    .await
+}
+
+#[tokio::test]
+async fn unacked_c2d_is_redelivered_with_dup_after_reconnect() {
+    let hub = TestHub::start().await;
+    hub.create_device("c1").await;
+    let key = hub.device_key("c1").await;
+    let mut opts = hub.device_options("c1", &key, false);
+    opts.set_manual_acks(true);
+    let (c, mut el) = AsyncClient::new(opts, 16);
+    c.subscribe("devices/c1/messages/devicebound/#", QoS::AtLeastOnce)
+        .await
+        .unwrap();
+    next_incoming(&mut el, |p| matches!(p, Packet::SubAck(_)).then_some(())).await;
+    send_c2d(&hub, "c1", "once").await;
+    let first = next_c2d(&mut el).await;
+    assert!(!first.dup);
+    drop(el);
+    drop(c);
+
+    // Persistent session: no new SUBSCRIBE needed; the message comes back marked DUP.
+    let (c, mut el) = hub.connect("c1", &key, false).await;
+    let again = next_c2d(&mut el).await;
+    assert!(again.dup);
+    assert_eq!(&again.payload[..], b"once");
+    drop(c);
+    hub.stop().await;
+}
+
+#[tokio::test]
+async fn queued_c2d_survives_a_hub_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let hub = TestHub::start_in(dir.path()).await;
+    hub.create_device("c2").await;
+    let key = hub.device_key("c2").await;
+    {
+        let (c, mut el) = hub.connect("c2", &key, false).await;
+        c.subscribe("devices/c2/messages/devicebound/#", QoS::AtLeastOnce)
+            .await
+            .unwrap();
+        next_incoming(&mut el, |p| matches!(p, Packet::SubAck(_)).then_some(())).await;
+        c.disconnect().await.unwrap();
+        let _ = tokio::time::timeout(Duration::from_secs(2), async {
+            loop {
+                if let Ok(Event::Outgoing(rumqttc::Outgoing::Disconnect)) | Err(_) = el.poll().await
+                {
+                    break;
+                }
+            }
+        })
+        .await;
+    }
+    send_c2d(&hub, "c2", "kept").await;
+    hub.stop().await;
+
+    let hub = TestHub::start_in(dir.path()).await;
+    assert_eq!(hub.device_key("c2").await, key, "registry survives");
+    let (_c, mut el) = hub.connect("c2", &key, false).await;
+    let m = next_c2d(&mut el).await;
+    assert_eq!(&m.payload[..], b"kept");
+    hub.stop().await;
+}
+
+#[tokio::test]
+async fn the_c2d_queue_is_capped_at_50_and_purge_empties_it() {
+    let hub = TestHub::start().await;
+    hub.create_device("cap").await;
+    for i in 0..50 {
+        send_c2d(&hub, "cap", &format!("m{i}")).await;
+    }
+    let (s, v) = hub
+        .rest(
+            Method::POST,
+            "/emulator/devices/cap/c2d",
+            Some(json!({"body":"x"})),
+        )
+        .await;
+    assert_eq!(s, 403);
+    assert!(v["Message"].as_str().unwrap().contains("403004"));
+    let (s, v) = hub
+        .rest(Method::DELETE, "/devices/cap/commands", None)
+        .await;
+    assert_eq!(s, 200);
+    assert_eq!(v, json!({"totalMessagesPurged":50,"deviceId":"cap"}));
+    let (s, _) = hub
+        .rest(
+            Method::POST,
+            "/emulator/devices/nobody/c2d",
+            Some(json!({"body":"x"})),
+        )
+        .await;
+    assert_eq!(s, 404);
+    hub.stop().await;
+}
