@@ -8,7 +8,7 @@
 //! (`{host}/{device}/api-version=2016-11-14&...`, old C SDKs) and the `{host}/{device}?...` form,
 //! parameters in any order, unknown parameters ignored. As the hub does, host, device and module
 //! are taken verbatim (never percent-decoded) while query values are percent-decoded on demand
-//! ([`Param`]). Device and module ids cannot contain `/`, so the first `/?` ends the path.
+//! ([`Param`]).
 
 use core::fmt;
 
@@ -286,12 +286,13 @@ impl<'a> Username<'a> {
     }
 }
 
-/// Splits path and query. Device ids may contain `?` but never `/`, so `/?` is unambiguous.
+/// Splits path and query. Device and module ids may contain `?` (even first) but never `/`,
+/// while query values are percent-encoded (no `/?`), so the last `/?` ends the path.
 fn split_query(u: &str) -> (&str, &str) {
-    if let Some(i) = u.find("/?") {
+    if let Some(i) = u.rfind("/?") {
         return (&u[..i], &u[i + 2..]);
     }
-    if let Some(i) = u.find("/api-version=") {
+    if let Some(i) = u.rfind("/api-version=") {
         return (&u[..i], &u[i + 1..]);
     }
     if let Some(i) = u.find("?api-version=") {
