@@ -10,3 +10,4 @@ mod firmware_loop;
 mod run_hub;
 mod hub_mqtt_rules;
 mod hub_service;
+mod hub_events;
