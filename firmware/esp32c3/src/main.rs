@@ -1,24 +1,33 @@
+//! ESP32-C3 firmware running the same Azure IoT Hub device session as `azsim run`.
+//!
+//! The binary is thin: Wi-Fi, DHCP, SNTP, DNS, TCP and TLS (mbedtls-rs) are set up here, then
+//! the shared `azsim-mqtt` loop drives `azsim-proto`'s session and reference device behaviour,
+//! the code `tests/it/firmware_loop.rs` runs against the local hub on the laptop. Credentials
+//! come only from build-time environment variables (`AZSIM_WIFI_SSID`, `AZSIM_WIFI_PASSWORD`,
+//! `AZSIM_CONNECTION_STRING`); without them the firmware says so and idles.
+//!
+//! On the host this package is an empty binary, so `cargo test --workspace` never needs the
+//! esp toolchain crates.
 #![cfg_attr(target_os = "none", no_std, no_main)]
 
 #[cfg(target_os = "none")]
-mod fw {
-    use esp_backtrace as _;
-
-    esp_bootloader_esp_idf::esp_app_desc!();
-
-    #[esp_rtos::main]
-    async fn main(_spawner: embassy_executor::Spawner) -> ! {
-        let peripherals = esp_hal::init(esp_hal::Config::default());
-        esp_alloc::heap_allocator!(size: 72 * 1024);
-        let timg0 = esp_hal::timer::timg::TimerGroup::new(peripherals.TIMG0);
-        esp_rtos::start(timg0.timer0, peripherals.FROM_CPU_INTR0);
-        loop {
-            embassy_time::Timer::after_secs(1).await;
-        }
-    }
-}
+mod board;
+#[cfg(target_os = "none")]
+mod hub;
+// Host-testable pieces; on the host only their tests use them.
+#[cfg_attr(not(target_os = "none"), allow(dead_code))]
+mod ntp;
+#[cfg(target_os = "none")]
+mod sensor;
+#[cfg(target_os = "none")]
+mod sntp;
+#[cfg(target_os = "none")]
+mod wifi;
 
 #[cfg(not(target_os = "none"))]
 fn main() {
-    eprintln!("azsim-firmware targets riscv32imc-unknown-none-elf; build it with --target");
+    eprintln!(
+        "azsim-firmware runs on an ESP32-C3: build it with \
+         `cargo build -p azsim-firmware --target riscv32imc-unknown-none-elf --profile firmware`"
+    );
 }

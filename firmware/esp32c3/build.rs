@@ -1,0 +1,23 @@
+//! Embeds an extra CA certificate when `AZSIM_CA_FILE` names one at build time (the local
+//! hub's `.azsim/hub/ca.pem`, to run the board against `azsim hub` on a laptop); otherwise
+//! the firmware trusts only the two Azure roots in `certs/`.
+
+use std::path::PathBuf;
+
+fn main() {
+    println!("cargo::rerun-if-env-changed=AZSIM_CA_FILE");
+    let out = PathBuf::from(std::env::var_os("OUT_DIR").expect("OUT_DIR"));
+    let extra = match std::env::var_os("AZSIM_CA_FILE") {
+        Some(path) if !path.is_empty() => {
+            let path = PathBuf::from(path);
+            println!("cargo::rerun-if-changed={}", path.display());
+            match std::fs::read_to_string(&path) {
+                Ok(pem) if pem.contains("-----BEGIN CERTIFICATE-----") => pem,
+                Ok(_) => panic!("AZSIM_CA_FILE: {} holds no PEM certificate", path.display()),
+                Err(e) => panic!("AZSIM_CA_FILE: cannot read {}: {e}", path.display()),
+            }
+        }
+        _ => String::new(),
+    };
+    std::fs::write(out.join("extra_ca.pem"), extra).expect("write extra_ca.pem");
+}

@@ -1,0 +1,234 @@
+//! Start-up: chip, heap, scheduler, configuration check, network, clock, TLS, then the shared
+//! client loop.
+
+use core::ffi::CStr;
+
+use azsim_mqtt::{Client, Credential, Identity, Note};
+use azsim_proto::connection_string::{ConnectionString, Kind};
+use azsim_proto::device::{Device, DeviceConfig};
+use azsim_proto::session::SessionConfig;
+use embassy_executor::Spawner;
+use embassy_time::{Duration, Timer};
+use esp_backtrace as _;
+use esp_hal::clock::CpuClock;
+use esp_hal::rng::{Trng, TrngSource};
+use esp_hal::timer::timg::TimerGroup;
+use log::{error, info, warn};
+use mbedtls_rs::{Certificate, Tls, X509};
+use static_cell::StaticCell;
+use tinyrlibc as _;
+
+use crate::hub::{HubConnector, SntpClock};
+use crate::sensor::ChipSensor;
+use crate::{sntp, wifi};
+
+esp_bootloader_esp_idf::esp_app_desc!();
+
+/// Build-time configuration; secrets never reach the log.
+const WIFI_SSID: Option<&str> = option_env!("AZSIM_WIFI_SSID");
+const WIFI_PASSWORD: Option<&str> = option_env!("AZSIM_WIFI_PASSWORD");
+const CONNECTION_STRING: Option<&str> = option_env!("AZSIM_CONNECTION_STRING");
+/// Telemetry interval before any desired property changes it.
+const INTERVAL_SECS: u64 = 10;
+/// NTP server asked for the wall clock (the SAS expiry is absolute Unix time).
+const NTP_SERVER: &str = "pool.ntp.org";
+/// The Azure roots (DigiCert Global Root G2, Microsoft RSA Root CA 2017), plus the local hub's
+/// CA when `AZSIM_CA_FILE` was set at build time; NUL-terminated for mbedtls.
+const CA_PEM: &str = concat!(
+    include_str!("../certs/DigiCert_Global_Root_G2.pem"),
+    include_str!("../certs/Microsoft_RSA_Root_Certificate_Authority_2017.pem"),
+    include_str!(concat!(env!("OUT_DIR"), "/extra_ca.pem")),
+    "\0"
+);
+
+/// Packet buffers of the MQTT loop: the twin document, C2D messages and method requests must
+/// fit `RX`; a `ping` response echoes its request, so `TX` matches.
+const RX_LEN: usize = 4096;
+const TX_LEN: usize = 4096;
+
+/// Idles forever, repeating why.
+async fn idle(why: &str) -> ! {
+    loop {
+        error!("{why}");
+        Timer::after(Duration::from_secs(60)).await;
+    }
+}
+
+#[esp_rtos::main]
+async fn main(spawner: Spawner) -> ! {
+    esp_println::logger::init_logger(log::LevelFilter::Info);
+    let peripherals = esp_hal::init(esp_hal::Config::default().with_cpu_clock(CpuClock::max()));
+    // Wi-Fi buffers and mbedtls (two 16 KB record buffers plus the handshake) live on the heap:
+    // the RAM the bootloader used, then a static block.
+    esp_alloc::heap_allocator!(#[esp_hal::ram(reclaimed)] size: 64 * 1024);
+    esp_alloc::heap_allocator!(size: 80 * 1024);
+
+    let timg0 = TimerGroup::new(peripherals.TIMG0);
+    esp_rtos::start(timg0.timer0, peripherals.FROM_CPU_INTR0);
+    info!("azsim firmware {}", env!("CARGO_PKG_VERSION"));
+
+    let (Some(ssid), Some(password), Some(cs_text)) = (WIFI_SSID, WIFI_PASSWORD, CONNECTION_STRING)
+    else {
+        idle(
+            "not configured: rebuild with AZSIM_WIFI_SSID, AZSIM_WIFI_PASSWORD and \
+             AZSIM_CONNECTION_STRING set (see firmware/esp32c3/README.md)",
+        )
+        .await
+    };
+    let cs = match ConnectionString::parse(cs_text) {
+        Ok(cs) if matches!(cs.kind(), Kind::Device | Kind::Module | Kind::DeviceWithSas) => cs,
+        Ok(_) => idle("AZSIM_CONNECTION_STRING: needs a device or module connection string").await,
+        // The error names the field, never its value.
+        Err(e) => {
+            error!("AZSIM_CONNECTION_STRING: {e}");
+            idle("not configured: AZSIM_CONNECTION_STRING is invalid").await
+        }
+    };
+    if cs.shared_access_key_name().is_some() {
+        idle("AZSIM_CONNECTION_STRING: policy keys (SharedAccessKeyName) are not supported; use the device's own key").await
+    }
+    let credential = match (cs.shared_access_key(), cs.shared_access_signature()) {
+        (Some(k), _) => Credential::Key(k),
+        (None, Some(t)) => Credential::Token(t),
+        (None, None) => idle("AZSIM_CONNECTION_STRING: needs SharedAccessKey").await,
+    };
+
+    // Entropy for TLS and the network stack: the TRNG is fed while the radio runs.
+    static TRNG_SOURCE: StaticCell<TrngSource<'static>> = StaticCell::new();
+    TRNG_SOURCE.init(TrngSource::new(peripherals.RNG, peripherals.ADC1));
+    static TRNG: StaticCell<Trng> = StaticCell::new();
+    let Ok(trng) = Trng::try_new() else {
+        idle("the hardware random number generator is not available").await
+    };
+    let trng = TRNG.init(trng);
+    let seed = (u64::from(trng.random()) << 32) | u64::from(trng.random());
+
+    let stack = match wifi::start(&spawner, peripherals.WIFI, ssid, password, seed).await {
+        Ok(stack) => stack,
+        Err(e) => idle(e).await,
+    };
+    let clock = SntpClock::new(sntp::unix_time(stack, NTP_SERVER).await);
+    info!("clock set by SNTP: unix time {}", clock.unix_now());
+
+    let Ok(ca_pem) = CStr::from_bytes_with_nul(CA_PEM.as_bytes()) else {
+        idle("embedded CA bundle is not a C string").await
+    };
+    let ca = match Certificate::new(X509::PEM(ca_pem)) {
+        Ok(ca) => ca,
+        Err(e) => {
+            error!("root certificates: {e:?}");
+            idle("cannot parse the embedded root certificates").await
+        }
+    };
+    let tls = match Tls::new(trng) {
+        Ok(tls) => tls,
+        Err(e) => {
+            error!("mbedtls: {e:?}");
+            idle("cannot start mbedtls").await
+        }
+    };
+
+    let host = cs.host();
+    let connect_host = cs.gateway_host_name().unwrap_or(host);
+    let port = cs.port().unwrap_or(8883);
+    let Some(device_id) = cs.device_id() else {
+        idle("AZSIM_CONNECTION_STRING: DeviceId is missing").await
+    };
+    let mut connector = match HubConnector::new(stack, tls.reference(), connect_host, port, ca) {
+        Ok(c) => c,
+        Err(e) => idle(e).await,
+    };
+
+    static RX: StaticCell<[u8; RX_LEN]> = StaticCell::new();
+    static TX: StaticCell<[u8; TX_LEN]> = StaticCell::new();
+    let sensor = ChipSensor::new(peripherals.TSENS, seed);
+    let device = Device::new(
+        sensor,
+        DeviceConfig {
+            interval: INTERVAL_SECS,
+            version: env!("CARGO_PKG_VERSION"),
+        },
+    );
+    let client = Client::new(
+        Identity {
+            host,
+            device_id,
+            module_id: cs.module_id(),
+            model_id: None,
+        },
+        credential,
+        device,
+        // Keep-alive as the azure-sdk-for-c ESP32 sample; everything else as `azsim run`.
+        SessionConfig {
+            keep_alive: 60,
+            ..SessionConfig::default()
+        },
+        seed,
+        RX.init([0; RX_LEN]),
+        TX.init([0; TX_LEN]),
+    );
+    static CLIENT: StaticCell<Client<'static, ChipSensor>> = StaticCell::new();
+    let client = match client {
+        Ok(c) => CLIENT.init(c),
+        Err(e) => {
+            error!("{e}");
+            idle("cannot start the device session").await
+        }
+    };
+
+    info!("connecting to {connect_host}:{port} as {device_id}");
+    let mut clock = clock;
+    let mut log = |n: Note<'_>| log_note(&n);
+    let reason = client.run(&mut connector, &mut clock, &mut log).await;
+    warn!("the session stopped: {reason}");
+    idle("stopped; reset the board to try again").await
+}
+
+fn log_note(n: &Note<'_>) {
+    match *n {
+        Note::Connecting { attempt } => info!("connecting (attempt {})", attempt + 1),
+        Note::ConnectFailed { reason } => warn!("connect failed: {reason}"),
+        Note::Connected {
+            token_expiry,
+            reconnect,
+        } => info!(
+            "connected{} (token expires at unix {})",
+            if reconnect { " again" } else { "" },
+            token_expiry.unwrap_or(0)
+        ),
+        Note::TokenRenewed { token_expiry } => {
+            info!("token renewed (expires at unix {token_expiry})");
+        }
+        Note::Disconnected { reason } => warn!("disconnected: {reason}"),
+        Note::Reconnecting { attempt, delay } => {
+            info!("reconnecting in {delay} s (attempt {attempt})");
+        }
+        Note::TelemetrySent { seq, body } => info!("telemetry #{seq} sent: {body}"),
+        Note::TelemetryAcked { seq } => info!("telemetry #{seq} acknowledged"),
+        Note::TelemetryDropped { seq } => warn!("offline queue full: dropped telemetry #{seq}"),
+        Note::C2d { body } => info!("c2d: {}", core::str::from_utf8(body).unwrap_or("<binary>")),
+        Note::Method { name, status } => info!("method {name} -> {status}"),
+        Note::Twin { desired_version } => {
+            info!("twin received (desired v{})", desired_version.unwrap_or(0));
+        }
+        Note::DesiredPatch { version, patch } => info!(
+            "desired v{version}: {}",
+            core::str::from_utf8(patch).unwrap_or("<binary>")
+        ),
+        Note::ReportedSent { rid, patch } => info!(
+            "reported (rid {rid}): {}",
+            core::str::from_utf8(patch).unwrap_or("<binary>")
+        ),
+        Note::ReportedAccepted { rid, version } => {
+            info!("reported (rid {rid}) accepted, v{}", version.unwrap_or(0));
+        }
+        Note::TwinRequestFailed { rid, status } => {
+            warn!("twin request {rid} failed: {}", status.unwrap_or(0));
+        }
+        Note::PacketTooLarge { buffer } => {
+            warn!("incoming packet larger than the {buffer}-byte buffer; reconnecting");
+        }
+        Note::NotSent { topic } => warn!("publish to {topic} too large, not sent"),
+        Note::GaveUp { reason } => error!("gave up: {reason}"),
+    }
+}
