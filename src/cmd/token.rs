@@ -90,19 +90,24 @@ fn sign(c: &SignConfig) -> Result<String, CliError> {
             let _ = writeln!(out, "{token}");
         }
         Output::Json => {
-            let mut v = json!({
-                "token": token,
-                "resource": resource,
-                "policy": c.policy,
-                "expiry": c.expiry,
-                "expiry_rfc3339": rfc3339(c.expiry),
-            });
-            if let (Some(id), Some(user)) = (client_id(&c.target), mqtt_username(&c.target)) {
-                v["client_id"] = json!(id);
-                v["username"] = json!(user);
-                v["host"] = json!(connect_host);
-                v["port"] = json!(port);
-            }
+            let mqtt = match (client_id(&c.target), mqtt_username(&c.target)) {
+                (Some(client_id), Some(username)) => Some(MqttJson {
+                    host: connect_host,
+                    port,
+                    client_id,
+                    username,
+                }),
+                _ => None,
+            };
+            let v = TokenJson {
+                token: &token,
+                resource,
+                policy: c.policy.as_deref(),
+                expiry: c.expiry,
+                expiry_rfc3339: rfc3339(c.expiry),
+                mqtt,
+                key_derived_from_group_key: None,
+            };
             let _ = writeln!(out, "{}", pretty(&v));
         }
         Output::Mqtt => {
@@ -166,18 +171,20 @@ fn dps(c: &DpsConfig) -> Result<String, CliError> {
     sas::sign(&mut token, &resource, key, c.expiry, Some(sas::DPS_POLICY)).map_err(sign_error)?;
     let mut out = String::new();
     if c.json {
-        let v = json!({
-            "token": token,
-            "resource": resource.to_string(),
-            "policy": sas::DPS_POLICY,
-            "expiry": c.expiry,
-            "expiry_rfc3339": rfc3339(c.expiry),
-            "client_id": c.registration_id,
-            "username": dps_username(&c.id_scope, &c.registration_id),
-            "host": DPS_GLOBAL_HOST,
-            "port": MQTT_PORT,
-            "key_derived_from_group_key": matches!(c.key, DpsKey::Group(_)),
-        });
+        let v = TokenJson {
+            token: &token,
+            resource: resource.to_string(),
+            policy: Some(sas::DPS_POLICY),
+            expiry: c.expiry,
+            expiry_rfc3339: rfc3339(c.expiry),
+            mqtt: Some(MqttJson {
+                host: DPS_GLOBAL_HOST,
+                port: MQTT_PORT,
+                client_id: c.registration_id.clone(),
+                username: dps_username(&c.id_scope, &c.registration_id),
+            }),
+            key_derived_from_group_key: Some(matches!(c.key, DpsKey::Group(_))),
+        };
         let _ = writeln!(out, "{}", pretty(&v));
     } else {
         let _ = writeln!(out, "{token}");
@@ -199,7 +206,52 @@ fn derive_key(c: &DeriveKeyConfig) -> Result<String, CliError> {
     Ok(format!("{key}\n"))
 }
 
-fn pretty(v: &serde_json::Value) -> String {
+/// `azsim token --json` / `azsim token dps --json`, fields in this order.
+#[derive(serde::Serialize)]
+struct TokenJson<'a> {
+    token: &'a str,
+    resource: String,
+    policy: Option<&'a str>,
+    expiry: u64,
+    expiry_rfc3339: String,
+    #[serde(flatten)]
+    mqtt: Option<MqttJson<'a>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    key_derived_from_group_key: Option<bool>,
+}
+
+/// The MQTT CONNECT fields of a device, module or DPS token.
+#[derive(serde::Serialize)]
+struct MqttJson<'a> {
+    client_id: String,
+    username: String,
+    host: &'a str,
+    port: u16,
+}
+
+/// `azsim token inspect --json`.
+#[derive(serde::Serialize)]
+struct InspectJson<'a> {
+    sr: &'a str,
+    resource: &'a str,
+    kind: &'a str,
+    host: Option<&'a str>,
+    device_id: Option<&'a str>,
+    module_id: Option<&'a str>,
+    id_scope: Option<&'a str>,
+    registration_id: Option<&'a str>,
+    policy: Option<&'a str>,
+    expiry: u64,
+    expiry_rfc3339: String,
+    seconds_left: i64,
+    expires: String,
+    checked_against: Option<&'a str>,
+    valid: Option<bool>,
+    problems: &'a [String],
+    notes: &'a [String],
+}
+
+fn pretty<T: serde::Serialize>(v: &T) -> String {
     serde_json::to_string_pretty(v).unwrap_or_default()
 }
 
@@ -544,25 +596,25 @@ fn inspect(c: &InspectConfig) -> Result<ExitCode, CliError> {
             ),
             None => ("unknown", None, None, None, None, None),
         };
-        let v = json!({
-            "sr": token.sr(),
-            "resource": resource,
-            "kind": kind,
-            "host": host,
-            "device_id": device,
-            "module_id": module,
-            "id_scope": scope,
-            "registration_id": reg,
-            "policy": token.policy(),
-            "expiry": token.expiry(),
-            "expiry_rfc3339": rfc3339(token.expiry()),
-            "seconds_left": i64::try_from(seconds_left).unwrap_or(i64::MAX),
-            "expires": relative(seconds_left),
-            "checked_against": c.against.as_ref().map(|a| a.source),
-            "valid": ex.valid,
-            "problems": ex.problems,
-            "notes": ex.notes,
-        });
+        let v = InspectJson {
+            sr: token.sr(),
+            resource: &resource,
+            kind,
+            host,
+            device_id: device,
+            module_id: module,
+            id_scope: scope,
+            registration_id: reg,
+            policy: token.policy(),
+            expiry: token.expiry(),
+            expiry_rfc3339: rfc3339(token.expiry()),
+            seconds_left: i64::try_from(seconds_left).unwrap_or(i64::MAX),
+            expires: relative(seconds_left),
+            checked_against: c.against.as_ref().map(|a| a.source),
+            valid: ex.valid,
+            problems: &ex.problems,
+            notes: &ex.notes,
+        };
         println!("{}", pretty(&v));
     } else {
         let mut out = String::new();
