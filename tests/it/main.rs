@@ -12,3 +12,4 @@ mod service_cli;
 mod service_python_sdk;
 mod support;
 mod token;
+mod real_hub;
