@@ -154,4 +154,54 @@ mod tests {
             "{err}"
         );
     }
+
+    /// Handshakes with a server using the local hub's real certificate chain (from
+    /// `azsim_emulator::state_dir::prepare`) and returns whether it succeeded.
+    async fn handshake(
+        client: Arc<rustls::ClientConfig>,
+        server: Arc<rustls::ServerConfig>,
+    ) -> bool {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let acceptor = tokio_rustls::TlsAcceptor::from(server);
+        let srv = tokio::spawn(async move {
+            let (tcp, _) = listener.accept().await.unwrap();
+            if let Ok(mut tls) = acceptor.accept(tcp).await {
+                let _ = tls.write_all(b"ok").await;
+                let _ = tls.shutdown().await;
+            }
+        });
+        let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
+        let ok = match tokio_rustls::TlsConnector::from(client)
+            .connect(name, tcp)
+            .await
+        {
+            Ok(mut tls) => {
+                let mut buf = Vec::new();
+                tls.read_to_end(&mut buf).await.is_ok() && buf == b"ok"
+            }
+            Err(_) => false,
+        };
+        srv.abort();
+        ok
+    }
+
+    #[tokio::test]
+    async fn the_local_hub_ca_file_makes_its_certificate_trusted() {
+        let dir = tempfile::tempdir().unwrap();
+        let hub = azsim_emulator::state_dir::prepare(dir.path(), "localhost").unwrap();
+        let server = hub.server_config(&[]).unwrap();
+        let with_ca = client_config(Some(&hub.ca_file)).unwrap();
+        assert!(
+            handshake(with_ca, server.clone()).await,
+            "handshake with the hub ca failed"
+        );
+        let without = client_config(None).unwrap();
+        assert!(
+            !handshake(without, server).await,
+            "a self-made ca must not be trusted by default"
+        );
+    }
 }

@@ -670,3 +670,100 @@ fn inspect(c: &InspectConfig) -> Result<ExitCode, CliError> {
         )))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const KEY: &str = "AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=";
+
+    fn token(resource: &str, expiry: u64, skn: Option<&str>) -> String {
+        let mut t = String::new();
+        sas::sign(&mut t, resource, KEY, expiry, skn).unwrap();
+        t
+    }
+
+    #[test]
+    fn relative_times_use_the_two_largest_units() {
+        assert_eq!(relative(3552), "expires in 59m 12s");
+        assert_eq!(relative(3600), "expires in 1h");
+        assert_eq!(relative(-3 * 3600 - 5), "expired 3h ago");
+        assert_eq!(relative(-(2 * 86_400 + 4 * 3600 + 59)), "expired 2d 4h ago");
+        assert_eq!(relative(0), "expired just now");
+        assert_eq!(relative(1), "expires in 1s");
+    }
+
+    #[test]
+    fn a_valid_token_explains_as_valid() {
+        let t = token("h/devices/d", 1000, None);
+        let ex = explain_str(&t, Some(KEY), Some("h/devices/d"), Some(None), 10);
+        assert_eq!(ex.valid, Some(true), "{ex:?}");
+        assert_eq!(ex.summary(), "valid");
+    }
+
+    #[test]
+    fn a_malformed_token_is_one_problem_naming_the_field() {
+        let ex = explain_str("SharedAccessSignature sr=h&sig=x", Some(KEY), None, None, 0);
+        assert_eq!(ex.valid, Some(false));
+        assert_eq!(ex.summary(), "malformed: sas token se: missing");
+    }
+
+    #[test]
+    fn a_device_token_with_skn_is_flagged_for_a_device_key() {
+        let t = token("h/devices/d", 1000, Some("iothubowner"));
+        let ex = explain_str(&t, Some(KEY), Some("h/devices/d"), Some(None), 10);
+        assert!(ex.summary().starts_with("skn is 'iothubowner'"), "{ex:?}");
+    }
+
+    #[test]
+    fn a_hub_token_without_skn_is_flagged() {
+        let t = token("h", 1000, None);
+        let ex = explain_str(&t, Some(KEY), Some("h"), None, 10);
+        assert!(ex.summary().starts_with("skn is missing"), "{ex:?}");
+    }
+
+    #[test]
+    fn a_module_token_for_another_module_names_both() {
+        let t = token("h/devices/d/modules/m1", 1000, None);
+        let ex = explain_str(
+            &t,
+            Some(KEY),
+            Some("h/devices/d/modules/m2"),
+            Some(None),
+            10,
+        );
+        assert_eq!(
+            ex.summary(),
+            "sr names module 'm1' of device 'd' on h, which does not cover module 'm2' of device 'd' on h"
+        );
+    }
+
+    #[test]
+    fn a_dps_token_at_the_hub_is_explained() {
+        let t = token("0ne1/registrations/d", 1000, Some("registration"));
+        let ex = explain_str(&t, Some(KEY), Some("h/devices/d"), None, 10);
+        assert!(
+            ex.summary().contains("DPS registration 'd' in scope 0ne1"),
+            "{ex:?}"
+        );
+    }
+
+    #[test]
+    fn explanations_never_contain_the_key_or_signature() {
+        let t = token("h/devices/d", 5, None);
+        let sig = sas::Token::parse(&t).unwrap().sig().to_owned();
+        let ex = explain_str(&t, Some(KEY), Some("h/devices/e"), Some(None), 10);
+        let all = format!("{ex:?}");
+        assert!(!all.contains(KEY) && !all.contains(&sig), "{all}");
+    }
+
+    #[test]
+    fn shell_quoting_keeps_safe_words_and_quotes_the_rest() {
+        assert_eq!(
+            shell_quote("devices/d/messages/events/"),
+            "devices/d/messages/events/"
+        );
+        assert_eq!(shell_quote("a&b"), "'a&b'");
+        assert_eq!(shell_quote("it's"), r"'it'\''s'");
+    }
+}
