@@ -586,6 +586,17 @@ mod hub {
             .enable_all()
             .build()
             .map_err(|e| format!("hub runtime: {e}"))?;
+        let result = run_on(&hub_rt, p, dir).await;
+        // Dropping a runtime inside async code panics; let its threads wind down on their own.
+        hub_rt.shutdown_background();
+        result
+    }
+
+    async fn run_on(
+        hub_rt: &tokio::runtime::Runtime,
+        p: &Arc<Params>,
+        dir: &Path,
+    ) -> Result<RunStats, String> {
         let mut cfg = azsim_emulator::HubConfig::new(dir.join("hub"));
         cfg.in_memory = true;
         let handle = hub_rt
@@ -607,7 +618,6 @@ mod hub {
             .await
             .map_err(|e| format!("hub stop: {e}"))?
             .map_err(|e| format!("hub stop: {e}"))?;
-        hub_rt.shutdown_background();
         Ok(stats)
     }
 
