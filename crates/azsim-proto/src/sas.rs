@@ -320,9 +320,13 @@ impl fmt::Display for Resource<'_> {
 /// A decoded symmetric key, held on the stack. `Debug` never shows it.
 #[derive(Clone)]
 pub struct Key {
-    bytes: [u8; MAX_KEY_LEN],
+    bytes: [u8; KEY_BUF_LEN],
     len: usize,
 }
+
+/// base64's decoder wants room for its length estimate (whole 3-byte groups), so a key of
+/// exactly [`MAX_KEY_LEN`] bytes needs two bytes of slack.
+const KEY_BUF_LEN: usize = MAX_KEY_LEN.div_ceil(3) * 3;
 
 impl Key {
     /// Decodes a base64 key (standard alphabet, canonical padding, as the portal and every SDK
@@ -335,7 +339,7 @@ impl Key {
         if key_b64.is_empty() {
             return Err(KeyError::Empty);
         }
-        let mut bytes = [0u8; MAX_KEY_LEN];
+        let mut bytes = [0u8; KEY_BUF_LEN];
         // Padded base64 is 4 chars per 3 bytes; anything longer cannot fit, and checking first
         // keeps "too long" distinct from "not base64".
         if key_b64.len() > MAX_KEY_LEN.div_ceil(3) * 4 {
@@ -350,6 +354,9 @@ impl Key {
         if len == 0 {
             return Err(KeyError::Empty);
         }
+        if len > MAX_KEY_LEN {
+            return Err(KeyError::TooLong);
+        }
         Ok(Self { bytes, len })
     }
 
@@ -361,7 +368,10 @@ impl Key {
         if key.is_empty() {
             return Err(KeyError::Empty);
         }
-        let mut bytes = [0u8; MAX_KEY_LEN];
+        if key.len() > MAX_KEY_LEN {
+            return Err(KeyError::TooLong);
+        }
+        let mut bytes = [0u8; KEY_BUF_LEN];
         bytes
             .get_mut(..key.len())
             .ok_or(KeyError::TooLong)?
@@ -995,6 +1005,48 @@ mod tests {
         assert!(!dbg.contains(parsed.sig()), "{dbg}");
         assert!(!dbg.contains(raw_signature(KEY, b"x").unwrap().as_str()));
         assert!(!dbg.contains("NMgJ"), "{dbg}");
+    }
+
+    #[test]
+    fn keys_up_to_512_bytes_are_accepted_and_garbage_refused() {
+        use base64::Engine as _;
+        let mut b64 = [0u8; 700];
+        for (len, ok) in [
+            (1, true),
+            (32, true),
+            (316, true),
+            (512, true),
+            (513, false),
+        ] {
+            let raw = std::vec![0xA5u8; len];
+            let n = STANDARD.encode_slice(&raw, &mut b64).unwrap();
+            let text = core::str::from_utf8(&b64[..n]).unwrap();
+            let got = Key::from_base64(text);
+            assert_eq!(got.is_ok(), ok, "{len}");
+            if ok {
+                assert_eq!(got.unwrap().as_bytes(), &raw[..]);
+            } else {
+                assert_eq!(got.unwrap_err(), KeyError::TooLong);
+            }
+        }
+        assert_eq!(Key::from_bytes(&[1; 513]).unwrap_err(), KeyError::TooLong);
+        for bad in [
+            "key",
+            "a b=",
+            "Zm9vYmFy\n",
+            "Zm9vYg",
+            "Zm9vYh==",
+            "!!!!",
+            "Zm9vYmFy====",
+        ] {
+            assert_eq!(
+                Key::from_base64(bad).unwrap_err(),
+                KeyError::NotBase64,
+                "{bad}"
+            );
+        }
+        assert_eq!(Key::from_base64("").unwrap_err(), KeyError::Empty);
+        assert_eq!(Key::from_base64("Zm9vYmFy").unwrap().as_bytes(), b"foobar");
     }
 
     #[test]
