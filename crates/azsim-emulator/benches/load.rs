@@ -564,10 +564,10 @@ fn main() {
                 Err(e) => println!("mosquitto  not run: {e}"),
             }
         }
-        if let (Some(h), Some(m)) = (hub_rate, mosq_rate) {
-            if m > 0.0 {
-                println!("ratio      azsim-hub / mosquitto ingest = {:.2}x", h / m);
-            }
+        if let (Some(h), Some(m)) = (hub_rate, mosq_rate)
+            && m > 0.0
+        {
+            println!("ratio      azsim-hub / mosquitto ingest = {:.2}x", h / m);
         }
     });
 }
