@@ -130,19 +130,19 @@ async fn findings(r: &Refusal) -> Vec<String> {
         }
         Err(e) => f.push(format!("azsim could not look the device up: {e}")),
     }
-    if let Some(skew) = clock_skew(&target).await {
-        if skew.abs() > 30 {
-            let dir = if skew > 0 { "ahead of" } else { "behind" };
-            f.push(format!(
-                "clock skew: this machine's clock is {} s {dir} the hub's, so tokens look {}",
-                skew.abs(),
-                if skew > 0 {
-                    "issued in the future"
-                } else {
-                    "expired early"
-                }
-            ));
-        }
+    if let Some(skew) = clock_skew(&target).await
+        && skew.abs() > 30
+    {
+        let dir = if skew > 0 { "ahead of" } else { "behind" };
+        let looks = if skew > 0 {
+            "issued in the future"
+        } else {
+            "expired early"
+        };
+        f.push(format!(
+            "clock skew: this machine's clock is {} s {dir} the hub's, so tokens look {looks}",
+            skew.abs()
+        ));
     }
     if f.is_empty() {
         f.push("no problem found with the token or the registry entry".into());

@@ -649,3 +649,27 @@ async fn bad_arguments_exit_2_naming_the_field_without_the_key() {
     );
     assert!(!stderr.contains(key));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_offline_queue_drops_the_oldest_messages_and_says_so() {
+    let hub = TestHub::start().await;
+    let cs = hub.create_device("run-q").await;
+    let mut dev = Running::spawn(azsim_run(
+        &hub,
+        &cs,
+        &["--interval", "1s", "--max-queue", "2"],
+    ));
+    dev.event("telemetry_acked").await;
+    hub.stop().await;
+    dev.event("disconnected").await;
+    let d = dev.event("dropped").await;
+    assert_eq!(d["count"], 1);
+    assert_eq!(d["max_queue"], 2);
+    let d2 = dev.event("dropped").await;
+    assert_eq!(d2["total"], 2);
+    let (status, out, stderr) = dev.interrupt().await;
+    assert!(status.success(), "ctrl-c while offline exits 0: {stderr}");
+    let stopped = events(&out, "stopped")[0].clone();
+    assert!(stopped["dropped"].as_u64().unwrap() >= 2, "{stopped}");
+    assert_eq!(stopped["queued"], 2, "{stopped}");
+}
