@@ -155,7 +155,7 @@ mod tests {
         #[derive(Debug, thiserror::Error)]
         #[error("connect: {0}")]
         struct Dup(#[source] std::io::Error);
-        let io = std::io::Error::new(std::io::ErrorKind::Other, "refused");
+        let io = std::io::Error::other("refused");
         assert_eq!(CliError::runtime(Dup(io)).one_line(), "connect: refused");
     }
 }

@@ -393,10 +393,10 @@ pub fn explain(
             p.push_str("; decoded twice it names the right resource");
         }
         problems.push(p);
-    } else if diag.resource_covers == Some(false) {
-        if let Some(expected) = expected_resource {
-            problems.push(resource_mismatch(&resource, expected));
-        }
+    } else if diag.resource_covers == Some(false)
+        && let Some(expected) = expected_resource
+    {
+        problems.push(resource_mismatch(&resource, expected));
     }
     if let Some(expected) = expected_policy {
         match (expected, token.policy()) {
