@@ -622,7 +622,24 @@ async fn the_local_hub_is_found_through_its_state_dir() {
         .arg(&hub.dir);
     let out = output(cmd).await;
     assert_eq!(out.code, 0, "{out:?}");
-    assert_eq!(out.json()["deviceId"], "found-dev");
+    let v = out.json();
+    assert_eq!(v["deviceId"], "found-dev");
+    // Off port 8883 the device connection string carries the MQTT port, for `azsim run`.
+    let cs = v["connectionString"].as_str().unwrap();
+    assert!(
+        cs.starts_with(&format!(
+            "HostName=localhost:{};DeviceId=found-dev;",
+            hub.mqtt_port
+        )),
+        "{cs}"
+    );
+    assert_eq!(
+        v["caFile"].as_str().map(Path::new),
+        Some(hub.ca_file.as_path())
+    );
+    // And the device can connect with it.
+    let mut dev = RawDevice::connect(&hub, cs).await;
+    dev.send_telemetry("{}", &[]).await;
     hub.stop().await;
 }
 
