@@ -40,8 +40,8 @@ pub struct RunArgs {
     /// Stop after this long (`30s`, `5m`).
     #[arg(long, value_name = "DURATION")]
     pub duration: Option<String>,
-    /// Telemetry body: a minijinja template, or @FILE. Variables: seq, device_id, temperature,
-    /// humidity; functions: now(), uuid(), randint(lo, hi), uniform(lo, hi).
+    /// Telemetry body: a minijinja template, or @FILE. Variables: seq, now, ts, uuid, device_id,
+    /// temperature, humidity; functions: randint(lo, hi), uniform(lo, hi).
     #[arg(long, value_name = "TEMPLATE|@FILE")]
     pub payload: Option<String>,
     /// Application property on every message (repeatable).
@@ -370,4 +370,111 @@ fn parse_device_connection_string(
         module_id: cs.module_id,
         credential: cs.credential,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Debug, Parser)]
+    struct T {
+        #[command(flatten)]
+        run: RunArgs,
+    }
+
+    const KEY: &str = "c2VjcmV0LWtleS1zZWNyZXQta2V5LXNlY3JldC1rZXk=";
+
+    fn settings(args: &[&str]) -> Result<RunSettings, UsageError> {
+        let mut argv = vec!["azsim-run"];
+        argv.extend_from_slice(args);
+        T::try_parse_from(argv)
+            .unwrap()
+            .run
+            .into_config_with(None, None)
+    }
+
+    #[test]
+    fn the_port_comes_from_the_flag_then_the_host_name_then_8883() {
+        let cs = format!("HostName=localhost:9999;DeviceId=d;SharedAccessKey={KEY}");
+        let s = settings(&["--connection-string", &cs]).unwrap();
+        let t = s.target.unwrap();
+        assert_eq!((t.hub_host.as_str(), t.port), ("localhost", 9999));
+        let s = settings(&["--connection-string", &cs, "--port", "1234"]).unwrap();
+        assert_eq!(s.target.unwrap().port, 1234);
+        let cs = format!("HostName=h.azure-devices.net;DeviceId=d;SharedAccessKey={KEY}");
+        let t = settings(&["--connection-string", &cs])
+            .unwrap()
+            .target
+            .unwrap();
+        assert_eq!(
+            (t.port, t.connect_host.as_str()),
+            (8883, "h.azure-devices.net")
+        );
+    }
+
+    #[test]
+    fn the_env_connection_string_is_used_when_no_flag_is_given() {
+        let cs = format!("HostName=h;DeviceId=from-env;SharedAccessKey={KEY}");
+        let s = T::try_parse_from(["azsim-run"])
+            .unwrap()
+            .run
+            .into_config_with(Some(cs), None)
+            .unwrap();
+        assert_eq!(s.target.unwrap().device_id, "from-env");
+        assert!(
+            settings(&[]).unwrap().target.is_none(),
+            "no cs: the local hub"
+        );
+    }
+
+    #[test]
+    fn method_answers_parse_name_status_and_json() {
+        assert_eq!(
+            parse_method(r#"reset=202:{"ok":true}"#).unwrap(),
+            MethodReply {
+                name: "reset".into(),
+                status: 202,
+                body: r#"{"ok":true}"#.into()
+            }
+        );
+        assert_eq!(parse_method("noop=204").unwrap().body, "null");
+        for bad in [
+            "reset",
+            "reset=2x",
+            "reset=99",
+            "re/set=200",
+            "reset=200:{nope",
+        ] {
+            let e = parse_method(bad).unwrap_err();
+            assert_eq!(e.field(), "--method", "{bad}");
+        }
+    }
+
+    #[test]
+    fn errors_name_the_field_and_never_the_key() {
+        let cs = format!("HostName=h;DeviceId=d;SharedAccessKey={KEY};Bogus=1");
+        let e = settings(&["--connection-string", &cs]).unwrap_err();
+        assert_eq!(e.field(), "--connection-string");
+        assert!(!e.to_string().contains(KEY));
+        let cs = format!("HostName=h;DeviceId=d;SharedAccessKey={KEY}");
+        for (args, field) in [
+            (&["--interval", "0s"][..], "--interval"),
+            (&["--interval", "1.5s"], "--interval"),
+            (&["--count", "0"], "--count"),
+            (&["--duration", "soon"], "--duration"),
+            (&["--token-ttl", "1"], "--token-ttl"),
+            (&["--model-id", "thermostat"], "--model-id"),
+            (&["--keep-alive", "1178"], "--keep-alive"),
+            (&["--port", "0"], "--port"),
+            (&["--content-type", " "], "--content-type"),
+            (&["--payload", "@/nonexistent/file"], "--payload"),
+        ] {
+            let mut a = vec!["--connection-string", &cs];
+            a.extend_from_slice(args);
+            let e = settings(&a).unwrap_err();
+            assert_eq!(e.field(), field, "{args:?}");
+            assert!(!e.to_string().contains(KEY));
+        }
+    }
 }

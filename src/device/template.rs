@@ -1,9 +1,9 @@
 //! `--payload` templates (minijinja): the telemetry body rendered per message.
 //!
-//! Variables: `seq` (1, 2, ...), `device_id`, `temperature` and `humidity` (the simulated sensor's
-//! reading for this message). Functions: `now()` (RFC 3339 UTC), `uuid()`, `randint(lo, hi)`
-//! (inclusive) and `uniform(lo, hi)` (float). Random functions draw from `--seed`, so a run is
-//! repeatable.
+//! Variables, fresh for each message: `seq` (1, 2, ...), `now` (RFC 3339 UTC), `ts` (Unix
+//! seconds), `uuid` (a random UUID), `device_id`, `temperature` and `humidity` (the simulated
+//! sensor's reading). Functions: `randint(lo, hi)` (inclusive integer) and `uniform(lo, hi)`
+//! (float), drawing from `--seed` so a run is repeatable.
 
 use std::sync::{Arc, Mutex};
 
@@ -41,12 +41,6 @@ impl Template {
         let mut env = Environment::new();
         env.set_undefined_behavior(minijinja::UndefinedBehavior::Strict);
         let rng = Arc::new(Mutex::new(StdRng::seed_from_u64(seed)));
-        env.add_function("now", || -> String {
-            time::OffsetDateTime::now_utc()
-                .format(&time::format_description::well_known::Rfc3339)
-                .unwrap_or_default()
-        });
-        env.add_function("uuid", || -> String { uuid::Uuid::new_v4().to_string() });
         let r = rng.clone();
         env.add_function("randint", move |lo: i64, hi: i64| -> Result<i64, Error> {
             if lo > hi {
@@ -87,8 +81,14 @@ impl Template {
     /// The render error (for example `randint` with bad bounds).
     pub fn render(&self, v: TemplateVars<'_>) -> Result<String, String> {
         let t = self.env.get_template(NAME).map_err(|e| describe(&e))?;
+        let now = time::OffsetDateTime::now_utc();
         t.render(context! {
             seq => v.seq,
+            now => now
+                .format(&time::format_description::well_known::Rfc3339)
+                .unwrap_or_default(),
+            ts => now.unix_timestamp(),
+            uuid => uuid::Uuid::new_v4().to_string(),
             device_id => v.device_id,
             temperature => (v.temperature * 100.0).round() / 100.0,
             humidity => (v.humidity * 100.0).round() / 100.0,
@@ -122,7 +122,7 @@ mod tests {
     #[test]
     fn templates_see_the_message_variables_and_functions() {
         let t = Template::new(
-            r#"{"n":{{ seq }},"d":"{{ device_id }}","t":{{ temperature }},"r":{{ randint(1, 6) }},"u":"{{ uuid() }}","at":"{{ now() }}","f":{{ uniform(0.0, 1.0) }}}"#.into(),
+            r#"{"n":{{ seq }},"d":"{{ device_id }}","t":{{ temperature }},"r":{{ randint(1, 6) }},"u":"{{ uuid }}","at":"{{ now }}","ts":{{ ts }},"f":{{ uniform(0.0, 1.0) }}}"#.into(),
             7,
         )
         .unwrap();
@@ -133,6 +133,7 @@ mod tests {
         assert!((1..=6).contains(&v["r"].as_i64().unwrap()));
         assert_eq!(v["u"].as_str().unwrap().len(), 36);
         assert!(v["at"].as_str().unwrap().ends_with('Z'));
+        assert!(v["ts"].as_i64().unwrap() > 1_700_000_000);
     }
 
     #[test]
