@@ -294,7 +294,10 @@ async fn device_sdk_scenario(python: &Path, t: &Target) {
     assert_eq!(c2d["correlation_id"], "corr-1", "{c2d}");
     assert_eq!(c2d["content_type"], "text/plain", "{c2d}");
     assert_eq!(c2d["custom_properties"]["color"], "blue", "{c2d}");
-    assert_eq!(c2d["custom_properties"]["note"], "yes & no = maybe/ok", "{c2d}");
+    assert_eq!(
+        c2d["custom_properties"]["note"], "yes & no = maybe/ok",
+        "{c2d}"
+    );
 
     let out = t
         .azsim(&[
