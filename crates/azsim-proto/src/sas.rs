@@ -322,6 +322,8 @@ impl fmt::Display for Resource<'_> {
 pub struct Key {
     bytes: [u8; KEY_BUF_LEN],
     len: usize,
+    // Keyed once (the inner and outer pads hashed), so each signature costs only the message.
+    mac: HmacSha256,
 }
 
 /// base64's decoder wants room for its length estimate (whole 3-byte groups), so a key of
@@ -336,28 +338,8 @@ impl Key {
     /// [`KeyError::Empty`], [`KeyError::NotBase64`] (including unpadded or non-canonical input),
     /// [`KeyError::TooLong`] beyond [`MAX_KEY_LEN`] decoded bytes.
     pub fn from_base64(key_b64: &str) -> Result<Self, KeyError> {
-        if key_b64.is_empty() {
-            return Err(KeyError::Empty);
-        }
-        let mut bytes = [0u8; KEY_BUF_LEN];
-        // Padded base64 is 4 chars per 3 bytes; anything longer cannot fit, and checking first
-        // keeps "too long" distinct from "not base64".
-        if key_b64.len() > MAX_KEY_LEN.div_ceil(3) * 4 {
-            return Err(KeyError::TooLong);
-        }
-        let len = STANDARD
-            .decode_slice(key_b64.as_bytes(), &mut bytes)
-            .map_err(|e| match e {
-                base64::DecodeSliceError::OutputSliceTooSmall => KeyError::TooLong,
-                base64::DecodeSliceError::DecodeError(_) => KeyError::NotBase64,
-            })?;
-        if len == 0 {
-            return Err(KeyError::Empty);
-        }
-        if len > MAX_KEY_LEN {
-            return Err(KeyError::TooLong);
-        }
-        Ok(Self { bytes, len })
+        let (bytes, len) = decode_key(key_b64)?;
+        Ok(Self::keyed(bytes, len))
     }
 
     /// Wraps raw key bytes.
@@ -376,10 +358,13 @@ impl Key {
             .get_mut(..key.len())
             .ok_or(KeyError::TooLong)?
             .copy_from_slice(key);
-        Ok(Self {
-            bytes,
-            len: key.len(),
-        })
+        Ok(Self::keyed(bytes, key.len()))
+    }
+
+    fn keyed(bytes: [u8; KEY_BUF_LEN], len: usize) -> Self {
+        // HMAC takes keys of any length (longer ones are hashed first), so this cannot fail.
+        let mac = HmacSha256::new_from_slice(&bytes[..len]).unwrap_or_else(|_| unreachable!());
+        Self { bytes, len, mac }
     }
 
     /// The decoded key bytes.
@@ -388,8 +373,7 @@ impl Key {
     }
 
     fn mac(&self) -> HmacSha256 {
-        // HMAC takes keys of any length (longer ones are hashed first), so this cannot fail.
-        HmacSha256::new_from_slice(self.as_bytes()).unwrap_or_else(|_| unreachable!())
+        self.mac.clone()
     }
 }
 
@@ -404,7 +388,30 @@ impl fmt::Debug for Key {
 /// # Errors
 /// As [`Key::from_base64`].
 pub fn check_key(key_b64: &str) -> Result<(), KeyError> {
-    Key::from_base64(key_b64).map(|_| ())
+    decode_key(key_b64).map(|_| ())
+}
+
+fn decode_key(key_b64: &str) -> Result<([u8; KEY_BUF_LEN], usize), KeyError> {
+    if key_b64.is_empty() {
+        return Err(KeyError::Empty);
+    }
+    // Padded base64 is 4 chars per 3 bytes; anything longer cannot fit, and checking first
+    // keeps "too long" distinct from "not base64".
+    if key_b64.len() > MAX_KEY_LEN.div_ceil(3) * 4 {
+        return Err(KeyError::TooLong);
+    }
+    let mut bytes = [0u8; KEY_BUF_LEN];
+    let len = STANDARD
+        .decode_slice(key_b64.as_bytes(), &mut bytes)
+        .map_err(|e| match e {
+            base64::DecodeSliceError::OutputSliceTooSmall => KeyError::TooLong,
+            base64::DecodeSliceError::DecodeError(_) => KeyError::NotBase64,
+        })?;
+    match len {
+        0 => Err(KeyError::Empty),
+        n if n > MAX_KEY_LEN => Err(KeyError::TooLong),
+        n => Ok((bytes, n)),
+    }
 }
 
 /// An HMAC-SHA256 signature in base64 (44 characters, padded). `Debug` never shows it; read it
@@ -1047,6 +1054,108 @@ mod tests {
         }
         assert_eq!(Key::from_base64("").unwrap_err(), KeyError::Empty);
         assert_eq!(Key::from_base64("Zm9vYmFy").unwrap().as_bytes(), b"foobar");
+    }
+
+    #[test]
+    fn failures_are_reported_in_order_signature_then_expiry_then_resource() {
+        let t = token(
+            &Resource::Device {
+                host: "h",
+                device_id: "d",
+            },
+            100,
+            None,
+        );
+        let t = Token::parse(&t).unwrap();
+        let other = "dGVzdFN0cmluZzE=";
+        // A wrong key wins over expiry and resource: nothing else is trusted before the HMAC.
+        assert_eq!(
+            verify(&t, other, "h/devices/x", 500),
+            Err(VerifyError::BadSignature)
+        );
+        assert_eq!(
+            verify(&t, KEY, "h/devices/x", 500),
+            Err(VerifyError::Expired { se: 100, now: 500 })
+        );
+        assert_eq!(
+            verify(&t, KEY, "h/devices/x", 5),
+            Err(VerifyError::ResourceMismatch)
+        );
+        assert_eq!(
+            verify(&t, "%%%", "h/devices/d", 5),
+            Err(VerifyError::Key(KeyError::NotBase64))
+        );
+        assert_eq!(
+            verify_str("SharedAccessSignature sr=a&sig=b", KEY, "a", 0),
+            Err(VerifyError::Malformed(TokenError::Missing(TokenField::Se)))
+        );
+
+        let d = diagnose(&t, Some(other), Some("h/devices/d"), 40).unwrap();
+        assert_eq!(d.signature_matches, Some(false));
+        assert_eq!(d.resource_covers, Some(true));
+        assert_eq!((d.expired, d.seconds_left), (false, 60));
+        assert_eq!(d.verdict, Some(Err(VerifyError::BadSignature)));
+        assert!(!d.double_encoded && !d.lowercase_escapes && !d.unencoded_sr);
+        let d = diagnose(&t, None, None, 101).unwrap();
+        assert_eq!((d.expired, d.seconds_left, d.verdict), (true, -1, None));
+
+        let odd =
+            Token::parse("SharedAccessSignature sr=s/registrations/r%2fx&sig=a&se=1").unwrap();
+        let d = diagnose(&odd, None, Some("s/registrations/r/x"), 0).unwrap();
+        assert!(d.unencoded_sr && d.lowercase_escapes && !d.double_encoded);
+        assert_eq!(d.resource_covers, Some(true));
+    }
+
+    #[test]
+    fn token_errors_name_the_field() {
+        let cases = [
+            (
+                "sharedaccesssignature sr=a&sig=b&se=1",
+                TokenError::NotASasToken,
+            ),
+            (
+                "SharedAccessSignature sr=a&sig=b&se=1&",
+                TokenError::BadPair,
+            ),
+            (
+                "SharedAccessSignature sr=a&sig=b&se=1&x=y",
+                TokenError::UnknownField,
+            ),
+            (
+                "SharedAccessSignature sr=a&sr=a&sig=b&se=1",
+                TokenError::Duplicate(TokenField::Sr),
+            ),
+            (
+                "SharedAccessSignature sr=&sig=b&se=1",
+                TokenError::Empty(TokenField::Sr),
+            ),
+            (
+                "SharedAccessSignature sr=a&sig=b&se=+1",
+                TokenError::Invalid(TokenField::Se),
+            ),
+            (
+                "SharedAccessSignature sr=a&sig=b&se=18446744073709551616",
+                TokenError::Invalid(TokenField::Se),
+            ),
+            (
+                "SharedAccessSignature sr=a%2&sig=b&se=1",
+                TokenError::Invalid(TokenField::Sr),
+            ),
+            (
+                "SharedAccessSignature sr=a&se=1",
+                TokenError::Missing(TokenField::Sig),
+            ),
+        ];
+        for (input, want) in cases {
+            assert_eq!(Token::parse(input), Err(want), "{input}");
+        }
+        assert_eq!(
+            std::format!("{}", TokenError::Invalid(TokenField::Se)),
+            "sas token se: not a unix time in seconds"
+        );
+        let t =
+            Token::parse("SharedAccessSignature se=18446744073709551615&skn=p&sig=b&sr=a").unwrap();
+        assert_eq!((t.expiry(), t.policy()), (u64::MAX, Some("p")));
     }
 
     #[test]
