@@ -13,12 +13,12 @@ use core::future::Future;
 use azsim_proto::device::{Device, Sensor, TELEMETRY_BUFFER_LEN};
 use azsim_proto::property_bag::SystemProperties;
 use azsim_proto::sas::{self, Key, KeyError, Resource};
-use azsim_proto::username;
 use azsim_proto::session::{
     self, ACTION_BUFFER_LEN, Action, ConnackCode, DisconnectReason, Event, GiveUpReason,
     IdentityError, MAX_ID_LEN, MAX_IN_FLIGHT, Publish, PublishKind, Session, SessionConfig,
 };
-use embedded_io_async::{ErrorType, Read, Write};
+use azsim_proto::username;
+use embedded_io_async::{Read, Write};
 use heapless::{Deque, String, Vec};
 use mqttrs::{ConnectReturnCode, Packet, QosPid};
 
@@ -489,9 +489,11 @@ impl<'b, S: Sensor> Client<'b, S> {
             }
             let now = clock.now();
             self.core.tick(now, obs);
+            // Typed as the connected stream (which does not exist now) so both phases share one
+            // copy of `pump` in the firmware image.
             let _ = self
                 .core
-                .pump::<Offline, O>(now, None, &mut self.tx[..], obs)
+                .pump(now, no_conn(connector), &mut self.tx[..], obs)
                 .await;
             if self.core.exit.is_some() {
                 continue;
@@ -1095,25 +1097,7 @@ fn connack_u8(code: ConnectReturnCode) -> u8 {
     }
 }
 
-/// The stream type of the offline phase: there is none.
-enum Offline {}
-
-impl ErrorType for Offline {
-    type Error = embedded_io_async::ErrorKind;
-}
-
-impl Read for Offline {
-    async fn read(&mut self, _: &mut [u8]) -> Result<usize, Self::Error> {
-        match *self {}
-    }
-}
-
-impl Write for Offline {
-    async fn write(&mut self, _: &[u8]) -> Result<usize, Self::Error> {
-        match *self {}
-    }
-
-    async fn flush(&mut self) -> Result<(), Self::Error> {
-        match *self {}
-    }
+/// "No connection", with the type a connection from `connector` would have.
+fn no_conn<'a, C: Connector + 'a>(_: &'a C) -> Option<&'a mut C::Conn<'a>> {
+    None
 }
