@@ -584,7 +584,9 @@ impl InspectArgs {
                 }),
             };
             let policy = self.policy.map(|p| id_field("--policy", p)).transpose()?;
-            let policy_known = policy.is_some() || target.is_some();
+            // A --device says "device or module key" (no skn); a bare --host says nothing.
+            let policy_known =
+                policy.is_some() || target.as_ref().is_some_and(|t| t.device_id.is_some());
             Some(InspectAgainst {
                 key,
                 target,

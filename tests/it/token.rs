@@ -852,3 +852,87 @@ fn a_malformed_connection_string_is_refused_without_echoing_it() {
         assert_usage_error(&r, "IOTHUB_DEVICE_CONNECTION_STRING", &[key, &cs]);
     }
 }
+
+#[test]
+fn inspect_accepts_a_hub_policy_token_for_its_policy_and_names_a_wrong_one() {
+    let r = azsim(&[
+        "token",
+        "--host",
+        "h.example",
+        "--key",
+        OTHER_KEY,
+        "--policy",
+        "iothubowner",
+    ]);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    let token = r.stdout.trim_end().to_owned();
+    for extra in [&[][..], &["--policy", "iothubowner"][..]] {
+        let mut args = vec![
+            "token",
+            "inspect",
+            &token,
+            "--key",
+            OTHER_KEY,
+            "--host",
+            "h.example",
+        ];
+        args.extend(extra);
+        let r = azsim(&args);
+        assert_eq!(r.code, 0, "{extra:?}: {}{}", r.stdout, r.stderr);
+    }
+    let r = azsim(&[
+        "token",
+        "inspect",
+        &token,
+        "--key",
+        OTHER_KEY,
+        "--host",
+        "h.example",
+        "--policy",
+        "service",
+    ]);
+    assert_eq!(r.code, 1);
+    assert!(
+        r.stdout
+            .contains("skn is 'iothubowner', but the key belongs to the policy 'service'"),
+        "{}",
+        r.stdout
+    );
+}
+
+#[test]
+fn a_module_connection_string_gives_the_module_token_and_client_id() {
+    let v = vector("oracle-module");
+    let cs = format!(
+        "HostName=myiothub.azure-devices.net;DeviceId=my_device;ModuleId=my_module;SharedAccessKey={}",
+        s(&v, "key_b64")
+    );
+    let r = azsim(&[
+        "token",
+        "--connection-string",
+        &cs,
+        "--expiry",
+        &expiry(&v),
+        "--allow-expired",
+        "--json",
+    ]);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    let j: Value = serde_json::from_str(&r.stdout).unwrap();
+    assert_eq!(j["token"], s(&v, "expected_token"));
+    assert_eq!(j["client_id"], "my_device/my_module");
+}
+
+#[test]
+fn mqtt_output_refuses_a_hub_policy_token() {
+    let r = azsim(&[
+        "token",
+        "--host",
+        "h",
+        "--key",
+        OTHER_KEY,
+        "--policy",
+        "iothubowner",
+        "--mqtt",
+    ]);
+    assert_usage_error(&r, "--mqtt", &[OTHER_KEY]);
+}
