@@ -19,6 +19,7 @@ pub async fn run(cfg: HubCliConfig) -> Result<ExitCode, CliError> {
     let handle = azsim_emulator::start(hc, cfg.bind, cfg.mqtt_port, cfg.https_port)
         .await
         .map_err(CliError::runtime)?;
+    let signal = shutdown_signal();
     let info = handle.info.clone();
     if cfg.json {
         println!(
@@ -63,7 +64,7 @@ pub async fn run(cfg: HubCliConfig) -> Result<ExitCode, CliError> {
     }
     use std::io::Write as _;
     let _ = std::io::stdout().flush();
-    shutdown_signal().await;
+    signal.await;
     handle.stop().await.map_err(CliError::runtime)?;
     if !cfg.json {
         eprintln!("hub stopped; state saved");
@@ -71,19 +72,30 @@ pub async fn run(cfg: HubCliConfig) -> Result<ExitCode, CliError> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// Ctrl-C, or SIGTERM (`docker stop`).
-async fn shutdown_signal() {
+/// Ctrl-C, or SIGTERM (`docker stop`). Registered before the hub announces itself, so a
+/// signal sent right after the ready line is never lost.
+fn shutdown_signal() -> impl std::future::Future<Output = ()> {
     #[cfg(unix)]
     {
-        if let Ok(mut term) =
-            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-        {
-            tokio::select! {
-                _ = tokio::signal::ctrl_c() => {}
-                _ = term.recv() => {}
+        use tokio::signal::unix::{SignalKind, signal};
+        let int = signal(SignalKind::interrupt());
+        let term = signal(SignalKind::terminate());
+        async move {
+            match (int, term) {
+                (Ok(mut int), Ok(mut term)) => {
+                    tokio::select! {
+                        _ = int.recv() => {}
+                        _ = term.recv() => {}
+                    }
+                }
+                _ => {
+                    let _ = tokio::signal::ctrl_c().await;
+                }
             }
-            return;
         }
     }
-    let _ = tokio::signal::ctrl_c().await;
+    #[cfg(not(unix))]
+    async {
+        let _ = tokio::signal::ctrl_c().await;
+    }
 }

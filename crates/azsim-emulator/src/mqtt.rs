@@ -30,6 +30,12 @@ use crate::hub::{ConnCmd, ConnEntry, Hub, LiveGuard, Subs, client_id, twin_devic
 use crate::store::{C2dMessage, q};
 use crate::{now_rfc3339, twin, unix_ms, unix_now};
 
+/// `iothub-connection-auth-method` annotations (a JSON document as a string, as Azure sends).
+const AUTH_METHOD_DEVICE: &str =
+    r#"{"scope":"device","type":"sas","issuer":"iothub","acceptingIpFilterRule":null}"#;
+const AUTH_METHOD_MODULE: &str =
+    r#"{"scope":"module","type":"sas","issuer":"iothub","acceptingIpFilterRule":null}"#;
+
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
 pub(crate) async fn accept_loop(
@@ -722,23 +728,17 @@ impl Conn {
                 Value::String(base64::engine::general_purpose::STANDARD.encode(&payload)),
             ),
         };
-        let scope = if self.module.is_some() {
-            "module"
-        } else {
-            "device"
-        };
         let mut ann = Map::new();
         ann.insert("iothub-connection-device-id".into(), json!(self.device));
         if let Some(m) = &self.module {
             ann.insert("iothub-connection-module-id".into(), json!(m));
         }
-        ann.insert(
-            "iothub-connection-auth-method".into(),
-            json!(
-                json!({"scope":scope,"type":"sas","issuer":"iothub","acceptingIpFilterRule":null})
-                    .to_string()
-            ),
-        );
+        let method = if self.module.is_some() {
+            AUTH_METHOD_MODULE
+        } else {
+            AUTH_METHOD_DEVICE
+        };
+        ann.insert("iothub-connection-auth-method".into(), json!(method));
         ann.insert(
             "iothub-connection-auth-generation-id".into(),
             json!(self.generation_id),
@@ -751,14 +751,14 @@ impl Conn {
             "systemProperties": sys, "properties": app, "annotations": ann,
         })
         .to_string();
-        self.hub
-            .store
-            .log_event(self.device.clone(), ev.clone())
-            .await;
-        let _ = self.hub.events.send(Arc::new(crate::hub::HubEvent {
-            device_id: self.device.clone(),
-            json: ev,
-        }));
+        // Only copy the text for the live stream when someone is watching it.
+        if self.hub.events.receiver_count() > 0 {
+            let _ = self.hub.events.send(Arc::new(crate::hub::HubEvent {
+                device_id: self.device.clone(),
+                json: ev.clone(),
+            }));
+        }
+        self.hub.store.log_event(self.device.clone(), ev).await;
     }
 
     async fn ingest_will(&self, w: LastWill) {
