@@ -522,6 +522,10 @@ impl<'a> ConnectionString<'a> {
 /// splits on `;`, each segment on its first `=`. Yields an error for an empty segment (so an
 /// empty string or a trailing `;`) or a segment without `=`; the values may be empty (the caller
 /// decides). Keys are returned as written.
+///
+/// # Errors
+/// Each item is [`ConnectionStringError::EmptySegment`] or
+/// [`ConnectionStringError::MissingEquals`] for a bad segment.
 pub fn pairs(s: &str) -> impl Iterator<Item = Result<(&str, &str), ConnectionStringError>> {
     s.split(';').map(|segment| {
         if segment.is_empty() {
