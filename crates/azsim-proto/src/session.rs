@@ -37,8 +37,9 @@ pub const MAX_IN_FLIGHT: usize = 16;
 /// The most twin requests (GET, reported PATCH) awaiting an answer at once.
 pub const MAX_TWIN_REQUESTS: usize = 8;
 /// Size of the buffer [`Session::poll_action`] writes topics into: enough for the longest topic
-/// the session itself produces (the C2D filter of a 128-character device id).
-pub const ACTION_BUFFER_LEN: usize = 256;
+/// the session itself produces (the module-inputs filter of a 128-character device id and a
+/// 128-character module id, 281 bytes).
+pub const ACTION_BUFFER_LEN: usize = 320;
 /// Longest device or module id IoT Hub accepts.
 pub const MAX_ID_LEN: usize = 128;
 
@@ -1471,6 +1472,31 @@ mod tests {
             .send_telemetry(0, 1, &SystemProperties::default(), [], b"{}", &mut buf)
             .unwrap();
         assert_eq!(p.topic, "devices/dev-1/modules/mod-a/messages/events/");
+    }
+
+    #[test]
+    fn the_longest_ids_fit_the_action_buffer() {
+        let d = "d".repeat(MAX_ID_LEN);
+        let m = "m".repeat(MAX_ID_LEN);
+        let mut s = Session::new(Identity::module(&d, &m).unwrap(), SessionConfig::default());
+        s.handle_timeout(0);
+        actions(&mut s);
+        s.handle_connected(0);
+        let a = actions(&mut s);
+        let A::Sub(filter, _) = &a[0] else {
+            panic!("{a:?}")
+        };
+        assert_eq!(filter, &std::format!("devices/{d}/modules/{m}/inputs/#"));
+        let mut s = Session::new(Identity::device(&d).unwrap(), SessionConfig::default());
+        s.handle_timeout(0);
+        actions(&mut s);
+        s.handle_connected(0);
+        assert!(actions(&mut s).iter().all(|a| match a {
+            A::Sub(f, _) | A::Pub(f, ..) => !f.is_empty(),
+            _ => true,
+        }));
+        assert!(Identity::device(&"x".repeat(MAX_ID_LEN + 1)).is_err());
+        assert!(Identity::device("").is_err());
     }
 
     #[test]
