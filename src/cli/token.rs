@@ -49,7 +49,7 @@ pub struct ExpiryArgs {
     /// Lifetime from now: seconds (3600) or a duration (1h, 90m) [default: 3600].
     #[arg(long, value_name = "SECONDS", conflicts_with = "expiry")]
     pub ttl: Option<String>,
-    /// Exact expiry in Unix seconds, for reproducible tokens.
+    /// Exact expiry, Unix seconds or RFC 3339 (2030-01-01T00:00:00Z), for reproducible tokens.
     #[arg(long, value_name = "UNIX_SECONDS")]
     pub expiry: Option<String>,
     /// Sign even when --expiry is already past (to reproduce a published example or test refusal).
@@ -403,12 +403,7 @@ impl ExpiryArgs {
     /// `--allow-expired`) not in the future.
     pub fn resolve(&self, now: u64) -> Result<u64, UsageError> {
         if let Some(text) = &self.expiry {
-            let at: u64 = text.trim().parse().map_err(|_| {
-                UsageError::new(
-                    "--expiry",
-                    "must be a unix time in seconds (e.g. 1767225600)",
-                )
-            })?;
+            let at = parse_expiry(text)?;
             if at > MAX_EXPIRY {
                 return Err(UsageError::new("--expiry", "is after the year 9999"));
             }
@@ -435,6 +430,24 @@ impl ExpiryArgs {
             )),
         }
     }
+}
+
+/// Unix seconds (`1767225600`) or an RFC 3339 time (`2026-01-01T00:00:00Z`).
+fn parse_expiry(text: &str) -> Result<u64, UsageError> {
+    let text = text.trim();
+    if !text.is_empty() && text.bytes().all(|b| b.is_ascii_digit()) {
+        return text
+            .parse()
+            .map_err(|_| UsageError::new("--expiry", "is after the year 9999"));
+    }
+    let t = time::OffsetDateTime::parse(text, &time::format_description::well_known::Rfc3339)
+        .map_err(|_| {
+            UsageError::new(
+                "--expiry",
+                "must be unix seconds (1767225600) or an RFC 3339 time (2026-01-01T00:00:00Z)",
+            )
+        })?;
+    u64::try_from(t.unix_timestamp()).map_err(|_| UsageError::new("--expiry", "is before 1970"))
 }
 
 fn parse_ttl(text: &str) -> Result<u64, UsageError> {

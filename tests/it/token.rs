@@ -936,3 +936,41 @@ fn mqtt_output_refuses_a_hub_policy_token() {
     ]);
     assert_usage_error(&r, "--mqtt", &[OTHER_KEY]);
 }
+
+#[test]
+fn expiry_may_be_given_as_an_rfc3339_time() {
+    let unix = azsim(&[
+        "token",
+        "--host",
+        "h",
+        "--device",
+        "d",
+        "--key",
+        OTHER_KEY,
+        "--expiry",
+        "1893456000",
+    ]);
+    let rfc = azsim(&[
+        "token",
+        "--host",
+        "h",
+        "--device",
+        "d",
+        "--key",
+        OTHER_KEY,
+        "--expiry",
+        "2030-01-01T00:00:00Z",
+    ]);
+    assert_eq!(
+        (unix.code, rfc.code),
+        (0, 0),
+        "{}{}",
+        unix.stderr,
+        rfc.stderr
+    );
+    assert_eq!(unix.stdout, rfc.stdout);
+    let bad = azsim(&[
+        "token", "--host", "h", "--device", "d", "--key", OTHER_KEY, "--expiry", "tomorrow",
+    ]);
+    assert_usage_error(&bad, "--expiry", &[OTHER_KEY]);
+}
