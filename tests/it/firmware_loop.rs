@@ -81,7 +81,8 @@ enum Seen {
     TelemetryAcked(u32),
     Method(String, u16),
     ReportedAccepted,
-    Disconnected,
+    DisconnectedBy(DisconnectReason),
+    TokenRenewed,
     Other,
 }
 
@@ -92,7 +93,8 @@ fn seen(n: Note<'_>) -> Seen {
         Note::TelemetryAcked { seq } => Seen::TelemetryAcked(seq),
         Note::Method { name, status } => Seen::Method(name.to_owned(), status),
         Note::ReportedAccepted { .. } => Seen::ReportedAccepted,
-        Note::Disconnected { .. } => Seen::Disconnected,
+        Note::Disconnected { reason } => Seen::DisconnectedBy(reason),
+        Note::TokenRenewed { .. } => Seen::TokenRenewed,
         _ => Seen::Other,
     }
 }
@@ -399,7 +401,9 @@ async fn the_firmware_loop_reconnects_after_the_hub_restarts_and_resends_telemet
             .wait_for(|s| matches!(s, Seen::TelemetryAcked(_)))
             .await;
         hub.stop().await;
-        notes.wait_for(|s| *s == Seen::Disconnected).await;
+        notes
+            .wait_for(|s| matches!(s, Seen::DisconnectedBy(_)))
+            .await;
         // Only what happens after the restart counts from here.
         notes.past.clear();
         // Same state dir and the same port, so the device finds it again.
@@ -423,4 +427,71 @@ async fn the_firmware_loop_reconnects_after_the_hub_restarts_and_resends_telemet
         () = checks => {}
     }
     assert!(connector.connects >= 2, "{} connects", connector.connects);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_firmware_loop_renews_its_token_and_pings_to_keep_an_idle_connection() {
+    let hub = TestHub::start().await;
+    let cs = hub.create_device("fw-renew").await;
+    let p = parts(&cs);
+    let (mut rx_buf, mut tx_buf) = buffers();
+    let mut client = Client::new(
+        Identity {
+            host: &p.host,
+            device_id: &p.device_id,
+            module_id: None,
+            model_id: None,
+        },
+        Credential::Key(&p.key),
+        // One message at start, then silence: only PINGREQ keeps the connection alive.
+        Device::new(
+            RandomWalk::new(5),
+            DeviceConfig {
+                interval: 3600,
+                version: "fw-test",
+            },
+        ),
+        SessionConfig {
+            token_ttl: Some(8),
+            renew_at_percent: 50,
+            keep_alive: 2,
+            ..SessionConfig::default()
+        },
+        5,
+        &mut rx_buf,
+        &mut tx_buf,
+    )
+    .expect("client");
+    let mut connector = TlsToHub {
+        port: hub.mqtt_port,
+        tls: hub.tls(),
+        connects: 0,
+    };
+    let (notes_tx, notes_rx) = mpsc::unbounded_channel();
+    let mut notes = Notes::new(notes_rx);
+    let mut observer = move |n: Note<'_>| {
+        let _ = notes_tx.send(seen(n));
+    };
+    let checks = async {
+        notes.wait_for(|s| *s == Seen::Connected).await;
+        // Renewal is due 4 s in; the hub would have closed a silent connection after 3 s.
+        let first = notes
+            .wait_for(|s| matches!(s, Seen::DisconnectedBy(_) | Seen::TokenRenewed))
+            .await;
+        assert_eq!(
+            first,
+            Seen::DisconnectedBy(DisconnectReason::Requested),
+            "the first disconnect is the planned renewal"
+        );
+        notes.wait_for(|s| *s == Seen::TokenRenewed).await;
+    };
+    let mut clock = SystemClock;
+    tokio::select! {
+        reason = client.run(&mut connector, &mut clock, &mut observer) => {
+            panic!("the loop gave up: {reason}");
+        }
+        () = checks => {}
+    }
+    assert_eq!(connector.connects, 2, "one connection per token");
+    hub.stop().await;
 }
