@@ -2,7 +2,6 @@
 //! exact code the firmware runs, `no_std`, mqttrs framing) over TCP + rustls, adapted to
 //! `embedded-io-async` the way mbedtls-rs is on the board, against the real local hub.
 
-use std::future::Future;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -34,15 +33,13 @@ impl Clock for SystemClock {
         unix_now()
     }
 
-    fn sleep_until(&mut self, unix: u64) -> impl Future<Output = ()> {
-        async move {
-            while unix_now() < unix {
-                let target = UNIX_EPOCH + Duration::from_secs(unix);
-                let wait = target
-                    .duration_since(SystemTime::now())
-                    .unwrap_or(Duration::from_millis(1));
-                tokio::time::sleep(wait).await;
-            }
+    async fn sleep_until(&mut self, unix: u64) {
+        while unix_now() < unix {
+            let target = UNIX_EPOCH + Duration::from_secs(unix);
+            let wait = target
+                .duration_since(SystemTime::now())
+                .unwrap_or(Duration::from_millis(1));
+            tokio::time::sleep(wait).await;
         }
     }
 }
