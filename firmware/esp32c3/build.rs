@@ -9,7 +9,14 @@ fn main() {
     let out = PathBuf::from(std::env::var_os("OUT_DIR").expect("OUT_DIR"));
     let extra = match std::env::var_os("AZSIM_CA_FILE") {
         Some(path) if !path.is_empty() => {
-            let path = PathBuf::from(path);
+            // Build scripts run in the package directory, not where cargo was invoked: a
+            // relative path is taken from the workspace root (where `.azsim/hub` usually is).
+            let mut path = PathBuf::from(path);
+            if path.is_relative() {
+                let manifest =
+                    PathBuf::from(std::env::var_os("CARGO_MANIFEST_DIR").expect("manifest dir"));
+                path = manifest.join("../..").join(path);
+            }
             println!("cargo::rerun-if-changed={}", path.display());
             match std::fs::read_to_string(&path) {
                 Ok(pem) if pem.contains("-----BEGIN CERTIFICATE-----") => pem,
