@@ -544,13 +544,13 @@ impl<'b, S: Sensor> Client<'b, S> {
         loop {
             let now = clock.now();
             if self.core.ping_deadline.is_some_and(|d| now >= d) {
-                self.lost(clock, obs);
+                self.lost(clock);
                 return;
             }
             self.core.tick(now, obs);
             if self.core.ping_due(now) {
                 if wire::send(conn, self.tx, &Packet::Pingreq).await.is_err() {
-                    self.lost(clock, obs);
+                    self.lost(clock);
                     return;
                 }
                 self.core.last_tx = now;
@@ -563,7 +563,7 @@ impl<'b, S: Sensor> Client<'b, S> {
                 .await
                 .is_err()
             {
-                self.lost(clock, obs);
+                self.lost(clock);
                 return;
             }
             if self.core.exit.is_some() {
@@ -580,7 +580,7 @@ impl<'b, S: Sensor> Client<'b, S> {
                     self.rx.copy_within(len..self.rx_len, 0);
                     self.rx_len -= len;
                     if handled.is_err() {
-                        self.lost(clock, obs);
+                        self.lost(clock);
                         return;
                     }
                 }
@@ -590,21 +590,21 @@ impl<'b, S: Sensor> Client<'b, S> {
                             buffer: self.rx.len(),
                         });
                     }
-                    self.lost(clock, obs);
+                    self.lost(clock);
                     return;
                 }
             }
         }
     }
 
-    fn lost<K: Clock, O: Observer>(&mut self, clock: &mut K, obs: &mut O) {
+    /// The connection failed; the outer loop's pump hands the resulting events to the
+    /// behaviour and the observer.
+    fn lost<K: Clock>(&mut self, clock: &mut K) {
         let entropy = self.core.next_u32();
         let now = clock.now();
-        // The outer loop's pump hands the resulting events to the behaviour and the observer.
         self.core
             .session
             .handle_disconnected(now, DisconnectReason::Lost, entropy);
-        let _ = obs;
     }
 
     /// CONNECT, then CONNACK within [`CONNACK_TIMEOUT`].
