@@ -67,6 +67,24 @@ pub async fn run(hub: &TestHub, args: &[&str]) -> Output {
     output(cmd).await
 }
 
+/// Reads `azsim monitor`'s stderr until its "monitoring events of ..." line (the stream is live).
+pub async fn wait_monitor_ready(
+    stderr: &mut tokio::io::Lines<BufReader<tokio::process::ChildStderr>>,
+) {
+    let mut seen = Vec::new();
+    loop {
+        let line = tokio::time::timeout(Duration::from_secs(20), stderr.next_line())
+            .await
+            .expect("monitor ready within 20 s")
+            .unwrap();
+        match line {
+            Some(l) if l.starts_with("monitoring events of") => return,
+            Some(l) => seen.push(l),
+            None => panic!("monitor exited before it was ready: {seen:?}"),
+        }
+    }
+}
+
 /// The service policy key in the hub's connection string.
 fn service_key(hub: &TestHub) -> String {
     hub.service_connection_string
@@ -565,12 +583,7 @@ async fn monitor_prints_telemetry_and_exits_0_after_count_events() {
         .stderr(Stdio::piped());
         let mut child = cmd.spawn().unwrap();
         let mut stderr = BufReader::new(child.stderr.take().unwrap()).lines();
-        let ready = tokio::time::timeout(Duration::from_secs(20), stderr.next_line())
-            .await
-            .expect("monitor ready within 20 s")
-            .unwrap()
-            .unwrap_or_default();
-        assert!(ready.starts_with("monitoring events of"), "{ready}");
+        wait_monitor_ready(&mut stderr).await;
 
         let mut dev = RawDevice::connect(&hub, &cs).await;
         dev.send_telemetry(r#"{"temperature":21.5}"#, &[("alert", "hot")])

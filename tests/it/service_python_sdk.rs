@@ -16,7 +16,7 @@ use serde_json::{Value, json};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader, Lines};
 use tokio::process::{Child, ChildStdout, Command};
 
-use crate::service_cli::{Output, azsim, output};
+use crate::service_cli::{Output, azsim, output, wait_monitor_ready};
 
 fn python() -> Option<PathBuf> {
     let p = match std::env::var_os("AZSIM_PYTHON") {
@@ -156,6 +156,30 @@ fn s(text: &str) -> OsStrLike {
     OsStrLike::Str(text.to_owned())
 }
 
+/// Starts the hub with MQTT on 127.0.0.1:8883. A developer's `azsim hub` or `azsim run` may hold
+/// the port for a moment on a shared machine, so a busy port is retried for up to 60 s before
+/// the test fails.
+async fn start_hub_on_8883(dir: &Path) -> azsim_emulator::HubHandle {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let mut cfg = azsim_emulator::HubConfig::new(dir);
+        cfg.in_memory = true;
+        match azsim_emulator::start(cfg, "127.0.0.1".parse().unwrap(), 8883, 0).await {
+            Ok(hub) => return hub,
+            Err(azsim_emulator::HubError::Io(e))
+                if e.kind() == std::io::ErrorKind::AddrInUse
+                    && tokio::time::Instant::now() < deadline =>
+            {
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+            Err(e) => panic!(
+                "the hub cannot start on 127.0.0.1:8883, which the Python device SDK needs \
+                 (is another hub or broker using the port?): {e}"
+            ),
+        }
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_official_python_device_and_service_sdks_work_against_the_hub() {
     let Some(python) = python() else {
@@ -163,11 +187,7 @@ async fn the_official_python_device_and_service_sdks_work_against_the_hub() {
         return;
     };
     let tmp = tempfile::tempdir().unwrap();
-    let mut cfg = azsim_emulator::HubConfig::new(tmp.path().join("hub"));
-    cfg.in_memory = true;
-    let hub = azsim_emulator::start(cfg, "127.0.0.1".parse().unwrap(), 8883, 0)
-        .await
-        .expect("the hub starts on 127.0.0.1:8883 (is another hub or broker using the port?)");
+    let hub = start_hub_on_8883(&tmp.path().join("hub")).await;
     let work = tmp.path().join("work");
     std::fs::create_dir_all(&work).unwrap();
     let target = Target {
@@ -208,12 +228,7 @@ async fn device_sdk_scenario(python: &Path, t: &Target) {
         .stderr(Stdio::piped());
     let mut mon = mon.spawn().unwrap();
     let mut mon_err = BufReader::new(mon.stderr.take().unwrap()).lines();
-    let ready = tokio::time::timeout(Duration::from_secs(20), mon_err.next_line())
-        .await
-        .expect("monitor ready")
-        .unwrap()
-        .unwrap_or_default();
-    assert!(ready.starts_with("monitoring events of"), "{ready}");
+    wait_monitor_ready(&mut mon_err).await;
 
     let mut dev = Py::spawn(
         python,
