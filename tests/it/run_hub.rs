@@ -673,3 +673,35 @@ async fn a_full_offline_queue_drops_the_oldest_messages_and_says_so() {
     assert!(stopped["dropped"].as_u64().unwrap() >= 2, "{stopped}");
     assert_eq!(stopped["queued"], 2, "{stopped}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_a_connection_string_it_runs_sim_device_1_on_the_live_local_hub() {
+    let dir = tempfile::tempdir().unwrap();
+    let hub = TestHub::start_in(dir.path()).await;
+    let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_azsim"));
+    cmd.args([
+        "run",
+        "--json",
+        "--count",
+        "2",
+        "--interval",
+        "1s",
+        "--state",
+    ])
+    .arg(dir.path())
+    .env_remove("IOTHUB_DEVICE_CONNECTION_STRING")
+    .env_remove("IOTHUB_CONNECTION_STRING")
+    .env_remove("AZSIM_CA_FILE")
+    .stdout(Stdio::piped())
+    .stderr(Stdio::piped())
+    .kill_on_drop(true);
+    let (status, out, stderr) = Running::spawn(cmd).finish().await;
+    assert!(status.success(), "{stderr}");
+    assert_eq!(events(&out, "connected")[0]["device_id"], "sim-device-1");
+    assert_eq!(events(&out, "telemetry_acked").len(), 2);
+    // The hub in hub.json (this test's) registered the device and got the telemetry.
+    let (s, _) = hub.rest(Method::GET, "/devices/sim-device-1", None).await;
+    assert_eq!(s, 200);
+    assert_eq!(recent_telemetry(&hub, "sim-device-1").await.len(), 2);
+    hub.stop().await;
+}
