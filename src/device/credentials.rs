@@ -93,3 +93,72 @@ pub fn parse_connection_string(s: &str) -> Result<DeviceConnectionString, String
         credential,
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const KEY: &str = "c2VjcmV0LWtleS1zZWNyZXQta2V5LXNlY3JldC1rZXk=";
+
+    #[test]
+    fn usernames_and_client_ids_follow_the_spec() {
+        let v = env!("CARGO_PKG_VERSION");
+        assert_eq!(
+            username("h.azure-devices.net", "d1", None, None),
+            format!("h.azure-devices.net/d1/?api-version=2021-04-12&DeviceClientType=azsim%2F{v}")
+        );
+        assert_eq!(
+            username("h", "d1", Some("m1"), Some("dtmi:com:example:T;1")),
+            format!(
+                "h/d1/m1/?api-version=2021-04-12&DeviceClientType=azsim%2F{v}&model-id=dtmi%3Acom%3Aexample%3AT%3B1"
+            )
+        );
+        assert_eq!(client_id("d1", Some("m1")), "d1/m1");
+    }
+
+    #[test]
+    fn debug_output_never_shows_a_credential() {
+        let cs = parse_connection_string(&format!("HostName=h;DeviceId=d;SharedAccessKey={KEY}"))
+            .unwrap();
+        assert!(!format!("{cs:?}").contains(KEY));
+        let cs = parse_connection_string(&format!(
+            "HostName=h;DeviceId=d;SharedAccessKeyName=device;SharedAccessKey={KEY}"
+        ))
+        .unwrap();
+        let dbg = format!("{cs:?}");
+        assert!(!dbg.contains(KEY) && dbg.contains("device"));
+        let token = "SharedAccessSignature sr=h%2Fdevices%2Fd&sig=c2VjcmV0&se=1";
+        let cs = parse_connection_string(&format!(
+            "HostName=h;DeviceId=d;SharedAccessSignature={token}"
+        ))
+        .unwrap();
+        assert!(!format!("{cs:?}").contains("c2VjcmV0"));
+        let params = crate::device::conn::ConnectParams {
+            host: "h".into(),
+            port: 8883,
+            client_id: "d".into(),
+            username: "u".into(),
+            password: token.into(),
+            tls: crate::tls::client_config(None).unwrap(),
+            keep_alive: 60,
+            clean_session: false,
+        };
+        assert!(!format!("{params:?}").contains("c2VjcmV0"));
+    }
+
+    #[test]
+    fn service_and_x509_strings_are_refused_with_a_reason() {
+        let e = parse_connection_string(&format!(
+            "HostName=h;SharedAccessKeyName=iothubowner;SharedAccessKey={KEY}"
+        ))
+        .unwrap_err();
+        assert!(e.contains("service"), "{e}");
+        let e = parse_connection_string("HostName=h;DeviceId=d;x509=true").unwrap_err();
+        assert!(e.contains("x509"), "{e}");
+        assert!(
+            !parse_connection_string("HostName=h;DeviceId=d;SharedAccessKey=!!")
+                .unwrap_err()
+                .contains("!!")
+        );
+    }
+}
