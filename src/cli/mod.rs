@@ -46,11 +46,11 @@ pub enum Command {
     C2d(service::C2dArgs),
     /// Watch telemetry, connections and twin changes (local azsim hub only).
     Monitor(service::MonitorArgs),
-    /// Run a local Azure IoT Hub: TLS MQTT for devices, service REST, state in SQLite.
-    Hub(hub::HubArgs),
     /// Connect as a device and behave like the reference ESP32 firmware (telemetry, methods,
     /// twin, C2D); without a connection string, against the local hub.
     Run(run::RunArgs),
+    /// Run a local Azure IoT Hub: TLS MQTT for devices, service REST, state in SQLite.
+    Hub(hub::HubArgs),
 }
 
 impl Cli {
@@ -61,13 +61,13 @@ impl Cli {
     pub async fn run(self) -> Result<ExitCode, CliError> {
         match self.command {
             Command::Token(args) => crate::cmd::token::run(args.into_config()?).await,
-            Command::Hub(args) => crate::cmd::hub::run(args.into_config()?).await,
             Command::Device(args) => crate::cmd::device::run(args.into_config()?).await,
             Command::Invoke(args) => crate::cmd::invoke::run(args.into_config()?).await,
             Command::Twin(args) => crate::cmd::twin::run(args.into_config()?).await,
             Command::C2d(args) => crate::cmd::c2d::run(args.into_config()?).await,
             Command::Monitor(args) => crate::cmd::monitor::run(args.into_config()?).await,
             Command::Run(args) => crate::cmd::run::run(args.into_config()?).await,
+            Command::Hub(args) => crate::cmd::hub::run(args.into_config()?).await,
         }
     }
 }

@@ -233,12 +233,12 @@ pub async fn wait_connack(
     el: &mut EventLoop,
 ) -> Result<rumqttc::ConnectReturnCode, rumqttc::ConnectionError> {
     loop {
-        match tokio::time::timeout(Duration::from_secs(10), el.poll())
-            .await
-            .expect("no CONNACK in 10 s")?
+        if let rumqttc::Event::Incoming(rumqttc::Packet::ConnAck(a)) =
+            tokio::time::timeout(Duration::from_secs(10), el.poll())
+                .await
+                .expect("no CONNACK in 10 s")?
         {
-            rumqttc::Event::Incoming(rumqttc::Packet::ConnAck(a)) => return Ok(a.code),
-            _ => {}
+            return Ok(a.code);
         }
     }
 }

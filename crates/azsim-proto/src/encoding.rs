@@ -206,7 +206,10 @@ mod tests {
     fn unreserved_kept_everything_else_upper_hex() {
         let mut s = String::new();
         encode(&mut s, "myhub.azure-devices.net/devices/a b~_.-+=é").unwrap();
-        assert_eq!(s, "myhub.azure-devices.net%2Fdevices%2Fa%20b~_.-%2B%3D%C3%A9");
+        assert_eq!(
+            s,
+            "myhub.azure-devices.net%2Fdevices%2Fa%20b~_.-%2B%3D%C3%A9"
+        );
         assert_eq!(encoded_len("a/b é"), s_len("a/b é"));
     }
 
@@ -229,7 +232,10 @@ mod tests {
         assert_eq!(decode("%4", &mut buf), Err(DecodeError::BadEscape));
         assert_eq!(decode("%zz", &mut buf), Err(DecodeError::BadEscape));
         assert_eq!(decode("%FF", &mut buf), Err(DecodeError::NotUtf8));
-        assert_eq!(decode("abcdefghij", &mut buf), Err(DecodeError::BufferTooSmall));
+        assert_eq!(
+            decode("abcdefghij", &mut buf),
+            Err(DecodeError::BufferTooSmall)
+        );
         let mut s = String::new();
         assert_eq!(decode_to(&mut s, "%C3"), Err(DecodeError::NotUtf8));
     }

@@ -9,11 +9,11 @@
 #[cfg(any(feature = "std", test))]
 extern crate std;
 
-pub mod encoding;
 pub mod connection_string;
-pub mod sas;
-pub mod username;
-pub mod topic;
-pub mod property_bag;
-pub mod session;
 pub mod device;
+pub mod encoding;
+pub mod property_bag;
+pub mod sas;
+pub mod session;
+pub mod topic;
+pub mod username;
