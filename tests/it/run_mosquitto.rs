@@ -105,7 +105,7 @@ impl Broker {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn mosquitto_sees_the_spec_client_id_username_and_topics_and_gets_the_telemetry() {
     let Some(bin) = mosquitto() else {
-        println!("skipped: mosquitto not installed");
+        crate::support::skip("mosquitto not installed");
         return;
     };
     let mut broker = Broker::start(&bin).await;

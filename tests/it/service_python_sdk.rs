@@ -183,7 +183,7 @@ async fn start_hub_on_8883(dir: &Path) -> azsim_emulator::HubHandle {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_official_python_device_and_service_sdks_work_against_the_hub() {
     let Some(python) = python() else {
-        println!("skipped: python SDK venv not found (run scripts/test)");
+        crate::support::skip("python SDK venv not found (run scripts/test)");
         return;
     };
     let tmp = tempfile::tempdir().unwrap();
