@@ -1,6 +1,7 @@
 //! The `azsim` binary: parse, run, map the outcome to an exit status.
 //!
-//! Output goes to stdout, logs (`RUST_LOG`, default `warn`) and the one-line `error: ...` to
+//! Output goes to stdout, logs (`RUST_LOG`, default `warn`; `azsim hub` also logs its
+//! connections and refusals at `info`) and the one-line `error: ...` to
 //! stderr. Exit codes: 0 success, 1 runtime failure or failed check, 2 bad input (clap's own usage
 //! errors already exit 2).
 
@@ -12,10 +13,12 @@ use tracing_subscriber::EnvFilter;
 fn main() -> ExitCode {
     let cli = azsim::cli::Cli::parse();
 
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("warn"));
+    let filter = EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| EnvFilter::new(cli.default_log_filter()));
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_target(false)
         .init();
 

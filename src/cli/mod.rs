@@ -4,7 +4,8 @@
 //! Result<XConfig, UsageError>` that validates everything that can be validated without doing the
 //! work; `cmd/X.rs` takes the config and never sees clap types. There is no global `--json`: the
 //! subcommands that print data take their own `--json`, so `--help` shows it where it means
-//! something. Log verbosity is `RUST_LOG` (logs go to stderr, output to stdout).
+//! something. Log verbosity is `RUST_LOG` (logs go to stderr, output to stdout); the default is
+//! [`Cli::default_log_filter`].
 
 use std::process::ExitCode;
 
@@ -54,6 +55,17 @@ pub enum Command {
 }
 
 impl Cli {
+    /// The log filter when `RUST_LOG` is unset: `warn`, except that `azsim hub` logs its
+    /// connections and refusals (`CONNACK 5 not authorized` with the reason) at `info`, since a
+    /// device only ever sees the code and the hub's log is where the reason is.
+    #[must_use]
+    pub fn default_log_filter(&self) -> &'static str {
+        match self.command {
+            Command::Hub(_) => "warn,azsim_emulator=info",
+            _ => "warn",
+        }
+    }
+
     /// Validates the arguments of the chosen subcommand and runs it.
     ///
     /// # Errors
