@@ -852,7 +852,8 @@ impl Conn {
 }
 
 fn c2d_topic(m: &C2dMessage) -> String {
-    let to = format!("/devices/{}/messages/deviceBound", m.device_id);
+    let mut to = String::new();
+    let _ = topic::write_c2d_to(&mut to, &m.device_id);
     let sys = azsim_proto::property_bag::SystemProperties {
         message_id: Some(&m.message_id),
         correlation_id: m.correlation_id.as_deref(),

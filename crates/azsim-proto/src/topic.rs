@@ -547,6 +547,17 @@ pub fn write_c2d_prefix<W: fmt::Write + ?Sized>(out: &mut W, device_id: &str) ->
     out.write_str("/messages/devicebound/")
 }
 
+/// (hub side) Writes the `$.to` value the hub stamps on every C2D message:
+/// `/devices/{device_id}/messages/deviceBound` (capital `B`, unlike the topic; spec section 4).
+///
+/// # Errors
+/// Only the writer's own error.
+pub fn write_c2d_to<W: fmt::Write + ?Sized>(out: &mut W, device_id: &str) -> fmt::Result {
+    out.write_str("/devices/")?;
+    out.write_str(device_id)?;
+    out.write_str("/messages/deviceBound")
+}
+
 /// (hub side) Writes a whole C2D topic in the trace form: the prefix, the system properties in
 /// [`SystemProperties::C2D_ORDER`], then `app` in the caller's order, all encoded.
 ///
@@ -1112,6 +1123,14 @@ mod tests {
         let mut out = String::new();
         f(&mut out).unwrap();
         out
+    }
+
+    #[test]
+    fn c2d_to_is_the_device_bound_address_with_a_capital_b() {
+        assert_eq!(
+            s(|o| write_c2d_to(o, "dev-1")),
+            "/devices/dev-1/messages/deviceBound"
+        );
     }
 
     #[test]
