@@ -9,7 +9,10 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use crate::cli::run::{DeviceTarget, RunSettings};
+use serde_json::json;
+
 use crate::device::driver::{self, RunConfig};
+use crate::device::local_hub::LocalHub;
 use crate::device::output::Output;
 use crate::device::template::Template;
 use crate::error::{CliError, UsageError};
@@ -30,7 +33,7 @@ pub async fn run(s: RunSettings) -> Result<ExitCode, CliError> {
     let (target, ca_file, local) = match s.target.clone() {
         Some(t) => (t, s.ca_file.clone(), None),
         None => {
-            let local = crate::device::local_hub::LocalHub::ensure(&s.state_dir, s.port, &out)
+            let local = LocalHub::ensure(&s.state_dir, s.port, &out)
                 .await
                 .map_err(CliError::runtime)?;
             let target = local
@@ -38,7 +41,7 @@ pub async fn run(s: RunSettings) -> Result<ExitCode, CliError> {
                 .await
                 .map_err(CliError::runtime)?;
             let ca = s.ca_file.clone().or_else(|| Some(local.ca_file()));
-            print_hints(&out, &s.state_dir);
+            print_hints(&out, &s.state_dir, &local);
             (target, ca, Some(local))
         }
     };
@@ -91,13 +94,38 @@ fn config(
     })
 }
 
-fn print_hints(out: &Output, state_dir: &Path) {
+/// How to drive the device from another terminal: a note on a terminal, a `local_hub` event
+/// (with whether the hub was started here or reused) in JSON mode.
+fn print_hints(out: &Output, state_dir: &Path, local: &LocalHub) {
     let state = if state_dir == Path::new(".azsim/hub") {
         String::new()
     } else {
         format!(" --state {}", state_dir.display())
     };
-    out.note(&format!(
-        "running {SIM_DEVICE} on the local hub; from another terminal try:\n  azsim invoke {SIM_DEVICE} ping{state}\n  azsim twin patch {SIM_DEVICE} '{{\"telemetryInterval\":5}}'{state}\n  azsim c2d send {SIM_DEVICE} hello{state}\n  azsim monitor{state}"
-    ));
+    let hints = [
+        format!("azsim invoke {SIM_DEVICE} ping{state}"),
+        format!("azsim twin patch {SIM_DEVICE} '{{\"telemetryInterval\":5}}'{state}"),
+        format!("azsim c2d send {SIM_DEVICE} hello{state}"),
+        format!("azsim monitor{state}"),
+    ];
+    if out.is_json() {
+        let info = local.info();
+        out.emit(
+            "local_hub",
+            json!({
+                "state": state_dir.display().to_string(),
+                "started": local.started_here(),
+                "mqtt_port": info.mqtt_port,
+                "https_port": info.https_port,
+                "device_id": SIM_DEVICE,
+                "try": hints,
+            }),
+            String::new,
+        );
+    } else {
+        out.note(&format!(
+            "running {SIM_DEVICE} on the local hub; from another terminal try:\n  {}",
+            hints.join("\n  ")
+        ));
+    }
 }

@@ -87,6 +87,16 @@ impl LocalHub {
         self.info.ca_file.clone()
     }
 
+    /// Its discovery record (ports, host name).
+    pub fn info(&self) -> &HubInfo {
+        &self.info
+    }
+
+    /// Whether this process started it (rather than reusing a running one).
+    pub fn started_here(&self) -> bool {
+        self.embedded.is_some()
+    }
+
     /// Registers `device_id` if missing and returns how to connect as it.
     ///
     /// # Errors

@@ -705,3 +705,113 @@ async fn without_a_connection_string_it_runs_sim_device_1_on_the_live_local_hub(
     assert_eq!(recent_telemetry(&hub, "sim-device-1").await.len(), 2);
     hub.stop().await;
 }
+
+/// `azsim run --json --count 2` with no connection string in `cwd`, so it starts the local hub in
+/// `cwd/.azsim/hub` on the default ports. A process outside this test binary (a developer's hub)
+/// may hold 127.0.0.1:8883 for a moment on a shared machine: a busy port is retried for up to
+/// 60 s, as the Python SDK test does.
+async fn run_embedded(cwd: &std::path::Path) -> (ExitStatus, Vec<Value>, String) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_azsim"));
+        cmd.args(["run", "--json", "--count", "2", "--interval", "1s"])
+            .current_dir(cwd)
+            .env_remove("IOTHUB_DEVICE_CONNECTION_STRING")
+            .env_remove("IOTHUB_CONNECTION_STRING")
+            .env_remove("AZSIM_CA_FILE")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true);
+        let (status, out, stderr) = Running::spawn(cmd).finish().await;
+        if status.code() == Some(1)
+            && stderr.contains("is in use")
+            && tokio::time::Instant::now() < deadline
+        {
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            continue;
+        }
+        return (status, out, stderr);
+    }
+}
+
+fn acked_ids(out: &[Value]) -> Vec<String> {
+    let mut ids: Vec<String> = events(out, "telemetry_acked")
+        .iter()
+        .map(|a| a["message_id"].as_str().unwrap().to_owned())
+        .collect();
+    ids.sort();
+    ids
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_no_connection_string_and_no_hub_it_starts_one_on_8883_and_keeps_its_state() {
+    let _port = crate::support::PORT_8883.lock().await;
+    let cwd = tempfile::tempdir().unwrap();
+    let state = cwd.path().join(".azsim/hub");
+
+    let (status, out, stderr) = run_embedded(cwd.path()).await;
+    assert!(status.success(), "{stderr}");
+    let local = events(&out, "local_hub")[0].clone();
+    assert_eq!(local["started"], true, "{local}");
+    assert_eq!(local["state"], ".azsim/hub");
+    assert_eq!(
+        (local["mqtt_port"].as_u64(), local["https_port"].as_u64()),
+        (Some(8883), Some(8443))
+    );
+    assert!(
+        local["try"][0]
+            .as_str()
+            .unwrap()
+            .starts_with("azsim invoke sim-device-1 ping"),
+        "{local}"
+    );
+    let connected = events(&out, "connected")[0].clone();
+    assert_eq!(connected["device_id"], "sim-device-1");
+    assert_eq!(connected["host"], "localhost:8883");
+    let first = acked_ids(&out);
+    assert_eq!(first.len(), 2, "{out:#?}");
+    for f in ["hub.json", "ca.pem", "hub.db", "iothubowner.key"] {
+        assert!(state.join(f).is_file(), "{f} in .azsim/hub");
+    }
+    let info = azsim_emulator::HubInfo::load(&state).unwrap();
+    assert_eq!(info.mqtt_port, 8883);
+
+    // The saved state, opened by a hub on free ports: sim-device-1 is registered and the hub
+    // stored both acknowledged messages.
+    let view = TestHub::start_in(&state).await;
+    let key = view.device_key("sim-device-1").await;
+    let mut stored: Vec<String> = recent_telemetry(&view, "sim-device-1")
+        .await
+        .iter()
+        .map(|t| {
+            t["systemProperties"]["message-id"]
+                .as_str()
+                .unwrap()
+                .to_owned()
+        })
+        .collect();
+    stored.sort();
+    assert_eq!(stored, first);
+    view.stop().await;
+
+    // A second run starts the hub again on the same state: same device, same key.
+    let (status, out2, stderr) = run_embedded(cwd.path()).await;
+    assert!(status.success(), "{stderr}");
+    assert_eq!(events(&out2, "local_hub")[0]["started"], true);
+    let second = acked_ids(&out2);
+    assert_eq!(second.len(), 2);
+    let view = TestHub::start_in(&state).await;
+    assert_eq!(
+        view.device_key("sim-device-1").await,
+        key,
+        "the device was not re-created"
+    );
+    assert_eq!(recent_telemetry(&view, "sim-device-1").await.len(), 4);
+    view.stop().await;
+    let all = serde_json::to_string(&out).unwrap() + &serde_json::to_string(&out2).unwrap();
+    assert!(
+        !all.contains(&key) && !all.contains("sig="),
+        "secret leaked"
+    );
+}

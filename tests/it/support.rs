@@ -288,3 +288,9 @@ pub fn skip(why: &str) {
     }
     println!("skipped: {why}");
 }
+
+/// Held by every test that binds the fixed port 127.0.0.1:8883 (the Python device SDK test,
+/// `azsim run`'s embedded hub), so those tests take turns inside this test binary. A process
+/// outside it (a developer's `azsim hub`) can still hold the port: such tests also retry a busy
+/// port for a while.
+pub static PORT_8883: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
