@@ -8,7 +8,7 @@
 
 use std::path::PathBuf;
 
-use azsim_proto::sas::{self, Resource, VerifyError};
+use azsim_proto::sas::{self, Resource};
 
 use crate::service::client::ServiceClient;
 use crate::service::target::{Target, TargetInputs};
@@ -22,10 +22,16 @@ pub struct Refusal {
     pub device_id: String,
     /// Module id.
     pub module_id: Option<String>,
-    /// The token sent (kept in memory only to verify it locally).
+    /// MQTT port connected to.
+    pub port: u16,
+    /// The token sent: signed by azsim, or the fixed one from the connection string (kept in
+    /// memory only to inspect it).
     pub token: Option<String>,
-    /// When it was signed (Unix seconds, local clock).
-    pub signed_at: u64,
+    /// Whether `token` came from the connection string (`SharedAccessSignature=`).
+    pub fixed_token: bool,
+    /// The `skn` the token should carry: `Some(None)` for a device or module key,
+    /// `Some(Some(policy))` for a policy key, `None` when unknown (a fixed token).
+    pub policy: Option<Option<String>>,
     /// The CA file in use, for the REST call.
     pub ca_file: Option<PathBuf>,
     /// The local hub state dir to look for `hub.json` in.
@@ -39,6 +45,7 @@ impl std::fmt::Debug for Refusal {
             .field("device_id", &self.device_id)
             .field("module_id", &self.module_id)
             .field("token", &self.token.as_ref().map(|_| "<redacted>"))
+            .field("fixed_token", &self.fixed_token)
             .finish_non_exhaustive()
     }
 }
@@ -46,16 +53,22 @@ impl std::fmt::Debug for Refusal {
 /// A sentence or two on why the hub refused; `code` is the CONNACK code's text.
 pub async fn explain(r: &Refusal, code: &str) -> String {
     let mut out = format!("the hub refused the connection: {code}");
-    let findings = findings(r).await;
+    let findings = findings(r, unix_now()).await;
     out.push_str(": ");
     out.push_str(&findings.join("; "));
     out
 }
 
-async fn findings(r: &Refusal) -> Vec<String> {
+fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+async fn findings(r: &Refusal, now: u64) -> Vec<String> {
     let mut f = Vec::new();
     let Some(token) = r.token.as_deref() else {
-        f.push("the connection string carries a fixed SharedAccessSignature; check that it is unexpired and signed for this device".into());
+        f.push("azsim sent no token (the connection string has no key)".into());
         return f;
     };
     let resource = match &r.module_id {
@@ -69,12 +82,34 @@ async fn findings(r: &Refusal) -> Vec<String> {
             device_id: &r.device_id,
         },
     };
+    let expected = resource.to_string();
+    let whose = if r.fixed_token {
+        "the connection string's SharedAccessSignature"
+    } else {
+        "the token azsim sent"
+    };
+    // What `azsim token inspect` finds without a key: expiry, sr, skn.
+    let policy = r.policy.as_ref().map(|p| p.as_deref());
+    let inspected = crate::cmd::token::explain_str(token, None, Some(&expected), policy, now);
+    for p in &inspected.problems {
+        f.push(format!("{whose}: {p}"));
+    }
+    let parsed = sas::Token::parse(token.trim()).ok();
     let Some((client, target)) = service_client(r) else {
-        f.push(format!(
-            "the token azsim sent is well formed and signed for {resource}; the likely causes are a wrong SharedAccessKey, a device that is not registered or is disabled, or a clock that is off (set IOTHUB_CONNECTION_STRING to let azsim check the key against the registry)"
-        ));
+        if let Some(other) = local_hub_host_mismatch(r) {
+            f.push(other);
+        }
+        if f.is_empty() {
+            f.push(format!(
+                "{whose} is well formed, unexpired and signed for {resource}; the likely causes are a wrong key, a device that is not registered or is disabled, or a clock that is off (set IOTHUB_CONNECTION_STRING to let azsim check the key against the registry)"
+            ));
+        }
         return f;
     };
+    let skew = clock_skew(&target).await.filter(|s| s.abs() > MAX_SKEW);
+    if let Some(skew) = skew {
+        f.push(skew_finding(skew, parsed.map(|t| t.expiry()), now));
+    }
     match client.get_device(&r.device_id).await {
         Ok(dev) => {
             if dev["status"].as_str() == Some("disabled") {
@@ -83,43 +118,36 @@ async fn findings(r: &Refusal) -> Vec<String> {
                     r.device_id
                 ));
             }
-            let keys = [
+            let keys: Vec<&str> = [
                 dev.pointer("/authentication/symmetricKey/primaryKey"),
                 dev.pointer("/authentication/symmetricKey/secondaryKey"),
-            ];
-            let keys: Vec<&str> = keys
-                .into_iter()
-                .flatten()
-                .filter_map(|k| k.as_str())
-                .collect();
-            if keys.is_empty() {
-                f.push("the device has no symmetric keys (it uses X.509)".into());
-            } else {
-                let Ok(parsed) = sas::Token::parse(token) else {
-                    f.push("the token azsim built does not parse (a bug: please report it)".into());
-                    return f;
-                };
-                let expected = resource.to_string();
-                let verdicts: Vec<Result<(), VerifyError>> = keys
-                    .iter()
-                    .map(|k| sas::verify(&parsed, k, &expected, r.signed_at))
-                    .collect();
-                if verdicts.iter().any(Result::is_ok) {
-                    f.push(
-                        "the token verifies with the device's registered key, so the key is right"
-                            .into(),
-                    );
-                } else if verdicts
-                    .iter()
-                    .all(|v| matches!(v, Err(VerifyError::BadSignature)))
-                {
-                    f.push("wrong key: the token's signature matches neither of the device's registered keys (copy the connection string again)".into());
-                } else if let Some(Err(e)) = verdicts
-                    .iter()
-                    .find(|v| !matches!(v, Err(VerifyError::BadSignature)))
-                {
-                    f.push(format!("the token does not verify: {e}"));
+            ]
+            .into_iter()
+            .flatten()
+            .filter_map(|k| k.as_str())
+            .collect();
+            match parsed {
+                _ if keys.is_empty() => {
+                    f.push("the device has no symmetric keys (it uses X.509)".into());
                 }
+                // A policy token is checked by the hub against that policy's key, which the
+                // registry entry does not hold.
+                Some(t) if t.policy().is_none() => {
+                    let matches = keys.iter().any(|k| {
+                        sas::diagnose(&t, Some(k), None, now)
+                            .is_ok_and(|d| d.signature_matches == Some(true))
+                    });
+                    if matches {
+                        f.push(format!(
+                            "{whose} is signed with the device's registered key, so the key is right"
+                        ));
+                    } else {
+                        f.push(format!(
+                            "wrong key: the signature of {whose} matches neither of the device's registered keys (copy the connection string again)"
+                        ));
+                    }
+                }
+                _ => {}
             }
         }
         Err(e) if e.azure().is_some_and(|a| a.status == 404) => {
@@ -128,26 +156,53 @@ async fn findings(r: &Refusal) -> Vec<String> {
                 r.device_id, r.host, r.device_id
             ));
         }
+        Err(e) if skew.is_some() && e.azure().is_some_and(|a| a.status == 401) => f.push(
+            "azsim could not check the key: the hub refuses its service token for the same reason"
+                .into(),
+        ),
         Err(e) => f.push(format!("azsim could not look the device up: {e}")),
     }
-    if let Some(skew) = clock_skew(&target).await
-        && skew.abs() > 30
-    {
-        let dir = if skew > 0 { "ahead of" } else { "behind" };
-        let looks = if skew > 0 {
-            "issued in the future"
-        } else {
-            "expired early"
-        };
-        f.push(format!(
-            "clock skew: this machine's clock is {} s {dir} the hub's, so tokens look {looks}",
-            skew.abs()
-        ));
-    }
-    if f.is_empty() {
+    if f.iter().all(|x| x.ends_with("so the key is right")) {
         f.push("no problem found with the token or the registry entry".into());
     }
     f
+}
+
+/// Clock differences up to this many seconds are normal (HTTP `Date` has 1 s resolution, and
+/// the hub allows some leeway).
+const MAX_SKEW: i64 = 30;
+
+fn skew_finding(skew: i64, expiry: Option<u64>, now: u64) -> String {
+    let dir = if skew > 0 { "ahead of" } else { "behind" };
+    let mut s = format!(
+        "clock skew: this machine's clock is {} s {dir} the hub's",
+        skew.abs()
+    );
+    let hub_now = now as i64 - skew;
+    match expiry {
+        Some(se) if (se as i64) <= hub_now => s.push_str(&format!(
+            ", so by the hub's clock the token was already {} when it was sent (fix the clock, e.g. enable NTP)",
+            crate::cmd::token::relative(i128::from(se) - i128::from(hub_now))
+        )),
+        _ if skew > 0 => s.push_str(", so tokens look issued in the future (fix the clock, e.g. enable NTP)"),
+        _ => s.push_str(", so tokens expire early (fix the clock, e.g. enable NTP)"),
+    }
+    s
+}
+
+/// With no service credentials for `r.host`: if the local hub's `hub.json` is there under another
+/// host name, the token names the wrong hub (e.g. `HostName=127.0.0.1` for `localhost`).
+fn local_hub_host_mismatch(r: &Refusal) -> Option<String> {
+    let info = azsim_emulator::HubInfo::load(&r.state_dir).ok()?;
+    (info.mqtt_port == r.port && !info.hostname.eq_ignore_ascii_case(&r.host)).then(|| {
+        format!(
+            "wrong resource: the token is signed for host {}, but the local hub in {} is {} (use HostName={} in the connection string)",
+            r.host,
+            r.state_dir.display(),
+            info.hostname,
+            info.hostname
+        )
+    })
 }
 
 fn service_client(r: &Refusal) -> Option<(ServiceClient, Target)> {

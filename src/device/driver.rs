@@ -197,7 +197,8 @@ struct Driver {
     conn: Option<Conn>,
     totals: Totals,
     last_failure: Option<Failure>,
-    last_token: Option<(String, u64)>,
+    /// The token of the last CONNECT, kept to diagnose a refusal.
+    last_token: Option<String>,
     stop_reason: Option<&'static str>,
     started: Instant,
     first_ack: Option<Duration>,
@@ -339,7 +340,7 @@ impl Driver {
             let mut abuf = [0u8; ACTION_BUFFER_LEN];
             while let Some(action) = self.session.poll_action(&mut abuf) {
                 progressed = true;
-                self.perform(now, action).await?;
+                self.perform(action).await?;
             }
             while let Some(ev) = self.session.poll_event() {
                 progressed = true;
@@ -362,7 +363,7 @@ impl Driver {
         }
     }
 
-    async fn perform(&mut self, now: u64, action: Action<'_>) -> Result<(), RunError> {
+    async fn perform(&mut self, action: Action<'_>) -> Result<(), RunError> {
         match action {
             Action::Connect {
                 token_expiry,
@@ -383,10 +384,13 @@ impl Driver {
                         let resource = self.resource();
                         sas::sign(&mut token, &resource, key, exp, policy)
                             .map_err(|e| RunError::Identity(format!("cannot sign a token: {e}")))?;
-                        self.last_token = Some((token.clone(), now));
+                        self.last_token = Some(token.clone());
                         token
                     }
-                    (Credential::Token(t), _) => t.clone(),
+                    (Credential::Token(t), _) => {
+                        self.last_token = Some(t.clone());
+                        t.clone()
+                    }
                     (Credential::Key(_) | Credential::PolicyKey { .. }, None) => String::new(),
                 };
                 let username = self.username();
@@ -449,15 +453,19 @@ impl Driver {
     async fn give_up(&mut self, reason: GiveUpReason) -> RunError {
         match reason {
             GiveUpReason::Refused(code) => {
+                let (fixed_token, policy) = match &self.cfg.credential {
+                    Credential::Key(_) => (false, Some(None)),
+                    Credential::PolicyKey { policy, .. } => (false, Some(Some(policy.clone()))),
+                    Credential::Token(_) => (true, None),
+                };
                 let refusal = Refusal {
                     host: self.cfg.hub_host.clone(),
                     device_id: self.cfg.device_id.clone(),
                     module_id: self.cfg.module_id.clone(),
-                    token: self.last_token.as_ref().map(|(t, _)| t.clone()),
-                    signed_at: self
-                        .last_token
-                        .as_ref()
-                        .map_or_else(unix_now, |(_, at)| *at),
+                    port: self.cfg.port,
+                    token: self.last_token.clone(),
+                    fixed_token,
+                    policy,
                     ca_file: self.cfg.ca_file.clone(),
                     state_dir: self.cfg.state_dir.clone(),
                 };
