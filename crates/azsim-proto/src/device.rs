@@ -16,6 +16,7 @@
 
 use core::fmt::{self, Write as _};
 
+use crate::encoding;
 use crate::session::{Event, Publish, PublishKind, Session, TwinRequestKind};
 
 /// Shortest telemetry interval accepted, in seconds.
@@ -218,12 +219,13 @@ impl<S: Sensor> Device<S> {
         let r = self.sensor.read();
         let seq = self.seq;
         let body = write_str(&mut buf[..], |w| {
-            write!(
-                w,
-                "{{\"temperature\":{:.2},\"humidity\":{:.2},\"seq\":{seq}}}",
-                finite(r.temperature),
-                finite(r.humidity),
-            )
+            w.write_str("{\"temperature\":")?;
+            write_fixed2(w, finite(r.temperature))?;
+            w.write_str(",\"humidity\":")?;
+            write_fixed2(w, finite(r.humidity))?;
+            w.write_str(",\"seq\":")?;
+            encoding::write_u64(w, seq.into())?;
+            w.write_str("}")
         })?;
         Some(Telemetry { seq, body })
     }
@@ -342,7 +344,9 @@ impl<S: Sensor> Device<S> {
         if self.report_version && self.version_rid.is_none() {
             let version = self.version;
             let body = write_str(body_buf, |w| {
-                write!(w, "{{\"azsim\":{{\"version\":{}}}}}", json::Quoted(version))
+                w.write_str("{\"azsim\":{\"version\":")?;
+                json::write_quoted(w, version)?;
+                w.write_str("}}")
             })?;
             let p = session
                 .send_reported(now, body.as_bytes(), topic_buf)
@@ -357,11 +361,12 @@ impl<S: Sensor> Device<S> {
         // applies patches in order, so the last one wins.
         if let Some(ack) = self.ack {
             let body = write_str(body_buf, |w| {
-                write!(
-                    w,
-                    "{{\"telemetryInterval\":{{\"value\":{},\"ac\":{},\"av\":{}",
-                    ack.value, ack.ac, ack.av
-                )?;
+                w.write_str("{\"telemetryInterval\":{\"value\":")?;
+                encoding::write_u64(w, ack.value)?;
+                w.write_str(",\"ac\":")?;
+                encoding::write_u64(w, ack.ac.into())?;
+                w.write_str(",\"av\":")?;
+                encoding::write_u64(w, ack.av)?;
                 if ack.ac != 200 {
                     w.write_str(
                         ",\"ad\":\"telemetryInterval must be an integer from 1 to 86400\"",
@@ -424,12 +429,18 @@ impl<S: Sensor> Device<S> {
             "setTelemetryInterval" => match parse_interval_request(payload) {
                 Ok(v) => {
                     self.set_interval(now, v);
-                    let body = write_str(body_buf, |w| write!(w, "{{\"interval\":{v}}}"))?;
+                    let body = write_str(body_buf, |w| {
+                        w.write_str("{\"interval\":")?;
+                        encoding::write_u64(w, v)?;
+                        w.write_str("}")
+                    })?;
                     (200, body)
                 }
                 Err(msg) => {
                     let body = write_str(body_buf, |w| {
-                        write!(w, "{{\"message\":{}}}", json::Quoted(msg))
+                        w.write_str("{\"message\":")?;
+                        json::write_quoted(w, msg)?;
+                        w.write_str("}")
                     })?;
                     (400, body)
                 }
@@ -462,6 +473,85 @@ pub fn parse_interval_request(payload: &[u8]) -> Result<u64, &'static str> {
 
 fn finite(x: f32) -> f32 {
     if x.is_finite() { x } else { 0.0 }
+}
+
+/// Writes a finite `x` exactly as `{:.2}` does (the exact binary value rounded half to even,
+/// `-` before any negative value, -0.0 included) without core's float formatting, which costs
+/// the firmware about 16 KiB of flash. Integer arithmetic only (no soft-float calls).
+fn write_fixed2(w: &mut dyn fmt::Write, x: f32) -> fmt::Result {
+    let bits = x.to_bits();
+    if bits >> 31 == 1 {
+        w.write_str("-")?;
+    }
+    // |x| = m * 2^(e - 150), m < 2^24; a zero exponent field is a subnormal (e = 1, no
+    // implicit bit).
+    let (m, e) = match (bits >> 23) & 0xFF {
+        0 => (bits & 0x7F_FFFF, 1),
+        e => ((bits & 0x7F_FFFF) | 0x80_0000, e),
+    };
+    if e >= 150 {
+        // A whole number below 2^128.
+        write_u128(w, u128::from(m) << (e - 150))?;
+        return w.write_str(".00");
+    }
+    // Hundredths: m * 100 / 2^shift, rounded half to even. m * 100 < 2^31, so from a shift of
+    // 32 on the value is below half a hundredth.
+    let shift = 150 - e;
+    let hundredths = if shift >= 32 {
+        0
+    } else {
+        let scaled = u64::from(m) * 100;
+        let whole = scaled >> shift;
+        let rest = scaled & ((1 << shift) - 1);
+        let half = 1 << (shift - 1);
+        whole + u64::from(rest > half || (rest == half && whole & 1 == 1))
+    };
+    encoding::write_u64(w, hundredths / 100)?;
+    let c = (hundredths % 100) as u8;
+    let cents = [b'.', b'0' + c / 10, b'0' + c % 10];
+    w.write_str(core::str::from_utf8(&cents).map_err(|_| fmt::Error)?)
+}
+
+/// Decimal digits of `n` in 9-digit groups (u64 arithmetic only: no 128-bit division on a
+/// 32-bit chip).
+fn write_u128(w: &mut dyn fmt::Write, n: u128) -> fmt::Result {
+    const GROUP: u64 = 1_000_000_000;
+    let mut limbs = [
+        (n >> 96) as u32,
+        (n >> 64) as u32,
+        (n >> 32) as u32,
+        n as u32,
+    ];
+    // u128::MAX has 39 digits: five groups.
+    let mut groups = [0u32; 5];
+    let mut count = 0;
+    for g in groups.iter_mut() {
+        let mut rem = 0u64;
+        for limb in limbs.iter_mut() {
+            let cur = (rem << 32) | u64::from(*limb);
+            *limb = (cur / GROUP) as u32;
+            rem = cur % GROUP;
+        }
+        *g = rem as u32;
+        count += 1;
+        if limbs == [0; 4] {
+            break;
+        }
+    }
+    let mut first = true;
+    for &g in groups.iter().take(count).rev() {
+        if !first {
+            // Leading zeros inside the number.
+            let mut pad = GROUP / 10;
+            while pad > 1 && u64::from(g) < pad {
+                w.write_str("0")?;
+                pad /= 10;
+            }
+        }
+        encoding::write_u64(w, g.into())?;
+        first = false;
+    }
+    Ok(())
 }
 
 fn split_for_body(buf: &mut [u8]) -> Option<(&mut [u8], &mut [u8])> {
@@ -791,28 +881,38 @@ pub mod json {
 
     impl fmt::Display for Quoted<'_> {
         fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-            f.write_str("\"")?;
-            let mut start = 0;
-            for (i, ch) in self.0.char_indices() {
-                let esc = match ch {
-                    '"' => Some("\\\""),
-                    '\\' => Some("\\\\"),
-                    '\n' => Some("\\n"),
-                    '\r' => Some("\\r"),
-                    '\t' => Some("\\t"),
-                    c if (c as u32) < 0x20 => None,
-                    _ => continue,
-                };
-                f.write_str(&self.0[start..i])?;
-                match esc {
-                    Some(e) => f.write_str(e)?,
-                    None => write!(f, "\\u{:04x}", ch as u32)?,
-                }
-                start = i + ch.len_utf8();
-            }
-            f.write_str(&self.0[start..])?;
-            f.write_str("\"")
+            write_quoted(f, self.0)
         }
+    }
+
+    /// [`Quoted`] without `core::fmt`'s formatting machinery.
+    pub(crate) fn write_quoted(w: &mut dyn fmt::Write, s: &str) -> fmt::Result {
+        w.write_str("\"")?;
+        let mut start = 0;
+        for (i, b) in s.bytes().enumerate() {
+            // Multi-byte characters pass through whole: their bytes are all >= 0x80.
+            let mut u = *b"\\u00XX";
+            let esc = match b {
+                b'"' => "\\\"",
+                b'\\' => "\\\\",
+                b'\n' => "\\n",
+                b'\r' => "\\r",
+                b'\t' => "\\t",
+                0..0x20 => {
+                    const HEX: &[u8; 16] = b"0123456789abcdef";
+                    u[4] = HEX[usize::from(b >> 4)];
+                    u[5] = HEX[usize::from(b & 0xF)];
+                    core::str::from_utf8(&u).map_err(|_| fmt::Error)?
+                }
+                _ => continue,
+            };
+            // `start..i` is on character boundaries: both ends follow or precede ASCII bytes.
+            w.write_str(s.get(start..i).ok_or(fmt::Error)?)?;
+            w.write_str(esc)?;
+            start = i + 1;
+        }
+        w.write_str(s.get(start..).ok_or(fmt::Error)?)?;
+        w.write_str("\"")
     }
 }
 
@@ -1145,7 +1245,58 @@ mod tests {
     fn quoted_strings_are_valid_json() {
         let s = "a\"b\\c\nd\u{1}é";
         let q = json::Quoted(s).to_string();
+        assert_eq!(q, "\"a\\\"b\\\\c\\nd\\u0001é\"");
         let back: String = serde_json::from_str(&q).unwrap();
         assert_eq!(back, s);
+        assert_eq!(json::Quoted("\u{1f}\t\r").to_string(), "\"\\u001f\\t\\r\"");
+    }
+
+    fn fixed2(x: f32) -> String {
+        let mut s = String::new();
+        write_fixed2(&mut s, x).unwrap();
+        s
+    }
+
+    #[test]
+    fn two_decimals_are_written_as_core_fmt_writes_them() {
+        for x in [
+            0.0,
+            -0.0,
+            -0.001,
+            0.125,
+            0.375,
+            0.005,
+            1.005,
+            21.5,
+            -19.995,
+            99.99,
+            16_777_216.0,
+            9.0e13,
+            1.0e14,
+            -1.0e20,
+            f32::MAX,
+            f32::MIN,
+            f32::MIN_POSITIVE,
+            f32::from_bits(1),
+        ] {
+            assert_eq!(fixed2(x), std::format!("{x:.2}"), "{x:e}");
+        }
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(20_000))]
+
+        #[test]
+        fn two_decimals_match_core_fmt_for_every_finite_f32(bits in proptest::num::u32::ANY) {
+            let x = f32::from_bits(bits);
+            if x.is_finite() {
+                proptest::prop_assert_eq!(fixed2(x), std::format!("{x:.2}"));
+            }
+        }
+
+        #[test]
+        fn two_decimals_match_core_fmt_for_sensor_values(x in -100.0f32..200.0) {
+            proptest::prop_assert_eq!(fixed2(x), std::format!("{x:.2}"));
+        }
     }
 }

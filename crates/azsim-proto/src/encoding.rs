@@ -25,6 +25,21 @@ const HEX_UPPER: &[u8; 16] = b"0123456789ABCDEF";
 /// # Errors
 /// Only the writer's own error (for example a full fixed-capacity buffer).
 pub fn encode<W: fmt::Write + ?Sized>(out: &mut W, s: &str) -> fmt::Result {
+    // One copy of the loop for every writer type (the firmware image has several).
+    encode_dyn(&mut Dyn(out), s)
+}
+
+/// Forwards to a possibly unsized writer, so generic entry points can share one
+/// `&mut dyn fmt::Write` body instead of a copy per writer type.
+pub(crate) struct Dyn<'w, W: fmt::Write + ?Sized>(pub(crate) &'w mut W);
+
+impl<W: fmt::Write + ?Sized> fmt::Write for Dyn<'_, W> {
+    fn write_str(&mut self, s: &str) -> fmt::Result {
+        self.0.write_str(s)
+    }
+}
+
+fn encode_dyn(out: &mut dyn fmt::Write, s: &str) -> fmt::Result {
     let bytes = s.as_bytes();
     let mut start = 0;
     for (i, &b) in bytes.iter().enumerate() {
@@ -57,6 +72,28 @@ impl fmt::Display for Encoded<'_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         encode(f, self.0)
     }
+}
+
+/// Writes `n` in decimal, as `{n}` does, without `core::fmt`'s formatting machinery (the
+/// firmware builds its wire text with this).
+///
+/// # Errors
+/// Only the writer's own error.
+pub fn write_u64(out: &mut dyn fmt::Write, n: u64) -> fmt::Result {
+    // u64::MAX has 20 digits.
+    let mut buf = [0u8; 20];
+    let mut start = buf.len();
+    let mut n = n;
+    for (i, digit) in buf.iter_mut().enumerate().rev() {
+        *digit = b'0' + (n % 10) as u8;
+        n /= 10;
+        start = i;
+        if n == 0 {
+            break;
+        }
+    }
+    let digits = buf.get(start..).unwrap_or_default();
+    out.write_str(core::str::from_utf8(digits).map_err(|_| fmt::Error)?)
 }
 
 /// The length `s` has once encoded.
@@ -218,6 +255,25 @@ mod tests {
     }
 
     #[test]
+    fn decimals_match_core_fmt() {
+        for n in [
+            0,
+            1,
+            9,
+            10,
+            99,
+            100,
+            4_294_967_295,
+            1_000_000_000_000,
+            u64::MAX,
+        ] {
+            let mut s = String::new();
+            write_u64(&mut s, n).unwrap();
+            assert_eq!(s, std::format!("{n}"));
+        }
+    }
+
+    #[test]
     fn decode_accepts_both_cases_and_keeps_plus() {
         let mut buf = [0u8; 64];
         assert_eq!(decode("a%2fb%2Fc+d", &mut buf).unwrap(), "a/b/c+d");
@@ -241,6 +297,13 @@ mod tests {
     }
 
     proptest::proptest! {
+        #[test]
+        fn decimals_match_core_fmt_everywhere(n in proptest::num::u64::ANY) {
+            let mut s = String::new();
+            write_u64(&mut s, n).unwrap();
+            proptest::prop_assert_eq!(s, std::format!("{n}"));
+        }
+
         #[test]
         fn encode_decode_round_trip(input in ".*") {
             let enc = std::format!("{}", Encoded(&input));

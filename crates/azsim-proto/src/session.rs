@@ -1255,7 +1255,7 @@ fn write_into<'b>(
 
 /// Glue between the session and [`crate::topic`], where every topic string lives.
 mod wire {
-    use core::fmt::{self, Write as _};
+    use core::fmt;
 
     use super::QoS;
     use crate::property_bag::{EncodedStr, PropertyBag};
@@ -1286,7 +1286,7 @@ mod wire {
     fn rid_text(rid: u32) -> heapless::String<10> {
         let mut s = heapless::String::new();
         // A u32 has at most 10 digits.
-        let _ = write!(s, "{rid}");
+        let _ = crate::encoding::write_u64(&mut s, rid.into());
         s
     }
 

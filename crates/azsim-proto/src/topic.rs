@@ -737,7 +737,8 @@ pub fn write_method_response<W: fmt::Write + ?Sized>(
     status: u16,
     rid: &str,
 ) -> fmt::Result {
-    write!(out, "{METHOD_RESPONSE_PREFIX}{status}")?;
+    out.write_str(METHOD_RESPONSE_PREFIX)?;
+    encoding::write_u64(&mut encoding::Dyn(out), status.into())?;
     write_rid_query(out, rid)
 }
 
