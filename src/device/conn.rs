@@ -5,6 +5,12 @@
 //! on its own); the session decides when the next one starts, with a fresh token. rumqttc picks
 //! its own packet ids, so the session's ids are mapped through the order of rumqttc's
 //! `Outgoing::Publish` notifications (requests are handled first in, first out).
+//!
+//! Telemetry that went out on an earlier connection and was never acknowledged is sent again
+//! first thing after CONNACK, as MQTT 3.1.1 asks of a clean-session-0 client (4.4,
+//! [MQTT-4.4.0-1], [MQTT-3.3.1-1]): the same PUBLISH (topic with its `$.mid`, payload) with its
+//! original packet id and DUP=1. The session gives the message a new id of its own when the
+//! driver hands it back; [`Conn::adopt`] maps the wire id to that one.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
@@ -39,6 +45,19 @@ pub struct ConnectParams {
     pub keep_alive: u16,
     /// MQTT clean-session flag.
     pub clean_session: bool,
+    /// Unacknowledged QoS 1 publishes of earlier connections, to send again after CONNACK.
+    pub redeliver: Vec<Redelivery>,
+}
+
+/// A QoS 1 PUBLISH that went out on an earlier connection without a PUBACK.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Redelivery {
+    /// The packet id it went out with.
+    pub pkid: u16,
+    /// Its topic (with the property bag, so the same `$.mid`).
+    pub topic: String,
+    /// Its payload.
+    pub payload: Vec<u8>,
 }
 
 impl std::fmt::Debug for ConnectParams {
@@ -51,6 +70,7 @@ impl std::fmt::Debug for ConnectParams {
             .field("password", &"<redacted>")
             .field("keep_alive", &self.keep_alive)
             .field("clean_session", &self.clean_session)
+            .field("redeliver", &self.redeliver.len())
             .finish()
     }
 }
@@ -69,6 +89,13 @@ pub enum ConnEvent {
     },
     /// A PUBACK for a session packet id.
     PubAck(u16),
+    /// A QoS 1 PUBLISH of the session went out with packet id `wire`.
+    OnWire {
+        /// The session's packet id.
+        pkid: u16,
+        /// The packet id on this connection.
+        wire: u16,
+    },
     /// The connection ended (or never came up).
     Closed(Failure),
 }
@@ -91,8 +118,11 @@ pub struct Conn {
     task: JoinHandle<()>,
     /// Session packet ids of QoS 1 publishes not yet given a rumqttc id, in request order.
     expected: VecDeque<u16>,
-    /// rumqttc packet id -> session packet id.
-    map: HashMap<u16, u16>,
+    /// rumqttc packet id -> session packet ids, oldest first (an id is reused only after its
+    /// PUBACK, but a collision can announce the next use before that PUBACK is read).
+    map: HashMap<u16, VecDeque<u16>>,
+    /// `Outgoing::Publish` notifications still to come for redeliveries (they go out first).
+    redelivered_left: usize,
 }
 
 #[derive(Debug)]
@@ -125,14 +155,25 @@ impl Conn {
         let (tx, rx) = mpsc::unbounded_channel();
         let host = p.host;
         let port = p.port;
-        let task = tokio::spawn(async move { drive(&mut eventloop, tx, &host, port).await });
+        let redelivered_left = p.redeliver.len();
+        let redeliver = p.redeliver;
+        let task =
+            tokio::spawn(async move { drive(&mut eventloop, tx, &host, port, redeliver).await });
         Self {
             client,
             rx,
             task,
             expected: VecDeque::new(),
             map: HashMap::new(),
+            redelivered_left,
         }
+    }
+
+    /// Tells the connection that the redelivered PUBLISH with packet id `wire` is the session's
+    /// `pkid` now, so its PUBACK is reported as `pkid`. Call it before reading the next event
+    /// after `Connected`.
+    pub fn adopt(&mut self, wire: u16, pkid: u16) {
+        self.map.entry(wire).or_default().push_back(pkid);
     }
 
     /// The next event; `Closed` is the last one.
@@ -148,14 +189,23 @@ impl Conn {
                 RawEvent::Connected => return ConnEvent::Connected,
                 RawEvent::Publish(topic, payload) => return ConnEvent::Publish { topic, payload },
                 RawEvent::OutgoingPublish(0) => {}
+                RawEvent::OutgoingPublish(_) if self.redelivered_left > 0 => {
+                    // Pending redeliveries go out before any new request.
+                    self.redelivered_left -= 1;
+                }
                 RawEvent::OutgoingPublish(ours) => {
-                    if let Some(session_pkid) = self.expected.pop_front() {
-                        self.map.insert(ours, session_pkid);
+                    if let Some(pkid) = self.expected.pop_front() {
+                        self.map.entry(ours).or_default().push_back(pkid);
+                        return ConnEvent::OnWire { pkid, wire: ours };
                     }
                 }
                 RawEvent::PubAck(ours) => {
-                    if let Some(session_pkid) = self.map.remove(&ours) {
-                        return ConnEvent::PubAck(session_pkid);
+                    let pkid = self.map.get_mut(&ours).and_then(VecDeque::pop_front);
+                    if self.map.get(&ours).is_some_and(VecDeque::is_empty) {
+                        self.map.remove(&ours);
+                    }
+                    if let Some(pkid) = pkid {
+                        return ConnEvent::PubAck(pkid);
                     }
                 }
                 RawEvent::Closed(f) => return ConnEvent::Closed(f),
@@ -221,6 +271,7 @@ async fn drive(
     tx: mpsc::UnboundedSender<RawEvent>,
     host: &str,
     port: u16,
+    mut redeliver: Vec<Redelivery>,
 ) {
     let mut connected = false;
     let mut closing = false;
@@ -228,6 +279,16 @@ async fn drive(
         let ev = match eventloop.poll().await {
             Ok(Event::Incoming(Packet::ConnAck(_))) => {
                 connected = true;
+                // rumqttc sends `pending` before any new request. It clears that list itself
+                // when CONNACK says no session is present (IoT Hub always does), so it is
+                // filled only now.
+                for r in redeliver.drain(..) {
+                    let mut p =
+                        rumqttc::Publish::new(r.topic, rumqttc::QoS::AtLeastOnce, r.payload);
+                    p.pkid = r.pkid;
+                    p.dup = true;
+                    eventloop.pending.push_back(rumqttc::Request::Publish(p));
+                }
                 RawEvent::Connected
             }
             Ok(Event::Incoming(Packet::Publish(p))) => {

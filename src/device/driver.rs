@@ -5,9 +5,11 @@
 //! The driver owns what the no-heap core cannot: telemetry bodies and the offline queue (bounded
 //! by `--max-queue`; when full the oldest message is dropped and counted), and the bodies of
 //! telemetry in flight, which go back to the front of the queue when the session reports them
-//! unacknowledged after a disconnect, so they are published again on the next connection.
+//! unacknowledged after a disconnect, so they are published again on the next connection: one
+//! that had gone out goes out again as the same PUBLISH (same topic and `$.mid`, its original
+//! packet id, DUP=1) right after CONNACK; one that never reached the wire is simply sent.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::future::Future;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -23,7 +25,7 @@ use azsim_proto::session::{
 use rand::{Rng, SeedableRng};
 use serde_json::{Value, json};
 
-use super::conn::{Conn, ConnEvent, ConnectParams, Failure};
+use super::conn::{Conn, ConnEvent, ConnectParams, Failure, Redelivery};
 use super::diagnose::{self, Refusal};
 use super::output::{Output, body_text, body_value};
 use super::template::{Template, TemplateVars};
@@ -155,6 +157,10 @@ struct Message {
     seq: u32,
     message_id: String,
     body: Vec<u8>,
+    /// The session's packet id while in flight.
+    pkid: u16,
+    /// Topic and packet id it went out with, once on the wire: a resend repeats both.
+    wire: Option<(String, u16)>,
 }
 
 fn unix_now() -> u64 {
@@ -195,6 +201,8 @@ struct Driver {
     queue: VecDeque<Message>,
     in_flight: HashMap<u32, Message>,
     conn: Option<Conn>,
+    /// Wire packet ids redelivered on the current connection and not yet handed to the session.
+    redelivering: HashSet<u16>,
     totals: Totals,
     last_failure: Option<Failure>,
     /// The token of the last CONNECT, kept to diagnose a refusal.
@@ -253,6 +261,7 @@ pub async fn run(
         queue: VecDeque::new(),
         in_flight: HashMap::new(),
         conn: None,
+        redelivering: HashSet::new(),
         totals: Totals::default(),
         last_failure: None,
         last_token: None,
@@ -398,6 +407,28 @@ impl Driver {
                     &self.cfg.device_id,
                     self.cfg.module_id.as_deref(),
                 );
+                // Unacknowledged telemetry that had gone out, oldest first (the session may not
+                // have handed all of it back to the queue yet).
+                let mut redeliver: Vec<(u32, Redelivery)> = self
+                    .queue
+                    .iter()
+                    .chain(self.in_flight.values())
+                    .filter_map(|m| {
+                        m.wire
+                            .as_ref()
+                            .filter(|(_, pkid)| *pkid != 0)
+                            .map(|(topic, pkid)| {
+                                let r = Redelivery {
+                                    pkid: *pkid,
+                                    topic: topic.clone(),
+                                    payload: m.body.clone(),
+                                };
+                                (m.seq, r)
+                            })
+                    })
+                    .collect();
+                redeliver.sort_by_key(|(seq, _)| *seq);
+                self.redelivering = redeliver.iter().map(|(_, r)| r.pkid).collect();
                 self.conn = Some(Conn::start(ConnectParams {
                     host: self.cfg.connect_host.clone(),
                     port: self.cfg.port,
@@ -407,6 +438,7 @@ impl Driver {
                     tls: self.tls.clone(),
                     keep_alive,
                     clean_session,
+                    redeliver: redeliver.into_iter().map(|(_, r)| r).collect(),
                 }));
             }
             Action::Subscribe { filter, qos } => {
@@ -491,6 +523,11 @@ impl Driver {
                 }
             }
             ConnEvent::PubAck(pkid) => self.session.handle_puback(now, pkid),
+            ConnEvent::OnWire { pkid, wire } => {
+                if let Some(m) = self.in_flight.values_mut().find(|m| m.pkid == pkid) {
+                    m.wire = m.wire.take().map(|(topic, _)| (topic, wire));
+                }
+            }
             ConnEvent::Closed(f) => {
                 self.conn = None;
                 let reason = f.reason;
@@ -737,6 +774,8 @@ impl Driver {
                 seq: t.seq,
                 message_id: uuid::Uuid::new_v4().to_string(),
                 body,
+                pkid: 0,
+                wire: None,
             });
             let mut dropped = 0u64;
             while self.queue.len() > self.cfg.max_queue {
@@ -786,14 +825,35 @@ impl Driver {
                     break;
                 }
             };
-            send(&mut self.conn, &p);
+            let pkid = p.pkid;
+            let redelivered = match (&m.wire, self.conn.as_mut()) {
+                (Some((_, wire)), Some(c)) if self.redelivering.remove(wire) => {
+                    // Already sent again after CONNACK, as the same PUBLISH with DUP=1.
+                    c.adopt(*wire, pkid);
+                    true
+                }
+                _ => false,
+            };
+            let topic = (!redelivered).then(|| p.topic.to_owned());
+            if !redelivered {
+                send(&mut self.conn, &p);
+            }
+            let mut m = m;
+            m.pkid = pkid;
+            if let Some(topic) = topic {
+                // The packet id (0 until then) comes with `ConnEvent::OnWire`.
+                m.wire = Some((topic, 0));
+            }
             self.totals.sent += 1;
             sent = true;
             let bytes = m.body.len();
             self.out.emit(
                 "telemetry_sent",
-                json!({"seq": m.seq, "message_id": m.message_id, "bytes": bytes, "body": body_value(&m.body)}),
-                || format!("telemetry #{} sent: {}", m.seq, body_text(&m.body)),
+                json!({"seq": m.seq, "message_id": m.message_id, "bytes": bytes, "body": body_value(&m.body), "redelivery": redelivered}),
+                || {
+                    let again = if redelivered { " again (DUP)" } else { "" };
+                    format!("telemetry #{} sent{again}: {}", m.seq, body_text(&m.body))
+                },
             );
             self.in_flight.insert(m.seq, m);
         }

@@ -30,7 +30,7 @@ fn azsim_run(hub: &TestHub, cs: &str, extra: &[&str]) -> tokio::process::Command
 }
 
 /// A running `azsim run` whose JSON lines are read as they come.
-struct Running {
+pub(crate) struct Running {
     child: tokio::process::Child,
     lines: mpsc::UnboundedReceiver<Value>,
     seen: Vec<Value>,
@@ -38,7 +38,7 @@ struct Running {
 }
 
 impl Running {
-    fn spawn(mut cmd: tokio::process::Command) -> Running {
+    pub(crate) fn spawn(mut cmd: tokio::process::Command) -> Running {
         let mut child = cmd.spawn().expect("azsim runs");
         let stdout = child.stdout.take().unwrap();
         let mut stderr = child.stderr.take().unwrap();
@@ -67,7 +67,7 @@ impl Running {
     }
 
     /// Waits for the first event (from now on) that `pred` accepts.
-    async fn wait_for(&mut self, what: &str, pred: impl Fn(&Value) -> bool) -> Value {
+    pub(crate) async fn wait_for(&mut self, what: &str, pred: impl Fn(&Value) -> bool) -> Value {
         let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
         loop {
             match tokio::time::timeout_at(deadline, self.lines.recv()).await {
@@ -83,12 +83,12 @@ impl Running {
         }
     }
 
-    async fn event(&mut self, name: &str) -> Value {
+    pub(crate) async fn event(&mut self, name: &str) -> Value {
         self.wait_for(name, |v| v["event"] == name).await
     }
 
     /// Ctrl-C, then everything it printed.
-    async fn interrupt(self) -> (ExitStatus, Vec<Value>, String) {
+    pub(crate) async fn interrupt(self) -> (ExitStatus, Vec<Value>, String) {
         let pid = self.child.id().expect("running").to_string();
         let status = tokio::process::Command::new("kill")
             .args(["-INT", &pid])

@@ -36,19 +36,26 @@ struct Broker {
     log: PathBuf,
     port: u16,
     ca: PathBuf,
-    _dir: tempfile::TempDir,
+    _dir: Option<tempfile::TempDir>,
 }
 
 impl Broker {
     async fn start(bin: &Path) -> Broker {
         let dir = tempfile::tempdir().unwrap();
+        let mut b = Self::start_in(bin, dir.path(), free_port(), "mosquitto").await;
+        b._dir = Some(dir);
+        b
+    }
+
+    /// A broker on `port` with its certificates in `dir` (made once, reused on a restart) and
+    /// its log in `dir/{name}.log`.
+    async fn start_in(bin: &Path, dir: &Path, port: u16, name: &str) -> Broker {
         // Certificates from the same rcgen-based generator the local hub uses: a dev CA and a
         // server certificate for localhost.
-        let prepared = azsim_emulator::state_dir::prepare(dir.path(), "localhost").unwrap();
+        let prepared = azsim_emulator::state_dir::prepare(dir, "localhost").unwrap();
         let certs = prepared.ca_file.parent().unwrap().to_owned();
-        let port = free_port();
-        let log = dir.path().join("mosquitto.log");
-        let conf = dir.path().join("mosquitto.conf");
+        let log = dir.join(format!("{name}.log"));
+        let conf = dir.join(format!("{name}.conf"));
         // Started as root, mosquitto drops to user `mosquitto`, which cannot read the temp dir:
         // stay the current user.
         let user = std::process::Command::new("id")
@@ -73,7 +80,7 @@ impl Broker {
             .arg("-c")
             .arg(&conf)
             .stdout(Stdio::null())
-            .stderr(std::fs::File::create(dir.path().join("stderr.txt")).unwrap())
+            .stderr(std::fs::File::create(dir.join(format!("{name}.stderr"))).unwrap())
             .kill_on_drop(true)
             .spawn()
             .unwrap();
@@ -91,13 +98,12 @@ impl Broker {
             log,
             port,
             ca: prepared.ca_file.clone(),
-            _dir: dir,
+            _dir: None,
         }
     }
 
     fn log(&self) -> String {
-        let stderr =
-            std::fs::read_to_string(self.log.with_file_name("stderr.txt")).unwrap_or_default();
+        let stderr = std::fs::read_to_string(self.log.with_extension("stderr")).unwrap_or_default();
         std::fs::read_to_string(&self.log).unwrap_or_default() + &stderr
     }
 }
@@ -235,4 +241,99 @@ async fn mosquitto_sees_the_spec_client_id_username_and_topics_and_gets_the_tele
         assert!(!text.contains("sig="));
     }
     let _ = broker.child.kill().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unacknowledged_telemetry_goes_out_again_with_dup_and_its_packet_id_after_the_broker_dies()
+{
+    let Some(bin) = mosquitto() else {
+        crate::support::skip("mosquitto not installed");
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let mut first = Broker::start_in(&bin, dir.path(), port, "first").await;
+    let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_azsim"));
+    cmd.args(["run", "--json", "--interval", "1s"])
+        .arg("--connection-string")
+        .arg(format!(
+            "HostName=localhost;DeviceId=sim-dup;SharedAccessKey={KEY}"
+        ))
+        .arg("--ca")
+        .arg(&first.ca)
+        .args(["--port", &port.to_string()])
+        .env_remove("IOTHUB_DEVICE_CONNECTION_STRING")
+        .env_remove("IOTHUB_CONNECTION_STRING")
+        .env_remove("AZSIM_CA_FILE")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true);
+    let mut dev = crate::run_hub::Running::spawn(cmd);
+    let before = dev
+        .wait_for("telemetry #2 acknowledged", |v| {
+            v["event"] == "telemetry_acked" && v["seq"] == 2
+        })
+        .await;
+    let before = before["message_id"].as_str().unwrap().to_owned();
+
+    // The broker freezes: the next message is sent and never acknowledged. Then it dies.
+    let pid = first.child.id().unwrap().to_string();
+    let stop = std::process::Command::new("kill")
+        .args(["-STOP", &pid])
+        .status();
+    assert!(stop.unwrap().success());
+    let lost = dev.event("telemetry_sent").await;
+    assert_eq!(lost["seq"], 3, "the message after #2: {lost}");
+    let mid = lost["message_id"].as_str().unwrap().to_owned();
+    first.child.kill().await.unwrap();
+    dev.event("disconnected").await;
+    let first_log = first.log();
+    assert!(
+        !first_log.contains(&mid),
+        "the frozen broker never read it:\n{first_log}"
+    );
+    // The packet id #2 went out with; the lost message had the next one.
+    let line = first_log
+        .lines()
+        .find(|l| l.contains("Received PUBLISH from sim-dup (d0, q1, r0, m") && l.contains(&before))
+        .unwrap_or_else(|| panic!("#2 at the broker:\n{first_log}"));
+    let pkid: u16 = line
+        .split(", m")
+        .nth(1)
+        .and_then(|r| r.split(',').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap();
+    let pkid = pkid + 1;
+
+    let second = Broker::start_in(&bin, dir.path(), port, "second").await;
+    dev.wait_for("the lost message acknowledged", |v| {
+        v["event"] == "telemetry_acked" && v["message_id"] == mid.as_str()
+    })
+    .await;
+    let (status, out, stderr) = dev.interrupt().await;
+    assert!(status.success(), "{stderr}");
+    let again: Vec<&Value> = out
+        .iter()
+        .filter(|v| v["event"] == "telemetry_sent" && v["message_id"] == mid.as_str())
+        .collect();
+    assert_eq!(again.len(), 2, "sent, then sent again: {again:?}");
+    assert_eq!(again[1]["redelivery"], true);
+
+    let log = second.log();
+    let lines: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("Received PUBLISH from sim-dup") && l.contains(&mid))
+        .collect();
+    assert_eq!(lines.len(), 1, "exactly one redelivery:\n{log}");
+    assert!(
+        lines[0].contains(&format!(
+            "(d1, q1, r0, m{pkid}, 'devices/sim-dup/messages/events/%24.mid={mid}&"
+        )),
+        "DUP=1, the original packet id m{pkid} and the same topic:\n{log}"
+    );
+    assert!(
+        log.contains(&format!("Sending PUBACK to sim-dup (m{pkid}, ")),
+        "{log}"
+    );
 }
