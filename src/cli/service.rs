@@ -455,7 +455,8 @@ impl TwinArgs {
 // azsim c2d
 // ---------------------------------------------------------------------------------------------
 
-/// Cloud-to-device messages (local azsim hub only: Azure needs AMQP for this).
+/// Cloud-to-device messages: send (local azsim hub only: Azure needs AMQP for this) and
+/// receive their delivery feedback (any hub: a REST call).
 #[derive(Debug, Args)]
 pub struct C2dArgs {
     /// What to do.
@@ -463,11 +464,30 @@ pub struct C2dArgs {
     pub command: C2dCommand,
 }
 
-/// `azsim c2d send`.
+/// `azsim c2d send | feedback`.
 #[derive(Debug, Subcommand)]
 pub enum C2dCommand {
     /// Queue a message for a device (delivered when it is connected and subscribed).
     Send(C2dSendArgs),
+    /// Receive and complete pending delivery feedback (from messages sent with --ack), one line
+    /// per record: time, device, original message id, status.
+    ///
+    /// Without --timeout, prints what is pending now (exit 0, even when nothing is). With
+    /// --timeout, waits up to that long for feedback to arrive (exit 1 when none does).
+    Feedback(C2dFeedbackArgs),
+}
+
+/// `azsim c2d feedback`.
+#[derive(Debug, Args)]
+pub struct C2dFeedbackArgs {
+    /// Wait up to this many seconds for feedback to arrive.
+    #[arg(long, value_name = "SECONDS")]
+    pub timeout: Option<u64>,
+    #[command(flatten)]
+    pub target: HubTargetArgs,
+    /// Print each record as one JSON object per line (Azure's record fields).
+    #[arg(long)]
+    pub json: bool,
 }
 
 /// Feedback the sender asks for (`iothub-ack`).
@@ -530,9 +550,29 @@ pub struct C2dSendArgs {
     pub json: bool,
 }
 
+/// Validated `azsim c2d` arguments.
+#[derive(Debug)]
+pub enum C2dConfig {
+    /// `azsim c2d send`.
+    Send(Box<C2dSendConfig>),
+    /// `azsim c2d feedback`.
+    Feedback(Box<C2dFeedbackConfig>),
+}
+
+/// Validated `azsim c2d feedback` arguments.
+#[derive(Debug)]
+pub struct C2dFeedbackConfig {
+    /// The hub (local or Azure).
+    pub target: Target,
+    /// How long to wait for the first record; `None` checks once.
+    pub timeout: Option<std::time::Duration>,
+    /// JSON lines output.
+    pub json: bool,
+}
+
 /// Validated `azsim c2d send` arguments.
 #[derive(Debug)]
-pub struct C2dConfig {
+pub struct C2dSendConfig {
     /// The hub.
     pub target: Target,
     /// Device id.
@@ -549,7 +589,25 @@ impl C2dArgs {
     /// # Errors
     /// A [`UsageError`] naming the bad field.
     pub fn into_config(self) -> Result<C2dConfig, UsageError> {
-        let C2dCommand::Send(a) = self.command;
+        match self.command {
+            C2dCommand::Send(a) => a.into_config().map(|c| C2dConfig::Send(Box::new(c))),
+            C2dCommand::Feedback(a) => {
+                if a.timeout == Some(0) {
+                    return Err(UsageError::new("--timeout", "must be at least 1 second"));
+                }
+                Ok(C2dConfig::Feedback(Box::new(C2dFeedbackConfig {
+                    target: a.target.resolve()?,
+                    timeout: a.timeout.map(std::time::Duration::from_secs),
+                    json: a.json,
+                })))
+            }
+        }
+    }
+}
+
+impl C2dSendArgs {
+    fn into_config(self) -> Result<C2dSendConfig, UsageError> {
+        let a = self;
         let device = device_id("DEVICE", a.device)?;
         let mut properties = serde_json::Map::new();
         for p in &a.properties {
@@ -594,7 +652,7 @@ impl C2dArgs {
                 ),
             ));
         }
-        Ok(C2dConfig {
+        Ok(C2dSendConfig {
             target,
             device,
             message: crate::service::C2dRequest {
@@ -626,7 +684,7 @@ pub enum EventKind {
     Connection,
     /// Reported and desired twin changes.
     Twin,
-    /// Completed cloud-to-device messages.
+    /// Completed cloud-to-device messages and their feedback.
     C2d,
 }
 
@@ -642,8 +700,8 @@ impl EventKind {
     }
 }
 
-/// Watch the local hub's events: telemetry, connects, twin changes, C2D completions
-/// (local azsim hub only: Azure needs Event Hubs for this).
+/// Watch the local hub's events: telemetry, connects, twin changes, C2D completions and
+/// feedback (local azsim hub only: Azure needs Event Hubs for this).
 ///
 /// Exits 0 after --count events; 1 when --timeout passes first. Without --count, --timeout is
 /// how long to watch (exit 0).
@@ -753,6 +811,7 @@ mod tests {
         assert!(EventKind::Connection.matches("disconnected"));
         assert!(EventKind::Twin.matches("twinDesired"));
         assert!(EventKind::C2d.matches("c2dCompleted"));
+        assert!(EventKind::C2d.matches("c2dFeedback"));
         assert!(!EventKind::Twin.matches("telemetry"));
     }
 }

@@ -115,6 +115,16 @@ pub struct C2dRequest {
     pub ttl_seconds: Option<u64>,
 }
 
+/// A batch of C2D feedback records, locked for this client until completed or abandoned.
+#[derive(Debug, Clone)]
+pub struct FeedbackBatch {
+    /// The lock token (the response's `ETag`, without quotes).
+    pub lock_token: String,
+    /// Azure's records: `originalMessageId`, `description`, `deviceGenerationId`, `deviceId`,
+    /// `enqueuedTimeUtc`, `statusCode`.
+    pub records: Vec<Value>,
+}
+
 /// An authenticated client for one hub. Signs one token (600 s) when built.
 #[derive(Debug, Clone)]
 pub struct ServiceClient {
@@ -372,6 +382,76 @@ impl ServiceClient {
         self.json(rb.json(msg), &url)
             .await
             .map_err(|e| self.not_emulator_on_404(e))
+    }
+
+    /// `GET /messages/serviceBound/feedback`: the next batch of C2D feedback, locked for this
+    /// client; `None` when nothing is pending (204).
+    ///
+    /// # Errors
+    /// [`ServiceError::Azure`], a transport error, or [`ServiceError::Decode`] when a batch has
+    /// no `ETag` or is not a JSON array.
+    pub async fn receive_feedback(&self) -> Result<Option<FeedbackBatch>, ServiceError> {
+        let (rb, url) = self.request(Method::GET, "/messages/serviceBound/feedback");
+        let resp = self.send(rb.timeout(REQUEST_TIMEOUT), &url).await?;
+        if resp.status() == StatusCode::NO_CONTENT {
+            return Ok(None);
+        }
+        let lock_token = resp
+            .headers()
+            .get(reqwest::header::ETAG)
+            .and_then(|v| v.to_str().ok())
+            .map(|v| v.trim().trim_matches('"').to_owned())
+            .filter(|v| !v.is_empty())
+            .ok_or_else(|| ServiceError::Decode {
+                url: url.clone(),
+                reason: "feedback batch without an ETag lock token".into(),
+            })?;
+        match read_json(resp, &url).await? {
+            Value::Array(records) => Ok(Some(FeedbackBatch {
+                lock_token,
+                records,
+            })),
+            _ => Err(ServiceError::Decode {
+                url,
+                reason: "feedback batch is not a json array".into(),
+            }),
+        }
+    }
+
+    /// `DELETE /messages/serviceBound/feedback/{lockToken}`: completes a received batch.
+    ///
+    /// # Errors
+    /// [`ServiceError::Azure`] (`412002` when the lock is unknown or expired) or a transport
+    /// error.
+    pub async fn complete_feedback(&self, lock_token: &str) -> Result<(), ServiceError> {
+        let (rb, url) = self.request(
+            Method::DELETE,
+            &format!(
+                "/messages/serviceBound/feedback/{}",
+                path_segment(lock_token)
+            ),
+        );
+        self.send(rb.timeout(REQUEST_TIMEOUT), &url)
+            .await
+            .map(|_| ())
+    }
+
+    /// `POST /messages/serviceBound/feedback/{lockToken}/abandon`: gives a batch back.
+    ///
+    /// # Errors
+    /// [`ServiceError::Azure`] (`412002` when the lock is unknown or expired) or a transport
+    /// error.
+    pub async fn abandon_feedback(&self, lock_token: &str) -> Result<(), ServiceError> {
+        let (rb, url) = self.request(
+            Method::POST,
+            &format!(
+                "/messages/serviceBound/feedback/{}/abandon",
+                path_segment(lock_token)
+            ),
+        );
+        self.send(rb.timeout(REQUEST_TIMEOUT), &url)
+            .await
+            .map(|_| ())
     }
 
     /// `GET /emulator/events[?deviceId=]` (azsim only): the live event stream.

@@ -159,9 +159,35 @@ pub fn render_line(ev: &Value, now: &str) -> String {
                 let _ = write!(line, " {id}");
             }
         }
+        "c2dFeedback" => {
+            line.push_str("c2d feedback");
+            if let Some(id) = str_field(ev, "messageId") {
+                let _ = write!(line, " {id}");
+            }
+            if let Some(status) = str_field(ev, "statusCode") {
+                let _ = write!(line, ": {status}");
+            }
+        }
         other => {
             let _ = write!(line, "{other}: {}", compact(ev));
         }
+    }
+    line.replace(['\n', '\r'], " ")
+}
+
+/// One line for a C2D feedback record (Azure's shape):
+/// `{enqueuedTimeUtc} {deviceId} {originalMessageId} {statusCode}`.
+pub fn feedback_line(rec: &Value) -> String {
+    let f = |k: &str| str_field(rec, k).unwrap_or("-");
+    let mut line = format!(
+        "{} {} {} {}",
+        f("enqueuedTimeUtc"),
+        f("deviceId"),
+        f("originalMessageId"),
+        f("statusCode")
+    );
+    if let Some(d) = str_field(rec, "description").filter(|d| *d != f("statusCode")) {
+        let _ = write!(line, " ({d})");
     }
     line.replace(['\n', '\r'], " ")
 }
@@ -210,5 +236,21 @@ mod tests {
         );
         let ev = json!({"type":"disconnected","deviceId":"d1","reason":"keep-alive"});
         assert_eq!(render_line(&ev, "T"), "T d1 disconnected (keep-alive)");
+        let ev = json!({"type":"c2dFeedback","deviceId":"d1","messageId":"m1",
+            "statusCode":"Expired","enqueuedTime":"E"});
+        assert_eq!(render_line(&ev, "T"), "E d1 c2d feedback m1: Expired");
+    }
+
+    #[test]
+    fn feedback_records_render_on_one_line() {
+        let rec = json!({"originalMessageId":"m1","description":"Success","deviceGenerationId":"g",
+            "deviceId":"d1","enqueuedTimeUtc":"2026-01-01T00:00:00.0000000Z","statusCode":"Success"});
+        assert_eq!(
+            feedback_line(&rec),
+            "2026-01-01T00:00:00.0000000Z d1 m1 Success"
+        );
+        let rec = json!({"originalMessageId":"m2","description":"Message expired",
+            "deviceId":"d1","enqueuedTimeUtc":"T","statusCode":"Expired"});
+        assert_eq!(feedback_line(&rec), "T d1 m2 Expired (Message expired)");
     }
 }

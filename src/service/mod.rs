@@ -3,7 +3,8 @@
 //! to talk to.
 //!
 //! What it does: device registry, twins, direct methods over HTTPS against `azsim hub` or a real
-//! Azure IoT Hub; C2D send and the live event stream against `azsim hub` only (Azure does those
+//! Azure IoT Hub, C2D feedback (receive/complete/abandon) against either; C2D send and the live
+//! event stream against `azsim hub` only (Azure does those
 //! over AMQP and Event Hubs, which azsim does not speak). Tokens are signed by `azsim-proto`
 //! (`sas`) from a policy connection string parsed by `azsim-proto` (`connection_string`); TLS is
 //! `crate::tls::client_config` (ring). What it does not do: print anything; the `cmd` modules do.
@@ -17,5 +18,7 @@ pub mod target;
 
 pub use auth::ServiceCredentials;
 pub use azure_error::AzureError;
-pub use client::{C2dRequest, MethodRequest, MethodResult, ServiceClient, ServiceError};
+pub use client::{
+    C2dRequest, FeedbackBatch, MethodRequest, MethodResult, ServiceClient, ServiceError,
+};
 pub use target::{Target, TargetInputs};

@@ -2,8 +2,10 @@
 //! Tests that exercise the CLI run the real binary (`env!("CARGO_BIN_EXE_azsim")`).
 
 mod firmware_loop;
+mod hub_activity;
 mod hub_e2e;
 mod hub_events;
+mod hub_feedback;
 mod hub_mqtt_rules;
 mod hub_service;
 mod real_hub;

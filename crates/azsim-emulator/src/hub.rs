@@ -43,7 +43,6 @@ pub(crate) struct ConnEntry {
     pub conn_id: u64,
     pub tx: mpsc::UnboundedSender<ConnCmd>,
     pub subs: Arc<Subs>,
-    pub since: String,
 }
 
 /// A stream event: the device it concerns and its JSON text.

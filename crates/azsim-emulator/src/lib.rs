@@ -17,7 +17,9 @@ use serde::{Deserialize, Serialize};
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 
+pub mod activity;
 mod auth;
+mod feedback;
 mod hub;
 mod mqtt;
 mod rest;
@@ -59,6 +61,10 @@ pub struct HubLimits {
     pub event_log_cap: usize,
     /// Keep-alive ceiling (Azure caps the 1.5x timeout at 1767 s, so 1177 s of keep-alive).
     pub max_keep_alive: u16,
+    /// How long a C2D feedback record waits to be received and completed (Azure: 1 h).
+    pub feedback_ttl: Duration,
+    /// How long a received feedback batch stays locked before it is visible again (Azure: 1 min).
+    pub feedback_lock_timeout: Duration,
 }
 
 impl Default for HubLimits {
@@ -72,6 +78,8 @@ impl Default for HubLimits {
             max_subscriptions: 5,
             event_log_cap: 10_000,
             max_keep_alive: 1177,
+            feedback_ttl: Duration::from_secs(3600),
+            feedback_lock_timeout: Duration::from_secs(60),
         }
     }
 }

@@ -235,6 +235,7 @@ struct Conn {
     next_pkid: u16,
     generation_id: String,
     out: BytesMut,
+    activity: Arc<crate::activity::Cell>,
 }
 
 async fn connection(hub: Arc<Hub>, mut stream: Stream, peer: SocketAddr) {
@@ -280,6 +281,7 @@ async fn connection(hub: Arc<Hub>, mut stream: Stream, peer: SocketAddr) {
         next_pkid: 0,
         generation_id: authed.generation_id.clone(),
         out: BytesMut::new(),
+        activity: hub.store.activity().cell(&cid),
     };
     // Session state: a persistent session keeps its subscriptions (and so its C2D delivery).
     let cid2 = cid.clone();
@@ -308,7 +310,6 @@ async fn connection(hub: Arc<Hub>, mut stream: Stream, peer: SocketAddr) {
             conn_id: conn.conn_id,
             tx,
             subs: conn.subs.clone(),
-            since: now_rfc3339(),
         },
     );
     if write_packet(
@@ -322,6 +323,7 @@ async fn connection(hub: Arc<Hub>, mut stream: Stream, peer: SocketAddr) {
         return;
     }
     tracing::info!(%peer, client_id = %cid, clean = connect.clean_session, keep_alive = connect.keep_alive, "device connected");
+    conn.activity.connected();
     hub.emit(
         &authed.device,
         json!({"type":"connected","deviceId":authed.device,"moduleId":authed.module,"reason":null}),
@@ -387,6 +389,7 @@ async fn connection(hub: Arc<Hub>, mut stream: Stream, peer: SocketAddr) {
     };
     tracing::info!(client_id = %cid, reason = %reason, "device disconnected");
     if hub.unregister(&cid, conn.conn_id) {
+        conn.activity.disconnected();
         hub.emit(&conn.device, json!({"type":"disconnected","deviceId":conn.device,"moduleId":conn.module,"reason":reason}));
     }
     if let (Close::Ungraceful(_), Some(w)) = (&close, will) {
@@ -437,6 +440,7 @@ impl Conn {
         match p {
             Packet::Publish(p) => self.on_publish(p).await,
             Packet::PubAck(a) => {
+                self.activity.touch();
                 if let Some((seq, mid)) = self.inflight.remove(&a.pkid) {
                     self.complete_c2d(seq, mid).await;
                 }
@@ -527,6 +531,7 @@ impl Conn {
     }
 
     async fn on_publish(&mut self, p: Publish) -> Option<Close> {
+        self.activity.touch();
         if p.qos == QoS::ExactlyOnce {
             return Some(Close::Ungraceful("QoS 2 PUBLISH is not supported".into()));
         }

@@ -25,6 +25,7 @@ use tokio::net::TcpListener;
 use tokio_rustls::TlsAcceptor;
 use tokio_stream::wrappers::BroadcastStream;
 
+use crate::activity::azure_time_us;
 use crate::hub::{Hub, LiveGuard, MethodError, client_id};
 use crate::store::{C2dMessage, Identity, q};
 use crate::{HubError, now_rfc3339, state_dir, twin, unix_ms, unix_now};
@@ -38,6 +39,8 @@ pub(crate) async fn accept_loop(
 ) {
     let acceptor = TlsAcceptor::from(tls);
     let app = router(hub.clone());
+    // The C2D expiry / feedback sweep lives as long as the hub (it watches the shutdown flag).
+    tokio::spawn(crate::feedback::maintain(hub.clone()));
     loop {
         let (tcp, peer) = match listener.accept().await {
             Ok(x) => x,
@@ -95,6 +98,15 @@ fn router(hub: Shared) -> Router {
         )
         .route("/twins/{id}/methods", post(invoke_device))
         .route("/twins/{id}/modules/{mid}/methods", post(invoke_module))
+        .route("/messages/serviceBound/feedback", get(receive_feedback))
+        .route(
+            "/messages/serviceBound/feedback/{lock}",
+            delete(complete_feedback),
+        )
+        .route(
+            "/messages/serviceBound/feedback/{lock}/abandon",
+            post(abandon_feedback),
+        )
         .route("/emulator/devices/{id}/c2d", post(send_c2d))
         .route("/emulator/events", get(events_sse))
         .route("/emulator/events/recent", get(events_recent))
@@ -287,6 +299,7 @@ fn etag_of(n: u64) -> String {
 fn device_json(hub: &Hub, i: &Identity, c2d_count: u32) -> Value {
     let cid = client_id(&i.device_id, i.module_id.as_deref());
     let conn = hub.conn(&cid);
+    let (last_activity, state_updated) = hub.store.activity().times(&cid);
     let mut v = json!({
         "deviceId": i.device_id,
         "generationId": i.generation_id,
@@ -294,9 +307,9 @@ fn device_json(hub: &Hub, i: &Identity, c2d_count: u32) -> Value {
         "connectionState": if conn.is_some() { "Connected" } else { "Disconnected" },
         "status": if i.enabled { "enabled" } else { "disabled" },
         "statusReason": i.status_reason,
-        "connectionStateUpdatedTime": conn.as_ref().map_or("0001-01-01T00:00:00Z".to_string(), |c| c.since.clone()),
+        "connectionStateUpdatedTime": azure_time_us(state_updated),
         "statusUpdatedTime": i.status_updated,
-        "lastActivityTime": "0001-01-01T00:00:00Z",
+        "lastActivityTime": azure_time_us(last_activity),
         "cloudToDeviceMessageCount": c2d_count,
         "authentication": {
             "type": "sas",
@@ -552,6 +565,7 @@ async fn delete_identity(
 ) -> ApiResult {
     let im = if_match(headers);
     let (d, m) = (id.clone(), module.clone());
+    let activity = hub.store.activity().clone();
     let r = hub
         .store
         .call(move |c| {
@@ -561,6 +575,8 @@ async fn delete_identity(
             if !etag_ok(&im, &etag_of(i.etag_n)) {
                 return Ok(None);
             }
+            // Under the store lock, so the activity flusher cannot write the times back.
+            activity.forget(&d, m.as_deref());
             q::delete_identity(c, &d, m.as_deref())?;
             Ok(Some(true))
         })
@@ -634,9 +650,11 @@ async fn list_modules(State(hub): State<Shared>, Path(id): Path<String>) -> ApiR
 // ---------------------------------------------------------------------------------------------
 // Twins
 
-fn twin_json(hub: &Hub, i: &Identity) -> Value {
+/// `c2d_count` is the device's C2D queue depth (0 for a module: modules have no C2D queue).
+fn twin_json(hub: &Hub, i: &Identity, c2d_count: u32) -> Value {
     let cid = client_id(&i.device_id, i.module_id.as_deref());
     let connected = hub.is_connected(&cid);
+    let (last_activity, _) = hub.store.activity().times(&cid);
     let mut desired = i.desired.clone();
     desired.insert(
         "$metadata".into(),
@@ -658,8 +676,8 @@ fn twin_json(hub: &Hub, i: &Identity) -> Value {
         "statusReason": i.status_reason,
         "statusUpdateTime": i.status_updated,
         "connectionState": if connected { "Connected" } else { "Disconnected" },
-        "lastActivityTime": "0001-01-01T00:00:00Z",
-        "cloudToDeviceMessageCount": 0,
+        "lastActivityTime": azure_time_us(last_activity),
+        "cloudToDeviceMessageCount": c2d_count,
         "authenticationType": "sas",
         "x509Thumbprint": {"primaryThumbprint": null, "secondaryThumbprint": null},
         "tags": i.tags,
@@ -677,14 +695,28 @@ fn twin_json(hub: &Hub, i: &Identity) -> Value {
     v
 }
 
+/// The C2D queue depth a twin shows: the device's, or 0 for a module.
+fn twin_c2d_count(c: &rusqlite::Connection, i: &Identity) -> Result<u32, HubError> {
+    match i.module_id {
+        Some(_) => Ok(0),
+        None => q::c2d_depth(c, &i.device_id),
+    }
+}
+
 async fn get_twin_json(hub: &Shared, id: String, module: Option<String>) -> ApiResult {
     let (d, m) = (id.clone(), module.clone());
     match hub
         .store
-        .call(move |c| q::get_identity(c, &d, m.as_deref()))
+        .call(move |c| {
+            let Some(i) = q::get_identity(c, &d, m.as_deref())? else {
+                return Ok(None);
+            };
+            let depth = twin_c2d_count(c, &i)?;
+            Ok(Some((i, depth)))
+        })
         .await?
     {
-        Some(i) => Ok(json_ok(StatusCode::OK, twin_json(hub, &i))),
+        Some((i, depth)) => Ok(json_ok(StatusCode::OK, twin_json(hub, &i, depth))),
         None => Err(match module {
             Some(m) => ApiError::module_not_found(&id, &m),
             None => ApiError::device_not_found(&id),
@@ -793,15 +825,16 @@ async fn update_twin(
                 i.twin_version += 1;
                 q::put_identity(c, &i)?;
             }
-            Ok(Ok((i, desired_patch)))
+            let depth = twin_c2d_count(c, &i)?;
+            Ok(Ok((i, desired_patch, depth)))
         })
         .await?;
-    let (i, patch) = r?;
+    let (i, patch, depth) = r?;
     if let Some(p) = patch {
         hub.push_desired(&i.device_id, i.module_id.as_deref(), &p, i.desired_version);
         hub.emit(&i.device_id, json!({"type":"twinDesired","deviceId":i.device_id,"moduleId":i.module_id,"version":i.desired_version,"patch":p}));
     }
-    Ok(json_ok(StatusCode::OK, twin_json(hub, &i)))
+    Ok(json_ok(StatusCode::OK, twin_json(hub, &i, depth)))
 }
 
 async fn patch_twin(
@@ -1077,11 +1110,7 @@ async fn send_c2d(State(hub): State<Shared>, Path(id): Path<String>, body: Bytes
                 return Ok(Err(ApiError::device_not_found(&d)));
             }
             // Expired messages no longer count against the cap.
-            c.execute(
-                "UPDATE c2d SET dead = 'Expired' WHERE device_id = ?1 AND dead IS NULL AND expiry_ms <= ?2",
-                rusqlite::params![d, unix_ms()],
-            )
-            .map_err(|e| HubError::Store(e.to_string()))?;
+            q::c2d_expire_due(c, Some(&d), unix_ms())?;
             Ok(Ok(q::c2d_enqueue(c, &msg, cap)?))
         })
         .await?;
@@ -1100,6 +1129,93 @@ async fn send_c2d(State(hub): State<Shared>, Path(id): Path<String>, body: Bytes
             format!("Device {id} already has {cap} messages pending"),
         )),
     }
+}
+
+// ---------------------------------------------------------------------------------------------
+// C2D feedback (Azure's service REST calls; see feedback.rs)
+
+const FEEDBACK_CONTENT_TYPE: &str = "application/vnd.microsoft.iothub.feedback.json";
+
+fn millis(d: Duration) -> i64 {
+    i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
+}
+
+/// The lock token from the URL: quotes (an `ETag` passed on verbatim) are accepted.
+fn lock_token(raw: &str) -> Result<String, ApiError> {
+    let t = raw.trim().trim_matches('"');
+    if t.is_empty() || t.len() > 128 {
+        return Err(ApiError::bad("lockToken is invalid"));
+    }
+    Ok(t.to_string())
+}
+
+fn lock_lost(token: &str) -> ApiError {
+    ApiError::new(
+        StatusCode::PRECONDITION_FAILED,
+        412002,
+        "DeviceMessageLockLost",
+        format!("feedback lock {token} is unknown or has expired"),
+    )
+}
+
+/// `GET /messages/serviceBound/feedback`: 204 when nothing is pending, else 200 with a batch
+/// (JSON array of records) locked under the token in `ETag`.
+async fn receive_feedback(State(hub): State<Shared>) -> ApiResult {
+    let token = uuid::Uuid::new_v4().to_string();
+    let t = token.clone();
+    let ttl = millis(hub.cfg.limits.feedback_ttl);
+    let lock = millis(hub.cfg.limits.feedback_lock_timeout);
+    let batch = hub
+        .store
+        .call(move |c| {
+            let now = unix_ms();
+            // Overdue messages produce their Expired feedback before anyone asks for it.
+            q::c2d_expire_due(c, None, now)?;
+            crate::feedback::receive(c, now, ttl, lock, crate::feedback::BATCH_MAX, &t)
+        })
+        .await?;
+    if batch.is_empty() {
+        return Ok(StatusCode::NO_CONTENT.into_response());
+    }
+    let body = Value::Array(batch).to_string();
+    let mut r = (StatusCode::OK, body).into_response();
+    let h = r.headers_mut();
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static(FEEDBACK_CONTENT_TYPE),
+    );
+    if let Ok(v) = HeaderValue::from_str(&format!("\"{token}\"")) {
+        h.insert(header::ETAG, v);
+    }
+    Ok(r)
+}
+
+/// `DELETE /messages/serviceBound/feedback/{lockToken}`: complete (delete) the batch.
+async fn complete_feedback(State(hub): State<Shared>, Path(raw): Path<String>) -> ApiResult {
+    let token = lock_token(&raw)?;
+    let t = token.clone();
+    let n = hub
+        .store
+        .call(move |c| crate::feedback::complete(c, &t, unix_ms()))
+        .await?;
+    if n == 0 {
+        return Err(lock_lost(&token));
+    }
+    Ok(StatusCode::NO_CONTENT.into_response())
+}
+
+/// `POST /messages/serviceBound/feedback/{lockToken}/abandon`: make the batch visible again.
+async fn abandon_feedback(State(hub): State<Shared>, Path(raw): Path<String>) -> ApiResult {
+    let token = lock_token(&raw)?;
+    let t = token.clone();
+    let n = hub
+        .store
+        .call(move |c| crate::feedback::abandon(c, &t, unix_ms()))
+        .await?;
+    if n == 0 {
+        return Err(lock_lost(&token));
+    }
+    Ok(StatusCode::NO_CONTENT.into_response())
 }
 
 // ---------------------------------------------------------------------------------------------

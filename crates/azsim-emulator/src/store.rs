@@ -80,6 +80,7 @@ pub struct Store {
     conn: Arc<Mutex<Connection>>,
     events_tx: mpsc::Sender<WriterMsg>,
     writer: Arc<Mutex<Option<JoinHandle<()>>>>,
+    activity: Arc<crate::activity::Tracker>,
 }
 
 impl std::fmt::Debug for Store {
@@ -92,7 +93,7 @@ fn db_err(e: rusqlite::Error) -> HubError {
     HubError::Store(e.to_string())
 }
 
-const SCHEMA: &str = "
+pub(crate) const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS identities (
   device_id TEXT NOT NULL, module_id TEXT NOT NULL DEFAULT '', data TEXT NOT NULL,
   PRIMARY KEY (device_id, module_id));
@@ -104,6 +105,17 @@ CREATE INDEX IF NOT EXISTS c2d_device ON c2d (device_id, dead, seq);
 CREATE TABLE IF NOT EXISTS sessions (client_id TEXT PRIMARY KEY, filters TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS events (
   seq INTEGER PRIMARY KEY AUTOINCREMENT, device_id TEXT NOT NULL, json TEXT NOT NULL);
+";
+
+/// Activity times (see `activity.rs`) and the C2D feedback queue (see `feedback.rs`).
+pub(crate) const SCHEMA_ACTIVITY_FEEDBACK: &str = "
+CREATE TABLE IF NOT EXISTS activity (
+  client_id TEXT PRIMARY KEY, last_us INTEGER NOT NULL, state_us INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS feedback (
+  seq INTEGER PRIMARY KEY AUTOINCREMENT, device_id TEXT NOT NULL, json TEXT NOT NULL,
+  created_ms INTEGER NOT NULL, lock_token TEXT, locked_until_ms INTEGER,
+  done INTEGER NOT NULL DEFAULT 0);
+CREATE INDEX IF NOT EXISTS feedback_lock ON feedback (lock_token);
 ";
 
 impl Store {
@@ -122,7 +134,12 @@ impl Store {
         conn.busy_timeout(std::time::Duration::from_secs(5))
             .map_err(db_err)?;
         conn.execute_batch(SCHEMA).map_err(db_err)?;
+        conn.execute_batch(SCHEMA_ACTIVITY_FEEDBACK)
+            .map_err(db_err)?;
+        let activity = Arc::new(crate::activity::Tracker::default());
+        activity.load(q::activity_rows(&conn)?);
         let conn = Arc::new(Mutex::new(conn));
+        start_activity_flusher(&conn, &activity)?;
         let (tx, rx) = mpsc::channel(16_384);
         let wconn = conn.clone();
         let handle = std::thread::Builder::new()
@@ -133,6 +150,7 @@ impl Store {
             conn,
             events_tx: tx,
             writer: Arc::new(Mutex::new(Some(handle))),
+            activity,
         })
     }
 
@@ -167,6 +185,10 @@ impl Store {
     /// Flush, then checkpoint the WAL so the db file is complete on its own.
     pub async fn close(&self) {
         self.flush().await;
+        self.flush_activity().await;
+        self.activity
+            .stopped
+            .store(true, std::sync::atomic::Ordering::Release);
         let _ = self
             .call(|c| {
                 let _ = c.execute_batch("PRAGMA wal_checkpoint(TRUNCATE);");
@@ -175,6 +197,50 @@ impl Store {
             .await;
         let _ = self.writer.lock().map(|mut w| w.take());
     }
+}
+
+/// Activity times: the hot path updates atomics, this writes them (see `activity.rs`).
+impl Store {
+    /// Every identity's activity times.
+    pub fn activity(&self) -> &Arc<crate::activity::Tracker> {
+        &self.activity
+    }
+
+    /// Write the activity times that changed since the last flush.
+    pub async fn flush_activity(&self) {
+        let tracker = self.activity.clone();
+        if let Err(e) = self.call(move |c| q::flush_activity(c, &tracker)).await {
+            tracing::warn!(error = %e, "saving activity times failed");
+        }
+    }
+}
+
+/// A thread that writes changed activity times every `FLUSH_EVERY`; it ends when the store is
+/// closed or dropped.
+fn start_activity_flusher(
+    conn: &Arc<Mutex<Connection>>,
+    tracker: &Arc<crate::activity::Tracker>,
+) -> Result<(), HubError> {
+    let (conn, tracker) = (Arc::downgrade(conn), Arc::downgrade(tracker));
+    std::thread::Builder::new()
+        .name("azsim-hub-activity".into())
+        .spawn(move || {
+            loop {
+                std::thread::sleep(crate::activity::FLUSH_EVERY);
+                let (Some(conn), Some(tracker)) = (conn.upgrade(), tracker.upgrade()) else {
+                    return;
+                };
+                if tracker.stopped.load(std::sync::atomic::Ordering::Acquire) {
+                    return;
+                }
+                let guard = conn.lock().unwrap_or_else(|p| p.into_inner());
+                if let Err(e) = q::flush_activity(&guard, &tracker) {
+                    tracing::warn!(error = %e, "saving activity times failed");
+                }
+            }
+        })
+        .map(drop)
+        .map_err(|e| HubError::Store(e.to_string()))
 }
 
 fn event_writer(conn: Arc<Mutex<Connection>>, mut rx: mpsc::Receiver<WriterMsg>, cap: usize) {
@@ -340,6 +406,11 @@ pub mod q {
                     params![format!("{device}/{m}")],
                 )
                 .map_err(db_err)?;
+                tx.execute(
+                    "DELETE FROM activity WHERE client_id = ?1",
+                    params![format!("{device}/{m}")],
+                )
+                .map_err(db_err)?;
             }
             None => {
                 tx.execute(
@@ -352,6 +423,12 @@ pub mod q {
                 tx.execute(
                     "DELETE FROM sessions WHERE client_id = ?1 OR client_id LIKE ?2",
                     params![device, format!("{device}/%")],
+                )
+                .map_err(db_err)?;
+                tx.execute(
+                    "DELETE FROM activity WHERE client_id = ?1 \
+                     OR substr(client_id, 1, length(?2)) = ?2",
+                    params![device, format!("{device}/")],
                 )
                 .map_err(db_err)?;
             }
@@ -506,31 +583,123 @@ pub mod q {
         Ok(())
     }
 
-    /// Complete (delete) a message; true when it was still live.
+    /// Complete (delete) a message; true when it was still live. Records `Success` feedback
+    /// when the sender asked for it (`iothub-ack` positive or full).
     pub fn c2d_complete(c: &Connection, seq: i64) -> Result<bool, HubError> {
+        let Some(live) = crate::feedback::live_message(c, seq)? else {
+            return Ok(false);
+        };
         let n = c
             .prepare_cached("DELETE FROM c2d WHERE seq = ?1 AND dead IS NULL")
             .map_err(db_err)?
             .execute(params![seq])
             .map_err(db_err)?;
+        if n > 0 {
+            crate::feedback::record(c, &live, crate::feedback::Status::Success)?;
+        }
         Ok(n > 0)
     }
 
+    /// Dead-letter a live message; records negative feedback (`reason` is the status code,
+    /// `Expired` or `DeliveryCountExceeded`) when the sender asked for it.
     pub fn c2d_dead_letter(c: &Connection, seq: i64, reason: &str) -> Result<(), HubError> {
-        c.prepare_cached("UPDATE c2d SET dead = ?2 WHERE seq = ?1")
+        let live = crate::feedback::live_message(c, seq)?;
+        let n = c
+            .prepare_cached("UPDATE c2d SET dead = ?2 WHERE seq = ?1 AND dead IS NULL")
             .map_err(db_err)?
             .execute(params![seq, reason])
             .map_err(db_err)?;
+        if let (1.., Some(live), Some(status)) =
+            (n, live, crate::feedback::Status::from_code(reason))
+        {
+            crate::feedback::record(c, &live, status)?;
+        }
         Ok(())
     }
 
+    /// Dead-letter every live message whose TTL has passed (all devices, or one), with
+    /// `Expired` feedback; returns how many.
+    pub fn c2d_expire_due(
+        c: &Connection,
+        device: Option<&str>,
+        now_ms: i64,
+    ) -> Result<usize, HubError> {
+        let mut st = c
+            .prepare_cached(
+                "SELECT seq FROM c2d WHERE dead IS NULL AND expiry_ms <= ?1 \
+                 AND (?2 IS NULL OR device_id = ?2) ORDER BY seq",
+            )
+            .map_err(db_err)?;
+        let seqs = st
+            .query_map(params![now_ms, device], |r| r.get::<_, i64>(0))
+            .map_err(db_err)?
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(db_err)?;
+        for &seq in &seqs {
+            c2d_dead_letter(c, seq, "Expired")?;
+        }
+        Ok(seqs.len())
+    }
+
+    /// Delete a device's live messages, with `Purged` feedback where the sender asked for
+    /// negative feedback.
     pub fn c2d_purge(c: &Connection, device: &str) -> Result<u32, HubError> {
+        let mut st = c
+            .prepare_cached("SELECT seq FROM c2d WHERE device_id = ?1 AND dead IS NULL")
+            .map_err(db_err)?;
+        let seqs = st
+            .query_map(params![device], |r| r.get::<_, i64>(0))
+            .map_err(db_err)?
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(db_err)?;
+        for &seq in &seqs {
+            if let Some(live) = crate::feedback::live_message(c, seq)? {
+                crate::feedback::record(c, &live, crate::feedback::Status::Purged)?;
+            }
+        }
         c.execute(
             "DELETE FROM c2d WHERE device_id = ?1 AND dead IS NULL",
             params![device],
         )
         .map(|n| n as u32)
         .map_err(db_err)
+    }
+
+    /// Every saved activity time: `(client id, last activity us, state updated us)`.
+    pub fn activity_rows(c: &Connection) -> Result<Vec<(String, i64, i64)>, HubError> {
+        let mut st = c
+            .prepare("SELECT client_id, last_us, state_us FROM activity")
+            .map_err(db_err)?;
+        st.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+            .map_err(db_err)?
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(db_err)
+    }
+
+    /// Write the activity times that changed, in one transaction.
+    pub fn flush_activity(
+        c: &Connection,
+        tracker: &crate::activity::Tracker,
+    ) -> Result<(), HubError> {
+        let rows = tracker.changed();
+        if rows.is_empty() {
+            return Ok(());
+        }
+        let tx = c.unchecked_transaction().map_err(db_err)?;
+        {
+            let mut st = tx
+                .prepare_cached(
+                    "INSERT OR REPLACE INTO activity (client_id, last_us, state_us) \
+                     VALUES (?1, ?2, ?3)",
+                )
+                .map_err(db_err)?;
+            for (cid, last, state) in &rows {
+                st.execute(params![cid, last, state]).map_err(db_err)?;
+            }
+        }
+        tx.commit().map_err(db_err)?;
+        tracker.mark_persisted(&rows);
+        Ok(())
     }
 
     pub fn session_filters(c: &Connection, client_id: &str) -> Result<Vec<String>, HubError> {

@@ -1,0 +1,199 @@
+//! Per-identity activity times for the registry and twin JSON: `lastActivityTime` (the identity
+//! connected, sent anything or acknowledged a C2D message) and `connectionStateUpdatedTime`
+//! (the last connect or disconnect, kept after the device goes away).
+//!
+//! The hot path (every D2C publish) stores one timestamp into an atomic of the connection's
+//! [`Cell`]; nothing touches SQLite there. The store writes the cells that changed in one
+//! transaction every [`FLUSH_EVERY`] and once more when it closes, and loads them on open, so
+//! a restart keeps the times and at most one flush interval is lost on a crash.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+/// How often changed activity times are written to the database.
+pub const FLUSH_EVERY: Duration = Duration::from_secs(2);
+
+/// What Azure shows for a time that never happened.
+pub const NEVER: &str = "0001-01-01T00:00:00Z";
+
+/// Microseconds since the Unix epoch.
+pub fn unix_us() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| i64::try_from(d.as_micros()).unwrap_or(i64::MAX))
+        .unwrap_or_default()
+}
+
+/// Azure's time format: RFC 3339 UTC with a 7-digit fraction (`2026-01-02T03:04:05.1234567Z`);
+/// [`NEVER`] for 0 or less.
+pub fn azure_time_us(us: i64) -> String {
+    if us <= 0 {
+        return NEVER.to_string();
+    }
+    let fmt = time::macros::format_description!(
+        "[year]-[month]-[day]T[hour]:[minute]:[second].[subsecond digits:7]Z"
+    );
+    time::OffsetDateTime::from_unix_timestamp_nanos(i128::from(us) * 1000)
+        .ok()
+        .and_then(|t| t.format(&fmt).ok())
+        .unwrap_or_else(|| NEVER.to_string())
+}
+
+/// [`azure_time_us`] for milliseconds.
+pub fn azure_time_ms(ms: i64) -> String {
+    azure_time_us(ms.saturating_mul(1000))
+}
+
+/// The activity times of one identity (device or module), shared by its live connection.
+#[derive(Debug, Default)]
+pub struct Cell {
+    last_us: AtomicI64,
+    state_us: AtomicI64,
+}
+
+impl Cell {
+    /// The identity sent or acknowledged something now.
+    pub fn touch(&self) {
+        self.last_us.store(unix_us(), Ordering::Relaxed);
+    }
+
+    /// The identity connected now (a connect is also activity).
+    pub fn connected(&self) {
+        let now = unix_us();
+        self.state_us.store(now, Ordering::Relaxed);
+        self.last_us.store(now, Ordering::Relaxed);
+    }
+
+    /// The identity's connection ended now.
+    pub fn disconnected(&self) {
+        self.state_us.store(unix_us(), Ordering::Relaxed);
+    }
+
+    /// `(last activity, connection state updated)` in microseconds; 0 when never.
+    pub fn times(&self) -> (i64, i64) {
+        (
+            self.last_us.load(Ordering::Relaxed),
+            self.state_us.load(Ordering::Relaxed),
+        )
+    }
+}
+
+/// Every identity's [`Cell`], by client id (`device` or `device/module`).
+#[derive(Debug, Default)]
+pub struct Tracker {
+    cells: Mutex<HashMap<String, Arc<Cell>>>,
+    /// What the database holds, so a flush writes only what changed.
+    persisted: Mutex<HashMap<String, (i64, i64)>>,
+    pub(crate) stopped: AtomicBool,
+}
+
+impl Tracker {
+    /// The cell of `client_id`, created on first use.
+    pub fn cell(&self, client_id: &str) -> Arc<Cell> {
+        let mut cells = self.cells.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(c) = cells.get(client_id) {
+            return c.clone();
+        }
+        let c = Arc::new(Cell::default());
+        cells.insert(client_id.to_string(), c.clone());
+        c
+    }
+
+    /// `(last activity, connection state updated)` of `client_id` in microseconds; 0 when never.
+    pub fn times(&self, client_id: &str) -> (i64, i64) {
+        self.cells
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(client_id)
+            .map_or((0, 0), |c| c.times())
+    }
+
+    /// Drop a deleted device (with its modules) or one module, so a new identity with the same
+    /// id starts without history.
+    pub fn forget(&self, device: &str, module: Option<&str>) {
+        let hit = |cid: &str| match module {
+            Some(m) => cid.strip_prefix(device).and_then(|r| r.strip_prefix('/')) == Some(m),
+            None => cid == device || cid.strip_prefix(device).is_some_and(|r| r.starts_with('/')),
+        };
+        self.cells
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .retain(|k, _| !hit(k));
+        self.persisted
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .retain(|k, _| !hit(k));
+    }
+
+    /// Fill from the database at start.
+    pub(crate) fn load(&self, rows: Vec<(String, i64, i64)>) {
+        let mut cells = self.cells.lock().unwrap_or_else(|p| p.into_inner());
+        let mut persisted = self.persisted.lock().unwrap_or_else(|p| p.into_inner());
+        for (cid, last, state) in rows {
+            let c = Cell::default();
+            c.last_us.store(last, Ordering::Relaxed);
+            c.state_us.store(state, Ordering::Relaxed);
+            cells.insert(cid.clone(), Arc::new(c));
+            persisted.insert(cid, (last, state));
+        }
+    }
+
+    /// The cells whose times differ from what the database holds.
+    pub(crate) fn changed(&self) -> Vec<(String, i64, i64)> {
+        let cells = self.cells.lock().unwrap_or_else(|p| p.into_inner());
+        let persisted = self.persisted.lock().unwrap_or_else(|p| p.into_inner());
+        cells
+            .iter()
+            .filter_map(|(k, c)| {
+                let t = c.times();
+                (t != (0, 0) && persisted.get(k) != Some(&t)).then(|| (k.clone(), t.0, t.1))
+            })
+            .collect()
+    }
+
+    /// Record that `rows` are now in the database.
+    pub(crate) fn mark_persisted(&self, rows: &[(String, i64, i64)]) {
+        let mut persisted = self.persisted.lock().unwrap_or_else(|p| p.into_inner());
+        for (k, l, s) in rows {
+            persisted.insert(k.clone(), (*l, *s));
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn azure_time_has_seven_fraction_digits() {
+        assert_eq!(
+            azure_time_us(1_700_000_000_123_456),
+            "2023-11-14T22:13:20.1234560Z"
+        );
+        assert_eq!(
+            azure_time_ms(1_700_000_000_001),
+            "2023-11-14T22:13:20.0010000Z"
+        );
+        assert_eq!(azure_time_us(0), NEVER);
+    }
+
+    #[test]
+    fn only_changed_cells_are_flushed_and_forget_spares_similar_ids() {
+        let t = Tracker::default();
+        t.cell("d1").connected();
+        t.cell("d1/m").touch();
+        t.cell("d10").touch();
+        assert_eq!(t.changed().len(), 3);
+        let rows = t.changed();
+        t.mark_persisted(&rows);
+        assert!(t.changed().is_empty());
+        t.cell("d10").disconnected();
+        assert_eq!(t.changed().len(), 1);
+        t.forget("d1", None);
+        assert_eq!(t.times("d1"), (0, 0));
+        assert_eq!(t.times("d1/m"), (0, 0));
+        assert_ne!(t.times("d10"), (0, 0));
+    }
+}
