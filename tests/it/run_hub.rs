@@ -643,15 +643,30 @@ async fn unreachable_hosts_and_untrusted_certificates_are_named() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_arguments_exit_2_naming_the_field_without_the_key() {
     let key = "c2VjcmV0LWtleS1zZWNyZXQta2V5LXNlY3JldC1rZXk=";
-    let cases: [(&[&str], &str); 6] = [
+    let cases: &[(&[&str], &str)] = &[
         (&["--keep-alive", "2000"], "--keep-alive"),
         (&["--interval", "500ms"], "--interval"),
+        (&["--interval", "2days"], "--interval"),
         (&["--method", "ping=abc"], "--method"),
+        (&["--method", "ping"], "--method"),
+        (&["--method", "re/set=200"], "--method"),
+        (&["--method", "reset=200:{nope"], "--method"),
         (&["--property", "novalue"], "--property"),
+        (&["--property", "=v"], "--property"),
         (&["--payload", "{{ seq "], "--payload"),
+        (&["--payload", "{{ nosuchvar }}"], "--payload"),
+        (&["--payload", "@/nonexistent/payload.j2"], "--payload"),
         (&["--max-queue", "0"], "--max-queue"),
+        (&["--count", "0"], "--count"),
+        (&["--duration", "soon"], "--duration"),
+        (&["--duration", "0s"], "--duration"),
+        (&["--token-ttl", "1"], "--token-ttl"),
+        (&["--model-id", "thermostat"], "--model-id"),
+        (&["--port", "0"], "--port"),
+        (&["--content-type", " "], "--content-type"),
+        (&["--ca", "/nonexistent/ca.pem"], "--ca"),
     ];
-    for (args, field) in cases {
+    for &(args, field) in cases {
         let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_azsim"))
             .arg("run")
             .arg("--connection-string")
@@ -683,6 +698,29 @@ async fn bad_arguments_exit_2_naming_the_field_without_the_key() {
         "{stderr}"
     );
     assert!(!stderr.contains(key));
+    // The environment variables the flags fall back to are named when they are wrong.
+    let bad_cs = format!("HostName=h.example;DeviceId=d;SharedAccessKey={key};Extra=1");
+    for (var, value, field) in [
+        (
+            "IOTHUB_DEVICE_CONNECTION_STRING",
+            &bad_cs[..],
+            "IOTHUB_DEVICE_CONNECTION_STRING",
+        ),
+        ("AZSIM_CA_FILE", "/nonexistent/ca.pem", "AZSIM_CA_FILE"),
+    ] {
+        let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_azsim"))
+            .arg("run")
+            .env_remove("IOTHUB_DEVICE_CONNECTION_STRING")
+            .env_remove("AZSIM_CA_FILE")
+            .env(var, value)
+            .output()
+            .await
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{var}: {stderr}");
+        assert!(stderr.starts_with(&format!("error: {field}:")), "{stderr}");
+        assert!(!stderr.contains(key));
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -1002,5 +1040,87 @@ async fn a_clock_two_hours_slow_is_named_as_clock_skew() {
         ),
         "{stderr}"
     );
+    hub.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_payload_file_template_renders_every_message_and_duration_ends_the_run() {
+    let hub = TestHub::start().await;
+    let cs = hub.create_device("run-tpl").await;
+    let tmp = tempfile::tempdir().unwrap();
+    let file = tmp.path().join("payload.j2");
+    std::fs::write(
+        &file,
+        "{\"n\": {{ seq }}, \"id\": \"{{ uuid }}\", \"at\": \"{{ now }}\", \"ts\": {{ ts }},\n \
+         \"dice\": {{ randint(1, 6) }}, \"x\": {{ uniform(0, 1) }}, \"dev\": \"{{ device_id }}\"}\n",
+    )
+    .unwrap();
+    let payload = format!("@{}", file.display());
+    let args = [
+        "--interval",
+        "1s",
+        "--duration",
+        "3s",
+        "--seed",
+        "42",
+        "--payload",
+        &payload,
+        "--property",
+        "batch=a=b",
+    ];
+    let started = std::time::Instant::now();
+    let (status, out, stderr) = Running::spawn(azsim_run(&hub, &cs, &args)).finish().await;
+    let took = started.elapsed();
+    assert!(status.success(), "{stderr}");
+    let stopped = events(&out, "stopped")[0].clone();
+    assert_eq!(stopped["reason"], "duration", "{stopped}");
+    assert!(
+        took >= Duration::from_secs(3) && took < Duration::from_secs(15),
+        "--duration 3s took {took:?}"
+    );
+    let tel = recent_telemetry(&hub, "run-tpl").await;
+    assert!(tel.len() >= 2, "{tel:#?}");
+    let mut dice = Vec::new();
+    for t in &tel {
+        let body: Value = serde_json::from_str(t["body"].as_str().unwrap()).unwrap();
+        assert!(body["n"].as_u64().unwrap() >= 1);
+        assert!(
+            uuid::Uuid::parse_str(body["id"].as_str().unwrap()).is_ok(),
+            "{body}"
+        );
+        assert!(body["at"].as_str().unwrap().ends_with('Z'), "{body}");
+        assert!(body["ts"].as_u64().unwrap() > 1_700_000_000);
+        let x = body["x"].as_f64().unwrap();
+        assert!((0.0..1.0).contains(&x));
+        assert_eq!(body["dev"], "run-tpl");
+        dice.push(body["dice"].as_u64().unwrap());
+        assert_eq!(t["properties"]["batch"], "a=b", "the value keeps its '='");
+    }
+    assert!(dice.iter().all(|d| (1..=6).contains(d)), "{dice:?}");
+
+    // The same --seed draws the same numbers.
+    let cs2 = hub.create_device("run-tpl2").await;
+    let args2 = [
+        "--count",
+        "2",
+        "--interval",
+        "1s",
+        "--seed",
+        "42",
+        "--payload",
+        &payload,
+    ];
+    let (status, _, stderr) = Running::spawn(azsim_run(&hub, &cs2, &args2)).finish().await;
+    assert!(status.success(), "{stderr}");
+    let dice2: Vec<u64> = recent_telemetry(&hub, "run-tpl2")
+        .await
+        .iter()
+        .map(|t| {
+            serde_json::from_str::<Value>(t["body"].as_str().unwrap()).unwrap()["dice"]
+                .as_u64()
+                .unwrap()
+        })
+        .collect();
+    assert_eq!(dice2[..], dice[..2], "same seed, same draws");
     hub.stop().await;
 }
