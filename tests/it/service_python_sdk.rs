@@ -300,6 +300,8 @@ async fn device_sdk_scenario(python: &Path, t: &Target) {
             "c2d-1",
             "--correlation-id",
             "corr-1",
+            "--ack",
+            "full",
         ])
         .await;
     assert_eq!(out.code, 0, "{out:?}");
@@ -406,6 +408,32 @@ async fn service_sdk_scenario(python: &Path, t: &Target) {
     );
     inv.finish().await;
     responder.expect("method").await;
+
+    // The device SDK completed c2d-1 (sent with --ack full): its feedback, through
+    // IoTHubHttpRuntimeManager (receive, abandon, receive again, complete).
+    let mut fb = Py::spawn(
+        python,
+        &t.work,
+        "service_sdk.py",
+        &[&s("feedback"), &p(&svc_cs), &s("py-device")],
+        &t.ca,
+    );
+    let got = fb.expect("feedback").await;
+    assert_eq!(
+        got["content_type"], "application/vnd.microsoft.iothub.feedback.json",
+        "{got}"
+    );
+    assert_eq!(got["etag_quoted"], true, "{got}");
+    let recs = got["records"].as_array().expect("records");
+    assert_eq!(recs.len(), 1, "{got}");
+    assert_eq!(recs[0]["originalMessageId"], "c2d-1", "{got}");
+    assert_eq!(recs[0]["statusCode"], "Success", "{got}");
+    fb.expect("abandoned").await;
+    let done = fb.expect("completed").await;
+    assert_eq!(done["same"], true, "{done}");
+    assert_eq!(done["new_lock"], true, "{done}");
+    fb.expect("empty").await;
+    fb.finish().await;
     if let Some(mut stdin) = responder.child.stdin.take() {
         let _ = stdin.shutdown().await;
     }

@@ -8,12 +8,16 @@ The caller sets REQUESTS_CA_BUNDLE to the hub's CA (requests would use the syste
         write the device connection string to DEVICE_CS_FILE
     service_sdk.py invoke SERVICE_CS_FILE DEVICE METHOD
         invoke a direct method on the (connected) device and print status and payload
+    service_sdk.py feedback SERVICE_CS_FILE DEVICE
+        receive the C2D feedback batch (IoTHubHttpRuntimeManager; the raw response, since the
+        SDK's convenience method discards it), abandon it, receive it again and complete it
 """
 
 import json
 import sys
+import time
 
-from azure.iot.hub import IoTHubRegistryManager
+from azure.iot.hub import IoTHubHttpRuntimeManager, IoTHubRegistryManager
 from azure.iot.hub.models import CloudToDeviceMethod, Twin, TwinProperties
 
 
@@ -58,8 +62,45 @@ def invoke(rm, device_id, method):
     return 0
 
 
+def receive_batch(rt, deadline_s=30):
+    """Poll until a batch arrives; returns (lock token, records, raw response)."""
+    deadline = time.monotonic() + deadline_s
+    while True:
+        raw = rt.protocol.cloud_to_device_messages.receive_feedback_notification(raw=True)
+        resp = raw.response
+        if resp.status_code == 200:
+            etag = resp.headers["ETag"]
+            return etag.strip('"'), json.loads(resp.text), resp
+        if time.monotonic() > deadline:
+            raise TimeoutError("no feedback batch within %d s" % deadline_s)
+        time.sleep(0.2)
+
+
+def feedback(cs_file, device_id):
+    with open(cs_file, encoding="utf-8") as f:
+        rt = IoTHubHttpRuntimeManager.from_connection_string(f.read().strip())
+    token, records, resp = receive_batch(rt)
+    emit(
+        "feedback",
+        records=[r for r in records if r.get("deviceId") == device_id],
+        content_type=resp.headers.get("Content-Type"),
+        etag_quoted=resp.headers["ETag"].startswith('"'),
+    )
+    rt.abandon_feedback_notification(token)
+    emit("abandoned")
+    token2, again, _ = receive_batch(rt, 5)
+    rt.complete_feedback_notification(token2)
+    emit("completed", same=[r["originalMessageId"] for r in again] == [r["originalMessageId"] for r in records], new_lock=token2 != token)
+    # Nothing is left: the SDK's own call accepts the 204.
+    rt.receive_feedback_notification()
+    emit("empty")
+    return 0
+
+
 def main():
     action, cs_file, device_id = sys.argv[1:4]
+    if action == "feedback":
+        return feedback(cs_file, device_id)
     rm = manager(cs_file)
     if action == "registry":
         return registry(rm, device_id, sys.argv[4], sys.argv[5])
