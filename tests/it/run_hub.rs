@@ -627,6 +627,17 @@ async fn unreachable_hosts_and_untrusted_certificates_are_named() {
         "{stderr}"
     );
 
+    // A host name that cannot resolve (.invalid never does, RFC 6761) is named.
+    let cs_dns = "HostName=no-such-hub.invalid;DeviceId=d;SharedAccessKey=AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=";
+    let (status, _, stderr) = Running::spawn(azsim_run(&hub, cs_dns, &["--count", "1"]))
+        .finish()
+        .await;
+    assert_eq!(status.code(), Some(1));
+    assert!(
+        stderr.contains("cannot resolve host no-such-hub.invalid"),
+        "{stderr}"
+    );
+
     // Without the hub's CA the certificate is not trusted.
     let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_azsim"));
     cmd.args(["run", "--json", "--count", "1", "--connection-string", &cs])
