@@ -142,6 +142,11 @@ mod tests {
             tls: crate::tls::client_config(None).unwrap(),
             keep_alive: 60,
             clean_session: false,
+            redeliver: vec![crate::device::conn::Redelivery {
+                pkid: 3,
+                topic: "devices/d/messages/events/".into(),
+                payload: b"{}".to_vec(),
+            }],
         };
         assert!(!format!("{params:?}").contains("c2VjcmV0"));
     }
