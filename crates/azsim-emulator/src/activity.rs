@@ -180,6 +180,30 @@ mod tests {
     }
 
     #[test]
+    fn flushed_times_load_back_into_a_new_tracker() {
+        let c = rusqlite::Connection::open_in_memory().unwrap();
+        c.execute_batch(crate::store::SCHEMA).unwrap();
+        c.execute_batch(crate::store::SCHEMA_ACTIVITY_FEEDBACK)
+            .unwrap();
+        let t = Tracker::default();
+        t.cell("d1").connected();
+        t.cell("d1").touch();
+        t.cell("d2/m").disconnected();
+        crate::store::q::flush_activity(&c, &t).unwrap();
+        let again = Tracker::default();
+        again.load(crate::store::q::activity_rows(&c).unwrap());
+        assert_eq!(again.times("d1"), t.times("d1"));
+        assert_eq!(again.times("d2/m"), t.times("d2/m"));
+        assert!(again.changed().is_empty(), "loaded times count as saved");
+        // A later change is written over the saved row.
+        t.cell("d1").disconnected();
+        crate::store::q::flush_activity(&c, &t).unwrap();
+        let third = Tracker::default();
+        third.load(crate::store::q::activity_rows(&c).unwrap());
+        assert_eq!(third.times("d1"), t.times("d1"));
+    }
+
+    #[test]
     fn only_changed_cells_are_flushed_and_forget_spares_similar_ids() {
         let t = Tracker::default();
         t.cell("d1").connected();

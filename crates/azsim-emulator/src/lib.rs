@@ -1,7 +1,9 @@
 //! A local Azure IoT Hub for development and tests: a TLS MQTT 3.1.1 endpoint that applies IoT
 //! Hub's device rules (SAS auth, topic ACL, QoS, limits, C2D, methods, twins), the service REST
 //! API subset of api-version 2021-04-12 (plus emulator-only `/emulator/...` endpoints), and the
-//! registry, twins, C2D queues and a D2C event log kept in SQLite.
+//! registry, twins, C2D queues and a D2C event log kept in SQLite. Also what the registry
+//! reports about activity (`lastActivityTime`, `connectionStateUpdatedTime`, see `activity`)
+//! and the C2D feedback queue the service reads over REST (`/messages/serviceBound/feedback`).
 //!
 //! What it does not do: AMQP, WebSockets, X.509 device auth, DPS, routing or Event Hubs. Every
 //! wire rule (tokens, usernames, topics, property bags) comes from `azsim-proto`; MQTT framing

@@ -116,6 +116,7 @@ CREATE TABLE IF NOT EXISTS feedback (
   created_ms INTEGER NOT NULL, lock_token TEXT, locked_until_ms INTEGER,
   done INTEGER NOT NULL DEFAULT 0);
 CREATE INDEX IF NOT EXISTS feedback_lock ON feedback (lock_token);
+CREATE INDEX IF NOT EXISTS c2d_live_expiry ON c2d (expiry_ms) WHERE dead IS NULL;
 ";
 
 impl Store {
