@@ -433,6 +433,21 @@ async fn service_sdk_scenario(python: &Path, t: &Target) {
     assert_eq!(done["same"], true, "{done}");
     assert_eq!(done["new_lock"], true, "{done}");
     fb.expect("empty").await;
+    // The SDK parses the activity times (Azure's 7-digit fractions) into real datetimes.
+    let act = fb.expect("activity").await;
+    for k in [
+        "last_activity_time",
+        "connection_state_updated_time",
+        "twin_last_activity_time",
+    ] {
+        let t = act[k].as_str().unwrap_or_default();
+        assert!(t.starts_with("20"), "{k} is a real time: {act}");
+    }
+    assert_eq!(
+        act["last_activity_time"], act["twin_last_activity_time"],
+        "{act}"
+    );
+    assert_eq!(act["twin_c2d_count"], 0, "{act}");
     fb.finish().await;
     if let Some(mut stdin) = responder.child.stdin.take() {
         let _ = stdin.shutdown().await;

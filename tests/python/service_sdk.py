@@ -10,7 +10,8 @@ The caller sets REQUESTS_CA_BUNDLE to the hub's CA (requests would use the syste
         invoke a direct method on the (connected) device and print status and payload
     service_sdk.py feedback SERVICE_CS_FILE DEVICE
         receive the C2D feedback batch (IoTHubHttpRuntimeManager; the raw response, since the
-        SDK's convenience method discards it), abandon it, receive it again and complete it
+        SDK's convenience method discards it), abandon it, receive it again and complete it;
+        then read the device's activity times and twin C2D count as the SDK parses them
 """
 
 import json
@@ -94,6 +95,18 @@ def feedback(cs_file, device_id):
     # Nothing is left: the SDK's own call accepts the 204.
     rt.receive_feedback_notification()
     emit("empty")
+
+    rm = manager(cs_file)
+    dev = rm.get_device(device_id)
+    twin = rm.get_twin(device_id)
+    emit(
+        "activity",
+        last_activity_time=dev.last_activity_time.isoformat(),
+        connection_state_updated_time=dev.connection_state_updated_time.isoformat(),
+        connection_state=dev.connection_state,
+        twin_last_activity_time=twin.last_activity_time.isoformat(),
+        twin_c2d_count=twin.cloud_to_device_message_count,
+    )
     return 0
 
 
