@@ -17,8 +17,9 @@ use crate::device::output::Output;
 use crate::device::template::Template;
 use crate::error::{CliError, UsageError};
 
-/// The device `azsim run` registers and runs on the local hub.
-pub const SIM_DEVICE: &str = "sim-device-1";
+/// The device `azsim run` registers and runs on the local hub: `sim-device-1`, or the next
+/// number when another run is connected as that already.
+pub const SIM_DEVICE_PREFIX: &str = "sim-device-";
 
 /// Runs the device.
 ///
@@ -37,11 +38,11 @@ pub async fn run(s: RunSettings) -> Result<ExitCode, CliError> {
                 .await
                 .map_err(CliError::runtime)?;
             let target = local
-                .device_target(SIM_DEVICE)
+                .free_device_target(SIM_DEVICE_PREFIX)
                 .await
                 .map_err(CliError::runtime)?;
             let ca = s.ca_file.clone().or_else(|| Some(local.ca_file()));
-            print_hints(&out, &s.state_dir, &local);
+            print_hints(&out, &s.state_dir, &local, &target.device_id);
             (target, ca, Some(local))
         }
     };
@@ -96,16 +97,16 @@ fn config(
 
 /// How to drive the device from another terminal: a note on a terminal, a `local_hub` event
 /// (with whether the hub was started here or reused) in JSON mode.
-fn print_hints(out: &Output, state_dir: &Path, local: &LocalHub) {
+fn print_hints(out: &Output, state_dir: &Path, local: &LocalHub, device: &str) {
     let state = if state_dir == Path::new(".azsim/hub") {
         String::new()
     } else {
         format!(" --state {}", state_dir.display())
     };
     let hints = [
-        format!("azsim invoke {SIM_DEVICE} ping{state}"),
-        format!("azsim twin patch {SIM_DEVICE} '{{\"telemetryInterval\":5}}'{state}"),
-        format!("azsim c2d send {SIM_DEVICE} hello{state}"),
+        format!("azsim invoke {device} ping{state}"),
+        format!("azsim twin patch {device} '{{\"telemetryInterval\":5}}'{state}"),
+        format!("azsim c2d send {device} hello{state}"),
         format!("azsim monitor{state}"),
     ];
     if out.is_json() {
@@ -117,14 +118,14 @@ fn print_hints(out: &Output, state_dir: &Path, local: &LocalHub) {
                 "started": local.started_here(),
                 "mqtt_port": info.mqtt_port,
                 "https_port": info.https_port,
-                "device_id": SIM_DEVICE,
+                "device_id": device,
                 "try": hints,
             }),
             String::new,
         );
     } else {
         out.note(&format!(
-            "running {SIM_DEVICE} on the local hub; from another terminal try:\n  {}",
+            "running {device} on the local hub; from another terminal try:\n  {}",
             hints.join("\n  ")
         ));
     }

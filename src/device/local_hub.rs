@@ -97,11 +97,31 @@ impl LocalHub {
         self.embedded.is_some()
     }
 
-    /// Registers `device_id` if missing and returns how to connect as it.
+    /// `{prefix}1`, registered if missing, unless a device is connected as it already (another
+    /// `azsim run` on the same hub): then the first of `{prefix}2`, `{prefix}3`, ... that is not,
+    /// so two runs do not keep taking the connection from each other.
     ///
     /// # Errors
-    /// [`LocalHubError::Service`] when the REST API fails.
-    pub async fn device_target(&self, device_id: &str) -> Result<DeviceTarget, LocalHubError> {
+    /// [`LocalHubError::Service`] when the REST API fails, or 100 such devices are connected.
+    pub async fn free_device_target(&self, prefix: &str) -> Result<DeviceTarget, LocalHubError> {
+        let client = self.client()?;
+        for n in 1..=100 {
+            let id = format!("{prefix}{n}");
+            match client.get_device(&id).await {
+                Ok(d) if d["connectionState"].as_str() == Some("Connected") => continue,
+                Ok(_) => return self.device_target(&id).await,
+                Err(e) if e.azure().is_some_and(|a| a.status == 404) => {
+                    return self.device_target(&id).await;
+                }
+                Err(e) => return Err(LocalHubError::Service(crate::error::one_line(&e))),
+            }
+        }
+        Err(LocalHubError::Service(format!(
+            "{prefix}1 to {prefix}100 are all connected"
+        )))
+    }
+
+    fn client(&self) -> Result<ServiceClient, LocalHubError> {
         let target = Target::resolve_with(
             TargetInputs {
                 connection_string: None,
@@ -112,8 +132,15 @@ impl LocalHub {
             None,
         )
         .map_err(|e| LocalHubError::Service(e.to_string()))?;
-        let client =
-            ServiceClient::new(&target).map_err(|e| LocalHubError::Service(e.to_string()))?;
+        ServiceClient::new(&target).map_err(|e| LocalHubError::Service(e.to_string()))
+    }
+
+    /// Registers `device_id` if missing and returns how to connect as it.
+    ///
+    /// # Errors
+    /// [`LocalHubError::Service`] when the REST API fails.
+    pub async fn device_target(&self, device_id: &str) -> Result<DeviceTarget, LocalHubError> {
+        let client = self.client()?;
         let device = match client.create_device(device_id, None, None).await {
             Ok(d) => d,
             Err(e) if e.azure().is_some_and(|a| a.status == 409) => client

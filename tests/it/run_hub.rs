@@ -1135,3 +1135,46 @@ async fn a_payload_file_template_renders_every_message_and_duration_ends_the_run
     assert_eq!(dice2[..], dice[..2], "same seed, same draws");
     hub.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_run_on_the_same_local_hub_takes_sim_device_2_instead_of_the_connection() {
+    let dir = tempfile::tempdir().unwrap();
+    let hub = TestHub::start_in(dir.path()).await;
+    let local_run = |extra: &[&str]| {
+        let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_azsim"));
+        cmd.args(["run", "--json", "--interval", "1s", "--state"])
+            .arg(dir.path())
+            .args(extra)
+            .env_remove("IOTHUB_DEVICE_CONNECTION_STRING")
+            .env_remove("IOTHUB_CONNECTION_STRING")
+            .env_remove("AZSIM_CA_FILE")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true);
+        cmd
+    };
+    let mut first = Running::spawn(local_run(&[]));
+    let c = first.event("connected").await;
+    assert_eq!(c["device_id"], "sim-device-1");
+    first.event("telemetry_acked").await;
+
+    let (status, out, stderr) = Running::spawn(local_run(&["--count", "2"])).finish().await;
+    assert!(status.success(), "{stderr}");
+    assert_eq!(events(&out, "local_hub")[0]["device_id"], "sim-device-2");
+    assert_eq!(events(&out, "local_hub")[0]["started"], false);
+    assert_eq!(events(&out, "connected")[0]["device_id"], "sim-device-2");
+    assert_eq!(events(&out, "telemetry_acked").len(), 2);
+
+    let (status, out, stderr) = first.interrupt().await;
+    assert!(status.success(), "{stderr}");
+    assert!(
+        events(&out, "reconnecting").is_empty(),
+        "the first run kept its connection: {out:#?}"
+    );
+    // Once sim-device-1 is free again, a run takes it.
+    let (status, out, stderr) = Running::spawn(local_run(&["--count", "1"])).finish().await;
+    assert!(status.success(), "{stderr}");
+    assert_eq!(events(&out, "connected")[0]["device_id"], "sim-device-1");
+    hub.stop().await;
+}
