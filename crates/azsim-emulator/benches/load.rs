@@ -16,6 +16,11 @@
 //! to the last PUBACK. Latency is from the PUBLISH leaving the client to its PUBACK.
 //! mosquitto gets the same clients, usernames, SAS passwords and topics (it ignores them:
 //! `allow_anonymous true`), with a certificate from the same kind of rcgen CA.
+//!
+//! It also prints the CPU time per message each side used during the publish phase (from
+//! `/proc/*/task/*/schedstat`): the broker's threads (the hub's runtime and store threads, or
+//! the mosquitto process) and the clients'. On a shared, noisy machine msgs/s moves with
+//! whatever else runs; CPU per message shows what each broker costs.
 
 use std::collections::HashMap;
 use std::fmt::Write as _;
@@ -183,6 +188,10 @@ struct RunStats {
     publish_secs: f64,
     latencies_us: Vec<u64>,
     first_error: Option<String>,
+    /// CPU time the broker's threads used during the publish phase.
+    broker_cpu_ns: u64,
+    /// CPU time the clients' runtime threads used during the publish phase.
+    client_cpu_ns: u64,
 }
 
 impl RunStats {
@@ -192,6 +201,14 @@ impl RunStats {
         } else {
             0.0
         }
+    }
+
+    /// CPU microseconds per message acknowledged.
+    fn cpu_us_per_msg(&self, ns: u64) -> f64 {
+        if self.messages == 0 {
+            return f64::NAN;
+        }
+        ns as f64 / 1000.0 / self.messages as f64
     }
 
     fn percentile_ms(&self, p: f64) -> f64 {
@@ -309,12 +326,41 @@ async fn run_device(
     }
 }
 
+/// CPU time (ns) of the threads of process `pid` (`self` for this one) whose name passes
+/// `pick`, from `/proc/PID/task/*/schedstat` (0 where that is unavailable).
+fn cpu_ns(pid: &str, pick: impl Fn(&str) -> bool) -> u64 {
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return 0;
+    };
+    tasks
+        .flatten()
+        .filter_map(|t| {
+            let comm = std::fs::read_to_string(t.path().join("comm")).ok()?;
+            if !pick(comm.trim_end()) {
+                return None;
+            }
+            std::fs::read_to_string(t.path().join("schedstat"))
+                .ok()?
+                .split_whitespace()
+                .next()?
+                .parse::<u64>()
+                .ok()
+        })
+        .sum()
+}
+
+/// The load generator's threads: the main runtime's workers (tokio names them `tokio-rt-worker`).
+fn client_cpu_ns() -> u64 {
+    cpu_ns("self", |c| c.starts_with("tokio-r"))
+}
+
 async fn run_load(
     name: &str,
     port: u16,
     tls: Arc<rustls::ClientConfig>,
     specs: &[DeviceSpec],
     p: &Arc<Params>,
+    broker_cpu_ns: &dyn Fn() -> u64,
 ) -> RunStats {
     let n = specs.len();
     let connect_gate = Arc::new(Semaphore::new(p.connect_concurrency));
@@ -337,6 +383,7 @@ async fn run_load(
     let connect_secs = t0.elapsed().as_secs_f64();
     eprintln!("load: {name}: {n} devices through CONNACK in {connect_secs:.2} s, publishing");
     let t1 = Instant::now();
+    let (broker0, client0) = (broker_cpu_ns(), client_cpu_ns());
     start.wait().await;
     let mut stats = RunStats {
         connect_secs,
@@ -370,6 +417,8 @@ async fn run_load(
     // Every task has ended by now; the last PUBACK came before its task's disconnect, so
     // this over-counts by at most one DISCONNECT round: small against the whole run.
     stats.publish_secs = t1.elapsed().as_secs_f64();
+    stats.broker_cpu_ns = broker_cpu_ns().saturating_sub(broker0);
+    stats.client_cpu_ns = client_cpu_ns().saturating_sub(client0);
     stats.latencies_us.sort_unstable();
     stats
 }
@@ -512,6 +561,11 @@ fn print_stats(name: &str, s: &RunStats, p: &Params) {
         s.connect_failures,
         s.publish_failures,
     );
+    println!(
+        "{name:<10} CPU per message (publish phase): broker {:.1} us, clients {:.1} us",
+        s.cpu_us_per_msg(s.broker_cpu_ns),
+        s.cpu_us_per_msg(s.client_cpu_ns),
+    );
     if let Some(e) = &s.first_error {
         println!("{name:<10} first error: {e}");
     }
@@ -556,7 +610,9 @@ fn main() {
                             device_spec("localhost", &id, &random_key())
                         })
                         .collect();
-                    let stats = run_load("mosquitto", m.port, tls, &specs, &p).await;
+                    let pid = m.child.id().to_string();
+                    let broker = move || cpu_ns(&pid, |_| true);
+                    let stats = run_load("mosquitto", m.port, tls, &specs, &p, &broker).await;
                     print_stats("mosquitto", &stats, &p);
                     mosq_rate = Some(stats.msgs_per_sec());
                     drop(m);
@@ -612,7 +668,9 @@ mod hub {
         let info = handle.info.clone();
         let tls = client_tls(&info.ca_file);
         let specs = register(&info, &tls, p.devices).await?;
-        let stats = run_load("azsim-hub", info.mqtt_port, tls, &specs, p).await;
+        // The hub runtime's threads ("hub") and the store's own threads ("azsim-hub-...").
+        let broker = || cpu_ns("self", |c| c == "hub" || c.starts_with("azsim-hub"));
+        let stats = run_load("azsim-hub", info.mqtt_port, tls, &specs, p, &broker).await;
         hub_rt
             .spawn(handle.stop())
             .await

@@ -27,6 +27,7 @@ mod mqtt;
 mod rest;
 pub mod state_dir;
 pub mod store;
+mod telemetry;
 pub mod twin;
 
 /// The MQTT port Azure uses (devices assume it when `HostName` has no port).

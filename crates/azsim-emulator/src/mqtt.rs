@@ -9,16 +9,15 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use azsim_proto::property_bag::{Ack, SystemProperty};
+use azsim_proto::property_bag::Ack;
 use azsim_proto::topic::{self, DeviceTopic, Identity as TopicId, SubscriptionKind};
-use base64::Engine as _;
-use bytes::{Bytes, BytesMut};
+use bytes::BytesMut;
 use rumqttc::mqttbytes::v4::{
     ConnAck, Connect, ConnectReturnCode, LastWill, Packet, PubAck, Publish, SubAck,
     SubscribeReasonCode, UnsubAck,
 };
 use rumqttc::mqttbytes::{Error as MqttError, Protocol, QoS};
-use serde_json::{Map, Value, json};
+use serde_json::{Value, json};
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
@@ -28,13 +27,8 @@ use tokio_rustls::server::TlsStream;
 
 use crate::hub::{ConnCmd, ConnEntry, Hub, LiveGuard, Subs, client_id, twin_device_view};
 use crate::store::{C2dMessage, q};
+use crate::telemetry::{self, D2cRecord, Origin};
 use crate::{now_rfc3339, twin, unix_ms, unix_now};
-
-/// `iothub-connection-auth-method` annotations (a JSON document as a string, as Azure sends).
-const AUTH_METHOD_DEVICE: &str =
-    r#"{"scope":"device","type":"sas","issuer":"iothub","acceptingIpFilterRule":null}"#;
-const AUTH_METHOD_MODULE: &str =
-    r#"{"scope":"module","type":"sas","issuer":"iothub","acceptingIpFilterRule":null}"#;
 
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -233,7 +227,8 @@ struct Conn {
     clean: bool,
     inflight: HashMap<u16, (i64, String)>,
     next_pkid: u16,
-    generation_id: String,
+    /// Who this connection's telemetry comes from (shared by its messages).
+    origin: Arc<Origin>,
     out: BytesMut,
     activity: Arc<crate::activity::Cell>,
 }
@@ -279,8 +274,12 @@ async fn connection(hub: Arc<Hub>, mut stream: Stream, peer: SocketAddr) {
         clean: connect.clean_session,
         inflight: HashMap::new(),
         next_pkid: 0,
-        generation_id: authed.generation_id.clone(),
-        out: BytesMut::new(),
+        origin: Arc::new(Origin {
+            device_id: authed.device.clone(),
+            module_id: authed.module.clone(),
+            generation_id: authed.generation_id.clone(),
+        }),
+        out: BytesMut::with_capacity(256),
         activity: hub.store.activity().cell(&cid),
     };
     // Session state: a persistent session keeps its subscriptions (and so its C2D delivery).
@@ -335,9 +334,15 @@ async fn connection(hub: Arc<Hub>, mut stream: Stream, peer: SocketAddr) {
         )
     });
     let far = Instant::now() + Duration::from_secs(86_400 * 365);
-    let mut idle_deadline = keep.map_or(far, |k| Instant::now() + k);
+    // One keep-alive timer for the whole connection: a read only notes the time, and when the
+    // timer fires early it moves to the last read plus the keep-alive (no timer work per packet).
+    let mut last_read = Instant::now();
+    let idle = tokio::time::sleep_until(keep.map_or(far, |k| last_read + k));
     let expiry_at = Instant::now() + Duration::from_secs(authed.se.saturating_sub(unix_now()));
+    let expiry = tokio::time::sleep_until(expiry_at);
     let mut shutdown = hub.shutdown.subscribe();
+    let stopping = crate::hub::until_shutdown(&mut shutdown);
+    tokio::pin!(idle, expiry, stopping);
     let mut close = None;
     if conn.subs.c2d.load(Ordering::Acquire)
         && let Err(e) = conn.deliver_c2d().await
@@ -345,12 +350,13 @@ async fn connection(hub: Arc<Hub>, mut stream: Stream, peer: SocketAddr) {
         close = Some(Close::Ungraceful(e));
     }
     while close.is_none() {
+        // Everything the last read batch (or command) produced goes out in one write.
         if !conn.out.is_empty() {
-            let out = conn.out.split();
-            if let Err(e) = stream.write_all(&out).await {
+            if let Err(e) = stream.write_all(&conn.out).await {
                 close = Some(Close::Ungraceful(format!("write failed: {e}")));
                 break;
             }
+            conn.out.clear();
             let _ = stream.flush().await;
         }
         tokio::select! {
@@ -364,17 +370,22 @@ async fn connection(hub: Arc<Hub>, mut stream: Stream, peer: SocketAddr) {
                 Ok(0) => close = Some(Close::Ungraceful("connection closed by the device".into())),
                 Err(e) => close = Some(Close::Ungraceful(format!("read failed: {e}"))),
                 Ok(_) => {
-                    if let Some(k) = keep { idle_deadline = Instant::now() + k; }
+                    last_read = Instant::now();
                     close = conn.process(&mut buf).await;
                 }
             },
-            () = tokio::time::sleep_until(idle_deadline) => {
-                close = Some(Close::Ungraceful("404104 DeviceConnectionClosedRemotely: keep-alive timeout".into()));
+            () = &mut idle => {
+                let due = keep.map_or(far, |k| last_read + k);
+                if due > Instant::now() {
+                    idle.as_mut().reset(due);
+                } else {
+                    close = Some(Close::Ungraceful("404104 DeviceConnectionClosedRemotely: keep-alive timeout".into()));
+                }
             }
-            () = tokio::time::sleep_until(expiry_at) => {
+            () = &mut expiry => {
                 close = Some(Close::Ungraceful("401003 IoTHubUnauthorized: sas token expired".into()));
             }
-            () = crate::hub::until_shutdown(&mut shutdown) => close = Some(Close::Shutdown),
+            () = &mut stopping => close = Some(Close::Shutdown),
         }
     }
     if !conn.out.is_empty() {
@@ -553,30 +564,17 @@ impl Conn {
                         self.hub.cfg.limits.d2c_max_bytes
                     )));
                 }
-                let mut props = Vec::new();
-                for prop in bag.iter() {
-                    let mut name = String::new();
-                    if prop.name.decode_to(&mut name).is_err() {
-                        return Some(Close::Ungraceful("undecodable property name".into()));
-                    }
-                    let value = match prop.value {
-                        Some(v) => {
-                            let mut s = String::new();
-                            if v.decode_to(&mut s).is_err() {
-                                return Some(Close::Ungraceful(
-                                    "undecodable property value".into(),
-                                ));
-                            }
-                            Some(s)
-                        }
-                        None => None,
-                    };
-                    props.push((name, value));
+                if let Err(e) = bag.validate() {
+                    return Some(Close::Ungraceful(format!(
+                        "undecodable property name or value: {e}"
+                    )));
                 }
+                // Stored as received; the JSON is built only when read.
+                let mut props = bag.as_raw().to_owned();
                 if p.retain {
-                    props.push(("mqtt-retain".into(), Some("true".into())));
+                    telemetry::push_pair(&mut props, "mqtt-retain", "true");
                 }
-                self.ingest(props, p.payload).await;
+                self.ingest(props, &p.payload).await;
                 if p.qos == QoS::AtLeastOnce {
                     let _ = Packet::PubAck(PubAck::new(p.pkid)).write(&mut self.out, usize::MAX);
                 }
@@ -686,108 +684,42 @@ impl Conn {
         }
     }
 
-    /// Store and broadcast one telemetry message (also used for the will).
-    async fn ingest(&self, props: Vec<(String, Option<String>)>, payload: Bytes) {
-        let enqueued = now_rfc3339();
-        let mut sys = Map::new();
-        for k in [
-            "message-id",
-            "correlation-id",
-            "content-type",
-            "content-encoding",
-            "user-id",
-            "creation-time",
-            "expiry-time",
-        ] {
-            sys.insert(k.into(), Value::Null);
-        }
-        let mut app = Map::new();
-        for (name, value) in props {
-            let v = value.map_or(Value::Null, Value::String);
-            match SystemProperty::from_name(&name) {
-                Some(sp) => {
-                    let key = match sp {
-                        SystemProperty::MessageId => "message-id",
-                        SystemProperty::CorrelationId => "correlation-id",
-                        SystemProperty::ContentType => "content-type",
-                        SystemProperty::ContentEncoding => "content-encoding",
-                        SystemProperty::UserId => "user-id",
-                        SystemProperty::CreationTime => "creation-time",
-                        SystemProperty::Expiry => "expiry-time",
-                        SystemProperty::OutputName => "output-name",
-                        SystemProperty::Component => "dt-subject",
-                        SystemProperty::InterfaceId => "interface-id",
-                        _ => sp.name(),
-                    };
-                    sys.insert(key.into(), v);
-                }
-                None => {
-                    app.insert(name, v);
-                }
-            }
-        }
-        let (body, body_b64) = match std::str::from_utf8(&payload) {
-            Ok(s) => (Value::String(s.to_string()), Value::Null),
-            Err(_) => (
-                Value::Null,
-                Value::String(base64::engine::general_purpose::STANDARD.encode(&payload)),
-            ),
+    /// Store and broadcast one telemetry message (also used for the will). `props` is a
+    /// validated raw property bag.
+    async fn ingest(&self, props: String, payload: &[u8]) {
+        let record = D2cRecord {
+            origin: self.origin.clone(),
+            enqueued_ns: telemetry::now_ns(),
+            properties: props,
+            body: payload.to_vec(),
         };
-        let mut ann = Map::new();
-        ann.insert("iothub-connection-device-id".into(), json!(self.device));
-        if let Some(m) = &self.module {
-            ann.insert("iothub-connection-module-id".into(), json!(m));
-        }
-        let method = if self.module.is_some() {
-            AUTH_METHOD_MODULE
-        } else {
-            AUTH_METHOD_DEVICE
-        };
-        ann.insert("iothub-connection-auth-method".into(), json!(method));
-        ann.insert(
-            "iothub-connection-auth-generation-id".into(),
-            json!(self.generation_id),
-        );
-        ann.insert("iothub-enqueuedtime".into(), json!(enqueued));
-        ann.insert("iothub-message-source".into(), json!("Telemetry"));
-        let ev = json!({
-            "type": "telemetry", "deviceId": self.device, "moduleId": self.module,
-            "enqueuedTime": enqueued, "body": body, "bodyBase64": body_b64,
-            "systemProperties": sys, "properties": app, "annotations": ann,
-        })
-        .to_string();
-        // Only copy the text for the live stream when someone is watching it.
+        // Only build the JSON for the live stream when someone is watching it.
         if self.hub.events.receiver_count() > 0 {
             let _ = self.hub.events.send(Arc::new(crate::hub::HubEvent {
                 device_id: self.device.clone(),
-                json: ev.clone(),
+                json: record.to_json(),
             }));
         }
-        self.hub.store.log_event(self.device.clone(), ev).await;
+        self.hub.store.log_event(record).await;
     }
 
     async fn ingest_will(&self, w: LastWill) {
-        let mut props = Vec::new();
+        let mut props = String::new();
         if let Ok(DeviceTopic::Telemetry { bag }) =
             topic::parse_device_publish(&w.topic, self.topic_id())
         {
-            for prop in bag.iter() {
-                let mut name = String::new();
-                let _ = prop.name.decode_to(&mut name);
-                let value = prop.value.map(|v| {
-                    let mut s = String::new();
-                    let _ = v.decode_to(&mut s);
-                    s
-                });
-                props.push((name, value));
+            if bag.validate().is_ok() {
+                props.push_str(bag.as_raw());
+            } else {
+                tracing::info!(client_id = %self.cid, "will properties dropped: undecodable");
             }
         }
-        props.push(("iothub-MessageType".into(), Some("Will".into())));
+        telemetry::push_pair(&mut props, "iothub-MessageType", "Will");
         if w.retain {
-            props.push(("mqtt-retain".into(), Some("true".into())));
+            telemetry::push_pair(&mut props, "mqtt-retain", "true");
         }
         tracing::info!(client_id = %self.cid, "forwarding will message as telemetry");
-        self.ingest(props, w.message).await;
+        self.ingest(props, &w.message).await;
     }
 
     fn alloc_pkid(&mut self) -> u16 {

@@ -4,7 +4,10 @@
 //! One connection behind a mutex; async callers go through [`Store::call`] (spawn_blocking) so
 //! SQLite never runs on a runtime worker. Telemetry never waits for SQLite: it goes through a
 //! channel to a writer thread that inserts in batches, one transaction per batch, in WAL mode
-//! with `synchronous=NORMAL` (no fsync per commit).
+//! with `synchronous=NORMAL` (no fsync per commit). The writer lets telemetry gather for 2 ms
+//! before each transaction; readers of the log call [`Store::flush`] first, so a
+//! message the hub has PUBACKed is in everything read after the PUBACK, and [`Store::close`]
+//! flushes on shutdown. Telemetry rows keep the message as received; its JSON is built on read.
 
 use std::path::Path;
 use std::sync::{Arc, Mutex};
@@ -15,6 +18,7 @@ use serde_json::{Map, Value};
 use tokio::sync::{mpsc, oneshot};
 
 use crate::HubError;
+use crate::telemetry::D2cRecord;
 
 /// A registered device or module, with its twin.
 #[derive(Clone)]
@@ -70,7 +74,7 @@ pub struct C2dMessage {
 }
 
 enum WriterMsg {
-    Event(String, String),
+    Event(D2cRecord),
     Flush(oneshot::Sender<()>),
 }
 
@@ -135,6 +139,7 @@ impl Store {
         conn.busy_timeout(std::time::Duration::from_secs(5))
             .map_err(db_err)?;
         conn.execute_batch(SCHEMA).map_err(db_err)?;
+        add_event_columns(&conn).map_err(db_err)?;
         conn.execute_batch(SCHEMA_ACTIVITY_FEEDBACK)
             .map_err(db_err)?;
         let activity = Arc::new(crate::activity::Tracker::default());
@@ -170,9 +175,9 @@ impl Store {
         .map_err(|e| HubError::Store(format!("store task failed: {e}")))?
     }
 
-    /// Queue a telemetry event (JSON text) for the log. Waits only when the writer is far behind.
-    pub async fn log_event(&self, device_id: String, json: String) {
-        let _ = self.events_tx.send(WriterMsg::Event(device_id, json)).await;
+    /// Queue a telemetry message for the log. Waits only when the writer is far behind.
+    pub async fn log_event(&self, record: D2cRecord) {
+        let _ = self.events_tx.send(WriterMsg::Event(record)).await;
     }
 
     /// Wait until every event queued so far is committed.
@@ -244,11 +249,45 @@ fn start_activity_flusher(
         .map_err(|e| HubError::Store(e.to_string()))
 }
 
+/// The columns telemetry rows have beyond the first schema's `(seq, device_id, json)`. A row
+/// with an empty `json` keeps the message as received and is rendered when read (see
+/// `telemetry.rs`); rows written by older versions keep their JSON text.
+const EVENT_COLUMNS: [(&str, &str); 5] = [
+    ("module_id", "TEXT"),
+    ("generation_id", "TEXT"),
+    ("enqueued_ns", "INTEGER"),
+    ("props", "TEXT"),
+    ("body", "BLOB"),
+];
+
+/// Adds the [`EVENT_COLUMNS`] an existing `events` table lacks.
+fn add_event_columns(c: &Connection) -> rusqlite::Result<()> {
+    let have: Vec<String> = c
+        .prepare("SELECT name FROM pragma_table_info('events')")?
+        .query_map([], |r| r.get(0))?
+        .collect::<rusqlite::Result<_>>()?;
+    for (name, ty) in EVENT_COLUMNS {
+        if !have.iter().any(|h| h == name) {
+            c.execute_batch(&format!("ALTER TABLE events ADD COLUMN {name} {ty};"))?;
+        }
+    }
+    Ok(())
+}
+
+/// How long the writer lets telemetry gather before a transaction, unless a flush is waiting:
+/// one wake-up and one commit per window instead of per message.
+const GATHER: std::time::Duration = std::time::Duration::from_millis(2);
+const MAX_BATCH: usize = 4096;
+
 fn event_writer(conn: Arc<Mutex<Connection>>, mut rx: mpsc::Receiver<WriterMsg>, cap: usize) {
     let mut since_trim = 0usize;
+    let mut batch = Vec::with_capacity(MAX_BATCH);
     while let Some(first) = rx.blocking_recv() {
-        let mut batch = vec![first];
-        while batch.len() < 2048 {
+        if !matches!(first, WriterMsg::Flush(_)) {
+            std::thread::sleep(GATHER);
+        }
+        batch.push(first);
+        while batch.len() < MAX_BATCH {
             match rx.try_recv() {
                 Ok(m) => batch.push(m),
                 Err(_) => break,
@@ -260,12 +299,22 @@ fn event_writer(conn: Arc<Mutex<Connection>>, mut rx: mpsc::Receiver<WriterMsg>,
             let result = (|| -> rusqlite::Result<()> {
                 let tx = guard.transaction()?;
                 {
-                    let mut stmt =
-                        tx.prepare_cached("INSERT INTO events (device_id, json) VALUES (?1, ?2)")?;
-                    for m in batch {
+                    let mut stmt = tx.prepare_cached(
+                        "INSERT INTO events \
+                         (device_id, json, module_id, generation_id, enqueued_ns, props, body) \
+                         VALUES (?1, '', ?2, ?3, ?4, ?5, ?6)",
+                    )?;
+                    for m in batch.drain(..) {
                         match m {
-                            WriterMsg::Event(d, j) => {
-                                stmt.execute(params![d, j])?;
+                            WriterMsg::Event(r) => {
+                                stmt.execute(params![
+                                    r.origin.device_id,
+                                    r.origin.module_id,
+                                    r.origin.generation_id,
+                                    r.enqueued_ns,
+                                    r.properties,
+                                    r.body,
+                                ])?;
                                 since_trim += 1;
                             }
                             WriterMsg::Flush(f) => flushes.push(f),
@@ -274,10 +323,10 @@ fn event_writer(conn: Arc<Mutex<Connection>>, mut rx: mpsc::Receiver<WriterMsg>,
                 }
                 if since_trim >= 256 {
                     since_trim = 0;
-                    tx.execute(
+                    tx.prepare_cached(
                         "DELETE FROM events WHERE seq <= (SELECT MAX(seq) FROM events) - ?1",
-                        params![cap as i64],
-                    )?;
+                    )?
+                    .execute(params![cap as i64])?;
                 }
                 tx.commit()
             })();
@@ -285,6 +334,7 @@ fn event_writer(conn: Arc<Mutex<Connection>>, mut rx: mpsc::Receiver<WriterMsg>,
                 tracing::warn!(error = %e, "event log write failed");
             }
         }
+        batch.clear();
         for f in flushes {
             let _ = f.send(());
         }
@@ -739,22 +789,37 @@ pub mod q {
         Ok(())
     }
 
-    /// The newest `limit` events (oldest first), optionally for one device.
+    /// The newest `limit` events (oldest first), optionally for one device, as JSON text.
     pub fn recent_events(
         c: &Connection,
         device: Option<&str>,
         limit: usize,
     ) -> Result<Vec<String>, HubError> {
+        const COLS: &str = "json, device_id, module_id, generation_id, enqueued_ns, props, body";
+        let row = |r: &rusqlite::Row<'_>| -> rusqlite::Result<String> {
+            let json: String = r.get(0)?;
+            if !json.is_empty() {
+                return Ok(json);
+            }
+            Ok(crate::telemetry::to_json(
+                &r.get::<_, String>(1)?,
+                r.get::<_, Option<String>>(2)?.as_deref(),
+                &r.get::<_, Option<String>>(3)?.unwrap_or_default(),
+                r.get::<_, Option<i64>>(4)?.unwrap_or_default(),
+                &r.get::<_, Option<String>>(5)?.unwrap_or_default(),
+                &r.get::<_, Option<Vec<u8>>>(6)?.unwrap_or_default(),
+            ))
+        };
         let mut out = Vec::new();
         match device {
             Some(d) => {
                 let mut st = c
-                    .prepare(
-                        "SELECT json FROM events WHERE device_id = ?1 ORDER BY seq DESC LIMIT ?2",
-                    )
+                    .prepare(&format!(
+                        "SELECT {COLS} FROM events WHERE device_id = ?1 ORDER BY seq DESC LIMIT ?2"
+                    ))
                     .map_err(db_err)?;
                 for r in st
-                    .query_map(params![d, limit as i64], |r| r.get(0))
+                    .query_map(params![d, limit as i64], row)
                     .map_err(db_err)?
                 {
                     out.push(r.map_err(db_err)?);
@@ -762,12 +827,11 @@ pub mod q {
             }
             None => {
                 let mut st = c
-                    .prepare("SELECT json FROM events ORDER BY seq DESC LIMIT ?1")
+                    .prepare(&format!(
+                        "SELECT {COLS} FROM events ORDER BY seq DESC LIMIT ?1"
+                    ))
                     .map_err(db_err)?;
-                for r in st
-                    .query_map(params![limit as i64], |r| r.get(0))
-                    .map_err(db_err)?
-                {
+                for r in st.query_map(params![limit as i64], row).map_err(db_err)? {
                     out.push(r.map_err(db_err)?);
                 }
             }

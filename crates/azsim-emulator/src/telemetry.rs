@@ -1,0 +1,266 @@
+//! One device-to-cloud telemetry message as the hub keeps it, and its JSON form (the shape of
+//! the event stream and of `/emulator/events/recent`).
+//!
+//! The ingest path stores the message as received (identity, enqueued time, the raw property
+//! bag, the body) and the JSON is built only when someone reads it: when the live stream has a
+//! watcher at ingest time, or when the event log is read. Building it for every message that
+//! nobody looks at was most of the hub's per-message cost.
+
+use std::sync::Arc;
+
+use azsim_proto::property_bag::{PropertyBag, SystemProperty};
+use base64::Engine as _;
+use serde_json::{Map, Value, json};
+
+/// `iothub-connection-auth-method` annotations (a JSON document as a string, as Azure sends).
+const AUTH_METHOD_DEVICE: &str =
+    r#"{"scope":"device","type":"sas","issuer":"iothub","acceptingIpFilterRule":null}"#;
+const AUTH_METHOD_MODULE: &str =
+    r#"{"scope":"module","type":"sas","issuer":"iothub","acceptingIpFilterRule":null}"#;
+
+/// The identity a connection sends as; shared by every message of that connection.
+#[derive(Debug)]
+pub struct Origin {
+    pub device_id: String,
+    pub module_id: Option<String>,
+    pub generation_id: String,
+}
+
+/// One telemetry message.
+#[derive(Debug)]
+pub struct D2cRecord {
+    pub origin: Arc<Origin>,
+    /// When the hub accepted it, in nanoseconds since the Unix epoch.
+    pub enqueued_ns: i64,
+    /// The property bag as on the wire (percent-encoded, already validated), plus the pairs the
+    /// hub adds (`mqtt-retain`, `iothub-MessageType`).
+    pub properties: String,
+    pub body: Vec<u8>,
+}
+
+/// Nanoseconds since the Unix epoch, now.
+pub fn now_ns() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| i64::try_from(d.as_nanos()).unwrap_or(i64::MAX))
+        .unwrap_or_default()
+}
+
+/// RFC 3339 UTC with the full fraction, as `now_rfc3339` formats it.
+pub fn rfc3339_ns(ns: i64) -> String {
+    time::OffsetDateTime::from_unix_timestamp_nanos(i128::from(ns))
+        .ok()
+        .and_then(|t| {
+            t.format(&time::format_description::well_known::Rfc3339)
+                .ok()
+        })
+        .unwrap_or_default()
+}
+
+/// Appends `name=value` (already percent-encoded by the caller's choice of plain names) to a raw
+/// bag.
+pub fn push_pair(bag: &mut String, name: &str, value: &str) {
+    if !bag.is_empty() && !bag.ends_with('&') {
+        bag.push('&');
+    }
+    let mut w = azsim_proto::property_bag::BagWriter::new(bag);
+    let _ = w.pair(name, Some(value));
+}
+
+/// The message's JSON: `type`, `deviceId`, `moduleId`, `enqueuedTime`, `body` (UTF-8 text) or
+/// `bodyBase64`, `systemProperties`, `properties` (application properties) and the hub's
+/// `annotations`.
+pub fn to_json(
+    device_id: &str,
+    module_id: Option<&str>,
+    generation_id: &str,
+    enqueued_ns: i64,
+    properties: &str,
+    body: &[u8],
+) -> String {
+    let enqueued = rfc3339_ns(enqueued_ns);
+    let mut sys = Map::new();
+    for k in [
+        "message-id",
+        "correlation-id",
+        "content-type",
+        "content-encoding",
+        "user-id",
+        "creation-time",
+        "expiry-time",
+    ] {
+        sys.insert(k.into(), Value::Null);
+    }
+    let mut app = Map::new();
+    for prop in PropertyBag::new(properties).iter() {
+        let mut name = String::new();
+        if prop.name.decode_to(&mut name).is_err() {
+            continue;
+        }
+        let v = match prop.value {
+            Some(raw) => {
+                let mut s = String::new();
+                if raw.decode_to(&mut s).is_err() {
+                    continue;
+                }
+                Value::String(s)
+            }
+            None => Value::Null,
+        };
+        match SystemProperty::from_name(&name) {
+            Some(sp) => {
+                let key = match sp {
+                    SystemProperty::MessageId => "message-id",
+                    SystemProperty::CorrelationId => "correlation-id",
+                    SystemProperty::ContentType => "content-type",
+                    SystemProperty::ContentEncoding => "content-encoding",
+                    SystemProperty::UserId => "user-id",
+                    SystemProperty::CreationTime => "creation-time",
+                    SystemProperty::Expiry => "expiry-time",
+                    SystemProperty::OutputName => "output-name",
+                    SystemProperty::Component => "dt-subject",
+                    SystemProperty::InterfaceId => "interface-id",
+                    _ => sp.name(),
+                };
+                sys.insert(key.into(), v);
+            }
+            None => {
+                app.insert(name, v);
+            }
+        }
+    }
+    let (body, body_b64) = match std::str::from_utf8(body) {
+        Ok(s) => (Value::String(s.to_string()), Value::Null),
+        Err(_) => (
+            Value::Null,
+            Value::String(base64::engine::general_purpose::STANDARD.encode(body)),
+        ),
+    };
+    let mut ann = Map::new();
+    ann.insert("iothub-connection-device-id".into(), json!(device_id));
+    if let Some(m) = module_id {
+        ann.insert("iothub-connection-module-id".into(), json!(m));
+    }
+    let method = if module_id.is_some() {
+        AUTH_METHOD_MODULE
+    } else {
+        AUTH_METHOD_DEVICE
+    };
+    ann.insert("iothub-connection-auth-method".into(), json!(method));
+    ann.insert(
+        "iothub-connection-auth-generation-id".into(),
+        json!(generation_id),
+    );
+    ann.insert("iothub-enqueuedtime".into(), json!(enqueued));
+    ann.insert("iothub-message-source".into(), json!("Telemetry"));
+    json!({
+        "type": "telemetry", "deviceId": device_id, "moduleId": module_id,
+        "enqueuedTime": enqueued, "body": body, "bodyBase64": body_b64,
+        "systemProperties": sys, "properties": app, "annotations": ann,
+    })
+    .to_string()
+}
+
+impl D2cRecord {
+    /// The message's JSON (see [`to_json`]).
+    pub fn to_json(&self) -> String {
+        to_json(
+            &self.origin.device_id,
+            self.origin.module_id.as_deref(),
+            &self.origin.generation_id,
+            self.enqueued_ns,
+            &self.properties,
+            &self.body,
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn record(module: Option<&str>, props: &str, body: &[u8]) -> Value {
+        let r = D2cRecord {
+            origin: Arc::new(Origin {
+                device_id: "d1".into(),
+                module_id: module.map(str::to_string),
+                generation_id: "g1".into(),
+            }),
+            enqueued_ns: 1_700_000_000_123_456_789,
+            properties: props.into(),
+            body: body.to_vec(),
+        };
+        serde_json::from_str(&r.to_json()).unwrap()
+    }
+
+    #[test]
+    fn system_and_application_properties_are_decoded_and_split() {
+        let v = record(
+            None,
+            "%24.mid=m%201&%24.ct=application%2Fjson&temp=21.5&flag&a=1&a=2",
+            b"{\"t\":1}",
+        );
+        assert_eq!(v["type"], "telemetry");
+        assert_eq!(v["deviceId"], "d1");
+        assert_eq!(v["moduleId"], Value::Null);
+        assert_eq!(v["systemProperties"]["message-id"], "m 1");
+        assert_eq!(v["systemProperties"]["content-type"], "application/json");
+        assert_eq!(v["systemProperties"]["correlation-id"], Value::Null);
+        assert_eq!(v["properties"]["temp"], "21.5");
+        assert_eq!(v["properties"]["flag"], Value::Null);
+        assert_eq!(
+            v["properties"]["a"], "2",
+            "the last of a repeated name wins"
+        );
+        assert_eq!(v["body"], "{\"t\":1}");
+        assert_eq!(v["bodyBase64"], Value::Null);
+        assert_eq!(v["enqueuedTime"], "2023-11-14T22:13:20.123456789Z");
+        assert_eq!(v["annotations"]["iothub-enqueuedtime"], v["enqueuedTime"]);
+        assert_eq!(v["annotations"]["iothub-connection-device-id"], "d1");
+        assert_eq!(
+            v["annotations"]["iothub-connection-auth-generation-id"],
+            "g1"
+        );
+        assert_eq!(v["annotations"]["iothub-message-source"], "Telemetry");
+        assert!(
+            v["annotations"]["iothub-connection-auth-method"]
+                .as_str()
+                .unwrap()
+                .contains("\"scope\":\"device\"")
+        );
+        assert!(
+            v["annotations"]
+                .get("iothub-connection-module-id")
+                .is_none()
+        );
+    }
+
+    #[test]
+    fn a_module_message_names_the_module_and_binary_bodies_are_base64() {
+        let v = record(Some("mod1"), "", &[0xff, 0x00]);
+        assert_eq!(v["moduleId"], "mod1");
+        assert_eq!(v["annotations"]["iothub-connection-module-id"], "mod1");
+        assert!(
+            v["annotations"]["iothub-connection-auth-method"]
+                .as_str()
+                .unwrap()
+                .contains("\"scope\":\"module\"")
+        );
+        assert_eq!(v["body"], Value::Null);
+        assert_eq!(v["bodyBase64"], "/wA=");
+        assert_eq!(v["properties"], json!({}));
+    }
+
+    #[test]
+    fn pairs_added_by_the_hub_are_appended_encoded() {
+        let mut bag = String::new();
+        push_pair(&mut bag, "mqtt-retain", "true");
+        assert_eq!(bag, "mqtt-retain=true");
+        let mut bag = "a=1&".to_string();
+        push_pair(&mut bag, "iothub-MessageType", "Will");
+        assert_eq!(bag, "a=1&iothub-MessageType=Will");
+        let mut bag = "a=1".to_string();
+        push_pair(&mut bag, "k", "a b");
+        assert_eq!(bag, "a=1&k=a%20b");
+    }
+}
