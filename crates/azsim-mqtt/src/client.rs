@@ -7,7 +7,7 @@
 //! wait for a packet or the next deadline. The only differences are the transport (raw MQTT
 //! over `embedded-io-async` instead of rumqttc) and that every buffer is fixed.
 
-use core::fmt::{self, Write as _};
+use core::fmt;
 use core::future::Future;
 
 use azsim_proto::device::{Device, Sensor, TELEMETRY_BUFFER_LEN};
@@ -549,7 +549,8 @@ impl<'b, S: Sensor> Client<'b, S> {
             }
             self.core.tick(now, obs);
             if self.core.ping_due(now) {
-                if wire::send(conn, self.tx, &Packet::Pingreq).await.is_err() {
+                let ping = wire::send(conn, self.tx, &Packet::Pingreq);
+                if ping.await.is_err() {
                     self.lost(clock);
                     return;
                 }
@@ -616,29 +617,33 @@ impl<'b, S: Sensor> Client<'b, S> {
         clock: &mut K,
     ) -> Result<(), DisconnectReason> {
         let core = &self.core;
-        let mut token: String<TOKEN_LEN> = String::new();
-        let password: Option<&[u8]> = match (&core.key, params.token_expiry, core.credential) {
-            (Some(key), Some(exp), _) => {
-                // Cannot fail: `new` signed the longest possible token into the same size.
-                sas::sign_with_key(&mut Sink(&mut token), &core.resource(), key, exp, None)
-                    .map_err(|_| DisconnectReason::Refused(ConnackCode::BadCredentials))?;
-                Some(token.as_bytes())
-            }
-            (_, _, Credential::Token(t)) => Some(t.as_bytes()),
-            (_, _, Credential::Key(_)) => None,
+        // The token lives in this block only: CONNECT is encoded before anything is awaited,
+        // so it never becomes part of the future's state.
+        let send = {
+            let mut token: String<TOKEN_LEN> = String::new();
+            let password: Option<&[u8]> = match (&core.key, params.token_expiry, core.credential) {
+                (Some(key), Some(exp), _) => {
+                    // Cannot fail: `new` signed the longest possible token into the same size.
+                    sas::sign_with_key(&mut Sink(&mut token), &core.resource(), key, exp, None)
+                        .map_err(|_| DisconnectReason::Refused(ConnackCode::BadCredentials))?;
+                    Some(token.as_bytes())
+                }
+                (_, _, Credential::Token(t)) => Some(t.as_bytes()),
+                (_, _, Credential::Key(_)) => None,
+            };
+            let packet = wire::connect(
+                &core.client_id,
+                &core.username,
+                password,
+                params.keep_alive,
+                params.clean_session,
+            );
+            wire::send(conn, self.tx, &packet)
         };
-        let packet = wire::connect(
-            &core.client_id,
-            &core.username,
-            password,
-            params.keep_alive,
-            params.clean_session,
-        );
-        wire::send(conn, self.tx, &packet)
-            .await
-            .map_err(|_| DisconnectReason::Lost)?;
-        // The token's bytes stay in this stack frame only.
-        drop(token);
+        let sent = send.await;
+        // Nor does it stay in the transmit buffer.
+        self.tx.fill(0);
+        sent.map_err(|_| DisconnectReason::Lost)?;
 
         let deadline = now + CONNACK_TIMEOUT;
         let read = wire::read_packet(conn, self.rx, &mut self.rx_len);
@@ -670,34 +675,37 @@ impl<'b, S: Sensor> Client<'b, S> {
         obs: &mut O,
     ) -> Result<(), Lost> {
         let Self { core, rx, tx, .. } = self;
-        match mqttrs::decode_slice(&rx[..len]) {
-            Ok(Some(Packet::Publish(p))) => {
-                if let Some(ev) = core.session.handle_publish(now, p.topic_name, p.payload) {
-                    core.on_event(now, ev, Some(&mut *conn), tx, obs).await?;
-                }
-                // C2D is the hub's only QoS 1 delivery; the PUBACK completes it.
-                if let QosPid::AtLeastOnce(pid) = p.qospid {
-                    wire::send(conn, tx, &Packet::Puback(pid))
-                        .await
-                        .map_err(|_| Lost)?;
-                    core.last_tx = now;
-                }
-                Ok(())
-            }
+        // Only the small PUBLISH view is kept across the awaits below, not the decoded
+        // `Packet` (over 1 KiB).
+        let publish = match mqttrs::decode_slice(&rx[..len]) {
+            Ok(Some(Packet::Publish(p))) => p,
             Ok(Some(Packet::Puback(pid))) => {
                 core.session.handle_puback(now, pid.get());
-                Ok(())
+                return Ok(());
             }
             Ok(Some(Packet::Pingresp)) => {
                 core.ping_deadline = None;
-                Ok(())
+                return Ok(());
             }
             // IoT Hub closes the connection rather than refuse a subscription, and never sends
             // DISCONNECT in 3.1.1; anything else (SUBACK, a stray CONNACK) needs no answer.
-            Ok(Some(Packet::Disconnect)) => Err(Lost),
-            Ok(Some(_)) => Ok(()),
-            Ok(None) | Err(_) => Err(Lost),
+            Ok(Some(Packet::Disconnect)) => return Err(Lost),
+            Ok(Some(_)) => return Ok(()),
+            Ok(None) | Err(_) => return Err(Lost),
+        };
+        if let Some(ev) = core
+            .session
+            .handle_publish(now, publish.topic_name, publish.payload)
+        {
+            core.on_event(now, ev, Some(&mut *conn), tx, obs).await?;
         }
+        // C2D is the hub's only QoS 1 delivery; the PUBACK completes it.
+        if let QosPid::AtLeastOnce(pid) = publish.qospid {
+            let puback = wire::send(conn, tx, &Packet::Puback(pid));
+            puback.await.map_err(|_| Lost)?;
+            core.last_tx = now;
+        }
+        Ok(())
     }
 }
 
@@ -734,12 +742,14 @@ impl<S: Sensor> Core<'_, S> {
         }
         b[6] = (b[6] & 0x0F) | 0x40;
         b[8] = (b[8] & 0x3F) | 0x80;
+        const HEX: &[u8; 16] = b"0123456789abcdef";
         let mut s = String::new();
         for (i, byte) in b.iter().enumerate() {
             if matches!(i, 4 | 6 | 8 | 10) {
                 let _ = s.push('-');
             }
-            let _ = write!(Sink(&mut s), "{byte:02x}");
+            let _ = s.push(char::from(HEX[usize::from(byte >> 4)]));
+            let _ = s.push(char::from(HEX[usize::from(byte & 0xF)]));
         }
         s
     }
@@ -838,9 +848,8 @@ impl<S: Sensor> Core<'_, S> {
                                 self.sub_pid + 1
                             };
                             let pid = wire::pid(self.sub_pid).ok_or(Lost)?;
-                            wire::send(c, tx, &wire::subscribe(pid, filter, qos))
-                                .await
-                                .map_err(|_| Lost)?;
+                            let send = wire::send(c, tx, &wire::subscribe(pid, filter, qos));
+                            send.await.map_err(|_| Lost)?;
                             self.last_tx = now;
                         }
                     }
@@ -853,7 +862,8 @@ impl<S: Sensor> Core<'_, S> {
                     Action::Disconnect { .. } => {
                         if let Some(c) = conn.as_deref_mut() {
                             // Best effort: the connection is dropped either way.
-                            let _ = wire::send(c, tx, &Packet::Disconnect).await;
+                            let send = wire::send(c, tx, &Packet::Disconnect);
+                            let _ = send.await;
                         }
                         self.session
                             .handle_disconnected(now, DisconnectReason::Requested, 0);
@@ -1050,19 +1060,23 @@ enum Sent {
 }
 
 /// Sends a session publish with the QoS and packet id the session chose.
-async fn send_publish<T: Write>(
-    conn: &mut T,
-    tx: &mut [u8],
+/// Encoded at the call, like [`wire::send`].
+fn send_publish<'a, T: Write>(
+    conn: &'a mut T,
+    tx: &'a mut [u8],
     p: &Publish<'_>,
-) -> Result<Sent, Lost> {
-    let qospid = match p.qos {
-        session::QoS::AtMostOnce => QosPid::AtMostOnce,
-        session::QoS::AtLeastOnce => QosPid::AtLeastOnce(wire::pid(p.pkid).ok_or(Lost)?),
+) -> impl Future<Output = Result<Sent, Lost>> + use<'a, T> {
+    let pid = match p.qos {
+        session::QoS::AtMostOnce => Some(QosPid::AtMostOnce),
+        session::QoS::AtLeastOnce => wire::pid(p.pkid).map(QosPid::AtLeastOnce),
     };
-    match wire::send(conn, tx, &wire::publish(p.topic, p.payload, qospid)).await {
-        Ok(()) => Ok(Sent::Yes),
-        Err(wire::SendError::TooLarge) => Ok(Sent::TooLarge),
-        Err(wire::SendError::Io) => Err(Lost),
+    let send = pid.map(|qospid| wire::send(conn, tx, &wire::publish(p.topic, p.payload, qospid)));
+    async move {
+        match send.ok_or(Lost)?.await {
+            Ok(()) => Ok(Sent::Yes),
+            Err(wire::SendError::TooLarge) => Ok(Sent::TooLarge),
+            Err(wire::SendError::Io) => Err(Lost),
+        }
     }
 }
 

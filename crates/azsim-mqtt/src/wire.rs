@@ -1,6 +1,8 @@
 //! The little glue between `mqttrs` and a byte stream: where a packet ends in the receive
 //! buffer, and the packets this client writes.
 
+use core::future::Future;
+
 use embedded_io_async::{Read, Write};
 use mqttrs::{Connect, Packet, Pid, Protocol, QoS, QosPid, Subscribe, SubscribeTopic};
 
@@ -26,14 +28,23 @@ pub(crate) enum ReadError {
     Io,
 }
 
-/// Encodes `packet` into `tx` and writes it out.
-pub(crate) async fn send<T: Write>(
-    conn: &mut T,
-    tx: &mut [u8],
+/// Encodes `packet` into `tx` now and returns the future that writes it out. Encoding before
+/// the future exists keeps the packet (an mqttrs `Packet` is over 1 KiB: SUBSCRIBE holds five
+/// 256-byte filters) out of the caller's future, and every call site shares one write path.
+/// Bind the result before awaiting it (`let send = wire::send(..); send.await`) so that a
+/// temporary packet is dropped first.
+pub(crate) fn send<'a, T: Write>(
+    conn: &'a mut T,
+    tx: &'a mut [u8],
     packet: &Packet<'_>,
-) -> Result<(), SendError> {
-    let n = mqttrs::encode_slice(packet, tx).map_err(|_| SendError::TooLarge)?;
-    conn.write_all(&tx[..n]).await.map_err(|_| SendError::Io)?;
+) -> impl Future<Output = Result<(), SendError>> + use<'a, T> {
+    let len = mqttrs::encode_slice(packet, tx).map_err(|_| SendError::TooLarge);
+    async move { write(conn, tx.get(..len?).unwrap_or_default()).await }
+}
+
+/// Writes already encoded packets out and flushes.
+pub(crate) async fn write<T: Write>(conn: &mut T, bytes: &[u8]) -> Result<(), SendError> {
+    conn.write_all(bytes).await.map_err(|_| SendError::Io)?;
     conn.flush().await.map_err(|_| SendError::Io)
 }
 

@@ -546,19 +546,20 @@ pub fn split_host_name(host: &str) -> Option<(&str, &str)> {
 /// Splits `host[:port]`. `None` when a port is present but not a number in 1..=65535 or the
 /// host is empty. A bracketed IPv6 literal (`[::1]:8443`) keeps its colons.
 fn split_port(host_name: &str) -> Option<(&str, Option<u16>)> {
-    let search_from = if host_name.starts_with('[') {
-        host_name.find(']')?
+    // Byte searches: `str::find`'s pattern machinery is large in the firmware image.
+    let bytes = host_name.as_bytes();
+    let search_from = if bytes.first() == Some(&b'[') {
+        bytes.iter().position(|&b| b == b']')?
     } else {
         0
     };
-    let (host, port) = match host_name[search_from..].rfind(':') {
+    let (host, port) = match bytes.get(search_from..)?.iter().rposition(|&b| b == b':') {
         Some(i) => {
             let (h, p) = host_name.split_at(search_from + i);
-            let p = &p[1..];
-            if p.is_empty() || !p.bytes().all(|b| b.is_ascii_digit()) {
-                return None;
-            }
-            (h, Some(p.parse::<u16>().ok().filter(|&p| p != 0)?))
+            let port = crate::encoding::parse_decimal(p.get(1..)?.as_bytes(), u16::MAX.into())
+                .and_then(|p| u16::try_from(p).ok())
+                .filter(|&p| p != 0)?;
+            (h, Some(port))
         }
         None => (host_name, None),
     };

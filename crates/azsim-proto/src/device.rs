@@ -490,8 +490,29 @@ fn write_fixed2(w: &mut dyn fmt::Write, x: f32) -> fmt::Result {
         e => ((bits & 0x7F_FFFF) | 0x80_0000, e),
     };
     if e >= 150 {
-        // A whole number below 2^128.
-        write_u128(w, u128::from(m) << (e - 150))?;
+        // A whole number, m * 2^(e - 150) < 2^128: its decimal digits (least significant
+        // first) doubled e - 150 times; no 128-bit division on a 32-bit chip.
+        let mut digits = [0u8; 39];
+        let mut n = m;
+        for d in digits.iter_mut() {
+            *d = (n % 10) as u8;
+            n /= 10;
+        }
+        for _ in 150..e {
+            let mut carry = 0;
+            for d in digits.iter_mut() {
+                let v = *d * 2 + carry;
+                *d = v % 10;
+                carry = v / 10;
+            }
+        }
+        let len = digits.iter().rposition(|&d| d != 0).map_or(1, |i| i + 1);
+        let mut text = [b'0'; 39];
+        for (t, &d) in text.iter_mut().zip(digits.iter().take(len).rev()) {
+            *t = b'0' + d;
+        }
+        let text = text.get(..len).unwrap_or_default();
+        w.write_str(core::str::from_utf8(text).map_err(|_| fmt::Error)?)?;
         return w.write_str(".00");
     }
     // Hundredths: m * 100 / 2^shift, rounded half to even. m * 100 < 2^31, so from a shift of
@@ -510,48 +531,6 @@ fn write_fixed2(w: &mut dyn fmt::Write, x: f32) -> fmt::Result {
     let c = (hundredths % 100) as u8;
     let cents = [b'.', b'0' + c / 10, b'0' + c % 10];
     w.write_str(core::str::from_utf8(&cents).map_err(|_| fmt::Error)?)
-}
-
-/// Decimal digits of `n` in 9-digit groups (u64 arithmetic only: no 128-bit division on a
-/// 32-bit chip).
-fn write_u128(w: &mut dyn fmt::Write, n: u128) -> fmt::Result {
-    const GROUP: u64 = 1_000_000_000;
-    let mut limbs = [
-        (n >> 96) as u32,
-        (n >> 64) as u32,
-        (n >> 32) as u32,
-        n as u32,
-    ];
-    // u128::MAX has 39 digits: five groups.
-    let mut groups = [0u32; 5];
-    let mut count = 0;
-    for g in groups.iter_mut() {
-        let mut rem = 0u64;
-        for limb in limbs.iter_mut() {
-            let cur = (rem << 32) | u64::from(*limb);
-            *limb = (cur / GROUP) as u32;
-            rem = cur % GROUP;
-        }
-        *g = rem as u32;
-        count += 1;
-        if limbs == [0; 4] {
-            break;
-        }
-    }
-    let mut first = true;
-    for &g in groups.iter().take(count).rev() {
-        if !first {
-            // Leading zeros inside the number.
-            let mut pad = GROUP / 10;
-            while pad > 1 && u64::from(g) < pad {
-                w.write_str("0")?;
-                pad /= 10;
-            }
-        }
-        encoding::write_u64(w, g.into())?;
-        first = false;
-    }
-    Ok(())
 }
 
 fn split_for_body(buf: &mut [u8]) -> Option<(&mut [u8], &mut [u8])> {
@@ -767,11 +746,13 @@ pub mod json {
             let piece: &[u8] = if raw[i] == b'\\' {
                 let c = match raw.get(i + 1) {
                     Some(b'u') => {
-                        let hex = raw
-                            .get(i + 2..i + 6)
-                            .and_then(|h| core::str::from_utf8(h).ok());
+                        let hex = raw.get(i + 2..i + 6);
                         let Some(c) = hex
-                            .and_then(|h| u32::from_str_radix(h, 16).ok())
+                            .and_then(|h| {
+                                h.iter().try_fold(0u32, |v, &b| {
+                                    Some(v * 16 + char::from(b).to_digit(16)?)
+                                })
+                            })
                             .and_then(char::from_u32)
                         else {
                             // Surrogate pairs never match the ASCII keys asked for here.
@@ -855,7 +836,7 @@ pub mod json {
         if raw.len() > 1 && raw[0] == b'0' {
             return None;
         }
-        core::str::from_utf8(raw).ok()?.parse().ok()
+        crate::encoding::parse_decimal(raw, u64::MAX)
     }
 
     /// Whether `doc` is exactly one well-formed JSON value.

@@ -96,6 +96,22 @@ pub fn write_u64(out: &mut dyn fmt::Write, n: u64) -> fmt::Result {
     out.write_str(core::str::from_utf8(digits).map_err(|_| fmt::Error)?)
 }
 
+/// A decimal number of ASCII digits only (no sign, no spaces), `None` past `max` or `u64::MAX`.
+/// What `str::parse` does for the crate's numbers, without its generic code in the firmware.
+pub(crate) fn parse_decimal(s: &[u8], max: u64) -> Option<u64> {
+    if s.is_empty() {
+        return None;
+    }
+    let mut v: u64 = 0;
+    for &b in s {
+        if !b.is_ascii_digit() {
+            return None;
+        }
+        v = v.checked_mul(10)?.checked_add(u64::from(b - b'0'))?;
+    }
+    (v <= max).then_some(v)
+}
+
 /// The length `s` has once encoded.
 pub fn encoded_len(s: &str) -> usize {
     s.bytes()

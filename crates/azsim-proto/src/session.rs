@@ -1338,7 +1338,11 @@ mod wire {
             Ok(HubTopic::TwinResponse(r)) => Some(Incoming::TwinResponse {
                 status: r.status,
                 // Our own ids are plain decimal; anything else is not ours.
-                rid: r.rid.as_plain()?.parse().ok()?,
+                rid: u32::try_from(crate::encoding::parse_decimal(
+                    r.rid.as_plain()?.as_bytes(),
+                    u32::MAX.into(),
+                )?)
+                .ok()?,
                 version: r.version,
             }),
             Ok(HubTopic::DesiredPatch { version }) => Some(Incoming::DesiredPatch {

@@ -1089,19 +1089,12 @@ impl<'a> Query<'a> {
     }
 }
 
-/// A decimal number of ASCII digits only (no sign, no spaces) up to `max`.
+/// A decimal number of ASCII digits only (no sign, no spaces, at most 20 digits) up to `max`.
 fn parse_decimal(s: &str, max: u64) -> Option<u64> {
-    if s.is_empty() || s.len() > 20 {
+    if s.len() > 20 {
         return None;
     }
-    let mut v: u64 = 0;
-    for b in s.bytes() {
-        if !b.is_ascii_digit() {
-            return None;
-        }
-        v = v.checked_mul(10)?.checked_add(u64::from(b - b'0'))?;
-    }
-    (v <= max).then_some(v)
+    encoding::parse_decimal(s.as_bytes(), max)
 }
 
 fn parse_status(s: &str) -> Result<u16, TopicError> {
