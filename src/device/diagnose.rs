@@ -246,3 +246,48 @@ async fn clock_skew(target: &Target) -> Option<i64> {
     let now = time::OffsetDateTime::now_utc().unix_timestamp();
     Some(now - hub)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_slow_clock_says_the_token_was_already_expired_by_the_hubs_clock() {
+        // Local clock 7200 s behind: a one-hour token signed "now" expired an hour ago.
+        let now = 1_800_000_000;
+        let s = skew_finding(-7200, Some(now + 3600), now);
+        assert!(s.starts_with("clock skew: this machine's clock is 7200 s behind the hub's, so by the hub's clock the token was already expired 1h ago"), "{s}");
+    }
+
+    #[test]
+    fn a_fast_clock_says_tokens_look_issued_in_the_future() {
+        let now = 1_800_000_000;
+        let s = skew_finding(600, Some(now + 3600), now);
+        assert!(
+            s.contains("600 s ahead of the hub's, so tokens look issued in the future"),
+            "{s}"
+        );
+        let s = skew_finding(-600, Some(now + 3600), now);
+        assert!(
+            s.contains("600 s behind the hub's, so tokens expire early"),
+            "{s}"
+        );
+    }
+
+    #[test]
+    fn debug_leaves_the_token_out() {
+        let r = Refusal {
+            host: "h".into(),
+            device_id: "d".into(),
+            module_id: None,
+            port: 8883,
+            token: Some("SharedAccessSignature sr=h&sig=c2VjcmV0&se=1".into()),
+            fixed_token: true,
+            policy: None,
+            ca_file: None,
+            state_dir: PathBuf::from(".azsim/hub"),
+        };
+        let d = format!("{r:?}");
+        assert!(!d.contains("c2VjcmV0") && d.contains("<redacted>"), "{d}");
+    }
+}
