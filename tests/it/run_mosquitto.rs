@@ -254,7 +254,8 @@ async fn unacknowledged_telemetry_goes_out_again_with_dup_and_its_packet_id_afte
     let port = free_port();
     let mut first = Broker::start_in(&bin, dir.path(), port, "first").await;
     let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_azsim"));
-    cmd.args(["run", "--json", "--interval", "1s"])
+    cmd.args(["run", "--json", "--interval", "1s", "--keep-alive", "30"])
+        .args(["--model-id", "dtmi:com:example:Thermostat;1"])
         .arg("--connection-string")
         .arg(format!(
             "HostName=localhost;DeviceId=sim-dup;SharedAccessKey={KEY}"
@@ -289,6 +290,13 @@ async fn unacknowledged_telemetry_goes_out_again_with_dup_and_its_packet_id_afte
     first.child.kill().await.unwrap();
     dev.event("disconnected").await;
     let first_log = first.log();
+    let version = env!("CARGO_PKG_VERSION");
+    assert!(
+        first_log.contains(&format!(
+            "as sim-dup (p2, c0, k30, u'localhost/sim-dup/?api-version=2021-04-12&DeviceClientType=azsim%2F{version}&model-id=dtmi%3Acom%3Aexample%3AThermostat%3B1')"
+        )),
+        "--keep-alive and --model-id in CONNECT:\n{first_log}"
+    );
     assert!(
         !first_log.contains(&mid),
         "the frozen broker never read it:\n{first_log}"
