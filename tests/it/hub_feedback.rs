@@ -1,5 +1,6 @@
 //! C2D feedback over real TLS: records for `iothub-ack` positive/negative/full, Azure's service
-//! REST calls to receive (lock in `ETag`), complete and abandon them, lock expiry and restarts.
+//! REST calls to receive (lock in `ETag`), complete and abandon them, lock expiry and restarts;
+//! and the device-side HTTPS C2D calls (receive, complete, abandon, reject).
 
 use std::time::Duration;
 
@@ -337,5 +338,126 @@ async fn pending_feedback_survives_a_hub_restart() {
     assert_eq!(status_of(&after.records, "kept"), ["Purged"]);
     assert_eq!(settle(&hub, &after.token(), false).await.0, 204);
     assert_eq!(receive(&hub).await.status, 204);
+    hub.stop().await;
+}
+
+/// A device-side HTTPS call with `auth` as the `Authorization` header.
+async fn device_call(hub: &TestHub, method: Method, path: &str, auth: &str) -> reqwest::Response {
+    let url = format!(
+        "https://{}:{}{path}{}api-version=2020-03-13",
+        hub.hostname,
+        hub.https_port,
+        if path.contains('?') { '&' } else { '?' }
+    );
+    hub.http()
+        .request(method, url)
+        .header("Authorization", auth)
+        .send()
+        .await
+        .unwrap()
+}
+
+fn header(r: &reqwest::Response, name: &str) -> String {
+    r.headers()
+        .get(name)
+        .unwrap_or_else(|| panic!("{name} missing: {:?}", r.headers()))
+        .to_str()
+        .unwrap()
+        .to_string()
+}
+
+#[tokio::test]
+async fn a_device_settles_c2d_over_https_and_rejecting_gives_rejected_feedback() {
+    let hub = TestHub::start().await;
+    hub.create_device("h1").await;
+    hub.create_device("h2").await;
+    let se = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+        + 600;
+    let token = hub.device_token("h1", &hub.device_key("h1").await, se);
+    let other = hub.device_token("h2", &hub.device_key("h2").await, se);
+    send(
+        &hub,
+        "h1",
+        json!({"body": "one", "messageId": "m1", "ack": "full", "correlationId": "c1",
+               "properties": {"color": "blue"}}),
+    )
+    .await;
+    send(
+        &hub,
+        "h1",
+        json!({"body": "two", "messageId": "m2", "ack": "negative"}),
+    )
+    .await;
+    let inbox = "/devices/h1/messages/deviceBound";
+
+    let r = device_call(&hub, Method::GET, inbox, &other).await;
+    assert_eq!(r.status(), 401, "another device's token");
+    let r = device_call(&hub, Method::GET, inbox, &token).await;
+    assert_eq!(r.status(), 200);
+    assert_eq!(header(&r, "iothub-messageid"), "m1");
+    assert_eq!(header(&r, "iothub-correlationid"), "c1");
+    assert_eq!(header(&r, "iothub-app-color"), "blue");
+    assert_eq!(header(&r, "iothub-deliverycount"), "1");
+    assert_eq!(header(&r, "iothub-to"), inbox);
+    let m1_first = header(&r, "etag");
+    assert!(
+        m1_first.starts_with('"') && m1_first.ends_with('"'),
+        "{m1_first}"
+    );
+    assert_eq!(r.bytes().await.unwrap().as_ref(), b"one");
+
+    let r = device_call(&hub, Method::GET, inbox, &token).await;
+    assert_eq!(header(&r, "iothub-messageid"), "m2", "m1 is locked");
+    let m2 = header(&r, "etag").trim_matches('"').to_string();
+    assert_eq!(
+        device_call(&hub, Method::GET, inbox, &token).await.status(),
+        204
+    );
+
+    let m1_first = m1_first.trim_matches('"').to_string();
+    let r = device_call(
+        &hub,
+        Method::POST,
+        &format!("{inbox}/{m1_first}/abandon"),
+        &token,
+    )
+    .await;
+    assert_eq!(r.status(), 204);
+    let r = device_call(&hub, Method::GET, inbox, &token).await;
+    assert_eq!(header(&r, "iothub-messageid"), "m1");
+    assert_eq!(header(&r, "iothub-deliverycount"), "2");
+    let m1 = header(&r, "etag").trim_matches('"').to_string();
+    assert_ne!(m1, m1_first);
+
+    let path = format!("{inbox}/{m1}");
+    assert_eq!(
+        device_call(&hub, Method::DELETE, &path, &token)
+            .await
+            .status(),
+        204
+    );
+    let r = device_call(&hub, Method::DELETE, &path, &token).await;
+    assert_eq!(r.status(), 412, "completed already");
+    let reject = format!("{inbox}/{m2}?reject");
+    assert_eq!(
+        device_call(&hub, Method::DELETE, &reject, &token)
+            .await
+            .status(),
+        204
+    );
+    assert_eq!(queue_depth(&hub, "h1").await, 0);
+
+    let all = drain_until(&hub, |r| {
+        !status_of(r, "m1").is_empty() && !status_of(r, "m2").is_empty()
+    })
+    .await;
+    assert_eq!(status_of(&all, "m1"), ["Success"]);
+    assert_eq!(status_of(&all, "m2"), ["Rejected"]);
+    // The service may make the device-side call too.
+    let r = device_call(&hub, Method::GET, inbox, &hub.service_token()).await;
+    assert_eq!(r.status(), 204);
     hub.stop().await;
 }

@@ -263,6 +263,11 @@ pub(crate) async fn maintain(hub: Arc<Hub>) {
                 let now = crate::unix_ms();
                 let expired = crate::store::q::c2d_expire_due(c, None, now)?;
                 drop_expired(c, now, ttl_ms)?;
+                // Device-side HTTPS locks that ran out: MQTT may deliver those messages again.
+                c.prepare_cached("DELETE FROM c2d_locks WHERE locked_until_ms <= ?1")
+                    .map_err(db_err)?
+                    .execute(params![now])
+                    .map_err(db_err)?;
                 let new = since(c, after)?;
                 purge_done(c, new.last().map_or(after, |r| r.0))?;
                 Ok((expired, new))

@@ -107,6 +107,18 @@ fn router(hub: Shared) -> Router {
             "/messages/serviceBound/feedback/{lock}/abandon",
             post(abandon_feedback),
         )
+        .route(
+            "/devices/{id}/messages/deviceBound",
+            get(crate::device_http::receive_handler),
+        )
+        .route(
+            "/devices/{id}/messages/deviceBound/{etag}",
+            delete(crate::device_http::complete_handler),
+        )
+        .route(
+            "/devices/{id}/messages/deviceBound/{etag}/abandon",
+            post(crate::device_http::abandon_handler),
+        )
         .route("/emulator/devices/{id}/c2d", post(send_c2d))
         .route("/emulator/events", get(events_sse))
         .route("/emulator/events/recent", get(events_recent))
@@ -128,7 +140,7 @@ pub(crate) struct ApiError {
 }
 
 impl ApiError {
-    fn new(
+    pub(crate) fn new(
         status: StatusCode,
         code: u32,
         name: &'static str,
@@ -142,10 +154,10 @@ impl ApiError {
             info: json!({}),
         }
     }
-    fn bad(message: impl Into<String>) -> ApiError {
+    pub(crate) fn bad(message: impl Into<String>) -> ApiError {
         ApiError::new(StatusCode::BAD_REQUEST, 400004, "ArgumentInvalid", message)
     }
-    fn device_not_found(id: &str) -> ApiError {
+    pub(crate) fn device_not_found(id: &str) -> ApiError {
         ApiError::new(
             StatusCode::NOT_FOUND,
             404001,
@@ -217,18 +229,64 @@ async fn not_found() -> ApiError {
     )
 }
 
+/// The device of a device-side call (`/devices/{id}/messages/deviceBound...`), which a device
+/// token for that device may make as well as the service.
+fn device_side_id(path: &str) -> Option<String> {
+    let rest = path.strip_prefix("/devices/")?;
+    let (raw, tail) = rest.split_once('/')?;
+    if tail != "messages/deviceBound" && !tail.starts_with("messages/deviceBound/") {
+        return None;
+    }
+    let mut id = String::new();
+    azsim_proto::encoding::decode_to(&mut id, raw).ok()?;
+    Some(id)
+}
+
+/// A device token for `id` (either key, `sr` with or without the HTTPS port).
+async fn verify_device_rest(
+    hub: &Hub,
+    header: Option<&str>,
+    id: &str,
+) -> Result<(), crate::auth::ServiceAuthError> {
+    use crate::auth::ServiceAuthError as E;
+    let header = header.ok_or_else(|| E("missing Authorization header".into()))?;
+    let token =
+        azsim_proto::sas::Token::parse(header).map_err(|e| E(format!("malformed token: {e}")))?;
+    let ident = crate::hub::load_identity(hub, id, None)
+        .await
+        .map_err(|e| E(e.to_string()))?
+        .ok_or_else(|| E("unknown device".into()))?;
+    if !ident.enabled {
+        return Err(E("device disabled".into()));
+    }
+    let resources = crate::auth::identity_resources(&hub.cfg.hostname, hub.https_port, id, None);
+    crate::auth::verify_device_token(
+        &token,
+        &[&ident.primary_key, &ident.secondary_key],
+        &resources,
+        unix_now(),
+    )
+    .map_err(|e| E(e.to_string()))
+}
+
 async fn auth(State(hub): State<Shared>, req: Request, next: Next) -> Response {
     let header = req
         .headers()
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok());
-    match crate::auth::verify_service(
+    let mut verdict = crate::auth::verify_service(
         header,
         &hub.cfg.hostname,
         hub.https_port,
         &hub.owner_key,
         unix_now(),
-    ) {
+    );
+    if verdict.is_err()
+        && let Some(id) = device_side_id(req.uri().path())
+    {
+        verdict = verify_device_rest(&hub, header, &id).await;
+    }
+    match verdict {
         Ok(()) => next.run(req).await,
         Err(e) => {
             tracing::info!(path = %req.uri().path(), reason = %e.0, "REST 401");

@@ -121,6 +121,9 @@ CREATE TABLE IF NOT EXISTS feedback (
   done INTEGER NOT NULL DEFAULT 0);
 CREATE INDEX IF NOT EXISTS feedback_lock ON feedback (lock_token);
 CREATE INDEX IF NOT EXISTS c2d_live_expiry ON c2d (expiry_ms) WHERE dead IS NULL;
+CREATE TABLE IF NOT EXISTS c2d_locks (
+  seq INTEGER PRIMARY KEY, device_id TEXT NOT NULL, lock_token TEXT NOT NULL,
+  locked_until_ms INTEGER NOT NULL);
 ";
 
 impl Store {
@@ -565,12 +568,14 @@ pub mod q {
         Ok(Some(depth + 1))
     }
 
-    /// Live messages of a device, oldest first.
+    /// Live messages of a device not locked by a device-side HTTPS receive, oldest first
+    /// (run-out locks are removed by the next receive and by the feedback sweep).
     pub fn c2d_pending(c: &Connection, device: &str) -> Result<Vec<C2dMessage>, HubError> {
         let mut st = c
             .prepare_cached(
                 "SELECT seq, data, body, expiry_ms, delivery_count FROM c2d \
-                 WHERE device_id = ?1 AND dead IS NULL ORDER BY seq",
+                 WHERE device_id = ?1 AND dead IS NULL \
+                 AND seq NOT IN (SELECT seq FROM c2d_locks WHERE device_id = ?1) ORDER BY seq",
             )
             .map_err(db_err)?;
         let rows = st
