@@ -43,7 +43,7 @@ pub enum Command {
     Invoke(service::InvokeArgs),
     /// Show a device twin or patch its desired properties and tags.
     Twin(service::TwinArgs),
-    /// Send cloud-to-device messages (local azsim hub only).
+    /// Send cloud-to-device messages (local azsim hub only) and read their delivery feedback.
     C2d(service::C2dArgs),
     /// Watch telemetry, connections and twin changes (local azsim hub only).
     Monitor(service::MonitorArgs),

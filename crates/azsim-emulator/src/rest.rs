@@ -1,6 +1,7 @@
-//! The service REST API (Azure's shapes, api-version 2021-04-12) and the emulator-only
-//! endpoints under `/emulator/` (not part of Azure: C2D send and the event stream), served by
-//! axum over hyper on the same TLS stack as the MQTT endpoint.
+//! The service REST API (Azure's shapes, api-version 2021-04-12: registry, twins, methods, C2D
+//! purge and feedback), the device-side HTTPS C2D calls (`device_http.rs`), and the
+//! emulator-only endpoints under `/emulator/` (not part of Azure: C2D send and the event
+//! stream), served by axum over hyper on the same TLS stack as the MQTT endpoint.
 
 use std::convert::Infallible;
 use std::sync::Arc;
