@@ -91,6 +91,28 @@ async fn findings(r: &Refusal, now: u64) -> Vec<String> {
     // What `azsim token inspect` finds without a key: expiry, sr, skn.
     let policy = r.policy.as_ref().map(|p| p.as_deref());
     let inspected = crate::cmd::token::explain_str(token, None, Some(&expected), policy, now);
+    // A local hub on another port also accepts `sr` naming `host:port` (what `azsim token` signs
+    // for `HostName=localhost:PORT`).
+    let host_port = format!("{}:{}", r.host, r.port);
+    let expected_with_port = match &r.module_id {
+        Some(m) => Resource::Module {
+            host: &host_port,
+            device_id: &r.device_id,
+            module_id: m,
+        },
+        None => Resource::Device {
+            host: &host_port,
+            device_id: &r.device_id,
+        },
+    }
+    .to_string();
+    let with_port =
+        crate::cmd::token::explain_str(token, None, Some(&expected_with_port), policy, now);
+    let inspected = if with_port.problems.len() < inspected.problems.len() {
+        with_port
+    } else {
+        inspected
+    };
     for p in &inspected.problems {
         f.push(format!("{whose}: {p}"));
     }

@@ -965,6 +965,26 @@ async fn an_expired_or_misaddressed_fixed_token_is_refused_and_named() {
         "the key itself is fine: {stderr}"
     );
 
+    // `azsim token` signs `sr=localhost:PORT/devices/..` for a local hub on another port; the
+    // hub accepts that form, so only the expiry is named.
+    let mut with_port = String::new();
+    azsim_proto::sas::sign(
+        &mut with_port,
+        &format!("{host}/devices/run-sas"),
+        &key,
+        unix_now() - 60,
+        None,
+    )
+    .unwrap();
+    let cs = format!("HostName={host};DeviceId=run-sas;SharedAccessSignature={with_port}");
+    let stderr = refused(
+        azsim_run(&hub, &cs, &["--count", "1"]),
+        &[&key, &sig_of(&with_port)],
+    )
+    .await;
+    assert!(stderr.contains("expired: se "), "{stderr}");
+    assert!(!stderr.contains("sr is for host"), "{stderr}");
+
     // Signed with the right key, but for another device.
     hub.create_device("run-other").await;
     let other_key = hub.device_key("run-other").await;
