@@ -89,9 +89,18 @@ impl Running {
 
     /// Ctrl-C, then everything it printed.
     pub(crate) async fn interrupt(self) -> (ExitStatus, Vec<Value>, String) {
+        self.signal("-INT").await
+    }
+
+    /// SIGTERM (`docker stop`, systemd), then everything it printed.
+    pub(crate) async fn terminate(self) -> (ExitStatus, Vec<Value>, String) {
+        self.signal("-TERM").await
+    }
+
+    async fn signal(self, sig: &str) -> (ExitStatus, Vec<Value>, String) {
         let pid = self.child.id().expect("running").to_string();
         let status = tokio::process::Command::new("kill")
-            .args(["-INT", &pid])
+            .args([sig, &pid])
             .status()
             .await
             .unwrap();
@@ -1186,11 +1195,17 @@ async fn a_second_run_on_the_same_local_hub_takes_sim_device_2_instead_of_the_co
     assert_eq!(events(&out, "connected")[0]["device_id"], "sim-device-2");
     assert_eq!(events(&out, "telemetry_acked").len(), 2);
 
-    let (status, out, stderr) = first.interrupt().await;
+    // SIGTERM ends a run as cleanly as Ctrl-C.
+    let (status, out, stderr) = first.terminate().await;
     assert!(status.success(), "{stderr}");
     assert!(
         events(&out, "reconnecting").is_empty(),
         "the first run kept its connection: {out:#?}"
+    );
+    assert_eq!(events(&out, "stopped")[0]["reason"], "interrupted");
+    assert_eq!(
+        events(&out, "disconnected").last().unwrap()["reason"],
+        "closed by the device"
     );
     // Once sim-device-1 is free again, a run takes it.
     let (status, out, stderr) = Running::spawn(local_run(&["--count", "1"])).finish().await;
