@@ -6,7 +6,7 @@
 //!
 //! ```text
 //! cargo bench -p azsim-emulator --bench load -- [--devices N] [--messages M] [--payload BYTES]
-//!     [--window W] [--connect-concurrency C] [--only hub|mosquitto]
+//!     [--window W] [--connect-concurrency C] [--only hub|mosquitto] [--rounds R]
 //! ```
 //! Defaults: 1000 devices, 20 messages of 256 bytes each, 1 message in flight per device,
 //! 200 TLS handshakes at a time. Env `AZSIM_LOAD_DEVICES` / `AZSIM_LOAD_MESSAGES` override the
@@ -16,6 +16,8 @@
 //! to the last PUBACK. Latency is from the PUBLISH leaving the client to its PUBACK.
 //! mosquitto gets the same clients, usernames, SAS passwords and topics (it ignores them:
 //! `allow_anonymous true`), with a certificate from the same kind of rcgen CA.
+//! `--rounds R` runs the pair R times, alternating which broker goes first, and ends with every
+//! ratio and the medians.
 //!
 //! It also prints the CPU time per message each side used during the publish phase (from
 //! `/proc/*/task/*/schedstat`): the broker's threads (the hub's runtime and store threads, or
@@ -45,6 +47,7 @@ struct Params {
     window: u16,
     connect_concurrency: usize,
     only: Option<String>,
+    rounds: usize,
 }
 
 fn parse_params() -> Params {
@@ -61,6 +64,7 @@ fn parse_params() -> Params {
         window: 1,
         connect_concurrency: 200,
         only: None,
+        rounds: 1,
     };
     let args: Vec<String> = std::env::args().skip(1).collect();
     let mut i = 0;
@@ -74,6 +78,7 @@ fn parse_params() -> Params {
             "--window" => p.window = u16::try_from(num()).unwrap_or(u16::MAX).max(1),
             "--connect-concurrency" => p.connect_concurrency = num().max(1),
             "--only" => p.only = Some(val.clone()),
+            "--rounds" => p.rounds = num().max(1),
             // cargo bench passes `--bench`; ignore it and anything unknown without a value.
             _ => {
                 i += 1;
@@ -589,43 +594,112 @@ fn main() {
         std::thread::available_parallelism().map_or(1, |n| n.get())
     );
     rt.block_on(async {
-        let mut hub_rate = None;
-        if p.only.as_deref() != Some("mosquitto") {
-            match hub::run(&p, dir.path()).await {
-                Ok(stats) => {
-                    print_stats("azsim-hub", &stats, &p);
-                    hub_rate = Some(stats.msgs_per_sec());
+        let (mut hub_runs, mut mosq_runs, mut ratios) = (Vec::new(), Vec::new(), Vec::new());
+        for round in 0..p.rounds {
+            if p.rounds > 1 {
+                println!("round {}/{}", round + 1, p.rounds);
+            }
+            // Alternate who goes first, so a change in the machine's background load does not
+            // always favour the same side.
+            let hub_first = round % 2 == 0;
+            let mut hub_rate = None;
+            let mut mosq_rate = None;
+            for hub_turn in [hub_first, !hub_first] {
+                if hub_turn {
+                    hub_rate = run_hub(&p, dir.path()).await;
+                    hub_runs.extend(hub_rate);
+                } else {
+                    mosq_rate = run_mosquitto(&p, dir.path()).await;
+                    mosq_runs.extend(mosq_rate);
                 }
-                Err(e) => println!("azsim-hub  not run: {e}"),
+            }
+            if let (Some((h, _)), Some((m, _))) = (hub_rate, mosq_rate)
+                && m > 0.0
+            {
+                println!("ratio      azsim-hub / mosquitto ingest = {:.2}x", h / m);
+                ratios.push(h / m);
             }
         }
-        let mut mosq_rate = None;
-        if p.only.as_deref() != Some("hub") {
-            match start_mosquitto(dir.path()) {
-                Ok(m) => {
-                    let tls = client_tls(&m.ca_file);
-                    let specs: Vec<DeviceSpec> = (0..p.devices)
-                        .map(|i| {
-                            let id = format!("load-{i:05}");
-                            device_spec("localhost", &id, &random_key())
-                        })
-                        .collect();
-                    let pid = m.child.id().to_string();
-                    let broker = move || cpu_ns(&pid, |_| true);
-                    let stats = run_load("mosquitto", m.port, tls, &specs, &p, &broker).await;
-                    print_stats("mosquitto", &stats, &p);
-                    mosq_rate = Some(stats.msgs_per_sec());
-                    drop(m);
-                }
-                Err(e) => println!("mosquitto  not run: {e}"),
-            }
-        }
-        if let (Some(h), Some(m)) = (hub_rate, mosq_rate)
-            && m > 0.0
-        {
-            println!("ratio      azsim-hub / mosquitto ingest = {:.2}x", h / m);
+        if p.rounds > 1 {
+            let list: Vec<String> = ratios.iter().map(|r| format!("{r:.2}x")).collect();
+            println!(
+                "summary    {} rounds | ratios {} | median ratio {:.2}x | median msgs/s hub {:.0}, \
+                 mosquitto {:.0} | median broker CPU per message hub {:.1} us, mosquitto {:.1} us",
+                p.rounds,
+                list.join(" "),
+                median(&ratios),
+                median(&hub_runs.iter().map(|r| r.0).collect::<Vec<_>>()),
+                median(&mosq_runs.iter().map(|r| r.0).collect::<Vec<_>>()),
+                median(&hub_runs.iter().map(|r| r.1).collect::<Vec<_>>()),
+                median(&mosq_runs.iter().map(|r| r.1).collect::<Vec<_>>()),
+            );
         }
     });
+}
+
+fn median(v: &[f64]) -> f64 {
+    if v.is_empty() {
+        return f64::NAN;
+    }
+    let mut v = v.to_vec();
+    v.sort_by(f64::total_cmp);
+    let n = v.len();
+    if n % 2 == 1 {
+        v[n / 2]
+    } else {
+        (v[n / 2 - 1] + v[n / 2]) / 2.0
+    }
+}
+
+/// One run against the hub: (msgs/s, broker CPU us per message), or `None` when skipped.
+async fn run_hub(p: &Arc<Params>, dir: &Path) -> Option<(f64, f64)> {
+    if p.only.as_deref() == Some("mosquitto") {
+        return None;
+    }
+    match hub::run(p, dir).await {
+        Ok(stats) => {
+            print_stats("azsim-hub", &stats, p);
+            Some((
+                stats.msgs_per_sec(),
+                stats.cpu_us_per_msg(stats.broker_cpu_ns),
+            ))
+        }
+        Err(e) => {
+            println!("azsim-hub  not run: {e}");
+            None
+        }
+    }
+}
+
+/// One run against a fresh mosquitto: (msgs/s, broker CPU us per message).
+async fn run_mosquitto(p: &Arc<Params>, dir: &Path) -> Option<(f64, f64)> {
+    if p.only.as_deref() == Some("hub") {
+        return None;
+    }
+    match start_mosquitto(dir) {
+        Ok(m) => {
+            let tls = client_tls(&m.ca_file);
+            let specs: Vec<DeviceSpec> = (0..p.devices)
+                .map(|i| {
+                    let id = format!("load-{i:05}");
+                    device_spec("localhost", &id, &random_key())
+                })
+                .collect();
+            let pid = m.child.id().to_string();
+            let broker = move || cpu_ns(&pid, |_| true);
+            let stats = run_load("mosquitto", m.port, tls, &specs, p, &broker).await;
+            print_stats("mosquitto", &stats, p);
+            drop(m);
+            Some((
+                stats.msgs_per_sec(),
+                stats.cpu_us_per_msg(stats.broker_cpu_ns),
+            ))
+        }
+        Err(e) => {
+            println!("mosquitto  not run: {e}");
+            None
+        }
+    }
 }
 
 mod hub {

@@ -251,6 +251,77 @@ mod tests {
         assert_eq!(v["properties"], json!({}));
     }
 
+    #[tokio::test]
+    async fn an_event_log_from_before_lazy_json_keeps_its_rows_and_takes_new_ones() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("hub.db");
+        {
+            // The first schema: every row is finished JSON text.
+            let c = rusqlite::Connection::open(&path).unwrap();
+            c.execute_batch(
+                "CREATE TABLE events (seq INTEGER PRIMARY KEY AUTOINCREMENT, \
+                 device_id TEXT NOT NULL, json TEXT NOT NULL); \
+                 INSERT INTO events (device_id, json) VALUES ('old', '{\"deviceId\":\"old\"}');",
+            )
+            .unwrap();
+        }
+        let store = crate::store::Store::open(Some(&path), 3).unwrap();
+        let origin = Arc::new(Origin {
+            device_id: "d1".into(),
+            module_id: None,
+            generation_id: "g1".into(),
+        });
+        store
+            .log_event(D2cRecord {
+                origin: origin.clone(),
+                enqueued_ns: 1_700_000_000_000_000_000,
+                properties: "%24.mid=m1&k=v".into(),
+                body: b"hello".to_vec(),
+            })
+            .await;
+        store.flush().await;
+        let rows = store
+            .call(|c| crate::store::q::recent_events(c, None, 10))
+            .await
+            .unwrap();
+        assert_eq!(rows.len(), 2, "{rows:?}");
+        assert_eq!(rows[0], "{\"deviceId\":\"old\"}");
+        let v: Value = serde_json::from_str(&rows[1]).unwrap();
+        assert_eq!(v["deviceId"], "d1");
+        assert_eq!(v["body"], "hello");
+        assert_eq!(v["systemProperties"]["message-id"], "m1");
+        assert_eq!(v["properties"]["k"], "v");
+        assert_eq!(v["enqueuedTime"], "2023-11-14T22:13:20Z");
+
+        // The cap (3 here) holds once the writer trims, which it does every 256 messages.
+        for i in 0..300 {
+            store
+                .log_event(D2cRecord {
+                    origin: origin.clone(),
+                    enqueued_ns: 1_700_000_000_000_000_000 + i,
+                    properties: String::new(),
+                    body: i.to_string().into_bytes(),
+                })
+                .await;
+        }
+        store.flush().await;
+        let n: i64 = store
+            .call(|c| {
+                c.query_row("SELECT COUNT(*) FROM events", [], |r| r.get(0))
+                    .map_err(|e| crate::HubError::Store(e.to_string()))
+            })
+            .await
+            .unwrap();
+        assert!(n <= 3 + 256, "{n} rows kept with a cap of 3");
+        let last = store
+            .call(|c| crate::store::q::recent_events(c, Some("d1"), 1))
+            .await
+            .unwrap();
+        let v: Value = serde_json::from_str(&last[0]).unwrap();
+        assert_eq!(v["body"], "299");
+        store.close().await;
+    }
+
     #[test]
     fn pairs_added_by_the_hub_are_appended_encoded() {
         let mut bag = String::new();
