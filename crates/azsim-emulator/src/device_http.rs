@@ -306,7 +306,13 @@ mod tests {
         receive(&c, "d", 10, 1_000, "t").unwrap().unwrap();
         assert!(settle(&c, "d", "t", Settle::Reject, 1_001).unwrap());
         assert_eq!(q::c2d_depth(&c, "d").unwrap(), 0);
-        let fb = crate::feedback::receive(&c, 1_002, 3_600_000, 60_000, 64, "f").unwrap();
+        let fb = crate::feedback::receive(
+            &c,
+            1_002,
+            &crate::feedback::Rules::of(&crate::HubLimits::default()),
+            "f",
+        )
+        .unwrap();
         assert_eq!(fb.len(), 1);
         assert_eq!(fb[0]["statusCode"], "Rejected");
         assert_eq!(fb[0]["originalMessageId"], "r");

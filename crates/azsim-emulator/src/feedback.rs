@@ -139,17 +139,46 @@ pub fn drop_expired(c: &Connection, now_ms: i64, ttl_ms: i64) -> Result<usize, H
         .map_err(db_err)
 }
 
-/// Lock up to `max` visible records (never locked, or whose lock ran out) under `token` until
-/// `now_ms + lock_ms`; returns them (JSON objects), oldest first.
+/// The feedback queue's settings (Azure's hub properties `feedback.ttlAsIso8601`,
+/// `lockDurationAsIso8601`, `maxDeliveryCount`, plus the batch size).
+#[derive(Debug, Clone, Copy)]
+pub struct Rules {
+    pub ttl_ms: i64,
+    pub lock_ms: i64,
+    pub batch_max: usize,
+    pub max_deliveries: u32,
+}
+
+impl Rules {
+    pub fn of(limits: &crate::HubLimits) -> Rules {
+        let ms = |d: Duration| i64::try_from(d.as_millis()).unwrap_or(i64::MAX);
+        Rules {
+            ttl_ms: ms(limits.feedback_ttl),
+            lock_ms: ms(limits.feedback_lock_timeout),
+            batch_max: BATCH_MAX,
+            max_deliveries: limits.feedback_max_delivery_count,
+        }
+    }
+}
+
+/// Lock up to `rules.batch_max` visible records (never locked, or whose lock ran out) under
+/// `token` until `now_ms + rules.lock_ms`; returns them (JSON objects), oldest first. A record
+/// handed out `max_deliveries` times without being completed is dropped.
 pub fn receive(
     c: &Connection,
     now_ms: i64,
-    ttl_ms: i64,
-    lock_ms: i64,
-    max: usize,
+    rules: &Rules,
     token: &str,
 ) -> Result<Vec<Value>, HubError> {
-    drop_expired(c, now_ms, ttl_ms)?;
+    drop_expired(c, now_ms, rules.ttl_ms)?;
+    c.prepare_cached(
+        "DELETE FROM feedback WHERE done = 0 AND deliveries >= ?2 \
+         AND (locked_until_ms IS NULL OR locked_until_ms <= ?1)",
+    )
+    .map_err(db_err)?
+    .execute(params![now_ms, rules.max_deliveries])
+    .map_err(db_err)?;
+    let (max, lock_ms) = (rules.batch_max, rules.lock_ms);
     let rows: Vec<(i64, String)> = c
         .prepare_cached(
             "SELECT seq, json FROM feedback \
@@ -162,7 +191,10 @@ pub fn receive(
         .collect::<Result<_, _>>()
         .map_err(db_err)?;
     let mut lock = c
-        .prepare_cached("UPDATE feedback SET lock_token = ?2, locked_until_ms = ?3 WHERE seq = ?1")
+        .prepare_cached(
+            "UPDATE feedback SET lock_token = ?2, locked_until_ms = ?3, \
+             deliveries = deliveries + 1 WHERE seq = ?1",
+        )
         .map_err(db_err)?;
     let mut out = Vec::with_capacity(rows.len());
     for (seq, text) in rows {
@@ -250,7 +282,7 @@ pub(crate) async fn maintain(hub: Arc<Hub>) {
             return;
         }
     };
-    let ttl_ms = i64::try_from(hub.cfg.limits.feedback_ttl.as_millis()).unwrap_or(i64::MAX);
+    let ttl_ms = Rules::of(&hub.cfg.limits).ttl_ms;
     loop {
         tokio::select! {
             () = tokio::time::sleep(SWEEP_EVERY) => {}
@@ -300,6 +332,15 @@ mod tests {
         c
     }
 
+    fn rules(batch_max: usize) -> Rules {
+        Rules {
+            ttl_ms: 3_600_000,
+            lock_ms: 60_000,
+            batch_max,
+            max_deliveries: 10,
+        }
+    }
+
     fn insert(c: &Connection, id: &str, created_ms: i64) {
         c.execute(
             "INSERT INTO feedback (device_id, json, created_ms) VALUES ('d', ?1, ?2)",
@@ -319,23 +360,15 @@ mod tests {
         let c = db();
         insert(&c, "a", 1_000);
         insert(&c, "b", 1_000);
-        let got = receive(&c, 2_000, 3_600_000, 60_000, 64, "t1").unwrap();
+        let got = receive(&c, 2_000, &rules(64), "t1").unwrap();
         assert_eq!(ids(&got), ["a", "b"]);
-        assert!(
-            receive(&c, 61_999, 3_600_000, 60_000, 64, "t2")
-                .unwrap()
-                .is_empty()
-        );
+        assert!(receive(&c, 61_999, &rules(64), "t2").unwrap().is_empty());
         // The lock ran out: completing with it fails, the batch comes back under a new lock.
         assert_eq!(complete(&c, "t1", 62_000).unwrap(), 0);
-        let again = receive(&c, 62_000, 3_600_000, 60_000, 64, "t3").unwrap();
+        let again = receive(&c, 62_000, &rules(64), "t3").unwrap();
         assert_eq!(ids(&again), ["a", "b"]);
         assert_eq!(complete(&c, "t3", 62_001).unwrap(), 2);
-        assert!(
-            receive(&c, 200_000, 3_600_000, 60_000, 64, "t4")
-                .unwrap()
-                .is_empty()
-        );
+        assert!(receive(&c, 200_000, &rules(64), "t4").unwrap().is_empty());
     }
 
     #[test]
@@ -344,14 +377,61 @@ mod tests {
         for i in 0..5 {
             insert(&c, &format!("m{i}"), 1_000);
         }
-        let first = receive(&c, 2_000, 3_600_000, 60_000, 3, "t1").unwrap();
+        let first = receive(&c, 2_000, &rules(3), "t1").unwrap();
         assert_eq!(ids(&first), ["m0", "m1", "m2"]);
-        let second = receive(&c, 2_000, 3_600_000, 60_000, 3, "t2").unwrap();
+        let second = receive(&c, 2_000, &rules(3), "t2").unwrap();
         assert_eq!(ids(&second), ["m3", "m4"]);
         assert_eq!(abandon(&c, "t1", 2_001).unwrap(), 3);
         assert_eq!(abandon(&c, "t1", 2_001).unwrap(), 0);
-        let third = receive(&c, 2_002, 3_600_000, 60_000, 64, "t3").unwrap();
+        let third = receive(&c, 2_002, &rules(64), "t3").unwrap();
         assert_eq!(ids(&third), ["m0", "m1", "m2"]);
+    }
+
+    #[test]
+    fn a_record_handed_out_max_delivery_count_times_is_dropped() {
+        let c = db();
+        insert(&c, "stuck", 1_000);
+        let mut r = rules(64);
+        r.max_deliveries = 2;
+        assert_eq!(ids(&receive(&c, 2_000, &r, "t1").unwrap()), ["stuck"]);
+        assert_eq!(abandon(&c, "t1", 2_001).unwrap(), 1);
+        assert_eq!(ids(&receive(&c, 2_002, &r, "t2").unwrap()), ["stuck"]);
+        // Second lock still held: not dropped yet, just invisible.
+        assert!(receive(&c, 2_003, &r, "t3").unwrap().is_empty());
+        assert_eq!(
+            complete(&c, "t2", 2_004).unwrap(),
+            1,
+            "completable while locked"
+        );
+        insert(&c, "again", 3_000);
+        receive(&c, 3_001, &r, "t4").unwrap();
+        receive(&c, 3_001 + 60_000, &r, "t5").unwrap();
+        // Its second lock ran out: gone.
+        assert!(receive(&c, 3_002 + 120_000, &r, "t6").unwrap().is_empty());
+    }
+
+    #[tokio::test]
+    async fn a_database_from_before_delivery_counts_opens_and_serves_its_feedback() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("hub.db");
+        {
+            let c = Connection::open(&path).unwrap();
+            c.execute_batch(crate::store::SCHEMA).unwrap();
+            c.execute_batch(
+                "CREATE TABLE feedback (seq INTEGER PRIMARY KEY AUTOINCREMENT,
+                   device_id TEXT NOT NULL, json TEXT NOT NULL, created_ms INTEGER NOT NULL,
+                   lock_token TEXT, locked_until_ms INTEGER, done INTEGER NOT NULL DEFAULT 0);",
+            )
+            .unwrap();
+            insert(&c, "old", 1_000);
+        }
+        let store = crate::store::Store::open(Some(&path), 10).unwrap();
+        let got = store
+            .call(|c| receive(c, 2_000, &rules(64), "t"))
+            .await
+            .unwrap();
+        assert_eq!(ids(&got), ["old"]);
+        store.close().await;
     }
 
     #[test]
@@ -359,7 +439,7 @@ mod tests {
         let c = db();
         insert(&c, "old", 1_000);
         insert(&c, "new", 5_000);
-        let got = receive(&c, 1_000 + 3_600_000, 3_600_000, 60_000, 64, "t").unwrap();
+        let got = receive(&c, 1_000 + 3_600_000, &rules(64), "t").unwrap();
         assert_eq!(ids(&got), ["new"]);
     }
 

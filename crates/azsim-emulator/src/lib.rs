@@ -69,6 +69,8 @@ pub struct HubLimits {
     pub feedback_ttl: Duration,
     /// How long a received feedback batch stays locked before it is visible again (Azure: 1 min).
     pub feedback_lock_timeout: Duration,
+    /// How often a feedback record is handed out before it is dropped uncompleted (Azure: 10).
+    pub feedback_max_delivery_count: u32,
 }
 
 impl Default for HubLimits {
@@ -84,6 +86,7 @@ impl Default for HubLimits {
             max_keep_alive: 1177,
             feedback_ttl: Duration::from_secs(3600),
             feedback_lock_timeout: Duration::from_secs(60),
+            feedback_max_delivery_count: 10,
         }
     }
 }

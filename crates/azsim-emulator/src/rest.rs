@@ -1195,10 +1195,6 @@ async fn send_c2d(State(hub): State<Shared>, Path(id): Path<String>, body: Bytes
 
 const FEEDBACK_CONTENT_TYPE: &str = "application/vnd.microsoft.iothub.feedback.json";
 
-fn millis(d: Duration) -> i64 {
-    i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
-}
-
 /// The lock token from the URL: quotes (an `ETag` passed on verbatim) are accepted.
 fn lock_token(raw: &str) -> Result<String, ApiError> {
     let t = raw.trim().trim_matches('"');
@@ -1222,15 +1218,14 @@ fn lock_lost(token: &str) -> ApiError {
 async fn receive_feedback(State(hub): State<Shared>) -> ApiResult {
     let token = uuid::Uuid::new_v4().to_string();
     let t = token.clone();
-    let ttl = millis(hub.cfg.limits.feedback_ttl);
-    let lock = millis(hub.cfg.limits.feedback_lock_timeout);
+    let rules = crate::feedback::Rules::of(&hub.cfg.limits);
     let batch = hub
         .store
         .call(move |c| {
             let now = unix_ms();
             // Overdue messages produce their Expired feedback before anyone asks for it.
             q::c2d_expire_due(c, None, now)?;
-            crate::feedback::receive(c, now, ttl, lock, crate::feedback::BATCH_MAX, &t)
+            crate::feedback::receive(c, now, &rules, &t)
         })
         .await?;
     if batch.is_empty() {

@@ -118,7 +118,7 @@ CREATE TABLE IF NOT EXISTS activity (
 CREATE TABLE IF NOT EXISTS feedback (
   seq INTEGER PRIMARY KEY AUTOINCREMENT, device_id TEXT NOT NULL, json TEXT NOT NULL,
   created_ms INTEGER NOT NULL, lock_token TEXT, locked_until_ms INTEGER,
-  done INTEGER NOT NULL DEFAULT 0);
+  done INTEGER NOT NULL DEFAULT 0, deliveries INTEGER NOT NULL DEFAULT 0);
 CREATE INDEX IF NOT EXISTS feedback_lock ON feedback (lock_token);
 CREATE INDEX IF NOT EXISTS c2d_live_expiry ON c2d (expiry_ms) WHERE dead IS NULL;
 CREATE TABLE IF NOT EXISTS c2d_locks (
@@ -145,6 +145,12 @@ impl Store {
         add_event_columns(&conn).map_err(db_err)?;
         conn.execute_batch(SCHEMA_ACTIVITY_FEEDBACK)
             .map_err(db_err)?;
+        add_column(
+            &conn,
+            "feedback",
+            "deliveries",
+            "INTEGER NOT NULL DEFAULT 0",
+        )?;
         let activity = Arc::new(crate::activity::Tracker::default());
         activity.load(q::activity_rows(&conn)?);
         let conn = Arc::new(Mutex::new(conn));
@@ -206,6 +212,22 @@ impl Store {
             .await;
         let _ = self.writer.lock().map(|mut w| w.take());
     }
+}
+
+/// Add `column` to `table` when a database from an older build lacks it.
+fn add_column(c: &Connection, table: &str, column: &str, decl: &str) -> Result<(), HubError> {
+    let have: bool = c
+        .query_row(
+            "SELECT COUNT(*) > 0 FROM pragma_table_info(?1) WHERE name = ?2",
+            params![table, column],
+            |r| r.get(0),
+        )
+        .map_err(db_err)?;
+    if !have {
+        c.execute_batch(&format!("ALTER TABLE {table} ADD COLUMN {column} {decl};"))
+            .map_err(db_err)?;
+    }
+    Ok(())
 }
 
 /// Activity times: the hot path updates atomics, this writes them (see `activity.rs`).
