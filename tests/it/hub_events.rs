@@ -13,7 +13,7 @@ use serde_json::{Value, json};
 use crate::support::{TestHub, next_incoming, wait_connack};
 
 /// Read SSE `data:` lines until one satisfies `f`.
-async fn sse_until(
+pub(crate) async fn sse_until(
     stream: &mut (impl futures::Stream<Item = reqwest::Result<bytes::Bytes>> + Unpin),
     pending: &mut String,
     mut f: impl FnMut(&str) -> bool,

@@ -9,6 +9,7 @@ use reqwest::Method;
 use rumqttc::{AsyncClient, Packet, QoS};
 use serde_json::{Value, json};
 
+use crate::hub_events::sse_until;
 use crate::support::{TestHub, next_incoming};
 
 const FEEDBACK: &str = "/messages/serviceBound/feedback";
@@ -432,6 +433,18 @@ async fn a_device_settles_c2d_over_https_and_rejecting_gives_rejected_feedback()
     let m1 = header(&r, "etag").trim_matches('"').to_string();
     assert_ne!(m1, m1_first);
 
+    // The event stream sees the completion and, from the sweep, the feedback.
+    let resp = hub
+        .http()
+        .get(hub.url("/emulator/events?deviceId=h1"))
+        .header("Authorization", hub.service_token())
+        .send()
+        .await
+        .unwrap();
+    let mut events = resp.bytes_stream();
+    let mut pending = String::new();
+    sse_until(&mut events, &mut pending, |l| l == ": ready").await;
+
     let path = format!("{inbox}/{m1}");
     assert_eq!(
         device_call(&hub, Method::DELETE, &path, &token)
@@ -439,6 +452,10 @@ async fn a_device_settles_c2d_over_https_and_rejecting_gives_rejected_feedback()
             .status(),
         204
     );
+    sse_until(&mut events, &mut pending, |l| {
+        l.contains(r#""type":"c2dCompleted""#) && l.contains(r#""messageId":"m1""#)
+    })
+    .await;
     let r = device_call(&hub, Method::DELETE, &path, &token).await;
     assert_eq!(r.status(), 412, "completed already");
     let reject = format!("{inbox}/{m2}?reject");
@@ -449,6 +466,11 @@ async fn a_device_settles_c2d_over_https_and_rejecting_gives_rejected_feedback()
         204
     );
     assert_eq!(queue_depth(&hub, "h1").await, 0);
+    let line = sse_until(&mut events, &mut pending, |l| {
+        l.contains(r#""type":"c2dFeedback""#) && l.contains(r#""messageId":"m2""#)
+    })
+    .await;
+    assert!(line.contains(r#""statusCode":"Rejected""#), "{line}");
 
     let all = drain_until(&hub, |r| {
         !status_of(r, "m1").is_empty() && !status_of(r, "m2").is_empty()

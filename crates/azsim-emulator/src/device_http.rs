@@ -68,14 +68,15 @@ pub enum Settle {
     Abandon,
 }
 
-/// Settle the message `device` holds under `token`; false when the lock is unknown or ran out.
+/// Settle the message `device` holds under `token`; its message id, or `None` when the lock is
+/// unknown or ran out.
 pub fn settle(
     c: &Connection,
     device: &str,
     token: &str,
     how: Settle,
     now_ms: i64,
-) -> Result<bool, HubError> {
+) -> Result<Option<String>, HubError> {
     let seq: Option<i64> = c
         .prepare_cached(
             "SELECT seq FROM c2d_locks \
@@ -86,16 +87,16 @@ pub fn settle(
         .optional()
         .map_err(db_err)?;
     let Some(seq) = seq else {
-        return Ok(false);
+        return Ok(None);
     };
     c.prepare_cached("DELETE FROM c2d_locks WHERE seq = ?1")
         .map_err(db_err)?
         .execute(params![seq])
         .map_err(db_err)?;
     // Purged (or the device deleted) while locked: the lock is lost with the message.
-    if crate::feedback::live_message(c, seq)?.is_none() {
-        return Ok(false);
-    }
+    let Some(live) = crate::feedback::live_message(c, seq)? else {
+        return Ok(None);
+    };
     match how {
         Settle::Complete => {
             q::c2d_complete(c, seq)?;
@@ -103,7 +104,7 @@ pub fn settle(
         Settle::Reject => q::c2d_dead_letter(c, seq, "Rejected")?,
         Settle::Abandon => {}
     }
-    Ok(true)
+    Ok(Some(live.message_id))
 }
 
 fn lock_lost() -> ApiError {
@@ -201,14 +202,20 @@ async fn settle_handler(
 ) -> Result<Response, ApiError> {
     let token = lock_token(raw)?;
     let d = id.clone();
-    let ok = hub
+    let settled = hub
         .store
         .call(move |c| settle(c, &d, &token, how, crate::unix_ms()))
         .await?;
-    if !ok {
+    let Some(message_id) = settled else {
         return Err(lock_lost());
-    }
+    };
     hub.store.activity().cell(&id).touch();
+    if how == Settle::Complete {
+        hub.emit(
+            &id,
+            serde_json::json!({"type":"c2dCompleted","deviceId":id,"messageId":message_id}),
+        );
+    }
     // An abandoned message can go out again at once (to an MQTT connection, too).
     if how == Settle::Abandon {
         hub.wake_c2d(&id);
@@ -285,8 +292,17 @@ mod tests {
         let b = receive(&c, "d", 10, 1_000, "t2").unwrap().unwrap();
         assert_eq!(b.message_id, "b");
         assert!(receive(&c, "d", 10, 1_000, "t3").unwrap().is_none());
-        assert!(settle(&c, "d", "t2", Settle::Abandon, 2_000).unwrap());
-        assert!(!settle(&c, "d", "t2", Settle::Complete, 2_000).unwrap());
+        assert_eq!(
+            settle(&c, "d", "t2", Settle::Abandon, 2_000)
+                .unwrap()
+                .as_deref(),
+            Some("b")
+        );
+        assert!(
+            settle(&c, "d", "t2", Settle::Complete, 2_000)
+                .unwrap()
+                .is_none()
+        );
         let b2 = receive(&c, "d", 10, 2_000, "t4").unwrap().unwrap();
         assert_eq!((b2.message_id.as_str(), b2.delivery_count), ("b", 2));
         // t1's lock ran out: "a" is handed out again and t1 no longer settles it.
@@ -294,8 +310,16 @@ mod tests {
             .unwrap()
             .unwrap();
         assert_eq!(a2.message_id, "a");
-        assert!(!settle(&c, "d", "t1", Settle::Complete, 1_000 + LOCK_MS).unwrap());
-        assert!(settle(&c, "d", "t5", Settle::Complete, 1_000 + LOCK_MS).unwrap());
+        assert!(
+            settle(&c, "d", "t1", Settle::Complete, 1_000 + LOCK_MS)
+                .unwrap()
+                .is_none()
+        );
+        assert!(
+            settle(&c, "d", "t5", Settle::Complete, 1_000 + LOCK_MS)
+                .unwrap()
+                .is_some()
+        );
         assert_eq!(q::c2d_depth(&c, "d").unwrap(), 1);
     }
 
@@ -304,7 +328,11 @@ mod tests {
         let mut c = db();
         enqueue(&mut c, "r", "negative");
         receive(&c, "d", 10, 1_000, "t").unwrap().unwrap();
-        assert!(settle(&c, "d", "t", Settle::Reject, 1_001).unwrap());
+        assert!(
+            settle(&c, "d", "t", Settle::Reject, 1_001)
+                .unwrap()
+                .is_some()
+        );
         assert_eq!(q::c2d_depth(&c, "d").unwrap(), 0);
         let fb = crate::feedback::receive(
             &c,

@@ -77,7 +77,7 @@ impl Status {
 #[derive(Debug)]
 pub struct LiveMessage {
     device_id: String,
-    message_id: String,
+    pub message_id: String,
     ack: String,
 }
 
