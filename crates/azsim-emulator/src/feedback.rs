@@ -1,10 +1,11 @@
 //! C2D feedback, as IoT Hub keeps it for the service: when a message whose sender asked for it
 //! (`iothub-ack` positive/full) is completed, or (negative/full) expires, runs out of
-//! deliveries or is purged, a record goes into one hub-wide feedback queue in SQLite. The
-//! service reads it with `GET /messages/serviceBound/feedback` (a batch under a lock token,
-//! sent as the `ETag`), then completes (`DELETE .../{lockToken}`) or abandons it; a batch that is
-//! neither becomes visible again when its lock times out. Records live for the feedback TTL
-//! (1 h by default).
+//! deliveries, is rejected (device-side HTTPS) or is purged, a record goes into one hub-wide
+//! feedback queue in SQLite. The service reads it with `GET /messages/serviceBound/feedback` (a
+//! batch under a lock token, sent as the `ETag`), then completes (`DELETE .../{lockToken}`) or
+//! abandons it; a batch that is neither becomes visible again when its lock times out. Records
+//! live for the feedback TTL (1 h by default) and are handed out at most `maxDeliveryCount`
+//! (10) times.
 //!
 //! The queue functions take `now_ms` so their timing rules are tested with a fake clock; the
 //! background [`maintain`] task expires overdue C2D messages (Azure does this without the
