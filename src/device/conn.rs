@@ -116,6 +116,12 @@ pub struct Conn {
     client: AsyncClient,
     rx: mpsc::UnboundedReceiver<RawEvent>,
     task: JoinHandle<()>,
+    ids: PacketIds,
+}
+
+/// rumqttc's packet ids (on the wire) against the session's.
+#[derive(Debug, Default)]
+struct PacketIds {
     /// Session packet ids of QoS 1 publishes not yet given a rumqttc id, in request order.
     expected: VecDeque<u16>,
     /// rumqttc packet id -> session packet ids, oldest first (an id is reused only after its
@@ -123,6 +129,41 @@ pub struct Conn {
     map: HashMap<u16, VecDeque<u16>>,
     /// `Outgoing::Publish` notifications still to come for redeliveries (they go out first).
     redelivered_left: usize,
+}
+
+impl PacketIds {
+    /// The session's `pkid` was handed to rumqttc, which will announce its wire id.
+    fn requested(&mut self, pkid: u16) {
+        self.expected.push_back(pkid);
+    }
+
+    /// The redelivery with wire id `wire` stands for the session's `pkid`.
+    fn adopt(&mut self, wire: u16, pkid: u16) {
+        self.map.entry(wire).or_default().push_back(pkid);
+    }
+
+    /// rumqttc sent a QoS 1 PUBLISH as `wire`: the session's id for it, unless it was a
+    /// redelivery.
+    fn on_wire(&mut self, wire: u16) -> Option<u16> {
+        if self.redelivered_left > 0 {
+            // Pending redeliveries go out before any new request.
+            self.redelivered_left -= 1;
+            return None;
+        }
+        let pkid = self.expected.pop_front()?;
+        self.map.entry(wire).or_default().push_back(pkid);
+        Some(pkid)
+    }
+
+    /// A PUBACK for `wire`: the session's id it acknowledges.
+    fn on_puback(&mut self, wire: u16) -> Option<u16> {
+        let q = self.map.get_mut(&wire)?;
+        let pkid = q.pop_front();
+        if q.is_empty() {
+            self.map.remove(&wire);
+        }
+        pkid
+    }
 }
 
 #[derive(Debug)]
@@ -163,9 +204,10 @@ impl Conn {
             client,
             rx,
             task,
-            expected: VecDeque::new(),
-            map: HashMap::new(),
-            redelivered_left,
+            ids: PacketIds {
+                redelivered_left,
+                ..PacketIds::default()
+            },
         }
     }
 
@@ -173,7 +215,7 @@ impl Conn {
     /// `pkid` now, so its PUBACK is reported as `pkid`. Call it before reading the next event
     /// after `Connected`.
     pub fn adopt(&mut self, wire: u16, pkid: u16) {
-        self.map.entry(wire).or_default().push_back(pkid);
+        self.ids.adopt(wire, pkid);
     }
 
     /// The next event; `Closed` is the last one.
@@ -189,22 +231,13 @@ impl Conn {
                 RawEvent::Connected => return ConnEvent::Connected,
                 RawEvent::Publish(topic, payload) => return ConnEvent::Publish { topic, payload },
                 RawEvent::OutgoingPublish(0) => {}
-                RawEvent::OutgoingPublish(_) if self.redelivered_left > 0 => {
-                    // Pending redeliveries go out before any new request.
-                    self.redelivered_left -= 1;
-                }
-                RawEvent::OutgoingPublish(ours) => {
-                    if let Some(pkid) = self.expected.pop_front() {
-                        self.map.entry(ours).or_default().push_back(pkid);
-                        return ConnEvent::OnWire { pkid, wire: ours };
+                RawEvent::OutgoingPublish(wire) => {
+                    if let Some(pkid) = self.ids.on_wire(wire) {
+                        return ConnEvent::OnWire { pkid, wire };
                     }
                 }
-                RawEvent::PubAck(ours) => {
-                    let pkid = self.map.get_mut(&ours).and_then(VecDeque::pop_front);
-                    if self.map.get(&ours).is_some_and(VecDeque::is_empty) {
-                        self.map.remove(&ours);
-                    }
-                    if let Some(pkid) = pkid {
+                RawEvent::PubAck(wire) => {
+                    if let Some(pkid) = self.ids.on_puback(wire) {
                         return ConnEvent::PubAck(pkid);
                     }
                 }
@@ -222,7 +255,7 @@ impl Conn {
         self.client
             .try_publish(p.topic, qos, false, p.payload.to_vec())?;
         if p.qos == QoS::AtLeastOnce {
-            self.expected.push_back(p.pkid);
+            self.ids.requested(p.pkid);
         }
         Ok(())
     }
@@ -419,5 +452,56 @@ pub fn describe_rustls(e: &rustls::Error, host: &str, port: u16) -> String {
             format!("tls: {host}:{port} ended the handshake with alert {a:?}")
         }
         other => format!("tls handshake with {host}:{port} failed: {other}"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::PacketIds;
+
+    #[test]
+    fn fresh_publishes_take_wire_ids_in_request_order() {
+        let mut ids = PacketIds::default();
+        ids.requested(10);
+        ids.requested(11);
+        assert_eq!(ids.on_wire(1), Some(10));
+        assert_eq!(ids.on_wire(2), Some(11));
+        assert_eq!(ids.on_puback(2), Some(11));
+        assert_eq!(ids.on_puback(1), Some(10));
+        assert_eq!(ids.on_puback(1), None, "a second PUBACK is nobody's");
+    }
+
+    #[test]
+    fn redeliveries_go_out_first_and_are_acknowledged_as_the_adopting_id() {
+        let mut ids = PacketIds {
+            redelivered_left: 2,
+            ..PacketIds::default()
+        };
+        ids.requested(20);
+        // rumqttc announces the two redeliveries (wire 5 and 6), then the new message.
+        assert_eq!(ids.on_wire(5), None);
+        assert_eq!(ids.on_wire(6), None);
+        assert_eq!(ids.on_wire(1), Some(20));
+        ids.adopt(5, 18);
+        ids.adopt(6, 19);
+        assert_eq!(ids.on_puback(6), Some(19));
+        assert_eq!(ids.on_puback(5), Some(18));
+        assert_eq!(ids.on_puback(1), Some(20));
+    }
+
+    #[test]
+    fn a_colliding_wire_id_is_acknowledged_oldest_first() {
+        // Wire id 1 is a redelivery still unacknowledged; rumqttc holds a new publish that also
+        // got id 1 and announces it when the first PUBACK for 1 arrives.
+        let mut ids = PacketIds {
+            redelivered_left: 1,
+            ..PacketIds::default()
+        };
+        assert_eq!(ids.on_wire(1), None);
+        ids.adopt(1, 30);
+        ids.requested(31);
+        assert_eq!(ids.on_wire(1), Some(31));
+        assert_eq!(ids.on_puback(1), Some(30));
+        assert_eq!(ids.on_puback(1), Some(31));
     }
 }
