@@ -498,13 +498,10 @@ impl<'b, S: Sensor> Client<'b, S> {
             if self.core.exit.is_some() {
                 continue;
             }
-            let wake = [
+            let wake = earliest(
                 self.core.session.poll_timeout(),
                 self.core.device.poll_timeout(),
-            ]
-            .into_iter()
-            .flatten()
-            .min()
+            )
             .unwrap_or(now + IDLE_WAKE);
             clock.sleep_until(wake).await;
         }
@@ -796,14 +793,10 @@ impl<S: Sensor> Core<'_, S> {
             Some(d) => d,
             None => self.last_tx + self.ping_interval(),
         });
-        [
-            self.session.poll_timeout(),
-            self.device.poll_timeout(),
+        earliest(
+            earliest(self.session.poll_timeout(), self.device.poll_timeout()),
             ping,
-        ]
-        .into_iter()
-        .flatten()
-        .min()
+        )
         .unwrap_or(now + IDLE_WAKE)
     }
 
@@ -1048,6 +1041,14 @@ impl<S: Sensor> Core<'_, S> {
             after_publish(now, &p, sent, last_tx, obs);
         }
         Ok(())
+    }
+}
+
+/// The earlier of two optional deadlines.
+fn earliest(a: Option<u64>, b: Option<u64>) -> Option<u64> {
+    match (a, b) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
     }
 }
 

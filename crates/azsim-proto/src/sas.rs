@@ -297,19 +297,29 @@ impl<'a> Resource<'a> {
 
 impl fmt::Display for Resource<'_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            Self::Hub { host } => f.write_str(host),
-            Self::Device { host, device_id } => write!(f, "{host}/devices/{device_id}"),
+        // Piece by piece rather than `write!`: the same text without the formatting machinery
+        // in the firmware, which signs with this on every connect.
+        let (first, middle, last, module) = match *self {
+            Self::Hub { host } => return f.write_str(host),
+            Self::Device { host, device_id } => (host, "/devices/", device_id, None),
             Self::Module {
                 host,
                 device_id,
                 module_id,
-            } => write!(f, "{host}/devices/{device_id}/modules/{module_id}"),
+            } => (host, "/devices/", device_id, Some(module_id)),
             Self::DpsRegistration {
                 id_scope,
                 registration_id,
-            } => write!(f, "{id_scope}/registrations/{registration_id}"),
+            } => (id_scope, "/registrations/", registration_id, None),
+        };
+        f.write_str(first)?;
+        f.write_str(middle)?;
+        f.write_str(last)?;
+        if let Some(m) = module {
+            f.write_str("/modules/")?;
+            f.write_str(m)?;
         }
+        Ok(())
     }
 }
 
@@ -512,7 +522,8 @@ where
     R: fmt::Display + ?Sized,
 {
     write!(EncodeWriter(out), "{resource_uri}")?;
-    write!(out, "\n{expiry}")
+    out.write_str("\n")?;
+    encoding::write_u64(&mut encoding::Dyn(out), expiry)
 }
 
 /// The signature of `resource_uri` at `expiry`: HMAC over [`write_string_to_sign`]'s text.
@@ -548,7 +559,8 @@ where
     write!(EncodeWriter(out), "{resource_uri}")?;
     out.write_str("&sig=")?;
     encoding::encode(out, signature_b64)?;
-    write!(out, "&se={expiry}")?;
+    out.write_str("&se=")?;
+    encoding::write_u64(&mut encoding::Dyn(out), expiry)?;
     if let Some(p) = policy {
         out.write_str("&skn=")?;
         encoding::encode(out, p)?;
