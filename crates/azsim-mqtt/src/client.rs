@@ -1116,3 +1116,117 @@ fn connack_u8(code: ConnectReturnCode) -> u8 {
 fn no_conn<'a, C: Connector + 'a>(_: &'a C) -> Option<&'a mut C::Conn<'a>> {
     None
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use azsim_proto::device::{DeviceConfig, RandomWalk};
+    use core::convert::Infallible;
+    use core::pin::pin;
+    use core::task::{Context, Poll};
+    use std::vec::Vec;
+
+    /// An in-memory peer: reads come from a script, writes are kept.
+    struct Scripted {
+        incoming: Vec<u8>,
+        written: Vec<u8>,
+    }
+
+    impl embedded_io_async::ErrorType for Scripted {
+        type Error = Infallible;
+    }
+
+    impl Read for Scripted {
+        async fn read(&mut self, buf: &mut [u8]) -> Result<usize, Infallible> {
+            let n = self.incoming.len().min(buf.len());
+            buf[..n].copy_from_slice(&self.incoming[..n]);
+            self.incoming.drain(..n);
+            Ok(n)
+        }
+    }
+
+    impl Write for Scripted {
+        async fn write(&mut self, buf: &[u8]) -> Result<usize, Infallible> {
+            self.written.extend_from_slice(buf);
+            Ok(buf.len())
+        }
+
+        async fn flush(&mut self) -> Result<(), Infallible> {
+            Ok(())
+        }
+    }
+
+    impl Connector for Scripted {
+        type Conn<'a> = &'a mut Scripted;
+
+        async fn connect(&mut self) -> Result<&mut Scripted, DisconnectReason> {
+            Ok(self)
+        }
+    }
+
+    struct Fixed;
+
+    impl Clock for Fixed {
+        fn now(&mut self) -> u64 {
+            1_700_000_000
+        }
+
+        async fn sleep_until(&mut self, _: u64) {}
+    }
+
+    fn block_on<F: Future>(f: F) -> F::Output {
+        let mut cx = Context::from_waker(core::task::Waker::noop());
+        let mut f = pin!(f);
+        loop {
+            if let Poll::Ready(x) = f.as_mut().poll(&mut cx) {
+                return x;
+            }
+        }
+    }
+
+    fn contains(haystack: &[u8], needle: &[u8]) -> bool {
+        haystack.windows(needle.len()).any(|w| w == needle)
+    }
+
+    #[test]
+    fn the_token_is_wiped_from_the_transmit_buffer_once_connect_is_written() {
+        let (mut rx, mut tx) = (std::vec![0u8; 1024], std::vec![0u8; 1024]);
+        let device = Device::new(
+            RandomWalk::new(1),
+            DeviceConfig {
+                interval: 10,
+                version: "0.1.0",
+            },
+        );
+        let mut client = Client::new(
+            Identity {
+                host: "hub.example.net",
+                device_id: "board-1",
+                module_id: None,
+                model_id: None,
+            },
+            Credential::Key("AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA="),
+            device,
+            SessionConfig::default(),
+            7,
+            &mut rx,
+            &mut tx,
+        )
+        .unwrap();
+        // CONNACK 5 (not authorized): the session gives up after this one connection.
+        let mut peer = Scripted {
+            incoming: std::vec![0x20, 0x02, 0x00, 0x05],
+            written: Vec::new(),
+        };
+        let mut notes = |_: Note<'_>| {};
+        let reason = block_on(client.run(&mut peer, &mut Fixed, &mut notes));
+        assert_eq!(
+            reason,
+            GiveUpReason::Refused(ConnackCode::from_u8(5).unwrap())
+        );
+        drop(client);
+        assert!(contains(&peer.written, b"SharedAccessSignature sr="));
+        assert!(!contains(&tx, b"SharedAccessSignature"));
+        assert!(!contains(&tx, b"&sig="));
+    }
+}
