@@ -1,6 +1,7 @@
 //! Load bench: N devices with real SAS tokens over TLS each send M QoS 1 messages, against the
-//! azsim hub (in-process, in-memory) and against Debian's `mosquitto` (TLS listener) in the
-//! same run, and print msgs/s, PUBACK latency p50/p99 and the hub/mosquitto ratio.
+//! azsim hub (in-memory, in its own process: this binary started again as the hub) and against
+//! Debian's `mosquitto` (TLS listener) in the same run, and print msgs/s, PUBACK latency p50/p99
+//! and the hub/mosquitto ratio.
 //!
 //! Not a test: it asserts nothing and prints numbers.
 //!
@@ -20,8 +21,8 @@
 //! ratio and the medians.
 //!
 //! It also prints the CPU time per message each side used during the publish phase (from
-//! `/proc/*/task/*/schedstat`): the broker's threads (the hub's runtime and store threads, or
-//! the mosquitto process) and the clients'. On a shared, noisy machine msgs/s moves with
+//! `/proc/*/task/*/schedstat`): the broker process's threads (hub or mosquitto) and the
+//! clients'. On a shared, noisy machine msgs/s moves with
 //! whatever else runs; CPU per message shows what each broker costs.
 
 use std::collections::HashMap;
@@ -577,6 +578,10 @@ fn print_stats(name: &str, s: &RunStats, p: &Params) {
 }
 
 fn main() {
+    if let Some(dir) = std::env::var_os(hub::CHILD_ENV) {
+        hub::child_main(PathBuf::from(dir));
+        return;
+    }
     let p = Arc::new(parse_params());
     raise_nofile(p.devices as u64 * 2 + 256);
     let rt = tokio::runtime::Builder::new_multi_thread()
@@ -703,54 +708,80 @@ async fn run_mosquitto(p: &Arc<Params>, dir: &Path) -> Option<(f64, f64)> {
 }
 
 mod hub {
-    //! The azsim hub side: start it in-process on port 0 (in-memory state), register the
-    //! devices through its REST API with keys chosen here, hand back their credentials.
+    //! The azsim hub side: this bench binary started again as a child process that serves an
+    //! in-memory hub on port 0 (so the hub, like mosquitto, is its own process with its own
+    //! runtime and address space); the devices are registered through its REST API with keys
+    //! chosen here.
     use super::*;
+    use tokio::io::{AsyncBufReadExt as _, AsyncReadExt as _};
 
-    pub async fn run(p: &Arc<Params>, dir: &Path) -> Result<RunStats, String> {
-        // The hub gets its own runtime (its own worker threads), as if it were its own process
-        // like mosquitto, instead of sharing the clients' scheduler queues.
-        let hub_rt = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
-            .thread_name("hub")
+    /// Set (to the hub's state dir) in the child: serve the hub instead of running the bench.
+    pub const CHILD_ENV: &str = "AZSIM_LOAD_HUB_DIR";
+
+    /// The hub process. It runs on tokio's default multi-threaded runtime, as `azsim hub`
+    /// does, prints its `HubInfo` as one JSON line and stops cleanly when its stdin closes.
+    pub fn child_main(dir: PathBuf) {
+        let rt = tokio::runtime::Builder::new_multi_thread()
             .enable_all()
             .build()
-            .map_err(|e| format!("hub runtime: {e}"))?;
-        let result = run_on(&hub_rt, p, dir).await;
-        // Dropping a runtime inside async code panics; let its threads wind down on their own.
-        hub_rt.shutdown_background();
-        result
+            .expect("hub runtime");
+        rt.block_on(async {
+            let mut cfg = azsim_emulator::HubConfig::new(dir);
+            cfg.in_memory = true;
+            let handle =
+                match azsim_emulator::start(cfg, "127.0.0.1".parse().expect("ip"), 0, 0).await {
+                    Ok(h) => h,
+                    Err(e) => {
+                        eprintln!("load: hub: {e}");
+                        std::process::exit(1);
+                    }
+                };
+            println!("{}", serde_json::to_string(&handle.info).expect("hub info"));
+            let mut sink = Vec::new();
+            let _ = tokio::io::stdin().read_to_end(&mut sink).await;
+            if let Err(e) = handle.stop().await {
+                eprintln!("load: hub stop: {e}");
+                std::process::exit(1);
+            }
+        });
     }
 
-    async fn run_on(
-        hub_rt: &tokio::runtime::Runtime,
-        p: &Arc<Params>,
-        dir: &Path,
-    ) -> Result<RunStats, String> {
-        let mut cfg = azsim_emulator::HubConfig::new(dir.join("hub"));
-        cfg.in_memory = true;
-        let handle = hub_rt
-            .spawn(azsim_emulator::start(
-                cfg,
-                "127.0.0.1".parse().expect("ip"),
-                0,
-                0,
-            ))
-            .await
-            .map_err(|e| format!("hub start: {e}"))?
-            .map_err(|e| format!("hub start: {e}"))?;
-        let info = handle.info.clone();
+    pub async fn run(p: &Arc<Params>, dir: &Path) -> Result<RunStats, String> {
+        let exe = std::env::current_exe().map_err(|e| format!("hub: {e}"))?;
+        let mut child = tokio::process::Command::new(exe)
+            .env(CHILD_ENV, dir.join("hub"))
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .kill_on_drop(true)
+            .spawn()
+            .map_err(|e| format!("hub: cannot start the hub process: {e}"))?;
+        let stdout = child.stdout.take().ok_or("hub: no stdout")?;
+        let line = tokio::time::timeout(
+            Duration::from_secs(60),
+            tokio::io::BufReader::new(stdout).lines().next_line(),
+        )
+        .await
+        .map_err(|_| "hub: not ready within 60 s".to_string())?
+        .map_err(|e| format!("hub: {e}"))?
+        .ok_or("hub: exited before it was ready")?;
+        let info: azsim_emulator::HubInfo =
+            serde_json::from_str(&line).map_err(|e| format!("hub: bad ready line: {e}"))?;
         let tls = client_tls(&info.ca_file);
         let specs = register(&info, &tls, p.devices).await?;
-        // The hub runtime's threads ("hub") and the store's own threads ("azsim-hub-...").
-        let broker = || cpu_ns("self", |c| c == "hub" || c.starts_with("azsim-hub"));
+        let pid = child.id().ok_or("hub: exited")?.to_string();
+        let broker = move || cpu_ns(&pid, |_| true);
         let stats = run_load("azsim-hub", info.mqtt_port, tls, &specs, p, &broker).await;
-        hub_rt
-            .spawn(handle.stop())
-            .await
-            .map_err(|e| format!("hub stop: {e}"))?
-            .map_err(|e| format!("hub stop: {e}"))?;
-        Ok(stats)
+        drop(child.stdin.take());
+        match tokio::time::timeout(Duration::from_secs(30), child.wait()).await {
+            Ok(Ok(status)) if status.success() => Ok(stats),
+            Ok(Ok(status)) => Err(format!("hub: stopped with {status}")),
+            Ok(Err(e)) => Err(format!("hub stop: {e}")),
+            Err(_) => {
+                let _ = child.kill().await;
+                Err("hub: did not stop within 30 s".into())
+            }
+        }
     }
 
     async fn register(
