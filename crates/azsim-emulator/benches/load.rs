@@ -7,7 +7,7 @@
 //!
 //! ```text
 //! cargo bench -p azsim-emulator --bench load -- [--devices N] [--messages M] [--payload BYTES]
-//!     [--window W] [--connect-concurrency C] [--only hub|mosquitto] [--rounds R]
+//!     [--window W] [--connect-concurrency C] [--only hub|mosquitto] [--rounds R] [--no-warmup]
 //! ```
 //! Defaults: 1000 devices, 20 messages of 256 bytes each, 1 message in flight per device,
 //! 200 TLS handshakes at a time. Env `AZSIM_LOAD_DEVICES` / `AZSIM_LOAD_MESSAGES` override the
@@ -18,7 +18,9 @@
 //! mosquitto gets the same clients, usernames, SAS passwords and topics (it ignores them:
 //! `allow_anonymous true`), with a certificate from the same kind of rcgen CA.
 //! `--rounds R` runs the pair R times, alternating which broker goes first, and ends with every
-//! ratio and the medians.
+//! ratio and the medians. Before the first measured run, an uncounted warm-up run (5 messages
+//! per device, against the hub) grows the client process's heap and socket state, which
+//! otherwise costs whichever broker goes first; `--no-warmup` skips it.
 //!
 //! It also prints the CPU time per message each side used during the publish phase (from
 //! `/proc/*/task/*/schedstat`): the broker process's threads (hub or mosquitto) and the
@@ -49,6 +51,7 @@ struct Params {
     connect_concurrency: usize,
     only: Option<String>,
     rounds: usize,
+    warmup: bool,
 }
 
 fn parse_params() -> Params {
@@ -66,6 +69,7 @@ fn parse_params() -> Params {
         connect_concurrency: 200,
         only: None,
         rounds: 1,
+        warmup: true,
     };
     let args: Vec<String> = std::env::args().skip(1).collect();
     let mut i = 0;
@@ -80,6 +84,11 @@ fn parse_params() -> Params {
             "--connect-concurrency" => p.connect_concurrency = num().max(1),
             "--only" => p.only = Some(val.clone()),
             "--rounds" => p.rounds = num().max(1),
+            "--no-warmup" => {
+                p.warmup = false;
+                i += 1;
+                continue;
+            }
             // cargo bench passes `--bench`; ignore it and anything unknown without a value.
             _ => {
                 i += 1;
@@ -599,6 +608,18 @@ fn main() {
         std::thread::available_parallelism().map_or(1, |n| n.get())
     );
     rt.block_on(async {
+        if p.warmup && p.only.is_none() {
+            // The first load of a process costs the clients more (their heap, page tables and
+            // socket buffers grow); without this the broker measured first pays for it.
+            let w = Arc::new(Params {
+                messages: p.messages.min(5),
+                ..(*p).clone()
+            });
+            eprintln!("load: warm-up run against the hub, not counted");
+            if let Err(e) = hub::run(&w, dir.path()).await {
+                eprintln!("load: warm-up failed: {e}");
+            }
+        }
         let (mut hub_runs, mut mosq_runs, mut ratios) = (Vec::new(), Vec::new(), Vec::new());
         for round in 0..p.rounds {
             if p.rounds > 1 {
