@@ -4,6 +4,7 @@
 #   image <= 1 MiB, static RAM <= 200 KiB (fails above either), core <= 16 KiB (reported).
 #
 # usage: firmware/esp32c3/size.sh [path/to/azsim-firmware.elf]
+#   AZSIM_SIZE_TOP=N lists the N largest core files and functions (default 8)
 # default: target/fw/riscv32imc-unknown-none-elf/firmware/azsim-firmware (the .ci/run build)
 #
 # Needs only python3: the ELF section and symbol tables and the DWARF line tables are read
@@ -25,6 +26,7 @@ if [[ ! -f "$elf" ]]; then
 fi
 exec python3 - "$elf" <<'PY'
 import bisect
+import os
 import re
 import struct
 import sys
@@ -32,6 +34,7 @@ import sys
 FLASH_BUDGET = 1024 * 1024
 RAM_BUDGET = 200 * 1024
 CORE_GOAL = 16 * 1024
+TOP = int(os.environ.get("AZSIM_SIZE_TOP", "8"))
 
 path = sys.argv[1]
 data = open(path, "rb").read()
@@ -504,10 +507,10 @@ if lines:
           f" (mqttrs codec {kib(crates.get('mqttrs', 0)).strip()} not counted);"
           f" by symbol names it would be {kib(sym_core).strip()}")
     print("  core code by source file:")
-    for (crate, f), size in sorted(files.items(), key=lambda kv: -kv[1])[:8]:
+    for (crate, f), size in sorted(files.items(), key=lambda kv: -kv[1])[:TOP]:
         print(f"    {kib(size)}  {crate}: {f}")
     print("  functions holding the most core code (core code inlined into them included):")
-    for fn, size in sorted(fns.items(), key=lambda kv: -kv[1])[:8]:
+    for fn, size in sorted(fns.items(), key=lambda kv: -kv[1])[:TOP]:
         print(f"    {kib(size)}  {short(fn or '?')[:100]}")
 else:
     print(f"  azsim_proto {kib(by_crate.get('azsim_proto', 0)).strip()}, azsim_mqtt {kib(by_crate.get('azsim_mqtt', 0)).strip()}")
