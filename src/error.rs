@@ -126,9 +126,182 @@ pub fn one_line(e: &(dyn StdError + 'static)) -> String {
     out.replace(['\n', '\r'], " ")
 }
 
+/// Clap's own usage error (unknown flag, missing or malformed value) as one line: the first line
+/// of clap's message with its indented details and tips folded in, and where to get help. A value
+/// clap echoes back that looks like a secret (a connection string, a SAS token, a base64 key) is
+/// shown as `<redacted>`.
+/// `command` is the CLI's definition and `args` the command line (program name first): they give
+/// the subcommand whose help to point at.
+pub fn clap_one_line<I, T>(e: &clap::Error, command: &clap::Command, args: I) -> String
+where
+    I: IntoIterator<Item = T>,
+    T: Into<std::ffi::OsString>,
+{
+    let text = e.render().to_string();
+    let path = subcommand_path(command, args);
+    let mut head = String::new();
+    let mut details: Vec<String> = Vec::new();
+    let mut tips: Vec<String> = Vec::new();
+    for line in text.lines() {
+        let trimmed = line.trim();
+        if trimmed.is_empty() || trimmed.starts_with("For more information") {
+            continue;
+        }
+        if trimmed.starts_with("Usage:") || line.starts_with("       ") {
+            continue;
+        }
+        if let Some(tip) = trimmed.strip_prefix("tip:") {
+            tips.push(tip.trim().to_owned());
+        } else if head.is_empty() {
+            head = trimmed
+                .strip_prefix("error:")
+                .unwrap_or(trimmed)
+                .trim()
+                .to_owned();
+        } else if line.starts_with(' ') {
+            details.push(trimmed.to_owned());
+        }
+    }
+    if head.is_empty() {
+        head = e.kind().to_string();
+    }
+    let mut out = head.trim_end_matches(':').to_owned();
+    if !details.is_empty() {
+        out.push_str(if head.ends_with(':') { ": " } else { " " });
+        out.push_str(&details.join(", "));
+    }
+    for tip in tips {
+        out.push_str(&format!(" ({tip})"));
+    }
+    out.push_str(&format!("; see '{path} --help'"));
+    redact_quoted(&out)
+}
+
+/// `azsim c2d send`: the program name and the subcommands named on the command line.
+fn subcommand_path<I, T>(command: &clap::Command, args: I) -> String
+where
+    I: IntoIterator<Item = T>,
+    T: Into<std::ffi::OsString>,
+{
+    let mut path = vec![command.get_name().to_owned()];
+    let mut cur = command;
+    for arg in args.into_iter().skip(1) {
+        let arg: std::ffi::OsString = arg.into();
+        let Some(arg) = arg.to_str() else { continue };
+        if arg == "--" {
+            break;
+        }
+        if let Some(sub) = cur.find_subcommand(arg) {
+            path.push(sub.get_name().to_owned());
+            cur = sub;
+        }
+    }
+    path.join(" ")
+}
+
+/// Replaces every `'...'` span that looks like a secret with `'<redacted>'`.
+fn redact_quoted(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    let mut rest = s;
+    while let Some(open) = rest.find('\'') {
+        out.push_str(&rest[..=open]);
+        let after = &rest[open + 1..];
+        let Some(close) = after.find('\'') else {
+            rest = after;
+            break;
+        };
+        let quoted = &after[..close];
+        out.push_str(if looks_secret(quoted) {
+            "<redacted>"
+        } else {
+            quoted
+        });
+        out.push('\'');
+        rest = &after[close + 1..];
+    }
+    out.push_str(rest);
+    out
+}
+
+/// A connection string, a SAS token, or a long base64 run (a key or a signature).
+fn looks_secret(v: &str) -> bool {
+    let lower = v.to_ascii_lowercase();
+    if lower.contains("sharedaccesskey")
+        || lower.contains("sharedaccesssignature")
+        || lower.contains("sig=")
+    {
+        return true;
+    }
+    let value = v
+        .split_once('=')
+        .map_or(v, |(k, rest)| if k.starts_with('-') { rest } else { v });
+    value.len() >= 16
+        && value
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'+' | b'/' | b'=' | b'%'))
+        && value.bytes().any(|b| b.is_ascii_digit())
+        && value.bytes().any(|b| b.is_ascii_uppercase())
+        && value.bytes().any(|b| b.is_ascii_lowercase())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn one_line_for(args: &[&str]) -> String {
+        use clap::{CommandFactory, Parser};
+        let e = crate::cli::Cli::try_parse_from(args.iter().copied()).expect_err("bad input");
+        clap_one_line(&e, &crate::cli::Cli::command(), args.iter().copied())
+    }
+
+    #[test]
+    fn clap_errors_become_one_line_naming_the_field() {
+        let line = one_line_for(&["azsim", "token", "--ttl"]);
+        assert!(!line.contains('\n'), "{line}");
+        assert!(line.contains("--ttl"), "{line}");
+        assert!(line.ends_with("see 'azsim token --help'"), "{line}");
+
+        let line = one_line_for(&["azsim", "c2d", "send", "dev"]);
+        assert_eq!(
+            line,
+            "the following required arguments were not provided: <BODY>; see 'azsim c2d send --help'"
+        );
+
+        let line = one_line_for(&["azsim", "c2d", "send", "d", "b", "--ack", "bogus"]);
+        assert!(
+            line.starts_with("invalid value 'bogus' for '--ack <ACK>'"),
+            "{line}"
+        );
+        assert!(
+            line.contains("[possible values: none, positive, negative, full]"),
+            "{line}"
+        );
+    }
+
+    #[test]
+    fn clap_errors_keep_tips_and_hide_secrets() {
+        let line = one_line_for(&["azsim", "token", "--ttll", "5"]);
+        assert!(line.contains("unexpected argument '--ttll'"), "{line}");
+        assert!(
+            line.contains("(a similar argument exists: '--ttl')"),
+            "{line}"
+        );
+
+        let cs =
+            "HostName=h.azure-devices.net;DeviceId=d;SharedAccessKey=c2VjcmV0c2VjcmV0c2VjcmV0MTI=";
+        let line = one_line_for(&["azsim", "token", "inspect", "x", cs]);
+        assert!(!line.contains("c2VjcmV0"), "{line}");
+        assert!(line.contains("'<redacted>'"), "{line}");
+        let line = one_line_for(&[
+            "azsim",
+            "c2d",
+            "send",
+            "d",
+            "b",
+            "c2VjcmV0c2VjcmV0c2VjcmV0MTI=",
+        ]);
+        assert!(!line.contains("c2VjcmV0"), "{line}");
+    }
 
     #[test]
     fn usage_error_names_the_field_and_exits_2() {

@@ -2,16 +2,32 @@
 //!
 //! Output goes to stdout, logs (`RUST_LOG`, default `warn`; `azsim hub` also logs its
 //! connections and refusals at `info`) and the one-line `error: ...` to
-//! stderr. Exit codes: 0 success, 1 runtime failure or failed check, 2 bad input (clap's own usage
-//! errors already exit 2).
+//! stderr. Exit codes: 0 success, 1 runtime failure or failed check, 2 bad input (clap's usage
+//! errors too, folded into one line).
 
 use std::process::ExitCode;
 
-use clap::Parser;
+use clap::error::ErrorKind;
+use clap::{CommandFactory, Parser};
 use tracing_subscriber::EnvFilter;
 
 fn main() -> ExitCode {
-    let cli = azsim::cli::Cli::parse();
+    let cli = match azsim::cli::Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e)
+            if e.use_stderr()
+                && e.kind() != ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand =>
+        {
+            // Bad usage: one line naming the field, exit 2 (clap's own text runs to several).
+            eprintln!(
+                "error: {}",
+                azsim::error::clap_one_line(&e, &azsim::cli::Cli::command(), std::env::args_os(),)
+            );
+            return ExitCode::from(2);
+        }
+        // --help, --version, or a bare command: clap prints the help itself.
+        Err(e) => e.exit(),
+    };
 
     let filter = EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| EnvFilter::new(cli.default_log_filter()));

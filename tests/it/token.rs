@@ -974,3 +974,41 @@ fn expiry_may_be_given_as_an_rfc3339_time() {
     ]);
     assert_usage_error(&bad, "--expiry", &[OTHER_KEY]);
 }
+
+#[test]
+fn clap_usage_errors_are_one_line_naming_the_argument_with_no_secret_echoed() {
+    for (args, field) in [
+        (&["token", "--bogus"][..], "'--bogus'"),
+        (&["token", "--ttl"][..], "'--ttl <SECONDS>'"),
+        (&["c2d", "send", "dev"][..], "<BODY>"),
+        (&["nosuchcmd"][..], "'nosuchcmd'"),
+    ] {
+        let r = azsim(args);
+        assert_eq!(r.code, 2, "{args:?}: {}", r.stderr);
+        assert_eq!(
+            r.stderr.lines().count(),
+            1,
+            "{args:?}: one line: {}",
+            r.stderr
+        );
+        assert!(r.stderr.starts_with("error: "), "{}", r.stderr);
+        assert!(
+            r.stderr.contains(field),
+            "{args:?}: {field} not named: {}",
+            r.stderr
+        );
+        assert!(r.stderr.contains("--help'"), "{}", r.stderr);
+    }
+    // A connection string typed where no argument is expected is not echoed back.
+    let cs = format!("HostName=h;DeviceId=d;SharedAccessKey={OTHER_KEY}");
+    let r = azsim(&[
+        "token", "--host", "h", "--device", "d", "--key", OTHER_KEY, &cs,
+    ]);
+    assert_eq!(r.code, 2, "{}", r.stderr);
+    assert_eq!(r.stderr.lines().count(), 1, "{}", r.stderr);
+    assert_no_secret(&r, &[OTHER_KEY, "SharedAccessKey="]);
+    // --help still prints the whole help on stdout and succeeds.
+    let r = azsim(&["token", "--help"]);
+    assert_eq!(r.code, 0);
+    assert!(r.stdout.contains("Usage: azsim token"), "{}", r.stdout);
+}
