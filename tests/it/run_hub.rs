@@ -1032,7 +1032,7 @@ async fn a_token_for_another_host_name_is_named_as_the_wrong_resource() {
     hub.stop().await;
 }
 
-/// libfaketime's preload library, when Debian's `faketime` is installed.
+/// libfaketime's preload library, when Debian's `libfaketime` is installed (scripts/test does).
 fn libfaketime() -> Option<std::path::PathBuf> {
     [
         "/usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1",
@@ -1047,8 +1047,7 @@ fn libfaketime() -> Option<std::path::PathBuf> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_clock_two_hours_slow_is_named_as_clock_skew() {
     let Some(faketime) = libfaketime() else {
-        // Not `support::skip`: scripts/test does not install faketime (yet).
-        println!("skipped: libfaketime not installed (apt-get install faketime)");
+        crate::support::skip("libfaketime not installed (apt-get install libfaketime)");
         return;
     };
     let hub = TestHub::start().await;
