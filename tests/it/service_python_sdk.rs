@@ -3,8 +3,8 @@
 //! the azsim service CLI on the other end.
 //!
 //! The device SDK only connects to port 8883, so the hub here listens on 127.0.0.1:8883
-//! (hostname `localhost`). One test drives every scenario in turn, so nothing else in this
-//! binary needs that port. Python comes from env `AZSIM_PYTHON`, default `.venv/bin/python`
+//! (hostname `localhost`). One test drives every scenario in turn, holding
+//! `support::PORT_8883` so the other test that needs the port (`azsim run`'s embedded hub) waits. Python comes from env `AZSIM_PYTHON`, default `.venv/bin/python`
 //! (`scripts/test` creates it with the pinned SDKs); without it the test prints a `skipped:`
 //! line and passes.
 
@@ -186,6 +186,7 @@ async fn the_official_python_device_and_service_sdks_work_against_the_hub() {
         crate::support::skip("python SDK venv not found (run scripts/test)");
         return;
     };
+    let _port = crate::support::PORT_8883.lock().await;
     let tmp = tempfile::tempdir().unwrap();
     let hub = start_hub_on_8883(&tmp.path().join("hub")).await;
     let work = tmp.path().join("work");
