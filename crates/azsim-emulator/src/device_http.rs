@@ -255,13 +255,7 @@ pub(crate) async fn abandon_handler(
 mod tests {
     use super::*;
 
-    fn db() -> Connection {
-        let c = Connection::open_in_memory().unwrap();
-        c.execute_batch(crate::store::SCHEMA).unwrap();
-        c.execute_batch(crate::store::SCHEMA_ACTIVITY_FEEDBACK)
-            .unwrap();
-        c
-    }
+    use crate::store::memory_db as db;
 
     fn enqueue(c: &mut Connection, id: &str, ack: &str) {
         let m = C2dMessage {

@@ -325,13 +325,7 @@ pub(crate) async fn maintain(hub: Arc<Hub>) {
 mod tests {
     use super::*;
 
-    fn db() -> Connection {
-        let c = Connection::open_in_memory().unwrap();
-        c.execute_batch(crate::store::SCHEMA).unwrap();
-        c.execute_batch(crate::store::SCHEMA_ACTIVITY_FEEDBACK)
-            .unwrap();
-        c
-    }
+    use crate::store::memory_db as db;
 
     fn rules(batch_max: usize) -> Rules {
         Rules {

@@ -126,6 +126,16 @@ CREATE TABLE IF NOT EXISTS c2d_locks (
   locked_until_ms INTEGER NOT NULL);
 ";
 
+/// An in-memory database with the whole schema, for the unit tests of the modules that take a
+/// bare `Connection`.
+#[cfg(test)]
+pub(crate) fn memory_db() -> Connection {
+    let c = Connection::open_in_memory().unwrap();
+    c.execute_batch(SCHEMA).unwrap();
+    c.execute_batch(SCHEMA_ACTIVITY_FEEDBACK).unwrap();
+    c
+}
+
 impl Store {
     /// Open (creating) the database at `path`, or an in-memory one when `path` is `None`.
     pub fn open(path: Option<&Path>, event_cap: usize) -> Result<Store, HubError> {
