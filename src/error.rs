@@ -249,9 +249,12 @@ mod tests {
     use super::*;
 
     fn one_line_for(args: &[&str]) -> String {
-        use clap::{CommandFactory, Parser};
-        let e = crate::cli::Cli::try_parse_from(args.iter().copied()).expect_err("bad input");
-        clap_one_line(&e, &crate::cli::Cli::command(), args.iter().copied())
+        let e = crate::cli::Cli::try_parse_args(args.iter().copied()).expect_err("bad input");
+        clap_one_line(
+            &e,
+            &crate::cli::Cli::command_for_parsing(),
+            args.iter().copied(),
+        )
     }
 
     #[test]

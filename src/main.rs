@@ -8,11 +8,10 @@
 use std::process::ExitCode;
 
 use clap::error::ErrorKind;
-use clap::{CommandFactory, Parser};
 use tracing_subscriber::EnvFilter;
 
 fn main() -> ExitCode {
-    let cli = match azsim::cli::Cli::try_parse() {
+    let cli = match azsim::cli::Cli::try_parse_args(std::env::args_os()) {
         Ok(cli) => cli,
         Err(e)
             if e.use_stderr()
@@ -21,7 +20,11 @@ fn main() -> ExitCode {
             // Bad usage: one line naming the field, exit 2 (clap's own text runs to several).
             eprintln!(
                 "error: {}",
-                azsim::error::clap_one_line(&e, &azsim::cli::Cli::command(), std::env::args_os(),)
+                azsim::error::clap_one_line(
+                    &e,
+                    &azsim::cli::Cli::command_for_parsing(),
+                    std::env::args_os(),
+                )
             );
             return ExitCode::from(2);
         }

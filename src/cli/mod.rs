@@ -55,6 +55,36 @@ pub enum Command {
 }
 
 impl Cli {
+    /// clap's command for [`Cli`], with negative numbers accepted as option and positional
+    /// values everywhere, so that `--count -1` reaches the field's own check (`invalid value '-1'
+    /// for '--count <N>'`) instead of being taken for an unknown flag `-1`.
+    pub fn command_for_parsing() -> clap::Command {
+        fn allow(cmd: clap::Command) -> clap::Command {
+            cmd.mut_args(|a| {
+                if a.get_action().takes_values() {
+                    a.allow_negative_numbers(true)
+                } else {
+                    a
+                }
+            })
+            .mut_subcommands(allow)
+        }
+        allow(<Cli as clap::CommandFactory>::command())
+    }
+
+    /// Parses a command line (program name first) with [`Cli::command_for_parsing`].
+    ///
+    /// # Errors
+    /// clap's usage error (or its `--help`/`--version` output), for the caller to render.
+    pub fn try_parse_args<I, T>(args: I) -> Result<Cli, clap::Error>
+    where
+        I: IntoIterator<Item = T>,
+        T: Into<std::ffi::OsString> + Clone,
+    {
+        let matches = Self::command_for_parsing().try_get_matches_from(args)?;
+        <Cli as clap::FromArgMatches>::from_arg_matches(&matches)
+    }
+
     /// The log filter when `RUST_LOG` is unset: `warn`, except that `azsim hub` logs its
     /// connections and refusals (`CONNACK 5 not authorized` with the reason) at `info`, since a
     /// device only ever sees the code and the hub's log is where the reason is.

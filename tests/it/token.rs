@@ -1012,3 +1012,19 @@ fn clap_usage_errors_are_one_line_naming_the_argument_with_no_secret_echoed() {
     assert_eq!(r.code, 0);
     assert!(r.stdout.contains("Usage: azsim token"), "{}", r.stdout);
 }
+
+#[test]
+fn a_negative_number_is_checked_by_its_field_not_taken_for_a_flag() {
+    let r = azsim(&["run", "--count", "-1"]);
+    assert_eq!(r.code, 2, "{}", r.stderr);
+    assert_eq!(r.stderr.lines().count(), 1, "{}", r.stderr);
+    assert!(
+        r.stderr.contains("invalid value '-1' for '--count <N>'"),
+        "{}",
+        r.stderr
+    );
+    let r = azsim(&[
+        "token", "--host", "h", "--device", "d", "--key", OTHER_KEY, "--ttl", "-5",
+    ]);
+    assert_usage_error(&r, "--ttl", &[OTHER_KEY]);
+}
