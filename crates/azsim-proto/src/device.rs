@@ -14,7 +14,7 @@
 //! No heap: JSON is written with `core::fmt` into caller buffers and read with the small
 //! [`json`] scanner, which finds a value by key path without building a tree.
 
-use core::fmt::{self, Write as _};
+use core::fmt;
 
 use crate::encoding;
 use crate::session::{Event, Publish, PublishKind, Session, TwinRequestKind};
@@ -489,48 +489,54 @@ fn write_fixed2(w: &mut dyn fmt::Write, x: f32) -> fmt::Result {
         0 => (bits & 0x7F_FFFF, 1),
         e => ((bits & 0x7F_FFFF) | 0x80_0000, e),
     };
-    if e >= 150 {
-        // A whole number, m * 2^(e - 150) < 2^128: its decimal digits (least significant
-        // first) doubled e - 150 times; no 128-bit division on a 32-bit chip.
-        let mut digits = [0u8; 39];
-        let mut n = m;
-        for d in digits.iter_mut() {
-            *d = (n % 10) as u8;
-            n /= 10;
-        }
-        for _ in 150..e {
-            let mut carry = 0;
-            for d in digits.iter_mut() {
-                let v = *d * 2 + carry;
-                *d = v % 10;
-                carry = v / 10;
-            }
-        }
-        let len = digits.iter().rposition(|&d| d != 0).map_or(1, |i| i + 1);
-        let mut text = [b'0'; 39];
-        for (t, &d) in text.iter_mut().zip(digits.iter().take(len).rev()) {
-            *t = b'0' + d;
-        }
-        let text = text.get(..len).unwrap_or_default();
-        w.write_str(core::str::from_utf8(text).map_err(|_| fmt::Error)?)?;
-        return w.write_str(".00");
-    }
-    // Hundredths: m * 100 / 2^shift, rounded half to even. m * 100 < 2^31, so from a shift of
-    // 32 on the value is below half a hundredth.
-    let shift = 150 - e;
-    let hundredths = if shift >= 32 {
-        0
+    // The value in hundredths, as a 160-bit number in 16-bit limbs (least significant first):
+    // m * 100 < 2^31 shifted left by up to 104 for whole numbers, or that product divided by
+    // 2^(150 - e) and rounded half to even (from a shift of 32 on it is below half a hundredth).
+    let scaled = u64::from(m) * 100;
+    let mut limbs = [0u16; 10];
+    let (low, at) = if e >= 150 {
+        let s = (e - 150) as usize;
+        (scaled << (s % 16), s / 16)
     } else {
-        let scaled = u64::from(m) * 100;
-        let whole = scaled >> shift;
-        let rest = scaled & ((1 << shift) - 1);
-        let half = 1 << (shift - 1);
-        whole + u64::from(rest > half || (rest == half && whole & 1 == 1))
+        let shift = 150 - e;
+        let hundredths = if shift >= 32 {
+            0
+        } else {
+            let whole = scaled >> shift;
+            let rest = scaled & ((1 << shift) - 1);
+            let half = 1 << (shift - 1);
+            whole + u64::from(rest > half || (rest == half && whole & 1 == 1))
+        };
+        (hundredths, 0)
     };
-    encoding::write_u64(w, hundredths / 100)?;
-    let c = (hundredths % 100) as u8;
-    let cents = [b'.', b'0' + c / 10, b'0' + c % 10];
-    w.write_str(core::str::from_utf8(&cents).map_err(|_| fmt::Error)?)
+    // `low` < 2^47 fills at most three limbs from `at` <= 6.
+    for (k, limb) in limbs.iter_mut().skip(at).take(3).enumerate() {
+        *limb = (low >> (16 * k)) as u16;
+    }
+    // Decimal digits from the right, a point after the first two, at least "0.00"; 160 bits
+    // have at most 49 digits.
+    let mut text = [0u8; 52];
+    let mut start = text.len();
+    for (n, slot) in text.iter_mut().rev().enumerate() {
+        start -= 1;
+        if n == 2 {
+            *slot = b'.';
+            continue;
+        }
+        let mut rem = 0u32;
+        let mut more = false;
+        for limb in limbs.iter_mut().rev() {
+            let cur = (rem << 16) | u32::from(*limb);
+            *limb = (cur / 10) as u16;
+            rem = cur % 10;
+            more |= *limb != 0;
+        }
+        *slot = b'0' + rem as u8;
+        if !more && n >= 3 {
+            break;
+        }
+    }
+    encoding::write_ascii(w, text.get(start..).unwrap_or_default())
 }
 
 fn split_for_body(buf: &mut [u8]) -> Option<(&mut [u8], &mut [u8])> {
@@ -538,32 +544,11 @@ fn split_for_body(buf: &mut [u8]) -> Option<(&mut [u8], &mut [u8])> {
     Some(buf.split_at_mut(at))
 }
 
-struct SliceWriter<'b> {
-    buf: &'b mut [u8],
-    len: usize,
-}
-
-impl fmt::Write for SliceWriter<'_> {
-    fn write_str(&mut self, s: &str) -> fmt::Result {
-        let end = self.len.checked_add(s.len()).ok_or(fmt::Error)?;
-        self.buf
-            .get_mut(self.len..end)
-            .ok_or(fmt::Error)?
-            .copy_from_slice(s.as_bytes());
-        self.len = end;
-        Ok(())
-    }
-}
-
-fn write_str<'b>(
-    buf: &'b mut [u8],
-    f: impl FnOnce(&mut SliceWriter<'_>) -> fmt::Result,
-) -> Option<&'b str> {
-    let mut w = SliceWriter { buf, len: 0 };
-    f(&mut w).ok()?;
-    let len = w.len;
-    let buf: &'b [u8] = buf;
-    core::str::from_utf8(&buf[..len]).ok()
+fn write_str(
+    buf: &mut [u8],
+    mut f: impl FnMut(&mut dyn fmt::Write) -> fmt::Result,
+) -> Option<&str> {
+    encoding::write_slice(buf, &mut f)
 }
 
 /// A small JSON reader for the few fields the session and the behaviour need: find a value by

@@ -53,8 +53,7 @@ fn encode_dyn(out: &mut dyn fmt::Write, s: &str) -> fmt::Result {
                 HEX_UPPER[usize::from(b >> 4)],
                 HEX_UPPER[usize::from(b & 0xF)],
             ];
-            // The three bytes are ASCII.
-            out.write_str(core::str::from_utf8(&esc).map_err(|_| fmt::Error)?)?;
+            write_ascii(out, &esc)?;
             start = i + 1;
         }
     }
@@ -62,6 +61,45 @@ fn encode_dyn(out: &mut dyn fmt::Write, s: &str) -> fmt::Result {
         out.write_str(&s[start..])?;
     }
     Ok(())
+}
+
+/// Writes ASCII bytes (digits, escapes the crate built itself) as text: the one place such a
+/// byte buffer becomes a `&str`, so the check is not repeated inline at every caller.
+#[inline(never)]
+pub(crate) fn write_ascii(out: &mut dyn fmt::Write, bytes: &[u8]) -> fmt::Result {
+    out.write_str(core::str::from_utf8(bytes).map_err(|_| fmt::Error)?)
+}
+
+/// A `fmt::Write` over a byte slice; fails rather than truncates when the slice is full.
+pub(crate) struct SliceWriter<'b> {
+    buf: &'b mut [u8],
+    len: usize,
+}
+
+impl fmt::Write for SliceWriter<'_> {
+    fn write_str(&mut self, s: &str) -> fmt::Result {
+        let end = self.len.checked_add(s.len()).ok_or(fmt::Error)?;
+        self.buf
+            .get_mut(self.len..end)
+            .ok_or(fmt::Error)?
+            .copy_from_slice(s.as_bytes());
+        self.len = end;
+        Ok(())
+    }
+}
+
+/// Runs `f` on a writer over `buf` and returns what it wrote; `None` when it did not fit. One
+/// body for every caller (the closures are passed as `dyn`, not monomorphised into copies).
+#[inline(never)]
+pub(crate) fn write_slice<'b>(
+    buf: &'b mut [u8],
+    f: &mut dyn FnMut(&mut dyn fmt::Write) -> fmt::Result,
+) -> Option<&'b str> {
+    let mut w = SliceWriter { buf, len: 0 };
+    f(&mut w).ok()?;
+    let len = w.len;
+    let buf: &'b [u8] = buf;
+    core::str::from_utf8(buf.get(..len)?).ok()
 }
 
 /// `Display` adapter: `format!("{}", Encoded("a/b"))` is `a%2Fb`.
@@ -92,8 +130,7 @@ pub fn write_u64(out: &mut dyn fmt::Write, n: u64) -> fmt::Result {
             break;
         }
     }
-    let digits = buf.get(start..).unwrap_or_default();
-    out.write_str(core::str::from_utf8(digits).map_err(|_| fmt::Error)?)
+    write_ascii(out, buf.get(start..).unwrap_or_default())
 }
 
 /// A decimal number of ASCII digits only (no sign, no spaces), `None` past `max` or `u64::MAX`.

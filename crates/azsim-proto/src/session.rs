@@ -240,7 +240,10 @@ impl fmt::Display for ConnackCode {
             Self::ServerUnavailable => f.write_str("server unavailable"),
             Self::BadCredentials => f.write_str("bad user name or password"),
             Self::NotAuthorized => f.write_str("not authorized"),
-            Self::Other(n) => write!(f, "connack code {n}"),
+            Self::Other(n) => {
+                f.write_str("connack code ")?;
+                crate::encoding::write_u64(f, (*n).into())
+            }
         }
     }
 }
@@ -265,7 +268,10 @@ impl fmt::Display for DisconnectReason {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Self::Requested => f.write_str("closed by the device"),
-            Self::Refused(c) => write!(f, "connection refused: {c}"),
+            Self::Refused(c) => {
+                f.write_str("connection refused: ")?;
+                fmt::Display::fmt(c, f)
+            }
             Self::Unreachable => f.write_str("hub unreachable"),
             Self::Tls => f.write_str("tls handshake failed"),
             Self::Lost => f.write_str("connection lost"),
@@ -296,8 +302,14 @@ pub enum GiveUpReason {
 impl fmt::Display for GiveUpReason {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            Self::Refused(c) => write!(f, "the hub refused the connection: {c}"),
-            Self::Exhausted(r) => write!(f, "gave up reconnecting: {r}"),
+            Self::Refused(c) => {
+                f.write_str("the hub refused the connection: ")?;
+                fmt::Display::fmt(c, f)
+            }
+            Self::Exhausted(r) => {
+                f.write_str("gave up reconnecting: ")?;
+                fmt::Display::fmt(r, f)
+            }
         }
     }
 }
@@ -864,7 +876,9 @@ impl Session {
             return Err(SendError::Busy);
         }
         let id = wire::topic_id(&self.identity);
+        let mut app = Some(app);
         let topic = write_into(buf, |w| {
+            let app = app.take().ok_or(fmt::Error)?;
             crate::topic::write_telemetry_topic(w, id, sys, app)
         })?;
         let pkid = self.alloc_pkid();
@@ -1226,31 +1240,11 @@ impl Session {
     }
 }
 
-/// A `fmt::Write` over a byte slice.
-struct SliceWriter<'b> {
-    buf: &'b mut [u8],
-    len: usize,
-}
-
-impl fmt::Write for SliceWriter<'_> {
-    fn write_str(&mut self, s: &str) -> fmt::Result {
-        let end = self.len.checked_add(s.len()).ok_or(fmt::Error)?;
-        let dst = self.buf.get_mut(self.len..end).ok_or(fmt::Error)?;
-        dst.copy_from_slice(s.as_bytes());
-        self.len = end;
-        Ok(())
-    }
-}
-
-fn write_into<'b>(
-    buf: &'b mut [u8],
-    f: impl FnOnce(&mut SliceWriter<'_>) -> fmt::Result,
-) -> Result<&'b str, SendError> {
-    let mut w = SliceWriter { buf, len: 0 };
-    f(&mut w).map_err(|_| SendError::BufferTooSmall)?;
-    let len = w.len;
-    let buf: &'b [u8] = buf;
-    core::str::from_utf8(&buf[..len]).map_err(|_| SendError::BufferTooSmall)
+fn write_into(
+    buf: &mut [u8],
+    mut f: impl FnMut(&mut dyn fmt::Write) -> fmt::Result,
+) -> Result<&str, SendError> {
+    crate::encoding::write_slice(buf, &mut f).ok_or(SendError::BufferTooSmall)
 }
 
 /// Glue between the session and [`crate::topic`], where every topic string lives.
@@ -1258,8 +1252,8 @@ mod wire {
     use core::fmt;
 
     use super::QoS;
-    use crate::property_bag::{EncodedStr, PropertyBag};
-    use crate::topic::{self, HubTopic, SubscriptionKind, TopicError};
+    use crate::property_bag::PropertyBag;
+    use crate::topic::{self, SubscriptionKind, TopicError};
 
     pub(super) fn subscription(id: &super::Identity, i: u8) -> Option<(SubscriptionKind, QoS)> {
         let kind = *SubscriptionKind::for_identity(topic_id(id)).get(usize::from(i))?;
@@ -1301,11 +1295,9 @@ mod wire {
     /// `rid` is the raw (still percent-encoded) id from the request topic; the builder encodes
     /// it again, so it is decoded first.
     pub(super) fn method_response(w: &mut dyn fmt::Write, status: u16, rid: &str) -> fmt::Result {
-        let mut decoded = heapless::String::<128>::new();
-        EncodedStr::new(rid)
-            .decode_to(&mut decoded)
-            .map_err(|_| fmt::Error)?;
-        topic::write_method_response(w, status, &decoded)
+        let mut decoded = [0u8; 128];
+        let decoded = crate::encoding::decode(rid, &mut decoded).map_err(|_| fmt::Error)?;
+        topic::write_method_response(w, status, decoded)
     }
 
     pub(super) enum Incoming<'t> {
@@ -1326,31 +1318,39 @@ mod wire {
         },
     }
 
+    /// The hub publishes the session acts on. Module input messages are the application's
+    /// business and not parsed here (a device id has no `/`, so such a topic never matches the
+    /// C2D shape for this identity).
     pub(super) fn parse_incoming<'t>(t: &'t str, id: &super::Identity) -> Option<Incoming<'t>> {
-        match topic::parse_hub_publish(t) {
-            Ok(HubTopic::C2d(c)) if c.device_id == id.device_id() => {
-                Some(Incoming::C2d { properties: c.bag })
-            }
-            Ok(HubTopic::MethodRequest(m)) => Some(Incoming::Method {
+        if t.starts_with(topic::METHOD_REQUEST_PREFIX) {
+            let m = topic::parse_method_request(t).ok()?;
+            return Some(Incoming::Method {
                 name: m.name.as_str(),
                 rid: m.rid.as_raw(),
-            }),
-            Ok(HubTopic::TwinResponse(r)) => Some(Incoming::TwinResponse {
+            });
+        }
+        if t.starts_with(topic::TWIN_RESPONSE_PREFIX) {
+            let r = topic::parse_twin_response(t).ok()?;
+            // Our own ids are plain decimal; anything else is not ours.
+            let rid =
+                crate::encoding::parse_decimal(r.rid.as_plain()?.as_bytes(), u32::MAX.into())?;
+            return Some(Incoming::TwinResponse {
                 status: r.status,
-                // Our own ids are plain decimal; anything else is not ours.
-                rid: u32::try_from(crate::encoding::parse_decimal(
-                    r.rid.as_plain()?.as_bytes(),
-                    u32::MAX.into(),
-                )?)
-                .ok()?,
+                rid: rid as u32,
                 version: r.version,
-            }),
-            Ok(HubTopic::DesiredPatch { version }) => Some(Incoming::DesiredPatch {
+            });
+        }
+        if t.starts_with("devices/") {
+            let c = topic::parse_c2d(t).ok()?;
+            return (c.device_id == id.device_id()).then_some(Incoming::C2d { properties: c.bag });
+        }
+        match topic::parse_desired_patch(t) {
+            Ok(version) => Some(Incoming::DesiredPatch {
                 version: Some(version),
             }),
             // Lenient on the device side: the body's `$version` is used instead.
             Err(TopicError::VersionMissing) => Some(Incoming::DesiredPatch { version: None }),
-            _ => None,
+            Err(_) => None,
         }
     }
 }

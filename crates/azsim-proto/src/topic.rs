@@ -72,11 +72,11 @@ pub const TWIN_DESIRED_FILTER: &str = "$iothub/twin/PATCH/properties/desired/#";
 /// SUBSCRIBE filter for DPS responses.
 pub const DPS_RESPONSE_FILTER: &str = "$dps/registrations/res/#";
 
-const METHOD_REQUEST_PREFIX: &str = "$iothub/methods/POST/";
+pub(crate) const METHOD_REQUEST_PREFIX: &str = "$iothub/methods/POST/";
 const METHOD_RESPONSE_PREFIX: &str = "$iothub/methods/res/";
 const TWIN_GET_PREFIX: &str = "$iothub/twin/GET/";
 const TWIN_REPORTED_PREFIX: &str = "$iothub/twin/PATCH/properties/reported/";
-const TWIN_RESPONSE_PREFIX: &str = "$iothub/twin/res/";
+pub(crate) const TWIN_RESPONSE_PREFIX: &str = "$iothub/twin/res/";
 const TWIN_DESIRED_PREFIX: &str = "$iothub/twin/PATCH/properties/desired/";
 const DPS_REGISTER_PREFIX: &str = "$dps/registrations/PUT/iotdps-register/";
 const DPS_QUERY_PREFIX: &str = "$dps/registrations/GET/iotdps-get-operationstatus/";
