@@ -20,7 +20,7 @@ use azsim_proto::session::{
 use azsim_proto::username;
 use embedded_io_async::{Read, Write};
 use heapless::{Deque, String, Vec};
-use mqttrs::{ConnectReturnCode, Packet, QosPid};
+use mqttrs::{ConnectReturnCode, Packet, Pid, QosPid};
 
 use crate::select::{Either, select};
 use crate::wire;
@@ -268,6 +268,11 @@ struct Message {
     seq: u32,
     id: String<36>,
     body: Vec<u8, TELEMETRY_BUFFER_LEN>,
+    /// The packet id it went out with (0: never on the wire). A redelivery reuses it with
+    /// DUP=1, as MQTT 3.1.1 asks (4.4); the session's own id for it is `pkid`.
+    wire: u16,
+    /// The session's packet id for the current attempt.
+    pkid: u16,
     /// Was in flight when the connection ended: publish it again first.
     resend: bool,
 }
@@ -277,24 +282,39 @@ struct ConnectParams {
     token_expiry: Option<u64>,
     clean_session: bool,
     keep_alive: u16,
-    attempt: u32,
 }
 
-/// What makes the current phase of [`Client::run`] end.
+/// Where the connection stands, from the loop's side.
 #[derive(Clone, Copy, Debug)]
-enum Exit {
-    Connect(ConnectParams),
+enum Phase {
+    /// No stream: the session runs on timers alone.
+    Offline,
+    /// The driver is opening the stream.
+    Opening(ConnectParams),
+    /// The stream is open: CONNECT goes out next.
+    Opened(ConnectParams),
+    /// CONNECT was sent; CONNACK is due by this Unix second.
+    Handshake(u64),
+    /// Connected.
+    Up,
+}
+
+/// What the driver does next: the only I/O the loop performs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Step {
+    /// Drop any stream and open a new one, then report `opened` or `failed`.
+    Connect,
+    /// Write `tx[..n]` and flush; report `failed` if that fails.
+    Write(usize),
+    /// Wait until this Unix second, reading into the free end of the receive buffer when
+    /// `read` (a stream is open); without `read` any stream is dropped.
+    Wait { until: u64, read: bool },
+    /// Stop for good.
     GiveUp(GiveUpReason),
-    /// The connection was closed at the session's request.
-    Closed,
 }
-
-/// The connection failed while in use.
-#[derive(Clone, Copy, Debug)]
-struct Lost;
 
 /// Everything but the packet buffers, so an event borrowing the receive buffer can be handled
-/// by methods on this.
+/// by methods on this. All of it is synchronous: [`Client::run`] performs the [`Step`]s.
 struct Core<'b, S> {
     session: Session,
     device: Device<S>,
@@ -310,18 +330,22 @@ struct Core<'b, S> {
     queue: Deque<Message, QUEUE_LEN>,
     in_flight: Vec<Message, MAX_IN_FLIGHT>,
     scratch: [u8; SCRATCH_LEN],
+    phase: Phase,
+    /// Bytes received and not yet consumed at the front of the receive buffer.
+    rx_len: usize,
     sub_pid: u16,
+    wire_pid: u16,
+    /// A QoS 1 delivery to acknowledge before anything else.
+    puback: Option<Pid>,
     keep_alive: u16,
     last_tx: u64,
     ping_deadline: Option<u64>,
-    exit: Option<Exit>,
 }
 
 /// The MQTT client loop around a [`Session`] and a [`Device`].
 pub struct Client<'b, S> {
     core: Core<'b, S>,
     rx: &'b mut [u8],
-    rx_len: usize,
     tx: &'b mut [u8],
 }
 
@@ -413,11 +437,14 @@ impl<'b, S: Sensor> Client<'b, S> {
             queue: Deque::new(),
             in_flight: Vec::new(),
             scratch: [0; SCRATCH_LEN],
+            phase: Phase::Offline,
+            rx_len: 0,
             sub_pid: SESSION_MAX_PACKET_ID,
+            wire_pid: 0,
+            puback: None,
             keep_alive: 0,
             last_tx: 0,
             ping_deadline: None,
-            exit: None,
         };
         // Sign once with the longest expiry, so a token that cannot fit fails here, not later.
         if let Some(key) = &core.key {
@@ -425,12 +452,7 @@ impl<'b, S: Sensor> Client<'b, S> {
             sas::sign_with_key(&mut Sink(&mut token), &core.resource(), key, u64::MAX, None)
                 .map_err(|_| ClientError::TokenTooLong)?;
         }
-        Ok(Self {
-            core,
-            rx,
-            rx_len: 0,
-            tx,
-        })
+        Ok(Self { core, rx, tx })
     }
 
     /// The session (state, token expiry, in-flight count).
@@ -452,6 +474,10 @@ impl<'b, S: Sensor> Client<'b, S> {
     /// failures with backoff, renews the token, sends telemetry, answers methods and desired
     /// patches. Returns only when the session gives up (for example CONNACK 5 before the first
     /// connect, or an exhausted attempt budget).
+    ///
+    /// All protocol work happens in one synchronous step function; this driver only opens
+    /// streams, writes what it encoded, and reads or sleeps, each at a single await point, so
+    /// the stream's futures are inlined once.
     pub async fn run<C, K, O>(
         &mut self,
         connector: &mut C,
@@ -463,246 +489,65 @@ impl<'b, S: Sensor> Client<'b, S> {
         K: Clock,
         O: Observer,
     {
+        let mut connect = false;
         loop {
-            match self.core.exit.take() {
-                Some(Exit::GiveUp(reason)) => {
-                    obs.note(Note::GaveUp { reason });
-                    return reason;
-                }
-                Some(Exit::Connect(params)) => {
-                    obs.note(Note::Connecting {
-                        attempt: params.attempt,
-                    });
-                    match connector.connect().await {
-                        Ok(mut conn) => self.connection(&mut conn, params, clock, obs).await,
-                        Err(reason) => {
-                            obs.note(Note::ConnectFailed { reason });
-                            let entropy = self.core.next_u32();
-                            self.core
-                                .session
-                                .handle_disconnected(clock.now(), reason, entropy);
-                        }
+            // Declared per round: the stream borrows the connector until the round ends.
+            let mut conn = None;
+            if connect {
+                match connector.connect().await {
+                    Ok(c) => {
+                        conn = Some(c);
+                        self.core.opened();
                     }
-                    continue;
+                    Err(reason) => self.core.failed(clock.now(), reason, obs),
                 }
-                Some(Exit::Closed) | None => {}
             }
-            let now = clock.now();
-            self.core.tick(now, obs);
-            // Typed as the connected stream (which does not exist now) so both phases share one
-            // copy of `pump` in the firmware image.
-            let _ = self
-                .core
-                .pump(now, no_conn(connector), &mut self.tx[..], obs)
-                .await;
-            if self.core.exit.is_some() {
-                continue;
+            match self.drive(conn.as_mut(), clock, obs).await {
+                Step::GiveUp(reason) => return reason,
+                step => connect = step == Step::Connect,
             }
-            let wake = earliest(
-                self.core.session.poll_timeout(),
-                self.core.device.poll_timeout(),
-            )
-            .unwrap_or(now + IDLE_WAKE);
-            clock.sleep_until(wake).await;
         }
     }
 
-    /// One connection, from CONNECT until it ends or the session wants it closed.
-    async fn connection<T, K, O>(
-        &mut self,
-        conn: &mut T,
-        params: ConnectParams,
-        clock: &mut K,
-        obs: &mut O,
-    ) where
+    /// Performs steps over `conn` until the loop needs a new stream ([`Step::Connect`]), has
+    /// no use for this one (a `Wait` without `read`), or gives up.
+    async fn drive<T, K, O>(&mut self, mut conn: Option<&mut T>, clock: &mut K, obs: &mut O) -> Step
+    where
         T: Read + Write,
         K: Clock,
         O: Observer,
     {
-        self.rx_len = 0;
-        let now = clock.now();
-        match self.handshake(conn, params, now, clock).await {
-            Ok(()) => {}
-            Err(reason) => {
-                obs.note(Note::ConnectFailed { reason });
-                let entropy = self.core.next_u32();
-                self.core
-                    .session
-                    .handle_disconnected(clock.now(), reason, entropy);
-                return;
-            }
-        }
-        let core = &mut self.core;
-        core.keep_alive = params.keep_alive;
-        core.last_tx = clock.now();
-        core.ping_deadline = None;
-        core.session.handle_connected(clock.now());
-
         loop {
             let now = clock.now();
-            if self.core.ping_deadline.is_some_and(|d| now >= d) {
-                self.lost(clock);
-                return;
-            }
-            self.core.tick(now, obs);
-            if self.core.ping_due(now) {
-                let ping = wire::send(conn, self.tx, &Packet::Pingreq);
-                if ping.await.is_err() {
-                    self.lost(clock);
-                    return;
-                }
-                self.core.last_tx = now;
-                self.core.ping_deadline =
-                    Some(now + (u64::from(self.core.keep_alive) / 2).max(MIN_PING_WAIT));
-            }
-            if self
-                .core
-                .pump(now, Some(&mut *conn), &mut self.tx[..], obs)
-                .await
-                .is_err()
-            {
-                self.lost(clock);
-                return;
-            }
-            if self.core.exit.is_some() {
-                return;
-            }
-
-            let wake = self.core.wake(now);
-            let read = wire::read_packet(conn, self.rx, &mut self.rx_len);
-            match select(read, clock.sleep_until(wake)).await {
-                Either::Right(()) => {}
-                Either::Left(Ok(len)) => {
-                    let now = clock.now();
-                    let handled = self.on_packet(len, now, conn, obs).await;
-                    self.rx.copy_within(len..self.rx_len, 0);
-                    self.rx_len -= len;
-                    if handled.is_err() {
-                        self.lost(clock);
-                        return;
+            let step = self.core.step(now, self.rx, self.tx, obs);
+            match step {
+                Step::Connect | Step::GiveUp(_) => return step,
+                Step::Wait { read: false, .. } if conn.is_some() => return step,
+                Step::Write(n) => {
+                    let bytes = self.tx.get_mut(..n).unwrap_or_default();
+                    let ok = match conn.as_deref_mut() {
+                        Some(c) => wire::write(c, bytes).await.is_ok(),
+                        None => false,
+                    };
+                    // Nothing sent stays behind: CONNECT carried the token.
+                    bytes.fill(0);
+                    if !ok {
+                        self.core.failed(clock.now(), DisconnectReason::Lost, obs);
                     }
                 }
-                Either::Left(Err(e)) => {
-                    if e == wire::ReadError::TooLarge {
-                        obs.note(Note::PacketTooLarge {
-                            buffer: self.rx.len(),
-                        });
+                Step::Wait { until, .. } => {
+                    let free = self.rx.get_mut(self.core.rx_len..).unwrap_or_default();
+                    let read = wire::read(conn.as_deref_mut(), free);
+                    match select(read, clock.sleep_until(until)).await {
+                        Either::Left(Some(n)) => self.core.rx_len += n,
+                        Either::Left(None) => {
+                            self.core.failed(clock.now(), DisconnectReason::Lost, obs);
+                        }
+                        Either::Right(()) => {}
                     }
-                    self.lost(clock);
-                    return;
                 }
             }
         }
-    }
-
-    /// The connection failed; the outer loop's pump hands the resulting events to the
-    /// behaviour and the observer.
-    fn lost<K: Clock>(&mut self, clock: &mut K) {
-        let entropy = self.core.next_u32();
-        let now = clock.now();
-        self.core
-            .session
-            .handle_disconnected(now, DisconnectReason::Lost, entropy);
-    }
-
-    /// CONNECT, then CONNACK within [`CONNACK_TIMEOUT`].
-    async fn handshake<T: Read + Write, K: Clock>(
-        &mut self,
-        conn: &mut T,
-        params: ConnectParams,
-        now: u64,
-        clock: &mut K,
-    ) -> Result<(), DisconnectReason> {
-        let core = &self.core;
-        // The token lives in this block only: CONNECT is encoded before anything is awaited,
-        // so it never becomes part of the future's state.
-        let send = {
-            let mut token: String<TOKEN_LEN> = String::new();
-            let password: Option<&[u8]> = match (&core.key, params.token_expiry, core.credential) {
-                (Some(key), Some(exp), _) => {
-                    // Cannot fail: `new` signed the longest possible token into the same size.
-                    sas::sign_with_key(&mut Sink(&mut token), &core.resource(), key, exp, None)
-                        .map_err(|_| DisconnectReason::Refused(ConnackCode::BadCredentials))?;
-                    Some(token.as_bytes())
-                }
-                (_, _, Credential::Token(t)) => Some(t.as_bytes()),
-                (_, _, Credential::Key(_)) => None,
-            };
-            let packet = wire::connect(
-                &core.client_id,
-                &core.username,
-                password,
-                params.keep_alive,
-                params.clean_session,
-            );
-            wire::send(conn, self.tx, &packet)
-        };
-        let sent = send.await;
-        // Nor does it stay in the transmit buffer.
-        self.tx.fill(0);
-        sent.map_err(|_| DisconnectReason::Lost)?;
-
-        let deadline = now + CONNACK_TIMEOUT;
-        let read = wire::read_packet(conn, self.rx, &mut self.rx_len);
-        let len = match select(read, clock.sleep_until(deadline)).await {
-            Either::Left(Ok(len)) => len,
-            Either::Left(Err(_)) | Either::Right(()) => return Err(DisconnectReason::Lost),
-        };
-        let result = match mqttrs::decode_slice(&self.rx[..len]) {
-            Ok(Some(Packet::Connack(c))) => match c.code {
-                ConnectReturnCode::Accepted => Ok(()),
-                code => Err(DisconnectReason::Refused(
-                    ConnackCode::from_u8(connack_u8(code))
-                        .unwrap_or(ConnackCode::Other(connack_u8(code))),
-                )),
-            },
-            _ => Err(DisconnectReason::Lost),
-        };
-        self.rx.copy_within(len..self.rx_len, 0);
-        self.rx_len -= len;
-        result
-    }
-
-    /// One incoming packet, at the front of the receive buffer.
-    async fn on_packet<T: Read + Write, O: Observer>(
-        &mut self,
-        len: usize,
-        now: u64,
-        conn: &mut T,
-        obs: &mut O,
-    ) -> Result<(), Lost> {
-        let Self { core, rx, tx, .. } = self;
-        // Only the small PUBLISH view is kept across the awaits below, not the decoded
-        // `Packet` (over 1 KiB).
-        let publish = match mqttrs::decode_slice(&rx[..len]) {
-            Ok(Some(Packet::Publish(p))) => p,
-            Ok(Some(Packet::Puback(pid))) => {
-                core.session.handle_puback(now, pid.get());
-                return Ok(());
-            }
-            Ok(Some(Packet::Pingresp)) => {
-                core.ping_deadline = None;
-                return Ok(());
-            }
-            // IoT Hub closes the connection rather than refuse a subscription, and never sends
-            // DISCONNECT in 3.1.1; anything else (SUBACK, a stray CONNACK) needs no answer.
-            Ok(Some(Packet::Disconnect)) => return Err(Lost),
-            Ok(Some(_)) => return Ok(()),
-            Ok(None) | Err(_) => return Err(Lost),
-        };
-        if let Some(ev) = core
-            .session
-            .handle_publish(now, publish.topic_name, publish.payload)
-        {
-            core.on_event(now, ev, Some(&mut *conn), tx, obs).await?;
-        }
-        // C2D is the hub's only QoS 1 delivery; the PUBACK completes it.
-        if let QosPid::AtLeastOnce(pid) = publish.qospid {
-            let puback = wire::send(conn, tx, &Packet::Puback(pid));
-            puback.await.map_err(|_| Lost)?;
-            core.last_tx = now;
-        }
-        Ok(())
     }
 }
 
@@ -751,6 +596,219 @@ impl<S: Sensor> Core<'_, S> {
         s
     }
 
+    /// The driver opened the stream the last [`Step::Connect`] asked for.
+    fn opened(&mut self) {
+        if let Phase::Opening(params) = self.phase {
+            self.phase = Phase::Opened(params);
+        }
+    }
+
+    /// Opening, the handshake or the connection failed (or the stream ended). Nothing to do
+    /// once the session let the connection go.
+    fn failed<O: Observer>(&mut self, now: u64, reason: DisconnectReason, obs: &mut O) {
+        match self.phase {
+            Phase::Offline => return,
+            Phase::Up => {}
+            Phase::Opening(_) | Phase::Opened(_) | Phase::Handshake(_) => {
+                obs.note(Note::ConnectFailed { reason });
+            }
+        }
+        self.phase = Phase::Offline;
+        let entropy = self.next_u32();
+        self.session.handle_disconnected(now, reason, entropy);
+    }
+
+    /// Everything the loop decides for `now`: it runs until there is I/O to perform.
+    fn step<O: Observer>(&mut self, now: u64, rx: &mut [u8], tx: &mut [u8], obs: &mut O) -> Step {
+        loop {
+            match self.phase {
+                Phase::Opened(params) => match self.encode_connect(params, tx) {
+                    Some(n) => {
+                        self.phase = Phase::Handshake(now + CONNACK_TIMEOUT);
+                        return Step::Write(n);
+                    }
+                    None => self.failed(now, DisconnectReason::Lost, obs),
+                },
+                Phase::Handshake(deadline) => match self.next_packet(rx, obs) {
+                    Ok(Some(len)) => {
+                        let result = connack(rx.get(..len).unwrap_or_default());
+                        self.consume(rx, len);
+                        match result {
+                            Ok(()) => self.connected(now),
+                            Err(reason) => self.failed(now, reason, obs),
+                        }
+                    }
+                    Ok(None) if now < deadline => {
+                        return Step::Wait {
+                            until: deadline,
+                            read: true,
+                        };
+                    }
+                    Ok(None) | Err(()) => self.failed(now, DisconnectReason::Lost, obs),
+                },
+                Phase::Up => {
+                    if self.ping_deadline.is_some_and(|d| now >= d) {
+                        self.failed(now, DisconnectReason::Lost, obs);
+                        continue;
+                    }
+                    if let Some(pid) = self.puback.take()
+                        && let Some(n) = self.encode(now, tx, &Packet::Puback(pid))
+                    {
+                        return Step::Write(n);
+                    }
+                    match self.next_packet(rx, obs) {
+                        Ok(Some(len)) => {
+                            let handled =
+                                self.on_packet(now, rx.get(..len).unwrap_or_default(), tx, obs);
+                            self.consume(rx, len);
+                            match handled {
+                                Ok(Some(n)) => return Step::Write(n),
+                                Ok(None) => {}
+                                Err(()) => self.failed(now, DisconnectReason::Lost, obs),
+                            }
+                            continue;
+                        }
+                        Ok(None) => {}
+                        Err(()) => {
+                            self.failed(now, DisconnectReason::Lost, obs);
+                            continue;
+                        }
+                    }
+                    self.tick(now, obs);
+                    if self.ping_due(now)
+                        && let Some(n) = self.encode(now, tx, &Packet::Pingreq)
+                    {
+                        self.ping_deadline =
+                            Some(now + (u64::from(self.keep_alive) / 2).max(MIN_PING_WAIT));
+                        return Step::Write(n);
+                    }
+                    match self.pump(now, tx, obs) {
+                        Some(step) => return step,
+                        // A requested disconnect without anything written.
+                        None if !matches!(self.phase, Phase::Up) => {}
+                        None => {
+                            return Step::Wait {
+                                until: self.wake(now),
+                                read: true,
+                            };
+                        }
+                    }
+                }
+                Phase::Offline | Phase::Opening(_) => {
+                    self.phase = Phase::Offline;
+                    self.tick(now, obs);
+                    if let Some(step) = self.pump(now, tx, obs) {
+                        return step;
+                    }
+                    return Step::Wait {
+                        until: earliest(self.session.poll_timeout(), self.device.poll_timeout())
+                            .unwrap_or(now + IDLE_WAKE),
+                        read: false,
+                    };
+                }
+            }
+        }
+    }
+
+    /// CONNECT with a freshly signed token, in `tx`. The token lives on this stack frame only
+    /// and the driver wipes `tx` once it is written.
+    fn encode_connect(&self, params: ConnectParams, tx: &mut [u8]) -> Option<usize> {
+        let mut token: String<TOKEN_LEN> = String::new();
+        let password: Option<&[u8]> = match (&self.key, params.token_expiry, self.credential) {
+            (Some(key), Some(exp), _) => {
+                // Cannot fail: `new` signed the longest possible token into the same size.
+                sas::sign_with_key(&mut Sink(&mut token), &self.resource(), key, exp, None).ok()?;
+                Some(token.as_bytes())
+            }
+            (_, _, Credential::Token(t)) => Some(t.as_bytes()),
+            (_, _, Credential::Key(_)) => None,
+        };
+        let packet = wire::connect(
+            &self.client_id,
+            &self.username,
+            password,
+            params.keep_alive,
+            params.clean_session,
+        );
+        mqttrs::encode_slice(&packet, tx).ok()
+    }
+
+    /// CONNACK 0 arrived.
+    fn connected(&mut self, now: u64) {
+        self.phase = Phase::Up;
+        self.last_tx = now;
+        self.ping_deadline = None;
+        self.puback = None;
+        self.session.handle_connected(now);
+    }
+
+    /// The length of the complete packet at the front of the receive buffer; `Err` when the
+    /// bytes are not MQTT or the packet cannot fit.
+    fn next_packet<O: Observer>(&self, rx: &[u8], obs: &mut O) -> Result<Option<usize>, ()> {
+        match wire::frame_len(rx.get(..self.rx_len).unwrap_or_default()) {
+            Ok(Some(n)) => Ok(Some(n)),
+            Ok(None) if self.rx_len < rx.len() => Ok(None),
+            Ok(None) => {
+                obs.note(Note::PacketTooLarge { buffer: rx.len() });
+                Err(())
+            }
+            Err(_) => Err(()),
+        }
+    }
+
+    /// Drops the first `len` bytes of the receive buffer.
+    fn consume(&mut self, rx: &mut [u8], len: usize) {
+        if let Some(rest) = rx.get(len..self.rx_len) {
+            let rest = rest.len();
+            rx.copy_within(len..len + rest, 0);
+            self.rx_len = rest;
+        } else {
+            self.rx_len = 0;
+        }
+    }
+
+    /// One incoming packet; `Ok(Some(n))` when an answer sits in `tx[..n]`.
+    fn on_packet<O: Observer>(
+        &mut self,
+        now: u64,
+        packet: &[u8],
+        tx: &mut [u8],
+        obs: &mut O,
+    ) -> Result<Option<usize>, ()> {
+        match mqttrs::decode_slice(packet) {
+            Ok(Some(Packet::Publish(p))) => {
+                // C2D is the hub's only QoS 1 delivery; the PUBACK completes it, after any
+                // answer below.
+                if let QosPid::AtLeastOnce(pid) = p.qospid {
+                    self.puback = Some(pid);
+                }
+                Ok(
+                    match self.session.handle_publish(now, p.topic_name, p.payload) {
+                        Some(ev) => self.on_event(now, ev, tx, obs),
+                        None => None,
+                    },
+                )
+            }
+            Ok(Some(Packet::Puback(pid))) => {
+                // Telemetry is the only QoS 1 publish; the session knows it by the id it gave
+                // this attempt.
+                let wire = pid.get();
+                if let Some(m) = self.in_flight.iter().find(|m| m.wire == wire && !m.resend) {
+                    self.session.handle_puback(now, m.pkid);
+                }
+                Ok(None)
+            }
+            Ok(Some(Packet::Pingresp)) => {
+                self.ping_deadline = None;
+                Ok(None)
+            }
+            // IoT Hub closes the connection rather than refuse a subscription, and never sends
+            // DISCONNECT in 3.1.1; anything else (SUBACK, a stray CONNACK) needs no answer.
+            Ok(Some(Packet::Disconnect)) | Ok(None) | Err(_) => Err(()),
+            Ok(Some(_)) => Ok(None),
+        }
+    }
+
     /// Session timeouts and telemetry production for `now`.
     fn tick<O: Observer>(&mut self, now: u64, obs: &mut O) {
         if self.session.poll_timeout().is_some_and(|t| t <= now) {
@@ -772,6 +830,8 @@ impl<S: Sensor> Core<'_, S> {
                 seq,
                 id,
                 body,
+                wire: 0,
+                pkid: 0,
                 resend: false,
             });
         }
@@ -800,171 +860,204 @@ impl<S: Sensor> Core<'_, S> {
         .unwrap_or(now + IDLE_WAKE)
     }
 
-    /// Runs actions, events, behaviour publishes and queued telemetry until the session has
-    /// nothing more to say, or the phase must end (`self.exit`).
-    async fn pump<T: Read + Write, O: Observer>(
-        &mut self,
-        now: u64,
-        mut conn: Option<&mut T>,
-        tx: &mut [u8],
-        obs: &mut O,
-    ) -> Result<(), Lost> {
+    /// Runs actions, events, behaviour publishes and queued telemetry until one of them has a
+    /// packet to send or a connection to open or the session stops; `None` when nothing
+    /// more is to be done now. Offline, packets are dropped (the session asks for them again
+    /// on the next connection).
+    fn pump<O: Observer>(&mut self, now: u64, tx: &mut [u8], obs: &mut O) -> Option<Step> {
         loop {
-            let mut progressed = false;
             let mut abuf = [0u8; ACTION_BUFFER_LEN];
-            while let Some(action) = self.session.poll_action(&mut abuf) {
-                progressed = true;
-                match action {
+            if let Some(action) = self.session.poll_action(&mut abuf) {
+                let sent = match action {
                     Action::Connect {
                         token_expiry,
                         clean_session,
                         keep_alive,
                         attempt,
                     } => {
-                        self.exit = Some(Exit::Connect(ConnectParams {
+                        obs.note(Note::Connecting { attempt });
+                        self.phase = Phase::Opening(ConnectParams {
                             token_expiry,
                             clean_session,
                             keep_alive,
-                            attempt,
-                        }));
-                        return Ok(());
+                        });
+                        self.keep_alive = keep_alive;
+                        self.rx_len = 0;
+                        return Some(Step::Connect);
                     }
                     Action::GiveUp { reason } => {
-                        self.exit = Some(Exit::GiveUp(reason));
-                        return Ok(());
+                        obs.note(Note::GaveUp { reason });
+                        return Some(Step::GiveUp(reason));
                     }
                     Action::Subscribe { filter, qos } => {
-                        if let Some(c) = conn.as_deref_mut() {
-                            self.sub_pid = if self.sub_pid == u16::MAX {
-                                SESSION_MAX_PACKET_ID + 1
-                            } else {
-                                self.sub_pid + 1
-                            };
-                            let pid = wire::pid(self.sub_pid).ok_or(Lost)?;
-                            let send = wire::send(c, tx, &wire::subscribe(pid, filter, qos));
-                            send.await.map_err(|_| Lost)?;
-                            self.last_tx = now;
-                        }
+                        self.sub_pid = if self.sub_pid == u16::MAX {
+                            SESSION_MAX_PACKET_ID + 1
+                        } else {
+                            self.sub_pid + 1
+                        };
+                        let pid = wire::pid(self.sub_pid)?;
+                        self.encode(now, tx, &wire::subscribe(pid, filter, qos))
                     }
-                    Action::Publish(p) => {
-                        if let Some(c) = conn.as_deref_mut() {
-                            let sent = send_publish(c, tx, &p).await?;
-                            after_publish(now, &p, sent, &mut self.last_tx, obs);
-                        }
-                    }
+                    Action::Publish(p) => publish(self.phase, &mut self.last_tx, now, &p, tx, obs),
                     Action::Disconnect { .. } => {
-                        if let Some(c) = conn.as_deref_mut() {
-                            // Best effort: the connection is dropped either way.
-                            let send = wire::send(c, tx, &Packet::Disconnect);
-                            let _ = send.await;
-                        }
+                        // Best effort: the connection is dropped either way.
+                        let sent = self.encode(now, tx, &Packet::Disconnect);
+                        self.phase = Phase::Offline;
                         self.session
                             .handle_disconnected(now, DisconnectReason::Requested, 0);
-                        self.exit = Some(Exit::Closed);
-                        return Ok(());
+                        sent
                     }
+                };
+                if let Some(n) = sent {
+                    return Some(Step::Write(n));
                 }
+                continue;
             }
-            while let Some(ev) = self.session.poll_event() {
-                progressed = true;
-                self.on_event(now, ev, conn.as_deref_mut(), tx, obs).await?;
-            }
-            if let Some(c) = conn.as_deref_mut() {
-                let Core {
-                    device,
-                    session,
-                    scratch,
-                    last_tx,
-                    ..
-                } = self;
-                if let Some(p) = device.poll_publish(now, session, &mut scratch[..]) {
-                    progressed = true;
-                    let sent = send_publish(c, tx, &p).await?;
-                    after_publish(now, &p, sent, last_tx, obs);
+            if let Some(ev) = self.session.poll_event() {
+                if let Some(n) = self.on_event(now, ev, tx, obs) {
+                    return Some(Step::Write(n));
                 }
-                if self.send_queued(now, c, tx, obs).await? {
-                    progressed = true;
-                }
+                continue;
             }
-            if !progressed {
-                return Ok(());
+            if !matches!(self.phase, Phase::Up) {
+                return None;
             }
-        }
-    }
-
-    /// Publishes telemetry while the session has room: first what a lost connection left
-    /// unacknowledged (oldest first), then the queue.
-    async fn send_queued<T: Write, O: Observer>(
-        &mut self,
-        now: u64,
-        conn: &mut T,
-        tx: &mut [u8],
-        obs: &mut O,
-    ) -> Result<bool, Lost> {
-        let mut sent = false;
-        while self.session.telemetry_window() > 0 {
-            let i = match self.in_flight.iter().position(|m| m.resend) {
-                Some(i) => i,
-                None => {
-                    if self.in_flight.is_full() {
-                        break;
-                    }
-                    let Some(m) = self.queue.pop_front() else {
-                        break;
-                    };
-                    // Cannot fail: checked not full above.
-                    let _ = self.in_flight.push(m);
-                    self.in_flight.len() - 1
-                }
-            };
             let Core {
+                device,
                 session,
-                in_flight,
                 scratch,
+                phase,
                 last_tx,
                 ..
             } = self;
-            let m = &mut in_flight[i];
-            m.resend = false;
-            let sys = SystemProperties {
-                message_id: Some(&m.id),
-                content_type: Some(TELEMETRY_CONTENT_TYPE),
-                content_encoding: Some("utf-8"),
-                ..SystemProperties::default()
-            };
-            let p = match session.send_telemetry(
-                now,
-                m.seq,
-                &sys,
-                core::iter::empty::<(&str, &str)>(),
-                &m.body,
-                &mut scratch[..],
-            ) {
-                Ok(p) => p,
-                Err(_) => {
-                    m.resend = true;
-                    break;
+            if let Some(p) = device.poll_publish(now, session, &mut scratch[..]) {
+                if let Some(n) = publish(*phase, last_tx, now, &p, tx, obs) {
+                    return Some(Step::Write(n));
                 }
-            };
-            if send_publish(conn, tx, &p).await? == Sent::TooLarge {
-                // The session counts it in flight; the ack never comes, so the message is
-                // sent again after the next reconnect like any other unacknowledged one.
-                obs.note(Note::NotSent { topic: p.topic });
-                break;
+                continue;
             }
-            *last_tx = now;
-            sent = true;
-            obs.note(Note::TelemetrySent {
-                seq: m.seq,
-                body: core::str::from_utf8(&m.body).unwrap_or(""),
-            });
+            return self.send_telemetry(now, tx, obs).map(Step::Write);
         }
-        Ok(sent)
     }
 
-    /// Queue bookkeeping for telemetry events.
-    fn on_bookkeeping(&mut self, ev: &Event<'_>) {
-        match *ev {
+    /// Encodes `packet` into `tx` when connected: its length, or `None` when it does not fit.
+    fn encode(&mut self, now: u64, tx: &mut [u8], packet: &Packet<'_>) -> Option<usize> {
+        if !matches!(self.phase, Phase::Up) {
+            return None;
+        }
+        let n = mqttrs::encode_slice(packet, tx).ok()?;
+        self.last_tx = now;
+        Some(n)
+    }
+
+    /// A packet id for a first transmission, not used by any message in flight.
+    fn fresh_wire_pid(&mut self) -> u16 {
+        loop {
+            self.wire_pid = if self.wire_pid >= SESSION_MAX_PACKET_ID {
+                1
+            } else {
+                self.wire_pid + 1
+            };
+            let id = self.wire_pid;
+            if !self.in_flight.iter().any(|m| m.wire == id) {
+                return id;
+            }
+        }
+    }
+
+    /// The next telemetry message while the session has room: first what a lost connection
+    /// left unacknowledged (oldest first, as the same PUBLISH with DUP=1 when it had gone
+    /// out), then the queue.
+    fn send_telemetry<O: Observer>(
+        &mut self,
+        now: u64,
+        tx: &mut [u8],
+        obs: &mut O,
+    ) -> Option<usize> {
+        if self.session.telemetry_window() == 0 {
+            return None;
+        }
+        let i = match self.in_flight.iter().position(|m| m.resend) {
+            Some(i) => i,
+            None => {
+                if self.in_flight.is_full() {
+                    return None;
+                }
+                let m = self.queue.pop_front()?;
+                // Cannot fail: checked not full above.
+                let _ = self.in_flight.push(m);
+                self.in_flight.len() - 1
+            }
+        };
+        // A redelivery keeps its id; a first transmission takes a free one.
+        let id = match self.in_flight.get(i)?.wire {
+            0 => self.fresh_wire_pid(),
+            id => id,
+        };
+        let Core {
+            session,
+            in_flight,
+            scratch,
+            ..
+        } = self;
+        let m = in_flight.get_mut(i)?;
+        m.resend = false;
+        let sys = SystemProperties {
+            message_id: Some(&m.id),
+            content_type: Some(TELEMETRY_CONTENT_TYPE),
+            content_encoding: Some("utf-8"),
+            ..SystemProperties::default()
+        };
+        let Ok(p) = session.send_telemetry(
+            now,
+            m.seq,
+            &sys,
+            core::iter::empty::<(&str, &str)>(),
+            &m.body,
+            &mut scratch[..],
+        ) else {
+            m.resend = true;
+            return None;
+        };
+        m.pkid = p.pkid;
+        let dup = m.wire != 0;
+        let packet = wire::publish(p.topic, p.payload, QosPid::AtLeastOnce(wire::pid(id)?), dup);
+        let Ok(n) = mqttrs::encode_slice(&packet, tx) else {
+            // The session counts it in flight; the ack never comes, so the message is sent
+            // again after the next reconnect like any other unacknowledged one.
+            obs.note(Note::NotSent { topic: p.topic });
+            return None;
+        };
+        m.wire = id;
+        self.last_tx = now;
+        let m = self.in_flight.get(i)?;
+        obs.note(Note::TelemetrySent {
+            seq: m.seq,
+            body: core::str::from_utf8(&m.body).unwrap_or(""),
+        });
+        Some(n)
+    }
+
+    /// One session event: note it, keep the queue straight, let the behaviour react; the
+    /// length of its answer in `tx`, if it has one and it fits.
+    fn on_event<O: Observer>(
+        &mut self,
+        now: u64,
+        ev: Event<'_>,
+        tx: &mut [u8],
+        obs: &mut O,
+    ) -> Option<usize> {
+        let note = match ev {
+            Event::Connected {
+                token_expiry,
+                reconnect,
+            } => Some(Note::Connected {
+                token_expiry,
+                reconnect,
+            }),
+            Event::TokenRenewed { token_expiry } => Some(Note::TokenRenewed { token_expiry }),
+            Event::Disconnected { reason } => Some(Note::Disconnected { reason }),
+            Event::Reconnecting { attempt, delay } => Some(Note::Reconnecting { attempt, delay }),
             Event::TelemetryAcked { tag } => {
                 if let Some(i) = self
                     .in_flight
@@ -973,74 +1066,47 @@ impl<S: Sensor> Core<'_, S> {
                 {
                     self.in_flight.remove(i);
                 }
+                Some(Note::TelemetryAcked { seq: tag })
             }
+            // Sent again (as a redelivery) once connected.
             Event::TelemetryUnacked { tag } => {
                 if let Some(m) = self.in_flight.iter_mut().find(|m| m.seq == tag) {
                     m.resend = true;
                 }
+                None
             }
-            _ => {}
-        }
-    }
-
-    fn note_event<O: Observer>(&self, ev: &Event<'_>, obs: &mut O) {
-        let note = match *ev {
-            Event::Connected {
-                token_expiry,
-                reconnect,
-            } => Note::Connected {
-                token_expiry,
-                reconnect,
-            },
-            Event::TokenRenewed { token_expiry } => Note::TokenRenewed { token_expiry },
-            Event::Disconnected { reason } => Note::Disconnected { reason },
-            Event::Reconnecting { attempt, delay } => Note::Reconnecting { attempt, delay },
-            Event::TelemetryAcked { tag } => Note::TelemetryAcked { seq: tag },
-            Event::ReportedAccepted { rid, version } => Note::ReportedAccepted { rid, version },
-            Event::TwinRequestFailed { rid, status, .. } => Note::TwinRequestFailed { rid, status },
+            Event::ReportedAccepted { rid, version } => {
+                Some(Note::ReportedAccepted { rid, version })
+            }
+            Event::TwinRequestFailed { rid, status, .. } => {
+                Some(Note::TwinRequestFailed { rid, status })
+            }
             Event::Twin {
                 desired_version, ..
-            } => Note::Twin { desired_version },
-            Event::DesiredPatch { version, patch } => Note::DesiredPatch { version, patch },
-            Event::C2d { body, .. } => Note::C2d { body },
-            // Noted with its status once answered; unacked telemetry is simply sent again.
-            Event::MethodRequest { .. } | Event::TelemetryUnacked { .. } => return,
+            } => Some(Note::Twin { desired_version }),
+            Event::DesiredPatch { version, patch } => Some(Note::DesiredPatch { version, patch }),
+            Event::C2d { body, .. } => Some(Note::C2d { body }),
+            // Noted with its status once answered.
+            Event::MethodRequest { .. } => None,
         };
-        obs.note(note);
-    }
-
-    /// One session event: note it, keep the queue straight, let the behaviour react, and send
-    /// what it answers.
-    async fn on_event<T: Write, O: Observer>(
-        &mut self,
-        now: u64,
-        ev: Event<'_>,
-        conn: Option<&mut T>,
-        tx: &mut [u8],
-        obs: &mut O,
-    ) -> Result<(), Lost> {
-        self.note_event(&ev, obs);
-        self.on_bookkeeping(&ev);
+        if let Some(note) = note {
+            obs.note(note);
+        }
         let Core {
             device,
             session,
             scratch,
+            phase,
             last_tx,
             ..
         } = self;
-        let Some(p) = device.handle_event(now, &ev, session, &mut scratch[..]) else {
-            return Ok(());
-        };
+        let p = device.handle_event(now, &ev, session, &mut scratch[..])?;
         if let (Event::MethodRequest { name, .. }, PublishKind::MethodResponse { status }) =
             (ev, p.kind)
         {
             obs.note(Note::Method { name, status });
         }
-        if let Some(c) = conn {
-            let sent = send_publish(c, tx, &p).await?;
-            after_publish(now, &p, sent, last_tx, obs);
-        }
-        Ok(())
+        publish(*phase, last_tx, now, &p, tx, obs)
     }
 }
 
@@ -1052,46 +1118,28 @@ fn earliest(a: Option<u64>, b: Option<u64>) -> Option<u64> {
     }
 }
 
-/// Whether a publish went out.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Sent {
-    Yes,
-    /// It did not fit the transmit buffer and was skipped.
-    TooLarge,
-}
-
-/// Sends a session publish with the QoS and packet id the session chose.
-/// Encoded at the call, like [`wire::send`].
-fn send_publish<'a, T: Write>(
-    conn: &'a mut T,
-    tx: &'a mut [u8],
-    p: &Publish<'_>,
-) -> impl Future<Output = Result<Sent, Lost>> + use<'a, T> {
-    let pid = match p.qos {
-        session::QoS::AtMostOnce => Some(QosPid::AtMostOnce),
-        session::QoS::AtLeastOnce => wire::pid(p.pkid).map(QosPid::AtLeastOnce),
-    };
-    let send = pid.map(|qospid| wire::send(conn, tx, &wire::publish(p.topic, p.payload, qospid)));
-    async move {
-        match send.ok_or(Lost)?.await {
-            Ok(()) => Ok(Sent::Yes),
-            Err(wire::SendError::TooLarge) => Ok(Sent::TooLarge),
-            Err(wire::SendError::Io) => Err(Lost),
-        }
-    }
-}
-
-fn after_publish<O: Observer>(
+/// A session or behaviour publish, with the QoS and packet id the session chose, encoded
+/// into `tx` when connected; noted when it does not fit or is a reported PATCH.
+fn publish<O: Observer>(
+    phase: Phase,
+    last_tx: &mut u64,
     now: u64,
     p: &Publish<'_>,
-    sent: Sent,
-    last_tx: &mut u64,
+    tx: &mut [u8],
     obs: &mut O,
-) {
-    if sent == Sent::TooLarge {
-        obs.note(Note::NotSent { topic: p.topic });
-        return;
+) -> Option<usize> {
+    if !matches!(phase, Phase::Up) {
+        return None;
     }
+    let qospid = match p.qos {
+        session::QoS::AtMostOnce => QosPid::AtMostOnce,
+        session::QoS::AtLeastOnce => QosPid::AtLeastOnce(wire::pid(p.pkid)?),
+    };
+    let packet = wire::publish(p.topic, p.payload, qospid, false);
+    let Ok(n) = mqttrs::encode_slice(&packet, tx) else {
+        obs.note(Note::NotSent { topic: p.topic });
+        return None;
+    };
     *last_tx = now;
     if let PublishKind::Reported { rid } = p.kind {
         obs.note(Note::ReportedSent {
@@ -1099,22 +1147,26 @@ fn after_publish<O: Observer>(
             patch: p.payload,
         });
     }
+    Some(n)
 }
 
-fn connack_u8(code: ConnectReturnCode) -> u8 {
-    match code {
-        ConnectReturnCode::Accepted => 0,
+/// What a CONNACK says: accepted, or why not.
+fn connack(packet: &[u8]) -> Result<(), DisconnectReason> {
+    let code = match mqttrs::decode_slice(packet) {
+        Ok(Some(Packet::Connack(c))) => c.code,
+        _ => return Err(DisconnectReason::Lost),
+    };
+    let code = match code {
+        ConnectReturnCode::Accepted => return Ok(()),
         ConnectReturnCode::RefusedProtocolVersion => 1,
         ConnectReturnCode::RefusedIdentifierRejected => 2,
         ConnectReturnCode::ServerUnavailable => 3,
         ConnectReturnCode::BadUsernamePassword => 4,
         ConnectReturnCode::NotAuthorized => 5,
-    }
-}
-
-/// "No connection", with the type a connection from `connector` would have.
-fn no_conn<'a, C: Connector + 'a>(_: &'a C) -> Option<&'a mut C::Conn<'a>> {
-    None
+    };
+    Err(DisconnectReason::Refused(
+        ConnackCode::from_u8(code).unwrap_or(ConnackCode::Other(code)),
+    ))
 }
 
 #[cfg(test)]
@@ -1228,5 +1280,269 @@ mod tests {
         assert!(contains(&peer.written, b"SharedAccessSignature sr="));
         assert!(!contains(&tx, b"SharedAccessSignature"));
         assert!(!contains(&tx, b"&sig="));
+    }
+
+    /// A hub that plays one script per connection: each read returns the next chunk, an
+    /// empty chunk is silence (the read waits for the timer), the end of the script is EOF.
+    /// What the client writes is kept per connection.
+    struct Hub {
+        scripts: std::collections::VecDeque<Vec<Vec<u8>>>,
+        written: Vec<Vec<u8>>,
+    }
+
+    struct HubConn<'a> {
+        chunks: std::collections::VecDeque<Vec<u8>>,
+        out: &'a mut Vec<u8>,
+    }
+
+    impl embedded_io_async::ErrorType for HubConn<'_> {
+        type Error = Infallible;
+    }
+
+    impl Read for HubConn<'_> {
+        async fn read(&mut self, buf: &mut [u8]) -> Result<usize, Infallible> {
+            match self.chunks.pop_front() {
+                None => Ok(0),
+                Some(c) if c.is_empty() => core::future::pending().await,
+                Some(c) => {
+                    buf[..c.len()].copy_from_slice(&c);
+                    Ok(c.len())
+                }
+            }
+        }
+    }
+
+    impl Write for HubConn<'_> {
+        async fn write(&mut self, buf: &[u8]) -> Result<usize, Infallible> {
+            self.out.extend_from_slice(buf);
+            Ok(buf.len())
+        }
+
+        async fn flush(&mut self) -> Result<(), Infallible> {
+            Ok(())
+        }
+    }
+
+    impl Connector for Hub {
+        type Conn<'a> = HubConn<'a>;
+
+        async fn connect(&mut self) -> Result<HubConn<'_>, DisconnectReason> {
+            let chunks = self
+                .scripts
+                .pop_front()
+                .ok_or(DisconnectReason::Unreachable)?;
+            self.written.push(Vec::new());
+            Ok(HubConn {
+                chunks: chunks.into(),
+                out: self.written.last_mut().unwrap(),
+            })
+        }
+    }
+
+    /// A clock that jumps to whatever time is slept until.
+    struct Jumping(u64);
+
+    impl Clock for Jumping {
+        fn now(&mut self) -> u64 {
+            self.0
+        }
+
+        async fn sleep_until(&mut self, unix: u64) {
+            self.0 = self.0.max(unix);
+        }
+    }
+
+    const CONNACK_0: [u8; 4] = [0x20, 0x02, 0x00, 0x00];
+
+    /// The packets in `bytes`, as `(first byte, packet id, topic)`.
+    fn packets(mut bytes: &[u8]) -> Vec<(u8, Option<u16>, std::string::String)> {
+        let mut out = Vec::new();
+        while let Ok(Some(n)) = wire::frame_len(bytes) {
+            let (packet, rest) = bytes.split_at(n);
+            let entry = match mqttrs::decode_slice(packet).unwrap().unwrap() {
+                Packet::Publish(p) => {
+                    let pid = match p.qospid {
+                        QosPid::AtLeastOnce(pid) => Some(pid.get()),
+                        _ => None,
+                    };
+                    (packet[0], pid, p.topic_name.into())
+                }
+                Packet::Puback(pid) => (packet[0], Some(pid.get()), std::string::String::new()),
+                _ => (packet[0], None, std::string::String::new()),
+            };
+            out.push(entry);
+            bytes = rest;
+        }
+        out
+    }
+
+    fn client<'b>(
+        rx: &'b mut [u8],
+        tx: &'b mut [u8],
+        config: SessionConfig,
+    ) -> Client<'b, RandomWalk> {
+        let device = Device::new(
+            RandomWalk::new(1),
+            DeviceConfig {
+                interval: 3600,
+                version: "0.1.0",
+            },
+        );
+        Client::new(
+            Identity {
+                host: "hub.example.net",
+                device_id: "board-1",
+                module_id: None,
+                model_id: None,
+            },
+            Credential::Key("AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA="),
+            device,
+            config,
+            7,
+            rx,
+            tx,
+        )
+        .unwrap()
+    }
+
+    fn is_telemetry(topic: &str) -> bool {
+        topic.starts_with("devices/board-1/messages/events/")
+    }
+
+    #[test]
+    fn unacknowledged_telemetry_goes_out_again_as_the_same_publish_with_dup_after_a_reconnect() {
+        let (mut rx, mut tx) = (std::vec![0u8; 1024], std::vec![0u8; 1024]);
+        let mut client = client(
+            &mut rx,
+            &mut tx,
+            SessionConfig {
+                max_attempts: Some(2),
+                ..SessionConfig::default()
+            },
+        );
+        let mut hub = Hub {
+            // The first connection ends before the PUBACK; the second acknowledges id 1.
+            scripts: std::vec![
+                std::vec![CONNACK_0.to_vec()],
+                std::vec![CONNACK_0.to_vec(), std::vec![0x40, 0x02, 0x00, 0x01]],
+            ]
+            .into(),
+            written: Vec::new(),
+        };
+        let mut notes = Vec::new();
+        let mut obs = |n: Note<'_>| notes.push(std::format!("{n:?}"));
+        let reason = block_on(client.run(&mut hub, &mut Jumping(1_700_000_000), &mut obs));
+        assert_eq!(
+            reason,
+            GiveUpReason::Exhausted(DisconnectReason::Unreachable)
+        );
+
+        let first: Vec<_> = packets(&hub.written[0])
+            .into_iter()
+            .filter(|p| is_telemetry(&p.2))
+            .collect();
+        let again: Vec<_> = packets(&hub.written[1])
+            .into_iter()
+            .filter(|p| is_telemetry(&p.2))
+            .collect();
+        assert_eq!(first.len(), 1, "{first:?}");
+        assert_eq!(again.len(), 1, "{again:?}");
+        // PUBLISH, QoS 1; DUP (0x08) only on the redelivery, with the same id and topic
+        // (so the same $.mid).
+        assert_eq!(first[0].0, 0x32);
+        assert_eq!(again[0].0, 0x3A);
+        assert_eq!(first[0].1, Some(1));
+        assert_eq!(again[0].1, first[0].1);
+        assert_eq!(again[0].2, first[0].2);
+        assert!(first[0].2.contains("%24.mid="), "{}", first[0].2);
+        // The hub's PUBACK for the wire id reaches the session, which knows it by its own.
+        assert!(
+            notes.iter().any(|n| n == "TelemetryAcked { seq: 1 }"),
+            "{notes:?}"
+        );
+    }
+
+    #[test]
+    fn a_qos1_c2d_message_is_noted_and_acknowledged() {
+        let (mut rx, mut tx) = (std::vec![0u8; 1024], std::vec![0u8; 1024]);
+        let mut client = client(
+            &mut rx,
+            &mut tx,
+            SessionConfig {
+                max_attempts: Some(1),
+                ..SessionConfig::default()
+            },
+        );
+        let mut c2d = std::vec![0u8; 128];
+        let n = mqttrs::encode_slice(
+            &wire::publish(
+                "devices/board-1/messages/devicebound/%24.mid=m1",
+                b"hello",
+                QosPid::AtLeastOnce(wire::pid(7).unwrap()),
+                false,
+            ),
+            &mut c2d,
+        )
+        .unwrap();
+        c2d.truncate(n);
+        let mut hub = Hub {
+            scripts: std::vec![std::vec![CONNACK_0.to_vec(), c2d]].into(),
+            written: Vec::new(),
+        };
+        let mut notes = Vec::new();
+        let mut obs = |n: Note<'_>| notes.push(std::format!("{n:?}"));
+        block_on(client.run(&mut hub, &mut Jumping(1_700_000_000), &mut obs));
+        assert!(
+            notes.iter().any(|n| n.starts_with("C2d { body: [104, 101")),
+            "{notes:?}"
+        );
+        assert!(
+            packets(&hub.written[0]).contains(&(0x40, Some(7), std::string::String::new())),
+            "no PUBACK 7"
+        );
+    }
+
+    #[test]
+    fn an_idle_connection_pings_and_one_without_a_pingresp_is_dropped() {
+        let (mut rx, mut tx) = (std::vec![0u8; 1024], std::vec![0u8; 1024]);
+        let mut client = client(
+            &mut rx,
+            &mut tx,
+            SessionConfig {
+                keep_alive: 4,
+                max_attempts: Some(2),
+                ..SessionConfig::default()
+            },
+        );
+        let silence = Vec::new;
+        let mut hub = Hub {
+            scripts: std::vec![std::vec![
+                CONNACK_0.to_vec(),
+                silence(),
+                silence(),
+                silence()
+            ]]
+            .into(),
+            written: Vec::new(),
+        };
+        let mut notes = Vec::new();
+        let mut obs = |n: Note<'_>| notes.push(std::format!("{n:?}"));
+        let reason = block_on(client.run(&mut hub, &mut Jumping(1_700_000_000), &mut obs));
+        assert_eq!(
+            reason,
+            GiveUpReason::Exhausted(DisconnectReason::Unreachable)
+        );
+        let pings = packets(&hub.written[0])
+            .iter()
+            .filter(|p| p.0 == 0xC0)
+            .count();
+        assert_eq!(
+            pings, 1,
+            "one PINGREQ, then the wait for its answer runs out"
+        );
+        assert!(
+            notes.iter().any(|n| n == "Disconnected { reason: Lost }"),
+            "{notes:?}"
+        );
     }
 }

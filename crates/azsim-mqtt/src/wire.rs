@@ -1,78 +1,22 @@
 //! The little glue between `mqttrs` and a byte stream: where a packet ends in the receive
 //! buffer, and the packets this client writes.
 
-use core::future::Future;
-
 use embedded_io_async::{Read, Write};
 use mqttrs::{Connect, Packet, Pid, Protocol, QoS, QosPid, Subscribe, SubscribeTopic};
 
-/// Why a packet was not sent.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) enum SendError {
-    /// It does not fit the transmit buffer (nothing was written).
-    TooLarge,
-    /// The stream failed.
-    Io,
+/// Writes encoded packets out and flushes.
+pub(crate) async fn write<T: Write>(conn: &mut T, bytes: &[u8]) -> Result<(), T::Error> {
+    conn.write_all(bytes).await?;
+    conn.flush().await
 }
 
-/// Why no packet could be read.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) enum ReadError {
-    /// The packet is larger than the receive buffer.
-    TooLarge,
-    /// The bytes are not MQTT.
-    Malformed,
-    /// The peer closed the stream.
-    Eof,
-    /// The stream failed.
-    Io,
-}
-
-/// Encodes `packet` into `tx` now and returns the future that writes it out. Encoding before
-/// the future exists keeps the packet (an mqttrs `Packet` is over 1 KiB: SUBSCRIBE holds five
-/// 256-byte filters) out of the caller's future, and every call site shares one write path.
-/// Bind the result before awaiting it (`let send = wire::send(..); send.await`) so that a
-/// temporary packet is dropped first.
-pub(crate) fn send<'a, T: Write>(
-    conn: &'a mut T,
-    tx: &'a mut [u8],
-    packet: &Packet<'_>,
-) -> impl Future<Output = Result<(), SendError>> + use<'a, T> {
-    let len = mqttrs::encode_slice(packet, tx).map_err(|_| SendError::TooLarge);
-    async move { write(conn, tx.get(..len?).unwrap_or_default()).await }
-}
-
-/// Writes already encoded packets out and flushes.
-pub(crate) async fn write<T: Write>(conn: &mut T, bytes: &[u8]) -> Result<(), SendError> {
-    conn.write_all(bytes).await.map_err(|_| SendError::Io)?;
-    conn.flush().await.map_err(|_| SendError::Io)
-}
-
-/// Reads until a whole packet sits at the front of `rx[..*rx_len]` and returns its length. The
-/// caller consumes it (moves the rest to the front). Progress is kept in `rx_len`, so dropping
-/// this future between reads loses nothing (given a cancel-safe `read`).
-pub(crate) async fn read_packet<T: Read>(
-    conn: &mut T,
-    rx: &mut [u8],
-    rx_len: &mut usize,
-) -> Result<usize, ReadError> {
-    loop {
-        match frame_len(&rx[..*rx_len]) {
-            Ok(Some(n)) => return Ok(n),
-            Ok(None) => {}
-            Err(FrameLenError) => return Err(ReadError::Malformed),
-        }
-        if *rx_len == rx.len() {
-            return Err(ReadError::TooLarge);
-        }
-        let n = conn
-            .read(&mut rx[*rx_len..])
-            .await
-            .map_err(|_| ReadError::Io)?;
-        if n == 0 {
-            return Err(ReadError::Eof);
-        }
-        *rx_len += n;
+/// Reads what the stream has into `buf`: the byte count, `None` when it failed or ended.
+/// Without a stream it never finishes (the caller's timer decides). Cancel-safe when the
+/// stream's `read` is.
+pub(crate) async fn read<T: Read>(conn: Option<&mut T>, buf: &mut [u8]) -> Option<usize> {
+    match conn {
+        Some(c) => c.read(buf).await.ok().filter(|&n| n > 0),
+        None => core::future::pending().await,
     }
 }
 
@@ -146,9 +90,14 @@ pub(crate) fn subscribe(pid: Pid, filter: &str, qos: azsim_proto::session::QoS) 
     })
 }
 
-pub(crate) fn publish<'a>(topic: &'a str, payload: &'a [u8], qospid: QosPid) -> Packet<'a> {
+pub(crate) fn publish<'a>(
+    topic: &'a str,
+    payload: &'a [u8],
+    qospid: QosPid,
+    dup: bool,
+) -> Packet<'a> {
     Packet::Publish(mqttrs::Publish {
-        dup: false,
+        dup,
         qospid,
         retain: false,
         topic_name: topic,
@@ -204,6 +153,7 @@ mod tests {
                 "devices/d/messages/events/",
                 &payload,
                 QosPid::AtLeastOnce(pid(9).unwrap()),
+                false,
             ),
             &mut buf,
         )
