@@ -218,15 +218,15 @@ impl<S: Sensor> Device<S> {
         self.seq = self.seq.wrapping_add(1);
         let r = self.sensor.read();
         let seq = self.seq;
-        let body = write_str(&mut buf[..], |w| {
-            w.write_str("{\"temperature\":")?;
-            write_fixed2(w, finite(r.temperature))?;
-            w.write_str(",\"humidity\":")?;
-            write_fixed2(w, finite(r.humidity))?;
-            w.write_str(",\"seq\":")?;
-            encoding::write_u64(w, seq.into())?;
-            w.write_str("}")
-        })?;
+        let mut b = Body::new(&mut buf[..]);
+        b.s("{\"temperature\":")
+            .f2(r.temperature)
+            .s(",\"humidity\":")
+            .f2(r.humidity)
+            .s(",\"seq\":")
+            .n(seq.into())
+            .s("}");
+        let body = b.done()?;
         Some(Telemetry { seq, body })
     }
 
@@ -343,11 +343,9 @@ impl<S: Sensor> Device<S> {
         let (topic_buf, body_buf) = split_for_body(buf)?;
         if self.report_version && self.version_rid.is_none() {
             let version = self.version;
-            let body = write_str(body_buf, |w| {
-                w.write_str("{\"azsim\":{\"version\":")?;
-                json::write_quoted(w, version)?;
-                w.write_str("}}")
-            })?;
+            let mut b = Body::new(body_buf);
+            b.s("{\"azsim\":{\"version\":").q(version).s("}}");
+            let body = b.done()?;
             let p = session
                 .send_reported(now, body.as_bytes(), topic_buf)
                 .ok()?;
@@ -360,20 +358,18 @@ impl<S: Sensor> Device<S> {
         // A newer acknowledgement goes out even while an older one is unanswered: the hub
         // applies patches in order, so the last one wins.
         if let Some(ack) = self.ack {
-            let body = write_str(body_buf, |w| {
-                w.write_str("{\"telemetryInterval\":{\"value\":")?;
-                encoding::write_u64(w, ack.value)?;
-                w.write_str(",\"ac\":")?;
-                encoding::write_u64(w, ack.ac.into())?;
-                w.write_str(",\"av\":")?;
-                encoding::write_u64(w, ack.av)?;
-                if ack.ac != 200 {
-                    w.write_str(
-                        ",\"ad\":\"telemetryInterval must be an integer from 1 to 86400\"",
-                    )?;
-                }
-                w.write_str("}}")
-            })?;
+            let mut b = Body::new(body_buf);
+            b.s("{\"telemetryInterval\":{\"value\":")
+                .n(ack.value)
+                .s(",\"ac\":")
+                .n(ack.ac.into())
+                .s(",\"av\":")
+                .n(ack.av);
+            if ack.ac != 200 {
+                b.s(",\"ad\":\"telemetryInterval must be an integer from 1 to 86400\"");
+            }
+            b.s("}}");
+            let body = b.done()?;
             let p = session
                 .send_reported(now, body.as_bytes(), topic_buf)
                 .ok()?;
@@ -429,19 +425,15 @@ impl<S: Sensor> Device<S> {
             "setTelemetryInterval" => match parse_interval_request(payload) {
                 Ok(v) => {
                     self.set_interval(now, v);
-                    let body = write_str(body_buf, |w| {
-                        w.write_str("{\"interval\":")?;
-                        encoding::write_u64(w, v)?;
-                        w.write_str("}")
-                    })?;
+                    let mut b = Body::new(body_buf);
+                    b.s("{\"interval\":").n(v).s("}");
+                    let body = b.done()?;
                     (200, body)
                 }
                 Err(msg) => {
-                    let body = write_str(body_buf, |w| {
-                        w.write_str("{\"message\":")?;
-                        json::write_quoted(w, msg)?;
-                        w.write_str("}")
-                    })?;
+                    let mut b = Body::new(body_buf);
+                    b.s("{\"message\":").q(msg).s("}");
+                    let body = b.done()?;
                     (400, body)
                 }
             },
@@ -544,11 +536,53 @@ fn split_for_body(buf: &mut [u8]) -> Option<(&mut [u8], &mut [u8])> {
     Some(buf.split_at_mut(at))
 }
 
-fn write_str(
-    buf: &mut [u8],
-    mut f: impl FnMut(&mut dyn fmt::Write) -> fmt::Result,
-) -> Option<&str> {
-    encoding::write_slice(buf, &mut f)
+/// A JSON body written into a caller buffer. Pieces chain without a check each: the first one
+/// that does not fit makes [`Body::done`] `None`.
+struct Body<'b> {
+    w: encoding::SliceWriter<'b>,
+    ok: bool,
+}
+
+impl<'b> Body<'b> {
+    fn new(buf: &'b mut [u8]) -> Self {
+        Self {
+            w: encoding::SliceWriter::new(buf),
+            ok: true,
+        }
+    }
+
+    fn check(&mut self, r: fmt::Result) -> &mut Self {
+        self.ok &= r.is_ok();
+        self
+    }
+
+    #[inline(never)]
+    fn s(&mut self, s: &str) -> &mut Self {
+        let r = fmt::Write::write_str(&mut self.w, s);
+        self.check(r)
+    }
+
+    #[inline(never)]
+    fn n(&mut self, n: u64) -> &mut Self {
+        let r = encoding::write_u64(&mut self.w, n);
+        self.check(r)
+    }
+
+    fn q(&mut self, s: &str) -> &mut Self {
+        let r = json::write_quoted(&mut self.w, s);
+        self.check(r)
+    }
+
+    /// A reading with two decimals; a non-finite one as 0.00.
+    #[inline(never)]
+    fn f2(&mut self, x: f32) -> &mut Self {
+        let r = write_fixed2(&mut self.w, finite(x));
+        self.check(r)
+    }
+
+    fn done(self) -> Option<&'b str> {
+        if self.ok { self.w.into_str() } else { None }
+    }
 }
 
 /// A small JSON reader for the few fields the session and the behaviour need: find a value by
@@ -567,134 +601,89 @@ pub mod json {
     }
 
     impl<'a> Cursor<'a> {
-        fn ws(&mut self) {
-            while matches!(self.s.get(self.i), Some(b' ' | b'\t' | b'\n' | b'\r')) {
+        /// The byte at the cursor, 0 past the end (a 0 byte is never valid where it is read,
+        /// so the end and a stray NUL both fail the same way).
+        fn peek(&self) -> u8 {
+            self.s.get(self.i).copied().unwrap_or(0)
+        }
+
+        /// Skips whitespace, then peeks.
+        fn next(&mut self) -> u8 {
+            while matches!(self.peek(), b' ' | b'\t' | b'\n' | b'\r') {
                 self.i += 1;
             }
+            self.peek()
         }
 
-        fn peek(&self) -> Option<u8> {
-            self.s.get(self.i).copied()
-        }
-
+        /// Skips whitespace and `b`, or fails.
         fn eat(&mut self, b: u8) -> Option<()> {
-            self.ws();
-            (self.peek()? == b).then(|| self.i += 1)
+            (self.next() == b).then(|| self.i += 1)
         }
 
-        /// A string; returns its raw contents (escapes not decoded).
-        fn string(&mut self) -> Option<&'a [u8]> {
-            self.ws();
-            if self.peek()? != b'"' {
-                return None;
+        /// One or more digits.
+        fn digits(&mut self) -> Option<()> {
+            let start = self.i;
+            while self.peek().is_ascii_digit() {
+                self.i += 1;
             }
-            self.i += 1;
+            (self.i > start).then_some(())
+        }
+
+        /// A string; returns its raw contents (escapes checked, not decoded).
+        fn string(&mut self) -> Option<&'a [u8]> {
+            self.eat(b'"')?;
             let start = self.i;
             loop {
-                match self.peek()? {
-                    b'"' => {
-                        let raw = &self.s[start..self.i];
-                        self.i += 1;
-                        return Some(raw);
-                    }
+                let c = self.peek();
+                self.i += 1;
+                match c {
+                    b'"' => return self.s.get(start..self.i - 1),
                     b'\\' => {
+                        let e = self.peek();
                         self.i += 1;
-                        match self.peek()? {
-                            b'"' | b'\\' | b'/' | b'b' | b'f' | b'n' | b'r' | b't' => self.i += 1,
-                            b'u' => {
-                                let hex = self.s.get(self.i + 1..self.i + 5)?;
-                                if !hex.iter().all(u8::is_ascii_hexdigit) {
-                                    return None;
-                                }
-                                self.i += 5;
+                        if e == b'u' {
+                            let hex = self.s.get(self.i..self.i + 4)?;
+                            if !hex.iter().all(u8::is_ascii_hexdigit) {
+                                return None;
                             }
-                            _ => return None,
+                            self.i += 4;
+                        } else if !matches!(
+                            e,
+                            b'"' | b'\\' | b'/' | b'b' | b'f' | b'n' | b'r' | b't'
+                        ) {
+                            return None;
                         }
                     }
                     0..=0x1F => return None,
-                    _ => self.i += 1,
+                    _ => {}
                 }
             }
-        }
-
-        fn digits(&mut self) -> usize {
-            let start = self.i;
-            while self.peek().is_some_and(|b| b.is_ascii_digit()) {
-                self.i += 1;
-            }
-            self.i - start
-        }
-
-        fn number(&mut self) -> Option<()> {
-            if self.peek() == Some(b'-') {
-                self.i += 1;
-            }
-            match self.peek()? {
-                b'0' => self.i += 1,
-                b'1'..=b'9' => {
-                    self.digits();
-                }
-                _ => return None,
-            }
-            if self.peek() == Some(b'.') {
-                self.i += 1;
-                (self.digits() > 0).then_some(())?;
-            }
-            if matches!(self.peek(), Some(b'e' | b'E')) {
-                self.i += 1;
-                if matches!(self.peek(), Some(b'+' | b'-')) {
-                    self.i += 1;
-                }
-                (self.digits() > 0).then_some(())?;
-            }
-            Some(())
         }
 
         /// Skips one value; returns its raw bytes.
         fn value(&mut self, depth: usize) -> Option<&'a [u8]> {
-            self.ws();
+            let c = self.next();
             let start = self.i;
-            match self.peek()? {
-                b'{' => {
+            match c {
+                b'{' | b'[' => {
                     if depth >= MAX_DEPTH {
                         return None;
                     }
+                    // `}` and `]` are two code points after `{` and `[`.
+                    let close = c + 2;
                     self.i += 1;
-                    self.ws();
-                    if self.peek()? == b'}' {
+                    if self.next() == close {
                         self.i += 1;
                     } else {
                         loop {
-                            self.string()?;
-                            self.eat(b':')?;
-                            self.value(depth + 1)?;
-                            self.ws();
-                            match self.peek()? {
-                                b',' => self.i += 1,
-                                b'}' => {
-                                    self.i += 1;
-                                    break;
-                                }
-                                _ => return None,
+                            if c == b'{' {
+                                self.string()?;
+                                self.eat(b':')?;
                             }
-                        }
-                    }
-                }
-                b'[' => {
-                    if depth >= MAX_DEPTH {
-                        return None;
-                    }
-                    self.i += 1;
-                    self.ws();
-                    if self.peek()? == b']' {
-                        self.i += 1;
-                    } else {
-                        loop {
                             self.value(depth + 1)?;
-                            self.ws();
-                            match self.peek()? {
+                            match self.next() {
                                 b',' => self.i += 1,
-                                b']' => {
+                                x if x == close => {
                                     self.i += 1;
                                     break;
                                 }
@@ -707,15 +696,38 @@ pub mod json {
                     self.string()?;
                 }
                 b't' | b'f' | b'n' => {
-                    let rest = &self.s[self.i..];
-                    let lit: &[u8] = [&b"true"[..], b"false", b"null"]
-                        .into_iter()
-                        .find(|l| rest.starts_with(l))?;
-                    self.i += lit.len();
+                    let rest = self.s.get(self.i..)?;
+                    self.i += if rest.starts_with(b"true") || rest.starts_with(b"null") {
+                        4
+                    } else if rest.starts_with(b"false") {
+                        5
+                    } else {
+                        return None;
+                    };
                 }
-                _ => self.number()?,
+                _ => {
+                    if c == b'-' {
+                        self.i += 1;
+                    }
+                    if self.peek() == b'0' {
+                        self.i += 1;
+                    } else {
+                        self.digits()?;
+                    }
+                    if self.peek() == b'.' {
+                        self.i += 1;
+                        self.digits()?;
+                    }
+                    if self.peek() | 0x20 == b'e' {
+                        self.i += 1;
+                        if matches!(self.peek(), b'+' | b'-') {
+                            self.i += 1;
+                        }
+                        self.digits()?;
+                    }
+                }
             }
-            Some(&self.s[start..self.i])
+            self.s.get(start..self.i)
         }
     }
 
@@ -776,36 +788,23 @@ pub mod json {
     /// `find(doc, &["desired", "$version"])`. An empty path returns the whole value.
     pub fn find<'a>(doc: &'a [u8], path: &[&str]) -> Option<&'a [u8]> {
         let mut c = Cursor { s: doc, i: 0 };
-        let mut depth = 0;
-        let mut path = path;
-        loop {
-            let Some((first, rest)) = path.split_first() else {
-                return c.value(depth);
-            };
-            c.eat(b'{')?;
-            c.ws();
-            if c.peek()? == b'}' {
+        for (depth, want) in path.iter().enumerate() {
+            if depth >= MAX_DEPTH {
                 return None;
             }
+            c.eat(b'{')?;
             loop {
+                // An empty object has no key: `string` fails on its `}`.
                 let key = c.string()?;
                 c.eat(b':')?;
-                if key_is(key, first) {
+                if key_is(key, want) {
                     break;
                 }
                 c.value(depth + 1)?;
-                c.ws();
-                match c.peek()? {
-                    b',' => c.i += 1,
-                    _ => return None,
-                }
+                c.eat(b',')?;
             }
-            depth += 1;
-            if depth > MAX_DEPTH {
-                return None;
-            }
-            path = rest;
         }
+        c.value(path.len())
     }
 
     /// The unsigned integer at `path`.
@@ -827,18 +826,13 @@ pub mod json {
     /// Whether `doc` is exactly one well-formed JSON value.
     pub fn is_valid(doc: &[u8]) -> bool {
         let mut c = Cursor { s: doc, i: 0 };
-        if c.value(0).is_none() {
-            return false;
-        }
-        c.ws();
-        c.i == doc.len()
+        c.value(0).is_some() && c.next() == 0 && c.i == doc.len()
     }
 
     /// Whether `doc` is exactly one well-formed JSON object.
     pub fn is_object(doc: &[u8]) -> bool {
         let mut c = Cursor { s: doc, i: 0 };
-        c.ws();
-        c.peek() == Some(b'{') && is_valid(doc)
+        c.next() == b'{' && is_valid(doc)
     }
 
     /// Writes a `&str` as a JSON string literal, quotes included.
@@ -1263,6 +1257,14 @@ mod tests {
         #[test]
         fn two_decimals_match_core_fmt_for_sensor_values(x in -100.0f32..200.0) {
             proptest::prop_assert_eq!(fixed2(x), std::format!("{x:.2}"));
+        }
+
+        #[test]
+        fn the_json_scanner_accepts_what_serde_json_accepts(
+            doc in "[ \t\n{}\\[\\]:,\"\\\\a-f0-9uxtrnl.eE+-]{0,40}",
+        ) {
+            let serde = serde_json::from_str::<serde::de::IgnoredAny>(&doc).is_ok();
+            proptest::prop_assert_eq!(json::is_valid(doc.as_bytes()), serde, "{:?}", doc);
         }
     }
 }

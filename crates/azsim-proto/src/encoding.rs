@@ -95,11 +95,22 @@ pub(crate) fn write_slice<'b>(
     buf: &'b mut [u8],
     f: &mut dyn FnMut(&mut dyn fmt::Write) -> fmt::Result,
 ) -> Option<&'b str> {
-    let mut w = SliceWriter { buf, len: 0 };
+    let mut w = SliceWriter::new(buf);
     f(&mut w).ok()?;
-    let len = w.len;
-    let buf: &'b [u8] = buf;
-    core::str::from_utf8(buf.get(..len)?).ok()
+    w.into_str()
+}
+
+impl<'b> SliceWriter<'b> {
+    pub(crate) fn new(buf: &'b mut [u8]) -> Self {
+        Self { buf, len: 0 }
+    }
+
+    /// What was written.
+    #[inline(never)]
+    pub(crate) fn into_str(self) -> Option<&'b str> {
+        let buf: &'b [u8] = self.buf;
+        core::str::from_utf8(buf.get(..self.len)?).ok()
+    }
 }
 
 /// `Display` adapter: `format!("{}", Encoded("a/b"))` is `a%2Fb`.

@@ -234,15 +234,20 @@ impl ConnackCode {
 
 impl fmt::Display for ConnackCode {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            Self::BadProtocol => f.write_str("unacceptable protocol version"),
-            Self::IdentifierRejected => f.write_str("identifier rejected"),
-            Self::ServerUnavailable => f.write_str("server unavailable"),
-            Self::BadCredentials => f.write_str("bad user name or password"),
-            Self::NotAuthorized => f.write_str("not authorized"),
-            Self::Other(n) => {
+        // One table lookup rather than a `write_str` call per variant (firmware flash).
+        const TEXT: [&str; 5] = [
+            "unacceptable protocol version",
+            "identifier rejected",
+            "server unavailable",
+            "bad user name or password",
+            "not authorized",
+        ];
+        let code = self.as_u8();
+        match TEXT.get(usize::from(code.wrapping_sub(1))) {
+            Some(text) if !matches!(self, Self::Other(_)) => f.write_str(text),
+            _ => {
                 f.write_str("connack code ")?;
-                crate::encoding::write_u64(f, (*n).into())
+                crate::encoding::write_u64(f, code.into())
             }
         }
     }
@@ -266,16 +271,17 @@ pub enum DisconnectReason {
 
 impl fmt::Display for DisconnectReason {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            Self::Requested => f.write_str("closed by the device"),
+        let text = match self {
+            Self::Requested => "closed by the device",
             Self::Refused(c) => {
                 f.write_str("connection refused: ")?;
-                fmt::Display::fmt(c, f)
+                return fmt::Display::fmt(c, f);
             }
-            Self::Unreachable => f.write_str("hub unreachable"),
-            Self::Tls => f.write_str("tls handshake failed"),
-            Self::Lost => f.write_str("connection lost"),
-        }
+            Self::Unreachable => "hub unreachable",
+            Self::Tls => "tls handshake failed",
+            Self::Lost => "connection lost",
+        };
+        f.write_str(text)
     }
 }
 
@@ -301,16 +307,12 @@ pub enum GiveUpReason {
 
 impl fmt::Display for GiveUpReason {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            Self::Refused(c) => {
-                f.write_str("the hub refused the connection: ")?;
-                fmt::Display::fmt(c, f)
-            }
-            Self::Exhausted(r) => {
-                f.write_str("gave up reconnecting: ")?;
-                fmt::Display::fmt(r, f)
-            }
-        }
+        let (text, inner): (_, &dyn fmt::Display) = match self {
+            Self::Refused(c) => ("the hub refused the connection: ", c),
+            Self::Exhausted(r) => ("gave up reconnecting: ", r),
+        };
+        f.write_str(text)?;
+        inner.fmt(f)
     }
 }
 
