@@ -20,7 +20,7 @@ use azsim_proto::session::{
 use azsim_proto::username;
 use embedded_io_async::{Read, Write};
 use heapless::{Deque, String, Vec};
-use mqttrs::{ConnectReturnCode, Packet, Pid, QosPid};
+use mqttrs::{ConnectReturnCode, Pid, QosPid};
 
 use crate::select::{Either, select};
 use crate::wire;
@@ -315,21 +315,11 @@ enum Step {
 
 /// Everything but the packet buffers, so an event borrowing the receive buffer can be handled
 /// by methods on this. All of it is synchronous: [`Client::run`] performs the [`Step`]s.
+// `repr(C)` keeps the declared order: the small fields the loop touches on every step come
+// first, where RISC-V's compressed loads and stores reach them (offsets below 128 bytes), and
+// the kilobyte buffers last.
+#[repr(C)]
 struct Core<'b, S> {
-    session: Session,
-    device: Device<S>,
-    host: &'b str,
-    device_id: &'b str,
-    module_id: Option<&'b str>,
-    credential: Credential<'b>,
-    /// The decoded `SharedAccessKey`, when the credential is a key.
-    key: Option<Key>,
-    client_id: String<{ 2 * MAX_ID_LEN + 1 }>,
-    username: String<USERNAME_LEN>,
-    rng: u64,
-    queue: Deque<Message, QUEUE_LEN>,
-    in_flight: Vec<Message, MAX_IN_FLIGHT>,
-    scratch: [u8; SCRATCH_LEN],
     phase: Phase,
     /// Bytes received and not yet consumed at the front of the receive buffer.
     rx_len: usize,
@@ -340,13 +330,28 @@ struct Core<'b, S> {
     keep_alive: u16,
     last_tx: u64,
     ping_deadline: Option<u64>,
+    rng: u64,
+    host: &'b str,
+    device_id: &'b str,
+    module_id: Option<&'b str>,
+    credential: Credential<'b>,
+    session: Session,
+    device: Device<S>,
+    /// The decoded `SharedAccessKey`, when the credential is a key.
+    key: Option<Key>,
+    queue: Deque<Message, QUEUE_LEN>,
+    in_flight: Vec<Message, MAX_IN_FLIGHT>,
+    client_id: String<{ 2 * MAX_ID_LEN + 1 }>,
+    username: String<USERNAME_LEN>,
+    scratch: [u8; SCRATCH_LEN],
 }
 
 /// The MQTT client loop around a [`Session`] and a [`Device`].
+#[repr(C)]
 pub struct Client<'b, S> {
-    core: Core<'b, S>,
     rx: &'b mut [u8],
     tx: &'b mut [u8],
+    core: Core<'b, S>,
 }
 
 impl<S> fmt::Debug for Client<'_, S> {
@@ -381,6 +386,7 @@ impl<'b, S: Sensor> Client<'b, S> {
     ///
     /// # Errors
     /// [`ClientError`] for an unusable id or key, or buffers too small.
+    #[inline(never)]
     pub fn new(
         identity: Identity<'b>,
         credential: Credential<'b>,
@@ -652,7 +658,8 @@ impl<S: Sensor> Core<'_, S> {
                         continue;
                     }
                     if let Some(pid) = self.puback.take()
-                        && let Some(n) = self.encode(now, tx, &Packet::Puback(pid))
+                        && let Some(n) =
+                            self.encode(now, wire::encode_bare(wire::Bare::Puback(pid), tx))
                     {
                         return Step::Write(n);
                     }
@@ -676,7 +683,8 @@ impl<S: Sensor> Core<'_, S> {
                     }
                     self.tick(now, obs);
                     if self.ping_due(now)
-                        && let Some(n) = self.encode(now, tx, &Packet::Pingreq)
+                        && let Some(n) =
+                            self.encode(now, wire::encode_bare(wire::Bare::Pingreq, tx))
                     {
                         self.ping_deadline =
                             Some(now + (u64::from(self.keep_alive) / 2).max(MIN_PING_WAIT));
@@ -723,14 +731,14 @@ impl<S: Sensor> Core<'_, S> {
             (_, _, Credential::Token(t)) => Some(t.as_bytes()),
             (_, _, Credential::Key(_)) => None,
         };
-        let packet = wire::connect(
+        wire::encode_connect(
             &self.client_id,
             &self.username,
             password,
             params.keep_alive,
             params.clean_session,
-        );
-        mqttrs::encode_slice(&packet, tx).ok()
+            tx,
+        )
     }
 
     /// CONNACK 0 arrived.
@@ -775,8 +783,8 @@ impl<S: Sensor> Core<'_, S> {
         tx: &mut [u8],
         obs: &mut O,
     ) -> Result<Option<usize>, ()> {
-        match mqttrs::decode_slice(packet) {
-            Ok(Some(Packet::Publish(p))) => {
+        match wire::decode(packet) {
+            wire::Incoming::Publish(p) => {
                 // C2D is the hub's only QoS 1 delivery; the PUBACK completes it, after any
                 // answer below.
                 if let QosPid::AtLeastOnce(pid) = p.qospid {
@@ -789,23 +797,22 @@ impl<S: Sensor> Core<'_, S> {
                     },
                 )
             }
-            Ok(Some(Packet::Puback(pid))) => {
+            wire::Incoming::Puback(wire) => {
                 // Telemetry is the only QoS 1 publish; the session knows it by the id it gave
                 // this attempt.
-                let wire = pid.get();
                 if let Some(m) = self.in_flight.iter().find(|m| m.wire == wire && !m.resend) {
                     self.session.handle_puback(now, m.pkid);
                 }
                 Ok(None)
             }
-            Ok(Some(Packet::Pingresp)) => {
+            wire::Incoming::Pingresp => {
                 self.ping_deadline = None;
                 Ok(None)
             }
             // IoT Hub closes the connection rather than refuse a subscription, and never sends
             // DISCONNECT in 3.1.1; anything else (SUBACK, a stray CONNACK) needs no answer.
-            Ok(Some(Packet::Disconnect)) | Ok(None) | Err(_) => Err(()),
-            Ok(Some(_)) => Ok(None),
+            wire::Incoming::Closed => Err(()),
+            wire::Incoming::Connack(_) | wire::Incoming::Other => Ok(None),
         }
     }
 
@@ -895,13 +902,13 @@ impl<S: Sensor> Core<'_, S> {
                         } else {
                             self.sub_pid + 1
                         };
-                        let pid = wire::pid(self.sub_pid)?;
-                        self.encode(now, tx, &wire::subscribe(pid, filter, qos))
+                        let n = wire::encode_subscribe(self.sub_pid, filter, qos, tx);
+                        self.encode(now, n)
                     }
                     Action::Publish(p) => publish(self.phase, &mut self.last_tx, now, &p, tx, obs),
                     Action::Disconnect { .. } => {
                         // Best effort: the connection is dropped either way.
-                        let sent = self.encode(now, tx, &Packet::Disconnect);
+                        let sent = self.encode(now, wire::encode_bare(wire::Bare::Disconnect, tx));
                         self.phase = Phase::Offline;
                         self.session
                             .handle_disconnected(now, DisconnectReason::Requested, 0);
@@ -940,14 +947,14 @@ impl<S: Sensor> Core<'_, S> {
         }
     }
 
-    /// Encodes `packet` into `tx` when connected: its length, or `None` when it does not fit.
-    fn encode(&mut self, now: u64, tx: &mut [u8], packet: &Packet<'_>) -> Option<usize> {
+    /// A packet encoded for the connection (`n`, its length, from a `wire::encode_*`): sent
+    /// only when connected.
+    fn encode(&mut self, now: u64, n: Option<usize>) -> Option<usize> {
         if !matches!(self.phase, Phase::Up) {
             return None;
         }
-        let n = mqttrs::encode_slice(packet, tx).ok()?;
         self.last_tx = now;
-        Some(n)
+        n
     }
 
     /// A packet id for a first transmission, not used by any message in flight.
@@ -1021,8 +1028,8 @@ impl<S: Sensor> Core<'_, S> {
         };
         m.pkid = p.pkid;
         let dup = m.wire != 0;
-        let packet = wire::publish(p.topic, p.payload, QosPid::AtLeastOnce(wire::pid(id)?), dup);
-        let Ok(n) = mqttrs::encode_slice(&packet, tx) else {
+        let qospid = QosPid::AtLeastOnce(wire::pid(id)?);
+        let Some(n) = wire::encode_publish(p.topic, p.payload, qospid, dup, tx) else {
             // The session counts it in flight; the ack never comes, so the message is sent
             // again after the next reconnect like any other unacknowledged one.
             obs.note(Note::NotSent { topic: p.topic });
@@ -1135,8 +1142,7 @@ fn publish<O: Observer>(
         session::QoS::AtMostOnce => QosPid::AtMostOnce,
         session::QoS::AtLeastOnce => QosPid::AtLeastOnce(wire::pid(p.pkid)?),
     };
-    let packet = wire::publish(p.topic, p.payload, qospid, false);
-    let Ok(n) = mqttrs::encode_slice(&packet, tx) else {
+    let Some(n) = wire::encode_publish(p.topic, p.payload, qospid, false, tx) else {
         obs.note(Note::NotSent { topic: p.topic });
         return None;
     };
@@ -1152,9 +1158,8 @@ fn publish<O: Observer>(
 
 /// What a CONNACK says: accepted, or why not.
 fn connack(packet: &[u8]) -> Result<(), DisconnectReason> {
-    let code = match mqttrs::decode_slice(packet) {
-        Ok(Some(Packet::Connack(c))) => c.code,
-        _ => return Err(DisconnectReason::Lost),
+    let wire::Incoming::Connack(code) = wire::decode(packet) else {
+        return Err(DisconnectReason::Lost);
     };
     let code = match code {
         ConnectReturnCode::Accepted => return Ok(()),
@@ -1176,6 +1181,7 @@ mod tests {
     use core::convert::Infallible;
     use core::pin::pin;
     use core::task::{Context, Poll};
+    use mqttrs::Packet;
     use std::vec::Vec;
 
     /// An in-memory peer: reads come from a script, writes are kept.
@@ -1474,13 +1480,11 @@ mod tests {
             },
         );
         let mut c2d = std::vec![0u8; 128];
-        let n = mqttrs::encode_slice(
-            &wire::publish(
-                "devices/board-1/messages/devicebound/%24.mid=m1",
-                b"hello",
-                QosPid::AtLeastOnce(wire::pid(7).unwrap()),
-                false,
-            ),
+        let n = wire::encode_publish(
+            "devices/board-1/messages/devicebound/%24.mid=m1",
+            b"hello",
+            QosPid::AtLeastOnce(wire::pid(7).unwrap()),
+            false,
             &mut c2d,
         )
         .unwrap();

@@ -60,14 +60,40 @@ pub(crate) fn pid(n: u16) -> Option<Pid> {
     Pid::try_from(n).ok()
 }
 
-pub(crate) fn connect<'a>(
-    client_id: &'a str,
-    username: &'a str,
-    password: Option<&'a [u8]>,
+// An mqttrs `Packet` is over 1 KiB (SUBSCRIBE holds five 256-byte filters): each packet is
+// built and encoded in a function of its own, never inlined, so that only these small frames
+// hold one, not the client's step function or its future.
+
+/// The packets this client sends that have no body.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Bare {
+    Puback(Pid),
+    Pingreq,
+    Disconnect,
+}
+
+/// Encodes `packet` into `tx`: its length, `None` when it does not fit.
+#[inline(never)]
+pub(crate) fn encode_bare(packet: Bare, tx: &mut [u8]) -> Option<usize> {
+    let packet = match packet {
+        Bare::Puback(pid) => Packet::Puback(pid),
+        Bare::Pingreq => Packet::Pingreq,
+        Bare::Disconnect => Packet::Disconnect,
+    };
+    mqttrs::encode_slice(&packet, tx).ok()
+}
+
+/// Encodes CONNECT into `tx`.
+#[inline(never)]
+pub(crate) fn encode_connect(
+    client_id: &str,
+    username: &str,
+    password: Option<&[u8]>,
     keep_alive: u16,
     clean_session: bool,
-) -> Packet<'a> {
-    Packet::Connect(Connect {
+    tx: &mut [u8],
+) -> Option<usize> {
+    let packet = Packet::Connect(Connect {
         protocol: Protocol::MQTT311,
         keep_alive,
         client_id,
@@ -75,10 +101,22 @@ pub(crate) fn connect<'a>(
         last_will: None,
         username: Some(username),
         password,
-    })
+    });
+    mqttrs::encode_slice(&packet, tx).ok()
 }
 
-pub(crate) fn subscribe(pid: Pid, filter: &str, qos: azsim_proto::session::QoS) -> Packet<'static> {
+/// Encodes a SUBSCRIBE to one filter into `tx`.
+#[inline(never)]
+pub(crate) fn encode_subscribe(
+    pid: u16,
+    filter: &str,
+    qos: azsim_proto::session::QoS,
+    tx: &mut [u8],
+) -> Option<usize> {
+    mqttrs::encode_slice(&subscribe(self::pid(pid)?, filter, qos), tx).ok()
+}
+
+fn subscribe(pid: Pid, filter: &str, qos: azsim_proto::session::QoS) -> Packet<'static> {
     let topic = SubscribeTopic {
         // Filters the session builds are at most 160 bytes; mqttrs holds 256 without std.
         topic_path: filter.into(),
@@ -90,12 +128,19 @@ pub(crate) fn subscribe(pid: Pid, filter: &str, qos: azsim_proto::session::QoS) 
     })
 }
 
-pub(crate) fn publish<'a>(
-    topic: &'a str,
-    payload: &'a [u8],
+/// Encodes a PUBLISH into `tx`.
+#[inline(never)]
+pub(crate) fn encode_publish(
+    topic: &str,
+    payload: &[u8],
     qospid: QosPid,
     dup: bool,
-) -> Packet<'a> {
+    tx: &mut [u8],
+) -> Option<usize> {
+    mqttrs::encode_slice(&publish(topic, payload, qospid, dup), tx).ok()
+}
+
+fn publish<'a>(topic: &'a str, payload: &'a [u8], qospid: QosPid, dup: bool) -> Packet<'a> {
     Packet::Publish(mqttrs::Publish {
         dup,
         qospid,
@@ -103,6 +148,32 @@ pub(crate) fn publish<'a>(
         topic_name: topic,
         payload,
     })
+}
+
+/// What an incoming packet means to the client; the small part of a decoded `Packet`.
+#[derive(Debug)]
+pub(crate) enum Incoming<'a> {
+    Publish(mqttrs::Publish<'a>),
+    Puback(u16),
+    Pingresp,
+    Connack(mqttrs::ConnectReturnCode),
+    /// DISCONNECT, or bytes that are not MQTT.
+    Closed,
+    /// Needs no answer (SUBACK, ...).
+    Other,
+}
+
+/// Decodes the complete packet `packet`.
+#[inline(never)]
+pub(crate) fn decode(packet: &[u8]) -> Incoming<'_> {
+    match mqttrs::decode_slice(packet) {
+        Ok(Some(Packet::Publish(p))) => Incoming::Publish(p),
+        Ok(Some(Packet::Puback(pid))) => Incoming::Puback(pid.get()),
+        Ok(Some(Packet::Pingresp)) => Incoming::Pingresp,
+        Ok(Some(Packet::Connack(c))) => Incoming::Connack(c.code),
+        Ok(Some(Packet::Disconnect)) | Ok(None) | Err(_) => Incoming::Closed,
+        Ok(Some(_)) => Incoming::Other,
+    }
 }
 
 fn mqtt_qos(q: azsim_proto::session::QoS) -> QoS {
