@@ -847,31 +847,34 @@ pub mod json {
 
     /// [`Quoted`] without `core::fmt`'s formatting machinery.
     pub(crate) fn write_quoted(w: &mut dyn fmt::Write, s: &str) -> fmt::Result {
+        const HEX: &[u8; 16] = b"0123456789abcdef";
         w.write_str("\"")?;
         let mut start = 0;
         for (i, b) in s.bytes().enumerate() {
             // Multi-byte characters pass through whole: their bytes are all >= 0x80.
-            let mut u = *b"\\u00XX";
-            let esc = match b {
-                b'"' => "\\\"",
-                b'\\' => "\\\\",
-                b'\n' => "\\n",
-                b'\r' => "\\r",
-                b'\t' => "\\t",
-                0..0x20 => {
-                    const HEX: &[u8; 16] = b"0123456789abcdef";
-                    u[4] = HEX[usize::from(b >> 4)];
-                    u[5] = HEX[usize::from(b & 0xF)];
-                    core::str::from_utf8(&u).map_err(|_| fmt::Error)?
-                }
+            let short = match b {
+                b'"' | b'\\' => b,
+                b'\n' => b'n',
+                b'\r' => b'r',
+                b'\t' => b't',
+                0..0x20 => 0,
                 _ => continue,
             };
             // `start..i` is on character boundaries: both ends follow or precede ASCII bytes.
-            w.write_str(s.get(start..i).ok_or(fmt::Error)?)?;
-            w.write_str(esc)?;
+            w.write_str(s.get(start..i).unwrap_or_default())?;
+            let mut esc = *b"\\u00XX";
+            let esc = if short == 0 {
+                esc[4] = HEX[usize::from(b >> 4)];
+                esc[5] = HEX[usize::from(b & 0xF)];
+                &esc[..]
+            } else {
+                esc[1] = short;
+                &esc[..2]
+            };
+            crate::encoding::write_ascii(w, esc)?;
             start = i + 1;
         }
-        w.write_str(s.get(start..).ok_or(fmt::Error)?)?;
+        w.write_str(s.get(start..).unwrap_or_default())?;
         w.write_str("\"")
     }
 }

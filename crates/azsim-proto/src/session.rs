@@ -645,7 +645,7 @@ impl Session {
 
     /// Whether application publishes are accepted now.
     pub fn is_connected(&self) -> bool {
-        self.state == State::Connected
+        matches!(self.state, State::Connected)
     }
 
     /// How many more telemetry messages may be sent now (0 while not connected or draining).
@@ -699,7 +699,7 @@ impl Session {
     /// The connection ended, or a connect attempt failed. `entropy` is any random number (it
     /// jitters the reconnect delay so a fleet does not reconnect in lockstep).
     pub fn handle_disconnected(&mut self, now: u64, reason: DisconnectReason, entropy: u32) {
-        if self.state == State::Closed {
+        if matches!(self.state, State::Closed) {
             return;
         }
         let was_up = matches!(
@@ -710,17 +710,24 @@ impl Session {
             self.push_event(Event::Disconnected { reason });
         }
         // Whatever was in flight will not be acknowledged on this connection.
-        for f in core::mem::take(&mut self.in_flight) {
-            self.push_event(Event::TelemetryUnacked { tag: f.tag });
+        // By index, in order, then cleared: no copy of the tables.
+        let mut i = 0;
+        while let Some(&InFlight { tag, .. }) = self.in_flight.get(i) {
+            self.push_event(Event::TelemetryUnacked { tag });
+            i += 1;
         }
-        for r in core::mem::take(&mut self.twin) {
+        self.in_flight.clear();
+        let mut i = 0;
+        while let Some(&TwinRequest { rid, kind, .. }) = self.twin.get(i) {
             self.push_event(Event::TwinRequestFailed {
-                rid: r.rid,
-                kind: r.kind,
+                rid,
+                kind,
                 status: None,
                 body: &[],
             });
+            i += 1;
         }
+        self.twin.clear();
         self.get_rid = None;
         self.get_retry_at = None;
         self.patch_during_get = None;
@@ -841,7 +848,8 @@ impl Session {
                     i += 1;
                 }
             }
-            if self.state == State::Connected && self.get_retry_at.is_some_and(|t| now >= t) {
+            if matches!(self.state, State::Connected) && self.get_retry_at.is_some_and(|t| now >= t)
+            {
                 self.get_retry_at = None;
                 self.queue_twin_get(now);
             }
@@ -1040,8 +1048,10 @@ impl Session {
     pub fn poll_timeout(&self) -> Option<u64> {
         let mut t: Option<u64> = None;
         let mut take = |x: Option<u64>| {
-            if let Some(x) = x {
-                t = Some(t.map_or(x, |t| t.min(x)));
+            if let Some(x) = x
+                && t.is_none_or(|t| x < t)
+            {
+                t = Some(x);
             }
         };
         match self.state {
@@ -1098,7 +1108,7 @@ impl Session {
     }
 
     fn maybe_finish_drain(&mut self) {
-        if self.state == State::Draining && self.in_flight.is_empty() {
+        if matches!(self.state, State::Draining) && self.in_flight.is_empty() {
             self.finish_drain();
         }
     }
@@ -1217,11 +1227,14 @@ impl Session {
 
     fn backoff_delay(&self, attempt: u32, entropy: u32) -> u64 {
         let shift = attempt.saturating_sub(1).min(32);
-        let base = self
-            .config
-            .backoff_min
-            .saturating_mul(1u64 << shift)
-            .min(self.config.backoff_max);
+        let (min, max) = (self.config.backoff_min, self.config.backoff_max);
+        // min * 2^shift capped at max, without a 64-bit multiply: it exceeds max exactly when
+        // min exceeds max / 2^shift.
+        let base = if min > max >> shift {
+            max
+        } else {
+            min << shift
+        };
         // Equal jitter: half fixed, half random, so delays still grow but spread out.
         let half = base / 2;
         half + u64::from(entropy) % (base - half + 1)

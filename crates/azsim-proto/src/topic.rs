@@ -597,13 +597,13 @@ pub fn parse_c2d(topic: &str) -> Result<C2dTopic<'_>, TopicError> {
     let rest = topic.strip_prefix("devices/").ok_or(TopicError::NoMatch)?;
     // Scanning the `/`s (memchr) beats a substring search on these short topics; the device id
     // normally has no `/`, so the first one is the hit.
-    let at = rest
-        .match_indices('/')
-        .map(|(i, _)| i)
-        .find(|&i| rest[i..].starts_with(MARK))
+    let bytes = rest.as_bytes();
+    let at = (0..bytes.len())
+        .find(|&i| bytes[i] == b'/' && bytes[i..].starts_with(MARK.as_bytes()))
         .ok_or(TopicError::NoMatch)?;
-    let device_id = &rest[..at];
-    let after = &rest[at + MARK.len()..];
+    // `at` and the end of the mark are at ASCII bytes: character boundaries.
+    let device_id = rest.get(..at).unwrap_or("");
+    let after = rest.get(at + MARK.len()..).unwrap_or("");
     let bag = match after {
         "" => "",
         _ => after.strip_prefix('/').ok_or(TopicError::NoMatch)?,
@@ -1062,8 +1062,18 @@ struct Query<'a> {
 impl<'a> Query<'a> {
     fn parse(q: &'a str) -> Result<Self, TopicError> {
         let mut out = Query::default();
-        for seg in q.split('&') {
-            let (k, v) = seg.split_once('=').unwrap_or((seg, ""));
+        let mut rest = Some(q);
+        while let Some(r) = rest {
+            // Split at ASCII bytes, so always on character boundaries.
+            let (seg, next) = match r.bytes().position(|b| b == b'&') {
+                Some(i) => (r.get(..i).unwrap_or(""), r.get(i + 1..)),
+                None => (r, None),
+            };
+            rest = next;
+            let (k, v) = match seg.bytes().position(|b| b == b'=') {
+                Some(i) => (seg.get(..i).unwrap_or(""), seg.get(i + 1..).unwrap_or("")),
+                None => (seg, ""),
+            };
             let slot = match k {
                 "$rid" => &mut out.rid,
                 "$version" => &mut out.version,
