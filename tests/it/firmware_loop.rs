@@ -8,7 +8,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use azsim_mqtt::{Client, Clock, Connector, Credential, Identity, Note};
 use azsim_proto::connection_string::ConnectionString;
 use azsim_proto::device::{Device, DeviceConfig, RandomWalk};
-use azsim_proto::session::{ConnackCode, DisconnectReason, GiveUpReason, SessionConfig};
+use azsim_proto::session::{ConnackCode, DisconnectReason, Event, GiveUpReason, SessionConfig};
 use embedded_io_adapters::tokio_1::FromTokio;
 use reqwest::Method;
 use serde_json::{Value, json};
@@ -85,13 +85,13 @@ enum Seen {
 
 fn seen(n: Note<'_>) -> Seen {
     match n {
-        Note::Connected { .. } => Seen::Connected,
-        Note::Twin { .. } => Seen::Twin,
-        Note::TelemetryAcked { seq } => Seen::TelemetryAcked(seq),
+        Note::Session(Event::Connected { .. }) => Seen::Connected,
+        Note::Session(Event::Twin { .. }) => Seen::Twin,
+        Note::Session(Event::TelemetryAcked { tag }) => Seen::TelemetryAcked(tag),
         Note::Method { name, status } => Seen::Method(name.to_owned(), status),
-        Note::ReportedAccepted { .. } => Seen::ReportedAccepted,
-        Note::Disconnected { reason } => Seen::DisconnectedBy(reason),
-        Note::TokenRenewed { .. } => Seen::TokenRenewed,
+        Note::Session(Event::ReportedAccepted { .. }) => Seen::ReportedAccepted,
+        Note::Session(Event::Disconnected { reason }) => Seen::DisconnectedBy(reason),
+        Note::Session(Event::TokenRenewed { .. }) => Seen::TokenRenewed,
         _ => Seen::Other,
     }
 }

@@ -86,30 +86,12 @@ pub enum Note<'a> {
         /// Why.
         reason: DisconnectReason,
     },
-    /// The hub accepted the connection.
-    Connected {
-        /// Expiry of the token in use.
-        token_expiry: Option<u64>,
-        /// Whether this is a reconnect.
-        reconnect: bool,
-    },
-    /// A planned reconnect with a fresh token succeeded.
-    TokenRenewed {
-        /// The new expiry.
-        token_expiry: u64,
-    },
-    /// The connection ended.
-    Disconnected {
-        /// Why.
-        reason: DisconnectReason,
-    },
-    /// The next attempt is scheduled.
-    Reconnecting {
-        /// Consecutive failed attempts.
-        attempt: u32,
-        /// Seconds until it.
-        delay: u64,
-    },
+    /// What the session reported, exactly as it did: connected (again), token renewed,
+    /// disconnected, reconnect scheduled, telemetry acknowledged (`tag` is its sequence number)
+    /// or to be sent again, the twin, a desired patch, a reported PATCH accepted, a twin
+    /// request failed, a C2D message (acknowledged), a method request (answered: see
+    /// [`Note::Method`]).
+    Session(Event<'a>),
     /// A telemetry message was published (again, after a reconnect, if it was unacknowledged).
     TelemetrySent {
         /// Sequence number.
@@ -117,20 +99,10 @@ pub enum Note<'a> {
         /// JSON body.
         body: &'a str,
     },
-    /// The hub acknowledged a telemetry message.
-    TelemetryAcked {
-        /// Sequence number.
-        seq: u32,
-    },
     /// The offline queue was full: the oldest message was dropped.
     TelemetryDropped {
         /// Its sequence number.
         seq: u32,
-    },
-    /// A cloud-to-device message arrived (and was acknowledged).
-    C2d {
-        /// Body.
-        body: &'a [u8],
     },
     /// A direct method was answered.
     Method {
@@ -139,38 +111,12 @@ pub enum Note<'a> {
         /// Status sent.
         status: u16,
     },
-    /// The full twin arrived after a connect.
-    Twin {
-        /// `desired.$version`.
-        desired_version: Option<u64>,
-    },
-    /// A desired-properties patch arrived.
-    DesiredPatch {
-        /// Its `$version`.
-        version: u64,
-        /// The JSON patch.
-        patch: &'a [u8],
-    },
     /// A reported-properties PATCH was sent.
     ReportedSent {
         /// Request id.
         rid: u32,
         /// The JSON patch.
         patch: &'a [u8],
-    },
-    /// The hub accepted a reported PATCH.
-    ReportedAccepted {
-        /// Request id.
-        rid: u32,
-        /// New reported `$version`.
-        version: Option<u64>,
-    },
-    /// A twin request failed or went unanswered.
-    TwinRequestFailed {
-        /// Request id.
-        rid: u32,
-        /// Hub status, if it answered.
-        status: Option<u16>,
     },
     /// An incoming packet was larger than the receive buffer; the connection is closed.
     PacketTooLarge {
@@ -331,9 +277,7 @@ struct Core<'b, S> {
     last_tx: u64,
     ping_deadline: Option<u64>,
     rng: u64,
-    host: &'b str,
-    device_id: &'b str,
-    module_id: Option<&'b str>,
+    identity: Identity<'b>,
     credential: Credential<'b>,
     session: Session,
     device: Device<S>,
@@ -341,8 +285,6 @@ struct Core<'b, S> {
     key: Option<Key>,
     queue: Deque<Message, QUEUE_LEN>,
     in_flight: Vec<Message, MAX_IN_FLIGHT>,
-    client_id: String<{ 2 * MAX_ID_LEN + 1 }>,
-    username: String<USERNAME_LEN>,
     scratch: [u8; SCRATCH_LEN],
 }
 
@@ -357,13 +299,23 @@ pub struct Client<'b, S> {
 impl<S> fmt::Debug for Client<'_, S> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Client")
-            .field("device_id", &self.core.device_id)
-            .field("module_id", &self.core.module_id)
+            .field("device_id", &self.core.identity.device_id)
+            .field("module_id", &self.core.identity.module_id)
             .field("credential", &self.core.credential)
             .field("state", &self.core.session.state())
             .field("queued", &self.core.queue.len())
             .field("in_flight", &self.core.in_flight.len())
             .finish_non_exhaustive()
+    }
+}
+
+/// A `fmt::Write` that only counts, and fails past its limit.
+struct Measure(usize);
+
+impl fmt::Write for Measure {
+    fn write_str(&mut self, s: &str) -> fmt::Result {
+        self.0 = self.0.checked_sub(s.len()).ok_or(fmt::Error)?;
+        Ok(())
     }
 }
 
@@ -404,24 +356,10 @@ impl<'b, S: Sensor> Client<'b, S> {
             None => session::Identity::device(identity.device_id),
         }
         .map_err(ClientError::Identity)?;
-        let key = match credential {
-            Credential::Key(k) => Some(Key::from_base64(k).map_err(ClientError::Key)?),
-            Credential::Token(_) => {
-                config.token_ttl = None;
-                None
-            }
-        };
-        config.max_packet_id = config.max_packet_id.min(SESSION_MAX_PACKET_ID);
-        let mut client_id = String::new();
-        // Cannot fail: both ids were checked to be at most MAX_ID_LEN long.
-        let _ = username::write_client_id(
-            &mut Sink(&mut client_id),
-            identity.device_id,
-            identity.module_id,
-        );
-        let mut user = String::new();
+        // The username and each token are written when CONNECT is; here they are only
+        // measured, so that one that cannot fit fails now, not at the first connect.
         username::write_username(
-            &mut Sink(&mut user),
+            &mut Measure(USERNAME_LEN),
             identity.host,
             identity.device_id,
             identity.module_id,
@@ -429,36 +367,44 @@ impl<'b, S: Sensor> Client<'b, S> {
             identity.model_id,
         )
         .map_err(|_| ClientError::UsernameTooLong)?;
-        let core = Core {
-            session: Session::new(session_id, config),
-            device,
-            host: identity.host,
-            device_id: identity.device_id,
-            module_id: identity.module_id,
-            credential,
-            key,
-            client_id,
-            username: user,
-            rng: seed | 1,
-            queue: Deque::new(),
-            in_flight: Vec::new(),
-            scratch: [0; SCRATCH_LEN],
-            phase: Phase::Offline,
-            rx_len: 0,
-            sub_pid: SESSION_MAX_PACKET_ID,
-            wire_pid: 0,
-            puback: None,
-            keep_alive: 0,
-            last_tx: 0,
-            ping_deadline: None,
+        let key = match credential {
+            Credential::Key(k) => {
+                let key = Key::from_base64(k).map_err(ClientError::Key)?;
+                // The longest expiry makes the longest token.
+                let resource = resource(&identity);
+                sas::sign_with_key(&mut Measure(TOKEN_LEN), &resource, &key, u64::MAX, None)
+                    .map_err(|_| ClientError::TokenTooLong)?;
+                Some(key)
+            }
+            Credential::Token(_) => {
+                config.token_ttl = None;
+                None
+            }
         };
-        // Sign once with the longest expiry, so a token that cannot fit fails here, not later.
-        if let Some(key) = &core.key {
-            let mut token: String<TOKEN_LEN> = String::new();
-            sas::sign_with_key(&mut Sink(&mut token), &core.resource(), key, u64::MAX, None)
-                .map_err(|_| ClientError::TokenTooLong)?;
-        }
-        Ok(Self { core, rx, tx })
+        config.max_packet_id = config.max_packet_id.min(SESSION_MAX_PACKET_ID);
+        Ok(Self {
+            rx,
+            tx,
+            core: Core {
+                phase: Phase::Offline,
+                rx_len: 0,
+                sub_pid: SESSION_MAX_PACKET_ID,
+                wire_pid: 0,
+                puback: None,
+                keep_alive: 0,
+                last_tx: 0,
+                ping_deadline: None,
+                rng: seed | 1,
+                identity,
+                credential,
+                session: Session::new(session_id, config),
+                device,
+                key,
+                queue: Deque::new(),
+                in_flight: Vec::new(),
+                scratch: [0; SCRATCH_LEN],
+            },
+        })
     }
 
     /// The session (state, token expiry, in-flight count).
@@ -558,20 +504,6 @@ impl<'b, S: Sensor> Client<'b, S> {
 }
 
 impl<S: Sensor> Core<'_, S> {
-    fn resource(&self) -> Resource<'_> {
-        match self.module_id {
-            Some(m) => Resource::Module {
-                host: self.host,
-                device_id: self.device_id,
-                module_id: m,
-            },
-            None => Resource::Device {
-                host: self.host,
-                device_id: self.device_id,
-            },
-        }
-    }
-
     /// xorshift64*: message ids and reconnect jitter, nothing secret.
     fn next_u32(&mut self) -> u32 {
         let mut x = self.rng;
@@ -720,20 +652,34 @@ impl<S: Sensor> Core<'_, S> {
 
     /// CONNECT with a freshly signed token, in `tx`. The token lives on this stack frame only
     /// and the driver wipes `tx` once it is written.
+    #[inline(never)]
     fn encode_connect(&self, params: ConnectParams, tx: &mut [u8]) -> Option<usize> {
+        let id = &self.identity;
+        let mut client_id: String<{ 2 * MAX_ID_LEN + 1 }> = String::new();
+        let mut user: String<USERNAME_LEN> = String::new();
         let mut token: String<TOKEN_LEN> = String::new();
+        // Cannot fail: `new` measured all three.
+        username::write_client_id(&mut Sink(&mut client_id), id.device_id, id.module_id).ok()?;
+        username::write_username(
+            &mut Sink(&mut user),
+            id.host,
+            id.device_id,
+            id.module_id,
+            env!("CARGO_PKG_VERSION"),
+            id.model_id,
+        )
+        .ok()?;
         let password: Option<&[u8]> = match (&self.key, params.token_expiry, self.credential) {
             (Some(key), Some(exp), _) => {
-                // Cannot fail: `new` signed the longest possible token into the same size.
-                sas::sign_with_key(&mut Sink(&mut token), &self.resource(), key, exp, None).ok()?;
+                sas::sign_with_key(&mut Sink(&mut token), &resource(id), key, exp, None).ok()?;
                 Some(token.as_bytes())
             }
             (_, _, Credential::Token(t)) => Some(t.as_bytes()),
             (_, _, Credential::Key(_)) => None,
         };
         wire::encode_connect(
-            &self.client_id,
-            &self.username,
+            &client_id,
+            &user,
             password,
             params.keep_alive,
             params.clean_session,
@@ -1054,17 +1000,8 @@ impl<S: Sensor> Core<'_, S> {
         tx: &mut [u8],
         obs: &mut O,
     ) -> Option<usize> {
-        let note = match ev {
-            Event::Connected {
-                token_expiry,
-                reconnect,
-            } => Some(Note::Connected {
-                token_expiry,
-                reconnect,
-            }),
-            Event::TokenRenewed { token_expiry } => Some(Note::TokenRenewed { token_expiry }),
-            Event::Disconnected { reason } => Some(Note::Disconnected { reason }),
-            Event::Reconnecting { attempt, delay } => Some(Note::Reconnecting { attempt, delay }),
+        obs.note(Note::Session(ev));
+        match ev {
             Event::TelemetryAcked { tag } => {
                 if let Some(i) = self
                     .in_flight
@@ -1073,31 +1010,14 @@ impl<S: Sensor> Core<'_, S> {
                 {
                     self.in_flight.remove(i);
                 }
-                Some(Note::TelemetryAcked { seq: tag })
             }
             // Sent again (as a redelivery) once connected.
             Event::TelemetryUnacked { tag } => {
                 if let Some(m) = self.in_flight.iter_mut().find(|m| m.seq == tag) {
                     m.resend = true;
                 }
-                None
             }
-            Event::ReportedAccepted { rid, version } => {
-                Some(Note::ReportedAccepted { rid, version })
-            }
-            Event::TwinRequestFailed { rid, status, .. } => {
-                Some(Note::TwinRequestFailed { rid, status })
-            }
-            Event::Twin {
-                desired_version, ..
-            } => Some(Note::Twin { desired_version }),
-            Event::DesiredPatch { version, patch } => Some(Note::DesiredPatch { version, patch }),
-            Event::C2d { body, .. } => Some(Note::C2d { body }),
-            // Noted with its status once answered.
-            Event::MethodRequest { .. } => None,
-        };
-        if let Some(note) = note {
-            obs.note(note);
+            _ => {}
         }
         let Core {
             device,
@@ -1114,6 +1034,21 @@ impl<S: Sensor> Core<'_, S> {
             obs.note(Note::Method { name, status });
         }
         publish(*phase, last_tx, now, &p, tx, obs)
+    }
+}
+
+/// What the tokens are signed for.
+fn resource<'a>(id: &Identity<'a>) -> Resource<'a> {
+    match id.module_id {
+        Some(m) => Resource::Module {
+            host: id.host,
+            device_id: id.device_id,
+            module_id: m,
+        },
+        None => Resource::Device {
+            host: id.host,
+            device_id: id.device_id,
+        },
     }
 }
 
@@ -1463,7 +1398,9 @@ mod tests {
         assert!(first[0].2.contains("%24.mid="), "{}", first[0].2);
         // The hub's PUBACK for the wire id reaches the session, which knows it by its own.
         assert!(
-            notes.iter().any(|n| n == "TelemetryAcked { seq: 1 }"),
+            notes
+                .iter()
+                .any(|n| n == "Session(TelemetryAcked { tag: 1 })"),
             "{notes:?}"
         );
     }
@@ -1497,7 +1434,9 @@ mod tests {
         let mut obs = |n: Note<'_>| notes.push(std::format!("{n:?}"));
         block_on(client.run(&mut hub, &mut Jumping(1_700_000_000), &mut obs));
         assert!(
-            notes.iter().any(|n| n.starts_with("C2d { body: [104, 101")),
+            notes
+                .iter()
+                .any(|n| n.starts_with("Session(C2d {") && n.contains("body: [104, 101, 108")),
             "{notes:?}"
         );
         assert!(
@@ -1545,7 +1484,9 @@ mod tests {
             "one PINGREQ, then the wait for its answer runs out"
         );
         assert!(
-            notes.iter().any(|n| n == "Disconnected { reason: Lost }"),
+            notes
+                .iter()
+                .any(|n| n == "Session(Disconnected { reason: Lost })"),
             "{notes:?}"
         );
     }

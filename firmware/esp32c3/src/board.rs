@@ -6,7 +6,7 @@ use core::ffi::CStr;
 use azsim_mqtt::{Client, Credential, Identity, Note};
 use azsim_proto::connection_string::{ConnectionString, Kind};
 use azsim_proto::device::{Device, DeviceConfig};
-use azsim_proto::session::SessionConfig;
+use azsim_proto::session::{Event, SessionConfig};
 use embassy_executor::Spawner;
 use embassy_time::{Duration, Timer};
 use esp_backtrace as _;
@@ -188,7 +188,25 @@ fn log_note(n: &Note<'_>) {
     match *n {
         Note::Connecting { attempt } => info!("connecting (attempt {})", attempt + 1),
         Note::ConnectFailed { reason } => warn!("connect failed: {reason}"),
-        Note::Connected {
+        Note::Session(ev) => log_event(&ev),
+        Note::TelemetrySent { seq, body } => info!("telemetry #{seq} sent: {body}"),
+        Note::TelemetryDropped { seq } => warn!("offline queue full: dropped telemetry #{seq}"),
+        Note::Method { name, status } => info!("method {name} -> {status}"),
+        Note::ReportedSent { rid, patch } => info!(
+            "reported (rid {rid}): {}",
+            core::str::from_utf8(patch).unwrap_or("<binary>")
+        ),
+        Note::PacketTooLarge { buffer } => {
+            warn!("incoming packet larger than the {buffer}-byte buffer; reconnecting");
+        }
+        Note::NotSent { topic } => warn!("publish to {topic} too large, not sent"),
+        Note::GaveUp { reason } => error!("gave up: {reason}"),
+    }
+}
+
+fn log_event(ev: &Event<'_>) {
+    match *ev {
+        Event::Connected {
             token_expiry,
             reconnect,
         } => info!(
@@ -196,39 +214,31 @@ fn log_note(n: &Note<'_>) {
             if reconnect { " again" } else { "" },
             token_expiry.unwrap_or(0)
         ),
-        Note::TokenRenewed { token_expiry } => {
+        Event::TokenRenewed { token_expiry } => {
             info!("token renewed (expires at unix {token_expiry})");
         }
-        Note::Disconnected { reason } => warn!("disconnected: {reason}"),
-        Note::Reconnecting { attempt, delay } => {
+        Event::Disconnected { reason } => warn!("disconnected: {reason}"),
+        Event::Reconnecting { attempt, delay } => {
             info!("reconnecting in {delay} s (attempt {attempt})");
         }
-        Note::TelemetrySent { seq, body } => info!("telemetry #{seq} sent: {body}"),
-        Note::TelemetryAcked { seq } => info!("telemetry #{seq} acknowledged"),
-        Note::TelemetryDropped { seq } => warn!("offline queue full: dropped telemetry #{seq}"),
-        Note::C2d { body } => info!("c2d: {}", core::str::from_utf8(body).unwrap_or("<binary>")),
-        Note::Method { name, status } => info!("method {name} -> {status}"),
-        Note::Twin { desired_version } => {
-            info!("twin received (desired v{})", desired_version.unwrap_or(0));
+        Event::TelemetryAcked { tag } => info!("telemetry #{tag} acknowledged"),
+        Event::C2d { body, .. } => {
+            info!("c2d: {}", core::str::from_utf8(body).unwrap_or("<binary>"));
         }
-        Note::DesiredPatch { version, patch } => info!(
+        Event::Twin {
+            desired_version, ..
+        } => info!("twin received (desired v{})", desired_version.unwrap_or(0)),
+        Event::DesiredPatch { version, patch } => info!(
             "desired v{version}: {}",
             core::str::from_utf8(patch).unwrap_or("<binary>")
         ),
-        Note::ReportedSent { rid, patch } => info!(
-            "reported (rid {rid}): {}",
-            core::str::from_utf8(patch).unwrap_or("<binary>")
-        ),
-        Note::ReportedAccepted { rid, version } => {
+        Event::ReportedAccepted { rid, version } => {
             info!("reported (rid {rid}) accepted, v{}", version.unwrap_or(0));
         }
-        Note::TwinRequestFailed { rid, status } => {
+        Event::TwinRequestFailed { rid, status, .. } => {
             warn!("twin request {rid} failed: {}", status.unwrap_or(0));
         }
-        Note::PacketTooLarge { buffer } => {
-            warn!("incoming packet larger than the {buffer}-byte buffer; reconnecting");
-        }
-        Note::NotSent { topic } => warn!("publish to {topic} too large, not sent"),
-        Note::GaveUp { reason } => error!("gave up: {reason}"),
+        // Logged with its status once answered; unacknowledged telemetry is simply sent again.
+        Event::MethodRequest { .. } | Event::TelemetryUnacked { .. } => {}
     }
 }
