@@ -20,7 +20,7 @@ use azsim_proto::session::{
 use azsim_proto::username;
 use embedded_io_async::{Read, Write};
 use heapless::{Deque, String, Vec};
-use mqttrs::{ConnectReturnCode, Pid, QosPid};
+use mqttrs::{Pid, QosPid};
 
 use crate::select::{Either, select};
 use crate::wire;
@@ -559,6 +559,26 @@ impl<S: Sensor> Core<'_, S> {
     /// Everything the loop decides for `now`: it runs until there is I/O to perform.
     fn step<O: Observer>(&mut self, now: u64, rx: &mut [u8], tx: &mut [u8], obs: &mut O) -> Step {
         loop {
+            if let Phase::Up | Phase::Handshake(_) = self.phase {
+                let handled = match self.next_packet(rx, obs) {
+                    Ok(Some(len)) => {
+                        let handled =
+                            self.on_packet(now, rx.get(..len).unwrap_or_default(), tx, obs);
+                        self.consume(rx, len);
+                        handled
+                    }
+                    Ok(None) => Ok(None),
+                    Err(()) => Err(DisconnectReason::Lost),
+                };
+                match handled {
+                    Ok(Some(n)) => return Step::Write(n),
+                    Ok(None) => {}
+                    Err(reason) => {
+                        self.failed(now, reason, obs);
+                        continue;
+                    }
+                }
+            }
             match self.phase {
                 Phase::Opened(params) => match self.encode_connect(params, tx) {
                     Some(n) => {
@@ -567,51 +587,27 @@ impl<S: Sensor> Core<'_, S> {
                     }
                     None => self.failed(now, DisconnectReason::Lost, obs),
                 },
-                Phase::Handshake(deadline) => match self.next_packet(rx, obs) {
-                    Ok(Some(len)) => {
-                        let result = connack(rx.get(..len).unwrap_or_default());
-                        self.consume(rx, len);
-                        match result {
-                            Ok(()) => self.connected(now),
-                            Err(reason) => self.failed(now, reason, obs),
-                        }
+                Phase::Handshake(deadline) if now < deadline => {
+                    return Step::Wait {
+                        until: deadline,
+                        read: true,
+                    };
+                }
+                Phase::Handshake(_) => self.failed(now, DisconnectReason::Lost, obs),
+                Phase::Up if self.ping_deadline.is_some_and(|d| now >= d) => {
+                    self.failed(now, DisconnectReason::Lost, obs);
+                }
+                Phase::Up | Phase::Offline | Phase::Opening(_) => {
+                    let up = matches!(self.phase, Phase::Up);
+                    if !up {
+                        self.phase = Phase::Offline;
                     }
-                    Ok(None) if now < deadline => {
-                        return Step::Wait {
-                            until: deadline,
-                            read: true,
-                        };
-                    }
-                    Ok(None) | Err(()) => self.failed(now, DisconnectReason::Lost, obs),
-                },
-                Phase::Up => {
-                    if self.ping_deadline.is_some_and(|d| now >= d) {
-                        self.failed(now, DisconnectReason::Lost, obs);
-                        continue;
-                    }
+                    // Offline these encode nothing.
                     if let Some(pid) = self.puback.take()
                         && let Some(n) =
                             self.encode(now, wire::encode_bare(wire::Bare::Puback(pid), tx))
                     {
                         return Step::Write(n);
-                    }
-                    match self.next_packet(rx, obs) {
-                        Ok(Some(len)) => {
-                            let handled =
-                                self.on_packet(now, rx.get(..len).unwrap_or_default(), tx, obs);
-                            self.consume(rx, len);
-                            match handled {
-                                Ok(Some(n)) => return Step::Write(n),
-                                Ok(None) => {}
-                                Err(()) => self.failed(now, DisconnectReason::Lost, obs),
-                            }
-                            continue;
-                        }
-                        Ok(None) => {}
-                        Err(()) => {
-                            self.failed(now, DisconnectReason::Lost, obs);
-                            continue;
-                        }
                     }
                     self.tick(now, obs);
                     if self.ping_due(now)
@@ -622,29 +618,16 @@ impl<S: Sensor> Core<'_, S> {
                             Some(now + (u64::from(self.keep_alive) / 2).max(MIN_PING_WAIT));
                         return Step::Write(n);
                     }
-                    match self.pump(now, tx, obs) {
-                        Some(step) => return step,
-                        // A requested disconnect without anything written.
-                        None if !matches!(self.phase, Phase::Up) => {}
-                        None => {
-                            return Step::Wait {
-                                until: self.wake(now),
-                                read: true,
-                            };
-                        }
-                    }
-                }
-                Phase::Offline | Phase::Opening(_) => {
-                    self.phase = Phase::Offline;
-                    self.tick(now, obs);
                     if let Some(step) = self.pump(now, tx, obs) {
                         return step;
                     }
-                    return Step::Wait {
-                        until: earliest(self.session.poll_timeout(), self.device.poll_timeout())
-                            .unwrap_or(now + IDLE_WAKE),
-                        read: false,
-                    };
+                    // Still as it was (a requested disconnect with nothing written changes it).
+                    if matches!(self.phase, Phase::Up) == up {
+                        return Step::Wait {
+                            until: self.wake(now),
+                            read: up,
+                        };
+                    }
                 }
             }
         }
@@ -721,15 +704,29 @@ impl<S: Sensor> Core<'_, S> {
         }
     }
 
-    /// One incoming packet; `Ok(Some(n))` when an answer sits in `tx[..n]`.
+    /// One incoming packet; `Ok(Some(n))` when an answer sits in `tx[..n]`, `Err` when the
+    /// connection is over.
     fn on_packet<O: Observer>(
         &mut self,
         now: u64,
         packet: &[u8],
         tx: &mut [u8],
         obs: &mut O,
-    ) -> Result<Option<usize>, ()> {
-        match wire::decode(packet) {
+    ) -> Result<Option<usize>, DisconnectReason> {
+        let incoming = wire::decode(packet);
+        if let Phase::Handshake(_) = self.phase {
+            return match incoming {
+                wire::Incoming::Connack(0) => {
+                    self.connected(now);
+                    Ok(None)
+                }
+                wire::Incoming::Connack(code) => Err(DisconnectReason::Refused(
+                    ConnackCode::from_u8(code).unwrap_or(ConnackCode::Other(code)),
+                )),
+                _ => Err(DisconnectReason::Lost),
+            };
+        }
+        match incoming {
             wire::Incoming::Publish(p) => {
                 // C2D is the hub's only QoS 1 delivery; the PUBACK completes it, after any
                 // answer below.
@@ -757,7 +754,7 @@ impl<S: Sensor> Core<'_, S> {
             }
             // IoT Hub closes the connection rather than refuse a subscription, and never sends
             // DISCONNECT in 3.1.1; anything else (SUBACK, a stray CONNACK) needs no answer.
-            wire::Incoming::Closed => Err(()),
+            wire::Incoming::Closed => Err(DisconnectReason::Lost),
             wire::Incoming::Connack(_) | wire::Incoming::Other => Ok(None),
         }
     }
@@ -801,8 +798,10 @@ impl<S: Sensor> Core<'_, S> {
         (u64::from(self.keep_alive) / 2).max(1)
     }
 
+    /// When the loop must next step without news from the hub.
     fn wake(&self, now: u64) -> u64 {
-        let ping = (self.keep_alive > 0).then(|| match self.ping_deadline {
+        let up = matches!(self.phase, Phase::Up);
+        let ping = (up && self.keep_alive > 0).then(|| match self.ping_deadline {
             Some(d) => d,
             None => self.last_tx + self.ping_interval(),
         });
@@ -1089,24 +1088,6 @@ fn publish<O: Observer>(
         });
     }
     Some(n)
-}
-
-/// What a CONNACK says: accepted, or why not.
-fn connack(packet: &[u8]) -> Result<(), DisconnectReason> {
-    let wire::Incoming::Connack(code) = wire::decode(packet) else {
-        return Err(DisconnectReason::Lost);
-    };
-    let code = match code {
-        ConnectReturnCode::Accepted => return Ok(()),
-        ConnectReturnCode::RefusedProtocolVersion => 1,
-        ConnectReturnCode::RefusedIdentifierRejected => 2,
-        ConnectReturnCode::ServerUnavailable => 3,
-        ConnectReturnCode::BadUsernamePassword => 4,
-        ConnectReturnCode::NotAuthorized => 5,
-    };
-    Err(DisconnectReason::Refused(
-        ConnackCode::from_u8(code).unwrap_or(ConnackCode::Other(code)),
-    ))
 }
 
 #[cfg(test)]

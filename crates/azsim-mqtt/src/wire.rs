@@ -156,7 +156,8 @@ pub(crate) enum Incoming<'a> {
     Publish(mqttrs::Publish<'a>),
     Puback(u16),
     Pingresp,
-    Connack(mqttrs::ConnectReturnCode),
+    /// CONNACK with its return code (0: accepted).
+    Connack(u8),
     /// DISCONNECT, or bytes that are not MQTT.
     Closed,
     /// Needs no answer (SUBACK, ...).
@@ -170,7 +171,14 @@ pub(crate) fn decode(packet: &[u8]) -> Incoming<'_> {
         Ok(Some(Packet::Publish(p))) => Incoming::Publish(p),
         Ok(Some(Packet::Puback(pid))) => Incoming::Puback(pid.get()),
         Ok(Some(Packet::Pingresp)) => Incoming::Pingresp,
-        Ok(Some(Packet::Connack(c))) => Incoming::Connack(c.code),
+        Ok(Some(Packet::Connack(c))) => Incoming::Connack(match c.code {
+            mqttrs::ConnectReturnCode::Accepted => 0,
+            mqttrs::ConnectReturnCode::RefusedProtocolVersion => 1,
+            mqttrs::ConnectReturnCode::RefusedIdentifierRejected => 2,
+            mqttrs::ConnectReturnCode::ServerUnavailable => 3,
+            mqttrs::ConnectReturnCode::BadUsernamePassword => 4,
+            mqttrs::ConnectReturnCode::NotAuthorized => 5,
+        }),
         Ok(Some(Packet::Disconnect)) | Ok(None) | Err(_) => Incoming::Closed,
         Ok(Some(_)) => Incoming::Other,
     }
