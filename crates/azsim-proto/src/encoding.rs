@@ -216,25 +216,30 @@ pub fn decode<'b>(s: &str, buf: &'b mut [u8]) -> Result<&'b str, DecodeError> {
     let mut i = 0;
     let mut n = 0;
     while i < bytes.len() {
-        let b = bytes[i];
-        let out = if b == b'%' {
+        let (b, next) = unit(bytes, i)?;
+        *buf.get_mut(n).ok_or(DecodeError::BufferTooSmall)? = b;
+        n += 1;
+        i = next;
+    }
+    let buf: &'b [u8] = buf;
+    core::str::from_utf8(buf.get(..n).unwrap_or_default()).map_err(|_| DecodeError::NotUtf8)
+}
+
+/// The byte the text at `i` stands for (`%XX` decoded) and where the next one starts.
+#[inline(never)]
+fn unit(bytes: &[u8], i: usize) -> Result<(u8, usize), DecodeError> {
+    match bytes.get(i) {
+        Some(b'%') => {
             let hi = bytes.get(i + 1).copied().and_then(hex_val);
             let lo = bytes.get(i + 2).copied().and_then(hex_val);
             match (hi, lo) {
-                (Some(h), Some(l)) => {
-                    i += 3;
-                    (h << 4) | l
-                }
-                _ => return Err(DecodeError::BadEscape),
+                (Some(h), Some(l)) => Ok(((h << 4) | l, i + 3)),
+                _ => Err(DecodeError::BadEscape),
             }
-        } else {
-            i += 1;
-            b
-        };
-        *buf.get_mut(n).ok_or(DecodeError::BufferTooSmall)? = out;
-        n += 1;
+        }
+        Some(&b) => Ok((b, i + 1)),
+        None => Err(DecodeError::BadEscape),
     }
-    core::str::from_utf8(&buf[..n]).map_err(|_| DecodeError::NotUtf8)
 }
 
 /// Decodes `s` into any `fmt::Write` (a `String`, a `heapless::String`), without a scratch buffer.
@@ -242,6 +247,10 @@ pub fn decode<'b>(s: &str, buf: &'b mut [u8]) -> Result<&'b str, DecodeError> {
 /// # Errors
 /// As [`decode`]; a writer error is reported as [`DecodeError::BufferTooSmall`].
 pub fn decode_to<W: fmt::Write + ?Sized>(out: &mut W, s: &str) -> Result<(), DecodeError> {
+    decode_to_dyn(&mut Dyn(out), s)
+}
+
+fn decode_to_dyn(out: &mut dyn fmt::Write, s: &str) -> Result<(), DecodeError> {
     // Escaped bytes of one multi-byte UTF-8 character are collected in `pending` and written
     // once the character is complete.
     let bytes = s.as_bytes();
@@ -249,46 +258,31 @@ pub fn decode_to<W: fmt::Write + ?Sized>(out: &mut W, s: &str) -> Result<(), Dec
     let mut pending_len = 0usize;
     let mut i = 0;
     while i < bytes.len() {
-        let b = bytes[i];
-        if b == b'%' {
-            let hi = bytes.get(i + 1).copied().and_then(hex_val);
-            let lo = bytes.get(i + 2).copied().and_then(hex_val);
-            let (Some(h), Some(l)) = (hi, lo) else {
-                return Err(DecodeError::BadEscape);
-            };
-            i += 3;
-            let v = (h << 4) | l;
-            if pending_len == 0 && v.is_ascii() {
-                let one = [v];
-                let s = core::str::from_utf8(&one).map_err(|_| DecodeError::NotUtf8)?;
-                out.write_str(s).map_err(|_| DecodeError::BufferTooSmall)?;
-                continue;
-            }
-            if pending_len == pending.len() {
-                return Err(DecodeError::NotUtf8);
-            }
-            pending[pending_len] = v;
-            pending_len += 1;
-            match core::str::from_utf8(&pending[..pending_len]) {
-                Ok(s) => {
-                    out.write_str(s).map_err(|_| DecodeError::BufferTooSmall)?;
-                    pending_len = 0;
-                }
-                Err(e) if e.error_len().is_none() => {} // incomplete sequence: wait for more
-                Err(_) => return Err(DecodeError::NotUtf8),
-            }
-        } else {
+        if bytes.get(i) != Some(&b'%') {
             if pending_len != 0 {
                 return Err(DecodeError::NotUtf8);
             }
-            // Copy the run of literal text up to the next '%'.
-            let end = bytes[i..]
-                .iter()
-                .position(|&c| c == b'%')
-                .map_or(bytes.len(), |p| i + p);
-            out.write_str(&s[i..end])
+            // Copy the run of literal text up to the next '%' (an ASCII byte, so the run is
+            // whole characters).
+            let rest = s.get(i..).unwrap_or_default();
+            let run = rest.bytes().position(|c| c == b'%').unwrap_or(rest.len());
+            out.write_str(rest.get(..run).unwrap_or_default())
                 .map_err(|_| DecodeError::BufferTooSmall)?;
-            i = end;
+            i += run;
+            continue;
+        }
+        let (v, next) = unit(bytes, i)?;
+        i = next;
+        let slot = pending.get_mut(pending_len).ok_or(DecodeError::NotUtf8)?;
+        *slot = v;
+        pending_len += 1;
+        match core::str::from_utf8(pending.get(..pending_len).unwrap_or_default()) {
+            Ok(s) => {
+                out.write_str(s).map_err(|_| DecodeError::BufferTooSmall)?;
+                pending_len = 0;
+            }
+            Err(e) if e.error_len().is_none() => {} // incomplete sequence: wait for more
+            Err(_) => return Err(DecodeError::NotUtf8),
         }
     }
     if pending_len != 0 {

@@ -1037,12 +1037,19 @@ fn write_rid_query<W: fmt::Write + ?Sized>(out: &mut W, rid: &str) -> fmt::Resul
     encoding::encode(out, rid)
 }
 
+/// The text before and after the first `sep` (an ASCII byte, so both sides are whole
+/// characters), `None` without one. What `split_once(char)` does, minus its generic searcher.
+fn split_at_byte(s: &str, sep: u8) -> Option<(&str, &str)> {
+    let i = s.bytes().position(|b| b == sep)?;
+    let (a, b) = s.split_at_checked(i)?;
+    Some((a, b.get(1..)?))
+}
+
 /// Splits `{segment}/?{query}`, or with `lenient_slash` also `{segment}?{query}`.
 fn segment_and_query(rest: &str, lenient_slash: bool) -> Result<(&str, &str), TopicError> {
-    let Some(i) = rest.find('?') else {
+    let Some((seg, q)) = split_at_byte(rest, b'?') else {
         return Err(TopicError::RequestIdMissing);
     };
-    let (seg, q) = (&rest[..i], &rest[i + 1..]);
     match seg.strip_suffix('/') {
         Some(s) => Ok((s, q)),
         None if lenient_slash => Ok((seg, q)),
@@ -1064,16 +1071,17 @@ impl<'a> Query<'a> {
         let mut out = Query::default();
         let mut rest = Some(q);
         while let Some(r) = rest {
-            // Split at ASCII bytes, so always on character boundaries.
-            let (seg, next) = match r.bytes().position(|b| b == b'&') {
-                Some(i) => (r.get(..i).unwrap_or(""), r.get(i + 1..)),
-                None => (r, None),
+            let seg = match split_at_byte(r, b'&') {
+                Some((seg, next)) => {
+                    rest = Some(next);
+                    seg
+                }
+                None => {
+                    rest = None;
+                    r
+                }
             };
-            rest = next;
-            let (k, v) = match seg.bytes().position(|b| b == b'=') {
-                Some(i) => (seg.get(..i).unwrap_or(""), seg.get(i + 1..).unwrap_or("")),
-                None => (seg, ""),
-            };
+            let (k, v) = split_at_byte(seg, b'=').unwrap_or((seg, ""));
             let slot = match k {
                 "$rid" => &mut out.rid,
                 "$version" => &mut out.version,
