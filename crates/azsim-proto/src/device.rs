@@ -481,29 +481,34 @@ fn write_fixed2(w: &mut dyn fmt::Write, x: f32) -> fmt::Result {
         0 => (bits & 0x7F_FFFF, 1),
         e => ((bits & 0x7F_FFFF) | 0x80_0000, e),
     };
-    // The value in hundredths, as a 160-bit number in 16-bit limbs (least significant first):
-    // m * 100 < 2^31 shifted left by up to 104 for whole numbers, or that product divided by
-    // 2^(150 - e) and rounded half to even (from a shift of 32 on it is below half a hundredth).
-    let scaled = u64::from(m) * 100;
-    let mut limbs = [0u16; 10];
-    let (low, at) = if e >= 150 {
-        let s = (e - 150) as usize;
-        (scaled << (s % 16), s / 16)
+    // The value in hundredths, as a 160-bit number in 16-bit limbs (least significant first),
+    // in 32-bit arithmetic only: m * 100 < 2^31, doubled e - 150 times (at most 104) for a
+    // whole number, or divided by 2^(150 - e) and rounded half to even (from a shift of 32 on it
+    // is below half a hundredth).
+    let scaled = m * 100;
+    let v = if e >= 150 {
+        scaled
     } else {
         let shift = 150 - e;
-        let hundredths = if shift >= 32 {
+        if shift >= 32 {
             0
         } else {
             let whole = scaled >> shift;
             let rest = scaled & ((1 << shift) - 1);
             let half = 1 << (shift - 1);
-            whole + u64::from(rest > half || (rest == half && whole & 1 == 1))
-        };
-        (hundredths, 0)
+            whole + u32::from(rest > half || (rest == half && whole & 1 == 1))
+        }
     };
-    // `low` < 2^47 fills at most three limbs from `at` <= 6.
-    for (k, limb) in limbs.iter_mut().skip(at).take(3).enumerate() {
-        *limb = (low >> (16 * k)) as u16;
+    let mut limbs = [0u16; 10];
+    limbs[0] = v as u16;
+    limbs[1] = (v >> 16) as u16;
+    for _ in 150..e {
+        let mut carry = 0;
+        for limb in limbs.iter_mut() {
+            let d = (u32::from(*limb) << 1) | carry;
+            *limb = d as u16;
+            carry = d >> 16;
+        }
     }
     // Decimal digits from the right, a point after the first two, at least "0.00"; 160 bits
     // have at most 49 digits.
