@@ -559,22 +559,26 @@ impl<S: Sensor> Core<'_, S> {
     /// Everything the loop decides for `now`: it runs until there is I/O to perform.
     fn step<O: Observer>(&mut self, now: u64, rx: &mut [u8], tx: &mut [u8], obs: &mut O) -> Step {
         loop {
-            if let Phase::Up | Phase::Handshake(_) = self.phase {
-                let handled = match self.next_packet(rx, obs) {
+            // Every complete packet first, so none waits behind the timer; but a pending PUBACK
+            // goes out before the next packet may ask for another.
+            if let Phase::Up | Phase::Handshake(_) = self.phase
+                && self.puback.is_none()
+            {
+                match self.next_packet(rx, obs) {
                     Ok(Some(len)) => {
                         let handled =
                             self.on_packet(now, rx.get(..len).unwrap_or_default(), tx, obs);
                         self.consume(rx, len);
-                        handled
+                        match handled {
+                            Ok(Some(n)) => return Step::Write(n),
+                            Ok(None) => {}
+                            Err(reason) => self.failed(now, reason, obs),
+                        }
+                        continue;
                     }
-                    Ok(None) => Ok(None),
-                    Err(()) => Err(DisconnectReason::Lost),
-                };
-                match handled {
-                    Ok(Some(n)) => return Step::Write(n),
                     Ok(None) => {}
-                    Err(reason) => {
-                        self.failed(now, reason, obs);
+                    Err(()) => {
+                        self.failed(now, DisconnectReason::Lost, obs);
                         continue;
                     }
                 }
@@ -1261,16 +1265,23 @@ mod tests {
         }
     }
 
-    /// A clock that jumps to whatever time is slept until.
-    struct Jumping(u64);
+    /// A clock that jumps to whatever time is slept until; clones share the time.
+    #[derive(Clone)]
+    struct Jumping(std::rc::Rc<core::cell::Cell<u64>>);
+
+    impl Jumping {
+        fn at(t: u64) -> Self {
+            Self(std::rc::Rc::new(core::cell::Cell::new(t)))
+        }
+    }
 
     impl Clock for Jumping {
         fn now(&mut self) -> u64 {
-            self.0
+            self.0.get()
         }
 
         async fn sleep_until(&mut self, unix: u64) {
-            self.0 = self.0.max(unix);
+            self.0.set(self.0.get().max(unix));
         }
     }
 
@@ -1353,7 +1364,7 @@ mod tests {
         };
         let mut notes = Vec::new();
         let mut obs = |n: Note<'_>| notes.push(std::format!("{n:?}"));
-        let reason = block_on(client.run(&mut hub, &mut Jumping(1_700_000_000), &mut obs));
+        let reason = block_on(client.run(&mut hub, &mut Jumping::at(1_700_000_000), &mut obs));
         assert_eq!(
             reason,
             GiveUpReason::Exhausted(DisconnectReason::Unreachable)
@@ -1397,23 +1408,13 @@ mod tests {
                 ..SessionConfig::default()
             },
         );
-        let mut c2d = std::vec![0u8; 128];
-        let n = wire::encode_publish(
-            "devices/board-1/messages/devicebound/%24.mid=m1",
-            b"hello",
-            QosPid::AtLeastOnce(wire::pid(7).unwrap()),
-            false,
-            &mut c2d,
-        )
-        .unwrap();
-        c2d.truncate(n);
         let mut hub = Hub {
-            scripts: std::vec![std::vec![CONNACK_0.to_vec(), c2d]].into(),
+            scripts: std::vec![std::vec![CONNACK_0.to_vec(), c2d(7)]].into(),
             written: Vec::new(),
         };
         let mut notes = Vec::new();
         let mut obs = |n: Note<'_>| notes.push(std::format!("{n:?}"));
-        block_on(client.run(&mut hub, &mut Jumping(1_700_000_000), &mut obs));
+        block_on(client.run(&mut hub, &mut Jumping::at(1_700_000_000), &mut obs));
         assert!(
             notes
                 .iter()
@@ -1451,7 +1452,7 @@ mod tests {
         };
         let mut notes = Vec::new();
         let mut obs = |n: Note<'_>| notes.push(std::format!("{n:?}"));
-        let reason = block_on(client.run(&mut hub, &mut Jumping(1_700_000_000), &mut obs));
+        let reason = block_on(client.run(&mut hub, &mut Jumping::at(1_700_000_000), &mut obs));
         assert_eq!(
             reason,
             GiveUpReason::Exhausted(DisconnectReason::Unreachable)
@@ -1470,5 +1471,61 @@ mod tests {
                 .any(|n| n == "Session(Disconnected { reason: Lost })"),
             "{notes:?}"
         );
+    }
+
+    fn c2d(pid: u16) -> Vec<u8> {
+        let mut buf = std::vec![0u8; 128];
+        let n = wire::encode_publish(
+            "devices/board-1/messages/devicebound/%24.mid=m1",
+            b"hello",
+            QosPid::AtLeastOnce(wire::pid(pid).unwrap()),
+            false,
+            &mut buf,
+        )
+        .unwrap();
+        buf.truncate(n);
+        buf
+    }
+
+    #[test]
+    fn packets_arriving_together_are_all_handled_before_the_loop_waits() {
+        let (mut rx, mut tx) = (std::vec![0u8; 1024], std::vec![0u8; 1024]);
+        let mut client = client(
+            &mut rx,
+            &mut tx,
+            SessionConfig {
+                keep_alive: 4,
+                max_attempts: Some(1),
+                ..SessionConfig::default()
+            },
+        );
+        // A packet that needs no answer (SUBACK) between two that do.
+        let mut both = c2d(7);
+        both.extend_from_slice(&[0x90, 0x03, 0xEA, 0x61, 0x00]);
+        both.extend_from_slice(&c2d(8));
+        let mut hub = Hub {
+            scripts: std::vec![std::vec![CONNACK_0.to_vec(), both, Vec::new()]].into(),
+            written: Vec::new(),
+        };
+        let clock = Jumping::at(1_700_000_000);
+        let seen_at = clock.clone();
+        let mut c2d_times = Vec::new();
+        let mut obs = |n: Note<'_>| {
+            if let Note::Session(Event::C2d { .. }) = n {
+                c2d_times.push(seen_at.0.get());
+            }
+        };
+        block_on(client.run(&mut hub, &mut clock.clone(), &mut obs));
+        assert_eq!(c2d_times.len(), 2);
+        assert_eq!(
+            c2d_times[0], c2d_times[1],
+            "the second waited for the timer"
+        );
+        let pubacks: Vec<_> = packets(&hub.written[0])
+            .into_iter()
+            .filter(|p| p.0 == 0x40)
+            .map(|p| p.1)
+            .collect();
+        assert_eq!(pubacks, [Some(7), Some(8)]);
     }
 }
