@@ -272,30 +272,26 @@ impl<S: Sensor> Device<S> {
                 }
                 None
             }
-            Event::ReportedAccepted { rid, .. } => {
-                if self.version_rid == Some(rid) {
-                    self.version_rid = None;
-                }
-                if self.ack_rid.is_some_and(|(r, _)| r == rid) {
-                    self.ack_rid = None;
-                }
-                None
-            }
-            Event::TwinRequestFailed {
+            Event::ReportedAccepted { rid, .. }
+            | Event::TwinRequestFailed {
                 rid,
                 kind: TwinRequestKind::Reported,
                 ..
             } => {
-                // Report again on the next chance rather than leave the twin stale.
+                // A failed report is sent again on the next chance rather than leave the twin
+                // stale.
+                let failed = matches!(event, Event::TwinRequestFailed { .. });
                 if self.version_rid == Some(rid) {
                     self.version_rid = None;
-                    self.report_version = true;
+                    self.report_version |= failed;
                 }
                 if let Some((r, ack)) = self.ack_rid
                     && r == rid
                 {
                     self.ack_rid = None;
-                    self.ack.get_or_insert(ack);
+                    if failed {
+                        self.ack.get_or_insert(ack);
+                    }
                 }
                 None
             }
@@ -341,24 +337,14 @@ impl<S: Sensor> Device<S> {
             return None;
         }
         let (topic_buf, body_buf) = split_for_body(buf)?;
-        if self.report_version && self.version_rid.is_none() {
-            let version = self.version;
-            let mut b = Body::new(body_buf);
-            b.s("{\"azsim\":{\"version\":").q(version).s("}}");
-            let body = b.done()?;
-            let p = session
-                .send_reported(now, body.as_bytes(), topic_buf)
-                .ok()?;
-            if let PublishKind::Reported { rid } = p.kind {
-                self.version_rid = Some(rid);
-            }
-            self.report_version = false;
-            return Some(p);
-        }
-        // A newer acknowledgement goes out even while an older one is unanswered: the hub
-        // applies patches in order, so the last one wins.
-        if let Some(ack) = self.ack {
-            let mut b = Body::new(body_buf);
+        let mut b = Body::new(body_buf);
+        let version = self.report_version && self.version_rid.is_none();
+        if version {
+            b.s("{\"azsim\":{\"version\":").q(self.version).s("}}");
+        } else {
+            // A newer acknowledgement goes out even while an older one is unanswered: the hub
+            // applies patches in order, so the last one wins.
+            let ack = self.ack?;
             b.s("{\"telemetryInterval\":{\"value\":")
                 .n(ack.value)
                 .s(",\"ac\":")
@@ -369,17 +355,20 @@ impl<S: Sensor> Device<S> {
                 b.s(",\"ad\":\"telemetryInterval must be an integer from 1 to 86400\"");
             }
             b.s("}}");
-            let body = b.done()?;
-            let p = session
-                .send_reported(now, body.as_bytes(), topic_buf)
-                .ok()?;
-            if let PublishKind::Reported { rid } = p.kind {
-                self.ack_rid = Some((rid, ack));
-            }
-            self.ack = None;
-            return Some(p);
         }
-        None
+        let body = b.done()?;
+        let p = session
+            .send_reported(now, body.as_bytes(), topic_buf)
+            .ok()?;
+        if let PublishKind::Reported { rid } = p.kind {
+            if version {
+                self.version_rid = Some(rid);
+                self.report_version = false;
+            } else {
+                self.ack_rid = self.ack.take().map(|ack| (rid, ack));
+            }
+        }
+        Some(p)
     }
 
     fn apply_desired(&mut self, now: u64, raw: &[u8], version: u64) {
@@ -415,33 +404,35 @@ impl<S: Sensor> Device<S> {
         session: &mut Session,
         buf: &'a mut [u8],
     ) -> Option<Publish<'a>> {
-        if name == "ping" {
-            let body: &'a [u8] = if payload.is_empty() { b"null" } else { payload };
-            return session.respond_method(rid, 200, body, buf).ok();
-        }
-        let (topic_buf, body_buf) = split_for_body(buf)?;
-        let (status, body): (u16, &'a str) = match name {
-            "reboot" => (200, "{\"message\":\"rebooting\"}"),
-            "setTelemetryInterval" => match parse_interval_request(payload) {
-                Ok(v) => {
-                    self.set_interval(now, v);
+        // `ping` echoes the payload and keeps the whole buffer for the topic; the others write
+        // a small body at its end.
+        let (status, body, topic_buf): (u16, &'a [u8], &'a mut [u8]) = if name == "ping" {
+            (200, if payload.is_empty() { b"null" } else { payload }, buf)
+        } else {
+            let (topic_buf, body_buf) = split_for_body(buf)?;
+            let (status, body) = match name {
+                "reboot" => (200, "{\"message\":\"rebooting\"}"),
+                "setTelemetryInterval" => {
                     let mut b = Body::new(body_buf);
-                    b.s("{\"interval\":").n(v).s("}");
-                    let body = b.done()?;
-                    (200, body)
+                    let status = match parse_interval_request(payload) {
+                        Ok(v) => {
+                            self.set_interval(now, v);
+                            b.s("{\"interval\":").n(v);
+                            200
+                        }
+                        Err(msg) => {
+                            b.s("{\"message\":").q(msg);
+                            400
+                        }
+                    };
+                    b.s("}");
+                    (status, b.done()?)
                 }
-                Err(msg) => {
-                    let mut b = Body::new(body_buf);
-                    b.s("{\"message\":").q(msg).s("}");
-                    let body = b.done()?;
-                    (400, body)
-                }
-            },
-            _ => (404, "{\"message\":\"method not found\"}"),
+                _ => (404, "{\"message\":\"method not found\"}"),
+            };
+            (status, body.as_bytes(), topic_buf)
         };
-        let p = session
-            .respond_method(rid, status, body.as_bytes(), topic_buf)
-            .ok()?;
+        let p = session.respond_method(rid, status, body, topic_buf).ok()?;
         if name == "reboot" {
             session.reconnect(now);
         }

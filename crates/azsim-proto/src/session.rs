@@ -1150,46 +1150,40 @@ impl Session {
         payload: &'p [u8],
     ) -> Option<Event<'p>> {
         let i = self.twin.iter().position(|r| r.rid == rid)?;
-        let req = self.twin.remove(i);
-        match req.kind {
-            TwinRequestKind::Get => {
-                self.get_rid = None;
-                if !(200..300).contains(&status) {
-                    self.get_retry_at = Some(now + TWIN_GET_RETRY_SECS);
-                    return Some(Event::TwinRequestFailed {
-                        rid,
-                        kind: req.kind,
-                        status: Some(status),
-                        body: payload,
-                    });
-                }
-                let desired_version = json::find_u64(payload, &["desired", "$version"]);
-                if let Some(v) = desired_version {
-                    self.desired_version = Some(v);
-                }
-                // A patch newer than this document arrived (and was dropped) while the GET was
-                // in flight: read the twin again rather than lose it.
-                if let (Some(seen), Some(v)) = (self.patch_during_get.take(), desired_version)
-                    && seen > v
-                {
-                    self.queue_twin_get(now);
-                }
-                Some(Event::Twin {
-                    document: payload,
-                    desired_version,
-                })
-            }
-            TwinRequestKind::Reported => Some(if (200..300).contains(&status) {
-                Event::ReportedAccepted { rid, version }
-            } else {
-                Event::TwinRequestFailed {
-                    rid,
-                    kind: req.kind,
-                    status: Some(status),
-                    body: payload,
-                }
-            }),
+        let kind = self.twin.remove(i).kind;
+        let get = kind == TwinRequestKind::Get;
+        if get {
+            self.get_rid = None;
         }
+        if !(200..300).contains(&status) {
+            if get {
+                self.get_retry_at = Some(now + TWIN_GET_RETRY_SECS);
+            }
+            return Some(Event::TwinRequestFailed {
+                rid,
+                kind,
+                status: Some(status),
+                body: payload,
+            });
+        }
+        if !get {
+            return Some(Event::ReportedAccepted { rid, version });
+        }
+        let desired_version = json::find_u64(payload, &["desired", "$version"]);
+        if let Some(v) = desired_version {
+            self.desired_version = Some(v);
+        }
+        // A patch newer than this document arrived (and was dropped) while the GET was in
+        // flight: read the twin again rather than lose it.
+        if let (Some(seen), Some(v)) = (self.patch_during_get.take(), desired_version)
+            && seen > v
+        {
+            self.queue_twin_get(now);
+        }
+        Some(Event::Twin {
+            document: payload,
+            desired_version,
+        })
     }
 
     fn on_desired_patch<'p>(
