@@ -15,7 +15,7 @@ use azsim_proto::property_bag::SystemProperties;
 use azsim_proto::sas::{self, Key, KeyError, Resource};
 use azsim_proto::session::{
     self, ACTION_BUFFER_LEN, Action, ConnackCode, DisconnectReason, Event, GiveUpReason,
-    IdentityError, MAX_ID_LEN, MAX_IN_FLIGHT, Publish, PublishKind, Session, SessionConfig,
+    IdentityError, MAX_IN_FLIGHT, Publish, PublishKind, Session, SessionConfig,
 };
 use azsim_proto::username;
 use embedded_io_async::{Read, Write};
@@ -198,7 +198,10 @@ impl fmt::Display for ClientError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Self::Identity(e) => e.fmt(f),
-            Self::Key(e) => write!(f, "shared access key: {e}"),
+            Self::Key(e) => {
+                f.write_str("shared access key: ")?;
+                e.fmt(f)
+            }
             Self::UsernameTooLong => f.write_str("mqtt username is too long"),
             Self::TokenTooLong => f.write_str("sas token is too long"),
             Self::BufferTooSmall => f.write_str("packet buffers must be at least 512 bytes"),
@@ -642,8 +645,9 @@ impl<S: Sensor> Core<'_, S> {
     #[inline(never)]
     fn encode_connect(&self, params: ConnectParams, tx: &mut [u8]) -> Option<usize> {
         let id = &self.identity;
-        let mut client_id: String<{ 2 * MAX_ID_LEN + 1 }> = String::new();
-        let mut user: String<USERNAME_LEN> = String::new();
+        // One size for all three, so that one `Sink` is compiled.
+        let mut client_id: String<TOKEN_LEN> = String::new();
+        let mut user: String<TOKEN_LEN> = String::new();
         let mut token: String<TOKEN_LEN> = String::new();
         // Cannot fail: `new` measured all three.
         username::write_client_id(&mut Sink(&mut client_id), id.device_id, id.module_id).ok()?;
@@ -710,6 +714,7 @@ impl<S: Sensor> Core<'_, S> {
 
     /// One incoming packet; `Ok(Some(n))` when an answer sits in `tx[..n]`, `Err` when the
     /// connection is over.
+    #[inline(never)]
     fn on_packet<O: Observer>(
         &mut self,
         now: u64,
