@@ -555,11 +555,13 @@ fn split_port(host_name: &str) -> Option<(&str, Option<u16>)> {
     };
     let (host, port) = match bytes.get(search_from..)?.iter().rposition(|&b| b == b':') {
         Some(i) => {
-            let (h, p) = host_name.split_at(search_from + i);
-            let port = crate::encoding::parse_decimal(p.get(1..)?.as_bytes(), u16::MAX.into())
-                .and_then(|p| u16::try_from(p).ok())
-                .filter(|&p| p != 0)?;
-            (h, Some(port))
+            let (h, p) = host_name.split_at_checked(search_from + i)?;
+            // Capped at u16::MAX, so the cast keeps the value.
+            let port = crate::encoding::parse_decimal(p.get(1..)?.as_bytes(), u16::MAX.into())?;
+            if port == 0 {
+                return None;
+            }
+            (h, Some(port as u16))
         }
         None => (host_name, None),
     };
@@ -659,6 +661,8 @@ mod tests {
                 "HostName=h:99999;DeviceId=d;x509=true",
                 "HostName: bad port",
             ),
+            ("HostName=h:0;DeviceId=d;x509=true", "HostName: bad port"),
+            ("HostName=h:;DeviceId=d;x509=true", "HostName: bad port"),
             ("HostName=h;DeviceId=d;x509=false", "x509: must be true"),
             (
                 "HostName=h;DeviceId=d;DeviceId=e;x509=true",
