@@ -903,6 +903,7 @@ impl<S: Sensor> Core<'_, S> {
 
     /// A packet encoded for the connection (`n`, its length, from a `wire::encode_*`): sent
     /// only when connected.
+#[inline(never)]
     fn encode(&mut self, now: u64, n: Option<usize>) -> Option<usize> {
         if !matches!(self.phase, Phase::Up) {
             return None;
@@ -1070,6 +1071,7 @@ fn earliest(a: Option<u64>, b: Option<u64>) -> Option<u64> {
 
 /// A session or behaviour publish, with the QoS and packet id the session chose, encoded
 /// into `tx` when connected; noted when it does not fit or is a reported PATCH.
+#[inline(never)]
 fn publish<O: Observer>(
     phase: Phase,
     last_tx: &mut u64,
