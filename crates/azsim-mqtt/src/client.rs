@@ -903,7 +903,7 @@ impl<S: Sensor> Core<'_, S> {
 
     /// A packet encoded for the connection (`n`, its length, from a `wire::encode_*`): sent
     /// only when connected.
-#[inline(never)]
+    #[inline(never)]
     fn encode(&mut self, now: u64, n: Option<usize>) -> Option<usize> {
         if !matches!(self.phase, Phase::Up) {
             return None;
