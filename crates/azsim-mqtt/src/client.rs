@@ -215,7 +215,8 @@ impl core::error::Error for ClientError {}
 #[derive(Debug)]
 struct Message {
     seq: u32,
-    id: String<36>,
+    /// `$.mid`, an ASCII UUID.
+    id: [u8; 36],
     body: Vec<u8, TELEMETRY_BUFFER_LEN>,
     /// The packet id it went out with (0: never on the wire). A redelivery reuses it with
     /// DUP=1, as MQTT 3.1.1 asks (4.4); the session's own id for it is `pkid`.
@@ -518,23 +519,31 @@ impl<S: Sensor> Core<'_, S> {
     }
 
     /// A random (version 4) UUID, as `azsim run` uses for `$.mid`.
-    fn message_id(&mut self) -> String<36> {
-        let mut b = [0u8; 16];
-        for chunk in b.chunks_mut(4) {
-            chunk.copy_from_slice(&self.next_u32().to_be_bytes());
-        }
-        b[6] = (b[6] & 0x0F) | 0x40;
-        b[8] = (b[8] & 0x3F) | 0x80;
+    fn message_id(&mut self) -> [u8; 36] {
         const HEX: &[u8; 16] = b"0123456789abcdef";
-        let mut s = String::new();
-        for (i, byte) in b.iter().enumerate() {
-            if matches!(i, 4 | 6 | 8 | 10) {
-                let _ = s.push('-');
+        let mut id = [b'-'; 36];
+        let mut pos = 0;
+        let mut r = 0;
+        for digit in 0..32 {
+            if digit % 8 == 0 {
+                r = self.next_u32();
             }
-            let _ = s.push(char::from(HEX[usize::from(byte >> 4)]));
-            let _ = s.push(char::from(HEX[usize::from(byte & 0xF)]));
+            let nibble = match digit {
+                // Version 4, and the RFC 4122 variant.
+                12 => 4,
+                16 => 8 | (r >> 28) & 3,
+                _ => r >> 28,
+            };
+            r <<= 4;
+            if matches!(digit, 8 | 12 | 16 | 20) {
+                pos += 1;
+            }
+            if let (Some(slot), Some(&hex)) = (id.get_mut(pos), HEX.get(nibble as usize)) {
+                *slot = hex;
+            }
+            pos += 1;
         }
-        s
+        id
     }
 
     /// The driver opened the stream the last [`Step::Connect`] asked for.
@@ -965,7 +974,7 @@ impl<S: Sensor> Core<'_, S> {
         let m = in_flight.get_mut(i)?;
         m.resend = false;
         let sys = SystemProperties {
-            message_id: Some(&m.id),
+            message_id: Some(core::str::from_utf8(&m.id).unwrap_or_default()),
             content_type: Some(TELEMETRY_CONTENT_TYPE),
             content_encoding: Some("utf-8"),
             ..SystemProperties::default()
@@ -1534,5 +1543,32 @@ mod tests {
             .map(|p| p.1)
             .collect();
         assert_eq!(pubacks, [Some(7), Some(8)]);
+    }
+
+    #[test]
+    fn message_ids_are_version_4_uuids() {
+        let (mut rx, mut tx) = (std::vec![0u8; 1024], std::vec![0u8; 1024]);
+        let mut client = client(&mut rx, &mut tx, SessionConfig::default());
+        let a = client.core.message_id();
+        let b = client.core.message_id();
+        assert_ne!(a, b);
+        for id in [a, b] {
+            let text = core::str::from_utf8(&id).unwrap();
+            let groups: Vec<&str> = text.split('-').collect();
+            assert_eq!(
+                groups.iter().map(|g| g.len()).collect::<Vec<_>>(),
+                [8, 4, 4, 4, 12],
+                "{text}"
+            );
+            assert!(
+                text.chars().all(|c| c == '-' || c.is_ascii_hexdigit()),
+                "{text}"
+            );
+            assert!(groups[2].starts_with('4'), "{text}");
+            assert!(
+                matches!(groups[3].as_bytes()[0], b'8' | b'9' | b'a' | b'b'),
+                "{text}"
+            );
+        }
     }
 }
