@@ -554,13 +554,40 @@ where
     W: fmt::Write + ?Sized,
     R: fmt::Display + ?Sized,
 {
+    token_dyn(
+        &mut encoding::Dyn(out),
+        &DisplayRef(resource_uri),
+        signature_b64,
+        expiry,
+        policy,
+    )
+}
+
+/// A `Display` behind a reference, so an unsized one can become `&dyn Display`.
+struct DisplayRef<'r, R: ?Sized>(&'r R);
+
+impl<R: fmt::Display + ?Sized> fmt::Display for DisplayRef<'_, R> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+// One body for every writer type (the firmware measures the token with one and writes it with
+// another).
+fn token_dyn(
+    out: &mut dyn fmt::Write,
+    resource_uri: &dyn fmt::Display,
+    signature_b64: &str,
+    expiry: u64,
+    policy: Option<&str>,
+) -> fmt::Result {
     out.write_str(TOKEN_PREFIX)?;
     out.write_str("sr=")?;
     write!(EncodeWriter(out), "{resource_uri}")?;
     out.write_str("&sig=")?;
     encoding::encode(out, signature_b64)?;
     out.write_str("&se=")?;
-    encoding::write_u64(&mut encoding::Dyn(out), expiry)?;
+    encoding::write_u64(out, expiry)?;
     if let Some(p) = policy {
         out.write_str("&skn=")?;
         encoding::encode(out, p)?;
