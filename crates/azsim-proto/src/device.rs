@@ -692,14 +692,15 @@ pub mod json {
                     self.string()?;
                 }
                 b't' | b'f' | b'n' => {
-                    let rest = self.s.get(self.i..)?;
-                    self.i += if rest.starts_with(b"true") || rest.starts_with(b"null") {
-                        4
-                    } else if rest.starts_with(b"false") {
-                        5
-                    } else {
-                        return None;
+                    let lit: &[u8] = match c {
+                        b't' => b"true",
+                        b'f' => b"false",
+                        _ => b"null",
                     };
+                    if !self.s.get(self.i..)?.starts_with(lit) {
+                        return None;
+                    }
+                    self.i += lit.len();
                 }
                 _ => {
                     if c == b'-' {
@@ -729,18 +730,27 @@ pub mod json {
 
     /// Whether the raw (still escaped) key `raw` equals `want`.
     fn key_is(raw: &[u8], want: &str) -> bool {
-        if !raw.contains(&b'\\') {
-            return raw == want.as_bytes();
-        }
         let mut want = want.as_bytes();
         let mut i = 0;
-        while i < raw.len() {
-            let mut utf8 = [0u8; 4];
-            let piece: &[u8] = if raw[i] == b'\\' {
-                let c = match raw.get(i + 1) {
-                    Some(b'u') => {
-                        let hex = raw.get(i + 2..i + 6);
-                        let Some(c) = hex
+        while let Some(&b) = raw.get(i) {
+            // The UTF-8 bytes this piece of the key stands for.
+            let mut unit = [b, 0, 0, 0];
+            let mut n = 1;
+            i += 1;
+            if b == b'\\' {
+                let Some(&e) = raw.get(i) else {
+                    return false;
+                };
+                i += 1;
+                unit[0] = match e {
+                    b'b' => 0x08,
+                    b'f' => 0x0C,
+                    b'n' => b'\n',
+                    b'r' => b'\r',
+                    b't' => b'\t',
+                    b'u' => {
+                        let Some(c) = raw
+                            .get(i..i + 4)
                             .and_then(|h| {
                                 h.iter().try_fold(0u32, |v, &b| {
                                     Some(v * 16 + char::from(b).to_digit(16)?)
@@ -751,30 +761,18 @@ pub mod json {
                             // Surrogate pairs never match the ASCII keys asked for here.
                             return false;
                         };
-                        i += 6;
-                        c
+                        i += 4;
+                        n = c.encode_utf8(&mut unit).len();
+                        unit[0]
                     }
-                    Some(&e) => {
-                        i += 2;
-                        match e {
-                            b'b' => '\u{8}',
-                            b'f' => '\u{c}',
-                            b'n' => '\n',
-                            b'r' => '\r',
-                            b't' => '\t',
-                            other => char::from(other),
-                        }
-                    }
-                    None => return false,
+                    other => other,
                 };
-                c.encode_utf8(&mut utf8).as_bytes()
-            } else {
-                i += 1;
-                core::slice::from_ref(&raw[i - 1])
-            };
-            match want.strip_prefix(piece) {
-                Some(rest) => want = rest,
-                None => return false,
+            }
+            for &u in unit.get(..n).unwrap_or_default() {
+                match want.split_first() {
+                    Some((&w, rest)) if w == u => want = rest,
+                    _ => return false,
+                }
             }
         }
         want.is_empty()
@@ -1256,6 +1254,22 @@ mod tests {
         #[test]
         fn two_decimals_match_core_fmt_for_sensor_values(x in -100.0f32..200.0) {
             proptest::prop_assert_eq!(fixed2(x), std::format!("{x:.2}"));
+        }
+
+        #[test]
+        fn the_json_scanner_finds_keys_however_they_are_escaped(key in "[\\x00-\\x1f\"\\\\/a-z\u{e9}\u{20ac}\u{1f600}]{0,8}") {
+            let doc = serde_json::json!({ key.clone(): 1 }).to_string();
+            proptest::prop_assert_eq!(json::find(doc.as_bytes(), &[&key]), Some(&b"1"[..]));
+            if key.chars().all(|c| u32::from(c) < 0x10000) {
+                let esc: String = key
+                    .chars()
+                    .map(|c| std::format!("\\u{:04x}", u32::from(c)))
+                    .collect();
+                let doc = std::format!("{{\"{esc}\":2}}");
+                proptest::prop_assert_eq!(json::find(doc.as_bytes(), &[&key]), Some(&b"2"[..]));
+                let other = std::format!("{key}x");
+                proptest::prop_assert_eq!(json::find(doc.as_bytes(), &[&other]), None);
+            }
         }
 
         #[test]
