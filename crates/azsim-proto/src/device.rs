@@ -130,9 +130,10 @@ pub struct MethodOutcome {
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 struct IntervalAck {
-    value: u64,
-    ac: u16,
     av: u64,
+    // At most MAX_INTERVAL: 32 bits keep the record (copied around) small.
+    value: u32,
+    ac: u16,
 }
 
 /// The reference behaviour. Drive it next to a [`Session`]:
@@ -346,7 +347,7 @@ impl<S: Sensor> Device<S> {
             // applies patches in order, so the last one wins.
             let ack = self.ack?;
             b.s("{\"telemetryInterval\":{\"value\":")
-                .n(ack.value)
+                .n(ack.value.into())
                 .s(",\"ac\":")
                 .n(ack.ac.into())
                 .s(",\"av\":")
@@ -380,14 +381,14 @@ impl<S: Sensor> Device<S> {
             Some(v) => {
                 self.set_interval(now, v);
                 self.ack = Some(IntervalAck {
-                    value: v,
+                    value: v as u32,
                     ac: 200,
                     av: version,
                 });
             }
             None => {
                 self.ack = Some(IntervalAck {
-                    value: self.interval,
+                    value: self.interval as u32,
                     ac: 400,
                     av: version,
                 });
