@@ -540,7 +540,11 @@ pub enum State {
 
 #[derive(Clone, Copy, Debug)]
 enum Pending {
-    Connect { expiry: Option<u64>, attempt: u32 },
+    /// The token expiry is `Session::token_expiry`, set when this is queued (a newer connect
+    /// replaces the queue), so the queue entries stay small.
+    Connect {
+        attempt: u32,
+    },
     Subscribe(u8),
     TwinGet(u32),
     Disconnect(DisconnectCause),
@@ -1008,8 +1012,8 @@ impl Session {
     pub fn poll_action<'b>(&mut self, buf: &'b mut [u8; ACTION_BUFFER_LEN]) -> Option<Action<'b>> {
         let pending = self.actions.pop_front()?;
         Some(match pending {
-            Pending::Connect { expiry, attempt } => Action::Connect {
-                token_expiry: expiry,
+            Pending::Connect { attempt } => Action::Connect {
+                token_expiry: self.token_expiry,
                 clean_session: self.config.clean_session,
                 keep_alive: self.config.keep_alive,
                 attempt,
@@ -1087,7 +1091,7 @@ impl Session {
         self.token_expiry = expiry;
         self.state = State::Connecting;
         self.actions.clear();
-        self.push_action(Pending::Connect { expiry, attempt });
+        self.push_action(Pending::Connect { attempt });
     }
 
     fn give_up(&mut self, reason: GiveUpReason) {
