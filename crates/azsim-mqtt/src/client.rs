@@ -22,8 +22,10 @@ use embedded_io_async::{Read, Write};
 use heapless::{Deque, String, Vec};
 use mqttrs::{Pid, QosPid};
 
-use crate::select::{Either, select};
 use crate::wire;
+use core::future::poll_fn;
+use core::pin::pin;
+use core::task::Poll;
 
 /// Telemetry messages kept while offline; when full the oldest is dropped.
 pub const QUEUE_LEN: usize = 16;
@@ -493,13 +495,20 @@ impl<'b, S: Sensor> Client<'b, S> {
                 }
                 Step::Wait { until, .. } => {
                     let free = self.rx.get_mut(self.core.rx_len..).unwrap_or_default();
-                    let read = wire::read(conn.as_deref_mut(), free);
-                    match select(read, clock.sleep_until(until)).await {
-                        Either::Left(Some(n)) => self.core.rx_len += n,
-                        Either::Left(None) => {
-                            self.core.failed(clock.now(), DisconnectReason::Lost, obs);
-                        }
-                        Either::Right(()) => {}
+                    // Whichever finishes first; the read first, so data beats the timer.
+                    let got = {
+                        let mut read = pin!(wire::read(conn.as_deref_mut(), free));
+                        let mut sleep = pin!(clock.sleep_until(until));
+                        poll_fn(|cx| match read.as_mut().poll(cx) {
+                            Poll::Ready(got) => Poll::Ready(Some(got)),
+                            Poll::Pending => sleep.as_mut().poll(cx).map(|()| None),
+                        })
+                        .await
+                    };
+                    match got {
+                        Some(Some(n)) => self.core.rx_len += n,
+                        Some(None) => self.core.failed(clock.now(), DisconnectReason::Lost, obs),
+                        None => {}
                     }
                 }
             }
