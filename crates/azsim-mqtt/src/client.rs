@@ -484,7 +484,7 @@ impl<'b, S: Sensor> Client<'b, S> {
                 Step::Write(n) => {
                     let bytes = self.tx.get_mut(..n).unwrap_or_default();
                     let ok = match conn.as_deref_mut() {
-                        Some(c) => wire::write(c, bytes).await.is_ok(),
+                        Some(c) => c.write_all(bytes).await.is_ok() && c.flush().await.is_ok(),
                         None => false,
                     };
                     // Nothing sent stays behind: CONNECT carried the token.
@@ -497,11 +497,17 @@ impl<'b, S: Sensor> Client<'b, S> {
                     let free = self.rx.get_mut(self.core.rx_len..).unwrap_or_default();
                     // Whichever finishes first; the read first, so data beats the timer.
                     let got = {
-                        let mut read = pin!(wire::read(conn.as_deref_mut(), free));
+                        // Without a stream only the timer can finish.
+                        let mut read = pin!(conn.as_deref_mut().map(|c| c.read(free)));
                         let mut sleep = pin!(clock.sleep_until(until));
-                        poll_fn(|cx| match read.as_mut().poll(cx) {
-                            Poll::Ready(got) => Poll::Ready(Some(got)),
-                            Poll::Pending => sleep.as_mut().poll(cx).map(|()| None),
+                        poll_fn(|cx| {
+                            if let Some(read) = read.as_mut().as_pin_mut()
+                                && let Poll::Ready(got) = read.poll(cx)
+                            {
+                                // An error or the end of the stream ends the connection.
+                                return Poll::Ready(Some(got.ok().filter(|&n| n > 0)));
+                            }
+                            sleep.as_mut().poll(cx).map(|()| None)
                         })
                         .await
                     };

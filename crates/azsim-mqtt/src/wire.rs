@@ -1,24 +1,7 @@
 //! The little glue between `mqttrs` and a byte stream: where a packet ends in the receive
 //! buffer, and the packets this client writes.
 
-use embedded_io_async::{Read, Write};
 use mqttrs::{Connect, Packet, Pid, Protocol, QoS, QosPid, Subscribe, SubscribeTopic};
-
-/// Writes encoded packets out and flushes.
-pub(crate) async fn write<T: Write>(conn: &mut T, bytes: &[u8]) -> Result<(), T::Error> {
-    conn.write_all(bytes).await?;
-    conn.flush().await
-}
-
-/// Reads what the stream has into `buf`: the byte count, `None` when it failed or ended.
-/// Without a stream it never finishes (the caller's timer decides). Cancel-safe when the
-/// stream's `read` is.
-pub(crate) async fn read<T: Read>(conn: Option<&mut T>, buf: &mut [u8]) -> Option<usize> {
-    match conn {
-        Some(c) => c.read(buf).await.ok().filter(|&n| n > 0),
-        None => core::future::pending().await,
-    }
-}
 
 /// The remaining-length field of a packet is malformed.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
