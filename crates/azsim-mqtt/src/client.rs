@@ -2,10 +2,15 @@
 //! and the packet buffers, and [`Client::run`] performs what the session decides until it
 //! gives up.
 //!
-//! It mirrors the laptop driver (`src/device/driver.rs`): check timeouts, produce telemetry,
-//! pump actions / events / behaviour publishes / queued telemetry until nothing moves, then
+//! It mirrors the laptop driver (`src/device/driver.rs`): handle what arrived, check timeouts,
+//! produce telemetry, pump actions / events / behaviour publishes / queued telemetry, then
 //! wait for a packet or the next deadline. The only differences are the transport (raw MQTT
 //! over `embedded-io-async` instead of rumqttc) and that every buffer is fixed.
+//!
+//! Sans-IO inside too: `Core::step` is synchronous and returns the one piece of I/O to do next
+//! (open a stream, write `tx[..n]`, or read while waiting for a deadline); `run` only performs
+//! it. Every `.await` on the stream inlines the stream's futures (mbedtls on the board) and
+//! adds state, so there is one of each.
 
 use core::fmt;
 use core::future::Future;

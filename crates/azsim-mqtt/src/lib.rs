@@ -8,8 +8,10 @@
 //!
 //! What it does: opens connections through a [`Connector`] when the session asks (TCP + TLS
 //! are the connector's business), sends CONNECT with the username and a freshly signed SAS
-//! token, SUBSCRIBE, PUBLISH at QoS 0 and 1, PUBACK for QoS 1 deliveries, PINGREQ keep-alive,
-//! DISCONNECT, and hands everything it sees to an [`Observer`] for logging.
+//! token, SUBSCRIBE, PUBLISH at QoS 0 and 1 (telemetry unacknowledged when a connection ends
+//! goes out again after the next CONNACK as the same PUBLISH: same packet id and `$.mid`,
+//! DUP=1), PUBACK for QoS 1 deliveries, PINGREQ keep-alive, DISCONNECT, and hands everything
+//! it sees to an [`Observer`] for logging.
 //!
 //! What it does not do: TLS, DNS or sockets, QoS 2 (IoT Hub has none), packets larger than the
 //! receive buffer (the connection is closed and the session reconnects), persistence across
