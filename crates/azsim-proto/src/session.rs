@@ -1335,15 +1335,16 @@ mod wire {
     /// business and not parsed here (a device id has no `/`, so such a topic never matches the
     /// C2D shape for this identity).
     pub(super) fn parse_incoming<'t>(t: &'t str, id: &super::Identity) -> Option<Incoming<'t>> {
-        if t.starts_with(topic::METHOD_REQUEST_PREFIX) {
-            let m = topic::parse_method_request(t).ok()?;
+        // Each prefix compared once: the parsers take what follows it.
+        if let Some(rest) = t.strip_prefix(topic::METHOD_REQUEST_PREFIX) {
+            let m = topic::method_request(rest).ok()?;
             return Some(Incoming::Method {
                 name: m.name.as_str(),
                 rid: m.rid.as_raw(),
             });
         }
-        if t.starts_with(topic::TWIN_RESPONSE_PREFIX) {
-            let r = topic::parse_twin_response(t).ok()?;
+        if let Some(rest) = t.strip_prefix(topic::TWIN_RESPONSE_PREFIX) {
+            let r = topic::twin_response(rest).ok()?;
             // Our own ids are plain decimal; anything else is not ours.
             let rid =
                 crate::encoding::parse_decimal(r.rid.as_plain()?.as_bytes(), u32::MAX.into())?;
@@ -1353,8 +1354,8 @@ mod wire {
                 version: r.version,
             });
         }
-        if t.starts_with("devices/") {
-            let c = topic::parse_c2d(t).ok()?;
+        if let Some(rest) = t.strip_prefix("devices/") {
+            let c = topic::c2d(rest).ok()?;
             return (c.device_id == id.device_id()).then_some(Incoming::C2d { properties: c.bag });
         }
         match topic::parse_desired_patch(t) {

@@ -593,8 +593,12 @@ pub struct C2dTopic<'a> {
 /// # Errors
 /// [`TopicError::NoMatch`] for anything else.
 pub fn parse_c2d(topic: &str) -> Result<C2dTopic<'_>, TopicError> {
+    c2d(topic.strip_prefix("devices/").ok_or(TopicError::NoMatch)?)
+}
+
+/// [`parse_c2d`] after its `devices/` (the session strips the prefix once, while dispatching).
+pub(crate) fn c2d(rest: &str) -> Result<C2dTopic<'_>, TopicError> {
     const MARK: &str = "/messages/devicebound";
-    let rest = topic.strip_prefix("devices/").ok_or(TopicError::NoMatch)?;
     // Scanning the `/`s (memchr) beats a substring search on these short topics; the device id
     // normally has no `/`, so the first one is the hit.
     let bytes = rest.as_bytes();
@@ -719,9 +723,15 @@ pub struct MethodRequest<'a> {
 /// [`TopicError::InvalidMethodName`], [`TopicError::RequestIdMissing`],
 /// [`TopicError::InvalidRequestId`] or [`TopicError::DuplicateParameter`].
 pub fn parse_method_request(topic: &str) -> Result<MethodRequest<'_>, TopicError> {
-    let rest = topic
-        .strip_prefix(METHOD_REQUEST_PREFIX)
-        .ok_or(TopicError::NoMatch)?;
+    method_request(
+        topic
+            .strip_prefix(METHOD_REQUEST_PREFIX)
+            .ok_or(TopicError::NoMatch)?,
+    )
+}
+
+/// [`parse_method_request`] after its prefix.
+pub(crate) fn method_request(rest: &str) -> Result<MethodRequest<'_>, TopicError> {
     let (name, q) = segment_and_query(rest, true)?;
     let name = MethodName::new(name)?;
     let rid = Query::parse(q)?.rid()?;
@@ -802,9 +812,15 @@ pub fn write_twin_response<W: fmt::Write + ?Sized>(
 /// Python test form `?rid=`), [`TopicError::InvalidStatus`], [`TopicError::InvalidVersion`],
 /// [`TopicError::InvalidRequestId`] or [`TopicError::DuplicateParameter`].
 pub fn parse_twin_response(topic: &str) -> Result<TwinResponse<'_>, TopicError> {
-    let rest = topic
-        .strip_prefix(TWIN_RESPONSE_PREFIX)
-        .ok_or(TopicError::NoMatch)?;
+    twin_response(
+        topic
+            .strip_prefix(TWIN_RESPONSE_PREFIX)
+            .ok_or(TopicError::NoMatch)?,
+    )
+}
+
+/// [`parse_twin_response`] after its prefix.
+pub(crate) fn twin_response(rest: &str) -> Result<TwinResponse<'_>, TopicError> {
     let (status, q) = segment_and_query(rest, true)?;
     let status = parse_status(status)?;
     let q = Query::parse(q)?;
@@ -833,10 +849,11 @@ pub fn write_desired_patch<W: fmt::Write + ?Sized>(out: &mut W, version: u64) ->
 /// [`TopicError::VersionMissing`], [`TopicError::InvalidVersion`] or
 /// [`TopicError::DuplicateParameter`].
 pub fn parse_desired_patch(topic: &str) -> Result<u64, TopicError> {
+    // The prefix without its `/`, then the `/` if there is one: one comparison for both forms.
     let rest = topic
-        .strip_prefix(TWIN_DESIRED_PREFIX)
-        .or_else(|| topic.strip_prefix(&TWIN_DESIRED_PREFIX[..TWIN_DESIRED_PREFIX.len() - 1]))
+        .strip_prefix(&TWIN_DESIRED_PREFIX[..TWIN_DESIRED_PREFIX.len() - 1])
         .ok_or(TopicError::NoMatch)?;
+    let rest = rest.strip_prefix('/').unwrap_or(rest);
     let q = match rest.strip_prefix('?') {
         Some(q) => q,
         None if rest.is_empty() => return Err(TopicError::VersionMissing),
