@@ -809,10 +809,8 @@ pub mod json {
 
     /// `raw` as an unsigned integer (no sign, fraction or exponent).
     pub fn as_u64(raw: &[u8]) -> Option<u64> {
-        if raw.is_empty() || raw.len() > 20 || !raw.iter().all(u8::is_ascii_digit) {
-            return None;
-        }
-        if raw.len() > 1 && raw[0] == b'0' {
+        // Digits only and the range are `parse_decimal`'s checks; a leading zero is JSON's.
+        if raw.len() > 1 && raw.first() == Some(&b'0') {
             return None;
         }
         crate::encoding::parse_decimal(raw, u64::MAX)
@@ -844,19 +842,26 @@ pub mod json {
     pub(crate) fn write_quoted(w: &mut dyn fmt::Write, s: &str) -> fmt::Result {
         const HEX: &[u8; 16] = b"0123456789abcdef";
         w.write_str("\"")?;
-        let mut start = 0;
-        for (i, b) in s.bytes().enumerate() {
-            // Multi-byte characters pass through whole: their bytes are all >= 0x80.
+        let mut rest = s.as_bytes();
+        loop {
+            // A run that needs no escape (it ends before an ASCII byte or at the end, so it is
+            // whole characters; multi-byte characters are all bytes >= 0x80), then one escape.
+            let run = rest
+                .iter()
+                .position(|&b| b < 0x20 || b == b'"' || b == b'\\')
+                .unwrap_or(rest.len());
+            let (plain, tail) = rest.split_at(run);
+            crate::encoding::write_ascii(w, plain)?;
+            let Some((&b, tail)) = tail.split_first() else {
+                return w.write_str("\"");
+            };
             let short = match b {
                 b'"' | b'\\' => b,
                 b'\n' => b'n',
                 b'\r' => b'r',
                 b'\t' => b't',
-                0..0x20 => 0,
-                _ => continue,
+                _ => 0,
             };
-            // `start..i` is on character boundaries: both ends follow or precede ASCII bytes.
-            w.write_str(s.get(start..i).unwrap_or_default())?;
             let mut esc = *b"\\u00XX";
             let esc = if short == 0 {
                 esc[4] = HEX[usize::from(b >> 4)];
@@ -867,10 +872,8 @@ pub mod json {
                 &esc[..2]
             };
             crate::encoding::write_ascii(w, esc)?;
-            start = i + 1;
+            rest = tail;
         }
-        w.write_str(s.get(start..).unwrap_or_default())?;
-        w.write_str("\"")
     }
 }
 
@@ -1271,6 +1274,24 @@ mod tests {
                 let other = std::format!("{key}x");
                 proptest::prop_assert_eq!(json::find(doc.as_bytes(), &[&other]), None);
             }
+        }
+
+        #[test]
+        fn quoted_strings_escape_exactly_quotes_backslashes_and_controls(s in "[\\x00-\\x7f\u{e9}\u{20ac}\u{1f600}]{0,12}") {
+            let mut want = String::from("\"");
+            for c in s.chars() {
+                match c {
+                    '"' => want.push_str("\\\""),
+                    '\\' => want.push_str("\\\\"),
+                    '\n' => want.push_str("\\n"),
+                    '\r' => want.push_str("\\r"),
+                    '\t' => want.push_str("\\t"),
+                    c if u32::from(c) < 0x20 => want.push_str(&std::format!("\\u{:04x}", u32::from(c))),
+                    c => want.push(c),
+                }
+            }
+            want.push('"');
+            proptest::prop_assert_eq!(json::Quoted(&s).to_string(), want);
         }
 
         #[test]

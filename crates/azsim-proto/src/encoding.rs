@@ -40,27 +40,28 @@ impl<W: fmt::Write + ?Sized> fmt::Write for Dyn<'_, W> {
 }
 
 fn encode_dyn(out: &mut dyn fmt::Write, s: &str) -> fmt::Result {
-    let bytes = s.as_bytes();
-    let mut start = 0;
-    for (i, &b) in bytes.iter().enumerate() {
-        if !is_unreserved(b) {
-            if start < i {
-                // Safe split: unreserved bytes are ASCII, so [start, i) is on char boundaries.
-                out.write_str(&s[start..i])?;
-            }
-            let esc = [
-                b'%',
-                HEX_UPPER[usize::from(b >> 4)],
-                HEX_UPPER[usize::from(b & 0xF)],
-            ];
-            write_ascii(out, &esc)?;
-            start = i + 1;
+    let mut rest = s.as_bytes();
+    loop {
+        // A run of unreserved (ASCII) bytes as is, then one escaped byte.
+        let run = rest
+            .iter()
+            .position(|&b| !is_unreserved(b))
+            .unwrap_or(rest.len());
+        let (plain, tail) = rest.split_at(run);
+        if !plain.is_empty() {
+            write_ascii(out, plain)?;
         }
+        let Some((&b, tail)) = tail.split_first() else {
+            return Ok(());
+        };
+        let esc = [
+            b'%',
+            HEX_UPPER[usize::from(b >> 4)],
+            HEX_UPPER[usize::from(b & 0xF)],
+        ];
+        write_ascii(out, &esc)?;
+        rest = tail;
     }
-    if start < bytes.len() {
-        out.write_str(&s[start..])?;
-    }
-    Ok(())
 }
 
 /// Writes ASCII bytes (digits, escapes the crate built itself) as text: the one place such a
@@ -360,6 +361,19 @@ mod tests {
             let mut s = String::new();
             write_u64(&mut s, n).unwrap();
             proptest::prop_assert_eq!(s, std::format!("{n}"));
+        }
+
+        #[test]
+        fn encode_escapes_exactly_the_reserved_bytes(input in "[\\x00-\\x7f\u{e9}\u{20ac}\u{1f600}]{0,12}") {
+            let want: String = input
+                .bytes()
+                .map(|b| if b.is_ascii_alphanumeric() || b"-_.~".contains(&b) {
+                    char::from(b).into()
+                } else {
+                    std::format!("%{b:02X}")
+                })
+                .collect();
+            proptest::prop_assert_eq!(std::format!("{}", Encoded(&input)), want);
         }
 
         #[test]
