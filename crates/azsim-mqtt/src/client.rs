@@ -370,7 +370,7 @@ impl<'b, S: Sensor> Client<'b, S> {
         // The username and each token are written when CONNECT is; here they are only
         // measured, so that one that cannot fit fails now, not at the first connect.
         username::write_username(
-            &mut Measure(USERNAME_LEN),
+            &mut Measure(USERNAME_LEN) as &mut dyn fmt::Write,
             identity.host,
             identity.device_id,
             identity.module_id,
@@ -383,8 +383,14 @@ impl<'b, S: Sensor> Client<'b, S> {
                 let key = Key::from_base64(k).map_err(ClientError::Key)?;
                 // The longest expiry makes the longest token.
                 let resource = resource(&identity);
-                sas::sign_with_key(&mut Measure(TOKEN_LEN), &resource, &key, u64::MAX, None)
-                    .map_err(|_| ClientError::TokenTooLong)?;
+                sas::sign_with_key(
+                    &mut Measure(TOKEN_LEN) as &mut dyn fmt::Write,
+                    &resource,
+                    &key,
+                    u64::MAX,
+                    None,
+                )
+                .map_err(|_| ClientError::TokenTooLong)?;
                 Some(key)
             }
             Credential::Token(_) => {
@@ -679,9 +685,14 @@ impl<S: Sensor> Core<'_, S> {
         let mut user: String<TOKEN_LEN> = String::new();
         let mut token: String<TOKEN_LEN> = String::new();
         // Cannot fail: `new` measured all three.
-        username::write_client_id(&mut Sink(&mut client_id), id.device_id, id.module_id).ok()?;
+        username::write_client_id(
+            &mut Sink(&mut client_id) as &mut dyn fmt::Write,
+            id.device_id,
+            id.module_id,
+        )
+        .ok()?;
         username::write_username(
-            &mut Sink(&mut user),
+            &mut Sink(&mut user) as &mut dyn fmt::Write,
             id.host,
             id.device_id,
             id.module_id,
@@ -691,7 +702,14 @@ impl<S: Sensor> Core<'_, S> {
         .ok()?;
         let password: Option<&[u8]> = match (&self.key, params.token_expiry, self.credential) {
             (Some(key), Some(exp), _) => {
-                sas::sign_with_key(&mut Sink(&mut token), &resource(id), key, exp, None).ok()?;
+                sas::sign_with_key(
+                    &mut Sink(&mut token) as &mut dyn fmt::Write,
+                    &resource(id),
+                    key,
+                    exp,
+                    None,
+                )
+                .ok()?;
                 Some(token.as_bytes())
             }
             (_, _, Credential::Token(t)) => Some(t.as_bytes()),
