@@ -148,9 +148,12 @@ struct IntervalAck {
 #[derive(Debug)]
 pub struct Device<S> {
     sensor: S,
-    interval: u64,
+    // At most MAX_INTERVAL: 32 bits are enough.
+    interval: u32,
     version: &'static str,
-    next_at: Option<u64>,
+    // When telemetry is next due; 0 before the first message (a due time is always at least
+    // one interval after a time >= 0).
+    next_at: u64,
     seq: u32,
     report_version: bool,
     version_rid: Option<u32>,
@@ -163,9 +166,9 @@ impl<S: Sensor> Device<S> {
     pub fn new(sensor: S, config: DeviceConfig) -> Self {
         Self {
             sensor,
-            interval: config.interval.clamp(MIN_INTERVAL, MAX_INTERVAL),
+            interval: clamp_interval(config.interval),
             version: config.version,
-            next_at: None,
+            next_at: 0,
             seq: 0,
             report_version: false,
             version_rid: None,
@@ -176,7 +179,7 @@ impl<S: Sensor> Device<S> {
 
     /// The telemetry interval in seconds.
     pub fn interval(&self) -> u64 {
-        self.interval
+        self.interval.into()
     }
 
     /// The last sequence number produced.
@@ -186,10 +189,11 @@ impl<S: Sensor> Device<S> {
 
     /// Changes the interval; the next message is due one new interval after the last one.
     pub fn set_interval(&mut self, now: u64, interval: u64) {
-        let interval = interval.clamp(MIN_INTERVAL, MAX_INTERVAL);
-        if let Some(next) = self.next_at {
-            let last = next.saturating_sub(self.interval);
-            self.next_at = Some((last + interval).max(now));
+        let interval = clamp_interval(interval);
+        let next = self.next_at;
+        if next != 0 {
+            let last = next.saturating_sub(self.interval.into());
+            self.next_at = (last + u64::from(interval)).max(now);
         }
         self.interval = interval;
     }
@@ -197,7 +201,7 @@ impl<S: Sensor> Device<S> {
     /// When telemetry is next due (`None` before the first [`Device::poll_telemetry`], which
     /// produces a message at once).
     pub fn poll_timeout(&self) -> Option<u64> {
-        self.next_at
+        (self.next_at != 0).then_some(self.next_at)
     }
 
     /// The telemetry message due at `now`, if any. Messages are produced whether or not the
@@ -207,15 +211,17 @@ impl<S: Sensor> Device<S> {
         now: u64,
         buf: &'b mut [u8; TELEMETRY_BUFFER_LEN],
     ) -> Option<Telemetry<'b>> {
-        if self.next_at.is_some_and(|t| now < t) {
+        let t = self.next_at;
+        if now < t {
             return None;
         }
         // Late by more than an interval (a paused process): resume the cadence, no burst.
-        let next = match self.next_at {
-            Some(t) if now < t + self.interval => t + self.interval,
-            _ => now + self.interval,
+        let interval = u64::from(self.interval);
+        self.next_at = if t != 0 && now < t + interval {
+            t + interval
+        } else {
+            now + interval
         };
-        self.next_at = Some(next);
         self.seq = self.seq.wrapping_add(1);
         let r = self.sensor.read();
         let seq = self.seq;
@@ -388,7 +394,7 @@ impl<S: Sensor> Device<S> {
             }
             None => {
                 self.ack = Some(IntervalAck {
-                    value: self.interval as u32,
+                    value: self.interval,
                     ac: 400,
                     av: version,
                 });
@@ -453,6 +459,11 @@ pub fn parse_interval_request(payload: &[u8]) -> Result<u64, &'static str> {
     json::as_u64(raw)
         .filter(|v| (MIN_INTERVAL..=MAX_INTERVAL).contains(v))
         .ok_or("\"interval\" must be an integer from 1 to 86400")
+}
+
+/// `interval` clamped to [`MIN_INTERVAL`]..=[`MAX_INTERVAL`] (so it fits 32 bits).
+fn clamp_interval(interval: u64) -> u32 {
+    interval.clamp(MIN_INTERVAL, MAX_INTERVAL) as u32
 }
 
 fn finite(x: f32) -> f32 {
@@ -626,33 +637,60 @@ pub mod json {
             (self.i > start).then_some(())
         }
 
-        /// A string; returns its raw contents (escapes checked, not decoded).
-        fn string(&mut self) -> Option<&'a [u8]> {
+        /// A string; whether its text (escapes decoded) is `want`.
+        fn string(&mut self, want: &str) -> Option<bool> {
             self.eat(b'"')?;
-            let start = self.i;
+            let mut want = want.as_bytes();
+            let mut same = true;
             loop {
                 let c = self.peek();
                 self.i += 1;
+                // The UTF-8 bytes this piece of the string stands for.
+                let mut unit = [c, 0, 0, 0];
+                let mut n = 1;
                 match c {
-                    b'"' => return self.s.get(start..self.i - 1),
+                    b'"' => return Some(same && want.is_empty()),
                     b'\\' => {
                         let e = self.peek();
                         self.i += 1;
-                        if e == b'u' {
-                            let hex = self.s.get(self.i..self.i + 4)?;
-                            if !hex.iter().all(u8::is_ascii_hexdigit) {
-                                return None;
+                        unit[0] = match e {
+                            b'"' | b'\\' | b'/' => e,
+                            b'b' => 0x08,
+                            b'f' => 0x0C,
+                            b'n' => b'\n',
+                            b'r' => b'\r',
+                            b't' => b'\t',
+                            b'u' => {
+                                let hex = self.s.get(self.i..self.i + 4)?;
+                                let mut v = 0;
+                                for &h in hex {
+                                    v = v * 16 + char::from(h).to_digit(16)?;
+                                }
+                                self.i += 4;
+                                match char::from_u32(v) {
+                                    Some(ch) => {
+                                        n = ch.encode_utf8(&mut unit).len();
+                                        unit[0]
+                                    }
+                                    None => {
+                                        // Surrogate pairs never match the ASCII keys asked
+                                        // for here.
+                                        same = false;
+                                        0
+                                    }
+                                }
                             }
-                            self.i += 4;
-                        } else if !matches!(
-                            e,
-                            b'"' | b'\\' | b'/' | b'b' | b'f' | b'n' | b'r' | b't'
-                        ) {
-                            return None;
-                        }
+                            _ => return None,
+                        };
                     }
                     0..=0x1F => return None,
                     _ => {}
+                }
+                for &u in unit.get(..n).unwrap_or_default() {
+                    match want.split_first() {
+                        Some((&w, rest)) if w == u => want = rest,
+                        _ => same = false,
+                    }
                 }
             }
         }
@@ -674,7 +712,7 @@ pub mod json {
                     } else {
                         loop {
                             if c == b'{' {
-                                self.string()?;
+                                self.string("")?;
                                 self.eat(b':')?;
                             }
                             self.value(depth + 1)?;
@@ -690,7 +728,7 @@ pub mod json {
                     }
                 }
                 b'"' => {
-                    self.string()?;
+                    self.string("")?;
                 }
                 b't' | b'f' | b'n' => {
                     let lit: &[u8] = match c {
@@ -729,56 +767,6 @@ pub mod json {
         }
     }
 
-    /// Whether the raw (still escaped) key `raw` equals `want`.
-    fn key_is(raw: &[u8], want: &str) -> bool {
-        let mut want = want.as_bytes();
-        let mut i = 0;
-        while let Some(&b) = raw.get(i) {
-            // The UTF-8 bytes this piece of the key stands for.
-            let mut unit = [b, 0, 0, 0];
-            let mut n = 1;
-            i += 1;
-            if b == b'\\' {
-                let Some(&e) = raw.get(i) else {
-                    return false;
-                };
-                i += 1;
-                unit[0] = match e {
-                    b'b' => 0x08,
-                    b'f' => 0x0C,
-                    b'n' => b'\n',
-                    b'r' => b'\r',
-                    b't' => b'\t',
-                    b'u' => {
-                        let Some(c) = raw
-                            .get(i..i + 4)
-                            .and_then(|h| {
-                                h.iter().try_fold(0u32, |v, &b| {
-                                    Some(v * 16 + char::from(b).to_digit(16)?)
-                                })
-                            })
-                            .and_then(char::from_u32)
-                        else {
-                            // Surrogate pairs never match the ASCII keys asked for here.
-                            return false;
-                        };
-                        i += 4;
-                        n = c.encode_utf8(&mut unit).len();
-                        unit[0]
-                    }
-                    other => other,
-                };
-            }
-            for &u in unit.get(..n).unwrap_or_default() {
-                match want.split_first() {
-                    Some((&w, rest)) if w == u => want = rest,
-                    _ => return false,
-                }
-            }
-        }
-        want.is_empty()
-    }
-
     /// The raw bytes of the value at `path` (object keys from the top), e.g.
     /// `find(doc, &["desired", "$version"])`. An empty path returns the whole value.
     pub fn find<'a>(doc: &'a [u8], path: &[&str]) -> Option<&'a [u8]> {
@@ -790,9 +778,9 @@ pub mod json {
             c.eat(b'{')?;
             loop {
                 // An empty object has no key: `string` fails on its `}`.
-                let key = c.string()?;
+                let found = c.string(want)?;
                 c.eat(b':')?;
-                if key_is(key, want) {
+                if found {
                     break;
                 }
                 c.value(depth + 1)?;
