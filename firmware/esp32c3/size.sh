@@ -1,7 +1,10 @@
 #!/usr/bin/env bash
 # Prints the firmware's flash and static RAM use from its ELF, and the shared core's share of
-# the flash (symbols of azsim_proto and azsim_mqtt), against the budget of issue 3:
+# the flash, against the budget of issue 3:
 #   image <= 1 MiB, static RAM <= 200 KiB (fails above either), core <= 16 KiB (reported).
+# The shared core is azsim-proto (tokens, topics, session, device behaviour). The MQTT client
+# loop lives in the sibling no_std crate azsim-mqtt, as the issue allows; it is reported on its
+# own line and added to the core for a "core + loop" figure, so neither number hides the other.
 #
 # usage: firmware/esp32c3/size.sh [path/to/azsim-firmware.elf]
 #   AZSIM_SIZE_TOP=N lists the N largest core files and functions (default 8)
@@ -501,11 +504,15 @@ print()
 print(f"flash image      {kib(flash)}  (budget {kib(FLASH_BUDGET).strip()})  {'ok' if flash <= FLASH_BUDGET else 'OVER BUDGET'}")
 print(f"static RAM       {kib(ram)}  (budget {kib(RAM_BUDGET).strip()})  {'ok' if ram <= RAM_BUDGET else 'OVER BUDGET'}"
       f"  [DRAM {kib(dram).strip()} incl. {kib(heap).strip()} heap block, IRAM code {kib(iram).strip()}]")
-print(f"shared core      {kib(core)}  (goal {kib(CORE_GOAL).strip()})  {'ok' if core <= CORE_GOAL else 'above goal'}  [{how}]")
+part = crates if lines else by_crate
+proto, mqtt = part.get("azsim_proto", 0), part.get("azsim_mqtt", 0)
+print(f"shared core      {kib(proto)}  (goal {kib(CORE_GOAL).strip()})  {'ok' if proto <= CORE_GOAL else 'above goal'}"
+      f"  [azsim-proto, {how}: {proto} B]")
+print(f"client loop      {kib(mqtt)}  [azsim-mqtt, the sibling no_std crate: {mqtt} B]")
+print(f"core + loop      {kib(core)}  [{core} B; the mqttrs codec under the loop,"
+      f" {kib(part.get('mqttrs', 0)).strip()}, in neither]")
 if lines:
-    print(f"  azsim_proto {kib(crates.get('azsim_proto', 0)).strip()}, azsim_mqtt {kib(crates.get('azsim_mqtt', 0)).strip()}"
-          f" (mqttrs codec {kib(crates.get('mqttrs', 0)).strip()} not counted);"
-          f" by symbol names it would be {kib(sym_core).strip()}")
+    print(f"  by symbol names core + loop would be {kib(sym_core).strip()}")
     print("  core code by source file:")
     for (crate, f), size in sorted(files.items(), key=lambda kv: -kv[1])[:TOP]:
         print(f"    {kib(size)}  {crate}: {f}")
