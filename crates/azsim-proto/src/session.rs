@@ -84,13 +84,12 @@ impl fmt::Display for IdentityError {
 
 impl core::error::Error for IdentityError {}
 
-fn id_string(s: &str) -> Result<heapless::String<MAX_ID_LEN>, IdentityError> {
+/// Fills an empty id in place (no 132-byte string moved through a `Result`).
+fn id_string(out: &mut heapless::String<MAX_ID_LEN>, s: &str) -> Result<(), IdentityError> {
     if s.is_empty() {
         return Err(IdentityError::Empty);
     }
-    let mut out = heapless::String::new();
-    out.push_str(s).map_err(|()| IdentityError::TooLong)?;
-    Ok(out)
+    out.push_str(s).map_err(|()| IdentityError::TooLong)
 }
 
 impl Identity {
@@ -99,10 +98,12 @@ impl Identity {
     /// # Errors
     /// [`IdentityError`] when the id is empty or too long.
     pub fn device(device_id: &str) -> Result<Self, IdentityError> {
-        Ok(Self {
-            device_id: id_string(device_id)?,
+        let mut id = Self {
+            device_id: heapless::String::new(),
             module_id: None,
-        })
+        };
+        id_string(&mut id.device_id, device_id)?;
+        Ok(id)
     }
 
     /// A module identity. Modules get no C2D subscription (IoT Hub has no module C2D).
@@ -110,10 +111,15 @@ impl Identity {
     /// # Errors
     /// [`IdentityError`] when an id is empty or too long.
     pub fn module(device_id: &str, module_id: &str) -> Result<Self, IdentityError> {
-        Ok(Self {
-            device_id: id_string(device_id)?,
-            module_id: Some(id_string(module_id)?),
-        })
+        let mut id = Self {
+            device_id: heapless::String::new(),
+            module_id: Some(heapless::String::new()),
+        };
+        id_string(&mut id.device_id, device_id)?;
+        if let Some(m) = &mut id.module_id {
+            id_string(m, module_id)?;
+        }
+        Ok(id)
     }
 
     /// The device id.
