@@ -603,6 +603,12 @@ pub mod json {
     /// Deepest nesting walked.
     pub const MAX_DEPTH: usize = 32;
 
+    /// The two-character escapes: the byte after `\\` and the byte it stands for. The first
+    /// five are the ones [`Quoted`] writes (it writes the others' bytes as `\\u00XX`).
+    const SHORT_ESCAPES: [[u8; 2]; 8] = [
+        *b"\"\"", *b"\\\\", *b"n\n", *b"r\r", *b"t\t", *b"//", *b"b\x08", *b"f\x0c",
+    ];
+
     struct Cursor<'a> {
         s: &'a [u8],
         i: usize,
@@ -653,34 +659,27 @@ pub mod json {
                     b'\\' => {
                         let e = self.peek();
                         self.i += 1;
-                        unit[0] = match e {
-                            b'"' | b'\\' | b'/' => e,
-                            b'b' => 0x08,
-                            b'f' => 0x0C,
-                            b'n' => b'\n',
-                            b'r' => b'\r',
-                            b't' => b'\t',
-                            b'u' => {
-                                let hex = self.s.get(self.i..self.i + 4)?;
-                                let mut v = 0;
-                                for &h in hex {
-                                    v = v * 16 + char::from(h).to_digit(16)?;
+                        unit[0] = if e == b'u' {
+                            let hex = self.s.get(self.i..self.i + 4)?;
+                            let mut v = 0;
+                            for &h in hex {
+                                v = v * 16 + char::from(h).to_digit(16)?;
+                            }
+                            self.i += 4;
+                            match char::from_u32(v) {
+                                Some(ch) => {
+                                    n = ch.encode_utf8(&mut unit).len();
+                                    unit[0]
                                 }
-                                self.i += 4;
-                                match char::from_u32(v) {
-                                    Some(ch) => {
-                                        n = ch.encode_utf8(&mut unit).len();
-                                        unit[0]
-                                    }
-                                    None => {
-                                        // Surrogate pairs never match the ASCII keys asked
-                                        // for here.
-                                        same = false;
-                                        0
-                                    }
+                                None => {
+                                    // Surrogate pairs never match the ASCII keys asked for
+                                    // here.
+                                    same = false;
+                                    0
                                 }
                             }
-                            _ => return None,
+                        } else {
+                            SHORT_ESCAPES.iter().find(|p| p[0] == e)?[1]
                         };
                     }
                     0..=0x1F => return None,
@@ -843,13 +842,12 @@ pub mod json {
             let Some((&b, tail)) = tail.split_first() else {
                 return w.write_str("\"");
             };
-            let short = match b {
-                b'"' | b'\\' => b,
-                b'\n' => b'n',
-                b'\r' => b'r',
-                b'\t' => b't',
-                _ => 0,
-            };
+            let short = SHORT_ESCAPES
+                .get(..5)
+                .unwrap_or_default()
+                .iter()
+                .find(|p| p[1] == b)
+                .map_or(0, |p| p[0]);
             let mut esc = *b"\\u00XX";
             let esc = if short == 0 {
                 esc[4] = HEX[usize::from(b >> 4)];
