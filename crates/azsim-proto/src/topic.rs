@@ -825,7 +825,7 @@ pub(crate) fn twin_response(rest: &str) -> Result<TwinResponse<'_>, TopicError> 
     let status = parse_status(status)?;
     let q = Query::parse(q)?;
     let rid = q.rid()?;
-    let version = q.version.map(parse_version).transpose()?;
+    let version = q.0[VERSION].map(parse_version).transpose()?;
     Ok(TwinResponse {
         status,
         rid,
@@ -859,7 +859,7 @@ pub fn parse_desired_patch(topic: &str) -> Result<u64, TopicError> {
         None if rest.is_empty() => return Err(TopicError::VersionMissing),
         None => return Err(TopicError::NoMatch),
     };
-    let v = Query::parse(q)?.version.ok_or(TopicError::VersionMissing)?;
+    let v = Query::parse(q)?.0[VERSION].ok_or(TopicError::VersionMissing)?;
     parse_version(v)
 }
 
@@ -926,8 +926,7 @@ pub fn parse_dps_request(topic: &str) -> Result<DpsRequest<'_>, TopicError> {
     if let Some(rest) = topic.strip_prefix(DPS_QUERY_PREFIX) {
         let q = hub_side_query(rest).map_err(no_match_on_not_allowed)?;
         let rid = q.rid()?;
-        let op = q
-            .operation_id
+        let op = q.0[OPERATION_ID]
             .filter(|o| !o.is_empty())
             .ok_or(TopicError::OperationIdMissing)?;
         let op = EncodedStr::new(op);
@@ -992,8 +991,7 @@ pub fn parse_dps_response(topic: &str) -> Result<DpsResponse<'_>, TopicError> {
     let status = parse_status(status)?;
     let q = Query::parse(q)?;
     let rid = q.rid()?;
-    let retry_after = q
-        .retry_after
+    let retry_after = q.0[RETRY_AFTER]
         .map(|s| parse_decimal(s, u64::from(u32::MAX)).ok_or(TopicError::InvalidRetryAfter))
         .transpose()?
         .map(|v| u32::try_from(v).unwrap_or(u32::MAX));
@@ -1074,18 +1072,19 @@ fn segment_and_query(rest: &str, lenient_slash: bool) -> Result<(&str, &str), To
     }
 }
 
-/// The known query pairs of a response/request topic, raw.
-#[derive(Default)]
-struct Query<'a> {
-    rid: Option<&'a str>,
-    version: Option<&'a str>,
-    retry_after: Option<&'a str>,
-    operation_id: Option<&'a str>,
-}
+/// The known query pairs of a response/request topic, raw, indexed like [`QUERY_KEYS`].
+struct Query<'a>([Option<&'a str>; 4]);
+
+/// The keys [`Query`] keeps: one comparison loop instead of a `match` with a comparison per key.
+const QUERY_KEYS: [&str; 4] = ["$rid", "$version", "retry-after", "operationId"];
+const RID: usize = 0;
+const VERSION: usize = 1;
+const RETRY_AFTER: usize = 2;
+const OPERATION_ID: usize = 3;
 
 impl<'a> Query<'a> {
     fn parse(q: &'a str) -> Result<Self, TopicError> {
-        let mut out = Query::default();
+        let mut out = Query([None; 4]);
         let mut rest = Some(q);
         while let Some(r) = rest {
             let seg = match split_at_byte(r, b'&') {
@@ -1099,23 +1098,20 @@ impl<'a> Query<'a> {
                 }
             };
             let (k, v) = split_at_byte(seg, b'=').unwrap_or((seg, ""));
-            let slot = match k {
-                "$rid" => &mut out.rid,
-                "$version" => &mut out.version,
-                "retry-after" => &mut out.retry_after,
-                "operationId" => &mut out.operation_id,
-                _ => continue,
-            };
-            if slot.replace(v).is_some() {
-                return Err(TopicError::DuplicateParameter);
+            for (key, slot) in QUERY_KEYS.iter().zip(out.0.iter_mut()) {
+                if *key == k {
+                    if slot.replace(v).is_some() {
+                        return Err(TopicError::DuplicateParameter);
+                    }
+                    break;
+                }
             }
         }
         Ok(out)
     }
 
     fn rid(&self) -> Result<EncodedStr<'a>, TopicError> {
-        let rid = self
-            .rid
+        let rid = self.0[RID]
             .filter(|r| !r.is_empty())
             .ok_or(TopicError::RequestIdMissing)?;
         let rid = EncodedStr::new(rid);
