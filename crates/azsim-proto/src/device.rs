@@ -475,9 +475,6 @@ fn finite(x: f32) -> f32 {
 /// the firmware about 16 KiB of flash. Integer arithmetic only (no soft-float calls).
 fn write_fixed2(w: &mut dyn fmt::Write, x: f32) -> fmt::Result {
     let bits = x.to_bits();
-    if bits >> 31 == 1 {
-        w.write_str("-")?;
-    }
     // |x| = m * 2^(e - 150), m < 2^24; a zero exponent field is a subnormal (e = 1, no
     // implicit bit).
     let (m, e) = match (bits >> 23) & 0xFF {
@@ -514,8 +511,8 @@ fn write_fixed2(w: &mut dyn fmt::Write, x: f32) -> fmt::Result {
         }
     }
     // Decimal digits from the right, a point after the first two, at least "0.00"; 160 bits
-    // have at most 49 digits.
-    let mut text = [0u8; 52];
+    // have at most 49 digits (then the sign).
+    let mut text = [b'-'; 52];
     let mut start = text.len();
     for (n, slot) in text.iter_mut().rev().enumerate() {
         start -= 1;
@@ -536,6 +533,8 @@ fn write_fixed2(w: &mut dyn fmt::Write, x: f32) -> fmt::Result {
             break;
         }
     }
+    // `text[start - 1]` is the `-` it was filled with.
+    start -= (bits >> 31) as usize;
     encoding::write_ascii(w, text.get(start..).unwrap_or_default())
 }
 

@@ -134,10 +134,12 @@ pub fn write_u64(out: &mut dyn fmt::Write, n: u64) -> fmt::Result {
     let mut buf = [0u8; 20];
     let mut start = buf.len();
     let mut n = n;
-    for (i, digit) in buf.iter_mut().enumerate().rev() {
-        *digit = b'0' + (n % 10) as u8;
+    loop {
+        start -= 1;
+        if let Some(digit) = buf.get_mut(start) {
+            *digit = b'0' + (n % 10) as u8;
+        }
         n /= 10;
-        start = i;
         if n == 0 {
             break;
         }
@@ -204,7 +206,7 @@ const fn hex_val(b: u8) -> Option<u8> {
 /// Whether `s` contains any `%` escape (so decoding would change it).
 #[inline]
 pub fn needs_decoding(s: &str) -> bool {
-    s.as_bytes().contains(&b'%')
+    s.bytes().any(|b| b == b'%')
 }
 
 /// Decodes `s` into `buf` and returns the decoded text. `+` is kept as `+`.
