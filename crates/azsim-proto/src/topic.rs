@@ -1056,8 +1056,7 @@ fn write_rid_query<W: fmt::Write + ?Sized>(out: &mut W, rid: &str) -> fmt::Resul
 /// characters), `None` without one. What `split_once(char)` does, minus its generic searcher.
 fn split_at_byte(s: &str, sep: u8) -> Option<(&str, &str)> {
     let i = s.bytes().position(|b| b == sep)?;
-    let (a, b) = s.split_at_checked(i)?;
-    Some((a, b.get(1..)?))
+    Some((s.get(..i)?, s.get(i + 1..)?))
 }
 
 /// Splits `{segment}/?{query}`, or with `lenient_slash` also `{segment}?{query}`.
