@@ -14,8 +14,15 @@ use core::fmt;
 
 use crate::encoding;
 
+/// The api-version as a literal, so the username's fixed middle is one string.
+macro_rules! api_version {
+    () => {
+        "2021-04-12"
+    };
+}
+
 /// The IoT Hub api-version azsim sends.
-pub const API_VERSION: &str = "2021-04-12";
+pub const API_VERSION: &str = api_version!();
 
 /// The DPS api-version azsim sends.
 pub const DPS_API_VERSION: &str = "2019-03-31";
@@ -26,6 +33,16 @@ pub const DPS_API_VERSION: &str = "2019-03-31";
 /// Only the writer's own error.
 pub fn write_client_id<W: fmt::Write + ?Sized>(
     out: &mut W,
+    device_id: &str,
+    module_id: Option<&str>,
+) -> fmt::Result {
+    client_id_dyn(&mut encoding::Dyn(out), device_id, module_id)
+}
+
+// One body for every writer type (the firmware measures with one writer and writes with
+// another).
+fn client_id_dyn(
+    out: &mut dyn fmt::Write,
     device_id: &str,
     module_id: Option<&str>,
 ) -> fmt::Result {
@@ -63,12 +80,32 @@ pub fn write_username<W: fmt::Write + ?Sized>(
     client_version: &str,
     model_id: Option<&str>,
 ) -> fmt::Result {
+    username_dyn(
+        &mut encoding::Dyn(out),
+        host,
+        device_id,
+        module_id,
+        client_version,
+        model_id,
+    )
+}
+
+fn username_dyn(
+    out: &mut dyn fmt::Write,
+    host: &str,
+    device_id: &str,
+    module_id: Option<&str>,
+    client_version: &str,
+    model_id: Option<&str>,
+) -> fmt::Result {
     out.write_str(host)?;
     out.write_str("/")?;
-    write_client_id(out, device_id, module_id)?;
-    out.write_str("/?api-version=")?;
-    out.write_str(API_VERSION)?;
-    out.write_str("&DeviceClientType=azsim%2F")?;
+    client_id_dyn(out, device_id, module_id)?;
+    out.write_str(concat!(
+        "/?api-version=",
+        api_version!(),
+        "&DeviceClientType=azsim%2F"
+    ))?;
     encoding::encode(out, client_version)?;
     if let Some(m) = model_id {
         out.write_str("&model-id=")?;
