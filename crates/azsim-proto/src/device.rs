@@ -128,13 +128,23 @@ pub struct MethodOutcome {
     pub reboot: bool,
 }
 
+/// An acknowledgement of the desired interval; `ac` 0 is none (it is 200 or 400 otherwise).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 struct IntervalAck {
     av: u64,
     // At most MAX_INTERVAL: 32 bits keep the record (copied around) small.
     value: u32,
+    // The request that carried it, once sent.
+    rid: u32,
     ac: u16,
 }
+
+const NO_ACK: IntervalAck = IntervalAck {
+    av: 0,
+    value: 0,
+    rid: 0,
+    ac: 0,
+};
 
 /// The reference behaviour. Drive it next to a [`Session`]:
 ///
@@ -157,8 +167,9 @@ pub struct Device<S> {
     seq: u32,
     report_version: bool,
     version_rid: Option<u32>,
-    ack: Option<IntervalAck>,
-    ack_rid: Option<(u32, IntervalAck)>,
+    // To send, and sent but not answered yet.
+    ack: IntervalAck,
+    sent: IntervalAck,
 }
 
 impl<S: Sensor> Device<S> {
@@ -172,8 +183,8 @@ impl<S: Sensor> Device<S> {
             seq: 0,
             report_version: false,
             version_rid: None,
-            ack: None,
-            ack_rid: None,
+            ack: NO_ACK,
+            sent: NO_ACK,
         }
     }
 
@@ -267,8 +278,8 @@ impl<S: Sensor> Device<S> {
                             && json::find_u64(r, &["ac"]) == Some(200)
                     });
                     self.apply_desired(now, raw, av);
-                    if already && self.ack.is_some_and(|a| a.ac == 200) {
-                        self.ack = None;
+                    if already && self.ack.ac == 200 {
+                        self.ack.ac = 0;
                     }
                 }
                 None
@@ -292,12 +303,11 @@ impl<S: Sensor> Device<S> {
                     self.version_rid = None;
                     self.report_version |= failed;
                 }
-                if let Some((r, ack)) = self.ack_rid
-                    && r == rid
-                {
-                    self.ack_rid = None;
-                    if failed {
-                        self.ack.get_or_insert(ack);
+                let sent = self.sent;
+                if sent.ac != 0 && sent.rid == rid {
+                    self.sent.ac = 0;
+                    if failed && self.ack.ac == 0 {
+                        self.ack = sent;
                     }
                 }
                 None
@@ -351,7 +361,10 @@ impl<S: Sensor> Device<S> {
         } else {
             // A newer acknowledgement goes out even while an older one is unanswered: the hub
             // applies patches in order, so the last one wins.
-            let ack = self.ack?;
+            let ack = self.ack;
+            if ack.ac == 0 {
+                return None;
+            }
             b.s("{\"telemetryInterval\":{\"value\":")
                 .n(ack.value.into())
                 .s(",\"ac\":")
@@ -372,7 +385,8 @@ impl<S: Sensor> Device<S> {
                 self.version_rid = Some(rid);
                 self.report_version = false;
             } else {
-                self.ack_rid = self.ack.take().map(|ack| (rid, ack));
+                self.sent = IntervalAck { rid, ..self.ack };
+                self.ack.ac = 0;
             }
         }
         Some(p)
@@ -386,18 +400,20 @@ impl<S: Sensor> Device<S> {
         match json::as_u64(raw).filter(|v| (MIN_INTERVAL..=MAX_INTERVAL).contains(v)) {
             Some(v) => {
                 self.set_interval(now, v);
-                self.ack = Some(IntervalAck {
+                self.ack = IntervalAck {
                     value: v as u32,
                     ac: 200,
                     av: version,
-                });
+                    rid: 0,
+                };
             }
             None => {
-                self.ack = Some(IntervalAck {
+                self.ack = IntervalAck {
                     value: self.interval,
                     ac: 400,
                     av: version,
-                });
+                    rid: 0,
+                };
             }
         }
     }
