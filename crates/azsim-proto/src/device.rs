@@ -427,6 +427,7 @@ impl<S: Sensor> Device<S> {
         session: &mut Session,
         buf: &'a mut [u8],
     ) -> Option<Publish<'a>> {
+        let reboot = name == "reboot";
         // `ping` echoes the payload and keeps the whole buffer for the topic; the others write
         // a small body at its end.
         let (status, body, topic_buf): (u16, &'a [u8], &'a mut [u8]) = if name == "ping" {
@@ -434,7 +435,7 @@ impl<S: Sensor> Device<S> {
         } else {
             let (topic_buf, body_buf) = split_for_body(buf)?;
             let (status, body) = match name {
-                "reboot" => (200, "{\"message\":\"rebooting\"}"),
+                _ if reboot => (200, "{\"message\":\"rebooting\"}"),
                 "setTelemetryInterval" => {
                     let mut b = Body::new(body_buf);
                     let status = match parse_interval_request(payload) {
@@ -456,7 +457,7 @@ impl<S: Sensor> Device<S> {
             (status, body.as_bytes(), topic_buf)
         };
         let p = session.respond_method(rid, status, body, topic_buf).ok()?;
-        if name == "reboot" {
+        if reboot {
             session.reconnect(now);
         }
         Some(p)
