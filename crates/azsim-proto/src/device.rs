@@ -560,52 +560,45 @@ fn split_for_body(buf: &mut [u8]) -> Option<(&mut [u8], &mut [u8])> {
     Some(buf.split_at_mut(at))
 }
 
-/// A JSON body written into a caller buffer. Pieces chain without a check each: the first one
-/// that does not fit makes [`Body::done`] `None`.
+/// A JSON body written into a caller buffer. Pieces chain without a check each: the writer
+/// stays failed after the first one that does not fit, which makes [`Body::done`] `None`.
 struct Body<'b> {
     w: encoding::SliceWriter<'b>,
-    ok: bool,
 }
 
 impl<'b> Body<'b> {
     fn new(buf: &'b mut [u8]) -> Self {
         Self {
             w: encoding::SliceWriter::new(buf),
-            ok: true,
         }
-    }
-
-    fn check(&mut self, r: fmt::Result) -> &mut Self {
-        self.ok &= r.is_ok();
-        self
     }
 
     #[inline(never)]
     fn s(&mut self, s: &str) -> &mut Self {
-        let r = fmt::Write::write_str(&mut self.w, s);
-        self.check(r)
+        let _ = fmt::Write::write_str(&mut self.w, s);
+        self
     }
 
     #[inline(never)]
     fn n(&mut self, n: u64) -> &mut Self {
-        let r = encoding::write_u64(&mut self.w, n);
-        self.check(r)
+        let _ = encoding::write_u64(&mut self.w, n);
+        self
     }
 
     fn q(&mut self, s: &str) -> &mut Self {
-        let r = json::write_quoted(&mut self.w, s);
-        self.check(r)
+        let _ = json::write_quoted(&mut self.w, s);
+        self
     }
 
     /// A reading with two decimals; a non-finite one as 0.00.
     #[inline(never)]
     fn f2(&mut self, x: f32) -> &mut Self {
-        let r = write_fixed2(&mut self.w, finite(x));
-        self.check(r)
+        let _ = write_fixed2(&mut self.w, finite(x));
+        self
     }
 
     fn done(self) -> Option<&'b str> {
-        if self.ok { self.w.into_str() } else { None }
+        self.w.into_str()
     }
 }
 

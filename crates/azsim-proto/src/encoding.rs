@@ -71,7 +71,9 @@ pub(crate) fn write_ascii(out: &mut dyn fmt::Write, bytes: &[u8]) -> fmt::Result
     out.write_str(core::str::from_utf8(bytes).map_err(|_| fmt::Error)?)
 }
 
-/// A `fmt::Write` over a byte slice; fails rather than truncates when the slice is full.
+/// A `fmt::Write` over a byte slice; fails rather than truncates when the slice is full, and
+/// then stays failed (every later write fails and [`SliceWriter::into_str`] is `None`), so a
+/// chain of writes needs one check at the end.
 pub(crate) struct SliceWriter<'b> {
     buf: &'b mut [u8],
     len: usize,
@@ -79,9 +81,12 @@ pub(crate) struct SliceWriter<'b> {
 
 impl fmt::Write for SliceWriter<'_> {
     fn write_str(&mut self, s: &str) -> fmt::Result {
-        let end = self.len.checked_add(s.len()).ok_or(fmt::Error)?;
+        let start = self.len;
+        // Past any buffer until this write succeeds.
+        self.len = usize::MAX;
+        let end = start.checked_add(s.len()).ok_or(fmt::Error)?;
         self.buf
-            .get_mut(self.len..end)
+            .get_mut(start..end)
             .ok_or(fmt::Error)?
             .copy_from_slice(s.as_bytes());
         self.len = end;
