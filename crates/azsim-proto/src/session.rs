@@ -1296,19 +1296,12 @@ mod wire {
         }
     }
 
-    fn rid_text(rid: u32) -> heapless::String<10> {
-        let mut s = heapless::String::new();
-        // A u32 has at most 10 digits.
-        let _ = crate::encoding::write_u64(&mut s, rid.into());
-        s
-    }
-
     pub(super) fn twin_get(w: &mut dyn fmt::Write, rid: u32) -> fmt::Result {
-        topic::write_twin_get(w, &rid_text(rid))
+        topic::write_twin_request(w, false, rid)
     }
 
     pub(super) fn twin_reported(w: &mut dyn fmt::Write, rid: u32) -> fmt::Result {
-        topic::write_twin_patch_reported(w, &rid_text(rid))
+        topic::write_twin_request(w, true, rid)
     }
 
     /// `rid` is the raw (still percent-encoded) id from the request topic; the builder encodes

@@ -74,8 +74,9 @@ pub const DPS_RESPONSE_FILTER: &str = "$dps/registrations/res/#";
 
 pub(crate) const METHOD_REQUEST_PREFIX: &str = "$iothub/methods/POST/";
 const METHOD_RESPONSE_PREFIX: &str = "$iothub/methods/res/";
-const TWIN_GET_PREFIX: &str = "$iothub/twin/GET/";
-const TWIN_REPORTED_PREFIX: &str = "$iothub/twin/PATCH/properties/reported/";
+/// The twin GET and reported-PATCH topics up to their request id, each one literal.
+const TWIN_GET_QUERY: &str = "$iothub/twin/GET/?$rid=";
+const TWIN_REPORTED_QUERY: &str = "$iothub/twin/PATCH/properties/reported/?$rid=";
 pub(crate) const TWIN_RESPONSE_PREFIX: &str = "$iothub/twin/res/";
 const TWIN_DESIRED_PREFIX: &str = "$iothub/twin/PATCH/properties/desired/";
 const DPS_REGISTER_PREFIX: &str = "$dps/registrations/PUT/iotdps-register/";
@@ -760,8 +761,7 @@ pub fn write_method_response<W: fmt::Write + ?Sized>(
 /// # Errors
 /// Only the writer's own error.
 pub fn write_twin_get<W: fmt::Write + ?Sized>(out: &mut W, rid: &str) -> fmt::Result {
-    out.write_str(TWIN_GET_PREFIX)?;
-    out.write_str("?$rid=")?;
+    out.write_str(TWIN_GET_QUERY)?;
     encoding::encode(out, rid)
 }
 
@@ -770,9 +770,23 @@ pub fn write_twin_get<W: fmt::Write + ?Sized>(out: &mut W, rid: &str) -> fmt::Re
 /// # Errors
 /// Only the writer's own error.
 pub fn write_twin_patch_reported<W: fmt::Write + ?Sized>(out: &mut W, rid: &str) -> fmt::Result {
-    out.write_str(TWIN_REPORTED_PREFIX)?;
-    out.write_str("?$rid=")?;
+    out.write_str(TWIN_REPORTED_QUERY)?;
     encoding::encode(out, rid)
+}
+
+/// [`write_twin_get`] (`reported` false) or [`write_twin_patch_reported`] for a numeric request
+/// id, written as decimal digits (which percent-encoding leaves as they are).
+pub(crate) fn write_twin_request(
+    out: &mut dyn fmt::Write,
+    reported: bool,
+    rid: u32,
+) -> fmt::Result {
+    out.write_str(if reported {
+        TWIN_REPORTED_QUERY
+    } else {
+        TWIN_GET_QUERY
+    })?;
+    encoding::write_u64(out, rid.into())
 }
 
 /// A received twin response.
@@ -1142,6 +1156,29 @@ mod tests {
     extern crate std;
     use super::*;
     use std::string::String;
+
+    #[test]
+    fn numeric_twin_request_ids_are_written_as_the_text_ones() {
+        assert_eq!(
+            s(|w| write_twin_request(w, false, 42)),
+            "$iothub/twin/GET/?$rid=42"
+        );
+        assert_eq!(
+            s(|w| write_twin_request(w, true, 7)),
+            "$iothub/twin/PATCH/properties/reported/?$rid=7"
+        );
+        for rid in [0, 1, 42, u32::MAX] {
+            let text = std::format!("{rid}");
+            assert_eq!(
+                s(|w| write_twin_request(w, false, rid)),
+                s(|w| write_twin_get(w, &text))
+            );
+            assert_eq!(
+                s(|w| write_twin_request(w, true, rid)),
+                s(|w| write_twin_patch_reported(w, &text))
+            );
+        }
+    }
 
     fn s<F: FnOnce(&mut String) -> fmt::Result>(f: F) -> String {
         let mut out = String::new();
