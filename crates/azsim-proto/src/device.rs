@@ -612,11 +612,7 @@ pub mod json {
     /// Deepest nesting walked.
     pub const MAX_DEPTH: usize = 32;
 
-    /// The two-character escapes: the byte after `\\` and the byte it stands for. The first
-    /// five are the ones [`Quoted`] writes (it writes the others' bytes as `\\u00XX`).
-    const SHORT_ESCAPES: [[u8; 2]; 8] = [
-        *b"\"\"", *b"\\\\", *b"n\n", *b"r\r", *b"t\t", *b"//", *b"b\x08", *b"f\x0c",
-    ];
+    use crate::encoding::SHORT_ESCAPES;
 
     struct Cursor<'a> {
         s: &'a [u8],
@@ -639,6 +635,7 @@ pub mod json {
         }
 
         /// Skips whitespace and `b`, or fails.
+        #[inline(always)]
         fn eat(&mut self, b: u8) -> Option<()> {
             (self.next() == b).then(|| self.i += 1)
         }
@@ -836,40 +833,23 @@ pub mod json {
 
     /// [`Quoted`] without `core::fmt`'s formatting machinery.
     pub(crate) fn write_quoted(w: &mut dyn fmt::Write, s: &str) -> fmt::Result {
-        const HEX: &[u8; 16] = b"0123456789abcdef";
         w.write_str("\"")?;
-        let mut rest = s.as_bytes();
-        loop {
-            // A run that needs no escape (it ends before an ASCII byte or at the end, so it is
-            // whole characters; multi-byte characters are all bytes >= 0x80), then one escape.
-            let run = rest
-                .iter()
-                .position(|&b| b < 0x20 || b == b'"' || b == b'\\')
-                .unwrap_or(rest.len());
-            let (plain, tail) = rest.split_at(run);
-            crate::encoding::write_ascii(w, plain)?;
-            let Some((&b, tail)) = tail.split_first() else {
-                return w.write_str("\"");
-            };
-            let short = SHORT_ESCAPES
-                .get(..5)
-                .unwrap_or_default()
-                .iter()
-                .find(|p| p[1] == b)
-                .map_or(0, |p| p[0]);
-            let mut esc = *b"\\u00XX";
-            let esc = if short == 0 {
-                esc[4] = HEX[usize::from(b >> 4)];
-                esc[5] = HEX[usize::from(b & 0xF)];
-                &esc[..]
-            } else {
-                esc[1] = short;
-                &esc[..2]
-            };
-            crate::encoding::write_ascii(w, esc)?;
-            rest = tail;
-        }
+        crate::encoding::write_escaped(w, s, &PLAIN, true)?;
+        w.write_str("\"")
     }
+
+    /// The bytes a JSON string holds as they are: all but controls, `"` and `\\`.
+    const PLAIN: crate::encoding::ByteSet = {
+        let mut set = [0u8; 32];
+        let mut b = 0x20;
+        while b < 256 {
+            if b != b'"' as usize && b != b'\\' as usize {
+                set[b / 8] |= 1 << (b % 8);
+            }
+            b += 1;
+        }
+        set
+    };
 }
 
 #[cfg(test)]
