@@ -251,11 +251,15 @@ impl core::error::Error for DecodeError {}
 
 #[inline]
 const fn hex_val(b: u8) -> Option<u8> {
-    match b {
-        b'0'..=b'9' => Some(b - b'0'),
-        b'a'..=b'f' => Some(b - b'a' + 10),
-        b'A'..=b'F' => Some(b - b'A' + 10),
-        _ => None,
+    let digit = b.wrapping_sub(b'0');
+    // Only `A-F` and `a-f` land on `a-f` with the case bit set.
+    let letter = (b | 0x20).wrapping_sub(b'a');
+    if digit < 10 {
+        Some(digit)
+    } else if letter < 6 {
+        Some(letter + 10)
+    } else {
+        None
     }
 }
 
@@ -287,18 +291,16 @@ pub fn decode<'b>(s: &str, buf: &'b mut [u8]) -> Result<&'b str, DecodeError> {
 /// The byte the text at `i` stands for (`%XX` decoded) and where the next one starts.
 #[inline(never)]
 fn unit(bytes: &[u8], i: usize) -> Result<(u8, usize), DecodeError> {
-    match bytes.get(i) {
-        Some(b'%') => {
-            let hi = bytes.get(i + 1).copied().and_then(hex_val);
-            let lo = bytes.get(i + 2).copied().and_then(hex_val);
-            match (hi, lo) {
-                (Some(h), Some(l)) => Ok(((h << 4) | l, i + 3)),
-                _ => Err(DecodeError::BadEscape),
-            }
-        }
-        Some(&b) => Ok((b, i + 1)),
-        None => Err(DecodeError::BadEscape),
+    let b = *bytes.get(i).ok_or(DecodeError::BadEscape)?;
+    if b != b'%' {
+        return Ok((b, i + 1));
     }
+    let mut v = 0;
+    for k in i + 1..i + 3 {
+        let d = bytes.get(k).copied().and_then(hex_val);
+        v = (v << 4) | d.ok_or(DecodeError::BadEscape)?;
+    }
+    Ok((v, i + 3))
 }
 
 /// Decodes `s` into any `fmt::Write` (a `String`, a `heapless::String`), without a scratch buffer.
@@ -397,6 +399,14 @@ mod tests {
         let mut s = String::new();
         decode_to(&mut s, "%C3%A9t%c3%a9+x").unwrap();
         assert_eq!(s, "été+x");
+    }
+
+    #[test]
+    fn hex_digits_are_exactly_0_9_a_f_in_either_case() {
+        for b in 0..=u8::MAX {
+            let want = char::from(b).to_digit(16).map(|d| d as u8);
+            assert_eq!(hex_val(b), want, "{b:#x}");
+        }
     }
 
     #[test]
