@@ -128,13 +128,15 @@ pub struct MethodOutcome {
     pub reboot: bool,
 }
 
-/// An acknowledgement of the desired interval; `ac` 0 is none (it is 200 or 400 otherwise).
+/// The acknowledgement of the desired interval to report: `ac` 0 is none (it is 200 or 400
+/// otherwise), `rid` 0 is not sent yet, else the request carrying it (the session's request ids
+/// are never 0). A newer one replaces it even while it is in flight: the older one's answer
+/// then changes nothing (had it failed, the newer one is what would be sent anyway).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 struct IntervalAck {
     av: u64,
     // At most MAX_INTERVAL: 32 bits keep the record (copied around) small.
     value: u32,
-    // The request that carried it, once sent.
     rid: u32,
     ac: u16,
 }
@@ -167,9 +169,7 @@ pub struct Device<S> {
     seq: u32,
     report_version: bool,
     version_rid: Option<u32>,
-    // To send, and sent but not answered yet.
     ack: IntervalAck,
-    sent: IntervalAck,
 }
 
 impl<S: Sensor> Device<S> {
@@ -184,7 +184,6 @@ impl<S: Sensor> Device<S> {
             report_version: false,
             version_rid: None,
             ack: NO_ACK,
-            sent: NO_ACK,
         }
     }
 
@@ -278,7 +277,7 @@ impl<S: Sensor> Device<S> {
                             && json::find_u64(r, &["ac"]) == Some(200)
                     });
                     self.apply_desired(now, raw, av);
-                    if already && self.ack.ac == 200 {
+                    if already && self.ack.ac == 200 && self.ack.rid == 0 {
                         self.ack.ac = 0;
                     }
                 }
@@ -303,11 +302,10 @@ impl<S: Sensor> Device<S> {
                     self.version_rid = None;
                     self.report_version |= failed;
                 }
-                let sent = self.sent;
-                if sent.ac != 0 && sent.rid == rid {
-                    self.sent.ac = 0;
-                    if failed && self.ack.ac == 0 {
-                        self.ack = sent;
+                if self.ack.rid != 0 && self.ack.rid == rid {
+                    self.ack.rid = 0;
+                    if !failed {
+                        self.ack.ac = 0;
                     }
                 }
                 None
@@ -362,7 +360,7 @@ impl<S: Sensor> Device<S> {
             // A newer acknowledgement goes out even while an older one is unanswered: the hub
             // applies patches in order, so the last one wins.
             let ack = self.ack;
-            if ack.ac == 0 {
+            if ack.ac == 0 || ack.rid != 0 {
                 return None;
             }
             b.s("{\"telemetryInterval\":{\"value\":")
@@ -385,8 +383,7 @@ impl<S: Sensor> Device<S> {
                 self.version_rid = Some(rid);
                 self.report_version = false;
             } else {
-                self.sent = IntervalAck { rid, ..self.ack };
-                self.ack.ac = 0;
+                self.ack.rid = rid;
             }
         }
         Some(p)
@@ -1138,6 +1135,52 @@ mod tests {
         };
         d.handle_event(0, &failed, &mut s, &mut buf);
         assert_eq!(reported(&mut d, &mut s).len(), 1);
+    }
+
+    #[test]
+    fn a_failed_acknowledgement_is_sent_again_unless_a_newer_one_replaced_it() {
+        let mut d = device(10);
+        let mut s = connected();
+        let mut buf = [0u8; 64];
+        let failed = |rid| Event::TwinRequestFailed {
+            rid,
+            kind: TwinRequestKind::Reported,
+            status: Some(429),
+            body: b"",
+        };
+        let patch = Event::DesiredPatch {
+            version: 5,
+            patch: b"{\"telemetryInterval\":2}",
+        };
+        d.handle_event(0, &patch, &mut s, &mut buf);
+        let ack2 = "{\"telemetryInterval\":{\"value\":2,\"ac\":200,\"av\":5}}";
+        assert_eq!(reported(&mut d, &mut s), [ack2]); // rid 2
+        // Accepted for an unrelated request, or for one not sent yet: nothing changes.
+        let unrelated = Event::ReportedAccepted {
+            rid: 9,
+            version: None,
+        };
+        d.handle_event(0, &unrelated, &mut s, &mut buf);
+        d.handle_event(0, &failed(2), &mut s, &mut buf);
+        assert_eq!(reported(&mut d, &mut s), [ack2]); // rid 3
+        let newer = Event::DesiredPatch {
+            version: 6,
+            patch: b"{\"telemetryInterval\":3}",
+        };
+        d.handle_event(0, &newer, &mut s, &mut buf);
+        d.handle_event(0, &failed(3), &mut s, &mut buf);
+        let ack3 = "{\"telemetryInterval\":{\"value\":3,\"ac\":200,\"av\":6}}";
+        assert_eq!(reported(&mut d, &mut s), [ack3]); // rid 4
+        d.handle_event(0, &failed(3), &mut s, &mut buf);
+        assert!(reported(&mut d, &mut s).is_empty(), "in flight");
+        let accepted = Event::ReportedAccepted {
+            rid: 4,
+            version: Some(7),
+        };
+        d.handle_event(0, &accepted, &mut s, &mut buf);
+        d.handle_event(0, &failed(4), &mut s, &mut buf);
+        assert!(reported(&mut d, &mut s).is_empty(), "answered");
+        assert_eq!(d.interval(), 3);
     }
 
     #[test]
