@@ -389,8 +389,10 @@ impl<S: Sensor> Device<S> {
         Some(p)
     }
 
+    /// `raw` is a whole JSON value (from [`json::find`]).
     fn apply_desired(&mut self, now: u64, raw: &[u8], version: u64) {
-        if raw == b"null" {
+        // The only JSON value starting with `n` is `null`.
+        if raw.first() == Some(&b'n') {
             // The property was removed: keep the current interval, nothing to acknowledge.
             return;
         }
