@@ -621,6 +621,7 @@ pub mod json {
     impl<'a> Cursor<'a> {
         /// The byte at the cursor, 0 past the end (a 0 byte is never valid where it is read,
         /// so the end and a stray NUL both fail the same way).
+        #[inline(never)]
         fn peek(&self) -> u8 {
             self.s.get(self.i).copied().unwrap_or(0)
         }
