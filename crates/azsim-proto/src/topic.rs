@@ -282,9 +282,14 @@ pub fn write_filter<W: fmt::Write + ?Sized>(
     id: Identity<'_>,
 ) -> Result<(), FilterError> {
     match (kind, id.module_id) {
-        (SubscriptionKind::C2d, None) => write_c2d_filter(out, id.device_id)?,
-        (SubscriptionKind::ModuleInputs, Some(m)) => {
-            write_module_inputs_filter(out, id.device_id, m)?;
+        // `devices/{d}/` or `devices/{d}/modules/{m}/`, then the rest of the filter.
+        (SubscriptionKind::C2d, None) | (SubscriptionKind::ModuleInputs, Some(_)) => {
+            write_identity_base(out, id)?;
+            out.write_str(if id.module_id.is_none() {
+                "messages/devicebound/#"
+            } else {
+                "inputs/#"
+            })?;
         }
         (SubscriptionKind::C2d | SubscriptionKind::ModuleInputs, _) => {
             return Err(FilterError::Topic(TopicError::NotAllowed));
@@ -395,11 +400,18 @@ fn write_module_base<W: fmt::Write + ?Sized>(
     device_id: &str,
     module_id: &str,
 ) -> fmt::Result {
+    write_identity_base(out, Identity::module(device_id, module_id))
+}
+
+/// Writes `devices/{d}/` (device) or `devices/{d}/modules/{m}/` (module).
+fn write_identity_base<W: fmt::Write + ?Sized>(out: &mut W, id: Identity<'_>) -> fmt::Result {
     out.write_str("devices/")?;
-    out.write_str(device_id)?;
-    out.write_str("/modules/")?;
-    out.write_str(module_id)?;
-    out.write_char('/')
+    out.write_str(id.device_id)?;
+    if let Some(m) = id.module_id {
+        out.write_str("/modules/")?;
+        out.write_str(m)?;
+    }
+    out.write_str("/")
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -414,14 +426,7 @@ pub fn write_telemetry_prefix<W: fmt::Write + ?Sized>(
     out: &mut W,
     id: Identity<'_>,
 ) -> fmt::Result {
-    match id.module_id {
-        None => {
-            out.write_str("devices/")?;
-            out.write_str(id.device_id)?;
-            out.write_char('/')?;
-        }
-        Some(m) => write_module_base(out, id.device_id, m)?,
-    }
+    write_identity_base(out, id)?;
     out.write_str("messages/events/")
 }
 
