@@ -1241,7 +1241,14 @@ impl Session {
         };
         // Equal jitter: half fixed, half random, so delays still grow but spread out.
         let half = base / 2;
-        half + u64::from(entropy) % (base - half + 1)
+        // `entropy % span` in 32 bits (no 64-bit division, no divide-by-zero path): a span
+        // beyond u32 leaves any u32 as it is.
+        let span = base - half + 1;
+        let jitter = match u32::try_from(span) {
+            Ok(span) => entropy.checked_rem(span).unwrap_or(entropy),
+            Err(_) => entropy,
+        };
+        half + u64::from(jitter)
     }
 
     fn push_action(&mut self, a: Pending) {
