@@ -1379,6 +1379,29 @@ mod wire {
 mod tests {
     use super::*;
 
+    proptest::proptest! {
+        /// The 32-bit jitter is the 64-bit `half + entropy % (base - half + 1)` it replaced.
+        #[test]
+        fn backoff_delay_is_the_64_bit_formula(
+            min in proptest::prop_oneof![1u64..100, proptest::num::u64::ANY],
+            max in proptest::prop_oneof![1u64..10_000, proptest::num::u64::ANY],
+            attempt in 0u32..70,
+            entropy in proptest::num::u32::ANY,
+        ) {
+            let s = session(SessionConfig {
+                backoff_min: min,
+                backoff_max: max,
+                ..SessionConfig::default()
+            });
+            let (min, max) = (s.config.backoff_min, s.config.backoff_max);
+            let shift = attempt.saturating_sub(1).min(32);
+            let base = if min > max >> shift { max } else { min << shift };
+            let half = base / 2;
+            let expected = half + u64::from(entropy) % (base - half + 1);
+            proptest::prop_assert_eq!(s.backoff_delay(attempt, entropy), expected);
+        }
+    }
+
     fn session(config: SessionConfig) -> Session {
         Session::new(Identity::device("dev-1").unwrap(), config)
     }
