@@ -30,8 +30,15 @@ use crate::encoding;
 
 type HmacSha256 = Hmac<Sha256>;
 
+/// The token prefix as a literal, so the token's first field joins it in one string.
+macro_rules! token_prefix {
+    () => {
+        "SharedAccessSignature "
+    };
+}
+
 /// The literal that starts every token.
-pub const TOKEN_PREFIX: &str = "SharedAccessSignature ";
+pub const TOKEN_PREFIX: &str = token_prefix!();
 
 /// The largest decoded key accepted, in bytes. Hub keys are 32 or 64 bytes; DPS group keys made
 /// from a TPM endorsement key reach 316 bytes.
@@ -581,8 +588,7 @@ fn token_dyn(
     expiry: u64,
     policy: Option<&str>,
 ) -> fmt::Result {
-    out.write_str(TOKEN_PREFIX)?;
-    out.write_str("sr=")?;
+    out.write_str(concat!(token_prefix!(), "sr="))?;
     write!(EncodeWriter(out), "{resource_uri}")?;
     out.write_str("&sig=")?;
     encoding::encode(out, signature_b64)?;
