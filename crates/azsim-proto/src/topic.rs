@@ -1147,8 +1147,9 @@ fn parse_decimal(s: &str, max: u64) -> Option<u64> {
 }
 
 fn parse_status(s: &str) -> Result<u16, TopicError> {
+    // Capped at u16::MAX, so the cast keeps the value.
     parse_decimal(s, u64::from(u16::MAX))
-        .and_then(|v| u16::try_from(v).ok())
+        .map(|v| v as u16)
         .ok_or(TopicError::InvalidStatus)
 }
 
