@@ -305,6 +305,17 @@ impl SystemProperty {
     }
 }
 
+/// Whether `name` (decoded) is reserved for the hub and the SDKs, so a sender may not use it as
+/// an application property: it starts with `$.` (system properties, `$.mid`, `$.to`, ...) or
+/// `iothub-` (`iothub-ack`, the hub's `iothub-connection-*` annotations, ...).
+///
+/// Both prefixes are matched exactly and case-sensitively, as the hub's REST API and the CLI
+/// check `--property` names; a name such as `IotHub-x` or `%24.mid` (still encoded) is not
+/// reserved by this rule.
+pub fn is_reserved_name(name: &str) -> bool {
+    name.starts_with("$.") || name.starts_with("iothub-")
+}
+
 impl fmt::Display for SystemProperty {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(self.name())
@@ -733,6 +744,7 @@ where
 mod tests {
     extern crate std;
     use super::*;
+
     use std::string::String;
     use std::vec::Vec;
 
@@ -841,5 +853,38 @@ mod tests {
         assert!(s.starts_with("%24.on=o&%24.mid=m%2F1&%24.ce=utf-8&%24.exp="));
         assert_eq!(Ack::parse("Full"), Ok(Ack::Full));
         assert_eq!(Ack::parse("nope"), Err(UnknownAck));
+    }
+
+    #[test]
+    fn reserved_names_are_the_dollar_dot_and_iothub_prefixes_case_sensitively() {
+        for name in [
+            "$.mid",
+            "$.",
+            "$.custom",
+            "iothub-ack",
+            "iothub-",
+            "iothub-connection-device-id",
+        ] {
+            assert!(is_reserved_name(name), "{name}");
+        }
+        for name in [
+            "",
+            "$",
+            "$mid",
+            "mid",
+            "temperature",
+            "IOTHUB-ack",
+            "Iothub-x",
+            "iothub",
+            "x-iothub-ack",
+            "%24.mid",
+            " $.mid",
+        ] {
+            assert!(!is_reserved_name(name), "{name}");
+        }
+        // Every system property is reserved.
+        for p in SystemProperty::ALL {
+            assert!(is_reserved_name(p.name()), "{p}");
+        }
     }
 }

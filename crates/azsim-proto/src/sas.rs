@@ -27,6 +27,7 @@ use hmac::{Hmac, Mac};
 use sha2::Sha256;
 
 use crate::encoding;
+use crate::secret::Secret;
 
 type HmacSha256 = Hmac<Sha256>;
 
@@ -433,9 +434,9 @@ fn decode_key(key_b64: &str) -> Result<([u8; KEY_BUF_LEN], usize), KeyError> {
 
 /// An HMAC-SHA256 signature in base64 (44 characters, padded). `Debug` never shows it; read it
 /// with [`Signature::as_str`].
-#[derive(Clone, Copy, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Signature {
-    b64: [u8; SIGNATURE_B64_LEN],
+    b64: Secret<[u8; SIGNATURE_B64_LEN]>,
 }
 
 impl Signature {
@@ -445,19 +446,13 @@ impl Signature {
         // 32 bytes always encode to exactly 44 characters.
         let n = STANDARD.encode_slice(raw, &mut b64).unwrap_or(0);
         debug_assert_eq!(n, SIGNATURE_B64_LEN);
-        Self { b64 }
+        Self { b64: b64.into() }
     }
 
     /// The base64 text (not percent-encoded).
     pub fn as_str(&self) -> &str {
         // The base64 alphabet is ASCII.
-        core::str::from_utf8(&self.b64).unwrap_or_default()
-    }
-}
-
-impl fmt::Debug for Signature {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("Signature(<redacted>)")
+        core::str::from_utf8(self.b64.expose()).unwrap_or_default()
     }
 }
 
@@ -660,10 +655,10 @@ impl fmt::Write for Sink {
 
 /// A parsed SAS token borrowing from its text. `sr`, `sig` and `se` are kept exactly as sent,
 /// because the signature covers the `sr` text as transmitted. `Debug` redacts the signature.
-#[derive(Clone, Copy, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Token<'a> {
     sr: &'a str,
-    sig: &'a str,
+    sig: Secret<&'a str>,
     se_text: &'a str,
     se: u64,
     skn: Option<&'a str>,
@@ -717,7 +712,7 @@ impl<'a> Token<'a> {
             .map_err(|_| TokenError::Invalid(TokenField::Se))?;
         Ok(Self {
             sr,
-            sig,
+            sig: sig.into(),
             se_text,
             se,
             skn,
@@ -731,7 +726,7 @@ impl<'a> Token<'a> {
 
     /// `sig` exactly as sent (usually percent-encoded base64). This is a secret: don't log it.
     pub fn sig(&self) -> &'a str {
-        self.sig
+        self.sig.expose()
     }
 
     /// The expiry, Unix seconds.
@@ -797,7 +792,7 @@ impl<'a> Token<'a> {
         // The sig may be encoded with upper- or lower-case hex, or not at all (azure-iot-hub
         // leaves '/' raw); decode escapes, then base64 with or without padding.
         let mut text = [0u8; 3 * SIGNATURE_B64_LEN];
-        let Ok(b64) = encoding::decode(self.sig, &mut text) else {
+        let Ok(b64) = encoding::decode(self.sig.expose(), &mut text) else {
             return false;
         };
         let mut raw = [0u8; 48];
@@ -806,17 +801,6 @@ impl<'a> Token<'a> {
         };
         // Constant-time comparison (hmac uses `subtle`).
         mac.verify_slice(&raw[..n]).is_ok()
-    }
-}
-
-impl fmt::Debug for Token<'_> {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Token")
-            .field("sr", &self.sr)
-            .field("sig", &"<redacted>")
-            .field("se", &self.se)
-            .field("skn", &self.skn)
-            .finish()
     }
 }
 
