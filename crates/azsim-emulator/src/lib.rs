@@ -21,6 +21,7 @@ use tokio::sync::oneshot;
 
 pub mod activity;
 mod auth;
+pub mod clock;
 mod device_http;
 mod feedback;
 mod hub;
