@@ -13,10 +13,15 @@ use clap::{Parser, Subcommand};
 
 use crate::error::CliError;
 
+pub mod c2d;
+pub mod device;
 pub mod hub;
+pub mod invoke;
+pub mod monitor;
 pub mod run;
 pub mod service;
 pub mod token;
+pub mod twin;
 
 /// azsim: run an ESP32's Azure IoT Hub device session on a laptop, against a real hub or a local one.
 #[derive(Debug, Parser)]
@@ -38,15 +43,15 @@ pub enum Command {
     /// Make, derive or inspect SAS tokens (device, module, hub policy, DPS).
     Token(token::TokenArgs),
     /// Manage device identities in a hub's registry (create prints the connection string).
-    Device(service::DeviceArgs),
+    Device(device::DeviceArgs),
     /// Invoke a direct method on a connected device and print its status and payload.
-    Invoke(service::InvokeArgs),
+    Invoke(invoke::InvokeArgs),
     /// Show a device twin or patch its desired properties and tags.
-    Twin(service::TwinArgs),
+    Twin(twin::TwinArgs),
     /// Send cloud-to-device messages (local azsim hub only) and read their delivery feedback.
-    C2d(service::C2dArgs),
+    C2d(c2d::C2dArgs),
     /// Watch telemetry, connections and twin changes (local azsim hub only).
-    Monitor(service::MonitorArgs),
+    Monitor(monitor::MonitorArgs),
     /// Connect as a device and behave like the reference ESP32 firmware (telemetry, methods,
     /// twin, C2D); without a connection string, against the local hub.
     Run(run::RunArgs),

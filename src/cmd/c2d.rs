@@ -11,7 +11,7 @@ use std::time::Duration;
 use serde_json::Value;
 use tokio::time::Instant;
 
-use crate::cli::service::{C2dConfig, C2dFeedbackConfig, C2dSendConfig};
+use crate::cli::c2d::{C2dConfig, C2dFeedbackConfig, C2dSendConfig};
 use crate::error::CliError;
 use crate::service::ServiceClient;
 use crate::service::events::feedback_line;

@@ -4,7 +4,7 @@ use std::process::ExitCode;
 
 use serde_json::{Value, json};
 
-use crate::cli::service::{DeviceAction, DeviceConfig};
+use crate::cli::device::{DeviceAction, DeviceConfig};
 use crate::error::CliError;
 use crate::service::output::{
     device_connection_string, field, primary_key, redact_device_keys, shell_quote, to_text,

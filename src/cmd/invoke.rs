@@ -2,7 +2,7 @@
 
 use std::process::ExitCode;
 
-use crate::cli::service::InvokeConfig;
+use crate::cli::invoke::InvokeConfig;
 use crate::error::CliError;
 use crate::service::ServiceClient;
 

@@ -6,7 +6,7 @@ use std::process::ExitCode;
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
 
-use crate::cli::service::MonitorConfig;
+use crate::cli::monitor::MonitorConfig;
 use crate::error::CliError;
 use crate::service::ServiceClient;
 use crate::service::client::StreamItem;

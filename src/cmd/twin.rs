@@ -4,7 +4,7 @@ use std::process::ExitCode;
 
 use serde_json::Value;
 
-use crate::cli::service::{TwinAction, TwinConfig};
+use crate::cli::twin::{TwinAction, TwinConfig};
 use crate::error::CliError;
 use crate::service::ServiceClient;
 use crate::service::output::to_text;
