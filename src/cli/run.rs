@@ -201,7 +201,7 @@ impl RunArgs {
                 "must be a whole number of seconds, at least 1s",
             ));
         }
-        if interval.as_secs() > azsim_proto::device::MAX_INTERVAL {
+        if interval.as_secs() > azsim_proto::device::MAX_INTERVAL_SECS {
             return Err(UsageError::new("--interval", "must be at most 1 day"));
         }
         if self.count == Some(0) {

@@ -163,10 +163,11 @@ struct Message {
     wire: Option<(String, u16)>,
 }
 
+/// Unix milliseconds, the session's unit.
 fn unix_now() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs())
+        .map_or(0, |d| d.as_millis() as u64)
 }
 
 fn rfc3339(unix: u64) -> String {
@@ -179,10 +180,10 @@ fn rfc3339(unix: u64) -> String {
         .unwrap_or_else(|| unix.to_string())
 }
 
-/// The tokio `Instant` at which Unix second `t` begins.
+/// The tokio `Instant` at Unix millisecond `t`.
 fn instant_at(t: u64) -> tokio::time::Instant {
     let now_sys = SystemTime::now();
-    let target = UNIX_EPOCH + Duration::from_secs(t);
+    let target = UNIX_EPOCH + Duration::from_millis(t);
     let now = tokio::time::Instant::now();
     match target.duration_since(now_sys) {
         Ok(d) => now + d,
@@ -246,7 +247,7 @@ pub async fn run(
     let device = Device::new(
         RandomWalk::new(cfg.seed),
         DeviceConfig {
-            interval: cfg.interval,
+            interval_ms: cfg.interval.saturating_mul(1000),
             version: env!("CARGO_PKG_VERSION"),
         },
     );
@@ -300,9 +301,18 @@ impl Driver {
     async fn run_loop(&mut self, shutdown: impl Future<Output = ()>) -> Result<(), RunError> {
         tokio::pin!(shutdown);
         let deadline = self.cfg.duration.map(|d| tokio::time::Instant::now() + d);
+        // The same end on the session's clock: telemetry due at the very millisecond the run
+        // ends (start + n intervals) is not produced, whichever timer fires first.
+        let end_ms = self
+            .cfg
+            .duration
+            .map(|d| unix_now().saturating_add(u64::try_from(d.as_millis()).unwrap_or(u64::MAX)));
         let mut shutdown_done = false;
         loop {
             let now = unix_now();
+            if end_ms.is_some_and(|end| now >= end) && self.stop_reason.is_none() {
+                self.stop("duration");
+            }
             if self.session.poll_timeout().is_some_and(|t| t <= now) {
                 self.session.handle_timeout(now);
             }
@@ -691,7 +701,8 @@ impl Driver {
                         format!("disconnected: {detail}")
                     });
             }
-            Event::Reconnecting { attempt, delay } => {
+            Event::Reconnecting { attempt, delay_ms } => {
+                let delay = delay_ms as f64 / 1000.0;
                 self.totals.reconnects += 1;
                 let why = self
                     .last_failure
@@ -700,7 +711,7 @@ impl Driver {
                 self.out.emit(
                     "reconnecting",
                     json!({"attempt": attempt, "delay": delay, "reason": why}),
-                    || format!("reconnecting in {delay} s (attempt {attempt}): {why}"),
+                    || format!("reconnecting in {delay:.1} s (attempt {attempt}): {why}"),
                 );
             }
             Event::TelemetryAcked { tag } => {

@@ -19,10 +19,11 @@ use tokio_rustls::client::TlsStream;
 
 use crate::support::TestHub;
 
+/// Unix milliseconds, the loop's unit.
 fn unix_now() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs())
+        .map_or(0, |d| d.as_millis() as u64)
 }
 
 /// The system clock; on the board this is SNTP time.
@@ -33,9 +34,9 @@ impl Clock for SystemClock {
         unix_now()
     }
 
-    async fn sleep_until(&mut self, unix: u64) {
-        while unix_now() < unix {
-            let target = UNIX_EPOCH + Duration::from_secs(unix);
+    async fn sleep_until(&mut self, unix_ms: u64) {
+        while unix_now() < unix_ms {
+            let target = UNIX_EPOCH + Duration::from_millis(unix_ms);
             let wait = target
                 .duration_since(SystemTime::now())
                 .unwrap_or(Duration::from_millis(1));
@@ -156,7 +157,7 @@ async fn the_firmware_loop_sends_telemetry_answers_ping_and_acknowledges_a_desir
     let device = Device::new(
         RandomWalk::new(42),
         DeviceConfig {
-            interval: 1,
+            interval_ms: 1_000,
             version: "fw-test",
         },
     );
@@ -288,7 +289,7 @@ async fn the_firmware_loop_sends_telemetry_answers_ping_and_acknowledges_a_desir
         }
         () = checks => {}
     }
-    assert_eq!(client.device().interval(), 7);
+    assert_eq!(client.device().interval_ms(), 7_000);
     assert_eq!(connector.connects, 1, "one connection for the whole test");
     hub.stop().await;
 }
@@ -312,7 +313,7 @@ async fn the_firmware_loop_gives_up_on_a_wrong_key_with_connack_5() {
         Device::new(
             RandomWalk::new(1),
             DeviceConfig {
-                interval: 60,
+                interval_ms: 60_000,
                 version: "fw-test",
             },
         ),
@@ -368,13 +369,13 @@ async fn the_firmware_loop_reconnects_after_the_hub_restarts_and_resends_telemet
         Device::new(
             RandomWalk::new(3),
             DeviceConfig {
-                interval: 1,
+                interval_ms: 1_000,
                 version: "fw-test",
             },
         ),
         SessionConfig {
-            backoff_min: 1,
-            backoff_max: 2,
+            backoff_min_ms: 1_000,
+            backoff_max_ms: 2_000,
             ..SessionConfig::default()
         },
         3,
@@ -444,7 +445,7 @@ async fn the_firmware_loop_renews_its_token_and_pings_to_keep_an_idle_connection
         Device::new(
             RandomWalk::new(5),
             DeviceConfig {
-                interval: 3600,
+                interval_ms: 3_600_000,
                 version: "fw-test",
             },
         ),

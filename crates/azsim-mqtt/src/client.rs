@@ -45,25 +45,25 @@ const TOKEN_LEN: usize = 1280;
 /// Topics the session writes (telemetry with its property bag, method responses) plus the
 /// small bodies the behaviour writes behind them.
 const SCRATCH_LEN: usize = 1024;
-/// Seconds to wait for CONNACK.
-const CONNACK_TIMEOUT: u64 = 30;
+/// Milliseconds to wait for CONNACK.
+const CONNACK_TIMEOUT_MS: u64 = 30_000;
 /// The session hands out QoS 1 packet ids up to here; SUBSCRIBE uses the ids above, so the
 /// two never collide on one connection.
 const SESSION_MAX_PACKET_ID: u16 = 60_000;
-/// Shortest wait for a PINGRESP, in seconds.
-const MIN_PING_WAIT: u64 = 5;
-/// Longest the loop sleeps when nothing is scheduled.
-const IDLE_WAKE: u64 = 3600;
+/// Shortest wait for a PINGRESP, in milliseconds.
+const MIN_PING_WAIT_MS: u64 = 5_000;
+/// Longest the loop sleeps when nothing is scheduled, in milliseconds (an hour).
+const IDLE_WAKE_MS: u64 = 3_600_000;
 
-/// Unix time for the loop, and a way to wait for it.
+/// Unix time for the loop, in milliseconds (the session's unit), and a way to wait for it.
 pub trait Clock {
-    /// Seconds since 1970-01-01T00:00:00Z. On a board that starts at an embedded epoch (for
-    /// example 2000-01-01, 946 684 800 s later) the implementation adds the offset.
+    /// Milliseconds since 1970-01-01T00:00:00Z. On a board that starts at an embedded epoch
+    /// (for example 2000-01-01, 946 684 800 s later) the implementation adds the offset.
     fn now(&mut self) -> u64;
 
-    /// Waits until Unix second `unix` has begun, so that [`Clock::now`] returns at least
-    /// `unix` afterwards; returns at once for a time in the past.
-    fn sleep_until(&mut self, unix: u64) -> impl Future<Output = ()>;
+    /// Waits until Unix millisecond `unix_ms`, so that [`Clock::now`] returns at least
+    /// `unix_ms` afterwards; returns at once for a time in the past.
+    fn sleep_until(&mut self, unix_ms: u64) -> impl Future<Output = ()>;
 }
 
 /// Opens the byte stream (TCP, then TLS) to the hub. The loop calls it whenever the session
@@ -250,7 +250,7 @@ enum Phase {
     Opening(ConnectParams),
     /// The stream is open: CONNECT goes out next.
     Opened(ConnectParams),
-    /// CONNECT was sent; CONNACK is due by this Unix second.
+    /// CONNECT was sent; CONNACK is due by this Unix millisecond.
     Handshake(u64),
     /// Connected.
     Up,
@@ -263,7 +263,7 @@ enum Step {
     Connect,
     /// Write `tx[..n]` and flush; report `failed` if that fails.
     Write(usize),
-    /// Wait until this Unix second, reading into the free end of the receive buffer when
+    /// Wait until this Unix millisecond, reading into the free end of the receive buffer when
     /// `read` (a stream is open); without `read` any stream is dropped.
     Wait { until: u64, read: bool },
     /// Stop for good.
@@ -624,7 +624,7 @@ impl<S: Sensor> Core<'_, S> {
             match self.phase {
                 Phase::Opened(params) => match self.encode_connect(params, tx) {
                     Some(n) => {
-                        self.phase = Phase::Handshake(now + CONNACK_TIMEOUT);
+                        self.phase = Phase::Handshake(now + CONNACK_TIMEOUT_MS);
                         return Step::Write(n);
                     }
                     None => self.failed(now, DisconnectReason::Lost, obs),
@@ -656,8 +656,7 @@ impl<S: Sensor> Core<'_, S> {
                         && let Some(n) =
                             self.encode(now, wire::encode_bare(wire::Bare::Pingreq, tx))
                     {
-                        self.ping_deadline =
-                            Some(now + (u64::from(self.keep_alive) / 2).max(MIN_PING_WAIT));
+                        self.ping_deadline = Some(now + self.ping_interval().max(MIN_PING_WAIT_MS));
                         return Step::Write(n);
                     }
                     if let Some(step) = self.pump(now, tx, obs) {
@@ -849,9 +848,10 @@ impl<S: Sensor> Core<'_, S> {
             && now >= self.last_tx + self.ping_interval()
     }
 
-    /// Half the keep-alive: the hub allows 1.5 times it, and the clock only has seconds.
+    /// Half the keep-alive (seconds on the wire), in milliseconds: well inside the 1.5 times
+    /// it the hub allows.
     fn ping_interval(&self) -> u64 {
-        (u64::from(self.keep_alive) / 2).max(1)
+        u64::from(self.keep_alive) * 500
     }
 
     /// When the loop must next step without news from the hub.
@@ -865,7 +865,7 @@ impl<S: Sensor> Core<'_, S> {
             earliest(self.session.poll_timeout(), self.device.poll_timeout()),
             ping,
         )
-        .unwrap_or(now + IDLE_WAKE)
+        .unwrap_or(now + IDLE_WAKE_MS)
     }
 
     /// Runs actions, events, behaviour publishes and queued telemetry until one of them has a
@@ -1200,7 +1200,7 @@ mod tests {
 
     impl Clock for Fixed {
         fn now(&mut self) -> u64 {
-            1_700_000_000
+            1_700_000_000_000
         }
 
         async fn sleep_until(&mut self, _: u64) {}
@@ -1226,7 +1226,7 @@ mod tests {
         let device = Device::new(
             RandomWalk::new(1),
             DeviceConfig {
-                interval: 10,
+                interval_ms: 10_000,
                 version: "0.1.0",
             },
         );
@@ -1334,8 +1334,8 @@ mod tests {
             self.0.get()
         }
 
-        async fn sleep_until(&mut self, unix: u64) {
-            self.0.set(self.0.get().max(unix));
+        async fn sleep_until(&mut self, unix_ms: u64) {
+            self.0.set(self.0.get().max(unix_ms));
         }
     }
 
@@ -1371,7 +1371,7 @@ mod tests {
         let device = Device::new(
             RandomWalk::new(1),
             DeviceConfig {
-                interval: 3600,
+                interval_ms: 3_600_000,
                 version: "0.1.0",
             },
         );
@@ -1418,7 +1418,7 @@ mod tests {
         };
         let mut notes = Vec::new();
         let mut obs = |n: Note<'_>| notes.push(std::format!("{n:?}"));
-        let reason = block_on(client.run(&mut hub, &mut Jumping::at(1_700_000_000), &mut obs));
+        let reason = block_on(client.run(&mut hub, &mut Jumping::at(1_700_000_000_000), &mut obs));
         assert_eq!(
             reason,
             GiveUpReason::Exhausted(DisconnectReason::Unreachable)
@@ -1468,7 +1468,7 @@ mod tests {
         };
         let mut notes = Vec::new();
         let mut obs = |n: Note<'_>| notes.push(std::format!("{n:?}"));
-        block_on(client.run(&mut hub, &mut Jumping::at(1_700_000_000), &mut obs));
+        block_on(client.run(&mut hub, &mut Jumping::at(1_700_000_000_000), &mut obs));
         assert!(
             notes
                 .iter()
@@ -1506,7 +1506,7 @@ mod tests {
         };
         let mut notes = Vec::new();
         let mut obs = |n: Note<'_>| notes.push(std::format!("{n:?}"));
-        let reason = block_on(client.run(&mut hub, &mut Jumping::at(1_700_000_000), &mut obs));
+        let reason = block_on(client.run(&mut hub, &mut Jumping::at(1_700_000_000_000), &mut obs));
         assert_eq!(
             reason,
             GiveUpReason::Exhausted(DisconnectReason::Unreachable)
@@ -1561,7 +1561,7 @@ mod tests {
             scripts: std::vec![std::vec![CONNACK_0.to_vec(), both, Vec::new()]].into(),
             written: Vec::new(),
         };
-        let clock = Jumping::at(1_700_000_000);
+        let clock = Jumping::at(1_700_000_000_000);
         let seen_at = clock.clone();
         let mut c2d_times = Vec::new();
         let mut obs = |n: Note<'_>| {

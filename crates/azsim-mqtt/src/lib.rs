@@ -4,7 +4,7 @@
 //!
 //! `#![no_std]` and no heap: packets are framed with `mqttrs` into caller buffers, telemetry
 //! waiting for a connection sits in a fixed `heapless` queue, and time comes from a caller's
-//! [`Clock`] in Unix seconds (SNTP on the board, the system clock in host tests).
+//! [`Clock`] in Unix milliseconds (SNTP on the board, the system clock in host tests).
 //!
 //! What it does: opens connections through a [`Connector`] when the session asks (TCP + TLS
 //! are the connector's business), sends CONNECT with the username and a freshly signed SAS

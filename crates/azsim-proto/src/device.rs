@@ -1,8 +1,9 @@
 //! The reference device behaviour shared by `azsim run` and the ESP32 firmware, on top of
 //! [`crate::session`]: what the simulated (or real) device sends and how it answers.
 //!
-//! - Telemetry `{"temperature":..,"humidity":..,"seq":n}` every interval, values from a
-//!   [`Sensor`] (real on the board, the seeded [`RandomWalk`] on a laptop).
+//! - Telemetry `{"temperature":..,"humidity":..,"seq":n}` every interval (milliseconds, from
+//!   [`MIN_INTERVAL_MS`] to a day), values from a [`Sensor`] (real on the board, the seeded
+//!   [`RandomWalk`] on a laptop).
 //! - Direct methods: `ping` (200, echoes the payload), `reboot` (200, then reconnects),
 //!   `setTelemetryInterval` (`{"interval":seconds}`: 200, or 400 on bad input); anything else
 //!   404 `{"message":"method not found"}`.
@@ -10,6 +11,11 @@
 //!   `{"telemetryInterval":{"value":v,"ac":200,"av":<desired $version>}}` (the Plug and Play
 //!   writable-property convention), from the full twin after a connect and from each patch.
 //! - On every connect it reports `{"azsim":{"version":..}}`.
+//!
+//! Time is Unix milliseconds, as in [`crate::session`]. The desired `telemetryInterval`, the
+//! `setTelemetryInterval` request and their acknowledgements stay in whole **seconds**, as a
+//! device model defines them ([`MIN_INTERVAL_SECS`]..=[`MAX_INTERVAL_SECS`]); they are
+//! converted at that edge.
 //!
 //! No heap: JSON is written with `core::fmt` into caller buffers and read with the small
 //! [`json`] scanner, which finds a value by key path without building a tree.
@@ -19,10 +25,16 @@ use core::fmt;
 use crate::encoding;
 use crate::session::{Event, Publish, PublishKind, Session, TwinRequestKind};
 
-/// Shortest telemetry interval accepted, in seconds.
-pub const MIN_INTERVAL: u64 = 1;
-/// Longest telemetry interval accepted (one day), in seconds.
-pub const MAX_INTERVAL: u64 = 86_400;
+/// Shortest telemetry interval, in milliseconds (10 messages a second).
+pub const MIN_INTERVAL_MS: u64 = 100;
+/// Longest telemetry interval (one day), in milliseconds.
+pub const MAX_INTERVAL_MS: u64 = 86_400_000;
+/// Shortest interval the desired `telemetryInterval` and `setTelemetryInterval` accept, in
+/// seconds (their unit).
+pub const MIN_INTERVAL_SECS: u64 = 1;
+/// Longest interval the desired `telemetryInterval` and `setTelemetryInterval` accept (one
+/// day), in seconds.
+pub const MAX_INTERVAL_SECS: u64 = 86_400;
 /// Size of the buffer [`Device::poll_telemetry`] writes the body into.
 pub const TELEMETRY_BUFFER_LEN: usize = 128;
 /// Room [`Device::handle_event`] and [`Device::poll_publish`] keep at the end of their buffer
@@ -104,8 +116,9 @@ impl Sensor for RandomWalk {
 /// How the behaviour starts.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct DeviceConfig {
-    /// Telemetry interval in seconds.
-    pub interval: u64,
+    /// Telemetry interval in milliseconds, clamped to
+    /// [`MIN_INTERVAL_MS`]..=[`MAX_INTERVAL_MS`].
+    pub interval_ms: u64,
     /// Software version reported as `azsim.version`.
     pub version: &'static str,
 }
@@ -135,15 +148,16 @@ pub struct MethodOutcome {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 struct IntervalAck {
     av: u64,
-    // At most MAX_INTERVAL: 32 bits keep the record (copied around) small.
-    value: u32,
+    // The interval acknowledged, in milliseconds (reported in seconds). At most
+    // MAX_INTERVAL_MS: 32 bits keep the record (copied around) small.
+    value_ms: u32,
     rid: u32,
     ac: u16,
 }
 
 const NO_ACK: IntervalAck = IntervalAck {
     av: 0,
-    value: 0,
+    value_ms: 0,
     rid: 0,
     ac: 0,
 };
@@ -160,8 +174,8 @@ const NO_ACK: IntervalAck = IntervalAck {
 #[derive(Debug)]
 pub struct Device<S> {
     sensor: S,
-    // At most MAX_INTERVAL: 32 bits are enough.
-    interval: u32,
+    // Milliseconds, at most MAX_INTERVAL_MS: 32 bits are enough.
+    interval_ms: u32,
     version: &'static str,
     // When telemetry is next due; 0 before the first message (a due time is always at least
     // one interval after a time >= 0).
@@ -173,11 +187,12 @@ pub struct Device<S> {
 }
 
 impl<S: Sensor> Device<S> {
-    /// A device reading `sensor`; the interval is clamped to [`MIN_INTERVAL`]..=[`MAX_INTERVAL`].
+    /// A device reading `sensor`; the interval is clamped to
+    /// [`MIN_INTERVAL_MS`]..=[`MAX_INTERVAL_MS`].
     pub fn new(sensor: S, config: DeviceConfig) -> Self {
         Self {
             sensor,
-            interval: clamp_interval(config.interval),
+            interval_ms: clamp_interval_ms(config.interval_ms),
             version: config.version,
             next_at: 0,
             seq: 0,
@@ -187,9 +202,9 @@ impl<S: Sensor> Device<S> {
         }
     }
 
-    /// The telemetry interval in seconds.
-    pub fn interval(&self) -> u64 {
-        self.interval.into()
+    /// The telemetry interval in milliseconds.
+    pub fn interval_ms(&self) -> u64 {
+        self.interval_ms.into()
     }
 
     /// The last sequence number produced.
@@ -197,19 +212,20 @@ impl<S: Sensor> Device<S> {
         self.seq
     }
 
-    /// Changes the interval; the next message is due one new interval after the last one.
-    pub fn set_interval(&mut self, now: u64, interval: u64) {
-        let interval = clamp_interval(interval);
+    /// Changes the interval (milliseconds, clamped as in [`Device::new`]); the next message is
+    /// due one new interval after the last one.
+    pub fn set_interval_ms(&mut self, now: u64, interval_ms: u64) {
+        let interval_ms = clamp_interval_ms(interval_ms);
         let next = self.next_at;
         if next != 0 {
-            let last = next.saturating_sub(self.interval.into());
-            self.next_at = (last + u64::from(interval)).max(now);
+            let last = next.saturating_sub(self.interval_ms.into());
+            self.next_at = (last + u64::from(interval_ms)).max(now);
         }
-        self.interval = interval;
+        self.interval_ms = interval_ms;
     }
 
-    /// When telemetry is next due (`None` before the first [`Device::poll_telemetry`], which
-    /// produces a message at once).
+    /// When telemetry is next due, in Unix milliseconds (`None` before the first
+    /// [`Device::poll_telemetry`], which produces a message at once).
     pub fn poll_timeout(&self) -> Option<u64> {
         (self.next_at != 0).then_some(self.next_at)
     }
@@ -226,7 +242,7 @@ impl<S: Sensor> Device<S> {
             return None;
         }
         // Late by more than an interval (a paused process): resume the cadence, no burst.
-        let interval = u64::from(self.interval);
+        let interval = u64::from(self.interval_ms);
         self.next_at = if t != 0 && now < t + interval {
             t + interval
         } else {
@@ -364,7 +380,7 @@ impl<S: Sensor> Device<S> {
                 return None;
             }
             b.s("{\"telemetryInterval\":{\"value\":")
-                .n(ack.value.into())
+                .seconds(ack.value_ms)
                 .s(",\"ac\":")
                 .n(ack.ac.into())
                 .s(",\"av\":")
@@ -396,19 +412,20 @@ impl<S: Sensor> Device<S> {
             // The property was removed: keep the current interval, nothing to acknowledge.
             return;
         }
-        match json::as_u64(raw).filter(|v| (MIN_INTERVAL..=MAX_INTERVAL).contains(v)) {
-            Some(v) => {
-                self.set_interval(now, v);
+        match json::as_u64(raw).filter(|v| (MIN_INTERVAL_SECS..=MAX_INTERVAL_SECS).contains(v)) {
+            Some(secs) => {
+                self.set_interval_ms(now, secs * 1000);
                 self.ack = IntervalAck {
-                    value: v as u32,
+                    value_ms: self.interval_ms,
                     ac: 200,
                     av: version,
                     rid: 0,
                 };
             }
             None => {
+                // Refused: the value acknowledged is the interval still in force.
                 self.ack = IntervalAck {
-                    value: self.interval,
+                    value_ms: self.interval_ms,
                     ac: 400,
                     av: version,
                     rid: 0,
@@ -438,9 +455,9 @@ impl<S: Sensor> Device<S> {
                 "setTelemetryInterval" => {
                     let mut b = Body::new(body_buf);
                     let status = match parse_interval_request(payload) {
-                        Ok(v) => {
-                            self.set_interval(now, v);
-                            b.s("{\"interval\":").n(v);
+                        Ok(secs) => {
+                            self.set_interval_ms(now, secs * 1000);
+                            b.s("{\"interval\":").n(secs);
                             200
                         }
                         Err(msg) => {
@@ -463,7 +480,7 @@ impl<S: Sensor> Device<S> {
     }
 }
 
-/// Reads `{"interval":seconds}`.
+/// Reads `{"interval":seconds}` and returns the seconds.
 ///
 /// # Errors
 /// A short message saying what is wrong with the request.
@@ -473,13 +490,13 @@ pub fn parse_interval_request(payload: &[u8]) -> Result<u64, &'static str> {
     }
     let raw = json::find(payload, &["interval"]).ok_or("missing \"interval\"")?;
     json::as_u64(raw)
-        .filter(|v| (MIN_INTERVAL..=MAX_INTERVAL).contains(v))
+        .filter(|v| (MIN_INTERVAL_SECS..=MAX_INTERVAL_SECS).contains(v))
         .ok_or("\"interval\" must be an integer from 1 to 86400")
 }
 
-/// `interval` clamped to [`MIN_INTERVAL`]..=[`MAX_INTERVAL`] (so it fits 32 bits).
-fn clamp_interval(interval: u64) -> u32 {
-    interval.clamp(MIN_INTERVAL, MAX_INTERVAL) as u32
+/// `interval_ms` clamped to [`MIN_INTERVAL_MS`]..=[`MAX_INTERVAL_MS`] (so it fits 32 bits).
+fn clamp_interval_ms(interval_ms: u64) -> u32 {
+    interval_ms.clamp(MIN_INTERVAL_MS, MAX_INTERVAL_MS) as u32
 }
 
 fn finite(x: f32) -> f32 {
@@ -586,6 +603,27 @@ impl<'b> Body<'b> {
 
     fn q(&mut self, s: &str) -> &mut Self {
         let _ = json::write_quoted(&mut self.w, s);
+        self
+    }
+
+    /// Milliseconds as a JSON number of seconds: `5` for 5000, `0.25` for 250.
+    fn seconds(&mut self, ms: u32) -> &mut Self {
+        self.n((ms / 1000).into());
+        let frac = ms % 1000;
+        if frac != 0 {
+            // The point and three digits, trailing zeros dropped (frac is not 0).
+            let digits = [
+                b'.',
+                b'0' + (frac / 100) as u8,
+                b'0' + (frac / 10 % 10) as u8,
+                b'0' + (frac % 10) as u8,
+            ];
+            let mut len = digits.len();
+            while digits[len - 1] == b'0' {
+                len -= 1;
+            }
+            let _ = encoding::write_ascii(&mut self.w, &digits[..len]);
+        }
         self
     }
 
@@ -869,11 +907,11 @@ mod tests {
         }
     }
 
-    fn device(interval: u64) -> Device<Fixed> {
+    fn device(interval_ms: u64) -> Device<Fixed> {
         Device::new(
             Fixed(21.5, 40.25),
             DeviceConfig {
-                interval,
+                interval_ms,
                 version: "0.1.0",
             },
         )
@@ -915,27 +953,53 @@ mod tests {
 
     #[test]
     fn telemetry_is_json_with_a_sequence_at_each_interval() {
-        let mut d = device(10);
+        let mut d = device(10_000);
         let mut buf = [0u8; TELEMETRY_BUFFER_LEN];
-        let t = d.poll_telemetry(100, &mut buf).unwrap();
+        let t = d.poll_telemetry(100_000, &mut buf).unwrap();
         assert_eq!(t.seq, 1);
         assert_eq!(
             t.body,
             "{\"temperature\":21.50,\"humidity\":40.25,\"seq\":1}"
         );
-        assert_eq!(d.poll_timeout(), Some(110));
-        assert!(d.poll_telemetry(109, &mut buf).is_none());
-        assert_eq!(d.poll_telemetry(111, &mut buf).unwrap().seq, 2);
+        assert_eq!(d.poll_timeout(), Some(110_000));
+        assert!(d.poll_telemetry(109_999, &mut buf).is_none());
+        assert_eq!(d.poll_telemetry(111_000, &mut buf).unwrap().seq, 2);
         assert_eq!(
             d.poll_timeout(),
-            Some(120),
+            Some(120_000),
             "cadence kept after a late poll"
         );
-        assert_eq!(d.poll_telemetry(500, &mut buf).unwrap().seq, 3);
-        assert_eq!(d.poll_timeout(), Some(510), "no burst after a long pause");
+        assert_eq!(d.poll_telemetry(500_000, &mut buf).unwrap().seq, 3);
+        assert_eq!(
+            d.poll_timeout(),
+            Some(510_000),
+            "no burst after a long pause"
+        );
         let v: serde_json::Value =
-            serde_json::from_str(d.poll_telemetry(510, &mut buf).unwrap().body).unwrap();
+            serde_json::from_str(d.poll_telemetry(510_000, &mut buf).unwrap().body).unwrap();
         assert_eq!(v["seq"], 4);
+    }
+
+    #[test]
+    fn telemetry_runs_at_sub_second_intervals_down_to_100_ms() {
+        let mut d = device(200);
+        let mut buf = [0u8; TELEMETRY_BUFFER_LEN];
+        let start = 1_700_000_000_000;
+        let mut sent = 0;
+        let mut now = start;
+        while now < start + 1_000 {
+            if d.poll_telemetry(now, &mut buf).is_some() {
+                sent += 1;
+            }
+            now += 1;
+        }
+        assert_eq!(sent, 5, "5 Hz");
+        assert_eq!(d.poll_timeout(), Some(start + 1_000));
+        // Out-of-range intervals are clamped.
+        assert_eq!(device(10).interval_ms(), MIN_INTERVAL_MS);
+        assert_eq!(device(u64::MAX).interval_ms(), MAX_INTERVAL_MS);
+        d.set_interval_ms(start + 1_000, 0);
+        assert_eq!(d.interval_ms(), 100);
     }
 
     #[test]
@@ -958,7 +1022,7 @@ mod tests {
 
     #[test]
     fn ping_echoes_the_payload() {
-        let mut d = device(10);
+        let mut d = device(10_000);
         let mut s = connected();
         assert_eq!(
             method(&mut d, &mut s, "ping", b"{\"hello\":[1,2]}"),
@@ -971,7 +1035,7 @@ mod tests {
 
     #[test]
     fn unknown_methods_get_404() {
-        let mut d = device(10);
+        let mut d = device(10_000);
         let mut s = connected();
         assert_eq!(
             method(&mut d, &mut s, "selfDestruct", b"{}"),
@@ -984,7 +1048,7 @@ mod tests {
 
     #[test]
     fn set_telemetry_interval_validates_its_input() {
-        let mut d = device(10);
+        let mut d = device(10_000);
         let mut s = connected();
         assert_eq!(
             method(&mut d, &mut s, "setTelemetryInterval", b"{\"interval\": 3}"),
@@ -993,7 +1057,7 @@ mod tests {
                 "{\"interval\":3}".into()
             )
         );
-        assert_eq!(d.interval(), 3);
+        assert_eq!(d.interval_ms(), 3_000, "the request is in seconds");
         for bad in [
             &b"{\"interval\":0}"[..],
             b"{\"interval\":\"5\"}",
@@ -1015,12 +1079,12 @@ mod tests {
                 400
             );
         }
-        assert_eq!(d.interval(), 3);
+        assert_eq!(d.interval_ms(), 3_000);
     }
 
     #[test]
     fn reboot_answers_then_reconnects() {
-        let mut d = device(10);
+        let mut d = device(10_000);
         let mut s = connected();
         let (topic, _) = method(&mut d, &mut s, "reboot", b"null");
         assert_eq!(topic, "$iothub/methods/res/200/?$rid=7");
@@ -1046,7 +1110,7 @@ mod tests {
 
     #[test]
     fn on_connect_it_reports_its_version() {
-        let mut d = device(10);
+        let mut d = device(10_000);
         let mut s = connected();
         let mut buf = [0u8; 64];
         let ev = Event::Connected {
@@ -1063,7 +1127,7 @@ mod tests {
 
     #[test]
     fn desired_interval_is_applied_and_acknowledged() {
-        let mut d = device(10);
+        let mut d = device(10_000);
         let mut s = connected();
         let mut buf = [0u8; 64];
         let patch = Event::DesiredPatch {
@@ -1071,7 +1135,7 @@ mod tests {
             patch: b"{\"telemetryInterval\":2,\"$version\":5}",
         };
         d.handle_event(0, &patch, &mut s, &mut buf);
-        assert_eq!(d.interval(), 2);
+        assert_eq!(d.interval_ms(), 2_000, "the desired value is in seconds");
         assert_eq!(
             reported(&mut d, &mut s),
             ["{\"telemetryInterval\":{\"value\":2,\"ac\":200,\"av\":5}}"]
@@ -1081,7 +1145,7 @@ mod tests {
             patch: b"{\"telemetryInterval\":\"fast\",\"$version\":6}",
         };
         d.handle_event(0, &bad, &mut s, &mut buf);
-        assert_eq!(d.interval(), 2);
+        assert_eq!(d.interval_ms(), 2_000);
         let r = reported(&mut d, &mut s);
         let v: serde_json::Value = serde_json::from_str(&r[0]).unwrap();
         assert_eq!(v["telemetryInterval"]["ac"], 400);
@@ -1097,8 +1161,39 @@ mod tests {
     }
 
     #[test]
+    fn a_refused_desired_interval_acknowledges_a_sub_second_interval_in_seconds() {
+        let mut d = device(250);
+        let mut s = connected();
+        let mut buf = [0u8; 64];
+        let bad = Event::DesiredPatch {
+            version: 3,
+            patch: b"{\"telemetryInterval\":0}",
+        };
+        d.handle_event(0, &bad, &mut s, &mut buf);
+        let r = reported(&mut d, &mut s);
+        assert!(
+            r[0].starts_with("{\"telemetryInterval\":{\"value\":0.25,\"ac\":400,\"av\":3,"),
+            "{r:?}"
+        );
+        let v: serde_json::Value = serde_json::from_str(&r[0]).unwrap();
+        assert_eq!(v["telemetryInterval"]["value"], 0.25);
+        assert_eq!(d.interval_ms(), 250);
+        for (ms, text) in [
+            (100, "0.1"),
+            (1_500, "1.5"),
+            (86_400_000, "86400"),
+            (12_345, "12.345"),
+        ] {
+            let mut buf = [0u8; 32];
+            let mut b = Body::new(&mut buf);
+            b.seconds(ms);
+            assert_eq!(b.done(), Some(text));
+        }
+    }
+
+    #[test]
     fn the_twin_document_sets_the_interval_unless_already_acknowledged() {
-        let mut d = device(10);
+        let mut d = device(10_000);
         let mut s = connected();
         let mut buf = [0u8; 64];
         let doc = Event::Twin {
@@ -1106,7 +1201,7 @@ mod tests {
             desired_version: Some(9),
         };
         d.handle_event(0, &doc, &mut s, &mut buf);
-        assert_eq!(d.interval(), 4);
+        assert_eq!(d.interval_ms(), 4_000);
         assert_eq!(
             reported(&mut d, &mut s),
             ["{\"telemetryInterval\":{\"value\":4,\"ac\":200,\"av\":9}}"]
@@ -1121,7 +1216,7 @@ mod tests {
 
     #[test]
     fn a_failed_report_is_sent_again() {
-        let mut d = device(10);
+        let mut d = device(10_000);
         let mut s = connected();
         let mut buf = [0u8; 64];
         let ev = Event::Connected {
@@ -1142,7 +1237,7 @@ mod tests {
 
     #[test]
     fn a_failed_acknowledgement_is_sent_again_unless_a_newer_one_replaced_it() {
-        let mut d = device(10);
+        let mut d = device(10_000);
         let mut s = connected();
         let mut buf = [0u8; 64];
         let failed = |rid| Event::TwinRequestFailed {
@@ -1183,7 +1278,7 @@ mod tests {
         d.handle_event(0, &accepted, &mut s, &mut buf);
         d.handle_event(0, &failed(4), &mut s, &mut buf);
         assert!(reported(&mut d, &mut s).is_empty(), "answered");
-        assert_eq!(d.interval(), 3);
+        assert_eq!(d.interval_ms(), 3_000);
     }
 
     #[test]

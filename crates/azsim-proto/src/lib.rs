@@ -2,8 +2,10 @@
 //! azsim part: the laptop driver, the local hub and the ESP32 firmware.
 //!
 //! `#![no_std]`, no heap, no I/O and no clock: functions write into caller buffers
-//! (`core::fmt::Write`, `&mut [u8]`) and time is a `u64` of Unix seconds passed in. What this
-//! crate does not do: open sockets, frame MQTT packets, read the time, or allocate.
+//! (`core::fmt::Write`, `&mut [u8]`) and time is passed in. The session and the device
+//! behaviour take a `u64` of Unix milliseconds; the SAS functions, like the token's `se`, take
+//! Unix seconds. What this crate does not do: open sockets, frame MQTT packets, read the time,
+//! or allocate.
 #![no_std]
 
 #[cfg(any(feature = "std", test))]

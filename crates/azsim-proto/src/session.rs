@@ -4,7 +4,13 @@
 //! The driver (tokio + rumqttc on a laptop, embassy on the ESP32) owns the connection and the
 //! time. It tells the session what happened (`handle_*`), then performs what the session asks
 //! (`poll_action`), hands the application what it produced (`poll_event`, and the event returned
-//! by `handle_publish`), and sleeps until `poll_timeout`. Time is Unix seconds.
+//! by `handle_publish`), and sleeps until `poll_timeout`.
+//!
+//! Time is Unix **milliseconds**: every `now` argument, every deadline and
+//! [`Session::poll_timeout`]. Durations in [`SessionConfig`] and [`Event::Reconnecting`] say their
+//! unit in their name (`_ms`), except the two wire values that stay in the protocol's own unit: a
+//! SAS token's expiry (`token_expiry`, `se`, Unix seconds; [`SessionConfig::token_ttl`] in
+//! seconds) and the MQTT keep-alive (seconds).
 //!
 //! What the session owns: the connect / backoff / renewal schedule, the four subscriptions and
 //! the twin GET after every connect, twin request ids with their correlation and timeouts,
@@ -45,8 +51,8 @@ pub const MAX_ID_LEN: usize = 128;
 
 const EVENT_QUEUE_LEN: usize = MAX_IN_FLIGHT + MAX_TWIN_REQUESTS + 8;
 const ACTION_QUEUE_LEN: usize = 8;
-/// Seconds before a failed twin GET (error status or timeout) is retried.
-const TWIN_GET_RETRY_SECS: u64 = 5;
+/// Milliseconds before a failed twin GET (error status or timeout) is retried.
+const TWIN_GET_RETRY_MS: u64 = 5_000;
 
 /// MQTT quality of service; IoT Hub has no QoS 2.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -141,15 +147,15 @@ pub struct SessionConfig {
     pub token_ttl: Option<u64>,
     /// Reconnect with a fresh token after this percentage of its lifetime (the C SDK's 80%).
     pub renew_at_percent: u8,
-    /// First reconnect delay in seconds (before jitter).
-    pub backoff_min: u64,
-    /// Largest reconnect delay in seconds.
-    pub backoff_max: u64,
-    /// Seconds to wait for a twin response before giving up on the request.
-    pub twin_request_timeout: u64,
-    /// Seconds a planned reconnect (renewal, reboot) waits for in-flight telemetry acks, so
-    /// nothing is sent twice; capped so the token never expires first.
-    pub drain_timeout: u64,
+    /// First reconnect delay in milliseconds (before jitter); at least 1.
+    pub backoff_min_ms: u64,
+    /// Largest reconnect delay in milliseconds.
+    pub backoff_max_ms: u64,
+    /// Milliseconds to wait for a twin response before giving up on the request.
+    pub twin_request_timeout_ms: u64,
+    /// Milliseconds a planned reconnect (renewal, reboot) waits for in-flight telemetry acks,
+    /// so nothing is sent twice; capped so the token never expires first.
+    pub drain_timeout_ms: u64,
     /// QoS 1 telemetry messages allowed in flight (at most [`MAX_IN_FLIGHT`]).
     pub max_in_flight: usize,
     /// Highest packet id handed out (ids cycle through `1..=max_packet_id`, skipping ids still in
@@ -172,10 +178,10 @@ impl Default for SessionConfig {
         Self {
             token_ttl: Some(3600),
             renew_at_percent: 80,
-            backoff_min: 1,
-            backoff_max: 60,
-            twin_request_timeout: 30,
-            drain_timeout: 5,
+            backoff_min_ms: 1_000,
+            backoff_max_ms: 60_000,
+            twin_request_timeout_ms: 30_000,
+            drain_timeout_ms: 5_000,
             max_in_flight: MAX_IN_FLIGHT,
             max_packet_id: u16::MAX,
             keep_alive: 60,
@@ -370,7 +376,8 @@ pub enum Action<'b> {
     /// the fixed credential). Then report [`Session::handle_connected`] or
     /// [`Session::handle_disconnected`].
     Connect {
-        /// Expiry (Unix seconds) of the token to sign for this connection.
+        /// Expiry of the token to sign for this connection, in Unix **seconds** (the token's
+        /// `se`).
         token_expiry: Option<u64>,
         /// MQTT clean-session flag.
         clean_session: bool,
@@ -415,14 +422,14 @@ pub enum TwinRequestKind {
 pub enum Event<'a> {
     /// The connection is up (subscriptions and the twin GET are being sent).
     Connected {
-        /// Expiry of the token in use, if it expires.
+        /// Expiry of the token in use (Unix seconds, its `se`), if it expires.
         token_expiry: Option<u64>,
         /// Whether this is a reconnect.
         reconnect: bool,
     },
     /// A planned reconnect with a fresh token succeeded.
     TokenRenewed {
-        /// The new token's expiry.
+        /// The new token's expiry (Unix seconds, its `se`).
         token_expiry: u64,
     },
     /// The connection ended.
@@ -434,8 +441,8 @@ pub enum Event<'a> {
     Reconnecting {
         /// Consecutive failed attempts so far.
         attempt: u32,
-        /// Seconds until it.
-        delay: u64,
+        /// Milliseconds until it.
+        delay_ms: u64,
     },
     /// The hub acknowledged telemetry.
     TelemetryAcked {
@@ -537,7 +544,7 @@ pub enum State {
     Disconnecting,
     /// Waiting until `until` to reconnect.
     Backoff {
-        /// Unix seconds.
+        /// Unix milliseconds.
         until: u64,
     },
     /// Stopped (closed by the application, or given up).
@@ -585,9 +592,9 @@ pub struct Session {
     /// Consecutive failed attempts.
     attempt: u32,
     ever_connected: bool,
-    /// Expiry of the token of the connection being made or in use.
+    /// Expiry of the token of the connection being made or in use (Unix seconds, as `se`).
     token_expiry: Option<u64>,
-    /// When to start a renewal, for the current connection.
+    /// When to start a renewal of the token of the connection being made or in use.
     renew_at: Option<u64>,
     /// Deadline of a drain in progress, and why we drain.
     drain: Option<(u64, DisconnectCause)>,
@@ -612,8 +619,8 @@ impl Session {
         config.max_in_flight = config.max_in_flight.clamp(1, MAX_IN_FLIGHT);
         config.renew_at_percent = config.renew_at_percent.clamp(1, 100);
         config.max_packet_id = config.max_packet_id.max(config.max_in_flight as u16);
-        config.backoff_min = config.backoff_min.max(1);
-        config.backoff_max = config.backoff_max.max(config.backoff_min);
+        config.backoff_min_ms = config.backoff_min_ms.max(1);
+        config.backoff_max_ms = config.backoff_max_ms.max(config.backoff_min_ms);
         Self {
             identity,
             config,
@@ -674,7 +681,7 @@ impl Session {
         self.in_flight.len()
     }
 
-    /// Expiry of the token of the current connection.
+    /// Expiry of the token of the current connection, in Unix seconds (the token's `se`).
     pub fn token_expiry(&self) -> Option<u64> {
         self.token_expiry
     }
@@ -690,7 +697,6 @@ impl Session {
         self.state = State::Connected;
         self.closing = None;
         self.drain = None;
-        self.renew_at = self.token_expiry.and_then(|_| self.renewal_point());
         for i in 0..wire::subscription_count(&self.identity) {
             self.push_action(Pending::Subscribe(i));
         }
@@ -783,11 +789,13 @@ impl Session {
             self.give_up(GiveUpReason::Exhausted(reason));
             return;
         }
-        let delay = self.backoff_delay(self.attempt, entropy);
-        self.state = State::Backoff { until: now + delay };
+        let delay_ms = self.backoff_delay(self.attempt, entropy);
+        self.state = State::Backoff {
+            until: now + delay_ms,
+        };
         self.push_event(Event::Reconnecting {
             attempt: self.attempt,
-            delay,
+            delay_ms,
         });
     }
 
@@ -846,7 +854,7 @@ impl Session {
                     let r = self.twin.remove(i);
                     if self.get_rid == Some(r.rid) {
                         self.get_rid = None;
-                        self.get_retry_at = Some(now + TWIN_GET_RETRY_SECS);
+                        self.get_retry_at = Some(now + TWIN_GET_RETRY_MS);
                     }
                     self.push_event(Event::TwinRequestFailed {
                         rid: r.rid,
@@ -938,7 +946,7 @@ impl Session {
         let _ = self.twin.push(TwinRequest {
             rid,
             kind: TwinRequestKind::Reported,
-            deadline: now + self.config.twin_request_timeout,
+            deadline: now + self.config.twin_request_timeout_ms,
         });
         Ok(Publish {
             topic,
@@ -975,7 +983,7 @@ impl Session {
     }
 
     /// Reconnects soon (the `reboot` method): waits for in-flight telemetry acks (at most
-    /// `drain_timeout`), asks for a disconnect, then connects again at once.
+    /// `drain_timeout_ms`), asks for a disconnect, then connects again at once.
     pub fn reconnect(&mut self, now: u64) {
         match self.state {
             State::Connected => self.start_drain(now, DisconnectCause::Reconnect),
@@ -1054,7 +1062,8 @@ impl Session {
         self.events.pop_front()
     }
 
-    /// When `handle_timeout` must next be called (Unix seconds); `None` when nothing is timed.
+    /// When `handle_timeout` must next be called (Unix milliseconds); `None` when nothing is
+    /// timed.
     pub fn poll_timeout(&self) -> Option<u64> {
         let mut t: Option<u64> = None;
         let mut take = |x: Option<u64>| {
@@ -1084,17 +1093,13 @@ impl Session {
 
     // ---- internals ----------------------------------------------------------------------
 
-    fn renewal_point(&self) -> Option<u64> {
-        let ttl = self.config.token_ttl?;
-        let expiry = self.token_expiry?;
-        let issued = expiry.saturating_sub(ttl);
-        let after = (ttl * u64::from(self.config.renew_at_percent) / 100).max(1);
-        Some(issued + after)
-    }
-
+    /// Asks for a connect with a token signed now: its expiry in whole seconds (the `se`), and
+    /// its renewal `renew_at_percent` of its lifetime from now, in milliseconds.
     fn queue_connect(&mut self, now: u64, attempt: u32) {
-        let expiry = self.config.token_ttl.map(|ttl| now + ttl.max(1));
-        self.token_expiry = expiry;
+        let ttl = self.config.token_ttl.map(|ttl| ttl.max(1));
+        self.token_expiry = ttl.map(|ttl| now / 1000 + ttl);
+        // ttl s * 1000 ms/s * percent / 100.
+        self.renew_at = ttl.map(|ttl| now + ttl * 10 * u64::from(self.config.renew_at_percent));
         self.state = State::Connecting;
         self.actions.clear();
         self.push_action(Pending::Connect { attempt });
@@ -1107,10 +1112,11 @@ impl Session {
     }
 
     fn start_drain(&mut self, now: u64, cause: DisconnectCause) {
-        let mut deadline = now + self.config.drain_timeout;
+        let mut deadline = now + self.config.drain_timeout_ms;
         if let Some(exp) = self.token_expiry {
-            // Disconnect before the hub closes us for an expired token.
-            deadline = deadline.min(exp.saturating_sub(1).max(now));
+            // Disconnect (a second early) before the hub closes us for an expired token.
+            let last_safe = exp.saturating_sub(1) * 1000;
+            deadline = deadline.min(last_safe.max(now));
         }
         self.drain = Some((deadline, cause));
         self.state = State::Draining;
@@ -1136,7 +1142,7 @@ impl Session {
             return;
         }
         if self.twin.is_full() {
-            self.get_retry_at = Some(now + TWIN_GET_RETRY_SECS);
+            self.get_retry_at = Some(now + TWIN_GET_RETRY_MS);
             return;
         }
         let rid = self.next_rid;
@@ -1144,7 +1150,7 @@ impl Session {
         let _ = self.twin.push(TwinRequest {
             rid,
             kind: TwinRequestKind::Get,
-            deadline: now + self.config.twin_request_timeout,
+            deadline: now + self.config.twin_request_timeout_ms,
         });
         self.get_rid = Some(rid);
         self.patch_during_get = None;
@@ -1167,7 +1173,7 @@ impl Session {
         }
         if !(200..300).contains(&status) {
             if get {
-                self.get_retry_at = Some(now + TWIN_GET_RETRY_SECS);
+                self.get_retry_at = Some(now + TWIN_GET_RETRY_MS);
             }
             return Some(Event::TwinRequestFailed {
                 rid,
@@ -1229,9 +1235,10 @@ impl Session {
         }
     }
 
+    /// The reconnect delay in milliseconds before attempt `attempt` (from 1).
     fn backoff_delay(&self, attempt: u32, entropy: u32) -> u64 {
         let shift = attempt.saturating_sub(1).min(32);
-        let (min, max) = (self.config.backoff_min, self.config.backoff_max);
+        let (min, max) = (self.config.backoff_min_ms, self.config.backoff_max_ms);
         // min * 2^shift capped at max, without a 64-bit multiply: it exceeds max exactly when
         // min exceeds max / 2^shift.
         let base = if min > max >> shift {
@@ -1389,11 +1396,11 @@ mod tests {
             entropy in proptest::num::u32::ANY,
         ) {
             let s = session(SessionConfig {
-                backoff_min: min,
-                backoff_max: max,
+                backoff_min_ms: min,
+                backoff_max_ms: max,
                 ..SessionConfig::default()
             });
-            let (min, max) = (s.config.backoff_min, s.config.backoff_max);
+            let (min, max) = (s.config.backoff_min_ms, s.config.backoff_max_ms);
             let shift = attempt.saturating_sub(1).min(32);
             let base = if min > max >> shift { max } else { min << shift };
             let half = base / 2;
@@ -1456,7 +1463,8 @@ mod tests {
     fn a_new_session_connects_at_once_with_a_fresh_token() {
         let mut s = session(SessionConfig::default());
         assert_eq!(s.poll_timeout(), Some(0));
-        s.handle_timeout(1_000);
+        // Time is in milliseconds; the token's expiry in seconds.
+        s.handle_timeout(1_000_000);
         assert_eq!(actions(&mut s), [A::Connect(Some(4_600), 0)]);
         assert_eq!(s.state(), State::Connecting);
     }
@@ -1464,9 +1472,9 @@ mod tests {
     #[test]
     fn after_connect_it_subscribes_the_four_filters_then_gets_the_twin() {
         let mut s = session(SessionConfig::default());
-        s.handle_timeout(10);
+        s.handle_timeout(10_000);
         actions(&mut s);
-        s.handle_connected(10);
+        s.handle_connected(10_000);
         assert_eq!(
             actions(&mut s),
             [
@@ -1629,8 +1637,8 @@ mod tests {
             .unwrap();
         s.send_telemetry(0, 2, &SystemProperties::default(), [], b"", &mut buf)
             .unwrap();
-        s.handle_puback(1, 1);
-        s.handle_disconnected(5, DisconnectReason::Lost, 0);
+        s.handle_puback(1_000, 1);
+        s.handle_disconnected(5_000, DisconnectReason::Lost, 0);
         let ev = events(&mut s);
         assert_eq!(
             ev,
@@ -1646,9 +1654,10 @@ mod tests {
                     status: None,
                     body: &[]
                 },
+                // No entropy: half the first backoff.
                 Event::Reconnecting {
                     attempt: 1,
-                    delay: 0
+                    delay_ms: 500
                 },
             ]
         );
@@ -1658,30 +1667,39 @@ mod tests {
     #[test]
     fn reconnects_back_off_exponentially_with_jitter_up_to_the_cap() {
         let mut s = session(SessionConfig {
-            backoff_min: 2,
-            backoff_max: 30,
+            backoff_min_ms: 2_000,
+            backoff_max_ms: 30_000,
             ..SessionConfig::default()
         });
         connect(&mut s, 0);
-        let mut now = 100;
+        let mut now = 100_000;
         let mut delays = std::vec::Vec::new();
         for attempt in 1..=7u32 {
-            // Maximum entropy: the delay is the full base.
             s.handle_disconnected(now, DisconnectReason::Lost, u32::MAX - 1);
             let ev = events(&mut s);
-            let Some(Event::Reconnecting { attempt: a, delay }) = ev.last().copied() else {
+            let Some(Event::Reconnecting {
+                attempt: a,
+                delay_ms: delay,
+            }) = ev.last().copied()
+            else {
                 panic!("{ev:?}")
             };
             assert_eq!(a, attempt);
             delays.push(delay);
             assert_eq!(s.poll_timeout(), Some(now + delay));
             s.handle_timeout(now + delay - 1);
-            assert_eq!(actions(&mut s), [], "not before the delay");
+            assert_eq!(actions(&mut s), [], "not a millisecond before the delay");
             now += delay;
             s.handle_timeout(now);
-            assert_eq!(actions(&mut s), [A::Connect(Some(now + 3600), attempt)]);
+            assert_eq!(
+                actions(&mut s),
+                [A::Connect(Some(now / 1000 + 3600), attempt)]
+            );
         }
-        for (d, base) in delays.iter().zip([2u64, 4, 8, 16, 30, 30, 30]) {
+        for (d, base) in delays
+            .iter()
+            .zip([2_000u64, 4_000, 8_000, 16_000, 30_000, 30_000, 30_000])
+        {
             assert!((base / 2..=base).contains(d), "{d} vs base {base}");
         }
         // Jitter spreads: entropy 0 gives the low end.
@@ -1690,20 +1708,24 @@ mod tests {
             events(&mut s).last(),
             Some(&Event::Reconnecting {
                 attempt: 8,
-                delay: 15
+                delay_ms: 15_000
             })
         );
         // A success resets the schedule.
-        s.handle_timeout(now + 15);
+        s.handle_timeout(now + 15_000);
         actions(&mut s);
-        s.handle_connected(now + 15);
-        s.handle_disconnected(now + 20, DisconnectReason::Lost, u32::MAX);
-        assert_eq!(
-            events(&mut s).last(),
-            Some(&Event::Reconnecting {
-                attempt: 1,
-                delay: 2
-            })
+        s.handle_connected(now + 15_000);
+        s.handle_disconnected(now + 20_000, DisconnectReason::Lost, u32::MAX);
+        let ev = events(&mut s);
+        assert!(
+            matches!(
+                ev.last(),
+                Some(&Event::Reconnecting {
+                    attempt: 1,
+                    delay_ms: 1_000..=2_000
+                })
+            ),
+            "{ev:?}"
         );
     }
 
@@ -1713,32 +1735,36 @@ mod tests {
             token_ttl: Some(100),
             ..SessionConfig::default()
         });
-        connect(&mut s, 1_000);
+        connect(&mut s, 1_000_000);
         events(&mut s);
-        assert_eq!(s.token_expiry(), Some(1_100));
-        assert_eq!(s.poll_timeout(), Some(1_030), "twin GET timeout first");
+        assert_eq!(s.token_expiry(), Some(1_100), "Unix seconds");
+        assert_eq!(s.poll_timeout(), Some(1_030_000), "twin GET timeout first");
         s.handle_publish(
-            1_001,
+            1_001_000,
             "$iothub/twin/res/200/?$rid=1",
             b"{\"desired\":{\"$version\":1}}",
         );
-        assert_eq!(s.poll_timeout(), Some(1_080));
-        s.handle_timeout(1_079);
+        assert_eq!(s.poll_timeout(), Some(1_080_000));
+        s.handle_timeout(1_079_999);
         assert_eq!(actions(&mut s), []);
-        s.handle_timeout(1_080);
+        s.handle_timeout(1_080_000);
         assert_eq!(
             actions(&mut s),
             [A::Disconnect(DisconnectCause::TokenRenewal)]
         );
-        s.handle_disconnected(1_080, DisconnectReason::Requested, 0);
+        s.handle_disconnected(1_080_000, DisconnectReason::Requested, 0);
         assert_eq!(actions(&mut s), [A::Connect(Some(1_180), 0)]);
-        s.handle_connected(1_081);
+        s.handle_connected(1_081_000);
         let ev = events(&mut s);
         assert!(ev.contains(&Event::TokenRenewed {
             token_expiry: 1_180
         }));
         assert!(!ev.iter().any(|e| matches!(e, Event::Reconnecting { .. })));
-        assert_eq!(s.poll_timeout(), Some(1_111), "GET timeout before renewal");
+        assert_eq!(
+            s.poll_timeout(),
+            Some(1_111_000),
+            "GET timeout before renewal"
+        );
     }
 
     #[test]
@@ -1751,14 +1777,14 @@ mod tests {
         let mut buf = [0u8; 128];
         s.send_telemetry(0, 1, &SystemProperties::default(), [], b"", &mut buf)
             .unwrap();
-        s.handle_timeout(48);
+        s.handle_timeout(48_000);
         assert_eq!(s.state(), State::Draining);
         assert_eq!(actions(&mut s), []);
         assert_eq!(
-            s.send_telemetry(48, 2, &SystemProperties::default(), [], b"", &mut buf),
+            s.send_telemetry(48_000, 2, &SystemProperties::default(), [], b"", &mut buf),
             Err(SendError::NotConnected)
         );
-        s.handle_puback(49, 1);
+        s.handle_puback(49_000, 1);
         assert_eq!(
             actions(&mut s),
             [A::Disconnect(DisconnectCause::TokenRenewal)]
@@ -1769,25 +1795,28 @@ mod tests {
     fn a_drain_ends_at_its_deadline_and_never_outlives_the_token() {
         let mut s = session(SessionConfig {
             token_ttl: Some(6),
-            drain_timeout: 5,
+            drain_timeout_ms: 5_000,
             ..SessionConfig::default()
         });
         connect(&mut s, 0);
         let mut buf = [0u8; 128];
         s.send_telemetry(0, 1, &SystemProperties::default(), [], b"", &mut buf)
             .unwrap();
-        s.handle_timeout(4);
+        assert_eq!(s.poll_timeout(), Some(4_800), "80 % of 6 s");
+        s.handle_timeout(4_800);
         assert_eq!(
             s.poll_timeout(),
-            Some(5),
-            "one second before expiry, not 4+5"
+            Some(5_000),
+            "one second before expiry, not 4.8 s + 5 s"
         );
-        s.handle_timeout(5);
+        s.handle_timeout(4_999);
+        assert_eq!(actions(&mut s), []);
+        s.handle_timeout(5_000);
         assert_eq!(
             actions(&mut s),
             [A::Disconnect(DisconnectCause::TokenRenewal)]
         );
-        s.handle_disconnected(5, DisconnectReason::Requested, 0);
+        s.handle_disconnected(5_000, DisconnectReason::Requested, 0);
         let ev = events(&mut s);
         assert!(ev.contains(&Event::TelemetryUnacked { tag: 1 }), "{ev:?}");
     }
@@ -1839,15 +1868,15 @@ mod tests {
     #[test]
     fn twin_requests_time_out_and_a_failed_get_is_retried() {
         let mut s = session(SessionConfig {
-            twin_request_timeout: 10,
+            twin_request_timeout_ms: 10_000,
             ..SessionConfig::default()
         });
         connect(&mut s, 0);
         events(&mut s);
         let mut buf = [0u8; 128];
-        s.send_reported(3, b"{}", &mut buf).unwrap();
-        assert_eq!(s.poll_timeout(), Some(10));
-        s.handle_timeout(10);
+        s.send_reported(3_000, b"{}", &mut buf).unwrap();
+        assert_eq!(s.poll_timeout(), Some(10_000));
+        s.handle_timeout(10_000);
         assert_eq!(
             events(&mut s),
             [Event::TwinRequestFailed {
@@ -1857,8 +1886,8 @@ mod tests {
                 body: &[]
             }]
         );
-        assert_eq!(s.poll_timeout(), Some(13));
-        s.handle_timeout(13);
+        assert_eq!(s.poll_timeout(), Some(13_000));
+        s.handle_timeout(13_000);
         let ev = events(&mut s);
         assert!(matches!(
             ev[..],
@@ -1868,7 +1897,7 @@ mod tests {
                 ..
             }]
         ));
-        s.handle_timeout(15);
+        s.handle_timeout(15_000);
         assert_eq!(
             actions(&mut s),
             [A::Pub(
@@ -1878,8 +1907,10 @@ mod tests {
             )]
         );
         // An error status is retried the same way.
-        s.handle_publish(16, "$iothub/twin/res/429/?$rid=3", b"{}");
-        s.handle_timeout(21);
+        s.handle_publish(16_000, "$iothub/twin/res/429/?$rid=3", b"{}");
+        s.handle_timeout(20_999);
+        assert_eq!(actions(&mut s), [], "5 s after the error");
+        s.handle_timeout(21_000);
         assert_eq!(
             actions(&mut s),
             [A::Pub(
@@ -1943,10 +1974,10 @@ mod tests {
             "$iothub/twin/res/200/?$rid=1",
             b"{\"desired\":{\"$version\":2}}",
         );
-        s.handle_disconnected(10, DisconnectReason::Lost, 0);
-        s.handle_timeout(11);
+        s.handle_disconnected(10_000, DisconnectReason::Lost, 0);
+        s.handle_timeout(11_000);
         actions(&mut s);
-        s.handle_connected(11);
+        s.handle_connected(11_000);
         let a = actions(&mut s);
         assert_eq!(
             a.last(),
@@ -2059,8 +2090,8 @@ mod tests {
         });
         connect(&mut s, 0);
         let refused = DisconnectReason::Refused(ConnackCode::NotAuthorized);
-        s.handle_disconnected(1, DisconnectReason::Lost, 0);
-        for now in [10, 20] {
+        s.handle_disconnected(1_000, DisconnectReason::Lost, 0);
+        for now in [10_000, 20_000] {
             s.handle_timeout(now);
             actions(&mut s);
             s.handle_disconnected(now, refused, 0);
@@ -2078,17 +2109,17 @@ mod tests {
         events(&mut s);
         let mut buf = [0u8; 64];
         s.respond_method("1", 200, b"", &mut buf).unwrap();
-        s.reconnect(1);
+        s.reconnect(1_000);
         assert_eq!(actions(&mut s), [A::Disconnect(DisconnectCause::Reconnect)]);
-        s.handle_disconnected(1, DisconnectReason::Requested, 0);
+        s.handle_disconnected(1_000, DisconnectReason::Requested, 0);
         assert_eq!(actions(&mut s), [A::Connect(Some(3601), 0)]);
-        s.handle_connected(2);
+        s.handle_connected(2_000);
         actions(&mut s);
-        s.close(3);
+        s.close(3_000);
         assert_eq!(actions(&mut s), [A::Disconnect(DisconnectCause::Close)]);
-        s.handle_disconnected(3, DisconnectReason::Requested, 0);
+        s.handle_disconnected(3_000, DisconnectReason::Requested, 0);
         assert_eq!(s.state(), State::Closed);
-        s.handle_timeout(10_000);
+        s.handle_timeout(10_000_000);
         assert_eq!(actions(&mut s), []);
         assert_eq!(s.poll_timeout(), None);
     }

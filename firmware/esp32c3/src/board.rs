@@ -28,8 +28,8 @@ esp_bootloader_esp_idf::esp_app_desc!();
 const WIFI_SSID: Option<&str> = option_env!("AZSIM_WIFI_SSID");
 const WIFI_PASSWORD: Option<&str> = option_env!("AZSIM_WIFI_PASSWORD");
 const CONNECTION_STRING: Option<&str> = option_env!("AZSIM_CONNECTION_STRING");
-/// Telemetry interval before any desired property changes it.
-const INTERVAL_SECS: u64 = 10;
+/// Telemetry interval in milliseconds before any desired property changes it.
+const INTERVAL_MS: u64 = 10_000;
 /// NTP server asked for the wall clock (the SAS expiry is absolute Unix time).
 const NTP_SERVER: &str = "pool.ntp.org";
 /// The Azure roots (DigiCert Global Root G2, Microsoft RSA Root CA 2017), plus the local hub's
@@ -145,7 +145,7 @@ async fn main(spawner: Spawner) -> ! {
     let device = Device::new(
         sensor,
         DeviceConfig {
-            interval: INTERVAL_SECS,
+            interval_ms: INTERVAL_MS,
             version: env!("CARGO_PKG_VERSION"),
         },
     );
@@ -218,8 +218,13 @@ fn log_event(ev: &Event<'_>) {
             info!("token renewed (expires at unix {token_expiry})");
         }
         Event::Disconnected { reason } => warn!("disconnected: {reason}"),
-        Event::Reconnecting { attempt, delay } => {
-            info!("reconnecting in {delay} s (attempt {attempt})");
+        Event::Reconnecting { attempt, delay_ms } => {
+            // Tenths of a second with integer formatting only (no float code in flash).
+            info!(
+                "reconnecting in {}.{} s (attempt {attempt})",
+                delay_ms / 1000,
+                delay_ms % 1000 / 100
+            );
         }
         Event::TelemetryAcked { tag } => info!("telemetry #{tag} acknowledged"),
         Event::C2d { body, .. } => {

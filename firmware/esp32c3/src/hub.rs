@@ -1,5 +1,5 @@
 //! The two platform pieces the shared loop asks for: a [`Connector`] that opens TCP + TLS to
-//! the hub with embassy-net and mbedtls-rs, and a [`Clock`] in Unix seconds from SNTP.
+//! the hub with embassy-net and mbedtls-rs, and a [`Clock`] in Unix milliseconds from SNTP.
 
 use core::ffi::CStr;
 
@@ -103,7 +103,8 @@ impl Connector for HubConnector<'_> {
     }
 }
 
-/// Unix time: the SNTP answer plus the monotonic timer since it arrived.
+/// Unix time in milliseconds (the session's unit): the SNTP answer plus the monotonic timer
+/// since it arrived.
 pub struct SntpClock {
     wall: WallClock,
 }
@@ -129,14 +130,13 @@ impl SntpClock {
 
 impl Clock for SntpClock {
     fn now(&mut self) -> u64 {
-        self.unix_now()
+        self.unix_ms()
     }
 
-    async fn sleep_until(&mut self, unix: u64) {
-        let target_ms = unix.saturating_mul(1000);
+    async fn sleep_until(&mut self, unix_ms: u64) {
         let now_ms = self.unix_ms();
-        if target_ms > now_ms {
-            Timer::after(Duration::from_millis(target_ms - now_ms)).await;
+        if unix_ms > now_ms {
+            Timer::after(Duration::from_millis(unix_ms - now_ms)).await;
         }
     }
 }
