@@ -40,77 +40,21 @@ impl<W: fmt::Write + ?Sized> fmt::Write for Dyn<'_, W> {
 }
 
 fn encode_dyn(out: &mut dyn fmt::Write, s: &str) -> fmt::Result {
-    write_escaped(out, s, &UNRESERVED, false)
-}
-
-/// A set of bytes: bit `b % 8` of byte `b / 8`.
-pub(crate) type ByteSet = [u8; 32];
-
-/// The bytes [`encode`] keeps.
-const UNRESERVED: ByteSet = {
-    let mut set = [0u8; 32];
-    let mut b = 0;
-    while b < 256 {
-        if is_unreserved(b as u8) {
-            set[b / 8] |= 1 << (b % 8);
-        }
-        b += 1;
-    }
-    set
-};
-
-/// The two-character JSON escapes: the byte after `\\` and the byte it stands for. The first
-/// five are the ones JSON strings are written with (the other bytes as `\\u00XX`).
-pub(crate) const SHORT_ESCAPES: [[u8; 2]; 8] = [
-    *b"\"\"", *b"\\\\", *b"n\n", *b"r\r", *b"t\t", *b"//", *b"b\x08", *b"f\x0c",
-];
-
-/// Writes `s` with runs of bytes in `plain` as they are and every other byte escaped: as a
-/// JSON string's `\\n` or `\\u00xx` when `json`, else as `%XX`. Either `plain` is ASCII or the
-/// bytes it leaves out are, so the runs are whole characters. One loop for percent-encoding
-/// and JSON strings; the per-byte test is a table lookup.
-pub(crate) fn write_escaped(
-    out: &mut dyn fmt::Write,
-    s: &str,
-    plain: &ByteSet,
-    json: bool,
-) -> fmt::Result {
-    const HEX_LOWER: &[u8; 16] = b"0123456789abcdef";
+    // By bytes: a character outside the unreserved set is escaped one UTF-8 byte at a time.
     let mut rest = s.as_bytes();
     loop {
         let run = rest
             .iter()
-            .position(|&b| plain[usize::from(b >> 3)] >> (b & 7) & 1 == 0)
+            .position(|&b| !is_unreserved(b))
             .unwrap_or(rest.len());
-        let (text, tail) = rest.split_at(run);
-        if !text.is_empty() {
-            write_ascii(out, text)?;
-        }
+        let (unreserved, tail) = rest.split_at(run);
+        // Unreserved bytes are ASCII.
+        write_ascii(out, unreserved)?;
         let Some((&b, tail)) = tail.split_first() else {
             return Ok(());
         };
-        let hi = usize::from(b >> 4);
-        let lo = usize::from(b & 0xF);
-        let mut esc = *b"\\u00XX";
-        let esc: &[u8] = if !json {
-            esc[3] = b'%';
-            esc[4] = HEX_UPPER[hi];
-            esc[5] = HEX_UPPER[lo];
-            esc.get(3..).unwrap_or_default()
-        } else if let Some(p) = SHORT_ESCAPES
-            .get(..5)
-            .unwrap_or_default()
-            .iter()
-            .find(|p| p[1] == b)
-        {
-            esc[1] = p[0];
-            esc.get(..2).unwrap_or_default()
-        } else {
-            esc[4] = HEX_LOWER[hi];
-            esc[5] = HEX_LOWER[lo];
-            &esc
-        };
-        write_ascii(out, esc)?;
+        let hex = |nibble: u8| HEX_UPPER[usize::from(nibble)];
+        write_ascii(out, &[b'%', hex(b >> 4), hex(b & 0xF)])?;
         rest = tail;
     }
 }

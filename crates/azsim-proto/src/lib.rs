@@ -15,6 +15,7 @@ pub mod connection_string;
 pub mod device;
 pub mod encoding;
 pub mod endpoint;
+pub mod json;
 pub mod property_bag;
 pub mod sas;
 pub mod secret;

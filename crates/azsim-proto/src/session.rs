@@ -35,7 +35,7 @@ use core::fmt;
 
 use heapless::{Deque, Vec};
 
-use crate::device::json;
+use crate::json;
 pub use crate::property_bag::{PropertyBag, SystemProperties};
 
 /// The most QoS 1 telemetry messages the session tracks in flight at once.
