@@ -7,6 +7,9 @@ use reqwest::Method;
 use rumqttc::{Event, Packet, QoS};
 use serde_json::{Value, json};
 
+use azsim_emulator::HubConfig;
+use azsim_emulator::clock::ManualClock;
+
 use crate::support::{TestHub, next_incoming};
 
 const NEVER: &str = "0001-01-01T00:00:00Z";
@@ -53,10 +56,23 @@ async fn wait_state(hub: &TestHub, id: &str, state: &str) -> Value {
     .unwrap_or_else(|_| panic!("{id} never became {state}"))
 }
 
+/// The hub's time on `clock` in Azure's format.
+fn at(clock: &ManualClock) -> String {
+    azsim_emulator::clock::azure_time_ms(i64::try_from(clock.unix_ms()).unwrap())
+}
+
+/// A persistent hub in `dir` on `clock`.
+async fn start_on(dir: &std::path::Path, clock: &ManualClock) -> TestHub {
+    let mut cfg = HubConfig::new(dir);
+    cfg.clock = clock.clock();
+    TestHub::start_with(cfg).await
+}
+
 #[tokio::test]
 async fn last_activity_moves_forward_with_telemetry_and_survives_a_restart() {
     let dir = tempfile::tempdir().unwrap();
-    let hub = TestHub::start_in(dir.path()).await;
+    let clock = ManualClock::at_system_now();
+    let hub = start_on(dir.path(), &clock).await;
     hub.create_device("act").await;
     let key = hub.device_key("act").await;
     let fresh = device(&hub, "act").await;
@@ -69,7 +85,14 @@ async fn last_activity_moves_forward_with_telemetry_and_survives_a_restart() {
     let t_connect = field(&connected, "lastActivityTime");
     let s_connect = field(&connected, "connectionStateUpdatedTime");
     assert_azure_time(&t_connect);
-    assert_azure_time(&s_connect);
+    assert_eq!(
+        t_connect,
+        at(&clock),
+        "the connect is activity, on the hub's clock"
+    );
+    assert_eq!(s_connect, t_connect);
+
+    clock.advance(Duration::from_millis(1500));
 
     c.publish(
         "devices/act/messages/events/",
@@ -82,10 +105,11 @@ async fn last_activity_moves_forward_with_telemetry_and_survives_a_restart() {
     next_incoming(&mut el, |p| matches!(p, Packet::PubAck(_)).then_some(())).await;
     let after = device(&hub, "act").await;
     let t_telemetry = field(&after, "lastActivityTime");
-    assert!(t_telemetry > t_connect, "{t_telemetry} after {t_connect}");
+    assert_eq!(t_telemetry, at(&clock));
     assert_eq!(field(&after, "connectionStateUpdatedTime"), s_connect);
     assert_eq!(twin(&hub, "act").await["lastActivityTime"], t_telemetry);
 
+    clock.advance(Duration::from_secs(2));
     c.disconnect().await.unwrap();
     let _ = tokio::time::timeout(Duration::from_secs(2), async {
         while !matches!(
@@ -96,11 +120,12 @@ async fn last_activity_moves_forward_with_telemetry_and_survives_a_restart() {
     .await;
     let gone = wait_state(&hub, "act", "Disconnected").await;
     let s_disconnect = field(&gone, "connectionStateUpdatedTime");
-    assert!(s_disconnect > s_connect, "{s_disconnect} after {s_connect}");
+    assert_eq!(s_disconnect, at(&clock));
     assert_eq!(field(&gone, "lastActivityTime"), t_telemetry);
     hub.stop().await;
 
-    let hub = TestHub::start_in(dir.path()).await;
+    clock.advance(Duration::from_secs(60));
+    let hub = start_on(dir.path(), &clock).await;
     let back = device(&hub, "act").await;
     assert_eq!(back["connectionState"], "Disconnected");
     assert_eq!(field(&back, "lastActivityTime"), t_telemetry);
@@ -110,11 +135,13 @@ async fn last_activity_moves_forward_with_telemetry_and_survives_a_restart() {
 
 #[tokio::test]
 async fn twin_requests_count_as_activity_and_a_deleted_device_starts_fresh() {
-    let hub = TestHub::start().await;
+    let (hub, clock) = TestHub::start_manual().await;
     hub.create_device("tw").await;
     let key = hub.device_key("tw").await;
     let (c, mut el) = hub.connect("tw", &key, true).await;
     let t0 = field(&device(&hub, "tw").await, "lastActivityTime");
+    assert_eq!(t0, at(&clock));
+    clock.advance(Duration::from_millis(1));
     c.subscribe("$iothub/twin/res/#", QoS::AtMostOnce)
         .await
         .unwrap();
@@ -129,7 +156,7 @@ async fn twin_requests_count_as_activity_and_a_deleted_device_starts_fresh() {
     .unwrap();
     next_incoming(&mut el, |p| matches!(p, Packet::Publish(_)).then_some(())).await;
     let t1 = field(&device(&hub, "tw").await, "lastActivityTime");
-    assert!(t1 > t0, "{t1} after {t0}");
+    assert_eq!(t1, at(&clock), "after {t0}");
     drop(c);
     drop(el);
 

@@ -5,6 +5,7 @@
 use std::time::Duration;
 
 use azsim_emulator::HubConfig;
+use azsim_emulator::clock::ManualClock;
 use reqwest::Method;
 use rumqttc::{AsyncClient, Packet, QoS};
 use serde_json::{Value, json};
@@ -207,6 +208,8 @@ async fn dead_lettered_messages_give_negative_feedback() {
     let mut cfg = HubConfig::new(tmp.path().join("hub"));
     cfg.in_memory = true;
     cfg.limits.c2d_max_delivery_count = 1;
+    let clock = ManualClock::at_system_now();
+    cfg.clock = clock.clock();
     let hub = TestHub::start_with(cfg).await;
     hub.create_device("dl").await;
     hub.create_device("offline").await;
@@ -244,6 +247,7 @@ async fn dead_lettered_messages_give_negative_feedback() {
         json!({"body": "c", "messageId": "full-exp", "ack": "full", "ttlSeconds": 1}),
     )
     .await;
+    clock.advance(Duration::from_secs(1));
     let (_c, _el) = hub.connect("dl", &key, false).await;
 
     let all = drain_until(&hub, |r| {
@@ -266,7 +270,9 @@ async fn an_abandoned_or_expired_lock_makes_the_batch_visible_again() {
     let tmp = tempfile::tempdir().unwrap();
     let mut cfg = HubConfig::new(tmp.path().join("hub"));
     cfg.in_memory = true;
-    cfg.limits.feedback_lock_timeout = Duration::from_secs(1);
+    cfg.limits.feedback_lock_timeout = Duration::from_secs(30);
+    let clock = ManualClock::at_system_now();
+    cfg.clock = clock.clock();
     let hub = TestHub::start_with(cfg).await;
     hub.create_device("lk").await;
     send(
@@ -293,18 +299,12 @@ async fn an_abandoned_or_expired_lock_makes_the_batch_visible_again() {
     assert_eq!(second.ids(), ["pg"]);
     let b = second.token();
     assert_ne!(a, b);
-    // Not completed: once the 1 s lock runs out the batch is handed out again.
-    let third = tokio::time::timeout(Duration::from_secs(10), async {
-        loop {
-            let t = receive(&hub).await;
-            if t.status == 200 {
-                return t;
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-    })
-    .await
-    .expect("visible again after the lock timeout");
+    // Not completed: locked for 30 s on the hub's clock, then handed out again.
+    clock.advance(Duration::from_millis(29_999));
+    assert_eq!(receive(&hub).await.status, 204, "still locked");
+    clock.advance(Duration::from_millis(1));
+    let third = receive(&hub).await;
+    assert_eq!(third.status, 200, "visible again after the lock timeout");
     assert_eq!(third.ids(), ["pg"]);
     assert_eq!(settle(&hub, &b, false).await.0, 412, "the expired lock");
     // The ETag passed on verbatim (with its quotes) works too.
@@ -481,5 +481,53 @@ async fn a_device_settles_c2d_over_https_and_rejecting_gives_rejected_feedback()
     // The service may make the device-side call too.
     let r = device_call(&hub, Method::GET, inbox, &hub.service_token()).await;
     assert_eq!(r.status(), 204);
+    hub.stop().await;
+}
+
+#[tokio::test]
+async fn an_expired_c2d_message_is_never_delivered_and_gives_expired_feedback() {
+    let (hub, clock) = TestHub::start_manual().await;
+    hub.create_device("ttl").await;
+    let key = hub.device_key("ttl").await;
+    send(
+        &hub,
+        "ttl",
+        json!({"body": "stale", "messageId": "stale", "ack": "full", "ttlSeconds": 10}),
+    )
+    .await;
+    clock.advance(Duration::from_secs(5));
+    send(
+        &hub,
+        "ttl",
+        json!({"body": "fresh", "messageId": "fresh", "ttlSeconds": 10}),
+    )
+    .await;
+    // "stale" is due now on the hub's clock; "fresh" has 5 s left.
+    clock.advance(Duration::from_secs(5));
+    let expired_at = clock.unix_ms();
+
+    let (c, mut el) = hub.connect("ttl", &key, true).await;
+    c.subscribe("devices/ttl/messages/devicebound/#", QoS::AtLeastOnce)
+        .await
+        .unwrap();
+    // The queue is in order, so the first message out would be "stale" had it been sent.
+    let first = next_incoming(&mut el, |p| match p {
+        Packet::Publish(p) => Some(p.payload.clone()),
+        _ => None,
+    })
+    .await;
+    assert_eq!(&first[..], b"fresh");
+
+    let b = receive(&hub).await;
+    assert_eq!(b.status, 200);
+    assert_eq!(status_of(&b.records, "stale"), ["Expired"]);
+    let rec = &b.records[0];
+    // Stamped by the hub's clock at the moment it dead-lettered the message.
+    let when = rec["enqueuedTimeUtc"].as_str().unwrap();
+    assert_eq!(
+        when,
+        azsim_emulator::clock::azure_time_ms(i64::try_from(expired_at).unwrap())
+    );
+    drop(c);
     hub.stop().await;
 }

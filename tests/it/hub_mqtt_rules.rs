@@ -1,7 +1,9 @@
 //! IoT Hub's MQTT rules on the local hub, driven over real TLS with raw `mqttbytes` packets
 //! (so the tests control every byte) and with rumqttc.
 
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
+
+use azsim_emulator::clock::unix_now as now;
 
 use bytes::BytesMut;
 use reqwest::Method;
@@ -17,13 +19,6 @@ use tokio_rustls::TlsConnector;
 use tokio_rustls::client::TlsStream;
 
 use crate::support::TestHub;
-
-fn now() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap()
-        .as_secs()
-}
 
 struct Raw {
     s: TlsStream<TcpStream>,
@@ -437,5 +432,31 @@ async fn the_connection_is_closed_when_the_token_expires() {
         t >= Duration::from_secs(58) && t <= Duration::from_secs(61),
         "closed after {t:?}"
     );
+    hub.stop().await;
+}
+
+#[tokio::test]
+async fn token_expiry_follows_the_hub_clock_not_the_system_clock() {
+    let (hub, clock) = TestHub::start_manual().await;
+    let key = device(&hub, "exp2").await;
+    let se = clock.unix_ms() / 1000 + 60;
+    let token = hub.device_token("exp2", &key, se);
+    let mut r = Raw::open(&hub).await;
+    let code = r.connect_as("exp2", &hub.username("exp2"), &token).await;
+    assert_eq!(code, ConnectReturnCode::Success);
+    // The connection waits for se on the hub's clock; until the clock gets there it is served.
+    clock.sleeper_at(se * 1000).await;
+    clock.advance(Duration::from_secs(59));
+    r.send(Packet::PingReq).await;
+    assert_eq!(r.recv().await, Some(Packet::PingResp));
+    clock.advance(Duration::from_secs(1));
+    r.expect_closed().await;
+    // The same token is now refused at CONNECT, although the system clock says it is valid.
+    assert!(now() < se);
+    let mut again = Raw::open(&hub).await;
+    let code = again
+        .connect_as("exp2", &hub.username("exp2"), &token)
+        .await;
+    assert_eq!(code, ConnectReturnCode::NotAuthorized);
     hub.stop().await;
 }

@@ -190,11 +190,47 @@ async fn methods_answer_404103_when_offline_and_400_for_bad_timeouts() {
     hub.stop().await;
 }
 
+/// The `errorCode` inside an error body's `Message`.
+fn error_code(v: &serde_json::Value) -> serde_json::Value {
+    let inner: serde_json::Value = serde_json::from_str(v["Message"].as_str().unwrap()).unwrap();
+    inner["errorCode"].clone()
+}
+
+#[tokio::test]
+async fn a_method_waits_for_the_device_until_connect_timeout_on_the_hub_clock() {
+    let (hub, clock) = TestHub::start_manual().await;
+    hub.create_device("m3").await;
+    let t0 = clock.unix_ms();
+    let invoke = hub.rest(
+        Method::POST,
+        "/twins/m3/methods",
+        Some(json!({"methodName":"x","connectTimeoutInSeconds":30})),
+    );
+    let driver = async {
+        // The hub waits for the device until t0 + 30 s on its clock; then it gives up.
+        clock.sleeper_at(t0 + 30_000).await;
+        clock.advance(Duration::from_secs(30));
+    };
+    let ((s, v), ()) = tokio::join!(invoke, driver);
+    assert_eq!(s, 404, "{v}");
+    assert_eq!(error_code(&v), 404103);
+    let inner: serde_json::Value = serde_json::from_str(v["Message"].as_str().unwrap()).unwrap();
+    assert_eq!(inner["info"]["timeout"], "00:00:30");
+    // The error body is stamped by the hub's clock, not the system's.
+    let stamped = inner["timestampUtc"].as_str().unwrap();
+    assert_eq!(
+        stamped,
+        azsim_emulator::clock::rfc3339_ns(i64::try_from(clock.unix_ms()).unwrap() * 1_000_000),
+    );
+    hub.stop().await;
+}
+
 #[tokio::test]
 async fn a_method_the_device_ignores_times_out_with_504101_and_connect_timeout_waits() {
-    let hub = TestHub::start().await;
+    let (hub, clock) = TestHub::start_manual().await;
     hub.create_device("m2").await;
     let key = hub.device_key("m2").await;
+    let t0 = clock.unix_ms();
     let invoke = hub.rest(
         Method::POST,
         "/twins/m2/methods",
@@ -203,8 +239,10 @@ async fn a_method_the_device_ignores_times_out_with_504101_and_connect_timeout_w
         ),
     );
     let device = async {
-        // Connect only after the invocation started: connectTimeoutInSeconds covers it.
-        tokio::time::sleep(Duration::from_millis(300)).await;
+        // 29 of the 30 s connect timeout pass on the hub's clock before the device comes:
+        // the invocation still reaches it.
+        clock.sleeper_at(t0 + 30_000).await;
+        clock.advance(Duration::from_secs(29));
         let (c, mut el) = hub.connect("m2", &key, true).await;
         c.subscribe("$iothub/methods/POST/#", QoS::AtMostOnce)
             .await
@@ -215,26 +253,41 @@ async fn a_method_the_device_ignores_times_out_with_504101_and_connect_timeout_w
         })
         .await;
         assert!(topic.starts_with("$iothub/methods/POST/slow/"));
-        // Answer too late: after the 5 s response timeout.
-        let rid = topic.rsplit("$rid=").next().unwrap().to_string();
-        tokio::time::sleep(Duration::from_millis(5500)).await;
-        c.publish(
-            format!("$iothub/methods/res/200/?$rid={rid}"),
-            QoS::AtMostOnce,
-            false,
-            b"{}".to_vec(),
-        )
+        // The device does not answer: the 5 s response timeout runs out on the hub's clock.
+        clock.sleeper_at(t0 + 29_000 + 5_000).await;
+        clock.advance(Duration::from_secs(5));
+        (c, el, topic)
+    };
+    let ((s, v), (c, mut el, topic)) = tokio::join!(invoke, device);
+    assert_eq!(s, 504, "{v}");
+    assert_eq!(error_code(&v), 504101);
+    // A late answer is dropped; the connection stays up (the hub answers a twin GET after it).
+    let rid = topic.rsplit("$rid=").next().unwrap().to_string();
+    c.publish(
+        format!("$iothub/methods/res/200/?$rid={rid}"),
+        QoS::AtMostOnce,
+        false,
+        b"{}".to_vec(),
+    )
+    .await
+    .unwrap();
+    c.subscribe("$iothub/twin/res/#", QoS::AtMostOnce)
         .await
         .unwrap();
-        let _ = tokio::time::timeout(Duration::from_millis(300), async {
-            while el.poll().await.is_ok() {}
-        })
-        .await;
-    };
-    let ((s, v), ()) = tokio::join!(invoke, device);
-    assert_eq!(s, 504, "{v}");
-    let inner: serde_json::Value = serde_json::from_str(v["Message"].as_str().unwrap()).unwrap();
-    assert_eq!(inner["errorCode"], 504101);
+    c.publish(
+        "$iothub/twin/GET/?$rid=7",
+        QoS::AtMostOnce,
+        false,
+        Vec::new(),
+    )
+    .await
+    .unwrap();
+    let twin = next_incoming(&mut el, |p| match p {
+        Packet::Publish(p) if p.topic.starts_with("$iothub/twin/res/") => Some(p.topic.clone()),
+        _ => None,
+    })
+    .await;
+    assert!(twin.starts_with("$iothub/twin/res/200/?$rid=7"), "{twin}");
     hub.stop().await;
 }
 

@@ -4,8 +4,9 @@
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
+use azsim_emulator::clock::{ManualClock, unix_now};
 use azsim_emulator::{HubConfig, HubHandle, HubInfo};
 use rumqttc::{AsyncClient, EventLoop, MqttOptions, TlsConfiguration, Transport};
 
@@ -24,13 +25,6 @@ pub struct TestHub {
     _tmp: Option<tempfile::TempDir>,
 }
 
-fn unix_now() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or_default()
-}
-
 impl TestHub {
     /// In-memory registry in a fresh tempdir, ports picked by the OS.
     pub async fn start() -> TestHub {
@@ -40,6 +34,20 @@ impl TestHub {
         let mut hub = Self::start_with(cfg).await;
         hub._tmp = Some(tmp);
         hub
+    }
+
+    /// In-memory hub whose time moves only when the test moves the returned clock (see
+    /// `azsim_emulator::clock`). The clock starts at the system time, so certificates and
+    /// tokens signed against `unix_now()` are valid as usual.
+    pub async fn start_manual() -> (TestHub, ManualClock) {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let mut cfg = HubConfig::new(tmp.path().join("hub"));
+        cfg.in_memory = true;
+        let clock = ManualClock::at_system_now();
+        cfg.clock = clock.clock();
+        let mut hub = Self::start_with(cfg).await;
+        hub._tmp = Some(tmp);
+        (hub, clock)
     }
 
     /// Persistent state in `dir` (start again with the same dir to test restarts).

@@ -2,8 +2,8 @@
 //! connected, sent anything or acknowledged a C2D message) and `connectionStateUpdatedTime`
 //! (the last connect or disconnect, kept after the device goes away).
 //!
-//! The hot path (every D2C publish) stores one timestamp into an atomic of the connection's
-//! [`Cell`]; nothing touches SQLite there. The store writes the cells that changed in one
+//! The hot path (every D2C publish) stores one timestamp (read from the hub's clock by the
+//! caller) into an atomic of the connection's [`Cell`]; nothing touches SQLite there. The store writes the cells that changed in one
 //! transaction every [`FLUSH_EVERY`] and once more when it closes, and loads them on open, so
 //! a restart keeps the times and at most one flush interval is lost on a crash.
 
@@ -15,37 +15,6 @@ use std::time::Duration;
 /// How often changed activity times are written to the database.
 pub const FLUSH_EVERY: Duration = Duration::from_secs(2);
 
-/// What Azure shows for a time that never happened.
-pub const NEVER: &str = "0001-01-01T00:00:00Z";
-
-/// Microseconds since the Unix epoch.
-pub fn unix_us() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| i64::try_from(d.as_micros()).unwrap_or(i64::MAX))
-        .unwrap_or_default()
-}
-
-/// Azure's time format: RFC 3339 UTC with a 7-digit fraction (`2026-01-02T03:04:05.1234567Z`);
-/// [`NEVER`] for 0 or less.
-pub fn azure_time_us(us: i64) -> String {
-    if us <= 0 {
-        return NEVER.to_string();
-    }
-    let fmt = time::macros::format_description!(
-        "[year]-[month]-[day]T[hour]:[minute]:[second].[subsecond digits:7]Z"
-    );
-    time::OffsetDateTime::from_unix_timestamp_nanos(i128::from(us) * 1000)
-        .ok()
-        .and_then(|t| t.format(&fmt).ok())
-        .unwrap_or_else(|| NEVER.to_string())
-}
-
-/// [`azure_time_us`] for milliseconds.
-pub fn azure_time_ms(ms: i64) -> String {
-    azure_time_us(ms.saturating_mul(1000))
-}
-
 /// The activity times of one identity (device or module), shared by its live connection.
 #[derive(Debug, Default)]
 pub struct Cell {
@@ -54,21 +23,21 @@ pub struct Cell {
 }
 
 impl Cell {
-    /// The identity sent or acknowledged something now.
-    pub fn touch(&self) {
-        self.last_us.store(unix_us(), Ordering::Relaxed);
+    /// The identity sent or acknowledged something at `now_us` (Unix microseconds, from the
+    /// hub's clock).
+    pub fn touch(&self, now_us: i64) {
+        self.last_us.store(now_us, Ordering::Relaxed);
     }
 
-    /// The identity connected now (a connect is also activity).
-    pub fn connected(&self) {
-        let now = unix_us();
-        self.state_us.store(now, Ordering::Relaxed);
-        self.last_us.store(now, Ordering::Relaxed);
+    /// The identity connected at `now_us` (a connect is also activity).
+    pub fn connected(&self, now_us: i64) {
+        self.state_us.store(now_us, Ordering::Relaxed);
+        self.last_us.store(now_us, Ordering::Relaxed);
     }
 
-    /// The identity's connection ended now.
-    pub fn disconnected(&self) {
-        self.state_us.store(unix_us(), Ordering::Relaxed);
+    /// The identity's connection ended at `now_us`.
+    pub fn disconnected(&self, now_us: i64) {
+        self.state_us.store(now_us, Ordering::Relaxed);
     }
 
     /// `(last activity, connection state updated)` in microseconds; 0 when never.
@@ -167,28 +136,15 @@ mod tests {
     use super::*;
 
     #[test]
-    fn azure_time_has_seven_fraction_digits() {
-        assert_eq!(
-            azure_time_us(1_700_000_000_123_456),
-            "2023-11-14T22:13:20.1234560Z"
-        );
-        assert_eq!(
-            azure_time_ms(1_700_000_000_001),
-            "2023-11-14T22:13:20.0010000Z"
-        );
-        assert_eq!(azure_time_us(0), NEVER);
-    }
-
-    #[test]
     fn flushed_times_load_back_into_a_new_tracker() {
         let c = rusqlite::Connection::open_in_memory().unwrap();
         c.execute_batch(crate::store::SCHEMA).unwrap();
         c.execute_batch(crate::store::SCHEMA_ACTIVITY_FEEDBACK)
             .unwrap();
         let t = Tracker::default();
-        t.cell("d1").connected();
-        t.cell("d1").touch();
-        t.cell("d2/m").disconnected();
+        t.cell("d1").connected(1_700_000_000_001_000);
+        t.cell("d1").touch(1_700_000_000_002_000);
+        t.cell("d2/m").disconnected(1_700_000_000_003_000);
         crate::store::q::flush_activity(&c, &t).unwrap();
         let again = Tracker::default();
         again.load(crate::store::q::activity_rows(&c).unwrap());
@@ -196,7 +152,7 @@ mod tests {
         assert_eq!(again.times("d2/m"), t.times("d2/m"));
         assert!(again.changed().is_empty(), "loaded times count as saved");
         // A later change is written over the saved row.
-        t.cell("d1").disconnected();
+        t.cell("d1").disconnected(1_700_000_000_004_000);
         crate::store::q::flush_activity(&c, &t).unwrap();
         let third = Tracker::default();
         third.load(crate::store::q::activity_rows(&c).unwrap());
@@ -206,14 +162,14 @@ mod tests {
     #[test]
     fn only_changed_cells_are_flushed_and_forget_spares_similar_ids() {
         let t = Tracker::default();
-        t.cell("d1").connected();
-        t.cell("d1/m").touch();
-        t.cell("d10").touch();
+        t.cell("d1").connected(1_700_000_000_005_000);
+        t.cell("d1/m").touch(1_700_000_000_006_000);
+        t.cell("d10").touch(1_700_000_000_007_000);
         assert_eq!(t.changed().len(), 3);
         let rows = t.changed();
         t.mark_persisted(&rows);
         assert!(t.changed().is_empty());
-        t.cell("d10").disconnected();
+        t.cell("d10").disconnected(1_700_000_000_008_000);
         assert_eq!(t.changed().len(), 1);
         t.forget("d1", None);
         assert_eq!(t.times("d1"), (0, 0));

@@ -16,8 +16,11 @@
 //! peer is still sending its first byte. A [`ManualClock`] moves only when the test says so:
 //! [`ManualClock::advance`] moves Unix time and wakes every [`Clock::sleep_until_ms`] whose
 //! deadline it passed, so a test can say "the token is now expired" or "the method timed out"
-//! without waiting and without racing the scheduler. Socket-level timeouts that are about the
-//! peer (TLS handshake, keep-alive) stay on tokio's clock, as real time is what they measure.
+//! without waiting and without racing the scheduler; [`ManualClock::sleeper_at`] tells it when
+//! the hub has started waiting, so the move cannot come before the hub computed its deadline.
+//! Socket-level timeouts that are about the peer (TLS handshake, keep-alive) and periodic
+//! housekeeping cadences stay on tokio's clock, as real time is what they measure; so do the
+//! certificates' validity dates, which clients check against their own clocks.
 //!
 //! In system mode [`Clock::sleep`] is `tokio::time::sleep`, so paused tokio time still drives the
 //! hub's timeouts in tests that run entirely in-process.
@@ -108,6 +111,35 @@ struct Manual {
     now_us: AtomicU64,
     /// Bumped on every move, so sleepers re-check their deadline.
     moved: watch::Sender<()>,
+    /// The deadlines (Unix ms) someone is waiting for, so a test knows the hub is waiting
+    /// before it moves the clock.
+    sleepers: watch::Sender<Vec<u64>>,
+}
+
+/// Keeps a deadline in [`Manual::sleepers`] while its sleep is alive (finished or dropped).
+struct Sleeper<'a> {
+    manual: &'a Manual,
+    deadline_ms: u64,
+}
+
+impl<'a> Sleeper<'a> {
+    fn new(manual: &'a Manual, deadline_ms: u64) -> Self {
+        manual.sleepers.send_modify(|v| v.push(deadline_ms));
+        Sleeper {
+            manual,
+            deadline_ms,
+        }
+    }
+}
+
+impl Drop for Sleeper<'_> {
+    fn drop(&mut self) {
+        self.manual.sleepers.send_modify(|v| {
+            if let Some(i) = v.iter().position(|d| *d == self.deadline_ms) {
+                v.swap_remove(i);
+            }
+        });
+    }
 }
 
 /// A clock that moves only when told: the handle a test keeps while the hub holds its
@@ -170,6 +202,7 @@ impl Clock {
                 }
             }
             Some(m) => {
+                let _sleeper = Sleeper::new(m, unix_ms);
                 let mut moved = m.moved.subscribe();
                 // Subscribing before the check means a move between the two is still seen.
                 while m.now_us.load(Ordering::Acquire) / 1000 < unix_ms {
@@ -209,6 +242,7 @@ impl ManualClock {
         Self(Arc::new(Manual {
             now_us: AtomicU64::new(unix_ms.saturating_mul(1000)),
             moved: watch::Sender::new(()),
+            sleepers: watch::Sender::new(Vec::new()),
         }))
     }
 
@@ -242,6 +276,22 @@ impl ManualClock {
     /// Milliseconds since the Unix epoch on this clock.
     pub fn unix_ms(&self) -> u64 {
         self.clock().unix_ms()
+    }
+
+    /// The deadlines (Unix ms) that sleeps on this clock wait for now, earliest first.
+    pub fn sleepers(&self) -> Vec<u64> {
+        let mut v = self.0.sleepers.borrow().clone();
+        v.sort_unstable();
+        v
+    }
+
+    /// Waits until something sleeps on this clock until exactly `unix_ms`: how a test knows
+    /// the hub has started waiting (for a method reply, a token's expiry...) before it moves
+    /// the clock past the deadline.
+    pub async fn sleeper_at(&self, unix_ms: u64) {
+        let mut rx = self.0.sleepers.subscribe();
+        // The sender lives as long as `self`: wait_for cannot fail.
+        let _ = rx.wait_for(|v| v.contains(&unix_ms)).await;
     }
 }
 
@@ -329,6 +379,28 @@ mod tests {
         sleeper.await.unwrap();
         // A deadline already passed returns at once.
         c.sleep_until_ms(0).await;
+    }
+
+    #[tokio::test]
+    async fn sleepers_are_listed_while_they_wait() {
+        let hand = ManualClock::new(1_000);
+        let c = hand.clock();
+        assert!(hand.sleepers().is_empty());
+        let t = tokio::spawn({
+            let c = c.clone();
+            async move { c.sleep_until_ms(5_000).await }
+        });
+        hand.sleeper_at(5_000).await;
+        assert_eq!(hand.sleepers(), vec![5_000]);
+        hand.advance(Duration::from_secs(4));
+        t.await.unwrap();
+        assert!(hand.sleepers().is_empty(), "a finished sleep is gone");
+        // A sleep dropped while it waits (the losing branch of a select) is gone too.
+        let t = tokio::spawn(async move { c.sleep_until_ms(9_000).await });
+        hand.sleeper_at(9_000).await;
+        t.abort();
+        assert!(t.await.unwrap_err().is_cancelled());
+        assert!(hand.sleepers().is_empty());
     }
 
     #[tokio::test]

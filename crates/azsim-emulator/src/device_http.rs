@@ -14,7 +14,7 @@ use axum::response::{IntoResponse, Response};
 use rusqlite::{Connection, OptionalExtension as _, params};
 
 use crate::HubError;
-use crate::activity::azure_time_ms;
+use crate::clock::azure_time_ms;
 use crate::hub::Hub;
 use crate::rest::ApiError;
 use crate::store::{C2dMessage, q};
@@ -43,7 +43,7 @@ pub fn receive(
     for mut m in q::c2d_pending(c, device)? {
         if m.delivery_count >= max_delivery_count {
             tracing::info!(device, message_id = %m.message_id, "c2d dead-lettered: DeliveryCountExceeded");
-            q::c2d_dead_letter(c, m.seq, "DeliveryCountExceeded")?;
+            q::c2d_dead_letter(c, m.seq, "DeliveryCountExceeded", now_ms)?;
             continue;
         }
         q::c2d_mark_delivered(c, m.seq)?;
@@ -99,9 +99,9 @@ pub fn settle(
     };
     match how {
         Settle::Complete => {
-            q::c2d_complete(c, seq)?;
+            q::c2d_complete(c, seq, now_ms)?;
         }
-        Settle::Reject => q::c2d_dead_letter(c, seq, "Rejected")?,
+        Settle::Reject => q::c2d_dead_letter(c, seq, "Rejected", now_ms)?,
         Settle::Abandon => {}
     }
     Ok(Some(live.message_id))
@@ -134,19 +134,20 @@ pub(crate) async fn receive_handler(
     let token = uuid::Uuid::new_v4().to_string();
     let (d, t) = (id.clone(), token.clone());
     let max_dc = hub.cfg.limits.c2d_max_delivery_count;
+    let now = hub.now_ms();
     let r = hub
         .store
         .call(move |c| {
             if q::get_identity(c, &d, None)?.is_none() {
                 return Ok(None);
             }
-            Ok(Some(receive(c, &d, max_dc, crate::unix_ms(), &t)?))
+            Ok(Some(receive(c, &d, max_dc, now, &t)?))
         })
         .await?;
     let Some(found) = r else {
         return Err(ApiError::device_not_found(&id));
     };
-    hub.store.activity().cell(&id).touch();
+    hub.store.activity().cell(&id).touch(hub.now_us());
     let Some(m) = found else {
         return Ok(StatusCode::NO_CONTENT.into_response());
     };
@@ -202,14 +203,15 @@ async fn settle_handler(
 ) -> Result<Response, ApiError> {
     let token = lock_token(raw)?;
     let d = id.clone();
+    let now = hub.now_ms();
     let settled = hub
         .store
-        .call(move |c| settle(c, &d, &token, how, crate::unix_ms()))
+        .call(move |c| settle(c, &d, &token, how, now))
         .await?;
     let Some(message_id) = settled else {
         return Err(lock_lost());
     };
-    hub.store.activity().cell(&id).touch();
+    hub.store.activity().cell(&id).touch(hub.now_us());
     if how == Settle::Complete {
         hub.emit(
             &id,

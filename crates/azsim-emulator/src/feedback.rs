@@ -106,22 +106,27 @@ pub fn live_message(c: &Connection, seq: i64) -> Result<Option<LiveMessage>, Hub
     }))
 }
 
-/// Queue a feedback record for `m` if its sender asked for `status`.
-pub fn record(c: &Connection, m: &LiveMessage, status: Status) -> Result<(), HubError> {
+/// Queue a feedback record for `m` if its sender asked for `status`, enqueued at `now_ms`.
+pub fn record(
+    c: &Connection,
+    m: &LiveMessage,
+    status: Status,
+    now_ms: i64,
+) -> Result<(), HubError> {
     if !status.wanted_by(&m.ack) {
         return Ok(());
     }
     let generation_id = crate::store::q::get_identity(c, &m.device_id, None)?
         .map(|i| i.generation_id)
         .unwrap_or_default();
-    let now = crate::unix_ms();
+    let now = now_ms;
     // Azure's description is "the string value of the status code".
     let rec = json!({
         "originalMessageId": m.message_id,
         "description": status.code(),
         "deviceGenerationId": generation_id,
         "deviceId": m.device_id,
-        "enqueuedTimeUtc": crate::activity::azure_time_ms(now),
+        "enqueuedTimeUtc": crate::clock::azure_time_ms(now),
         "statusCode": status.code(),
     });
     c.prepare_cached("INSERT INTO feedback (device_id, json, created_ms) VALUES (?1, ?2, ?3)")
@@ -274,6 +279,10 @@ pub fn event(rec: &Value) -> Value {
 
 /// Until shutdown: every [`SWEEP_EVERY`], dead-letter overdue C2D messages (with `Expired`
 /// feedback), drop feedback past its TTL and announce new feedback records on the event stream.
+///
+/// The sweep's cadence is tokio time (it only bounds how late expiry is noticed); what is due is
+/// decided by the hub's clock, so a test that advances a manual clock sees expiry at the next
+/// sweep, or at once through any call that expires (C2D send, receive, feedback receive).
 pub(crate) async fn maintain(hub: Arc<Hub>) {
     let mut shutdown = hub.shutdown.subscribe();
     let mut seen = match hub.store.call(|c| last_seq(c)).await {
@@ -290,10 +299,10 @@ pub(crate) async fn maintain(hub: Arc<Hub>) {
             () = crate::hub::until_shutdown(&mut shutdown) => return,
         }
         let after = seen;
+        let now = hub.now_ms();
         let r = hub
             .store
             .call(move |c| {
-                let now = crate::unix_ms();
                 let expired = crate::store::q::c2d_expire_due(c, None, now)?;
                 drop_expired(c, now, ttl_ms)?;
                 // Device-side HTTPS locks that ran out: MQTT may deliver those messages again.

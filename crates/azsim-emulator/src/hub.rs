@@ -15,6 +15,7 @@ use serde_json::{Map, Value, json};
 use tokio::net::TcpListener;
 use tokio::sync::{broadcast, mpsc, oneshot, watch};
 
+use crate::clock::Clock;
 use crate::store::{Identity, Store, q};
 use crate::{HUB_JSON, HubConfig, HubError, HubInfo, state_dir, twin};
 
@@ -95,7 +96,26 @@ pub(crate) fn client_id(device: &str, module: Option<&str>) -> String {
     }
 }
 
+fn duration_ms(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}
+
 impl Hub {
+    /// The hub's clock (see [`crate::clock`]).
+    pub fn clock(&self) -> &Clock {
+        &self.cfg.clock
+    }
+
+    /// Unix milliseconds on the hub's clock, as the store keeps times.
+    pub fn now_ms(&self) -> i64 {
+        i64::try_from(self.cfg.clock.unix_ms()).unwrap_or(i64::MAX)
+    }
+
+    /// Unix microseconds on the hub's clock, as activity times are kept.
+    pub fn now_us(&self) -> i64 {
+        i64::try_from(self.cfg.clock.unix_us()).unwrap_or(i64::MAX)
+    }
+
     pub fn new_conn_id(&self) -> u64 {
         self.next_conn.fetch_add(1, Ordering::Relaxed)
     }
@@ -217,8 +237,9 @@ impl Hub {
         connect_timeout: Duration,
     ) -> Result<(u16, Bytes), MethodError> {
         let cid = client_id(device, module);
+        let clock = &self.cfg.clock;
         let mut presence = self.presence.subscribe();
-        let deadline = tokio::time::Instant::now() + connect_timeout;
+        let deadline = clock.unix_ms().saturating_add(duration_ms(connect_timeout));
         let entry = loop {
             presence.borrow_and_update();
             if let Some(e) = self
@@ -227,9 +248,9 @@ impl Hub {
             {
                 break e;
             }
-            match tokio::time::timeout_at(deadline, presence.changed()).await {
-                Ok(Ok(())) => {}
-                _ => return Err(MethodError::NotOnline),
+            tokio::select! {
+                r = presence.changed() => if r.is_err() { return Err(MethodError::NotOnline) },
+                () = clock.sleep_until_ms(deadline) => return Err(MethodError::NotOnline),
             }
         };
         let rid = format!("{:x}", self.next_rid.fetch_add(1, Ordering::Relaxed));
@@ -255,13 +276,13 @@ impl Hub {
                 .remove(&key);
             return Err(MethodError::NotOnline);
         }
-        let r = tokio::time::timeout(response_timeout, rx).await;
+        let r = clock.timeout(response_timeout, rx).await;
         self.methods
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .remove(&key);
         match r {
-            Ok(Ok(v)) => Ok(v),
+            Some(Ok(v)) => Ok(v),
             _ => Err(MethodError::Timeout),
         }
     }

@@ -102,16 +102,21 @@ pub struct HubConfig {
     /// Keep registry, twins and queues in memory only (certs and keys still go to `state_dir`).
     pub in_memory: bool,
     pub limits: HubLimits,
+    /// Where the hub reads the time: token expiry, C2D TTL, locks, method timeouts and every
+    /// timestamp it writes. The system clock unless a test gives it a
+    /// [`clock::ManualClock`]'s.
+    pub clock: clock::Clock,
 }
 
 impl HubConfig {
-    /// Defaults: hostname `localhost`, persistent, Azure's limits.
+    /// Defaults: hostname `localhost`, persistent, Azure's limits, the system clock.
     pub fn new(state_dir: impl Into<PathBuf>) -> HubConfig {
         HubConfig {
             state_dir: state_dir.into(),
             hostname: "localhost".into(),
             in_memory: false,
             limits: HubLimits::default(),
+            clock: clock::Clock::system(),
         }
     }
 }
@@ -245,24 +250,4 @@ pub async fn start(
             Err(e) => Err(HubError::State(format!("hub task failed: {e}"))),
         },
     }
-}
-
-pub(crate) fn now_rfc3339() -> String {
-    time::OffsetDateTime::now_utc()
-        .format(&time::format_description::well_known::Rfc3339)
-        .unwrap_or_default()
-}
-
-pub(crate) fn unix_now() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or_default()
-}
-
-pub(crate) fn unix_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or_default()
 }

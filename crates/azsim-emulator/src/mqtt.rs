@@ -28,7 +28,7 @@ use tokio_rustls::server::TlsStream;
 use crate::hub::{ConnCmd, ConnEntry, Hub, LiveGuard, Subs, client_id, twin_device_view};
 use crate::store::{C2dMessage, q};
 use crate::telemetry::{self, D2cRecord, Origin};
-use crate::{now_rfc3339, twin, unix_ms, unix_now};
+use crate::twin;
 
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -196,7 +196,7 @@ async fn authenticate(hub: &Hub, c: &Connect) -> Result<Authed, String> {
         &token,
         &[&ident.primary_key, &ident.secondary_key],
         &resources,
-        unix_now(),
+        hub.clock().unix_secs(),
     )
     .map_err(|e| e.to_string())?;
     Ok(Authed {
@@ -322,7 +322,7 @@ async fn connection(hub: Arc<Hub>, mut stream: Stream, peer: SocketAddr) {
         return;
     }
     tracing::info!(%peer, client_id = %cid, clean = connect.clean_session, keep_alive = connect.keep_alive, "device connected");
-    conn.activity.connected();
+    conn.activity.connected(hub.now_us());
     hub.emit(
         &authed.device,
         json!({"type":"connected","deviceId":authed.device,"moduleId":authed.module,"reason":null}),
@@ -338,8 +338,9 @@ async fn connection(hub: Arc<Hub>, mut stream: Stream, peer: SocketAddr) {
     // timer fires early it moves to the last read plus the keep-alive (no timer work per packet).
     let mut last_read = Instant::now();
     let idle = tokio::time::sleep_until(keep.map_or(far, |k| last_read + k));
-    let expiry_at = Instant::now() + Duration::from_secs(authed.se.saturating_sub(unix_now()));
-    let expiry = tokio::time::sleep_until(expiry_at);
+    // Token expiry is Unix time, so it follows the hub's clock (a test's manual clock too).
+    let clock = hub.clock().clone();
+    let expiry = clock.sleep_until_ms(authed.se.saturating_mul(1000));
     let mut shutdown = hub.shutdown.subscribe();
     let stopping = crate::hub::until_shutdown(&mut shutdown);
     tokio::pin!(idle, expiry, stopping);
@@ -400,7 +401,7 @@ async fn connection(hub: Arc<Hub>, mut stream: Stream, peer: SocketAddr) {
     };
     tracing::info!(client_id = %cid, reason = %reason, "device disconnected");
     if hub.unregister(&cid, conn.conn_id) {
-        conn.activity.disconnected();
+        conn.activity.disconnected(hub.now_us());
         hub.emit(&conn.device, json!({"type":"disconnected","deviceId":conn.device,"moduleId":conn.module,"reason":reason}));
     }
     if let (Close::Ungraceful(_), Some(w)) = (&close, will) {
@@ -451,7 +452,7 @@ impl Conn {
         match p {
             Packet::Publish(p) => self.on_publish(p).await,
             Packet::PubAck(a) => {
-                self.activity.touch();
+                self.activity.touch(self.hub.now_us());
                 if let Some((seq, mid)) = self.inflight.remove(&a.pkid) {
                     self.complete_c2d(seq, mid).await;
                 }
@@ -542,7 +543,7 @@ impl Conn {
     }
 
     async fn on_publish(&mut self, p: Publish) -> Option<Close> {
-        self.activity.touch();
+        self.activity.touch(self.hub.now_us());
         if p.qos == QoS::ExactlyOnce {
             return Some(Close::Ungraceful("QoS 2 PUBLISH is not supported".into()));
         }
@@ -637,7 +638,7 @@ impl Conn {
     fn twin_error(&mut self, status: u16, code: u32, rid: &str, message: &str) {
         let body = json!({
             "errorCode": code, "trackingId": uuid::Uuid::new_v4().simple().to_string(),
-            "message": message, "timestampUtc": now_rfc3339(),
+            "message": message, "timestampUtc": self.hub.clock().now_rfc3339(),
         });
         self.twin_response(status, rid, None, body.to_string().into_bytes());
     }
@@ -652,6 +653,7 @@ impl Conn {
         }
         let (d, m) = (self.device.clone(), self.module.clone());
         let p2 = patch.clone();
+        let now = self.hub.clock().now_rfc3339();
         let res = self
             .hub
             .store
@@ -669,7 +671,7 @@ impl Conn {
                 i.reported = next;
                 i.reported_version += 1;
                 i.twin_version += 1;
-                i.reported_updated = now_rfc3339();
+                i.reported_updated = now;
                 q::put_identity(c, &i)?;
                 Ok(Ok(i.reported_version))
             })
@@ -689,7 +691,7 @@ impl Conn {
     async fn ingest(&self, props: String, payload: &[u8]) {
         let record = D2cRecord {
             origin: self.origin.clone(),
-            enqueued_ns: telemetry::now_ns(),
+            enqueued_ns: self.hub.clock().unix_ns(),
             properties: props,
             body: payload.to_vec(),
         };
@@ -740,11 +742,11 @@ impl Conn {
         let device = self.device.clone();
         let skip: Vec<i64> = self.inflight.values().map(|(s, _)| *s).collect();
         let max_dc = self.hub.cfg.limits.c2d_max_delivery_count;
+        let now = self.hub.now_ms();
         let batch = self
             .hub
             .store
             .call(move |c| {
-                let now = unix_ms();
                 let mut send = Vec::new();
                 for m in q::c2d_pending(c, &device)? {
                     if skip.contains(&m.seq) {
@@ -752,10 +754,10 @@ impl Conn {
                     }
                     if m.expiry_ms <= now {
                         tracing::info!(device = %device, message_id = %m.message_id, "c2d dead-lettered: Expired");
-                        q::c2d_dead_letter(c, m.seq, "Expired")?;
+                        q::c2d_dead_letter(c, m.seq, "Expired", now)?;
                     } else if m.delivery_count >= max_dc {
                         tracing::info!(device = %device, message_id = %m.message_id, "c2d dead-lettered: DeliveryCountExceeded");
-                        q::c2d_dead_letter(c, m.seq, "DeliveryCountExceeded")?;
+                        q::c2d_dead_letter(c, m.seq, "DeliveryCountExceeded", now)?;
                     } else {
                         q::c2d_mark_delivered(c, m.seq)?;
                         send.push(m);
@@ -778,7 +780,12 @@ impl Conn {
     }
 
     async fn complete_c2d(&self, seq: i64, message_id: String) {
-        let r = self.hub.store.call(move |c| q::c2d_complete(c, seq)).await;
+        let now = self.hub.now_ms();
+        let r = self
+            .hub
+            .store
+            .call(move |c| q::c2d_complete(c, seq, now))
+            .await;
         if let Ok(true) = r {
             self.hub.emit(
                 &self.device,

@@ -26,10 +26,10 @@ use tokio::net::TcpListener;
 use tokio_rustls::TlsAcceptor;
 use tokio_stream::wrappers::BroadcastStream;
 
-use crate::activity::azure_time_us;
+use crate::clock::azure_time_us;
 use crate::hub::{Hub, LiveGuard, MethodError, client_id};
 use crate::store::{C2dMessage, Identity, q};
-use crate::{HubError, now_rfc3339, state_dir, twin, unix_ms, unix_now};
+use crate::{HubError, state_dir, twin};
 
 type Shared = Arc<Hub>;
 
@@ -202,21 +202,49 @@ impl From<HubError> for ApiError {
     }
 }
 
+/// What an [`ApiError`] response carries until [`render_error`] writes its body: the body's
+/// `timestampUtc` is the hub's clock, which `IntoResponse` cannot see.
+#[derive(Debug, Clone)]
+struct PendingError {
+    code: u32,
+    message: String,
+    info: Value,
+}
+
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let inner = json!({
-            "errorCode": self.code,
-            "trackingId": uuid::Uuid::new_v4().simple().to_string(),
-            "message": self.message,
-            "info": self.info,
-            "timestampUtc": now_rfc3339(),
-        });
-        let body = json!({"Message": inner.to_string(), "ExceptionMessage": ""});
-        let mut r = (self.status, axum::Json(body)).into_response();
+        let mut r = self.status.into_response();
         r.headers_mut()
             .insert("iothub-errorcode", HeaderValue::from_static(self.name));
+        r.extensions_mut().insert(PendingError {
+            code: self.code,
+            message: self.message,
+            info: self.info,
+        });
         r
     }
+}
+
+/// Writes the body of an [`ApiError`] response in Azure's shape, stamped by `clock`; every
+/// other response passes unchanged. Runs for every route (it is part of the [`auth`] layer).
+fn render_error(clock: &crate::clock::Clock, mut r: Response) -> Response {
+    let Some(e) = r.extensions_mut().remove::<PendingError>() else {
+        return r;
+    };
+    let inner = json!({
+        "errorCode": e.code,
+        "trackingId": uuid::Uuid::new_v4().simple().to_string(),
+        "message": e.message,
+        "info": e.info,
+        "timestampUtc": clock.now_rfc3339(),
+    });
+    let body = json!({"Message": inner.to_string(), "ExceptionMessage": ""});
+    *r.body_mut() = axum::body::Body::from(body.to_string());
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    r
 }
 
 type ApiResult = Result<Response, ApiError>;
@@ -265,7 +293,7 @@ async fn verify_device_rest(
         &token,
         &[&ident.primary_key, &ident.secondary_key],
         &resources,
-        unix_now(),
+        hub.clock().unix_secs(),
     )
     .map_err(|e| E(e.to_string()))
 }
@@ -280,14 +308,14 @@ async fn auth(State(hub): State<Shared>, req: Request, next: Next) -> Response {
         &hub.cfg.hostname,
         hub.https_port,
         &hub.owner_key,
-        unix_now(),
+        hub.clock().unix_secs(),
     );
     if verdict.is_err()
         && let Some(id) = device_side_id(req.uri().path())
     {
         verdict = verify_device_rest(&hub, header, &id).await;
     }
-    match verdict {
+    let r = match verdict {
         Ok(()) => next.run(req).await,
         Err(e) => {
             tracing::info!(path = %req.uri().path(), reason = %e.0, "REST 401");
@@ -299,7 +327,8 @@ async fn auth(State(hub): State<Shared>, req: Request, next: Next) -> Response {
             )
             .into_response()
         }
-    }
+    };
+    render_error(hub.clock(), r)
 }
 
 fn parse_json(body: &Bytes) -> Result<Value, ApiError> {
@@ -467,6 +496,8 @@ async fn upsert_identity(
         .map(str::to_string);
     let im = if_match(headers);
     let (d, m) = (id.clone(), module.clone());
+    let now = hub.clock().now_rfc3339();
+    let now_ms = hub.now_ms();
     let result = hub
         .store
         .call(move |c| {
@@ -474,7 +505,6 @@ async fn upsert_identity(
                 return Ok(Err(ApiError::device_not_found(&d)));
             }
             let existing = q::get_identity(c, &d, m.as_deref())?;
-            let now = now_rfc3339();
             let (ident, created, status_changed) = match (existing, &im) {
                 (Some(_), None) => {
                     return Ok(Err(match &m {
@@ -526,8 +556,7 @@ async fn upsert_identity(
                     }));
                 }
                 (None, None) => {
-                    let gen_id =
-                        format!("63{}", unix_ms().unsigned_abs() % 100_000_000_000_000_000);
+                    let gen_id = format!("63{}", now_ms.unsigned_abs() % 100_000_000_000_000_000);
                     let i = Identity {
                         device_id: d.clone(),
                         module_id: m.clone(),
@@ -824,6 +853,7 @@ async fn update_twin(
     let desired = section(&body, "/properties/desired", "properties.desired")?;
     let im = if_match(headers);
     let (d, m) = (id.clone(), module.clone());
+    let now = hub.clock().now_rfc3339();
     let r = hub
         .store
         .call(move |c| {
@@ -877,7 +907,7 @@ async fn update_twin(
                 }
                 i.desired = next;
                 i.desired_version += 1;
-                i.desired_updated = now_rfc3339();
+                i.desired_updated = now;
                 changed = true;
             }
             if changed {
@@ -1043,13 +1073,14 @@ async fn invoke_module(
 
 async fn purge_c2d(State(hub): State<Shared>, Path(id): Path<String>) -> ApiResult {
     let d = id.clone();
+    let now = hub.now_ms();
     let r = hub
         .store
         .call(move |c| {
             if q::get_identity(c, &d, None)?.is_none() {
                 return Ok(None);
             }
-            q::c2d_purge(c, &d).map(Some)
+            q::c2d_purge(c, &d, now).map(Some)
         })
         .await?;
     match r {
@@ -1144,7 +1175,7 @@ async fn send_c2d(State(hub): State<Shared>, Path(id): Path<String>, body: Bytes
             format!("message exceeds {} bytes", hub.cfg.limits.c2d_max_bytes),
         ));
     }
-    let now = unix_ms();
+    let now = hub.now_ms();
     let msg = C2dMessage {
         seq: 0,
         device_id: id.clone(),
@@ -1169,7 +1200,7 @@ async fn send_c2d(State(hub): State<Shared>, Path(id): Path<String>, body: Bytes
                 return Ok(Err(ApiError::device_not_found(&d)));
             }
             // Expired messages no longer count against the cap.
-            q::c2d_expire_due(c, Some(&d), unix_ms())?;
+            q::c2d_expire_due(c, Some(&d), now)?;
             Ok(Ok(q::c2d_enqueue(c, &msg, cap)?))
         })
         .await?;
@@ -1219,10 +1250,10 @@ async fn receive_feedback(State(hub): State<Shared>) -> ApiResult {
     let token = uuid::Uuid::new_v4().to_string();
     let t = token.clone();
     let rules = crate::feedback::Rules::of(&hub.cfg.limits);
+    let now = hub.now_ms();
     let batch = hub
         .store
         .call(move |c| {
-            let now = unix_ms();
             // Overdue messages produce their Expired feedback before anyone asks for it.
             q::c2d_expire_due(c, None, now)?;
             crate::feedback::receive(c, now, &rules, &t)
@@ -1248,9 +1279,10 @@ async fn receive_feedback(State(hub): State<Shared>) -> ApiResult {
 async fn complete_feedback(State(hub): State<Shared>, Path(raw): Path<String>) -> ApiResult {
     let token = lock_token(&raw)?;
     let t = token.clone();
+    let now = hub.now_ms();
     let n = hub
         .store
-        .call(move |c| crate::feedback::complete(c, &t, unix_ms()))
+        .call(move |c| crate::feedback::complete(c, &t, now))
         .await?;
     if n == 0 {
         return Err(lock_lost(&token));
@@ -1262,9 +1294,10 @@ async fn complete_feedback(State(hub): State<Shared>, Path(raw): Path<String>) -
 async fn abandon_feedback(State(hub): State<Shared>, Path(raw): Path<String>) -> ApiResult {
     let token = lock_token(&raw)?;
     let t = token.clone();
+    let now = hub.now_ms();
     let n = hub
         .store
-        .call(move |c| crate::feedback::abandon(c, &t, unix_ms()))
+        .call(move |c| crate::feedback::abandon(c, &t, now))
         .await?;
     if n == 0 {
         return Err(lock_lost(&token));

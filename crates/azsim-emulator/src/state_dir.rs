@@ -122,6 +122,7 @@ pub fn prepare(dir: &Path, hostname: &str) -> Result<Prepared, HubError> {
     } else {
         let key = KeyPair::generate().map_err(rcgen_err)?;
         let mut params = ca_params();
+        // Not the hub's clock: clients check certificates against their own real clocks.
         let now = OffsetDateTime::now_utc();
         params.not_before = now - Duration::days(1);
         params.not_after = now + Duration::days(3650);

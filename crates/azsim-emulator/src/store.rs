@@ -704,8 +704,8 @@ pub mod q {
     }
 
     /// Complete (delete) a message; true when it was still live. Records `Success` feedback
-    /// when the sender asked for it (`iothub-ack` positive or full).
-    pub fn c2d_complete(c: &Connection, seq: i64) -> Result<bool, HubError> {
+    /// (at `now_ms`) when the sender asked for it (`iothub-ack` positive or full).
+    pub fn c2d_complete(c: &Connection, seq: i64, now_ms: i64) -> Result<bool, HubError> {
         let Some(live) = crate::feedback::live_message(c, seq)? else {
             return Ok(false);
         };
@@ -715,14 +715,19 @@ pub mod q {
             .execute(params![seq])
             .map_err(db_err)?;
         if n > 0 {
-            crate::feedback::record(c, &live, crate::feedback::Status::Success)?;
+            crate::feedback::record(c, &live, crate::feedback::Status::Success, now_ms)?;
         }
         Ok(n > 0)
     }
 
     /// Dead-letter a live message; records negative feedback (`reason` is the status code,
-    /// `Expired` or `DeliveryCountExceeded`) when the sender asked for it.
-    pub fn c2d_dead_letter(c: &Connection, seq: i64, reason: &str) -> Result<(), HubError> {
+    /// `Expired` or `DeliveryCountExceeded`; at `now_ms`) when the sender asked for it.
+    pub fn c2d_dead_letter(
+        c: &Connection,
+        seq: i64,
+        reason: &str,
+        now_ms: i64,
+    ) -> Result<(), HubError> {
         let live = crate::feedback::live_message(c, seq)?;
         let n = c
             .prepare_cached("UPDATE c2d SET dead = ?2 WHERE seq = ?1 AND dead IS NULL")
@@ -732,7 +737,7 @@ pub mod q {
         if let (1.., Some(live), Some(status)) =
             (n, live, crate::feedback::Status::from_code(reason))
         {
-            crate::feedback::record(c, &live, status)?;
+            crate::feedback::record(c, &live, status, now_ms)?;
         }
         Ok(())
     }
@@ -756,14 +761,14 @@ pub mod q {
             .collect::<Result<Vec<_>, _>>()
             .map_err(db_err)?;
         for &seq in &seqs {
-            c2d_dead_letter(c, seq, "Expired")?;
+            c2d_dead_letter(c, seq, "Expired", now_ms)?;
         }
         Ok(seqs.len())
     }
 
-    /// Delete a device's live messages, with `Purged` feedback where the sender asked for
-    /// negative feedback.
-    pub fn c2d_purge(c: &Connection, device: &str) -> Result<u32, HubError> {
+    /// Delete a device's live messages, with `Purged` feedback (at `now_ms`) where the sender
+    /// asked for negative feedback.
+    pub fn c2d_purge(c: &Connection, device: &str, now_ms: i64) -> Result<u32, HubError> {
         let mut st = c
             .prepare_cached("SELECT seq FROM c2d WHERE device_id = ?1 AND dead IS NULL")
             .map_err(db_err)?;
@@ -774,7 +779,7 @@ pub mod q {
             .map_err(db_err)?;
         for &seq in &seqs {
             if let Some(live) = crate::feedback::live_message(c, seq)? {
-                crate::feedback::record(c, &live, crate::feedback::Status::Purged)?;
+                crate::feedback::record(c, &live, crate::feedback::Status::Purged, now_ms)?;
             }
         }
         c.execute(

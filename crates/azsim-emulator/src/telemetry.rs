@@ -38,25 +38,6 @@ pub struct D2cRecord {
     pub body: Vec<u8>,
 }
 
-/// Nanoseconds since the Unix epoch, now.
-pub fn now_ns() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| i64::try_from(d.as_nanos()).unwrap_or(i64::MAX))
-        .unwrap_or_default()
-}
-
-/// RFC 3339 UTC with the full fraction, as `now_rfc3339` formats it.
-pub fn rfc3339_ns(ns: i64) -> String {
-    time::OffsetDateTime::from_unix_timestamp_nanos(i128::from(ns))
-        .ok()
-        .and_then(|t| {
-            t.format(&time::format_description::well_known::Rfc3339)
-                .ok()
-        })
-        .unwrap_or_default()
-}
-
 /// Appends `name=value` (already percent-encoded by the caller's choice of plain names) to a raw
 /// bag.
 pub fn push_pair(bag: &mut String, name: &str, value: &str) {
@@ -78,7 +59,7 @@ pub fn to_json(
     properties: &str,
     body: &[u8],
 ) -> String {
-    let enqueued = rfc3339_ns(enqueued_ns);
+    let enqueued = crate::clock::rfc3339_ns(enqueued_ns);
     let mut sys = Map::new();
     for k in [
         "message-id",
