@@ -68,8 +68,10 @@ pub(crate) fn write_ascii(out: &mut dyn fmt::Write, bytes: &[u8]) -> fmt::Result
 
 /// A `fmt::Write` over a byte slice; fails rather than truncates when the slice is full, and
 /// then stays failed (every later write fails and [`SliceWriter::into_str`] is `None`), so a
-/// chain of writes needs one check at the end.
-pub(crate) struct SliceWriter<'b> {
+/// chain of writes needs one check at the end. The crate's writers (topics, tokens, usernames)
+/// write into caller buffers through it.
+#[derive(Debug)]
+pub struct SliceWriter<'b> {
     buf: &'b mut [u8],
     len: usize,
 }
@@ -102,13 +104,14 @@ pub(crate) fn write_slice<'b>(
 }
 
 impl<'b> SliceWriter<'b> {
-    pub(crate) fn new(buf: &'b mut [u8]) -> Self {
+    /// A writer filling `buf` from its start.
+    pub fn new(buf: &'b mut [u8]) -> Self {
         Self { buf, len: 0 }
     }
 
-    /// What was written.
+    /// What was written; `None` when a write did not fit.
     #[inline(never)]
-    pub(crate) fn into_str(self) -> Option<&'b str> {
+    pub fn into_str(self) -> Option<&'b str> {
         let buf: &'b [u8] = self.buf;
         core::str::from_utf8(buf.get(..self.len)?).ok()
     }
@@ -193,8 +196,9 @@ impl fmt::Display for DecodeError {
 
 impl core::error::Error for DecodeError {}
 
+/// The value of one hex digit, either case; `None` for any other byte.
 #[inline]
-const fn hex_val(b: u8) -> Option<u8> {
+pub(crate) const fn hex_val(b: u8) -> Option<u8> {
     let digit = b.wrapping_sub(b'0');
     // Only `A-F` and `a-f` land on `a-f` with the case bit set.
     let letter = (b | 0x20).wrapping_sub(b'a');
@@ -245,6 +249,53 @@ fn unit(bytes: &[u8], i: usize) -> Result<(u8, usize), DecodeError> {
         v = (v << 4) | d.ok_or(DecodeError::BadEscape)?;
     }
     Ok((v, i + 3))
+}
+
+/// A `fmt::Write` that stores nothing and counts the bytes written to it: to measure text
+/// before writing it, or to check that it can be produced at all.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct LenCounter {
+    /// Bytes written so far.
+    pub len: usize,
+}
+
+impl fmt::Write for LenCounter {
+    fn write_str(&mut self, s: &str) -> fmt::Result {
+        self.len += s.len();
+        Ok(())
+    }
+}
+
+/// The length of `s` once decoded, without writing it anywhere: checks that every escape is
+/// complete and the result is UTF-8.
+///
+/// # Errors
+/// [`DecodeError::BadEscape`] or [`DecodeError::NotUtf8`].
+pub fn decoded_len(s: &str) -> Result<usize, DecodeError> {
+    if !needs_decoding(s) {
+        return Ok(s.len());
+    }
+    let mut counter = LenCounter::default();
+    decode_to_dyn(&mut counter, s)?;
+    Ok(counter.len)
+}
+
+/// Whether `raw` decodes to exactly `want`, compared byte by byte without a buffer. A `raw`
+/// with a malformed escape equals nothing.
+pub(crate) fn eq_decoded(raw: &str, want: &str) -> bool {
+    let (raw, mut want) = (raw.as_bytes(), want.as_bytes());
+    let mut i = 0;
+    while i < raw.len() {
+        let Ok((b, next)) = unit(raw, i) else {
+            return false;
+        };
+        match want.split_first() {
+            Some((&w, rest)) if w == b => want = rest,
+            _ => return false,
+        }
+        i = next;
+    }
+    want.is_empty()
 }
 
 /// Decodes `s` into any `fmt::Write` (a `String`, a `heapless::String`), without a scratch buffer.

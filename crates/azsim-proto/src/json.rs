@@ -78,7 +78,7 @@ impl<'a> Cursor<'a> {
                         let hex = self.s.get(self.i..self.i + 4)?;
                         let mut v = 0;
                         for &h in hex {
-                            v = v * 16 + char::from(h).to_digit(16)?;
+                            v = v * 16 + u32::from(encoding::hex_val(h)?);
                         }
                         self.i += 4;
                         match char::from_u32(v) {

@@ -88,66 +88,19 @@ impl<'a> EncodedStr<'a> {
     /// # Errors
     /// [`DecodeError::BadEscape`] or [`DecodeError::NotUtf8`].
     pub fn validate(&self) -> Result<usize, DecodeError> {
-        if !encoding::needs_decoding(self.0) {
-            return Ok(self.0.len());
-        }
-        let mut counter = LenCounter(0);
-        encoding::decode_to(&mut counter, self.0)?;
-        Ok(counter.0)
+        encoding::decoded_len(self.0)
     }
 
     /// Whether the decoded text equals `s`, compared byte by byte without a buffer. A raw text
     /// with a malformed escape equals nothing.
     pub fn eq_decoded(&self, s: &str) -> bool {
-        let raw = self.0.as_bytes();
-        let want = s.as_bytes();
-        let (mut i, mut j) = (0, 0);
-        while i < raw.len() {
-            let b = if raw[i] == b'%' {
-                let (Some(h), Some(l)) = (
-                    raw.get(i + 1).copied().and_then(hex_val),
-                    raw.get(i + 2).copied().and_then(hex_val),
-                ) else {
-                    return false;
-                };
-                i += 3;
-                (h << 4) | l
-            } else {
-                i += 1;
-                raw[i - 1]
-            };
-            if want.get(j) != Some(&b) {
-                return false;
-            }
-            j += 1;
-        }
-        j == want.len()
+        encoding::eq_decoded(self.0, s)
     }
 }
 
 impl fmt::Debug for EncodedStr<'_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         fmt::Debug::fmt(self.0, f)
-    }
-}
-
-#[inline]
-const fn hex_val(b: u8) -> Option<u8> {
-    match b {
-        b'0'..=b'9' => Some(b - b'0'),
-        b'a'..=b'f' => Some(b - b'a' + 10),
-        b'A'..=b'F' => Some(b - b'A' + 10),
-        _ => None,
-    }
-}
-
-/// A `fmt::Write` that only counts bytes, to validate decoding without a buffer.
-struct LenCounter(usize);
-
-impl fmt::Write for LenCounter {
-    fn write_str(&mut self, s: &str) -> fmt::Result {
-        self.0 += s.len();
-        Ok(())
     }
 }
 

@@ -644,15 +644,6 @@ where
 // Parsing
 // ---------------------------------------------------------------------------------------------
 
-/// Accepts any text; used to validate percent escapes without a buffer.
-struct Sink;
-
-impl fmt::Write for Sink {
-    fn write_str(&mut self, _: &str) -> fmt::Result {
-        Ok(())
-    }
-}
-
 /// A parsed SAS token borrowing from its text. `sr`, `sig` and `se` are kept exactly as sent,
 /// because the signature covers the `sr` text as transmitted. `Debug` redacts the signature.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -695,7 +686,7 @@ impl<'a> Token<'a> {
             if value.is_empty() {
                 return Err(TokenError::Empty(field));
             }
-            if field != TokenField::Se && encoding::decode_to(&mut Sink, value).is_err() {
+            if field != TokenField::Se && encoding::decoded_len(value).is_err() {
                 return Err(TokenError::Invalid(field));
             }
             *slot = Some(value);

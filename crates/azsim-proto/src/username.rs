@@ -209,18 +209,7 @@ impl<'a> Param<'a> {
 
     /// Whether the decoded value equals `s` (no buffer needed).
     pub fn eq_decoded(&self, s: &str) -> bool {
-        struct Cmp<'s>(&'s str, bool);
-        impl fmt::Write for Cmp<'_> {
-            fn write_str(&mut self, c: &str) -> fmt::Result {
-                match self.0.strip_prefix(c) {
-                    Some(rest) => self.0 = rest,
-                    None => self.1 = false,
-                }
-                Ok(())
-            }
-        }
-        let mut cmp = Cmp(s, true);
-        encoding::decode_to(&mut cmp, self.0).is_ok() && cmp.1 && cmp.0.is_empty()
+        encoding::eq_decoded(self.0, s)
     }
 }
 
@@ -301,7 +290,7 @@ impl<'a> Username<'a> {
             if slot.is_some() {
                 return Err(UsernameError::Duplicate(which));
             }
-            if encoding::decode_to(&mut Sink, value).is_err() {
+            if encoding::decoded_len(value).is_err() {
                 return Err(UsernameError::BadEscape(which));
             }
             *slot = Some(Param(value));
@@ -336,14 +325,6 @@ fn split_query(u: &str) -> (&str, &str) {
         return (&u[..i], &u[i + 1..]);
     }
     (u.strip_suffix('/').unwrap_or(u), "")
-}
-
-struct Sink;
-
-impl fmt::Write for Sink {
-    fn write_str(&mut self, _: &str) -> fmt::Result {
-        Ok(())
-    }
 }
 
 #[cfg(test)]
