@@ -144,26 +144,21 @@ pub struct MethodOutcome {
     pub reboot: bool,
 }
 
-/// The acknowledgement of the desired interval to report: `ac` 0 is none (it is 200 or 400
-/// otherwise), `rid` 0 is not sent yet, else the request carrying it (the session's request ids
-/// are never 0). A newer one replaces it even while it is in flight: the older one's answer
-/// then changes nothing (had it failed, the newer one is what would be sent anyway).
+/// The acknowledgement of a desired `telemetryInterval` to report (Plug and Play's `value`,
+/// `ac`, `av`). A newer one replaces it even while it is in flight: the older one's answer then
+/// changes nothing (had it failed, the newer one is what would be sent anyway).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 struct IntervalAck {
-    av: u64,
-    // The interval acknowledged, in milliseconds (reported in seconds). At most
-    // MAX_INTERVAL_MS: 32 bits keep the record (copied around) small.
+    /// `av`: the desired `$version` answered.
+    version: u64,
+    /// `value`: the interval in force, in milliseconds (reported in seconds). At most
+    /// [`MAX_INTERVAL_MS`]: 32 bits keep the record small.
     value_ms: u32,
-    rid: u32,
-    ac: u16,
+    /// `ac`: 200 applied, 400 refused.
+    status: u16,
+    /// The reported PATCH carrying it, once sent.
+    rid: Option<u32>,
 }
-
-const NO_ACK: IntervalAck = IntervalAck {
-    av: 0,
-    value_ms: 0,
-    rid: 0,
-    ac: 0,
-};
 
 /// The reference behaviour. Drive it next to a [`Session`]:
 ///
@@ -180,13 +175,15 @@ pub struct Device<S> {
     // Milliseconds, at most MAX_INTERVAL_MS: 32 bits are enough.
     interval_ms: u32,
     version: &'static str,
-    // When telemetry is next due; 0 before the first message (a due time is always at least
-    // one interval after a time >= 0).
-    next_at: u64,
+    /// When telemetry is next due; `None` before the first message.
+    next_at: Option<u64>,
     seq: u32,
+    /// The software version is to be reported (again).
     report_version: bool,
+    /// The reported PATCH carrying the version, while in flight.
     version_rid: Option<u32>,
-    ack: IntervalAck,
+    /// The interval acknowledgement not yet accepted by the hub.
+    ack: Option<IntervalAck>,
 }
 
 impl<S: Sensor> Device<S> {
@@ -197,11 +194,11 @@ impl<S: Sensor> Device<S> {
             sensor,
             interval_ms: clamp_interval_ms(config.interval_ms),
             version: config.version,
-            next_at: 0,
+            next_at: None,
             seq: 0,
             report_version: false,
             version_rid: None,
-            ack: NO_ACK,
+            ack: None,
         }
     }
 
@@ -219,10 +216,9 @@ impl<S: Sensor> Device<S> {
     /// due one new interval after the last one.
     pub fn set_interval_ms(&mut self, now: u64, interval_ms: u64) {
         let interval_ms = clamp_interval_ms(interval_ms);
-        let next = self.next_at;
-        if next != 0 {
+        if let Some(next) = self.next_at {
             let last = next.saturating_sub(self.interval_ms.into());
-            self.next_at = (last + u64::from(interval_ms)).max(now);
+            self.next_at = Some((last + u64::from(interval_ms)).max(now));
         }
         self.interval_ms = interval_ms;
     }
@@ -230,7 +226,7 @@ impl<S: Sensor> Device<S> {
     /// When telemetry is next due, in Unix milliseconds (`None` before the first
     /// [`Device::poll_telemetry`], which produces a message at once).
     pub fn poll_timeout(&self) -> Option<u64> {
-        (self.next_at != 0).then_some(self.next_at)
+        self.next_at
     }
 
     /// The telemetry message due at `now`, if any. Messages are produced whether or not the
@@ -240,29 +236,28 @@ impl<S: Sensor> Device<S> {
         now: u64,
         buf: &'b mut [u8; TELEMETRY_BUFFER_LEN],
     ) -> Option<Telemetry<'b>> {
-        let t = self.next_at;
-        if now < t {
+        if self.next_at.is_some_and(|due| now < due) {
             return None;
         }
-        // Late by more than an interval (a paused process): resume the cadence, no burst.
         let interval = u64::from(self.interval_ms);
-        self.next_at = if t != 0 && now < t + interval {
-            t + interval
-        } else {
-            now + interval
-        };
+        self.next_at = Some(match self.next_at {
+            Some(due) if now < due + interval => due + interval,
+            // The first message, or late by more than an interval (a paused process): resume
+            // the cadence from now, no burst.
+            _ => now + interval,
+        });
         self.seq = self.seq.wrapping_add(1);
         let r = self.sensor.read();
         let seq = self.seq;
         let mut b = Body::new(&mut buf[..]);
-        b.s("{\"temperature\":")
-            .f2(r.temperature)
-            .s(",\"humidity\":")
-            .f2(r.humidity)
-            .s(",\"seq\":")
-            .n(seq.into())
-            .s("}");
-        let body = b.done()?;
+        b.raw("{\"temperature\":")
+            .two_decimals(r.temperature)
+            .raw(",\"humidity\":")
+            .two_decimals(r.humidity)
+            .raw(",\"seq\":")
+            .number(seq.into())
+            .raw("}");
+        let body = b.finish()?;
         Some(Telemetry { seq, body })
     }
 
@@ -296,8 +291,11 @@ impl<S: Sensor> Device<S> {
                             && json::find_u64(r, &["ac"]) == Some(200)
                     });
                     self.apply_desired(now, raw, av);
-                    if already && self.ack.ac == 200 && self.ack.rid == 0 {
-                        self.ack.ac = 0;
+                    let unsent_200 = self
+                        .ack
+                        .is_some_and(|ack| ack.status == 200 && ack.rid.is_none());
+                    if already && unsent_200 {
+                        self.ack = None;
                     }
                 }
                 None
@@ -321,10 +319,13 @@ impl<S: Sensor> Device<S> {
                     self.version_rid = None;
                     self.report_version |= failed;
                 }
-                if self.ack.rid != 0 && self.ack.rid == rid {
-                    self.ack.rid = 0;
-                    if !failed {
-                        self.ack.ac = 0;
+                if let Some(ack) = &mut self.ack
+                    && ack.rid == Some(rid)
+                {
+                    if failed {
+                        ack.rid = None;
+                    } else {
+                        self.ack = None;
                     }
                 }
                 None
@@ -374,26 +375,25 @@ impl<S: Sensor> Device<S> {
         let mut b = Body::new(body_buf);
         let version = self.report_version && self.version_rid.is_none();
         if version {
-            b.s("{\"azsim\":{\"version\":").q(self.version).s("}}");
+            b.raw("{\"azsim\":{\"version\":")
+                .string(self.version)
+                .raw("}}");
         } else {
             // A newer acknowledgement goes out even while an older one is unanswered: the hub
             // applies patches in order, so the last one wins.
-            let ack = self.ack;
-            if ack.ac == 0 || ack.rid != 0 {
-                return None;
-            }
-            b.s("{\"telemetryInterval\":{\"value\":")
+            let ack = self.ack.filter(|ack| ack.rid.is_none())?;
+            b.raw("{\"telemetryInterval\":{\"value\":")
                 .seconds(ack.value_ms)
-                .s(",\"ac\":")
-                .n(ack.ac.into())
-                .s(",\"av\":")
-                .n(ack.av);
-            if ack.ac != 200 {
-                b.s(",\"ad\":\"telemetryInterval must be an integer from 1 to 86400\"");
+                .raw(",\"ac\":")
+                .number(ack.status.into())
+                .raw(",\"av\":")
+                .number(ack.version);
+            if ack.status != 200 {
+                b.raw(",\"ad\":\"telemetryInterval must be an integer from 1 to 86400\"");
             }
-            b.s("}}");
+            b.raw("}}");
         }
-        let body = b.done()?;
+        let body = b.finish()?;
         let p = session
             .send_reported(now, body.as_bytes(), topic_buf)
             .ok()?;
@@ -401,8 +401,8 @@ impl<S: Sensor> Device<S> {
             if version {
                 self.version_rid = Some(rid);
                 self.report_version = false;
-            } else {
-                self.ack.rid = rid;
+            } else if let Some(ack) = &mut self.ack {
+                ack.rid = Some(rid);
             }
         }
         Some(p)
@@ -415,26 +415,18 @@ impl<S: Sensor> Device<S> {
             // The property was removed: keep the current interval, nothing to acknowledge.
             return;
         }
-        match json::as_u64(raw).filter(|v| (MIN_INTERVAL_SECS..=MAX_INTERVAL_SECS).contains(v)) {
-            Some(secs) => {
-                self.set_interval_ms(now, secs * 1000);
-                self.ack = IntervalAck {
-                    value_ms: self.interval_ms,
-                    ac: 200,
-                    av: version,
-                    rid: 0,
-                };
-            }
-            None => {
-                // Refused: the value acknowledged is the interval still in force.
-                self.ack = IntervalAck {
-                    value_ms: self.interval_ms,
-                    ac: 400,
-                    av: version,
-                    rid: 0,
-                };
-            }
+        let secs =
+            json::as_u64(raw).filter(|v| (MIN_INTERVAL_SECS..=MAX_INTERVAL_SECS).contains(v));
+        if let Some(secs) = secs {
+            self.set_interval_ms(now, secs * 1000);
         }
+        // Refused or not, the value acknowledged is the interval now in force.
+        self.ack = Some(IntervalAck {
+            version,
+            value_ms: self.interval_ms,
+            status: if secs.is_some() { 200 } else { 400 },
+            rid: None,
+        });
     }
 
     fn respond<'a>(
@@ -460,16 +452,16 @@ impl<S: Sensor> Device<S> {
                     let status = match parse_interval_request(payload) {
                         Ok(secs) => {
                             self.set_interval_ms(now, secs * 1000);
-                            b.s("{\"interval\":").n(secs);
+                            b.raw("{\"interval\":").number(secs);
                             200
                         }
                         Err(msg) => {
-                            b.s("{\"message\":").q(msg);
+                            b.raw("{\"message\":").string(msg);
                             400
                         }
                     };
-                    b.s("}");
-                    (status, b.done()?)
+                    b.raw("}");
+                    (status, b.finish()?)
                 }
                 _ => (404, "{\"message\":\"method not found\"}"),
             };
@@ -580,7 +572,7 @@ fn split_for_body(buf: &mut [u8]) -> Option<(&mut [u8], &mut [u8])> {
 }
 
 /// A JSON body written into a caller buffer. Pieces chain without a check each: the writer
-/// stays failed after the first one that does not fit, which makes [`Body::done`] `None`.
+/// stays failed after the first one that does not fit, which makes [`Body::finish`] `None`.
 struct Body<'b> {
     w: encoding::SliceWriter<'b>,
 }
@@ -592,26 +584,29 @@ impl<'b> Body<'b> {
         }
     }
 
+    /// JSON text written as it is (punctuation, keys, literals).
     #[inline(never)]
-    fn s(&mut self, s: &str) -> &mut Self {
-        let _ = fmt::Write::write_str(&mut self.w, s);
+    fn raw(&mut self, json: &str) -> &mut Self {
+        let _ = fmt::Write::write_str(&mut self.w, json);
         self
     }
 
+    /// An unsigned integer.
     #[inline(never)]
-    fn n(&mut self, n: u64) -> &mut Self {
+    fn number(&mut self, n: u64) -> &mut Self {
         let _ = encoding::write_u64(&mut self.w, n);
         self
     }
 
-    fn q(&mut self, s: &str) -> &mut Self {
+    /// A string, quoted and escaped.
+    fn string(&mut self, s: &str) -> &mut Self {
         let _ = json::write_quoted(&mut self.w, s);
         self
     }
 
-    /// Milliseconds as a JSON number of seconds: `5` for 5000, `0.25` for 250.
+    /// Milliseconds as a number of seconds: `5` for 5000, `0.25` for 250.
     fn seconds(&mut self, ms: u32) -> &mut Self {
-        self.n((ms / 1000).into());
+        self.number((ms / 1000).into());
         let frac = ms % 1000;
         if frac != 0 {
             // The point and three digits, trailing zeros dropped (frac is not 0).
@@ -632,12 +627,13 @@ impl<'b> Body<'b> {
 
     /// A reading with two decimals; a non-finite one as 0.00.
     #[inline(never)]
-    fn f2(&mut self, x: f32) -> &mut Self {
+    fn two_decimals(&mut self, x: f32) -> &mut Self {
         let _ = write_fixed2(&mut self.w, finite(x));
         self
     }
 
-    fn done(self) -> Option<&'b str> {
+    /// The body; `None` when it did not fit.
+    fn finish(self) -> Option<&'b str> {
         self.w.into_str()
     }
 }
@@ -939,7 +935,7 @@ mod tests {
             let mut buf = [0u8; 32];
             let mut b = Body::new(&mut buf);
             b.seconds(ms);
-            assert_eq!(b.done(), Some(text));
+            assert_eq!(b.finish(), Some(text));
         }
     }
 
