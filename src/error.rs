@@ -109,6 +109,55 @@ impl From<std::io::Error> for CliError {
     }
 }
 
+/// What is wrong with a connection string, for a one-line error: the core's message, except
+/// that an unknown key is named (`unknown key 'SharedAccesKey'; known: HostName, ...`) so a typo
+/// is obvious. Only a name that looks like one is ever shown (anything else could be a fragment
+/// of a key), never a value.
+pub fn connection_string_problem(
+    cs: &str,
+    e: azsim_proto::connection_string::ConnectionStringError,
+) -> String {
+    use azsim_proto::connection_string::{
+        ConnectionStringError, Field, IGNORED_KEYS, is_known_key,
+    };
+    if e != ConnectionStringError::UnknownKey {
+        return e.to_string();
+    }
+    let names: Vec<&str> = Field::ALL
+        .map(Field::name)
+        .into_iter()
+        .chain(IGNORED_KEYS)
+        .collect();
+    let known = names.join(", ");
+    let unknown = cs
+        .trim()
+        .split(';')
+        .filter_map(|seg| seg.split_once('='))
+        .map(|(k, _)| k)
+        .find(|k| !is_known_key(k));
+    match unknown {
+        Some(k) if looks_like_a_key_name(k) => {
+            let hint = names
+                .iter()
+                .find(|n| n.eq_ignore_ascii_case(k))
+                .map(|n| format!(" (names are case-sensitive: {n})"))
+                .unwrap_or_default();
+            format!("unknown key '{k}'{hint}; known: {known}")
+        }
+        _ => format!("unknown key; known (case-sensitive): {known}"),
+    }
+}
+
+/// A word that can be shown back as a connection-string key name: 1..=32 ASCII letters and
+/// digits, and digits only in a short one (`x509`). A key pasted without its `SharedAccessKey=`
+/// (`HostName=h;DeviceId=d;c2Vj..MTI=`) splits at its padding into a long base64 "name" with
+/// digits, which must not be echoed.
+fn looks_like_a_key_name(k: &str) -> bool {
+    (1..=32).contains(&k.len())
+        && k.bytes().all(|b| b.is_ascii_alphanumeric())
+        && (k.len() <= 8 || !k.bytes().any(|b| b.is_ascii_digit()))
+}
+
 /// Renders `e` and its source chain as one line (newlines in messages become spaces).
 pub fn one_line(e: &(dyn StdError + 'static)) -> String {
     let mut out = e.to_string();
@@ -304,6 +353,47 @@ mod tests {
             "c2VjcmV0c2VjcmV0c2VjcmV0MTI=",
         ]);
         assert!(!line.contains("c2VjcmV0"), "{line}");
+    }
+
+    #[test]
+    fn an_unknown_connection_string_key_is_named_with_the_known_ones() {
+        use azsim_proto::connection_string::ConnectionString;
+        let key = "c2VjcmV0c2VjcmV0c2VjcmV0MTI=";
+        let problem = |cs: &str| {
+            connection_string_problem(cs, ConnectionString::parse(cs).expect_err("refused"))
+        };
+        let msg = problem(&format!("HostName=h;DeviceId=d;SharedAccesKey={key}"));
+        assert!(
+            msg.starts_with("unknown key 'SharedAccesKey'; known: HostName, "),
+            "{msg}"
+        );
+        assert!(
+            msg.ends_with("x509, CredentialScope, CredentialType, UseProvisioning"),
+            "{msg}"
+        );
+        let msg = problem(&format!(
+            "HostName=h;DeviceId=d;SharedAccessKey={key};credentialtype=x"
+        ));
+        assert!(
+            msg.starts_with(
+                "unknown key 'credentialtype' (names are case-sensitive: CredentialType)"
+            ),
+            "{msg}"
+        );
+        // A key name that could be part of a secret is not echoed.
+        let msg = problem(&format!(
+            "HostName=h;DeviceId=d;{key}=x;SharedAccessKey={key}"
+        ));
+        assert!(
+            msg.starts_with("unknown key; known (case-sensitive): "),
+            "{msg}"
+        );
+        assert!(!msg.contains(key), "{msg}");
+        // Other problems are the core's message.
+        assert_eq!(
+            problem("HostName=h;DeviceId=d"),
+            "connection string has no credential (SharedAccessKey, SharedAccessSignature or x509)"
+        );
     }
 
     #[test]

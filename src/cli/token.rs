@@ -638,11 +638,9 @@ pub fn from_connection_string(
     field: &'static str,
     cs: &str,
 ) -> Result<(Target, SecretKey, Option<String>), UsageError> {
-    use azsim_proto::connection_string::{ConnectionString, ConnectionStringError, Kind};
-    let parsed = ConnectionString::parse(cs.trim()).map_err(|e| match e {
-        ConnectionStringError::UnknownKey => UsageError::new(field, unknown_key_message(cs)),
-        e => UsageError::new(field, e.to_string()),
-    })?;
+    use azsim_proto::connection_string::{ConnectionString, Kind};
+    let parsed = ConnectionString::parse(cs.trim())
+        .map_err(|e| UsageError::new(field, crate::error::connection_string_problem(cs, e)))?;
     match parsed.kind() {
         Kind::Device | Kind::Module | Kind::Service => {}
         Kind::DeviceWithSas => {
@@ -674,30 +672,4 @@ pub fn from_connection_string(
         key,
         parsed.shared_access_key_name().map(str::to_owned),
     ))
-}
-
-/// Names the unknown key of a connection string, so a typo (`SharedAccesKey`) is obvious. Only a
-/// short alphanumeric name is shown: anything else could be a fragment of a key.
-fn unknown_key_message(cs: &str) -> String {
-    use azsim_proto::connection_string::Field;
-    let known = Field::ALL.map(Field::name).join(", ");
-    let unknown = cs
-        .trim()
-        .split(';')
-        .filter_map(|seg| seg.split_once('='))
-        .map(|(k, _)| k)
-        .find(|k| Field::from_name(k).is_none());
-    match unknown {
-        Some(k)
-            if !k.is_empty() && k.len() <= 40 && k.bytes().all(|b| b.is_ascii_alphanumeric()) =>
-        {
-            let hint = Field::ALL
-                .iter()
-                .find(|f| f.name().eq_ignore_ascii_case(k))
-                .map(|f| format!(" (names are case-sensitive: {})", f.name()))
-                .unwrap_or_default();
-            format!("unknown key '{k}'{hint}; known: {known}")
-        }
-        _ => format!("unknown key; known (case-sensitive): {known}"),
-    }
 }

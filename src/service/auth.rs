@@ -30,7 +30,8 @@ impl ServiceCredentials {
     /// # Errors
     /// A one-line reason naming the connection-string field, never the key.
     pub fn parse(s: &str) -> Result<Self, String> {
-        let cs = ConnectionString::parse(s).map_err(|e| e.to_string())?;
+        let cs = ConnectionString::parse(s)
+            .map_err(|e| crate::error::connection_string_problem(s, e))?;
         match cs.kind() {
             Kind::Service => {}
             Kind::Device | Kind::Module | Kind::DeviceWithSas | Kind::X509 => {

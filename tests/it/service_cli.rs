@@ -929,3 +929,46 @@ async fn c2d_feedback_prints_and_completes_the_feedback_of_acked_messages() {
     assert_eq!(rec["deviceId"], "fb-cli", "{rec}");
     hub.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_service_string_with_the_csharp_sdks_extra_keys_works() {
+    let hub = TestHub::start().await;
+    let key = service_key(&hub);
+    // `HostName=..;SharedAccessKeyName=..;SharedAccessKey=..` as the C# SDK writes it.
+    let (host, rest) = hub
+        .service_connection_string
+        .split_once(';')
+        .expect("HostName first");
+    let csharp =
+        format!("{host};CredentialScope=IotHub;CredentialType=SharedAccessSignature;{rest}");
+    let cwd = tempfile::tempdir().unwrap();
+    let mut cmd = azsim(cwd.path());
+    cmd.args([
+        "device",
+        "list",
+        "--json",
+        "--hub-connection-string",
+        &csharp,
+        "--ca",
+    ])
+    .arg(&hub.ca_file);
+    let out = output(cmd).await;
+    assert_eq!(out.code, 0, "{out:?}");
+    assert!(out.json().is_array(), "{out:?}");
+    assert_no_secret(&out, &[&key]);
+
+    // A typo is still refused, naming the key and the known ones, without the secret.
+    let typo = format!("{host};CredentialScop=IotHub;{rest}");
+    let mut cmd = azsim(cwd.path());
+    cmd.args(["device", "list", "--hub-connection-string", &typo]);
+    let out = output(cmd).await;
+    assert_eq!(out.code, 2, "{out:?}");
+    assert!(
+        out.stderr.starts_with(
+            "error: --hub-connection-string: unknown key 'CredentialScop'; known: HostName, "
+        ),
+        "{out:?}"
+    );
+    assert_no_secret(&out, &[&key]);
+    hub.stop().await;
+}

@@ -425,6 +425,67 @@ fn a_service_connection_string_gives_the_hub_policy_token() {
     assert_eq!(r.stdout.trim_end(), s(&v, "expected_token"));
 }
 
+#[test]
+fn other_sdks_connection_string_keys_are_accepted_and_ignored() {
+    // The C# SDK's legacy service string: the same hub policy token as the plain one.
+    let v = vector("cli-hub-policy");
+    let plain = format!(
+        "HostName={};SharedAccessKeyName=iothubowner;SharedAccessKey={}",
+        s(&v, "resource_uri"),
+        s(&v, "key_b64")
+    );
+    let csharp = format!(
+        "HostName={};CredentialScope=IotHub;CredentialType=SharedAccessSignature;SharedAccessKeyName=iothubowner;SharedAccessKey={}",
+        s(&v, "resource_uri"),
+        s(&v, "key_b64")
+    );
+    for cs in [&plain, &csharp] {
+        let r = azsim(&[
+            "token",
+            "--connection-string",
+            cs,
+            "--expiry",
+            &expiry(&v),
+            "--allow-expired",
+        ]);
+        assert_eq!(r.code, 0, "{}", r.stderr);
+        assert_eq!(r.stdout.trim_end(), s(&v, "expected_token"));
+    }
+
+    // A device string in the Node and C samples' form, through the env var, with --mqtt.
+    let cs = format!(
+        "HostName=h.example;CredentialType=SharedAccessKey;CredentialScope=Device;DeviceId=dev-1;SharedAccessKey={OTHER_KEY}"
+    );
+    let r = azsim_env(
+        &["token", "--mqtt"],
+        &[("IOTHUB_DEVICE_CONNECTION_STRING", &cs)],
+    );
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert!(r.stdout.contains("client id: dev-1"), "{}", r.stdout);
+    assert_no_secret(&r, &[OTHER_KEY]);
+}
+
+#[test]
+fn a_typo_in_a_connection_string_key_is_named_with_the_known_keys() {
+    let key = "c2VjcmV0LWtleS1zaG91bGQtbm90LWxlYWs=";
+    let cs = format!("HostName=h;DeviceId=d;SharedAccessKey={key};CredentialScop=Device");
+    let r = azsim(&["token", "--connection-string", &cs]);
+    assert_usage_error(&r, "--connection-string", &[key, &cs]);
+    assert!(
+        r.stderr
+            .contains("unknown key 'CredentialScop'; known: HostName, DeviceId, "),
+        "{}",
+        r.stderr
+    );
+    assert!(
+        r.stderr
+            .trim_end()
+            .ends_with("CredentialScope, CredentialType, UseProvisioning"),
+        "{}",
+        r.stderr
+    );
+}
+
 // ---------------------------------------------------------------------------------------------
 // inspect
 

@@ -2,17 +2,20 @@
 //!
 //! Parsing is strict, like the Python SDK (spec section 3): the string is split on `;`, each
 //! segment on its **first** `=` (base64 keys and whole SAS tokens contain `=`); key names are
-//! case-sensitive and limited to `HostName, DeviceId, ModuleId, SharedAccessKey,
-//! SharedAccessKeyName, SharedAccessSignature, GatewayHostName, x509`. An unknown or repeated
-//! key, an empty value, an empty segment (so also a trailing `;`, which Python refuses and no
-//! portal emits), a segment without `=`, a missing `HostName`, a key that is not base64 and a
-//! contradictory set of credentials are errors naming the field. A consequence: a value cannot
-//! contain `;` (the C# SDK's regex tokenizer allows that for legacy device ids; Python and Node
-//! do not).
+//! case-sensitive and limited to the official SDKs' documented keys: the eight azsim uses
+//! (`HostName, DeviceId, ModuleId, SharedAccessKey, SharedAccessKeyName, SharedAccessSignature,
+//! GatewayHostName, x509`, see [`Field`]) and the few that carry nothing for azsim and are skipped
+//! whatever their value ([`IGNORED_KEYS`]). An unknown or repeated key, an empty value, an empty
+//! segment (so also a trailing `;`, which Python refuses and no portal emits), a segment without
+//! `=`, a missing `HostName`, a key that is not base64 and a contradictory set of credentials are
+//! errors naming the field. A consequence: a value cannot contain `;` (the C# SDK's regex
+//! tokenizer allows that for legacy device ids; Python and Node do not).
 //!
 //! The parsed value borrows from the input. `Debug` and `Display` redact the key and any
 //! signature; [`ConnectionString::write_with_secret`] writes the complete string for the one
-//! place that must print it (`azsim device create`).
+//! place that must print it (`azsim device create`). Strings are built with
+//! [`ConnectionString::device`], [`ConnectionString::module`] and [`ConnectionString::service`]
+//! (plus [`ConnectionString::with_gateway`]), never formatted by hand.
 
 use core::fmt;
 
@@ -82,6 +85,29 @@ impl fmt::Display for Field {
     }
 }
 
+/// Keys the official SDKs document that carry nothing azsim uses: accepted and skipped, whatever
+/// their value (and however often they appear), so a string copied from another SDK's sample or
+/// tool parses as that SDK parses it.
+///
+/// - `CredentialScope` (`Device`, `IotHub`) and `CredentialType` (`SharedAccessKey`,
+///   `SharedAccessSignature`): the C# SDK's legacy strings, e.g. `HostName=..;CredentialScope=
+///   IotHub;CredentialType=SharedAccessSignature;SharedAccessKeyName=..;SharedAccessKey=..`. The
+///   C# SDK itself derives scope and type from the other keys; so does azsim.
+/// - `UseProvisioning=true`: the C SDK's marker for credentials that come from the DPS security
+///   module instead of the string. Such a string has no key, so it is still refused, as having
+///   no credential.
+///
+/// Not accepted: the C# SDK's `X509Cert` (a C# spelling of `x509`; keys are case-sensitive here)
+/// and the Java SDK's `MqttGatewayHostName` (an MQTT broker to connect through, which azsim
+/// cannot honour, so it is refused rather than silently skipped).
+pub const IGNORED_KEYS: [&str; 3] = ["CredentialScope", "CredentialType", "UseProvisioning"];
+
+/// Whether `name` is a key [`ConnectionString::parse`] accepts: a [`Field`] or one of
+/// [`IGNORED_KEYS`] (case-sensitive).
+pub fn is_known_key(name: &str) -> bool {
+    Field::from_name(name).is_some() || IGNORED_KEYS.contains(&name)
+}
+
 /// Why a connection string was refused. Messages name the field and never contain a value.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum ConnectionStringError {
@@ -91,7 +117,8 @@ pub enum ConnectionStringError {
     EmptySegment,
     /// A segment without `=`.
     MissingEquals,
-    /// A key name that is not one of [`Field`]'s (names are case-sensitive).
+    /// A key name that is neither a [`Field`] nor one of [`IGNORED_KEYS`] (names are
+    /// case-sensitive).
     UnknownKey,
     /// A key given twice.
     Duplicate(Field),
@@ -115,7 +142,7 @@ impl fmt::Display for ConnectionStringError {
             Self::EmptySegment => f.write_str("connection string has an empty segment (';;' or a trailing ';')"),
             Self::MissingEquals => f.write_str("connection string has a segment without '='"),
             Self::UnknownKey => f.write_str(
-                "connection string has an unknown key (known, case-sensitive: HostName, DeviceId, ModuleId, SharedAccessKey, SharedAccessKeyName, SharedAccessSignature, GatewayHostName, x509)",
+                "connection string has an unknown key (known, case-sensitive: HostName, DeviceId, ModuleId, SharedAccessKey, SharedAccessKeyName, SharedAccessSignature, GatewayHostName, x509; ignored: CredentialScope, CredentialType, UseProvisioning)",
             ),
             Self::Duplicate(x) => write!(f, "{x}: given twice"),
             Self::EmptyValue(x) => write!(f, "{x}: empty"),
@@ -193,7 +220,12 @@ impl<'a> ConnectionString<'a> {
         let mut values: [Option<&'a str>; 8] = [None; 8];
         for pair in pairs(s) {
             let (name, value) = pair?;
-            let field = Field::from_name(name).ok_or(E::UnknownKey)?;
+            let Some(field) = Field::from_name(name) else {
+                if IGNORED_KEYS.contains(&name) {
+                    continue;
+                }
+                return Err(E::UnknownKey);
+            };
             let slot = &mut values[field.index()];
             if slot.is_some() {
                 return Err(E::Duplicate(field));
@@ -636,6 +668,117 @@ mod tests {
         assert_eq!(cs.token().unwrap().expiry(), 5_605_002_146);
         let shown = std::format!("{cs} {cs:?}");
         assert!(!shown.contains("c2VjcmV0c2ln"), "{shown}");
+    }
+
+    #[test]
+    fn other_sdks_keys_are_accepted_and_ignored() {
+        // The C# SDK's legacy service string, and its device string acting through a policy.
+        let s = std::format!(
+            "HostName=acme.azure-devices.net;CredentialScope=IotHub;\
+             CredentialType=SharedAccessSignature;SharedAccessKeyName=iothubowner;SharedAccessKey={KEY}"
+        );
+        let cs = ConnectionString::parse(&s).unwrap();
+        assert_eq!(cs.kind(), Kind::Service);
+        assert_eq!(cs.shared_access_key_name(), Some("iothubowner"));
+        let mut full = String::new();
+        cs.write_with_secret(&mut full).unwrap();
+        assert_eq!(
+            full,
+            std::format!(
+                "HostName=acme.azure-devices.net;SharedAccessKeyName=iothubowner;SharedAccessKey={KEY}"
+            ),
+            "ignored keys are not written back"
+        );
+        let s = std::format!(
+            "HostName=h;CredentialType=SharedAccessKey;CredentialScope=Device;DeviceId=d;SharedAccessKey={KEY}"
+        );
+        assert_eq!(
+            ConnectionString::parse(&s),
+            ConnectionString::device("h", "d", KEY)
+        );
+        // The C SDK's provisioning marker: accepted as a key, but the string has no credential.
+        assert_eq!(
+            ConnectionString::parse("HostName=h;DeviceId=d;UseProvisioning=true"),
+            Err(ConnectionStringError::NoCredential)
+        );
+        for name in IGNORED_KEYS {
+            assert!(
+                is_known_key(name) && Field::from_name(name).is_none(),
+                "{name}"
+            );
+        }
+        assert!(is_known_key("ModuleId"));
+    }
+
+    #[test]
+    fn typos_and_other_spellings_are_still_unknown_keys() {
+        for key in [
+            "SharedAccesKey",
+            "credentialscope",
+            "CredentialScopes",
+            "X509Cert",
+            "MqttGatewayHostName",
+        ] {
+            let s = std::format!("HostName=h;DeviceId=d;SharedAccessKey={KEY};{key}=x");
+            assert_eq!(
+                ConnectionString::parse(&s),
+                Err(ConnectionStringError::UnknownKey),
+                "{key}"
+            );
+            assert!(!is_known_key(key), "{key}");
+        }
+        let msg = std::format!("{}", ConnectionStringError::UnknownKey);
+        for name in Field::ALL.map(Field::name).iter().chain(&IGNORED_KEYS) {
+            assert!(msg.contains(name), "{msg} lacks {name}");
+        }
+    }
+
+    #[test]
+    fn builders_write_what_parse_reads_back() {
+        let mut out = String::new();
+        ConnectionString::device("localhost:18883", "d", KEY)
+            .unwrap()
+            .write_with_secret(&mut out)
+            .unwrap();
+        assert_eq!(
+            out,
+            std::format!("HostName=localhost:18883;DeviceId=d;SharedAccessKey={KEY}")
+        );
+        let cs = ConnectionString::parse(&out).unwrap();
+        assert_eq!((cs.host(), cs.port()), ("localhost", Some(18883)));
+
+        out.clear();
+        ConnectionString::module("h", "d", "m", KEY)
+            .unwrap()
+            .write_with_secret(&mut out)
+            .unwrap();
+        assert_eq!(
+            out,
+            std::format!("HostName=h;DeviceId=d;ModuleId=m;SharedAccessKey={KEY}")
+        );
+
+        out.clear();
+        ConnectionString::service("h:8443", "iothubowner", KEY)
+            .unwrap()
+            .write_with_secret(&mut out)
+            .unwrap();
+        assert_eq!(
+            out,
+            std::format!("HostName=h:8443;SharedAccessKeyName=iothubowner;SharedAccessKey={KEY}")
+        );
+
+        assert_eq!(
+            ConnectionString::device("h", "a;b", KEY),
+            Err(ConnectionStringError::Invalid(Field::DeviceId))
+        );
+        assert_eq!(
+            ConnectionString::module("h", "d", "", KEY),
+            Err(ConnectionStringError::EmptyValue(Field::ModuleId))
+        );
+        assert_eq!(
+            ConnectionString::service("h", "p", "not base64!"),
+            Err(ConnectionStringError::Invalid(Field::SharedAccessKey))
+        );
     }
 
     #[test]
