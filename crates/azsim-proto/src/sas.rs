@@ -11,8 +11,9 @@
 //! Signing streams the resource through the percent-encoder straight into the HMAC and into the
 //! caller's writer, so no buffer holds the encoded URI. Verification checks the HMAC over the
 //! `sr` text **exactly as received** (so legacy lower-case `%2f` tokens verify), then the expiry,
-//! then that the percent-decoded `sr` names the expected resource or one of its parents
-//! (case-insensitive, whole path segments). What this module does not do: read the clock (the
+//! then that the percent-decoded `sr` names the expected resource or one of its parents (whole
+//! path segments; the host name in any case, the device and module ids exactly, as IoT Hub
+//! compares them). What this module does not do: read the clock (the
 //! caller passes `now` in Unix seconds) or allocate.
 //!
 //! Keys and signatures are secrets: no `Debug` or error message here contains them.
@@ -799,36 +800,50 @@ impl<'a> Token<'a> {
 // Verification
 // ---------------------------------------------------------------------------------------------
 
-/// Compares the text written to it with `expected`, ASCII case-insensitively, as a prefix.
+/// Compares the text written to it with the start of `expected`: the host (up to the first
+/// `/`) ignoring ASCII case, as DNS names are; everything after it exactly, because device and
+/// module ids are case-sensitive (a token for `fleet-X` must not open `fleet-x`).
 struct PrefixMatcher<'e> {
     expected: &'e [u8],
     pos: usize,
+    /// Past the host: bytes compare exactly.
+    in_path: bool,
     last: u8,
     ok: bool,
 }
 
 impl fmt::Write for PrefixMatcher<'_> {
     fn write_str(&mut self, s: &str) -> fmt::Result {
-        let b = s.as_bytes();
-        match self.expected.get(self.pos..self.pos + b.len()) {
-            Some(e) if self.ok && e.eq_ignore_ascii_case(b) => {
-                self.pos += b.len();
-                if let Some(&l) = b.last() {
-                    self.last = l;
-                }
+        for &b in s.as_bytes() {
+            let Some(&e) = self.expected.get(self.pos) else {
+                self.ok = false;
+                break;
+            };
+            let same = if self.in_path {
+                e == b
+            } else {
+                e.eq_ignore_ascii_case(&b)
+            };
+            if !self.ok || !same {
+                self.ok = false;
+                break;
             }
-            _ => self.ok = false,
+            self.in_path |= e == b'/';
+            self.pos += 1;
+            self.last = b;
         }
         Ok(())
     }
 }
 
 /// Whether the decoded text of `encoded` covers `expected`: equal, or a parent made of whole
-/// `/` segments (`a/b` covers `a/b/c`, not `a/bc`), ignoring ASCII case.
+/// `/` segments (`a/b` covers `a/b/c`, not `a/bc`); the host ignoring ASCII case, the rest
+/// exactly.
 fn covers(encoded: &str, expected: &str) -> bool {
     let mut m = PrefixMatcher {
         expected: expected.as_bytes(),
         pos: 0,
+        in_path: false,
         last: 0,
         ok: true,
     };
@@ -843,7 +858,8 @@ fn covers(encoded: &str, expected: &str) -> bool {
 ///
 /// Checks, in order: the HMAC over `sr` exactly as received + `"\n"` + `se` (constant-time), the
 /// expiry (expired when `now >= se`), then that the percent-decoded `sr` equals the expected
-/// resource or is a parent of it in whole segments, ignoring case. A hub-level policy token
+/// resource or is a parent of it in whole segments: the host name ignoring ASCII case, the path
+/// after it (`devices/{id}/modules/{id}`) exactly, as IoT Hub ids are case-sensitive. A hub-level policy token
 /// (`sr={host}`) therefore covers every device of that hub. Which policies may act for a device
 /// is the caller's decision (it picks the key by `skn`).
 ///
@@ -996,6 +1012,60 @@ mod tests {
         assert_eq!(
             verify(&t, KEY, "h.net", 100),
             Err(VerifyError::Expired { se: 100, now: 100 })
+        );
+    }
+
+    #[test]
+    fn ids_are_compared_exactly_and_only_the_host_ignores_case() {
+        let token_for = |device_id, module_id: Option<&str>| {
+            let host = "Hub.Azure-Devices.net";
+            let r = match module_id {
+                Some(module_id) => Resource::Module {
+                    host,
+                    device_id,
+                    module_id,
+                },
+                None => Resource::Device { host, device_id },
+            };
+            token(&r, 100, None)
+        };
+        let (upper, lower) = (token_for("fleet-X", None), token_for("fleet-x", None));
+        let (upper, lower) = (Token::parse(&upper).unwrap(), Token::parse(&lower).unwrap());
+        // The host in any case.
+        for host in ["hub.azure-devices.net", "HUB.AZURE-DEVICES.NET"] {
+            assert_eq!(
+                verify(&upper, KEY, &std::format!("{host}/devices/fleet-X"), 0),
+                Ok(())
+            );
+            assert_eq!(
+                verify(&lower, KEY, &std::format!("{host}/devices/fleet-x"), 0),
+                Ok(())
+            );
+        }
+        // A device id differing only in case is another device, both ways.
+        assert_eq!(
+            verify(&upper, KEY, "hub.azure-devices.net/devices/fleet-x", 0),
+            Err(VerifyError::ResourceMismatch)
+        );
+        assert_eq!(
+            verify(&lower, KEY, "hub.azure-devices.net/devices/fleet-X", 0),
+            Err(VerifyError::ResourceMismatch)
+        );
+        // So is a module id, and the path's own words are not case-folded either.
+        let module = token_for("fleet-x", Some("Sensor"));
+        let module = Token::parse(&module).unwrap();
+        let base = "hub.azure-devices.net/devices/fleet-x";
+        assert_eq!(
+            verify(&module, KEY, &std::format!("{base}/modules/Sensor"), 0),
+            Ok(())
+        );
+        assert_eq!(
+            verify(&module, KEY, &std::format!("{base}/modules/sensor"), 0),
+            Err(VerifyError::ResourceMismatch)
+        );
+        assert_eq!(
+            verify(&lower, KEY, "hub.azure-devices.net/DEVICES/fleet-x", 0),
+            Err(VerifyError::ResourceMismatch)
         );
     }
 

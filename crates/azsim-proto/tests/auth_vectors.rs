@@ -813,8 +813,21 @@ mod props {
             t.write_resource(&mut decoded).unwrap();
             prop_assert_eq!(&decoded, &uri);
             prop_assert_eq!(sas::verify(&t, &key, &uri, expiry - 1), Ok(()));
-            // Case-insensitive resource comparison, and a parent covers its children.
-            prop_assert_eq!(sas::verify(&t, &key, &uri.to_ascii_uppercase(), 0), Ok(()));
+            // The host in any case; the rest (ids) exactly. A parent covers its children.
+            let (host, path) = uri.split_once('/').unwrap_or((uri.as_str(), ""));
+            let upper_host = if path.is_empty() {
+                host.to_ascii_uppercase()
+            } else {
+                format!("{}/{path}", host.to_ascii_uppercase())
+            };
+            prop_assert_eq!(sas::verify(&t, &key, &upper_host, 0), Ok(()));
+            if path.bytes().any(|b| b.is_ascii_lowercase()) {
+                let upper_path = format!("{host}/{}", path.to_ascii_uppercase());
+                prop_assert_eq!(
+                    sas::verify(&t, &key, &upper_path, 0),
+                    Err(VerifyError::ResourceMismatch)
+                );
+            }
             prop_assert_eq!(sas::verify(&t, &key, &format!("{uri}/child"), 0), Ok(()));
             prop_assert_eq!(
                 sas::verify(&t, &key, &uri, expiry),
