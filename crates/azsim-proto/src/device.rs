@@ -410,8 +410,7 @@ impl<S: Sensor> Device<S> {
 
     /// `raw` is a whole JSON value (from [`json::find`]).
     fn apply_desired(&mut self, now: u64, raw: &[u8], version: u64) {
-        // The only JSON value starting with `n` is `null`.
-        if raw.first() == Some(&b'n') {
+        if raw == b"null" {
             // The property was removed: keep the current interval, nothing to acknowledge.
             return;
         }
@@ -906,6 +905,28 @@ mod tests {
         };
         d.handle_event(0, &other, &mut s, &mut buf);
         assert!(reported(&mut d, &mut s).is_empty());
+    }
+
+    #[test]
+    fn a_removed_desired_interval_keeps_the_interval_and_acknowledges_nothing() {
+        let mut d = device(10_000);
+        let mut s = connected();
+        let mut buf = [0u8; 64];
+        let removed = Event::DesiredPatch {
+            version: 4,
+            patch: b"{\"telemetryInterval\":null,\"$version\":4}",
+        };
+        d.handle_event(0, &removed, &mut s, &mut buf);
+        assert_eq!(d.interval_ms(), 10_000);
+        assert!(reported(&mut d, &mut s).is_empty());
+        // Any other value starting like null is still refused with 400.
+        let bad = Event::DesiredPatch {
+            version: 5,
+            patch: b"{\"telemetryInterval\":[null]}",
+        };
+        d.handle_event(0, &bad, &mut s, &mut buf);
+        let r = reported(&mut d, &mut s);
+        assert!(r[0].contains("\"ac\":400"), "{r:?}");
     }
 
     #[test]
