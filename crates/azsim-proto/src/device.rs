@@ -919,7 +919,7 @@ mod tests {
         d.handle_event(0, &removed, &mut s, &mut buf);
         assert_eq!(d.interval_ms(), 10_000);
         assert!(reported(&mut d, &mut s).is_empty());
-        // Any other value starting like null is still refused with 400.
+        // A value that only holds a null is not a removal: refused with 400.
         let bad = Event::DesiredPatch {
             version: 5,
             patch: b"{\"telemetryInterval\":[null]}",
