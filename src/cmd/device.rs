@@ -7,8 +7,9 @@ use serde_json::{Value, json};
 use crate::cli::device::{DeviceAction, DeviceConfig};
 use crate::error::CliError;
 use crate::service::output::{
-    device_connection_string, field, primary_key, redact_device_keys, shell_quote, to_text,
+    field, identity_connection_string, primary_key, redact_device_keys, shell_quote, to_text,
 };
+use crate::service::target::{MqttEndpoint, PortSource};
 use crate::service::{ServiceClient, Target};
 
 /// Runs `azsim device`.
@@ -33,15 +34,16 @@ pub async fn run(cfg: DeviceConfig) -> Result<ExitCode, CliError> {
                     CliError::runtime("the hub returned the device without a primary key")
                 })?
                 .to_owned();
-            let hostname = cfg.target.device_hostname();
-            let cs = device_connection_string(&hostname, &device, &key);
+            let mqtt = cfg.target.mqtt_endpoint(cfg.mqtt_port);
+            let cs = device_string(&mqtt, &device, &key)?;
             redact_device_keys(&mut created);
+            warn_if_port_assumed(&cfg.target, &mqtt);
             if cfg.json {
                 let out = json!({
                     "deviceId": device,
                     "connectionString": cs,
-                    "hostname": hostname,
-                    "mqttPort": cfg.target.mqtt_port(),
+                    "hostname": mqtt.host,
+                    "mqttPort": mqtt.port,
                     "caFile": cfg.target.ca_file,
                     "device": created,
                 });
@@ -62,10 +64,9 @@ pub async fn run(cfg: DeviceConfig) -> Result<ExitCode, CliError> {
                 let key = primary_key(&d).ok_or_else(|| {
                     CliError::runtime(format!("device {device} has no symmetric key"))
                 })?;
-                println!(
-                    "{}",
-                    device_connection_string(&cfg.target.device_hostname(), &device, key)
-                );
+                let mqtt = cfg.target.mqtt_endpoint(cfg.mqtt_port);
+                warn_if_port_assumed(&cfg.target, &mqtt);
+                println!("{}", device_string(&mqtt, &device, key)?);
                 return Ok(ExitCode::SUCCESS);
             }
             redact_device_keys(&mut d);
@@ -121,6 +122,30 @@ pub async fn run(cfg: DeviceConfig) -> Result<ExitCode, CliError> {
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// The device's connection string for `mqtt` (`HostName=host[:port]`, so that `azsim run` and
+/// `azsim token --mqtt` connect where it says).
+fn device_string(mqtt: &MqttEndpoint, device: &str, key: &str) -> Result<String, CliError> {
+    identity_connection_string(&mqtt.host_name(), device, None, key).map_err(|e| {
+        CliError::runtime(format!(
+            "cannot write the connection string of {device}: {e}"
+        ))
+    })
+}
+
+/// Says on stderr when the printed string's port is a guess: a hub that is not Azure and whose
+/// `hub.json` was not found (in --state or next to the CA file) may listen anywhere.
+fn warn_if_port_assumed(target: &Target, mqtt: &MqttEndpoint) {
+    if mqtt.source == PortSource::Assumed {
+        eprintln!(
+            "note: the MQTT port of {} is not known (no hub.json for it in --state or next to \
+             the CA file); the connection string assumes {}: give --mqtt-port if it listens \
+             elsewhere",
+            target.host(),
+            mqtt.port
+        );
+    }
 }
 
 fn print_created(target: &Target, device: &str, cs: &str) {

@@ -1,5 +1,6 @@
 //! Small helpers the service commands share for what they print.
 
+use azsim_proto::connection_string::{ConnectionString, ConnectionStringError};
 use serde_json::Value;
 
 /// The placeholder printed instead of a key.
@@ -34,9 +35,27 @@ pub fn primary_key(device: &Value) -> Option<&str> {
         .filter(|s| !s.is_empty())
 }
 
-/// `HostName={hostname};DeviceId={id};SharedAccessKey={key}`.
-pub fn device_connection_string(hostname: &str, device_id: &str, key: &str) -> String {
-    format!("HostName={hostname};DeviceId={device_id};SharedAccessKey={key}")
+/// The connection string of a device (`module: None`) or a module, written by `azsim-proto`'s
+/// builders: `HostName={host_name};DeviceId=..[;ModuleId=..];SharedAccessKey=..`. `host_name`
+/// carries `:port` when the hub's MQTT port is not 8883 ([`super::target::MqttEndpoint`]).
+///
+/// # Errors
+/// What the builder refuses (an empty id, a `;` in a value, a key that is not base64); the
+/// message names the field, never the key.
+pub fn identity_connection_string(
+    host_name: &str,
+    device: &str,
+    module: Option<&str>,
+    key: &str,
+) -> Result<String, ConnectionStringError> {
+    let cs = match module {
+        None => ConnectionString::device(host_name, device, key)?,
+        Some(m) => ConnectionString::module(host_name, device, m, key)?,
+    };
+    let mut out = String::new();
+    cs.write_with_secret(&mut out)
+        .expect("writing to a String cannot fail");
+    Ok(out)
 }
 
 /// A string field of a JSON object, or `-`.
@@ -72,6 +91,21 @@ mod tests {
         let s = v.to_string();
         assert!(!s.contains("AAAA") && !s.contains("BBBB"), "{s}");
         assert!(s.contains(REDACTED));
+    }
+
+    #[test]
+    fn identity_strings_are_the_cores() {
+        let key = "AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=";
+        assert_eq!(
+            identity_connection_string("localhost:18883", "d", None, key).unwrap(),
+            format!("HostName=localhost:18883;DeviceId=d;SharedAccessKey={key}")
+        );
+        assert_eq!(
+            identity_connection_string("h", "d", Some("m"), key).unwrap(),
+            format!("HostName=h;DeviceId=d;ModuleId=m;SharedAccessKey={key}")
+        );
+        let e = identity_connection_string("h", "d", None, "not base64!").unwrap_err();
+        assert_eq!(e.to_string(), "SharedAccessKey: not valid base64");
     }
 
     #[test]

@@ -5,12 +5,19 @@
 //! `AZSIM_CA_FILE`, then the `ca_file` of `hub.json` when the target is that hub. `HostName` may
 //! carry a port (`localhost:8443`), which is used as is in the URL and the token's `sr`.
 //!
+//! A hub named by connection string is recognised as a local azsim hub when a `hub.json` for the
+//! same host is found in `--state` or next to the CA file (`azsim hub` writes its `ca.pem` into
+//! its state directory): that is where the hub's MQTT port comes from, which the device
+//! connection strings `azsim device create | show` print must carry when it is not 8883.
+//!
 //! Local or Azure: a host whose name ends in one of Azure's IoT Hub DNS suffixes
 //! (`.azure-devices.net` and the sovereign clouds' `.azure-devices.cn`, `.azure-devices.us`,
 //! `.azure-devices.de`) is an Azure IoT Hub; anything else is taken to be an azsim hub, which
 //! serves the emulator-only endpoints (`/emulator/...`) that `c2d send` and `monitor` need.
 
 use std::path::{Path, PathBuf};
+
+use azsim_proto::endpoint::MQTT_PORT;
 
 use super::auth::ServiceCredentials;
 use crate::error::UsageError;
@@ -130,11 +137,18 @@ impl Target {
         if let Some((cs, field, source)) = explicit {
             let credentials =
                 ServiceCredentials::parse(&cs).map_err(|reason| UsageError::new(field, reason))?;
-            // A connection string for the local hub still finds the hub's CA in its state dir.
-            let local_hub = load_hub_info(&state_dir).ok().flatten().filter(|hub| {
-                ServiceCredentials::parse(&hub.service_connection_string)
-                    .is_ok_and(|c| c.host().eq_ignore_ascii_case(credentials.host()))
+            // A connection string for the local hub still finds the hub's CA and MQTT port.
+            let ca_dir = ca_file.as_deref().and_then(Path::parent).map(|d| {
+                if d.as_os_str().is_empty() {
+                    Path::new(".")
+                } else {
+                    d
+                }
             });
+            let local_hub = [Some(state_dir.as_path()), ca_dir]
+                .into_iter()
+                .flatten()
+                .find_map(|dir| local_hub_for(dir, credentials.host()));
             let ca_file = ca_file.or_else(|| local_hub.as_ref().map(|h| h.ca_file.clone()));
             return Ok(Target {
                 credentials,
@@ -195,20 +209,67 @@ impl Target {
         is_azure_host(self.host_name())
     }
 
-    /// The `HostName` devices of this hub use in their connection strings: for the local hub its
-    /// hostname plus `:port` when MQTT is not on 8883 (what `HubInfo` prints); otherwise the host
-    /// without the service port.
-    pub fn device_hostname(&self) -> String {
-        match &self.local_hub {
-            Some(hub) => hub.mqtt_host(),
+    /// Where this hub's devices connect over MQTT: `port` (a `--mqtt-port` flag) when given, else
+    /// the local hub's host and port from its `hub.json`, else the service host (without the
+    /// service port) on 8883, which is right for Azure and assumed for any other hub.
+    pub fn mqtt_endpoint(&self, port: Option<u16>) -> MqttEndpoint {
+        let host = match &self.local_hub {
+            Some(hub) => hub.hostname.clone(),
             None => self.host_name().to_owned(),
+        };
+        let (port, source) = match (port, &self.local_hub) {
+            (Some(p), _) => (p, PortSource::Given),
+            (None, Some(hub)) => (hub.mqtt_port, PortSource::LocalHub),
+            (None, None) if self.is_azure() => (MQTT_PORT, PortSource::Azure),
+            (None, None) => (MQTT_PORT, PortSource::Assumed),
+        };
+        MqttEndpoint { host, port, source }
+    }
+}
+
+/// Where devices connect over MQTT, and how azsim knows the port.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MqttEndpoint {
+    /// The host name devices use (no port).
+    pub host: String,
+    /// The MQTT (over TLS) port.
+    pub port: u16,
+    /// Where `port` came from.
+    pub source: PortSource,
+}
+
+/// Where an [`MqttEndpoint`]'s port came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PortSource {
+    /// Given on the command line (`--mqtt-port`).
+    Given,
+    /// The local hub's `hub.json`.
+    LocalHub,
+    /// An Azure IoT Hub: always 8883.
+    Azure,
+    /// Not known (a hub that is neither Azure nor found through a `hub.json`): 8883 assumed.
+    Assumed,
+}
+
+impl MqttEndpoint {
+    /// The `HostName` of a device connection string for this endpoint: the host, plus `:port`
+    /// when the port is not 8883, which is how `azsim run` and `azsim token --mqtt` (and the
+    /// SAS resource the hub accepts) carry a non-default port.
+    pub fn host_name(&self) -> String {
+        if self.port == MQTT_PORT {
+            self.host.clone()
+        } else {
+            format!("{}:{}", self.host, self.port)
         }
     }
+}
 
-    /// The local hub's MQTT port, when known.
-    pub fn mqtt_port(&self) -> Option<u16> {
-        self.local_hub.as_ref().map(|h| h.mqtt_port)
-    }
+/// The local hub whose `hub.json` is in `dir`, when its service host is `host`.
+fn local_hub_for(dir: &Path, host: &str) -> Option<HubInfo> {
+    load_hub_info(dir).ok().flatten().filter(|hub| {
+        ServiceCredentials::parse(&hub.service_connection_string)
+            .is_ok_and(|c| c.host().eq_ignore_ascii_case(host))
+    })
 }
 
 /// True for Azure IoT Hub DNS names (see the module docs).
@@ -259,7 +320,12 @@ mod tests {
         .unwrap();
         assert_eq!(t.source, TargetSource::Flag);
         assert_eq!(t.base_url(), "https://localhost:8443");
-        assert_eq!(t.device_hostname(), "localhost");
+        let mqtt = t.mqtt_endpoint(None);
+        assert_eq!(
+            (mqtt.host_name(), mqtt.source),
+            ("localhost".to_owned(), PortSource::Assumed)
+        );
+        assert_eq!(t.mqtt_endpoint(Some(1883)).host_name(), "localhost:1883");
         assert!(!t.is_azure());
 
         let t = Target::resolve_with(
@@ -273,7 +339,15 @@ mod tests {
         .unwrap();
         assert_eq!(t.source, TargetSource::Env);
         assert!(t.is_azure());
-        assert_eq!(t.device_hostname(), "other.azure-devices.net");
+        let mqtt = t.mqtt_endpoint(None);
+        assert_eq!(
+            (mqtt.host_name(), mqtt.port, mqtt.source),
+            (
+                "other.azure-devices.net".to_owned(),
+                8883,
+                PortSource::Azure
+            )
+        );
     }
 
     #[test]
@@ -334,7 +408,11 @@ mod tests {
         .unwrap();
         assert_eq!(t.host(), "localhost:18443");
         assert_eq!(t.ca_file.as_deref(), Some(ca.as_path()));
-        assert_eq!(t.mqtt_port(), Some(18883));
+        let mqtt = t.mqtt_endpoint(None);
+        assert_eq!(
+            (mqtt.host_name(), mqtt.source),
+            ("localhost:18883".to_owned(), PortSource::LocalHub)
+        );
         assert!(!format!("{t:?}").contains(KEY));
 
         // The same hub named by connection string still gets its CA from hub.json.
@@ -349,5 +427,24 @@ mod tests {
         )
         .unwrap();
         assert_eq!(t.ca_file.as_deref(), Some(ca.as_path()));
+
+        // From elsewhere, the hub's CA file leads to its hub.json (and so to its MQTT port);
+        // another hub's CA does not.
+        let elsewhere = tempfile::tempdir().unwrap();
+        let by_ca = |cs_host: &str| {
+            Target::resolve_with(
+                TargetInputs {
+                    connection_string: Some(cs(cs_host)),
+                    ca: Some(ca.clone()),
+                    state_dir: Some(elsewhere.path().into()),
+                },
+                None,
+                None,
+            )
+            .unwrap()
+            .mqtt_endpoint(None)
+        };
+        assert_eq!(by_ca("localhost:18443").host_name(), "localhost:18883");
+        assert_eq!(by_ca("otherhost:18443").source, PortSource::Assumed);
     }
 }
