@@ -184,7 +184,8 @@ async fn main() -> Result<(), String> {
                 .as_str()
                 .ok_or("no key")?
                 .to_owned();
-            Ok::<String, String>(info.device_connection_string(id, &key))
+            info.device_connection_string(id, &key)
+                .map_err(|e| e.to_string())
         }
     };
     let rust_cs = cs_of("bench-azsim").await?;

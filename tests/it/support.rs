@@ -167,7 +167,9 @@ impl TestHub {
         let key = v["authentication"]["symmetricKey"]["primaryKey"]
             .as_str()
             .expect("key");
-        self.info.device_connection_string(id, key)
+        self.info
+            .device_connection_string(id, key)
+            .expect("connection string")
     }
 
     /// The primary key of a registered device.

@@ -83,8 +83,8 @@ impl Tracker {
     /// id starts without history.
     pub fn forget(&self, device: &str, module: Option<&str>) {
         let hit = |cid: &str| match module {
-            Some(m) => cid.strip_prefix(device).and_then(|r| r.strip_prefix('/')) == Some(m),
-            None => cid == device || cid.strip_prefix(device).is_some_and(|r| r.starts_with('/')),
+            Some(m) => azsim_proto::username::parse_client_id(cid) == Some((device, Some(m))),
+            None => crate::hub::is_device_or_its_module(cid, device),
         };
         self.cells
             .lock()

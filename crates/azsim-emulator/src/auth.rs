@@ -3,21 +3,33 @@
 //! local hub is reached on a non-default port and clients sign whatever `HostName` they were
 //! given.
 
-use azsim_proto::sas::{self, Token, VerifyError};
+use azsim_proto::sas::{self, Resource, Token, VerifyError};
 
 /// The resources a device token may name: `{host}/devices/{d}[/modules/{m}]` with and without
-/// the MQTT port.
+/// the endpoint's port.
 pub(crate) fn identity_resources(
     host: &str,
     port: u16,
     device: &str,
     module: Option<&str>,
 ) -> Vec<String> {
-    let tail = match module {
-        Some(m) => format!("/devices/{device}/modules/{m}"),
-        None => format!("/devices/{device}"),
-    };
-    vec![format!("{host}{tail}"), format!("{host}:{port}{tail}")]
+    let with_port = format!("{host}:{port}");
+    [host, with_port.as_str()]
+        .map(|host| {
+            match module {
+                Some(module_id) => Resource::Module {
+                    host,
+                    device_id: device,
+                    module_id,
+                },
+                None => Resource::Device {
+                    host,
+                    device_id: device,
+                },
+            }
+            .to_string()
+        })
+        .into()
 }
 
 /// Verify a device token against either key and any of `resources`. The error is the most
@@ -79,7 +91,8 @@ pub(crate) fn verify_service(
             ));
         }
     }
-    let resources = [host.to_string(), format!("{host}:{port}")];
+    let with_port = format!("{host}:{port}");
+    let resources = [host, with_port.as_str()].map(|host| Resource::Hub { host }.to_string());
     verify_device_token(&token, &[owner_key], &resources, now)
         .map_err(|e| ServiceAuthError(e.to_string()))
 }

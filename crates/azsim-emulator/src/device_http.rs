@@ -159,11 +159,10 @@ pub(crate) async fn receive_handler(
     );
     set(h, "etag", &format!("\"{token}\""));
     set(h, "iothub-messageid", &m.message_id);
-    set(
-        h,
-        "iothub-to",
-        &format!("/devices/{id}/messages/deviceBound"),
-    );
+    let mut to = String::new();
+    // Writing into a String cannot fail.
+    let _ = azsim_proto::topic::write_c2d_to(&mut to, &id);
+    set(h, "iothub-to", &to);
     set(h, "iothub-sequencenumber", &m.seq.to_string());
     set(h, "iothub-deliverycount", &m.delivery_count.to_string());
     set(h, "iothub-enqueuedtime", &azure_time_ms(m.enqueued_ms));

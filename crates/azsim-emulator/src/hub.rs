@@ -8,6 +8,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use azsim_proto::secret::Secret;
 use bytes::Bytes;
 use rumqttc::mqttbytes::QoS;
 use rumqttc::mqttbytes::v4::Publish;
@@ -65,7 +66,7 @@ type MethodReply = oneshot::Sender<(u16, Bytes)>;
 
 pub(crate) struct Hub {
     pub cfg: HubConfig,
-    pub owner_key: String,
+    pub owner_key: Secret<String>,
     pub store: Store,
     pub mqtt_port: u16,
     pub https_port: u16,
@@ -88,12 +89,17 @@ impl std::fmt::Debug for Hub {
     }
 }
 
-/// Client id of an identity: `{device}` or `{device}/{module}`.
+/// Client id of an identity: `{device}` or `{device}/{module}` (the core's rule).
 pub(crate) fn client_id(device: &str, module: Option<&str>) -> String {
-    match module {
-        Some(m) => format!("{device}/{m}"),
-        None => device.to_string(),
-    }
+    let mut cid = String::new();
+    // Writing into a String cannot fail.
+    let _ = azsim_proto::username::write_client_id(&mut cid, device, module);
+    cid
+}
+
+/// Whether `cid` is the client id of `device` itself or of one of its modules.
+pub(crate) fn is_device_or_its_module(cid: &str, device: &str) -> bool {
+    azsim_proto::username::parse_client_id(cid).is_some_and(|(d, _)| d == device)
 }
 
 fn duration_ms(d: Duration) -> u64 {
@@ -186,7 +192,7 @@ impl Hub {
         for (cid, e) in conns.iter() {
             let hit = match module {
                 Some(m) => *cid == client_id(device, Some(m)),
-                None => cid == device || cid.starts_with(&format!("{device}/")),
+                None => is_device_or_its_module(cid, device),
             };
             if hit {
                 let _ = e.tx.send(ConnCmd::Kick(reason));
@@ -300,18 +306,29 @@ impl Hub {
         }
     }
 
-    pub fn info(&self, ca_file: std::path::PathBuf) -> HubInfo {
-        HubInfo {
+    /// The discovery record; its service string is built by the core's `ConnectionString`.
+    ///
+    /// # Errors
+    /// A hostname that a connection string cannot hold (empty, or with `;`).
+    pub fn info(&self, ca_file: std::path::PathBuf) -> Result<HubInfo, HubError> {
+        let host = format!("{}:{}", self.cfg.hostname, self.https_port);
+        let cs = azsim_proto::connection_string::ConnectionString::service(
+            &host,
+            "iothubowner",
+            self.owner_key.expose(),
+        )
+        .map_err(|e| HubError::State(format!("hostname: {e}")))?;
+        let mut service_connection_string = String::new();
+        // Writing into a String cannot fail.
+        let _ = cs.write_with_secret(&mut service_connection_string);
+        Ok(HubInfo {
             hostname: self.cfg.hostname.clone(),
             mqtt_port: self.mqtt_port,
             https_port: self.https_port,
             ca_file,
-            service_connection_string: format!(
-                "HostName={}:{};SharedAccessKeyName=iothubowner;SharedAccessKey={}",
-                self.cfg.hostname, self.https_port, self.owner_key
-            ),
+            service_connection_string,
             pid: std::process::id(),
-        }
+        })
     }
 }
 
@@ -358,7 +375,7 @@ pub(crate) async fn serve(
         live: watch::channel(0).0,
         cfg: config,
     });
-    let info = hub.info(prepared.ca_file.clone());
+    let info = hub.info(prepared.ca_file.clone())?;
     let hub_json = prepared.ca_file.with_file_name(HUB_JSON);
     let text = serde_json::to_string_pretty(&info).map_err(|e| HubError::State(e.to_string()))?;
     std::fs::write(&hub_json, text + "\n")

@@ -32,10 +32,9 @@ pub mod store;
 mod telemetry;
 pub mod twin;
 
-/// The MQTT port Azure uses (devices assume it when `HostName` has no port).
-pub const DEFAULT_MQTT_PORT: u16 = 8883;
-/// The hub's REST api-version.
-pub const API_VERSION: &str = "2021-04-12";
+/// The MQTT port Azure uses (devices assume it when `HostName` has no port): the core's
+/// [`azsim_proto::endpoint::MQTT_PORT`].
+pub const DEFAULT_MQTT_PORT: u16 = azsim_proto::endpoint::MQTT_PORT;
 /// The discovery file written into the state dir on start.
 pub const HUB_JSON: &str = "hub.json";
 
@@ -157,13 +156,23 @@ impl HubInfo {
         serde_json::from_str(&text).map_err(|e| HubError::Info(path, e.to_string()))
     }
 
-    /// `HostName=..;DeviceId=..;SharedAccessKey=..` for a device of this hub; the MQTT port is
-    /// appended to `HostName` only when it is not 8883.
-    pub fn device_connection_string(&self, device_id: &str, key: &str) -> String {
-        format!(
-            "HostName={};DeviceId={device_id};SharedAccessKey={key}",
-            self.mqtt_host()
-        )
+    /// `HostName=..;DeviceId=..;SharedAccessKey=..` for a device of this hub (the core's
+    /// builder); the MQTT port is appended to `HostName` only when it is not 8883.
+    ///
+    /// # Errors
+    /// What the string could not hold: a device id with `;` (legal in IoT Hub, but a
+    /// connection string cannot carry it), a key that is not base64.
+    pub fn device_connection_string(
+        &self,
+        device_id: &str,
+        key: &str,
+    ) -> Result<String, azsim_proto::connection_string::ConnectionStringError> {
+        let host = self.mqtt_host();
+        let cs = azsim_proto::connection_string::ConnectionString::device(&host, device_id, key)?;
+        let mut out = String::new();
+        // Writing into a String cannot fail.
+        let _ = cs.write_with_secret(&mut out);
+        Ok(out)
     }
 
     /// `HostName` for devices: the hostname, plus `:port` when the port is not 8883.

@@ -194,7 +194,7 @@ async fn authenticate(hub: &Hub, c: &Connect) -> Result<Authed, String> {
     );
     crate::auth::verify_device_token(
         &token,
-        &[&ident.primary_key, &ident.secondary_key],
+        &[ident.primary_key.expose(), ident.secondary_key.expose()],
         &resources,
         hub.clock().unix_secs(),
     )

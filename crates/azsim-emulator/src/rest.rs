@@ -15,6 +15,7 @@ use axum::middleware::{self, Next};
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, get, post, put};
+use azsim_proto::secret::Secret;
 use base64::Engine as _;
 use futures::StreamExt as _;
 use hyper_util::rt::{TokioExecutor, TokioIo};
@@ -291,7 +292,7 @@ async fn verify_device_rest(
     let resources = crate::auth::identity_resources(&hub.cfg.hostname, hub.https_port, id, None);
     crate::auth::verify_device_token(
         &token,
-        &[&ident.primary_key, &ident.secondary_key],
+        &[ident.primary_key.expose(), ident.secondary_key.expose()],
         &resources,
         hub.clock().unix_secs(),
     )
@@ -307,7 +308,7 @@ async fn auth(State(hub): State<Shared>, req: Request, next: Next) -> Response {
         header,
         &hub.cfg.hostname,
         hub.https_port,
-        &hub.owner_key,
+        hub.owner_key.expose(),
         hub.clock().unix_secs(),
     );
     if verdict.is_err()
@@ -401,7 +402,10 @@ fn device_json(hub: &Hub, i: &Identity, c2d_count: u32) -> Value {
         "cloudToDeviceMessageCount": c2d_count,
         "authentication": {
             "type": "sas",
-            "symmetricKey": {"primaryKey": i.primary_key, "secondaryKey": i.secondary_key},
+            "symmetricKey": {
+                "primaryKey": i.primary_key.expose(),
+                "secondaryKey": i.secondary_key.expose(),
+            },
             "x509Thumbprint": {"primaryThumbprint": null, "secondaryThumbprint": null},
         },
     });
@@ -534,10 +538,10 @@ async fn upsert_identity(
                         i.enabled = e;
                     }
                     if let Some(k) = &primary {
-                        i.primary_key = k.clone();
+                        i.primary_key = Secret::new(k.clone());
                     }
                     if let Some(k) = &secondary {
-                        i.secondary_key = k.clone();
+                        i.secondary_key = Secret::new(k.clone());
                     }
                     if status_reason.is_some() {
                         i.status_reason = status_reason.clone();
@@ -560,8 +564,12 @@ async fn upsert_identity(
                     let i = Identity {
                         device_id: d.clone(),
                         module_id: m.clone(),
-                        primary_key: primary.clone().unwrap_or_else(state_dir::generate_key),
-                        secondary_key: secondary.clone().unwrap_or_else(state_dir::generate_key),
+                        primary_key: Secret::new(
+                            primary.clone().unwrap_or_else(state_dir::generate_key),
+                        ),
+                        secondary_key: Secret::new(
+                            secondary.clone().unwrap_or_else(state_dir::generate_key),
+                        ),
                         enabled: enabled.unwrap_or(true),
                         status_reason: status_reason.clone(),
                         generation_id: gen_id,
@@ -1131,7 +1139,7 @@ async fn send_c2d(State(hub): State<Shared>, Path(id): Path<String>, body: Bytes
         None | Some(Value::Null) => {}
         Some(Value::Object(m)) => {
             for (k, v) in m {
-                if !prop_name_ok(k) || k.starts_with("$.") || k.starts_with("iothub-") {
+                if !prop_name_ok(k) || azsim_proto::property_bag::is_reserved_name(k) {
                     return Err(ApiError::bad(format!("properties: invalid name '{k}'")));
                 }
                 let v = match v {

@@ -6,6 +6,7 @@ use std::fs;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use azsim_proto::secret::Secret;
 use base64::Engine as _;
 use rand::RngCore as _;
 use rcgen::{
@@ -28,30 +29,22 @@ const OWNER_KEY_FILE: &str = "iothubowner.key";
 pub const DB_FILE: &str = "hub.db";
 
 /// Everything `run` needs from the state directory.
+#[derive(Debug)]
 pub struct Prepared {
     /// Absolute path of the CA certificate clients should trust.
     pub ca_file: PathBuf,
     /// Server certificate chain (leaf, CA).
     pub cert_chain: Vec<CertificateDer<'static>>,
     /// Server private key (PKCS#8 DER).
-    pub key_der: Vec<u8>,
+    pub key_der: Secret<Vec<u8>>,
     /// The `iothubowner` policy key (base64).
-    pub owner_key: String,
-}
-
-impl std::fmt::Debug for Prepared {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Prepared")
-            .field("ca_file", &self.ca_file)
-            .field("owner_key", &"<redacted>")
-            .finish_non_exhaustive()
-    }
+    pub owner_key: Secret<String>,
 }
 
 impl Prepared {
     /// A rustls server config over this certificate, ring provider, TLS 1.2+.
     pub fn server_config(&self, alpn: &[&[u8]]) -> Result<Arc<rustls::ServerConfig>, HubError> {
-        let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(self.key_der.clone()));
+        let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(self.key_der.expose().clone()));
         let mut cfg = rustls::ServerConfig::builder_with_provider(Arc::new(
             rustls::crypto::ring::default_provider(),
         ))
@@ -185,8 +178,8 @@ pub fn prepare(dir: &Path, hostname: &str) -> Result<Prepared, HubError> {
     Ok(Prepared {
         ca_file: ca_path,
         cert_chain: vec![leaf, ca],
-        key_der: key.serialize_der(),
-        owner_key,
+        key_der: Secret::new(key.serialize_der()),
+        owner_key: Secret::new(owner_key),
     })
 }
 
