@@ -22,7 +22,6 @@ use tokio::sync::oneshot;
 pub mod activity;
 mod auth;
 pub mod clock;
-mod device_http;
 mod feedback;
 mod hub;
 mod mqtt;

@@ -13,10 +13,10 @@ use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use rusqlite::{Connection, OptionalExtension as _, params};
 
+use super::ApiError;
 use crate::HubError;
 use crate::clock::azure_time_ms;
 use crate::hub::Hub;
-use crate::rest::ApiError;
 use crate::store::{C2dMessage, q};
 
 /// How long a message received over HTTPS stays locked (Azure's C2D lock timeout).

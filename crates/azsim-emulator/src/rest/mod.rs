@@ -1,0 +1,400 @@
+//! The service REST API (Azure's shapes, api-version 2021-04-12), the device-side HTTPS C2D
+//! calls and the emulator-only endpoints under `/emulator/` (not part of Azure: C2D send and the
+//! event stream), served by axum over hyper on the same TLS stack as the MQTT endpoint.
+//!
+//! One module per resource: [`devices`] (registry: devices and modules), [`twins`],
+//! [`methods`], [`c2d`] (purge, and the emulator's send), [`feedback`] (the service's C2D
+//! feedback queue), [`device_bound`] (the device-side HTTPS C2D calls) and [`events`] (the
+//! emulator's event stream). This file holds what they share: the accept loop, the router,
+//! authentication, errors in Azure's shape and the small request helpers.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::{Request, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{delete, get, post, put};
+use base64::Engine as _;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::server::conn::auto;
+use hyper_util::service::TowerToHyperService;
+use serde_json::{Map, Value, json};
+use tokio::net::TcpListener;
+use tokio_rustls::TlsAcceptor;
+
+use crate::HubError;
+use crate::hub::{Hub, LiveGuard};
+
+mod c2d;
+mod device_bound;
+mod devices;
+mod events;
+mod feedback;
+mod methods;
+mod twins;
+
+type Shared = Arc<Hub>;
+
+pub(crate) async fn accept_loop(
+    hub: Shared,
+    listener: TcpListener,
+    tls: Arc<rustls::ServerConfig>,
+) {
+    let acceptor = TlsAcceptor::from(tls);
+    let app = router(hub.clone());
+    // The C2D expiry / feedback sweep lives as long as the hub (it watches the shutdown flag).
+    tokio::spawn(crate::feedback::maintain(hub.clone()));
+    loop {
+        let (tcp, peer) = match listener.accept().await {
+            Ok(x) => x,
+            Err(e) => {
+                tracing::warn!(error = %e, "https accept failed");
+                tokio::time::sleep(Duration::from_millis(20)).await;
+                continue;
+            }
+        };
+        let _ = tcp.set_nodelay(true);
+        let acceptor = acceptor.clone();
+        let app = app.clone();
+        let hub = hub.clone();
+        tokio::spawn(async move {
+            let mut shutdown = hub.shutdown.subscribe();
+            let _live = LiveGuard::new(hub);
+            let tls =
+                match tokio::time::timeout(Duration::from_secs(10), acceptor.accept(tcp)).await {
+                    Ok(Ok(s)) => s,
+                    _ => {
+                        tracing::debug!(%peer, "https tls handshake failed");
+                        return;
+                    }
+                };
+            let svc = TowerToHyperService::new(app);
+            let builder = auto::Builder::new(TokioExecutor::new());
+            let conn = builder.serve_connection_with_upgrades(TokioIo::new(tls), svc);
+            tokio::select! {
+                r = conn => if let Err(e) = r { tracing::debug!(%peer, error = %e, "https connection ended") },
+                () = crate::hub::until_shutdown(&mut shutdown) => {}
+            }
+        });
+    }
+}
+
+fn router(hub: Shared) -> Router {
+    Router::new()
+        .route("/devices", get(devices::list_devices))
+        .route(
+            "/devices/{id}",
+            put(devices::put_device)
+                .get(devices::get_device)
+                .delete(devices::delete_device),
+        )
+        .route("/devices/{id}/modules", get(devices::list_modules))
+        .route(
+            "/devices/{id}/modules/{mid}",
+            put(devices::put_module)
+                .get(devices::get_module)
+                .delete(devices::delete_module),
+        )
+        .route("/devices/{id}/commands", delete(c2d::purge_c2d))
+        .route(
+            "/twins/{id}",
+            get(twins::get_twin)
+                .patch(twins::patch_twin)
+                .put(twins::put_twin),
+        )
+        .route(
+            "/twins/{id}/modules/{mid}",
+            get(twins::get_module_twin)
+                .patch(twins::patch_module_twin)
+                .put(twins::put_module_twin),
+        )
+        .route("/twins/{id}/methods", post(methods::invoke_device))
+        .route(
+            "/twins/{id}/modules/{mid}/methods",
+            post(methods::invoke_module),
+        )
+        .route(
+            "/messages/serviceBound/feedback",
+            get(feedback::receive_feedback),
+        )
+        .route(
+            "/messages/serviceBound/feedback/{lock}",
+            delete(feedback::complete_feedback),
+        )
+        .route(
+            "/messages/serviceBound/feedback/{lock}/abandon",
+            post(feedback::abandon_feedback),
+        )
+        .route(
+            "/devices/{id}/messages/deviceBound",
+            get(device_bound::receive_handler),
+        )
+        .route(
+            "/devices/{id}/messages/deviceBound/{etag}",
+            delete(device_bound::complete_handler),
+        )
+        .route(
+            "/devices/{id}/messages/deviceBound/{etag}/abandon",
+            post(device_bound::abandon_handler),
+        )
+        .route("/emulator/devices/{id}/c2d", post(c2d::send_c2d))
+        .route("/emulator/events", get(events::events_sse))
+        .route("/emulator/events/recent", get(events::events_recent))
+        .fallback(not_found)
+        .layer(middleware::from_fn_with_state(hub.clone(), auth))
+        .with_state(hub)
+}
+
+#[derive(Debug)]
+pub(crate) struct ApiError {
+    status: StatusCode,
+    code: u32,
+    name: &'static str,
+    message: String,
+    info: Value,
+}
+
+impl ApiError {
+    pub(crate) fn new(
+        status: StatusCode,
+        code: u32,
+        name: &'static str,
+        message: impl Into<String>,
+    ) -> ApiError {
+        ApiError {
+            status,
+            code,
+            name,
+            message: message.into(),
+            info: json!({}),
+        }
+    }
+    pub(crate) fn bad(message: impl Into<String>) -> ApiError {
+        ApiError::new(StatusCode::BAD_REQUEST, 400004, "ArgumentInvalid", message)
+    }
+    pub(crate) fn device_not_found(id: &str) -> ApiError {
+        ApiError::new(
+            StatusCode::NOT_FOUND,
+            404001,
+            "DeviceNotFound",
+            format!("Device {id} not registered"),
+        )
+    }
+    fn module_not_found(id: &str, m: &str) -> ApiError {
+        ApiError::new(
+            StatusCode::NOT_FOUND,
+            404010,
+            "ModuleNotFound",
+            format!("Module {m} on device {id} not registered"),
+        )
+    }
+    fn precondition() -> ApiError {
+        ApiError::new(
+            StatusCode::PRECONDITION_FAILED,
+            412001,
+            "PreconditionFailed",
+            "Precondition failed: etag mismatch",
+        )
+    }
+    fn internal(e: HubError) -> ApiError {
+        ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            500001,
+            "ServerError",
+            e.to_string(),
+        )
+    }
+    fn with_timeout(mut self, secs: u64) -> ApiError {
+        self.info = json!({"timeout": format!("{:02}:{:02}:{:02}", secs / 3600, (secs / 60) % 60, secs % 60)});
+        self
+    }
+}
+
+impl From<HubError> for ApiError {
+    fn from(e: HubError) -> Self {
+        ApiError::internal(e)
+    }
+}
+
+/// What an [`ApiError`] response carries until [`render_error`] writes its body: the body's
+/// `timestampUtc` is the hub's clock, which `IntoResponse` cannot see.
+#[derive(Debug, Clone)]
+struct PendingError {
+    code: u32,
+    message: String,
+    info: Value,
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let mut r = self.status.into_response();
+        r.headers_mut()
+            .insert("iothub-errorcode", HeaderValue::from_static(self.name));
+        r.extensions_mut().insert(PendingError {
+            code: self.code,
+            message: self.message,
+            info: self.info,
+        });
+        r
+    }
+}
+
+/// Writes the body of an [`ApiError`] response in Azure's shape, stamped by `clock`; every
+/// other response passes unchanged. Runs for every route (it is part of the [`auth`] layer).
+fn render_error(clock: &crate::clock::Clock, mut r: Response) -> Response {
+    let Some(e) = r.extensions_mut().remove::<PendingError>() else {
+        return r;
+    };
+    let inner = json!({
+        "errorCode": e.code,
+        "trackingId": uuid::Uuid::new_v4().simple().to_string(),
+        "message": e.message,
+        "info": e.info,
+        "timestampUtc": clock.now_rfc3339(),
+    });
+    let body = json!({"Message": inner.to_string(), "ExceptionMessage": ""});
+    *r.body_mut() = axum::body::Body::from(body.to_string());
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    r
+}
+
+type ApiResult = Result<Response, ApiError>;
+
+async fn not_found() -> ApiError {
+    ApiError::new(
+        StatusCode::NOT_FOUND,
+        404000,
+        "NotFound",
+        "no such resource",
+    )
+}
+
+/// The device of a device-side call (`/devices/{id}/messages/deviceBound...`), which a device
+/// token for that device may make as well as the service.
+fn device_side_id(path: &str) -> Option<String> {
+    let rest = path.strip_prefix("/devices/")?;
+    let (raw, tail) = rest.split_once('/')?;
+    if tail != "messages/deviceBound" && !tail.starts_with("messages/deviceBound/") {
+        return None;
+    }
+    let mut id = String::new();
+    azsim_proto::encoding::decode_to(&mut id, raw).ok()?;
+    Some(id)
+}
+
+/// A device token for `id` (either key, `sr` with or without the HTTPS port).
+async fn verify_device_rest(
+    hub: &Hub,
+    header: Option<&str>,
+    id: &str,
+) -> Result<(), crate::auth::ServiceAuthError> {
+    use crate::auth::ServiceAuthError as E;
+    let header = header.ok_or_else(|| E("missing Authorization header".into()))?;
+    let token =
+        azsim_proto::sas::Token::parse(header).map_err(|e| E(format!("malformed token: {e}")))?;
+    let ident = crate::hub::load_identity(hub, id, None)
+        .await
+        .map_err(|e| E(e.to_string()))?
+        .ok_or_else(|| E("unknown device".into()))?;
+    if !ident.enabled {
+        return Err(E("device disabled".into()));
+    }
+    let resources = crate::auth::identity_resources(&hub.cfg.hostname, hub.https_port, id, None);
+    crate::auth::verify_device_token(
+        &token,
+        &[ident.primary_key.expose(), ident.secondary_key.expose()],
+        &resources,
+        hub.clock().unix_secs(),
+    )
+    .map_err(|e| E(e.to_string()))
+}
+
+async fn auth(State(hub): State<Shared>, req: Request, next: Next) -> Response {
+    let header = req
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok());
+    let mut verdict = crate::auth::verify_service(
+        header,
+        &hub.cfg.hostname,
+        hub.https_port,
+        hub.owner_key.expose(),
+        hub.clock().unix_secs(),
+    );
+    if verdict.is_err()
+        && let Some(id) = device_side_id(req.uri().path())
+    {
+        verdict = verify_device_rest(&hub, header, &id).await;
+    }
+    let r = match verdict {
+        Ok(()) => next.run(req).await,
+        Err(e) => {
+            tracing::info!(path = %req.uri().path(), reason = %e.0, "REST 401");
+            ApiError::new(
+                StatusCode::UNAUTHORIZED,
+                401002,
+                "IotHubUnauthorizedAccess",
+                "Unauthorized",
+            )
+            .into_response()
+        }
+    };
+    render_error(hub.clock(), r)
+}
+
+fn parse_json(body: &Bytes) -> Result<Value, ApiError> {
+    if body.is_empty() {
+        return Ok(Value::Object(Map::new()));
+    }
+    serde_json::from_slice(body).map_err(|e| ApiError::bad(format!("invalid JSON body: {e}")))
+}
+
+fn json_ok(status: StatusCode, v: Value) -> Response {
+    let mut r = (status, axum::Json(v)).into_response();
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json; charset=utf-8"),
+    );
+    r
+}
+
+/// `If-Match` value without quotes; `None` when absent.
+fn if_match(h: &HeaderMap) -> Option<String> {
+    h.get(header::IF_MATCH)
+        .and_then(|v| v.to_str().ok())
+        .map(|s| s.trim().trim_matches('"').to_string())
+}
+
+fn etag_ok(given: &Option<String>, current: &str) -> bool {
+    match given.as_deref() {
+        None | Some("*") | Some("") => true,
+        Some(g) => g == current,
+    }
+}
+
+/// Azure's id rule: up to 128 chars of ASCII alphanumerics and `-:.+%_#*?!(),=@;$'`.
+fn check_id(what: &str, id: &str) -> Result<(), ApiError> {
+    let ok = !id.is_empty()
+        && id.len() <= 128
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-:.+%_#*?!(),=@;$'".contains(&b));
+    if ok {
+        Ok(())
+    } else {
+        Err(ApiError::bad(format!(
+            "{what} '{id}' is invalid: up to 128 characters of letters, digits and -:.+%_#*?!(),=@;$'"
+        )))
+    }
+}
+
+fn etag_of(n: u64) -> String {
+    base64::engine::general_purpose::STANDARD.encode(n.to_be_bytes())
+}

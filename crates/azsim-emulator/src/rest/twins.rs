@@ -1,0 +1,237 @@
+//! Device and module twins (`/twins/{id}`, `/twins/{id}/modules/{mid}`): read, and PATCH
+//! (merge) or PUT (replace) of tags and desired properties, pushed to a connected device.
+
+use axum::body::Bytes;
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, StatusCode};
+use serde_json::{Map, Value, json};
+
+use super::{ApiError, ApiResult, Shared, etag_of, etag_ok, if_match, json_ok, parse_json};
+use crate::clock::azure_time_us;
+use crate::hub::{Hub, client_id};
+use crate::store::{Identity, q};
+use crate::{HubError, twin};
+
+/// `c2d_count` is the device's C2D queue depth (0 for a module: modules have no C2D queue).
+fn twin_json(hub: &Hub, i: &Identity, c2d_count: u32) -> Value {
+    let cid = client_id(&i.device_id, i.module_id.as_deref());
+    let connected = hub.is_connected(&cid);
+    let (last_activity, _) = hub.store.activity().times(&cid);
+    let mut desired = i.desired.clone();
+    desired.insert(
+        "$metadata".into(),
+        json!({"$lastUpdated": i.desired_updated, "$lastUpdatedVersion": i.desired_version}),
+    );
+    desired.insert("$version".into(), json!(i.desired_version));
+    let mut reported = i.reported.clone();
+    reported.insert(
+        "$metadata".into(),
+        json!({"$lastUpdated": i.reported_updated}),
+    );
+    reported.insert("$version".into(), json!(i.reported_version));
+    let mut v = json!({
+        "deviceId": i.device_id,
+        "etag": etag_of(i.twin_version),
+        "deviceEtag": etag_of(i.etag_n),
+        "version": i.twin_version,
+        "status": if i.enabled { "enabled" } else { "disabled" },
+        "statusReason": i.status_reason,
+        "statusUpdateTime": i.status_updated,
+        "connectionState": if connected { "Connected" } else { "Disconnected" },
+        "lastActivityTime": azure_time_us(last_activity),
+        "cloudToDeviceMessageCount": c2d_count,
+        "authenticationType": "sas",
+        "x509Thumbprint": {"primaryThumbprint": null, "secondaryThumbprint": null},
+        "tags": i.tags,
+        "properties": {"desired": desired, "reported": reported},
+    });
+    let m = v.as_object_mut().expect("object");
+    match &i.module_id {
+        Some(mid) => {
+            m.insert("moduleId".into(), json!(mid));
+        }
+        None => {
+            m.insert("capabilities".into(), json!({"iotEdge": false}));
+        }
+    }
+    v
+}
+
+/// The C2D queue depth a twin shows: the device's, or 0 for a module.
+fn twin_c2d_count(c: &rusqlite::Connection, i: &Identity) -> Result<u32, HubError> {
+    match i.module_id {
+        Some(_) => Ok(0),
+        None => q::c2d_depth(c, &i.device_id),
+    }
+}
+
+async fn get_twin_json(hub: &Shared, id: String, module: Option<String>) -> ApiResult {
+    let (d, m) = (id.clone(), module.clone());
+    match hub
+        .store
+        .call(move |c| {
+            let Some(i) = q::get_identity(c, &d, m.as_deref())? else {
+                return Ok(None);
+            };
+            let depth = twin_c2d_count(c, &i)?;
+            Ok(Some((i, depth)))
+        })
+        .await?
+    {
+        Some((i, depth)) => Ok(json_ok(StatusCode::OK, twin_json(hub, &i, depth))),
+        None => Err(match module {
+            Some(m) => ApiError::module_not_found(&id, &m),
+            None => ApiError::device_not_found(&id),
+        }),
+    }
+}
+
+pub(super) async fn get_twin(State(hub): State<Shared>, Path(id): Path<String>) -> ApiResult {
+    get_twin_json(&hub, id, None).await
+}
+
+pub(super) async fn get_module_twin(
+    State(hub): State<Shared>,
+    Path((id, mid)): Path<(String, String)>,
+) -> ApiResult {
+    get_twin_json(&hub, id, Some(mid)).await
+}
+
+fn section(body: &Value, ptr: &str, what: &str) -> Result<Option<Map<String, Value>>, ApiError> {
+    match body.pointer(ptr) {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::Object(m)) => {
+            let mut m = m.clone();
+            twin::strip_meta(&mut m);
+            twin::validate_patch(&m).map_err(|e| ApiError::bad(format!("{what}: {e}")))?;
+            Ok(Some(m))
+        }
+        Some(_) => Err(ApiError::bad(format!("{what} must be a JSON object"))),
+    }
+}
+
+/// PATCH (merge) or PUT (replace) tags and desired properties.
+async fn update_twin(
+    hub: &Shared,
+    headers: &HeaderMap,
+    id: String,
+    module: Option<String>,
+    body: Bytes,
+    replace: bool,
+) -> ApiResult {
+    let body = parse_json(&body)?;
+    if !body.is_object() {
+        return Err(ApiError::bad("body must be a JSON object"));
+    }
+    let tags = section(&body, "/tags", "tags")?;
+    let desired = section(&body, "/properties/desired", "properties.desired")?;
+    let im = if_match(headers);
+    let (d, m) = (id.clone(), module.clone());
+    let now = hub.clock().now_rfc3339();
+    let r = hub
+        .store
+        .call(move |c| {
+            let Some(mut i) = q::get_identity(c, &d, m.as_deref())? else {
+                return Ok(Err(match &m {
+                    Some(mm) => ApiError::module_not_found(&d, mm),
+                    None => ApiError::device_not_found(&d),
+                }));
+            };
+            if !etag_ok(&im, &etag_of(i.twin_version)) {
+                return Ok(Err(ApiError::precondition()));
+            }
+            let mut changed = false;
+            if let Some(t) = &tags {
+                let mut next = if replace { Map::new() } else { i.tags.clone() };
+                twin::merge(&mut next, t);
+                if let Err(e) = twin::check_size(&next, twin::MAX_TAGS_BYTES, "tags") {
+                    return Ok(Err(ApiError::bad(e.0)));
+                }
+                i.tags = next;
+                changed = true;
+            } else if replace {
+                changed |= !i.tags.is_empty();
+                i.tags = Map::new();
+            }
+            let mut desired_patch = None;
+            let new_desired = match (&desired, replace) {
+                (Some(p), false) => {
+                    let mut next = i.desired.clone();
+                    twin::merge(&mut next, p);
+                    desired_patch = Some(p.clone());
+                    Some(next)
+                }
+                (Some(p), true) => {
+                    let mut next = Map::new();
+                    twin::merge(&mut next, p);
+                    desired_patch = Some(twin::replacement_patch(&i.desired, &next));
+                    Some(next)
+                }
+                (None, true) if !i.desired.is_empty() => {
+                    desired_patch = Some(twin::replacement_patch(&i.desired, &Map::new()));
+                    Some(Map::new())
+                }
+                _ => None,
+            };
+            if let Some(next) = new_desired {
+                if let Err(e) =
+                    twin::check_size(&next, twin::MAX_SECTION_BYTES, "desired properties")
+                {
+                    return Ok(Err(ApiError::bad(e.0)));
+                }
+                i.desired = next;
+                i.desired_version += 1;
+                i.desired_updated = now;
+                changed = true;
+            }
+            if changed {
+                i.twin_version += 1;
+                q::put_identity(c, &i)?;
+            }
+            let depth = twin_c2d_count(c, &i)?;
+            Ok(Ok((i, desired_patch, depth)))
+        })
+        .await?;
+    let (i, patch, depth) = r?;
+    if let Some(p) = patch {
+        hub.push_desired(&i.device_id, i.module_id.as_deref(), &p, i.desired_version);
+        hub.emit(&i.device_id, json!({"type":"twinDesired","deviceId":i.device_id,"moduleId":i.module_id,"version":i.desired_version,"patch":p}));
+    }
+    Ok(json_ok(StatusCode::OK, twin_json(hub, &i, depth)))
+}
+
+pub(super) async fn patch_twin(
+    State(hub): State<Shared>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> ApiResult {
+    update_twin(&hub, &headers, id, None, body, false).await
+}
+
+pub(super) async fn put_twin(
+    State(hub): State<Shared>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> ApiResult {
+    update_twin(&hub, &headers, id, None, body, true).await
+}
+
+pub(super) async fn patch_module_twin(
+    State(hub): State<Shared>,
+    Path((id, mid)): Path<(String, String)>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> ApiResult {
+    update_twin(&hub, &headers, id, Some(mid), body, false).await
+}
+
+pub(super) async fn put_module_twin(
+    State(hub): State<Shared>,
+    Path((id, mid)): Path<(String, String)>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> ApiResult {
+    update_twin(&hub, &headers, id, Some(mid), body, true).await
+}
