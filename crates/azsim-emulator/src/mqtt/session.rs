@@ -1,423 +1,53 @@
-//! The MQTT 3.1.1 device endpoint over TLS: CONNECT authentication, the per-identity topic ACL,
-//! telemetry ingest, twin and method traffic, and C2D delivery. Framing is `rumqttc`'s
-//! `mqttbytes::v4`; every topic, username and token rule comes from `azsim-proto`. A protocol
-//! violation closes only the offending connection, as IoT Hub does.
+//! An authenticated connection's packets: telemetry (stored, then PUBACKed), twin GET and
+//! reported patches, method responses, SUBSCRIBE/UNSUBSCRIBE against the identity's topic ACL,
+//! and C2D delivery with its acknowledgements.
 
 use std::collections::HashMap;
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
-use std::time::Duration;
 
 use azsim_proto::property_bag::Ack;
 use azsim_proto::topic::{self, DeviceTopic, Identity as TopicId, SubscriptionKind};
 use bytes::BytesMut;
 use rumqttc::mqttbytes::v4::{
-    ConnAck, Connect, ConnectReturnCode, LastWill, Packet, PubAck, Publish, SubAck,
-    SubscribeReasonCode, UnsubAck,
+    LastWill, Packet, PubAck, Publish, SubAck, SubscribeReasonCode, UnsubAck,
 };
-use rumqttc::mqttbytes::{Error as MqttError, Protocol, QoS};
+use rumqttc::mqttbytes::{Error as MqttError, QoS};
 use serde_json::{Value, json};
-use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
-use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::mpsc;
-use tokio::time::Instant;
-use tokio_rustls::TlsAcceptor;
-use tokio_rustls::server::TlsStream;
 
-use crate::hub::{ConnCmd, ConnEntry, Hub, LiveGuard, Subs, client_id, twin_device_view};
+use super::{Close, max_packet, packet_name};
+use crate::hub::{Hub, Subs, twin_device_view};
 use crate::store::{C2dMessage, q};
 use crate::telemetry::{self, D2cRecord, Origin};
 use crate::twin;
 
-const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
-
-pub(crate) async fn accept_loop(
-    hub: Arc<Hub>,
-    listener: TcpListener,
-    tls: Arc<rustls::ServerConfig>,
-) {
-    let acceptor = TlsAcceptor::from(tls);
-    loop {
-        let (tcp, peer) = match listener.accept().await {
-            Ok(x) => x,
-            Err(e) => {
-                tracing::warn!(error = %e, "mqtt accept failed");
-                tokio::time::sleep(Duration::from_millis(20)).await;
-                continue;
-            }
-        };
-        // Without NODELAY every TLS handshake stalls ~40 ms on delayed ACKs.
-        let _ = tcp.set_nodelay(true);
-        let hub = hub.clone();
-        let acceptor = acceptor.clone();
-        tokio::spawn(async move {
-            let _live = LiveGuard::new(hub.clone());
-            match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
-                Ok(Ok(stream)) => connection(hub, stream, peer).await,
-                Ok(Err(e)) => tracing::debug!(%peer, error = %e, "tls handshake failed"),
-                Err(_) => tracing::debug!(%peer, "tls handshake timed out"),
-            }
-        });
-    }
-}
-
-type Stream = TlsStream<TcpStream>;
-
-async fn write_packet(stream: &mut Stream, p: Packet) -> std::io::Result<()> {
-    let mut out = BytesMut::new();
-    p.write(&mut out, usize::MAX)
-        .map_err(std::io::Error::other)?;
-    stream.write_all(&out).await?;
-    stream.flush().await
-}
-
-fn max_packet(hub: &Hub) -> usize {
-    hub.cfg.limits.d2c_max_bytes + 64 * 1024
-}
-
-/// Read the first packet; answer CONNACK 1 to anything that is not MQTT 3.1.1.
-async fn read_connect(
-    hub: &Hub,
-    stream: &mut Stream,
-    buf: &mut BytesMut,
-    peer: SocketAddr,
-) -> Option<Connect> {
-    let max = max_packet(hub);
-    loop {
-        let snapshot = buf.clone();
-        match Packet::read(buf, max) {
-            Ok(Packet::Connect(c)) if c.protocol == Protocol::V4 => return Some(c),
-            Ok(Packet::Connect(_))
-            | Err(MqttError::InvalidProtocolLevel(_) | MqttError::InvalidProtocol) => {
-                tracing::info!(%peer, "refused: unacceptable protocol (only MQTT 3.1.1 is supported)");
-                let _ = write_packet(
-                    stream,
-                    Packet::ConnAck(ConnAck::new(
-                        ConnectReturnCode::RefusedProtocolVersion,
-                        false,
-                    )),
-                )
-                .await;
-                return None;
-            }
-            Ok(other) => {
-                tracing::info!(%peer, packet = ?packet_name(&other), "closed: first packet is not CONNECT");
-                return None;
-            }
-            Err(MqttError::InsufficientBytes(_)) => {
-                match tokio::time::timeout(HANDSHAKE_TIMEOUT, stream.read_buf(buf)).await {
-                    Ok(Ok(n)) if n > 0 => {}
-                    _ => return None,
-                }
-            }
-            Err(e) => {
-                // An MQTT 5 CONNECT does not parse as v4; recognise it with the v5 codec so the
-                // client gets the documented CONNACK 1 rather than a silent close.
-                let mut copy = snapshot;
-                if let Ok(rumqttc::v5::mqttbytes::v5::Packet::Connect(..)) =
-                    rumqttc::v5::mqttbytes::v5::Packet::read(&mut copy, Some(max as u32))
-                {
-                    tracing::info!(%peer, "refused: MQTT 5 CONNECT (only MQTT 3.1.1 is supported)");
-                    let _ = write_packet(
-                        stream,
-                        Packet::ConnAck(ConnAck::new(
-                            ConnectReturnCode::RefusedProtocolVersion,
-                            false,
-                        )),
-                    )
-                    .await;
-                } else {
-                    tracing::info!(%peer, error = %e, "closed: malformed first packet");
-                }
-                return None;
-            }
-        }
-    }
-}
-
-fn packet_name(p: &Packet) -> &'static str {
-    match p {
-        Packet::Connect(_) => "CONNECT",
-        Packet::ConnAck(_) => "CONNACK",
-        Packet::Publish(_) => "PUBLISH",
-        Packet::PubAck(_) => "PUBACK",
-        Packet::PubRec(_) => "PUBREC",
-        Packet::PubRel(_) => "PUBREL",
-        Packet::PubComp(_) => "PUBCOMP",
-        Packet::Subscribe(_) => "SUBSCRIBE",
-        Packet::SubAck(_) => "SUBACK",
-        Packet::Unsubscribe(_) => "UNSUBSCRIBE",
-        Packet::UnsubAck(_) => "UNSUBACK",
-        Packet::PingReq => "PINGREQ",
-        Packet::PingResp => "PINGRESP",
-        Packet::Disconnect => "DISCONNECT",
-    }
-}
-
-struct Authed {
-    device: String,
-    module: Option<String>,
-    generation_id: String,
-    se: u64,
-}
-
-/// CONNECT checks. Errors are the precise reason, logged by the caller (never the token).
-async fn authenticate(hub: &Hub, c: &Connect) -> Result<Authed, String> {
-    let (device, module) = azsim_proto::username::parse_client_id(&c.client_id)
-        .map(|(d, m)| (d.to_string(), m.map(str::to_string)))
-        .ok_or("bad client id")?;
-    let login = c.login.as_ref().ok_or("no username/password")?;
-    crate::auth::check_username(&login.username, &hub.cfg.hostname, &c.client_id)?;
-    if login.password.is_empty() {
-        return Err("no password (x509 is not supported by the local hub)".into());
-    }
-    let token = azsim_proto::sas::Token::parse(&login.password)
-        .map_err(|e| format!("malformed token: {e}"))?;
-    let ident = crate::hub::load_identity(hub, &device, module.as_deref())
-        .await
-        .map_err(|e| e.to_string())?
-        .ok_or_else(|| {
-            format!(
-                "unknown {}",
-                if module.is_some() { "module" } else { "device" }
-            )
-        })?;
-    if !ident.enabled {
-        return Err("device disabled".into());
-    }
-    let resources = crate::auth::identity_resources(
-        &hub.cfg.hostname,
-        hub.mqtt_port,
-        &device,
-        module.as_deref(),
-    );
-    crate::auth::verify_device_token(
-        &token,
-        &[ident.primary_key.expose(), ident.secondary_key.expose()],
-        &resources,
-        hub.clock().unix_secs(),
-    )
-    .map_err(|e| e.to_string())?;
-    Ok(Authed {
-        device,
-        module,
-        generation_id: ident.generation_id,
-        se: token.expiry(),
-    })
-}
-
-enum Close {
-    /// The device sent DISCONNECT: no will.
-    Graceful,
-    /// Anything else: the will is sent.
-    Ungraceful(String),
-    /// The hub is stopping.
-    Shutdown,
-}
-
-struct Conn {
-    hub: Arc<Hub>,
-    cid: String,
-    device: String,
-    module: Option<String>,
-    conn_id: u64,
-    subs: Arc<Subs>,
-    filters: Vec<(String, SubscriptionKind)>,
-    clean: bool,
-    inflight: HashMap<u16, (i64, String)>,
-    next_pkid: u16,
+/// One authenticated connection's state, used by the loop in `mqtt/mod.rs`.
+pub(super) struct Conn {
+    pub(super) hub: Arc<Hub>,
+    pub(super) cid: String,
+    pub(super) device: String,
+    pub(super) module: Option<String>,
+    pub(super) conn_id: u64,
+    pub(super) subs: Arc<Subs>,
+    pub(super) filters: Vec<(String, SubscriptionKind)>,
+    pub(super) clean: bool,
+    pub(super) inflight: HashMap<u16, (i64, String)>,
+    pub(super) next_pkid: u16,
     /// Who this connection's telemetry comes from (shared by its messages).
-    origin: Arc<Origin>,
-    out: BytesMut,
-    activity: Arc<crate::activity::Cell>,
-}
-
-async fn connection(hub: Arc<Hub>, mut stream: Stream, peer: SocketAddr) {
-    let mut buf = BytesMut::with_capacity(4096);
-    let Some(connect) = read_connect(&hub, &mut stream, &mut buf, peer).await else {
-        return;
-    };
-    let authed = match authenticate(&hub, &connect).await {
-        Ok(a) => a,
-        Err(reason) => {
-            tracing::info!(%peer, client_id = %connect.client_id, reason = %reason, "CONNACK 5 not authorized");
-            let _ = write_packet(
-                &mut stream,
-                Packet::ConnAck(ConnAck::new(ConnectReturnCode::NotAuthorized, false)),
-            )
-            .await;
-            return;
-        }
-    };
-    let id = TopicId {
-        device_id: &authed.device,
-        module_id: authed.module.as_deref(),
-    };
-    let will = connect.last_will.clone().filter(|w| {
-        let ok = matches!(topic::parse_device_publish(&w.topic, id), Ok(DeviceTopic::Telemetry { .. }));
-        if !ok {
-            tracing::info!(client_id = %connect.client_id, "will ignored: its topic is not this identity's telemetry topic");
-        }
-        ok
-    });
-    let (tx, mut rx) = mpsc::unbounded_channel();
-    let cid = client_id(&authed.device, authed.module.as_deref());
-    let mut conn = Conn {
-        conn_id: hub.new_conn_id(),
-        hub: hub.clone(),
-        cid: cid.clone(),
-        device: authed.device.clone(),
-        module: authed.module.clone(),
-        subs: Arc::new(Subs::default()),
-        filters: Vec::new(),
-        clean: connect.clean_session,
-        inflight: HashMap::new(),
-        next_pkid: 0,
-        origin: Arc::new(Origin {
-            device_id: authed.device.clone(),
-            module_id: authed.module.clone(),
-            generation_id: authed.generation_id.clone(),
-        }),
-        out: BytesMut::with_capacity(256),
-        activity: hub.store.activity().cell(&cid),
-    };
-    // Session state: a persistent session keeps its subscriptions (and so its C2D delivery).
-    let cid2 = cid.clone();
-    let clean = conn.clean;
-    let stored = hub
-        .store
-        .call(move |c| {
-            if clean {
-                q::set_session_filters(c, &cid2, &[])?;
-                Ok(Vec::new())
-            } else {
-                q::session_filters(c, &cid2)
-            }
-        })
-        .await
-        .unwrap_or_default();
-    for f in stored {
-        if let Ok(kind) = topic::classify_subscription(&f, conn.topic_id()) {
-            conn.set_flag(kind, true);
-            conn.filters.push((f, kind));
-        }
-    }
-    hub.register(
-        &cid,
-        ConnEntry {
-            conn_id: conn.conn_id,
-            tx,
-            subs: conn.subs.clone(),
-        },
-    );
-    if write_packet(
-        &mut stream,
-        Packet::ConnAck(ConnAck::new(ConnectReturnCode::Success, false)),
-    )
-    .await
-    .is_err()
-    {
-        hub.unregister(&cid, conn.conn_id);
-        return;
-    }
-    tracing::info!(%peer, client_id = %cid, clean = connect.clean_session, keep_alive = connect.keep_alive, "device connected");
-    conn.activity.connected(hub.now_us());
-    hub.emit(
-        &authed.device,
-        json!({"type":"connected","deviceId":authed.device,"moduleId":authed.module,"reason":null}),
-    );
-
-    let keep = (connect.keep_alive > 0).then(|| {
-        Duration::from_millis(
-            u64::from(connect.keep_alive.min(hub.cfg.limits.max_keep_alive)) * 1500,
-        )
-    });
-    let far = Instant::now() + Duration::from_secs(86_400 * 365);
-    // One keep-alive timer for the whole connection: a read only notes the time, and when the
-    // timer fires early it moves to the last read plus the keep-alive (no timer work per packet).
-    let mut last_read = Instant::now();
-    let idle = tokio::time::sleep_until(keep.map_or(far, |k| last_read + k));
-    // Token expiry is Unix time, so it follows the hub's clock (a test's manual clock too).
-    let clock = hub.clock().clone();
-    let expiry = clock.sleep_until_ms(authed.se.saturating_mul(1000));
-    let mut shutdown = hub.shutdown.subscribe();
-    let stopping = crate::hub::until_shutdown(&mut shutdown);
-    tokio::pin!(idle, expiry, stopping);
-    let mut close = None;
-    if conn.subs.c2d.load(Ordering::Acquire)
-        && let Err(e) = conn.deliver_c2d().await
-    {
-        close = Some(Close::Ungraceful(e));
-    }
-    while close.is_none() {
-        // Everything the last read batch (or command) produced goes out in one write.
-        if !conn.out.is_empty() {
-            if let Err(e) = stream.write_all(&conn.out).await {
-                close = Some(Close::Ungraceful(format!("write failed: {e}")));
-                break;
-            }
-            conn.out.clear();
-            let _ = stream.flush().await;
-        }
-        tokio::select! {
-            cmd = rx.recv() => match cmd {
-                Some(ConnCmd::Publish(p)) => { let _ = Packet::Publish(p).write(&mut conn.out, usize::MAX); }
-                Some(ConnCmd::C2dWake) => if let Err(e) = conn.deliver_c2d().await { close = Some(Close::Ungraceful(e)); },
-                Some(ConnCmd::Kick(reason)) => close = Some(Close::Ungraceful(reason.to_string())),
-                None => close = Some(Close::Ungraceful("hub dropped the connection".into())),
-            },
-            r = stream.read_buf(&mut buf) => match r {
-                Ok(0) => close = Some(Close::Ungraceful("connection closed by the device".into())),
-                Err(e) => close = Some(Close::Ungraceful(format!("read failed: {e}"))),
-                Ok(_) => {
-                    last_read = Instant::now();
-                    close = conn.process(&mut buf).await;
-                }
-            },
-            () = &mut idle => {
-                let due = keep.map_or(far, |k| last_read + k);
-                if due > Instant::now() {
-                    idle.as_mut().reset(due);
-                } else {
-                    close = Some(Close::Ungraceful("404104 DeviceConnectionClosedRemotely: keep-alive timeout".into()));
-                }
-            }
-            () = &mut expiry => {
-                close = Some(Close::Ungraceful("401003 IoTHubUnauthorized: sas token expired".into()));
-            }
-            () = &mut stopping => close = Some(Close::Shutdown),
-        }
-    }
-    if !conn.out.is_empty() {
-        let _ = stream.write_all(&conn.out).await;
-    }
-    let _ = stream.shutdown().await;
-    let close = close.unwrap_or(Close::Shutdown);
-    let reason = match &close {
-        Close::Graceful => "disconnect".to_string(),
-        Close::Ungraceful(r) => r.clone(),
-        Close::Shutdown => "hub shutting down".to_string(),
-    };
-    tracing::info!(client_id = %cid, reason = %reason, "device disconnected");
-    if hub.unregister(&cid, conn.conn_id) {
-        conn.activity.disconnected(hub.now_us());
-        hub.emit(&conn.device, json!({"type":"disconnected","deviceId":conn.device,"moduleId":conn.module,"reason":reason}));
-    }
-    if let (Close::Ungraceful(_), Some(w)) = (&close, will) {
-        conn.ingest_will(w).await;
-    }
+    pub(super) origin: Arc<Origin>,
+    pub(super) out: BytesMut,
+    pub(super) activity: Arc<crate::activity::Cell>,
 }
 
 impl Conn {
-    fn topic_id(&self) -> TopicId<'_> {
+    pub(super) fn topic_id(&self) -> TopicId<'_> {
         TopicId {
             device_id: &self.device,
             module_id: self.module.as_deref(),
         }
     }
 
-    fn set_flag(&self, kind: SubscriptionKind, on: bool) {
+    pub(super) fn set_flag(&self, kind: SubscriptionKind, on: bool) {
         let f = match kind {
             SubscriptionKind::C2d => &self.subs.c2d,
             SubscriptionKind::Methods => &self.subs.methods,
@@ -429,7 +59,7 @@ impl Conn {
     }
 
     /// Handle every complete packet in `buf`.
-    async fn process(&mut self, buf: &mut BytesMut) -> Option<Close> {
+    pub(super) async fn process(&mut self, buf: &mut BytesMut) -> Option<Close> {
         let max = max_packet(&self.hub);
         loop {
             let p = match Packet::read(buf, max) {
@@ -705,7 +335,7 @@ impl Conn {
         self.hub.store.log_event(record).await;
     }
 
-    async fn ingest_will(&self, w: LastWill) {
+    pub(super) async fn ingest_will(&self, w: LastWill) {
         let mut props = String::new();
         if let Ok(DeviceTopic::Telemetry { bag }) =
             topic::parse_device_publish(&w.topic, self.topic_id())
@@ -735,7 +365,7 @@ impl Conn {
 
     /// Send every queued C2D message not already in flight (expired or over-delivered ones are
     /// dead-lettered instead).
-    async fn deliver_c2d(&mut self) -> Result<(), String> {
+    pub(super) async fn deliver_c2d(&mut self) -> Result<(), String> {
         if self.module.is_some() || !self.subs.c2d.load(Ordering::Acquire) {
             return Ok(());
         }

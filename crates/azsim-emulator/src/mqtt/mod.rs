@@ -1,0 +1,286 @@
+//! The MQTT 3.1.1 device endpoint over TLS: CONNECT authentication, the per-identity topic ACL,
+//! telemetry ingest, twin and method traffic, and C2D delivery. Framing is `rumqttc`'s
+//! `mqttbytes::v4`; every topic, username and token rule comes from `azsim-proto`. A protocol
+//! violation closes only the offending connection, as IoT Hub does.
+//!
+//! This file accepts connections and runs each one's loop (keep-alive, token expiry, hub
+//! commands, shutdown); [`connect`] reads and checks the CONNECT; [`session`] handles the
+//! packets of an authenticated connection.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use azsim_proto::topic::{self, DeviceTopic, Identity as TopicId};
+use bytes::BytesMut;
+use rumqttc::mqttbytes::v4::{ConnAck, ConnectReturnCode, Packet};
+use serde_json::json;
+use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+use tokio_rustls::TlsAcceptor;
+use tokio_rustls::server::TlsStream;
+
+use crate::hub::{ConnCmd, ConnEntry, Hub, LiveGuard, Subs, client_id};
+use crate::store::q;
+use crate::telemetry::Origin;
+
+mod connect;
+mod session;
+
+use connect::{authenticate, read_connect};
+use session::Conn;
+
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+pub(crate) async fn accept_loop(
+    hub: Arc<Hub>,
+    listener: TcpListener,
+    tls: Arc<rustls::ServerConfig>,
+) {
+    let acceptor = TlsAcceptor::from(tls);
+    loop {
+        let (tcp, peer) = match listener.accept().await {
+            Ok(x) => x,
+            Err(e) => {
+                tracing::warn!(error = %e, "mqtt accept failed");
+                tokio::time::sleep(Duration::from_millis(20)).await;
+                continue;
+            }
+        };
+        // Without NODELAY every TLS handshake stalls ~40 ms on delayed ACKs.
+        let _ = tcp.set_nodelay(true);
+        let hub = hub.clone();
+        let acceptor = acceptor.clone();
+        tokio::spawn(async move {
+            let _live = LiveGuard::new(hub.clone());
+            match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
+                Ok(Ok(stream)) => connection(hub, stream, peer).await,
+                Ok(Err(e)) => tracing::debug!(%peer, error = %e, "tls handshake failed"),
+                Err(_) => tracing::debug!(%peer, "tls handshake timed out"),
+            }
+        });
+    }
+}
+
+pub(super) type Stream = TlsStream<TcpStream>;
+
+pub(super) async fn write_packet(stream: &mut Stream, p: Packet) -> std::io::Result<()> {
+    let mut out = BytesMut::new();
+    p.write(&mut out, usize::MAX)
+        .map_err(std::io::Error::other)?;
+    stream.write_all(&out).await?;
+    stream.flush().await
+}
+
+pub(super) fn max_packet(hub: &Hub) -> usize {
+    hub.cfg.limits.d2c_max_bytes + 64 * 1024
+}
+
+pub(super) fn packet_name(p: &Packet) -> &'static str {
+    match p {
+        Packet::Connect(_) => "CONNECT",
+        Packet::ConnAck(_) => "CONNACK",
+        Packet::Publish(_) => "PUBLISH",
+        Packet::PubAck(_) => "PUBACK",
+        Packet::PubRec(_) => "PUBREC",
+        Packet::PubRel(_) => "PUBREL",
+        Packet::PubComp(_) => "PUBCOMP",
+        Packet::Subscribe(_) => "SUBSCRIBE",
+        Packet::SubAck(_) => "SUBACK",
+        Packet::Unsubscribe(_) => "UNSUBSCRIBE",
+        Packet::UnsubAck(_) => "UNSUBACK",
+        Packet::PingReq => "PINGREQ",
+        Packet::PingResp => "PINGRESP",
+        Packet::Disconnect => "DISCONNECT",
+    }
+}
+
+/// Why a connection ends.
+pub(super) enum Close {
+    /// The device sent DISCONNECT: no will.
+    Graceful,
+    /// Anything else: the will is sent.
+    Ungraceful(String),
+    /// The hub is stopping.
+    Shutdown,
+}
+
+async fn connection(hub: Arc<Hub>, mut stream: Stream, peer: SocketAddr) {
+    let mut buf = BytesMut::with_capacity(4096);
+    let Some(connect) = read_connect(&hub, &mut stream, &mut buf, peer).await else {
+        return;
+    };
+    let authed = match authenticate(&hub, &connect).await {
+        Ok(a) => a,
+        Err(reason) => {
+            tracing::info!(%peer, client_id = %connect.client_id, reason = %reason, "CONNACK 5 not authorized");
+            let _ = write_packet(
+                &mut stream,
+                Packet::ConnAck(ConnAck::new(ConnectReturnCode::NotAuthorized, false)),
+            )
+            .await;
+            return;
+        }
+    };
+    let id = TopicId {
+        device_id: &authed.device,
+        module_id: authed.module.as_deref(),
+    };
+    let will = connect.last_will.clone().filter(|w| {
+        let ok = matches!(topic::parse_device_publish(&w.topic, id), Ok(DeviceTopic::Telemetry { .. }));
+        if !ok {
+            tracing::info!(client_id = %connect.client_id, "will ignored: its topic is not this identity's telemetry topic");
+        }
+        ok
+    });
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    let cid = client_id(&authed.device, authed.module.as_deref());
+    let mut conn = Conn {
+        conn_id: hub.new_conn_id(),
+        hub: hub.clone(),
+        cid: cid.clone(),
+        device: authed.device.clone(),
+        module: authed.module.clone(),
+        subs: Arc::new(Subs::default()),
+        filters: Vec::new(),
+        clean: connect.clean_session,
+        inflight: HashMap::new(),
+        next_pkid: 0,
+        origin: Arc::new(Origin {
+            device_id: authed.device.clone(),
+            module_id: authed.module.clone(),
+            generation_id: authed.generation_id.clone(),
+        }),
+        out: BytesMut::with_capacity(256),
+        activity: hub.store.activity().cell(&cid),
+    };
+    // Session state: a persistent session keeps its subscriptions (and so its C2D delivery).
+    let cid2 = cid.clone();
+    let clean = conn.clean;
+    let stored = hub
+        .store
+        .call(move |c| {
+            if clean {
+                q::set_session_filters(c, &cid2, &[])?;
+                Ok(Vec::new())
+            } else {
+                q::session_filters(c, &cid2)
+            }
+        })
+        .await
+        .unwrap_or_default();
+    for f in stored {
+        if let Ok(kind) = topic::classify_subscription(&f, conn.topic_id()) {
+            conn.set_flag(kind, true);
+            conn.filters.push((f, kind));
+        }
+    }
+    hub.register(
+        &cid,
+        ConnEntry {
+            conn_id: conn.conn_id,
+            tx,
+            subs: conn.subs.clone(),
+        },
+    );
+    if write_packet(
+        &mut stream,
+        Packet::ConnAck(ConnAck::new(ConnectReturnCode::Success, false)),
+    )
+    .await
+    .is_err()
+    {
+        hub.unregister(&cid, conn.conn_id);
+        return;
+    }
+    tracing::info!(%peer, client_id = %cid, clean = connect.clean_session, keep_alive = connect.keep_alive, "device connected");
+    conn.activity.connected(hub.now_us());
+    hub.emit(
+        &authed.device,
+        json!({"type":"connected","deviceId":authed.device,"moduleId":authed.module,"reason":null}),
+    );
+
+    let keep = (connect.keep_alive > 0).then(|| {
+        Duration::from_millis(
+            u64::from(connect.keep_alive.min(hub.cfg.limits.max_keep_alive)) * 1500,
+        )
+    });
+    let far = Instant::now() + Duration::from_secs(86_400 * 365);
+    // One keep-alive timer for the whole connection: a read only notes the time, and when the
+    // timer fires early it moves to the last read plus the keep-alive (no timer work per packet).
+    let mut last_read = Instant::now();
+    let idle = tokio::time::sleep_until(keep.map_or(far, |k| last_read + k));
+    // Token expiry is Unix time, so it follows the hub's clock (a test's manual clock too).
+    let clock = hub.clock().clone();
+    let expiry = clock.sleep_until_ms(authed.se.saturating_mul(1000));
+    let mut shutdown = hub.shutdown.subscribe();
+    let stopping = crate::hub::until_shutdown(&mut shutdown);
+    tokio::pin!(idle, expiry, stopping);
+    let mut close = None;
+    if conn.subs.c2d.load(Ordering::Acquire)
+        && let Err(e) = conn.deliver_c2d().await
+    {
+        close = Some(Close::Ungraceful(e));
+    }
+    while close.is_none() {
+        // Everything the last read batch (or command) produced goes out in one write.
+        if !conn.out.is_empty() {
+            if let Err(e) = stream.write_all(&conn.out).await {
+                close = Some(Close::Ungraceful(format!("write failed: {e}")));
+                break;
+            }
+            conn.out.clear();
+            let _ = stream.flush().await;
+        }
+        tokio::select! {
+            cmd = rx.recv() => match cmd {
+                Some(ConnCmd::Publish(p)) => { let _ = Packet::Publish(p).write(&mut conn.out, usize::MAX); }
+                Some(ConnCmd::C2dWake) => if let Err(e) = conn.deliver_c2d().await { close = Some(Close::Ungraceful(e)); },
+                Some(ConnCmd::Kick(reason)) => close = Some(Close::Ungraceful(reason.to_string())),
+                None => close = Some(Close::Ungraceful("hub dropped the connection".into())),
+            },
+            r = stream.read_buf(&mut buf) => match r {
+                Ok(0) => close = Some(Close::Ungraceful("connection closed by the device".into())),
+                Err(e) => close = Some(Close::Ungraceful(format!("read failed: {e}"))),
+                Ok(_) => {
+                    last_read = Instant::now();
+                    close = conn.process(&mut buf).await;
+                }
+            },
+            () = &mut idle => {
+                let due = keep.map_or(far, |k| last_read + k);
+                if due > Instant::now() {
+                    idle.as_mut().reset(due);
+                } else {
+                    close = Some(Close::Ungraceful("404104 DeviceConnectionClosedRemotely: keep-alive timeout".into()));
+                }
+            }
+            () = &mut expiry => {
+                close = Some(Close::Ungraceful("401003 IoTHubUnauthorized: sas token expired".into()));
+            }
+            () = &mut stopping => close = Some(Close::Shutdown),
+        }
+    }
+    if !conn.out.is_empty() {
+        let _ = stream.write_all(&conn.out).await;
+    }
+    let _ = stream.shutdown().await;
+    let close = close.unwrap_or(Close::Shutdown);
+    let reason = match &close {
+        Close::Graceful => "disconnect".to_string(),
+        Close::Ungraceful(r) => r.clone(),
+        Close::Shutdown => "hub shutting down".to_string(),
+    };
+    tracing::info!(client_id = %cid, reason = %reason, "device disconnected");
+    if hub.unregister(&cid, conn.conn_id) {
+        conn.activity.disconnected(hub.now_us());
+        hub.emit(&conn.device, json!({"type":"disconnected","deviceId":conn.device,"moduleId":conn.module,"reason":reason}));
+    }
+    if let (Close::Ungraceful(_), Some(w)) = (&close, will) {
+        conn.ingest_will(w).await;
+    }
+}
