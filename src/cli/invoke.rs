@@ -2,11 +2,12 @@
 
 use clap::Args;
 
-use super::service::{HubTargetArgs, device_id, json_arg};
+use super::service::{HubTargetArgs, device_id, json_arg, module_arg};
 use crate::error::UsageError;
 use crate::service::Target;
 
-/// Invoke a direct method on a connected device and print its `{"status","payload"}`.
+/// Invoke a direct method on a connected device (or `--module`) and print its
+/// `{"status","payload"}`.
 ///
 /// Exits 0 when the device answered (whatever its status), 1 when the hub reports it offline
 /// (404103) or silent (504101).
@@ -16,6 +17,9 @@ pub struct InvokeArgs {
     pub device: String,
     /// The method name.
     pub method: String,
+    /// Invoke the method on this module of the device instead of the device itself.
+    #[arg(long, value_name = "ID")]
+    pub module: Option<String>,
     /// JSON payload sent to the device.
     #[arg(long, value_name = "JSON")]
     pub payload: Option<String>,
@@ -39,6 +43,8 @@ pub struct InvokeConfig {
     pub target: Target,
     /// Device id.
     pub device: String,
+    /// Module id, when the method is a module's.
+    pub module: Option<String>,
     /// The request body.
     pub request: crate::service::MethodRequest,
     /// JSON output.
@@ -52,6 +58,7 @@ impl InvokeArgs {
     /// A [`UsageError`] naming the bad field.
     pub fn into_config(self) -> Result<InvokeConfig, UsageError> {
         let device = device_id("DEVICE", self.device)?;
+        let module = module_arg(self.module)?;
         if self.method.is_empty() {
             return Err(UsageError::new("METHOD", "must not be empty"));
         }
@@ -75,6 +82,7 @@ impl InvokeArgs {
         Ok(InvokeConfig {
             target: self.target.resolve()?,
             device,
+            module,
             request: crate::service::MethodRequest {
                 method_name: self.method,
                 payload,

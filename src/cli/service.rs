@@ -36,16 +36,31 @@ impl HubTargetArgs {
     }
 }
 
-/// The longest device id IoT Hub accepts.
-const MAX_DEVICE_ID_LEN: usize = 128;
+/// The longest device or module id IoT Hub accepts.
+const MAX_ID_LEN: usize = 128;
 
 /// Checks a device id against IoT Hub's rules: 1..=128 ASCII letters, digits and
-/// `- . + % _ # * ? ! ( ) , : = @ $ '`.
+/// `- . + % _ # * ? ! ( ) , : = @ $ '` (IoT Hub also allows `;`, which no connection string can
+/// carry).
 pub(super) fn device_id(field: &'static str, id: String) -> Result<String, UsageError> {
+    registry_id(field, "device", id)
+}
+
+/// `--module`, checked when given.
+pub(super) fn module_arg(module: Option<String>) -> Result<Option<String>, UsageError> {
+    module.map(|m| module_id("--module", m)).transpose()
+}
+
+/// Checks a module id: the same rules as a device id.
+fn module_id(field: &'static str, id: String) -> Result<String, UsageError> {
+    registry_id(field, "module", id)
+}
+
+fn registry_id(field: &'static str, what: &str, id: String) -> Result<String, UsageError> {
     if id.is_empty() {
         return Err(UsageError::new(field, "must not be empty"));
     }
-    if id.len() > MAX_DEVICE_ID_LEN {
+    if id.len() > MAX_ID_LEN {
         return Err(UsageError::new(field, "must be at most 128 characters"));
     }
     if let Some(c) = id
@@ -54,7 +69,7 @@ pub(super) fn device_id(field: &'static str, id: String) -> Result<String, Usage
     {
         return Err(UsageError::new(
             field,
-            format!("character {c:?} is not allowed in a device id"),
+            format!("character {c:?} is not allowed in a {what} id"),
         ));
     }
     Ok(id)
@@ -97,6 +112,11 @@ mod tests {
         assert!(device_id("DEVICE", "a/b".into()).is_err());
         assert!(device_id("DEVICE", "é".into()).is_err());
         assert!(device_id("DEVICE", "x".repeat(129)).is_err());
+        assert_eq!(
+            module_id("--module", "m;1".into()).unwrap_err().to_string(),
+            "--module: character ';' is not allowed in a module id"
+        );
+        assert!(module_id("--module", "edge-module.1".into()).is_ok());
     }
 
     #[test]

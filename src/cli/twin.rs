@@ -1,13 +1,14 @@
-//! `azsim twin show | patch`: clap structs and validation. The work is in `crate::cmd::twin`.
+//! `azsim twin show | patch`, for device and (`--module`) module twins: clap structs and
+//! validation. The work is in `crate::cmd::twin`.
 
 use clap::{Args, Subcommand};
 use serde_json::Value;
 
-use super::service::{HubTargetArgs, device_id, json_object};
+use super::service::{HubTargetArgs, device_id, json_object, module_arg};
 use crate::error::UsageError;
 use crate::service::Target;
 
-/// Read or update a device twin.
+/// Read or update a device twin or a module twin.
 #[derive(Debug, Args)]
 pub struct TwinArgs {
     /// What to do.
@@ -18,17 +19,20 @@ pub struct TwinArgs {
 /// `azsim twin show | patch`.
 #[derive(Debug, Subcommand)]
 pub enum TwinCommand {
-    /// Print the device twin.
+    /// Print the device (or module) twin.
     Show(TwinShowArgs),
     /// Merge a patch into the desired properties (null deletes) and/or the tags.
     Patch(TwinPatchArgs),
 }
 
-/// `azsim twin show DEVICE`.
+/// `azsim twin show DEVICE [--module M]`.
 #[derive(Debug, Args)]
 pub struct TwinShowArgs {
     /// The device id.
     pub device: String,
+    /// The twin of this module of the device instead of the device's.
+    #[arg(long, value_name = "ID")]
+    pub module: Option<String>,
     #[command(flatten)]
     pub target: HubTargetArgs,
     /// Print the twin as one compact JSON line.
@@ -36,11 +40,14 @@ pub struct TwinShowArgs {
     pub json: bool,
 }
 
-/// `azsim twin patch DEVICE [DESIRED] [--tags JSON] [--etag E]`.
+/// `azsim twin patch DEVICE [DESIRED] [--tags JSON] [--etag E] [--module M]`.
 #[derive(Debug, Args)]
 pub struct TwinPatchArgs {
     /// The device id.
     pub device: String,
+    /// The twin of this module of the device instead of the device's.
+    #[arg(long, value_name = "ID")]
+    pub module: Option<String>,
     /// Desired-properties patch, a JSON object (e.g. '{"interval":5}').
     #[arg(value_name = "DESIRED")]
     pub desired: Option<String>,
@@ -80,6 +87,8 @@ pub struct TwinConfig {
     pub target: Target,
     /// Device id.
     pub device: String,
+    /// Module id, for a module twin.
+    pub module: Option<String>,
     /// What to do.
     pub action: TwinAction,
     /// JSON output.
@@ -95,12 +104,14 @@ impl TwinArgs {
         match self.command {
             TwinCommand::Show(a) => Ok(TwinConfig {
                 device: device_id("DEVICE", a.device)?,
+                module: module_arg(a.module)?,
                 target: a.target.resolve()?,
                 action: TwinAction::Show,
                 json: a.json,
             }),
             TwinCommand::Patch(a) => {
                 let device = device_id("DEVICE", a.device)?;
+                let module = module_arg(a.module)?;
                 let desired = a
                     .desired
                     .as_deref()
@@ -122,6 +133,7 @@ impl TwinArgs {
                 }
                 Ok(TwinConfig {
                     device,
+                    module,
                     target: a.target.resolve()?,
                     action: TwinAction::Patch {
                         desired,

@@ -1,4 +1,5 @@
-//! `azsim device create | show | list | delete`: the hub's device registry.
+//! `azsim device create | show | list | delete`: the hub's registry of devices and their
+//! modules.
 
 use std::process::ExitCode;
 
@@ -10,70 +11,84 @@ use crate::service::output::{
     field, identity_connection_string, primary_key, redact_device_keys, shell_quote, to_text,
 };
 use crate::service::target::{MqttEndpoint, PortSource};
-use crate::service::{ServiceClient, Target};
+use crate::service::{Identity, ServiceClient, Target};
 
 /// Runs `azsim device`.
 ///
 /// # Errors
-/// [`CliError::Runtime`] with the hub's error (`409001 DeviceAlreadyExists: ...`) or a
-/// transport error.
+/// [`CliError::Runtime`] with the hub's error (`409001 DeviceAlreadyExists: ...`, `409301
+/// ModuleAlreadyExistsOnDevice: ...`) or a transport error.
 pub async fn run(cfg: DeviceConfig) -> Result<ExitCode, CliError> {
     let client = ServiceClient::new(&cfg.target).map_err(CliError::runtime)?;
     match cfg.action {
         DeviceAction::Create {
             device,
+            module,
             primary_key: pk,
             secondary_key: sk,
         } => {
+            let identity = identity_of(&device, module.as_deref());
             let mut created = client
-                .create_device(&device, pk.as_deref(), sk.as_deref())
+                .create_device(identity, pk.as_deref(), sk.as_deref())
                 .await
                 .map_err(CliError::runtime)?;
             let key = primary_key(&created)
                 .ok_or_else(|| {
-                    CliError::runtime("the hub returned the device without a primary key")
+                    CliError::runtime(format!(
+                        "the hub returned {} without a primary key",
+                        describe(identity)
+                    ))
                 })?
                 .to_owned();
             let mqtt = cfg.target.mqtt_endpoint(cfg.mqtt_port);
-            let cs = device_string(&mqtt, &device, &key)?;
+            let cs = connection_string(&mqtt, identity, &key)?;
             redact_device_keys(&mut created);
             warn_if_port_assumed(&cfg.target, &mqtt);
             if cfg.json {
-                let out = json!({
+                let mut out = json!({
                     "deviceId": device,
                     "connectionString": cs,
                     "hostname": mqtt.host,
                     "mqttPort": mqtt.port,
                     "caFile": cfg.target.ca_file,
-                    "device": created,
                 });
+                // The registry entry, under the name of what was created.
+                match &module {
+                    None => out["device"] = created,
+                    Some(m) => {
+                        out["moduleId"] = json!(m);
+                        out["module"] = created;
+                    }
+                }
                 println!("{out}");
             } else {
-                print_created(&cfg.target, &device, &cs);
+                print_created(&cfg.target, identity, &cs);
             }
         }
         DeviceAction::Show {
             device,
-            connection_string,
+            module,
+            connection_string: print_connection_string,
         } => {
+            let identity = identity_of(&device, module.as_deref());
             let mut d = client
-                .get_device(&device)
+                .get_device(identity)
                 .await
                 .map_err(CliError::runtime)?;
-            if connection_string {
+            if print_connection_string {
                 let key = primary_key(&d).ok_or_else(|| {
-                    CliError::runtime(format!("device {device} has no symmetric key"))
+                    CliError::runtime(format!("{} has no symmetric key", describe(identity)))
                 })?;
                 let mqtt = cfg.target.mqtt_endpoint(cfg.mqtt_port);
                 warn_if_port_assumed(&cfg.target, &mqtt);
-                println!("{}", device_string(&mqtt, &device, key)?);
+                println!("{}", connection_string(&mqtt, identity, key)?);
                 return Ok(ExitCode::SUCCESS);
             }
             redact_device_keys(&mut d);
             if cfg.json {
                 println!("{}", to_text(&d, true));
             } else {
-                print_device(&d);
+                print_identity(&d);
             }
         }
         DeviceAction::List => {
@@ -109,27 +124,58 @@ pub async fn run(cfg: DeviceConfig) -> Result<ExitCode, CliError> {
                 }
             }
         }
-        DeviceAction::Delete { device } => {
+        DeviceAction::Delete { device, module } => {
+            let identity = identity_of(&device, module.as_deref());
             client
-                .delete_device(&device)
+                .delete_device(identity)
                 .await
                 .map_err(CliError::runtime)?;
             if cfg.json {
-                println!("{}", json!({ "deviceId": device, "deleted": true }));
+                let mut out = json!({ "deviceId": device, "deleted": true });
+                if let Some(m) = &module {
+                    out["moduleId"] = json!(m);
+                }
+                println!("{out}");
             } else {
-                println!("deleted device {device} from {}", cfg.target.host());
+                println!("deleted {} from {}", describe(identity), cfg.target.host());
             }
         }
     }
     Ok(ExitCode::SUCCESS)
 }
 
-/// The device's connection string for `mqtt` (`HostName=host[:port]`, so that `azsim run` and
-/// `azsim token --mqtt` connect where it says).
-fn device_string(mqtt: &MqttEndpoint, device: &str, key: &str) -> Result<String, CliError> {
-    identity_connection_string(&mqtt.host_name(), device, None, key).map_err(|e| {
+fn identity_of<'a>(device: &'a str, module: Option<&'a str>) -> Identity<'a> {
+    Identity {
+        device_id: device,
+        module_id: module,
+    }
+}
+
+/// `device d` or `module m of device d`, for messages.
+fn describe(identity: Identity<'_>) -> String {
+    match identity.module_id {
+        None => format!("device {}", identity.device_id),
+        Some(m) => format!("module {m} of device {}", identity.device_id),
+    }
+}
+
+/// The device's or module's connection string for `mqtt` (`HostName=host[:port]`, so that
+/// `azsim run` and `azsim token --mqtt` connect where it says).
+fn connection_string(
+    mqtt: &MqttEndpoint,
+    identity: Identity<'_>,
+    key: &str,
+) -> Result<String, CliError> {
+    identity_connection_string(
+        &mqtt.host_name(),
+        identity.device_id,
+        identity.module_id,
+        key,
+    )
+    .map_err(|e| {
         CliError::runtime(format!(
-            "cannot write the connection string of {device}: {e}"
+            "cannot write the connection string of {}: {e}",
+            describe(identity)
         ))
     })
 }
@@ -148,8 +194,8 @@ fn warn_if_port_assumed(target: &Target, mqtt: &MqttEndpoint) {
     }
 }
 
-fn print_created(target: &Target, device: &str, cs: &str) {
-    println!("created device {device} in {}", target.host());
+fn print_created(target: &Target, identity: Identity<'_>, cs: &str) {
+    println!("created {} in {}", describe(identity), target.host());
     println!("connection string: {cs}");
     if target.is_azure() {
         println!();
@@ -172,16 +218,20 @@ fn print_created(target: &Target, device: &str, cs: &str) {
     println!("  azsim run");
 }
 
-fn print_device(d: &Value) {
-    let rows = [
-        ("device", field(d, "/deviceId")),
+/// A device's or module's registry entry as `name value` rows.
+fn print_identity(d: &Value) {
+    let mut rows = vec![("device", field(d, "/deviceId"))];
+    if d.get("moduleId").is_some() {
+        rows.push(("module", field(d, "/moduleId")));
+    }
+    rows.extend([
         ("status", field(d, "/status")),
         ("connection", field(d, "/connectionState")),
         ("auth", field(d, "/authentication/type")),
         ("etag", field(d, "/etag")),
         ("generation", field(d, "/generationId")),
         ("last activity", field(d, "/lastActivityTime")),
-    ];
+    ]);
     for (k, v) in rows {
         println!("{k:<14} {v}");
     }

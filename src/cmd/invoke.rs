@@ -1,10 +1,11 @@
-//! `azsim invoke DEVICE METHOD`: a direct method through the hub's REST API.
+//! `azsim invoke DEVICE METHOD [--module M]`: a direct method on a device or a module, through
+//! the hub's REST API.
 
 use std::process::ExitCode;
 
 use crate::cli::invoke::InvokeConfig;
 use crate::error::CliError;
-use crate::service::ServiceClient;
+use crate::service::{Identity, ServiceClient};
 
 /// Invokes the method and prints the device's `{"status","payload"}`.
 ///
@@ -16,7 +17,13 @@ use crate::service::ServiceClient;
 pub async fn run(cfg: InvokeConfig) -> Result<ExitCode, CliError> {
     let client = ServiceClient::new(&cfg.target).map_err(CliError::runtime)?;
     let result = client
-        .invoke(&cfg.device, &cfg.request)
+        .invoke(
+            Identity {
+                device_id: &cfg.device,
+                module_id: cfg.module.as_deref(),
+            },
+            &cfg.request,
+        )
         .await
         .map_err(CliError::runtime)?;
     // The struct, not a `Value`, so `status` prints before `payload`.

@@ -1,4 +1,4 @@
-//! `azsim twin show | patch`: device twins through the hub's REST API.
+//! `azsim twin show | patch`: device and module twins through the hub's REST API.
 
 use std::process::ExitCode;
 
@@ -6,8 +6,8 @@ use serde_json::Value;
 
 use crate::cli::twin::{TwinAction, TwinConfig};
 use crate::error::CliError;
-use crate::service::ServiceClient;
 use crate::service::output::to_text;
+use crate::service::{Identity, ServiceClient};
 
 /// Shows or patches the twin and prints it.
 ///
@@ -16,12 +16,13 @@ use crate::service::output::to_text;
 /// or a transport error.
 pub async fn run(cfg: TwinConfig) -> Result<ExitCode, CliError> {
     let client = ServiceClient::new(&cfg.target).map_err(CliError::runtime)?;
+    let identity = Identity {
+        device_id: &cfg.device,
+        module_id: cfg.module.as_deref(),
+    };
     match cfg.action {
         TwinAction::Show => {
-            let twin = client
-                .get_twin(&cfg.device)
-                .await
-                .map_err(CliError::runtime)?;
+            let twin = client.get_twin(identity).await.map_err(CliError::runtime)?;
             println!("{}", to_text(&twin, cfg.json));
         }
         TwinAction::Patch {
@@ -30,12 +31,7 @@ pub async fn run(cfg: TwinConfig) -> Result<ExitCode, CliError> {
             etag,
         } => {
             let twin = client
-                .patch_twin(
-                    &cfg.device,
-                    desired.as_ref(),
-                    tags.as_ref(),
-                    etag.as_deref(),
-                )
+                .patch_twin(identity, desired.as_ref(), tags.as_ref(), etag.as_deref())
                 .await
                 .map_err(CliError::runtime)?;
             if cfg.json {
@@ -46,10 +42,11 @@ pub async fn run(cfg: TwinConfig) -> Result<ExitCode, CliError> {
                     .and_then(Value::as_i64)
                     .map_or_else(|| "-".to_owned(), |v| v.to_string());
                 let etag = twin.get("etag").and_then(Value::as_str).unwrap_or("-");
-                println!(
-                    "updated twin of {}: desired $version {version}, etag {etag}",
-                    cfg.device
-                );
+                let of = match &cfg.module {
+                    None => cfg.device.clone(),
+                    Some(m) => format!("module {m} of device {}", cfg.device),
+                };
+                println!("updated twin of {of}: desired $version {version}, etag {etag}");
             }
         }
     }

@@ -4,6 +4,7 @@
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use azsim_proto::encoding::Encoded;
+pub use azsim_proto::topic::Identity;
 use futures::StreamExt as _;
 use reqwest::{Method, RequestBuilder, StatusCode};
 use serde::{Deserialize, Serialize};
@@ -125,6 +126,31 @@ pub struct FeedbackBatch {
     pub records: Vec<Value>,
 }
 
+/// What a registry, twin or method call addresses: a device id (`&str`, `&String`) or an
+/// [`Identity`] (a device, or a module of a device).
+pub trait IntoIdentity<'a> {
+    /// The identity.
+    fn into_identity(self) -> Identity<'a>;
+}
+
+impl<'a> IntoIdentity<'a> for Identity<'a> {
+    fn into_identity(self) -> Identity<'a> {
+        self
+    }
+}
+
+impl<'a> IntoIdentity<'a> for &'a str {
+    fn into_identity(self) -> Identity<'a> {
+        Identity::device(self)
+    }
+}
+
+impl<'a> IntoIdentity<'a> for &'a String {
+    fn into_identity(self) -> Identity<'a> {
+        Identity::device(self)
+    }
+}
+
 /// An authenticated client for one hub. Signs one token (600 s) when built.
 #[derive(Debug, Clone)]
 pub struct ServiceClient {
@@ -153,6 +179,24 @@ fn unix_now() -> u64 {
 
 fn path_segment(s: &str) -> String {
     Encoded(s).to_string()
+}
+
+/// `/devices/{id}` or `/devices/{id}/modules/{mid}`.
+fn registry_path(identity: Identity<'_>) -> String {
+    identity_path("/devices", identity)
+}
+
+/// `/twins/{id}` or `/twins/{id}/modules/{mid}` (methods go below it).
+fn twin_path(identity: Identity<'_>) -> String {
+    identity_path("/twins", identity)
+}
+
+fn identity_path(collection: &str, identity: Identity<'_>) -> String {
+    let device = path_segment(identity.device_id);
+    match identity.module_id {
+        None => format!("{collection}/{device}"),
+        Some(m) => format!("{collection}/{device}/modules/{}", path_segment(m)),
+    }
 }
 
 impl ServiceClient {
@@ -217,35 +261,51 @@ impl ServiceClient {
         read_json(resp, url).await
     }
 
-    /// `PUT /devices/{id}`: creates a SAS device; the hub generates keys that are not given.
+    /// `PUT /devices/{id}` or `PUT /devices/{id}/modules/{mid}`: creates a SAS device or module;
+    /// the hub generates the keys that are not given.
     ///
     /// # Errors
-    /// [`ServiceError::Azure`] (`409001` when it exists) or a transport error.
-    pub async fn create_device(
+    /// [`ServiceError::Azure`] (`409001` when the device exists, `409301` when the module does,
+    /// `404001` for a module of an unknown device) or a transport error.
+    pub async fn create_device<'a>(
         &self,
-        id: &str,
+        identity: impl IntoIdentity<'a>,
         primary_key: Option<&str>,
         secondary_key: Option<&str>,
     ) -> Result<Value, ServiceError> {
-        let body = serde_json::json!({
-            "deviceId": id,
-            "status": "enabled",
-            "authentication": {
-                "type": "sas",
-                "symmetricKey": { "primaryKey": primary_key, "secondaryKey": secondary_key },
-            },
-            "capabilities": { "iotEdge": false },
+        let identity = identity.into_identity();
+        let authentication = serde_json::json!({
+            "type": "sas",
+            "symmetricKey": { "primaryKey": primary_key, "secondaryKey": secondary_key },
         });
-        let (rb, url) = self.request(Method::PUT, &format!("/devices/{}", path_segment(id)));
+        let body = match identity.module_id {
+            None => serde_json::json!({
+                "deviceId": identity.device_id,
+                "status": "enabled",
+                "authentication": authentication,
+                "capabilities": { "iotEdge": false },
+            }),
+            Some(module) => serde_json::json!({
+                "deviceId": identity.device_id,
+                "moduleId": module,
+                "authentication": authentication,
+            }),
+        };
+        let (rb, url) = self.request(Method::PUT, &registry_path(identity));
         self.json(rb.json(&body), &url).await
     }
 
-    /// `GET /devices/{id}`.
+    /// `GET /devices/{id}` or `GET /devices/{id}/modules/{mid}`.
     ///
     /// # Errors
-    /// [`ServiceError::Azure`] (`404001` when unknown) or a transport error.
-    pub async fn get_device(&self, id: &str) -> Result<Value, ServiceError> {
-        let (rb, url) = self.request(Method::GET, &format!("/devices/{}", path_segment(id)));
+    /// [`ServiceError::Azure`] (`404001` unknown device, `404010` unknown module) or a transport
+    /// error.
+    pub async fn get_device<'a>(
+        &self,
+        identity: impl IntoIdentity<'a>,
+    ) -> Result<Value, ServiceError> {
+        let identity = identity.into_identity();
+        let (rb, url) = self.request(Method::GET, &registry_path(identity));
         self.json(rb, &url).await
     }
 
@@ -264,12 +324,17 @@ impl ServiceClient {
         }
     }
 
-    /// `DELETE /devices/{id}` with `If-Match: "*"`.
+    /// `DELETE /devices/{id}` or `DELETE /devices/{id}/modules/{mid}`, with `If-Match: "*"`.
     ///
     /// # Errors
-    /// [`ServiceError::Azure`] (`404001` when unknown) or a transport error.
-    pub async fn delete_device(&self, id: &str) -> Result<(), ServiceError> {
-        let (rb, url) = self.request(Method::DELETE, &format!("/devices/{}", path_segment(id)));
+    /// [`ServiceError::Azure`] (`404001` unknown device, `404010` unknown module) or a transport
+    /// error.
+    pub async fn delete_device<'a>(
+        &self,
+        identity: impl IntoIdentity<'a>,
+    ) -> Result<(), ServiceError> {
+        let identity = identity.into_identity();
+        let (rb, url) = self.request(Method::DELETE, &registry_path(identity));
         self.send(
             rb.header("If-Match", "\"*\"").timeout(REQUEST_TIMEOUT),
             &url,
@@ -278,27 +343,32 @@ impl ServiceClient {
         .map(|_| ())
     }
 
-    /// `GET /twins/{id}`.
+    /// `GET /twins/{id}` or `GET /twins/{id}/modules/{mid}`.
     ///
     /// # Errors
     /// [`ServiceError::Azure`] or a transport error.
-    pub async fn get_twin(&self, id: &str) -> Result<Value, ServiceError> {
-        let (rb, url) = self.request(Method::GET, &format!("/twins/{}", path_segment(id)));
+    pub async fn get_twin<'a>(
+        &self,
+        identity: impl IntoIdentity<'a>,
+    ) -> Result<Value, ServiceError> {
+        let identity = identity.into_identity();
+        let (rb, url) = self.request(Method::GET, &twin_path(identity));
         self.json(rb, &url).await
     }
 
-    /// `PATCH /twins/{id}` with `{"tags":..,"properties":{"desired":..}}`; `etag` goes in
-    /// `If-Match` (quoted when it is not already). Returns the updated twin.
+    /// `PATCH /twins/{id}[/modules/{mid}]` with `{"tags":..,"properties":{"desired":..}}`;
+    /// `etag` goes in `If-Match` (quoted when it is not already). Returns the updated twin.
     ///
     /// # Errors
     /// [`ServiceError::Azure`] (`412001` on an etag mismatch) or a transport error.
-    pub async fn patch_twin(
+    pub async fn patch_twin<'a>(
         &self,
-        id: &str,
+        identity: impl IntoIdentity<'a>,
         desired: Option<&Value>,
         tags: Option<&Value>,
         etag: Option<&str>,
     ) -> Result<Value, ServiceError> {
+        let identity = identity.into_identity();
         let mut body = serde_json::Map::new();
         if let Some(tags) = tags {
             body.insert("tags".into(), tags.clone());
@@ -309,27 +379,26 @@ impl ServiceClient {
                 serde_json::json!({ "desired": desired }),
             );
         }
-        let (mut rb, url) = self.request(Method::PATCH, &format!("/twins/{}", path_segment(id)));
+        let (mut rb, url) = self.request(Method::PATCH, &twin_path(identity));
         if let Some(etag) = etag {
             rb = rb.header("If-Match", quote_etag(etag));
         }
         self.json(rb.json(&Value::Object(body)), &url).await
     }
 
-    /// `POST /twins/{id}/methods`: invokes a direct method and returns the device's answer.
+    /// `POST /twins/{id}[/modules/{mid}]/methods`: invokes a direct method on a device or a
+    /// module and returns its answer.
     ///
     /// # Errors
-    /// [`ServiceError::Azure`] (`404103` device not online, `504101` no answer in time) or a
-    /// transport error.
-    pub async fn invoke(
+    /// [`ServiceError::Azure`] (`404103` not online, `504101` no answer in time) or a transport
+    /// error.
+    pub async fn invoke<'a>(
         &self,
-        id: &str,
+        identity: impl IntoIdentity<'a>,
         req: &MethodRequest,
     ) -> Result<MethodResult, ServiceError> {
-        let (rb, url) = self.request(
-            Method::POST,
-            &format!("/twins/{}/methods", path_segment(id)),
-        );
+        let identity = identity.into_identity();
+        let (rb, url) = self.request(Method::POST, &format!("{}/methods", twin_path(identity)));
         // The hub holds the request for up to connect + response timeout; allow for both.
         let wait = u64::from(req.response_timeout_in_seconds)
             + u64::from(req.connect_timeout_in_seconds)
@@ -594,6 +663,16 @@ mod tests {
         assert_eq!(quote_etag("AAAAAAAAAAE="), "\"AAAAAAAAAAE=\"");
         assert_eq!(quote_etag("\"AAAAAAAAAAE=\""), "\"AAAAAAAAAAE=\"");
         assert_eq!(quote_etag("*"), "\"*\"");
+    }
+
+    #[test]
+    fn devices_and_modules_have_their_own_paths() {
+        let d = Identity::device("d 1");
+        let m = Identity::module("d 1", "m/1");
+        assert_eq!(registry_path(d), "/devices/d%201");
+        assert_eq!(registry_path(m), "/devices/d%201/modules/m%2F1");
+        assert_eq!(twin_path(d), "/twins/d%201");
+        assert_eq!(twin_path(m), "/twins/d%201/modules/m%2F1");
     }
 
     #[test]

@@ -2,7 +2,7 @@
 //! 2021-04-12) and for the local hub's emulator-only endpoints, and the resolution of which hub
 //! to talk to.
 //!
-//! What it does: device registry, twins, direct methods over HTTPS against `azsim hub` or a real
+//! What it does: device and module registry, twins, direct methods over HTTPS against `azsim hub` or a real
 //! Azure IoT Hub, C2D feedback (receive/complete/abandon) against either; C2D send and the live
 //! event stream against `azsim hub` only (Azure does those
 //! over AMQP and Event Hubs, which azsim does not speak). Tokens are signed by `azsim-proto`
@@ -19,6 +19,7 @@ pub mod target;
 pub use auth::ServiceCredentials;
 pub use azure_error::AzureError;
 pub use client::{
-    C2dRequest, FeedbackBatch, MethodRequest, MethodResult, ServiceClient, ServiceError,
+    C2dRequest, FeedbackBatch, Identity, IntoIdentity, MethodRequest, MethodResult, ServiceClient,
+    ServiceError,
 };
 pub use target::{Target, TargetInputs};

@@ -109,9 +109,11 @@ fn cs_field<'a>(cs: &'a str, name: &str) -> &'a str {
         .unwrap_or_else(|| panic!("{name} missing in connection string"))
 }
 
-/// A raw MQTT device of the test hub (rumqttc over TLS with a SAS token from azsim-proto).
+/// A raw MQTT device (or module, for a module connection string) of the test hub: rumqttc over
+/// TLS with a SAS token from azsim-proto.
 pub struct RawDevice {
     pub id: String,
+    pub module: Option<String>,
     pub client: AsyncClient,
     pub events: EventLoop,
 }
@@ -119,6 +121,10 @@ pub struct RawDevice {
 impl RawDevice {
     pub async fn connect(hub: &TestHub, device_cs: &str) -> RawDevice {
         let id = cs_field(device_cs, "DeviceId").to_owned();
+        let module = device_cs
+            .split(';')
+            .find_map(|p| p.strip_prefix("ModuleId="))
+            .map(str::to_owned);
         let key = cs_field(device_cs, "SharedAccessKey");
         let host = "localhost";
         let expiry = SystemTime::now()
@@ -126,23 +132,33 @@ impl RawDevice {
             .unwrap()
             .as_secs()
             + 3600;
-        let mut password = String::new();
-        azsim_proto::sas::sign(
-            &mut password,
-            &azsim_proto::sas::Resource::Device {
+        let resource = match &module {
+            None => azsim_proto::sas::Resource::Device {
                 host,
                 device_id: &id,
             },
-            key,
-            expiry,
+            Some(m) => azsim_proto::sas::Resource::Module {
+                host,
+                device_id: &id,
+                module_id: m,
+            },
+        };
+        let mut password = String::new();
+        azsim_proto::sas::sign(&mut password, &resource, key, expiry, None).unwrap();
+        let mut client_id = String::new();
+        azsim_proto::username::write_client_id(&mut client_id, &id, module.as_deref()).unwrap();
+        let tls = azsim::tls::client_config(Some(&hub.ca_file)).unwrap();
+        let mut opts = MqttOptions::new(client_id.clone(), host, hub.mqtt_port);
+        let mut username = String::new();
+        azsim_proto::username::write_username(
+            &mut username,
+            host,
+            &id,
+            module.as_deref(),
+            "test",
             None,
         )
         .unwrap();
-        let tls = azsim::tls::client_config(Some(&hub.ca_file)).unwrap();
-        let mut opts = MqttOptions::new(id.clone(), host, hub.mqtt_port);
-        let mut username = String::new();
-        azsim_proto::username::write_username(&mut username, host, &id, None, "test", None)
-            .unwrap();
         opts.set_credentials(username, password)
             .set_keep_alive(Duration::from_secs(60))
             .set_transport(Transport::tls_with_config(TlsConfiguration::Rustls(tls)));
@@ -153,19 +169,31 @@ impl RawDevice {
                 .expect("connack within 10 s")
             {
                 Ok(Event::Incoming(Packet::ConnAck(ack))) => {
-                    assert_eq!(ack.code, rumqttc::ConnectReturnCode::Success, "{id}");
+                    assert_eq!(ack.code, rumqttc::ConnectReturnCode::Success, "{client_id}");
                     break;
                 }
                 Ok(_) => {}
-                Err(e) => panic!("{id} cannot connect: {e}"),
+                Err(e) => panic!("{client_id} cannot connect: {e}"),
             }
         }
-        RawDevice { id, client, events }
+        RawDevice {
+            id,
+            module,
+            client,
+            events,
+        }
+    }
+
+    fn identity(&self) -> Identity<'_> {
+        Identity {
+            device_id: &self.id,
+            module_id: self.module.as_deref(),
+        }
     }
 
     pub async fn subscribe(&mut self, kind: SubscriptionKind) {
         let mut filter = String::new();
-        topic::write_filter(&mut filter, kind, Identity::device(&self.id)).unwrap();
+        topic::write_filter(&mut filter, kind, self.identity()).unwrap();
         self.client
             .subscribe(filter, QoS::AtLeastOnce)
             .await
@@ -203,7 +231,7 @@ impl RawDevice {
         let mut t = String::new();
         topic::write_telemetry_topic(
             &mut t,
-            Identity::device(&self.id),
+            self.identity(),
             &azsim_proto::property_bag::SystemProperties {
                 content_type: Some("application/json"),
                 ..Default::default()
@@ -1120,5 +1148,274 @@ async fn an_unknown_mqtt_port_is_said_and_can_be_given() {
     let out = create(&["zero-dev", "--mqtt-port", "0"]).await;
     assert_eq!(out.code, 2, "{out:?}");
     assert!(out.stderr.starts_with("error: --mqtt-port: "), "{out:?}");
+    hub.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn module_identities_are_created_shown_invoked_patched_and_deleted_end_to_end() {
+    let hub = TestHub::start().await;
+    let service = service_key(&hub);
+    let out = run(&hub, &["device", "create", "edge-dev"]).await;
+    assert_eq!(out.code, 0, "{out:?}");
+
+    // A module needs its device.
+    let out = run(&hub, &["device", "create", "no-dev", "--module", "m"]).await;
+    assert_eq!(out.code, 1, "{out:?}");
+    assert!(out.stderr.starts_with("error: 404001"), "{out:?}");
+
+    let out = run(
+        &hub,
+        &[
+            "device", "create", "edge-dev", "--module", "filter", "--json",
+        ],
+    )
+    .await;
+    assert_eq!(out.code, 0, "{out:?}");
+    let v = out.json();
+    assert_eq!(
+        (&v["deviceId"], &v["moduleId"]),
+        (&"edge-dev".into(), &"filter".into())
+    );
+    assert_eq!(v["module"]["moduleId"], "filter");
+    assert_eq!(v["mqttPort"], hub.mqtt_port);
+    let cs = v["connectionString"].as_str().unwrap().to_owned();
+    assert!(
+        cs.starts_with(&format!(
+            "HostName=localhost:{};DeviceId=edge-dev;ModuleId=filter;SharedAccessKey=",
+            hub.mqtt_port
+        )),
+        "{cs}"
+    );
+    let module_key = cs_field(&cs, "SharedAccessKey").to_owned();
+    assert_eq!(
+        v["module"]["authentication"]["symmetricKey"]["primaryKey"],
+        "<redacted>"
+    );
+    assert_no_secret(&out, &[&service]);
+
+    let out = run(
+        &hub,
+        &["device", "create", "edge-dev", "--module", "filter"],
+    )
+    .await;
+    assert_eq!(out.code, 1, "{out:?}");
+    assert!(out.stderr.starts_with("error: 409301"), "{out:?}");
+    let out = run(&hub, &["device", "create", "edge-dev", "--module", "other"]).await;
+    assert_eq!(out.code, 0, "{out:?}");
+    assert!(
+        out.stdout
+            .starts_with("created module other of device edge-dev in localhost:"),
+        "{out:?}"
+    );
+
+    // show: the entry (key redacted), readable or JSON, or the connection string itself.
+    let out = run(
+        &hub,
+        &["device", "show", "edge-dev", "--module", "filter", "--json"],
+    )
+    .await;
+    assert_eq!(out.code, 0, "{out:?}");
+    assert_eq!(out.json()["moduleId"], "filter");
+    assert_no_secret(&out, &[&module_key, &service]);
+    let out = run(&hub, &["device", "show", "edge-dev", "--module", "filter"]).await;
+    assert_eq!(out.code, 0, "{out:?}");
+    assert!(out.stdout.contains("\nmodule         filter\n"), "{out:?}");
+    assert_no_secret(&out, &[&module_key]);
+    let out = run(
+        &hub,
+        &[
+            "device",
+            "show",
+            "edge-dev",
+            "--module",
+            "filter",
+            "--connection-string",
+        ],
+    )
+    .await;
+    assert_eq!(out.code, 0, "{out:?}");
+    assert_eq!(out.stdout.trim(), cs);
+
+    // Connect as the module with that string.
+    let mut module = RawDevice::connect(&hub, &cs).await;
+    module.subscribe(SubscriptionKind::Methods).await;
+    module.subscribe(SubscriptionKind::DesiredPatches).await;
+
+    // twin patch --module reaches the module, and only the module's twin.
+    let out = run(
+        &hub,
+        &[
+            "twin",
+            "patch",
+            "edge-dev",
+            r#"{"threshold":3}"#,
+            "--module",
+            "filter",
+        ],
+    )
+    .await;
+    assert_eq!(out.code, 0, "{out:?}");
+    assert!(
+        out.stdout
+            .starts_with("updated twin of module filter of device edge-dev: desired $version"),
+        "{out:?}"
+    );
+    let patch = module.next_publish().await;
+    assert!(
+        topic::parse_desired_patch(&patch.topic).is_ok(),
+        "{}",
+        patch.topic
+    );
+    let desired: Value = serde_json::from_slice(&patch.payload).unwrap();
+    assert_eq!(desired["threshold"], 3, "{desired}");
+    let out = run(
+        &hub,
+        &["twin", "show", "edge-dev", "--module", "filter", "--json"],
+    )
+    .await;
+    assert_eq!(out.code, 0, "{out:?}");
+    let twin = out.json();
+    assert_eq!(
+        (
+            &twin["moduleId"],
+            &twin["properties"]["desired"]["threshold"]
+        ),
+        (&"filter".into(), &3.into()),
+        "{twin}"
+    );
+    let out = run(&hub, &["twin", "show", "edge-dev", "--json"]).await;
+    assert_eq!(out.code, 0, "{out:?}");
+    assert!(
+        out.json()["properties"]["desired"]
+            .get("threshold")
+            .is_none(),
+        "the device's own twin changed: {out:?}"
+    );
+
+    // invoke --module: the module gets the request and its answer comes back.
+    let invoke = tokio::spawn({
+        let cs = hub.service_connection_string.clone();
+        let ca = hub.ca_file.clone();
+        async move {
+            let cwd = tempfile::tempdir().unwrap();
+            let mut cmd = azsim(cwd.path());
+            cmd.args([
+                "invoke",
+                "edge-dev",
+                "recalibrate",
+                "--module",
+                "filter",
+                "--payload",
+                r#"{"step":2}"#,
+                "--json",
+                "--hub-connection-string",
+            ])
+            .arg(cs)
+            .arg("--ca")
+            .arg(ca);
+            output(cmd).await
+        }
+    });
+    let req = module.next_publish().await;
+    let parsed = topic::parse_method_request(&req.topic).expect("method request topic");
+    assert_eq!(parsed.name.as_str(), "recalibrate");
+    assert_eq!(
+        serde_json::from_slice::<Value>(&req.payload).unwrap(),
+        serde_json::json!({"step": 2})
+    );
+    let mut res = String::new();
+    topic::write_method_response(&mut res, 200, parsed.rid.as_raw()).unwrap();
+    module
+        .client
+        .publish(
+            res,
+            QoS::AtMostOnce,
+            false,
+            br#"{"module":"filter"}"#.to_vec(),
+        )
+        .await
+        .unwrap();
+    let driver = tokio::spawn(async move { while module.events.poll().await.is_ok() {} });
+    let out = invoke.await.unwrap();
+    assert_eq!(out.code, 0, "{out:?}");
+    assert_eq!(
+        out.json(),
+        serde_json::json!({"status": 200, "payload": {"module": "filter"}})
+    );
+    driver.abort();
+
+    // delete --module removes the module only.
+    let out = run(
+        &hub,
+        &["device", "delete", "edge-dev", "--module", "filter"],
+    )
+    .await;
+    assert_eq!(out.code, 0, "{out:?}");
+    assert_eq!(
+        out.stdout.trim(),
+        format!(
+            "deleted module filter of device edge-dev from localhost:{}",
+            hub.https_port
+        )
+    );
+    let out = run(&hub, &["device", "show", "edge-dev", "--module", "filter"]).await;
+    assert_eq!(out.code, 1, "{out:?}");
+    assert!(out.stderr.starts_with("error: 404"), "{out:?}");
+    let out = run(&hub, &["device", "show", "edge-dev", "--json"]).await;
+    assert_eq!(out.code, 0, "{out:?}");
+    hub.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn azsim_run_connects_with_a_printed_module_connection_string() {
+    let hub = TestHub::start().await;
+    assert_eq!(run(&hub, &["device", "create", "run-dev"]).await.code, 0);
+    let out = run(
+        &hub,
+        &[
+            "device", "create", "run-dev", "--module", "sensor", "--json",
+        ],
+    )
+    .await;
+    assert_eq!(out.code, 0, "{out:?}");
+    let cs = out.json()["connectionString"].as_str().unwrap().to_owned();
+    let cwd = tempfile::tempdir().unwrap();
+    let mut cmd = azsim(cwd.path());
+    cmd.args([
+        "run",
+        "--json",
+        "--count",
+        "1",
+        "--interval",
+        "1s",
+        "--connection-string",
+        &cs,
+        "--ca",
+    ])
+    .arg(&hub.ca_file);
+    let out = output(cmd).await;
+    assert_eq!(out.code, 0, "azsim run as a module: {out:?}");
+    assert!(
+        out.stdout.contains(r#""event":"telemetry_acked""#),
+        "{out:?}"
+    );
+    // The hub saw the module, not the device, connect and send.
+    let out = run(
+        &hub,
+        &["device", "show", "run-dev", "--module", "sensor", "--json"],
+    )
+    .await;
+    assert_eq!(out.code, 0, "{out:?}");
+    assert_ne!(
+        out.json()["lastActivityTime"],
+        "0001-01-01T00:00:00Z",
+        "the hub saw no activity from the module: {out:?}"
+    );
+    let out = run(&hub, &["device", "show", "run-dev", "--json"]).await;
+    assert_eq!(
+        out.json()["lastActivityTime"],
+        "0001-01-01T00:00:00Z",
+        "the device itself was active: {out:?}"
+    );
     hub.stop().await;
 }
