@@ -1,0 +1,138 @@
+//! The telemetry log's writer thread: messages gather for a couple of milliseconds, then go in
+//! as multi-row INSERTs in one transaction, and the log is capped at its size.
+
+use std::sync::{Arc, Mutex};
+
+use rusqlite::{Connection, params};
+use tokio::sync::mpsc;
+
+use super::WriterMsg;
+use crate::telemetry::D2cRecord;
+
+/// The columns telemetry rows have beyond the first schema's `(seq, device_id, json)`. A row
+/// with an empty `json` keeps the message as received and is rendered when read (see
+/// `telemetry.rs`); rows written by older versions keep their JSON text.
+const EVENT_COLUMNS: [(&str, &str); 5] = [
+    ("module_id", "TEXT"),
+    ("generation_id", "TEXT"),
+    ("enqueued_ns", "INTEGER"),
+    ("props", "TEXT"),
+    ("body", "BLOB"),
+];
+
+/// Adds the [`EVENT_COLUMNS`] an existing `events` table lacks.
+pub(super) fn add_event_columns(c: &Connection) -> rusqlite::Result<()> {
+    let have: Vec<String> = c
+        .prepare("SELECT name FROM pragma_table_info('events')")?
+        .query_map([], |r| r.get(0))?
+        .collect::<rusqlite::Result<_>>()?;
+    for (name, ty) in EVENT_COLUMNS {
+        if !have.iter().any(|h| h == name) {
+            c.execute_batch(&format!("ALTER TABLE events ADD COLUMN {name} {ty};"))?;
+        }
+    }
+    Ok(())
+}
+
+/// How long the writer lets telemetry gather before a transaction, unless a flush is waiting:
+/// one wake-up and one commit per window instead of per message.
+const GATHER: std::time::Duration = std::time::Duration::from_millis(2);
+const MAX_BATCH: usize = 4096;
+
+/// Telemetry rows per multi-row INSERT: one statement run (and one AUTOINCREMENT bookkeeping
+/// update) per this many messages.
+const ROWS_PER_INSERT: usize = 32;
+
+/// `INSERT INTO events ... VALUES (...)` with `rows` rows of [`bind_event`]'s 6 parameters.
+fn insert_events_sql(rows: usize) -> String {
+    let mut sql = String::from(
+        "INSERT INTO events (device_id, json, module_id, generation_id, enqueued_ns, props, body) \
+         VALUES ",
+    );
+    for i in 0..rows {
+        if i > 0 {
+            sql.push(',');
+        }
+        sql.push_str("(?, '', ?, ?, ?, ?, ?)");
+    }
+    sql
+}
+
+/// Binds one message to parameters `base + 1 ..= base + 6` of an insert from
+/// [`insert_events_sql`].
+fn bind_event(
+    stmt: &mut rusqlite::CachedStatement<'_>,
+    base: usize,
+    r: &D2cRecord,
+) -> rusqlite::Result<()> {
+    stmt.raw_bind_parameter(base + 1, &r.origin.device_id)?;
+    stmt.raw_bind_parameter(base + 2, &r.origin.module_id)?;
+    stmt.raw_bind_parameter(base + 3, &r.origin.generation_id)?;
+    stmt.raw_bind_parameter(base + 4, r.enqueued_ns)?;
+    stmt.raw_bind_parameter(base + 5, &r.properties)?;
+    stmt.raw_bind_parameter(base + 6, &r.body)
+}
+
+pub(super) fn event_writer(
+    conn: Arc<Mutex<Connection>>,
+    mut rx: mpsc::Receiver<WriterMsg>,
+    cap: usize,
+) {
+    let (insert_many, insert_one) = (insert_events_sql(ROWS_PER_INSERT), insert_events_sql(1));
+    let mut since_trim = 0usize;
+    let mut events = Vec::with_capacity(MAX_BATCH);
+    let mut flushes = Vec::new();
+    while let Some(first) = rx.blocking_recv() {
+        if !matches!(first, WriterMsg::Flush(_)) {
+            std::thread::sleep(GATHER);
+        }
+        let mut next = Some(first);
+        while let Some(m) = next.take() {
+            match m {
+                WriterMsg::Event(r) => events.push(r),
+                WriterMsg::Flush(f) => flushes.push(f),
+            }
+            if events.len() < MAX_BATCH {
+                next = rx.try_recv().ok();
+            }
+        }
+        if !events.is_empty() {
+            let mut guard = conn.lock().unwrap_or_else(|p| p.into_inner());
+            let result = (|| -> rusqlite::Result<()> {
+                let tx = guard.transaction()?;
+                {
+                    let mut many = tx.prepare_cached(&insert_many)?;
+                    let mut chunks = events.chunks_exact(ROWS_PER_INSERT);
+                    for chunk in &mut chunks {
+                        for (i, r) in chunk.iter().enumerate() {
+                            bind_event(&mut many, i * 6, r)?;
+                        }
+                        many.raw_execute()?;
+                    }
+                    let mut one = tx.prepare_cached(&insert_one)?;
+                    for r in chunks.remainder() {
+                        bind_event(&mut one, 0, r)?;
+                        one.raw_execute()?;
+                    }
+                }
+                since_trim += events.len();
+                if since_trim >= 256 {
+                    since_trim = 0;
+                    tx.prepare_cached(
+                        "DELETE FROM events WHERE seq <= (SELECT MAX(seq) FROM events) - ?1",
+                    )?
+                    .execute(params![cap as i64])?;
+                }
+                tx.commit()
+            })();
+            if let Err(e) = result {
+                tracing::warn!(error = %e, "event log write failed");
+            }
+            drop(guard);
+            events.clear();
+        }
+        for f in flushes.drain(..) {
+            let _ = f.send(());
+        }
+    }
+}

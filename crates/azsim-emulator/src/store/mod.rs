@@ -1,0 +1,260 @@
+//! SQLite persistence: identities (registry + twin in one row), C2D queues, MQTT session
+//! subscriptions and the capped D2C event log.
+//!
+//! One connection behind a mutex; async callers go through [`Store::call`] (spawn_blocking) so
+//! SQLite never runs on a runtime worker. Telemetry never waits for SQLite: it goes through a
+//! channel to a writer thread that inserts in batches, one transaction per batch, in WAL mode
+//! with `synchronous=NORMAL` (no fsync per commit). The writer lets telemetry gather for 2 ms
+//! before each transaction; readers of the log call [`Store::flush`] first, so a
+//! message the hub has PUBACKed is in everything read after the PUBACK, and [`Store::close`]
+//! flushes on shutdown. Telemetry rows keep the message as received; its JSON is built on read.
+//!
+//! [`Identity`] (one registry row) is in `identity.rs`, the telemetry writer thread in
+//! `event_log.rs`, and every query in [`q`].
+
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+
+use rusqlite::{Connection, params};
+use tokio::sync::{mpsc, oneshot};
+
+use crate::HubError;
+use crate::telemetry::D2cRecord;
+
+mod event_log;
+mod identity;
+pub mod q;
+
+use event_log::{add_event_columns, event_writer};
+pub use identity::Identity;
+
+/// A cloud-to-device message in a device queue.
+#[derive(Debug, Clone)]
+pub struct C2dMessage {
+    pub seq: i64,
+    pub device_id: String,
+    pub message_id: String,
+    pub correlation_id: Option<String>,
+    pub content_type: Option<String>,
+    pub content_encoding: Option<String>,
+    pub user_id: Option<String>,
+    pub ack: String,
+    /// App properties in send order.
+    pub properties: Vec<(String, String)>,
+    pub body: Vec<u8>,
+    pub enqueued_ms: i64,
+    pub expiry_ms: i64,
+    pub delivery_count: u32,
+}
+
+enum WriterMsg {
+    Event(D2cRecord),
+    Flush(oneshot::Sender<()>),
+}
+
+/// Handle to the database. Cheap to clone.
+#[derive(Clone)]
+pub struct Store {
+    conn: Arc<Mutex<Connection>>,
+    events_tx: mpsc::Sender<WriterMsg>,
+    writer: Arc<Mutex<Option<JoinHandle<()>>>>,
+    activity: Arc<crate::activity::Tracker>,
+}
+
+impl std::fmt::Debug for Store {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Store")
+    }
+}
+
+fn db_err(e: rusqlite::Error) -> HubError {
+    HubError::Store(e.to_string())
+}
+
+pub(crate) const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS identities (
+  device_id TEXT NOT NULL, module_id TEXT NOT NULL DEFAULT '', data TEXT NOT NULL,
+  PRIMARY KEY (device_id, module_id));
+CREATE TABLE IF NOT EXISTS c2d (
+  seq INTEGER PRIMARY KEY AUTOINCREMENT, device_id TEXT NOT NULL, data TEXT NOT NULL,
+  body BLOB NOT NULL, expiry_ms INTEGER NOT NULL, delivery_count INTEGER NOT NULL DEFAULT 0,
+  dead TEXT);
+CREATE INDEX IF NOT EXISTS c2d_device ON c2d (device_id, dead, seq);
+CREATE TABLE IF NOT EXISTS sessions (client_id TEXT PRIMARY KEY, filters TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS events (
+  seq INTEGER PRIMARY KEY AUTOINCREMENT, device_id TEXT NOT NULL, json TEXT NOT NULL);
+";
+
+/// Activity times (see `activity.rs`) and the C2D feedback queue (see `feedback.rs`).
+pub(crate) const SCHEMA_ACTIVITY_FEEDBACK: &str = "
+CREATE TABLE IF NOT EXISTS activity (
+  client_id TEXT PRIMARY KEY, last_us INTEGER NOT NULL, state_us INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS feedback (
+  seq INTEGER PRIMARY KEY AUTOINCREMENT, device_id TEXT NOT NULL, json TEXT NOT NULL,
+  created_ms INTEGER NOT NULL, lock_token TEXT, locked_until_ms INTEGER,
+  done INTEGER NOT NULL DEFAULT 0, deliveries INTEGER NOT NULL DEFAULT 0);
+CREATE INDEX IF NOT EXISTS feedback_lock ON feedback (lock_token);
+CREATE INDEX IF NOT EXISTS c2d_live_expiry ON c2d (expiry_ms) WHERE dead IS NULL;
+CREATE TABLE IF NOT EXISTS c2d_locks (
+  seq INTEGER PRIMARY KEY, device_id TEXT NOT NULL, lock_token TEXT NOT NULL,
+  locked_until_ms INTEGER NOT NULL);
+";
+
+/// An in-memory database with the whole schema, for the unit tests of the modules that take a
+/// bare `Connection`.
+#[cfg(test)]
+pub(crate) fn memory_db() -> Connection {
+    let c = Connection::open_in_memory().unwrap();
+    c.execute_batch(SCHEMA).unwrap();
+    c.execute_batch(SCHEMA_ACTIVITY_FEEDBACK).unwrap();
+    c
+}
+
+impl Store {
+    /// Open (creating) the database at `path`, or an in-memory one when `path` is `None`.
+    pub fn open(path: Option<&Path>, event_cap: usize) -> Result<Store, HubError> {
+        let conn = match path {
+            Some(p) => Connection::open(p).map_err(db_err)?,
+            None => Connection::open_in_memory().map_err(db_err)?,
+        };
+        if path.is_some() {
+            conn.pragma_update(None, "journal_mode", "WAL")
+                .map_err(db_err)?;
+        }
+        conn.pragma_update(None, "synchronous", "NORMAL")
+            .map_err(db_err)?;
+        conn.busy_timeout(std::time::Duration::from_secs(5))
+            .map_err(db_err)?;
+        conn.execute_batch(SCHEMA).map_err(db_err)?;
+        add_event_columns(&conn).map_err(db_err)?;
+        conn.execute_batch(SCHEMA_ACTIVITY_FEEDBACK)
+            .map_err(db_err)?;
+        add_column(
+            &conn,
+            "feedback",
+            "deliveries",
+            "INTEGER NOT NULL DEFAULT 0",
+        )?;
+        let activity = Arc::new(crate::activity::Tracker::default());
+        activity.load(q::activity_rows(&conn)?);
+        let conn = Arc::new(Mutex::new(conn));
+        start_activity_flusher(&conn, &activity)?;
+        let (tx, rx) = mpsc::channel(16_384);
+        let wconn = conn.clone();
+        let handle = std::thread::Builder::new()
+            .name("azsim-hub-events".into())
+            .spawn(move || event_writer(wconn, rx, event_cap.max(1)))
+            .map_err(|e| HubError::Store(e.to_string()))?;
+        Ok(Store {
+            conn,
+            events_tx: tx,
+            writer: Arc::new(Mutex::new(Some(handle))),
+            activity,
+        })
+    }
+
+    /// Run `f` on the connection on the blocking pool.
+    pub async fn call<T, F>(&self, f: F) -> Result<T, HubError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&mut Connection) -> Result<T, HubError> + Send + 'static,
+    {
+        let conn = self.conn.clone();
+        tokio::task::spawn_blocking(move || {
+            let mut guard = conn.lock().unwrap_or_else(|p| p.into_inner());
+            f(&mut guard)
+        })
+        .await
+        .map_err(|e| HubError::Store(format!("store task failed: {e}")))?
+    }
+
+    /// Queue a telemetry message for the log. Waits only when the writer is far behind.
+    pub async fn log_event(&self, record: D2cRecord) {
+        let _ = self.events_tx.send(WriterMsg::Event(record)).await;
+    }
+
+    /// Wait until every event queued so far is committed.
+    pub async fn flush(&self) {
+        let (tx, rx) = oneshot::channel();
+        if self.events_tx.send(WriterMsg::Flush(tx)).await.is_ok() {
+            let _ = rx.await;
+        }
+    }
+
+    /// Flush, then checkpoint the WAL so the db file is complete on its own.
+    pub async fn close(&self) {
+        self.flush().await;
+        self.flush_activity().await;
+        self.activity
+            .stopped
+            .store(true, std::sync::atomic::Ordering::Release);
+        let _ = self
+            .call(|c| {
+                let _ = c.execute_batch("PRAGMA wal_checkpoint(TRUNCATE);");
+                Ok(())
+            })
+            .await;
+        let _ = self.writer.lock().map(|mut w| w.take());
+    }
+}
+
+/// Add `column` to `table` when a database from an older build lacks it.
+fn add_column(c: &Connection, table: &str, column: &str, decl: &str) -> Result<(), HubError> {
+    let have: bool = c
+        .query_row(
+            "SELECT COUNT(*) > 0 FROM pragma_table_info(?1) WHERE name = ?2",
+            params![table, column],
+            |r| r.get(0),
+        )
+        .map_err(db_err)?;
+    if !have {
+        c.execute_batch(&format!("ALTER TABLE {table} ADD COLUMN {column} {decl};"))
+            .map_err(db_err)?;
+    }
+    Ok(())
+}
+
+/// Activity times: the hot path updates atomics, this writes them (see `activity.rs`).
+impl Store {
+    /// Every identity's activity times.
+    pub fn activity(&self) -> &Arc<crate::activity::Tracker> {
+        &self.activity
+    }
+
+    /// Write the activity times that changed since the last flush.
+    pub async fn flush_activity(&self) {
+        let tracker = self.activity.clone();
+        if let Err(e) = self.call(move |c| q::flush_activity(c, &tracker)).await {
+            tracing::warn!(error = %e, "saving activity times failed");
+        }
+    }
+}
+
+/// A thread that writes changed activity times every `FLUSH_EVERY`; it ends when the store is
+/// closed or dropped.
+fn start_activity_flusher(
+    conn: &Arc<Mutex<Connection>>,
+    tracker: &Arc<crate::activity::Tracker>,
+) -> Result<(), HubError> {
+    let (conn, tracker) = (Arc::downgrade(conn), Arc::downgrade(tracker));
+    std::thread::Builder::new()
+        .name("azsim-hub-activity".into())
+        .spawn(move || {
+            loop {
+                std::thread::sleep(crate::activity::FLUSH_EVERY);
+                let (Some(conn), Some(tracker)) = (conn.upgrade(), tracker.upgrade()) else {
+                    return;
+                };
+                if tracker.stopped.load(std::sync::atomic::Ordering::Acquire) {
+                    return;
+                }
+                let guard = conn.lock().unwrap_or_else(|p| p.into_inner());
+                if let Err(e) = q::flush_activity(&guard, &tracker) {
+                    tracing::warn!(error = %e, "saving activity times failed");
+                }
+            }
+        })
+        .map(drop)
+        .map_err(|e| HubError::Store(e.to_string()))
+}
