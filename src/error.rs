@@ -11,6 +11,8 @@ use std::error::Error as StdError;
 use std::fmt;
 use std::process::ExitCode;
 
+use clap::error::ContextValue;
+
 /// Bad command-line input: exit code 2, one line naming the field.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct UsageError {
@@ -175,10 +177,10 @@ pub fn one_line(e: &(dyn StdError + 'static)) -> String {
     out.replace(['\n', '\r'], " ")
 }
 
-/// Clap's own usage error (unknown flag, missing or malformed value) as one line: the first line
-/// of clap's message with its indented details and tips folded in, and where to get help. A value
-/// clap echoes back that looks like a secret (a connection string, a SAS token, a base64 key) is
-/// shown as `<redacted>`.
+/// Clap's own usage error (unknown flag, missing or malformed value) as one line, written from
+/// the error's context (`ContextKind::InvalidArg`, `InvalidValue`, the suggestions...) in clap's
+/// own words, and where to get help. A value clap echoes back that looks like a secret (a
+/// connection string, a SAS token, a base64 key) is shown as `<redacted>`.
 /// `command` is the CLI's definition and `args` the command line (program name first): they give
 /// the subcommand whose help to point at.
 pub fn clap_one_line<I, T>(e: &clap::Error, command: &clap::Command, args: I) -> String
@@ -186,44 +188,146 @@ where
     I: IntoIterator<Item = T>,
     T: Into<std::ffi::OsString>,
 {
-    let text = e.render().to_string();
-    let path = subcommand_path(command, args);
-    let mut head = String::new();
-    let mut details: Vec<String> = Vec::new();
-    let mut tips: Vec<String> = Vec::new();
-    for line in text.lines() {
-        let trimmed = line.trim();
-        if trimmed.is_empty() || trimmed.starts_with("For more information") {
-            continue;
+    use clap::error::ContextKind as K;
+    let mut out = clap_head(e).unwrap_or_else(|| {
+        // A kind without the context its message needs: clap's generic description.
+        e.kind()
+            .as_str()
+            .unwrap_or("the command line is not valid")
+            .to_owned()
+    });
+    if let Some(values) = e.get(K::ValidValue).and_then(strings)
+        && !values.is_empty()
+    {
+        out.push_str(&format!(" [possible values: {}]", values.join(", ")));
+    }
+    for (kind, what) in [
+        (K::SuggestedSubcommand, "subcommand"),
+        (K::SuggestedArg, "argument"),
+        (K::SuggestedValue, "value"),
+    ] {
+        if let Some(similar) = e.get(kind).and_then(strings) {
+            let quoted: Vec<String> = similar.iter().map(|s| format!("'{s}'")).collect();
+            out.push_str(&match quoted.as_slice() {
+                [one] => format!(" (a similar {what} exists: {one})"),
+                _ => format!(" (some similar {what}s exist: {})", quoted.join(", ")),
+            });
         }
-        if trimmed.starts_with("Usage:") || line.starts_with("       ") {
-            continue;
-        }
-        if let Some(tip) = trimmed.strip_prefix("tip:") {
-            tips.push(tip.trim().to_owned());
-        } else if head.is_empty() {
-            head = trimmed
-                .strip_prefix("error:")
-                .unwrap_or(trimmed)
-                .trim()
-                .to_owned();
-        } else if line.starts_with(' ') {
-            details.push(trimmed.to_owned());
+    }
+    if let Some(ContextValue::StyledStrs(tips)) = e.get(K::Suggested) {
+        for tip in tips {
+            out.push_str(&format!(" ({tip})"));
         }
     }
-    if head.is_empty() {
-        head = e.kind().to_string();
+    out.push_str(&format!(
+        "; see '{} --help'",
+        subcommand_path(command, args)
+    ));
+    redact_quoted(&out.replace(['\n', '\r'], " "))
+}
+
+/// The first part of clap's message for `e`, from its context; `None` when the context that
+/// kind needs is missing.
+fn clap_head(e: &clap::Error) -> Option<String> {
+    use clap::error::{ContextKind as K, ErrorKind};
+    let text = |kind| e.get(kind).and_then(single);
+    let arg = || text(K::InvalidArg);
+    Some(match e.kind() {
+        ErrorKind::InvalidValue => {
+            let (arg, value) = (arg()?, text(K::InvalidValue)?);
+            if value.is_empty() {
+                format!("a value is required for '{arg}' but none was supplied")
+            } else {
+                format!("invalid value '{value}' for '{arg}'")
+            }
+        }
+        ErrorKind::ValueValidation => {
+            let mut m = format!(
+                "invalid value '{}' for '{}'",
+                text(K::InvalidValue)?,
+                arg()?
+            );
+            if let Some(source) = std::error::Error::source(e) {
+                m.push_str(&format!(": {source}"));
+            }
+            m
+        }
+        ErrorKind::UnknownArgument => format!("unexpected argument '{}' found", arg()?),
+        ErrorKind::InvalidSubcommand => {
+            format!("unrecognized subcommand '{}'", text(K::InvalidSubcommand)?)
+        }
+        ErrorKind::MissingSubcommand => format!(
+            "'{}' requires a subcommand but one was not provided",
+            text(K::InvalidSubcommand)?
+        ),
+        ErrorKind::MissingRequiredArgument => format!(
+            "the following required arguments were not provided: {}",
+            e.get(K::InvalidArg).and_then(strings)?.join(", ")
+        ),
+        ErrorKind::ArgumentConflict => {
+            let arg = arg()?;
+            match e.get(K::PriorArg) {
+                Some(ContextValue::String(prior)) if *prior == arg => {
+                    format!("the argument '{arg}' cannot be used multiple times")
+                }
+                Some(prior) => match strings(prior) {
+                    Some(prior) if !prior.is_empty() => {
+                        let quoted: Vec<String> = prior.iter().map(|p| format!("'{p}'")).collect();
+                        format!(
+                            "the argument '{arg}' cannot be used with {}",
+                            quoted.join(", ")
+                        )
+                    }
+                    _ => format!(
+                        "the argument '{arg}' cannot be used with one or more of the other \
+                         specified arguments"
+                    ),
+                },
+                None => format!("the argument '{arg}' cannot be used here"),
+            }
+        }
+        ErrorKind::NoEquals => {
+            format!("equal sign is needed when assigning values to '{}'", arg()?)
+        }
+        ErrorKind::TooManyValues => format!(
+            "unexpected value '{}' for '{}' found; no more were expected",
+            text(K::InvalidValue)?,
+            arg()?
+        ),
+        ErrorKind::TooFewValues => format!(
+            "{} values required by '{}'; only {} provided",
+            text(K::MinValues)?,
+            arg()?,
+            text(K::ActualNumValues)?
+        ),
+        ErrorKind::WrongNumberOfValues => format!(
+            "{} values required for '{}' but {} provided",
+            text(K::ExpectedNumValues)?,
+            arg()?,
+            text(K::ActualNumValues)?
+        ),
+        _ => return None,
+    })
+}
+
+/// A context value that is one piece of text (a string or a number).
+fn single(v: &ContextValue) -> Option<String> {
+    match v {
+        ContextValue::String(s) => Some(s.clone()),
+        ContextValue::StyledStr(s) => Some(s.to_string()),
+        ContextValue::Number(n) => Some(n.to_string()),
+        _ => None,
     }
-    let mut out = head.trim_end_matches(':').to_owned();
-    if !details.is_empty() {
-        out.push_str(if head.ends_with(':') { ": " } else { " " });
-        out.push_str(&details.join(", "));
+}
+
+/// A context value that is a list (or one string, as a list of one).
+fn strings(v: &ContextValue) -> Option<Vec<String>> {
+    match v {
+        ContextValue::Strings(list) => Some(list.clone()),
+        ContextValue::StyledStrs(list) => Some(list.iter().map(ToString::to_string).collect()),
+        ContextValue::String(s) => Some(vec![s.clone()]),
+        _ => None,
     }
-    for tip in tips {
-        out.push_str(&format!(" ({tip})"));
-    }
-    out.push_str(&format!("; see '{path} --help'"));
-    redact_quoted(&out)
 }
 
 /// `azsim c2d send`: the program name and the subcommands named on the command line.
@@ -326,6 +430,42 @@ mod tests {
         );
         assert!(
             line.contains("[possible values: none, positive, negative, full]"),
+            "{line}"
+        );
+    }
+
+    #[test]
+    fn clap_errors_are_read_from_their_context() {
+        let line = one_line_for(&["azsim", "token", "--ttl"]);
+        assert_eq!(
+            line,
+            "a value is required for '--ttl <SECONDS>' but none was supplied; see 'azsim token --help'"
+        );
+        let line = one_line_for(&["azsim", "run", "--count", "x"]);
+        assert!(
+            line.starts_with("invalid value 'x' for '--count <N>': invalid digit"),
+            "{line}"
+        );
+        let line = one_line_for(&["azsim", "nosuchcmd"]);
+        assert!(
+            line.starts_with("unrecognized subcommand 'nosuchcmd'"),
+            "{line}"
+        );
+        let line = one_line_for(&[
+            "azsim",
+            "device",
+            "show",
+            "d",
+            "--connection-string",
+            "--json",
+        ]);
+        assert!(
+            line.starts_with("the argument '--connection-string' cannot be used with '--json'"),
+            "{line}"
+        );
+        let line = one_line_for(&["azsim", "invoke", "d", "m", "--json", "--json"]);
+        assert!(
+            line.starts_with("the argument '--json' cannot be used multiple times"),
             "{line}"
         );
     }
