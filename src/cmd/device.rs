@@ -6,9 +6,10 @@ use std::process::ExitCode;
 use serde_json::{Value, json};
 
 use crate::cli::device::{DeviceAction, DeviceConfig};
+use crate::cmd::shell_quote;
 use crate::error::CliError;
 use crate::service::output::{
-    field, identity_connection_string, primary_key, redact_device_keys, shell_quote, to_text,
+    field, identity_connection_string, primary_key, redact_device_keys, to_text,
 };
 use crate::service::target::{MqttEndpoint, PortSource};
 use crate::service::{Identity, ServiceClient, Target};

@@ -6,6 +6,7 @@ use azsim_emulator::HubConfig;
 use serde_json::json;
 
 use crate::cli::hub::HubCliConfig;
+use crate::cmd::shell_quote;
 use crate::error::CliError;
 
 /// Runs `azsim hub` until Ctrl-C.
@@ -55,10 +56,13 @@ pub async fn run(cfg: HubCliConfig) -> Result<ExitCode, CliError> {
         println!("    {}", info.service_connection_string);
         println!();
         println!(
-            "export IOTHUB_CONNECTION_STRING='{}'",
-            info.service_connection_string
+            "export IOTHUB_CONNECTION_STRING={}",
+            shell_quote(&info.service_connection_string)
         );
-        println!("export AZSIM_CA_FILE='{}'", info.ca_file.display());
+        println!(
+            "export AZSIM_CA_FILE={}",
+            shell_quote(&info.ca_file.display().to_string())
+        );
         println!();
         println!("Ctrl-C stops the hub.");
     }

@@ -9,3 +9,35 @@ pub mod monitor;
 pub mod run;
 pub mod token;
 pub mod twin;
+
+/// Quotes `s` for a POSIX shell, so a printed command line can be pasted as it is: a word of only
+/// safe characters (`A-Za-z0-9-_./:=@%+,`) stays bare, anything else goes in single quotes (a `'`
+/// inside as `'\''`).
+pub fn shell_quote(s: &str) -> String {
+    let safe = |c: char| c.is_ascii_alphanumeric() || "-_./:=@%+,".contains(c);
+    if !s.is_empty() && s.chars().all(safe) {
+        s.to_owned()
+    } else {
+        format!("'{}'", s.replace('\'', r"'\''"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn shell_quoting_keeps_safe_words_and_quotes_the_rest() {
+        assert_eq!(
+            shell_quote("devices/d/messages/events/"),
+            "devices/d/messages/events/"
+        );
+        assert_eq!(shell_quote("a&b"), "'a&b'");
+        assert_eq!(shell_quote("it's"), r"'it'\''s'");
+        assert_eq!(shell_quote(""), "''");
+        assert_eq!(
+            shell_quote("HostName=h;DeviceId=d"),
+            "'HostName=h;DeviceId=d'"
+        );
+    }
+}

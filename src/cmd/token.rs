@@ -14,6 +14,7 @@ use crate::cli::token::{
     DeriveKeyConfig, DpsConfig, DpsKey, InspectConfig, Output, SignConfig, Target, TokenConfig,
     rfc3339,
 };
+use crate::cmd::shell_quote;
 use crate::error::CliError;
 
 pub use crate::cli::token::MQTT_PORT;
@@ -253,16 +254,6 @@ struct InspectJson<'a> {
 
 fn pretty<T: serde::Serialize>(v: &T) -> String {
     serde_json::to_string_pretty(v).unwrap_or_default()
-}
-
-/// Quotes `s` for a POSIX shell when it holds anything but safe characters.
-fn shell_quote(s: &str) -> String {
-    let safe = |c: char| c.is_ascii_alphanumeric() || "-_./:=@%+,".contains(c);
-    if !s.is_empty() && s.chars().all(safe) {
-        s.to_owned()
-    } else {
-        format!("'{}'", s.replace('\'', r"'\''"))
-    }
 }
 
 /// `expires in 59m 12s` / `expired 3h 2m ago`, from `seconds_left = se - now`.
@@ -755,15 +746,5 @@ mod tests {
         let ex = explain_str(&t, Some(KEY), Some("h/devices/e"), Some(None), 10);
         let all = format!("{ex:?}");
         assert!(!all.contains(KEY) && !all.contains(&sig), "{all}");
-    }
-
-    #[test]
-    fn shell_quoting_keeps_safe_words_and_quotes_the_rest() {
-        assert_eq!(
-            shell_quote("devices/d/messages/events/"),
-            "devices/d/messages/events/"
-        );
-        assert_eq!(shell_quote("a&b"), "'a&b'");
-        assert_eq!(shell_quote("it's"), r"'it'\''s'");
     }
 }

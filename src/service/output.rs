@@ -73,11 +73,6 @@ pub fn to_text(v: &Value, json: bool) -> String {
     r.unwrap_or_default()
 }
 
-/// Quotes a value for a POSIX shell (single quotes).
-pub fn shell_quote(s: &str) -> String {
-    format!("'{}'", s.replace('\'', r"'\''"))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -106,10 +101,5 @@ mod tests {
         );
         let e = identity_connection_string("h", "d", None, "not base64!").unwrap_err();
         assert_eq!(e.to_string(), "SharedAccessKey: not valid base64");
-    }
-
-    #[test]
-    fn shell_quoting_survives_single_quotes() {
-        assert_eq!(shell_quote("a'b"), r"'a'\''b'");
     }
 }
