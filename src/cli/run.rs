@@ -6,6 +6,8 @@ use std::time::Duration;
 
 use clap::Args;
 
+use azsim_proto::device::{MAX_INTERVAL_MS, MIN_INTERVAL_MS};
+
 use crate::device::driver::{Credential, MethodReply};
 use crate::device::template::Template;
 use crate::error::UsageError;
@@ -14,6 +16,8 @@ use crate::error::UsageError;
 pub const ENV_DEVICE_CONNECTION_STRING: &str = "IOTHUB_DEVICE_CONNECTION_STRING";
 /// Env var holding an extra CA file.
 pub const ENV_CA_FILE: &str = "AZSIM_CA_FILE";
+/// Most bytes `--property` and `--content-type` may take, percent-encoded, in a telemetry topic.
+pub const MAX_PROPERTY_BYTES: usize = 512;
 /// IoT Hub's keep-alive ceiling (1.5 x 1177 s = the hub's 1767 s cap).
 pub const MAX_KEEP_ALIVE: u16 = 1177;
 
@@ -31,7 +35,8 @@ pub struct RunArgs {
     /// MQTT port (default: the one in HostName, else 8883).
     #[arg(long, value_name = "N")]
     pub port: Option<u16>,
-    /// Time between telemetry messages (whole seconds: `10s`, `1m`).
+    /// Time between telemetry messages, 100 ms to 1 day (`200ms`, `1.5s`, `10s`, `1m`; a bare
+    /// number is seconds).
     #[arg(long, value_name = "DURATION", default_value = "10s")]
     pub interval: String,
     /// Stop after N telemetry messages were acknowledged.
@@ -77,8 +82,9 @@ pub struct RunArgs {
     pub json: bool,
 }
 
-/// The parts of a device connection string `azsim run` uses.
-#[derive(Clone)]
+/// The parts of a device connection string `azsim run` uses; the credential is redacted in
+/// `Debug`.
+#[derive(Clone, Debug)]
 pub struct DeviceTarget {
     /// `HostName` without a port.
     pub hub_host: String,
@@ -94,19 +100,6 @@ pub struct DeviceTarget {
     pub credential: Credential,
 }
 
-impl std::fmt::Debug for DeviceTarget {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("DeviceTarget")
-            .field("hub_host", &self.hub_host)
-            .field("connect_host", &self.connect_host)
-            .field("port", &self.port)
-            .field("device_id", &self.device_id)
-            .field("module_id", &self.module_id)
-            .field("credential", &self.credential)
-            .finish()
-    }
-}
-
 /// Validated `azsim run` input.
 #[derive(Debug)]
 pub struct RunSettings {
@@ -116,8 +109,8 @@ pub struct RunSettings {
     pub port: Option<u16>,
     /// Extra CA.
     pub ca_file: Option<PathBuf>,
-    /// Interval, seconds.
-    pub interval: u64,
+    /// Telemetry interval, milliseconds.
+    pub interval_ms: u64,
     /// `--count`.
     pub count: Option<u64>,
     /// `--duration`.
@@ -195,14 +188,12 @@ impl RunArgs {
             return Err(UsageError::new("--port", "must be between 1 and 65535"));
         }
         let interval = parse_duration("--interval", &self.interval)?;
-        if interval < Duration::from_secs(1) || interval.subsec_nanos() != 0 {
+        let interval_ms = u64::try_from(interval.as_millis()).unwrap_or(u64::MAX);
+        if interval < Duration::from_millis(MIN_INTERVAL_MS) || interval_ms > MAX_INTERVAL_MS {
             return Err(UsageError::new(
                 "--interval",
-                "must be a whole number of seconds, at least 1s",
+                format!("{:?} must be from 100ms to 1 day", self.interval),
             ));
-        }
-        if interval.as_secs() > azsim_proto::device::MAX_INTERVAL_SECS {
-            return Err(UsageError::new("--interval", "must be at most 1 day"));
         }
         if self.count == Some(0) {
             return Err(UsageError::new("--count", "must be at least 1"));
@@ -243,6 +234,29 @@ impl RunArgs {
         if self.content_type.trim().is_empty() {
             return Err(UsageError::new("--content-type", "must not be empty"));
         }
+        // They travel percent-encoded in every telemetry topic, which the device loop writes
+        // into a 1 KiB buffer next to the ids and the message id.
+        let encoded = azsim_proto::encoding::encoded_len(&self.content_type)
+            + properties
+                .iter()
+                .map(|(k, v)| {
+                    2 + azsim_proto::encoding::encoded_len(k)
+                        + azsim_proto::encoding::encoded_len(v)
+                })
+                .sum::<usize>();
+        if encoded > MAX_PROPERTY_BYTES {
+            let field = if properties.is_empty() {
+                "--content-type"
+            } else {
+                "--property"
+            };
+            return Err(UsageError::new(
+                field,
+                format!(
+                    "the properties and content type take {encoded} bytes percent-encoded; at most {MAX_PROPERTY_BYTES}"
+                ),
+            ));
+        }
         let methods = self
             .methods
             .iter()
@@ -275,7 +289,7 @@ impl RunArgs {
             target,
             port: self.port,
             ca_file,
-            interval: interval.as_secs(),
+            interval_ms,
             count: self.count,
             duration,
             payload,
@@ -293,8 +307,16 @@ impl RunArgs {
     }
 }
 
+/// `200ms`, `1.5s`, `1m 30s` (humantime), or a bare number of seconds (`2`, `0.5`).
 fn parse_duration(field: &'static str, s: &str) -> Result<Duration, UsageError> {
-    humantime::parse_duration(s.trim()).map_err(|e| {
+    let s = s.trim();
+    let bare = !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit() || b == b'.');
+    let parsed = if bare {
+        humantime::parse_duration(&format!("{s}s"))
+    } else {
+        humantime::parse_duration(s)
+    };
+    parsed.map_err(|e| {
         UsageError::new(
             field,
             format!("{s:?} is not a duration like 10s or 5m: {e}"),
@@ -429,6 +451,27 @@ mod tests {
     }
 
     #[test]
+    fn intervals_take_milliseconds_fractions_and_bare_seconds() {
+        let cs = format!("HostName=h;DeviceId=d;SharedAccessKey={KEY}");
+        for (arg, ms) in [
+            ("200ms", 200),
+            ("1.5s", 1_500),
+            ("2", 2_000),
+            ("500ms", 500),
+            ("100ms", 100),
+            ("1m", 60_000),
+            ("1day", 86_400_000),
+        ] {
+            let s = settings(&["--connection-string", &cs, "--interval", arg]).unwrap();
+            assert_eq!(s.interval_ms, ms, "{arg}");
+        }
+        for bad in ["99ms", "0", "86401s", "fast", ""] {
+            let e = settings(&["--connection-string", &cs, "--interval", bad]).unwrap_err();
+            assert_eq!(e.field(), "--interval", "{bad}");
+        }
+    }
+
+    #[test]
     fn method_answers_parse_name_status_and_json() {
         assert_eq!(
             parse_method(r#"reset=202:{"ok":true}"#).unwrap(),
@@ -458,9 +501,12 @@ mod tests {
         assert_eq!(e.field(), "--connection-string");
         assert!(!e.to_string().contains(KEY));
         let cs = format!("HostName=h;DeviceId=d;SharedAccessKey={KEY}");
+        let long_property = format!("k={}", "v".repeat(600));
         for (args, field) in [
             (&["--interval", "0s"][..], "--interval"),
-            (&["--interval", "1.5s"], "--interval"),
+            (&["--interval", "50ms"], "--interval"),
+            (&["--interval", "25h"], "--interval"),
+            (&["--property", &long_property], "--property"),
             (&["--count", "0"], "--count"),
             (&["--duration", "soon"], "--duration"),
             (&["--token-ttl", "1"], "--token-ttl"),

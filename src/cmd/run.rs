@@ -98,7 +98,7 @@ fn config(
         module_id: t.module_id,
         credential: t.credential,
         ca_file,
-        interval: s.interval,
+        interval_ms: s.interval_ms,
         count: s.count,
         duration: s.duration,
         payload,

@@ -8,13 +8,15 @@
 
 use std::path::PathBuf;
 
+use azsim_emulator::clock::unix_now;
 use azsim_proto::sas::{self, Resource};
+use azsim_proto::secret::Secret;
 
 use crate::service::client::ServiceClient;
 use crate::service::target::{Target, TargetInputs};
 
 /// What the driver knows about the refused attempt.
-#[derive(Clone)]
+#[derive(Debug, Clone)]
 pub struct Refusal {
     /// Hub host name (no port).
     pub host: String,
@@ -26,7 +28,7 @@ pub struct Refusal {
     pub port: u16,
     /// The token sent: signed by azsim, or the fixed one from the connection string (kept in
     /// memory only to inspect it).
-    pub token: Option<String>,
+    pub token: Option<Secret<String>>,
     /// Whether `token` came from the connection string (`SharedAccessSignature=`).
     pub fixed_token: bool,
     /// The `skn` the token should carry: `Some(None)` for a device or module key,
@@ -38,18 +40,6 @@ pub struct Refusal {
     pub state_dir: PathBuf,
 }
 
-impl std::fmt::Debug for Refusal {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Refusal")
-            .field("host", &self.host)
-            .field("device_id", &self.device_id)
-            .field("module_id", &self.module_id)
-            .field("token", &self.token.as_ref().map(|_| "<redacted>"))
-            .field("fixed_token", &self.fixed_token)
-            .finish_non_exhaustive()
-    }
-}
-
 /// A sentence or two on why the hub refused; `code` is the CONNACK code's text.
 pub async fn explain(r: &Refusal, code: &str) -> String {
     let mut out = format!("the hub refused the connection: {code}");
@@ -59,15 +49,9 @@ pub async fn explain(r: &Refusal, code: &str) -> String {
     out
 }
 
-fn unix_now() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs())
-}
-
 async fn findings(r: &Refusal, now: u64) -> Vec<String> {
     let mut f = Vec::new();
-    let Some(token) = r.token.as_deref() else {
+    let Some(token) = r.token.as_ref().map(|t| t.expose().as_str()) else {
         f.push("azsim sent no token (the connection string has no key)".into());
         return f;
     };
@@ -303,7 +287,9 @@ mod tests {
             device_id: "d".into(),
             module_id: None,
             port: 8883,
-            token: Some("SharedAccessSignature sr=h&sig=c2VjcmV0&se=1".into()),
+            token: Some(Secret::new(
+                "SharedAccessSignature sr=h&sig=c2VjcmV0&se=1".into(),
+            )),
             fixed_token: true,
             policy: None,
             ca_file: None,

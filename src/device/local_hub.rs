@@ -162,7 +162,7 @@ impl LocalHub {
             port: self.info.mqtt_port,
             device_id: device_id.to_owned(),
             module_id: None,
-            credential: Credential::Key(key),
+            credential: Credential::Key(azsim_proto::secret::Secret::new(key)),
         })
     }
 

@@ -1,73 +1,77 @@
 //! The ESP32 firmware's protocol code, proven on the laptop: the `azsim-mqtt` client loop (the
-//! exact code the firmware runs, `no_std`, mqttrs framing) over TCP + rustls, adapted to
-//! `embedded-io-async` the way mbedtls-rs is on the board, against the real local hub.
+//! exact code the firmware runs, `no_std`, mqttrs framing, here with its board defaults: the
+//! fixed queue and no application hooks) over TCP + rustls adapted to `embedded-io-async` by
+//! `azsim run`'s connector, the way mbedtls-rs is on the board, against the real local hub.
 
-use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
+use azsim::device::net::{FailureSlot, SystemClock, TlsConnector};
 use azsim_mqtt::{Client, Clock, Connector, Credential, Identity, Note};
 use azsim_proto::connection_string::ConnectionString;
 use azsim_proto::device::{Device, DeviceConfig, RandomWalk};
+use azsim_proto::secret::Secret;
 use azsim_proto::session::{ConnackCode, DisconnectReason, Event, GiveUpReason, SessionConfig};
-use embedded_io_adapters::tokio_1::FromTokio;
 use reqwest::Method;
 use serde_json::{Value, json};
-use tokio::net::TcpStream;
 use tokio::sync::mpsc;
-use tokio_rustls::TlsConnector;
-use tokio_rustls::client::TlsStream;
 
 use crate::support::TestHub;
 
-/// Unix milliseconds, the loop's unit.
-fn unix_now() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
+/// `azsim run`'s TCP + TLS connector to the hub, counting the connections it opens.
+struct Counting {
+    inner: TlsConnector,
+    connects: u32,
 }
 
-/// The system clock; on the board this is SNTP time.
-struct SystemClock;
-
-impl Clock for SystemClock {
-    fn now(&mut self) -> u64 {
-        unix_now()
-    }
-
-    async fn sleep_until(&mut self, unix_ms: u64) {
-        while unix_now() < unix_ms {
-            let target = UNIX_EPOCH + Duration::from_millis(unix_ms);
-            let wait = target
-                .duration_since(SystemTime::now())
-                .unwrap_or(Duration::from_millis(1));
-            tokio::time::sleep(wait).await;
+impl Counting {
+    fn to(hub: &TestHub) -> Counting {
+        Counting {
+            inner: TlsConnector::new(
+                "localhost",
+                hub.mqtt_port,
+                hub.tls(),
+                FailureSlot::default(),
+            )
+            .expect("connector"),
+            connects: 0,
         }
     }
 }
 
-/// TCP + TLS to the hub, as the firmware's embassy-net + mbedtls-rs connector does.
-struct TlsToHub {
-    port: u16,
-    tls: Arc<rustls::ClientConfig>,
-    connects: u32,
-}
-
-impl Connector for TlsToHub {
-    type Conn<'a> = FromTokio<TlsStream<TcpStream>>;
+impl Connector for Counting {
+    type Conn<'a> = <TlsConnector as Connector>::Conn<'a>;
 
     async fn connect(&mut self) -> Result<Self::Conn<'_>, DisconnectReason> {
         self.connects += 1;
-        let tcp = TcpStream::connect(("127.0.0.1", self.port))
-            .await
-            .map_err(|_| DisconnectReason::Unreachable)?;
-        let name = rustls_pki_types::ServerName::try_from("localhost")
-            .map_err(|_| DisconnectReason::Tls)?
-            .to_owned();
-        let tls = TlsConnector::from(self.tls.clone())
-            .connect(name, tcp)
-            .await
-            .map_err(|_| DisconnectReason::Tls)?;
-        Ok(FromTokio::new(tls))
+        self.inner.connect().await
+    }
+}
+
+/// Unix milliseconds on tokio's clock: under `start_paused` time moves only when every task
+/// (the loop and the in-process hub) waits, so hours pass in no real time and nothing races
+/// the wall clock. It starts at the system time, so the hub accepts the tokens' expiry.
+struct PausedClock {
+    unix_ms_at_start: u64,
+    start: tokio::time::Instant,
+}
+
+impl PausedClock {
+    fn new() -> PausedClock {
+        PausedClock {
+            unix_ms_at_start: azsim_emulator::clock::unix_now_ms(),
+            start: tokio::time::Instant::now(),
+        }
+    }
+}
+
+impl Clock for PausedClock {
+    fn now(&mut self) -> u64 {
+        self.unix_ms_at_start + self.start.elapsed().as_millis() as u64
+    }
+
+    async fn sleep_until(&mut self, unix_ms: u64) {
+        let after = unix_ms.saturating_sub(self.unix_ms_at_start);
+        tokio::time::sleep_until(self.start + Duration::from_millis(after)).await;
     }
 }
 
@@ -88,8 +92,8 @@ fn seen(n: Note<'_>) -> Seen {
     match n {
         Note::Session(Event::Connected { .. }) => Seen::Connected,
         Note::Session(Event::Twin { .. }) => Seen::Twin,
-        Note::Session(Event::TelemetryAcked { tag }) => Seen::TelemetryAcked(tag),
-        Note::Method { name, status } => Seen::Method(name.to_owned(), status),
+        Note::TelemetryAcked { seq, .. } => Seen::TelemetryAcked(seq),
+        Note::Method { name, status, .. } => Seen::Method(name.to_owned(), status),
         Note::Session(Event::ReportedAccepted { .. }) => Seen::ReportedAccepted,
         Note::Session(Event::Disconnected { reason }) => Seen::DisconnectedBy(reason),
         Note::Session(Event::TokenRenewed { .. }) => Seen::TokenRenewed,
@@ -112,10 +116,15 @@ impl Notes {
     }
 
     async fn wait_for(&mut self, f: impl Fn(&Seen) -> bool) -> Seen {
+        self.wait_within(Duration::from_secs(20), f).await
+    }
+
+    /// [`Notes::wait_for`] with another limit (tokio time: virtual under `start_paused`).
+    async fn wait_within(&mut self, limit: Duration, f: impl Fn(&Seen) -> bool) -> Seen {
         if let Some(i) = self.past.iter().position(&f) {
             return self.past.remove(i);
         }
-        tokio::time::timeout(Duration::from_secs(20), async {
+        tokio::time::timeout(limit, async {
             loop {
                 let s = self.rx.recv().await.expect("client loop ended");
                 if f(&s) {
@@ -125,7 +134,7 @@ impl Notes {
             }
         })
         .await
-        .expect("expected note within 20 s")
+        .unwrap_or_else(|_| panic!("expected note within {limit:?}"))
     }
 }
 
@@ -168,7 +177,7 @@ async fn the_firmware_loop_sends_telemetry_answers_ping_and_acknowledges_a_desir
             module_id: None,
             model_id: None,
         },
-        Credential::Key(&p.key),
+        Credential::Key(Secret::new(&p.key)),
         device,
         SessionConfig {
             keep_alive: 30,
@@ -179,11 +188,7 @@ async fn the_firmware_loop_sends_telemetry_answers_ping_and_acknowledges_a_desir
         &mut tx_buf,
     )
     .expect("client");
-    let mut connector = TlsToHub {
-        port: hub.mqtt_port,
-        tls: hub.tls(),
-        connects: 0,
-    };
+    let mut connector = Counting::to(&hub);
     let (notes_tx, notes_rx) = mpsc::unbounded_channel();
     let mut notes = Notes::new(notes_rx);
     let mut observer = move |n: Note<'_>| {
@@ -285,7 +290,7 @@ async fn the_firmware_loop_sends_telemetry_answers_ping_and_acknowledges_a_desir
     let mut clock = SystemClock;
     tokio::select! {
         reason = client.run(&mut connector, &mut clock, &mut observer) => {
-            panic!("the loop gave up: {reason}");
+            panic!("the loop gave up: {reason:?}");
         }
         () = checks => {}
     }
@@ -309,7 +314,7 @@ async fn the_firmware_loop_gives_up_on_a_wrong_key_with_connack_5() {
             module_id: None,
             model_id: None,
         },
-        Credential::Key(wrong_key),
+        Credential::Key(Secret::new(wrong_key)),
         Device::new(
             RandomWalk::new(1),
             DeviceConfig {
@@ -323,11 +328,7 @@ async fn the_firmware_loop_gives_up_on_a_wrong_key_with_connack_5() {
         &mut tx_buf,
     )
     .expect("client");
-    let mut connector = TlsToHub {
-        port: hub.mqtt_port,
-        tls: hub.tls(),
-        connects: 0,
-    };
+    let mut connector = Counting::to(&hub);
     let mut notes = Vec::new();
     let mut observer = |n: Note<'_>| notes.push(format!("{n:?}"));
     let reason = tokio::time::timeout(
@@ -336,7 +337,10 @@ async fn the_firmware_loop_gives_up_on_a_wrong_key_with_connack_5() {
     )
     .await
     .expect("gives up within 20 s");
-    assert_eq!(reason, GiveUpReason::Refused(ConnackCode::NotAuthorized));
+    assert_eq!(
+        reason,
+        Err(GiveUpReason::Refused(ConnackCode::NotAuthorized))
+    );
     assert_eq!(connector.connects, 1);
     // Nothing the loop reports carries the key or a signature.
     let text = notes.join("\n");
@@ -365,7 +369,7 @@ async fn the_firmware_loop_reconnects_after_the_hub_restarts_and_resends_telemet
             module_id: None,
             model_id: None,
         },
-        Credential::Key(&p.key),
+        Credential::Key(Secret::new(&p.key)),
         Device::new(
             RandomWalk::new(3),
             DeviceConfig {
@@ -383,9 +387,9 @@ async fn the_firmware_loop_reconnects_after_the_hub_restarts_and_resends_telemet
         &mut tx_buf,
     )
     .expect("client");
-    let mut connector = TlsToHub {
-        port,
-        tls,
+    let mut connector = Counting {
+        inner: TlsConnector::new("localhost", port, tls, FailureSlot::default())
+            .expect("connector"),
         connects: 0,
     };
     let (notes_tx, notes_rx) = mpsc::unbounded_channel();
@@ -420,14 +424,18 @@ async fn the_firmware_loop_reconnects_after_the_hub_restarts_and_resends_telemet
     let mut clock = SystemClock;
     tokio::select! {
         reason = client.run(&mut connector, &mut clock, &mut observer) => {
-            panic!("the loop gave up: {reason}");
+            panic!("the loop gave up: {reason:?}");
         }
         () = checks => {}
     }
     assert!(connector.connects >= 2, "{} connects", connector.connects);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+/// Token renewal and keep-alive in virtual time: the whole test (the hub too) runs on tokio's
+/// paused clock, which moves only when every task waits, so a 60 s token renewed at 80 % and
+/// 2 s keep-alive pings pass in no real time, and a loaded machine cannot make the hub's
+/// keep-alive timer fire first. The sockets and TLS are real.
+#[tokio::test(flavor = "current_thread", start_paused = true)]
 async fn the_firmware_loop_renews_its_token_and_pings_to_keep_an_idle_connection() {
     let hub = TestHub::start().await;
     let cs = hub.create_device("fw-renew").await;
@@ -440,7 +448,7 @@ async fn the_firmware_loop_renews_its_token_and_pings_to_keep_an_idle_connection
             module_id: None,
             model_id: None,
         },
-        Credential::Key(&p.key),
+        Credential::Key(Secret::new(&p.key)),
         // One message at start, then silence: only PINGREQ keeps the connection alive.
         Device::new(
             RandomWalk::new(5),
@@ -450,8 +458,8 @@ async fn the_firmware_loop_renews_its_token_and_pings_to_keep_an_idle_connection
             },
         ),
         SessionConfig {
-            token_ttl: Some(8),
-            renew_at_percent: 50,
+            token_ttl: Some(60),
+            renew_at_percent: 80,
             keep_alive: 2,
             ..SessionConfig::default()
         },
@@ -460,36 +468,46 @@ async fn the_firmware_loop_renews_its_token_and_pings_to_keep_an_idle_connection
         &mut tx_buf,
     )
     .expect("client");
-    let mut connector = TlsToHub {
-        port: hub.mqtt_port,
-        tls: hub.tls(),
-        connects: 0,
-    };
+    let mut connector = Counting::to(&hub);
     let (notes_tx, notes_rx) = mpsc::unbounded_channel();
     let mut notes = Notes::new(notes_rx);
+    let mut clock = PausedClock::new();
+    let started = clock.now();
     let mut observer = move |n: Note<'_>| {
         let _ = notes_tx.send(seen(n));
     };
     let checks = async {
         notes.wait_for(|s| *s == Seen::Connected).await;
-        // Renewal is due 4 s in; the hub would have closed a silent connection after 3 s.
+        let connected_at = tokio::time::Instant::now();
+        // Renewal is due 48 s in; the hub closes a connection silent for 3 s.
         let first = notes
-            .wait_for(|s| matches!(s, Seen::DisconnectedBy(_) | Seen::TokenRenewed))
+            .wait_within(Duration::from_secs(120), |s| {
+                matches!(s, Seen::DisconnectedBy(_) | Seen::TokenRenewed)
+            })
             .await;
+        let renewing_after = connected_at.elapsed();
         assert_eq!(
             first,
             Seen::DisconnectedBy(DisconnectReason::Requested),
-            "the first disconnect is the planned renewal"
+            "the first disconnect is the planned renewal, after {renewing_after:?}"
+        );
+        assert!(
+            (Duration::from_secs(47)..Duration::from_secs(50)).contains(&renewing_after),
+            "renewed at 80 % of 60 s, not {renewing_after:?}"
         );
         notes.wait_for(|s| *s == Seen::TokenRenewed).await;
     };
-    let mut clock = SystemClock;
     tokio::select! {
         reason = client.run(&mut connector, &mut clock, &mut observer) => {
-            panic!("the loop gave up: {reason}");
+            panic!("the loop gave up: {reason:?}");
         }
         () = checks => {}
     }
     assert_eq!(connector.connects, 2, "one connection per token");
+    assert!(
+        clock.now() - started >= 48_000,
+        "the loop's clock is tokio's: {} ms passed",
+        clock.now() - started
+    );
     hub.stop().await;
 }

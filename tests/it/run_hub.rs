@@ -419,6 +419,61 @@ async fn short_lived_tokens_are_renewed_and_every_message_is_acknowledged_exactl
     hub.stop().await;
 }
 
+/// `--interval 200ms`: the messages' own production times (the template's `now`, the
+/// system clock when the loop made each one) are 200 ms apart. A loaded machine can only
+/// delay a message, and each is due at least 200 ms after the one before was due, so ten
+/// messages span at least nine intervals (less the first one's own delay); the typical gap
+/// (the median) is the interval itself, where one second would be five times it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn telemetry_every_200_ms_is_produced_at_that_rate() {
+    let hub = TestHub::start().await;
+    let cs = hub.create_device("run-fast").await;
+    let dev = Running::spawn(azsim_run(
+        &hub,
+        &cs,
+        &[
+            "--interval",
+            "200ms",
+            "--count",
+            "10",
+            "--payload",
+            r#"{"n":{{ seq }},"at":"{{ now }}"}"#,
+        ],
+    ));
+    let (status, out, stderr) = dev.finish().await;
+    assert!(status.success(), "{stderr}\n{out:#?}");
+    assert_eq!(events(&out, "telemetry_acked").len(), 10);
+    let mut at: Vec<(u64, time::OffsetDateTime)> = events(&out, "telemetry_sent")
+        .iter()
+        .filter(|t| t["redelivery"] == false)
+        .map(|t| {
+            let when = t["body"]["at"].as_str().unwrap();
+            let when =
+                time::OffsetDateTime::parse(when, &time::format_description::well_known::Rfc3339)
+                    .unwrap_or_else(|e| panic!("{when}: {e}"));
+            (t["body"]["n"].as_u64().unwrap(), when)
+        })
+        .collect();
+    at.sort_by_key(|(n, _)| *n);
+    assert!(at.len() >= 10, "{at:?}");
+    let at = &at[..10];
+    assert_eq!(at[0].0, 1);
+    assert_eq!(at[9].0, 10);
+    let span = at[9].1 - at[0].1;
+    assert!(
+        span >= time::Duration::milliseconds(1_590),
+        "ten messages in {span}: faster than every 200 ms"
+    );
+    let mut gaps: Vec<time::Duration> = at.windows(2).map(|w| w[1].1 - w[0].1).collect();
+    gaps.sort();
+    let median = gaps[gaps.len() / 2];
+    assert!(
+        median < time::Duration::milliseconds(600),
+        "the typical gap is {median}, not 200 ms: {gaps:?}"
+    );
+    hub.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn after_a_hub_restart_the_device_reconnects_with_backoff_and_loses_nothing() {
     let dir = tempfile::tempdir().unwrap();
@@ -665,7 +720,7 @@ async fn bad_arguments_exit_2_naming_the_field_without_the_key() {
     let key = "c2VjcmV0LWtleS1zZWNyZXQta2V5LXNlY3JldC1rZXk=";
     let cases: &[(&[&str], &str)] = &[
         (&["--keep-alive", "2000"], "--keep-alive"),
-        (&["--interval", "500ms"], "--interval"),
+        (&["--interval", "50ms"], "--interval"),
         (&["--interval", "2days"], "--interval"),
         (&["--method", "ping=abc"], "--method"),
         (&["--method", "ping"], "--method"),

@@ -6,6 +6,7 @@ use core::ffi::CStr;
 use azsim_mqtt::{Client, Credential, Identity, Note};
 use azsim_proto::connection_string::{ConnectionString, Kind};
 use azsim_proto::device::{Device, DeviceConfig};
+use azsim_proto::secret::Secret;
 use azsim_proto::session::{Event, SessionConfig};
 use embassy_executor::Spawner;
 use embassy_time::{Duration, Timer};
@@ -88,8 +89,8 @@ async fn main(spawner: Spawner) -> ! {
         idle("AZSIM_CONNECTION_STRING: policy keys (SharedAccessKeyName) are not supported; use the device's own key").await
     }
     let credential = match (cs.shared_access_key(), cs.shared_access_signature()) {
-        (Some(k), _) => Credential::Key(k),
-        (None, Some(t)) => Credential::Token(t),
+        (Some(k), _) => Credential::Key(Secret::new(k)),
+        (None, Some(t)) => Credential::Token(Secret::new(t)),
         (None, None) => idle("AZSIM_CONNECTION_STRING: needs SharedAccessKey").await,
     };
 
@@ -179,8 +180,10 @@ async fn main(spawner: Spawner) -> ! {
     info!("connecting to {connect_host}:{port} as {device_id}");
     let mut clock = clock;
     let mut log = |n: Note<'_>| log_note(&n);
-    let reason = client.run(&mut connector, &mut clock, &mut log).await;
-    warn!("the session stopped: {reason}");
+    // The board never asks the loop to stop: it returns only when the session gives up.
+    if let Err(reason) = client.run(&mut connector, &mut clock, &mut log).await {
+        warn!("the session stopped: {reason}");
+    }
     idle("stopped; reset the board to try again").await
 }
 
@@ -189,9 +192,13 @@ fn log_note(n: &Note<'_>) {
         Note::Connecting { attempt } => info!("connecting (attempt {})", attempt + 1),
         Note::ConnectFailed { reason } => warn!("connect failed: {reason}"),
         Note::Session(ev) => log_event(&ev),
-        Note::TelemetrySent { seq, body } => info!("telemetry #{seq} sent: {body}"),
+        Note::TelemetrySent { seq, body, .. } => info!(
+            "telemetry #{seq} sent: {}",
+            core::str::from_utf8(body).unwrap_or("<binary>")
+        ),
+        Note::TelemetryAcked { seq, .. } => info!("telemetry #{seq} acknowledged"),
         Note::TelemetryDropped { seq } => warn!("offline queue full: dropped telemetry #{seq}"),
-        Note::Method { name, status } => info!("method {name} -> {status}"),
+        Note::Method { name, status, .. } => info!("method {name} -> {status}"),
         Note::ReportedSent { rid, patch } => info!(
             "reported (rid {rid}): {}",
             core::str::from_utf8(patch).unwrap_or("<binary>")
@@ -226,7 +233,6 @@ fn log_event(ev: &Event<'_>) {
                 delay_ms % 1000 / 100
             );
         }
-        Event::TelemetryAcked { tag } => info!("telemetry #{tag} acknowledged"),
         Event::C2d { body, .. } => {
             info!("c2d: {}", core::str::from_utf8(body).unwrap_or("<binary>"));
         }
@@ -243,7 +249,10 @@ fn log_event(ev: &Event<'_>) {
         Event::TwinRequestFailed { rid, status, .. } => {
             warn!("twin request {rid} failed: {}", status.unwrap_or(0));
         }
-        // Logged with its status once answered; unacknowledged telemetry is simply sent again.
-        Event::MethodRequest { .. } | Event::TelemetryUnacked { .. } => {}
+        // Logged with its status once answered; unacknowledged telemetry is simply sent again;
+        // acknowledgements come as `Note::TelemetryAcked`.
+        Event::MethodRequest { .. }
+        | Event::TelemetryUnacked { .. }
+        | Event::TelemetryAcked { .. } => {}
     }
 }
