@@ -1,8 +1,8 @@
 //! `azsim token`: clap structs and validation. The work is in `crate::cmd::token`.
 
 use std::fmt;
-use std::time::{SystemTime, UNIX_EPOCH};
 
+use azsim_emulator::clock::{rfc3339, unix_now};
 use azsim_proto::sas;
 use clap::{Args, Subcommand};
 
@@ -331,14 +331,6 @@ pub enum TokenConfig {
     Inspect(InspectConfig),
 }
 
-/// The current time in Unix seconds.
-pub fn now_unix() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
-}
-
 impl TokenArgs {
     /// Validates the arguments (reading `IOTHUB_DEVICE_CONNECTION_STRING` when no identity flag
     /// is given).
@@ -347,7 +339,7 @@ impl TokenArgs {
     /// A [`UsageError`] naming the bad field; it never contains a key or a connection string.
     pub fn into_config(self) -> Result<TokenConfig, UsageError> {
         let env_cs = std::env::var(DEVICE_CS_ENV).ok().filter(|s| !s.is_empty());
-        self.into_config_with(now_unix(), env_cs)
+        self.into_config_with(unix_now(), env_cs)
     }
 
     /// [`TokenArgs::into_config`] with the clock and the environment passed in.
@@ -469,18 +461,6 @@ fn parse_ttl(text: &str) -> Result<u64, UsageError> {
         return Err(UsageError::new("--ttl", "must be at least 1 second"));
     }
     Ok(secs)
-}
-
-/// RFC 3339 UTC text of a Unix time (`2026-01-01T00:00:00Z`).
-pub fn rfc3339(unix: u64) -> String {
-    i64::try_from(unix)
-        .ok()
-        .and_then(|t| time::OffsetDateTime::from_unix_timestamp(t).ok())
-        .and_then(|t| {
-            t.format(&time::format_description::well_known::Rfc3339)
-                .ok()
-        })
-        .unwrap_or_else(|| "after year 9999".to_owned())
 }
 
 impl SignArgs {

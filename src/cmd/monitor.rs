@@ -3,8 +3,7 @@
 
 use std::process::ExitCode;
 
-use time::OffsetDateTime;
-use time::format_description::well_known::Rfc3339;
+use azsim_emulator::clock::{rfc3339, unix_now};
 
 use crate::cli::monitor::MonitorConfig;
 use crate::error::CliError;
@@ -72,10 +71,7 @@ pub async fn run(cfg: MonitorConfig) -> Result<ExitCode, CliError> {
         if cfg.json {
             println!("{ev}");
         } else {
-            let now = OffsetDateTime::now_utc()
-                .format(&Rfc3339)
-                .unwrap_or_default();
-            println!("{}", render_line(&ev, &now));
+            println!("{}", render_line(&ev, &rfc3339(unix_now())));
         }
         seen += 1;
         if cfg.count.is_some_and(|n| seen >= n) {

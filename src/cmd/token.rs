@@ -7,12 +7,12 @@
 use std::fmt::Write as _;
 use std::process::ExitCode;
 
+use azsim_emulator::clock::{rfc3339, unix_now};
 use azsim_proto::{sas, username};
 use serde_json::json;
 
 use crate::cli::token::{
     DeriveKeyConfig, DpsConfig, DpsKey, InspectConfig, Output, SignConfig, Target, TokenConfig,
-    rfc3339,
 };
 use crate::cmd::shell_quote;
 use crate::error::CliError;
@@ -130,7 +130,7 @@ fn sign(c: &SignConfig) -> Result<String, CliError> {
                 out,
                 "expires:   {} ({})",
                 rfc3339(c.expiry),
-                relative(i128::from(c.expiry) - i128::from(crate::cli::token::now_unix()))
+                relative(i128::from(c.expiry) - i128::from(unix_now()))
             );
             let _ = writeln!(out);
             let local = matches!(connect_host, "localhost" | "127.0.0.1" | "::1");

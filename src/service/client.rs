@@ -1,7 +1,9 @@
 //! The async REST client for the IoT Hub service API (api-version 2021-04-12), plus the local
 //! hub's emulator-only endpoints (`/emulator/...`, not part of Azure).
 
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
+
+use azsim_emulator::clock::unix_now;
 
 use azsim_proto::encoding::Encoded;
 pub use azsim_proto::topic::Identity;
@@ -168,13 +170,6 @@ impl std::fmt::Debug for AuthHeader {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str("\"<redacted>\"")
     }
-}
-
-fn unix_now() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
 }
 
 fn path_segment(s: &str) -> String {
