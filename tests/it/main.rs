@@ -6,6 +6,7 @@ mod hub_activity;
 mod hub_e2e;
 mod hub_events;
 mod hub_feedback;
+mod hub_hardening;
 mod hub_mqtt_rules;
 mod hub_service;
 mod real_hub;

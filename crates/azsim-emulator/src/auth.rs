@@ -112,7 +112,10 @@ pub(crate) fn check_username(
                 .is_some_and(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()))
         });
     if !host_ok {
-        return Err(format!("username host '{}' is not this hub", u.host));
+        return Err(format!(
+            "username host '{}' is not this hub",
+            crate::untrusted::Untrusted(u.host)
+        ));
     }
     if !u.matches_client_id(client_id) {
         return Err("username identity does not match the client id".into());

@@ -133,7 +133,7 @@ pub fn record(
         .map_err(db_err)?
         .execute(params![m.device_id, rec.to_string(), now])
         .map_err(db_err)?;
-    tracing::debug!(device = %m.device_id, message_id = %m.message_id, status = status.code(), "c2d feedback recorded");
+    tracing::debug!(device = %m.device_id, message_id = %crate::untrusted::Untrusted(&m.message_id), status = status.code(), "c2d feedback recorded");
     Ok(())
 }
 

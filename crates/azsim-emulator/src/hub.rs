@@ -353,6 +353,10 @@ pub(crate) async fn serve(
             .await
             .map_err(|e| HubError::State(e.to_string()))??;
     let db_path = (!config.in_memory).then(|| prepared.ca_file.with_file_name(state_dir::DB_FILE));
+    if let Some(p) = &db_path {
+        // Created private before SQLite opens it: its -wal/-shm then get the same mode.
+        state_dir::private_file(p)?;
+    }
     let cap = config.limits.event_log_cap;
     let store = tokio::task::spawn_blocking(move || Store::open(db_path.as_deref(), cap))
         .await
@@ -378,8 +382,8 @@ pub(crate) async fn serve(
     let info = hub.info(prepared.ca_file.clone())?;
     let hub_json = prepared.ca_file.with_file_name(HUB_JSON);
     let text = serde_json::to_string_pretty(&info).map_err(|e| HubError::State(e.to_string()))?;
-    std::fs::write(&hub_json, text + "\n")
-        .map_err(|e| HubError::State(format!("{}: {e}", hub_json.display())))?;
+    // It holds the owner key (in the service connection string): private, like the key files.
+    state_dir::write_private(&hub_json, &(text + "\n"))?;
     tracing::info!(
         hostname = %info.hostname, mqtt_port = info.mqtt_port, https_port = info.https_port,
         "hub listening"

@@ -30,6 +30,7 @@ pub mod state_dir;
 pub mod store;
 mod telemetry;
 pub mod twin;
+mod untrusted;
 
 /// The MQTT port Azure uses (devices assume it when `HostName` has no port): the core's
 /// [`azsim_proto::endpoint::MQTT_PORT`].

@@ -27,6 +27,7 @@ use tokio_rustls::server::TlsStream;
 use crate::hub::{ConnCmd, ConnEntry, Hub, LiveGuard, Subs, client_id};
 use crate::store::q;
 use crate::telemetry::Origin;
+use crate::untrusted::Untrusted;
 
 mod connect;
 mod session;
@@ -117,7 +118,7 @@ async fn connection(hub: Arc<Hub>, mut stream: Stream, peer: SocketAddr) {
     let authed = match authenticate(&hub, &connect).await {
         Ok(a) => a,
         Err(reason) => {
-            tracing::info!(%peer, client_id = %connect.client_id, reason = %reason, "CONNACK 5 not authorized");
+            tracing::info!(%peer, client_id = %Untrusted(&connect.client_id), reason = %reason, "CONNACK 5 not authorized");
             let _ = write_packet(
                 &mut stream,
                 Packet::ConnAck(ConnAck::new(ConnectReturnCode::NotAuthorized, false)),
@@ -133,7 +134,7 @@ async fn connection(hub: Arc<Hub>, mut stream: Stream, peer: SocketAddr) {
     let will = connect.last_will.clone().filter(|w| {
         let ok = matches!(topic::parse_device_publish(&w.topic, id), Ok(DeviceTopic::Telemetry { .. }));
         if !ok {
-            tracing::info!(client_id = %connect.client_id, "will ignored: its topic is not this identity's telemetry topic");
+            tracing::info!(client_id = %Untrusted(&connect.client_id), "will ignored: its topic is not this identity's telemetry topic");
         }
         ok
     });

@@ -20,6 +20,7 @@ use crate::hub::{Hub, Subs, twin_device_view};
 use crate::store::{C2dMessage, q};
 use crate::telemetry::{self, D2cRecord, Origin};
 use crate::twin;
+use crate::untrusted::Untrusted;
 
 /// One authenticated connection's state, used by the loop in `mqtt/mod.rs`.
 pub(super) struct Conn {
@@ -97,7 +98,7 @@ impl Conn {
                         Err(e) => {
                             return Some(Close::Ungraceful(format!(
                                 "SUBSCRIBE to '{}' not allowed: {e}",
-                                f.path
+                                Untrusted(&f.path)
                             )));
                         }
                     };
@@ -182,7 +183,7 @@ impl Conn {
             Err(e) => {
                 return Some(Close::Ungraceful(format!(
                     "PUBLISH to '{}' not allowed: {e}",
-                    p.topic
+                    Untrusted(&p.topic)
                 )));
             }
         };
@@ -217,7 +218,7 @@ impl Conn {
                         .hub
                         .method_reply(&self.cid, &r, status, p.payload.clone())
                 {
-                    tracing::info!(client_id = %self.cid, rid = %r, "method response dropped: no pending request (late or unknown)");
+                    tracing::info!(client_id = %self.cid, rid = %Untrusted(&r), "method response dropped: no pending request (late or unknown)");
                 }
                 self.puback(&p);
             }
@@ -383,10 +384,10 @@ impl Conn {
                         continue;
                     }
                     if m.expiry_ms <= now {
-                        tracing::info!(device = %device, message_id = %m.message_id, "c2d dead-lettered: Expired");
+                        tracing::info!(device = %device, message_id = %Untrusted(&m.message_id), "c2d dead-lettered: Expired");
                         q::c2d_dead_letter(c, m.seq, "Expired", now)?;
                     } else if m.delivery_count >= max_dc {
-                        tracing::info!(device = %device, message_id = %m.message_id, "c2d dead-lettered: DeliveryCountExceeded");
+                        tracing::info!(device = %device, message_id = %Untrusted(&m.message_id), "c2d dead-lettered: DeliveryCountExceeded");
                         q::c2d_dead_letter(c, m.seq, "DeliveryCountExceeded", now)?;
                     } else {
                         q::c2d_mark_delivered(c, m.seq)?;

@@ -42,7 +42,7 @@ pub fn receive(
         .map_err(db_err)?;
     for mut m in q::c2d_pending(c, device)? {
         if m.delivery_count >= max_delivery_count {
-            tracing::info!(device, message_id = %m.message_id, "c2d dead-lettered: DeliveryCountExceeded");
+            tracing::info!(device, message_id = %crate::untrusted::Untrusted(&m.message_id), "c2d dead-lettered: DeliveryCountExceeded");
             q::c2d_dead_letter(c, m.seq, "DeliveryCountExceeded", now_ms)?;
             continue;
         }

@@ -28,6 +28,7 @@ use tokio_rustls::TlsAcceptor;
 
 use crate::HubError;
 use crate::hub::{Hub, LiveGuard};
+use crate::untrusted::Untrusted;
 
 mod c2d;
 mod device_bound;
@@ -336,7 +337,7 @@ async fn auth(State(hub): State<Shared>, req: Request, next: Next) -> Response {
     let r = match verdict {
         Ok(()) => next.run(req).await,
         Err(e) => {
-            tracing::info!(path = %req.uri().path(), reason = %e.0, "REST 401");
+            tracing::info!(path = %Untrusted(req.uri().path()), reason = %e.0, "REST 401");
             ApiError::new(
                 StatusCode::UNAUTHORIZED,
                 401002,
