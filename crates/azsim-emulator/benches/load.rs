@@ -32,8 +32,9 @@ use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
+use azsim_emulator::clock::unix_now;
 use azsim_proto::sas;
 use azsim_proto::topic::{self, Identity};
 use rumqttc::{
@@ -132,13 +133,6 @@ fn raise_nofile(needed: u64) {
              raise it with `ulimit -n`"
         );
     }
-}
-
-fn unix_now() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
 }
 
 fn random_key() -> String {
