@@ -128,4 +128,52 @@ mod tests {
     fn the_clap_definition_is_consistent() {
         Cli::command().debug_assert();
     }
+
+    #[test]
+    fn parsed_arguments_never_show_a_secret_in_debug() {
+        let key = "c2VjcmV0LWtleS1zZWNyZXQta2V5LXNlY3JldC0xMjM=";
+        let cs = format!("HostName=h;SharedAccessKeyName=iothubowner;SharedAccessKey={key}");
+        let token = "SharedAccessSignature sr=h&sig=c2lnbmF0dXJlLXNlY3JldA%3D%3D&se=1";
+        for args in [
+            vec![
+                "device",
+                "create",
+                "d",
+                "--primary-key",
+                key,
+                "--secondary-key",
+                key,
+            ],
+            vec!["device", "list", "--hub-connection-string", &cs],
+            vec!["token", "--host", "h", "--device", "d", "--key", key],
+            vec!["token", "--connection-string", &cs],
+            vec!["token", "inspect", token, "--key", key],
+            vec![
+                "token",
+                "dps",
+                "--id-scope",
+                "0ne1",
+                "--registration-id",
+                "r",
+                "--group-key",
+                key,
+            ],
+            vec![
+                "token",
+                "derive-key",
+                "--group-key",
+                key,
+                "--registration-id",
+                "r",
+            ],
+        ] {
+            let cli = Cli::try_parse_args(std::iter::once("azsim").chain(args.iter().copied()))
+                .unwrap_or_else(|e| panic!("{args:?}: {e}"));
+            let shown = format!("{cli:?}");
+            assert!(
+                !shown.contains(key) && !shown.contains("c2lnbmF0dXJl"),
+                "{args:?}: {shown}"
+            );
+        }
+    }
 }

@@ -5,6 +5,7 @@
 
 use std::path::PathBuf;
 
+use azsim_proto::secret::Secret;
 use clap::Args;
 use serde_json::Value;
 
@@ -17,7 +18,7 @@ pub struct HubTargetArgs {
     /// Service connection string of a shared access policy (e.g. iothubowner)
     /// [env: IOTHUB_CONNECTION_STRING]. Default: the local hub found in --state.
     #[arg(long, value_name = "CS")]
-    pub hub_connection_string: Option<String>,
+    pub hub_connection_string: Option<Secret<String>>,
     /// Extra CA certificate (PEM) to trust [env: AZSIM_CA_FILE]. Default: the local hub's CA.
     #[arg(long, value_name = "FILE")]
     pub ca: Option<PathBuf>,
@@ -29,7 +30,7 @@ pub struct HubTargetArgs {
 impl HubTargetArgs {
     pub(super) fn resolve(self) -> Result<Target, UsageError> {
         Target::resolve(TargetInputs {
-            connection_string: self.hub_connection_string,
+            connection_string: self.hub_connection_string.map(Secret::into_inner),
             ca: self.ca,
             state_dir: self.state,
         })
@@ -88,11 +89,11 @@ pub(super) fn json_object(field: &'static str, text: &str) -> Result<Value, Usag
 
 pub(super) fn base64_key(
     field: &'static str,
-    key: Option<String>,
-) -> Result<Option<String>, UsageError> {
+    key: Option<Secret<String>>,
+) -> Result<Option<Secret<String>>, UsageError> {
     match key {
         None => Ok(None),
-        Some(k) => azsim_proto::sas::check_key(&k)
+        Some(k) => azsim_proto::sas::check_key(k.expose())
             .map(|()| Some(k))
             .map_err(|e| UsageError::new(field, e.to_string())),
     }

@@ -1,9 +1,8 @@
 //! `azsim token`: clap structs and validation. The work is in `crate::cmd::token`.
 
-use std::fmt;
-
 use azsim_emulator::clock::{rfc3339, unix_now};
 use azsim_proto::sas;
+use azsim_proto::secret::Secret;
 use clap::{Args, Subcommand};
 
 use crate::error::UsageError;
@@ -62,7 +61,7 @@ pub struct ExpiryArgs {
 pub struct SignArgs {
     /// Device, module or service connection string [env: IOTHUB_DEVICE_CONNECTION_STRING].
     #[arg(long, value_name = "CS")]
-    pub connection_string: Option<String>,
+    pub connection_string: Option<Secret<String>>,
     /// Hub host name, when no connection string is given.
     #[arg(long, value_name = "HOST")]
     pub host: Option<String>,
@@ -74,7 +73,7 @@ pub struct SignArgs {
     pub module: Option<String>,
     /// Base64 key: the device's, the module's or the policy's.
     #[arg(long, value_name = "B64")]
-    pub key: Option<String>,
+    pub key: Option<Secret<String>>,
     /// Shared access policy name (`skn`); required for a hub-level token.
     #[arg(long, value_name = "NAME")]
     pub policy: Option<String>,
@@ -100,10 +99,10 @@ pub struct DpsArgs {
     pub registration_id: String,
     /// The enrollment's (or derived device) key, base64.
     #[arg(long, value_name = "B64")]
-    pub key: Option<String>,
+    pub key: Option<Secret<String>>,
     /// A group-enrollment key, base64: the device key is derived from it first.
     #[arg(long, value_name = "B64")]
-    pub group_key: Option<String>,
+    pub group_key: Option<Secret<String>>,
     #[command(flatten)]
     pub expiry: ExpiryArgs,
     /// Print JSON.
@@ -116,7 +115,7 @@ pub struct DpsArgs {
 pub struct DeriveKeyArgs {
     /// The group-enrollment key, base64.
     #[arg(long, value_name = "B64")]
-    pub group_key: String,
+    pub group_key: Secret<String>,
     /// The registration id (case-sensitive).
     #[arg(long, value_name = "ID")]
     pub registration_id: String,
@@ -127,14 +126,14 @@ pub struct DeriveKeyArgs {
 pub struct InspectArgs {
     /// The token (`SharedAccessSignature sr=...&sig=...&se=...`); quote it.
     #[arg(value_name = "TOKEN")]
-    pub token: String,
+    pub token: Secret<String>,
     /// Check against this connection string's key and identity
     /// [env: IOTHUB_DEVICE_CONNECTION_STRING, used when no --key is given].
     #[arg(long, value_name = "CS", conflicts_with = "key")]
-    pub connection_string: Option<String>,
+    pub connection_string: Option<Secret<String>>,
     /// Check against this base64 key.
     #[arg(long, value_name = "B64")]
-    pub key: Option<String>,
+    pub key: Option<Secret<String>>,
     /// Expected hub host name.
     #[arg(long, value_name = "HOST", requires = "key")]
     pub host: Option<String>,
@@ -152,9 +151,9 @@ pub struct InspectArgs {
     pub json: bool,
 }
 
-/// A base64 key that has been checked. `Debug` never shows it.
-#[derive(Clone, PartialEq, Eq)]
-pub struct SecretKey(String);
+/// A base64 key that has been checked. `Debug` never shows it ([`Secret`]).
+#[derive(Clone, PartialEq, Eq, Debug)]
+pub struct SecretKey(Secret<String>);
 
 impl SecretKey {
     /// Checks `b64` with the same rule the signer uses; the error names `field`, never the value.
@@ -163,18 +162,12 @@ impl SecretKey {
     /// A [`UsageError`] for an empty, non-base64 or oversized key.
     pub fn parse(field: &'static str, b64: &str) -> Result<Self, UsageError> {
         sas::check_key(b64).map_err(|e| UsageError::new(field, key_problem(e)))?;
-        Ok(Self(b64.to_owned()))
+        Ok(Self(Secret::new(b64.to_owned())))
     }
 
     /// The base64 text, for signing. Never print it.
     pub fn expose(&self) -> &str {
-        &self.0
-    }
-}
-
-impl fmt::Debug for SecretKey {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("SecretKey(<redacted>)")
+        self.0.expose()
     }
 }
 
@@ -309,7 +302,7 @@ pub struct InspectAgainst {
 #[derive(Debug)]
 pub struct InspectConfig {
     /// The token text as given (it carries a signature: never print it whole).
-    pub token: String,
+    pub token: Secret<String>,
     /// What to check it against, if anything.
     pub against: Option<InspectAgainst>,
     /// The time to check at (now), Unix seconds.
@@ -355,7 +348,7 @@ impl TokenArgs {
             None => self.sign.into_config(now, env_cs).map(TokenConfig::Sign),
             Some(TokenCommand::Dps(a)) => a.into_config(now).map(TokenConfig::Dps),
             Some(TokenCommand::DeriveKey(a)) => Ok(TokenConfig::DeriveKey(DeriveKeyConfig {
-                group_key: SecretKey::parse("--group-key", &a.group_key)?,
+                group_key: SecretKey::parse("--group-key", a.group_key.expose())?,
                 registration_id: non_empty("--registration-id", a.registration_id)?,
             })),
             Some(TokenCommand::Inspect(a)) => a.into_config(now, env_cs).map(TokenConfig::Inspect),
@@ -478,7 +471,7 @@ impl SignArgs {
                     "cannot be combined with --host, --device, --module, --key or --policy",
                 ));
             }
-            from_connection_string("--connection-string", &cs)?
+            from_connection_string("--connection-string", cs.expose())?
         } else if explicit {
             let host = self
                 .host
@@ -499,7 +492,7 @@ impl SignArgs {
                     "required for a hub-level token (no --device): the policy name the key belongs to, e.g. iothubowner",
                 ));
             }
-            (target, SecretKey::parse("--key", &key)?, policy)
+            (target, SecretKey::parse("--key", key.expose())?, policy)
         } else if let Some(cs) = env_cs {
             if self.policy.is_some() {
                 return Err(UsageError::new("--policy", "needs --host and --key"));
@@ -531,8 +524,8 @@ impl SignArgs {
 impl DpsArgs {
     fn into_config(self, now: u64) -> Result<DpsConfig, UsageError> {
         let key = match (self.key, self.group_key) {
-            (Some(k), None) => DpsKey::Device(SecretKey::parse("--key", &k)?),
-            (None, Some(g)) => DpsKey::Group(SecretKey::parse("--group-key", &g)?),
+            (Some(k), None) => DpsKey::Device(SecretKey::parse("--key", k.expose())?),
+            (None, Some(g)) => DpsKey::Group(SecretKey::parse("--group-key", g.expose())?),
             _ => {
                 return Err(UsageError::new(
                     "--key",
@@ -552,12 +545,12 @@ impl DpsArgs {
 
 impl InspectArgs {
     fn into_config(self, now: u64, env_cs: Option<String>) -> Result<InspectConfig, UsageError> {
-        let token = self.token.trim().to_owned();
-        if token.is_empty() {
+        let token = Secret::new(self.token.expose().trim().to_owned());
+        if token.expose().is_empty() {
             return Err(UsageError::new("TOKEN", "empty"));
         }
         let against = if let Some(cs) = self.connection_string {
-            let (target, key, policy) = from_connection_string("--connection-string", &cs)?;
+            let (target, key, policy) = from_connection_string("--connection-string", cs.expose())?;
             Some(InspectAgainst {
                 key,
                 target: Some(target),
@@ -566,7 +559,7 @@ impl InspectArgs {
                 source: "--connection-string",
             })
         } else if let Some(k) = self.key {
-            let key = SecretKey::parse("--key", &k)?;
+            let key = SecretKey::parse("--key", k.expose())?;
             let target = match self.host {
                 None => None,
                 Some(h) => Some(Target {

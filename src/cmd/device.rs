@@ -30,7 +30,11 @@ pub async fn run(cfg: DeviceConfig) -> Result<ExitCode, CliError> {
         } => {
             let identity = identity_of(&device, module.as_deref());
             let mut created = client
-                .create_device(identity, pk.as_deref(), sk.as_deref())
+                .create_device(
+                    identity,
+                    pk.as_ref().map(|k| k.expose().as_str()),
+                    sk.as_ref().map(|k| k.expose().as_str()),
+                )
                 .await
                 .map_err(CliError::runtime)?;
             let key = primary_key(&created)

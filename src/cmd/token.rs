@@ -521,7 +521,7 @@ fn resource_mismatch(actual: &str, expected: &str) -> String {
 }
 
 fn inspect(c: &InspectConfig) -> Result<ExitCode, CliError> {
-    let token = match sas::Token::parse(&c.token) {
+    let token = match sas::Token::parse(c.token.expose()) {
         Ok(t) => t,
         Err(e) => {
             if c.json {

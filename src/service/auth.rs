@@ -1,27 +1,16 @@
 //! Service credentials: a policy connection string, parsed and signed by `azsim-proto`.
 
-use std::fmt;
-
 use azsim_proto::connection_string::{ConnectionString, Kind};
 use azsim_proto::sas;
+use azsim_proto::secret::Secret;
 
 /// `HostName`, `SharedAccessKeyName` and `SharedAccessKey` of a service connection string.
-/// `Debug` redacts the key; nothing here ever prints it.
-#[derive(Clone)]
+/// `Debug` redacts the key ([`Secret`]); nothing here ever prints it.
+#[derive(Clone, Debug)]
 pub struct ServiceCredentials {
     host: String,
     policy: String,
-    key: String,
-}
-
-impl fmt::Debug for ServiceCredentials {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("ServiceCredentials")
-            .field("host", &self.host)
-            .field("policy", &self.policy)
-            .field("key", &"<redacted>")
-            .finish()
-    }
+    key: Secret<String>,
 }
 
 impl ServiceCredentials {
@@ -49,7 +38,7 @@ impl ServiceCredentials {
         Ok(Self {
             host: cs.host_name().to_owned(),
             policy: policy.to_owned(),
-            key: key.to_owned(),
+            key: Secret::new(key.to_owned()),
         })
     }
 
@@ -73,7 +62,7 @@ impl ServiceCredentials {
         sas::sign(
             &mut out,
             &sas::Resource::Hub { host: &self.host },
-            &self.key,
+            self.key.expose(),
             expiry,
             Some(&self.policy),
         )

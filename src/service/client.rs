@@ -6,6 +6,7 @@ use std::time::Duration;
 use azsim_emulator::clock::unix_now;
 
 use azsim_proto::encoding::Encoded;
+use azsim_proto::secret::Secret;
 pub use azsim_proto::topic::Identity;
 use futures::StreamExt as _;
 use reqwest::{Method, RequestBuilder, StatusCode};
@@ -159,17 +160,9 @@ pub struct ServiceClient {
     http: reqwest::Client,
     base: String,
     host: String,
-    auth: AuthHeader,
+    /// The `Authorization` header: a SAS token, so a secret.
+    auth: Secret<String>,
     is_azure: bool,
-}
-
-#[derive(Clone)]
-struct AuthHeader(String);
-
-impl std::fmt::Debug for AuthHeader {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("\"<redacted>\"")
-    }
 }
 
 fn path_segment(s: &str) -> String {
@@ -219,7 +212,7 @@ impl ServiceClient {
             http,
             base: target.base_url(),
             host: target.host().to_owned(),
-            auth: AuthHeader(token),
+            auth: Secret::new(token),
             is_azure: target.is_azure(),
         })
     }
@@ -235,7 +228,7 @@ impl ServiceClient {
         let rb = self
             .http
             .request(method, format!("{url}{sep}api-version={API_VERSION}"))
-            .header(reqwest::header::AUTHORIZATION, &self.auth.0)
+            .header(reqwest::header::AUTHORIZATION, self.auth.expose())
             .header(reqwest::header::ACCEPT, "application/json");
         (rb, url)
     }

@@ -20,6 +20,7 @@
 use core::fmt;
 
 use crate::sas::{self, Resource, Token};
+use crate::secret::Secret;
 
 /// A connection-string key name.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -186,15 +187,16 @@ pub enum Kind {
     X509,
 }
 
-/// A parsed connection string, borrowing from the input.
-#[derive(Clone, Copy, PartialEq, Eq)]
+/// A parsed connection string, borrowing from the input. `Debug` shows the key and the
+/// signature as `<redacted>` ([`Secret`]).
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
 pub struct ConnectionString<'a> {
     host_name: &'a str,
     device_id: Option<&'a str>,
     module_id: Option<&'a str>,
-    shared_access_key: Option<&'a str>,
+    shared_access_key: Option<Secret<&'a str>>,
     shared_access_key_name: Option<&'a str>,
-    shared_access_signature: Option<&'a str>,
+    shared_access_signature: Option<Secret<&'a str>>,
     gateway_host_name: Option<&'a str>,
     x509: bool,
 }
@@ -245,9 +247,9 @@ impl<'a> ConnectionString<'a> {
             host_name: get(Field::HostName).ok_or(E::Missing(Field::HostName))?,
             device_id: get(Field::DeviceId),
             module_id: get(Field::ModuleId),
-            shared_access_key: get(Field::SharedAccessKey),
+            shared_access_key: get(Field::SharedAccessKey).map(Secret::new),
             shared_access_key_name: get(Field::SharedAccessKeyName),
-            shared_access_signature: get(Field::SharedAccessSignature),
+            shared_access_signature: get(Field::SharedAccessSignature).map(Secret::new),
             gateway_host_name: get(Field::GatewayHostName),
             x509,
         };
@@ -294,10 +296,10 @@ impl<'a> ConnectionString<'a> {
             // A bare key, a token or x509 without a device is not a complete identity.
             return Err(E::Missing(Field::DeviceId));
         }
-        if let Some(k) = self.shared_access_key {
+        if let Some(k) = self.shared_access_key() {
             sas::check_key(k).map_err(|_| E::Invalid(Field::SharedAccessKey))?;
         }
-        if let Some(t) = self.shared_access_signature {
+        if let Some(t) = self.shared_access_signature() {
             Token::parse(t).map_err(|_| E::Invalid(Field::SharedAccessSignature))?;
         }
         Ok(())
@@ -317,7 +319,7 @@ impl<'a> ConnectionString<'a> {
             host_name: host,
             device_id: Some(device_id),
             module_id: None,
-            shared_access_key: Some(key_b64),
+            shared_access_key: Some(Secret::new(key_b64)),
             shared_access_key_name: None,
             shared_access_signature: None,
             gateway_host_name: None,
@@ -373,7 +375,7 @@ impl<'a> ConnectionString<'a> {
             host_name: host,
             device_id: Some(device_id),
             module_id: None,
-            shared_access_key: Some(key_b64),
+            shared_access_key: Some(Secret::new(key_b64)),
             shared_access_key_name: None,
             shared_access_signature: None,
             gateway_host_name: None,
@@ -402,9 +404,9 @@ impl<'a> ConnectionString<'a> {
             Field::HostName => Some(self.host_name),
             Field::DeviceId => self.device_id,
             Field::ModuleId => self.module_id,
-            Field::SharedAccessKey => self.shared_access_key,
+            Field::SharedAccessKey => self.shared_access_key(),
             Field::SharedAccessKeyName => self.shared_access_key_name,
-            Field::SharedAccessSignature => self.shared_access_signature,
+            Field::SharedAccessSignature => self.shared_access_signature(),
             Field::GatewayHostName => self.gateway_host_name,
             Field::X509 => self.x509.then_some("true"),
         }
@@ -452,7 +454,7 @@ impl<'a> ConnectionString<'a> {
 
     /// `SharedAccessKey` (base64, checked). A secret: never log it.
     pub fn shared_access_key(&self) -> Option<&'a str> {
-        self.shared_access_key
+        self.shared_access_key.map(Secret::into_inner)
     }
 
     /// `SharedAccessKeyName`: the policy, which becomes the token's `skn`.
@@ -462,12 +464,12 @@ impl<'a> ConnectionString<'a> {
 
     /// `SharedAccessSignature` (a token, checked by [`Token::parse`]). A secret: never log it.
     pub fn shared_access_signature(&self) -> Option<&'a str> {
-        self.shared_access_signature
+        self.shared_access_signature.map(Secret::into_inner)
     }
 
     /// The ready-made token, parsed.
     pub fn token(&self) -> Option<Token<'a>> {
-        self.shared_access_signature
+        self.shared_access_signature()
             .and_then(|t| Token::parse(t).ok())
     }
 
@@ -512,7 +514,7 @@ impl<'a> ConnectionString<'a> {
         expiry: u64,
     ) -> Result<(), sas::SignError> {
         let key = self
-            .shared_access_key
+            .shared_access_key()
             .ok_or(sas::SignError::Key(sas::KeyError::Empty))?;
         sas::sign(
             out,
@@ -604,25 +606,6 @@ impl fmt::Display for ConnectionString<'_> {
     /// The string with `SharedAccessKey=<redacted>` and `SharedAccessSignature=<redacted>`.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         self.write(f, true)
-    }
-}
-
-impl fmt::Debug for ConnectionString<'_> {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let redact = |v: Option<&str>| v.map(|_| "<redacted>");
-        f.debug_struct("ConnectionString")
-            .field("host_name", &self.host_name)
-            .field("device_id", &self.device_id)
-            .field("module_id", &self.module_id)
-            .field("shared_access_key_name", &self.shared_access_key_name)
-            .field("shared_access_key", &redact(self.shared_access_key))
-            .field(
-                "shared_access_signature",
-                &redact(self.shared_access_signature),
-            )
-            .field("gateway_host_name", &self.gateway_host_name)
-            .field("x509", &self.x509)
-            .finish()
     }
 }
 
