@@ -1,6 +1,8 @@
 //! `azsim token`: clap structs and validation. The work is in `crate::cmd::token`.
 
 use azsim_emulator::clock::{rfc3339, unix_now};
+use azsim_proto::connection_string::split_host_port;
+use azsim_proto::endpoint::MQTT_PORT;
 use azsim_proto::sas;
 use azsim_proto::secret::Secret;
 use clap::{Args, Subcommand};
@@ -9,9 +11,6 @@ use crate::error::UsageError;
 
 /// The env var `azsim token` reads a device (or service) connection string from.
 pub const DEVICE_CS_ENV: &str = "IOTHUB_DEVICE_CONNECTION_STRING";
-
-/// The MQTT port of IoT Hub (and of the local hub by default).
-pub const MQTT_PORT: u16 = 8883;
 
 /// The default token lifetime, as every Azure SDK uses.
 pub const DEFAULT_TTL: u64 = 3600;
@@ -197,12 +196,9 @@ impl Target {
     /// port given in `HostName` (`localhost:8884`) or 8883.
     pub fn connect_host_port(&self) -> (&str, u16) {
         let host = self.gateway_host.as_deref().unwrap_or(&self.host);
-        match host.rsplit_once(':') {
-            Some((h, p)) if !h.is_empty() && !h.contains(':') => match p.parse() {
-                Ok(port) => (h, port),
-                Err(_) => (host, MQTT_PORT),
-            },
-            _ => (host, MQTT_PORT),
+        match split_host_port(host) {
+            Some((h, port)) => (h, port.unwrap_or(MQTT_PORT)),
+            None => (host, MQTT_PORT),
         }
     }
 

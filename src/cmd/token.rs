@@ -8,6 +8,7 @@ use std::fmt::Write as _;
 use std::process::ExitCode;
 
 use azsim_emulator::clock::{rfc3339, unix_now};
+use azsim_proto::endpoint::MQTT_PORT;
 use azsim_proto::{sas, username};
 use serde_json::json;
 
@@ -16,8 +17,6 @@ use crate::cli::token::{
 };
 use crate::cmd::shell_quote;
 use crate::error::CliError;
-
-pub use crate::cli::token::MQTT_PORT;
 
 /// The global DPS endpoint devices connect to.
 pub const DPS_GLOBAL_HOST: &str = "global.azure-devices-provisioning.net";

@@ -17,6 +17,7 @@
 
 use std::path::{Path, PathBuf};
 
+use azsim_proto::connection_string::split_host_port;
 use azsim_proto::endpoint::MQTT_PORT;
 
 use super::auth::ServiceCredentials;
@@ -196,7 +197,7 @@ impl Target {
 
     /// The host name without a port.
     pub fn host_name(&self) -> &str {
-        split_port(self.host()).0
+        split_host_port(self.host()).map_or(self.host(), |(host, _)| host)
     }
 
     /// `https://{host}`.
@@ -276,14 +277,6 @@ fn local_hub_for(dir: &Path, host: &str) -> Option<HubInfo> {
 pub fn is_azure_host(host: &str) -> bool {
     let host = host.trim_end_matches('.').to_ascii_lowercase();
     AZURE_SUFFIXES.iter().any(|s| host.ends_with(s))
-}
-
-/// Splits `host:port` (the port only when it is all digits).
-fn split_port(host: &str) -> (&str, Option<&str>) {
-    match host.rsplit_once(':') {
-        Some((h, p)) if !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()) => (h, Some(p)),
-        _ => (host, None),
-    }
 }
 
 #[cfg(test)]

@@ -258,7 +258,7 @@ impl<'a> ConnectionString<'a> {
     }
 
     fn validate(&self) -> Result<(), ConnectionStringError> {
-        split_port(self.host_name).ok_or(E::Invalid(Field::HostName))?;
+        split_host_port(self.host_name).ok_or(E::Invalid(Field::HostName))?;
         match (
             self.shared_access_key,
             self.shared_access_signature,
@@ -434,12 +434,12 @@ impl<'a> ConnectionString<'a> {
 
     /// `HostName` without a `:port` suffix.
     pub fn host(&self) -> &'a str {
-        split_port(self.host_name).map_or(self.host_name, |(h, _)| h)
+        split_host_port(self.host_name).map_or(self.host_name, |(h, _)| h)
     }
 
     /// The port in `HostName`, if it has one (`HostName=localhost:8443`).
     pub fn port(&self) -> Option<u16> {
-        split_port(self.host_name).and_then(|(_, p)| p)
+        split_host_port(self.host_name).and_then(|(_, p)| p)
     }
 
     /// `DeviceId`.
@@ -577,9 +577,11 @@ pub fn split_host_name(host: &str) -> Option<(&str, &str)> {
         .filter(|(name, suffix)| !name.is_empty() && !suffix.is_empty())
 }
 
-/// Splits `host[:port]`. `None` when a port is present but not a number in 1..=65535 or the
-/// host is empty. A bracketed IPv6 literal (`[::1]:8443`) keeps its colons.
-fn split_port(host_name: &str) -> Option<(&str, Option<u16>)> {
+/// Splits a `HostName` value, `host[:port]`, into the host and the port if one is given
+/// (`localhost:18883` -> (`localhost`, `Some(18883)`)). A bracketed IPv6 literal (`[::1]:8443`)
+/// keeps its colons. `None` when a port is present but not a number in 1..=65535, or the host is
+/// empty.
+pub fn split_host_port(host_name: &str) -> Option<(&str, Option<u16>)> {
     // Byte searches: `str::find`'s pattern machinery is large in the firmware image.
     let bytes = host_name.as_bytes();
     let search_from = if bytes.first() == Some(&b'[') {
@@ -635,6 +637,23 @@ mod tests {
         let mut full = String::new();
         cs.write_with_secret(&mut full).unwrap();
         assert_eq!(full, s);
+    }
+
+    #[test]
+    fn host_names_split_into_host_and_port() {
+        assert_eq!(
+            split_host_port("localhost:18883"),
+            Some(("localhost", Some(18883)))
+        );
+        assert_eq!(
+            split_host_port("h.azure-devices.net"),
+            Some(("h.azure-devices.net", None))
+        );
+        assert_eq!(split_host_port("[::1]:8443"), Some(("[::1]", Some(8443))));
+        assert_eq!(split_host_port("[::1]"), Some(("[::1]", None)));
+        for bad in ["h:0", "h:65536", "h:x", ":8883", ""] {
+            assert_eq!(split_host_port(bad), None, "{bad}");
+        }
     }
 
     #[test]
