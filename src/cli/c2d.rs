@@ -172,7 +172,7 @@ impl C2dSendArgs {
             if k.is_empty() {
                 return Err(UsageError::new("--property", "the key must not be empty"));
             }
-            if k.starts_with("$.") || k.starts_with("iothub-") {
+            if azsim_proto::property_bag::is_reserved_name(k) {
                 return Err(UsageError::new(
                     "--property",
                     format!("{k:?} is a system property; use the dedicated flag"),
@@ -220,5 +220,38 @@ impl C2dSendArgs {
             },
             json: a.json,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reserved_property_names_are_refused_by_the_cores_rule() {
+        for (name, refused) in [
+            ("$.mid", true),
+            ("iothub-ack", true),
+            ("IotHub-x", false),
+            ("color", false),
+        ] {
+            let args = C2dSendArgs {
+                device: "d".into(),
+                body: "b".into(),
+                properties: vec![format!("{name}=v")],
+                content_type: None,
+                content_encoding: None,
+                message_id: None,
+                correlation_id: None,
+                ack: Ack::None,
+                ttl: Some(0),
+                target: HubTargetArgs::default(),
+                json: false,
+            };
+            // A name that passes fails later, on --ttl 0, before any hub is looked for.
+            let field = args.into_config().unwrap_err().field().to_owned();
+            let want = if refused { "--property" } else { "--ttl" };
+            assert_eq!(field, want, "{name}");
+        }
     }
 }
