@@ -8,6 +8,7 @@
 //! ```text
 //! cargo bench -p azsim-emulator --bench load -- [--devices N] [--messages M] [--payload BYTES]
 //!     [--window W] [--connect-concurrency C] [--only hub|mosquitto] [--rounds R] [--no-warmup]
+//!     [--store disk|memory]
 //! ```
 //! Defaults: 1000 devices, 20 messages of 256 bytes each, 1 message in flight per device,
 //! 200 TLS handshakes at a time. Env `AZSIM_LOAD_DEVICES` / `AZSIM_LOAD_MESSAGES` override the
@@ -26,6 +27,16 @@
 //! `/proc/*/task/*/schedstat`): the broker process's threads (hub or mosquitto) and the
 //! clients'. On a shared, noisy machine msgs/s moves with
 //! whatever else runs; CPU per message shows what each broker costs.
+//!
+//! Memory per connected device is the broker process's RSS (`/proc/PID/status` `VmRSS`) once
+//! every device has its CONNACK, minus its RSS just before the first device connected, over the
+//! number of devices.
+//!
+//! `--store disk` (the default, what `azsim hub` does) keeps the hub's state in SQLite files
+//! in a temporary directory, so every PUBACK waits for a committed transaction on disk;
+//! `--store memory` runs the hub with `in_memory` (SQLite in memory). mosquitto runs with
+//! `persistence false` either way (it keeps nothing on disk for QoS 1 messages without
+//! subscribers).
 
 use std::collections::HashMap;
 use std::fmt::Write as _;
@@ -53,6 +64,8 @@ struct Params {
     only: Option<String>,
     rounds: usize,
     warmup: bool,
+    /// The hub keeps its state in SQLite on disk (`true`) or in memory.
+    disk: bool,
 }
 
 fn parse_params() -> Params {
@@ -71,6 +84,7 @@ fn parse_params() -> Params {
         only: None,
         rounds: 1,
         warmup: true,
+        disk: true,
     };
     let args: Vec<String> = std::env::args().skip(1).collect();
     let mut i = 0;
@@ -85,6 +99,16 @@ fn parse_params() -> Params {
             "--connect-concurrency" => p.connect_concurrency = num().max(1),
             "--only" => p.only = Some(val.clone()),
             "--rounds" => p.rounds = num().max(1),
+            "--store" => {
+                p.disk = match val.as_str() {
+                    "disk" => true,
+                    "memory" => false,
+                    _ => {
+                        eprintln!("load: --store takes disk or memory");
+                        std::process::exit(2)
+                    }
+                }
+            }
             "--no-warmup" => {
                 p.warmup = false;
                 i += 1;
@@ -201,6 +225,9 @@ struct RunStats {
     broker_cpu_ns: u64,
     /// CPU time the clients' runtime threads used during the publish phase.
     client_cpu_ns: u64,
+    /// The broker's RSS (KiB) before the first device connected and once all had.
+    rss_idle_kib: u64,
+    rss_connected_kib: u64,
 }
 
 impl RunStats {
@@ -218,6 +245,14 @@ impl RunStats {
             return f64::NAN;
         }
         ns as f64 / 1000.0 / self.messages as f64
+    }
+
+    /// Broker memory per connected device, KiB.
+    fn kib_per_device(&self) -> f64 {
+        if self.connected == 0 {
+            return f64::NAN;
+        }
+        self.rss_connected_kib.saturating_sub(self.rss_idle_kib) as f64 / self.connected as f64
     }
 
     fn percentile_ms(&self, p: f64) -> f64 {
@@ -358,6 +393,18 @@ fn cpu_ns(pid: &str, pick: impl Fn(&str) -> bool) -> u64 {
         .sum()
 }
 
+/// Resident memory of process `pid` in KiB (`VmRSS`; 0 where unavailable).
+fn rss_kib(pid: &str) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("VmRSS:"))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        })
+        .unwrap_or(0)
+}
+
 /// The load generator's threads: the main runtime's workers (tokio names them `tokio-rt-worker`).
 fn client_cpu_ns() -> u64 {
     cpu_ns("self", |c| c.starts_with("tokio-r"))
@@ -369,9 +416,11 @@ async fn run_load(
     tls: Arc<rustls::ClientConfig>,
     specs: &[DeviceSpec],
     p: &Arc<Params>,
-    broker_cpu_ns: &dyn Fn() -> u64,
+    broker_pid: &str,
 ) -> RunStats {
+    let broker_cpu_ns = || cpu_ns(broker_pid, |_| true);
     let n = specs.len();
+    let rss_idle_kib = rss_kib(broker_pid);
     let connect_gate = Arc::new(Semaphore::new(p.connect_concurrency));
     let connected = Arc::new(Barrier::new(n + 1));
     let start = Arc::new(Barrier::new(n + 1));
@@ -390,12 +439,15 @@ async fn run_load(
     }
     connected.wait().await;
     let connect_secs = t0.elapsed().as_secs_f64();
+    let rss_connected_kib = rss_kib(broker_pid);
     eprintln!("load: {name}: {n} devices through CONNACK in {connect_secs:.2} s, publishing");
     let t1 = Instant::now();
     let (broker0, client0) = (broker_cpu_ns(), client_cpu_ns());
     start.wait().await;
     let mut stats = RunStats {
         connect_secs,
+        rss_idle_kib,
+        rss_connected_kib,
         ..RunStats::default()
     };
     for t in tasks {
@@ -575,6 +627,13 @@ fn print_stats(name: &str, s: &RunStats, p: &Params) {
         s.cpu_us_per_msg(s.broker_cpu_ns),
         s.cpu_us_per_msg(s.client_cpu_ns),
     );
+    println!(
+        "{name:<10} memory: RSS {:.1} MiB idle, {:.1} MiB with {} devices connected = {:.1} KiB per device",
+        s.rss_idle_kib as f64 / 1024.0,
+        s.rss_connected_kib as f64 / 1024.0,
+        s.connected,
+        s.kib_per_device(),
+    );
     if let Some(e) = &s.first_error {
         println!("{name:<10} first error: {e}");
     }
@@ -594,11 +653,12 @@ fn main() {
     let dir = tempfile::tempdir().expect("tempdir");
     println!(
         "azsim load bench: {} devices x {} QoS 1 messages of {} bytes, {} in flight per device, \
-         TLS, SAS auth, {} cores",
+         TLS, SAS auth, hub state {}, {} cores",
         p.devices,
         p.messages,
         p.payload,
         p.window,
+        if p.disk { "on disk" } else { "in memory" },
         std::thread::available_parallelism().map_or(1, |n| n.get())
     );
     rt.block_on(async {
@@ -633,7 +693,7 @@ fn main() {
                     mosq_runs.extend(mosq_rate);
                 }
             }
-            if let (Some((h, _)), Some((m, _))) = (hub_rate, mosq_rate)
+            if let (Some((h, _, _)), Some((m, _, _))) = (hub_rate, mosq_rate)
                 && m > 0.0
             {
                 println!("ratio      azsim-hub / mosquitto ingest = {:.2}x", h / m);
@@ -644,7 +704,8 @@ fn main() {
             let list: Vec<String> = ratios.iter().map(|r| format!("{r:.2}x")).collect();
             println!(
                 "summary    {} rounds | ratios {} | median ratio {:.2}x | median msgs/s hub {:.0}, \
-                 mosquitto {:.0} | median broker CPU per message hub {:.1} us, mosquitto {:.1} us",
+                 mosquitto {:.0} | median broker CPU per message hub {:.1} us, mosquitto {:.1} us | \
+                 median memory per device hub {:.1} KiB, mosquitto {:.1} KiB",
                 p.rounds,
                 list.join(" "),
                 median(&ratios),
@@ -652,6 +713,8 @@ fn main() {
                 median(&mosq_runs.iter().map(|r| r.0).collect::<Vec<_>>()),
                 median(&hub_runs.iter().map(|r| r.1).collect::<Vec<_>>()),
                 median(&mosq_runs.iter().map(|r| r.1).collect::<Vec<_>>()),
+                median(&hub_runs.iter().map(|r| r.2).collect::<Vec<_>>()),
+                median(&mosq_runs.iter().map(|r| r.2).collect::<Vec<_>>()),
             );
         }
     });
@@ -671,8 +734,9 @@ fn median(v: &[f64]) -> f64 {
     }
 }
 
-/// One run against the hub: (msgs/s, broker CPU us per message), or `None` when skipped.
-async fn run_hub(p: &Arc<Params>, dir: &Path) -> Option<(f64, f64)> {
+/// One run against the hub: (msgs/s, broker CPU us per message, KiB per device), or `None`
+/// when skipped.
+async fn run_hub(p: &Arc<Params>, dir: &Path) -> Option<(f64, f64, f64)> {
     if p.only.as_deref() == Some("mosquitto") {
         return None;
     }
@@ -682,6 +746,7 @@ async fn run_hub(p: &Arc<Params>, dir: &Path) -> Option<(f64, f64)> {
             Some((
                 stats.msgs_per_sec(),
                 stats.cpu_us_per_msg(stats.broker_cpu_ns),
+                stats.kib_per_device(),
             ))
         }
         Err(e) => {
@@ -691,8 +756,8 @@ async fn run_hub(p: &Arc<Params>, dir: &Path) -> Option<(f64, f64)> {
     }
 }
 
-/// One run against a fresh mosquitto: (msgs/s, broker CPU us per message).
-async fn run_mosquitto(p: &Arc<Params>, dir: &Path) -> Option<(f64, f64)> {
+/// One run against a fresh mosquitto: (msgs/s, broker CPU us per message, KiB per device).
+async fn run_mosquitto(p: &Arc<Params>, dir: &Path) -> Option<(f64, f64, f64)> {
     if p.only.as_deref() == Some("hub") {
         return None;
     }
@@ -706,13 +771,13 @@ async fn run_mosquitto(p: &Arc<Params>, dir: &Path) -> Option<(f64, f64)> {
                 })
                 .collect();
             let pid = m.child.id().to_string();
-            let broker = move || cpu_ns(&pid, |_| true);
-            let stats = run_load("mosquitto", m.port, tls, &specs, p, &broker).await;
+            let stats = run_load("mosquitto", m.port, tls, &specs, p, &pid).await;
             print_stats("mosquitto", &stats, p);
             drop(m);
             Some((
                 stats.msgs_per_sec(),
                 stats.cpu_us_per_msg(stats.broker_cpu_ns),
+                stats.kib_per_device(),
             ))
         }
         Err(e) => {
@@ -723,8 +788,8 @@ async fn run_mosquitto(p: &Arc<Params>, dir: &Path) -> Option<(f64, f64)> {
 }
 
 mod hub {
-    //! The azsim hub side: this bench binary started again as a child process that serves an
-    //! in-memory hub on port 0 (so the hub, like mosquitto, is its own process with its own
+    //! The azsim hub side: this bench binary started again as a child process that serves a
+    //! hub on port 0, its state in a fresh directory (on disk or in memory, `--store`) (so the hub, like mosquitto, is its own process with its own
     //! runtime and address space); the devices are registered through its REST API with keys
     //! chosen here.
     use super::*;
@@ -732,6 +797,8 @@ mod hub {
 
     /// Set (to the hub's state dir) in the child: serve the hub instead of running the bench.
     pub const CHILD_ENV: &str = "AZSIM_LOAD_HUB_DIR";
+    /// Set to `memory` in the child for `--store memory`.
+    pub const STORE_ENV: &str = "AZSIM_LOAD_HUB_STORE";
 
     /// The hub process. It runs on tokio's default multi-threaded runtime, as `azsim hub`
     /// does, prints its `HubInfo` as one JSON line and stops cleanly when its stdin closes.
@@ -742,7 +809,7 @@ mod hub {
             .expect("hub runtime");
         rt.block_on(async {
             let mut cfg = azsim_emulator::HubConfig::new(dir);
-            cfg.in_memory = true;
+            cfg.in_memory = std::env::var(STORE_ENV).is_ok_and(|v| v == "memory");
             let handle =
                 match azsim_emulator::start(cfg, "127.0.0.1".parse().expect("ip"), 0, 0).await {
                     Ok(h) => h,
@@ -763,8 +830,11 @@ mod hub {
 
     pub async fn run(p: &Arc<Params>, dir: &Path) -> Result<RunStats, String> {
         let exe = std::env::current_exe().map_err(|e| format!("hub: {e}"))?;
+        // A fresh state dir per run: a disk store starts empty, like mosquitto.
+        let state = dir.join(format!("hub-{}", next_run_number()));
         let mut child = tokio::process::Command::new(exe)
-            .env(CHILD_ENV, dir.join("hub"))
+            .env(CHILD_ENV, &state)
+            .env(STORE_ENV, if p.disk { "disk" } else { "memory" })
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
@@ -785,8 +855,7 @@ mod hub {
         let tls = client_tls(&info.ca_file);
         let specs = register(&info, &tls, p.devices).await?;
         let pid = child.id().ok_or("hub: exited")?.to_string();
-        let broker = move || cpu_ns(&pid, |_| true);
-        let stats = run_load("azsim-hub", info.mqtt_port, tls, &specs, p, &broker).await;
+        let stats = run_load("azsim-hub", info.mqtt_port, tls, &specs, p, &pid).await;
         drop(child.stdin.take());
         match tokio::time::timeout(Duration::from_secs(30), child.wait()).await {
             Ok(Ok(status)) if status.success() => Ok(stats),
@@ -797,6 +866,13 @@ mod hub {
                 Err("hub: did not stop within 30 s".into())
             }
         }
+    }
+
+    /// A name unique within this bench process.
+    fn next_run_number() -> String {
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        static N: AtomicUsize = AtomicUsize::new(0);
+        N.fetch_add(1, Ordering::Relaxed).to_string()
     }
 
     async fn register(
