@@ -331,6 +331,8 @@ struct Host<'a> {
     failure: FailureSlot,
     /// Why the last connection (attempt) failed, for `reconnecting` and the final error.
     last_failure: Option<String>,
+    /// Why the loop itself is dropping the connection (a packet too large for its buffer).
+    dropping: Option<String>,
     totals: Totals,
     stop_reason: Option<&'static str>,
     started: Instant,
@@ -357,6 +359,7 @@ impl<'a> Host<'a> {
             peer,
             failure,
             last_failure: None,
+            dropping: None,
             totals: Totals::default(),
             stop_reason: None,
             started: Instant::now(),
@@ -397,22 +400,20 @@ impl<'a> Host<'a> {
     }
 
     /// Why a connection (or an attempt at one) ended, for people.
-    fn describe(&self, reason: DisconnectReason, connecting: bool) -> String {
-        match reason {
-            DisconnectReason::Requested => "closed by the device".to_owned(),
-            DisconnectReason::Refused(code) => {
+    fn describe(&mut self, reason: DisconnectReason, connecting: bool) -> String {
+        match (reason, self.dropping.take()) {
+            (DisconnectReason::Requested, _) => "closed by the device".to_owned(),
+            (DisconnectReason::Refused(code), _) => {
                 format!("the hub refused the connection: {code}")
             }
-            _ => match self.failure.get() {
+            (_, Some(why)) => why,
+            (_, None) => match self.failure.get() {
                 Some(text) if connecting && text.ends_with("closed the connection") => {
                     format!("{text} before CONNACK")
                 }
                 Some(text) => text,
                 None if connecting => format!("no CONNACK from {}", self.peer),
-                None => format!(
-                    "connection to {} lost: no answer to the keep-alive ping",
-                    self.peer
-                ),
+                None => format!("connection to {} lost", self.peer),
             },
         }
     }
@@ -608,7 +609,10 @@ impl Observer for Host<'_> {
                 self.reported.insert(rid, body_value(patch));
             }
             Note::PacketTooLarge { buffer } => {
-                tracing::warn!("a packet larger than {buffer} bytes arrived; reconnecting");
+                self.dropping = Some(format!(
+                    "a packet from {} is larger than the {buffer}-byte buffer",
+                    self.peer
+                ));
             }
             Note::NotSent { topic } => {
                 tracing::warn!("publish to {topic} is larger than {MAX_PACKET} bytes, not sent");
