@@ -1,5 +1,5 @@
 //! Known-answer tests for `topic` and `property_bag`, driven from `fixtures/vectors/topics.json`
-//! (every section except `mqtt_connect`, which `tests/auth_vectors.rs` covers), plus property
+//! (every section except `mqtt_connect`, which `tests/auth_vectors/` covers), plus property
 //! round trips build -> parse for every topic kind.
 //!
 //! Every case of every section is asserted; each section test counts the cases it checked and
@@ -134,7 +134,7 @@ fn every_section_is_covered() {
     let handled = [
         "description",
         "_cross_check",
-        "mqtt_connect", // owned by proto-auth (tests/auth_vectors.rs)
+        "mqtt_connect", // owned by proto-auth (tests/auth_vectors/)
         "subscribe_filters",
         "d2c_publish",
         "c2d_receive",
