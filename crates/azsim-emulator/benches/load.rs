@@ -8,7 +8,7 @@
 //! ```text
 //! cargo bench -p azsim-emulator --bench load -- [--devices N] [--messages M] [--payload BYTES]
 //!     [--window W] [--connect-concurrency C] [--only hub|mosquitto] [--rounds R] [--no-warmup]
-//!     [--store disk|memory]
+//!     [--store disk|memory] [--sync normal|full]
 //! ```
 //! Defaults: 1000 devices, 20 messages of 256 bytes each, 1 message in flight per device,
 //! 200 TLS handshakes at a time. Env `AZSIM_LOAD_DEVICES` / `AZSIM_LOAD_MESSAGES` override the
@@ -36,7 +36,9 @@
 //! in a temporary directory, so every PUBACK waits for a committed transaction on disk;
 //! `--store memory` runs the hub with `in_memory` (SQLite in memory). mosquitto runs with
 //! `persistence false` either way (it keeps nothing on disk for QoS 1 messages without
-//! subscribers).
+//! subscribers). `--sync full` runs the hub with `Durability::PowerLoss` (SQLite
+//! `synchronous=FULL`, an fsync per transaction) instead of the default `ProcessCrash`
+//! (`synchronous=NORMAL`).
 
 use std::collections::HashMap;
 use std::fmt::Write as _;
@@ -66,6 +68,8 @@ struct Params {
     warmup: bool,
     /// The hub keeps its state in SQLite on disk (`true`) or in memory.
     disk: bool,
+    /// The hub fsyncs every commit (`Durability::PowerLoss`).
+    sync_full: bool,
 }
 
 fn parse_params() -> Params {
@@ -85,6 +89,7 @@ fn parse_params() -> Params {
         rounds: 1,
         warmup: true,
         disk: true,
+        sync_full: false,
     };
     let args: Vec<String> = std::env::args().skip(1).collect();
     let mut i = 0;
@@ -99,6 +104,16 @@ fn parse_params() -> Params {
             "--connect-concurrency" => p.connect_concurrency = num().max(1),
             "--only" => p.only = Some(val.clone()),
             "--rounds" => p.rounds = num().max(1),
+            "--sync" => {
+                p.sync_full = match val.as_str() {
+                    "normal" => false,
+                    "full" => true,
+                    _ => {
+                        eprintln!("load: --sync takes normal or full");
+                        std::process::exit(2)
+                    }
+                }
+            }
             "--store" => {
                 p.disk = match val.as_str() {
                     "disk" => true,
@@ -653,12 +668,13 @@ fn main() {
     let dir = tempfile::tempdir().expect("tempdir");
     println!(
         "azsim load bench: {} devices x {} QoS 1 messages of {} bytes, {} in flight per device, \
-         TLS, SAS auth, hub state {}, {} cores",
+         TLS, SAS auth, hub state {} (synchronous={}), {} cores",
         p.devices,
         p.messages,
         p.payload,
         p.window,
         if p.disk { "on disk" } else { "in memory" },
+        if p.sync_full { "FULL" } else { "NORMAL" },
         std::thread::available_parallelism().map_or(1, |n| n.get())
     );
     rt.block_on(async {
@@ -799,6 +815,8 @@ mod hub {
     pub const CHILD_ENV: &str = "AZSIM_LOAD_HUB_DIR";
     /// Set to `memory` in the child for `--store memory`.
     pub const STORE_ENV: &str = "AZSIM_LOAD_HUB_STORE";
+    /// Set to `full` in the child for `--sync full`.
+    pub const SYNC_ENV: &str = "AZSIM_LOAD_HUB_SYNC";
 
     /// The hub process. It runs on tokio's default multi-threaded runtime, as `azsim hub`
     /// does, prints its `HubInfo` as one JSON line and stops cleanly when its stdin closes.
@@ -810,6 +828,9 @@ mod hub {
         rt.block_on(async {
             let mut cfg = azsim_emulator::HubConfig::new(dir);
             cfg.in_memory = std::env::var(STORE_ENV).is_ok_and(|v| v == "memory");
+            if std::env::var(SYNC_ENV).is_ok_and(|v| v == "full") {
+                cfg.durability = azsim_emulator::store::Durability::PowerLoss;
+            }
             let handle =
                 match azsim_emulator::start(cfg, "127.0.0.1".parse().expect("ip"), 0, 0).await {
                     Ok(h) => h,
@@ -835,6 +856,7 @@ mod hub {
         let mut child = tokio::process::Command::new(exe)
             .env(CHILD_ENV, &state)
             .env(STORE_ENV, if p.disk { "disk" } else { "memory" })
+            .env(SYNC_ENV, if p.sync_full { "full" } else { "normal" })
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())

@@ -357,10 +357,11 @@ pub(crate) async fn serve(
         // Created private before SQLite opens it: its -wal/-shm then get the same mode.
         state_dir::private_file(p)?;
     }
-    let cap = config.limits.event_log_cap;
-    let store = tokio::task::spawn_blocking(move || Store::open(db_path.as_deref(), cap))
-        .await
-        .map_err(|e| HubError::Store(e.to_string()))??;
+    let (cap, durability) = (config.limits.event_log_cap, config.durability);
+    let store =
+        tokio::task::spawn_blocking(move || Store::open_with(db_path.as_deref(), cap, durability))
+            .await
+            .map_err(|e| HubError::Store(e.to_string()))??;
     let mqtt_tls = prepared.server_config(&[])?;
     let https_tls = prepared.server_config(&[b"h2", b"http/1.1"])?;
     let (events, _) = broadcast::channel(4096);

@@ -105,10 +105,15 @@ pub struct HubConfig {
     /// timestamp it writes. The system clock unless a test gives it a
     /// [`clock::ManualClock`]'s.
     pub clock: clock::Clock,
+    /// What a PUBACK promises: telemetry is acknowledged once its SQLite transaction has
+    /// committed, and this says whether that commit survives the hub process being killed
+    /// (the default) or power loss too (an fsync per transaction). See [`store::Durability`].
+    pub durability: store::Durability,
 }
 
 impl HubConfig {
-    /// Defaults: hostname `localhost`, persistent, Azure's limits, the system clock.
+    /// Defaults: hostname `localhost`, persistent, Azure's limits, the system clock, commits
+    /// that survive a process kill.
     pub fn new(state_dir: impl Into<PathBuf>) -> HubConfig {
         HubConfig {
             state_dir: state_dir.into(),
@@ -116,6 +121,7 @@ impl HubConfig {
             in_memory: false,
             limits: HubLimits::default(),
             clock: clock::Clock::system(),
+            durability: store::Durability::default(),
         }
     }
 }

@@ -7,7 +7,7 @@
 //! commands, shutdown); [`connect`] reads and checks the CONNECT; [`session`] handles the
 //! packets of an authenticated connection.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -158,6 +158,9 @@ async fn connection(hub: Arc<Hub>, mut stream: Stream, peer: SocketAddr) {
         }),
         out: BytesMut::with_capacity(256),
         activity: hub.store.activity().cell(&cid),
+        commits: Arc::default(),
+        last_seq: 0,
+        held_pubacks: VecDeque::new(),
     };
     // Session state: a persistent session keeps its subscriptions (and so its C2D delivery).
     let cid2 = cid.clone();
@@ -221,6 +224,7 @@ async fn connection(hub: Arc<Hub>, mut stream: Stream, peer: SocketAddr) {
     let mut shutdown = hub.shutdown.subscribe();
     let stopping = crate::hub::until_shutdown(&mut shutdown);
     tokio::pin!(idle, expiry, stopping);
+    let commits = conn.commits.clone();
     let mut close = None;
     if conn.subs.c2d.load(Ordering::Acquire)
         && let Err(e) = conn.deliver_c2d().await
@@ -263,8 +267,15 @@ async fn connection(hub: Arc<Hub>, mut stream: Stream, peer: SocketAddr) {
             () = &mut expiry => {
                 close = Some(Close::Ungraceful("401003 IoTHubUnauthorized: sas token expired".into()));
             }
+            () = commits.changed(), if !conn.held_pubacks.is_empty() => close = conn.release_pubacks(),
             () = &mut stopping => close = Some(Close::Shutdown),
         }
+    }
+    if matches!(close, Some(Close::Shutdown)) && !conn.held_pubacks.is_empty() {
+        // The writer is still running: what this connection sent is committed by the flush,
+        // and its PUBACKs spare the device a redelivery after the restart.
+        hub.store.flush().await;
+        let _ = conn.release_pubacks();
     }
     if !conn.out.is_empty() {
         let _ = stream.write_all(&conn.out).await;

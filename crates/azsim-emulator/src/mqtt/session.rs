@@ -1,8 +1,14 @@
 //! An authenticated connection's packets: telemetry (stored, then PUBACKed), twin GET and
 //! reported patches, method responses, SUBSCRIBE/UNSUBSCRIBE against the identity's topic ACL,
 //! and C2D delivery with its acknowledgements.
+//!
+//! A QoS 1 telemetry message is PUBACKed only once the transaction holding it has committed
+//! (see `store`): the connection numbers its messages, queues them for the writer and reads on,
+//! holding the PUBACKs in order until the writer reports their numbers committed. MQTT 3.1.1
+//! (4.6) wants PUBACKs in the order the PUBLISHes came, so the PUBACK of any other QoS 1
+//! PUBLISH (twin, method response) waits behind the telemetry received before it.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
@@ -17,7 +23,7 @@ use serde_json::{Value, json};
 
 use super::{Close, max_packet, packet_name};
 use crate::hub::{Hub, Subs, twin_device_view};
-use crate::store::{C2dMessage, q};
+use crate::store::{C2dMessage, Commits, q};
 use crate::telemetry::{self, D2cRecord, Origin};
 use crate::twin;
 use crate::untrusted::Untrusted;
@@ -38,6 +44,13 @@ pub(super) struct Conn {
     pub(super) origin: Arc<Origin>,
     pub(super) out: BytesMut,
     pub(super) activity: Arc<crate::activity::Cell>,
+    /// What the telemetry writer has committed of this connection's messages.
+    pub(super) commits: Arc<Commits>,
+    /// The number given to this connection's last QoS 1 telemetry message (0: none yet).
+    pub(super) last_seq: u64,
+    /// PUBACKs not sent yet, in PUBLISH order: the packet id and the telemetry number that must
+    /// be committed first.
+    pub(super) held_pubacks: VecDeque<(u64, u16)>,
 }
 
 impl Conn {
@@ -206,9 +219,14 @@ impl Conn {
                 if p.retain {
                     telemetry::push_pair(&mut props, "mqtt-retain", "true");
                 }
-                self.ingest(props, &p.payload).await;
-                if p.qos == QoS::AtLeastOnce {
-                    let _ = Packet::PubAck(PubAck::new(p.pkid)).write(&mut self.out, usize::MAX);
+                let acked = p.qos == QoS::AtLeastOnce;
+                if !self.ingest(props, &p.payload, acked).await {
+                    return Some(Close::Ungraceful(
+                        "the telemetry log is not running: message not stored".into(),
+                    ));
+                }
+                if acked {
+                    return self.puback(&p);
                 }
             }
             DeviceTopic::MethodResponse { status, rid } => {
@@ -220,7 +238,7 @@ impl Conn {
                 {
                     tracing::info!(client_id = %self.cid, rid = %Untrusted(&r), "method response dropped: no pending request (late or unknown)");
                 }
-                self.puback(&p);
+                return self.puback(&p);
             }
             DeviceTopic::TwinGet { rid } => {
                 let mut r = String::new();
@@ -240,22 +258,55 @@ impl Conn {
                     ),
                     _ => self.twin_error(404, 404001, &r, "device not found"),
                 }
-                self.puback(&p);
+                return self.puback(&p);
             }
             DeviceTopic::TwinPatchReported { rid } => {
                 let mut r = String::new();
                 let _ = rid.decode_to(&mut r);
                 self.patch_reported(&r, &p.payload).await;
-                self.puback(&p);
+                return self.puback(&p);
             }
         }
         None
     }
 
-    fn puback(&mut self, p: &Publish) {
-        if p.qos == QoS::AtLeastOnce {
-            let _ = Packet::PubAck(PubAck::new(p.pkid)).write(&mut self.out, usize::MAX);
+    /// PUBACK a QoS 1 PUBLISH once every telemetry message received up to it is committed:
+    /// now if it is, else held (see [`Conn::release_pubacks`]).
+    fn puback(&mut self, p: &Publish) -> Option<Close> {
+        if p.qos != QoS::AtLeastOnce {
+            return None;
         }
+        if self.held_pubacks.is_empty() && self.last_seq <= self.commits.committed() {
+            let _ = Packet::PubAck(PubAck::new(p.pkid)).write(&mut self.out, usize::MAX);
+            return None;
+        }
+        // A client keeps at most one unacknowledged PUBLISH per packet id.
+        if self.held_pubacks.len() >= usize::from(u16::MAX) {
+            return Some(Close::Ungraceful(
+                "more unacknowledged PUBLISH packets than packet ids".into(),
+            ));
+        }
+        self.held_pubacks.push_back((self.last_seq, p.pkid));
+        None
+    }
+
+    /// Write the held PUBACKs whose telemetry is now committed. If a transaction failed, the
+    /// connection closes without them: the device sends those messages again.
+    pub(super) fn release_pubacks(&mut self) -> Option<Close> {
+        if self.commits.failed() {
+            return Some(Close::Ungraceful(
+                "telemetry could not be stored; its PUBLISHes are not acknowledged".into(),
+            ));
+        }
+        let done = self.commits.committed();
+        while let Some(&(seq, pkid)) = self.held_pubacks.front() {
+            if seq > done {
+                break;
+            }
+            let _ = Packet::PubAck(PubAck::new(pkid)).write(&mut self.out, usize::MAX);
+            self.held_pubacks.pop_front();
+        }
+        None
     }
 
     fn twin_response(&mut self, status: u16, rid: &str, version: Option<u64>, body: Vec<u8>) {
@@ -318,8 +369,9 @@ impl Conn {
     }
 
     /// Store and broadcast one telemetry message (also used for the will). `props` is a
-    /// validated raw property bag.
-    async fn ingest(&self, props: String, payload: &[u8]) {
+    /// validated raw property bag. With `acked`, the message gets the next number for
+    /// [`Conn::commits`]. False when the telemetry log is not running.
+    async fn ingest(&mut self, props: String, payload: &[u8], acked: bool) -> bool {
         let record = D2cRecord {
             origin: self.origin.clone(),
             enqueued_ns: self.hub.clock().unix_ns(),
@@ -333,10 +385,18 @@ impl Conn {
                 json: record.to_json(),
             }));
         }
-        self.hub.store.log_event(record).await;
+        if acked {
+            self.last_seq += 1;
+            self.hub
+                .store
+                .log_acked(record, &self.commits, self.last_seq)
+                .await
+        } else {
+            self.hub.store.log_event(record).await
+        }
     }
 
-    pub(super) async fn ingest_will(&self, w: LastWill) {
+    pub(super) async fn ingest_will(&mut self, w: LastWill) {
         let mut props = String::new();
         if let Ok(DeviceTopic::Telemetry { bag }) =
             topic::parse_device_publish(&w.topic, self.topic_id())
@@ -352,7 +412,7 @@ impl Conn {
             telemetry::push_pair(&mut props, "mqtt-retain", "true");
         }
         tracing::info!(client_id = %self.cid, "forwarding will message as telemetry");
-        self.ingest(props, &w.message).await;
+        self.ingest(props, &w.message, false).await;
     }
 
     fn alloc_pkid(&mut self) -> u16 {

@@ -1,12 +1,15 @@
-//! The telemetry log's writer thread: messages gather for a couple of milliseconds, then go in
-//! as multi-row INSERTs in one transaction, and the log is capped at its size.
+//! The telemetry log's writer thread: whatever telemetry has queued up while the last
+//! transaction committed goes in as multi-row INSERTs in the next one (group commit), the
+//! connections waiting for those messages are told (their PUBACKs go out then), and the log is
+//! capped at its size.
 
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 
 use rusqlite::{Connection, params};
 use tokio::sync::mpsc;
 
-use super::WriterMsg;
+use super::{AckNote, Commits, WriterMsg};
 use crate::telemetry::D2cRecord;
 
 /// The columns telemetry rows have beyond the first schema's `(seq, device_id, json)`. A row
@@ -34,9 +37,8 @@ pub(super) fn add_event_columns(c: &Connection) -> rusqlite::Result<()> {
     Ok(())
 }
 
-/// How long the writer lets telemetry gather before a transaction, unless a flush is waiting:
-/// one wake-up and one commit per window instead of per message.
-const GATHER: std::time::Duration = std::time::Duration::from_millis(2);
+/// The most messages in one transaction: a bound on the writer's memory and on how long the
+/// first message of a batch waits for its PUBACK.
 const MAX_BATCH: usize = 4096;
 
 /// Telemetry rows per multi-row INSERT: one statement run (and one AUTOINCREMENT bookkeeping
@@ -63,7 +65,7 @@ fn insert_events_sql(rows: usize) -> String {
 fn bind_event(
     stmt: &mut rusqlite::CachedStatement<'_>,
     base: usize,
-    r: &D2cRecord,
+    (r, _): &(D2cRecord, Option<AckNote>),
 ) -> rusqlite::Result<()> {
     stmt.raw_bind_parameter(base + 1, &r.origin.device_id)?;
     stmt.raw_bind_parameter(base + 2, &r.origin.module_id)?;
@@ -82,14 +84,13 @@ pub(super) fn event_writer(
     let mut since_trim = 0usize;
     let mut events = Vec::with_capacity(MAX_BATCH);
     let mut flushes = Vec::new();
+    // No waiting for more to gather: while one transaction commits, the next batch queues up
+    // in the channel, so the batches grow with the load and a lone message is not delayed.
     while let Some(first) = rx.blocking_recv() {
-        if !matches!(first, WriterMsg::Flush(_)) {
-            std::thread::sleep(GATHER);
-        }
         let mut next = Some(first);
         while let Some(m) = next.take() {
             match m {
-                WriterMsg::Event(r) => events.push(r),
+                WriterMsg::Event(r, note) => events.push((r, note)),
                 WriterMsg::Flush(f) => flushes.push(f),
             }
             if events.len() < MAX_BATCH {
@@ -125,14 +126,38 @@ pub(super) fn event_writer(
                 }
                 tx.commit()
             })();
-            if let Err(e) = result {
+            if let Err(e) = &result {
                 tracing::warn!(error = %e, "event log write failed");
             }
             drop(guard);
+            tell_waiters(&events, result.is_ok());
             events.clear();
         }
         for f in flushes.drain(..) {
             let _ = f.send(());
         }
+    }
+}
+
+/// After a batch's transaction: raise each waiting connection's committed number (or mark it
+/// failed) and wake it, once per run of its messages. A connection's messages come in its own
+/// order, so its numbers only grow within the batch.
+fn tell_waiters(events: &[(D2cRecord, Option<AckNote>)], committed: bool) {
+    let mut prev: Option<&Arc<Commits>> = None;
+    for note in events.iter().filter_map(|(_, n)| n.as_ref()) {
+        if committed {
+            note.commits.committed.fetch_max(note.seq, Ordering::AcqRel);
+        } else {
+            note.commits.failed.store(true, Ordering::Release);
+        }
+        if let Some(p) = prev
+            && !Arc::ptr_eq(p, &note.commits)
+        {
+            p.changed.notify_one();
+        }
+        prev = Some(&note.commits);
+    }
+    if let Some(p) = prev {
+        p.changed.notify_one();
     }
 }

@@ -2,12 +2,19 @@
 //! subscriptions and the capped D2C event log.
 //!
 //! One connection behind a mutex; async callers go through [`Store::call`] (spawn_blocking) so
-//! SQLite never runs on a runtime worker. Telemetry never waits for SQLite: it goes through a
-//! channel to a writer thread that inserts in batches, one transaction per batch, in WAL mode
-//! with `synchronous=NORMAL` (no fsync per commit). The writer lets telemetry gather for 2 ms
-//! before each transaction; readers of the log call [`Store::flush`] first, so a
-//! message the hub has PUBACKed is in everything read after the PUBACK, and [`Store::close`]
-//! flushes on shutdown. Telemetry rows keep the message as received; its JSON is built on read.
+//! SQLite never runs on a runtime worker. Telemetry goes through a channel to a writer thread
+//! that inserts whatever has queued up as one transaction (group commit), in WAL mode. A
+//! connection does not wait for SQLite while it reads on, but it holds each PUBACK until the
+//! transaction holding that message has committed: the writer tells it through the
+//! connection's [`Commits`] (see [`Store::log_acked`]). So a PUBACK means stored.
+//!
+//! How stored depends on [`Durability`]: with `synchronous=NORMAL` (the default,
+//! [`Durability::ProcessCrash`]) a commit is written to the WAL file but not fsynced, so it
+//! survives the hub process being killed (`kill -9`, a panic, OOM) but not the machine losing
+//! power; with `synchronous=FULL` ([`Durability::PowerLoss`]) the WAL is fsynced at every
+//! commit, which survives power loss too. Readers of the log call [`Store::flush`] first, and
+//! [`Store::close`] flushes on shutdown. Telemetry rows keep the message as received; its JSON
+//! is built on read.
 //!
 //! [`Identity`] (one registry row) is in `identity.rs`, the telemetry writer thread in
 //! `event_log.rs`, and every query in [`q`].
@@ -16,8 +23,10 @@ use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+
 use rusqlite::{Connection, params};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{Notify, mpsc, oneshot};
 
 use crate::HubError;
 use crate::telemetry::D2cRecord;
@@ -48,8 +57,64 @@ pub struct C2dMessage {
     pub delivery_count: u32,
 }
 
+/// What a committed transaction means (`HubConfig::durability`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Durability {
+    /// WAL with `synchronous=NORMAL`: a committed message survives the hub process being
+    /// killed, not a power cut or kernel crash (the last commits may roll back then).
+    #[default]
+    ProcessCrash,
+    /// WAL with `synchronous=FULL`: the WAL is fsynced at every commit, so a committed message
+    /// survives power loss too. Costs an fsync per transaction (see the load bench).
+    PowerLoss,
+}
+
+impl Durability {
+    fn synchronous(self) -> &'static str {
+        match self {
+            Durability::ProcessCrash => "NORMAL",
+            Durability::PowerLoss => "FULL",
+        }
+    }
+}
+
+/// One connection's telemetry as the writer has committed it: the highest of the sequence
+/// numbers the connection gave its messages ([`Store::log_acked`]) whose transaction has
+/// committed, and whether a transaction holding one of them failed. Sequence numbers start at
+/// 1 and grow by one per message, so everything up to `committed()` is stored.
+#[derive(Debug, Default)]
+pub struct Commits {
+    committed: AtomicU64,
+    failed: AtomicBool,
+    changed: Notify,
+}
+
+impl Commits {
+    /// Every message numbered up to this one is committed.
+    pub fn committed(&self) -> u64 {
+        self.committed.load(Ordering::Acquire)
+    }
+
+    /// A transaction holding one of this connection's messages failed: they are not stored.
+    pub fn failed(&self) -> bool {
+        self.failed.load(Ordering::Acquire)
+    }
+
+    /// Completes after the writer committed (or failed) a transaction holding one of this
+    /// connection's messages since the last call; a change before the call counts too.
+    pub async fn changed(&self) {
+        self.changed.notified().await;
+    }
+}
+
+/// Who is waiting for a message's commit, and its number.
+struct AckNote {
+    commits: Arc<Commits>,
+    seq: u64,
+}
+
 enum WriterMsg {
-    Event(D2cRecord),
+    Event(D2cRecord, Option<AckNote>),
     Flush(oneshot::Sender<()>),
 }
 
@@ -112,8 +177,18 @@ pub(crate) fn memory_db() -> Connection {
 }
 
 impl Store {
-    /// Open (creating) the database at `path`, or an in-memory one when `path` is `None`.
+    /// Open (creating) the database at `path`, or an in-memory one when `path` is `None`, with
+    /// commits as durable as [`Durability::ProcessCrash`].
     pub fn open(path: Option<&Path>, event_cap: usize) -> Result<Store, HubError> {
+        Store::open_with(path, event_cap, Durability::default())
+    }
+
+    /// [`Store::open`] with the given durability.
+    pub fn open_with(
+        path: Option<&Path>,
+        event_cap: usize,
+        durability: Durability,
+    ) -> Result<Store, HubError> {
         let conn = match path {
             Some(p) => Connection::open(p).map_err(db_err)?,
             None => Connection::open_in_memory().map_err(db_err)?,
@@ -122,7 +197,7 @@ impl Store {
             conn.pragma_update(None, "journal_mode", "WAL")
                 .map_err(db_err)?;
         }
-        conn.pragma_update(None, "synchronous", "NORMAL")
+        conn.pragma_update(None, "synchronous", durability.synchronous())
             .map_err(db_err)?;
         conn.busy_timeout(std::time::Duration::from_secs(5))
             .map_err(db_err)?;
@@ -169,9 +244,27 @@ impl Store {
         .map_err(|e| HubError::Store(format!("store task failed: {e}")))?
     }
 
-    /// Queue a telemetry message for the log. Waits only when the writer is far behind.
-    pub async fn log_event(&self, record: D2cRecord) {
-        let _ = self.events_tx.send(WriterMsg::Event(record)).await;
+    /// Queue a telemetry message for the log, nobody waiting for its commit (a will, a QoS 0
+    /// message). Waits only when the writer is far behind; false when the writer is gone.
+    pub async fn log_event(&self, record: D2cRecord) -> bool {
+        self.events_tx
+            .send(WriterMsg::Event(record, None))
+            .await
+            .is_ok()
+    }
+
+    /// Queue a telemetry message whose commit `commits` reports as number `seq` (one more than
+    /// the last number this `commits` was given). Waits only when the writer is far behind;
+    /// false when the writer is gone (the message will never be committed).
+    pub async fn log_acked(&self, record: D2cRecord, commits: &Arc<Commits>, seq: u64) -> bool {
+        let note = AckNote {
+            commits: commits.clone(),
+            seq,
+        };
+        self.events_tx
+            .send(WriterMsg::Event(record, Some(note)))
+            .await
+            .is_ok()
     }
 
     /// Wait until every event queued so far is committed.
@@ -257,4 +350,64 @@ fn start_activity_flusher(
         })
         .map(drop)
         .map_err(|e| HubError::Store(e.to_string()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::telemetry::Origin;
+
+    fn record(n: i64) -> D2cRecord {
+        D2cRecord {
+            origin: Arc::new(Origin {
+                device_id: "d1".into(),
+                module_id: None,
+                generation_id: "g".into(),
+            }),
+            enqueued_ns: n,
+            properties: String::new(),
+            body: n.to_string().into_bytes(),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_connection_hears_of_its_messages_once_their_transaction_committed() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(Some(&dir.path().join("hub.db")), 100).unwrap();
+        let (a, b) = (Arc::new(Commits::default()), Arc::new(Commits::default()));
+        assert_eq!(a.committed(), 0);
+        for seq in 1..=3 {
+            assert!(store.log_acked(record(seq), &a, seq as u64).await);
+        }
+        assert!(store.log_acked(record(9), &b, 1).await);
+        assert!(store.log_event(record(10)).await);
+        for (commits, last) in [(&a, 3), (&b, 1)] {
+            while commits.committed() < last {
+                commits.changed().await;
+            }
+            assert!(!commits.failed());
+        }
+        // What the writer reported committed is in the log, read on another connection.
+        let n: i64 = rusqlite::Connection::open(dir.path().join("hub.db"))
+            .unwrap()
+            .query_row("SELECT COUNT(*) FROM events", [], |r| r.get(0))
+            .unwrap();
+        assert!(n >= 4, "{n} rows");
+        store.close().await;
+    }
+
+    #[tokio::test]
+    async fn a_failed_transaction_is_reported_and_nothing_counts_as_committed() {
+        let store = Store::open(None, 100).unwrap();
+        // Make the insert fail: the table it writes is gone.
+        store
+            .call(|c| c.execute_batch("DROP TABLE events;").map_err(db_err))
+            .await
+            .unwrap();
+        let a = Arc::new(Commits::default());
+        assert!(store.log_acked(record(1), &a, 1).await);
+        a.changed().await;
+        assert!(a.failed());
+        assert_eq!(a.committed(), 0);
+    }
 }
