@@ -163,7 +163,7 @@ async fn main() -> Result<(), String> {
     let info = hub.info.clone();
     let target = Target::resolve_with(
         TargetInputs {
-            connection_string: Some(info.service_connection_string.clone()),
+            connection_string: Some(info.service_connection_string.clone().into()),
             ca: Some(info.ca_file.clone()),
             state_dir: None,
         },

@@ -30,7 +30,7 @@ pub struct HubTargetArgs {
 impl HubTargetArgs {
     pub(super) fn resolve(self) -> Result<Target, UsageError> {
         Target::resolve(TargetInputs {
-            connection_string: self.hub_connection_string.map(Secret::into_inner),
+            connection_string: self.hub_connection_string,
             ca: self.ca,
             state_dir: self.state,
         })

@@ -19,6 +19,7 @@ use std::path::{Path, PathBuf};
 
 use azsim_proto::connection_string::split_host_port;
 use azsim_proto::endpoint::MQTT_PORT;
+use azsim_proto::secret::Secret;
 
 use super::auth::ServiceCredentials;
 use crate::error::UsageError;
@@ -80,8 +81,8 @@ pub struct Target {
 /// The raw inputs of target resolution (flags; env vars are read here).
 #[derive(Debug, Clone, Default)]
 pub struct TargetInputs {
-    /// `--hub-connection-string`.
-    pub connection_string: Option<String>,
+    /// `--hub-connection-string` (a secret: it holds the policy key).
+    pub connection_string: Option<Secret<String>>,
     /// `--ca`.
     pub ca: Option<PathBuf>,
     /// `--state`.
@@ -131,7 +132,11 @@ impl Target {
             ));
         }
         let explicit = match (inputs.connection_string, env_cs) {
-            (Some(cs), _) => Some((cs, "--hub-connection-string", TargetSource::Flag)),
+            (Some(cs), _) => Some((
+                cs.into_inner(),
+                "--hub-connection-string",
+                TargetSource::Flag,
+            )),
             (None, Some(cs)) => Some((cs, ENV_CONNECTION_STRING, TargetSource::Env)),
             (None, None) => None,
         };
@@ -303,7 +308,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let t = Target::resolve_with(
             TargetInputs {
-                connection_string: Some(cs("localhost:8443")),
+                connection_string: Some(Secret::new(cs("localhost:8443"))),
                 state_dir: Some(dir.path().into()),
                 ..Default::default()
             },
@@ -348,7 +353,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let err = Target::resolve_with(
             TargetInputs {
-                connection_string: Some(format!("HostName=h;SharedAccessKey={KEY}")),
+                connection_string: Some(Secret::new(format!("HostName=h;SharedAccessKey={KEY}"))),
                 state_dir: Some(dir.path().into()),
                 ..Default::default()
             },
@@ -411,7 +416,7 @@ mod tests {
         // The same hub named by connection string still gets its CA from hub.json.
         let t = Target::resolve_with(
             TargetInputs {
-                connection_string: Some(cs("localhost:18443")),
+                connection_string: Some(Secret::new(cs("localhost:18443"))),
                 state_dir: Some(dir.path().into()),
                 ..Default::default()
             },
@@ -427,7 +432,7 @@ mod tests {
         let by_ca = |cs_host: &str| {
             Target::resolve_with(
                 TargetInputs {
-                    connection_string: Some(cs(cs_host)),
+                    connection_string: Some(Secret::new(cs(cs_host))),
                     ca: Some(ca.clone()),
                     state_dir: Some(elsewhere.path().into()),
                 },

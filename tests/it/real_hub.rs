@@ -122,7 +122,7 @@ async fn a_real_hub_sees_telemetry_answers_ping_and_acknowledges_desired_propert
     };
     let target = Target::resolve_with(
         TargetInputs {
-            connection_string: Some(service_cs),
+            connection_string: Some(service_cs.into()),
             ca: None,
             state_dir: None,
         },
