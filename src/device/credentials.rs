@@ -47,13 +47,31 @@ pub fn parse_connection_string(s: &str) -> Result<DeviceConnectionString, String
             return Err("x509 authentication is not supported by azsim run (use a SAS key)".into());
         }
     };
+    let device_id = cs.device_id().unwrap_or_default();
+    refuse_wildcard("DeviceId", device_id)?;
+    if let Some(m) = cs.module_id() {
+        refuse_wildcard("ModuleId", m)?;
+    }
     Ok(DeviceConnectionString {
         host: cs.host_name().to_owned(),
-        device_id: cs.device_id().unwrap_or_default().to_owned(),
+        device_id: device_id.to_owned(),
         module_id: cs.module_id().map(str::to_owned),
         gateway: cs.gateway_host_name().map(str::to_owned),
         credential,
     })
+}
+
+/// IoT Hub's registry accepts `+` and `#` in device and module ids, but an MQTT topic name
+/// cannot carry them (MQTT 3.1.1 4.7.1): such a device would connect and then use none of its
+/// topics, so it is refused before anything is sent (as `azsim_mqtt::Client` would refuse it).
+fn refuse_wildcard(field: &str, id: &str) -> Result<(), String> {
+    match id.chars().find(|c| matches!(c, '+' | '#')) {
+        Some(c) => Err(format!(
+            "{field} '{id}' contains '{c}', which MQTT topics cannot carry; IoT Hub accepts it, \
+             but only over HTTPS/AMQP"
+        )),
+        None => Ok(()),
+    }
 }
 
 #[cfg(test)]
@@ -79,6 +97,29 @@ mod tests {
         ))
         .unwrap();
         assert!(!format!("{cs:?}").contains("c2VjcmV0"));
+    }
+
+    #[test]
+    fn device_and_module_ids_with_an_mqtt_wildcard_are_refused() {
+        let e = parse_connection_string(&format!("HostName=h;DeviceId=a+b;SharedAccessKey={KEY}"))
+            .unwrap_err();
+        assert_eq!(
+            e,
+            "DeviceId 'a+b' contains '+', which MQTT topics cannot carry; IoT Hub accepts it, \
+             but only over HTTPS/AMQP"
+        );
+        let e = parse_connection_string(&format!(
+            "HostName=h;DeviceId=d;ModuleId=m#1;SharedAccessKey={KEY}"
+        ))
+        .unwrap_err();
+        assert!(e.starts_with("ModuleId 'm#1' contains '#'"), "{e}");
+        assert!(!e.contains(KEY));
+        assert!(
+            parse_connection_string(&format!(
+                "HostName=h;DeviceId=a-b.c:d;ModuleId=m=1;SharedAccessKey={KEY}"
+            ))
+            .is_ok()
+        );
     }
 
     #[test]

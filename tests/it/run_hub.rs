@@ -1267,3 +1267,107 @@ async fn a_second_run_on_the_same_local_hub_takes_sim_device_2_instead_of_the_co
     assert_eq!(events(&out, "connected")[0]["device_id"], "sim-device-1");
     hub.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_module_run_names_its_module_in_the_connected_event() {
+    let hub = TestHub::start().await;
+    let cs = hub.create_device("run-edge").await;
+    let (s, v) = hub
+        .rest(
+            Method::PUT,
+            "/devices/run-edge/modules/filter",
+            Some(json!({"deviceId": "run-edge", "moduleId": "filter"})),
+        )
+        .await;
+    assert_eq!(s, 200, "{v}");
+    let module_key = v["authentication"]["symmetricKey"]["primaryKey"]
+        .as_str()
+        .unwrap();
+    let (head, _) = cs.split_once(";SharedAccessKey=").unwrap();
+    let module_cs = format!("{head};ModuleId=filter;SharedAccessKey={module_key}");
+    let dev = Running::spawn(azsim_run(
+        &hub,
+        &module_cs,
+        &["--count", "1", "--interval", "200ms"],
+    ));
+    let (status, out, stderr) = dev.finish().await;
+    assert!(status.success(), "{stderr}\n{out:#?}");
+    let connected = events(&out, "connected")[0];
+    assert_eq!(connected["device_id"], "run-edge");
+    assert_eq!(connected["module_id"], "filter");
+    // A device run has no module_id field at all.
+    let dev = Running::spawn(azsim_run(
+        &hub,
+        &cs,
+        &["--count", "1", "--interval", "200ms"],
+    ));
+    let (status, out, stderr) = dev.finish().await;
+    assert!(status.success(), "{stderr}\n{out:#?}");
+    let connected = events(&out, "connected")[0];
+    assert_eq!(connected["device_id"], "run-edge");
+    assert!(connected.get("module_id").is_none(), "{connected}");
+    // The human line says `as device/module`.
+    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_azsim"))
+        .args([
+            "run",
+            "--count",
+            "1",
+            "--interval",
+            "200ms",
+            "--connection-string",
+        ])
+        .arg(&module_cs)
+        .arg("--ca")
+        .arg(&hub.ca_file)
+        .env_remove("IOTHUB_DEVICE_CONNECTION_STRING")
+        .env_remove("AZSIM_CA_FILE")
+        .stdin(Stdio::null())
+        .output()
+        .await
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}");
+    assert!(text.contains(" as run-edge/filter"), "{text}");
+    hub.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn device_and_module_ids_with_mqtt_wildcards_exit_2_before_connecting() {
+    let key = "c2VjcmV0LWtleS1zZWNyZXQta2V5LXNlY3JldC1rZXk=";
+    for (ids, want) in [
+        (
+            "DeviceId=a+b",
+            "error: --connection-string: DeviceId 'a+b' contains '+', which MQTT topics cannot \
+             carry; IoT Hub accepts it, but only over HTTPS/AMQP",
+        ),
+        (
+            "DeviceId=dev#1",
+            "error: --connection-string: DeviceId 'dev#1' contains '#'",
+        ),
+        (
+            "DeviceId=edge;ModuleId=m+1",
+            "error: --connection-string: ModuleId 'm+1' contains '+'",
+        ),
+    ] {
+        // A host nothing listens on: the refusal comes before any connection attempt.
+        let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_azsim"))
+            .arg("run")
+            .arg("--connection-string")
+            .arg(format!("HostName=127.0.0.1:1;{ids};SharedAccessKey={key}"))
+            .env_remove("IOTHUB_DEVICE_CONNECTION_STRING")
+            .env_remove("AZSIM_CA_FILE")
+            .output()
+            .await
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{ids}: {stderr}");
+        assert!(stderr.starts_with(want), "{stderr}");
+        assert_eq!(stderr.trim().lines().count(), 1, "{stderr}");
+        assert!(!stderr.contains(key));
+        assert!(
+            out.stdout.is_empty(),
+            "{}",
+            String::from_utf8_lossy(&out.stdout)
+        );
+    }
+}

@@ -124,16 +124,20 @@ impl<'a> Host<'a> {
                 reconnect,
             } => {
                 let host = &self.peer;
-                let dev = &self.cfg.device_id;
+                let module = self.cfg.module_id.as_deref();
+                let who = match module {
+                    Some(m) => format!("{}/{m}", self.cfg.device_id),
+                    None => self.cfg.device_id.clone(),
+                };
                 let exp = token_expiry.map(rfc3339);
-                self.out.emit(
-                    "connected",
-                    json!({"host": host, "device_id": dev, "token_expiry": exp, "reconnect": reconnect}),
-                    || match &exp {
-                        Some(e) => format!("connected to {host} as {dev} (token valid until {e})"),
-                        None => format!("connected to {host} as {dev}"),
-                    },
-                );
+                let mut v = json!({"host": host, "device_id": self.cfg.device_id, "token_expiry": exp, "reconnect": reconnect});
+                if let Some(m) = module {
+                    v["module_id"] = json!(m);
+                }
+                self.out.emit("connected", v, || match &exp {
+                    Some(e) => format!("connected to {host} as {who} (token valid until {e})"),
+                    None => format!("connected to {host} as {who}"),
+                });
             }
             Event::TokenRenewed { token_expiry } => {
                 self.totals.renewals += 1;

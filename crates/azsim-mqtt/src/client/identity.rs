@@ -46,6 +46,16 @@ pub enum ClientError {
     TokenTooLong,
     /// The receive or transmit buffer is smaller than 512 bytes.
     BufferTooSmall,
+    /// The device id (or, with `module`, the module id) contains an MQTT wildcard (`+` or
+    /// `#`). IoT Hub's registry accepts both, but a topic name cannot carry them (MQTT 3.1.1
+    /// 4.7.1), so such an identity could connect and then use none of its topics: it is only
+    /// usable over HTTPS or AMQP.
+    Wildcard {
+        /// The module id has it, not the device id.
+        module: bool,
+        /// `'+'` or `'#'`.
+        wildcard: char,
+    },
 }
 
 impl fmt::Display for ClientError {
@@ -59,11 +69,33 @@ impl fmt::Display for ClientError {
             Self::UsernameTooLong => f.write_str("mqtt username is too long"),
             Self::TokenTooLong => f.write_str("sas token is too long"),
             Self::BufferTooSmall => f.write_str("packet buffers must be at least 512 bytes"),
+            Self::Wildcard { module, wildcard } => write!(
+                f,
+                "{} contains '{wildcard}', which MQTT topics cannot carry; IoT Hub accepts it, \
+                 but only over HTTPS/AMQP",
+                if *module { "module id" } else { "device id" }
+            ),
         }
     }
 }
 
 impl core::error::Error for ClientError {}
+
+/// The first MQTT wildcard (`+` or `#`) in the ids, if any: device id first.
+pub(super) fn wildcard(id: &Identity<'_>) -> Option<ClientError> {
+    let find = |s: &str| s.chars().find(|c| matches!(c, '+' | '#'));
+    if let Some(wildcard) = find(id.device_id) {
+        return Some(ClientError::Wildcard {
+            module: false,
+            wildcard,
+        });
+    }
+    let wildcard = find(id.module_id?)?;
+    Some(ClientError::Wildcard {
+        module: true,
+        wildcard,
+    })
+}
 
 /// What the tokens are signed for.
 pub(super) fn resource<'a>(id: &Identity<'a>) -> Resource<'a> {
@@ -85,5 +117,72 @@ pub(super) fn policy(credential: Credential<'_>) -> Option<&str> {
     match credential {
         Credential::PolicyKey { policy, .. } => Some(policy),
         Credential::Key(_) | Credential::Token(_) => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use azsim_proto::device::{DeviceConfig, RandomWalk};
+    use std::string::ToString;
+
+    fn build(device_id: &str, module_id: Option<&str>) -> Result<(), ClientError> {
+        let (mut rx, mut tx) = ([0u8; 512], [0u8; 512]);
+        let device = Device::new(
+            RandomWalk::new(1),
+            DeviceConfig {
+                interval_ms: 1_000,
+                version: "0.1.0",
+            },
+        );
+        Client::new(
+            Identity {
+                host: "hub.example.net",
+                device_id,
+                module_id,
+                model_id: None,
+            },
+            Credential::Key(Secret::new("AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=")),
+            device,
+            SessionConfig::default(),
+            7,
+            &mut rx,
+            &mut tx,
+        )
+        .map(drop)
+    }
+
+    #[test]
+    fn ids_with_an_mqtt_wildcard_are_refused_naming_the_id_and_the_wildcard() {
+        assert_eq!(build("a-b.c:d_e", Some("m=1")), Ok(()));
+        let e = build("a+b", None).unwrap_err();
+        assert_eq!(
+            e,
+            ClientError::Wildcard {
+                module: false,
+                wildcard: '+'
+            }
+        );
+        assert_eq!(
+            e.to_string(),
+            "device id contains '+', which MQTT topics cannot carry; IoT Hub accepts it, but \
+             only over HTTPS/AMQP"
+        );
+        assert_eq!(
+            build("dev#1", Some("m+")),
+            Err(ClientError::Wildcard {
+                module: false,
+                wildcard: '#'
+            })
+        );
+        let e = build("dev", Some("edge#hub")).unwrap_err();
+        assert_eq!(
+            e,
+            ClientError::Wildcard {
+                module: true,
+                wildcard: '#'
+            }
+        );
+        assert!(e.to_string().starts_with("module id contains '#'"), "{e}");
     }
 }

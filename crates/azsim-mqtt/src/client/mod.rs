@@ -137,6 +137,9 @@ impl<'b, S: Sensor, Q: Storage> Client<'b, S, Q> {
             None => session::Identity::device(identity.device_id),
         }
         .map_err(ClientError::Identity)?;
+        if let Some(e) = wildcard(&identity) {
+            return Err(e);
+        }
         // The username and each token are written when CONNECT is; here they are only
         // measured, so that one that cannot fit fails now, not at the first connect.
         username::write_username(
