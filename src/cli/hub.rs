@@ -1,15 +1,55 @@
-//! `azsim hub`: clap arguments and their validation into a [`HubCliConfig`].
+//! `azsim hub`: clap arguments and their validation into a [`HubCommand`].
+//!
+//! `azsim hub [FLAGS]` serves in the foreground; `azsim hub start | stop | status | env` are the
+//! background mode for scripts and CI (see `cmd/hub.rs`).
 
 use std::net::IpAddr;
 use std::path::PathBuf;
 
-use clap::Args;
+use clap::{Args, Subcommand};
 
 use crate::error::UsageError;
 
-/// Run a local Azure IoT Hub (TLS MQTT on 8883, service REST on HTTPS 8443).
+/// Run a local Azure IoT Hub (TLS MQTT on 8883, service REST on HTTPS 8443), in the foreground,
+/// or in the background with `start` / `stop` / `status` / `env`.
 #[derive(Debug, Args)]
+#[command(args_conflicts_with_subcommands = true)]
 pub struct HubArgs {
+    /// Background mode (for scripts and CI).
+    #[command(subcommand)]
+    pub action: Option<HubAction>,
+    /// How to serve (foreground).
+    #[command(flatten)]
+    pub serve: HubServeArgs,
+    /// Print one JSON line when ready instead of the human summary.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// `azsim hub start | stop | status | env`.
+#[derive(Debug, Subcommand)]
+pub enum HubAction {
+    /// Start the hub detached, wait until its MQTT and HTTPS listeners answer, print its ready
+    /// JSON line and return. Exits 0 also when a hub already runs in the state dir (it says so on
+    /// stderr and prints that hub's ready JSON).
+    Start(HubServeArgs),
+    /// Stop the hub of the state dir (SIGTERM to its recorded PID, then wait until it has saved
+    /// its state and exited). Exits 1 when no hub runs there.
+    Stop(StateArgs),
+    /// Exit 0 when the hub of the state dir is running and answers, 1 when not (a stale hub.json
+    /// - its process gone, or its PID now another process - counts as not running).
+    Status(StatusArgs),
+    /// Print the environment for SDKs and azsim: IOTHUB_CONNECTION_STRING,
+    /// IOTHUB_DEVICE_CONNECTION_STRING (with --device), AZSIM_CA_FILE, NODE_EXTRA_CA_CERTS (the
+    /// hub's CA), REQUESTS_CA_BUNDLE and SSL_CERT_FILE (the system CA bundle plus the hub's CA).
+    /// EVENTHUB_CONNECTION_STRING is not printed: the hub has no Event Hubs endpoint yet.
+    /// Usage: eval "$(azsim hub env)" or azsim hub env --shell github >> "$GITHUB_ENV".
+    Env(EnvArgs),
+}
+
+/// How the hub serves.
+#[derive(Debug, Args)]
+pub struct HubServeArgs {
     /// State directory (dev CA, server certificate, hub key, database, hub.json).
     #[arg(long, value_name = "DIR", default_value = ".azsim/hub")]
     pub state: PathBuf,
@@ -22,18 +62,64 @@ pub struct HubArgs {
     /// MQTT over TLS port (0 picks a free port).
     #[arg(long, value_name = "PORT", default_value_t = 8883)]
     pub mqtt_port: u16,
-    /// HTTPS (service REST) port (0 picks a free port).
+    /// HTTPS (service REST) port (0 picks a free port; 443 gives a connection string whose
+    /// HostName has no port, as a real hub's).
     #[arg(long, value_name = "PORT", default_value_t = 8443)]
     pub https_port: u16,
     /// Host name devices and services use; goes into the server certificate.
     #[arg(long, value_name = "NAME", default_value = "localhost")]
     pub hostname: String,
-    /// Print one JSON line when ready instead of the human summary.
+}
+
+/// `--state` alone.
+#[derive(Debug, Args)]
+pub struct StateArgs {
+    /// State directory of the hub.
+    #[arg(long, value_name = "DIR", default_value = ".azsim/hub")]
+    pub state: PathBuf,
+}
+
+/// `azsim hub status`.
+#[derive(Debug, Args)]
+pub struct StatusArgs {
+    /// State directory of the hub.
+    #[arg(long, value_name = "DIR", default_value = ".azsim/hub")]
+    pub state: PathBuf,
+    /// Print the ready JSON line of the running hub instead of one line of text.
     #[arg(long)]
     pub json: bool,
 }
 
-/// Validated `azsim hub` settings.
+/// `azsim hub env`.
+#[derive(Debug, Args)]
+pub struct EnvArgs {
+    /// State directory of the hub.
+    #[arg(long, value_name = "DIR", default_value = ".azsim/hub")]
+    pub state: PathBuf,
+    /// Also print IOTHUB_DEVICE_CONNECTION_STRING for this device, registering it (symmetric
+    /// key) when the hub does not know it yet.
+    #[arg(long, value_name = "ID")]
+    pub device: Option<String>,
+    /// Output syntax: sh (export K='v'), fish (set -gx K 'v'), powershell ($env:K = 'v'),
+    /// github (K=v lines for $GITHUB_ENV).
+    #[arg(long, value_name = "SHELL", default_value = "sh")]
+    pub shell: String,
+}
+
+/// The syntax `azsim hub env` prints.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Shell {
+    /// POSIX sh, bash, zsh: `export K='v'`.
+    Sh,
+    /// fish: `set -gx K 'v'`.
+    Fish,
+    /// PowerShell: `$env:K = 'v'`.
+    Powershell,
+    /// GitHub Actions `$GITHUB_ENV` file: `K=v`, or the delimiter form for a multi-line value.
+    Github,
+}
+
+/// Validated `azsim hub` (foreground) and `azsim hub start` settings.
 #[derive(Debug, Clone)]
 pub struct HubCliConfig {
     pub state: PathBuf,
@@ -45,12 +131,98 @@ pub struct HubCliConfig {
     pub json: bool,
 }
 
+/// Validated `azsim hub env` settings.
+#[derive(Debug, Clone)]
+pub struct EnvConfig {
+    pub state: PathBuf,
+    pub device: Option<String>,
+    pub shell: Shell,
+}
+
+/// What `azsim hub` was asked to do.
+#[derive(Debug, Clone)]
+pub enum HubCommand {
+    /// Serve in the foreground until Ctrl-C / SIGTERM.
+    Serve(HubCliConfig),
+    /// Start detached.
+    Start(HubCliConfig),
+    /// Stop the running hub of this state dir.
+    Stop { state: PathBuf },
+    /// Running or not.
+    Status { state: PathBuf, json: bool },
+    /// Print the environment.
+    Env(EnvConfig),
+}
+
+fn check_state(state: &std::path::Path) -> Result<(), UsageError> {
+    if state.as_os_str().is_empty() {
+        return Err(UsageError::new("--state", "must not be empty"));
+    }
+    Ok(())
+}
+
 impl HubArgs {
     /// Validates the arguments.
     ///
     /// # Errors
     /// A [`UsageError`] naming the bad flag.
-    pub fn into_config(self) -> Result<HubCliConfig, UsageError> {
+    pub fn into_config(self) -> Result<HubCommand, UsageError> {
+        match self.action {
+            None => Ok(HubCommand::Serve(self.serve.into_config(self.json)?)),
+            Some(HubAction::Start(a)) => Ok(HubCommand::Start(a.into_config(true)?)),
+            Some(HubAction::Stop(a)) => {
+                check_state(&a.state)?;
+                Ok(HubCommand::Stop { state: a.state })
+            }
+            Some(HubAction::Status(a)) => {
+                check_state(&a.state)?;
+                Ok(HubCommand::Status {
+                    state: a.state,
+                    json: a.json,
+                })
+            }
+            Some(HubAction::Env(a)) => {
+                check_state(&a.state)?;
+                let shell = match a.shell.to_ascii_lowercase().as_str() {
+                    "sh" | "bash" | "zsh" => Shell::Sh,
+                    "fish" => Shell::Fish,
+                    "powershell" | "pwsh" => Shell::Powershell,
+                    "github" => Shell::Github,
+                    _ => {
+                        return Err(UsageError::new(
+                            "--shell",
+                            "must be one of sh, fish, powershell, github",
+                        ));
+                    }
+                };
+                if let Some(d) = &a.device {
+                    let ok = !d.is_empty()
+                        && d.len() <= 128
+                        && d.chars()
+                            .all(|c| c.is_ascii_alphanumeric() || "-.%_*?!(),:=@$'".contains(c));
+                    if !ok {
+                        return Err(UsageError::new(
+                            "--device",
+                            "must be 1 to 128 letters, digits or - . % _ * ? ! ( ) , : = @ $ '",
+                        ));
+                    }
+                }
+                Ok(HubCommand::Env(EnvConfig {
+                    state: a.state,
+                    device: a.device,
+                    shell,
+                }))
+            }
+        }
+    }
+}
+
+impl HubServeArgs {
+    /// Validates the serving flags.
+    ///
+    /// # Errors
+    /// A [`UsageError`] naming the bad flag.
+    pub fn into_config(self, json: bool) -> Result<HubCliConfig, UsageError> {
         let bind: IpAddr = self
             .bind
             .parse()
@@ -77,9 +249,7 @@ impl HubArgs {
                 "must differ from --mqtt-port",
             ));
         }
-        if self.state.as_os_str().is_empty() {
-            return Err(UsageError::new("--state", "must not be empty"));
-        }
+        check_state(&self.state)?;
         Ok(HubCliConfig {
             state: self.state,
             in_memory: self.in_memory,
@@ -87,7 +257,7 @@ impl HubArgs {
             mqtt_port: self.mqtt_port,
             https_port: self.https_port,
             hostname: self.hostname.to_ascii_lowercase(),
-            json: self.json,
+            json,
         })
     }
 }

@@ -1,19 +1,225 @@
-//! `azsim hub`: start the local IoT Hub, print how to reach it, serve until Ctrl-C, stop cleanly.
+//! `azsim hub`: start the local IoT Hub, print how to reach it, serve until Ctrl-C, stop cleanly;
+//! and its background mode for scripts and CI: `start` (a detached `azsim hub --json` child),
+//! `stop`, `status` and `env`.
+//!
+//! Which hub runs in a state dir: `hub.json` (written by the hub once it listens) names its PID
+//! and ports; `hub.pid` (written here by the serving process once ready, removed on a clean stop)
+//! records the same PID with the process's start time (`/proc/PID/stat`, field 22) and the
+//! address its listeners answer on. A hub is running only when the PID exists and is not a
+//! zombie, its start time is the recorded one (so a PID reused by another process is not taken
+//! for the hub), and both its MQTT and HTTPS ports accept a TCP connection.
 
-use std::process::ExitCode;
+use std::io::Write as _;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::process::{ExitCode, Stdio};
+use std::time::{Duration, Instant};
 
-use azsim_emulator::HubConfig;
-use serde_json::json;
+use azsim_emulator::{HubConfig, HubInfo};
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
 
-use crate::cli::hub::HubCliConfig;
+use crate::cli::hub::{EnvConfig, HubCliConfig, HubCommand, Shell};
 use crate::cmd::shell_quote;
 use crate::error::CliError;
 
-/// Runs `azsim hub` until Ctrl-C.
+/// The run record next to `hub.json`.
+pub const RUN_RECORD: &str = "hub.pid";
+/// Where a detached hub's stdout and stderr go.
+pub const LOG_FILE: &str = "hub.log";
+/// The CA bundle `env` points REQUESTS_CA_BUNDLE and SSL_CERT_FILE at.
+pub const CA_BUNDLE: &str = "ca-bundle.pem";
+/// How long `start` waits for the listeners, and `stop` for the exit.
+const WAIT: Duration = Duration::from_secs(60);
+/// Where the system CA bundle usually is (Debian/Ubuntu, Fedora/RHEL, Alpine, openSUSE, macOS).
+const SYSTEM_BUNDLES: &[&str] = &[
+    "/etc/ssl/certs/ca-certificates.crt",
+    "/etc/pki/tls/certs/ca-bundle.crt",
+    "/etc/ssl/cert.pem",
+    "/etc/ssl/ca-bundle.pem",
+];
+
+/// Runs `azsim hub` or one of its background subcommands.
 ///
 /// # Errors
-/// Runtime errors: ports in use, an unusable state directory.
-pub async fn run(cfg: HubCliConfig) -> Result<ExitCode, CliError> {
+/// Runtime errors (exit 1): ports in use, an unusable state directory, no hub running.
+pub async fn run(cmd: HubCommand) -> Result<ExitCode, CliError> {
+    match cmd {
+        HubCommand::Serve(cfg) => serve(cfg).await,
+        HubCommand::Start(cfg) => start(cfg).await,
+        HubCommand::Stop { state } => stop(&state).await,
+        HubCommand::Status { state, json } => status(&state, json).await,
+        HubCommand::Env(cfg) => env(cfg).await,
+    }
+}
+
+/// What `hub.pid` holds.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+struct RunRecord {
+    pid: u32,
+    /// `/proc/PID/stat` field 22 (clock ticks after boot), when there is a `/proc`.
+    start_time: Option<u64>,
+    /// The address the listeners answer on (the bind address, loopback for a wildcard).
+    probe_ip: IpAddr,
+}
+
+/// A running hub.
+#[derive(Debug, Clone)]
+pub struct LiveHub {
+    /// Its `hub.json`.
+    pub info: HubInfo,
+    /// Its state dir, absolute.
+    pub state: PathBuf,
+}
+
+impl LiveHub {
+    /// The CA file as an absolute path (a foreground hub with a relative `--state` records it
+    /// relative to its own working directory; it is always `{state}/ca.pem`).
+    pub fn ca_file(&self) -> PathBuf {
+        if self.info.ca_file.is_absolute() {
+            self.info.ca_file.clone()
+        } else {
+            self.state.join(
+                self.info
+                    .ca_file
+                    .file_name()
+                    .unwrap_or(std::ffi::OsStr::new("ca.pem")),
+            )
+        }
+    }
+
+    /// The ready JSON line (`azsim hub --json` plus `pid` and `state`).
+    pub fn ready_json(&self) -> Value {
+        json!({
+            "mqtt_port": self.info.mqtt_port,
+            "https_port": self.info.https_port,
+            "ca_file": self.ca_file(),
+            "service_connection_string": service_connection_string(&self.info),
+            "hostname": self.info.hostname,
+            "pid": self.info.pid,
+            "state": self.state,
+        })
+    }
+}
+
+/// The hub's service connection string, with `HostName` carrying no port when the HTTPS port is
+/// 443 (as a real hub's; the hub itself always writes `host:port`).
+pub fn service_connection_string(info: &HubInfo) -> String {
+    let with_port = format!("HostName={}:443;", info.hostname);
+    if info.https_port == 443 && info.service_connection_string.starts_with(&with_port) {
+        format!(
+            "HostName={};{}",
+            info.hostname,
+            &info.service_connection_string[with_port.len()..]
+        )
+    } else {
+        info.service_connection_string.clone()
+    }
+}
+
+fn absolute(p: &Path) -> PathBuf {
+    std::path::absolute(p).unwrap_or_else(|_| p.to_owned())
+}
+
+/// `/proc/PID/stat`: the process state letter and its start time, `None` when there is no
+/// such process (or no `/proc`).
+fn proc_stat(pid: u32) -> Option<(char, u64)> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name (field 2) is in parentheses and may hold spaces: split after the last ')'.
+    let rest = &text[text.rfind(')')? + 1..];
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let state = fields.first()?.chars().next()?;
+    let start = fields.get(19)?.parse().ok()?;
+    Some((state, start))
+}
+
+fn has_proc() -> bool {
+    Path::new("/proc/self/stat").exists()
+}
+
+/// Whether `pid` is a live (non-zombie) process; without `/proc`, `kill -0` decides.
+fn pid_alive(pid: u32) -> bool {
+    if has_proc() {
+        return proc_stat(pid).is_some_and(|(s, _)| s != 'Z' && s != 'X');
+    }
+    std::process::Command::new("sh")
+        .args(["-c", "kill -0 \"$1\" 2>/dev/null", "sh", &pid.to_string()])
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
+fn probe_ip(bind: IpAddr) -> IpAddr {
+    match bind {
+        IpAddr::V4(a) if a.is_unspecified() => IpAddr::V4(Ipv4Addr::LOCALHOST),
+        IpAddr::V6(a) if a.is_unspecified() => IpAddr::V6(Ipv6Addr::LOCALHOST),
+        a => a,
+    }
+}
+
+async fn answers(ip: IpAddr, port: u16) -> bool {
+    tokio::time::timeout(
+        Duration::from_secs(2),
+        tokio::net::TcpStream::connect(SocketAddr::new(ip, port)),
+    )
+    .await
+    .is_ok_and(|r| r.is_ok())
+}
+
+/// The hub running in `state`, or why there is none (one line, naming the state dir).
+///
+/// # Errors
+/// Why no hub is running there: no `hub.json`, its process gone, its PID now another process,
+/// or its listeners not answering.
+pub async fn live_hub(state: &Path) -> Result<LiveHub, String> {
+    let dir = absolute(state);
+    let shown = dir.display();
+    if !dir.join(azsim_emulator::HUB_JSON).exists() {
+        return Err(format!("no hub has run in {shown} (no hub.json)"));
+    }
+    let info = HubInfo::load(&dir).map_err(|e| e.to_string())?;
+    let record: Option<RunRecord> = std::fs::read_to_string(dir.join(RUN_RECORD))
+        .ok()
+        .and_then(|t| serde_json::from_str(&t).ok());
+    let pid = info.pid;
+    if !pid_alive(pid) {
+        return Err(format!(
+            "the hub of {shown} is not running (hub.json names pid {pid}, which is gone)"
+        ));
+    }
+    let ip = match &record {
+        Some(r) if r.pid != pid => {
+            return Err(format!(
+                "the hub of {shown} is not running (stale: hub.json names pid {pid}, hub.pid \
+                 names pid {})",
+                r.pid
+            ));
+        }
+        Some(r) => {
+            if let (Some(recorded), Some((_, now))) = (r.start_time, proc_stat(pid))
+                && recorded != now
+            {
+                return Err(format!(
+                    "the hub of {shown} is not running (stale: pid {pid} is now another \
+                     process, started after the hub)"
+                ));
+            }
+            r.probe_ip
+        }
+        None => IpAddr::V4(Ipv4Addr::LOCALHOST),
+    };
+    for (what, port) in [("MQTT", info.mqtt_port), ("HTTPS", info.https_port)] {
+        if !answers(ip, port).await {
+            return Err(format!(
+                "the hub of {shown} is not answering (pid {pid} runs, but its {what} port \
+                 {ip}:{port} does not accept connections)"
+            ));
+        }
+    }
+    Ok(LiveHub { info, state: dir })
+}
+
+/// `azsim hub` in the foreground: until Ctrl-C or SIGTERM.
+async fn serve(cfg: HubCliConfig) -> Result<ExitCode, CliError> {
     let mut hc = HubConfig::new(&cfg.state);
     hc.hostname = cfg.hostname.clone();
     hc.in_memory = cfg.in_memory;
@@ -22,6 +228,20 @@ pub async fn run(cfg: HubCliConfig) -> Result<ExitCode, CliError> {
         .map_err(CliError::runtime)?;
     let signal = shutdown_signal();
     let info = handle.info.clone();
+    let record = RunRecord {
+        pid: std::process::id(),
+        start_time: proc_stat(std::process::id()).map(|(_, t)| t),
+        probe_ip: probe_ip(cfg.bind),
+    };
+    let record_path = cfg.state.join(RUN_RECORD);
+    // The record makes `start`, `stop`, `status` and `env` able to tell this process from a
+    // stale hub.json; without it they still work by PID and port, so a failure only warns.
+    if let Err(e) = std::fs::write(
+        &record_path,
+        serde_json::to_string(&record).unwrap_or_default() + "\n",
+    ) {
+        tracing::warn!("cannot write {}: {e}", record_path.display());
+    }
     if cfg.json {
         println!(
             "{}",
@@ -29,7 +249,7 @@ pub async fn run(cfg: HubCliConfig) -> Result<ExitCode, CliError> {
                 "mqtt_port": info.mqtt_port,
                 "https_port": info.https_port,
                 "ca_file": info.ca_file,
-                "service_connection_string": info.service_connection_string,
+                "service_connection_string": service_connection_string(&info),
                 "hostname": info.hostname,
             })
         );
@@ -53,11 +273,11 @@ pub async fn run(cfg: HubCliConfig) -> Result<ExitCode, CliError> {
         println!("  CA certificate:  {}", info.ca_file.display());
         println!("  state dir:       {}", cfg.state.display());
         println!("  service connection string:");
-        println!("    {}", info.service_connection_string);
+        println!("    {}", service_connection_string(&info));
         println!();
         println!(
             "export IOTHUB_CONNECTION_STRING={}",
-            shell_quote(&info.service_connection_string)
+            shell_quote(&service_connection_string(&info))
         );
         println!(
             "export AZSIM_CA_FILE={}",
@@ -66,14 +286,267 @@ pub async fn run(cfg: HubCliConfig) -> Result<ExitCode, CliError> {
         println!();
         println!("Ctrl-C stops the hub.");
     }
-    use std::io::Write as _;
     let _ = std::io::stdout().flush();
     signal.await;
-    handle.stop().await.map_err(CliError::runtime)?;
+    let stopped = handle.stop().await;
+    // Only this process's record: a hub started since in the same dir keeps its own.
+    if std::fs::read_to_string(&record_path)
+        .ok()
+        .and_then(|t| serde_json::from_str::<RunRecord>(&t).ok())
+        .is_some_and(|r| r == record)
+    {
+        let _ = std::fs::remove_file(&record_path);
+    }
+    stopped.map_err(CliError::runtime)?;
     if !cfg.json {
         eprintln!("hub stopped; state saved");
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// `azsim hub start`: a detached `azsim hub --json` child; returns once it answers.
+async fn start(cfg: HubCliConfig) -> Result<ExitCode, CliError> {
+    if let Ok(hub) = live_hub(&cfg.state).await {
+        eprintln!(
+            "a hub is already running in {} (pid {}); not starting another",
+            hub.state.display(),
+            hub.info.pid
+        );
+        println!("{}", hub.ready_json());
+        return Ok(ExitCode::SUCCESS);
+    }
+    std::fs::create_dir_all(&cfg.state)
+        .map_err(|e| CliError::runtime(format!("cannot create {}: {e}", cfg.state.display())))?;
+    let state = absolute(&cfg.state);
+    let log_path = state.join(LOG_FILE);
+    let log = std::fs::File::create(&log_path)
+        .map_err(|e| CliError::runtime(format!("cannot create {}: {e}", log_path.display())))?;
+    let log2 = log.try_clone()?;
+    let exe = std::env::current_exe()
+        .map_err(|e| CliError::runtime(format!("cannot find the azsim binary: {e}")))?;
+    let mut cmd = std::process::Command::new(exe);
+    cmd.arg("hub")
+        .arg("--state")
+        .arg(&state)
+        .args(["--bind", &cfg.bind.to_string()])
+        .args(["--mqtt-port", &cfg.mqtt_port.to_string()])
+        .args(["--https-port", &cfg.https_port.to_string()])
+        .args(["--hostname", &cfg.hostname, "--json"]);
+    if cfg.in_memory {
+        cmd.arg("--in-memory");
+    }
+    cmd.stdin(Stdio::null())
+        .stdout(Stdio::from(log))
+        .stderr(Stdio::from(log2));
+    // Its own process group: a Ctrl-C in the terminal that ran `start` does not reach it.
+    #[cfg(unix)]
+    std::os::unix::process::CommandExt::process_group(&mut cmd, 0);
+    let mut child = cmd
+        .spawn()
+        .map_err(|e| CliError::runtime(format!("cannot start the hub: {e}")))?;
+    let pid = child.id();
+    let deadline = Instant::now() + WAIT;
+    loop {
+        if let Ok(Some(status)) = child.try_wait() {
+            return Err(CliError::runtime(format!(
+                "the hub exited during start ({status}); {}: {}",
+                log_path.display(),
+                last_lines(&log_path)
+            )));
+        }
+        if let Ok(hub) = live_hub(&state).await
+            && hub.info.pid == pid
+        {
+            println!("{}", hub.ready_json());
+            return Ok(ExitCode::SUCCESS);
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            return Err(CliError::runtime(format!(
+                "the hub did not answer within {} s; {}: {}",
+                WAIT.as_secs(),
+                log_path.display(),
+                last_lines(&log_path)
+            )));
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// The last lines of the hub's log, on one line (it holds no secret: the hub never logs keys).
+fn last_lines(path: &Path) -> String {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let lines: Vec<&str> = text.lines().filter(|l| !l.trim().is_empty()).collect();
+    let tail = &lines[lines.len().saturating_sub(3)..];
+    if tail.is_empty() {
+        "(empty)".into()
+    } else {
+        tail.join(" | ")
+    }
+}
+
+/// `azsim hub stop`: SIGTERM to the recorded PID, then wait until it is gone.
+async fn stop(state: &Path) -> Result<ExitCode, CliError> {
+    let hub = live_hub(state)
+        .await
+        .map_err(|why| CliError::check_failed(format!("nothing to stop: {why}")))?;
+    let pid = hub.info.pid;
+    let sent = std::process::Command::new("sh")
+        .args(["-c", "kill -TERM \"$1\"", "sh", &pid.to_string()])
+        .status()
+        .map_err(|e| CliError::runtime(format!("cannot run kill: {e}")))?;
+    if !sent.success() {
+        return Err(CliError::runtime(format!("kill -TERM {pid} failed")));
+    }
+    let deadline = Instant::now() + WAIT;
+    while pid_alive(pid) {
+        if Instant::now() > deadline {
+            return Err(CliError::runtime(format!(
+                "the hub (pid {pid}) did not exit within {} s of SIGTERM",
+                WAIT.as_secs()
+            )));
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    eprintln!(
+        "stopped the hub of {} (pid {pid}); state kept",
+        hub.state.display()
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `azsim hub status`: exit 0 when running, 1 when not.
+async fn status(state: &Path, json: bool) -> Result<ExitCode, CliError> {
+    let hub = live_hub(state).await.map_err(CliError::check_failed)?;
+    if json {
+        println!("{}", hub.ready_json());
+    } else {
+        println!(
+            "running: pid {}, mqtts://{}:{}, https://{}:{}, state {}",
+            hub.info.pid,
+            hub.info.hostname,
+            hub.info.mqtt_port,
+            hub.info.hostname,
+            hub.info.https_port,
+            hub.state.display()
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `azsim hub env`.
+async fn env(cfg: EnvConfig) -> Result<ExitCode, CliError> {
+    let hub = live_hub(&cfg.state).await.map_err(|why| {
+        CliError::check_failed(format!("{why}; start one with `azsim hub start`"))
+    })?;
+    let ca = hub.ca_file();
+    let service_cs = service_connection_string(&hub.info);
+    let mut vars: Vec<(&str, String)> = vec![("IOTHUB_CONNECTION_STRING", service_cs.clone())];
+    if let Some(device) = &cfg.device {
+        vars.push((
+            "IOTHUB_DEVICE_CONNECTION_STRING",
+            device_connection_string(&hub, &service_cs, device).await?,
+        ));
+    }
+    let bundle = write_ca_bundle(&hub.state, &ca)?;
+    let ca_s = ca.display().to_string();
+    vars.push(("AZSIM_CA_FILE", ca_s.clone()));
+    vars.push(("NODE_EXTRA_CA_CERTS", ca_s));
+    let bundle_s = bundle.display().to_string();
+    vars.push(("REQUESTS_CA_BUNDLE", bundle_s.clone()));
+    vars.push(("SSL_CERT_FILE", bundle_s));
+    let mut out = String::new();
+    for (k, v) in &vars {
+        out.push_str(&env_line(cfg.shell, k, v));
+        out.push('\n');
+    }
+    print!("{out}");
+    let _ = std::io::stdout().flush();
+    Ok(ExitCode::SUCCESS)
+}
+
+/// The device's connection string, registering the device when the hub does not know it.
+async fn device_connection_string(
+    hub: &LiveHub,
+    service_cs: &str,
+    device: &str,
+) -> Result<String, CliError> {
+    use crate::service::client::ServiceClient;
+    use crate::service::target::{Target, TargetInputs};
+    let target = Target::resolve_with(
+        TargetInputs {
+            connection_string: Some(service_cs.to_owned().into()),
+            ca: Some(hub.ca_file()),
+            state_dir: Some(hub.state.clone()),
+        },
+        None,
+        None,
+    )?;
+    let client = ServiceClient::new(&target).map_err(CliError::runtime)?;
+    let found = match client.get_device(device).await {
+        Ok(v) => v,
+        Err(e) if e.azure().is_some_and(|a| a.status == 404) => client
+            .create_device(device, None, None)
+            .await
+            .map_err(CliError::runtime)?,
+        Err(e) => return Err(CliError::runtime(e)),
+    };
+    let key = found["authentication"]["symmetricKey"]["primaryKey"]
+        .as_str()
+        .filter(|k| !k.is_empty())
+        .ok_or_else(|| {
+            CliError::check_failed(format!(
+                "--device {device}: the device has no symmetric key (X.509 device?)"
+            ))
+        })?;
+    hub.info
+        .device_connection_string(device, key)
+        .map_err(|e| CliError::runtime(format!("--device {device}: {e}")))
+}
+
+/// `{state}/ca-bundle.pem`: the system CA bundle (when found) plus the hub's CA, so that
+/// `REQUESTS_CA_BUNDLE` / `SSL_CERT_FILE` (which replace the system bundle) still trust the
+/// public roots.
+fn write_ca_bundle(state: &Path, ca: &Path) -> Result<PathBuf, CliError> {
+    let hub_ca = std::fs::read_to_string(ca)
+        .map_err(|e| CliError::runtime(format!("cannot read {}: {e}", ca.display())))?;
+    let mut text = SYSTEM_BUNDLES
+        .iter()
+        .find_map(|p| std::fs::read_to_string(p).ok())
+        .unwrap_or_default();
+    if !text.is_empty() && !text.ends_with('\n') {
+        text.push('\n');
+    }
+    text.push_str(&hub_ca);
+    let path = state.join(CA_BUNDLE);
+    std::fs::write(&path, text)
+        .map_err(|e| CliError::runtime(format!("cannot write {}: {e}", path.display())))?;
+    Ok(path)
+}
+
+/// One variable assignment in `shell`'s syntax.
+pub fn env_line(shell: Shell, key: &str, value: &str) -> String {
+    match shell {
+        Shell::Sh => format!("export {key}={}", shell_quote(value)),
+        Shell::Fish => format!(
+            "set -gx {key} '{}'",
+            value.replace('\\', "\\\\").replace('\'', "\\'")
+        ),
+        Shell::Powershell => format!("$env:{key} = '{}'", value.replace('\'', "''")),
+        Shell::Github => {
+            if value.contains(['\n', '\r']) {
+                // The delimiter form; a delimiter that cannot occur in the value.
+                let mut delim = String::from("AZSIM_EOF");
+                while value.contains(&delim) {
+                    delim.push('_');
+                }
+                format!("{key}<<{delim}\n{value}\n{delim}")
+            } else {
+                format!("{key}={value}")
+            }
+        }
+    }
 }
 
 /// Ctrl-C, or SIGTERM (`docker stop`). Registered before the hub announces itself, so a
@@ -101,5 +574,73 @@ fn shutdown_signal() -> impl std::future::Future<Output = ()> {
     #[cfg(not(unix))]
     async {
         let _ = tokio::signal::ctrl_c().await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const NASTY: &str = "a'b\\c $HOME `x` \"q\" ;&|*?";
+
+    fn info(https_port: u16) -> HubInfo {
+        HubInfo {
+            hostname: "localhost".into(),
+            mqtt_port: 8883,
+            https_port,
+            ca_file: "ca.pem".into(),
+            service_connection_string: format!(
+                "HostName=localhost:{https_port};SharedAccessKeyName=iothubowner;SharedAccessKey=a2V5"
+            ),
+            pid: 1,
+        }
+    }
+
+    #[test]
+    fn the_service_string_has_no_port_only_on_443() {
+        assert_eq!(
+            service_connection_string(&info(443)),
+            "HostName=localhost;SharedAccessKeyName=iothubowner;SharedAccessKey=a2V5"
+        );
+        assert!(service_connection_string(&info(8443)).starts_with("HostName=localhost:8443;"));
+    }
+
+    #[test]
+    fn sh_lines_give_the_value_back_through_a_real_shell() {
+        let script = format!("{}\nprintf %s \"$K\"", env_line(Shell::Sh, "K", NASTY));
+        let out = std::process::Command::new("sh")
+            .args(["-c", &script])
+            .output()
+            .unwrap();
+        assert_eq!(String::from_utf8(out.stdout).unwrap(), NASTY);
+    }
+
+    #[test]
+    fn fish_powershell_and_github_lines_quote_their_own_way() {
+        assert_eq!(
+            env_line(Shell::Fish, "K", "it's a\\b"),
+            r"set -gx K 'it\'s a\\b'"
+        );
+        assert_eq!(
+            env_line(Shell::Powershell, "K", "it's $x"),
+            "$env:K = 'it''s $x'"
+        );
+        assert_eq!(env_line(Shell::Github, "K", "a=b;c 'd'"), "K=a=b;c 'd'");
+        assert_eq!(
+            env_line(Shell::Github, "K", "one\nAZSIM_EOF\ntwo"),
+            "K<<AZSIM_EOF_\none\nAZSIM_EOF\ntwo\nAZSIM_EOF_"
+        );
+    }
+
+    #[test]
+    fn proc_stat_reads_this_process() {
+        if !has_proc() {
+            return;
+        }
+        let (state, start) = proc_stat(std::process::id()).expect("own stat");
+        assert!(state == 'R' || state == 'S', "{state}");
+        assert!(start > 0);
+        assert!(pid_alive(std::process::id()));
+        assert!(proc_stat(u32::MAX).is_none());
     }
 }
