@@ -3,6 +3,7 @@
 
 mod firmware_loop;
 mod hub_activity;
+mod hub_cli;
 mod hub_durability;
 mod hub_e2e;
 mod hub_events;

@@ -1,0 +1,477 @@
+//! `azsim hub start | stop | status | env` through the binary: two hubs at once in two state
+//! dirs, a stale hub.json (PID gone, PID reused, ports silent), the exit codes and messages of
+//! bad input, and the composite action `.github/actions/azsim-hub/action.yml` run step by step
+//! with a temporary `$GITHUB_ENV`, as Actions would.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+
+use serde_json::Value;
+
+const AZSIM: &str = env!("CARGO_BIN_EXE_azsim");
+
+fn azsim(args: &[&str]) -> Output {
+    Command::new(AZSIM)
+        .args(args)
+        .env_remove("IOTHUB_CONNECTION_STRING")
+        .env_remove("AZSIM_CA_FILE")
+        .stdin(Stdio::null())
+        .output()
+        .unwrap()
+}
+
+fn text(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).into_owned()
+}
+
+fn code(o: &Output) -> i32 {
+    o.status.code().unwrap_or(-1)
+}
+
+fn state_arg(dir: &Path) -> String {
+    dir.display().to_string()
+}
+
+/// `azsim hub start` on free ports; its ready JSON.
+fn start(dir: &Path) -> Value {
+    let out = azsim(&[
+        "hub",
+        "start",
+        "--state",
+        &state_arg(dir),
+        "--mqtt-port",
+        "0",
+        "--https-port",
+        "0",
+    ]);
+    assert_eq!(code(&out), 0, "{}", text(&out.stderr));
+    let stdout = text(&out.stdout);
+    assert_eq!(stdout.lines().count(), 1, "one ready line: {stdout}");
+    serde_json::from_str(stdout.trim()).unwrap()
+}
+
+fn stop(dir: &Path) -> Output {
+    azsim(&["hub", "stop", "--state", &state_arg(dir)])
+}
+
+fn status(dir: &Path) -> Output {
+    azsim(&["hub", "status", "--state", &state_arg(dir)])
+}
+
+/// Stops the hub of a dir when a test fails half way.
+struct StopOnDrop(PathBuf);
+
+impl Drop for StopOnDrop {
+    fn drop(&mut self) {
+        let _ = stop(&self.0);
+    }
+}
+
+#[test]
+fn two_hubs_in_two_state_dirs_start_export_their_environment_and_stop() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (a, b) = (tmp.path().join("a"), tmp.path().join("b"));
+    let _guards = (StopOnDrop(a.clone()), StopOnDrop(b.clone()));
+    let ra = start(&a);
+    let rb = start(&b);
+    assert_ne!(ra["pid"], rb["pid"]);
+    assert_ne!(ra["mqtt_port"], rb["mqtt_port"]);
+    assert_eq!(ra["state"], state_arg(&a));
+    for r in [&ra, &rb] {
+        let ca = r["ca_file"].as_str().unwrap();
+        assert!(
+            Path::new(ca).is_absolute() && Path::new(ca).is_file(),
+            "{r}"
+        );
+    }
+
+    // Starting again in a's dir reports the running hub (same pid), exit 0.
+    let again = azsim(&["hub", "start", "--state", &state_arg(&a)]);
+    assert_eq!(code(&again), 0);
+    assert!(
+        text(&again.stderr).contains("already running"),
+        "{}",
+        text(&again.stderr)
+    );
+    let again: Value = serde_json::from_str(text(&again.stdout).trim()).unwrap();
+    assert_eq!(again["pid"], ra["pid"]);
+
+    let st = status(&a);
+    assert_eq!(code(&st), 0, "{}", text(&st.stderr));
+    assert!(text(&st.stdout).contains(&format!("pid {}", ra["pid"])));
+
+    // eval "$(azsim hub env --device d1)": the service commands then reach a's hub through the
+    // environment alone (no --state that knows it), and see the device env registered.
+    let script = r#"set -e
+eval "$("$0" hub env --state "$1" --device d1)"
+printf '%s\n' "$IOTHUB_CONNECTION_STRING" "$IOTHUB_DEVICE_CONNECTION_STRING" "$AZSIM_CA_FILE" \
+  "$NODE_EXTRA_CA_CERTS" "$REQUESTS_CA_BUNDLE" "$SSL_CERT_FILE"
+cd "$2"
+"$0" device show d1 --connection-string
+"#;
+    let elsewhere = tmp.path().join("elsewhere");
+    std::fs::create_dir_all(&elsewhere).unwrap();
+    let out = Command::new("sh")
+        .args(["-c", script, AZSIM, &state_arg(&a), &state_arg(&elsewhere)])
+        .env_remove("IOTHUB_CONNECTION_STRING")
+        .env_remove("AZSIM_CA_FILE")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let stdout = text(&out.stdout);
+    let lines: Vec<&str> = stdout.lines().collect();
+    assert_eq!(lines.len(), 7, "{stdout}");
+    assert_eq!(lines[0], ra["service_connection_string"]);
+    assert!(
+        lines[1].starts_with(&format!(
+            "HostName=localhost:{};DeviceId=d1;",
+            ra["mqtt_port"]
+        )),
+        "{}",
+        lines[1]
+    );
+    assert_eq!(lines[2], ra["ca_file"]);
+    assert_eq!(lines[3], ra["ca_file"]);
+    let bundle = std::fs::read_to_string(lines[4]).unwrap();
+    let ca = std::fs::read_to_string(lines[2]).unwrap();
+    assert!(bundle.ends_with(&ca), "the bundle ends with the hub's CA");
+    assert_eq!(lines[5], lines[4]);
+    assert_eq!(
+        lines[6], lines[1],
+        "the registry has the device env printed"
+    );
+
+    // A second env --device reuses the device (same key), b's env names b's hub.
+    let again = azsim(&["hub", "env", "--state", &state_arg(&a), "--device", "d1"]);
+    assert!(text(&again.stdout).contains(lines[1]), "same device key");
+    let env_b = azsim(&["hub", "env", "--state", &state_arg(&b), "--shell", "github"]);
+    assert_eq!(code(&env_b), 0);
+    assert!(
+        text(&env_b.stdout).contains(&format!(
+            "IOTHUB_CONNECTION_STRING={}\n",
+            rb["service_connection_string"].as_str().unwrap()
+        )),
+        "{}",
+        text(&env_b.stdout)
+    );
+
+    // Stop a: b still runs; a's state is kept.
+    let st = stop(&a);
+    assert_eq!(code(&st), 0, "{}", text(&st.stderr));
+    assert_eq!(code(&status(&a)), 1);
+    assert!(a.join("hub.db").is_file() && a.join("ca.pem").is_file());
+    assert_eq!(code(&status(&b)), 0);
+    assert_eq!(code(&stop(&b)), 0);
+    assert_eq!(code(&status(&b)), 1);
+}
+
+fn write_json(path: &Path, f: impl FnOnce(&mut Value)) {
+    let mut v: Value = serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+    f(&mut v);
+    std::fs::write(path, v.to_string()).unwrap();
+}
+
+#[test]
+fn a_stale_state_dir_is_detected_when_its_pid_is_gone_reused_or_its_ports_are_silent() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("hub");
+    let _guard = StopOnDrop(dir.clone());
+    start(&dir);
+    let record = std::fs::read_to_string(dir.join("hub.pid")).unwrap();
+    assert_eq!(code(&stop(&dir)), 0);
+    // A hub killed without a clean stop leaves its record behind: put it back.
+    std::fs::write(dir.join("hub.pid"), &record).unwrap();
+
+    // 1. The recorded PID is gone.
+    let st = status(&dir);
+    assert_eq!(code(&st), 1);
+    assert!(text(&st.stderr).contains("is gone"), "{}", text(&st.stderr));
+
+    // 2. The PID now belongs to another process (one started after the hub).
+    let mut other = Command::new("sleep").arg("60").spawn().unwrap();
+    let other_pid = other.id();
+    write_json(&dir.join("hub.json"), |v| v["pid"] = other_pid.into());
+    write_json(&dir.join("hub.pid"), |v| v["pid"] = other_pid.into());
+    let st = status(&dir);
+    assert_eq!(code(&st), 1);
+    assert!(
+        text(&st.stderr).contains("another process"),
+        "{}",
+        text(&st.stderr)
+    );
+    let env = azsim(&["hub", "env", "--state", &state_arg(&dir)]);
+    assert_eq!(code(&env), 1);
+    assert!(env.stdout.is_empty());
+    let st = stop(&dir);
+    assert_eq!(code(&st), 1, "{}", text(&st.stderr));
+    assert!(
+        other.try_wait().unwrap().is_none(),
+        "stop must not signal a process that is not the hub"
+    );
+
+    // 3. No run record (a hub.json from elsewhere): the live PID alone is not trusted, the
+    //    ports are probed and do not answer.
+    std::fs::remove_file(dir.join("hub.pid")).unwrap();
+    let st = status(&dir);
+    assert_eq!(code(&st), 1);
+    assert!(
+        text(&st.stderr).contains("does not accept connections"),
+        "{}",
+        text(&st.stderr)
+    );
+    let _ = other.kill();
+    let _ = other.wait();
+
+    // A new hub starts over the stale files.
+    let r = start(&dir);
+    assert_eq!(code(&status(&dir)), 0);
+    assert_ne!(r["pid"], Value::from(other_pid));
+    assert_eq!(code(&stop(&dir)), 0);
+}
+
+#[test]
+fn stop_with_nothing_running_exits_1_and_says_so() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = stop(tmp.path());
+    assert_eq!(code(&out), 1);
+    let err = text(&out.stderr);
+    assert!(err.contains("nothing to stop"), "{err}");
+    assert!(err.contains("no hub has run in"), "{err}");
+    assert_eq!(err.lines().count(), 1, "{err}");
+}
+
+#[test]
+fn env_without_a_hub_exits_1_and_an_unknown_shell_exits_2_naming_the_flag() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = azsim(&["hub", "env", "--state", &state_arg(tmp.path())]);
+    assert_eq!(code(&out), 1);
+    assert!(out.stdout.is_empty());
+    assert!(
+        text(&out.stderr).contains("azsim hub start"),
+        "{}",
+        text(&out.stderr)
+    );
+
+    let out = azsim(&["hub", "env", "--shell", "tcsh"]);
+    assert_eq!(code(&out), 2);
+    let err = text(&out.stderr);
+    assert!(err.contains("--shell"), "{err}");
+    assert_eq!(err.lines().count(), 1, "{err}");
+
+    let out = azsim(&["hub", "env", "--device", "a;b"]);
+    assert_eq!(code(&out), 2);
+    assert!(text(&out.stderr).contains("--device"));
+}
+
+/// One step of a composite action, as far as this action uses the syntax.
+#[derive(Debug, Default)]
+struct Step {
+    name: String,
+    cond: Option<String>,
+    env: Vec<(String, String)>,
+    run: String,
+}
+
+/// The inputs' defaults and the steps of `action.yml` (the restricted shape its header
+/// describes: block scalars only for `run: |`).
+fn parse_action(yaml: &str) -> (HashMap<String, String>, Vec<Step>) {
+    let indent = |l: &str| l.len() - l.trim_start().len();
+    let unquote = |s: &str| s.trim().trim_matches('"').to_owned();
+    let lines: Vec<&str> = yaml.lines().collect();
+    let mut defaults = HashMap::new();
+    let mut steps: Vec<Step> = Vec::new();
+    let mut section = "";
+    let mut input = String::new();
+    let mut i = 0;
+    while i < lines.len() {
+        let line = lines[i];
+        let t = line.trim();
+        i += 1;
+        if t.is_empty() || t.starts_with('#') {
+            continue;
+        }
+        if indent(line) == 0 {
+            section = if t == "inputs:" { "inputs" } else { "" };
+            if t == "runs:" {
+                section = "runs";
+            }
+            continue;
+        }
+        match section {
+            "inputs" if indent(line) == 2 => input = t.trim_end_matches(':').to_owned(),
+            "inputs" => {
+                if let Some(d) = t.strip_prefix("default:") {
+                    defaults.insert(input.clone(), unquote(d));
+                }
+            }
+            "runs" => {
+                if let Some(name) = t.strip_prefix("- name:") {
+                    steps.push(Step {
+                        name: name.trim().to_owned(),
+                        ..Default::default()
+                    });
+                    continue;
+                }
+                let Some(step) = steps.last_mut() else {
+                    continue;
+                };
+                if let Some(c) = t.strip_prefix("if:") {
+                    step.cond = Some(c.trim().to_owned());
+                } else if t == "env:" {
+                    let base = indent(line);
+                    while i < lines.len() && indent(lines[i]) > base && !lines[i].trim().is_empty()
+                    {
+                        let (k, v) = lines[i].trim().split_once(':').unwrap();
+                        step.env.push((k.to_owned(), v.trim().to_owned()));
+                        i += 1;
+                    }
+                } else if t == "run: |" {
+                    let base = indent(line);
+                    let body_indent = indent(lines[i]);
+                    while i < lines.len() && (lines[i].trim().is_empty() || indent(lines[i]) > base)
+                    {
+                        let l = lines[i];
+                        step.run.push_str(l.get(body_indent..).unwrap_or(""));
+                        step.run.push('\n');
+                        i += 1;
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+    (defaults, steps)
+}
+
+/// `${{ inputs.X }}`, `${{ github.action_path }}`, `${{ runner.temp }}`.
+fn expand(expr: &str, ctx: &HashMap<String, String>) -> String {
+    let mut out = String::new();
+    let mut rest = expr;
+    while let Some(start) = rest.find("${{") {
+        out.push_str(&rest[..start]);
+        let end = rest[start..].find("}}").expect("closed expression") + start;
+        let key = rest[start + 3..end].trim();
+        out.push_str(
+            ctx.get(key)
+                .unwrap_or_else(|| panic!("unknown expression {key}")),
+        );
+        rest = &rest[end + 2..];
+    }
+    out.push_str(rest);
+    out
+}
+
+/// `inputs.X == ''` / `inputs.X != ''`.
+fn holds(cond: &str, ctx: &HashMap<String, String>) -> bool {
+    let (lhs, eq) = if let Some((l, _)) = cond.split_once("!=") {
+        (l, false)
+    } else if let Some((l, _)) = cond.split_once("==") {
+        (l, true)
+    } else {
+        panic!("unsupported if: {cond}")
+    };
+    let v = ctx
+        .get(lhs.trim())
+        .unwrap_or_else(|| panic!("unknown {lhs}"));
+    v.is_empty() == eq
+}
+
+#[test]
+fn the_composite_action_steps_start_a_hub_and_fill_github_env() {
+    let action = Path::new(env!("CARGO_MANIFEST_DIR")).join(".github/actions/azsim-hub/action.yml");
+    let (defaults, steps) = parse_action(&std::fs::read_to_string(&action).unwrap());
+    assert!(steps.len() >= 2, "{steps:?}");
+    assert!(defaults.contains_key("state-dir") && defaults.contains_key("device"));
+
+    let tmp = tempfile::tempdir().unwrap();
+    let state = tmp.path().join("hub");
+    let _guard = StopOnDrop(state.clone());
+    let github_env = tmp.path().join("github_env");
+    let github_path = tmp.path().join("github_path");
+    std::fs::write(&github_env, "").unwrap();
+    std::fs::write(&github_path, "").unwrap();
+
+    let mut ctx: HashMap<String, String> = defaults
+        .into_iter()
+        .map(|(k, v)| (format!("inputs.{k}"), v))
+        .collect();
+    // The install step is replaced by the binary this test run built.
+    ctx.insert("inputs.azsim".into(), AZSIM.into());
+    ctx.insert("inputs.state-dir".into(), state_arg(&state));
+    ctx.insert("inputs.device".into(), "ci-device".into());
+    ctx.insert("inputs.mqtt-port".into(), "0".into());
+    ctx.insert("inputs.https-port".into(), "0".into());
+    ctx.insert(
+        "github.action_path".into(),
+        action.parent().unwrap().display().to_string(),
+    );
+    ctx.insert("runner.temp".into(), tmp.path().display().to_string());
+
+    let mut ran = Vec::new();
+    for step in &steps {
+        if let Some(c) = &step.cond
+            && !holds(c, &ctx)
+        {
+            continue;
+        }
+        let mut cmd = Command::new("bash");
+        cmd.args([
+            "--noprofile",
+            "--norc",
+            "-e",
+            "-o",
+            "pipefail",
+            "-c",
+            &step.run,
+        ])
+        .current_dir(tmp.path())
+        .env("GITHUB_ENV", &github_env)
+        .env("GITHUB_PATH", &github_path)
+        .env_remove("IOTHUB_CONNECTION_STRING")
+        .env_remove("AZSIM_CA_FILE");
+        for (k, v) in &step.env {
+            cmd.env(k, expand(v, &ctx));
+        }
+        let out = cmd.output().unwrap();
+        assert!(
+            out.status.success(),
+            "step {:?}: {}{}",
+            step.name,
+            text(&out.stdout),
+            text(&out.stderr)
+        );
+        ran.push(step.name.clone());
+    }
+    assert!(!ran.iter().any(|n| n.contains("Build")), "{ran:?}");
+
+    assert_eq!(code(&status(&state)), 0, "the action left a running hub");
+    let env = std::fs::read_to_string(&github_env).unwrap();
+    let vars: HashMap<&str, &str> = env.lines().filter_map(|l| l.split_once('=')).collect();
+    assert_eq!(vars["AZSIM"], AZSIM);
+    let ca = state.join("ca.pem").display().to_string();
+    assert_eq!(vars["AZSIM_CA_FILE"], ca);
+    assert_eq!(vars["NODE_EXTRA_CA_CERTS"], ca);
+    assert!(vars["REQUESTS_CA_BUNDLE"].ends_with("ca-bundle.pem"));
+    assert!(vars["SSL_CERT_FILE"].ends_with("ca-bundle.pem"));
+    assert!(vars["IOTHUB_CONNECTION_STRING"].starts_with("HostName=localhost:"));
+    assert!(
+        vars["IOTHUB_DEVICE_CONNECTION_STRING"].contains(";DeviceId=ci-device;"),
+        "{env}"
+    );
+
+    // What a later step sees works: the device is in the registry.
+    let out = Command::new(AZSIM)
+        .args(["device", "show", "ci-device", "--connection-string"])
+        .current_dir(tmp.path())
+        .env("IOTHUB_CONNECTION_STRING", vars["IOTHUB_CONNECTION_STRING"])
+        .env("AZSIM_CA_FILE", vars["AZSIM_CA_FILE"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert_eq!(
+        text(&out.stdout).trim(),
+        vars["IOTHUB_DEVICE_CONNECTION_STRING"]
+    );
+    assert_eq!(code(&stop(&state)), 0);
+}
