@@ -1,11 +1,19 @@
-//! `azsim run` against a real Azure IoT Hub. Runs only when `IOTHUB_CONNECTION_STRING` holds a
-//! service connection string (a policy with registry write and service connect, e.g.
-//! `iothubowner`); otherwise prints `skipped: IOTHUB_CONNECTION_STRING not set`.
-//! `.github/workflows/real-hub.yml` runs it with that secret.
+//! `azsim run` against a hub given by `IOTHUB_CONNECTION_STRING` (a service connection string
+//! of a policy with registry write and service connect, e.g. `iothubowner`), and `AZSIM_CA_FILE`
+//! when its certificate is not signed by a public root. Two targets run the same code:
 //!
-//! It creates a uniquely named device, runs `azsim run --count 3`, runs the device again to
-//! invoke `ping` and to patch desired `telemetryInterval` and read the reported acknowledgement,
-//! and deletes the device whatever happened.
+//! - a real Azure IoT Hub: `.github/workflows/real-hub.yml` sets the secret;
+//! - the stand-in: `.ci/run` starts `azsim hub start --mqtt-port 8883 --https-port 443` (one host
+//!   name, Azure's ports, a `HostName` without a port) and runs this module after
+//!   `eval "$(azsim hub env)"`, which also sets `AZSIM_CA_FILE`.
+//!
+//! Without `IOTHUB_CONNECTION_STRING` (plain `scripts/test`) each test prints
+//! `skipped: IOTHUB_CONNECTION_STRING not set` and passes. What the stand-in cannot show is in
+//! tests named `..._needs_a_real_hub`, which print why when the target is not Azure.
+//!
+//! The scenario creates a uniquely named device, runs `azsim run --count 3`, runs the device
+//! again to invoke `ping` and to patch desired `telemetryInterval` and read the reported
+//! acknowledgement, and deletes the device whatever happened.
 
 use std::process::Stdio;
 use std::time::Duration;
@@ -20,7 +28,6 @@ fn azsim_run(cs: &str, extra: &[&str]) -> tokio::process::Command {
     cmd.args(["run", "--json", "--connection-string", cs])
         .args(extra)
         .env_remove("IOTHUB_DEVICE_CONNECTION_STRING")
-        .env_remove("AZSIM_CA_FILE")
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
@@ -111,25 +118,65 @@ async fn scenario(svc: &ServiceClient, device: &str, cs: &str) {
     assert!(status.success());
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_real_hub_sees_telemetry_answers_ping_and_acknowledges_desired_properties() {
+/// The target of this run: `IOTHUB_CONNECTION_STRING` and `AZSIM_CA_FILE`, or `None` (then the
+/// caller prints why it skips).
+fn target(ca_from_env: bool) -> Option<Target> {
     let Some(service_cs) = std::env::var("IOTHUB_CONNECTION_STRING")
         .ok()
         .filter(|s| !s.trim().is_empty())
     else {
         println!("skipped: IOTHUB_CONNECTION_STRING not set");
-        return;
+        return None;
     };
-    let target = Target::resolve_with(
-        TargetInputs {
-            connection_string: Some(service_cs.into()),
-            ca: None,
-            state_dir: None,
-        },
-        None,
-        None,
+    let ca = std::env::var_os("AZSIM_CA_FILE")
+        .filter(|s| ca_from_env && !s.is_empty())
+        .map(std::path::PathBuf::from);
+    let nowhere = tempfile::tempdir().unwrap();
+    Some(
+        Target::resolve_with(
+            TargetInputs {
+                connection_string: Some(service_cs.into()),
+                ca,
+                state_dir: Some(nowhere.path().into()),
+            },
+            None,
+            None,
+        )
+        .expect("IOTHUB_CONNECTION_STRING is a service connection string"),
     )
-    .expect("IOTHUB_CONNECTION_STRING is a service connection string");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_service_certificate_chains_to_a_public_root_needs_a_real_hub() {
+    // No AZSIM_CA_FILE: only the public roots azsim ships with.
+    let Some(target) = target(false) else { return };
+    if !target.is_azure() {
+        println!(
+            "not run against {}: the stand-in's certificate is signed by its own dev CA, \
+             trusted through AZSIM_CA_FILE; only a real hub shows that azsim trusts Azure's \
+             public chain without it",
+            target.host()
+        );
+        return;
+    }
+    let svc = ServiceClient::new(&target).expect("service client");
+    svc.list_devices()
+        .await
+        .expect("the registry over TLS with the public roots only");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_real_hub_sees_telemetry_answers_ping_and_acknowledges_desired_properties() {
+    let Some(target) = target(true) else { return };
+    println!(
+        "target: {} ({})",
+        target.host(),
+        if target.is_azure() {
+            "Azure IoT Hub"
+        } else {
+            "stand-in"
+        }
+    );
     let svc = ServiceClient::new(&target).expect("service client");
     let device = format!(
         "azsim-ci-{}",
