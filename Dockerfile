@@ -1,5 +1,7 @@
 # azsim in a container: the local IoT Hub by default (`docker run -p 8883:8883 -p 8443:8443 azsim`),
-# or any other subcommand (`docker run azsim token --help`).
+# or any other subcommand (`docker run azsim token --help`). As a CI service container, the health
+# check (`azsim hub status`: its process alive and both listeners answering) tells the runner
+# when the hub is ready.
 #
 # Build stage: the same release build as CI, from the committed Cargo.lock.
 FROM rust:1.95-bookworm AS build
@@ -20,5 +22,9 @@ WORKDIR /data
 VOLUME ["/data"]
 # 8883: MQTT over TLS (devices); 8443: the service REST API over HTTPS.
 EXPOSE 8883 8443
+# Healthy once `azsim hub` (the default command, state in /data/.azsim/hub) answers on both ports.
+# With another --state, override it (`--health-cmd "azsim hub status --state DIR"`).
+HEALTHCHECK --interval=2s --timeout=5s --start-period=2s --retries=30 \
+    CMD ["azsim", "hub", "status"]
 ENTRYPOINT ["azsim"]
 CMD ["hub", "--bind", "0.0.0.0"]
