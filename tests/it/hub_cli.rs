@@ -362,6 +362,23 @@ fn expand(expr: &str, ctx: &HashMap<String, String>) -> String {
     out
 }
 
+/// The assignments of a `$GITHUB_ENV` file: `K=v` lines and the `K<<DELIM` multi-line form.
+fn parse_github_env(text: &str) -> Vec<(String, String)> {
+    let mut out = Vec::new();
+    let mut lines = text.lines();
+    while let Some(line) = lines.next() {
+        if let Some((k, delim)) = line.split_once("<<")
+            && !k.contains('=')
+        {
+            let value: Vec<&str> = lines.by_ref().take_while(|l| *l != delim).collect();
+            out.push((k.to_owned(), value.join("\n")));
+        } else if let Some((k, v)) = line.split_once('=') {
+            out.push((k.to_owned(), v.to_owned()));
+        }
+    }
+    out
+}
+
 /// `inputs.X == ''` / `inputs.X != ''`.
 fn holds(cond: &str, ctx: &HashMap<String, String>) -> bool {
     let (lhs, eq) = if let Some((l, _)) = cond.split_once("!=") {
@@ -387,10 +404,6 @@ fn the_composite_action_steps_start_a_hub_and_fill_github_env() {
     let tmp = tempfile::tempdir().unwrap();
     let state = tmp.path().join("hub");
     let _guard = StopOnDrop(state.clone());
-    let github_env = tmp.path().join("github_env");
-    let github_path = tmp.path().join("github_path");
-    std::fs::write(&github_env, "").unwrap();
-    std::fs::write(&github_path, "").unwrap();
 
     let mut ctx: HashMap<String, String> = defaults
         .into_iter()
@@ -408,13 +421,20 @@ fn the_composite_action_steps_start_a_hub_and_fill_github_env() {
     );
     ctx.insert("runner.temp".into(), tmp.path().display().to_string());
 
+    // As Actions does: each step gets a fresh $GITHUB_ENV file, and what it wrote there is in
+    // the environment of the steps after it.
+    let mut exported: HashMap<String, String> = HashMap::new();
     let mut ran = Vec::new();
-    for step in &steps {
+    for (n, step) in steps.iter().enumerate() {
         if let Some(c) = &step.cond
             && !holds(c, &ctx)
         {
             continue;
         }
+        let github_env = tmp.path().join(format!("github_env_{n}"));
+        let github_path = tmp.path().join(format!("github_path_{n}"));
+        std::fs::write(&github_env, "").unwrap();
+        std::fs::write(&github_path, "").unwrap();
         let mut cmd = Command::new("bash");
         cmd.args([
             "--noprofile",
@@ -426,10 +446,12 @@ fn the_composite_action_steps_start_a_hub_and_fill_github_env() {
             &step.run,
         ])
         .current_dir(tmp.path())
-        .env("GITHUB_ENV", &github_env)
-        .env("GITHUB_PATH", &github_path)
         .env_remove("IOTHUB_CONNECTION_STRING")
-        .env_remove("AZSIM_CA_FILE");
+        .env_remove("AZSIM_CA_FILE")
+        .env_remove("AZSIM")
+        .envs(&exported)
+        .env("GITHUB_ENV", &github_env)
+        .env("GITHUB_PATH", &github_path);
         for (k, v) in &step.env {
             cmd.env(k, expand(v, &ctx));
         }
@@ -441,14 +463,16 @@ fn the_composite_action_steps_start_a_hub_and_fill_github_env() {
             text(&out.stdout),
             text(&out.stderr)
         );
+        exported.extend(parse_github_env(
+            &std::fs::read_to_string(&github_env).unwrap(),
+        ));
         ran.push(step.name.clone());
     }
     assert!(!ran.iter().any(|n| n.contains("Build")), "{ran:?}");
-
+    let vars = &exported;
     assert_eq!(code(&status(&state)), 0, "the action left a running hub");
-    let env = std::fs::read_to_string(&github_env).unwrap();
-    let vars: HashMap<&str, &str> = env.lines().filter_map(|l| l.split_once('=')).collect();
     assert_eq!(vars["AZSIM"], AZSIM);
+    assert_eq!(vars.len(), 7, "{:?}", vars.keys());
     let ca = state.join("ca.pem").display().to_string();
     assert_eq!(vars["AZSIM_CA_FILE"], ca);
     assert_eq!(vars["NODE_EXTRA_CA_CERTS"], ca);
@@ -457,15 +481,18 @@ fn the_composite_action_steps_start_a_hub_and_fill_github_env() {
     assert!(vars["IOTHUB_CONNECTION_STRING"].starts_with("HostName=localhost:"));
     assert!(
         vars["IOTHUB_DEVICE_CONNECTION_STRING"].contains(";DeviceId=ci-device;"),
-        "{env}"
+        "{vars:?}"
     );
 
     // What a later step sees works: the device is in the registry.
     let out = Command::new(AZSIM)
         .args(["device", "show", "ci-device", "--connection-string"])
         .current_dir(tmp.path())
-        .env("IOTHUB_CONNECTION_STRING", vars["IOTHUB_CONNECTION_STRING"])
-        .env("AZSIM_CA_FILE", vars["AZSIM_CA_FILE"])
+        .env(
+            "IOTHUB_CONNECTION_STRING",
+            &vars["IOTHUB_CONNECTION_STRING"],
+        )
+        .env("AZSIM_CA_FILE", &vars["AZSIM_CA_FILE"])
         .output()
         .unwrap();
     assert!(out.status.success(), "{}", text(&out.stderr));
