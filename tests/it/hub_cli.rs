@@ -502,3 +502,50 @@ fn the_composite_action_steps_start_a_hub_and_fill_github_env() {
     );
     assert_eq!(code(&stop(&state)), 0);
 }
+
+/// The container's case: `azsim hub --bind 0.0.0.0` in the foreground (PID 1 there), and its
+/// health check `azsim hub status` run next to it.
+#[test]
+fn status_sees_a_foreground_hub_bound_to_all_addresses_and_not_after_sigterm() {
+    use std::io::BufRead as _;
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("hub");
+    let mut hub = Command::new(AZSIM)
+        .args([
+            "hub",
+            "--bind",
+            "0.0.0.0",
+            "--json",
+            "--state",
+            &state_arg(&dir),
+        ])
+        .args(["--mqtt-port", "0", "--https-port", "0"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut ready = String::new();
+    std::io::BufReader::new(hub.stdout.take().unwrap())
+        .read_line(&mut ready)
+        .unwrap();
+    let ready: Value = serde_json::from_str(&ready).expect("the ready line");
+    let st = status(&dir);
+    let killed = Command::new("kill")
+        .args(["-TERM", &hub.id().to_string()])
+        .status();
+    let exit = hub.wait().unwrap();
+    assert_eq!(code(&st), 0, "{}", text(&st.stderr));
+    assert!(
+        text(&st.stdout).contains(&format!("mqtts://localhost:{}", ready["mqtt_port"])),
+        "{}",
+        text(&st.stdout)
+    );
+    assert!(killed.unwrap().success());
+    assert!(exit.success(), "{exit}");
+    assert!(
+        !dir.join("hub.pid").exists(),
+        "a clean stop removes its record"
+    );
+    assert_eq!(code(&status(&dir)), 1);
+}
