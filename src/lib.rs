@@ -9,5 +9,6 @@ pub mod cli;
 pub mod cmd;
 pub mod device;
 pub mod error;
+pub mod fleet;
 pub mod service;
 pub mod tls;

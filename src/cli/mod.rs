@@ -15,6 +15,7 @@ use crate::error::CliError;
 
 pub mod c2d;
 pub mod device;
+pub mod fleet;
 pub mod hub;
 pub mod invoke;
 pub mod monitor;
@@ -55,6 +56,9 @@ pub enum Command {
     /// Connect as a device and behave like the reference ESP32 firmware (telemetry, methods,
     /// twin, C2D); without a connection string, against the local hub.
     Run(run::RunArgs),
+    /// Run many devices at once, each as `azsim run` does (telemetry, methods, twin, C2D), with
+    /// pacing, live figures and a summary; shardable across machines.
+    Fleet(fleet::FleetArgs),
     /// Run a local Azure IoT Hub: TLS MQTT for devices, service REST, state in SQLite.
     Hub(hub::HubArgs),
 }
@@ -114,6 +118,7 @@ impl Cli {
             Command::C2d(args) => crate::cmd::c2d::run(args.into_config()?).await,
             Command::Monitor(args) => crate::cmd::monitor::run(args.into_config()?).await,
             Command::Run(args) => crate::cmd::run::run(args.into_config()?).await,
+            Command::Fleet(args) => crate::cmd::fleet::run(args.into_config()?).await,
             Command::Hub(args) => crate::cmd::hub::run(args.into_config()?).await,
         }
     }

@@ -3,6 +3,7 @@
 
 pub mod c2d;
 pub mod device;
+pub mod fleet;
 pub mod hub;
 pub mod invoke;
 pub mod monitor;

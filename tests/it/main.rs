@@ -2,6 +2,7 @@
 //! Tests that exercise the CLI run the real binary (`env!("CARGO_BIN_EXE_azsim")`).
 
 mod firmware_loop;
+mod fleet;
 mod hub_activity;
 mod hub_cli;
 mod hub_durability;

@@ -30,6 +30,7 @@ use crate::HubError;
 use crate::hub::{Hub, LiveGuard};
 use crate::untrusted::Untrusted;
 
+mod bulk;
 mod c2d;
 mod device_bound;
 mod devices;
@@ -86,7 +87,7 @@ pub(crate) async fn accept_loop(
 
 fn router(hub: Shared) -> Router {
     Router::new()
-        .route("/devices", get(devices::list_devices))
+        .route("/devices", get(devices::list_devices).post(bulk::bulk_devices))
         .route(
             "/devices/{id}",
             put(devices::put_device)

@@ -1,0 +1,48 @@
+//! `azsim fleet`: run many devices, each the same session and behaviour as `azsim run`, and
+//! print their figures. The runner is `crate::fleet`.
+
+use std::process::ExitCode;
+
+use crate::error::CliError;
+use crate::fleet::FleetConfig;
+
+/// Runs the fleet until `--count`, `--duration`, Ctrl-C or SIGTERM, then prints the summary.
+///
+/// # Errors
+/// [`CliError::Runtime`] when the identities cannot be set up (local hub, registry), or when no
+/// device ever connected.
+pub async fn run(cfg: FleetConfig) -> Result<ExitCode, CliError> {
+    let summary = crate::fleet::run(cfg, interrupted())
+        .await
+        .map_err(CliError::runtime)?;
+    if summary.devices > 0 && summary.ever_connected == 0 {
+        return Err(CliError::runtime(std::io::Error::other(
+            "no device of the fleet could connect",
+        )));
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Ctrl-C, or (on Unix) SIGTERM as Kubernetes, `docker stop` and `timeout` send: either stops
+/// the fleet cleanly (DISCONNECT from every device, then the summary, exit 0).
+async fn interrupted() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = tokio::signal::ctrl_c() => {}
+                    _ = term.recv() => {}
+                }
+            }
+            Err(_) => {
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}
