@@ -616,6 +616,18 @@ mod tests {
     }
 
     #[test]
+    fn fish_lines_give_the_value_back_through_fish_when_it_is_installed() {
+        let script = format!("{}\nprintf %s \"$K\"", env_line(Shell::Fish, "K", NASTY));
+        match std::process::Command::new("fish")
+            .args(["--no-config", "-c", &script])
+            .output()
+        {
+            Ok(out) => assert_eq!(String::from_utf8(out.stdout).unwrap(), NASTY),
+            Err(e) => println!("fish not run ({e}); the expected strings below still hold"),
+        }
+    }
+
+    #[test]
     fn fish_powershell_and_github_lines_quote_their_own_way() {
         assert_eq!(
             env_line(Shell::Fish, "K", "it's a\\b"),
