@@ -8,7 +8,8 @@
 //!   `eval "$(azsim hub env)"`, which also sets `AZSIM_CA_FILE`.
 //!
 //! Without `IOTHUB_CONNECTION_STRING` (plain `scripts/test`) each test prints
-//! `skipped: IOTHUB_CONNECTION_STRING not set` and passes. What the stand-in cannot show is in
+//! `skipped: IOTHUB_CONNECTION_STRING not set` and passes, unless `AZSIM_REAL_HUB_REQUIRED` is
+//! set (as `.ci/run` does), which makes a missing target a failure. What the stand-in cannot show is in
 //! tests named `..._needs_a_real_hub`, which print why when the target is not Azure.
 //!
 //! The scenario creates a uniquely named device, runs `azsim run --count 3`, runs the device
@@ -125,6 +126,11 @@ fn target(ca_from_env: bool) -> Option<Target> {
         .ok()
         .filter(|s| !s.trim().is_empty())
     else {
+        assert!(
+            std::env::var_os("AZSIM_REAL_HUB_REQUIRED").is_none(),
+            "AZSIM_REAL_HUB_REQUIRED is set (.ci/run's stand-in step) but IOTHUB_CONNECTION_STRING \
+             is not"
+        );
         println!("skipped: IOTHUB_CONNECTION_STRING not set");
         return None;
     };
