@@ -18,6 +18,9 @@ use crate::service::target::{Target, TargetInputs};
 
 /// The variable a Kubernetes Indexed Job sets to the pod's index.
 pub const ENV_JOB_COMPLETION_INDEX: &str = "JOB_COMPLETION_INDEX";
+/// Where a Kubernetes Secret hands the fleet its hub connection string (a name of its own, so
+/// a shell's `IOTHUB_CONNECTION_STRING` never turns a local fleet into one on a real hub).
+pub const ENV_FLEET_HUB_CONNECTION_STRING: &str = "AZSIM_FLEET_HUB_CONNECTION_STRING";
 /// Most devices one fleet (all shards) may have.
 pub const MAX_DEVICES: u64 = 10_000_000;
 
@@ -42,8 +45,10 @@ pub struct FleetArgs {
     /// Existing devices: a file of device connection strings, one per line (# comments).
     #[arg(long, value_name = "FILE", conflicts_with = "hub_connection_string")]
     pub connection_strings: Option<PathBuf>,
-    /// Create the devices on this hub (bulk registry API) instead of the local hub.
-    #[arg(long, value_name = "CS")]
+    /// Create the devices on this hub (bulk registry API) instead of the local hub; a policy
+    /// with registry write and device connect rights. From the environment (a Kubernetes
+    /// Secret) as AZSIM_FLEET_HUB_CONNECTION_STRING.
+    #[arg(long, value_name = "CS", env = ENV_FLEET_HUB_CONNECTION_STRING, hide_env_values = true)]
     pub hub_connection_string: Option<Secret<String>>,
     /// Delete the created devices when the fleet stops (with --hub-connection-string).
     #[arg(long, requires = "hub_connection_string")]

@@ -222,6 +222,7 @@ pub async fn run(
             (specs, cfg.ca_file.clone())
         }
     };
+    raise_open_files_limit(specs.len() as u64 + 256, &out);
     let tls = crate::tls::client_config(ca_file.as_deref())?;
     let payload = cfg
         .payload
@@ -358,6 +359,36 @@ pub async fn run(
         l.stop().await;
     }
     Ok(snap)
+}
+
+/// Each device holds a socket: the soft open-files limit (often 1024) is raised to the hard one
+/// when it is below `needed`; a warning says so when even that is too low.
+fn raise_open_files_limit(needed: u64, out: &Output) {
+    use rustix::process::{Resource, Rlimit, getrlimit, setrlimit};
+    let lim = getrlimit(Resource::Nofile);
+    let soft = lim.current.unwrap_or(u64::MAX);
+    if soft >= needed {
+        return;
+    }
+    let _ = setrlimit(
+        Resource::Nofile,
+        Rlimit {
+            current: lim.maximum,
+            maximum: lim.maximum,
+        },
+    );
+    let now = getrlimit(Resource::Nofile).current.unwrap_or(u64::MAX);
+    if now < needed {
+        out.emit(
+            "warning",
+            json!({"open_files_limit": now, "needed": needed}),
+            || {
+                format!(
+                    "warning: the open-files limit {now} is below the ~{needed} this fleet needs; raise it with `ulimit -n`"
+                )
+            },
+        );
+    }
 }
 
 /// Creates `{prefix}{i}` for each `i` with fresh keys (bulk `createOrUpdate`) and returns how
