@@ -319,7 +319,13 @@ async fn start(cfg: HubCliConfig) -> Result<ExitCode, CliError> {
         .map_err(|e| CliError::runtime(format!("cannot create {}: {e}", cfg.state.display())))?;
     let state = absolute(&cfg.state);
     let log_path = state.join(LOG_FILE);
-    let log = std::fs::File::create(&log_path)
+    // Private like the rest of the state dir: the hub's ready line holds the owner key.
+    let mut opts = std::fs::OpenOptions::new();
+    opts.write(true).create(true).truncate(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut opts, 0o600);
+    let log = opts
+        .open(&log_path)
         .map_err(|e| CliError::runtime(format!("cannot create {}: {e}", log_path.display())))?;
     let log2 = log.try_clone()?;
     let exe = std::env::current_exe()

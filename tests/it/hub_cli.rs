@@ -549,3 +549,27 @@ fn status_sees_a_foreground_hub_bound_to_all_addresses_and_not_after_sigterm() {
     );
     assert_eq!(code(&status(&dir)), 1);
 }
+
+#[test]
+fn start_on_a_port_in_use_exits_1_with_the_hubs_reason() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = taken.local_addr().unwrap().port().to_string();
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("hub");
+    let out = azsim(&[
+        "hub",
+        "start",
+        "--state",
+        &state_arg(&dir),
+        "--mqtt-port",
+        &port,
+        "--https-port",
+        "0",
+    ]);
+    assert_eq!(code(&out), 1);
+    assert!(out.stdout.is_empty());
+    let err = text(&out.stderr);
+    assert!(err.contains("exited during start"), "{err}");
+    assert!(err.contains("in use"), "{err}");
+    assert_eq!(code(&status(&dir)), 1);
+}
