@@ -5,6 +5,7 @@ mod firmware_loop;
 mod fleet;
 mod hub_activity;
 mod hub_cli;
+mod hub_deadlines;
 mod hub_durability;
 mod hub_e2e;
 mod hub_events;

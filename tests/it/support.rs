@@ -50,6 +50,18 @@ impl TestHub {
         (hub, clock)
     }
 
+    /// In-memory hub in a fresh tempdir with `f` applied to its configuration (limits,
+    /// deadlines).
+    pub async fn start_configured(f: impl FnOnce(&mut HubConfig)) -> TestHub {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let mut cfg = HubConfig::new(tmp.path().join("hub"));
+        cfg.in_memory = true;
+        f(&mut cfg);
+        let mut hub = Self::start_with(cfg).await;
+        hub._tmp = Some(tmp);
+        hub
+    }
+
     /// Persistent state in `dir` (start again with the same dir to test restarts).
     pub async fn start_in(dir: &Path) -> TestHub {
         Self::start_with(HubConfig::new(dir)).await
@@ -78,6 +90,33 @@ impl TestHub {
             info,
             owner_key,
             handle: Some(handle),
+            _tmp: None,
+        }
+    }
+
+    /// A hub running elsewhere (an `azsim hub` process), reached through its `hub.json`: the
+    /// REST and device helpers work; [`TestHub::stop`] does nothing.
+    pub fn attach(info: &HubInfo) -> TestHub {
+        let owner_key = info
+            .service_connection_string
+            .split(';')
+            .find_map(|p| p.strip_prefix("SharedAccessKey="))
+            .expect("service key")
+            .to_string();
+        TestHub {
+            mqtt_port: info.mqtt_port,
+            https_port: info.https_port,
+            ca_file: info.ca_file.clone(),
+            hostname: info.hostname.clone(),
+            service_connection_string: info.service_connection_string.clone(),
+            dir: info
+                .ca_file
+                .parent()
+                .map(Path::to_path_buf)
+                .unwrap_or_default(),
+            info: info.clone(),
+            owner_key,
+            handle: None,
             _tmp: None,
         }
     }

@@ -24,6 +24,7 @@ mod auth;
 pub mod clock;
 mod feedback;
 mod hub;
+mod listen;
 mod mqtt;
 mod rest;
 pub mod state_dir;
@@ -53,7 +54,8 @@ pub enum HubError {
     Info(PathBuf, String),
 }
 
-/// Limits and defaults; `Default` gives Azure's documented values.
+/// Limits and defaults; `Default` gives Azure's documented values, and for what Azure does not
+/// document (how long and how much an unauthenticated connection may take) the emulator's own.
 #[derive(Debug, Clone)]
 pub struct HubLimits {
     pub c2d_queue_cap: u32,
@@ -71,6 +73,22 @@ pub struct HubLimits {
     pub feedback_lock_timeout: Duration,
     /// How often a feedback record is handed out before it is dropped uncompleted (Azure: 10).
     pub feedback_max_delivery_count: u32,
+    /// How long a connection may take from its TCP accept to being authenticated, in total
+    /// (not per read): the TLS handshake and the CONNECT with its SAS check (MQTT), or the TLS
+    /// handshake and the headers of the first request (HTTPS). Past it the connection is closed.
+    pub connect_deadline: Duration,
+    /// The largest first packet (the CONNECT, will message included) an unauthenticated MQTT
+    /// client may send; a bigger one closes the connection before it is read.
+    pub pre_auth_max_bytes: usize,
+    /// How many connections per listener (MQTT, HTTPS) may be open and not yet authenticated;
+    /// beyond it a new connection is closed as soon as it is accepted.
+    pub max_pre_auth_connections: usize,
+    /// HTTP/1.1: how long a client may take to send a request's headers (the first, or the next
+    /// on a kept-alive connection) before the connection is closed.
+    pub http_header_timeout: Duration,
+    /// HTTPS: how long a connection may stay open with no request in progress (HTTP/1.1 and
+    /// HTTP/2) before it is closed.
+    pub http_idle_timeout: Duration,
 }
 
 impl Default for HubLimits {
@@ -87,6 +105,12 @@ impl Default for HubLimits {
             feedback_ttl: Duration::from_secs(3600),
             feedback_lock_timeout: Duration::from_secs(60),
             feedback_max_delivery_count: 10,
+            connect_deadline: Duration::from_secs(10),
+            // Room for the ids, the username, a token and a will message of ~60 KiB.
+            pre_auth_max_bytes: 64 * 1024,
+            max_pre_auth_connections: 512,
+            http_header_timeout: Duration::from_secs(10),
+            http_idle_timeout: Duration::from_secs(60),
         }
     }
 }

@@ -9,67 +9,73 @@ use rumqttc::mqttbytes::v4::{ConnAck, Connect, ConnectReturnCode, Packet};
 use rumqttc::mqttbytes::{Error as MqttError, Protocol};
 use tokio::io::AsyncReadExt as _;
 
-use super::{HANDSHAKE_TIMEOUT, Stream, max_packet, packet_name, write_packet};
+use super::{Stream, max_packet, packet_name, write_packet};
 use crate::hub::Hub;
 
-/// Read the first packet; answer CONNACK 1 to anything that is not MQTT 3.1.1.
+/// Read the first packet; answer CONNACK 1 to anything that is not MQTT 3.1.1. A first packet
+/// longer than `HubLimits::pre_auth_max_bytes` closes the connection as soon as its fixed header
+/// says so; the caller bounds the whole exchange by the connect deadline.
 pub(super) async fn read_connect(
     hub: &Hub,
     stream: &mut Stream,
     buf: &mut BytesMut,
     peer: SocketAddr,
 ) -> Option<Connect> {
-    let max = max_packet(hub);
+    let max = hub.cfg.limits.pre_auth_max_bytes.min(max_packet(hub));
+    // Read until a whole packet is in (the check looks at the fixed header only).
     loop {
-        let snapshot = buf.clone();
-        match Packet::read(buf, max) {
-            Ok(Packet::Connect(c)) if c.protocol == Protocol::V4 => return Some(c),
-            Ok(Packet::Connect(_))
-            | Err(MqttError::InvalidProtocolLevel(_) | MqttError::InvalidProtocol) => {
-                tracing::info!(%peer, "refused: unacceptable protocol (only MQTT 3.1.1 is supported)");
-                let _ = write_packet(
-                    stream,
-                    Packet::ConnAck(ConnAck::new(
-                        ConnectReturnCode::RefusedProtocolVersion,
-                        false,
-                    )),
-                )
-                .await;
+        match rumqttc::mqttbytes::check(buf.iter(), max) {
+            Err(MqttError::InsufficientBytes(_)) => match stream.read_buf(buf).await {
+                Ok(n) if n > 0 => {}
+                _ => return None,
+            },
+            Err(MqttError::PayloadSizeLimitExceeded(n)) => {
+                tracing::info!(%peer, bytes = n, limit = max, "closed: first packet larger than an unauthenticated client may send");
                 return None;
             }
-            Ok(other) => {
-                tracing::info!(%peer, packet = ?packet_name(&other), "closed: first packet is not CONNECT");
-                return None;
-            }
-            Err(MqttError::InsufficientBytes(_)) => {
-                match tokio::time::timeout(HANDSHAKE_TIMEOUT, stream.read_buf(buf)).await {
-                    Ok(Ok(n)) if n > 0 => {}
-                    _ => return None,
-                }
-            }
-            Err(e) => {
-                // An MQTT 5 CONNECT does not parse as v4; recognise it with the v5 codec so the
-                // client gets the documented CONNACK 1 rather than a silent close.
-                let mut copy = snapshot;
-                if let Ok(rumqttc::v5::mqttbytes::v5::Packet::Connect(..)) =
-                    rumqttc::v5::mqttbytes::v5::Packet::read(&mut copy, Some(max as u32))
-                {
-                    tracing::info!(%peer, "refused: MQTT 5 CONNECT (only MQTT 3.1.1 is supported)");
-                    let _ = write_packet(
-                        stream,
-                        Packet::ConnAck(ConnAck::new(
-                            ConnectReturnCode::RefusedProtocolVersion,
-                            false,
-                        )),
-                    )
-                    .await;
-                } else {
-                    tracing::info!(%peer, error = %e, "closed: malformed first packet");
-                }
-                return None;
-            }
+            _ => break,
         }
     }
+    // Kept for the MQTT 5 check below (Packet::read consumes the packet even when it fails).
+    let whole = buf.clone();
+    match Packet::read(buf, max) {
+        Ok(Packet::Connect(c)) if c.protocol == Protocol::V4 => Some(c),
+        Ok(Packet::Connect(_))
+        | Err(MqttError::InvalidProtocolLevel(_) | MqttError::InvalidProtocol) => {
+            tracing::info!(%peer, "refused: unacceptable protocol (only MQTT 3.1.1 is supported)");
+            refuse_protocol(stream).await;
+            None
+        }
+        Ok(other) => {
+            tracing::info!(%peer, packet = ?packet_name(&other), "closed: first packet is not CONNECT");
+            None
+        }
+        Err(e) => {
+            // An MQTT 5 CONNECT does not parse as v4; recognise it with the v5 codec so the
+            // client gets the documented CONNACK 1 rather than a silent close.
+            let mut copy = whole;
+            if let Ok(rumqttc::v5::mqttbytes::v5::Packet::Connect(..)) =
+                rumqttc::v5::mqttbytes::v5::Packet::read(&mut copy, Some(max as u32))
+            {
+                tracing::info!(%peer, "refused: MQTT 5 CONNECT (only MQTT 3.1.1 is supported)");
+                refuse_protocol(stream).await;
+            } else {
+                tracing::info!(%peer, error = %e, "closed: malformed first packet");
+            }
+            None
+        }
+    }
+}
+
+async fn refuse_protocol(stream: &mut Stream) {
+    let _ = write_packet(
+        stream,
+        Packet::ConnAck(ConnAck::new(
+            ConnectReturnCode::RefusedProtocolVersion,
+            false,
+        )),
+    )
+    .await;
 }
 
 /// Who a CONNECT proved to be, and until when (`se`, Unix seconds).

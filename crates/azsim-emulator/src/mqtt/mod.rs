@@ -6,6 +6,12 @@
 //! This file accepts connections and runs each one's loop (keep-alive, token expiry, hub
 //! commands, shutdown); [`connect`] reads and checks the CONNECT; [`session`] handles the
 //! packets of an authenticated connection.
+//!
+//! Until its CONNACK a connection is unauthenticated and bounded: one deadline for the TLS
+//! handshake, the CONNECT and its SAS check together (`HubLimits::connect_deadline`, so a
+//! client trickling a byte at a time gains nothing), a cap on the CONNECT's size
+//! (`pre_auth_max_bytes`), and a cap on how many such connections may be open at once
+//! (`max_pre_auth_connections`, see `listen.rs`).
 
 use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
@@ -15,7 +21,7 @@ use std::time::Duration;
 
 use azsim_proto::topic::{self, DeviceTopic, Identity as TopicId};
 use bytes::BytesMut;
-use rumqttc::mqttbytes::v4::{ConnAck, ConnectReturnCode, Packet};
+use rumqttc::mqttbytes::v4::{ConnAck, Connect, ConnectReturnCode, Packet};
 use serde_json::json;
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::net::{TcpListener, TcpStream};
@@ -25,6 +31,7 @@ use tokio_rustls::TlsAcceptor;
 use tokio_rustls::server::TlsStream;
 
 use crate::hub::{ConnCmd, ConnEntry, Hub, LiveGuard, Subs, client_id};
+use crate::listen::{Admitted, Gate};
 use crate::store::q;
 use crate::telemetry::Origin;
 use crate::untrusted::Untrusted;
@@ -32,10 +39,8 @@ use crate::untrusted::Untrusted;
 mod connect;
 mod session;
 
-use connect::{authenticate, read_connect};
+use connect::{Authed, authenticate, read_connect};
 use session::Conn;
-
-const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
 pub(crate) async fn accept_loop(
     hub: Arc<Hub>,
@@ -43,27 +48,72 @@ pub(crate) async fn accept_loop(
     tls: Arc<rustls::ServerConfig>,
 ) {
     let acceptor = TlsAcceptor::from(tls);
+    let limits = &hub.cfg.limits;
+    let mut gate = Gate::new(listener, "mqtt", limits.max_pre_auth_connections);
     loop {
-        let (tcp, peer) = match listener.accept().await {
-            Ok(x) => x,
-            Err(e) => {
-                tracing::warn!(error = %e, "mqtt accept failed");
-                tokio::time::sleep(Duration::from_millis(20)).await;
-                continue;
-            }
-        };
-        // Without NODELAY every TLS handshake stalls ~40 ms on delayed ACKs.
-        let _ = tcp.set_nodelay(true);
+        let Admitted { tcp, peer, permit } = gate.next().await;
         let hub = hub.clone();
         let acceptor = acceptor.clone();
         tokio::spawn(async move {
             let _live = LiveGuard::new(hub.clone());
-            match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
-                Ok(Ok(stream)) => connection(hub, stream, peer).await,
-                Ok(Err(e)) => tracing::debug!(%peer, error = %e, "tls handshake failed"),
-                Err(_) => tracing::debug!(%peer, "tls handshake timed out"),
+            // One deadline for everything before the CONNACK: TLS, the CONNECT, its SAS check.
+            let deadline = Instant::now() + hub.cfg.limits.connect_deadline;
+            let opened = tokio::time::timeout_at(deadline, open(&hub, &acceptor, tcp, peer)).await;
+            match opened {
+                Ok(Some(o)) => {
+                    drop(permit);
+                    connection(hub, o, peer).await;
+                }
+                Ok(None) => {}
+                Err(_) => {
+                    tracing::info!(%peer, "closed: not authenticated within the connect deadline")
+                }
             }
         });
+    }
+}
+
+/// A connection that has authenticated: its stream, what it has sent beyond the CONNECT, the
+/// CONNECT and who it proved to be.
+struct Opened {
+    stream: Stream,
+    buf: BytesMut,
+    connect: Connect,
+    authed: Authed,
+}
+
+/// TLS handshake, the CONNECT and its authentication (a refusal gets its CONNACK here).
+async fn open(
+    hub: &Hub,
+    acceptor: &TlsAcceptor,
+    tcp: TcpStream,
+    peer: SocketAddr,
+) -> Option<Opened> {
+    let mut stream = match acceptor.accept(tcp).await {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::debug!(%peer, error = %e, "tls handshake failed");
+            return None;
+        }
+    };
+    let mut buf = BytesMut::with_capacity(1024);
+    let connect = read_connect(hub, &mut stream, &mut buf, peer).await?;
+    match authenticate(hub, &connect).await {
+        Ok(authed) => Some(Opened {
+            stream,
+            buf,
+            connect,
+            authed,
+        }),
+        Err(reason) => {
+            tracing::info!(%peer, client_id = %Untrusted(&connect.client_id), reason = %reason, "CONNACK 5 not authorized");
+            let _ = write_packet(
+                &mut stream,
+                Packet::ConnAck(ConnAck::new(ConnectReturnCode::NotAuthorized, false)),
+            )
+            .await;
+            None
+        }
     }
 }
 
@@ -110,23 +160,13 @@ pub(super) enum Close {
     Shutdown,
 }
 
-async fn connection(hub: Arc<Hub>, mut stream: Stream, peer: SocketAddr) {
-    let mut buf = BytesMut::with_capacity(4096);
-    let Some(connect) = read_connect(&hub, &mut stream, &mut buf, peer).await else {
-        return;
-    };
-    let authed = match authenticate(&hub, &connect).await {
-        Ok(a) => a,
-        Err(reason) => {
-            tracing::info!(%peer, client_id = %Untrusted(&connect.client_id), reason = %reason, "CONNACK 5 not authorized");
-            let _ = write_packet(
-                &mut stream,
-                Packet::ConnAck(ConnAck::new(ConnectReturnCode::NotAuthorized, false)),
-            )
-            .await;
-            return;
-        }
-    };
+async fn connection(hub: Arc<Hub>, opened: Opened, peer: SocketAddr) {
+    let Opened {
+        mut stream,
+        mut buf,
+        connect,
+        authed,
+    } = opened;
     let id = TopicId {
         device_id: &authed.device,
         module_id: authed.module.as_deref(),

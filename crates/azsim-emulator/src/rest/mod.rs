@@ -8,7 +8,7 @@
 //! emulator's event stream). This file holds what they share: the accept loop, the router,
 //! authentication, errors in Azure's shape and the small request helpers.
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use axum::Router;
@@ -19,15 +19,19 @@ use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, get, post, put};
 use base64::Engine as _;
-use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use hyper_util::service::TowerToHyperService;
 use serde_json::{Map, Value, json};
 use tokio::net::TcpListener;
+use tokio::sync::{Notify, OwnedSemaphorePermit};
+use tokio::time::Instant;
 use tokio_rustls::TlsAcceptor;
+use tower::ServiceExt as _;
 
 use crate::HubError;
 use crate::hub::{Hub, LiveGuard};
+use crate::listen::{Admitted, Gate};
 use crate::untrusted::Untrusted;
 
 mod bulk;
@@ -50,38 +54,168 @@ pub(crate) async fn accept_loop(
     let app = router(hub.clone());
     // The C2D expiry / feedback sweep lives as long as the hub (it watches the shutdown flag).
     tokio::spawn(crate::feedback::maintain(hub.clone()));
+    let mut gate = Gate::new(listener, "https", hub.cfg.limits.max_pre_auth_connections);
     loop {
-        let (tcp, peer) = match listener.accept().await {
-            Ok(x) => x,
-            Err(e) => {
-                tracing::warn!(error = %e, "https accept failed");
-                tokio::time::sleep(Duration::from_millis(20)).await;
-                continue;
-            }
-        };
-        let _ = tcp.set_nodelay(true);
+        let Admitted { tcp, peer, permit } = gate.next().await;
         let acceptor = acceptor.clone();
         let app = app.clone();
         let hub = hub.clone();
         tokio::spawn(async move {
             let mut shutdown = hub.shutdown.subscribe();
-            let _live = LiveGuard::new(hub);
-            let tls =
-                match tokio::time::timeout(Duration::from_secs(10), acceptor.accept(tcp)).await {
-                    Ok(Ok(s)) => s,
-                    _ => {
-                        tracing::debug!(%peer, "https tls handshake failed");
-                        return;
+            let _live = LiveGuard::new(hub.clone());
+            let limits = &hub.cfg.limits;
+            // Until its first request has arrived, a connection counts as unauthenticated: the
+            // TLS handshake and the first request's headers share one deadline.
+            let deadline = Instant::now() + limits.connect_deadline;
+            let tls = match tokio::time::timeout_at(deadline, acceptor.accept(tcp)).await {
+                Ok(Ok(s)) => s,
+                Ok(Err(e)) => {
+                    tracing::debug!(%peer, error = %e, "https tls handshake failed");
+                    return;
+                }
+                Err(_) => {
+                    tracing::debug!(%peer, "https closed: no TLS handshake within the connect deadline");
+                    return;
+                }
+            };
+            let requests = Requests::new(permit);
+            let svc = {
+                let requests = requests.clone();
+                tower::service_fn(move |req: Request<hyper::body::Incoming>| {
+                    let in_flight = requests.begin();
+                    let app = app.clone();
+                    async move {
+                        let r = app.oneshot(req).await?;
+                        Ok::<_, std::convert::Infallible>(r.map(|inner| {
+                            axum::body::Body::new(TrackedBody {
+                                inner,
+                                _in_flight: in_flight,
+                            })
+                        }))
                     }
-                };
-            let svc = TowerToHyperService::new(app);
-            let builder = auto::Builder::new(TokioExecutor::new());
-            let conn = builder.serve_connection_with_upgrades(TokioIo::new(tls), svc);
+                })
+            };
+            let mut builder = auto::Builder::new(TokioExecutor::new());
+            builder
+                .http1()
+                .timer(TokioTimer::new())
+                .header_read_timeout(limits.http_header_timeout);
+            let conn = builder
+                .serve_connection_with_upgrades(TokioIo::new(tls), TowerToHyperService::new(svc));
             tokio::select! {
                 r = conn => if let Err(e) = r { tracing::debug!(%peer, error = %e, "https connection ended") },
+                () = requests.until_idle(deadline, limits.http_idle_timeout) => {
+                    tracing::debug!(%peer, "https closed: no request in progress within its deadline");
+                }
                 () = crate::hub::until_shutdown(&mut shutdown) => {}
             }
         });
+    }
+}
+
+/// One HTTPS connection's requests, for its deadlines: how many are in progress (from their
+/// headers until their response body is done), when the last one ended, and the connection's
+/// place among the unauthenticated ones until its first request.
+struct Requests {
+    state: Mutex<RequestState>,
+    changed: Notify,
+}
+
+struct RequestState {
+    active: usize,
+    /// When the last request ended; `None` before the first one began.
+    last_end: Option<Instant>,
+    permit: Option<OwnedSemaphorePermit>,
+}
+
+impl Requests {
+    fn new(permit: OwnedSemaphorePermit) -> Arc<Requests> {
+        Arc::new(Requests {
+            state: Mutex::new(RequestState {
+                active: 0,
+                last_end: None,
+                permit: Some(permit),
+            }),
+            changed: Notify::new(),
+        })
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, RequestState> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// A request's headers are in; it is in progress until the returned guard drops.
+    fn begin(self: &Arc<Self>) -> InFlight {
+        let mut s = self.lock();
+        s.active += 1;
+        s.last_end.get_or_insert_with(Instant::now);
+        s.permit = None;
+        drop(s);
+        self.changed.notify_one();
+        InFlight(self.clone())
+    }
+
+    /// Completes when no request is in progress and none began for `idle` (or, before the
+    /// first request, at `first_by`).
+    async fn until_idle(&self, first_by: Instant, idle: Duration) {
+        loop {
+            // Registered before the state is read, so a change in between is not missed.
+            let changed = self.changed.notified();
+            let due = {
+                let s = self.lock();
+                (s.active == 0).then(|| s.last_end.map_or(first_by, |t| t + idle))
+            };
+            match due {
+                None => changed.await,
+                Some(due) if Instant::now() >= due => return,
+                Some(due) => {
+                    tokio::select! {
+                        () = changed => {}
+                        () = tokio::time::sleep_until(due) => {}
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// A request in progress (see [`Requests::begin`]).
+struct InFlight(Arc<Requests>);
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        let mut s = self.0.lock();
+        s.active -= 1;
+        s.last_end = Some(Instant::now());
+        drop(s);
+        self.0.changed.notify_one();
+    }
+}
+
+/// A response body that keeps its request in progress until it is done (a long event stream
+/// is not idle).
+struct TrackedBody {
+    inner: axum::body::Body,
+    _in_flight: InFlight,
+}
+
+impl hyper::body::Body for TrackedBody {
+    type Data = Bytes;
+    type Error = axum::Error;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<hyper::body::Frame<Bytes>, axum::Error>>> {
+        std::pin::Pin::new(&mut self.inner).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        self.inner.size_hint()
     }
 }
 

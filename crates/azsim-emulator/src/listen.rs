@@ -1,0 +1,125 @@
+//! What both listeners (MQTT and HTTPS) do before a connection is anyone's: accept without
+//! spinning when the process is out of file descriptors, and admit at most
+//! `HubLimits::max_pre_auth_connections` connections that have not authenticated yet.
+//!
+//! An accept error such as `EMFILE` repeats at once for as long as the descriptors are used up,
+//! so the loop sleeps between attempts (10 ms doubling to 1 s, back to 10 ms after a success)
+//! and logs the first error and then at most one line per [`LOG_EVERY`] with the number of
+//! failures since. A connection beyond the pre-auth cap is closed as soon as it is accepted,
+//! before its TLS handshake; the refusals are logged the same way.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::time::Instant;
+
+/// At most one log line per this long for repeated accept errors or refusals.
+const LOG_EVERY: Duration = Duration::from_secs(10);
+const BACKOFF_MIN: Duration = Duration::from_millis(10);
+const BACKOFF_MAX: Duration = Duration::from_secs(1);
+
+/// Counts a repeating condition and says so in the log at most once per [`LOG_EVERY`].
+#[derive(Debug, Default)]
+struct Throttled {
+    since_log: u64,
+    last_log: Option<Instant>,
+}
+
+impl Throttled {
+    /// Counts one occurrence; `Some(n)` when it is time to log, `n` counting this one and those
+    /// not logged since the last line.
+    fn hit(&mut self) -> Option<u64> {
+        self.since_log += 1;
+        let now = Instant::now();
+        if self.last_log.is_some_and(|t| now < t + LOG_EVERY) {
+            return None;
+        }
+        self.last_log = Some(now);
+        Some(std::mem::take(&mut self.since_log))
+    }
+}
+
+/// One listener, its pre-auth cap and its error backoff.
+#[derive(Debug)]
+pub(crate) struct Gate {
+    listener: TcpListener,
+    /// `mqtt` or `https`, for the log.
+    name: &'static str,
+    pre_auth: Arc<Semaphore>,
+    backoff: Duration,
+    errors: Throttled,
+    refusals: Throttled,
+}
+
+/// An accepted connection and its place among the unauthenticated ones; drop the permit once
+/// the connection has authenticated.
+#[derive(Debug)]
+pub(crate) struct Admitted {
+    pub tcp: TcpStream,
+    pub peer: SocketAddr,
+    pub permit: OwnedSemaphorePermit,
+}
+
+impl Gate {
+    pub(crate) fn new(listener: TcpListener, name: &'static str, max_pre_auth: usize) -> Gate {
+        Gate {
+            listener,
+            name,
+            pre_auth: Arc::new(Semaphore::new(max_pre_auth)),
+            backoff: BACKOFF_MIN,
+            errors: Throttled::default(),
+            refusals: Throttled::default(),
+        }
+    }
+
+    /// The next connection that fits under the pre-auth cap; those that do not are closed here.
+    pub(crate) async fn next(&mut self) -> Admitted {
+        loop {
+            let (tcp, peer) = match self.listener.accept().await {
+                Ok(x) => x,
+                Err(e) => {
+                    if let Some(n) = self.errors.hit() {
+                        tracing::warn!(listener = self.name, error = %e, failures = n, retry_ms = self.backoff.as_millis() as u64, "accept failed; backing off");
+                    }
+                    tokio::time::sleep(self.backoff).await;
+                    self.backoff = (self.backoff * 2).min(BACKOFF_MAX);
+                    continue;
+                }
+            };
+            self.backoff = BACKOFF_MIN;
+            match self.pre_auth.clone().try_acquire_owned() {
+                Ok(permit) => {
+                    // Without NODELAY every TLS handshake stalls ~40 ms on delayed ACKs.
+                    let _ = tcp.set_nodelay(true);
+                    return Admitted { tcp, peer, permit };
+                }
+                Err(_) => {
+                    if let Some(n) = self.refusals.hit() {
+                        tracing::warn!(listener = self.name, %peer, refused = n, "too many unauthenticated connections: closing new ones at once");
+                    }
+                    drop(tcp);
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn a_repeating_condition_is_logged_once_per_period_with_its_count() {
+        let mut t = Throttled::default();
+        assert_eq!(t.hit(), Some(1));
+        for _ in 0..99 {
+            assert_eq!(t.hit(), None);
+        }
+        tokio::time::advance(LOG_EVERY).await;
+        assert_eq!(t.hit(), Some(100));
+        assert_eq!(t.hit(), None);
+    }
+}
