@@ -2,6 +2,7 @@
 //! the firmware's) over tokio and rustls, its output, payload templates, and the diagnosis
 //! printed when the hub refuses the credentials.
 
+pub mod buffer;
 pub mod credentials;
 pub mod diagnose;
 pub mod driver;

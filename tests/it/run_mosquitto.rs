@@ -345,3 +345,106 @@ async fn unacknowledged_telemetry_goes_out_again_with_dup_and_its_packet_id_afte
         "{log}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_200_kb_c2d_message_reaches_azsim_run_and_its_200_kb_telemetry_leaves_it() {
+    let Some(bin) = mosquitto() else {
+        crate::support::skip("mosquitto not installed");
+        return;
+    };
+    let mut broker = Broker::start(&bin).await;
+    const BIG: usize = 200 * 1024;
+
+    // A plain MQTT client with room for the large packets both ways.
+    let tls = azsim::tls::client_config(Some(&broker.ca)).unwrap();
+    let mut opts = MqttOptions::new("big-peer", "localhost", broker.port);
+    opts.set_transport(Transport::tls_with_config(TlsConfiguration::Rustls(
+        Arc::clone(&tls),
+    )));
+    opts.set_max_packet_size(BIG + 4096, BIG + 4096);
+    let (client, mut eventloop) = AsyncClient::new(opts, 16);
+    client
+        .subscribe("devices/sim-big/messages/events/#", QoS::AtLeastOnce)
+        .await
+        .unwrap();
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    let peer = tokio::spawn(async move {
+        loop {
+            match eventloop.poll().await {
+                Ok(Event::Incoming(Packet::Publish(p))) => {
+                    let _ = tx.send(p.payload.len());
+                }
+                Ok(Event::Incoming(Packet::SubAck(_))) => {
+                    let _ = tx.send(0);
+                }
+                Ok(_) => {}
+                Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+            }
+        }
+    });
+    let suback = tokio::time::timeout(Duration::from_secs(10), rx.recv())
+        .await
+        .unwrap_or_else(|_| panic!("no SUBACK; broker log:\n{}", broker.log()));
+    assert_eq!(suback, Some(0));
+
+    // The device's first message is a 200 KB body.
+    let dir = tempfile::tempdir().unwrap();
+    let payload = dir.path().join("big.json");
+    std::fs::write(
+        &payload,
+        format!("{{\"pad\":\"{}\"}}", "p".repeat(BIG - 10)),
+    )
+    .unwrap();
+    let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_azsim"));
+    cmd.args(["run", "--json", "--interval", "1h", "--payload"])
+        .arg(format!("@{}", payload.display()))
+        .arg("--connection-string")
+        .arg(format!(
+            "HostName=localhost;DeviceId=sim-big;SharedAccessKey={KEY}"
+        ))
+        .arg("--ca")
+        .arg(&broker.ca)
+        .arg("--port")
+        .arg(broker.port.to_string())
+        .env_remove("IOTHUB_DEVICE_CONNECTION_STRING")
+        .env_remove("IOTHUB_CONNECTION_STRING")
+        .env_remove("AZSIM_CA_FILE")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true);
+    let mut dev = crate::run_hub::Running::spawn(cmd);
+    dev.event("telemetry_acked").await;
+    let got = tokio::time::timeout(Duration::from_secs(10), rx.recv())
+        .await
+        .expect("the telemetry at the peer");
+    assert_eq!(got, Some(BIG));
+
+    // Once the device has subscribed to its C2D topic, a 200 KB message for it.
+    let subscribed = "devices/sim-big/messages/devicebound/# (QoS 1)";
+    for _ in 0..100 {
+        if broker.log().contains(subscribed) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(broker.log().contains(subscribed), "{}", broker.log());
+    client
+        .publish(
+            "devices/sim-big/messages/devicebound/%24.mid=big-1",
+            QoS::AtLeastOnce,
+            false,
+            "c".repeat(BIG),
+        )
+        .await
+        .unwrap();
+    let c2d = dev.event("c2d").await;
+    assert_eq!(c2d["body"].as_str().map(str::len), Some(BIG));
+    let (status, out, stderr) = dev.interrupt().await;
+    peer.abort();
+    assert!(status.success(), "{stderr}");
+    let stopped = out.iter().find(|v| v["event"] == "stopped").unwrap();
+    assert_eq!(stopped["c2d"], 1);
+    assert_eq!(stopped["reconnects"], 0, "{out:?}");
+    let _ = broker.child.kill().await;
+}

@@ -29,7 +29,7 @@ mod client;
 mod wire;
 
 pub use client::{
-    App, Client, ClientError, Clock, Connector, Credential, FixedBody, FixedQueue, Identity,
-    Message, Note, Observer, QUEUE_LEN, Storage, TELEMETRY_CONTENT_TYPE,
+    App, Buffer, Client, ClientError, Clock, Connector, Credential, FixedBody, FixedQueue,
+    Identity, Message, Note, Observer, QUEUE_LEN, Storage, TELEMETRY_CONTENT_TYPE,
 };
 pub use wire::{FrameLenError, frame_len};

@@ -39,6 +39,26 @@ pub fn frame_len(buf: &[u8]) -> Result<Option<usize>, FrameLenError> {
     Err(FrameLenError)
 }
 
+/// The length of the packet starting at the front of `buf` (fixed header included) once its
+/// fixed header is complete, whether or not the rest has arrived.
+pub(crate) fn packet_len(buf: &[u8]) -> Option<usize> {
+    let mut len = 0usize;
+    for i in 0..4 {
+        let b = *buf.get(1 + i)?;
+        len |= usize::from(b & 0x7F) << (7 * i);
+        if b & 0x80 == 0 {
+            return Some(2 + i + len);
+        }
+    }
+    None
+}
+
+/// A bound on the length of a PUBLISH of `topic` and `payload` (at most five bytes of fixed
+/// header, and the packet id).
+pub(crate) fn publish_len(topic: &str, payload: &[u8]) -> usize {
+    5 + 2 + topic.len() + 2 + payload.len()
+}
+
 pub(crate) fn pid(n: u16) -> Option<Pid> {
     Pid::try_from(n).ok()
 }

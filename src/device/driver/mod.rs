@@ -25,13 +25,14 @@ use azsim_proto::sas::{self, Resource};
 use azsim_proto::secret::Secret;
 use azsim_proto::session::{GiveUpReason, SessionConfig};
 
+use super::buffer::{GrowingBuffer, RESTING};
 use super::diagnose::{self, Refusal};
 use super::net::{FailureSlot, SystemClock, TlsConnector};
 use super::output::Output;
 use super::template::Template;
 
 /// Largest packet either way: a D2C message may be 256 KB, plus its topic and header. The
-/// buffers are allocated at this size but only the pages a packet touches become resident.
+/// buffers rest at a kilobyte and grow to this for a large packet ([`GrowingBuffer`]).
 pub const MAX_PACKET: usize = 256 * 1024 + 4096;
 
 /// How the device proves who it is.
@@ -239,8 +240,10 @@ pub async fn run_with_tls(
         max_initial_attempts: cfg.max_initial_attempts,
         ..SessionConfig::default()
     };
-    let (mut rx, mut tx) = (vec![0u8; MAX_PACKET], vec![0u8; MAX_PACKET]);
-    let mut client = Client::with_storage(
+    // A kilobyte each way, growing for a large packet up to the 256 KB limit.
+    let mut rx = GrowingBuffer::new(RESTING, MAX_PACKET);
+    let mut tx = GrowingBuffer::new(RESTING, MAX_PACKET);
+    let mut client = Client::with_buffers(
         azsim_mqtt::Identity {
             host: &cfg.hub_host,
             device_id: &cfg.device_id,

@@ -25,7 +25,11 @@ impl<S: Sensor, Q: Storage> Core<'_, S, Q> {
     /// CONNECT with a freshly signed token, in `tx`. The token lives on this stack frame only
     /// and the driver wipes `tx` once it is written.
     #[inline(never)]
-    pub(super) fn encode_connect(&self, params: ConnectParams, tx: &mut [u8]) -> Option<usize> {
+    pub(super) fn encode_connect<T: Buffer + ?Sized>(
+        &self,
+        params: ConnectParams,
+        tx: &mut T,
+    ) -> Option<usize> {
         let id = &self.identity;
         // One size for all three, so that one `Sink` is compiled.
         let mut client_id: String<TOKEN_LEN> = String::new();
@@ -62,13 +66,15 @@ impl<S: Sensor, Q: Storage> Core<'_, S, Q> {
             (_, _, Credential::Token(t)) => Some(t.expose().as_bytes()),
             (_, _, Credential::Key(_) | Credential::PolicyKey { .. }) => None,
         };
+        // Fixed header, protocol name, level, flags and keep-alive, and three length prefixes.
+        tx.reserve(21 + client_id.len() + user.len() + password.map_or(0, <[u8]>::len));
         wire::encode_connect(
             &client_id,
             &user,
             password,
             params.keep_alive,
             params.clean_session,
-            tx,
+            tx.slice(),
         )
     }
 

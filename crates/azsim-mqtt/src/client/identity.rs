@@ -69,12 +69,15 @@ impl fmt::Display for ClientError {
             Self::UsernameTooLong => f.write_str("mqtt username is too long"),
             Self::TokenTooLong => f.write_str("sas token is too long"),
             Self::BufferTooSmall => f.write_str("packet buffers must be at least 512 bytes"),
-            Self::Wildcard { module, wildcard } => write!(
-                f,
-                "{} contains '{wildcard}', which MQTT topics cannot carry; IoT Hub accepts it, \
-                 but only over HTTPS/AMQP",
-                if *module { "module id" } else { "device id" }
-            ),
+            Self::Wildcard { module, wildcard } => {
+                f.write_str(if *module { "module id" } else { "device id" })?;
+                f.write_str(" contains '")?;
+                fmt::Write::write_char(f, *wildcard)?;
+                f.write_str(
+                    "', which MQTT topics cannot carry; IoT Hub accepts it, but only over \
+                     HTTPS/AMQP",
+                )
+            }
         }
     }
 }
@@ -83,7 +86,7 @@ impl core::error::Error for ClientError {}
 
 /// The first MQTT wildcard (`+` or `#`) in the ids, if any: device id first.
 pub(super) fn wildcard(id: &Identity<'_>) -> Option<ClientError> {
-    let find = |s: &str| s.chars().find(|c| matches!(c, '+' | '#'));
+    let find = |s: &str| s.bytes().find(|b| matches!(b, b'+' | b'#')).map(char::from);
     if let Some(wildcard) = find(id.device_id) {
         return Some(ClientError::Wildcard {
             module: false,

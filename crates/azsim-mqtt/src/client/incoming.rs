@@ -32,11 +32,11 @@ impl<S: Sensor, Q: Storage> Core<'_, S, Q> {
     /// One incoming packet; `Ok(Some(n))` when an answer sits in `tx[..n]`, `Err` when the
     /// connection is over.
     #[inline(never)]
-    pub(super) fn on_packet<A: App>(
+    pub(super) fn on_packet<A: App, T: Buffer + ?Sized>(
         &mut self,
         now: u64,
         packet: &[u8],
-        tx: &mut [u8],
+        tx: &mut T,
         app: &mut A,
     ) -> Result<Option<usize>, DisconnectReason> {
         let incoming = wire::decode(packet);
@@ -107,11 +107,11 @@ impl<S: Sensor, Q: Storage> Core<'_, S, Q> {
     /// One session event: note it, keep the in-flight table straight, let the behaviour (or
     /// the application's canned answer) react; the length of its answer in `tx`, if it has one
     /// and it fits.
-    pub(super) fn on_event<A: App>(
+    pub(super) fn on_event<A: App, T: Buffer + ?Sized>(
         &mut self,
         now: u64,
         ev: Event<'_>,
-        tx: &mut [u8],
+        tx: &mut T,
         app: &mut A,
     ) -> Option<usize> {
         match ev {

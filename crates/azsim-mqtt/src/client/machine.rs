@@ -173,11 +173,11 @@ impl<S: Sensor, Q: Storage> Core<'_, S, Q> {
     }
 
     /// Everything the loop decides for `now`: it runs until there is I/O to perform.
-    pub(super) fn step<A: App>(
+    pub(super) fn step<A: App, T: Buffer + ?Sized>(
         &mut self,
         now: u64,
         rx: &mut [u8],
-        tx: &mut [u8],
+        tx: &mut T,
         app: &mut A,
     ) -> Step {
         if !self.stopping && app.stop_requested() {
@@ -236,14 +236,14 @@ impl<S: Sensor, Q: Storage> Core<'_, S, Q> {
                     // Offline these encode nothing.
                     if let Some(pid) = self.puback.take()
                         && let Some(n) =
-                            self.encode(now, wire::encode_bare(wire::Bare::Puback(pid), tx))
+                            self.encode(now, wire::encode_bare(wire::Bare::Puback(pid), tx.slice()))
                     {
                         return Step::Write(n);
                     }
                     self.tick(now, app);
                     if self.ping_due(now)
                         && let Some(n) =
-                            self.encode(now, wire::encode_bare(wire::Bare::Pingreq, tx))
+                            self.encode(now, wire::encode_bare(wire::Bare::Pingreq, tx.slice()))
                     {
                         self.ping_deadline = Some(now + self.ping_interval().max(MIN_PING_WAIT_MS));
                         return Step::Write(n);

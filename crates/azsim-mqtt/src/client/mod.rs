@@ -14,6 +14,7 @@
 //! adds state, so there is one of each.
 
 mod app;
+mod buffer;
 mod connect;
 mod identity;
 mod incoming;
@@ -25,6 +26,7 @@ mod storage;
 mod tests;
 
 pub use app::{App, Clock, Connector, Note, Observer};
+pub use buffer::Buffer;
 pub use identity::{ClientError, Credential, Identity};
 pub use storage::{FixedBody, FixedQueue, Message, Storage};
 
@@ -58,15 +60,16 @@ pub const QUEUE_LEN: usize = 16;
 /// `$.ct` of every telemetry message unless [`App::content_type`] says otherwise.
 pub const TELEMETRY_CONTENT_TYPE: &str = "application/json";
 
-/// The MQTT client loop around a [`Session`] and a [`Device`], keeping queued telemetry in `Q`.
+/// The MQTT client loop around a [`Session`] and a [`Device`], keeping queued telemetry in `Q`
+/// and packets in `B`s (fixed slices unless [`Client::with_buffers`] says otherwise).
 #[repr(C)]
-pub struct Client<'b, S, Q: Storage = FixedQueue> {
-    rx: &'b mut [u8],
-    tx: &'b mut [u8],
+pub struct Client<'b, S, Q: Storage = FixedQueue, B: Buffer + ?Sized = [u8]> {
+    rx: &'b mut B,
+    tx: &'b mut B,
     core: Core<'b, S, Q>,
 }
 
-impl<S, Q: Storage> fmt::Debug for Client<'_, S, Q> {
+impl<S, Q: Storage, B: Buffer + ?Sized> fmt::Debug for Client<'_, S, Q, B> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Client")
             .field("device_id", &self.core.identity.device_id)
@@ -117,19 +120,42 @@ impl<'b, S: Sensor, Q: Storage> Client<'b, S, Q> {
     ///
     /// # Errors
     /// [`ClientError`] for an unusable id or key, or buffers too small.
-    #[inline(never)]
     #[allow(clippy::too_many_arguments)]
     pub fn with_storage(
         identity: Identity<'b>,
         credential: Credential<'b>,
         device: Device<S>,
-        mut config: SessionConfig,
+        config: SessionConfig,
         seed: u64,
         rx: &'b mut [u8],
         tx: &'b mut [u8],
         queue: Q,
     ) -> Result<Self, ClientError> {
-        if rx.len() < 512 || tx.len() < 512 {
+        Client::with_buffers(identity, credential, device, config, seed, rx, tx, queue)
+    }
+}
+
+impl<'b, S: Sensor, Q: Storage, B: Buffer + ?Sized> Client<'b, S, Q, B> {
+    /// [`Client::with_storage`] with packet buffers of the caller's type: ones that grow on
+    /// demand ([`Buffer::reserve`]) let thousands of devices in one process start at a
+    /// kilobyte each and still take a 256 KB message. Each must be at least 512 bytes long at
+    /// the start.
+    ///
+    /// # Errors
+    /// [`ClientError`] for an unusable id or key, or buffers too small.
+    #[inline(never)]
+    #[allow(clippy::too_many_arguments)]
+    pub fn with_buffers(
+        identity: Identity<'b>,
+        credential: Credential<'b>,
+        device: Device<S>,
+        mut config: SessionConfig,
+        seed: u64,
+        rx: &'b mut B,
+        tx: &'b mut B,
+        queue: Q,
+    ) -> Result<Self, ClientError> {
+        if rx.slice().len() < 512 || tx.slice().len() < 512 {
             return Err(ClientError::BufferTooSmall);
         }
         let session_id = match identity.module_id {

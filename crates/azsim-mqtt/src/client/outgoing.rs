@@ -7,7 +7,12 @@ impl<S: Sensor, Q: Storage> Core<'_, S, Q> {
     /// packet to send or a connection to open or the session stops; `None` when nothing
     /// more is to be done now. Offline, packets are dropped (the session asks for them again
     /// on the next connection).
-    pub(super) fn pump<A: App>(&mut self, now: u64, tx: &mut [u8], app: &mut A) -> Option<Step> {
+    pub(super) fn pump<A: App, T: Buffer + ?Sized>(
+        &mut self,
+        now: u64,
+        tx: &mut T,
+        app: &mut A,
+    ) -> Option<Step> {
         loop {
             let mut abuf = [0u8; ACTION_BUFFER_LEN];
             if let Some(action) = self.session.poll_action(&mut abuf) {
@@ -38,12 +43,14 @@ impl<S: Sensor, Q: Storage> Core<'_, S, Q> {
                         } else {
                             self.sub_pid + 1
                         };
-                        let n = wire::encode_subscribe(self.sub_pid, filter, qos, tx);
+                        let n = wire::encode_subscribe(self.sub_pid, filter, qos, tx.slice());
                         self.encode(now, n)
                     }
                     Action::Publish(p) => publish(self.phase, &mut self.last_tx, now, &p, tx, app),
                     Action::Disconnect { .. } => {
-                        match self.encode(now, wire::encode_bare(wire::Bare::Disconnect, tx)) {
+                        match self
+                            .encode(now, wire::encode_bare(wire::Bare::Disconnect, tx.slice()))
+                        {
                             // The session hears of the disconnect once the hub has closed.
                             Some(n) => {
                                 self.phase = Phase::Closing(now + CLOSE_WAIT_MS);
@@ -122,10 +129,10 @@ impl<S: Sensor, Q: Storage> Core<'_, S, Q> {
     /// The next telemetry message while the session has room: first what a lost connection
     /// left unacknowledged (oldest first, as the same PUBLISH with DUP=1 when it had gone
     /// out), then the queue.
-    pub(super) fn send_telemetry<A: App>(
+    pub(super) fn send_telemetry<A: App, T: Buffer + ?Sized>(
         &mut self,
         now: u64,
-        tx: &mut [u8],
+        tx: &mut T,
         app: &mut A,
     ) -> Option<usize> {
         if self.session.telemetry_window() == 0 {
@@ -186,7 +193,8 @@ impl<S: Sensor, Q: Storage> Core<'_, S, Q> {
         m.pkid = p.pkid;
         let dup = m.wire != 0;
         let qospid = QosPid::AtLeastOnce(wire::pid(id)?);
-        let Some(n) = wire::encode_publish(p.topic, p.payload, qospid, dup, tx) else {
+        tx.reserve(wire::publish_len(p.topic, p.payload));
+        let Some(n) = wire::encode_publish(p.topic, p.payload, qospid, dup, tx.slice()) else {
             // The session counts it in flight; the ack never comes, so the message is sent
             // again after the next reconnect like any other unacknowledged one.
             app.note(Note::NotSent { topic: p.topic });
@@ -208,12 +216,12 @@ impl<S: Sensor, Q: Storage> Core<'_, S, Q> {
 /// A session or behaviour publish, with the QoS and packet id the session chose, encoded
 /// into `tx` when connected; noted when it does not fit or is a reported PATCH.
 #[inline(never)]
-pub(super) fn publish<O: Observer>(
+pub(super) fn publish<O: Observer, T: Buffer + ?Sized>(
     phase: Phase,
     last_tx: &mut u64,
     now: u64,
     p: &Publish<'_>,
-    tx: &mut [u8],
+    tx: &mut T,
     obs: &mut O,
 ) -> Option<usize> {
     if !matches!(phase, Phase::Up) {
@@ -223,7 +231,8 @@ pub(super) fn publish<O: Observer>(
         session::QoS::AtMostOnce => QosPid::AtMostOnce,
         session::QoS::AtLeastOnce => QosPid::AtLeastOnce(wire::pid(p.pkid)?),
     };
-    let Some(n) = wire::encode_publish(p.topic, p.payload, qospid, false, tx) else {
+    tx.reserve(wire::publish_len(p.topic, p.payload));
+    let Some(n) = wire::encode_publish(p.topic, p.payload, qospid, false, tx.slice()) else {
         obs.note(Note::NotSent { topic: p.topic });
         return None;
     };

@@ -2,7 +2,7 @@
 
 use super::*;
 
-impl<S: Sensor, Q: Storage> Client<'_, S, Q> {
+impl<S: Sensor, Q: Storage, B: Buffer + ?Sized> Client<'_, S, Q, B> {
     /// Runs the device: connects through `connector` when the session asks, reconnects after
     /// failures with backoff, renews the token, sends telemetry, answers methods and desired
     /// patches, and tells `app` what happens. Returns `Ok(())` when `app` asked to stop (after
@@ -74,24 +74,34 @@ impl<S: Sensor, Q: Storage> Client<'_, S, Q> {
     {
         loop {
             let now = clock.now();
-            let step = self.core.step(now, self.rx, self.tx, app);
+            let step = self.core.step(now, self.rx.slice(), self.tx, app);
             match step {
                 Step::Connect | Step::GiveUp(_) | Step::Closed => return step,
                 Step::Wait { read: false, .. } if conn.is_some() => return step,
                 Step::Write(n) => {
-                    let bytes = self.tx.get_mut(..n).unwrap_or_default();
+                    let bytes = self.tx.slice().get_mut(..n).unwrap_or_default();
                     let ok = match conn.as_deref_mut() {
                         Some(c) => c.write_all(bytes).await.is_ok() && c.flush().await.is_ok(),
                         None => false,
                     };
                     // Nothing sent stays behind: CONNECT carried the token.
                     bytes.fill(0);
+                    if B::GROWS {
+                        self.tx.relax();
+                    }
                     if !ok {
                         self.core.failed(clock.now(), DisconnectReason::Lost, app);
                     }
                 }
                 Step::Wait { until, .. } => {
-                    let free = self.rx.get_mut(self.core.rx_len..).unwrap_or_default();
+                    if B::GROWS && self.core.rx_len == 0 {
+                        self.rx.relax();
+                    }
+                    let free = self
+                        .rx
+                        .slice()
+                        .get_mut(self.core.rx_len..)
+                        .unwrap_or_default();
                     let stopping = self.core.stopping;
                     let got = {
                         // Without a stream only the timer (or a stop) can finish.
@@ -115,7 +125,19 @@ impl<S: Sensor, Q: Storage> Client<'_, S, Q> {
                         .await
                     };
                     match got {
-                        Waited::Read(Some(n)) => self.core.rx_len += n,
+                        Waited::Read(Some(n)) => {
+                            self.core.rx_len += n;
+                            // A packet longer than the buffer: room for all of it, if the
+                            // buffer can grow (the core names it too large if not).
+                            let rx = self.rx.slice();
+                            if B::GROWS
+                                && let Some(total) =
+                                    wire::packet_len(rx.get(..self.core.rx_len).unwrap_or_default())
+                                && total > rx.len()
+                            {
+                                self.rx.reserve(total);
+                            }
+                        }
                         Waited::Read(None) => {
                             self.core.failed(clock.now(), DisconnectReason::Lost, app);
                         }
