@@ -1,0 +1,243 @@
+//! Benchmark (prints numbers, asserts nothing): `azsim fleet` against `azsim hub`, each in its
+//! own process, on this machine.
+//!
+//! ```text
+//! cargo build --release --bins && target/release/azsim-bench-fleet [--devices 10000]
+//!     [--rate-devices 1000] [--seconds 15] [--azsim target/release/azsim]
+//! ```
+//!
+//! 1. Memory: a fleet of 1 device and a fleet of `--devices` (60 s interval, every device
+//!    connected over TLS and acknowledged once); resident memory per device is the difference
+//!    of the two fleets' `VmRSS` over the difference of their sizes.
+//! 2. CPU and throughput: a fleet of `--rate-devices` sending QoS 1 telemetry every second, then
+//!    every 100 ms; over `--seconds` once every device is acknowledged, the fleet process's CPU
+//!    time (`utime + stime` of `/proc/<pid>/stat`) per 1,000 acknowledged messages, and the
+//!    acknowledged messages per second.
+//!
+//! The hub runs `--in-memory` (no SQLite I/O). Each device needs a socket in the fleet and one
+//! in the hub: both raise their open-files soft limit; the hard limit must allow it.
+
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+use tokio::io::{AsyncBufReadExt, BufReader, Lines};
+use tokio::process::{Child, ChildStdout};
+
+fn arg(name: &str) -> Option<String> {
+    let mut it = std::env::args().skip(1);
+    while let Some(a) = it.next() {
+        if a == name {
+            return it.next();
+        }
+    }
+    None
+}
+
+fn status_kib(pid: u32, field: &str) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with(field))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|v| v.parse().ok())
+        })
+        .unwrap_or(0)
+}
+
+/// User + system CPU seconds of `pid`.
+fn cpu_secs(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // Fields after the command name (which may hold spaces) start after the last ')'.
+    let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let ticks = |i: usize| f.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+    // utime and stime are fields 14 and 15 (1-based), 12 and 13 after the ')'.
+    (ticks(11) + ticks(12)) / 100.0
+}
+
+fn raise_nofile() {
+    use rustix::process::{Resource, Rlimit, getrlimit, setrlimit};
+    let lim = getrlimit(Resource::Nofile);
+    let _ = setrlimit(
+        Resource::Nofile,
+        Rlimit {
+            current: lim.maximum,
+            maximum: lim.maximum,
+        },
+    );
+}
+
+struct Fleet {
+    child: Child,
+    lines: Lines<BufReader<ChildStdout>>,
+    pid: u32,
+}
+
+impl Fleet {
+    fn start(azsim: &Path, state: &Path, devices: usize, interval: &str) -> Fleet {
+        let mut child = tokio::process::Command::new(azsim)
+            .args([
+                "fleet",
+                "--json",
+                "--stats-every",
+                "500ms",
+                "--prefix",
+                "bench-",
+            ])
+            .args(["--devices", &devices.to_string(), "--interval", interval])
+            .args(["--connect-rate", "2000", "--max-queue", "10"])
+            .arg("--state")
+            .arg(state)
+            .env_remove("AZSIM_FLEET_HUB_CONNECTION_STRING")
+            .env_remove("JOB_COMPLETION_INDEX")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("azsim fleet starts");
+        let pid = child.id().unwrap_or(0);
+        let lines = BufReader::new(child.stdout.take().expect("stdout")).lines();
+        Fleet { child, lines, pid }
+    }
+
+    /// The next `stats` line that `pred` accepts.
+    async fn stats_until(&mut self, what: &str, pred: impl Fn(&Value) -> bool) -> Value {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(600);
+        loop {
+            let line = tokio::time::timeout_at(deadline, self.lines.next_line())
+                .await
+                .unwrap_or_else(|_| panic!("no {what} within 600 s"))
+                .expect("read")
+                .unwrap_or_else(|| panic!("the fleet ended before {what}"));
+            let v: Value = serde_json::from_str(&line).unwrap_or_default();
+            if v["event"] == "stats" && pred(&v) {
+                return v;
+            }
+        }
+    }
+
+    async fn stop(mut self) {
+        let _ = std::process::Command::new("kill")
+            .args(["-TERM", &self.pid.to_string()])
+            .status();
+        let _ = tokio::time::timeout(Duration::from_secs(60), self.child.wait()).await;
+    }
+}
+
+/// Resident memory of a fleet of `n` with every device connected and acknowledged, after one
+/// more second.
+async fn fleet_rss(azsim: &Path, state: &Path, n: usize) -> (u64, f64) {
+    let began = Instant::now();
+    let mut f = Fleet::start(azsim, state, n, "60s");
+    let n64 = n as u64;
+    f.stats_until("every device acknowledged", |v| {
+        v["devices_acked"].as_u64() == Some(n64) && v["connected"].as_u64() == Some(n64)
+    })
+    .await;
+    let ready = began.elapsed().as_secs_f64();
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let rss = status_kib(f.pid, "VmRSS:");
+    f.stop().await;
+    (rss, ready)
+}
+
+/// CPU seconds per 1,000 acknowledged messages and messages per second, for `n` devices at
+/// `interval`, measured over `secs` once every device is acknowledged.
+async fn fleet_rate(azsim: &Path, state: &Path, n: usize, interval: &str, secs: u64) -> (f64, f64) {
+    let mut f = Fleet::start(azsim, state, n, interval);
+    let n64 = n as u64;
+    let first = f
+        .stats_until("every device acknowledged", |v| {
+            v["devices_acked"].as_u64() == Some(n64)
+        })
+        .await;
+    let (cpu0, t0, acked0) = (
+        cpu_secs(f.pid),
+        Instant::now(),
+        first["acked"].as_u64().unwrap_or(0),
+    );
+    let last = loop {
+        let v = f.stats_until("stats", |_| true).await;
+        if t0.elapsed() >= Duration::from_secs(secs) {
+            break v;
+        }
+    };
+    let (cpu1, dt) = (cpu_secs(f.pid), t0.elapsed().as_secs_f64());
+    let acked = last["acked"].as_u64().unwrap_or(0).saturating_sub(acked0) as f64;
+    f.stop().await;
+    ((cpu1 - cpu0) / (acked / 1000.0), acked / dt)
+}
+
+#[tokio::main]
+async fn main() {
+    raise_nofile();
+    let devices: usize = arg("--devices")
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(10_000);
+    let rate_devices: usize = arg("--rate-devices")
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(1000);
+    let secs: u64 = arg("--seconds").and_then(|v| v.parse().ok()).unwrap_or(15);
+    let exe_dir = std::env::current_exe()
+        .ok()
+        .and_then(|p| p.parent().map(Path::to_path_buf))
+        .unwrap_or_default();
+    let azsim = arg("--azsim").map_or_else(|| exe_dir.join("azsim"), PathBuf::from);
+    let tmp = std::env::temp_dir().join(format!("azsim-bench-fleet-{}", std::process::id()));
+    let state = tmp.join("hub");
+    std::fs::create_dir_all(&tmp).expect("tmp dir");
+    let mut hub = tokio::process::Command::new(&azsim)
+        .args([
+            "hub",
+            "--in-memory",
+            "--mqtt-port",
+            "0",
+            "--https-port",
+            "0",
+        ])
+        .arg("--state")
+        .arg(&state)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("azsim hub starts");
+    let hub_pid = hub.id().unwrap_or(0);
+    let started = Instant::now();
+    while !azsim_emulator::HubInfo::load(&state).is_ok_and(|i| i.pid == hub_pid) {
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "hub did not start"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    println!(
+        "azsim-bench-fleet: {} build, {} CPUs, azsim hub --in-memory in its own process",
+        if cfg!(debug_assertions) {
+            "debug"
+        } else {
+            "release"
+        },
+        std::thread::available_parallelism().map_or(0, |n| n.get())
+    );
+
+    let (rss1, _) = fleet_rss(&azsim, &state, 1).await;
+    let (rss_n, ready) = fleet_rss(&azsim, &state, devices).await;
+    let per = (rss_n.saturating_sub(rss1)) as f64 / (devices - 1) as f64;
+    println!(
+        "memory: fleet of 1 VmRSS {rss1} KiB; fleet of {devices} (all connected over TLS and acknowledged after {ready:.1} s) VmRSS {rss_n} KiB: {per:.1} KiB per device; hub VmRSS {} KiB",
+        status_kib(hub_pid, "VmRSS:")
+    );
+    for interval in ["1s", "100ms"] {
+        let (cpu_per_k, rate) = fleet_rate(&azsim, &state, rate_devices, interval, secs).await;
+        println!(
+            "{rate_devices} devices every {interval}: {rate:.0} msgs/s acknowledged, fleet CPU {cpu_per_k:.3} CPU-s per 1,000 QoS 1 messages ({:.0} messages per CPU-second)",
+            1000.0 / cpu_per_k
+        );
+    }
+    let _ = hub.kill().await;
+    let _ = std::fs::remove_dir_all(&tmp);
+}
