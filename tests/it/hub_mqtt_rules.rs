@@ -460,3 +460,118 @@ async fn token_expiry_follows_the_hub_clock_not_the_system_clock() {
     assert_eq!(code, ConnectReturnCode::NotAuthorized);
     hub.stop().await;
 }
+
+/// Device and module ids with `+` or `#`, which IoT Hub's registry accepts but MQTT 3.1.1 forbids
+/// inside topic names and filter levels (see the hub's `mqtt` module docs): the identity
+/// connects and its twin works (`$iothub/` topics carry no id), but its telemetry PUBLISH and its
+/// C2D SUBSCRIBE are malformed MQTT and close the connection, storing nothing.
+#[tokio::test]
+async fn an_id_with_a_wildcard_connects_and_uses_its_twin_but_its_telemetry_and_c2d_topics_close_the_connection()
+ {
+    let hub = TestHub::start().await;
+    for (id, path) in [("dev+1", "dev%2B1"), ("dev#1", "dev%231")] {
+        let (status, v) = hub
+            .rest(
+                Method::PUT,
+                &format!("/devices/{path}"),
+                Some(json!({"deviceId": id})),
+            )
+            .await;
+        assert_eq!(status, 200, "{id}: {v}");
+        assert_eq!(v["deviceId"], id);
+        let key = v["authentication"]["symmetricKey"]["primaryKey"]
+            .as_str()
+            .unwrap()
+            .to_string();
+
+        let mut r = connected(&hub, id, &key).await;
+        r.send(Packet::Subscribe(Subscribe::new(
+            "$iothub/twin/res/#",
+            QoS::AtMostOnce,
+        )))
+        .await;
+        assert!(matches!(r.recv().await, Some(Packet::SubAck(_))), "{id}");
+        r.send(Packet::Publish(Publish::new(
+            "$iothub/twin/GET/?$rid=7",
+            QoS::AtMostOnce,
+            Vec::new(),
+        )))
+        .await;
+        match r.recv().await {
+            Some(Packet::Publish(p)) => assert!(
+                p.topic.starts_with("$iothub/twin/res/200/?$rid=7"),
+                "{id}: {}",
+                p.topic
+            ),
+            other => panic!("{id}: expected the twin, got {other:?}"),
+        }
+        let mut p = Publish::new(
+            format!("devices/{id}/messages/events/"),
+            QoS::AtLeastOnce,
+            b"x".to_vec(),
+        );
+        p.pkid = 1;
+        r.send(Packet::Publish(p)).await;
+        r.expect_closed().await;
+
+        let mut r = connected(&hub, id, &key).await;
+        r.send(Packet::Subscribe(Subscribe::new(
+            format!("devices/{id}/messages/devicebound/#"),
+            QoS::AtLeastOnce,
+        )))
+        .await;
+        r.expect_closed().await;
+
+        let (status, events) = hub
+            .rest(
+                Method::GET,
+                &format!("/emulator/events/recent?deviceId={path}"),
+                None,
+            )
+            .await;
+        assert_eq!(status, 200);
+        assert_eq!(events, json!([]), "{id}: telemetry stored");
+    }
+
+    // A module id with a wildcard: the same for its telemetry topic.
+    hub.create_device("plain").await;
+    let (status, v) = hub
+        .rest(
+            Method::PUT,
+            "/devices/plain/modules/m%2B1",
+            Some(json!({"deviceId": "plain", "moduleId": "m+1"})),
+        )
+        .await;
+    assert_eq!(status, 200, "{v}");
+    let mkey = v["authentication"]["symmetricKey"]["primaryKey"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let mut token = String::new();
+    azsim_proto::sas::sign(
+        &mut token,
+        &format!("{}/devices/plain/modules/m+1", hub.hostname),
+        &mkey,
+        now() + 3600,
+        None,
+    )
+    .unwrap();
+    let mut r = Raw::open(&hub).await;
+    let code = r
+        .connect_as(
+            "plain/m+1",
+            &format!("{}/plain/m+1/?api-version=2021-04-12", hub.hostname),
+            &token,
+        )
+        .await;
+    assert_eq!(code, ConnectReturnCode::Success);
+    let mut p = Publish::new(
+        "devices/plain/modules/m+1/messages/events/",
+        QoS::AtLeastOnce,
+        b"x".to_vec(),
+    );
+    p.pkid = 1;
+    r.send(Packet::Publish(p)).await;
+    r.expect_closed().await;
+    hub.stop().await;
+}

@@ -83,11 +83,12 @@ pub struct HubLimits {
     /// How many connections per listener (MQTT, HTTPS) may be open and not yet authenticated;
     /// beyond it a new connection is closed as soon as it is accepted.
     pub max_pre_auth_connections: usize,
-    /// HTTP/1.1: how long a client may take to send a request's headers (the first, or the next
-    /// on a kept-alive connection) before the connection is closed.
+    /// HTTP/1.1: how long a client may take to send a request's headers, the first or the
+    /// next on a kept-alive connection. hyper starts this clock while it waits for the next
+    /// request, so it also closes an HTTP/1.1 connection idle that long.
     pub http_header_timeout: Duration,
-    /// HTTPS: how long a connection may stay open with no request in progress (HTTP/1.1 and
-    /// HTTP/2) before it is closed.
+    /// HTTPS: how long a connection may stay open with no request in progress before it is
+    /// closed (what bounds an idle HTTP/2 connection, whose pings do not count as requests).
     pub http_idle_timeout: Duration,
 }
 

@@ -12,6 +12,19 @@
 //! client trickling a byte at a time gains nothing), a cap on the CONNECT's size
 //! (`pre_auth_max_bytes`), and a cap on how many such connections may be open at once
 //! (`max_pre_auth_connections`, see `listen.rs`).
+//!
+//! # Device and module ids with `+` or `#`
+//!
+//! IoT Hub's registry accepts `+` and `#` in device and module ids, but MQTT 3.1.1 forbids
+//! both in a topic name (MQTT-3.3.2-2) and allows them in a filter only as a whole level (`+`)
+//! or the whole last level (`#`, 4.7.1). Every topic that carries the id (the
+//! telemetry topic, the C2D and module-input filters) is then malformed MQTT: the hub closes
+//! the connection on such a PUBLISH or SUBSCRIBE, as it does for any topic or filter it does not
+//! accept (clients refuse to send them anyway: paho says "Publish topic cannot contain
+//! wildcards", MicrosoftDocs/azure-docs#16302, Azure/azure-iot-sdk-python#953), and ignores a
+//! will on such a topic. Such a device still connects (the client id and username may hold
+//! any character) and can use twins and direct methods, whose `$iothub/` topics carry no id,
+//! and receive C2D over HTTPS; it cannot send telemetry or receive C2D over MQTT.
 
 use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
@@ -119,6 +132,28 @@ async fn open(
 
 pub(super) type Stream = TlsStream<TcpStream>;
 
+/// A PUBLISH topic name MQTT 3.1.1 allows (no `+`, no `#`), by the codec's own rule. See the
+/// module docs on ids with wildcards.
+pub(super) fn is_valid_topic_name(topic: &str) -> bool {
+    rumqttc::mqttbytes::valid_topic(topic)
+}
+
+/// A SUBSCRIBE filter MQTT 3.1.1 allows (`+` a whole level, `#` the whole last level), by the
+/// codec's own rule. See the module docs on ids with wildcards.
+pub(super) fn is_valid_filter(filter: &str) -> bool {
+    rumqttc::mqttbytes::valid_filter(filter)
+}
+
+/// Whether a will may be sent on `topic`: a valid topic name that is this identity's telemetry
+/// topic.
+fn is_own_telemetry_topic(topic: &str, id: TopicId<'_>) -> bool {
+    is_valid_topic_name(topic)
+        && matches!(
+            topic::parse_device_publish(topic, id),
+            Ok(DeviceTopic::Telemetry { .. })
+        )
+}
+
 pub(super) async fn write_packet(stream: &mut Stream, p: Packet) -> std::io::Result<()> {
     let mut out = BytesMut::new();
     p.write(&mut out, usize::MAX)
@@ -172,7 +207,7 @@ async fn connection(hub: Arc<Hub>, opened: Opened, peer: SocketAddr) {
         module_id: authed.module.as_deref(),
     };
     let will = connect.last_will.clone().filter(|w| {
-        let ok = matches!(topic::parse_device_publish(&w.topic, id), Ok(DeviceTopic::Telemetry { .. }));
+        let ok = is_own_telemetry_topic(&w.topic, id);
         if !ok {
             tracing::info!(client_id = %Untrusted(&connect.client_id), "will ignored: its topic is not this identity's telemetry topic");
         }
@@ -334,5 +369,51 @@ async fn connection(hub: Arc<Hub>, opened: Opened, peer: SocketAddr) {
     }
     if let (Close::Ungraceful(_), Some(w)) = (&close, will) {
         conn.ingest_will(w).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_will_goes_only_to_a_valid_topic_name_of_the_identity_s_telemetry() {
+        let plain = TopicId {
+            device_id: "d1",
+            module_id: None,
+        };
+        assert!(is_own_telemetry_topic("devices/d1/messages/events/", plain));
+        assert!(is_own_telemetry_topic(
+            "devices/d1/messages/events/a=1",
+            plain
+        ));
+        assert!(!is_own_telemetry_topic(
+            "devices/d2/messages/events/",
+            plain
+        ));
+        assert!(!is_own_telemetry_topic("$iothub/twin/GET/?$rid=1", plain));
+        for (device_id, module_id, topic) in [
+            ("d+1", None, "devices/d+1/messages/events/"),
+            ("d#1", None, "devices/d#1/messages/events/"),
+            ("d1", Some("m+"), "devices/d1/modules/m+/messages/events/"),
+        ] {
+            let id = TopicId {
+                device_id,
+                module_id,
+            };
+            assert!(!is_own_telemetry_topic(topic, id), "{topic}");
+        }
+    }
+
+    #[test]
+    fn wildcards_inside_a_level_make_a_filter_invalid_and_any_make_a_topic_name_invalid() {
+        assert!(is_valid_filter("devices/d1/messages/devicebound/#"));
+        assert!(is_valid_filter("$iothub/methods/POST/#"));
+        assert!(is_valid_filter("devices/+/messages/devicebound/#"));
+        assert!(!is_valid_filter("devices/d+1/messages/devicebound/#"));
+        assert!(!is_valid_filter("devices/d#1/messages/devicebound/#"));
+        assert!(is_valid_topic_name("devices/d1/messages/events/a=1"));
+        assert!(!is_valid_topic_name("devices/d+1/messages/events/"));
+        assert!(!is_valid_topic_name("devices/d#1/messages/events/"));
     }
 }

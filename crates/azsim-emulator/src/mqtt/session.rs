@@ -106,6 +106,12 @@ impl Conn {
                 let mut codes = Vec::with_capacity(s.filters.len());
                 let mut wake = false;
                 for f in &s.filters {
+                    if !super::is_valid_filter(&f.path) {
+                        return Some(Close::Ungraceful(format!(
+                            "SUBSCRIBE to '{}': not a valid MQTT 3.1.1 filter (a wildcard inside a level: an id with + or #?)",
+                            Untrusted(&f.path)
+                        )));
+                    }
                     let kind = match topic::classify_subscription(&f.path, self.topic_id()) {
                         Ok(k) => k,
                         Err(e) => {
@@ -190,6 +196,12 @@ impl Conn {
         self.activity.touch(self.hub.now_us());
         if p.qos == QoS::ExactlyOnce {
             return Some(Close::Ungraceful("QoS 2 PUBLISH is not supported".into()));
+        }
+        if !super::is_valid_topic_name(&p.topic) {
+            return Some(Close::Ungraceful(format!(
+                "PUBLISH to '{}': a topic name with a wildcard is not valid MQTT 3.1.1 (an id with + or #?)",
+                Untrusted(&p.topic)
+            )));
         }
         let parsed = match topic::parse_device_publish(&p.topic, self.topic_id()) {
             Ok(t) => t,
