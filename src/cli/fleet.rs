@@ -109,6 +109,10 @@ pub struct FleetArgs {
     /// Period of the stats lines.
     #[arg(long, value_name = "DURATION", default_value = "5s")]
     pub stats_every: String,
+    /// Print an `acked` event (device id, `$.mid`) for every acknowledged message, to check
+    /// delivery message by message (small fleets).
+    #[arg(long)]
+    pub print_acks: bool,
     /// Serve Prometheus metrics at http://ADDR/metrics.
     #[arg(long, value_name = "ADDR")]
     pub metrics_addr: Option<String>,
@@ -380,6 +384,7 @@ impl FleetArgs {
             max_queue: self.max_queue,
             seed,
             json: self.json,
+            print_acks: self.print_acks,
             stats_every,
             metrics_addr,
         })

@@ -80,6 +80,8 @@ pub struct Common {
     pub max_in_flight: usize,
     /// Seed of the simulated sensors.
     pub seed: u64,
+    /// An `acked` event per acknowledged message.
+    pub print_acks: bool,
     /// First and longest wait before a device that gave up is started again.
     pub restart_backoff: (Duration, Duration),
 }
@@ -358,8 +360,16 @@ impl Observer for FleetApp<'_> {
                     }
                 }
             }
-            Note::TelemetryAcked { seq, .. } => {
+            Note::TelemetryAcked { seq, message_id } => {
                 stats.acked.fetch_add(1, Ordering::Relaxed);
+                if self.common.print_acks {
+                    let id = &self.spec.device_id;
+                    self.emit(
+                        "acked",
+                        json!({"seq": seq, "message_id": message_id}),
+                        || format!("{id}: #{seq} acknowledged ({message_id})"),
+                    );
+                }
                 if let Some(i) = self.sent_at.iter().position(|(s, _)| *s == seq) {
                     let (_, t) = self.sent_at.remove(i).unwrap_or((seq, Instant::now()));
                     stats.latency.record(t.elapsed());

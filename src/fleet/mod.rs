@@ -121,6 +121,8 @@ pub struct FleetConfig {
     pub seed: u64,
     /// NDJSON output.
     pub json: bool,
+    /// An `acked` event per acknowledged message.
+    pub print_acks: bool,
     /// Stats line period.
     pub stats_every: Duration,
     /// Prometheus endpoint.
@@ -284,6 +286,7 @@ pub async fn run(
         max_queue: cfg.max_queue,
         max_in_flight: cfg.max_in_flight,
         seed: cfg.seed,
+        print_acks: cfg.print_acks,
         restart_backoff: (Duration::from_secs(1), Duration::from_secs(60)),
     });
     let (stop_tx, stop_rx) = watch::channel(false);

@@ -553,3 +553,137 @@ fn the_kubernetes_job_runs_one_shard_per_pod_with_memory_for_its_devices() {
         Err(e) => println!("skipped schema check: {python:?}: {e}"),
     }
 }
+
+/// `azsim hub` as its own process on `state` (ports 0: free ones; then the same again).
+fn hub_process(state: &std::path::Path, mqtt: u16, https: u16) -> std::process::Child {
+    std::process::Command::new(env!("CARGO_BIN_EXE_azsim"))
+        .args(["hub", "--mqtt-port", &mqtt.to_string()])
+        .args(["--https-port", &https.to_string()])
+        .arg("--state")
+        .arg(state)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("azsim hub starts")
+}
+
+/// The hub's record once the process `pid` wrote it.
+async fn hub_info(state: &std::path::Path, pid: u32) -> azsim_emulator::HubInfo {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        if let Ok(i) = azsim_emulator::HubInfo::load(state)
+            && i.pid == pid
+        {
+            return i;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "hub {pid} did not start"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[cfg(unix)]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_the_hub_is_killed_and_restarted_every_device_reconnects_and_no_acknowledged_message_is_lost()
+ {
+    let tmp = tempfile::tempdir().unwrap();
+    let state = tmp.path().join("hub");
+    let mut hub = hub_process(&state, 0, 0);
+    let info = hub_info(&state, hub.id()).await;
+    let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_azsim"));
+    cmd.args(["fleet", "--json", "--print-acks", "--devices", "20"])
+        .args(["--interval", "200ms", "--stats-every", "200ms", "--state"])
+        .arg(&state)
+        .env_remove("AZSIM_FLEET_HUB_CONNECTION_STRING")
+        .env_remove("JOB_COMPLETION_INDEX")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true);
+    let mut f = Fleet::spawn(cmd);
+    f.wait_for("every device acknowledged", 60, |v| {
+        v["event"] == "stats" && v["devices_acked"] == 20
+    })
+    .await;
+
+    // SIGKILL mid-stream, then the same ports again.
+    hub.kill().unwrap();
+    hub.wait().unwrap();
+    let mut hub = hub_process(&state, info.mqtt_port, info.https_port);
+    let info = hub_info(&state, hub.id()).await;
+    let back = f
+        .wait_for("every device back", 90, |v| {
+            v["event"] == "stats" && v["reconnects"].as_u64() >= Some(20) && v["connected"] == 20
+        })
+        .await;
+    let acked_then = back["acked"].as_u64().unwrap();
+    f.wait_for("more acknowledgements", 60, |v| {
+        v["event"] == "stats" && v["acked"].as_u64() >= Some(acked_then + 40)
+    })
+    .await;
+    f.terminate();
+    f.wait_for("the summary", 60, event("summary")).await;
+    assert_eq!(f.exit_code().await, 0);
+
+    // Every $.mid the fleet saw acknowledged is in the hub's telemetry log.
+    let mut acked: std::collections::BTreeMap<String, Vec<String>> = Default::default();
+    for v in f.seen.iter().filter(|v| v["event"] == "acked") {
+        acked
+            .entry(v["device_id"].as_str().unwrap().to_owned())
+            .or_default()
+            .push(v["message_id"].as_str().unwrap().to_owned());
+    }
+    assert_eq!(acked.len(), 20);
+    let tls = azsim::tls::client_config(Some(&info.ca_file)).unwrap();
+    let http = reqwest::Client::builder()
+        .use_preconfigured_tls((*tls).clone())
+        .build()
+        .unwrap();
+    let key = info
+        .service_connection_string
+        .split(';')
+        .find_map(|p| p.strip_prefix("SharedAccessKey="))
+        .unwrap();
+    let mut token = String::new();
+    azsim_proto::sas::sign(
+        &mut token,
+        &format!("{}:{}", info.hostname, info.https_port),
+        key,
+        azsim_emulator::clock::unix_now() + 600,
+        Some("iothubowner"),
+    )
+    .unwrap();
+    for (device, mids) in &acked {
+        let url = format!(
+            "https://{}:{}/emulator/events/recent?deviceId={device}&limit=10000&api-version=2021-04-12",
+            info.hostname, info.https_port
+        );
+        let stored: Value = http
+            .get(url)
+            .header("Authorization", &token)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        let stored: BTreeSet<&str> = stored
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter_map(|e| e["systemProperties"]["message-id"].as_str())
+            .collect();
+        let lost: Vec<&String> = mids
+            .iter()
+            .filter(|m| !stored.contains(m.as_str()))
+            .collect();
+        assert!(
+            lost.is_empty(),
+            "{device}: acknowledged but not stored: {lost:?}"
+        );
+    }
+    hub.kill().unwrap();
+    hub.wait().unwrap();
+}
