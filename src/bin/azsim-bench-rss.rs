@@ -247,6 +247,7 @@ async fn main() -> Result<(), String> {
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let began = Instant::now();
     let mut tasks = Vec::new();
+    let mut task_bytes = 0;
     for (id, key) in keys.iter().skip(1) {
         let cfg = RunConfig {
             hub_host: info.hostname.clone(),
@@ -285,13 +286,17 @@ async fn main() -> Result<(), String> {
             let _ = rx.wait_for(|s| *s).await;
         };
         let tls = shared_tls.clone();
-        tasks.push(tokio::spawn(async move {
+        let task = async move {
             let _ = if tls_per_device {
                 driver::run(cfg, out, shutdown).await
             } else {
                 driver::run_with_tls(cfg, tls, out, shutdown).await
             };
-        }));
+        };
+        if tasks.is_empty() {
+            task_bytes = std::mem::size_of_val(&task);
+        }
+        tasks.push(tokio::spawn(task));
     }
     let deadline = Instant::now() + Duration::from_secs(300);
     while counts.devices_acked.load(Ordering::Relaxed) < devices && Instant::now() < deadline {
@@ -307,6 +312,9 @@ async fn main() -> Result<(), String> {
         "{devices} device loops in one process ({} TLS configuration{}): VmRSS {base} KiB before, {total} KiB with them (VmHWM {peak} KiB): {per_device:.1} KiB per device",
         if tls_per_device { "one" } else { "a shared" },
         if tls_per_device { " each" } else { "" },
+    );
+    println!(
+        "  each device's task future: {task_bytes} bytes (the rest is heap: TLS, buffers, tokio)"
     );
     println!(
         "  {} connected, {} with a message acknowledged after {:.1} s, {} messages acknowledged",

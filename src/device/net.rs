@@ -129,7 +129,9 @@ impl Connector for TlsConnector {
 
     async fn connect(&mut self) -> Result<TlsConn, DisconnectReason> {
         self.failure.clear();
-        match tokio::time::timeout(CONNECT_TIMEOUT, self.open()).await {
+        // Boxed: the TCP connect and TLS handshake futures live only while connecting, but
+        // inline they would size every device's task for its whole life.
+        match Box::pin(tokio::time::timeout(CONNECT_TIMEOUT, self.open())).await {
             Ok(Ok(conn)) => Ok(conn),
             Ok(Err((reason, text))) => {
                 self.failure.set(text);

@@ -270,7 +270,12 @@ pub async fn run_with_tls(
     let result = match ended {
         Ok(()) => Ok(host.totals),
         Err(GiveUpReason::Refused(code)) => Err(RunError::Refused(
-            diagnose::explain(&refusal(&cfg, token_expiry), &code.to_string()).await,
+            // Boxed: its HTTP requests would otherwise size every running device's future.
+            Box::pin(diagnose::explain(
+                &refusal(&cfg, token_expiry),
+                &code.to_string(),
+            ))
+            .await,
         )),
         Err(GiveUpReason::Exhausted(_)) => Err(RunError::GaveUp(
             host.last_failure
