@@ -10,9 +10,9 @@ use azsim_proto::secret::Secret;
 use azsim_proto::session::MAX_IN_FLIGHT;
 use clap::Args;
 
+use crate::device::template::Template;
 use crate::error::UsageError;
 use crate::fleet::device::DeviceSpec;
-use crate::fleet::template::FleetTemplate;
 use crate::fleet::{FleetConfig, Identities, Shard};
 use crate::service::target::{Target, TargetInputs};
 
@@ -270,7 +270,7 @@ impl FleetArgs {
                     })?,
                     None => p,
                 };
-                FleetTemplate::new(source.clone(), seed)
+                Template::for_fleet(source.clone(), seed)
                     .map_err(|e| UsageError::new("--payload", e))?;
                 Ok(source)
             })

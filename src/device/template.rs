@@ -2,11 +2,13 @@
 //!
 //! Variables, fresh for each message: `seq` (1, 2, ...), `now` (RFC 3339 UTC), `ts` (Unix
 //! seconds), `uuid` (a random UUID), `device_id`, `temperature` and `humidity` (the simulated
-//! sensor's reading). Functions: `randint(lo, hi)` (inclusive integer) and `uniform(lo, hi)`
-//! (float), drawing from `--seed` so a run is repeatable.
+//! sensor's reading), and in `azsim fleet` also `index` (the device's number in the fleet).
+//! Functions: `randint(lo, hi)` (inclusive integer) and `uniform(lo, hi)` (float), drawing from
+//! `--seed` so a run is repeatable. One compiled template serves every device of a fleet.
 
 use std::sync::{Arc, Mutex};
 
+use azsim_proto::json;
 use minijinja::{Environment, Error, ErrorKind, context};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
@@ -17,6 +19,8 @@ const NAME: &str = "payload";
 #[derive(Debug)]
 pub struct Template {
     env: Environment<'static>,
+    /// `index` is a variable (fleet templates); elsewhere using it is an error.
+    indexed: bool,
 }
 
 /// Per-message values a template can use.
@@ -26,18 +30,52 @@ pub struct TemplateVars<'a> {
     pub seq: u32,
     /// The device id.
     pub device_id: &'a str,
+    /// The device's index in a fleet (`None` for `azsim run`).
+    pub index: Option<u64>,
     /// Simulated temperature.
     pub temperature: f64,
     /// Simulated humidity.
     pub humidity: f64,
 }
 
+impl<'a> TemplateVars<'a> {
+    /// The variables for message `seq`, with the sensor values taken from the reference
+    /// device's reading (`{"temperature":..,"humidity":..,"seq":n}`; a missing one reads 0).
+    pub fn from_reading(seq: u32, device_id: &'a str, index: Option<u64>, reading: &str) -> Self {
+        let value = |k: &str| {
+            json::find(reading.as_bytes(), &[k])
+                .and_then(|v| std::str::from_utf8(v).ok())
+                .and_then(|v| v.parse::<f64>().ok())
+                .unwrap_or(0.0)
+        };
+        Self {
+            seq,
+            device_id,
+            index,
+            temperature: value("temperature"),
+            humidity: value("humidity"),
+        }
+    }
+}
+
 impl Template {
-    /// Compiles `source`, with random functions seeded by `seed`.
+    /// Compiles `source` for `azsim run`, with random functions seeded by `seed`.
     ///
     /// # Errors
     /// The template's syntax error (line and reason), or an unknown name used by it.
     pub fn new(source: String, seed: u64) -> Result<Self, String> {
+        Self::compile(source, seed, false)
+    }
+
+    /// Compiles `source` for `azsim fleet`: as [`Template::new`], plus the `index` variable.
+    ///
+    /// # Errors
+    /// As [`Template::new`].
+    pub fn for_fleet(source: String, seed: u64) -> Result<Self, String> {
+        Self::compile(source, seed, true)
+    }
+
+    fn compile(source: String, seed: u64, indexed: bool) -> Result<Self, String> {
         let mut env = Environment::new();
         env.set_undefined_behavior(minijinja::UndefinedBehavior::Strict);
         let rng = Arc::new(Mutex::new(StdRng::seed_from_u64(seed)));
@@ -63,12 +101,13 @@ impl Template {
         });
         env.add_template_owned(NAME, source)
             .map_err(|e| describe(&e))?;
-        let t = Self { env };
+        let t = Self { env, indexed };
         // Render once with sample values so an unknown variable is a usage error now, not a
         // failure at the first message.
         t.render(TemplateVars {
             seq: 1,
             device_id: "device",
+            index: Some(1),
             temperature: 22.0,
             humidity: 50.0,
         })?;
@@ -82,6 +121,11 @@ impl Template {
     pub fn render(&self, v: TemplateVars<'_>) -> Result<String, String> {
         let t = self.env.get_template(NAME).map_err(|e| describe(&e))?;
         let now = time::OffsetDateTime::now_utc();
+        let index = v.index.filter(|_| self.indexed);
+        let fleet = match index {
+            Some(index) => context! { index => index },
+            None => context! {},
+        };
         t.render(context! {
             seq => v.seq,
             now => now
@@ -92,6 +136,7 @@ impl Template {
             device_id => v.device_id,
             temperature => (v.temperature * 100.0).round() / 100.0,
             humidity => (v.humidity * 100.0).round() / 100.0,
+            ..fleet
         })
         .map_err(|e| describe(&e))
     }
@@ -114,6 +159,7 @@ mod tests {
         TemplateVars {
             seq,
             device_id: "dev-1",
+            index: None,
             temperature: 21.456,
             humidity: 40.0,
         }
@@ -154,5 +200,22 @@ mod tests {
         );
         assert!(Template::new("{{ nope }}".into(), 0).is_err());
         assert!(Template::new("{{ randint(5, 1) }}".into(), 0).is_err());
+    }
+
+    #[test]
+    fn fleet_templates_see_the_index_and_run_templates_do_not() {
+        let source = r#"{"d":"{{device_id}}","i":{{index}},"n":{{seq}}}"#;
+        let t = Template::for_fleet(source.into(), 1).unwrap();
+        let body = t
+            .render(TemplateVars {
+                seq: 3,
+                device_id: "sim-7",
+                index: Some(7),
+                temperature: 1.0,
+                humidity: 2.0,
+            })
+            .unwrap();
+        assert_eq!(body, r#"{"d":"sim-7","i":7,"n":3}"#);
+        assert!(Template::new(source.into(), 1).is_err());
     }
 }

@@ -14,17 +14,17 @@ use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use azsim_mqtt::{App, Client, Note, Observer};
-use azsim_proto::device::{Device, DeviceConfig, RandomWalk, json};
+use azsim_proto::device::{Device, DeviceConfig, RandomWalk};
 use azsim_proto::secret::Secret;
 use azsim_proto::session::{DisconnectReason, Event, GiveUpReason, SessionConfig};
 use serde_json::json;
 use tokio::sync::watch;
 
 use super::stats::Stats;
-use super::template::{FleetTemplate, Vars};
 use crate::device::driver::{Credential, HeapQueue};
 use crate::device::net::{FailureSlot, SystemClock, TlsConnector};
 use crate::device::output::{Output, body_value};
+use crate::device::template::{Template, TemplateVars};
 
 /// Receive buffer: a C2D message (64 KiB) or a method request plus its topic. Only the pages a
 /// packet touches become resident (see [`run_device`]'s mapping).
@@ -65,7 +65,7 @@ pub struct Common {
     /// Stop a device after this many acknowledged messages.
     pub count: Option<u64>,
     /// Body template.
-    pub payload: Option<FleetTemplate>,
+    pub payload: Option<Template>,
     /// Application properties.
     pub properties: Vec<(String, String)>,
     /// `$.ct`.
@@ -406,19 +406,12 @@ impl App for FleetApp<'_> {
         let Some(tpl) = &self.common.payload else {
             return Some(reading.as_bytes());
         };
-        let value = |k: &str| {
-            json::find(reading.as_bytes(), &[k])
-                .and_then(|v| std::str::from_utf8(v).ok())
-                .and_then(|v| v.parse::<f64>().ok())
-                .unwrap_or(0.0)
-        };
-        match tpl.render(Vars {
+        match tpl.render(TemplateVars::from_reading(
             seq,
-            device_id: &self.spec.device_id,
-            index: self.spec.index,
-            temperature: value("temperature"),
-            humidity: value("humidity"),
-        }) {
+            &self.spec.device_id,
+            Some(self.spec.index),
+            reading,
+        )) {
             Ok(body) => {
                 self.body = body;
                 Some(self.body.as_bytes())

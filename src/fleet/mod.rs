@@ -15,7 +15,6 @@ pub mod device;
 pub mod metrics;
 pub mod registry;
 pub mod stats;
-pub mod template;
 
 use std::future::Future;
 use std::io::IsTerminal as _;
@@ -32,12 +31,12 @@ use tokio::sync::watch;
 use crate::device::driver::Credential;
 use crate::device::local_hub::LocalHub;
 use crate::device::output::Output;
+use crate::device::template::Template;
 use crate::service::target::{Target, TargetInputs};
 use azsim_proto::secret::Secret;
 use device::{Common, DeviceSpec};
 use registry::Registry;
 use stats::{Snapshot, Stats};
-use template::FleetTemplate;
 
 /// Shard `index` of `count` (0-based).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -229,7 +228,7 @@ pub async fn run(
     let payload = cfg
         .payload
         .clone()
-        .map(|p| FleetTemplate::new(p, cfg.seed))
+        .map(|p| Template::for_fleet(p, cfg.seed))
         .transpose()
         .map_err(|e| FleetError::Other(format!("--payload: {e}")))?;
     let stats = Arc::new(Stats::default());

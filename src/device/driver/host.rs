@@ -329,18 +329,12 @@ impl App for Host<'_> {
         let Some(tpl) = &self.cfg.payload else {
             return Some(reading.as_bytes());
         };
-        let value = |k: &str| {
-            json::find(reading.as_bytes(), &[k])
-                .and_then(|v| std::str::from_utf8(v).ok())
-                .and_then(|v| v.parse::<f64>().ok())
-                .unwrap_or(0.0)
-        };
-        match tpl.render(TemplateVars {
+        match tpl.render(TemplateVars::from_reading(
             seq,
-            device_id: &self.cfg.device_id,
-            temperature: value("temperature"),
-            humidity: value("humidity"),
-        }) {
+            &self.cfg.device_id,
+            None,
+            reading,
+        )) {
             Ok(body) => {
                 self.body = body;
                 Some(self.body.as_bytes())
