@@ -10,7 +10,7 @@ use azsim_proto::secret::Secret;
 use azsim_proto::session::MAX_IN_FLIGHT;
 use clap::Args;
 
-use crate::device::template::Template;
+use crate::cli::run::{payload_source, telemetry_properties};
 use crate::error::UsageError;
 use crate::fleet::device::DeviceSpec;
 use crate::fleet::{FleetConfig, Identities, Shard};
@@ -261,51 +261,8 @@ impl FleetArgs {
             ));
         }
         let seed = self.seed.unwrap_or_else(rand::random);
-        let payload = self
-            .payload
-            .map(|p| {
-                let source = match p.strip_prefix('@') {
-                    Some(path) => std::fs::read_to_string(path).map_err(|e| {
-                        UsageError::new("--payload", format!("cannot read {path}: {e}"))
-                    })?,
-                    None => p,
-                };
-                Template::for_fleet(source.clone(), seed)
-                    .map_err(|e| UsageError::new("--payload", e))?;
-                Ok(source)
-            })
-            .transpose()?;
-        let properties = self
-            .properties
-            .into_iter()
-            .map(|kv| match kv.split_once('=') {
-                Some((k, v)) if !k.is_empty() => Ok((k.to_owned(), v.to_owned())),
-                _ => Err(UsageError::new(
-                    "--property",
-                    format!("{kv:?} is not KEY=VALUE"),
-                )),
-            })
-            .collect::<Result<Vec<_>, _>>()?;
-        if self.content_type.trim().is_empty() {
-            return Err(UsageError::new("--content-type", "must not be empty"));
-        }
-        let encoded = azsim_proto::encoding::encoded_len(&self.content_type)
-            + properties
-                .iter()
-                .map(|(k, v)| {
-                    2 + azsim_proto::encoding::encoded_len(k)
-                        + azsim_proto::encoding::encoded_len(v)
-                })
-                .sum::<usize>();
-        if encoded > crate::cli::run::MAX_PROPERTY_BYTES {
-            return Err(UsageError::new(
-                "--property",
-                format!(
-                    "the properties and content type take {encoded} bytes percent-encoded; at most {}",
-                    crate::cli::run::MAX_PROPERTY_BYTES
-                ),
-            ));
-        }
+        let payload = payload_source(self.payload, seed, true)?;
+        let properties = telemetry_properties(self.properties, &self.content_type)?;
         if !(2..=365 * 24 * 3600).contains(&self.token_ttl) {
             return Err(UsageError::new(
                 "--token-ttl",

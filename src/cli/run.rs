@@ -207,56 +207,8 @@ impl RunArgs {
             return Err(UsageError::new("--duration", "must be longer than 0s"));
         }
         let seed = self.seed.unwrap_or_else(rand::random);
-        let payload = self
-            .payload
-            .map(|p| {
-                let source = match p.strip_prefix('@') {
-                    Some(path) => std::fs::read_to_string(path).map_err(|e| {
-                        UsageError::new("--payload", format!("cannot read {path}: {e}"))
-                    })?,
-                    None => p,
-                };
-                Template::new(source.clone(), seed).map_err(|e| UsageError::new("--payload", e))?;
-                Ok(source)
-            })
-            .transpose()?;
-        let properties = self
-            .properties
-            .into_iter()
-            .map(|kv| match kv.split_once('=') {
-                Some((k, v)) if !k.is_empty() => Ok((k.to_owned(), v.to_owned())),
-                _ => Err(UsageError::new(
-                    "--property",
-                    format!("{kv:?} is not KEY=VALUE"),
-                )),
-            })
-            .collect::<Result<Vec<_>, _>>()?;
-        if self.content_type.trim().is_empty() {
-            return Err(UsageError::new("--content-type", "must not be empty"));
-        }
-        // They travel percent-encoded in every telemetry topic, which the device loop writes
-        // into a 1 KiB buffer next to the ids and the message id.
-        let encoded = azsim_proto::encoding::encoded_len(&self.content_type)
-            + properties
-                .iter()
-                .map(|(k, v)| {
-                    2 + azsim_proto::encoding::encoded_len(k)
-                        + azsim_proto::encoding::encoded_len(v)
-                })
-                .sum::<usize>();
-        if encoded > MAX_PROPERTY_BYTES {
-            let field = if properties.is_empty() {
-                "--content-type"
-            } else {
-                "--property"
-            };
-            return Err(UsageError::new(
-                field,
-                format!(
-                    "the properties and content type take {encoded} bytes percent-encoded; at most {MAX_PROPERTY_BYTES}"
-                ),
-            ));
-        }
+        let payload = payload_source(self.payload, seed, false)?;
+        let properties = telemetry_properties(self.properties, &self.content_type)?;
         let methods = self
             .methods
             .iter()
@@ -392,6 +344,76 @@ fn parse_device_connection_string(
         module_id: cs.module_id,
         credential: cs.credential,
     })
+}
+
+/// `--payload`: the template's source (`@FILE` reads a file), compiled once here so that a bad
+/// template is a usage error before anything connects; `fleet` templates also see `index`.
+pub(crate) fn payload_source(
+    payload: Option<String>,
+    seed: u64,
+    fleet: bool,
+) -> Result<Option<String>, UsageError> {
+    payload
+        .map(|p| {
+            let source = match p.strip_prefix('@') {
+                Some(path) => std::fs::read_to_string(path).map_err(|e| {
+                    UsageError::new("--payload", format!("cannot read {path}: {e}"))
+                })?,
+                None => p,
+            };
+            let compiled = if fleet {
+                Template::for_fleet(source.clone(), seed)
+            } else {
+                Template::new(source.clone(), seed)
+            };
+            compiled.map_err(|e| UsageError::new("--payload", e))?;
+            Ok(source)
+        })
+        .transpose()
+}
+
+/// `--property KEY=VALUE` pairs, checked with `--content-type` against the room the telemetry
+/// topic has for them.
+pub(crate) fn telemetry_properties(
+    properties: Vec<String>,
+    content_type: &str,
+) -> Result<Vec<(String, String)>, UsageError> {
+    let properties = properties
+        .into_iter()
+        .map(|kv| match kv.split_once('=') {
+            Some((k, v)) if !k.is_empty() => Ok((k.to_owned(), v.to_owned())),
+            _ => Err(UsageError::new(
+                "--property",
+                format!("{kv:?} is not KEY=VALUE"),
+            )),
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    if content_type.trim().is_empty() {
+        return Err(UsageError::new("--content-type", "must not be empty"));
+    }
+    // They travel percent-encoded in every telemetry topic, which the device loop writes
+    // into a 1 KiB buffer next to the ids and the message id.
+    let encoded = azsim_proto::encoding::encoded_len(content_type)
+        + properties
+            .iter()
+            .map(|(k, v)| {
+                2 + azsim_proto::encoding::encoded_len(k) + azsim_proto::encoding::encoded_len(v)
+            })
+            .sum::<usize>();
+    if encoded > MAX_PROPERTY_BYTES {
+        let field = if properties.is_empty() {
+            "--content-type"
+        } else {
+            "--property"
+        };
+        return Err(UsageError::new(
+            field,
+            format!(
+                "the properties and content type take {encoded} bytes percent-encoded; at most {MAX_PROPERTY_BYTES}"
+            ),
+        ));
+    }
+    Ok(properties)
 }
 
 #[cfg(test)]

@@ -12,7 +12,7 @@ use crate::fleet::FleetConfig;
 /// [`CliError::Runtime`] when the identities cannot be set up (local hub, registry), or when no
 /// device ever connected.
 pub async fn run(cfg: FleetConfig) -> Result<ExitCode, CliError> {
-    let summary = crate::fleet::run(cfg, interrupted())
+    let summary = crate::fleet::run(cfg, super::interrupted())
         .await
         .map_err(CliError::runtime)?;
     if summary.devices > 0 && summary.ever_connected == 0 {
@@ -21,28 +21,4 @@ pub async fn run(cfg: FleetConfig) -> Result<ExitCode, CliError> {
         )));
     }
     Ok(ExitCode::SUCCESS)
-}
-
-/// Ctrl-C, or (on Unix) SIGTERM as Kubernetes, `docker stop` and `timeout` send: either stops
-/// the fleet cleanly (DISCONNECT from every device, then the summary, exit 0).
-async fn interrupted() {
-    #[cfg(unix)]
-    {
-        use tokio::signal::unix::{SignalKind, signal};
-        match signal(SignalKind::terminate()) {
-            Ok(mut term) => {
-                tokio::select! {
-                    _ = tokio::signal::ctrl_c() => {}
-                    _ = term.recv() => {}
-                }
-            }
-            Err(_) => {
-                let _ = tokio::signal::ctrl_c().await;
-            }
-        }
-    }
-    #[cfg(not(unix))]
-    {
-        let _ = tokio::signal::ctrl_c().await;
-    }
 }

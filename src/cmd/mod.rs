@@ -23,6 +23,30 @@ pub fn shell_quote(s: &str) -> String {
     }
 }
 
+/// Ctrl-C, or (on Unix) SIGTERM as `docker stop`, Kubernetes, systemd and `timeout` send:
+/// `azsim run` and `azsim fleet` stop cleanly on either (DISCONNECT, then the totals, exit 0).
+pub(crate) async fn interrupted() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = tokio::signal::ctrl_c() => {}
+                    _ = term.recv() => {}
+                }
+            }
+            Err(_) => {
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

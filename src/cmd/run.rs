@@ -28,7 +28,7 @@ pub const SIM_DEVICE_PREFIX: &str = "sim-device-";
 /// reached, or the local hub cannot be started.
 pub async fn run(s: RunSettings) -> Result<ExitCode, CliError> {
     let out = Output::stdout(s.json);
-    let shutdown = interrupted();
+    let shutdown = super::interrupted();
     let (target, ca_file, local) = match s.target.clone() {
         Some(t) => (t, s.ca_file.clone(), None),
         None => {
@@ -52,30 +52,6 @@ pub async fn run(s: RunSettings) -> Result<ExitCode, CliError> {
     match result {
         Ok(_) => Ok(ExitCode::SUCCESS),
         Err(e) => Err(CliError::runtime(e)),
-    }
-}
-
-/// Ctrl-C, or (on Unix) SIGTERM as `docker stop`, systemd and `timeout` send: either ends the
-/// run cleanly (DISCONNECT, the `stopped` totals, exit 0).
-async fn interrupted() {
-    #[cfg(unix)]
-    {
-        use tokio::signal::unix::{SignalKind, signal};
-        match signal(SignalKind::terminate()) {
-            Ok(mut term) => {
-                tokio::select! {
-                    _ = tokio::signal::ctrl_c() => {}
-                    _ = term.recv() => {}
-                }
-            }
-            Err(_) => {
-                let _ = tokio::signal::ctrl_c().await;
-            }
-        }
-    }
-    #[cfg(not(unix))]
-    {
-        let _ = tokio::signal::ctrl_c().await;
     }
 }
 
