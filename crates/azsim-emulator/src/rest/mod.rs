@@ -221,7 +221,10 @@ impl hyper::body::Body for TrackedBody {
 
 fn router(hub: Shared) -> Router {
     Router::new()
-        .route("/devices", get(devices::list_devices).post(bulk::bulk_devices))
+        .route(
+            "/devices",
+            get(devices::list_devices).post(bulk::bulk_devices),
+        )
         .route(
             "/devices/{id}",
             put(devices::put_device)
