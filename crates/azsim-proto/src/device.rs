@@ -23,6 +23,7 @@
 use core::fmt;
 
 use crate::encoding;
+use crate::rng::XorShift64;
 use crate::session::{Event, Publish, PublishKind, Session, TwinRequestKind};
 
 /// The JSON scanner and writer the behaviour uses, at its former path.
@@ -63,20 +64,15 @@ pub trait Sensor {
 /// simulated run is repeatable.
 #[derive(Clone, Debug)]
 pub struct RandomWalk {
-    state: u64,
+    rng: XorShift64,
     current: Reading,
 }
 
 impl RandomWalk {
     /// A walk starting near 22 °C and 50 % from `seed`.
     pub fn new(seed: u64) -> Self {
-        // splitmix64 of the seed, so seeds 0, 1, 2 do not start correlated (and never 0).
-        let mut z = seed.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        let state = (z ^ (z >> 31)) | 1;
         let mut w = Self {
-            state,
+            rng: XorShift64::new(seed),
             current: Reading {
                 temperature: 22.0,
                 humidity: 50.0,
@@ -87,14 +83,9 @@ impl RandomWalk {
         w
     }
 
-    /// The next pseudo-random number (xorshift64*).
+    /// The next pseudo-random number of the walk's generator.
     pub fn next_u32(&mut self) -> u32 {
-        let mut x = self.state;
-        x ^= x >> 12;
-        x ^= x << 25;
-        x ^= x >> 27;
-        self.state = x;
-        (x.wrapping_mul(0x2545_F491_4F6C_DD1D) >> 32) as u32
+        self.rng.next_u32()
     }
 
     /// A value in `[-span/2, span/2]`.

@@ -17,6 +17,7 @@ pub mod encoding;
 pub mod endpoint;
 pub mod json;
 pub mod property_bag;
+pub mod rng;
 pub mod sas;
 pub mod secret;
 pub mod session;
