@@ -18,7 +18,9 @@ const NAME: &str = "payload";
 /// A compiled payload template.
 #[derive(Debug)]
 pub struct Template {
-    env: Environment<'static>,
+    /// Boxed: a run config holds an `Option<Template>` and every device's task its config, so
+    /// inline it would cost each device 200 bytes even without a template.
+    env: Box<Environment<'static>>,
     /// `index` is a variable (fleet templates); elsewhere using it is an error.
     indexed: bool,
 }
@@ -101,7 +103,10 @@ impl Template {
         });
         env.add_template_owned(NAME, source)
             .map_err(|e| describe(&e))?;
-        let t = Self { env, indexed };
+        let t = Self {
+            env: Box::new(env),
+            indexed,
+        };
         // Render once with sample values so an unknown variable is a usage error now, not a
         // failure at the first message.
         t.render(TemplateVars {
