@@ -83,7 +83,7 @@ pub(super) struct Core<'b, S, Q: Storage> {
     pub(super) stopping: bool,
     pub(super) last_tx: u64,
     pub(super) ping_deadline: Option<u64>,
-    pub(super) rng: u64,
+    pub(super) rng: XorShift64,
     pub(super) identity: Identity<'b>,
     pub(super) credential: Credential<'b>,
     pub(super) session: Session,
@@ -96,41 +96,20 @@ pub(super) struct Core<'b, S, Q: Storage> {
 }
 
 impl<S: Sensor, Q: Storage> Core<'_, S, Q> {
-    /// xorshift64*: message ids and reconnect jitter, nothing secret.
+    /// A random number for reconnect jitter (nothing secret).
     pub(super) fn next_u32(&mut self) -> u32 {
-        let mut x = self.rng;
-        x ^= x >> 12;
-        x ^= x << 25;
-        x ^= x >> 27;
-        self.rng = x;
-        (x.wrapping_mul(0x2545_F491_4F6C_DD1D) >> 32) as u32
+        self.rng.next_u32()
     }
 
-    /// A random (version 4) UUID for `$.mid`.
+    /// A random (version 4) UUID for `$.mid`, in its 36-character text form.
     pub(super) fn message_id(&mut self) -> [u8; 36] {
-        const HEX: &[u8; 16] = b"0123456789abcdef";
-        let mut id = [b'-'; 36];
-        let mut pos = 0;
-        let mut r = 0;
-        for digit in 0..32 {
-            if digit % 8 == 0 {
-                r = self.next_u32();
-            }
-            let nibble = match digit {
-                // Version 4, and the RFC 4122 variant.
-                12 => 4,
-                16 => 8 | (r >> 28) & 3,
-                _ => r >> 28,
-            };
-            r <<= 4;
-            if matches!(digit, 8 | 12 | 16 | 20) {
-                pos += 1;
-            }
-            if let (Some(slot), Some(&hex)) = (id.get_mut(pos), HEX.get(nibble as usize)) {
-                *slot = hex;
-            }
-            pos += 1;
-        }
+        let mut random = [0u8; 16];
+        self.rng.fill(&mut random);
+        let mut id = [0u8; 36];
+        uuid::Builder::from_random_bytes(random)
+            .into_uuid()
+            .hyphenated()
+            .encode_lower(&mut id);
         id
     }
 

@@ -42,6 +42,7 @@ use core::task::Poll;
 
 use azsim_proto::device::{Device, Sensor, TELEMETRY_BUFFER_LEN};
 use azsim_proto::property_bag::SystemProperties;
+use azsim_proto::rng::XorShift64;
 use azsim_proto::sas::{self, Key, KeyError, Resource};
 use azsim_proto::secret::Secret;
 use azsim_proto::session::{
@@ -210,7 +211,7 @@ impl<'b, S: Sensor, Q: Storage, B: Buffer + ?Sized> Client<'b, S, Q, B> {
                 stopping: false,
                 last_tx: 0,
                 ping_deadline: None,
-                rng: seed | 1,
+                rng: XorShift64::new(seed),
                 identity,
                 credential,
                 session: Session::new(session_id, config),
