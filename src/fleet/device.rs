@@ -21,16 +21,12 @@ use serde_json::json;
 use tokio::sync::watch;
 
 use super::stats::Stats;
+use crate::device::buffer::{GrowingBuffer, RESTING};
+use crate::device::driver::MAX_PACKET;
 use crate::device::driver::{Credential, HeapQueue};
 use crate::device::net::{FailureSlot, SystemClock, TlsConnector};
 use crate::device::output::{Output, body_value};
 use crate::device::template::{Template, TemplateVars};
-
-/// Receive buffer: a C2D message (64 KiB) or a method request plus its topic. Only the pages a
-/// packet touches become resident (see [`run_device`]'s mapping).
-pub const RX_LEN: usize = 64 * 1024 + 4096;
-/// Transmit buffer: a D2C message (256 KiB) plus topic and header.
-pub const TX_LEN: usize = crate::device::driver::MAX_PACKET;
 
 /// Where one device connects, and as whom.
 #[derive(Debug, Clone)]
@@ -169,16 +165,10 @@ async fn run_once(
         max_initial_attempts: None,
         ..SessionConfig::default()
     };
-    // Both packet buffers in one anonymous mapping: its pages stay unallocated until a packet
-    // touches them. From the heap, buffers this size may come out of an arena already zeroed and
-    // resident (glibc raises its mmap threshold once a large block is freed): 52.7 KiB per
-    // device instead of 30.4 in the fleet bench.
-    let Ok(mut buffers) = memmap2::MmapMut::map_anon(RX_LEN + TX_LEN) else {
-        common.stats.error("out_of_memory");
-        return Ok(());
-    };
-    let (rx, tx) = buffers.split_at_mut(RX_LEN);
-    let mut client = match Client::with_storage(
+    // As `azsim run`: a kilobyte each way, growing for a large packet up to the 256 KB limit.
+    let mut rx = GrowingBuffer::new(RESTING, MAX_PACKET);
+    let mut tx = GrowingBuffer::new(RESTING, MAX_PACKET);
+    let mut client = match Client::with_buffers(
         azsim_mqtt::Identity {
             host: &spec.hub_host,
             device_id: &spec.device_id,
@@ -189,8 +179,8 @@ async fn run_once(
         device,
         session,
         rand::random(),
-        rx,
-        tx,
+        &mut rx,
+        &mut tx,
         HeapQueue::new(common.max_queue),
     ) {
         Ok(c) => c,
