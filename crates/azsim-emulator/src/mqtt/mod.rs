@@ -73,9 +73,9 @@ pub(crate) async fn accept_loop(
             let deadline = Instant::now() + hub.cfg.limits.connect_deadline;
             let opened = tokio::time::timeout_at(deadline, open(&hub, &acceptor, tcp, peer)).await;
             match opened {
-                Ok(Some(o)) => {
+                Ok(Some(opened)) => {
                     drop(permit);
-                    connection(hub, o, peer).await;
+                    connection(hub, opened, peer).await;
                 }
                 Ok(None) => {}
                 Err(_) => {
@@ -96,12 +96,15 @@ struct Opened {
 }
 
 /// TLS handshake, the CONNECT and its authentication (a refusal gets its CONNACK here).
+/// Boxed: an async fn keeps its arguments for its whole life, so `connection` taking the ~1.5
+/// KiB `Opened` by value would hold it twice (the argument and the fields moved out of it) in
+/// every connection's task.
 async fn open(
     hub: &Hub,
     acceptor: &TlsAcceptor,
     tcp: TcpStream,
     peer: SocketAddr,
-) -> Option<Opened> {
+) -> Option<Box<Opened>> {
     let mut stream = match acceptor.accept(tcp).await {
         Ok(s) => s,
         Err(e) => {
@@ -112,12 +115,12 @@ async fn open(
     let mut buf = BytesMut::with_capacity(1024);
     let connect = read_connect(hub, &mut stream, &mut buf, peer).await?;
     match authenticate(hub, &connect).await {
-        Ok(authed) => Some(Opened {
+        Ok(authed) => Some(Box::new(Opened {
             stream,
             buf,
             connect,
             authed,
-        }),
+        })),
         Err(reason) => {
             tracing::info!(%peer, client_id = %Untrusted(&connect.client_id), reason = %reason, "CONNACK 5 not authorized");
             let _ = write_packet(
@@ -195,13 +198,13 @@ pub(super) enum Close {
     Shutdown,
 }
 
-async fn connection(hub: Arc<Hub>, opened: Opened, peer: SocketAddr) {
+async fn connection(hub: Arc<Hub>, opened: Box<Opened>, peer: SocketAddr) {
     let Opened {
         mut stream,
         mut buf,
         connect,
         authed,
-    } = opened;
+    } = *opened;
     let id = TopicId {
         device_id: &authed.device,
         module_id: authed.module.as_deref(),
@@ -300,9 +303,12 @@ async fn connection(hub: Arc<Hub>, opened: Opened, peer: SocketAddr) {
     let stopping = crate::hub::until_shutdown(&mut shutdown);
     tokio::pin!(idle, expiry, stopping);
     let commits = conn.commits.clone();
+    // The packet handling, C2D delivery, will and flush futures are boxed where they are
+    // awaited: inline, the largest of them would be part of every connection's task for its
+    // whole life (memory per connected device), though each runs only briefly.
     let mut close = None;
     if conn.subs.c2d.load(Ordering::Acquire)
-        && let Err(e) = conn.deliver_c2d().await
+        && let Err(e) = Box::pin(conn.deliver_c2d()).await
     {
         close = Some(Close::Ungraceful(e));
     }
@@ -319,7 +325,7 @@ async fn connection(hub: Arc<Hub>, opened: Opened, peer: SocketAddr) {
         tokio::select! {
             cmd = rx.recv() => match cmd {
                 Some(ConnCmd::Publish(p)) => { let _ = Packet::Publish(p).write(&mut conn.out, usize::MAX); }
-                Some(ConnCmd::C2dWake) => if let Err(e) = conn.deliver_c2d().await { close = Some(Close::Ungraceful(e)); },
+                Some(ConnCmd::C2dWake) => if let Err(e) = Box::pin(conn.deliver_c2d()).await { close = Some(Close::Ungraceful(e)); },
                 Some(ConnCmd::Kick(reason)) => close = Some(Close::Ungraceful(reason.to_string())),
                 None => close = Some(Close::Ungraceful("hub dropped the connection".into())),
             },
@@ -328,7 +334,7 @@ async fn connection(hub: Arc<Hub>, opened: Opened, peer: SocketAddr) {
                 Err(e) => close = Some(Close::Ungraceful(format!("read failed: {e}"))),
                 Ok(_) => {
                     last_read = Instant::now();
-                    close = conn.process(&mut buf).await;
+                    close = Box::pin(conn.process(&mut buf)).await;
                 }
             },
             () = &mut idle => {
@@ -349,7 +355,7 @@ async fn connection(hub: Arc<Hub>, opened: Opened, peer: SocketAddr) {
     if matches!(close, Some(Close::Shutdown)) && !conn.held_pubacks.is_empty() {
         // The writer is still running: what this connection sent is committed by the flush,
         // and its PUBACKs spare the device a redelivery after the restart.
-        hub.store.flush().await;
+        Box::pin(hub.store.flush()).await;
         let _ = conn.release_pubacks();
     }
     if !conn.out.is_empty() {
@@ -368,7 +374,7 @@ async fn connection(hub: Arc<Hub>, opened: Opened, peer: SocketAddr) {
         hub.emit(&conn.device, json!({"type":"disconnected","deviceId":conn.device,"moduleId":conn.module,"reason":reason}));
     }
     if let (Close::Ungraceful(_), Some(w)) = (&close, will) {
-        conn.ingest_will(w).await;
+        Box::pin(conn.ingest_will(w)).await;
     }
 }
 
