@@ -16,6 +16,7 @@ use std::process::{ExitCode, Stdio};
 use std::time::{Duration, Instant};
 
 use azsim_emulator::{HubConfig, HubInfo};
+use azsim_proto::connection_string::{ConnectionString, split_host_port};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
@@ -105,15 +106,24 @@ impl LiveHub {
 /// The hub's service connection string, with `HostName` carrying no port when the HTTPS port is
 /// 443 (as a real hub's; the hub itself always writes `host:port`).
 pub fn service_connection_string(info: &HubInfo) -> String {
-    let with_port = format!("HostName={}:443;", info.hostname);
-    if info.https_port == 443 && info.service_connection_string.starts_with(&with_port) {
-        format!(
-            "HostName={};{}",
-            info.hostname,
-            &info.service_connection_string[with_port.len()..]
-        )
-    } else {
-        info.service_connection_string.clone()
+    let written = &info.service_connection_string;
+    if info.https_port != 443 {
+        return written.clone();
+    }
+    let Ok(cs) = ConnectionString::parse(written) else {
+        return written.clone();
+    };
+    let (Some((host, Some(443))), Some(policy), Some(key)) = (
+        split_host_port(cs.host_name()),
+        cs.shared_access_key_name(),
+        cs.shared_access_key(),
+    ) else {
+        return written.clone();
+    };
+    let mut out = String::new();
+    match ConnectionString::service(host, policy, key).map(|c| c.write_with_secret(&mut out)) {
+        Ok(Ok(())) => out,
+        _ => written.clone(),
     }
 }
 

@@ -6,6 +6,7 @@ use std::net::IpAddr;
 use std::process::{ExitStatus, Stdio};
 use std::time::Duration;
 
+use azsim_emulator::clock::unix_now;
 use reqwest::Method;
 use serde_json::{Value, json};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, BufReader};
@@ -982,13 +983,6 @@ async fn refused(mut cmd: tokio::process::Command, secrets: &[&str]) -> String {
     }
     assert!(!all.contains("sig="), "signature leaked: {all}");
     stderr
-}
-
-fn unix_now() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_secs()
 }
 
 /// The `sig` value of a token (a secret the output must not contain).
