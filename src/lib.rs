@@ -5,6 +5,8 @@
 //! configuration (ring, webpki roots plus an optional extra CA). The wire rules themselves live in
 //! `azsim-proto`; this crate never formats an IoT Hub topic or token by hand.
 
+#[doc(hidden)]
+pub mod bench;
 pub mod cli;
 pub mod cmd;
 pub mod device;

@@ -21,31 +21,10 @@ use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
+use azsim::bench::{HubProcess, arg, status_kib};
 use serde_json::Value;
 use tokio::io::{AsyncBufReadExt, BufReader, Lines};
 use tokio::process::{Child, ChildStdout};
-
-fn arg(name: &str) -> Option<String> {
-    let mut it = std::env::args().skip(1);
-    while let Some(a) = it.next() {
-        if a == name {
-            return it.next();
-        }
-    }
-    None
-}
-
-fn status_kib(pid: u32, field: &str) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with(field))
-                .and_then(|l| l.split_whitespace().nth(1))
-                .and_then(|v| v.parse().ok())
-        })
-        .unwrap_or(0)
-}
 
 /// User + system CPU seconds of `pid`.
 fn cpu_secs(pid: u32) -> f64 {
@@ -186,34 +165,11 @@ async fn main() {
         .and_then(|p| p.parent().map(Path::to_path_buf))
         .unwrap_or_default();
     let azsim = arg("--azsim").map_or_else(|| exe_dir.join("azsim"), PathBuf::from);
-    let tmp = std::env::temp_dir().join(format!("azsim-bench-fleet-{}", std::process::id()));
-    let state = tmp.join("hub");
-    std::fs::create_dir_all(&tmp).expect("tmp dir");
-    let mut hub = tokio::process::Command::new(&azsim)
-        .args([
-            "hub",
-            "--in-memory",
-            "--mqtt-port",
-            "0",
-            "--https-port",
-            "0",
-        ])
-        .arg("--state")
-        .arg(&state)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .kill_on_drop(true)
-        .spawn()
+    let mut hub = HubProcess::start(&azsim, "azsim-bench-fleet")
+        .await
         .expect("azsim hub starts");
-    let hub_pid = hub.id().unwrap_or(0);
-    let started = Instant::now();
-    while !azsim_emulator::HubInfo::load(&state).is_ok_and(|i| i.pid == hub_pid) {
-        assert!(
-            started.elapsed() < Duration::from_secs(60),
-            "hub did not start"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    let hub_pid = hub.pid();
+    let state = hub.dir.join("hub");
     println!(
         "azsim-bench-fleet: {} build, {} CPUs, azsim hub --in-memory in its own process",
         if cfg!(debug_assertions) {
@@ -238,6 +194,6 @@ async fn main() {
             1000.0 / cpu_per_k
         );
     }
-    let _ = hub.kill().await;
-    let _ = std::fs::remove_dir_all(&tmp);
+    let _ = hub.child.kill().await;
+    let _ = std::fs::remove_dir_all(&hub.dir);
 }

@@ -26,41 +26,13 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
+use azsim::bench::{HubProcess, arg, flag, service_client, status_kib};
 use azsim::device::driver::{self, Credential, RunConfig};
 use azsim::device::output::Output;
-use azsim::service::client::ServiceClient;
-use azsim::service::target::{Target, TargetInputs};
 use azsim_proto::connection_string::ConnectionString;
 use azsim_proto::secret::Secret;
 use serde_json::Value;
 use tokio::io::{AsyncBufReadExt, BufReader};
-
-fn arg(name: &str) -> Option<String> {
-    let mut it = std::env::args().skip(1);
-    while let Some(a) = it.next() {
-        if a == name {
-            return it.next();
-        }
-    }
-    None
-}
-
-fn flag(name: &str) -> bool {
-    std::env::args().skip(1).any(|a| a == name)
-}
-
-/// A `kB` field of `/proc/<pid>/status` (`VmRSS:`, `VmHWM:`), in KiB.
-fn status_kib(pid: u32, field: &str) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with(field))
-                .and_then(|l| l.split_whitespace().nth(1))
-                .and_then(|v| v.parse().ok())
-        })
-        .unwrap_or(0)
-}
 
 /// The soft open-files limit of this process.
 fn open_files_limit() -> Option<u64> {
@@ -143,47 +115,10 @@ async fn main() -> Result<(), String> {
         );
     }
 
-    let tmp = std::env::temp_dir().join(format!("azsim-bench-rss-{}", std::process::id()));
-    let state = tmp.join("hub");
-    std::fs::create_dir_all(&tmp).map_err(|e| format!("{}: {e}", tmp.display()))?;
-    let mut hub = tokio::process::Command::new(&azsim)
-        .args([
-            "hub",
-            "--in-memory",
-            "--mqtt-port",
-            "0",
-            "--https-port",
-            "0",
-        ])
-        .arg("--state")
-        .arg(&state)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .kill_on_drop(true)
-        .spawn()
-        .map_err(|e| format!("cannot start {} hub: {e}", azsim.display()))?;
-    let hub_pid = hub.id().unwrap_or(0);
-    let started = Instant::now();
-    let info = loop {
-        match azsim_emulator::HubInfo::load(&state) {
-            Ok(i) if i.pid == hub_pid => break i,
-            _ if started.elapsed() > Duration::from_secs(60) => {
-                return Err("the hub did not start within 60 s".into());
-            }
-            _ => tokio::time::sleep(Duration::from_millis(100)).await,
-        }
-    };
-    let target = Target::resolve_with(
-        TargetInputs {
-            connection_string: Some(info.service_connection_string.clone().into()),
-            ca: Some(info.ca_file.clone()),
-            state_dir: None,
-        },
-        None,
-        None,
-    )
-    .map_err(|e| e.to_string())?;
-    let svc = ServiceClient::new(&target).map_err(|e| e.to_string())?;
+    let mut hub = HubProcess::start(&azsim, "azsim-bench-rss").await?;
+    let info = hub.info.clone();
+    let state = hub.dir.join("hub");
+    let svc = service_client(&info)?;
     let mut keys = Vec::new();
     for i in 0..=devices {
         let id = format!("rss-{i}");
@@ -327,7 +262,7 @@ async fn main() -> Result<(), String> {
     for t in tasks {
         let _ = tokio::time::timeout(Duration::from_secs(10), t).await;
     }
-    let _ = hub.kill().await;
-    let _ = std::fs::remove_dir_all(&tmp);
+    let _ = hub.child.kill().await;
+    let _ = std::fs::remove_dir_all(&hub.dir);
     Ok(())
 }

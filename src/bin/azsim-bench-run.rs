@@ -16,8 +16,7 @@ use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-use azsim::service::client::ServiceClient;
-use azsim::service::target::{Target, TargetInputs};
+use azsim::bench::{arg, service_client, status_kib};
 use serde_json::Value;
 use tokio::io::{AsyncBufReadExt, BufReader};
 
@@ -47,28 +46,6 @@ struct Sample {
     peak_rss_kib: u64,
 }
 
-fn arg(name: &str) -> Option<String> {
-    let mut it = std::env::args().skip(1);
-    while let Some(a) = it.next() {
-        if a == name {
-            return it.next();
-        }
-    }
-    None
-}
-
-fn vm_hwm_kib(pid: u32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("VmHWM:"))
-                .and_then(|l| l.split_whitespace().nth(1))
-                .and_then(|v| v.parse().ok())
-        })
-        .unwrap_or(0)
-}
-
 /// Spawns `cmd`, waits for the JSON line `is_ack` accepts (sampling the process's peak RSS
 /// then), and reads on to the end for the line `connect_ms` takes the client's own timing from.
 async fn measure(
@@ -94,7 +71,7 @@ async fn measure(
             };
             if spawn_to_ack_ms.is_none() && is_ack(&v) {
                 spawn_to_ack_ms = Some(t0.elapsed().as_secs_f64() * 1000.0);
-                peak_rss_kib = vm_hwm_kib(pid);
+                peak_rss_kib = status_kib(pid, "VmHWM:");
             }
             if let Some(ms) = connect_ms(&v) {
                 connect_to_ack_ms = Some(ms);
@@ -161,17 +138,7 @@ async fn main() -> Result<(), String> {
             format!("cannot start the hub on 127.0.0.1:8883 (the Python SDK needs that port): {e}")
         })?;
     let info = hub.info.clone();
-    let target = Target::resolve_with(
-        TargetInputs {
-            connection_string: Some(info.service_connection_string.clone().into()),
-            ca: Some(info.ca_file.clone()),
-            state_dir: None,
-        },
-        None,
-        None,
-    )
-    .map_err(|e| e.to_string())?;
-    let svc = ServiceClient::new(&target).map_err(|e| e.to_string())?;
+    let svc = service_client(&info)?;
     let cs_of = |id: &'static str| {
         let svc = &svc;
         let info = &info;
