@@ -575,3 +575,36 @@ async fn an_id_with_a_wildcard_connects_and_uses_its_twin_but_its_telemetry_and_
     r.expect_closed().await;
     hub.stop().await;
 }
+
+/// A client may send packets right behind its CONNECT without waiting for the CONNACK (MQTT
+/// 3.1.1 3.1.4); those that arrive in the same TLS read as the CONNECT are answered at once,
+/// not after the client's next packet.
+#[tokio::test]
+async fn packets_pipelined_behind_the_connect_are_answered_without_waiting_for_more() {
+    let hub = TestHub::start().await;
+    let key = device(&hub, "pipe").await;
+    let mut c = Connect::new("pipe");
+    c.keep_alive = 60;
+    c.set_login(
+        hub.username("pipe"),
+        hub.device_token("pipe", &key, now() + 3600),
+    );
+    let mut b = BytesMut::new();
+    Packet::Connect(c).write(&mut b, usize::MAX).unwrap();
+    Packet::Subscribe(Subscribe::new("$iothub/twin/res/#", QoS::AtMostOnce))
+        .write(&mut b, usize::MAX)
+        .unwrap();
+    Packet::PingReq.write(&mut b, usize::MAX).unwrap();
+    let mut r = Raw::open(&hub).await;
+    r.send_bytes(&b).await;
+    assert!(matches!(
+        r.recv().await,
+        Some(Packet::ConnAck(ConnAck {
+            code: ConnectReturnCode::Success,
+            ..
+        }))
+    ));
+    assert!(matches!(r.recv().await, Some(Packet::SubAck(_))));
+    assert_eq!(r.recv().await, Some(Packet::PingResp));
+    hub.stop().await;
+}

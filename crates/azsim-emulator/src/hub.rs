@@ -107,6 +107,31 @@ fn duration_ms(d: Duration) -> u64 {
 }
 
 impl Hub {
+    /// A hub with no connections, serving `store`; the ports are what it tells clients.
+    pub fn new(
+        cfg: HubConfig,
+        owner_key: Secret<String>,
+        store: Store,
+        mqtt_port: u16,
+        https_port: u16,
+    ) -> Hub {
+        Hub {
+            owner_key,
+            store,
+            mqtt_port,
+            https_port,
+            events: broadcast::channel(4096).0,
+            conns: Mutex::new(HashMap::new()),
+            presence: watch::channel(0).0,
+            methods: Mutex::new(HashMap::new()),
+            next_rid: AtomicU64::new(1),
+            next_conn: AtomicU64::new(1),
+            shutdown: watch::channel(false).0,
+            live: watch::channel(0).0,
+            cfg,
+        }
+    }
+
     /// The hub's clock (see [`crate::clock`]).
     pub fn clock(&self) -> &Clock {
         &self.cfg.clock
@@ -364,22 +389,13 @@ pub(crate) async fn serve(
             .map_err(|e| HubError::Store(e.to_string()))??;
     let mqtt_tls = prepared.server_config(&[])?;
     let https_tls = prepared.server_config(&[b"h2", b"http/1.1"])?;
-    let (events, _) = broadcast::channel(4096);
-    let hub = Arc::new(Hub {
-        owner_key: prepared.owner_key.clone(),
-        store: store.clone(),
-        mqtt_port: mqtt.local_addr()?.port(),
-        https_port: https.local_addr()?.port(),
-        events,
-        conns: Mutex::new(HashMap::new()),
-        presence: watch::channel(0).0,
-        methods: Mutex::new(HashMap::new()),
-        next_rid: AtomicU64::new(1),
-        next_conn: AtomicU64::new(1),
-        shutdown: watch::channel(false).0,
-        live: watch::channel(0).0,
-        cfg: config,
-    });
+    let hub = Arc::new(Hub::new(
+        config,
+        prepared.owner_key.clone(),
+        store.clone(),
+        mqtt.local_addr()?.port(),
+        https.local_addr()?.port(),
+    ));
     let info = hub.info(prepared.ca_file.clone())?;
     let hub_json = prepared.ca_file.with_file_name(HUB_JSON);
     let text = serde_json::to_string_pretty(&info).map_err(|e| HubError::State(e.to_string()))?;

@@ -23,6 +23,9 @@ pub mod activity;
 mod auth;
 pub mod clock;
 mod feedback;
+#[cfg(any(test, feature = "fuzzing"))]
+#[doc(hidden)]
+pub mod fuzzing;
 mod hub;
 mod listen;
 mod mqtt;

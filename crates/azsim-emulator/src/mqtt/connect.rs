@@ -9,7 +9,7 @@ use rumqttc::mqttbytes::v4::{ConnAck, Connect, ConnectReturnCode, Packet};
 use rumqttc::mqttbytes::{Error as MqttError, Protocol};
 use tokio::io::AsyncReadExt as _;
 
-use super::{Stream, max_packet, packet_name, write_packet};
+use super::{Io, max_packet, packet_name, write_packet};
 use crate::hub::Hub;
 
 /// Read the first packet; answer CONNACK 1 to anything that is not MQTT 3.1.1. A first packet
@@ -17,7 +17,7 @@ use crate::hub::Hub;
 /// says so; the caller bounds the whole exchange by the connect deadline.
 pub(super) async fn read_connect(
     hub: &Hub,
-    stream: &mut Stream,
+    stream: &mut impl Io,
     buf: &mut BytesMut,
     peer: SocketAddr,
 ) -> Option<Connect> {
@@ -67,7 +67,7 @@ pub(super) async fn read_connect(
     }
 }
 
-async fn refuse_protocol(stream: &mut Stream) {
+async fn refuse_protocol(stream: &mut impl Io) {
     let _ = write_packet(
         stream,
         Packet::ConnAck(ConnAck::new(

@@ -36,7 +36,7 @@ use azsim_proto::topic::{self, DeviceTopic, Identity as TopicId};
 use bytes::BytesMut;
 use rumqttc::mqttbytes::v4::{ConnAck, Connect, ConnectReturnCode, Packet};
 use serde_json::json;
-use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+use tokio::io::{AsyncRead, AsyncReadExt as _, AsyncWrite, AsyncWriteExt as _};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
 use tokio::time::Instant;
@@ -88,30 +88,40 @@ pub(crate) async fn accept_loop(
 
 /// A connection that has authenticated: its stream, what it has sent beyond the CONNECT, the
 /// CONNECT and who it proved to be.
-struct Opened {
-    stream: Stream,
+pub(crate) struct Opened<S> {
+    stream: S,
     buf: BytesMut,
     connect: Connect,
     authed: Authed,
 }
 
-/// TLS handshake, the CONNECT and its authentication (a refusal gets its CONNACK here).
-/// Boxed: an async fn keeps its arguments for its whole life, so `connection` taking the ~1.5
-/// KiB `Opened` by value would hold it twice (the argument and the fields moved out of it) in
-/// every connection's task.
+/// TLS handshake, then [`open_stream`].
 async fn open(
     hub: &Hub,
     acceptor: &TlsAcceptor,
     tcp: TcpStream,
     peer: SocketAddr,
-) -> Option<Box<Opened>> {
-    let mut stream = match acceptor.accept(tcp).await {
+) -> Option<Box<Opened<TlsStream<TcpStream>>>> {
+    let stream = match acceptor.accept(tcp).await {
         Ok(s) => s,
         Err(e) => {
             tracing::debug!(%peer, error = %e, "tls handshake failed");
             return None;
         }
     };
+    open_stream(hub, stream, peer).await
+}
+
+/// The CONNECT and its authentication (a refusal gets its CONNACK here), on any byte stream
+/// (TLS in the hub, an in-memory pipe in the fuzz harness).
+/// Boxed: an async fn keeps its arguments for its whole life, so `connection` taking the ~1.5
+/// KiB `Opened` by value would hold it twice (the argument and the fields moved out of it) in
+/// every connection's task.
+pub(crate) async fn open_stream<S: Io>(
+    hub: &Hub,
+    mut stream: S,
+    peer: SocketAddr,
+) -> Option<Box<Opened<S>>> {
     let mut buf = BytesMut::with_capacity(1024);
     let connect = read_connect(hub, &mut stream, &mut buf, peer).await?;
     match authenticate(hub, &connect).await {
@@ -133,7 +143,10 @@ async fn open(
     }
 }
 
-pub(super) type Stream = TlsStream<TcpStream>;
+/// What a connection runs over: TLS over TCP in the hub.
+pub(crate) trait Io: AsyncRead + AsyncWrite + Unpin + Send {}
+
+impl<T: AsyncRead + AsyncWrite + Unpin + Send> Io for T {}
 
 /// A PUBLISH topic name MQTT 3.1.1 allows (no `+`, no `#`), by the codec's own rule. See the
 /// module docs on ids with wildcards.
@@ -157,7 +170,7 @@ fn is_own_telemetry_topic(topic: &str, id: TopicId<'_>) -> bool {
         )
 }
 
-pub(super) async fn write_packet(stream: &mut Stream, p: Packet) -> std::io::Result<()> {
+pub(super) async fn write_packet(stream: &mut impl Io, p: Packet) -> std::io::Result<()> {
     let mut out = BytesMut::new();
     p.write(&mut out, usize::MAX)
         .map_err(std::io::Error::other)?;
@@ -198,7 +211,8 @@ pub(super) enum Close {
     Shutdown,
 }
 
-async fn connection(hub: Arc<Hub>, opened: Box<Opened>, peer: SocketAddr) {
+/// An authenticated connection's life, until it closes.
+pub(crate) async fn connection<S: Io>(hub: Arc<Hub>, opened: Box<Opened<S>>, peer: SocketAddr) {
     let Opened {
         mut stream,
         mut buf,
@@ -311,6 +325,11 @@ async fn connection(hub: Arc<Hub>, opened: Box<Opened>, peer: SocketAddr) {
         && let Err(e) = Box::pin(conn.deliver_c2d()).await
     {
         close = Some(Close::Ungraceful(e));
+    }
+    // A client may send packets right behind its CONNECT without waiting for the CONNACK;
+    // what came in the same read as the CONNECT is handled now, not after the next read.
+    if close.is_none() && !buf.is_empty() {
+        close = Box::pin(conn.process(&mut buf)).await;
     }
     while close.is_none() {
         // Everything the last read batch (or command) produced goes out in one write.

@@ -219,7 +219,7 @@ impl hyper::body::Body for TrackedBody {
     }
 }
 
-fn router(hub: Shared) -> Router {
+pub(crate) fn router(hub: Shared) -> Router {
     Router::new()
         .route(
             "/devices",
