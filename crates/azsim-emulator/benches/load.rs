@@ -36,9 +36,9 @@
 //! in a temporary directory, so every PUBACK waits for a committed transaction on disk;
 //! `--store memory` runs the hub with `in_memory` (SQLite in memory). mosquitto runs with
 //! `persistence false` either way (it keeps nothing on disk for QoS 1 messages without
-//! subscribers). `--sync full` runs the hub with `Durability::PowerLoss` (SQLite
-//! `synchronous=FULL`, an fsync per transaction) instead of the default `ProcessCrash`
-//! (`synchronous=NORMAL`).
+//! subscribers). `--sync normal` runs the hub with `Durability::ProcessCrash` (SQLite
+//! `synchronous=NORMAL`: commits survive a killed process, not a power cut) instead of the
+//! default `PowerLoss` (`synchronous=FULL`, an fsync per transaction).
 
 use std::collections::HashMap;
 use std::fmt::Write as _;
@@ -68,7 +68,7 @@ struct Params {
     warmup: bool,
     /// The hub keeps its state in SQLite on disk (`true`) or in memory.
     disk: bool,
-    /// The hub fsyncs every commit (`Durability::PowerLoss`).
+    /// The hub fsyncs every commit (`Durability::PowerLoss`, its default).
     sync_full: bool,
 }
 
@@ -89,7 +89,7 @@ fn parse_params() -> Params {
         rounds: 1,
         warmup: true,
         disk: true,
-        sync_full: false,
+        sync_full: true,
     };
     let args: Vec<String> = std::env::args().skip(1).collect();
     let mut i = 0;
@@ -828,8 +828,10 @@ mod hub {
         rt.block_on(async {
             let mut cfg = azsim_emulator::HubConfig::new(dir);
             cfg.in_memory = std::env::var(STORE_ENV).is_ok_and(|v| v == "memory");
-            if std::env::var(SYNC_ENV).is_ok_and(|v| v == "full") {
-                cfg.durability = azsim_emulator::store::Durability::PowerLoss;
+            match std::env::var(SYNC_ENV).as_deref() {
+                Ok("full") => cfg.durability = azsim_emulator::store::Durability::PowerLoss,
+                Ok("normal") => cfg.durability = azsim_emulator::store::Durability::ProcessCrash,
+                _ => {}
             }
             let handle =
                 match azsim_emulator::start(cfg, "127.0.0.1".parse().expect("ip"), 0, 0).await {

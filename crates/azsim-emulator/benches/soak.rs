@@ -10,7 +10,8 @@
 //!     [--window W] [--kill-min S] [--kill-max S] [--sync normal|full]
 //! ```
 //! Defaults: 50 devices, 30 minutes, 10 messages per second per device, 10 in flight per
-//! device, a kill every 20-90 s (uniformly random), `synchronous=NORMAL`.
+//! device, a kill every 20-90 s (uniformly random), `synchronous=FULL` (the hub's default;
+//! `--sync normal` for `Durability::ProcessCrash`, which survives these kills too).
 //!
 //! The hub is this binary started again as a child (like the load bench), with its state on
 //! disk and a telemetry log cap high enough to keep every message of the run. Each device is a
@@ -65,7 +66,7 @@ fn parse_params() -> Params {
         window: 10,
         kill_min: 20.0,
         kill_max: 90.0,
-        sync_full: false,
+        sync_full: true,
     };
     let args: Vec<String> = std::env::args().skip(1).collect();
     let mut i = 0;
@@ -84,7 +85,7 @@ fn parse_params() -> Params {
             "--window" => p.window = (num() as u16).max(1),
             "--kill-min" => p.kill_min = num(),
             "--kill-max" => p.kill_max = num(),
-            "--sync" => p.sync_full = val == "full",
+            "--sync" => p.sync_full = val != "normal",
             // cargo bench passes `--bench`; ignore it and anything unknown without a value.
             _ => {
                 i += 1;
@@ -126,8 +127,10 @@ fn child_main(dir: PathBuf) {
             .unwrap_or((0, 0));
         let mut cfg = azsim_emulator::HubConfig::new(dir);
         cfg.limits.event_log_cap = 1_000_000_000;
-        if std::env::var(SYNC_ENV).is_ok_and(|v| v == "full") {
-            cfg.durability = azsim_emulator::store::Durability::PowerLoss;
+        match std::env::var(SYNC_ENV).as_deref() {
+            Ok("full") => cfg.durability = azsim_emulator::store::Durability::PowerLoss,
+            Ok("normal") => cfg.durability = azsim_emulator::store::Durability::ProcessCrash,
+            _ => {}
         }
         let handle =
             match azsim_emulator::start(cfg, "127.0.0.1".parse().expect("ip"), mqtt, https).await {

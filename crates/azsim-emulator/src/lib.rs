@@ -134,14 +134,14 @@ pub struct HubConfig {
     /// [`clock::ManualClock`]'s.
     pub clock: clock::Clock,
     /// What a PUBACK promises: telemetry is acknowledged once its SQLite transaction has
-    /// committed, and this says whether that commit survives the hub process being killed
-    /// (the default) or power loss too (an fsync per transaction). See [`store::Durability`].
+    /// committed, and this says whether that commit survives power loss (the default: an
+    /// fsync per transaction) or only the hub process being killed. See [`store::Durability`].
     pub durability: store::Durability,
 }
 
 impl HubConfig {
     /// Defaults: hostname `localhost`, persistent, Azure's limits, the system clock, commits
-    /// that survive a process kill.
+    /// that survive a power cut.
     pub fn new(state_dir: impl Into<PathBuf>) -> HubConfig {
         HubConfig {
             state_dir: state_dir.into(),

@@ -68,7 +68,7 @@ impl Gate {
         Gate {
             listener,
             name,
-            pre_auth: Arc::new(Semaphore::new(max_pre_auth)),
+            pre_auth: Arc::new(Semaphore::new(max_pre_auth.min(Semaphore::MAX_PERMITS))),
             backoff: BACKOFF_MIN,
             errors: Throttled::default(),
             refusals: Throttled::default(),
