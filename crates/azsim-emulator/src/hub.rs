@@ -23,8 +23,9 @@ use crate::{HUB_JSON, HubConfig, HubError, HubInfo, state_dir, twin};
 /// What the hub asks a live connection to do.
 #[derive(Debug)]
 pub(crate) enum ConnCmd {
-    /// Send this (QoS 0) publish.
-    Publish(Publish),
+    /// Send this (QoS 0) publish. Boxed: the channel's blocks hold 32 commands each, so the
+    /// largest variant sizes a block every connection keeps (2 KiB with it inline).
+    Publish(Box<Publish>),
     /// New C2D messages may be waiting.
     C2dWake,
     /// Close the connection; the reason is logged.
@@ -249,11 +250,11 @@ impl Hub {
             return;
         }
         let body = twin::with_version(patch, version).to_string();
-        let _ = e.tx.send(ConnCmd::Publish(Publish::new(
+        let _ = e.tx.send(ConnCmd::Publish(Box::new(Publish::new(
             topic,
             QoS::AtMostOnce,
             body.into_bytes(),
-        )));
+        ))));
     }
 
     /// Invoke a direct method: wait up to `connect_timeout` for the identity to be connected and
@@ -298,7 +299,11 @@ impl Hub {
         let body = serde_json::to_vec(payload).unwrap_or_default();
         if entry
             .tx
-            .send(ConnCmd::Publish(Publish::new(topic, QoS::AtMostOnce, body)))
+            .send(ConnCmd::Publish(Box::new(Publish::new(
+                topic,
+                QoS::AtMostOnce,
+                body,
+            ))))
             .is_err()
         {
             self.methods

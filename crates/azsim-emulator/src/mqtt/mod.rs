@@ -219,19 +219,30 @@ pub(crate) async fn connection<S: Io>(hub: Arc<Hub>, opened: Box<Opened<S>>, pee
         connect,
         authed,
     } = *opened;
+    // Only these outlive the CONNECT: its credentials and client id are not kept (the client
+    // id is `cid`, rebuilt from the identity it names).
+    let Connect {
+        keep_alive,
+        clean_session,
+        last_will,
+        client_id: connect_id,
+        login,
+        protocol: _,
+    } = connect;
+    drop((connect_id, login));
     let id = TopicId {
         device_id: &authed.device,
         module_id: authed.module.as_deref(),
     };
-    let will = connect.last_will.clone().filter(|w| {
+    let cid = client_id(&authed.device, authed.module.as_deref());
+    let will = last_will.filter(|w| {
         let ok = is_own_telemetry_topic(&w.topic, id);
         if !ok {
-            tracing::info!(client_id = %Untrusted(&connect.client_id), "will ignored: its topic is not this identity's telemetry topic");
+            tracing::info!(client_id = %cid, "will ignored: its topic is not this identity's telemetry topic");
         }
         ok
     });
     let (tx, mut rx) = mpsc::unbounded_channel();
-    let cid = client_id(&authed.device, authed.module.as_deref());
     let mut conn = Conn {
         conn_id: hub.new_conn_id(),
         hub: hub.clone(),
@@ -240,7 +251,7 @@ pub(crate) async fn connection<S: Io>(hub: Arc<Hub>, opened: Box<Opened<S>>, pee
         module: authed.module.clone(),
         subs: Arc::new(Subs::default()),
         filters: Vec::new(),
-        clean: connect.clean_session,
+        clean: clean_session,
         inflight: HashMap::new(),
         next_pkid: 0,
         origin: Arc::new(Origin {
@@ -293,17 +304,15 @@ pub(crate) async fn connection<S: Io>(hub: Arc<Hub>, opened: Box<Opened<S>>, pee
         hub.unregister(&cid, conn.conn_id);
         return;
     }
-    tracing::info!(%peer, client_id = %cid, clean = connect.clean_session, keep_alive = connect.keep_alive, "device connected");
+    tracing::info!(%peer, client_id = %cid, clean = clean_session, keep_alive, "device connected");
     conn.activity.connected(hub.now_us());
     hub.emit(
         &authed.device,
         json!({"type":"connected","deviceId":authed.device,"moduleId":authed.module,"reason":null}),
     );
 
-    let keep = (connect.keep_alive > 0).then(|| {
-        Duration::from_millis(
-            u64::from(connect.keep_alive.min(hub.cfg.limits.max_keep_alive)) * 1500,
-        )
+    let keep = (keep_alive > 0).then(|| {
+        Duration::from_millis(u64::from(keep_alive.min(hub.cfg.limits.max_keep_alive)) * 1500)
     });
     let far = Instant::now() + Duration::from_secs(86_400 * 365);
     // One keep-alive timer for the whole connection: a read only notes the time, and when the
@@ -343,7 +352,7 @@ pub(crate) async fn connection<S: Io>(hub: Arc<Hub>, opened: Box<Opened<S>>, pee
         }
         tokio::select! {
             cmd = rx.recv() => match cmd {
-                Some(ConnCmd::Publish(p)) => { let _ = Packet::Publish(p).write(&mut conn.out, usize::MAX); }
+                Some(ConnCmd::Publish(p)) => { let _ = Packet::Publish(*p).write(&mut conn.out, usize::MAX); }
                 Some(ConnCmd::C2dWake) => if let Err(e) = Box::pin(conn.deliver_c2d()).await { close = Some(Close::Ungraceful(e)); },
                 Some(ConnCmd::Kick(reason)) => close = Some(Close::Ungraceful(reason.to_string())),
                 None => close = Some(Close::Ungraceful("hub dropped the connection".into())),
