@@ -10,7 +10,7 @@ use azsim_proto::secret::Secret;
 use azsim_proto::session::MAX_IN_FLIGHT;
 use clap::Args;
 
-use crate::cli::run::{payload_source, telemetry_properties};
+use crate::cli::run::{parse_duration, payload_source, telemetry_properties};
 use crate::error::UsageError;
 use crate::fleet::device::DeviceSpec;
 use crate::fleet::{FleetConfig, Identities, Shard};
@@ -435,22 +435,6 @@ fn read_connection_strings(path: &PathBuf, has_ca: bool) -> Result<Vec<DeviceSpe
         ));
     }
     Ok(out)
-}
-
-fn parse_duration(field: &'static str, s: &str) -> Result<Duration, UsageError> {
-    let s = s.trim();
-    let bare = !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit() || b == b'.');
-    let parsed = if bare {
-        humantime::parse_duration(&format!("{s}s"))
-    } else {
-        humantime::parse_duration(s)
-    };
-    parsed.map_err(|e| {
-        UsageError::new(
-            field,
-            format!("{s:?} is not a duration like 10s or 5m: {e}"),
-        )
-    })
 }
 
 #[cfg(test)]

@@ -260,7 +260,7 @@ impl RunArgs {
 }
 
 /// `200ms`, `1.5s`, `1m 30s` (humantime), or a bare number of seconds (`2`, `0.5`).
-fn parse_duration(field: &'static str, s: &str) -> Result<Duration, UsageError> {
+pub(crate) fn parse_duration(field: &'static str, s: &str) -> Result<Duration, UsageError> {
     let s = s.trim();
     let bare = !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit() || b == b'.');
     let parsed = if bare {
