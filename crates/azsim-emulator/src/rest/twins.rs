@@ -13,7 +13,7 @@ use crate::store::{Identity, q};
 use crate::{HubError, twin};
 
 /// `c2d_count` is the device's C2D queue depth (0 for a module: modules have no C2D queue).
-fn twin_json(hub: &Hub, i: &Identity, c2d_count: u32) -> Value {
+pub(super) fn twin_json(hub: &Hub, i: &Identity, c2d_count: u32) -> Value {
     let cid = client_id(&i.device_id, i.module_id.as_deref());
     let connected = hub.is_connected(&cid);
     let (last_activity, _) = hub.store.activity().times(&cid);
@@ -58,7 +58,7 @@ fn twin_json(hub: &Hub, i: &Identity, c2d_count: u32) -> Value {
 }
 
 /// The C2D queue depth a twin shows: the device's, or 0 for a module.
-fn twin_c2d_count(c: &rusqlite::Connection, i: &Identity) -> Result<u32, HubError> {
+pub(super) fn twin_c2d_count(c: &rusqlite::Connection, i: &Identity) -> Result<u32, HubError> {
     match i.module_id {
         Some(_) => Ok(0),
         None => q::c2d_depth(c, &i.device_id),
