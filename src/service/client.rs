@@ -222,7 +222,7 @@ impl ServiceClient {
         &self.host
     }
 
-    fn request(&self, method: Method, path: &str) -> (RequestBuilder, String) {
+    pub(crate) fn request(&self, method: Method, path: &str) -> (RequestBuilder, String) {
         let url = format!("{}{path}", self.base);
         let sep = if path.contains('?') { '&' } else { '?' };
         let rb = self
@@ -233,7 +233,11 @@ impl ServiceClient {
         (rb, url)
     }
 
-    async fn send(&self, rb: RequestBuilder, url: &str) -> Result<reqwest::Response, ServiceError> {
+    pub(crate) async fn send(
+        &self,
+        rb: RequestBuilder,
+        url: &str,
+    ) -> Result<reqwest::Response, ServiceError> {
         let resp = rb.send().await.map_err(|source| ServiceError::Transport {
             url: url.to_owned(),
             source: source.without_url(),
@@ -244,7 +248,7 @@ impl ServiceClient {
         Err(ServiceError::Azure(error_from(resp).await))
     }
 
-    async fn json(&self, rb: RequestBuilder, url: &str) -> Result<Value, ServiceError> {
+    pub(crate) async fn json(&self, rb: RequestBuilder, url: &str) -> Result<Value, ServiceError> {
         let resp = self.send(rb.timeout(REQUEST_TIMEOUT), url).await?;
         read_json(resp, url).await
     }
