@@ -29,6 +29,7 @@ pub mod fuzzing;
 mod hub;
 mod listen;
 mod mqtt;
+pub mod query;
 mod rest;
 pub mod state_dir;
 pub mod store;

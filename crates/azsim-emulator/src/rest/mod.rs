@@ -40,7 +40,11 @@ mod device_bound;
 mod devices;
 mod events;
 mod feedback;
+mod job_runner;
+mod job_store;
+mod jobs;
 mod methods;
+mod query;
 mod twins;
 
 type Shared = Arc<Hub>;
@@ -54,6 +58,7 @@ pub(crate) async fn accept_loop(
     let app = router(hub.clone());
     // The C2D expiry / feedback sweep lives as long as the hub (it watches the shutdown flag).
     tokio::spawn(crate::feedback::maintain(hub.clone()));
+    tokio::spawn(job_runner::resume(hub.clone()));
     let mut gate = Gate::new(listener, "https", hub.cfg.limits.max_pre_auth_connections);
     loop {
         let Admitted { tcp, peer, permit } = gate.next().await;
@@ -225,6 +230,10 @@ pub(crate) fn router(hub: Shared) -> Router {
             "/devices",
             get(devices::list_devices).post(bulk::bulk_devices),
         )
+        .route("/devices/query", post(query::query_devices))
+        .route("/jobs/v2/query", get(jobs::query_jobs))
+        .route("/jobs/v2/{id}", put(jobs::create_job).get(jobs::get_job))
+        .route("/jobs/v2/{id}/cancel", post(jobs::cancel_job))
         .route(
             "/devices/{id}",
             put(devices::put_device)
