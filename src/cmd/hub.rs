@@ -15,7 +15,7 @@ use std::path::{Path, PathBuf};
 use std::process::{ExitCode, Stdio};
 use std::time::{Duration, Instant};
 
-use azsim_emulator::{HubConfig, HubInfo};
+use azsim_emulator::{DashboardPort, HubConfig, HubInfo};
 use azsim_proto::connection_string::{ConnectionString, split_host_port};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
@@ -51,6 +51,7 @@ pub async fn run(cmd: HubCommand) -> Result<ExitCode, CliError> {
         HubCommand::Stop { state } => stop(&state).await,
         HubCommand::Status { state, json } => status(&state, json).await,
         HubCommand::Env(cfg) => env(cfg).await,
+        HubCommand::Ca(cfg) => crate::cmd::cert::hub_ca(*cfg).await,
     }
 }
 
@@ -97,8 +98,13 @@ impl LiveHub {
             "ca_file": self.ca_file(),
             "service_connection_string": service_connection_string(&self.info),
             "hostname": self.info.hostname,
+            "amqp_port": self.info.amqp_port,
+            "eventhub_connection_string": self.info.eventhub_connection_string,
+            "amqp_dev_port": self.info.amqp_dev_port,
+            "eventhub_dev_connection_string": self.info.eventhub_dev_connection_string,
             "pid": self.info.pid,
             "state": self.state,
+            "dashboard_url": self.info.dashboard_url,
         })
     }
 }
@@ -233,6 +239,11 @@ async fn serve(cfg: HubCliConfig) -> Result<ExitCode, CliError> {
     let mut hc = HubConfig::new(&cfg.state);
     hc.hostname = cfg.hostname.clone();
     hc.in_memory = cfg.in_memory;
+    hc.amqp_port = Some(cfg.amqp_port);
+    hc.amqp_dev_port = Some(cfg.amqp_dev_port);
+    hc.partitions = cfg.partitions;
+    hc.consumer_groups = cfg.consumer_groups.clone();
+    hc.dashboard = cfg.dashboard_port;
     let handle = azsim_emulator::start(hc, cfg.bind, cfg.mqtt_port, cfg.https_port)
         .await
         .map_err(CliError::runtime)?;
@@ -261,6 +272,11 @@ async fn serve(cfg: HubCliConfig) -> Result<ExitCode, CliError> {
                 "ca_file": info.ca_file,
                 "service_connection_string": service_connection_string(&info),
                 "hostname": info.hostname,
+                "amqp_port": info.amqp_port,
+                "eventhub_connection_string": info.eventhub_connection_string,
+                "amqp_dev_port": info.amqp_dev_port,
+                "eventhub_dev_connection_string": info.eventhub_dev_connection_string,
+                "dashboard_url": info.dashboard_url,
             })
         );
     } else {
@@ -280,8 +296,17 @@ async fn serve(cfg: HubCliConfig) -> Result<ExitCode, CliError> {
             "  REST (service):  https://{}:{}",
             info.hostname, info.https_port
         );
+        if let Some(p) = info.amqp_port {
+            println!("  AMQPS (Event Hubs-compatible): amqps://{}:{p}", info.hostname);
+        }
+        if let Some(p) = info.amqp_dev_port {
+            println!("  AMQP (development mode, loopback): amqp://localhost:{p}");
+        }
         println!("  CA certificate:  {}", info.ca_file.display());
         println!("  state dir:       {}", cfg.state.display());
+        if let Some(url) = &info.dashboard_url {
+            println!("  dashboard: {url}");
+        }
         println!("  service connection string:");
         println!("    {}", service_connection_string(&info));
         println!();
@@ -347,9 +372,24 @@ async fn start(cfg: HubCliConfig) -> Result<ExitCode, CliError> {
         .args(["--bind", &cfg.bind.to_string()])
         .args(["--mqtt-port", &cfg.mqtt_port.to_string()])
         .args(["--https-port", &cfg.https_port.to_string()])
+        .args(["--amqp-port", &cfg.amqp_port.to_string()])
+        .args(["--amqp-dev-port", &cfg.amqp_dev_port.to_string()])
+        .args(["--partitions", &cfg.partitions.to_string()])
         .args(["--hostname", &cfg.hostname, "--json"]);
+    match cfg.dashboard_port {
+        DashboardPort::Off => {
+            cmd.args(["--dashboard-port", "off"]);
+        }
+        DashboardPort::Port(p) => {
+            cmd.args(["--dashboard-port", &p.to_string()]);
+        }
+        DashboardPort::Preferred(_) => {}
+    }
     if cfg.in_memory {
         cmd.arg("--in-memory");
+    }
+    for g in &cfg.consumer_groups {
+        cmd.args(["--consumer-group", g]);
     }
     cmd.stdin(Stdio::null())
         .stdout(Stdio::from(log))
@@ -609,6 +649,15 @@ mod tests {
                 "HostName=localhost:{https_port};SharedAccessKeyName=iothubowner;SharedAccessKey=a2V5"
             ),
             pid: 1,
+            dashboard_url: None,
+            amqp_port: None,
+            eventhub_connection_string: None,
+            amqp_dev_port: None,
+            eventhub_dev_connection_string: None,
+            id_scope: String::new(),
+            provisioning_host: String::new(),
+            provisioning_service_connection_string: String::new(),
+            policies: Vec::new(),
         }
     }
 

@@ -258,6 +258,15 @@ fn hub_info_debug_redacts_the_service_key() {
             "HostName=localhost:8443;SharedAccessKeyName=iothubowner;SharedAccessKey=c2VjcmV0"
                 .into(),
         pid: 1,
+        dashboard_url: None,
+        amqp_port: None,
+        eventhub_connection_string: None,
+        amqp_dev_port: None,
+        eventhub_dev_connection_string: None,
+        id_scope: String::new(),
+        provisioning_host: String::new(),
+        provisioning_service_connection_string: String::new(),
+        policies: Vec::new(),
     };
     let d = format!("{info:?}");
     assert!(!d.contains("c2VjcmV0"), "{d}");

@@ -1,9 +1,12 @@
 //! The one integration-test binary. One module per feature; each owner adds its `mod` line.
 //! Tests that exercise the CLI run the real binary (`env!("CARGO_BIN_EXE_azsim")`).
 
+mod dashboard;
+mod dps;
 mod firmware_loop;
 mod fleet;
 mod hub_activity;
+mod hub_amqp;
 mod hub_cli;
 mod hub_deadlines;
 mod hub_durability;
@@ -11,10 +14,11 @@ mod hub_e2e;
 mod hub_events;
 mod hub_feedback;
 mod hub_hardening;
-mod hub_jobs;
 mod hub_mqtt_rules;
-mod hub_query;
 mod hub_service;
+mod hub_strict;
+mod hub_websocket;
+mod hub_x509;
 mod real_hub;
 mod run_hub;
 mod run_mosquitto;

@@ -4,6 +4,7 @@
 
 use std::collections::HashMap;
 use std::future::Future;
+use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -30,6 +31,8 @@ pub(crate) enum ConnCmd {
     C2dWake,
     /// Close the connection; the reason is logged.
     Kick(&'static str),
+    /// Close the connection as a graceful shutdown (no will); the reason is logged.
+    Close(&'static str),
 }
 
 /// Which of the documented subscriptions a connection holds.
@@ -39,6 +42,8 @@ pub(crate) struct Subs {
     pub methods: AtomicBool,
     pub twin_res: AtomicBool,
     pub desired: AtomicBool,
+    /// The C2D subscription was granted QoS 0: messages go out at QoS 0 (at most once).
+    pub c2d_qos0: AtomicBool,
 }
 
 #[derive(Debug, Clone)]
@@ -68,6 +73,10 @@ type MethodReply = oneshot::Sender<(u16, Bytes)>;
 pub(crate) struct Hub {
     pub cfg: HubConfig,
     pub owner_key: Secret<String>,
+    /// The shared access policies and their keys (`serve` loads the state dir's).
+    pub policies: crate::auth::Policies,
+    /// Faults injected on demand (`fault.rs`).
+    pub faults: crate::fault::Faults,
     pub store: Store,
     pub mqtt_port: u16,
     pub https_port: u16,
@@ -80,6 +89,8 @@ pub(crate) struct Hub {
     pub shutdown: watch::Sender<bool>,
     /// Counts live connection tasks so shutdown can wait for them.
     pub live: watch::Sender<usize>,
+    /// The Device Provisioning Service's id scope and key.
+    pub dps: crate::dps::Dps,
 }
 
 impl std::fmt::Debug for Hub {
@@ -117,6 +128,10 @@ impl Hub {
         https_port: u16,
     ) -> Hub {
         Hub {
+            policies: crate::auth::Policies::new(owner_key.clone(), |_| {
+                Secret::new(state_dir::generate_key())
+            }),
+            faults: crate::fault::Faults::default(),
             owner_key,
             store,
             mqtt_port,
@@ -129,6 +144,7 @@ impl Hub {
             next_conn: AtomicU64::new(1),
             shutdown: watch::channel(false).0,
             live: watch::channel(0).0,
+            dps: crate::dps::Dps::ephemeral(),
             cfg,
         }
     }
@@ -341,7 +357,15 @@ impl Hub {
     /// # Errors
     /// A hostname that a connection string cannot hold (empty, or with `;`).
     pub fn info(&self, ca_file: std::path::PathBuf) -> Result<HubInfo, HubError> {
-        let host = format!("{}:{}", self.cfg.hostname, self.https_port);
+        // One host name for everything, as Azure has: with HTTPS on 443 and AMQPS (if served)
+        // on 5671 the SDKs derive every endpoint from a bare `HostName`.
+        let default_ports =
+            self.https_port == 443 && self.cfg.amqp_port.is_none_or(|p| p == 5671);
+        let host = if default_ports {
+            self.cfg.hostname.clone()
+        } else {
+            format!("{}:{}", self.cfg.hostname, self.https_port)
+        };
         let cs = azsim_proto::connection_string::ConnectionString::service(
             &host,
             "iothubowner",
@@ -358,6 +382,23 @@ impl Hub {
             ca_file,
             service_connection_string,
             pid: std::process::id(),
+            dashboard_url: None,
+            amqp_port: None,
+            eventhub_connection_string: None,
+            amqp_dev_port: None,
+            eventhub_dev_connection_string: None,
+            id_scope: self.dps.id_scope.clone(),
+            provisioning_host: crate::dps::assigned_hub(self),
+            provisioning_service_connection_string: crate::dps::service_connection_string(self)?,
+            policies: self
+                .policies
+                .iter()
+                .map(|p| crate::PolicyInfo {
+                    name: p.name.to_string(),
+                    key: p.key.expose().clone(),
+                    rights: p.rights.iter().map(|r| r.name().to_string()).collect(),
+                })
+                .collect(),
         })
     }
 }
@@ -394,14 +435,32 @@ pub(crate) async fn serve(
             .map_err(|e| HubError::Store(e.to_string()))??;
     let mqtt_tls = prepared.server_config(&[])?;
     let https_tls = prepared.server_config(&[b"h2", b"http/1.1"])?;
-    let hub = Arc::new(Hub::new(
+    let dashboard_port = config.dashboard;
+    let amqp = crate::amqp::Listeners::bind(&config, mqtt.local_addr()?.ip()).await?;
+    let dps_dir = prepared.ca_file.parent().map(Path::to_path_buf).unwrap_or_default();
+    let dps = tokio::task::spawn_blocking(move || crate::dps::Dps::prepare(&dps_dir))
+        .await
+        .map_err(|e| HubError::State(e.to_string()))??;
+    let mut core = Hub::new(
         config,
         prepared.owner_key.clone(),
         store.clone(),
         mqtt.local_addr()?.port(),
         https.local_addr()?.port(),
-    ));
-    let info = hub.info(prepared.ca_file.clone())?;
+    );
+    core.dps = dps;
+    core.policies = state_dir::policies(&core.cfg.state_dir, prepared.owner_key.clone())?;
+    let hub = Arc::new(core);
+    let mut info = hub.info(prepared.ca_file.clone())?;
+    let dashboard = crate::dashboard::Dashboard::bind(
+        dashboard_port,
+        mqtt.local_addr()?.ip(),
+        &hub.cfg.hostname,
+        prepared.server_config(&[b"http/1.1"])?,
+    )
+    .await?;
+    info.dashboard_url = dashboard.as_ref().map(|d| d.url.clone());
+    amqp.describe(&hub, &mut info)?;
     let hub_json = prepared.ca_file.with_file_name(HUB_JSON);
     let text = serde_json::to_string_pretty(&info).map_err(|e| HubError::State(e.to_string()))?;
     // It holds the owner key (in the service connection string): private, like the key files.
@@ -413,6 +472,10 @@ pub(crate) async fn serve(
 
     let mqtt_task = tokio::spawn(crate::mqtt::accept_loop(hub.clone(), mqtt, mqtt_tls));
     let https_task = tokio::spawn(crate::rest::accept_loop(hub.clone(), https, https_tls));
+    let amqp_tasks = amqp.spawn(&hub, prepared.server_config(&[])?);
+    let ca_pem = std::fs::read_to_string(&prepared.ca_file)?;
+    let dashboard_task =
+        dashboard.map(|d| tokio::spawn(d.serve(hub.clone(), info.clone(), ca_pem)));
     if let Some(r) = ready {
         let _ = r.send(info);
     }
@@ -423,6 +486,14 @@ pub(crate) async fn serve(
     https_task.abort();
     let _ = mqtt_task.await;
     let _ = https_task.await;
+    for t in amqp_tasks {
+        t.abort();
+        let _ = t.await;
+    }
+    if let Some(t) = dashboard_task {
+        t.abort();
+        let _ = t.await;
+    }
     // Connections notice the shutdown flag and finish their current packet; wait for them so
     // every PUBACKed message is in the event log before the final flush.
     let mut live = hub.live.subscribe();

@@ -20,8 +20,12 @@ use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 
 pub mod activity;
-mod auth;
+mod amqp;
+pub mod auth;
 pub mod clock;
+mod dashboard;
+mod dps;
+pub mod fault;
 mod feedback;
 #[cfg(any(test, feature = "fuzzing"))]
 #[doc(hidden)]
@@ -36,6 +40,10 @@ pub mod store;
 mod telemetry;
 pub mod twin;
 mod untrusted;
+pub mod x509;
+
+/// MQTT over WebSockets: the byte stream over a WebSocket connection (hub and `azsim run`).
+pub use mqtt::websocket::{SUBPROTOCOL as WEBSOCKET_SUBPROTOCOL, WsBytes};
 
 /// The MQTT port Azure uses (devices assume it when `HostName` has no port): the core's
 /// [`azsim_proto::endpoint::MQTT_PORT`].
@@ -138,6 +146,29 @@ pub struct HubConfig {
     /// committed, and this says whether that commit survives power loss (the default: an
     /// fsync per transaction) or only the hub process being killed. See [`store::Durability`].
     pub durability: store::Durability,
+    /// Not Azure: turn off the strict rules a real hub applies (twin responses only to a
+    /// client subscribed to `$iothub/twin/res/#`, C2D at the subscription's QoS, REST
+    /// `api-version` required, `If-Match` required on DELETE). Off by default: the hub is
+    /// Azure. See the README's "How strict the hub is".
+    pub lenient: bool,
+    /// The IoT Hub tier whose daily message quota and REST throttles to enforce (none: no
+    /// quota, no throttles), and its number of units. See `fault`.
+    pub tier: Option<fault::Tier>,
+    pub units: u32,
+    /// The web dashboard, on the MQTT listener's address: plain HTTP on loopback, the hub's
+    /// TLS on any other address. Off unless asked for.
+    pub dashboard: DashboardPort,
+    /// The AMQPS port (service AMQP and the Event Hubs-compatible endpoint) on the MQTT
+    /// listener's address: `None` serves none, `Some(0)` (the default) a free port.
+    pub amqp_port: Option<u16>,
+    /// The plain-AMQP port for the Event Hubs SDKs' development mode, always on 127.0.0.1:
+    /// `None` (the default) serves none, `Some(0)` a free port.
+    pub amqp_dev_port: Option<u16>,
+    /// The Event Hubs-compatible endpoint's partition count (telemetry is spread over them by
+    /// device id; see `amqp::eventhub`).
+    pub partitions: u32,
+    /// Consumer groups besides `$Default`.
+    pub consumer_groups: Vec<String>,
 }
 
 impl HubConfig {
@@ -151,8 +182,28 @@ impl HubConfig {
             limits: HubLimits::default(),
             clock: clock::Clock::system(),
             durability: store::Durability::default(),
+            lenient: false,
+            tier: None,
+            units: 1,
+            dashboard: DashboardPort::Off,
+            amqp_port: Some(0),
+            amqp_dev_port: None,
+            partitions: 4,
+            consumer_groups: Vec::new(),
         }
     }
+}
+
+/// Where the web dashboard listens (see [`HubConfig::dashboard`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum DashboardPort {
+    /// No dashboard (the library default).
+    #[default]
+    Off,
+    /// This port (0 picks a free one); a port already taken fails the start.
+    Port(u16),
+    /// This port, or a free one when it is taken (`azsim hub` without `--dashboard-port`).
+    Preferred(u16),
 }
 
 /// The discovery record in `DIR/hub.json` (CONTRACTS.md).
@@ -164,6 +215,53 @@ pub struct HubInfo {
     pub ca_file: PathBuf,
     pub service_connection_string: String,
     pub pid: u32,
+    /// The web dashboard's address (`http://localhost:8880/`), when one is served.
+    #[serde(default)]
+    pub dashboard_url: Option<String>,
+    /// The AMQPS port, when one is served.
+    #[serde(default)]
+    pub amqp_port: Option<u16>,
+    /// `Endpoint=sb://..;SharedAccessKeyName=iothubowner;SharedAccessKey=..;EntityPath=..`: the
+    /// built-in Event Hubs-compatible endpoint over AMQPS.
+    #[serde(default)]
+    pub eventhub_connection_string: Option<String>,
+    /// The plain-AMQP development port (loopback), when one is served.
+    #[serde(default)]
+    pub amqp_dev_port: Option<u16>,
+    /// The Event Hubs connection string for the development port (`UseDevelopmentEmulator=true`).
+    #[serde(default)]
+    pub eventhub_dev_connection_string: Option<String>,
+    /// The Device Provisioning Service's id scope (`0ne` + 8 hex digits).
+    #[serde(default)]
+    pub id_scope: String,
+    /// The host devices dial for DPS: the hostname, with the MQTT port when it is not 8883.
+    #[serde(default)]
+    pub provisioning_host: String,
+    /// `HostName={host}:{https};SharedAccessKeyName=provisioningserviceowner;SharedAccessKey=..`.
+    #[serde(default)]
+    pub provisioning_service_connection_string: String,
+    /// The shared access policies (Azure's five), their keys and permissions.
+    #[serde(default)]
+    pub policies: Vec<PolicyInfo>,
+}
+
+/// One shared access policy in `hub.json`.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PolicyInfo {
+    pub name: String,
+    pub key: String,
+    /// `RegistryRead`, `RegistryWrite`, `ServiceConnect`, `DeviceConnect`.
+    pub rights: Vec<String>,
+}
+
+impl std::fmt::Debug for PolicyInfo {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PolicyInfo")
+            .field("name", &self.name)
+            .field("key", &"<redacted>")
+            .field("rights", &self.rights)
+            .finish()
+    }
 }
 
 impl std::fmt::Debug for HubInfo {
@@ -175,6 +273,15 @@ impl std::fmt::Debug for HubInfo {
             .field("ca_file", &self.ca_file)
             .field("service_connection_string", &"<redacted>")
             .field("pid", &self.pid)
+            .field("dashboard_url", &self.dashboard_url)
+            .field("amqp_port", &self.amqp_port)
+            .field("eventhub_connection_string", &"<redacted>")
+            .field("amqp_dev_port", &self.amqp_dev_port)
+            .field("eventhub_dev_connection_string", &"<redacted>")
+            .field("id_scope", &self.id_scope)
+            .field("provisioning_host", &self.provisioning_host)
+            .field("provisioning_service_connection_string", &"<redacted>")
+            .field("policies", &self.policies)
             .finish()
     }
 }

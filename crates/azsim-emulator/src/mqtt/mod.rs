@@ -51,6 +51,7 @@ use crate::untrusted::Untrusted;
 
 mod connect;
 mod session;
+pub(crate) mod websocket;
 
 use connect::{Authed, authenticate, read_connect};
 use session::Conn;
@@ -109,7 +110,9 @@ async fn open(
             return None;
         }
     };
-    open_stream(hub, stream, peer).await
+    // The client certificate chain, if one was sent: X.509 identities are checked at CONNECT.
+    let certs = stream.get_ref().1.peer_certificates().map(<[_]>::to_vec);
+    open_stream_with_certs(hub, stream, peer, certs).await
 }
 
 /// The CONNECT and its authentication (a refusal gets its CONNACK here), on any byte stream
@@ -119,12 +122,27 @@ async fn open(
 /// every connection's task.
 pub(crate) async fn open_stream<S: Io>(
     hub: &Hub,
+    stream: S,
+    peer: SocketAddr,
+) -> Option<Box<Opened<S>>> {
+    open_stream_with_certs(hub, stream, peer, None).await
+}
+
+/// [`open_stream`] for a client that sent the certificate chain `certs` (leaf first) in its
+/// TLS handshake.
+pub(crate) async fn open_stream_with_certs<S: Io>(
+    hub: &Hub,
     mut stream: S,
     peer: SocketAddr,
+    certs: Option<Vec<rustls_pki_types::CertificateDer<'static>>>,
 ) -> Option<Box<Opened<S>>> {
     let mut buf = BytesMut::with_capacity(1024);
     let connect = read_connect(hub, &mut stream, &mut buf, peer).await?;
-    match authenticate(hub, &connect).await {
+    if crate::dps::mqtt::is_dps_connect(&connect) {
+        crate::dps::mqtt::serve(hub, stream, buf, connect, peer).await;
+        return None;
+    }
+    match authenticate(hub, &connect, certs.as_deref()).await {
         Ok(authed) => Some(Box::new(Opened {
             stream,
             buf,
@@ -229,6 +247,9 @@ pub(crate) async fn connection<S: Io>(hub: Arc<Hub>, opened: Box<Opened<S>>, pee
         login,
         protocol: _,
     } = connect;
+    let model_id = login
+        .as_ref()
+        .and_then(|l| crate::auth::model_id(&l.username));
     drop((connect_id, login));
     let id = TopicId {
         device_id: &authed.device,
@@ -264,6 +285,7 @@ pub(crate) async fn connection<S: Io>(hub: Arc<Hub>, opened: Box<Opened<S>>, pee
         commits: Arc::default(),
         last_seq: 0,
         held_pubacks: VecDeque::new(),
+        model_id,
     };
     // Session state: a persistent session keeps its subscriptions (and so its C2D delivery).
     let cid2 = cid.clone();
@@ -306,6 +328,7 @@ pub(crate) async fn connection<S: Io>(hub: Arc<Hub>, opened: Box<Opened<S>>, pee
     }
     tracing::info!(%peer, client_id = %cid, clean = clean_session, keep_alive, "device connected");
     conn.activity.connected(hub.now_us());
+    Box::pin(conn.record_model_id()).await;
     hub.emit(
         &authed.device,
         json!({"type":"connected","deviceId":authed.device,"moduleId":authed.module,"reason":null}),
@@ -355,6 +378,7 @@ pub(crate) async fn connection<S: Io>(hub: Arc<Hub>, opened: Box<Opened<S>>, pee
                 Some(ConnCmd::Publish(p)) => { let _ = Packet::Publish(*p).write(&mut conn.out, usize::MAX); }
                 Some(ConnCmd::C2dWake) => if let Err(e) = Box::pin(conn.deliver_c2d()).await { close = Some(Close::Ungraceful(e)); },
                 Some(ConnCmd::Kick(reason)) => close = Some(Close::Ungraceful(reason.to_string())),
+                Some(ConnCmd::Close(reason)) => { tracing::info!(client_id = %cid, reason, "closing gracefully"); close = Some(Close::Graceful) }
                 None => close = Some(Close::Ungraceful("hub dropped the connection".into())),
             },
             r = stream.read_buf(&mut buf) => match r {

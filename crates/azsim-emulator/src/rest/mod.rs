@@ -34,11 +34,14 @@ use crate::hub::{Hub, LiveGuard};
 use crate::listen::{Admitted, Gate};
 use crate::untrusted::Untrusted;
 
+mod access;
 mod bulk;
 mod c2d;
+mod certificates;
 mod device_bound;
 mod devices;
 mod events;
+mod fault;
 mod feedback;
 mod job_runner;
 mod job_store;
@@ -86,7 +89,8 @@ pub(crate) async fn accept_loop(
             let requests = Requests::new(permit);
             let svc = {
                 let requests = requests.clone();
-                tower::service_fn(move |req: Request<hyper::body::Incoming>| {
+                tower::service_fn(move |mut req: Request<hyper::body::Incoming>| {
+                    req.extensions_mut().insert(axum::extract::ConnectInfo(peer));
                     let in_flight = requests.begin();
                     let app = app.clone();
                     async move {
@@ -247,6 +251,13 @@ pub(crate) fn router(hub: Shared) -> Router {
                 .get(devices::get_module)
                 .delete(devices::delete_module),
         )
+        .route("/certificates", get(certificates::list_certificates))
+        .route(
+            "/certificates/{name}",
+            put(certificates::put_certificate)
+                .get(certificates::get_certificate)
+                .delete(certificates::delete_certificate),
+        )
         .route("/devices/{id}/commands", delete(c2d::purge_c2d))
         .route(
             "/twins/{id}",
@@ -290,8 +301,11 @@ pub(crate) fn router(hub: Shared) -> Router {
             post(device_bound::abandon_handler),
         )
         .route("/emulator/devices/{id}/c2d", post(c2d::send_c2d))
+        .route("/emulator/devices/{id}/faults", post(fault::inject_fault))
         .route("/emulator/events", get(events::events_sse))
         .route("/emulator/events/recent", get(events::events_recent))
+        .route(crate::mqtt::websocket::PATH, crate::mqtt::websocket::route(&hub))
+        .merge(crate::dps::http::routes())
         .fallback(not_found)
         .layer(middleware::from_fn_with_state(hub.clone(), auth))
         .with_state(hub)
@@ -455,7 +469,8 @@ async fn verify_device_rest(
         return Err(E("device disabled".into()));
     }
     let resources = crate::auth::identity_resources(&hub.cfg.hostname, hub.https_port, id, None);
-    crate::auth::verify_device_token(
+    crate::auth::verify_device_or_policy_token(
+        &hub.policies,
         &token,
         &[ident.primary_key.expose(), ident.secondary_key.expose()],
         &resources,
@@ -465,24 +480,54 @@ async fn verify_device_rest(
 }
 
 async fn auth(State(hub): State<Shared>, req: Request, next: Next) -> Response {
+    // MQTT over WebSockets: the device authenticates in its CONNECT, not in the upgrade.
+    if req.uri().path() == crate::mqtt::websocket::PATH {
+        return next.run(req).await;
+    }
+    // DPS: the service API and the device API check their own tokens.
+    if crate::dps::http::is_dps_path(req.uri().path()) {
+        return next.run(req).await;
+    }
+    if !hub.cfg.lenient && !access::has_api_version(req.uri().path(), req.uri().query()) {
+        tracing::info!(path = %Untrusted(req.uri().path()), "REST 400 InvalidProtocolVersion: no api-version");
+        return access::invalid_protocol_version(&hub);
+    }
     let header = req
         .headers()
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok());
-    let mut verdict = crate::auth::verify_service(
+    let needed = access::needed(req.method(), req.uri().path());
+    let mut verdict = match crate::auth::verify_service(
         header,
         &hub.cfg.hostname,
         hub.https_port,
-        hub.owner_key.expose(),
+        &hub.policies,
+        needed,
         hub.clock().unix_secs(),
-    );
+    ) {
+        crate::auth::ServiceVerdict::Allowed => Ok(()),
+        crate::auth::ServiceVerdict::NotAllowed(n) => {
+            tracing::info!(path = %Untrusted(req.uri().path()), reason = %n, "REST 401");
+            let r = ApiError::new(
+                StatusCode::UNAUTHORIZED,
+                401003,
+                "IoTHubUnauthorized",
+                n.to_string(),
+            );
+            return render_error(hub.clock(), r.into_response());
+        }
+        crate::auth::ServiceVerdict::Refused(e) => Err(e),
+    };
     if verdict.is_err()
         && let Some(id) = device_side_id(req.uri().path())
     {
         verdict = verify_device_rest(&hub, header, &id).await;
     }
     let r = match verdict {
-        Ok(()) => next.run(req).await,
+        Ok(()) => match access::throttled(&hub, req.method(), req.uri().path()) {
+            Some(e) => e.into_response(),
+            None => next.run(req).await,
+        },
         Err(e) => {
             tracing::info!(path = %Untrusted(req.uri().path()), reason = %e.0, "REST 401");
             ApiError::new(

@@ -1,0 +1,595 @@
+//! DPS over HTTPS, on the hub's HTTPS listener: the service REST API (enrollments, enrollment
+//! groups, registration states, queries; any api-version, the SDKs send 2018-09-01-preview to
+//! 2021-10-01, whose shapes agree on what is served here), authenticated with a
+//! `provisioningserviceowner` token, and the device API (`PUT /{idScope}/registrations/{id}/register`,
+//! `GET /{idScope}/registrations/{id}/operations/{operationId}`) authenticated with the
+//! registration's SAS token. The hub's own service auth does not apply to these paths
+//! ([`is_dps_path`]); errors have DPS's body.
+
+use std::sync::Arc;
+
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post, put};
+use serde_json::{Value, json};
+
+use super::store::{self, Kind};
+use super::{DpsError, SERVICE_POLICY, new_etag, register};
+use crate::hub::Hub;
+use crate::untrusted::Untrusted;
+
+type Shared = Arc<Hub>;
+type DpsResult = Result<Response, DpsError>;
+
+/// The routes, merged into the hub's router.
+pub(crate) fn routes() -> Router<Shared> {
+    Router::new()
+        .route(
+            "/enrollments/{id}",
+            put(put_enrollment)
+                .get(get_enrollment)
+                .delete(delete_enrollment),
+        )
+        .route("/enrollments/query", post(query_enrollments))
+        .route(
+            "/enrollments/{id}/attestationmechanism",
+            post(enrollment_attestation),
+        )
+        .route(
+            "/enrollmentGroups/{id}",
+            put(put_group).get(get_group).delete(delete_group),
+        )
+        .route("/enrollmentGroups/query", post(query_groups))
+        .route(
+            "/enrollmentGroups/{id}/attestationmechanism",
+            post(group_attestation),
+        )
+        .route(
+            "/registrations/{id}",
+            get(get_registration).delete(delete_registration),
+        )
+        .route("/{scope}/registrations/{id}/register", put(device_register))
+        .route(
+            "/{scope}/registrations/{id}/operations/{op}",
+            get(device_operation),
+        )
+}
+
+/// Whether a request goes to DPS (and so is not the hub's service API, whose auth it skips).
+pub(crate) fn is_dps_path(path: &str) -> bool {
+    let mut it = path.trim_start_matches('/').split('/');
+    matches!(
+        (it.next(), it.next(), it.next(), it.next(), it.next()),
+        (Some("enrollments" | "enrollmentGroups"), Some(_), None, ..)
+            | (
+                Some("enrollments" | "enrollmentGroups"),
+                Some(_),
+                Some("attestationmechanism"),
+                None,
+                _,
+            )
+            | (Some("registrations"), Some(_), None, ..)
+            | (
+                Some(_),
+                Some("registrations"),
+                Some(_),
+                Some("register"),
+                None
+            )
+            | (
+                Some(_),
+                Some("registrations"),
+                Some(_),
+                Some("operations"),
+                Some(_)
+            )
+    )
+}
+
+/// A DPS error response, body stamped by the hub's clock.
+fn error_response(hub: &Hub, e: &DpsError) -> Response {
+    json_response(e.status_code(), &e.body(hub))
+}
+
+fn json_response(status: StatusCode, v: &Value) -> Response {
+    let mut r = (status, v.to_string()).into_response();
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json; charset=utf-8"),
+    );
+    r
+}
+
+/// Runs a handler's body and renders its error in DPS's shape.
+fn respond(hub: &Hub, r: DpsResult) -> Response {
+    match r {
+        Ok(r) => r,
+        Err(e) => {
+            if e.status >= 500 {
+                tracing::warn!(status = e.status, message = %e.message, "dps: request failed");
+            }
+            error_response(hub, &e)
+        }
+    }
+}
+
+fn authorization(h: &HeaderMap) -> Option<&str> {
+    h.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok())
+}
+
+/// A `provisioningserviceowner` token for this hub's host (with or without the HTTPS port).
+fn check_service(hub: &Hub, h: &HeaderMap) -> Result<(), DpsError> {
+    let refuse = |why: String| {
+        tracing::info!(reason = %why, "dps service REST 401");
+        DpsError::unauthorized("Unauthorized")
+    };
+    let header = authorization(h).ok_or_else(|| refuse("missing Authorization header".into()))?;
+    let token = azsim_proto::sas::Token::parse(header)
+        .map_err(|e| refuse(format!("malformed token: {e}")))?;
+    if token.policy() != Some(SERVICE_POLICY) {
+        return Err(refuse(format!("skn is not {SERVICE_POLICY}")));
+    }
+    let host = &hub.cfg.hostname;
+    let with_port = format!("{host}:{}", hub.https_port);
+    let resources = [host.clone(), with_port];
+    crate::auth::verify_device_token(
+        &token,
+        &[hub.dps.service_key.expose()],
+        &resources,
+        hub.clock().unix_secs(),
+    )
+    .map_err(|e| refuse(e.to_string()))
+}
+
+fn if_match(h: &HeaderMap) -> Option<String> {
+    h.get(header::IF_MATCH)
+        .and_then(|v| v.to_str().ok())
+        .map(|s| s.trim().trim_matches('"').to_string())
+        .filter(|s| !s.is_empty() && s != "*")
+}
+
+fn parse_body(body: &Bytes) -> Result<serde_json::Map<String, Value>, DpsError> {
+    match serde_json::from_slice::<Value>(body) {
+        Ok(Value::Object(m)) => Ok(m),
+        Ok(_) => Err(DpsError::bad("body must be a JSON object")),
+        Err(e) => Err(DpsError::bad(format!("invalid JSON body: {e}"))),
+    }
+}
+
+fn not_found(kind: Kind, id: &str) -> DpsError {
+    let (code, what) = match kind {
+        Kind::Enrollment => (404201, "enrollment"),
+        Kind::Registration => (404202, "registration"),
+        Kind::Group => (404203, "enrollment group"),
+    };
+    DpsError::new(404, code, format!("{what} '{}' not found", Untrusted(id)))
+}
+
+fn check_record_id(what: &str, id: &str) -> Result<(), DpsError> {
+    if register::valid_registration_id(id) {
+        Ok(())
+    } else {
+        Err(DpsError::bad(format!(
+            "{what} is invalid: 1-128 letters, digits and -._:"
+        )))
+    }
+}
+
+/// The attestation with symmetric keys filled in (generated when not given).
+fn normalize_attestation(att: Option<&Value>) -> Result<Value, DpsError> {
+    let att = match att {
+        None | Some(Value::Null) => json!({"type": "symmetricKey"}),
+        Some(a) if a.is_object() => a.clone(),
+        Some(_) => return Err(DpsError::bad("attestation must be an object")),
+    };
+    match att.get("type").and_then(Value::as_str) {
+        Some("symmetricKey") => {}
+        Some(t @ ("x509" | "tpm")) => {
+            return Err(DpsError::bad(format!(
+                "attestation type '{t}' is not supported by the local hub (symmetricKey only)"
+            )));
+        }
+        _ => return Err(DpsError::bad("attestation.type must be 'symmetricKey'")),
+    }
+    let mut keys = serde_json::Map::new();
+    for which in ["primaryKey", "secondaryKey"] {
+        let k = match att.pointer(&format!("/symmetricKey/{which}")) {
+            None | Some(Value::Null) => crate::state_dir::generate_key(),
+            Some(Value::String(s)) if s.is_empty() => crate::state_dir::generate_key(),
+            Some(Value::String(s)) => {
+                azsim_proto::sas::check_key(s)
+                    .map_err(|e| DpsError::bad(format!("attestation.symmetricKey.{which}: {e}")))?;
+                s.clone()
+            }
+            Some(_) => {
+                return Err(DpsError::bad(format!(
+                    "attestation.symmetricKey.{which} must be a string"
+                )));
+            }
+        };
+        keys.insert(which.into(), Value::String(k));
+    }
+    Ok(json!({"type": "symmetricKey", "symmetricKey": keys}))
+}
+
+/// A PUT body made into the stored record: ids, attestation, status and policy defaults,
+/// fresh etag and times (creation time kept from `previous`).
+fn normalize(
+    hub: &Hub,
+    kind: Kind,
+    id: &str,
+    mut body: serde_json::Map<String, Value>,
+    previous: Option<&Value>,
+) -> Result<Value, DpsError> {
+    let id_field = if kind == Kind::Group {
+        "enrollmentGroupId"
+    } else {
+        "registrationId"
+    };
+    match body.get(id_field) {
+        None | Some(Value::Null) => {}
+        Some(Value::String(s)) if s == id => {}
+        Some(_) => {
+            return Err(DpsError::bad(format!(
+                "{id_field} in the body does not match the URL"
+            )));
+        }
+    }
+    body.insert(id_field.into(), json!(id));
+    body.insert(
+        "attestation".into(),
+        normalize_attestation(body.get("attestation"))?,
+    );
+    match body.get("provisioningStatus") {
+        None | Some(Value::Null) => {
+            body.insert("provisioningStatus".into(), json!("enabled"));
+        }
+        Some(Value::String(s)) if s == "enabled" || s == "disabled" => {}
+        Some(_) => {
+            return Err(DpsError::bad(
+                "provisioningStatus must be 'enabled' or 'disabled'",
+            ));
+        }
+    }
+    if kind == Kind::Enrollment {
+        match body.get("deviceId") {
+            None | Some(Value::Null) => {}
+            Some(Value::String(d)) if !d.is_empty() && d.len() <= 128 => {}
+            Some(_) => return Err(DpsError::bad("deviceId must be a non-empty string")),
+        }
+    }
+    match body.get("initialTwin") {
+        None | Some(Value::Null) | Some(Value::Object(_)) => {}
+        Some(_) => return Err(DpsError::bad("initialTwin must be an object")),
+    }
+    let policy = body
+        .get("reprovisionPolicy")
+        .cloned()
+        .filter(Value::is_object)
+        .unwrap_or_else(|| json!({}));
+    let flag = |n: &str| policy.get(n).and_then(Value::as_bool).unwrap_or(true);
+    body.insert(
+        "reprovisionPolicy".into(),
+        json!({"updateHubAssignment": flag("updateHubAssignment"), "migrateDeviceData": flag("migrateDeviceData")}),
+    );
+    body.entry("capabilities")
+        .or_insert_with(|| json!({"iotEdge": false}));
+    body.entry("allocationPolicy")
+        .or_insert_with(|| json!("hashed"));
+    let now = hub.clock().now_rfc3339();
+    let created = previous
+        .and_then(|p| p.get("createdDateTimeUtc").cloned())
+        .unwrap_or_else(|| json!(now));
+    body.insert("createdDateTimeUtc".into(), created);
+    body.insert("lastUpdatedDateTimeUtc".into(), json!(now));
+    body.insert("etag".into(), json!(new_etag()));
+    Ok(Value::Object(body))
+}
+
+async fn put_record(hub: &Hub, kind: Kind, id: String, h: &HeaderMap, body: Bytes) -> DpsResult {
+    check_service(hub, h)?;
+    check_record_id(
+        if kind == Kind::Group {
+            "enrollmentGroupId"
+        } else {
+            "registrationId"
+        },
+        &id,
+    )?;
+    let body = parse_body(&body)?;
+    super::ensure_schema(hub).await?;
+    let im = if_match(h);
+    let id2 = id.clone();
+    let previous = hub.store.call(move |c| store::get(c, kind, &id2)).await?;
+    match (&previous, &im) {
+        (Some(p), Some(tag)) if p.get("etag").and_then(Value::as_str) != Some(tag) => {
+            return Err(DpsError::new(
+                412,
+                412002,
+                "Precondition failed: etag mismatch",
+            ));
+        }
+        (None, Some(_)) => return Err(not_found(kind, &id)),
+        _ => {}
+    }
+    let record = normalize(hub, kind, &id, body, previous.as_ref())?;
+    let (r2, id2) = (record.clone(), id.clone());
+    hub.store
+        .call(move |c| store::put(c, kind, &id2, &r2))
+        .await?;
+    tracing::info!(kind = ?kind, id = %id, created = previous.is_none(), "dps: record saved");
+    Ok(json_response(StatusCode::OK, &record))
+}
+
+async fn get_record(hub: &Hub, kind: Kind, id: String, h: &HeaderMap) -> DpsResult {
+    check_service(hub, h)?;
+    super::ensure_schema(hub).await?;
+    let id2 = id.clone();
+    match hub.store.call(move |c| store::get(c, kind, &id2)).await? {
+        Some(v) => Ok(json_response(StatusCode::OK, &v)),
+        None => Err(not_found(kind, &id)),
+    }
+}
+
+async fn delete_record(hub: &Hub, kind: Kind, id: String, h: &HeaderMap) -> DpsResult {
+    check_service(hub, h)?;
+    super::ensure_schema(hub).await?;
+    let im = if_match(h);
+    let id2 = id.clone();
+    let r = hub
+        .store
+        .call(move |c| {
+            let Some(v) = store::get(c, kind, &id2)? else {
+                return Ok(None);
+            };
+            if im
+                .as_deref()
+                .is_some_and(|tag| v.get("etag").and_then(Value::as_str) != Some(tag))
+            {
+                return Ok(Some(false));
+            }
+            store::delete(c, kind, &id2)?;
+            Ok(Some(true))
+        })
+        .await?;
+    match r {
+        Some(true) => {
+            tracing::info!(kind = ?kind, id = %id, "dps: record deleted");
+            Ok(StatusCode::NO_CONTENT.into_response())
+        }
+        Some(false) => Err(DpsError::new(
+            412,
+            412002,
+            "Precondition failed: etag mismatch",
+        )),
+        None => Err(not_found(kind, &id)),
+    }
+}
+
+/// `POST /enrollments/query`, `/enrollmentGroups/query`: every record (the query text is not
+/// evaluated: `*` is all the SDKs send), paged by `x-ms-max-item-count` with the next offset in
+/// `x-ms-continuation`.
+async fn query_records(hub: &Hub, kind: Kind, h: &HeaderMap, body: Bytes) -> DpsResult {
+    check_service(hub, h)?;
+    if !body.is_empty() {
+        parse_body(&body)?;
+    }
+    super::ensure_schema(hub).await?;
+    let all = hub.store.call(move |c| store::list(c, kind)).await?;
+    let header_num = |name: &str| {
+        h.get(name)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|s| s.trim().parse::<usize>().ok())
+    };
+    let start = header_num("x-ms-continuation").unwrap_or(0).min(all.len());
+    let size = header_num("x-ms-max-item-count")
+        .filter(|n| *n > 0)
+        .unwrap_or(usize::MAX);
+    let end = start.saturating_add(size).min(all.len());
+    let page: Vec<Value> = all[start..end].to_vec();
+    let mut r = json_response(StatusCode::OK, &Value::Array(page));
+    let item_type = if kind == Kind::Group {
+        "enrollmentGroup"
+    } else {
+        "enrollment"
+    };
+    r.headers_mut()
+        .insert("x-ms-item-type", HeaderValue::from_static(item_type));
+    if end < all.len()
+        && let Ok(v) = HeaderValue::from_str(&end.to_string())
+    {
+        r.headers_mut().insert("x-ms-continuation", v);
+    }
+    Ok(r)
+}
+
+async fn put_enrollment(
+    State(hub): State<Shared>,
+    Path(id): Path<String>,
+    h: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let r = put_record(&hub, Kind::Enrollment, id, &h, body).await;
+    respond(&hub, r)
+}
+
+async fn get_enrollment(
+    State(hub): State<Shared>,
+    Path(id): Path<String>,
+    h: HeaderMap,
+) -> Response {
+    let r = get_record(&hub, Kind::Enrollment, id, &h).await;
+    respond(&hub, r)
+}
+
+async fn delete_enrollment(
+    State(hub): State<Shared>,
+    Path(id): Path<String>,
+    h: HeaderMap,
+) -> Response {
+    let r = delete_record(&hub, Kind::Enrollment, id, &h).await;
+    respond(&hub, r)
+}
+
+async fn query_enrollments(State(hub): State<Shared>, h: HeaderMap, body: Bytes) -> Response {
+    let r = query_records(&hub, Kind::Enrollment, &h, body).await;
+    respond(&hub, r)
+}
+
+/// `POST /enrollments/{id}/attestationmechanism` (and groups'): the record's attestation.
+async fn attestation_of(hub: &Hub, kind: Kind, id: String, h: &HeaderMap) -> DpsResult {
+    check_service(hub, h)?;
+    super::ensure_schema(hub).await?;
+    let id2 = id.clone();
+    match hub.store.call(move |c| store::get(c, kind, &id2)).await? {
+        Some(v) => Ok(json_response(StatusCode::OK, &v["attestation"])),
+        None => Err(not_found(kind, &id)),
+    }
+}
+
+async fn enrollment_attestation(
+    State(hub): State<Shared>,
+    Path(id): Path<String>,
+    h: HeaderMap,
+) -> Response {
+    let r = attestation_of(&hub, Kind::Enrollment, id, &h).await;
+    respond(&hub, r)
+}
+
+async fn group_attestation(
+    State(hub): State<Shared>,
+    Path(id): Path<String>,
+    h: HeaderMap,
+) -> Response {
+    let r = attestation_of(&hub, Kind::Group, id, &h).await;
+    respond(&hub, r)
+}
+
+async fn put_group(
+    State(hub): State<Shared>,
+    Path(id): Path<String>,
+    h: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let r = put_record(&hub, Kind::Group, id, &h, body).await;
+    respond(&hub, r)
+}
+
+async fn get_group(State(hub): State<Shared>, Path(id): Path<String>, h: HeaderMap) -> Response {
+    let r = get_record(&hub, Kind::Group, id, &h).await;
+    respond(&hub, r)
+}
+
+async fn delete_group(State(hub): State<Shared>, Path(id): Path<String>, h: HeaderMap) -> Response {
+    let r = delete_record(&hub, Kind::Group, id, &h).await;
+    respond(&hub, r)
+}
+
+async fn query_groups(State(hub): State<Shared>, h: HeaderMap, body: Bytes) -> Response {
+    let r = query_records(&hub, Kind::Group, &h, body).await;
+    respond(&hub, r)
+}
+
+async fn get_registration(
+    State(hub): State<Shared>,
+    Path(id): Path<String>,
+    h: HeaderMap,
+) -> Response {
+    let r = get_record(&hub, Kind::Registration, id, &h).await;
+    respond(&hub, r)
+}
+
+async fn delete_registration(
+    State(hub): State<Shared>,
+    Path(id): Path<String>,
+    h: HeaderMap,
+) -> Response {
+    let r = delete_record(&hub, Kind::Registration, id, &h).await;
+    respond(&hub, r)
+}
+
+/// `PUT /{idScope}/registrations/{id}/register`: 202 with the operation to poll.
+async fn device_register(
+    State(hub): State<Shared>,
+    Path((scope, id)): Path<(String, String)>,
+    h: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let r = register::register(&hub, &scope, &id, authorization(&h), &body)
+        .await
+        .map(|v| json_response(StatusCode::ACCEPTED, &v));
+    log_device(&id, &r);
+    respond(&hub, r)
+}
+
+/// `GET /{idScope}/registrations/{id}/operations/{operationId}`: 200 with the registration state.
+async fn device_operation(
+    State(hub): State<Shared>,
+    Path((scope, id, op)): Path<(String, String, String)>,
+    h: HeaderMap,
+) -> Response {
+    let r = register::operation_status(&hub, &scope, &id, authorization(&h), &op)
+        .await
+        .map(|v| json_response(StatusCode::OK, &v));
+    log_device(&id, &r);
+    respond(&hub, r)
+}
+
+fn log_device(id: &str, r: &DpsResult) {
+    if let Err(e) = r {
+        tracing::info!(registration_id = %Untrusted(id), status = e.status, reason = %e.message, "dps: device request refused");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dps_paths_are_told_apart_from_the_hub_s() {
+        for p in [
+            "/enrollments/r1",
+            "/enrollments/query",
+            "/enrollmentGroups/g1",
+            "/registrations/r1",
+            "/0ne0000ABCD/registrations/r1/register",
+            "/0ne0000ABCD/registrations/r1/operations/5.abc",
+        ] {
+            assert!(is_dps_path(p), "{p}");
+        }
+        for p in [
+            "/devices/d1",
+            "/twins/d1",
+            "/devices/d1/messages/deviceBound",
+            "/registrations/r1/extra",
+            "/x/registrations/r1",
+            "/$iothub/websocket",
+        ] {
+            assert!(!is_dps_path(p), "{p}");
+        }
+    }
+
+    #[test]
+    fn a_missing_symmetric_key_is_generated_and_a_bad_one_refused() {
+        let a = normalize_attestation(None).unwrap();
+        assert!(
+            a.pointer("/symmetricKey/primaryKey")
+                .unwrap()
+                .as_str()
+                .unwrap()
+                .len()
+                >= 44
+        );
+        let e = normalize_attestation(Some(
+            &json!({"type": "symmetricKey", "symmetricKey": {"primaryKey": "not base64!"}}),
+        ))
+        .unwrap_err();
+        assert_eq!(e.status, 400);
+        assert!(e.message.contains("primaryKey"), "{}", e.message);
+        let e = normalize_attestation(Some(&json!({"type": "tpm"}))).unwrap_err();
+        assert_eq!(e.status, 400);
+    }
+}
