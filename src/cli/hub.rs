@@ -9,6 +9,10 @@ use std::path::PathBuf;
 use clap::{Args, Subcommand};
 
 use crate::error::UsageError;
+use azsim_emulator::DashboardPort;
+
+/// The web dashboard's port when `--dashboard-port` is not given (a free one when it is taken).
+pub const DEFAULT_DASHBOARD_PORT: u16 = 8880;
 
 /// Run a local Azure IoT Hub (TLS MQTT on 8883, service REST on HTTPS 8443), in the foreground,
 /// or in the background with `start` / `stop` / `status` / `env`.
@@ -42,9 +46,11 @@ pub enum HubAction {
     /// Print the environment for SDKs and azsim: IOTHUB_CONNECTION_STRING,
     /// IOTHUB_DEVICE_CONNECTION_STRING (with --device), AZSIM_CA_FILE, NODE_EXTRA_CA_CERTS (the
     /// hub's CA), REQUESTS_CA_BUNDLE and SSL_CERT_FILE (the system CA bundle plus the hub's CA).
-    /// EVENTHUB_CONNECTION_STRING is not printed: the hub has no Event Hubs endpoint yet.
     /// Usage: eval "$(azsim hub env)" or azsim hub env --shell github >> "$GITHUB_ENV".
     Env(EnvArgs),
+    /// The CA certificates the hub holds for X.509 devices registered `--x509 ca`:
+    /// `azsim hub ca add FILE`, `list`, `delete NAME`.
+    Ca(super::cert::HubCaArgs),
 }
 
 /// How the hub serves.
@@ -69,6 +75,27 @@ pub struct HubServeArgs {
     /// Host name devices and services use; goes into the server certificate.
     #[arg(long, value_name = "NAME", default_value = "localhost")]
     pub hostname: String,
+    /// AMQPS port: the Event Hubs-compatible endpoint (and service AMQP). Default 5671, or a
+    /// free port when --mqtt-port is 0; 0 picks a free port.
+    #[arg(long, value_name = "PORT")]
+    pub amqp_port: Option<u16>,
+    /// Plain-AMQP port for the Event Hubs SDKs' development mode (UseDevelopmentEmulator=true),
+    /// always on 127.0.0.1. Default 5672, or a free port when --mqtt-port is 0.
+    #[arg(long, value_name = "PORT")]
+    pub amqp_dev_port: Option<u16>,
+    /// Partitions of the Event Hubs-compatible endpoint (1 to 32): a device's telemetry goes to
+    /// partition FNV-1a(device id) mod N. Retention is the telemetry log's: its last 10,000
+    /// messages, kept across restarts with their sequence numbers and offsets.
+    #[arg(long, value_name = "N", default_value_t = 4)]
+    pub partitions: u32,
+    /// A consumer group of the Event Hubs-compatible endpoint besides $Default (repeatable).
+    #[arg(long = "consumer-group", value_name = "NAME")]
+    pub consumer_groups: Vec<String>,
+    /// The web dashboard's port (0 picks a free port, `off` serves none): plain HTTP on
+    /// loopback, the hub's TLS with a service token when --bind is another address.
+    /// Default 8880, or a free port when 8880 is taken.
+    #[arg(long, value_name = "PORT|off")]
+    pub dashboard_port: Option<String>,
 }
 
 /// `--state` alone.
@@ -129,6 +156,14 @@ pub struct HubCliConfig {
     pub https_port: u16,
     pub hostname: String,
     pub json: bool,
+    /// AMQPS port (0: a free one).
+    pub amqp_port: u16,
+    /// Plain-AMQP development port on 127.0.0.1 (0: a free one).
+    pub amqp_dev_port: u16,
+    pub partitions: u32,
+    pub consumer_groups: Vec<String>,
+    /// The web dashboard's port.
+    pub dashboard_port: DashboardPort,
 }
 
 /// Validated `azsim hub env` settings.
@@ -152,6 +187,8 @@ pub enum HubCommand {
     Status { state: PathBuf, json: bool },
     /// Print the environment.
     Env(EnvConfig),
+    /// `azsim hub ca ...`.
+    Ca(Box<crate::cmd::cert::HubCaConfig>),
 }
 
 fn check_state(state: &std::path::Path) -> Result<(), UsageError> {
@@ -170,6 +207,7 @@ impl HubArgs {
         match self.action {
             None => Ok(HubCommand::Serve(self.serve.into_config(self.json)?)),
             Some(HubAction::Start(a)) => Ok(HubCommand::Start(a.into_config(true)?)),
+            Some(HubAction::Ca(a)) => Ok(HubCommand::Ca(Box::new(a.into_config()?))),
             Some(HubAction::Stop(a)) => {
                 check_state(&a.state)?;
                 Ok(HubCommand::Stop { state: a.state })
@@ -249,8 +287,60 @@ impl HubServeArgs {
                 "must differ from --mqtt-port",
             ));
         }
+        let dashboard_port = match self.dashboard_port.as_deref() {
+            None => DashboardPort::Preferred(DEFAULT_DASHBOARD_PORT),
+            Some("off") => DashboardPort::Off,
+            Some(p) => DashboardPort::Port(p.parse::<u16>().map_err(|_| {
+                UsageError::new("--dashboard-port", "must be a port (0 to 65535) or off")
+            })?),
+        };
+        if let DashboardPort::Port(d) = dashboard_port
+            && d != 0
+            && (d == self.mqtt_port || d == self.https_port)
+        {
+            return Err(UsageError::new(
+                "--dashboard-port",
+                "must differ from --mqtt-port and --https-port",
+            ));
+        }
         check_state(&self.state)?;
+        // Free ports everywhere when the MQTT port is free (tests, several hubs on a machine).
+        let free = self.mqtt_port == 0;
+        let amqp_port = self.amqp_port.unwrap_or(if free { 0 } else { 5671 });
+        let amqp_dev_port = self.amqp_dev_port.unwrap_or(if free { 0 } else { 5672 });
+        for (flag, port) in [("--amqp-port", amqp_port), ("--amqp-dev-port", amqp_dev_port)] {
+            if port != 0 && (port == self.mqtt_port || port == self.https_port) {
+                return Err(UsageError::new(
+                    flag,
+                    "must differ from --mqtt-port and --https-port",
+                ));
+            }
+        }
+        if amqp_port != 0 && amqp_port == amqp_dev_port {
+            return Err(UsageError::new(
+                "--amqp-dev-port",
+                "must differ from --amqp-port",
+            ));
+        }
+        if !(1..=32).contains(&self.partitions) {
+            return Err(UsageError::new("--partitions", "must be 1 to 32"));
+        }
+        for g in &self.consumer_groups {
+            let ok = !g.is_empty()
+                && g.len() <= 50
+                && g.bytes().all(|b| b.is_ascii_alphanumeric() || b"-._".contains(&b));
+            if !ok {
+                return Err(UsageError::new(
+                    "--consumer-group",
+                    "must be 1 to 50 letters, digits, '-', '.' or '_'",
+                ));
+            }
+        }
         Ok(HubCliConfig {
+            amqp_port,
+            amqp_dev_port,
+            partitions: self.partitions,
+            consumer_groups: self.consumer_groups,
             state: self.state,
             in_memory: self.in_memory,
             bind,
@@ -258,6 +348,7 @@ impl HubServeArgs {
             https_port: self.https_port,
             hostname: self.hostname.to_ascii_lowercase(),
             json,
+            dashboard_port,
         })
     }
 }

@@ -105,6 +105,9 @@ impl LiveHub {
             "pid": self.info.pid,
             "state": self.state,
             "dashboard_url": self.info.dashboard_url,
+            "id_scope": self.info.id_scope,
+            "provisioning_host": self.info.provisioning_host,
+            "provisioning_service_connection_string": self.info.provisioning_service_connection_string,
         })
     }
 }
@@ -277,6 +280,9 @@ async fn serve(cfg: HubCliConfig) -> Result<ExitCode, CliError> {
                 "amqp_dev_port": info.amqp_dev_port,
                 "eventhub_dev_connection_string": info.eventhub_dev_connection_string,
                 "dashboard_url": info.dashboard_url,
+                "id_scope": info.id_scope,
+                "provisioning_host": info.provisioning_host,
+                "provisioning_service_connection_string": info.provisioning_service_connection_string,
             })
         );
     } else {
@@ -302,6 +308,10 @@ async fn serve(cfg: HubCliConfig) -> Result<ExitCode, CliError> {
         if let Some(p) = info.amqp_dev_port {
             println!("  AMQP (development mode, loopback): amqp://localhost:{p}");
         }
+        println!(
+            "  DPS (devices):   id scope {}, provisioning host {}",
+            info.id_scope, info.provisioning_host
+        );
         println!("  CA certificate:  {}", info.ca_file.display());
         println!("  state dir:       {}", cfg.state.display());
         if let Some(url) = &info.dashboard_url {

@@ -1,0 +1,333 @@
+//! The hub's AMQP 1.0 endpoint (fe2o3-amqp's acceptor does the framing): AMQPS with the hub's
+//! certificate on `--amqp-port` (5671), and a plain-AMQP listener on loopback for the Event
+//! Hubs SDKs' development mode (`UseDevelopmentEmulator=true`).
+//!
+//! A connection authenticates as the services let it: SASL `MSSBCBS` or `ANONYMOUS` and then
+//! CBS `put-token` on `$cbs`, or SASL `PLAIN` with `{policy}@sas.root.{hub}` and a SAS token as
+//! the password (see `sasl.rs`, `cbs.rs`). Until it holds a valid token it counts against the
+//! listener's pre-auth cap, and it must get one within `HubLimits::connect_deadline` of its
+//! TCP accept or it is closed.
+//!
+//! # Links: how a new kind plugs in
+//!
+//! Every attach goes through [`route`]: the link's address (the client's source for a link
+//! the hub sends on, its target for a link the hub receives on) becomes a [`Route`], or an
+//! AMQP error with which the link is refused (attached, then detached with
+//! `amqp:not-found` / `amqp:unauthorized-access`). [`Route::claim`] names the path a CBS claim
+//! must cover; the check is done here, so a handler only runs for an authorized link. Then
+//! [`run_link`] hands the accepted link (`LinkEndpoint::Sender` when the client receives,
+//! `LinkEndpoint::Receiver` when it sends) and the connection's [`ConnCtx`] (hub, claims,
+//! peer) to the route's handler in its own task. A new link kind is:
+//!
+//! 1. a `Route` variant and a match arm in [`route`] (address and role -> variant);
+//! 2. its arm in [`Route::claim`] (what token it needs: `Some("")` = a hub-level token);
+//! 3. its arm in [`run_link`] calling `your_module::serve(ctx, link)`, in a file of its own
+//!    under `amqp/`, declared below.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use fe2o3_amqp::acceptor::{
+    ConnectionAcceptor, LinkAcceptor, LinkEndpoint, ListenerConnectionHandle,
+    ListenerSessionHandle, SessionAcceptor,
+};
+use fe2o3_amqp::types::definitions::{AmqpError, Error as AmqpErr, Role};
+use fe2o3_amqp::types::performatives::Attach;
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::OwnedSemaphorePermit;
+use tokio_rustls::TlsAcceptor;
+
+use crate::hub::{Hub, LiveGuard, until_shutdown};
+use crate::listen::{Admitted, Gate};
+
+mod address;
+mod cbs;
+mod listener;
+mod node;
+mod sasl;
+
+pub(crate) use listener::Listeners;
+
+use address::Address;
+use cbs::Claims;
+use node::Replies;
+
+/// The largest frame the hub takes or sends (the services' value).
+const MAX_FRAME_SIZE: u32 = 65_536;
+
+/// One AMQP connection: what its links' handlers get.
+#[derive(Debug)]
+pub(crate) struct ConnCtx {
+    pub hub: Arc<Hub>,
+    /// What this connection's tokens authorize (SASL PLAIN or CBS).
+    pub claims: Arc<Claims>,
+    pub peer: SocketAddr,
+    replies: Replies,
+}
+
+impl ConnCtx {
+    /// Unix seconds on the hub's clock (token expiry).
+    pub fn now_s(&self) -> u64 {
+        self.hub.clock().unix_ms() / 1000
+    }
+}
+
+/// What an attached link is, by its address and role.
+#[derive(Debug)]
+pub(crate) enum Route {
+    /// The client sends CBS requests (`put-token`) to `$cbs`.
+    CbsRequests,
+    /// The client receives the replies of a request/response node (`$cbs`, `$management`)
+    /// at this address (its `reply-to`).
+    Replies(String),
+}
+
+impl Route {
+    /// The path a CBS claim must cover for the link to attach; `None`: no token needed.
+    fn claim(&self) -> Option<&str> {
+        match self {
+            Route::CbsRequests | Route::Replies(_) => None,
+        }
+    }
+}
+
+/// The link's address as the hub routes it: the client's source when the hub sends, its
+/// target when the hub receives.
+fn link_address(attach: &Attach) -> Option<&str> {
+    match attach.role {
+        // The client is the receiver: the hub sends from the source it names.
+        Role::Receiver => attach.source.as_ref()?.address.as_deref(),
+        Role::Sender => {
+            let target = attach.target.as_ref()?;
+            match &**target {
+                fe2o3_amqp::types::messaging::TargetArchetype::Target(t) => t.address.as_deref(),
+                #[allow(unreachable_patterns)]
+                _ => None,
+            }
+        }
+    }
+}
+
+/// The reply address of a client's receiver link: its target.
+fn reply_address(attach: &Attach) -> Option<String> {
+    match &**attach.target.as_ref()? {
+        fe2o3_amqp::types::messaging::TargetArchetype::Target(t) => t.address.clone(),
+        #[allow(unreachable_patterns)]
+        _ => None,
+    }
+}
+
+fn not_found(what: String) -> AmqpErr {
+    AmqpErr::new(AmqpError::NotFound, what, None)
+}
+
+/// Decide what an attach is (see the module doc).
+fn route(ctx: &ConnCtx, attach: &Attach) -> Result<Route, AmqpErr> {
+    let Some(raw) = link_address(attach) else {
+        return Err(not_found("the link has no address".into()));
+    };
+    let addr = Address::parse(raw);
+    if !addr.host_is(&ctx.hub.cfg.hostname) {
+        return Err(not_found(format!(
+            "'{}' is not on this hub",
+            crate::untrusted::Untrusted(raw)
+        )));
+    }
+    let r = match (&attach.role, addr.path) {
+        (&Role::Sender, "$cbs") => Route::CbsRequests,
+        (&Role::Receiver, "$cbs") => Route::Replies(
+            reply_address(attach).ok_or_else(|| not_found("no reply address".into()))?,
+        ),
+        _ => {
+            return Err(not_found(format!(
+                "no node '{}' for a {} link",
+                crate::untrusted::Untrusted(raw),
+                if attach.role == Role::Receiver {
+                    "receiving"
+                } else {
+                    "sending"
+                }
+            )));
+        }
+    };
+    if let Some(claim) = r.claim()
+        && !ctx.claims.covers(claim, ctx.now_s())
+    {
+        return Err(AmqpErr::new(
+            AmqpError::UnauthorizedAccess,
+            format!(
+                "no valid token for '{}': put-token on $cbs first",
+                crate::untrusted::Untrusted(raw)
+            ),
+            None,
+        ));
+    }
+    Ok(r)
+}
+
+/// Run an accepted, authorized link to its end.
+async fn run_link(ctx: Arc<ConnCtx>, route: Route, link: LinkEndpoint) {
+    match (route, link) {
+        (Route::CbsRequests, LinkEndpoint::Receiver(r)) => {
+            node::serve_requests(ctx, r, cbs::put_token).await;
+        }
+        (Route::Replies(address), LinkEndpoint::Sender(s)) => {
+            node::serve_reply_link(ctx, s, address).await;
+        }
+        (_, link) => refuse(link, not_found("link role does not fit its node".into())).await,
+    }
+}
+
+/// Detach a just-accepted link with `error`.
+async fn refuse(link: LinkEndpoint, error: AmqpErr) {
+    tracing::info!(condition = ?error.condition, description = ?error.description, "amqp: link refused");
+    let _ = match link {
+        LinkEndpoint::Sender(s) => s.close_with_error(error).await,
+        LinkEndpoint::Receiver(r) => r.close_with_error(error).await,
+    };
+}
+
+/// Accept AMQP connections until the task is aborted; `tls` is `None` for the loopback
+/// development listener.
+pub(crate) async fn accept_loop(hub: Arc<Hub>, listener: TcpListener, tls: Option<TlsAcceptor>) {
+    let name = if tls.is_some() { "amqps" } else { "amqp" };
+    let mut gate = Gate::new(listener, name, hub.cfg.limits.max_pre_auth_connections);
+    loop {
+        let Admitted { tcp, peer, permit } = gate.next().await;
+        let (hub, tls) = (hub.clone(), tls.clone());
+        tokio::spawn(async move {
+            let _live = LiveGuard::new(hub.clone());
+            connection(hub, tcp, peer, permit, tls).await;
+        });
+    }
+}
+
+async fn connection(
+    hub: Arc<Hub>,
+    tcp: TcpStream,
+    peer: SocketAddr,
+    permit: OwnedSemaphorePermit,
+    tls: Option<TlsAcceptor>,
+) {
+    let deadline = tokio::time::Instant::now() + hub.cfg.limits.connect_deadline;
+    let claims = Arc::new(Claims::default());
+    let acceptor = ConnectionAcceptor::builder()
+        .container_id(hub.cfg.hostname.clone())
+        .max_frame_size(MAX_FRAME_SIZE)
+        .sasl_acceptor(sasl::Sasl {
+            hub: hub.clone(),
+            claims: claims.clone(),
+        })
+        .build();
+    let opened = tokio::time::timeout_at(deadline, async {
+        match tls {
+            Some(tls) => {
+                let stream = tls.accept(tcp).await.map_err(|e| e.to_string())?;
+                open(&acceptor, stream).await
+            }
+            None => open(&acceptor, tcp).await,
+        }
+    })
+    .await;
+    let conn = match opened {
+        Ok(Ok(c)) => c,
+        Ok(Err(e)) => {
+            tracing::info!(%peer, error = %e, "amqp: connection not opened");
+            return;
+        }
+        Err(_) => {
+            tracing::info!(%peer, "amqp: connection not opened within the connect deadline");
+            return;
+        }
+    };
+    let ctx = Arc::new(ConnCtx {
+        hub,
+        claims,
+        peer,
+        replies: Replies::default(),
+    });
+    serve_connection(ctx, conn, Some(permit), deadline).await;
+}
+
+async fn open<Io>(
+    acceptor: &ConnectionAcceptor<(), sasl::Sasl>,
+    stream: Io,
+) -> Result<ListenerConnectionHandle, String>
+where
+    Io: AsyncRead + AsyncWrite + std::fmt::Debug + Send + Unpin + 'static,
+{
+    acceptor.accept(stream).await.map_err(|e| e.to_string())
+}
+
+/// Accept the connection's sessions until it closes, the hub stops, or it has no token by
+/// `deadline`.
+async fn serve_connection(
+    ctx: Arc<ConnCtx>,
+    mut conn: ListenerConnectionHandle,
+    mut permit: Option<OwnedSemaphorePermit>,
+    deadline: tokio::time::Instant,
+) {
+    let mut shutdown = ctx.hub.shutdown.subscribe();
+    let mut sessions = tokio::task::JoinSet::new();
+    loop {
+        if permit.is_some() && ctx.claims.any() {
+            // Authenticated: no longer one of the listener's pre-auth connections.
+            permit = None;
+        }
+        let claim_added = ctx.claims.added.notified();
+        tokio::select! {
+            incoming = conn.next_incoming_session() => {
+                let Some(incoming) = incoming else { break };
+                match SessionAcceptor::new().accept_incoming_session(incoming, &mut conn).await {
+                    Ok(session) => {
+                        sessions.spawn(serve_session(ctx.clone(), session));
+                    }
+                    Err(e) => {
+                        tracing::info!(peer = %ctx.peer, error = %e, "amqp: session not begun");
+                        break;
+                    }
+                }
+            }
+            () = claim_added, if permit.is_some() => {}
+            () = tokio::time::sleep_until(deadline), if permit.is_some() => {
+                tracing::info!(peer = %ctx.peer, "amqp: no valid token within the connect deadline: closing");
+                let _ = conn
+                    .close_with_error(AmqpErr::new(
+                        AmqpError::UnauthorizedAccess,
+                        "no valid token within the connect deadline".to_string(),
+                        None,
+                    ))
+                    .await;
+                sessions.abort_all();
+                return;
+            }
+            () = until_shutdown(&mut shutdown) => break,
+        }
+    }
+    sessions.abort_all();
+    let _ = conn.close().await;
+}
+
+/// Accept the session's links, each into a task of its own, until the session ends.
+async fn serve_session(ctx: Arc<ConnCtx>, mut session: ListenerSessionHandle) {
+    let acceptor = LinkAcceptor::new();
+    let mut links = tokio::task::JoinSet::new();
+    while let Some(attach) = session.next_incoming_attach().await {
+        while links.try_join_next().is_some() {}
+        let decision = route(&ctx, &attach);
+        let link = match acceptor.accept_incoming_attach(attach, &mut session).await {
+            Ok(l) => l,
+            Err(e) => {
+                tracing::info!(peer = %ctx.peer, error = %e, "amqp: link not attached");
+                continue;
+            }
+        };
+        match decision {
+            Ok(route) => links.spawn(run_link(ctx.clone(), route, link)),
+            Err(error) => links.spawn(refuse(link, error)),
+        };
+    }
+    links.abort_all();
+    let _ = session.end().await;
+}
