@@ -3,14 +3,15 @@
 //! Trusts the Mozilla roots from `webpki-roots` (so a real Azure hub works with no flags) plus,
 //! when given, the certificates of one extra CA PEM file (the local hub's `ca.pem`). Crypto is
 //! `ring` only, selected explicitly: nothing here depends on a process-wide default provider.
-//! TLS 1.2 and 1.3, the versions IoT Hub accepts.
+//! TLS 1.2 and 1.3, the versions IoT Hub accepts. An X.509 device adds its client certificate
+//! ([`ClientCert`], [`client_config_with_cert`]); this is the one place it goes into a config.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use rustls::RootCertStore;
-use rustls::pki_types::CertificateDer;
 use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 
 /// Why a TLS client configuration could not be built. Every file error names the file.
 #[derive(Debug, thiserror::Error)]
@@ -50,6 +51,103 @@ pub enum TlsError {
     /// rustls rejected the configuration (protocol versions vs provider).
     #[error("tls configuration rejected: {0}")]
     Config(#[source] rustls::Error),
+    /// A client certificate or key file could not be read.
+    #[error("cannot read {what} file {}", path.display())]
+    ReadClient {
+        /// `certificate` or `key`.
+        what: &'static str,
+        /// The file.
+        path: PathBuf,
+        /// The I/O error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// A client certificate or key file holds no usable PEM section.
+    #[error("{what} file {} is not usable: {reason}", path.display())]
+    BadClient {
+        /// `certificate` or `key`.
+        what: &'static str,
+        /// The file.
+        path: PathBuf,
+        /// What is wrong (never the key's bytes).
+        reason: String,
+    },
+}
+
+/// A device's X.509 client certificate: its chain (leaf first) and private key, as
+/// `azsim run --cert FILE --cert-key FILE` reads them. `Debug` shows no key.
+pub struct ClientCert {
+    /// The chain from the certificate file, leaf first.
+    pub chain: Vec<CertificateDer<'static>>,
+    key: PrivateKeyDer<'static>,
+}
+
+impl Clone for ClientCert {
+    fn clone(&self) -> Self {
+        Self {
+            chain: self.chain.clone(),
+            key: self.key.clone_key(),
+        }
+    }
+}
+
+impl std::fmt::Debug for ClientCert {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ClientCert")
+            .field("certificates", &self.chain.len())
+            .field("key", &"<redacted>")
+            .finish()
+    }
+}
+
+impl ClientCert {
+    /// Reads the PEM certificate chain at `cert` and the PEM private key (PKCS#8, PKCS#1 or
+    /// SEC1) at `key`.
+    ///
+    /// # Errors
+    /// [`TlsError::ReadClient`] or [`TlsError::BadClient`], naming the file.
+    pub fn load(cert: &Path, key: &Path) -> Result<Self, TlsError> {
+        let read = |what, path: &Path| {
+            std::fs::read(path).map_err(|source| TlsError::ReadClient {
+                what,
+                path: path.to_path_buf(),
+                source,
+            })
+        };
+        let bad = |what, path: &Path, reason: String| TlsError::BadClient {
+            what,
+            path: path.to_path_buf(),
+            reason,
+        };
+        let pem = read("certificate", cert)?;
+        let chain = CertificateDer::pem_slice_iter(&pem)
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| bad("certificate", cert, e.to_string()))?;
+        if chain.is_empty() {
+            return Err(bad(
+                "certificate",
+                cert,
+                "no PEM CERTIFICATE section".into(),
+            ));
+        }
+        let key_pem = read("key", key)?;
+        // The parser's error never holds key bytes; it names a missing or malformed section.
+        let key_der = PrivateKeyDer::from_pem_slice(&key_pem)
+            .map_err(|e| bad("key", key, format!("no PEM private key ({e})")))?;
+        Ok(Self {
+            chain,
+            key: key_der,
+        })
+    }
+
+    /// The leaf certificate's SHA-1 and SHA-256 thumbprints (uppercase hex, as IoT Hub shows).
+    pub fn thumbprints(&self) -> (String, String) {
+        let leaf = self.chain.first().map_or(&[][..], |c| c.as_ref());
+        (
+            azsim_emulator::x509::sha1_thumbprint(leaf),
+            azsim_emulator::x509::sha256_thumbprint(leaf),
+        )
+    }
 }
 
 /// Reads every `CERTIFICATE` section of the PEM file at `path`.
@@ -99,14 +197,31 @@ pub fn root_store(ca_file: Option<&Path>) -> Result<RootCertStore, TlsError> {
 /// # Errors
 /// See [`TlsError`]; file errors name `ca_file`.
 pub fn client_config(ca_file: Option<&Path>) -> Result<Arc<rustls::ClientConfig>, TlsError> {
+    client_config_with_cert(ca_file, None)
+}
+
+/// [`client_config`] presenting `cert` (an X.509 device's certificate and key) when the server
+/// asks for one; `None` is [`client_config`].
+///
+/// # Errors
+/// See [`TlsError`]; [`TlsError::Config`] when rustls cannot use the key.
+pub fn client_config_with_cert(
+    ca_file: Option<&Path>,
+    cert: Option<&ClientCert>,
+) -> Result<Arc<rustls::ClientConfig>, TlsError> {
     let roots = root_store(ca_file)?;
-    let config = rustls::ClientConfig::builder_with_provider(Arc::new(
+    let builder = rustls::ClientConfig::builder_with_provider(Arc::new(
         rustls::crypto::ring::default_provider(),
     ))
     .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
     .map_err(TlsError::Config)?
-    .with_root_certificates(roots)
-    .with_no_client_auth();
+    .with_root_certificates(roots);
+    let config = match cert {
+        None => builder.with_no_client_auth(),
+        Some(c) => builder
+            .with_client_auth_cert(c.chain.clone(), c.key.clone_key())
+            .map_err(TlsError::Config)?,
+    };
     Ok(Arc::new(config))
 }
 

@@ -14,6 +14,7 @@ use clap::{Parser, Subcommand};
 use crate::error::CliError;
 
 pub mod c2d;
+pub mod cert;
 pub mod device;
 pub mod fleet;
 pub mod hub;
@@ -59,6 +60,9 @@ pub enum Command {
     /// Run many devices at once, each as `azsim run` does (telemetry, methods, twin, C2D), with
     /// pacing, live figures and a summary; shardable across machines.
     Fleet(fleet::FleetArgs),
+    /// Make test certificates for X.509 devices: a CA (`cert ca NAME`) and device
+    /// certificates signed by it or self-signed (`cert device ID [--ca NAME]`).
+    Cert(cert::CertArgs),
     /// Run a local Azure IoT Hub: TLS MQTT for devices, service REST, state in SQLite.
     Hub(hub::HubArgs),
 }
@@ -120,6 +124,7 @@ impl Cli {
             Command::Run(args) => crate::cmd::run::run(args.into_config()?).await,
             Command::Fleet(args) => crate::cmd::fleet::run(args.into_config()?).await,
             Command::Hub(args) => crate::cmd::hub::run(args.into_config()?).await,
+            Command::Cert(args) => crate::cmd::cert::run(args.into_config()?).await,
         }
     }
 }

@@ -9,6 +9,7 @@ use clap::Args;
 use azsim_proto::device::{MAX_INTERVAL_MS, MIN_INTERVAL_MS};
 
 use crate::device::driver::{Credential, MethodReply};
+use crate::device::net::{self, Transport};
 use crate::device::template::Template;
 use crate::error::UsageError;
 
@@ -32,9 +33,22 @@ pub struct RunArgs {
     /// Extra CA certificate (PEM) to trust [env: AZSIM_CA_FILE].
     #[arg(long, value_name = "FILE")]
     pub ca: Option<PathBuf>,
-    /// MQTT port (default: the one in HostName, else 8883).
+    /// MQTT port (default: the one in HostName, else 8883; with --websockets 443, or the local
+    /// hub's HTTPS port).
     #[arg(long, value_name = "N")]
     pub port: Option<u16>,
+    /// X.509 device certificate (PEM, leaf first) to present instead of a SAS token: for an
+    /// `x509=true` connection string, or alone against the local hub (the device id is the
+    /// certificate's subject CN). Needs --cert-key.
+    #[arg(long, value_name = "FILE", requires = "cert_key")]
+    pub cert: Option<PathBuf>,
+    /// The private key (PEM) of --cert.
+    #[arg(long, value_name = "FILE", requires = "cert")]
+    pub cert_key: Option<PathBuf>,
+    /// MQTT over WebSockets (`wss://HOST:PORT/$iothub/websocket`, subprotocol mqtt), as devices
+    /// behind proxies that pass only HTTPS connect; same TLS, same session.
+    #[arg(long)]
+    pub websockets: bool,
     /// Time between telemetry messages, 100 ms to 1 day (`200ms`, `1.5s`, `10s`, `1m`; a bare
     /// number is seconds).
     #[arg(long, value_name = "DURATION", default_value = "10s")]
@@ -90,7 +104,8 @@ pub struct DeviceTarget {
     pub hub_host: String,
     /// Where to open TCP (`GatewayHostName`, else the hub host).
     pub connect_host: String,
-    /// Port from `HostName=host:port`, `--port`, or 8883.
+    /// Port from `--port`, `HostName=host:port` or 8883; with `--websockets` from `--port` or
+    /// 443 (the port in `HostName` is the MQTT one).
     pub port: u16,
     /// Device id.
     pub device_id: String,
@@ -107,6 +122,10 @@ pub struct RunSettings {
     pub target: Option<DeviceTarget>,
     /// `--port` (applies to the embedded hub's connection too).
     pub port: Option<u16>,
+    /// `--websockets`.
+    pub transport: Transport,
+    /// `--cert` and `--cert-key`, loaded.
+    pub client_cert: Option<crate::tls::ClientCert>,
     /// Extra CA.
     pub ca_file: Option<PathBuf>,
     /// Telemetry interval, milliseconds.
@@ -168,8 +187,28 @@ impl RunArgs {
             (None, Some(cs)) => (Some(cs), ENV_DEVICE_CONNECTION_STRING),
             (None, None) => (None, ""),
         };
+        let transport = if self.websockets {
+            Transport::WebSocket
+        } else {
+            Transport::Mqtt
+        };
+        let client_cert = match (&self.cert, &self.cert_key) {
+            (Some(c), Some(k)) => Some(
+                crate::tls::ClientCert::load(c, k)
+                    .map_err(|e| UsageError::new("--cert", e.to_string()))?,
+            ),
+            _ => None,
+        };
         let target = cs
-            .map(|cs| parse_device_connection_string(&cs, cs_field, self.port))
+            .map(|cs| {
+                parse_device_connection_string(
+                    &cs,
+                    cs_field,
+                    self.port,
+                    transport,
+                    client_cert.clone(),
+                )
+            })
             .transpose()?;
         let (ca_file, ca_field) = match (self.ca, env_ca) {
             (Some(p), _) => (Some(p), "--ca"),
@@ -240,6 +279,8 @@ impl RunArgs {
         Ok(RunSettings {
             target,
             port: self.port,
+            transport,
+            client_cert,
             ca_file,
             interval_ms,
             count: self.count,
@@ -319,8 +360,10 @@ fn parse_device_connection_string(
     s: &str,
     field: &'static str,
     port: Option<u16>,
+    transport: Transport,
+    cert: Option<crate::tls::ClientCert>,
 ) -> Result<DeviceTarget, UsageError> {
-    let cs = crate::device::credentials::parse_connection_string(s)
+    let cs = crate::device::credentials::parse_connection_string_with_cert(s, cert)
         .map_err(|e| UsageError::new(field, e))?;
     let (hub_host, cs_port) = match cs.host.rsplit_once(':') {
         Some((h, p)) => {
@@ -337,9 +380,12 @@ fn parse_device_connection_string(
     Ok(DeviceTarget {
         connect_host: cs.gateway.unwrap_or_else(|| hub_host.clone()),
         hub_host,
-        port: port
-            .or(cs_port)
-            .unwrap_or(azsim_emulator::DEFAULT_MQTT_PORT),
+        port: match transport {
+            Transport::Mqtt => port
+                .or(cs_port)
+                .unwrap_or(azsim_emulator::DEFAULT_MQTT_PORT),
+            Transport::WebSocket => port.unwrap_or(net::WEBSOCKET_PORT),
+        },
         device_id: cs.device_id,
         module_id: cs.module_id,
         credential: cs.credential,

@@ -2,6 +2,7 @@
 //! `crate::cli`) and returns the process status or a [`crate::error::CliError`].
 
 pub mod c2d;
+pub mod cert;
 pub mod device;
 pub mod fleet;
 pub mod hub;

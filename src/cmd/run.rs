@@ -12,6 +12,7 @@ use crate::cli::run::{DeviceTarget, RunSettings};
 use serde_json::json;
 
 use crate::device::driver::{self, RunConfig};
+use crate::device::net::Transport;
 use crate::device::local_hub::LocalHub;
 use crate::device::output::Output;
 use crate::device::template::Template;
@@ -35,10 +36,18 @@ pub async fn run(s: RunSettings) -> Result<ExitCode, CliError> {
             let local = LocalHub::ensure(&s.state_dir, s.port, &out)
                 .await
                 .map_err(CliError::runtime)?;
-            let target = local
-                .free_device_target(SIM_DEVICE_PREFIX)
-                .await
-                .map_err(CliError::runtime)?;
+            let mut target = match &s.client_cert {
+                // An X.509 device runs as the id its certificate names (registered by the user).
+                Some(cert) => super::cert::local_x509_target(local.info(), cert.clone())?,
+                None => local
+                    .free_device_target(SIM_DEVICE_PREFIX)
+                    .await
+                    .map_err(CliError::runtime)?,
+            };
+            if s.transport == Transport::WebSocket {
+                // The local hub serves WebSockets on its HTTPS listener.
+                target.port = local.info().https_port;
+            }
             let ca = s.ca_file.clone().or_else(|| Some(local.ca_file()));
             print_hints(&out, &s.state_dir, &local, &target.device_id);
             (target, ca, Some(local))
@@ -70,6 +79,7 @@ fn config(
         hub_host: t.hub_host,
         connect_host: t.connect_host,
         port: t.port,
+        transport: s.transport,
         device_id: t.device_id,
         module_id: t.module_id,
         credential: t.credential,

@@ -21,11 +21,26 @@ pub struct DeviceConnectionString {
 /// # Errors
 /// A short reason naming the field (never its value).
 pub fn parse_connection_string(s: &str) -> Result<DeviceConnectionString, String> {
+    parse_connection_string_with_cert(s, None)
+}
+
+/// [`parse_connection_string`] with the client certificate (`--cert`, `--cert-key`) an
+/// `x509=true` string needs; a certificate with a SAS string is refused.
+///
+/// # Errors
+/// As [`parse_connection_string`].
+pub fn parse_connection_string_with_cert(
+    s: &str,
+    cert: Option<crate::tls::ClientCert>,
+) -> Result<DeviceConnectionString, String> {
     use azsim_proto::connection_string::{ConnectionString, Kind};
 
     use super::driver::Credential;
     use azsim_proto::secret::Secret;
     let cs = ConnectionString::parse(s.trim()).map_err(|e| e.to_string())?;
+    if cert.is_some() && cs.kind() != Kind::X509 {
+        return Err("has a SharedAccessKey or SharedAccessSignature: --cert is for x509=true connection strings".into());
+    }
     let credential = match cs.kind() {
         Kind::Device | Kind::Module => {
             let key = Secret::new(cs.shared_access_key().unwrap_or_default().to_owned());
@@ -43,9 +58,15 @@ pub fn parse_connection_string(s: &str) -> Result<DeviceConnectionString, String
         Kind::Service => {
             return Err("is a service (policy) connection string; azsim run needs a device connection string with DeviceId".into());
         }
-        Kind::X509 => {
-            return Err("x509 authentication is not supported by azsim run (use a SAS key)".into());
-        }
+        Kind::X509 => match cert {
+            Some(c) => Credential::X509(c),
+            None => {
+                return Err(
+                    "x509=true: give the device certificate with --cert FILE --cert-key FILE"
+                        .into(),
+                );
+            }
+        },
     };
     let device_id = cs.device_id().unwrap_or_default();
     refuse_wildcard("DeviceId", device_id)?;

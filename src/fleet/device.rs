@@ -15,7 +15,6 @@ use std::time::{Duration, Instant};
 
 use azsim_mqtt::{App, Client, Note, Observer};
 use azsim_proto::device::{Device, DeviceConfig, RandomWalk};
-use azsim_proto::secret::Secret;
 use azsim_proto::session::{DisconnectReason, Event, GiveUpReason, SessionConfig};
 use serde_json::json;
 use tokio::sync::watch;
@@ -137,14 +136,7 @@ async fn run_once(
                 return Ok(());
             }
         };
-    let credential = match &spec.credential {
-        Credential::Key(k) => azsim_mqtt::Credential::Key(Secret::new(k.expose().as_str())),
-        Credential::PolicyKey { policy, key } => azsim_mqtt::Credential::PolicyKey {
-            policy,
-            key: Secret::new(key.expose().as_str()),
-        },
-        Credential::Token(t) => azsim_mqtt::Credential::Token(Secret::new(t.expose().as_str())),
-    };
+    let credential = spec.credential.for_loop();
     let device = Device::new(
         RandomWalk::new(common.seed ^ spec.index),
         DeviceConfig {

@@ -60,17 +60,19 @@ pub struct Prepared {
 }
 
 impl Prepared {
-    /// A rustls server config over this certificate, ring provider, TLS 1.2+.
+    /// A rustls server config over this certificate, ring provider, TLS 1.2+, asking for an
+    /// optional client certificate (X.509 devices; see `crate::x509::AnyClientCert`).
     pub fn server_config(&self, alpn: &[&[u8]]) -> Result<Arc<rustls::ServerConfig>, HubError> {
         let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(self.key_der.expose().clone()));
-        let mut cfg = rustls::ServerConfig::builder_with_provider(Arc::new(
-            rustls::crypto::ring::default_provider(),
-        ))
-        .with_safe_default_protocol_versions()
-        .map_err(|e| HubError::Tls(e.to_string()))?
-        .with_no_client_auth()
-        .with_single_cert(self.cert_chain.clone(), key)
-        .map_err(|e| HubError::Tls(e.to_string()))?;
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        // A client certificate is asked for but optional; the hub decides at CONNECT.
+        let client_certs = crate::x509::AnyClientCert::new(&provider);
+        let mut cfg = rustls::ServerConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .map_err(|e| HubError::Tls(e.to_string()))?
+            .with_client_cert_verifier(client_certs)
+            .with_single_cert(self.cert_chain.clone(), key)
+            .map_err(|e| HubError::Tls(e.to_string()))?;
         cfg.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
         Ok(Arc::new(cfg))
     }
@@ -273,6 +275,36 @@ pub fn prepare(dir: &Path, hostname: &str) -> Result<Prepared, HubError> {
         key_der: Secret::new(key.serialize_der()),
         owner_key: Secret::new(owner_key),
     })
+}
+
+/// The hub's shared access policies: `iothubowner` with `owner_key`, the others with the keys
+/// in `{name}.key` files of `dir`, generated on first use and private (0600) like the owner's.
+///
+/// # Errors
+/// A key file that cannot be read or written.
+pub fn policies(
+    dir: &Path,
+    owner_key: Secret<String>,
+) -> Result<crate::auth::Policies, HubError> {
+    let mut failed = None;
+    let policies = crate::auth::Policies::new(owner_key, |name| {
+        let path = dir.join(format!("{name}.key"));
+        let key = match fs::read_to_string(&path) {
+            Ok(k) if !k.trim().is_empty() => k.trim().to_string(),
+            _ => {
+                let k = generate_key();
+                if let Err(e) = write_private(&path, &k) {
+                    failed = Some(e);
+                }
+                k
+            }
+        };
+        Secret::new(key)
+    });
+    match failed {
+        Some(e) => Err(e),
+        None => Ok(policies),
+    }
 }
 
 fn pem_to_der(pem: &str) -> Result<CertificateDer<'static>, HubError> {

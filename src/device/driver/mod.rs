@@ -27,7 +27,7 @@ use azsim_proto::session::{GiveUpReason, SessionConfig};
 
 use super::buffer::{GrowingBuffer, RESTING};
 use super::diagnose::{self, Refusal};
-use super::net::{FailureSlot, SystemClock, TlsConnector};
+use super::net::{FailureSlot, SystemClock, TlsConnector, Transport};
 use super::output::Output;
 use super::template::Template;
 
@@ -49,6 +49,33 @@ pub enum Credential {
     },
     /// A fixed `SharedAccessSignature ...` token from the connection string (never renewed).
     Token(Secret<String>),
+    /// An X.509 client certificate (`x509=true`, `--cert`/`--cert-key`): presented in the TLS
+    /// handshake; the CONNECT carries no password.
+    X509(crate::tls::ClientCert),
+}
+
+impl Credential {
+    /// The client certificate to present, for an X.509 device.
+    pub fn client_cert(&self) -> Option<&crate::tls::ClientCert> {
+        match self {
+            Credential::X509(c) => Some(c),
+            _ => None,
+        }
+    }
+
+    /// The one device loop's credential. An X.509 device's is an empty fixed "token": the
+    /// CONNECT then has no password and the session renews nothing, as with a certificate.
+    pub fn for_loop(&self) -> azsim_mqtt::Credential<'_> {
+        match self {
+            Credential::Key(k) => azsim_mqtt::Credential::Key(Secret::new(k.expose().as_str())),
+            Credential::PolicyKey { policy, key } => azsim_mqtt::Credential::PolicyKey {
+                policy,
+                key: Secret::new(key.expose().as_str()),
+            },
+            Credential::Token(t) => azsim_mqtt::Credential::Token(Secret::new(t.expose().as_str())),
+            Credential::X509(_) => azsim_mqtt::Credential::Token(Secret::new("")),
+        }
+    }
 }
 
 /// A `--method NAME=STATUS[:JSON]` answer.
@@ -69,8 +96,10 @@ pub struct RunConfig {
     pub hub_host: String,
     /// Host to open TCP to (the gateway, or the hub).
     pub connect_host: String,
-    /// MQTT port.
+    /// MQTT port (the WebSocket port with `transport` WebSocket).
     pub port: u16,
+    /// MQTT over TLS, or over WebSockets (`--websockets`).
+    pub transport: Transport,
     /// Device id.
     pub device_id: String,
     /// Module id.
@@ -200,7 +229,8 @@ pub async fn run(
     out: Output,
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<Totals, RunError> {
-    let tls = crate::tls::client_config(cfg.ca_file.as_deref())?;
+    let tls =
+        crate::tls::client_config_with_cert(cfg.ca_file.as_deref(), cfg.credential.client_cert())?;
     run_with_tls(cfg, tls, out, shutdown).await
 }
 
@@ -217,15 +247,9 @@ pub async fn run_with_tls(
 ) -> Result<Totals, RunError> {
     let failure = FailureSlot::default();
     let mut connector = TlsConnector::new(&cfg.connect_host, cfg.port, tls, failure.clone())
-        .map_err(RunError::GaveUp)?;
-    let credential = match &cfg.credential {
-        Credential::Key(k) => azsim_mqtt::Credential::Key(Secret::new(k.expose().as_str())),
-        Credential::PolicyKey { policy, key } => azsim_mqtt::Credential::PolicyKey {
-            policy,
-            key: Secret::new(key.expose().as_str()),
-        },
-        Credential::Token(t) => azsim_mqtt::Credential::Token(Secret::new(t.expose().as_str())),
-    };
+        .map_err(RunError::GaveUp)?
+        .over(cfg.transport);
+    let credential = cfg.credential.for_loop();
     let device = Device::new(
         RandomWalk::new(cfg.seed),
         DeviceConfig {
@@ -313,6 +337,7 @@ fn refusal(cfg: &RunConfig, token_expiry: Option<u64>) -> Refusal {
             (sign(key, Some(policy)), false, Some(Some(policy.clone())))
         }
         Credential::Token(t) => (Some(t.clone()), true, None),
+        Credential::X509(_) => (None, false, None),
     };
     Refusal {
         host: cfg.hub_host.clone(),

@@ -1,12 +1,14 @@
 //! The start of a connection: the first packet must be an MQTT 3.1.1 CONNECT (MQTT 5 and other
-//! levels get CONNACK 1), whose client id, username and SAS token must name a registered,
-//! enabled identity of this hub (else CONNACK 5, logged with the reason, never the token).
+//! levels get CONNACK 1), whose client id, username and SAS token (or, for an X.509 identity,
+//! TLS client certificate: see `crate::x509`) must name a registered, enabled identity of this
+//! hub (else CONNACK 5, logged with the reason, never the token).
 
 use std::net::SocketAddr;
 
 use bytes::BytesMut;
 use rumqttc::mqttbytes::v4::{ConnAck, Connect, ConnectReturnCode, Packet};
 use rumqttc::mqttbytes::{Error as MqttError, Protocol};
+use rustls_pki_types::CertificateDer;
 use tokio::io::AsyncReadExt as _;
 
 use super::{Io, max_packet, packet_name, write_packet};
@@ -87,17 +89,20 @@ pub(super) struct Authed {
 }
 
 /// CONNECT checks. Errors are the precise reason, logged by the caller (never the token).
-pub(super) async fn authenticate(hub: &Hub, c: &Connect) -> Result<Authed, String> {
+///
+/// `certs` is the chain the client sent in the TLS handshake (leaf first), if any. An identity
+/// registered `selfSigned` or `certificateAuthority` is authenticated by it alone (the password
+/// is empty, as the SDKs send it; a SAS token is refused), a SAS identity by its token alone.
+pub(super) async fn authenticate(
+    hub: &Hub,
+    c: &Connect,
+    certs: Option<&[CertificateDer<'static>]>,
+) -> Result<Authed, String> {
     let (device, module) = azsim_proto::username::parse_client_id(&c.client_id)
         .map(|(d, m)| (d.to_string(), m.map(str::to_string)))
         .ok_or("bad client id")?;
     let login = c.login.as_ref().ok_or("no username/password")?;
     crate::auth::check_username(&login.username, &hub.cfg.hostname, &c.client_id)?;
-    if login.password.is_empty() {
-        return Err("no password (x509 is not supported by the local hub)".into());
-    }
-    let token = azsim_proto::sas::Token::parse(&login.password)
-        .map_err(|e| format!("malformed token: {e}"))?;
     let ident = crate::hub::load_identity(hub, &device, module.as_deref())
         .await
         .map_err(|e| e.to_string())?
@@ -110,19 +115,63 @@ pub(super) async fn authenticate(hub: &Hub, c: &Connect) -> Result<Authed, Strin
     if !ident.enabled {
         return Err("device disabled".into());
     }
+    if ident.auth.is_x509() {
+        if !login.password.is_empty() {
+            return Err(format!(
+                "identity uses x509 authentication ({}): a sas token is not accepted",
+                ident.auth.type_name()
+            ));
+        }
+        let cas = if matches!(ident.auth, crate::x509::Auth::CertificateAuthority) {
+            hub.store
+                .call(|c| crate::x509::ca_store::anchors(c))
+                .await
+                .map_err(|e| e.to_string())?
+        } else {
+            Vec::new()
+        };
+        crate::x509::authenticate(
+            certs,
+            &c.client_id,
+            &ident.auth,
+            &cas,
+            hub.clock().unix_secs(),
+        )
+        .map_err(|e| e.to_string())?;
+        return Ok(Authed {
+            device,
+            module,
+            generation_id: ident.generation_id,
+            // A certificate is not renewed in the session: no token expiry to close it at.
+            se: u64::MAX / 1000,
+        });
+    }
+    if login.password.is_empty() {
+        return Err(if certs.is_some_and(|c| !c.is_empty()) {
+            "no password, and the identity uses sas authentication (its client certificate is not accepted)".into()
+        } else {
+            "no password (sas token)".into()
+        });
+    }
+    let token = azsim_proto::sas::Token::parse(&login.password)
+        .map_err(|e| format!("malformed token: {e}"))?;
     let resources = crate::auth::identity_resources(
         &hub.cfg.hostname,
         hub.mqtt_port,
         &device,
         module.as_deref(),
     );
-    crate::auth::verify_device_token(
+    crate::auth::verify_device_or_policy_token(
+        &hub.policies,
         &token,
         &[ident.primary_key.expose(), ident.secondary_key.expose()],
         &resources,
         hub.clock().unix_secs(),
     )
     .map_err(|e| e.to_string())?;
+    if let Some(reason) = crate::fault::connect_refused(hub, &device) {
+        return Err(reason.into());
+    }
     Ok(Authed {
         device,
         module,

@@ -34,12 +34,13 @@ fn device_json(hub: &Hub, i: &Identity, c2d_count: u32) -> Value {
         "lastActivityTime": azure_time_us(last_activity),
         "cloudToDeviceMessageCount": c2d_count,
         "authentication": {
-            "type": "sas",
-            "symmetricKey": {
-                "primaryKey": i.primary_key.expose(),
-                "secondaryKey": i.secondary_key.expose(),
+            "type": i.auth.type_name(),
+            "symmetricKey": if i.auth.is_sas() {
+                json!({"primaryKey": i.primary_key.expose(), "secondaryKey": i.secondary_key.expose()})
+            } else {
+                json!({"primaryKey": null, "secondaryKey": null})
             },
-            "x509Thumbprint": {"primaryThumbprint": null, "secondaryThumbprint": null},
+            "x509Thumbprint": i.auth.thumbprint_json(),
         },
     });
     let m = v.as_object_mut().expect("object");
@@ -108,13 +109,7 @@ async fn upsert_identity(
     {
         return Err(ApiError::bad("moduleId in the body does not match the URL"));
     }
-    if let Some(t) = body.pointer("/authentication/type").and_then(Value::as_str)
-        && t != "sas"
-    {
-        return Err(ApiError::bad(format!(
-            "authentication.type '{t}' is not supported by the local hub (sas only)"
-        )));
-    }
+    let auth = crate::x509::auth_from_json(&body).map_err(ApiError::bad)?;
     let enabled = match body.get("status") {
         None | Some(Value::Null) => None,
         Some(Value::String(s)) if s == "enabled" => Some(true),
@@ -176,6 +171,17 @@ async fn upsert_identity(
                     if let Some(k) = &secondary {
                         i.secondary_key = Secret::new(k.clone());
                     }
+                    if let Some(a) = &auth {
+                        i.auth = a.clone();
+                    }
+                    // X.509 identities hold no keys; one that turns SAS gets keys made.
+                    for k in [&mut i.primary_key, &mut i.secondary_key] {
+                        if i.auth.is_x509() {
+                            *k = Secret::new(String::new());
+                        } else if k.expose().is_empty() {
+                            *k = Secret::new(state_dir::generate_key());
+                        }
+                    }
                     if status_reason.is_some() {
                         i.status_reason = status_reason.clone();
                     }
@@ -217,7 +223,16 @@ async fn upsert_identity(
                         reported_version: 1,
                         reported_updated: now.clone(),
                         twin_version: 1,
+                        ..Identity::default()
                     };
+                    let mut i = i;
+                    if let Some(a) = &auth
+                        && a.is_x509()
+                    {
+                        i.auth = a.clone();
+                        i.primary_key = Secret::new(String::new());
+                        i.secondary_key = Secret::new(String::new());
+                    }
                     (i, true, false)
                 }
             };
@@ -293,6 +308,17 @@ async fn delete_identity(
     module: Option<String>,
 ) -> ApiResult {
     let im = if_match(headers);
+    // The swagger makes `If-Match` required on DELETE (an etag, or `*` for any); the SDKs
+    // always send one. Without it the hub refuses the precondition (412; which status Azure
+    // answers a missing header with is inferred).
+    if im.as_deref().is_none_or(str::is_empty) && !hub.cfg.lenient {
+        return Err(ApiError::new(
+            StatusCode::PRECONDITION_FAILED,
+            412001,
+            "PreconditionFailed",
+            "Precondition failed: If-Match is required (an etag, or \"*\" for any)",
+        ));
+    }
     let (d, m) = (id.clone(), module.clone());
     let activity = hub.store.activity().clone();
     let r = hub

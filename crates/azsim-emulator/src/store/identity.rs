@@ -36,6 +36,19 @@ pub struct Identity {
     pub reported_version: u64,
     pub reported_updated: String,
     pub twin_version: u64,
+    /// Per-property `$metadata` of desired and reported (see `twin::touch_metadata`); empty in
+    /// rows from before it was kept, and then not written.
+    #[serde(skip_serializing_if = "Map::is_empty")]
+    pub desired_meta: Map<String, Value>,
+    #[serde(skip_serializing_if = "Map::is_empty")]
+    pub reported_meta: Map<String, Value>,
+    /// The DTDL model the device announced in its last CONNECT (`model-id=` in the username).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub model_id: Option<String>,
+    /// How it authenticates; SAS (not written, as in rows from before X.509) unless registered
+    /// `selfSigned` or `certificateAuthority`.
+    #[serde(skip_serializing_if = "crate::x509::Auth::is_sas")]
+    pub auth: crate::x509::Auth,
 }
 
 fn enabled_by_default() -> bool {
