@@ -188,6 +188,7 @@ async fn main() -> Result<(), String> {
             hub_host: info.hostname.clone(),
             connect_host: info.hostname.clone(),
             port: info.mqtt_port,
+            transport: Default::default(),
             device_id: id.clone(),
             module_id: None,
             credential: Credential::Key(Secret::new(key.clone())),

@@ -6,12 +6,16 @@
 //! *why* (which host and port, which certificate problem). The connector and the streams it opens
 //! write that line into a [`FailureSlot`] the caller shares with its output.
 //!
-//! A WebSocket transport (`wss://{host}/$iothub/websocket`) would be another [`Connector`] here:
-//! the loop above it does not change.
+//! MQTT over WebSockets ([`Transport::WebSocket`]: `wss://{host}:{port}/$iothub/websocket`,
+//! subprotocol `mqtt`, as the Azure SDKs' `websockets` option dials on 443) is the same
+//! connector with a WebSocket handshake after TLS; tungstenite does the framing and
+//! [`azsim_emulator::WsBytes`] turns its binary messages back into the byte stream the loop
+//! reads. The loop above it does not change.
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use azsim_emulator::WsBytes;
 use azsim_emulator::clock::unix_now_ms;
 use azsim_mqtt::{Clock, Connector};
 use azsim_proto::session::DisconnectReason;
@@ -19,6 +23,9 @@ use embedded_io_adapters::tokio_1::FromTokio;
 use rustls::pki_types::ServerName;
 use tokio::net::TcpStream;
 use tokio_rustls::client::TlsStream;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest as _;
+use tokio_tungstenite::tungstenite::http::HeaderValue;
+use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 
 /// How long TCP plus the TLS handshake may take.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
@@ -48,13 +55,30 @@ impl FailureSlot {
     }
 }
 
-/// Opens TCP, then TLS, to `host:port`, checking the server certificate for `host`.
+/// The path IoT Hub serves MQTT over WebSockets on.
+pub const WEBSOCKET_PATH: &str = "/$iothub/websocket";
+/// The port Azure serves HTTPS and WebSockets on.
+pub const WEBSOCKET_PORT: u16 = 443;
+
+/// How the MQTT bytes travel over TLS.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Transport {
+    /// MQTT straight over TLS (port 8883).
+    #[default]
+    Mqtt,
+    /// MQTT in binary WebSocket messages (`wss://{host}:{port}/$iothub/websocket`, port 443).
+    WebSocket,
+}
+
+/// Opens TCP, then TLS, to `host:port`, checking the server certificate for `host`, then (for
+/// [`Transport::WebSocket`]) the WebSocket upgrade.
 pub struct TlsConnector {
     host: String,
     port: u16,
     server_name: ServerName<'static>,
     tls: tokio_rustls::TlsConnector,
     failure: FailureSlot,
+    transport: Transport,
 }
 
 impl std::fmt::Debug for TlsConnector {
@@ -86,7 +110,15 @@ impl TlsConnector {
             server_name,
             tls: tokio_rustls::TlsConnector::from(tls),
             failure,
+            transport: Transport::Mqtt,
         })
+    }
+
+    /// The same connector over `transport`.
+    #[must_use]
+    pub fn over(mut self, transport: Transport) -> Self {
+        self.transport = transport;
+        self
     }
 
     /// `host:port`, as the failure texts name it.
@@ -116,11 +148,52 @@ impl TlsConnector {
                 };
                 (DisconnectReason::Tls, text)
             })?;
+        let io = match self.transport {
+            Transport::Mqtt => ConnIo::Tls(FromTokio::new(tls)),
+            Transport::WebSocket => {
+                ConnIo::WebSocket(Box::new(FromTokio::new(self.upgrade(tls).await?)))
+            }
+        };
         Ok(TlsConn {
-            io: FromTokio::new(tls),
+            io,
             failure: self.failure.clone(),
             peer: self.peer(),
         })
+    }
+
+    /// The WebSocket handshake on an open TLS connection, offering the `mqtt` subprotocol.
+    async fn upgrade(
+        &self,
+        tls: TlsStream<TcpStream>,
+    ) -> Result<WsBytes<TlsStream<TcpStream>>, (DisconnectReason, String)> {
+        let url = format!("wss://{}:{}{WEBSOCKET_PATH}", self.host, self.port);
+        let fail = |what: String| {
+            (
+                DisconnectReason::Unreachable,
+                format!("websocket upgrade at {url} failed: {what}"),
+            )
+        };
+        let mut request = url
+            .as_str()
+            .into_client_request()
+            .map_err(|e| fail(e.to_string()))?;
+        request.headers_mut().insert(
+            "Sec-WebSocket-Protocol",
+            HeaderValue::from_static(azsim_emulator::WEBSOCKET_SUBPROTOCOL),
+        );
+        // Small buffers: a fleet holds thousands of these; packets are flushed one by one.
+        let config = WebSocketConfig::default()
+            .read_buffer_size(4096)
+            .write_buffer_size(0);
+        let (ws, _) = tokio_tungstenite::client_async_with_config(request, tls, Some(config))
+            .await
+            .map_err(|e| match e {
+                tokio_tungstenite::tungstenite::Error::Http(r) => {
+                    fail(format!("the server answered http {}", r.status().as_u16()))
+                }
+                other => fail(other.to_string()),
+            })?;
+        Ok(WsBytes::new(ws))
     }
 }
 
@@ -151,9 +224,16 @@ impl Connector for TlsConnector {
 /// A TLS connection as an `embedded-io-async` stream; a read or write error, or the end of the
 /// stream, is described in the connector's [`FailureSlot`] before the loop sees it.
 pub struct TlsConn {
-    io: FromTokio<TlsStream<TcpStream>>,
+    io: ConnIo,
     failure: FailureSlot,
     peer: String,
+}
+
+/// The stream under a [`TlsConn`]. The WebSocket one is boxed: it is the larger, and inline it
+/// would size every TCP device's task too.
+enum ConnIo {
+    Tls(FromTokio<TlsStream<TcpStream>>),
+    WebSocket(Box<FromTokio<WsBytes<TlsStream<TcpStream>>>>),
 }
 
 impl std::fmt::Debug for TlsConn {
@@ -170,7 +250,10 @@ impl embedded_io_async::ErrorType for TlsConn {
 
 impl embedded_io_async::Read for TlsConn {
     async fn read(&mut self, buf: &mut [u8]) -> Result<usize, std::io::Error> {
-        let r = self.io.read(buf).await;
+        let r = match &mut self.io {
+            ConnIo::Tls(io) => io.read(buf).await,
+            ConnIo::WebSocket(io) => io.read(buf).await,
+        };
         match &r {
             Ok(0) if !buf.is_empty() => self
                 .failure
@@ -187,7 +270,10 @@ impl embedded_io_async::Read for TlsConn {
 
 impl embedded_io_async::Write for TlsConn {
     async fn write(&mut self, buf: &[u8]) -> Result<usize, std::io::Error> {
-        let r = self.io.write(buf).await;
+        let r = match &mut self.io {
+            ConnIo::Tls(io) => io.write(buf).await,
+            ConnIo::WebSocket(io) => io.write(buf).await,
+        };
         if let Err(e) = &r {
             self.failure
                 .set(format!("connection to {} lost: {}", self.peer, short_io(e)));
@@ -196,7 +282,10 @@ impl embedded_io_async::Write for TlsConn {
     }
 
     async fn flush(&mut self) -> Result<(), std::io::Error> {
-        let r = self.io.flush().await;
+        let r = match &mut self.io {
+            ConnIo::Tls(io) => io.flush().await,
+            ConnIo::WebSocket(io) => io.flush().await,
+        };
         if let Err(e) = &r {
             self.failure
                 .set(format!("connection to {} lost: {}", self.peer, short_io(e)));
