@@ -105,6 +105,10 @@ pub fn to_json(
                 };
                 sys.insert(key.into(), v);
             }
+            // Added by the hub for a Plug and Play device; a system property on Azure.
+            None if name == "dt-dataschema" => {
+                sys.insert(name, v);
+            }
             None => {
                 app.insert(name, v);
             }

@@ -1,15 +1,24 @@
-//! Twin document rules: merge (null deletes), the documented limits, and the JSON shapes the
-//! device (MQTT GET) and the service (REST) see.
+//! Twin document rules: merge (null deletes), the documented limits counted as IoT Hub counts
+//! them, per-property `$metadata`, and the JSON shapes the device (MQTT GET) and the service
+//! (REST) see.
+//!
+//! Source for every number here: Microsoft Learn, "Understand and use device twins in IoT Hub"
+//! (`articles/iot-hub/iot-hub-devguide-device-twins.md`), sections "Tags and properties format"
+//! and "Device twin size", and the spec's section 4/5.
 
-use serde_json::{Map, Value};
+use serde_json::{Map, Value, json};
 
-/// Limits from the spec's section 4/5 (documented, not inferred).
+/// Desired and reported: 32 KB each; tags: 8 KB (device twins doc, "Device twin size"),
+/// counted by [`azure_size`].
 pub const MAX_SECTION_BYTES: usize = 32 * 1024;
 pub const MAX_TAGS_BYTES: usize = 8 * 1024;
 pub const MAX_DEPTH: usize = 10;
 pub const MAX_KEY_BYTES: usize = 1024;
 pub const MAX_STRING_BYTES: usize = 4 * 1024;
-pub const MAX_ABS_INT: i64 = 1 << 52;
+/// "Integers can have a minimum value of -4503599627370496 and a maximum value of
+/// 4503599627370495" (device twins doc, "Tags and properties format"): -2^52 ..= 2^52 - 1.
+pub const MIN_INT: i64 = -(1 << 52);
+pub const MAX_INT: i64 = (1 << 52) - 1;
 
 /// Why a patch was refused (becomes a 400 with errorCode 400004).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -66,12 +75,14 @@ fn check_value(v: &Value, depth: usize) -> Result<(), TwinError> {
         }
         Value::Number(n) => {
             let out_of_range = if let Some(i) = n.as_i64() {
-                !(-MAX_ABS_INT..=MAX_ABS_INT).contains(&i)
+                !(MIN_INT..=MAX_INT).contains(&i)
             } else {
                 n.as_u64().is_some()
             };
             if out_of_range {
-                return Err(TwinError("integer value outside +-2^52".into()));
+                return Err(TwinError(format!(
+                    "integer value {n} outside {MIN_INT}..={MAX_INT}"
+                )));
             }
         }
         _ => {}
@@ -113,20 +124,142 @@ pub fn merge(target: &mut Map<String, Value>, patch: &Map<String, Value>) {
     }
 }
 
-/// Serialized size of a section, the way the limit counts it.
-pub fn section_size(m: &Map<String, Value>) -> usize {
-    serde_json::to_vec(m).map(|v| v.len()).unwrap_or(usize::MAX)
+/// A string's size as IoT Hub counts it: its characters, not counting Unicode control
+/// characters (C0 and C1).
+fn text_size(s: &str) -> usize {
+    s.chars().filter(|c| !c.is_control()).count()
 }
 
-/// Check a merged section against its size limit.
+/// The size of a value as IoT Hub counts it (device twins doc, "Device twin size"): strings by
+/// [`text_size`], numbers 8 bytes, booleans 4, objects the sum of their keys and values. Arrays
+/// (not in that text) count as the sum of their elements. Read-only members (`$version`,
+/// `$metadata`) are not counted.
+fn value_size(v: &Value) -> usize {
+    match v {
+        Value::String(s) => text_size(s),
+        Value::Number(_) => 8,
+        Value::Bool(_) => 4,
+        Value::Null => 0,
+        Value::Array(a) => a.iter().map(value_size).sum(),
+        Value::Object(m) => azure_size(m),
+    }
+}
+
+/// A section's size as IoT Hub counts it: for each property, the length of its key plus the
+/// size of its value (see [`value_size`]).
+pub fn azure_size(m: &Map<String, Value>) -> usize {
+    m.iter()
+        .filter(|(k, _)| !matches!(k.as_str(), "$version" | "$metadata"))
+        .map(|(k, v)| text_size(k) + value_size(v))
+        .sum()
+}
+
+/// Check a merged section against its size limit (IoT Hub "rejects with an error all
+/// operations that would increase the size ... above the limit").
 ///
 /// # Errors
 /// A [`TwinError`] when the section is too large.
 pub fn check_size(m: &Map<String, Value>, limit: usize, what: &str) -> Result<(), TwinError> {
-    if section_size(m) > limit {
-        return Err(TwinError(format!("{what} exceeds {limit} bytes")));
+    let size = azure_size(m);
+    if size > limit {
+        return Err(TwinError(format!(
+            "{what} is {size} bytes as IoT Hub counts them, over the {limit} byte limit"
+        )));
     }
     Ok(())
+}
+
+/// One leaf of `$metadata`.
+fn stamp(now: &str, version: u64) -> Map<String, Value> {
+    let mut m = Map::new();
+    m.insert("$lastUpdated".into(), json!(now));
+    m.insert("$lastUpdatedVersion".into(), json!(version));
+    m
+}
+
+/// Record in `meta` (a section's `$metadata` tree) that `patch` was applied at `now` as the
+/// section's `version`: every property the patch sets gets `$lastUpdated` and
+/// `$lastUpdatedVersion`, every object on the way too, deleted ones lose their entry.
+pub fn touch_metadata(
+    meta: &mut Map<String, Value>,
+    patch: &Map<String, Value>,
+    now: &str,
+    version: u64,
+) {
+    for (k, v) in patch {
+        match v {
+            Value::Null => {
+                meta.remove(k);
+            }
+            Value::Object(p) => {
+                let entry = meta
+                    .entry(k.clone())
+                    .or_insert_with(|| Value::Object(Map::new()));
+                if !entry.is_object() {
+                    *entry = Value::Object(Map::new());
+                }
+                if let Value::Object(m) = entry {
+                    // A scalar that became an object keeps no stale leaf stamps.
+                    m.extend(stamp(now, version));
+                    touch_metadata(m, p, now, version);
+                }
+            }
+            _ => {
+                meta.insert(k.clone(), Value::Object(stamp(now, version)));
+            }
+        }
+    }
+    meta.extend(stamp(now, version));
+}
+
+/// The `$metadata` a reader sees for `section`: for each property (at every level) its entry
+/// in `meta`, or, where the tree has none (state written before per-property metadata), the
+/// section's own time and version.
+pub fn metadata_view(
+    section: &Map<String, Value>,
+    meta: &Map<String, Value>,
+    updated: &str,
+    version: u64,
+) -> Value {
+    let get = |k: &str, d: &Value| meta.get(k).cloned().unwrap_or_else(|| d.clone());
+    let mut out = Map::new();
+    out.insert("$lastUpdated".into(), get("$lastUpdated", &json!(updated)));
+    out.insert(
+        "$lastUpdatedVersion".into(),
+        get("$lastUpdatedVersion", &json!(version)),
+    );
+    for (k, v) in section {
+        let child_meta = meta.get(k).and_then(Value::as_object);
+        let view = match (v, child_meta) {
+            (Value::Object(child), m) => {
+                let empty = Map::new();
+                let m = m.unwrap_or(&empty);
+                let t = m
+                    .get("$lastUpdated")
+                    .and_then(Value::as_str)
+                    .unwrap_or(updated);
+                let n = m
+                    .get("$lastUpdatedVersion")
+                    .and_then(Value::as_u64)
+                    .unwrap_or(version);
+                metadata_view(child, m, t, n)
+            }
+            (_, Some(m)) => {
+                let t = m
+                    .get("$lastUpdated")
+                    .cloned()
+                    .unwrap_or_else(|| json!(updated));
+                let n = m
+                    .get("$lastUpdatedVersion")
+                    .cloned()
+                    .unwrap_or_else(|| json!(version));
+                json!({"$lastUpdated": t, "$lastUpdatedVersion": n})
+            }
+            (_, None) => Value::Object(stamp(updated, version)),
+        };
+        out.insert(k.clone(), view);
+    }
+    Value::Object(out)
 }
 
 /// Drop the read-only members a service may echo back (`$version`, `$metadata`).
@@ -181,8 +314,10 @@ mod tests {
         assert!(validate_patch(&obj(json!({"$a":1}))).is_err());
         assert!(validate_patch(&obj(json!({"a b":1}))).is_err());
         assert!(validate_patch(&obj(json!({"a":"x".repeat(4097)}))).is_err());
-        assert!(validate_patch(&obj(json!({"a":4503599627370497_i64}))).is_err());
-        assert!(validate_patch(&obj(json!({"a":4503599627370496_i64}))).is_ok());
+        assert!(validate_patch(&obj(json!({"a":4503599627370496_i64}))).is_err());
+        assert!(validate_patch(&obj(json!({"a":4503599627370495_i64}))).is_ok());
+        assert!(validate_patch(&obj(json!({"a":-4503599627370496_i64}))).is_ok());
+        assert!(validate_patch(&obj(json!({"a":-4503599627370497_i64}))).is_err());
         // The section itself is depth 0; ten nested objects are fine, eleven are not.
         let mut deep = json!(1);
         for _ in 0..12 {
@@ -196,5 +331,69 @@ mod tests {
         assert!(validate_patch(&obj(ok)).is_ok());
         let big = obj(json!({"a":"x".repeat(4000),"b":"x".repeat(4000),"c":"x".repeat(4000)}));
         assert!(check_size(&big, MAX_TAGS_BYTES, "tags").is_err());
+    }
+
+    #[test]
+    fn size_is_counted_as_azure_counts_it() {
+        // key 1 + number 8; key 2 + bool 4; key 1 + "héllo" 5 characters (6 bytes).
+        assert_eq!(azure_size(&obj(json!({"a": 123456}))), 9);
+        assert_eq!(azure_size(&obj(json!({"ok": true}))), 6);
+        assert_eq!(azure_size(&obj(json!({"s": "héllo"}))), 6);
+        // Nested: key 1 + (key 1 + 8); control characters are not counted.
+        assert_eq!(azure_size(&obj(json!({"o": {"n": 1}}))), 10);
+        assert_eq!(azure_size(&obj(json!({"t": "a\u{1}b"}))), 3);
+        // $version and $metadata are read-only and not counted.
+        assert_eq!(
+            azure_size(&obj(json!({"a": 1, "$version": 4, "$metadata": {"x": 1}}))),
+            9
+        );
+        // 2520 properties "kNNNN": 1 of 5 + 8 = 13 bytes each are 32,760 bytes (their JSON,
+        // 10 bytes each, would be far below the limit); 9 bytes more go over 32 KB.
+        let mut m = Map::new();
+        for i in 0..2520 {
+            m.insert(format!("k{i:04}"), json!(1));
+        }
+        assert_eq!(azure_size(&m), 32_760);
+        assert!(check_size(&m, MAX_SECTION_BYTES, "desired").is_ok());
+        m.insert("k9999".into(), json!(true));
+        assert!(check_size(&m, MAX_SECTION_BYTES, "desired").is_err());
+    }
+
+    #[test]
+    fn metadata_is_kept_per_property_at_every_level() {
+        let mut meta = Map::new();
+        touch_metadata(
+            &mut meta,
+            &obj(json!({"a": 1, "o": {"x": 1, "y": 2}})),
+            "T1",
+            2,
+        );
+        touch_metadata(&mut meta, &obj(json!({"o": {"y": 3}})), "T2", 3);
+        let section = obj(json!({"a": 1, "o": {"x": 1, "y": 3}}));
+        let v = metadata_view(&section, &meta, "T0", 1);
+        assert_eq!(v["$lastUpdated"], "T2");
+        assert_eq!(v["$lastUpdatedVersion"], 3);
+        assert_eq!(
+            v["a"],
+            json!({"$lastUpdated": "T1", "$lastUpdatedVersion": 2})
+        );
+        assert_eq!(v["o"]["$lastUpdated"], "T2");
+        assert_eq!(
+            v["o"]["x"],
+            json!({"$lastUpdated": "T1", "$lastUpdatedVersion": 2})
+        );
+        assert_eq!(
+            v["o"]["y"],
+            json!({"$lastUpdated": "T2", "$lastUpdatedVersion": 3})
+        );
+        // A deleted property loses its entry; a property with none (older state) gets the
+        // section's stamp.
+        touch_metadata(&mut meta, &obj(json!({"a": null})), "T3", 4);
+        assert!(meta.get("a").is_none());
+        let v = metadata_view(&obj(json!({"old": 1})), &Map::new(), "T0", 7);
+        assert_eq!(
+            v["old"],
+            json!({"$lastUpdated": "T0", "$lastUpdatedVersion": 7})
+        );
     }
 }

@@ -22,6 +22,7 @@ use rumqttc::mqttbytes::{Error as MqttError, QoS};
 use serde_json::{Value, json};
 
 use super::{Close, max_packet, packet_name};
+use crate::fault::{self, Fault};
 use crate::hub::{Hub, Subs, twin_device_view};
 use crate::store::{C2dMessage, Commits, q};
 use crate::telemetry::{self, D2cRecord, Origin};
@@ -51,6 +52,9 @@ pub(super) struct Conn {
     /// PUBACKs not sent yet, in PUBLISH order: the packet id and the telemetry number that must
     /// be committed first.
     pub(super) held_pubacks: VecDeque<(u64, u16)>,
+    /// The DTDL model id of the CONNECT's username (`model-id=`): recorded on the twin
+    /// (`modelId`) and stamped on this connection's telemetry as `dt-dataschema`.
+    pub(super) model_id: Option<String>,
 }
 
 impl Conn {
@@ -138,6 +142,13 @@ impl Conn {
                     } else {
                         QoS::AtLeastOnce
                     };
+                    if kind == SubscriptionKind::C2d {
+                        // C2D goes out at the QoS granted (MQTT 3.1.1 3.8.4: a message is
+                        // delivered at the lower of its QoS and the subscription's); the
+                        // lenient hub sends QoS 1 whatever was asked.
+                        let qos0 = granted == QoS::AtMostOnce && !self.hub.cfg.lenient;
+                        self.subs.c2d_qos0.store(qos0, Ordering::Release);
+                    }
                     codes.push(SubscribeReasonCode::Success(granted));
                 }
                 let _ = Packet::SubAck(SubAck::new(s.pkid, codes)).write(&mut self.out, usize::MAX);
@@ -158,6 +169,9 @@ impl Conn {
                 ] {
                     let on = self.filters.iter().any(|(_, kk)| *kk == k);
                     self.set_flag(k, on);
+                }
+                if !self.subs.c2d.load(Ordering::Acquire) {
+                    self.subs.c2d_qos0.store(false, Ordering::Release);
                 }
                 let _ = Packet::UnsubAck(UnsubAck::new(u.pkid)).write(&mut self.out, usize::MAX);
                 self.persist_filters().await;
@@ -226,10 +240,47 @@ impl Conn {
                         "undecodable property name or value: {e}"
                     )));
                 }
+                if let Some(req) = fault::requested(bag.as_raw()) {
+                    match req.fault {
+                        Some(f) => {
+                            // As the SDKs' e2e tests expect of Azure: the fault message is not
+                            // acknowledged (nor routed); the fault comes after its delay.
+                            tracing::info!(client_id = %self.cid, operation = %Untrusted(&req.operation), "fault requested in telemetry");
+                            fault::inject(&self.hub, &self.device, f, req.delay, req.duration);
+                            return None;
+                        }
+                        None => {
+                            tracing::info!(client_id = %self.cid, operation = %Untrusted(&req.operation), "fault operation does not apply to MQTT: taken as telemetry");
+                        }
+                    }
+                }
+                let now = self.hub.clock().unix_ms();
+                if self.hub.faults.active(&self.device, Fault::Quota, now)
+                    || !self.hub.faults.charge_message(
+                        self.hub.cfg.tier,
+                        self.hub.cfg.units,
+                        size,
+                        now,
+                    )
+                {
+                    return Some(Close::Ungraceful(
+                        "403002 IoTHubQuotaExceeded: the hub's daily message quota is used up"
+                            .into(),
+                    ));
+                }
+                if self.hub.faults.active(&self.device, Fault::Throttle, now) {
+                    return Some(Close::Ungraceful("429001 ThrottlingException".into()));
+                }
                 // Stored as received; the JSON is built only when read.
                 let mut props = bag.as_raw().to_owned();
                 if p.retain {
                     telemetry::push_pair(&mut props, "mqtt-retain", "true");
+                }
+                // A Plug and Play device's messages carry its model as `dt-dataschema` (IoT
+                // Plug and Play developer guide, "telemetry": the hub adds it from the
+                // model-id the device announced when it connected).
+                if let Some(model) = &self.model_id {
+                    telemetry::push_pair(&mut props, "dt-dataschema", model);
                 }
                 let acked = p.qos == QoS::AtLeastOnce;
                 if !self.ingest(props, &p.payload, acked).await {
@@ -255,6 +306,9 @@ impl Conn {
             DeviceTopic::TwinGet { rid } => {
                 let mut r = String::new();
                 let _ = rid.decode_to(&mut r);
+                if self.twin_throttled(&r) {
+                    return self.puback(&p);
+                }
                 let (d, m) = (self.device.clone(), self.module.clone());
                 let res = self
                     .hub
@@ -275,11 +329,39 @@ impl Conn {
             DeviceTopic::TwinPatchReported { rid } => {
                 let mut r = String::new();
                 let _ = rid.decode_to(&mut r);
+                if self.twin_throttled(&r) {
+                    return self.puback(&p);
+                }
                 self.patch_reported(&r, &p.payload).await;
                 return self.puback(&p);
             }
         }
         None
+    }
+
+    /// Record the model the device announced in its CONNECT on its twin (`modelId`). A
+    /// CONNECT without `model-id` leaves the twin's as it was.
+    pub(super) async fn record_model_id(&self) {
+        let Some(model) = self.model_id.clone() else {
+            return;
+        };
+        let (d, m) = (self.device.clone(), self.module.clone());
+        let r = self
+            .hub
+            .store
+            .call(move |c| {
+                if let Some(mut i) = q::get_identity(c, &d, m.as_deref())?
+                    && i.model_id.as_deref() != Some(model.as_str())
+                {
+                    i.model_id = Some(model);
+                    q::put_identity(c, &i)?;
+                }
+                Ok(())
+            })
+            .await;
+        if let Err(e) = r {
+            tracing::warn!(client_id = %self.cid, error = %e, "recording the model id failed");
+        }
     }
 
     /// PUBACK a QoS 1 PUBLISH once every telemetry message received up to it is committed:
@@ -322,11 +404,30 @@ impl Conn {
     }
 
     fn twin_response(&mut self, status: u16, rid: &str, version: Option<u64>, body: Vec<u8>) {
+        // IoT Hub answers twin requests on `$iothub/twin/res/...` only to a client subscribed to
+        // `$iothub/twin/res/#` ("the device must subscribe to $iothub/twin/res/# to receive the
+        // operation's responses": MQTT support doc, "Retrieving a device twin's properties");
+        // otherwise the request is carried out and nothing comes back.
+        if !self.hub.cfg.lenient && !self.subs.twin_res.load(Ordering::Acquire) {
+            tracing::info!(client_id = %self.cid, status, "twin response not sent: not subscribed to $iothub/twin/res/#");
+            return;
+        }
         let mut t = String::new();
         if topic::write_twin_response(&mut t, status, rid, version).is_ok() {
             let _ = Packet::Publish(Publish::new(t, QoS::AtMostOnce, body))
                 .write(&mut self.out, usize::MAX);
         }
+    }
+
+    /// Under injected throttling a twin request is answered 429 (429001), as the spec says
+    /// twin-over-MQTT is throttled; true when it was.
+    fn twin_throttled(&mut self, rid: &str) -> bool {
+        let now = self.hub.clock().unix_ms();
+        if !self.hub.faults.active(&self.device, Fault::Throttle, now) {
+            return false;
+        }
+        self.twin_error(429, 429001, rid, "Throttling: retry later");
+        true
     }
 
     fn twin_error(&mut self, status: u16, code: u32, rid: &str, message: &str) {
@@ -365,6 +466,7 @@ impl Conn {
                 i.reported = next;
                 i.reported_version += 1;
                 i.twin_version += 1;
+                twin::touch_metadata(&mut i.reported_meta, &p2, &now, i.reported_version);
                 i.reported_updated = now;
                 q::put_identity(c, &i)?;
                 Ok(Ok(i.reported_version))
@@ -470,9 +572,17 @@ impl Conn {
             })
             .await
             .map_err(|e| e.to_string())?;
+        let qos0 = self.subs.c2d_qos0.load(Ordering::Acquire);
         for m in batch {
-            let pkid = self.alloc_pkid();
             let topic = c2d_topic(&m);
+            if qos0 {
+                // At most once: sent and completed, no PUBACK to wait for.
+                let p = Publish::new(topic, QoS::AtMostOnce, m.body.clone());
+                let _ = Packet::Publish(p).write(&mut self.out, usize::MAX);
+                self.complete_c2d(m.seq, m.message_id.clone()).await;
+                continue;
+            }
+            let pkid = self.alloc_pkid();
             let mut p = Publish::new(topic, QoS::AtLeastOnce, m.body.clone());
             p.pkid = pkid;
             p.dup = m.delivery_count > 0;

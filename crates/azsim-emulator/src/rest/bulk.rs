@@ -170,6 +170,7 @@ fn new_identity(op: &Op, now: &str, now_ms: i64) -> Identity {
         reported_version: 1,
         reported_updated: now.to_owned(),
         twin_version: 1,
+        ..Identity::default()
     }
 }
 

@@ -17,16 +17,27 @@ pub(super) fn twin_json(hub: &Hub, i: &Identity, c2d_count: u32) -> Value {
     let cid = client_id(&i.device_id, i.module_id.as_deref());
     let connected = hub.is_connected(&cid);
     let (last_activity, _) = hub.store.activity().times(&cid);
+    // Per-property `$metadata` at every level, as the device twins doc shows it.
     let mut desired = i.desired.clone();
     desired.insert(
         "$metadata".into(),
-        json!({"$lastUpdated": i.desired_updated, "$lastUpdatedVersion": i.desired_version}),
+        twin::metadata_view(
+            &i.desired,
+            &i.desired_meta,
+            &i.desired_updated,
+            i.desired_version,
+        ),
     );
     desired.insert("$version".into(), json!(i.desired_version));
     let mut reported = i.reported.clone();
     reported.insert(
         "$metadata".into(),
-        json!({"$lastUpdated": i.reported_updated}),
+        twin::metadata_view(
+            &i.reported,
+            &i.reported_meta,
+            &i.reported_updated,
+            i.reported_version,
+        ),
     );
     reported.insert("$version".into(), json!(i.reported_version));
     let mut v = json!({
@@ -46,6 +57,10 @@ pub(super) fn twin_json(hub: &Hub, i: &Identity, c2d_count: u32) -> Value {
         "properties": {"desired": desired, "reported": reported},
     });
     let m = v.as_object_mut().expect("object");
+    // `modelId` is the model the device announced in its CONNECT (IoT Plug and Play).
+    if let Some(model) = &i.model_id {
+        m.insert("modelId".into(), json!(model));
+    }
     match &i.module_id {
         Some(mid) => {
             m.insert("moduleId".into(), json!(mid));
@@ -181,6 +196,13 @@ async fn update_twin(
                 }
                 i.desired = next;
                 i.desired_version += 1;
+                if replace {
+                    i.desired_meta = Map::new();
+                    let whole = i.desired.clone();
+                    twin::touch_metadata(&mut i.desired_meta, &whole, &now, i.desired_version);
+                } else if let Some(p) = &desired {
+                    twin::touch_metadata(&mut i.desired_meta, p, &now, i.desired_version);
+                }
                 i.desired_updated = now;
                 changed = true;
             }
