@@ -13,6 +13,7 @@ extern crate std;
 
 pub mod connection_string;
 pub mod device;
+pub mod dps;
 pub mod encoding;
 pub mod endpoint;
 pub mod json;
