@@ -19,7 +19,9 @@ pub mod device;
 pub mod fleet;
 pub mod hub;
 pub mod invoke;
+pub mod job;
 pub mod monitor;
+pub mod query;
 pub mod run;
 pub mod service;
 pub mod token;
@@ -63,6 +65,11 @@ pub enum Command {
     /// Make test certificates for X.509 devices: a CA (`cert ca NAME`) and device
     /// certificates signed by it or self-signed (`cert device ID [--ca NAME]`).
     Cert(cert::CertArgs),
+    /// Query device and module twins and job results with the IoT Hub query language.
+    Query(query::QueryArgs),
+    /// Schedule jobs v2 (a method or a twin update over the devices a condition selects),
+    /// show, list and cancel them.
+    Job(job::JobArgs),
     /// Run a local Azure IoT Hub: TLS MQTT for devices, service REST, state in SQLite.
     Hub(hub::HubArgs),
 }
@@ -123,6 +130,8 @@ impl Cli {
             Command::Monitor(args) => crate::cmd::monitor::run(args.into_config()?).await,
             Command::Run(args) => crate::cmd::run::run(args.into_config()?).await,
             Command::Fleet(args) => crate::cmd::fleet::run(args.into_config()?).await,
+            Command::Query(args) => crate::cmd::query::run(args.into_config()?).await,
+            Command::Job(args) => crate::cmd::job::run(args.into_config()?).await,
             Command::Hub(args) => crate::cmd::hub::run(args.into_config()?).await,
             Command::Cert(args) => crate::cmd::cert::run(args.into_config()?).await,
         }

@@ -249,7 +249,8 @@ async fn a_future_job_is_listed_cancelled_and_kept_across_a_restart() {
         )
         .await;
     assert_eq!(s, 200);
-    let ids: Vec<_> = listed
+    assert_eq!(listed["type"], "jobResponse");
+    let ids: Vec<_> = listed["items"]
         .as_array()
         .unwrap()
         .iter()
@@ -269,5 +270,224 @@ async fn a_future_job_is_listed_cancelled_and_kept_across_a_restart() {
     assert_eq!(t["properties"]["desired"]["mode"], "night");
     let (_, j) = hub.rest(Method::GET, "/jobs/v2/later", None).await;
     assert_eq!(j["status"], "cancelled");
+    hub.stop().await;
+}
+
+#[tokio::test]
+async fn azsim_job_schedules_waits_shows_lists_and_cancels() {
+    use crate::service_cli::run;
+    let hub = TestHub::start().await;
+    for (id, site) in [("c1", "oslo"), ("c2", "bergen")] {
+        hub.create_device(id).await;
+        tag(&hub, id, json!({ "site": site })).await;
+    }
+    let out = run(
+        &hub,
+        &[
+            "job",
+            "twin",
+            r#"{"interval":7}"#,
+            "--tags",
+            r#"{"fw":"3"}"#,
+            "--where",
+            "tags.site = 'oslo'",
+            "--id",
+            "cli-twin",
+            "--wait",
+            "--json",
+        ],
+    )
+    .await;
+    assert_eq!(out.code, 0, "{out:?}");
+    let j = out.json();
+    assert_eq!(
+        (&j["status"], &j["deviceJobStatistics"]["succeededCount"]),
+        (&json!("completed"), &json!(1))
+    );
+    let (_, t) = hub.rest(Method::GET, "/twins/c1", None).await;
+    assert_eq!(
+        (&t["properties"]["desired"]["interval"], &t["tags"]["fw"]),
+        (&json!(7), &json!("3"))
+    );
+
+    let out = run(&hub, &["job", "show", "cli-twin", "--devices"]).await;
+    assert_eq!(out.code, 0, "{out:?}");
+    assert!(
+        out.stdout
+            .starts_with("job cli-twin (scheduleUpdateTwin) completed: 1 devices (1 succeeded"),
+        "{out:?}"
+    );
+    assert!(out.stdout.contains("  c1  completed"), "{out:?}");
+
+    let out = run(
+        &hub,
+        &[
+            "job",
+            "invoke",
+            "reboot",
+            "--payload",
+            "{}",
+            "--where",
+            "deviceId = 'c2'",
+            "--start",
+            "1h",
+            "--id",
+            "cli-later",
+        ],
+    )
+    .await;
+    assert_eq!(out.code, 0, "{out:?}");
+    assert!(
+        out.stdout
+            .contains("job cli-later (scheduleDeviceMethod) queued"),
+        "{out:?}"
+    );
+    let out = run(&hub, &["job", "list", "--type", "method", "--json"]).await;
+    assert_eq!(out.code, 0, "{out:?}");
+    assert_eq!(out.json()["jobId"], "cli-later");
+    let out = run(&hub, &["job", "cancel", "cli-later", "--json"]).await;
+    assert_eq!((out.code, &out.json()["status"]), (0, &json!("cancelled")));
+
+    let out = run(&hub, &["job", "show", "nope"]).await;
+    assert_eq!(out.code, 1, "{out:?}");
+    let out = run(&hub, &["job", "twin", "--where", "deviceId = 'c1'"]).await;
+    assert_eq!(out.code, 2, "{out:?}");
+    assert!(out.stderr.contains("DESIRED"), "{out:?}");
+    let out = run(
+        &hub,
+        &["job", "invoke", "m", "--where", "x = 1", "--start", "soon"],
+    )
+    .await;
+    assert_eq!(out.code, 2, "{out:?}");
+    assert!(out.stderr.contains("--start"), "{out:?}");
+    hub.stop().await;
+}
+
+/// The test venv's Python (`AZSIM_PYTHON`, default `.venv/bin/python`), when there is one.
+fn python() -> Option<std::path::PathBuf> {
+    let p = match std::env::var_os("AZSIM_PYTHON") {
+        Some(p) if !p.is_empty() => std::path::PathBuf::from(p),
+        _ => std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(".venv/bin/python"),
+    };
+    p.exists().then_some(p)
+}
+
+#[tokio::test]
+async fn the_python_service_sdk_queries_pages_bulk_creates_and_runs_jobs() {
+    let Some(python) = python() else {
+        crate::support::skip("no Python venv with azure-iot-hub (scripts/test makes .venv)");
+        return;
+    };
+    let hub = TestHub::start().await;
+    // The device a method job reaches: azsim run answering "reboot".
+    let device_cs = hub.create_device("py-0").await;
+    let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_azsim"));
+    cmd.args(["run", "--json", "--connection-string", &device_cs, "--ca"])
+        .arg(&hub.ca_file)
+        .args([
+            "--method",
+            r#"reboot=200:{"rebooted":true}"#,
+            "--interval",
+            "1h",
+        ])
+        .env_remove("IOTHUB_DEVICE_CONNECTION_STRING")
+        .env_remove("IOTHUB_CONNECTION_STRING")
+        .env_remove("AZSIM_CA_FILE")
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true);
+    let mut device = crate::run_hub::Running::spawn(cmd);
+    device.event("connected").await;
+
+    let work = tempfile::tempdir().unwrap();
+    let cs_file = work.path().join("service.cs");
+    std::fs::write(&cs_file, &hub.service_connection_string).unwrap();
+    let script =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/python/service_query_jobs.py");
+    let out = tokio::time::timeout(
+        Duration::from_secs(120),
+        tokio::process::Command::new(&python)
+            .arg(script)
+            .arg(&cs_file)
+            .arg("py")
+            .current_dir(work.path())
+            .env("REQUESTS_CA_BUNDLE", &hub.ca_file)
+            .env("PYTHONUNBUFFERED", "1")
+            .kill_on_drop(true)
+            .output(),
+    )
+    .await
+    .expect("the script finished within 120 s")
+    .expect("python runs");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stdout}\n{stderr}");
+    let events: std::collections::HashMap<String, Value> = stdout
+        .lines()
+        .map(|l| serde_json::from_str::<Value>(l).expect("a JSON line"))
+        .map(|v| (v["event"].as_str().unwrap().to_string(), v))
+        .collect();
+    let e = |name: &str| {
+        events
+            .get(name)
+            .unwrap_or_else(|| panic!("no {name}: {stdout}"))
+    };
+
+    assert_eq!(
+        (&e("bulk")["is_successful"], &e("bulk")["errors"]),
+        (&json!(true), &json!(0))
+    );
+    assert_eq!(e("bulk_duplicate")["status"], 400);
+    assert_eq!(
+        e("query_all")["ids"],
+        json!(["py-0", "py-1", "py-2", "py-3", "py-4"])
+    );
+    assert_eq!(
+        (&e("query_all")["pages"], &e("query_all")["type"]),
+        (&json!(3), &json!("DeviceTwin"))
+    );
+    assert_eq!(
+        e("query_group")["rows"],
+        json!([{"odd": false, "n": 3}, {"odd": true, "n": 2}])
+    );
+    assert_eq!(e("bad_query")["status"], 400);
+    assert!(
+        e("bad_query")["message"]
+            .as_str()
+            .unwrap()
+            .contains("Line 1:37"),
+        "{}",
+        e("bad_query")
+    );
+    assert_eq!(e("method_created")["type"], "scheduleDeviceMethod");
+    assert_eq!(
+        e("method_done"),
+        &json!({"event":"method_done","status":"completed","devices":1,"succeeded":1,"failed":0})
+    );
+    assert_eq!(
+        e("method_rows")["rows"],
+        json!([{"device":"py-0","status":"completed",
+                "outcome":{"deviceMethodResponse":{"status":200,"payload":{"rebooted":true}}}}])
+    );
+    assert_eq!(e("method_rows")["type"], "DeviceJob");
+    assert_eq!(
+        (&e("twin_done")["status"], &e("twin_done")["succeeded"]),
+        (&json!("completed"), &json!(2))
+    );
+    assert_eq!(
+        e("twin_modes")["modes"],
+        json!({"py-0": null, "py-1": "eco", "py-2": null, "py-3": "eco", "py-4": null})
+    );
+    assert_eq!(e("cancelled")["status"], "cancelled");
+    assert_eq!(e("listed")["ids"], json!(["py-twin", "py-later"]));
+    assert_eq!(e("listed")["type"], "jobResponse");
+    // azsim run saw the method the job sent.
+    device
+        .wait_for("the reboot method", |v| {
+            v["event"] == "method" && v["name"] == "reboot"
+        })
+        .await;
+    device.terminate().await;
     hub.stop().await;
 }

@@ -218,3 +218,41 @@ async fn a_bad_query_is_a_400_naming_where_it_went_wrong() {
     assert_eq!((s, body), (200, json!([])));
     hub.stop().await;
 }
+
+#[tokio::test]
+async fn azsim_query_prints_every_row_across_pages() {
+    use crate::service_cli::run;
+    let hub = TestHub::start().await;
+    fleet(&hub).await;
+    let q = "SELECT deviceId FROM devices WHERE tags.site = 'oslo'";
+    let out = run(&hub, &["query", q, "--page-size", "1", "--json"]).await;
+    assert_eq!(out.code, 0, "{out:?}");
+    let lines: Vec<Value> = out
+        .stdout
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(
+        lines,
+        ["q0", "q2", "q4", "q6"].map(|d| json!({ "deviceId": d }))
+    );
+    let out = run(
+        &hub,
+        &["query", "SELECT * FROM devices", "--max-items", "2"],
+    )
+    .await;
+    assert_eq!(out.code, 0, "{out:?}");
+    assert_eq!(out.json().as_array().map(Vec::len), Some(2));
+
+    let out = run(&hub, &["query", "SELECT * FROM devices WHERE"]).await;
+    assert_eq!(out.code, 1, "{out:?}");
+    assert!(out.stderr.contains("Line 1:28"), "{out:?}");
+    let out = run(
+        &hub,
+        &["query", "SELECT * FROM devices", "--page-size", "0"],
+    )
+    .await;
+    assert_eq!(out.code, 2, "{out:?}");
+    assert!(out.stderr.contains("--page-size"), "{out:?}");
+    hub.stop().await;
+}

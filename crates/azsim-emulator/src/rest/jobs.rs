@@ -20,7 +20,7 @@ use serde_json::{Map, Value, json};
 
 use super::job_runner;
 use super::job_store as store;
-use super::query::{DEFAULT_PAGE, MAX_PAGE, continuation, page, query_error};
+use super::query::{DEFAULT_PAGE, MAX_PAGE, continuation, query_error, token};
 use super::{ApiError, ApiResult, Shared, json_ok, parse_json};
 use crate::twin;
 
@@ -243,7 +243,10 @@ pub(super) struct JobFilter {
     job_status: Option<String>,
 }
 
-/// `GET /jobs/v2/query?jobType=&jobStatus=`: the jobs (oldest first), paged as a query is.
+/// `GET /jobs/v2/query?jobType=&jobStatus=`: the jobs (oldest first), paged as a query is
+/// (`x-ms-max-item-count`, `x-ms-continuation`), in a `QueryResult` body (`type`
+/// `jobResponse`, `items`, `continuationToken`) as the service API's definition and the SDKs
+/// read it (unlike `/devices/query`, whose body is the bare array).
 pub(super) async fn query_jobs(
     State(hub): State<Shared>,
     Query(filter): Query<JobFilter>,
@@ -273,5 +276,18 @@ pub(super) async fn query_jobs(
         .into_iter()
         .filter(|j| wanted(j, "type", &filter.job_type) && wanted(j, "status", &filter.job_status))
         .collect();
-    Ok(page(rows, offset, size, "JobResponse"))
+    let total = rows.len();
+    let end = offset.saturating_add(size).min(total);
+    let next = (end < total).then(|| token(end));
+    let items: Vec<Value> = rows.into_iter().skip(offset).take(size).collect();
+    let mut r = json_ok(
+        StatusCode::OK,
+        json!({"type": "jobResponse", "items": items, "continuationToken": next}),
+    );
+    if let Some(t) = next
+        && let Ok(v) = axum::http::HeaderValue::from_str(&t)
+    {
+        r.headers_mut().insert("x-ms-continuation", v);
+    }
+    Ok(r)
 }

@@ -114,17 +114,13 @@ pub(super) fn continuation(headers: &HeaderMap) -> Result<usize, ApiError> {
         .ok_or_else(bad)
 }
 
-fn token(offset: usize) -> String {
+/// The continuation token of the page starting at `offset`.
+pub(super) fn token(offset: usize) -> String {
     base64::engine::general_purpose::STANDARD.encode(json!({"offset": offset}).to_string())
 }
 
 /// One page of `rows` from `offset`, with the paging headers.
-pub(super) fn page(
-    rows: Vec<Value>,
-    offset: usize,
-    size: usize,
-    item_type: &'static str,
-) -> Response {
+fn page(rows: Vec<Value>, offset: usize, size: usize, item_type: &'static str) -> Response {
     let total = rows.len();
     let end = offset.saturating_add(size).min(total);
     let items: Vec<Value> = rows.into_iter().skip(offset).take(size).collect();
