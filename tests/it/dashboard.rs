@@ -340,6 +340,17 @@ async fn the_dashboard_drives_an_azsim_run_device_in_a_browser() {
     let mut run = Running::spawn(cmd);
     run.event("connected").await;
 
+    // A second hub bound beyond loopback: its dashboard is TLS and asks for credentials.
+    let tls_tmp = tempfile::tempdir().unwrap();
+    let mut cfg = HubConfig::new(tls_tmp.path().join("hub"));
+    cfg.in_memory = true;
+    cfg.dashboard = DashboardPort::Port(0);
+    let tls_handle = azsim_emulator::start(cfg, "0.0.0.0".parse().unwrap(), 0, 0)
+        .await
+        .expect("hub starts");
+    let tls_hub = TestHub::attach(&tls_handle.info);
+    tls_hub.create_device("dash-tls-1").await;
+
     let shots = tempfile::tempdir().unwrap();
     let nonce = format!("{:x}", azsim_emulator::clock::unix_now());
     let mut py = tokio::process::Command::new(&python)
@@ -347,6 +358,11 @@ async fn the_dashboard_drives_an_azsim_run_device_in_a_browser() {
         .args([&format!("{base}/"), device, &nonce])
         .arg(shots.path())
         .env("PYTHONUNBUFFERED", "1")
+        .env(
+            "AZSIM_DASH_TLS_URL",
+            tls_handle.info.dashboard_url.clone().unwrap(),
+        )
+        .env("AZSIM_DASH_TLS_CS", &tls_hub.service_connection_string)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -384,6 +400,7 @@ async fn the_dashboard_drives_an_azsim_run_device_in_a_browser() {
         "conflict_reported",
         "c2d_sent",
         "hub_view",
+        "tls_login",
         "done",
     ] {
         assert!(names.contains(&want), "no {want} step in {names:?}");
@@ -435,4 +452,5 @@ async fn the_dashboard_drives_an_azsim_run_device_in_a_browser() {
         }
     }
     hub.stop().await;
+    tls_handle.stop().await.unwrap();
 }

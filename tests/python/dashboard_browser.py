@@ -5,6 +5,9 @@ a conflicting twin edit, bad input (a device id Azure refuses, invalid twin JSON
 timeout out of range), creating / disabling / deleting a device, the hub view.
 
 Usage: dashboard_browser.py URL DEVICE_ID NONCE SCREENSHOT_DIR
+With env AZSIM_DASH_TLS_URL and AZSIM_DASH_TLS_CS (a hub bound beyond loopback and its service
+connection string), also: the TLS dashboard asks for credentials, refuses a wrong key, and
+with the right connection string lists that hub's devices, the secret kept out of the address.
 Prints one JSON line per step passed ({"step": ...}); exits non-zero on the first failure, with
 the reason on stderr. Calls it makes itself (to check that nothing changed, or to change the twin
 behind the page's back) go through the dashboard's own /api bridge.
@@ -48,7 +51,9 @@ def call(method, path, body=None, headers=None):
 opts = Options()
 opts.binary_location = os.environ.get("AZSIM_CHROMIUM", "/usr/bin/chromium")
 for a in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--disable-gpu",
-          "--window-size=1440,900", "--force-device-scale-factor=1"):
+          "--window-size=1440,900", "--force-device-scale-factor=1",
+          # The TLS phase's hub has its own dev CA; Chromium here has no way to trust it.
+          "--ignore-certificate-errors"):
     opts.add_argument(a)
 driver = webdriver.Chrome(
     service=Service(os.environ.get("AZSIM_CHROMEDRIVER", "/usr/bin/chromedriver")), options=opts)
@@ -160,6 +165,9 @@ try:
     until("the timeout error", lambda: text_of("method-timeout-error") != "")
     step("method_timeout_refused", error=text_of("method-timeout-error"))
     fill("method-timeout", "30")
+    by_id("method-invoke").click()
+    until("status 200 again", lambda: text_of("method-status") == "200"
+          and text_of("method-timeout-error") == "")
 
     # Desired patch, acknowledged by the device in reported properties (shown live).
     fill("twin-desired", json.dumps({"telemetryInterval": 2}))
@@ -224,6 +232,25 @@ try:
     step("hub_view", connected=int(text_of("count-connected")),
          last_minute=int(text_of("count-minute")), events=sorted(kinds))
     shot("hub.png")
+
+    # --- beyond loopback: TLS, and the page asks for the service's credentials ----------------
+    tls_url, tls_cs = os.environ.get("AZSIM_DASH_TLS_URL"), os.environ.get("AZSIM_DASH_TLS_CS")
+    if tls_url and tls_cs:
+        driver.get(tls_url)
+        until("the sign-in form", lambda: by_id("login").is_displayed())
+        wrong = tls_cs.split("SharedAccessKey=")[0] + "SharedAccessKey=d3Jvbmcga2V5IHdyb25nIGtleQ=="
+        fill("login-secret", wrong)
+        by_id("login-secret").send_keys("\n")
+        until("the refusal", lambda: "refused" in text_of("login-error")
+              and by_id("login").is_displayed())
+        fill("login-secret", tls_cs)
+        by_id("login-secret").send_keys("\n")
+        until("the TLS hub's device", lambda: row("dash-tls-1") is not None)
+        until("the live stream", lambda: text_of("stream-state") == "live")
+        assert "SharedAccessKey" not in driver.current_url, driver.current_url
+        kept = driver.execute_script("return sessionStorage.getItem('azsim.dashboard.auth')")
+        assert kept == tls_cs, "kept for the tab"
+        step("tls_login", url=driver.current_url)
     step("done")
 except SystemExit:
     raise

@@ -157,7 +157,12 @@ async function route() {
 
 // ---- devices -----------------------------------------------------------------------------------
 
+function signedIn() {
+  return !state.hub || state.hub.auth === "loopback" || !!sessionStorage.getItem(AUTH_KEY);
+}
+
 async function refreshDevices() {
+  if (!signedIn()) return;
   try {
     const r = await api("GET", "/devices?top=1000");
     state.devices = r.json || [];
@@ -507,8 +512,14 @@ function onEvent(ev) {
 }
 
 async function streamEvents() {
+  if (state.streaming) return;
+  state.streaming = true;
   let delay = 500;
   for (;;) {
+    if (!signedIn()) {
+      await new Promise((res) => setTimeout(res, 1000));
+      continue;
+    }
     try {
       const r = await fetch("/api/emulator/events", { headers: await authHeader() });
       if (!r.ok) throw new Error(`HTTP ${r.status}`);
@@ -570,14 +581,13 @@ async function start() {
     sessionStorage.setItem(AUTH_KEY, secret);
     $("login-secret").value = "";
     await route();
-    streamEvents();
   });
   copyButtons();
   window.addEventListener("hashchange", route);
   setInterval(refreshDevices, 5000);
   setInterval(renderCounters, 5000);
   await route();
-  if (state.hub.auth === "loopback" || sessionStorage.getItem(AUTH_KEY)) streamEvents();
+  streamEvents();
   document.body.dataset.ready = "1";
 }
 
