@@ -22,8 +22,10 @@ impl EmbeddedHub {
     /// Why it could not start (a port in use, an unwritable state dir).
     pub async fn start(dir: &Path, mqtt_port: Option<u16>) -> Result<Self, String> {
         let mqtt_port = mqtt_port.unwrap_or(azsim_emulator::DEFAULT_MQTT_PORT);
+        let mut config = HubConfig::new(dir);
+        config.dashboard = azsim_emulator::DashboardPort::Preferred(8880);
         let handle = azsim_emulator::start(
-            HubConfig::new(dir),
+            config,
             std::net::IpAddr::from([127, 0, 0, 1]),
             mqtt_port,
             DEFAULT_HTTPS_PORT,

@@ -56,6 +56,9 @@ impl LocalHub {
                 info.pid,
                 info.mqtt_port
             ));
+            if let Some(url) = &info.dashboard_url {
+                out.note(&format!("dashboard: {url}"));
+            }
             return Ok(Self {
                 info,
                 state_dir: state_dir.to_owned(),
@@ -75,6 +78,9 @@ impl LocalHub {
             info.mqtt_port,
             info.https_port
         ));
+        if let Some(url) = &info.dashboard_url {
+            out.note(&format!("dashboard: {url}"));
+        }
         Ok(Self {
             info,
             state_dir: state_dir.to_owned(),
