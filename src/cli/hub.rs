@@ -51,6 +51,57 @@ pub enum HubAction {
     /// The CA certificates the hub holds for X.509 devices registered `--x509 ca`:
     /// `azsim hub ca add FILE`, `list`, `delete NAME`.
     Ca(super::cert::HubCaArgs),
+    /// The hub's shared access policies: `azsim hub policy list` (names and permissions; the
+    /// keys are in hub.json).
+    Policy(PolicyArgs),
+    /// Not Azure: inject a fault for a device of the running hub, now or after --after
+    /// seconds, for --for seconds (throttle, quota, auth-error): drop (the connection, as
+    /// KillTcp), expire-token (closed as at token expiry), throttle (telemetry closes the
+    /// connection, twin and REST calls get 429), quota (telemetry closes with 403002),
+    /// auth-error (closed, and CONNECTs refused).
+    Fault(FaultArgs),
+}
+
+/// `azsim hub policy list`.
+#[derive(Debug, Args)]
+pub struct PolicyArgs {
+    #[command(subcommand)]
+    pub action: PolicyAction,
+}
+
+/// `azsim hub policy` subcommands.
+#[derive(Debug, Subcommand)]
+pub enum PolicyAction {
+    /// List the policies and their permissions.
+    List(StatusArgs),
+}
+
+/// `azsim hub fault DEVICE KIND [--after S] [--for S]`.
+#[derive(Debug, Args)]
+pub struct FaultArgs {
+    /// The device.
+    pub device: String,
+    /// drop, expire-token, throttle, quota or auth-error.
+    pub kind: String,
+    /// Seconds before the fault starts.
+    #[arg(long, value_name = "S", default_value_t = 0)]
+    pub after: u64,
+    /// Seconds a throttle, quota or auth-error fault lasts.
+    #[arg(long = "for", value_name = "S", default_value_t = 60)]
+    pub lasting: u64,
+    /// State directory of the hub.
+    #[arg(long, value_name = "DIR", default_value = ".azsim/hub")]
+    pub state: PathBuf,
+}
+
+/// Validated `azsim hub fault`.
+#[derive(Debug, Clone)]
+pub struct FaultConfig {
+    pub state: PathBuf,
+    pub device: String,
+    pub kind: String,
+    pub after: u64,
+    pub lasting: u64,
 }
 
 /// How the hub serves.
@@ -96,6 +147,18 @@ pub struct HubServeArgs {
     /// Default 8880, or a free port when 8880 is taken.
     #[arg(long, value_name = "PORT|off")]
     pub dashboard_port: Option<String>,
+    /// Not Azure: turn off the strict rules a real hub applies (twin responses only to a
+    /// client subscribed to $iothub/twin/res/#, C2D at the subscription's QoS, REST
+    /// api-version required, If-Match required on DELETE). See the README.
+    #[arg(long)]
+    pub lenient: bool,
+    /// Enforce this IoT Hub tier's daily message quota (403002 and a closed connection when it
+    /// is used up) and REST throttles (429): F1, S1, S2 or S3. Default: neither.
+    #[arg(long, value_name = "F1|S1|S2|S3")]
+    pub tier: Option<String>,
+    /// Units of --tier (F1: 1).
+    #[arg(long, value_name = "N", default_value_t = 1)]
+    pub units: u32,
 }
 
 /// `--state` alone.
@@ -164,6 +227,11 @@ pub struct HubCliConfig {
     pub consumer_groups: Vec<String>,
     /// The web dashboard's port.
     pub dashboard_port: DashboardPort,
+    /// Not Azure: the strict rules off.
+    pub lenient: bool,
+    /// The tier to meter and throttle as, and its units.
+    pub tier: Option<azsim_emulator::fault::Tier>,
+    pub units: u32,
 }
 
 /// Validated `azsim hub env` settings.
@@ -189,6 +257,10 @@ pub enum HubCommand {
     Env(EnvConfig),
     /// `azsim hub ca ...`.
     Ca(Box<crate::cmd::cert::HubCaConfig>),
+    /// `azsim hub policy list`.
+    Policies { state: PathBuf, json: bool },
+    /// `azsim hub fault ...`.
+    Fault(FaultConfig),
 }
 
 fn check_state(state: &std::path::Path) -> Result<(), UsageError> {
@@ -208,6 +280,41 @@ impl HubArgs {
             None => Ok(HubCommand::Serve(self.serve.into_config(self.json)?)),
             Some(HubAction::Start(a)) => Ok(HubCommand::Start(a.into_config(true)?)),
             Some(HubAction::Ca(a)) => Ok(HubCommand::Ca(Box::new(a.into_config()?))),
+            Some(HubAction::Policy(PolicyArgs {
+                action: PolicyAction::List(a),
+            })) => {
+                check_state(&a.state)?;
+                Ok(HubCommand::Policies {
+                    state: a.state,
+                    json: a.json,
+                })
+            }
+            Some(HubAction::Fault(a)) => {
+                check_state(&a.state)?;
+                if !["drop", "expire-token", "throttle", "quota", "auth-error"]
+                    .contains(&a.kind.as_str())
+                {
+                    return Err(UsageError::new(
+                        "KIND",
+                        "must be one of drop, expire-token, throttle, quota, auth-error",
+                    ));
+                }
+                if a.device.is_empty() || a.device.len() > 128 {
+                    return Err(UsageError::new("DEVICE", "must be 1 to 128 characters"));
+                }
+                for (flag, v) in [("--after", a.after), ("--for", a.lasting)] {
+                    if v > 86_400 {
+                        return Err(UsageError::new(flag, "must be 0 to 86400 seconds"));
+                    }
+                }
+                Ok(HubCommand::Fault(FaultConfig {
+                    state: a.state,
+                    device: a.device,
+                    kind: a.kind,
+                    after: a.after,
+                    lasting: a.lasting,
+                }))
+            }
             Some(HubAction::Stop(a)) => {
                 check_state(&a.state)?;
                 Ok(HubCommand::Stop { state: a.state })
@@ -336,7 +443,23 @@ impl HubServeArgs {
                 ));
             }
         }
+        let tier = match self.tier.as_deref() {
+            None => None,
+            Some(t) => Some(azsim_emulator::fault::Tier::parse(t).ok_or_else(|| {
+                UsageError::new("--tier", "must be one of F1, S1, S2, S3")
+            })?),
+        };
+        let max_units = if tier == Some(azsim_emulator::fault::Tier::F1) { 1 } else { 200 };
+        if !(1..=max_units).contains(&self.units) {
+            return Err(UsageError::new(
+                "--units",
+                "must be 1 to 200 (1 for F1)",
+            ));
+        }
         Ok(HubCliConfig {
+            lenient: self.lenient,
+            tier,
+            units: self.units,
             amqp_port,
             amqp_dev_port,
             partitions: self.partitions,

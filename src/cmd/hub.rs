@@ -52,6 +52,8 @@ pub async fn run(cmd: HubCommand) -> Result<ExitCode, CliError> {
         HubCommand::Status { state, json } => status(&state, json).await,
         HubCommand::Env(cfg) => env(cfg).await,
         HubCommand::Ca(cfg) => crate::cmd::cert::hub_ca(*cfg).await,
+        HubCommand::Policies { state, json } => crate::cmd::hub_fault::policy_list(&state, json),
+        HubCommand::Fault(cfg) => crate::cmd::hub_fault::fault(cfg).await,
     }
 }
 
@@ -247,6 +249,9 @@ async fn serve(cfg: HubCliConfig) -> Result<ExitCode, CliError> {
     hc.partitions = cfg.partitions;
     hc.consumer_groups = cfg.consumer_groups.clone();
     hc.dashboard = cfg.dashboard_port;
+    hc.lenient = cfg.lenient;
+    hc.tier = cfg.tier;
+    hc.units = cfg.units;
     let handle = azsim_emulator::start(hc, cfg.bind, cfg.mqtt_port, cfg.https_port)
         .await
         .map_err(CliError::runtime)?;
@@ -394,6 +399,12 @@ async fn start(cfg: HubCliConfig) -> Result<ExitCode, CliError> {
             cmd.args(["--dashboard-port", &p.to_string()]);
         }
         DashboardPort::Preferred(_) => {}
+    }
+    if cfg.lenient {
+        cmd.arg("--lenient");
+    }
+    if let Some(t) = cfg.tier {
+        cmd.args(["--tier", t.name(), "--units", &cfg.units.to_string()]);
     }
     if cfg.in_memory {
         cmd.arg("--in-memory");

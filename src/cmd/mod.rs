@@ -6,6 +6,7 @@ pub mod cert;
 pub mod device;
 pub mod fleet;
 pub mod hub;
+pub mod hub_fault;
 pub mod invoke;
 pub mod job;
 pub mod monitor;

@@ -165,7 +165,7 @@ pub struct ServiceClient {
     is_azure: bool,
 }
 
-fn path_segment(s: &str) -> String {
+pub(crate) fn path_segment(s: &str) -> String {
     Encoded(s).to_string()
 }
 

@@ -72,7 +72,6 @@ impl Raw {
     }
 
     /// Waits until the hub closes the connection; panics on an acknowledgement.
-    #[allow(dead_code)]
     pub(crate) async fn expect_closed(&mut self) {
         loop {
             match self.recv().await {
