@@ -16,7 +16,7 @@ const state = {
   chart: null,
   series: [],          // numeric field names, in chart order
   points: [[]],        // uPlot data: [times, ...fields]
-  telemetryTimes: [],  // ms of telemetry seen, for the per-minute counter
+  telemetryTimes: new Map(),  // device + enqueued time -> ms, for the per-minute counter
   sentC2d: new Map(),  // messageId -> list item, for feedback
   c2dEvents: new Map(),  // messageId -> its outcome events (they may beat the send's answer)
 };
@@ -442,10 +442,10 @@ function renderHub() {
 
 function renderCounters() {
   const now = Date.now();
-  state.telemetryTimes = state.telemetryTimes.filter((t) => now - t < 60000);
+  for (const [k, t] of state.telemetryTimes) if (now - t >= 60000) state.telemetryTimes.delete(k);
   setText("count-connected", state.devices.filter((d) => d.connectionState === "Connected").length);
   setText("count-devices", state.devices.length);
-  setText("count-minute", state.telemetryTimes.length);
+  setText("count-minute", state.telemetryTimes.size);
 }
 
 function logEvent(ev) {
@@ -468,6 +468,25 @@ function logEvent(ev) {
   while (log.children.length > MAX_LOG) log.lastChild.remove();
 }
 
+// One telemetry message, counted once whether it came from the log or the live stream.
+function countMessage(ev) {
+  const t = Date.parse(ev.enqueuedTime) || Date.now();
+  state.telemetryTimes.set(`${ev.deviceId}/${ev.moduleId || ""}@${ev.enqueuedTime}`, t);
+}
+
+// Messages of the last minute that arrived before the page opened, from the hub's telemetry log.
+async function seedMinuteCounter() {
+  try {
+    const r = await api("GET", "/emulator/events/recent?limit=1000");
+    const since = Date.now() - 60000;
+    for (const e of r.json || []) {
+      const t = Date.parse(e.enqueuedTime);
+      if (e.type === "telemetry" && t > since) countMessage(e);
+    }
+    renderCounters();
+  } catch (_) { /* the live stream still counts */ }
+}
+
 // ---- the event stream --------------------------------------------------------------------------
 
 function showC2dOutcome(li, ev) {
@@ -487,7 +506,7 @@ function onEvent(ev) {
   const mine = state.device && ev.deviceId === state.device && !ev.moduleId;
   switch (ev.type) {
     case "telemetry":
-      state.telemetryTimes.push(Date.now());
+      countMessage(ev);
       renderCounters();
       if (mine) showTelemetry(ev);
       break;
@@ -588,6 +607,7 @@ async function start() {
   setInterval(renderCounters, 5000);
   await route();
   streamEvents();
+  if (signedIn()) seedMinuteCounter();
   document.body.dataset.ready = "1";
 }
 
