@@ -257,6 +257,26 @@ async fn dashboard_port_flag_picks_a_port_or_turns_it_off() {
     let (mut child, v) = hub_ready(tmp.path(), &["--state", "b", "--dashboard-port", "off"]).await;
     child.kill().await.unwrap();
     assert_eq!(v["dashboard_url"], Value::Null, "{v}");
+    // The human summary has the line too.
+    let mut child = azsim(tmp.path())
+        .args(["hub", "--in-memory", "--state", "c", "--mqtt-port", "0"])
+        .args(["--https-port", "0", "--dashboard-port", "0"])
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let line = tokio::time::timeout(Duration::from_secs(60), async {
+        while let Some(l) = lines.next_line().await.unwrap() {
+            if l.starts_with("  dashboard: ") {
+                return l;
+            }
+        }
+        panic!("no dashboard line");
+    })
+    .await
+    .expect("the summary in time");
+    let url = line.trim_start().strip_prefix("dashboard: ").unwrap();
+    assert_eq!(text(plain().get(url)).await.0, 200, "{line}");
+    child.kill().await.unwrap();
     for (bad, why) in [
         (vec!["--dashboard-port", "http"], "--dashboard-port"),
         (vec!["--dashboard-port", "70000"], "--dashboard-port"),
@@ -453,4 +473,18 @@ async fn the_dashboard_drives_an_azsim_run_device_in_a_browser() {
     }
     hub.stop().await;
     tls_handle.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn without_the_flag_the_dashboard_takes_8880_or_a_free_port_when_8880_is_taken() {
+    // 8880 is a fixed port: held under the lock for every well-known port.
+    let _port = crate::support::PORT_8883.lock().await;
+    let tmp = tempfile::tempdir().unwrap();
+    // Taken, by this test or by whatever else holds it.
+    let _held = std::net::TcpListener::bind("127.0.0.1:8880");
+    let (mut child, v) = hub_ready(tmp.path(), &["--state", "d"]).await;
+    let url = v["dashboard_url"].as_str().expect("a url").to_string();
+    assert!(!url.ends_with(":8880/"), "{url}");
+    assert_eq!(text(plain().get(&url)).await.0, 200, "{url}");
+    child.kill().await.unwrap();
 }
