@@ -1,6 +1,6 @@
 //! The hub is never kinder than Azure: each strict rule broken by a client, and Azure's answer
-//! seen (no twin response, the QoS granted, 400 InvalidProtocolVersion, 412, 400 on size and
-//! range), plus what `lenient` turns off. Raw MQTT packets over real TLS, REST with reqwest.
+//! seen (no twin response, the QoS granted, 400 InvalidProtocolVersion, 412, 403100 on size,
+//! 400 on range), plus what `lenient` turns off. Raw MQTT packets over real TLS, REST with reqwest.
 
 use std::time::Duration;
 
@@ -344,8 +344,13 @@ async fn twin_size_is_counted_as_azure_counts_it_and_integers_stay_in_azure_s_ra
             Some(json!({"properties": {"desired": big}})),
         )
         .await;
-    assert_eq!(s, 400, "{v}");
-    assert!(v["Message"].as_str().unwrap().contains("32768"), "{v}");
+    assert_eq!(s, 403, "{v}");
+    let inner: Value = serde_json::from_str(v["Message"].as_str().unwrap()).unwrap();
+    assert_eq!(inner["errorCode"], 403100, "{v}");
+    assert_eq!(
+        inner["message"],
+        "'Properties.Desired' size should be less than 32768 bytes."
+    );
     let fits: serde_json::Map<String, Value> = big.into_iter().take(2520).collect();
     let (s, v) = hub
         .rest(
@@ -394,7 +399,13 @@ async fn twin_size_is_counted_as_azure_counts_it_and_integers_stay_in_azure_s_ra
     )
     .await;
     let p = r.next_publish().await;
-    assert!(p.topic.starts_with("$iothub/twin/res/400/"), "{}", p.topic);
+    assert!(p.topic.starts_with("$iothub/twin/res/403/"), "{}", p.topic);
+    let body: Value = serde_json::from_slice(&p.payload).unwrap();
+    assert_eq!(body["errorCode"], 403100, "{body}");
+    assert_eq!(
+        body["message"],
+        "'Properties.Reported' size should be less than 32768 bytes."
+    );
     hub.stop().await;
 }
 

@@ -454,14 +454,14 @@ impl Conn {
             .store
             .call(move |c| {
                 let Some(mut i) = q::get_identity(c, &d, m.as_deref())? else {
-                    return Ok(Err("device not found".to_string()));
+                    return Ok(Err((404, 404001, "device not found".to_string())));
                 };
                 let mut next = i.reported.clone();
                 twin::merge(&mut next, &p2);
                 if let Err(e) =
-                    twin::check_size(&next, twin::MAX_SECTION_BYTES, "reported properties")
+                    twin::check_size(&next, twin::MAX_SECTION_BYTES, "Properties.Reported")
                 {
-                    return Ok(Err(e.0));
+                    return Ok(Err((twin::SIZE_ERROR_STATUS, twin::SIZE_ERROR_CODE, e.0)));
                 }
                 i.reported = next;
                 i.reported_version += 1;
@@ -477,7 +477,7 @@ impl Conn {
                 self.twin_response(204, rid, Some(v), Vec::new());
                 self.hub.emit(&self.device, json!({"type":"twinReported","deviceId":self.device,"moduleId":self.module,"version":v,"patch":patch}));
             }
-            Ok(Err(msg)) => self.twin_error(400, 400004, rid, &msg),
+            Ok(Err((status, code, msg))) => self.twin_error(status, code, rid, &msg),
             Err(e) => self.twin_error(500, 500001, rid, &e.to_string()),
         }
     }

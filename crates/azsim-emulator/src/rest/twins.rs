@@ -125,6 +125,17 @@ fn section(body: &Value, ptr: &str, what: &str) -> Result<Option<Map<String, Val
     }
 }
 
+/// A section over its size limit: 403 with 403100 (see `twin::check_size`); the
+/// `iothub-errorcode` name is the emulator's own (no source shows Azure's).
+fn too_large(e: twin::TwinError) -> ApiError {
+    ApiError::new(
+        StatusCode::FORBIDDEN,
+        twin::SIZE_ERROR_CODE,
+        "TwinSizeExceeded",
+        e.0,
+    )
+}
+
 /// PATCH (merge) or PUT (replace) tags and desired properties.
 async fn update_twin(
     hub: &Shared,
@@ -159,8 +170,8 @@ async fn update_twin(
             if let Some(t) = &tags {
                 let mut next = if replace { Map::new() } else { i.tags.clone() };
                 twin::merge(&mut next, t);
-                if let Err(e) = twin::check_size(&next, twin::MAX_TAGS_BYTES, "tags") {
-                    return Ok(Err(ApiError::bad(e.0)));
+                if let Err(e) = twin::check_size(&next, twin::MAX_TAGS_BYTES, "Tags") {
+                    return Ok(Err(too_large(e)));
                 }
                 i.tags = next;
                 changed = true;
@@ -190,9 +201,9 @@ async fn update_twin(
             };
             if let Some(next) = new_desired {
                 if let Err(e) =
-                    twin::check_size(&next, twin::MAX_SECTION_BYTES, "desired properties")
+                    twin::check_size(&next, twin::MAX_SECTION_BYTES, "Properties.Desired")
                 {
-                    return Ok(Err(ApiError::bad(e.0)));
+                    return Ok(Err(too_large(e)));
                 }
                 i.desired = next;
                 i.desired_version += 1;
