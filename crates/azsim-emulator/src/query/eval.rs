@@ -206,27 +206,52 @@ fn group(q: &Query, items: &[Item], docs: &[Value]) -> Vec<Value> {
         .collect()
 }
 
+impl Query {
+    /// Whether each row is a group (`GROUP BY`, `COUNT()`) rather than one document's.
+    pub fn is_aggregate(&self) -> bool {
+        match &self.projection {
+            Projection::All => false,
+            Projection::Items(items) => {
+                !self.group_by.is_empty() || items.iter().any(|i| matches!(i, Item::Count { .. }))
+            }
+        }
+    }
+
+    /// The `x-ms-item-type` of its rows.
+    pub fn item_type(&self) -> &'static str {
+        match self.projection {
+            Projection::All => self.source.item_type(),
+            Projection::Items(_) => "JSON",
+        }
+    }
+
+    /// Whether `doc` passes the `WHERE` clause (any document does without one).
+    pub fn keeps(&self, doc: &Value) -> bool {
+        self.condition.as_ref().is_none_or(|c| holds(c, doc))
+    }
+
+    /// The row a kept document gives when the query is not an aggregate: the document itself
+    /// for `SELECT *`, else its projection.
+    pub fn row(&self, doc: Value) -> Value {
+        match &self.projection {
+            Projection::All => doc,
+            Projection::Items(items) => project(items, &doc),
+        }
+    }
+}
+
 /// Runs `q` over `docs` (the documents of `q.source`, in the hub's order).
 pub fn run(q: &Query, docs: Vec<Value>) -> Outcome {
-    let kept: Vec<Value> = match &q.condition {
-        Some(c) => docs.into_iter().filter(|d| holds(c, d)).collect(),
-        None => docs,
-    };
-    let (mut rows, item_type) = match &q.projection {
-        Projection::All => (kept, q.source.item_type()),
-        Projection::Items(items) => {
-            let aggregate =
-                !q.group_by.is_empty() || items.iter().any(|i| matches!(i, Item::Count { .. }));
-            let rows = if aggregate {
-                group(q, items, &kept)
-            } else {
-                kept.iter().map(|d| project(items, d)).collect()
-            };
-            (rows, "JSON")
-        }
+    let kept: Vec<Value> = docs.into_iter().filter(|d| q.keeps(d)).collect();
+    let mut rows = match &q.projection {
+        Projection::Items(items) if q.is_aggregate() => group(q, items, &kept),
+        _ => kept.into_iter().map(|d| q.row(d)).collect(),
     };
     if let Some(n) = q.top {
         rows.truncate(usize::try_from(n).unwrap_or(usize::MAX));
     }
-    Outcome { rows, item_type }
+    Outcome {
+        rows,
+        item_type: q.item_type(),
+    }
 }

@@ -4,22 +4,26 @@
 //! value") and an opaque `x-ms-continuation` token in both directions, `x-ms-item-type` on the
 //! answer (`DeviceTwin`, `ModuleTwin`, `DeviceJob`, or `JSON` for projections and counts).
 //!
-//! Each page runs the query again over the current documents and skips to the token's offset
-//! (the documents are in id order), so a page reflects the registry when it is read, as on
-//! Azure where paging is not a snapshot either.
+//! Twins are read in id order and a page of twin rows ends with a token naming its last
+//! identity: the next page reads on from there and stops once it has its rows, so reading every
+//! page costs one pass over the registry, and a page reflects the registry when it is read (as
+//! on Azure, paging is not a snapshot). Counts, groups and job rows are computed whole for each
+//! page, and the token is an offset into them.
+
+use std::sync::Arc;
 
 use axum::body::Bytes;
 use axum::extract::State;
 use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::response::Response;
 use base64::Engine as _;
-use rusqlite::Connection;
+use rusqlite::{Connection, params};
 use serde_json::{Value, json};
 
 use super::twins::{twin_c2d_count, twin_json};
 use super::{ApiError, ApiResult, Shared, json_ok, parse_json};
 use crate::HubError;
-use crate::query::{self, QueryError, Source};
+use crate::query::{self, Query, QueryError, Source};
 use crate::store::Identity;
 
 /// Rows per page when the caller does not say.
@@ -30,6 +34,15 @@ pub(super) const MAX_PAGE: usize = 1000;
 /// A query the hub cannot parse: 400 with the position in the message.
 pub(super) fn query_error(e: &QueryError) -> ApiError {
     ApiError::bad(e.to_string())
+}
+
+/// The identity of a registry row; `None` (the row is skipped, as the registry listing skips
+/// it) when its JSON does not parse.
+fn identity(device: String, module: String, data: &str) -> Option<Identity> {
+    let mut i = serde_json::from_str::<Identity>(data).ok()?;
+    i.device_id = device;
+    i.module_id = (!module.is_empty()).then_some(module);
+    Some(i)
 }
 
 /// Every device (`modules` false) or every module (`modules` true) with the C2D depth its twin
@@ -55,12 +68,9 @@ fn identities(c: &Connection, modules: bool) -> Result<Vec<(Identity, u32)>, Hub
     let mut out = Vec::new();
     for row in rows {
         let (device, module, data) = row.map_err(db)?;
-        // A row whose JSON does not parse is skipped, as the registry listing does.
-        let Ok(mut i) = serde_json::from_str::<Identity>(&data) else {
+        let Some(i) = identity(device, module, &data) else {
             continue;
         };
-        i.device_id = device;
-        i.module_id = (!module.is_empty()).then_some(module);
         let depth = twin_c2d_count(c, &i)?;
         out.push((i, depth));
     }
@@ -94,24 +104,37 @@ fn page_size(headers: &HeaderMap) -> Result<usize, ApiError> {
     }
 }
 
-/// The offset a continuation token stands for.
-pub(super) fn continuation(headers: &HeaderMap) -> Result<usize, ApiError> {
+/// The JSON of the request's continuation token; `None` without one.
+fn token_json(headers: &HeaderMap) -> Result<Option<Value>, ApiError> {
     let Some(v) = headers.get("x-ms-continuation") else {
-        return Ok(0);
+        return Ok(None);
     };
-    let bad = || ApiError::bad("x-ms-continuation is not a token this hub gave");
-    let text = v.to_str().map_err(|_| bad())?.trim();
+    let text = v.to_str().map_err(|_| bad_token())?.trim();
     if text.is_empty() {
-        return Ok(0);
+        return Ok(None);
     }
     let raw = base64::engine::general_purpose::STANDARD
         .decode(text)
-        .map_err(|_| bad())?;
-    let v: Value = serde_json::from_slice(&raw).map_err(|_| bad())?;
-    v.get("offset")
-        .and_then(Value::as_u64)
-        .and_then(|n| usize::try_from(n).ok())
-        .ok_or_else(bad)
+        .map_err(|_| bad_token())?;
+    serde_json::from_slice(&raw)
+        .map(Some)
+        .map_err(|_| bad_token())
+}
+
+fn bad_token() -> ApiError {
+    ApiError::bad("x-ms-continuation is not a token this hub gave for this query")
+}
+
+/// The offset a continuation token stands for (0 without one).
+pub(super) fn continuation(headers: &HeaderMap) -> Result<usize, ApiError> {
+    match token_json(headers)? {
+        None => Ok(0),
+        Some(v) => v
+            .get("offset")
+            .and_then(Value::as_u64)
+            .and_then(|n| usize::try_from(n).ok())
+            .ok_or_else(bad_token),
+    }
 }
 
 /// The continuation token of the page starting at `offset`.
@@ -119,17 +142,87 @@ pub(super) fn token(offset: usize) -> String {
     base64::engine::general_purpose::STANDARD.encode(json!({"offset": offset}).to_string())
 }
 
-/// One page of `rows` from `offset`, with the paging headers.
-fn page(rows: Vec<Value>, offset: usize, size: usize, item_type: &'static str) -> Response {
-    let total = rows.len();
-    let end = offset.saturating_add(size).min(total);
-    let items: Vec<Value> = rows.into_iter().skip(offset).take(size).collect();
-    let mut r = json_ok(StatusCode::OK, Value::Array(items));
+/// Where a page of twin rows starts: after this identity (device id, module id or empty), with
+/// this many rows of a `TOP` still to give.
+#[derive(Debug)]
+struct After {
+    device: String,
+    module: String,
+    left: Option<u64>,
+}
+
+impl After {
+    fn from_token(v: &Value) -> Option<After> {
+        let ids = v.get("after")?.as_array()?;
+        Some(After {
+            device: ids.first()?.as_str()?.to_string(),
+            module: ids.get(1)?.as_str()?.to_string(),
+            left: match v.get("left")? {
+                Value::Null => None,
+                n => Some(n.as_u64()?),
+            },
+        })
+    }
+
+    fn token(&self) -> String {
+        let v = json!({"after": [self.device, self.module], "left": self.left});
+        base64::engine::general_purpose::STANDARD.encode(v.to_string())
+    }
+}
+
+/// One page of twin rows: the twins after `from` in id order that `q` keeps, `want` of them at
+/// most; also the last one's ids and whether more twins follow it.
+async fn twin_page(
+    hub: &Shared,
+    q: Arc<Query>,
+    from: After,
+    want: usize,
+) -> Result<(Vec<Value>, Option<(String, String)>, bool), HubError> {
+    let modules = q.source == Source::Modules;
+    let hub2 = hub.clone();
+    hub.store
+        .call(move |c| {
+            let sql = if modules {
+                "SELECT device_id, module_id, data FROM identities WHERE module_id <> '' \
+                 AND (device_id > ?1 OR (device_id = ?1 AND module_id > ?2)) \
+                 ORDER BY device_id, module_id"
+            } else {
+                "SELECT device_id, module_id, data FROM identities WHERE module_id = '' \
+                 AND device_id > ?1 AND ?2 = '' ORDER BY device_id"
+            };
+            let db = |e: rusqlite::Error| HubError::Store(e.to_string());
+            let mut st = c.prepare_cached(sql).map_err(db)?;
+            let mut rows = st.query(params![from.device, from.module]).map_err(db)?;
+            let (mut out, mut last, mut more) = (Vec::new(), None, false);
+            while let Some(r) = rows.next().map_err(db)? {
+                let (device, module): (String, String) =
+                    (r.get(0).map_err(db)?, r.get(1).map_err(db)?);
+                let Some(i) = identity(device, module, &r.get::<_, String>(2).map_err(db)?) else {
+                    continue;
+                };
+                let depth = twin_c2d_count(c, &i)?;
+                let doc = twin_json(&hub2, &i, depth);
+                if !q.keeps(&doc) {
+                    continue;
+                }
+                if out.len() == want {
+                    more = true;
+                    break;
+                }
+                last = Some((i.device_id.clone(), i.module_id.clone().unwrap_or_default()));
+                out.push(q.row(doc));
+            }
+            Ok((out, last, more))
+        })
+        .await
+}
+
+/// A page of rows with its paging headers.
+fn respond(rows: Vec<Value>, next: Option<String>, item_type: &'static str) -> Response {
+    let mut r = json_ok(StatusCode::OK, Value::Array(rows));
     let h = r.headers_mut();
     h.insert("x-ms-item-type", HeaderValue::from_static(item_type));
-    if end < total
-        && let Ok(v) = HeaderValue::from_str(&token(end))
-    {
+    if let Some(v) = next.and_then(|t| HeaderValue::from_str(&t).ok()) {
         h.insert("x-ms-continuation", v);
     }
     r
@@ -148,8 +241,43 @@ pub(super) async fn query_devices(
         .ok_or_else(|| ApiError::bad("query is required"))?;
     let q = query::parse(text).map_err(|e| query_error(&e))?;
     let size = page_size(&headers)?;
-    let offset = continuation(&headers)?;
-    let docs = documents(&hub, q.source).await?;
-    let out = query::run(&q, docs);
-    Ok(page(out.rows, offset, size, out.item_type))
+    let item_type = q.item_type();
+    if q.is_aggregate() || q.source == Source::Jobs {
+        let offset = continuation(&headers)?;
+        let docs = documents(&hub, q.source).await?;
+        let rows = query::run(&q, docs).rows;
+        let total = rows.len();
+        let end = offset.saturating_add(size).min(total);
+        let page: Vec<Value> = rows.into_iter().skip(offset).take(size).collect();
+        return Ok(respond(page, (end < total).then(|| token(end)), item_type));
+    }
+    let from = match token_json(&headers)? {
+        None => After {
+            device: String::new(),
+            module: String::new(),
+            left: q.top,
+        },
+        Some(v) => After::from_token(&v).ok_or_else(bad_token)?,
+    };
+    let want = from
+        .left
+        .map_or(size, |l| size.min(usize::try_from(l).unwrap_or(usize::MAX)));
+    if want == 0 {
+        return Ok(respond(Vec::new(), None, item_type));
+    }
+    let left = from.left;
+    let (rows, last, more) = twin_page(&hub, Arc::new(q), from, want).await?;
+    let left = left.map(|l| l.saturating_sub(rows.len() as u64));
+    let next = match last {
+        Some((device, module)) if more && left != Some(0) => Some(
+            After {
+                device,
+                module,
+                left,
+            }
+            .token(),
+        ),
+        _ => None,
+    };
+    Ok(respond(rows, next, item_type))
 }
