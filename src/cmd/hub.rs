@@ -322,6 +322,16 @@ async fn serve(cfg: HubCliConfig) -> Result<ExitCode, CliError> {
         if let Some(url) = &info.dashboard_url {
             println!("  dashboard: {url}");
         }
+        if cfg.lenient {
+            println!("  --lenient: Azure's strict rules are off; this hub is kinder than Azure");
+        }
+        if let Some(t) = cfg.tier {
+            println!(
+                "  tier:            {} x {} (daily message quota and REST throttles enforced)",
+                t.name(),
+                cfg.units
+            );
+        }
         println!("  service connection string:");
         println!("    {}", service_connection_string(&info));
         println!();
