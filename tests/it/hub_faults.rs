@@ -264,6 +264,28 @@ async fn azsim_hub_fault_drops_expires_and_throttles_from_outside() {
     hub.stop().await;
 }
 
+#[test]
+fn bad_tier_and_units_are_refused_naming_the_flag() {
+    let tmp = tempfile::tempdir().unwrap();
+    for (args, flag) in [
+        (&["hub", "--tier", "S9"][..], "--tier"),
+        (&["hub", "--tier", "F1", "--units", "2"][..], "--units"),
+        (&["hub", "--tier", "S1", "--units", "0"][..], "--units"),
+    ] {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_azsim"))
+            .args(args)
+            .arg("--state")
+            .arg(tmp.path())
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {out:?}");
+        assert!(
+            String::from_utf8_lossy(&out.stderr).contains(flag),
+            "{args:?}: {out:?}"
+        );
+    }
+}
+
 #[tokio::test]
 async fn the_f1_daily_quota_closes_the_connection_with_403002_until_the_next_utc_day() {
     let clock = ManualClock::at_system_now();

@@ -495,3 +495,45 @@ async fn a_device_announcing_a_model_id_has_it_on_its_twin_and_its_telemetry_sta
     assert!(twin.get("modelId").is_none(), "{twin}");
     hub.stop().await;
 }
+
+#[tokio::test]
+async fn azsim_hub_start_lenient_serves_rest_without_api_version() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("hub");
+    let run = |args: &[&str]| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_azsim"))
+            .args(args)
+            .arg("--state")
+            .arg(&dir)
+            .env_remove("IOTHUB_CONNECTION_STRING")
+            .stdin(std::process::Stdio::null())
+            .output()
+            .unwrap()
+    };
+    let out = run(&[
+        "hub",
+        "start",
+        "--mqtt-port",
+        "0",
+        "--https-port",
+        "0",
+        "--dashboard-port",
+        "off",
+        "--in-memory",
+        "--lenient",
+    ]);
+    assert!(out.status.success(), "{out:?}");
+    let info = azsim_emulator::HubInfo::load(&dir).unwrap();
+    let hub = TestHub::attach(&info);
+    let r = hub
+        .http()
+        .get(format!("https://localhost:{}/devices", hub.https_port))
+        .header("Authorization", hub.service_token())
+        .send()
+        .await
+        .unwrap();
+    let status = r.status().as_u16();
+    let stopped = run(&["hub", "stop"]);
+    assert_eq!(status, 200, "a lenient hub needs no api-version");
+    assert!(stopped.status.success(), "{stopped:?}");
+}
