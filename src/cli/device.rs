@@ -49,6 +49,14 @@ pub struct DeviceCreateArgs {
     /// hub's, from its hub.json; 8883 for any other hub].
     #[arg(long, value_name = "PORT")]
     pub mqtt_port: Option<u16>,
+    /// Register an X.509 device instead of a SAS one: `self-signed` (the thumbprint of --cert)
+    /// or `ca` (any certificate with this CN issued by a CA the hub holds: azsim hub ca add).
+    #[arg(long, value_name = "KIND", conflicts_with_all = ["primary_key", "secondary_key"])]
+    pub x509: Option<String>,
+    /// The device's certificate (PEM): its thumbprint for --x509 self-signed; for --x509 ca its
+    /// CN is checked against the id.
+    #[arg(long, value_name = "FILE", requires = "x509")]
+    pub cert: Option<std::path::PathBuf>,
     #[command(flatten)]
     pub target: HubTargetArgs,
     /// Print one JSON object.
@@ -116,6 +124,8 @@ pub enum DeviceAction {
         primary_key: Option<Secret<String>>,
         /// Secondary key (validated base64).
         secondary_key: Option<Secret<String>>,
+        /// `--x509`: an X.509 identity instead of a SAS one.
+        x509: Option<X509Kind>,
     },
     /// Show one device or module.
     Show {
@@ -135,6 +145,70 @@ pub enum DeviceAction {
         /// Module id.
         module: Option<String>,
     },
+}
+
+/// How an X.509 identity is registered (`--x509`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum X509Kind {
+    /// `selfSigned` with this thumbprint (SHA-256 of --cert, uppercase hex).
+    SelfSigned {
+        /// The thumbprint registered as primary.
+        thumbprint: String,
+    },
+    /// `certificateAuthority`.
+    Ca,
+}
+
+/// `--x509 KIND` with `--cert FILE`: the kind, the thumbprint read from the certificate, and
+/// (both kinds) its subject CN checked against the identity's client id.
+fn x509_kind(
+    kind: &str,
+    cert: Option<&std::path::Path>,
+    device: &str,
+    module: Option<&str>,
+) -> Result<X509Kind, UsageError> {
+    let leaf = cert
+        .map(|path| {
+            use rustls::pki_types::pem::PemObject as _;
+            rustls::pki_types::CertificateDer::from_pem_file(path).map_err(|e| {
+                UsageError::new(
+                    "--cert",
+                    format!("{}: no PEM certificate ({e})", path.display()),
+                )
+            })
+        })
+        .transpose()?;
+    if let Some(leaf) = &leaf {
+        let cn = azsim_emulator::x509::subject_cn(leaf)
+            .map_err(|e| UsageError::new("--cert", e.to_string()))?;
+        let id = match module {
+            Some(m) => format!("{device}/{m}"),
+            None => device.to_owned(),
+        };
+        if cn != id {
+            return Err(UsageError::new(
+                "--cert",
+                format!(
+                    "its subject CN is '{cn}', not the client id '{id}' (IoT Hub would refuse it)"
+                ),
+            ));
+        }
+    }
+    match kind {
+        "self-signed" => {
+            let leaf = leaf.ok_or_else(|| {
+                UsageError::new(
+                    "--cert",
+                    "--x509 self-signed needs the device certificate (make one: azsim cert device ID)",
+                )
+            })?;
+            Ok(X509Kind::SelfSigned {
+                thumbprint: azsim_emulator::x509::sha256_thumbprint(&leaf),
+            })
+        }
+        "ca" => Ok(X509Kind::Ca),
+        _ => Err(UsageError::new("--x509", "must be self-signed or ca")),
+    }
 }
 
 /// Validated `azsim device` arguments.
@@ -158,11 +232,18 @@ impl DeviceArgs {
     pub fn into_config(self) -> Result<DeviceConfig, UsageError> {
         let (target, action, mqtt_port, json) = match self.command {
             DeviceCommand::Create(a) => {
+                let device = device_id("DEVICE", a.device)?;
+                let module = module_arg(a.module)?;
+                let x509 = a
+                    .x509
+                    .map(|k| x509_kind(&k, a.cert.as_deref(), &device, module.as_deref()))
+                    .transpose()?;
                 let action = DeviceAction::Create {
-                    device: device_id("DEVICE", a.device)?,
-                    module: module_arg(a.module)?,
+                    device,
+                    module,
                     primary_key: base64_key("--primary-key", a.primary_key)?,
                     secondary_key: base64_key("--secondary-key", a.secondary_key)?,
+                    x509,
                 };
                 (a.target, action, a.mqtt_port, a.json)
             }

@@ -152,6 +152,11 @@ pub struct HubServeArgs {
     /// api-version required, If-Match required on DELETE). See the README.
     #[arg(long)]
     pub lenient: bool,
+    /// TLS of every listener: `azure` (the default: an RSA-2048 root, intermediate and server
+    /// certificate over TLS 1.2 with IoT Hub's cipher suites) or `modern` (one ECDSA P-256
+    /// certificate, TLS 1.2 and 1.3; not what Azure presents). Changing it makes a new dev CA.
+    #[arg(long, value_name = "azure|modern", default_value = "azure")]
+    pub tls: String,
     /// Enforce this IoT Hub tier's daily message quota (403002 and a closed connection when it
     /// is used up) and REST throttles (429): F1, S1, S2 or S3. Default: neither.
     #[arg(long, value_name = "F1|S1|S2|S3")]
@@ -229,6 +234,8 @@ pub struct HubCliConfig {
     pub dashboard_port: DashboardPort,
     /// Not Azure: the strict rules off.
     pub lenient: bool,
+    /// `--tls`.
+    pub tls: azsim_emulator::state_dir::TlsProfile,
     /// The tier to meter and throttle as, and its units.
     pub tier: Option<azsim_emulator::fault::Tier>,
     pub units: u32,
@@ -456,7 +463,10 @@ impl HubServeArgs {
                 "must be 1 to 200 (1 for F1)",
             ));
         }
+        let tls = azsim_emulator::state_dir::TlsProfile::parse(&self.tls)
+            .ok_or_else(|| UsageError::new("--tls", "must be azure or modern"))?;
         Ok(HubCliConfig {
+            tls,
             lenient: self.lenient,
             tier,
             units: self.units,

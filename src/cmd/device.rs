@@ -5,7 +5,7 @@ use std::process::ExitCode;
 
 use serde_json::{Value, json};
 
-use crate::cli::device::{DeviceAction, DeviceConfig};
+use crate::cli::device::{DeviceAction, DeviceConfig, X509Kind};
 use crate::cmd::shell_quote;
 use crate::error::CliError;
 use crate::service::output::{
@@ -25,8 +25,18 @@ pub async fn run(cfg: DeviceConfig) -> Result<ExitCode, CliError> {
         DeviceAction::Create {
             device,
             module,
+            x509: Some(kind),
+            ..
+        } => {
+            let out = (&cfg.target, cfg.mqtt_port, cfg.json);
+            create_x509(out, &client, &device, module.as_deref(), &kind).await?;
+        }
+        DeviceAction::Create {
+            device,
+            module,
             primary_key: pk,
             secondary_key: sk,
+            x509: None,
         } => {
             let identity = identity_of(&device, module.as_deref());
             let mut created = client
@@ -147,6 +157,86 @@ pub async fn run(cfg: DeviceConfig) -> Result<ExitCode, CliError> {
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// `azsim device create ID --x509 self-signed|ca`: registers the X.509 identity and prints
+/// its `x509=true` connection string and how to run it with the certificate.
+async fn create_x509(
+    (target, mqtt_port, json_out): (&Target, Option<u16>, bool),
+    client: &ServiceClient,
+    device: &str,
+    module: Option<&str>,
+    kind: &X509Kind,
+) -> Result<(), CliError> {
+    let identity = identity_of(device, module);
+    let authentication = match kind {
+        X509Kind::SelfSigned { thumbprint } => json!({
+            "type": "selfSigned",
+            "x509Thumbprint": {"primaryThumbprint": thumbprint, "secondaryThumbprint": null},
+        }),
+        X509Kind::Ca => json!({"type": "certificateAuthority"}),
+    };
+    let mut body = json!({"deviceId": device, "authentication": authentication});
+    match module {
+        None => body["status"] = json!("enabled"),
+        Some(m) => body["moduleId"] = json!(m),
+    }
+    let path = crate::service::client::registry_path(identity);
+    let (rb, url) = client.request(reqwest::Method::PUT, &path);
+    let created = client
+        .json(rb.json(&body), &url)
+        .await
+        .map_err(CliError::runtime)?;
+    let mqtt = target.mqtt_endpoint(mqtt_port);
+    warn_if_port_assumed(target, &mqtt);
+    let mut cs = format!("HostName={};DeviceId={device}", mqtt.host_name());
+    if let Some(m) = module {
+        cs.push_str(&format!(";ModuleId={m}"));
+    }
+    cs.push_str(";x509=true");
+    // The core's parser is the judge of what a connection string may hold.
+    azsim_proto::connection_string::ConnectionString::parse(&cs).map_err(|e| {
+        CliError::runtime(format!(
+            "cannot write the connection string of {}: {e}",
+            describe(identity)
+        ))
+    })?;
+    if json_out {
+        let mut out = json!({
+            "deviceId": device,
+            "connectionString": cs,
+            "hostname": mqtt.host,
+            "mqttPort": mqtt.port,
+            "caFile": target.ca_file,
+        });
+        match module {
+            None => out["device"] = created,
+            Some(m) => {
+                out["moduleId"] = json!(m);
+                out["module"] = created;
+            }
+        }
+        println!("{out}");
+        return Ok(());
+    }
+    println!(
+        "created {} ({}) in {}",
+        describe(identity),
+        field(&created, "/authentication/type"),
+        target.host()
+    );
+    println!("connection string: {cs}");
+    let stem = match module {
+        Some(m) => format!("{device}-{m}"),
+        None => device.to_owned(),
+    };
+    println!();
+    println!("run it with its certificate:");
+    println!(
+        "  azsim run --connection-string {} --cert {stem}.pem --cert-key {stem}.key.pem",
+        shell_quote(&cs)
+    );
+    Ok(())
 }
 
 fn identity_of<'a>(device: &'a str, module: Option<&'a str>) -> Identity<'a> {

@@ -250,6 +250,7 @@ async fn serve(cfg: HubCliConfig) -> Result<ExitCode, CliError> {
     hc.consumer_groups = cfg.consumer_groups.clone();
     hc.dashboard = cfg.dashboard_port;
     hc.lenient = cfg.lenient;
+    hc.tls = cfg.tls;
     hc.tier = cfg.tier;
     hc.units = cfg.units;
     let handle = azsim_emulator::start(hc, cfg.bind, cfg.mqtt_port, cfg.https_port)
@@ -400,7 +401,8 @@ async fn start(cfg: HubCliConfig) -> Result<ExitCode, CliError> {
         .args(["--amqp-port", &cfg.amqp_port.to_string()])
         .args(["--amqp-dev-port", &cfg.amqp_dev_port.to_string()])
         .args(["--partitions", &cfg.partitions.to_string()])
-        .args(["--hostname", &cfg.hostname, "--json"]);
+        .args(["--hostname", &cfg.hostname, "--json"])
+        .args(["--tls", cfg.tls.name()]);
     match cfg.dashboard_port {
         DashboardPort::Off => {
             cmd.args(["--dashboard-port", "off"]);

@@ -170,7 +170,7 @@ pub(crate) fn path_segment(s: &str) -> String {
 }
 
 /// `/devices/{id}` or `/devices/{id}/modules/{mid}`.
-fn registry_path(identity: Identity<'_>) -> String {
+pub(crate) fn registry_path(identity: Identity<'_>) -> String {
     identity_path("/devices", identity)
 }
 

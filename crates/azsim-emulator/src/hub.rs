@@ -420,7 +420,7 @@ pub(crate) async fn serve(
 ) -> Result<(), HubError> {
     let cfg2 = config.clone();
     let prepared =
-        tokio::task::spawn_blocking(move || state_dir::prepare(&cfg2.state_dir, &cfg2.hostname))
+        tokio::task::spawn_blocking(move || state_dir::prepare_with(&cfg2.state_dir, &cfg2.hostname, cfg2.tls))
             .await
             .map_err(|e| HubError::State(e.to_string()))??;
     let db_path = (!config.in_memory).then(|| prepared.ca_file.with_file_name(state_dir::DB_FILE));

@@ -146,6 +146,9 @@ pub struct HubConfig {
     /// committed, and this says whether that commit survives power loss (the default: an
     /// fsync per transaction) or only the hub process being killed. See [`store::Durability`].
     pub durability: store::Durability,
+    /// The TLS of every listener: Azure's RSA chain over TLS 1.2 (the default), or `modern`
+    /// (ECDSA, TLS 1.3). See [`state_dir::TlsProfile`].
+    pub tls: state_dir::TlsProfile,
     /// Not Azure: turn off the strict rules a real hub applies (twin responses only to a
     /// client subscribed to `$iothub/twin/res/#`, C2D at the subscription's QoS, REST
     /// `api-version` required, `If-Match` required on DELETE). Off by default: the hub is
@@ -182,6 +185,7 @@ impl HubConfig {
             limits: HubLimits::default(),
             clock: clock::Clock::system(),
             durability: store::Durability::default(),
+            tls: state_dir::TlsProfile::default(),
             lenient: false,
             tier: None,
             units: 1,

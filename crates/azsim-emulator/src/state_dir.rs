@@ -2,6 +2,12 @@
 //! `iothubowner` key, and (unless in-memory) the SQLite database. Created on first start and
 //! reused afterwards, so clients that trusted the CA once keep trusting it.
 //!
+//! The certificates follow the hub's [`TlsProfile`]: by default Azure's (an RSA-2048 root,
+//! intermediate and server certificate, TLS 1.2 only with IoT Hub's cipher suites), or
+//! `modern` (one ECDSA P-256 certificate under an ECDSA CA, TLS 1.2 and 1.3). `tls.profile`
+//! records which one the CA was made for; a start with the other profile makes a new CA and
+//! server certificate (and says so in the log), so clients must then trust the new `ca.pem`.
+//!
 //! Private to its user (Unix): the directory is 0700 and every file holding a key (the CA and
 //! server keys, the owner key, `hub.json` with the service connection string, the database with
 //! the device keys and its `-wal`/`-shm`) is 0600, made so on creation and checked on every
@@ -26,6 +32,10 @@ use crate::HubError;
 /// File names inside the state directory.
 pub const CA_FILE: &str = "ca.pem";
 const CA_KEY_FILE: &str = "ca.key";
+const INTERMEDIATE_FILE: &str = "intermediate.pem";
+const INTERMEDIATE_KEY_FILE: &str = "intermediate.key";
+/// Which [`TlsProfile`] the CA and server certificate were made for.
+const PROFILE_FILE: &str = "tls.profile";
 const SERVER_CERT_FILE: &str = "server.pem";
 const SERVER_KEY_FILE: &str = "server.key";
 const SERVER_NAMES_FILE: &str = "server.names";
@@ -36,8 +46,9 @@ pub const DB_FILE: &str = "hub.db";
 /// The files that hold a key, kept 0600: the CA and server private keys, the owner key, the
 /// discovery file (its service connection string has the owner key), and the database with its
 /// write-ahead log and shared memory (device keys).
-const PRIVATE_FILES: [&str; 7] = [
+const PRIVATE_FILES: [&str; 8] = [
     CA_KEY_FILE,
+    INTERMEDIATE_KEY_FILE,
     SERVER_KEY_FILE,
     OWNER_KEY_FILE,
     crate::HUB_JSON,
@@ -51,24 +62,45 @@ const PRIVATE_FILES: [&str; 7] = [
 pub struct Prepared {
     /// Absolute path of the CA certificate clients should trust.
     pub ca_file: PathBuf,
-    /// Server certificate chain (leaf, CA).
+    /// Server certificate chain: leaf, (Azure profile) intermediate, root.
     pub cert_chain: Vec<CertificateDer<'static>>,
     /// Server private key (PKCS#8 DER).
     pub key_der: Secret<Vec<u8>>,
     /// The `iothubowner` policy key (base64).
     pub owner_key: Secret<String>,
+    /// The TLS versions and suites [`Prepared::server_config`] offers.
+    pub profile: TlsProfile,
 }
 
 impl Prepared {
-    /// A rustls server config over this certificate, ring provider, TLS 1.2+, asking for an
+    /// A rustls server config over this certificate chain, ring provider, the profile's TLS
+    /// versions and suites, asking for an
     /// optional client certificate (X.509 devices; see `crate::x509::AnyClientCert`).
     pub fn server_config(&self, alpn: &[&[u8]]) -> Result<Arc<rustls::ServerConfig>, HubError> {
         let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(self.key_der.expose().clone()));
-        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let mut provider = rustls::crypto::ring::default_provider();
+        let versions: &[&rustls::SupportedProtocolVersion] = match self.profile {
+            TlsProfile::Modern => rustls::DEFAULT_VERSIONS,
+            TlsProfile::Azure => {
+                // IoT Hub's TLS 1.2 suites (its ECDHE-ECDSA ones cannot serve an RSA chain).
+                use rustls::CipherSuite as C;
+                provider.cipher_suites.retain(|s| {
+                    matches!(
+                        s.suite(),
+                        C::TLS_ECDHE_RSA_WITH_AES_256_GCM_SHA384
+                            | C::TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256
+                            | C::TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384
+                            | C::TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256
+                    )
+                });
+                &[&rustls::version::TLS12]
+            }
+        };
+        let provider = Arc::new(provider);
         // A client certificate is asked for but optional; the hub decides at CONNECT.
         let client_certs = crate::x509::AnyClientCert::new(&provider);
         let mut cfg = rustls::ServerConfig::builder_with_provider(provider)
-            .with_safe_default_protocol_versions()
+            .with_protocol_versions(versions)
             .map_err(|e| HubError::Tls(e.to_string()))?
             .with_client_cert_verifier(client_certs)
             .with_single_cert(self.cert_chain.clone(), key)
@@ -157,12 +189,68 @@ pub fn make_private(dir: &Path) -> Result<Vec<String>, HubError> {
     Ok(widened)
 }
 
-fn ca_params() -> CertificateParams {
+/// The TLS the hub's listeners speak and the server chain they present.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum TlsProfile {
+    /// What Azure's device endpoints present: an RSA-2048 chain (root, intermediate, server
+    /// certificate, all sent) over TLS 1.2 only, with the ECDHE-RSA AES-GCM suites IoT Hub
+    /// lists (TLS_ECDHE_RSA_WITH_AES_256_GCM_SHA384, TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256;
+    /// the ECDHE-ECDSA ones it also lists need an ECDSA certificate). A firmware TLS stack
+    /// without RSA, or with buffers too small for the chain, fails here as it would on Azure.
+    #[default]
+    Azure,
+    /// A single ECDSA P-256 certificate under the dev CA, TLS 1.2 and 1.3: smaller and faster,
+    /// not what Azure presents.
+    Modern,
+}
+
+impl TlsProfile {
+    /// `azure` or `modern` (the `--tls` values and the `tls.profile` file).
+    pub fn name(self) -> &'static str {
+        match self {
+            TlsProfile::Azure => "azure",
+            TlsProfile::Modern => "modern",
+        }
+    }
+
+    /// The profile named `s`.
+    pub fn parse(s: &str) -> Option<TlsProfile> {
+        match s.trim() {
+            "azure" => Some(TlsProfile::Azure),
+            "modern" => Some(TlsProfile::Modern),
+            _ => None,
+        }
+    }
+
+    /// A new private key for this profile: RSA-2048 (Azure) or ECDSA P-256 (modern).
+    fn new_key(self) -> Result<KeyPair, HubError> {
+        match self {
+            TlsProfile::Modern => KeyPair::generate().map_err(rcgen_err),
+            TlsProfile::Azure => {
+                use rsa::pkcs8::EncodePrivateKey as _;
+                let key = rsa::RsaPrivateKey::new(&mut rand::rngs::OsRng, 2048)
+                    .map_err(|e| HubError::State(format!("rsa key generation failed: {e}")))?;
+                let der = key
+                    .to_pkcs8_der()
+                    .map_err(|e| HubError::State(format!("rsa key encoding failed: {e}")))?;
+                KeyPair::try_from(der.as_bytes()).map_err(rcgen_err)
+            }
+        }
+    }
+}
+
+fn ca_params(profile: TlsProfile) -> CertificateParams {
     // Rebuilt identically on every start: rcgen's Issuer needs only the DN, key usages and key
     // id method, so the persisted CA key plus these params re-sign without parsing the CA PEM.
     let mut params = CertificateParams::default();
     let mut dn = DistinguishedName::new();
-    dn.push(DnType::CommonName, "azsim local hub dev CA");
+    dn.push(
+        DnType::CommonName,
+        match profile {
+            TlsProfile::Modern => "azsim local hub dev CA",
+            TlsProfile::Azure => "azsim local hub dev root CA (RSA)",
+        },
+    );
     dn.push(DnType::OrganizationName, "azsim (not for production)");
     params.distinguished_name = dn;
     params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
@@ -174,12 +262,67 @@ fn ca_params() -> CertificateParams {
     params
 }
 
+/// The Azure profile's intermediate CA (as Azure's chain has one), issued by the root.
+fn intermediate_params() -> CertificateParams {
+    let mut params = ca_params(TlsProfile::Azure);
+    let mut dn = DistinguishedName::new();
+    dn.push(
+        DnType::CommonName,
+        "azsim local hub dev intermediate CA (RSA)",
+    );
+    dn.push(DnType::OrganizationName, "azsim (not for production)");
+    params.distinguished_name = dn;
+    params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
+    params
+}
+
 fn rcgen_err(e: rcgen::Error) -> HubError {
     HubError::State(format!("certificate generation failed: {e}"))
 }
 
-/// Create (first start) or load the state directory for `hostname`.
+fn read(path: &Path) -> Result<String, HubError> {
+    fs::read_to_string(path).map_err(|e| io_err(path, e))
+}
+
+/// A CA certificate and key: loaded from `cert`/`key` when both exist, else made with
+/// `params` (self-signed, or by `issuer`) and written.
+fn load_or_make_ca(
+    cert: &Path,
+    key: &Path,
+    profile: TlsProfile,
+    params: CertificateParams,
+    issuer: Option<&Issuer<'_, &KeyPair>>,
+) -> Result<(String, KeyPair, bool), HubError> {
+    if cert.exists() && key.exists() {
+        let key_pair = KeyPair::from_pem(&read(key)?).map_err(rcgen_err)?;
+        return Ok((read(cert)?, key_pair, false));
+    }
+    let key_pair = profile.new_key()?;
+    let mut params = params;
+    // Not the hub's clock: clients check certificates against their own real clocks.
+    let now = OffsetDateTime::now_utc();
+    params.not_before = now - Duration::days(1);
+    params.not_after = now + Duration::days(3650);
+    let made = match issuer {
+        None => params.self_signed(&key_pair),
+        Some(i) => params.signed_by(&key_pair, i),
+    }
+    .map_err(rcgen_err)?;
+    write_private(key, &key_pair.serialize_pem())?;
+    fs::write(cert, made.pem()).map_err(|e| io_err(cert, e))?;
+    Ok((made.pem(), key_pair, true))
+}
+
+/// Create (first start) or load the state directory for `hostname`, with the default
+/// ([`TlsProfile::Azure`]) TLS profile.
 pub fn prepare(dir: &Path, hostname: &str) -> Result<Prepared, HubError> {
+    prepare_with(dir, hostname, TlsProfile::default())
+}
+
+/// Create (first start) or load the state directory for `hostname` and `profile`. A state
+/// directory made for the other profile (or before profiles: those are `modern`) gets a new
+/// CA and server certificate for this one, and says so in the log.
+pub fn prepare_with(dir: &Path, hostname: &str, profile: TlsProfile) -> Result<Prepared, HubError> {
     let mut create = fs::DirBuilder::new();
     create.recursive(true);
     #[cfg(unix)]
@@ -201,24 +344,60 @@ pub fn prepare(dir: &Path, hostname: &str) -> Result<Prepared, HubError> {
     }
     let ca_path = dir.join(CA_FILE);
     let ca_key_path = dir.join(CA_KEY_FILE);
+    let int_path = dir.join(INTERMEDIATE_FILE);
+    let int_key_path = dir.join(INTERMEDIATE_KEY_FILE);
+    let server_path = dir.join(SERVER_CERT_FILE);
+    let server_key_path = dir.join(SERVER_KEY_FILE);
+    let names_path = dir.join(SERVER_NAMES_FILE);
+    let profile_path = dir.join(PROFILE_FILE);
 
-    let (ca_pem, ca_key) = if ca_path.exists() && ca_key_path.exists() {
-        let pem = fs::read_to_string(&ca_path).map_err(|e| io_err(&ca_path, e))?;
-        let key_pem = fs::read_to_string(&ca_key_path).map_err(|e| io_err(&ca_key_path, e))?;
-        (pem, KeyPair::from_pem(&key_pem).map_err(rcgen_err)?)
-    } else {
-        let key = KeyPair::generate().map_err(rcgen_err)?;
-        let mut params = ca_params();
-        // Not the hub's clock: clients check certificates against their own real clocks.
-        let now = OffsetDateTime::now_utc();
-        params.not_before = now - Duration::days(1);
-        params.not_after = now + Duration::days(3650);
-        let cert = params.self_signed(&key).map_err(rcgen_err)?;
-        write_private(&ca_key_path, &key.serialize_pem())?;
-        fs::write(&ca_path, cert.pem()).map_err(|e| io_err(&ca_path, e))?;
-        // A new CA invalidates any old server certificate.
-        let _ = fs::remove_file(dir.join(SERVER_CERT_FILE));
-        (cert.pem(), key)
+    // A CA made before profiles existed is the modern one.
+    let was = fs::read_to_string(&profile_path)
+        .ok()
+        .and_then(|s| TlsProfile::parse(&s))
+        .unwrap_or(TlsProfile::Modern);
+    if ca_path.exists() && was != profile {
+        tracing::warn!(
+            from = was.name(),
+            to = profile.name(),
+            ca_file = %ca_path.display(),
+            "TLS profile changed: making a new dev CA and server certificate for it; clients must trust the new CA file"
+        );
+        for p in [
+            &ca_path,
+            &ca_key_path,
+            &int_path,
+            &int_key_path,
+            &server_path,
+        ] {
+            let _ = fs::remove_file(p);
+        }
+    }
+    let (ca_pem, ca_key, new_ca) =
+        load_or_make_ca(&ca_path, &ca_key_path, profile, ca_params(profile), None)?;
+    fs::write(&profile_path, profile.name()).map_err(|e| io_err(&profile_path, e))?;
+    if new_ca {
+        // A new CA invalidates any old intermediate and server certificate.
+        let _ = fs::remove_file(&int_path);
+        let _ = fs::remove_file(&server_path);
+    }
+    let root_issuer = Issuer::new(ca_params(profile), &ca_key);
+    // The Azure profile's server certificate is issued by an intermediate, sent in the chain.
+    let intermediate = match profile {
+        TlsProfile::Modern => None,
+        TlsProfile::Azure => {
+            let (pem, key, new_int) = load_or_make_ca(
+                &int_path,
+                &int_key_path,
+                profile,
+                intermediate_params(),
+                Some(&root_issuer),
+            )?;
+            if new_int {
+                let _ = fs::remove_file(&server_path);
+            }
+            Some((pem, key))
+        }
     };
 
     let mut names = vec![hostname.to_string()];
@@ -228,19 +407,13 @@ pub fn prepare(dir: &Path, hostname: &str) -> Result<Prepared, HubError> {
         }
     }
     let names_line = names.join(",");
-    let server_path = dir.join(SERVER_CERT_FILE);
-    let server_key_path = dir.join(SERVER_KEY_FILE);
-    let names_path = dir.join(SERVER_NAMES_FILE);
     let reuse = server_path.exists()
         && server_key_path.exists()
         && fs::read_to_string(&names_path).ok().as_deref() == Some(names_line.as_str());
     let (server_pem, server_key_pem) = if reuse {
-        (
-            fs::read_to_string(&server_path).map_err(|e| io_err(&server_path, e))?,
-            fs::read_to_string(&server_key_path).map_err(|e| io_err(&server_key_path, e))?,
-        )
+        (read(&server_path)?, read(&server_key_path)?)
     } else {
-        let key = KeyPair::generate().map_err(rcgen_err)?;
+        let key = profile.new_key()?;
         let mut params = CertificateParams::new(names.clone()).map_err(rcgen_err)?;
         params.distinguished_name.push(DnType::CommonName, hostname);
         let now = OffsetDateTime::now_utc();
@@ -248,8 +421,17 @@ pub fn prepare(dir: &Path, hostname: &str) -> Result<Prepared, HubError> {
         params.not_after = now + Duration::days(825);
         params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
         params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
-        let issuer = Issuer::new(ca_params(), &ca_key);
-        let cert = params.signed_by(&key, &issuer).map_err(rcgen_err)?;
+        if profile == TlsProfile::Azure {
+            // As Azure's RSA server certificates carry it.
+            params.key_usages.push(KeyUsagePurpose::KeyEncipherment);
+        }
+        let cert = match &intermediate {
+            None => params.signed_by(&key, &root_issuer),
+            Some((_, int_key)) => {
+                params.signed_by(&key, &Issuer::new(intermediate_params(), int_key))
+            }
+        }
+        .map_err(rcgen_err)?;
         write_private(&server_key_path, &key.serialize_pem())?;
         fs::write(&server_path, cert.pem()).map_err(|e| io_err(&server_path, e))?;
         fs::write(&names_path, &names_line).map_err(|e| io_err(&names_path, e))?;
@@ -266,14 +448,18 @@ pub fn prepare(dir: &Path, hostname: &str) -> Result<Prepared, HubError> {
         }
     };
 
-    let leaf = pem_to_der(&server_pem)?;
-    let ca = pem_to_der(&ca_pem)?;
+    let mut cert_chain = vec![pem_to_der(&server_pem)?];
+    if let Some((pem, _)) = &intermediate {
+        cert_chain.push(pem_to_der(pem)?);
+    }
+    cert_chain.push(pem_to_der(&ca_pem)?);
     let key = KeyPair::from_pem(&server_key_pem).map_err(rcgen_err)?;
     Ok(Prepared {
         ca_file: ca_path,
-        cert_chain: vec![leaf, ca],
+        cert_chain,
         key_der: Secret::new(key.serialize_der()),
         owner_key: Secret::new(owner_key),
+        profile,
     })
 }
 
@@ -376,6 +562,52 @@ mod tests {
         assert_eq!(
             fs::read_to_string(dir.join(OWNER_KEY_FILE)).unwrap(),
             before
+        );
+    }
+
+    #[test]
+    fn each_profile_has_its_chain_and_a_profile_change_makes_a_new_ca() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("hub");
+        let started = std::time::Instant::now();
+        let azure = prepare_with(&dir, "localhost", TlsProfile::Azure).unwrap();
+        println!("azure profile, first start: {:?}", started.elapsed());
+        assert_eq!(azure.cert_chain.len(), 3, "leaf, intermediate, root");
+        for der in &azure.cert_chain {
+            let (_, c) = x509_parser::parse_x509_certificate(der).unwrap();
+            let spki = c.public_key().parsed().unwrap();
+            assert!(
+                matches!(spki, x509_parser::public_key::PublicKey::RSA(ref k) if k.key_size() == 2048),
+                "{}",
+                c.subject()
+            );
+        }
+        let started = std::time::Instant::now();
+        let again = prepare_with(&dir, "localhost", TlsProfile::Azure).unwrap();
+        println!("azure profile, next start: {:?}", started.elapsed());
+        assert_eq!(again.cert_chain, azure.cert_chain, "kept across starts");
+        let cfg = azure.server_config(&[]).unwrap();
+        assert!(
+            cfg.crypto_provider()
+                .cipher_suites
+                .iter()
+                .all(|s| s.version() == &rustls::version::TLS12)
+        );
+        // Switching profile: a new (ECDSA) CA and one server certificate under it.
+        let modern = prepare_with(&dir, "localhost", TlsProfile::Modern).unwrap();
+        assert_eq!(modern.cert_chain.len(), 2);
+        assert_ne!(modern.cert_chain.last(), azure.cert_chain.last());
+        assert!(!dir.join(INTERMEDIATE_FILE).exists() || modern.cert_chain.len() == 2);
+        assert_eq!(
+            fs::read_to_string(dir.join(PROFILE_FILE)).unwrap(),
+            "modern"
+        );
+        let back = prepare_with(&dir, "localhost", TlsProfile::Azure).unwrap();
+        assert_eq!(back.cert_chain.len(), 3);
+        assert_ne!(
+            back.cert_chain.last(),
+            azure.cert_chain.last(),
+            "a new root"
         );
     }
 
