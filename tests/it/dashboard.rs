@@ -79,6 +79,11 @@ async fn the_dashboard_serves_its_page_and_bridges_the_rest_api_on_loopback() {
         info["serviceConnectionString"],
         hub.service_connection_string
     );
+    assert_eq!(info["idScope"], hub.info.id_scope);
+    assert_eq!(
+        info["eventHubConnectionString"],
+        serde_json::json!(hub.info.eventhub_connection_string)
+    );
     let (s, ca) = text(c.get(format!("{base}/hub/ca.pem"))).await;
     assert_eq!(s, 200);
     assert_eq!(ca, std::fs::read_to_string(&hub.ca_file).unwrap());
@@ -168,10 +173,9 @@ async fn beyond_loopback_the_dashboard_is_tls_and_every_call_needs_a_token() {
     let (_, info) = text(c.get(format!("{base}/hub"))).await;
     let info: Value = serde_json::from_str(&info).unwrap();
     assert_eq!(info["auth"], "token");
-    assert!(
-        info.get("serviceConnectionString").is_none(),
-        "no key without a token: {info}"
-    );
+    for secret in ["serviceConnectionString", "eventHubConnectionString"] {
+        assert!(info.get(secret).is_none(), "no key without a token: {info}");
+    }
     let (s, _) = text(c.get(format!("{base}/api/devices"))).await;
     assert_eq!(s, 401);
     let (s, _) = text(c.get(format!("{base}/hub/devices/x/connection-string"))).await;

@@ -22,6 +22,7 @@ import urllib.request
 from selenium import webdriver
 from selenium.webdriver.chrome.options import Options
 from selenium.webdriver.chrome.service import Service
+from selenium.common.exceptions import NoSuchElementException, StaleElementReferenceException
 from selenium.webdriver.common.by import By
 from selenium.webdriver.support.ui import Select, WebDriverWait
 
@@ -57,7 +58,9 @@ for a in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--disabl
     opts.add_argument(a)
 driver = webdriver.Chrome(
     service=Service(os.environ.get("AZSIM_CHROMEDRIVER", "/usr/bin/chromedriver")), options=opts)
-wait = WebDriverWait(driver, WAIT)
+# The device table is rebuilt as events come: an element found a moment ago may be gone.
+wait = WebDriverWait(driver, WAIT, ignored_exceptions=(NoSuchElementException,
+                                                       StaleElementReferenceException))
 
 
 def by_id(i):
@@ -85,6 +88,13 @@ def shot(name):
     driver.save_screenshot(os.path.join(SHOTS, name))
 
 
+def click_in_row(device, label):
+    def attempt():
+        row(device).find_element(By.XPATH, f".//button[text()='{label}']").click()
+        return True
+    until(f"{label} {device} clicked", attempt)
+
+
 def row(device):
     rows = driver.find_elements(By.CSS_SELECTOR, f'tr[data-device="{device}"]')
     return rows[0] if rows else None
@@ -97,8 +107,8 @@ try:
           .get_attribute("data-ready") == "1")
     until(f"{DEVICE} connected", lambda: row(DEVICE) is not None and
           row(DEVICE).find_element(By.CSS_SELECTOR, "td.conn").text == "Connected")
-    r = row(DEVICE)
-    cells = [c.text for c in r.find_elements(By.TAG_NAME, "td")]
+    cells = until("the row's cells", lambda: [c.text for c in
+                                              row(DEVICE).find_elements(By.TAG_NAME, "td")])
     assert cells[5] == "sas", cells
     step("device_connected", row=cells[:6])
 
@@ -130,18 +140,19 @@ try:
     assert f"DeviceId={new_id};" in cs and "SharedAccessKey=" in cs, "connection string shape"
     shot("devices.png")
     until("the new row", lambda: row(new_id) is not None)
-    row(new_id).find_element(By.XPATH, ".//button[text()='Disable']").click()
+    click_in_row(new_id, "Disable")
     until("disabled", lambda: row(new_id) is not None and
           row(new_id).find_elements(By.TAG_NAME, "td")[2].text == "disabled")
     assert call("GET", f"/api/devices/{new_id}")[1]["status"] == "disabled"
-    row(new_id).find_element(By.XPATH, ".//button[text()='Delete']").click()
+    click_in_row(new_id, "Delete")
     driver.switch_to.alert.accept()
     until("the row gone", lambda: row(new_id) is None)
     assert call("GET", f"/api/devices/{new_id}")[0] == 404
     step("device_created_disabled_deleted")
 
     # --- one device ---------------------------------------------------------------------------
-    driver.find_element(By.LINK_TEXT, DEVICE).click()
+    until("the device link clicked",
+          lambda: driver.find_element(By.LINK_TEXT, DEVICE).click() or True)
     until("telemetry points", lambda: int(by_id("chart").get_attribute("data-points")) >= 2)
     assert driver.find_elements(By.CSS_SELECTOR, "#chart canvas"), "a uPlot canvas"
     until("a message row", lambda: len(driver.find_elements(By.CSS_SELECTOR,

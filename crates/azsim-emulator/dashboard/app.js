@@ -435,6 +435,10 @@ function renderHub() {
   setText("hub-mqtt", `mqtts://${h.mqttHost}`);
   setText("hub-https", `https://${h.hostname}:${h.httpsPort}`);
   setText("hub-ca-file", h.caFile);
+  setText("hub-amqp", h.amqpPort ? `amqps://${h.hostname}:${h.amqpPort}` : "not served");
+  setText("hub-idscope", h.idScope ? `${h.idScope} (provisioning host ${h.provisioningHost})` : "");
+  $("hub-eh-block").hidden = !h.eventHubConnectionString;
+  $("hub-eh").value = h.eventHubConnectionString || "";
   $("hub-cs-block").hidden = !h.serviceConnectionString;
   $("hub-cs").value = h.serviceConnectionString || "";
   renderCounters();

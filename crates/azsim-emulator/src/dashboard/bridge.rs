@@ -132,10 +132,14 @@ pub(super) async fn hub_info(State(ctx): State<Arc<Ctx>>) -> Response {
         "httpsPort": i.https_port,
         "mqttHost": i.mqtt_host(),
         "caFile": i.ca_file,
+        "amqpPort": i.amqp_port,
+        "idScope": i.id_scope,
+        "provisioningHost": i.provisioning_host,
         "auth": if ctx.loopback { "loopback" } else { "token" },
     });
     if ctx.loopback {
         v["serviceConnectionString"] = json!(i.service_connection_string);
+        v["eventHubConnectionString"] = json!(i.eventhub_connection_string);
     }
     axum::Json(v).into_response()
 }
