@@ -82,7 +82,7 @@ impl Raw {
         }
     }
 
-    /// CONNECT; the CONNACK code.
+    /// CONNECT with a clean session; the CONNACK code.
     pub(crate) async fn connect(
         &mut self,
         client_id: &str,
@@ -90,9 +90,22 @@ impl Raw {
         password: &str,
         will: Option<LastWill>,
     ) -> ConnectReturnCode {
+        self.connect_session(client_id, username, password, will, true)
+            .await
+    }
+
+    /// CONNECT, clean or resuming the stored session; the CONNACK code.
+    pub(crate) async fn connect_session(
+        &mut self,
+        client_id: &str,
+        username: &str,
+        password: &str,
+        will: Option<LastWill>,
+        clean: bool,
+    ) -> ConnectReturnCode {
         let mut c = Connect::new(client_id);
         c.keep_alive = 60;
-        c.clean_session = true;
+        c.clean_session = clean;
         c.last_will = will;
         c.set_login(username, password);
         self.send(Packet::Connect(c)).await;
@@ -249,6 +262,27 @@ async fn c2d_to_a_qos_0_subscription_is_delivered_at_qos_0_and_to_qos_1_at_qos_1
     let p = r.next_publish().await;
     assert_eq!(p.qos, QoS::AtLeastOnce);
     assert_eq!(c2d_count(&hub, "c2d1").await, 1, "in flight until PUBACK");
+
+    // A persistent session keeps the subscription's QoS 0 across a reconnect.
+    let key = device(&hub, "c2dp").await;
+    let token = hub.device_token("c2dp", &key, now() + 3600);
+    let mut r = Raw::open(&hub).await;
+    let code = r
+        .connect_session("c2dp", &hub.username("c2dp"), &token, None, false)
+        .await;
+    assert_eq!(code, ConnectReturnCode::Success);
+    r.subscribe("devices/c2dp/messages/devicebound/#", QoS::AtMostOnce)
+        .await;
+    r.send(Packet::Disconnect).await;
+    assert!(r.recv().await.is_none(), "closed after DISCONNECT");
+    send_c2d(&hub, "c2dp", "later").await;
+    let mut r = Raw::open(&hub).await;
+    let code = r
+        .connect_session("c2dp", &hub.username("c2dp"), &token, None, false)
+        .await;
+    assert_eq!(code, ConnectReturnCode::Success);
+    let p = r.next_publish().await;
+    assert_eq!((p.qos, &p.payload[..]), (QoS::AtMostOnce, &b"later"[..]));
     hub.stop().await;
 }
 

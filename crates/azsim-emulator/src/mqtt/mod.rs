@@ -302,6 +302,8 @@ pub(crate) async fn connection<S: Io>(hub: Arc<Hub>, opened: Box<Opened<S>>, pee
         })
         .await
         .unwrap_or_default();
+    let qos0 = stored.iter().any(|f| f == session::C2D_QOS0_MARK);
+    conn.subs.c2d_qos0.store(qos0, Ordering::Release);
     for f in stored {
         if let Ok(kind) = topic::classify_subscription(&f, conn.topic_id()) {
             conn.set_flag(kind, true);

@@ -29,6 +29,9 @@ use crate::telemetry::{self, D2cRecord, Origin};
 use crate::twin;
 use crate::untrusted::Untrusted;
 
+/// Stored with a persistent session's filters when its C2D subscription is QoS 0.
+pub(super) const C2D_QOS0_MARK: &str = "azsim:c2d-qos0";
+
 /// One authenticated connection's state, used by the loop in `mqtt/mod.rs`.
 pub(super) struct Conn {
     pub(super) hub: Arc<Hub>,
@@ -195,7 +198,12 @@ impl Conn {
             return;
         }
         let cid = self.cid.clone();
-        let filters: Vec<String> = self.filters.iter().map(|(f, _)| f.clone()).collect();
+        let mut filters: Vec<String> = self.filters.iter().map(|(f, _)| f.clone()).collect();
+        // A persistent session keeps its subscriptions with their QoS: the C2D one's is kept
+        // as a mark beside the filters (not a filter: restoring skips it).
+        if self.subs.c2d_qos0.load(Ordering::Acquire) {
+            filters.push(C2D_QOS0_MARK.to_string());
+        }
         if let Err(e) = self
             .hub
             .store
