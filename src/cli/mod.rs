@@ -16,6 +16,7 @@ use crate::error::CliError;
 pub mod c2d;
 pub mod cert;
 pub mod device;
+pub mod dps;
 pub mod fleet;
 pub mod hub;
 pub mod invoke;
@@ -70,6 +71,9 @@ pub enum Command {
     /// Schedule jobs v2 (a method or a twin update over the devices a condition selects),
     /// show, list and cancel them.
     Job(job::JobArgs),
+    /// Manage Device Provisioning Service enrollments and enrollment groups (the local hub's
+    /// DPS by default).
+    Dps(dps::DpsArgs),
     /// Run a local Azure IoT Hub: TLS MQTT for devices, service REST, state in SQLite.
     Hub(hub::HubArgs),
 }
@@ -133,6 +137,7 @@ impl Cli {
             Command::Query(args) => crate::cmd::query::run(args.into_config()?).await,
             Command::Job(args) => crate::cmd::job::run(args.into_config()?).await,
             Command::Hub(args) => crate::cmd::hub::run(args.into_config()?).await,
+            Command::Dps(args) => crate::cmd::dps::run(args.into_config()?).await,
             Command::Cert(args) => crate::cmd::cert::run(args.into_config()?).await,
         }
     }

@@ -94,6 +94,8 @@ pub struct RunArgs {
     /// One JSON object per line instead of readable lines.
     #[arg(long)]
     pub json: bool,
+    #[command(flatten)]
+    pub dps: super::dps::DpsRunArgs,
 }
 
 /// The parts of a device connection string `azsim run` uses; the credential is redacted in
@@ -156,6 +158,8 @@ pub struct RunSettings {
     pub state_dir: PathBuf,
     /// `--json`.
     pub json: bool,
+    /// `--dps`: provision first.
+    pub dps: Option<super::dps::DpsRun>,
 }
 
 impl RunArgs {
@@ -296,6 +300,7 @@ impl RunArgs {
             max_queue: self.max_queue,
             state_dir: self.state,
             json: self.json,
+            dps: self.dps.into_settings()?,
         })
     }
 }

@@ -4,6 +4,7 @@
 pub mod c2d;
 pub mod cert;
 pub mod device;
+pub mod dps;
 pub mod fleet;
 pub mod hub;
 pub mod hub_fault;

@@ -30,9 +30,14 @@ pub const SIM_DEVICE_PREFIX: &str = "sim-device-";
 pub async fn run(s: RunSettings) -> Result<ExitCode, CliError> {
     let out = Output::stdout(s.json);
     let shutdown = super::interrupted();
-    let (target, ca_file, local) = match s.target.clone() {
-        Some(t) => (t, s.ca_file.clone(), None),
-        None => {
+    let provisioned = match &s.dps {
+        Some(dps) => Some(crate::device::provision::provisioned_target(&s, dps, &out).await?),
+        None => None,
+    };
+    let (target, ca_file, local) = match (provisioned, s.target.clone()) {
+        (Some(p), _) => p,
+        (None, Some(t)) => (t, s.ca_file.clone(), None),
+        (None, None) => {
             let local = LocalHub::ensure(&s.state_dir, s.port, &out)
                 .await
                 .map_err(CliError::runtime)?;

@@ -10,4 +10,5 @@ pub mod embedded;
 pub mod local_hub;
 pub mod net;
 pub mod output;
+pub mod provision;
 pub mod template;

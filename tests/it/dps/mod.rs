@@ -2,9 +2,11 @@
 //! device flow over MQTT ([`device_mqtt`]) and HTTPS ([`device_https`]), and the official
 //! Python SDKs against it ([`python_sdk`]). Shared here: DPS tokens and requests.
 
+mod cli;
 mod device_https;
 mod device_mqtt;
 mod python_sdk;
+mod run;
 mod service_api;
 
 use azsim_emulator::clock::unix_now;
