@@ -20,8 +20,10 @@ USER azsim
 # The hub keeps its state (CA, keys, SQLite, hub.json) in .azsim/hub under the working directory.
 WORKDIR /data
 VOLUME ["/data"]
-# 8883: MQTT over TLS (devices); 8443: the service REST API over HTTPS.
-EXPOSE 8883 8443
+# 8883: MQTT over TLS (devices); 8443: the service REST API, DPS and MQTT over WebSockets over
+# HTTPS; 5671: AMQP over TLS (C2D, feedback, the Event Hubs-compatible endpoint); 8880: the
+# dashboard (over the hub's TLS when bound beyond loopback, as here).
+EXPOSE 8883 8443 5671 8880
 # Healthy once `azsim hub` (the default command, state in /data/.azsim/hub) answers on both ports.
 # With another --state, override it (`--health-cmd "azsim hub status --state DIR"`).
 HEALTHCHECK --interval=2s --timeout=5s --start-period=2s --retries=30 \
