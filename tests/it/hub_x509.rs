@@ -590,6 +590,10 @@ fn the_cli_makes_certificates_registers_x509_devices_and_runs_them() {
     assert_eq!(code, Some(0), "{out}{err}");
     let (code, out, err) = run(Some(&ss_cs), &format!("{dir}/other/ss-1"));
     assert_eq!(code, Some(1), "{out}\n{err}");
+    assert!(
+        err.contains("did not accept the device certificate"),
+        "{err}"
+    );
     // An x509 string without a certificate: exit 2.
     let (code, _, err) = azsim(&["run", "--connection-string", &ss_cs, "--count", "1"]);
     assert_eq!((code, err.contains("--cert")), (Some(2), true), "{err}");
@@ -680,6 +684,12 @@ async fn the_python_device_sdk_connects_x509_devices_self_signed_and_ca_signed()
         assert_eq!(py.expect("done").await["device"], id);
         let (_, twin) = hub.rest(Method::GET, &format!("/twins/{id}"), None).await;
         assert_eq!(twin["properties"]["reported"]["auth"], "x509", "{twin}");
+        let expected = if id == "py-ss" {
+            "selfSigned"
+        } else {
+            "certificateAuthority"
+        };
+        assert_eq!(twin["authenticationType"], expected, "{twin}");
         let (_, events) = hub
             .rest(
                 Method::GET,

@@ -293,6 +293,15 @@ pub async fn run_with_tls(
     drop(client);
     let result = match ended {
         Ok(()) => Ok(host.totals),
+        Err(GiveUpReason::Refused(code)) if cfg.credential.client_cert().is_some() => {
+            Err(RunError::Refused(format!(
+                "the hub refused the connection: {code}: it did not accept the device certificate \
+                 for {}; check that the device is registered for X.509 (its thumbprint, or a CA \
+                 the hub holds that issued the certificate), that the certificate's subject CN \
+                 is the device id and that it is valid now (a local hub logs the exact reason)",
+                client_id(&cfg)
+            )))
+        }
         Err(GiveUpReason::Refused(code)) => Err(RunError::Refused(
             // Boxed: its HTTP requests would otherwise size every running device's future.
             Box::pin(diagnose::explain(
@@ -309,6 +318,14 @@ pub async fn run_with_tls(
     };
     host.print_stopped(queued);
     result
+}
+
+/// `{device}` or `{device}/{module}`, for messages.
+fn client_id(cfg: &RunConfig) -> String {
+    match &cfg.module_id {
+        Some(m) => format!("{}/{m}", cfg.device_id),
+        None => cfg.device_id.clone(),
+    }
 }
 
 /// What the diagnosis needs to know about the refused CONNECT: the token it carried is signed

@@ -51,8 +51,8 @@ pub(super) fn twin_json(hub: &Hub, i: &Identity, c2d_count: u32) -> Value {
         "connectionState": if connected { "Connected" } else { "Disconnected" },
         "lastActivityTime": azure_time_us(last_activity),
         "cloudToDeviceMessageCount": c2d_count,
-        "authenticationType": "sas",
-        "x509Thumbprint": {"primaryThumbprint": null, "secondaryThumbprint": null},
+        "authenticationType": i.auth.type_name(),
+        "x509Thumbprint": i.auth.thumbprint_json(),
         "tags": i.tags,
         "properties": {"desired": desired, "reported": reported},
     });
