@@ -155,6 +155,36 @@ async fn a_device_token_signed_with_the_device_policy_connects_over_mqtt() {
         t
     };
     let device_key = hub.device_key("pd").await;
+    // The device-side HTTPS C2D call takes the same token (sr with the HTTPS port here).
+    let mut t = String::new();
+    azsim_proto::sas::sign(
+        &mut t,
+        &format!("{}:{}/devices/pd", hub.hostname, hub.https_port),
+        &policy_key(&hub, "device"),
+        now() + 600,
+        Some("device"),
+    )
+    .unwrap();
+    let r = hub
+        .http()
+        .get(format!(
+            "https://{}:{}/devices/pd/messages/deviceBound?api-version=2020-03-13",
+            hub.hostname, hub.https_port
+        ))
+        .header("Authorization", &t)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 204, "no C2D waiting");
+    // ...but a device policy token is no service token.
+    let r = hub
+        .http()
+        .get(hub.url("/twins/pd"))
+        .header("Authorization", &t)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 401);
     for (what, token, ok) in [
         (
             "device policy",
