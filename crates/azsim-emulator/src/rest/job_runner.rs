@@ -3,7 +3,7 @@
 //! [`PARALLEL_DEVICES`] at a time): a method job through the hub's method broker
 //! (`Hub::invoke_method`, as `POST /twins/{id}/methods`), a twin job through the REST twin
 //! PATCH handler itself (`twins::patch_twin`, so the same rules, version bumps and desired
-//! pushes apply). Each device's result is written as it comes.
+//! pushes apply). Device results are written as they come, in group commits.
 //!
 //! Cancelling is a status in the store that the task reads before each device and while it
 //! waits for the start time; a device call already in progress completes. After a restart,
@@ -18,6 +18,7 @@ use axum::extract::{Path, State};
 use axum::http::HeaderMap;
 use futures::StreamExt as _;
 use serde_json::{Value, json};
+use tokio::sync::mpsc;
 
 use super::job_store as store;
 use super::jobs::{METHOD_JOB, TWIN_JOB};
@@ -112,14 +113,36 @@ async fn save(hub: &Shared, job: &Value) -> Result<(), HubError> {
         .await
 }
 
-async fn save_row(hub: &Shared, job_id: &str, row: Value) -> Result<(), HubError> {
+/// Writes device rows of a job in one transaction (one commit, one fsync, for all of them).
+async fn save_rows(hub: &Shared, job_id: &str, rows: Vec<Value>) -> Result<(), HubError> {
     let job_id = job_id.to_string();
     hub.store
         .call(move |c| {
-            let device = row["deviceId"].as_str().unwrap_or_default().to_string();
-            store::put_device_job(c, &job_id, &device, &row)
+            let tx = c
+                .transaction()
+                .map_err(|e| HubError::Store(e.to_string()))?;
+            for row in &rows {
+                let device = row["deviceId"].as_str().unwrap_or_default();
+                store::put_device_job(&tx, &job_id, device, row)?;
+            }
+            tx.commit().map_err(|e| HubError::Store(e.to_string()))
         })
         .await
+}
+
+/// Writes the device rows sent on `rx` until every sender is gone, each time as one
+/// transaction holding whatever has queued up meanwhile (group commit: reaching 10,000 devices
+/// does not cost 20,000 commits).
+async fn write_rows(hub: Shared, job_id: String, mut rx: mpsc::UnboundedReceiver<Value>) {
+    while let Some(first) = rx.recv().await {
+        let mut batch = vec![first];
+        while let Ok(row) = rx.try_recv() {
+            batch.push(row);
+        }
+        if let Err(e) = save_rows(&hub, &job_id, batch).await {
+            tracing::warn!(job = %job_id, error = %e, "job device rows not saved");
+        }
+    }
 }
 
 /// Unix ms of a job's `startTime` (as written by `create_job`).
@@ -190,17 +213,7 @@ async fn run(hub: &Shared, id: &str) -> Result<(), HubError> {
             })
         })
         .collect();
-    {
-        let (id, rows) = (id.to_string(), rows.clone());
-        hub.store
-            .call(move |c| {
-                for r in &rows {
-                    store::put_device_job(c, &id, r["deviceId"].as_str().unwrap_or_default(), r)?;
-                }
-                Ok(())
-            })
-            .await?;
-    }
+    save_rows(hub, id, rows.clone()).await?;
     let deadline = start_ms(&job).saturating_add(
         job["maxExecutionTimeInSeconds"]
             .as_u64()
@@ -208,16 +221,21 @@ async fn run(hub: &Shared, id: &str) -> Result<(), HubError> {
             .saturating_mul(1000),
     );
     let job = Arc::new(job);
+    let (tx, rx) = mpsc::unbounded_channel();
+    let writer = tokio::spawn(write_rows(hub.clone(), id.to_string(), rx));
     futures::stream::iter(rows)
         .for_each_concurrent(PARALLEL_DEVICES, |row| {
-            let (hub, job) = (hub.clone(), job.clone());
+            let (hub, job, tx) = (hub.clone(), job.clone(), tx.clone());
             async move {
-                if let Err(e) = reach_device(&hub, &job, row, deadline).await {
-                    tracing::warn!(job = %job["jobId"], error = %e, "job device row not saved");
+                if let Err(e) = reach_device(&hub, &job, row, deadline, &tx).await {
+                    tracing::warn!(job = %job["jobId"], error = %e, "job device not reached");
                 }
             }
         })
         .await;
+    // Every row is written before the job says it is done.
+    drop(tx);
+    let _ = writer.await;
     if *hub.shutdown.borrow() {
         return Ok(());
     }
@@ -238,6 +256,7 @@ async fn reach_device(
     job: &Value,
     mut row: Value,
     deadline_ms: u64,
+    rows: &mpsc::UnboundedSender<Value>,
 ) -> Result<(), HubError> {
     let id = job["jobId"].as_str().unwrap_or_default();
     let device = row["deviceId"].as_str().unwrap_or_default().to_string();
@@ -262,12 +281,13 @@ async fn reach_device(
         if let Some(e) = error {
             row["error"] = e;
         }
-        return save_row(hub, id, row).await;
+        let _ = rows.send(row);
+        return Ok(());
     }
     row["status"] = json!("running");
     row["startTimeUtc"] = json!(now);
     row["lastUpdatedDateTimeUtc"] = json!(now);
-    save_row(hub, id, row.clone()).await?;
+    let _ = rows.send(row.clone());
     let result = match job["type"].as_str() {
         Some(METHOD_JOB) => invoke(hub, &device, &job["cloudToDeviceMethod"]).await,
         Some(TWIN_JOB) => update_twin(hub, &device, &job["updateTwin"]).await,
@@ -286,7 +306,8 @@ async fn reach_device(
             row["error"] = error;
         }
     }
-    save_row(hub, id, row).await
+    let _ = rows.send(row);
+    Ok(())
 }
 
 /// A device's method call; `Ok` carries the outcome, `Err` the row's `error`.
