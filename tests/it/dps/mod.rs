@@ -8,6 +8,7 @@ mod device_mqtt;
 mod python_sdk;
 mod run;
 mod service_api;
+mod x509;
 
 use azsim_emulator::clock::unix_now;
 use serde_json::Value;

@@ -178,8 +178,9 @@ fn check_record_id(what: &str, id: &str) -> Result<(), DpsError> {
     }
 }
 
-/// The attestation with symmetric keys filled in (generated when not given).
-fn normalize_attestation(att: Option<&Value>) -> Result<Value, DpsError> {
+/// The attestation with symmetric keys filled in (generated when not given), or an `x509`
+/// one with its certificates' `info`.
+fn normalize_attestation(att: Option<&Value>, group: bool) -> Result<Value, DpsError> {
     let att = match att {
         None | Some(Value::Null) => json!({"type": "symmetricKey"}),
         Some(a) if a.is_object() => a.clone(),
@@ -187,12 +188,17 @@ fn normalize_attestation(att: Option<&Value>) -> Result<Value, DpsError> {
     };
     match att.get("type").and_then(Value::as_str) {
         Some("symmetricKey") => {}
-        Some(t @ ("x509" | "tpm")) => {
-            return Err(DpsError::bad(format!(
-                "attestation type '{t}' is not supported by the local hub (symmetricKey only)"
-            )));
+        Some("x509") => return super::x509::normalize(&att, group),
+        Some("tpm") => {
+            return Err(DpsError::bad(
+                "attestation type 'tpm' is not supported by the local hub (symmetricKey, x509)",
+            ));
         }
-        _ => return Err(DpsError::bad("attestation.type must be 'symmetricKey'")),
+        _ => {
+            return Err(DpsError::bad(
+                "attestation.type must be 'symmetricKey' or 'x509'",
+            ));
+        }
     }
     let mut keys = serde_json::Map::new();
     for which in ["primaryKey", "secondaryKey"] {
@@ -241,7 +247,7 @@ fn normalize(
     body.insert(id_field.into(), json!(id));
     body.insert(
         "attestation".into(),
-        normalize_attestation(body.get("attestation"))?,
+        normalize_attestation(body.get("attestation"), kind == Kind::Group)?,
     );
     match body.get("provisioningStatus") {
         None | Some(Value::Null) => {
@@ -518,9 +524,15 @@ async fn device_register(
     h: HeaderMap,
     body: Bytes,
 ) -> Response {
-    let r = register::register(&hub, &scope, &id, authorization(&h), &body)
-        .await
-        .map(|v| json_response(StatusCode::ACCEPTED, &v));
+    let r = register::register(
+        &hub,
+        &scope,
+        &id,
+        register::Cred::Sas(authorization(&h)),
+        &body,
+    )
+    .await
+    .map(|v| json_response(StatusCode::ACCEPTED, &v));
     log_device(&id, &r);
     respond(&hub, r)
 }
@@ -531,9 +543,15 @@ async fn device_operation(
     Path((scope, id, op)): Path<(String, String, String)>,
     h: HeaderMap,
 ) -> Response {
-    let r = register::operation_status(&hub, &scope, &id, authorization(&h), &op)
-        .await
-        .map(|v| json_response(StatusCode::OK, &v));
+    let r = register::operation_status(
+        &hub,
+        &scope,
+        &id,
+        register::Cred::Sas(authorization(&h)),
+        &op,
+    )
+    .await
+    .map(|v| json_response(StatusCode::OK, &v));
     log_device(&id, &r);
     respond(&hub, r)
 }
@@ -574,7 +592,7 @@ mod tests {
 
     #[test]
     fn a_missing_symmetric_key_is_generated_and_a_bad_one_refused() {
-        let a = normalize_attestation(None).unwrap();
+        let a = normalize_attestation(None, false).unwrap();
         assert!(
             a.pointer("/symmetricKey/primaryKey")
                 .unwrap()
@@ -583,13 +601,14 @@ mod tests {
                 .len()
                 >= 44
         );
-        let e = normalize_attestation(Some(
-            &json!({"type": "symmetricKey", "symmetricKey": {"primaryKey": "not base64!"}}),
-        ))
+        let e = normalize_attestation(
+            Some(&json!({"type": "symmetricKey", "symmetricKey": {"primaryKey": "not base64!"}})),
+            false,
+        )
         .unwrap_err();
         assert_eq!(e.status, 400);
         assert!(e.message.contains("primaryKey"), "{}", e.message);
-        let e = normalize_attestation(Some(&json!({"type": "tpm"}))).unwrap_err();
+        let e = normalize_attestation(Some(&json!({"type": "tpm"})), false).unwrap_err();
         assert_eq!(e.status, 400);
     }
 }

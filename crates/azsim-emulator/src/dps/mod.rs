@@ -24,6 +24,7 @@ pub(crate) mod http;
 pub(crate) mod mqtt;
 mod register;
 mod store;
+mod x509;
 
 /// The shared access policy the DPS service API accepts.
 pub const SERVICE_POLICY: &str = "provisioningserviceowner";

@@ -5,8 +5,10 @@
 //! JSON body (topics built and parsed by `azsim_proto::topic`).
 //!
 //! The CONNECT is accepted when its client id is the registration id and its password is a SAS
-//! token; the token is checked against the enrollments on every request, so a wrong key or a
-//! disabled enrollment gets DPS's 401 on the register topic, as from Azure. A packet the session
+//! token, or it has no password and the TLS handshake brought a client certificate (X.509
+//! attestation); the credential is checked against the enrollments on every request, so a
+//! wrong key, a certificate no enrollment trusts or a disabled enrollment gets DPS's 401 on the
+//! register topic, as from Azure. A packet the session
 //! does not accept (another topic, a malformed packet) closes only this connection.
 //!
 //! A DPS session runs inside the hub's connect deadline (`HubLimits::connect_deadline`, 10 s by
@@ -26,7 +28,9 @@ use rumqttc::mqttbytes::{Error as MqttError, QoS};
 use serde_json::Value;
 use tokio::io::{AsyncRead, AsyncReadExt as _, AsyncWrite, AsyncWriteExt as _};
 
-use super::register::{self, RETRY_AFTER_S};
+use rustls_pki_types::CertificateDer;
+
+use super::register::{self, Cred, RETRY_AFTER_S};
 use crate::hub::Hub;
 use crate::untrusted::Untrusted;
 
@@ -61,6 +65,7 @@ pub(crate) async fn serve<S: AsyncRead + AsyncWrite + Unpin + Send>(
     mut buf: BytesMut,
     connect: Connect,
     peer: SocketAddr,
+    certs: Option<Vec<CertificateDer<'static>>>,
 ) {
     let Some(login) = connect.login.as_ref() else {
         return;
@@ -69,10 +74,12 @@ pub(crate) async fn serve<S: AsyncRead + AsyncWrite + Unpin + Send>(
         return;
     };
     let (scope, reg_id) = (scope.to_string(), reg_id.to_string());
+    let certs = certs.filter(|c| !c.is_empty());
+    let x509 = login.password.is_empty() && certs.is_some();
     let refusal = if connect.client_id != reg_id {
         Some("client id is not the registration id")
-    } else if azsim_proto::sas::Token::parse(&login.password).is_err() {
-        Some("password is not a SAS token (X.509 attestation is not supported by the local hub)")
+    } else if !x509 && azsim_proto::sas::Token::parse(&login.password).is_err() {
+        Some("password is not a SAS token, and no client certificate for X.509 attestation")
     } else {
         None
     };
@@ -85,6 +92,7 @@ pub(crate) async fn serve<S: AsyncRead + AsyncWrite + Unpin + Send>(
         return;
     }
     let token = login.password.clone();
+    let chain = certs.unwrap_or_default();
     let _ = Packet::ConnAck(ConnAck::new(ConnectReturnCode::Success, false))
         .write(&mut out, usize::MAX);
     tracing::info!(%peer, registration_id = %reg_id, "dps: device connected");
@@ -95,7 +103,11 @@ pub(crate) async fn serve<S: AsyncRead + AsyncWrite + Unpin + Send>(
         hub,
         scope: &scope,
         reg_id: &reg_id,
-        token: &token,
+        cred: if x509 {
+            Cred::X509(&chain)
+        } else {
+            Cred::Sas(Some(&token))
+        },
     };
     let reason = loop {
         if let Err(e) = session.process(&mut buf, &mut out).await {
@@ -133,7 +145,7 @@ struct Session<'a> {
     hub: &'a Hub,
     scope: &'a str,
     reg_id: &'a str,
-    token: &'a str,
+    cred: Cred<'a>,
 }
 
 impl Session<'_> {
@@ -199,14 +211,9 @@ impl Session<'_> {
         })?;
         let (rid, result, retry_after) = match req {
             DpsRequest::Register { rid } => {
-                let r = register::register(
-                    self.hub,
-                    self.scope,
-                    self.reg_id,
-                    Some(self.token),
-                    &p.payload,
-                )
-                .await;
+                let r =
+                    register::register(self.hub, self.scope, self.reg_id, self.cred, &p.payload)
+                        .await;
                 (rid, r.map(|v| (202, v)), Some(RETRY_AFTER_S))
             }
             DpsRequest::Query { rid, operation_id } => {
@@ -214,14 +221,9 @@ impl Session<'_> {
                 operation_id
                     .decode_to(&mut op)
                     .map_err(|_| "operationId: bad percent encoding".to_string())?;
-                let r = register::operation_status(
-                    self.hub,
-                    self.scope,
-                    self.reg_id,
-                    Some(self.token),
-                    &op,
-                )
-                .await;
+                let r =
+                    register::operation_status(self.hub, self.scope, self.reg_id, self.cred, &op)
+                        .await;
                 let retry = r.as_ref().ok().and_then(|v| {
                     (v.get("status").and_then(Value::as_str) == Some("assigning"))
                         .then_some(RETRY_AFTER_S)

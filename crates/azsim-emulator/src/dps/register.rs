@@ -36,11 +36,22 @@ pub(crate) fn valid_registration_id(id: &str) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || b"-._:".contains(&b))
 }
 
+/// What a device proves itself with: a SAS token (the `Authorization` header or the CONNECT
+/// password, when given), or the certificate chain of its TLS handshake (leaf first).
+#[derive(Clone, Copy, Debug)]
+pub(crate) enum Cred<'a> {
+    Sas(Option<&'a str>),
+    X509(&'a [rustls_pki_types::CertificateDer<'static>]),
+}
+
 /// What attestation found: the keys the device gets and where they come from.
 struct Attested {
     device_id: String,
     primary: String,
     secondary: String,
+    /// How the device authenticates to the hub: SAS, or (X.509 attestation) its certificate's
+    /// thumbprint.
+    auth: crate::x509::Auth,
     initial_twin: Option<Value>,
     /// `reprovisionPolicy.updateHubAssignment`, `.migrateDeviceData` (both default true).
     update_hub: bool,
@@ -91,7 +102,7 @@ async fn attest(
     hub: &Hub,
     scope: &str,
     registration_id: &str,
-    token: Option<&str>,
+    cred: Cred<'_>,
 ) -> Result<Attested, DpsError> {
     if scope != hub.dps.id_scope {
         return Err(DpsError::unauthorized(format!(
@@ -102,6 +113,10 @@ async fn attest(
     if !valid_registration_id(registration_id) {
         return Err(DpsError::bad("invalid registration id"));
     }
+    let token = match cred {
+        Cred::X509(chain) => return attest_x509(hub, registration_id, chain).await,
+        Cred::Sas(token) => token,
+    };
     let token = token.ok_or_else(|| DpsError::unauthorized("Unauthorized: no SAS token"))?;
     let token = Token::parse(token)
         .map_err(|e| DpsError::unauthorized(format!("Unauthorized: malformed token: {e}")))?;
@@ -140,6 +155,7 @@ async fn attest(
                 .to_string(),
             primary: p.to_string(),
             secondary: s.to_string(),
+            auth: crate::x509::Auth::Sas,
             initial_twin: e.get("initialTwin").cloned(),
             update_hub,
             migrate,
@@ -165,6 +181,7 @@ async fn attest(
                     device_id: registration_id.to_string(),
                     primary: dp,
                     secondary: ds,
+                    auth: crate::x509::Auth::Sas,
                     initial_twin: g.get("initialTwin").cloned(),
                     update_hub,
                     migrate,
@@ -186,6 +203,95 @@ async fn attest(
              and no enrollment group's derived key signs its token)"
         ),
     ))
+}
+
+/// X.509 attestation: the individual enrollment's certificate is the leaf, or a group's CA
+/// signs the chain; the leaf's CN is the registration id. The device gets the leaf's thumbprint
+/// (`selfSigned`: it connects to the hub with the same certificate; a group's CA need not be
+/// one the hub holds).
+async fn attest_x509(
+    hub: &Hub,
+    registration_id: &str,
+    chain: &[rustls_pki_types::CertificateDer<'static>],
+) -> Result<Attested, DpsError> {
+    super::ensure_schema(hub).await?;
+    let (id, owned) = (registration_id.to_string(), chain.to_vec());
+    let now = hub.clock().unix_secs();
+    let found = hub
+        .store
+        .call(move |c| {
+            if let Some(e) = store::get(c, Kind::Enrollment, &id)? {
+                let r = if e.pointer("/attestation/type").and_then(Value::as_str) == Some("x509") {
+                    super::x509::attest_individual(&e, &owned, &id, now).map_err(|e| e.to_string())
+                } else {
+                    Err("the enrollment uses symmetric keys, not X.509".to_string())
+                };
+                return Ok(Some((e, r)));
+            }
+            let mut last = None;
+            for g in store::list(c, Kind::Group)? {
+                if g.pointer("/attestation/type").and_then(Value::as_str) != Some("x509") {
+                    continue;
+                }
+                let mut held = Vec::new();
+                for name in super::x509::ca_references(&g) {
+                    if let Some(ca) = crate::x509::ca_store::get(c, &name)?
+                        && let Some(der) = ca.der()
+                    {
+                        held.push(der);
+                    }
+                }
+                match super::x509::attest_group(&g, &owned, &id, &held, now) {
+                    Ok(()) => return Ok(Some((g, Ok(())))),
+                    // A CN or validity problem is the device's whatever the group.
+                    Err(
+                        e @ (crate::x509::X509Error::WrongCn { .. }
+                        | crate::x509::X509Error::Expired(_)
+                        | crate::x509::X509Error::NotYetValid(_)),
+                    ) => {
+                        return Ok(Some((g, Err(e.to_string()))));
+                    }
+                    Err(e) => last = Some(e.to_string()),
+                }
+            }
+            Ok(last.map(|why| (Value::Null, Err(why))))
+        })
+        .await?;
+    let Some((e, verdict)) = found else {
+        return Err(DpsError::new(
+            404,
+            404201,
+            format!(
+                "no enrollment for registration id '{registration_id}' (no individual enrollment, \
+                 and no X.509 enrollment group)"
+            ),
+        ));
+    };
+    verdict.map_err(|why| DpsError::unauthorized(format!("Unauthorized: {why}")))?;
+    if !enabled(&e) {
+        return Err(DpsError::unauthorized(
+            "Unauthorized: the enrollment is disabled",
+        ));
+    }
+    let leaf = chain.first().map(|c| c.as_ref()).unwrap_or_default();
+    let (update_hub, migrate) = policy_flags(&e);
+    Ok(Attested {
+        device_id: e
+            .get("deviceId")
+            .and_then(Value::as_str)
+            .filter(|d| !d.is_empty())
+            .unwrap_or(registration_id)
+            .to_string(),
+        primary: crate::state_dir::generate_key(),
+        secondary: crate::state_dir::generate_key(),
+        auth: crate::x509::Auth::SelfSigned {
+            primary_thumbprint: Some(crate::x509::sha1_thumbprint(leaf)),
+            secondary_thumbprint: None,
+        },
+        initial_twin: e.get("initialTwin").cloned(),
+        update_hub,
+        migrate,
+    })
 }
 
 /// The initial twin's tags and desired properties (each an object, or empty).
@@ -238,6 +344,7 @@ fn assign(c: &mut rusqlite::Connection, a: Attested, r: Request) -> Result<Value
             module_id: None,
             primary_key: Secret::new(a.primary),
             secondary_key: Secret::new(a.secondary),
+            auth: a.auth,
             enabled: true,
             generation_id: format!("63{}", now_ms.unsigned_abs() % 100_000_000_000_000_000),
             etag_n: 1,
@@ -252,8 +359,11 @@ fn assign(c: &mut rusqlite::Connection, a: Attested, r: Request) -> Result<Value
             ..Identity::default()
         },
         Some(mut i) => {
-            i.primary_key = Secret::new(a.primary);
-            i.secondary_key = Secret::new(a.secondary);
+            if a.auth.is_sas() {
+                i.primary_key = Secret::new(a.primary);
+                i.secondary_key = Secret::new(a.secondary);
+            }
+            i.auth = a.auth;
             if !i.enabled {
                 i.enabled = true;
                 i.status_updated = now.to_string();
@@ -303,7 +413,7 @@ pub(crate) async fn register(
     hub: &Hub,
     scope: &str,
     registration_id: &str,
-    token: Option<&str>,
+    cred: Cred<'_>,
     body: &[u8],
 ) -> Result<Value, DpsError> {
     let req: Value = if body.iter().all(u8::is_ascii_whitespace) {
@@ -323,7 +433,7 @@ pub(crate) async fn register(
         ));
     }
     let payload = req.get("payload").filter(|p| !p.is_null()).cloned();
-    let attested = attest(hub, scope, registration_id, token).await?;
+    let attested = attest(hub, scope, registration_id, cred).await?;
     let operation_id = format!("5.{:016x}.{}", rand::random::<u64>(), uuid::Uuid::new_v4());
     let request = Request {
         registration_id: registration_id.to_string(),
@@ -349,10 +459,10 @@ pub(crate) async fn operation_status(
     hub: &Hub,
     scope: &str,
     registration_id: &str,
-    token: Option<&str>,
+    cred: Cred<'_>,
     operation_id: &str,
 ) -> Result<Value, DpsError> {
-    attest(hub, scope, registration_id, token).await?;
+    attest(hub, scope, registration_id, cred).await?;
     let (id, op) = (registration_id.to_string(), operation_id.to_string());
     let state = hub
         .store

@@ -120,6 +120,7 @@ async fn open(
 /// Boxed: an async fn keeps its arguments for its whole life, so `connection` taking the ~1.5
 /// KiB `Opened` by value would hold it twice (the argument and the fields moved out of it) in
 /// every connection's task.
+#[cfg(any(test, feature = "fuzzing"))]
 pub(crate) async fn open_stream<S: Io>(
     hub: &Hub,
     stream: S,
@@ -139,7 +140,7 @@ pub(crate) async fn open_stream_with_certs<S: Io>(
     let mut buf = BytesMut::with_capacity(1024);
     let connect = read_connect(hub, &mut stream, &mut buf, peer).await?;
     if crate::dps::mqtt::is_dps_connect(&connect) {
-        crate::dps::mqtt::serve(hub, stream, buf, connect, peer).await;
+        crate::dps::mqtt::serve(hub, stream, buf, connect, peer, certs).await;
         return None;
     }
     match authenticate(hub, &connect, certs.as_deref()).await {
