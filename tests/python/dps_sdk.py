@@ -3,7 +3,7 @@
 Run by tests/it/dps/python_sdk.rs; talks through JSON lines on stdout (one object per line,
 key "event") and never prints a key or a token.
 
-    dps_sdk.py SERVICE_CS_FILE CA_FILE ID_SCOPE PROVISIONING_HOST [websockets]
+    dps_sdk.py SERVICE_CS_FILE CA_FILE ID_SCOPE PROVISIONING_HOST mqtt|websockets [CERT KEY]
 
 The service side is azure-iothub-provisioningserviceclient (the SDK the Azure SDK's own
 provisioning tests use): it creates, shows, updates, queries and deletes an individual
@@ -11,7 +11,10 @@ enrollment and an enrollment group. The device side is azure-iot-device: its
 ProvisioningDeviceClient registers with the individual enrollment's key and with a key derived
 from the group's, then its IoTHubDeviceClient connects to the assigned hub, sends telemetry
 and reads its twin. Then the refusals: a wrong key, a disabled enrollment, an unknown
-registration. The connection string is read from a file so it stays out of process listings.
+registration. With CERT and KEY (a self-signed device certificate whose CN is py-x509-dev) an
+X.509 individual enrollment too: the service SDK enrolls the certificate, the device registers
+with it and runs with it. The connection string is read from a file so it stays out of process
+listings.
 """
 
 import base64
@@ -22,7 +25,7 @@ import os
 import sys
 import traceback
 
-from azure.iot.device import IoTHubDeviceClient, Message, ProvisioningDeviceClient
+from azure.iot.device import X509, IoTHubDeviceClient, Message, ProvisioningDeviceClient
 from provisioningserviceclient import (
     EnrollmentGroup,
     IndividualEnrollment,
@@ -58,29 +61,35 @@ class Ctx:
         self.host = host
         self.websockets = websockets
 
-    def register(self, registration_id, key, payload=None):
-        client = ProvisioningDeviceClient.create_from_symmetric_key(
+    def register(self, registration_id, key, payload=None, x509=None):
+        common = dict(
             provisioning_host=self.host,
             registration_id=registration_id,
             id_scope=self.id_scope,
-            symmetric_key=key,
             server_verification_cert=self.ca,
             websockets=self.websockets,
         )
+        if x509 is not None:
+            client = ProvisioningDeviceClient.create_from_x509_certificate(x509=x509, **common)
+        else:
+            client = ProvisioningDeviceClient.create_from_symmetric_key(symmetric_key=key, **common)
         if payload is not None:
             client.provisioning_payload = payload
         return client.register()
 
-    def run_device(self, result, key):
+    def run_device(self, result, key, x509=None):
         state = result.registration_state
-        client = IoTHubDeviceClient.create_from_symmetric_key(
-            symmetric_key=key,
+        common = dict(
             hostname=state.assigned_hub,
             device_id=state.device_id,
             server_verification_cert=self.ca,
             websockets=self.websockets,
             connection_retry=False,
         )
+        if x509 is not None:
+            client = IoTHubDeviceClient.create_from_x509_certificate(x509=x509, **common)
+        else:
+            client = IoTHubDeviceClient.create_from_symmetric_key(symmetric_key=key, **common)
         client.connect()
         client.send_message(Message(json.dumps({"provisioned": True})))
         twin = client.get_twin()
@@ -199,13 +208,30 @@ def group(ctx):
         emit("group_deleted", error=str(e)[:200])
 
 
+def x509_individual(ctx, cert_file, key_file):
+    svc = ctx.service
+    with open(cert_file, encoding="utf-8") as f:
+        pem = f.read()
+    att = AttestationMechanism.create_with_x509_client_certs(pem)
+    created = svc.create_or_update(IndividualEnrollment.create("py-x509-dev", att))
+    info = created.attestation.x509.client_certificates.primary.info
+    emit("x509_enrollment_created", attestation=created.attestation.type,
+         has_thumbprint=bool(info and info.sha1_thumbprint))
+    x509 = X509(cert_file=cert_file, key_file=key_file)
+    result = ctx.register("py-x509-dev", None, x509=x509)
+    twin = ctx.run_device(result, None, x509=x509)
+    registered("registered_x509", result, twin)
+    svc.delete_individual_enrollment_by_param("py-x509-dev")
+
+
 def main():
-    cs_file, ca_file, id_scope, host = sys.argv[1:5]
-    websockets = len(sys.argv) > 5 and sys.argv[5] == "websockets"
-    ctx = Ctx(cs_file, ca_file, id_scope, host, websockets)
+    cs_file, ca_file, id_scope, host, transport = sys.argv[1:6]
+    ctx = Ctx(cs_file, ca_file, id_scope, host, transport == "websockets")
     try:
         individual(ctx)
         group(ctx)
+        if len(sys.argv) > 7:
+            x509_individual(ctx, sys.argv[6], sys.argv[7])
     except Exception as e:
         traceback.print_exc()
         emit("error", error="%s: %s" % (type(e).__name__, str(e)[:500]))

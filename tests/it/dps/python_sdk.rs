@@ -1,7 +1,8 @@
 //! The official Python SDKs against the hub's DPS (`tests/python/dps_sdk.py`): the DPS service
 //! SDK (azure-iothub-provisioningserviceclient) manages the enrollments, azure-iot-device's
 //! ProvisioningDeviceClient registers with an individual and a group enrollment, over MQTT and
-//! over MQTT on WebSockets, and its IoTHubDeviceClient sends telemetry to the assigned hub.
+//! over MQTT on WebSockets, and its IoTHubDeviceClient sends telemetry to the assigned hub; an
+//! X.509 individual enrollment (a self-signed certificate) the same way.
 //!
 //! The device SDK dials port 8883 (443 for WebSockets), so the hub listens there, holding
 //! `support::PORT_8883`. Python comes from env `AZSIM_PYTHON`, default `.venv/bin/python`.
@@ -50,6 +51,7 @@ async fn run_script(
     work: &Path,
     info: &azsim_emulator::HubInfo,
     websockets: bool,
+    x509: &azsim::cmd::cert::Made,
 ) -> Vec<Value> {
     let cs_file = work.join("dps.cs");
     std::fs::write(&cs_file, &info.provisioning_service_connection_string).unwrap();
@@ -63,9 +65,9 @@ async fn run_script(
         .arg(&info.ca_file)
         .arg(&info.id_scope)
         .arg(&info.hostname);
-    if websockets {
-        cmd.arg("websockets");
-    }
+    cmd.arg(if websockets { "websockets" } else { "mqtt" })
+        .arg(&x509.cert_file)
+        .arg(&x509.key_file);
     cmd.current_dir(work)
         .env("REQUESTS_CA_BUNDLE", &info.ca_file)
         .env("PYTHONUNBUFFERED", "1")
@@ -167,6 +169,17 @@ fn check(seen: &[Value], hub: &azsim_emulator::HubInfo) {
         "{g}"
     );
     assert_eq!(event(seen, "group_query")["ids"], json!(["py-group"]));
+    let x = event(seen, "x509_enrollment_created");
+    assert_eq!(
+        (&x["attestation"], &x["has_thumbprint"]),
+        (&json!("x509"), &json!(true))
+    );
+    let r = event(seen, "registered_x509");
+    assert_eq!(
+        (&r["status"], &r["device_id"]),
+        (&json!("assigned"), &json!("py-x509-dev")),
+        "{r}"
+    );
     assert!(
         event(seen, "group_deleted")["error"]
             .as_str()
@@ -189,15 +202,18 @@ async fn the_official_python_dps_sdks_provision_devices_that_then_send_telemetry
     let hub = TestHub::attach(&info);
     let work = tmp.path().join("work");
     std::fs::create_dir_all(&work).unwrap();
+    // An X.509 device: a self-signed certificate whose CN is its registration id.
+    let x509 =
+        azsim::cmd::cert::make_device("py-x509-dev", "py-x509-dev", None, &work, 30).unwrap();
 
-    let seen = run_script(&python, &work, &info, false).await;
+    let seen = run_script(&python, &work, &info, false, &x509).await;
     check(&seen, &info);
     // Telemetry from both provisioned devices reached the hub.
     let (s, ev) = hub
         .rest(Method::GET, "/emulator/events/recent?limit=1000", None)
         .await;
     assert_eq!(s, 200, "{ev}");
-    for device in ["py-dps-device", "py-grp-dev-1"] {
+    for device in ["py-dps-device", "py-grp-dev-1", "py-x509-dev"] {
         assert!(
             ev.as_array()
                 .unwrap()
@@ -208,7 +224,7 @@ async fn the_official_python_dps_sdks_provision_devices_that_then_send_telemetry
     }
 
     if std::env::var_os("AZSIM_DPS_WEBSOCKETS_SKIP").is_none() {
-        let seen = run_script(&python, &work, &info, true).await;
+        let seen = run_script(&python, &work, &info, true, &x509).await;
         check(&seen, &info);
     }
     handle.stop().await.expect("hub stops cleanly");
