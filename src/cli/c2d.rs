@@ -7,8 +7,9 @@ use super::service::{HubTargetArgs, device_id};
 use crate::error::UsageError;
 use crate::service::Target;
 
-/// Cloud-to-device messages: send (local azsim hub only: Azure needs AMQP for this) and
-/// receive their delivery feedback (any hub: a REST call).
+/// Cloud-to-device messages over AMQP, as the service SDKs send them: send, and receive their
+/// delivery feedback (the local azsim hub or an Azure IoT Hub, AMQPS on 5671 or the local hub's
+/// amqp_port).
 #[derive(Debug, Args)]
 pub struct C2dArgs {
     /// What to do.
@@ -24,8 +25,9 @@ pub enum C2dCommand {
     /// Receive and complete pending delivery feedback (from messages sent with --ack), one line
     /// per record: time, device, original message id, status.
     ///
-    /// Without --timeout, prints what is pending now (exit 0, even when nothing is). With
-    /// --timeout, waits up to that long for feedback to arrive (exit 1 when none does).
+    /// Without --timeout, prints what is pending now (what the hub sends within a second; exit
+    /// 0, even when nothing is). With --timeout, waits up to that long for feedback to arrive
+    /// (exit 1 when none does).
     Feedback(C2dFeedbackArgs),
 }
 
@@ -183,6 +185,12 @@ impl C2dSendArgs {
         if a.ttl == Some(0) {
             return Err(UsageError::new("--ttl", "must be at least 1 second"));
         }
+        if a.ttl.is_some_and(|t| t > 172_800) {
+            return Err(UsageError::new(
+                "--ttl",
+                "must be at most 172800 seconds (2 days)",
+            ));
+        }
         for (field, v) in [
             ("--content-type", &a.content_type),
             ("--content-encoding", &a.content_encoding),
@@ -194,16 +202,6 @@ impl C2dSendArgs {
             }
         }
         let target = a.target.resolve()?;
-        if target.is_azure() {
-            return Err(UsageError::new(
-                "--hub-connection-string",
-                format!(
-                    "c2d send works only against the local azsim hub; {} is an Azure IoT Hub, \
-                     where sending C2D needs AMQP, which azsim does not speak yet",
-                    target.host()
-                ),
-            ));
-        }
         Ok(C2dSendConfig {
             target,
             device,

@@ -3,12 +3,12 @@
 //! to talk to.
 //!
 //! What it does: device and module registry, twins, direct methods over HTTPS against `azsim hub` or a real
-//! Azure IoT Hub, C2D feedback (receive/complete/abandon) against either; C2D send and the live
-//! event stream against `azsim hub` only (Azure does those
-//! over AMQP and Event Hubs, which azsim does not speak). Tokens are signed by `azsim-proto`
+//! Azure IoT Hub, C2D feedback (receive/complete/abandon) against either; C2D send and feedback
+//! over AMQP against either ([`amqp`]); the live event stream against `azsim hub` only. Tokens are signed by `azsim-proto`
 //! (`sas`) from a policy connection string parsed by `azsim-proto` (`connection_string`); TLS is
 //! `crate::tls::client_config` (ring). What it does not do: print anything; the `cmd` modules do.
 
+pub mod amqp;
 pub mod auth;
 pub mod azure_error;
 pub mod client;

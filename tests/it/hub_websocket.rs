@@ -336,7 +336,7 @@ async fn garbage_a_text_frame_or_silence_after_the_upgrade_closes_only_that_conn
 
 // ---- the official Python device SDK over WebSockets (port 443) ----
 
-fn python() -> Option<PathBuf> {
+pub(crate) fn python() -> Option<PathBuf> {
     let p = match std::env::var_os("AZSIM_PYTHON") {
         Some(p) if !p.is_empty() => PathBuf::from(p),
         _ => Path::new(env!("CARGO_MANIFEST_DIR")).join(".venv/bin/python"),
@@ -367,7 +367,7 @@ async fn start_hub_on_443(dir: &Path) -> azsim_emulator::HubHandle {
 }
 
 /// The script's JSON lines, until the event named `event`.
-async fn expect(
+pub(crate) async fn expect(
     lines: &mut tokio::io::Lines<BufReader<tokio::process::ChildStdout>>,
     seen: &mut Vec<Value>,
     stderr: &Path,
@@ -378,7 +378,8 @@ async fn expect(
         let tail: Vec<&str> = err.lines().rev().take(30).collect();
         let tail: Vec<&str> = tail.into_iter().rev().collect();
         panic!(
-            "device_websockets.py: {why}\nevents: {seen:?}\nstderr:\n{}",
+            "{}: {why}\nevents: {seen:?}\nstderr:\n{}",
+            stderr.display(),
             tail.join("\n")
         )
     };
