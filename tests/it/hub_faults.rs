@@ -16,8 +16,14 @@ use crate::support::TestHub;
 
 /// The property bag the C# SDK's `FaultInjection.ComposeErrorInjectionProperties` sends.
 fn fault_topic(device: &str, kind: &str, delay: u64, duration: u64) -> String {
+    // FaultInjection.cs: "boom" for an ungraceful disconnect, "byebye" for a graceful one.
+    let reason = if kind == "ShutDownMqtt" {
+        "byebye"
+    } else {
+        "boom"
+    };
     format!(
-        "devices/{device}/messages/events/AzIoTHub_FaultOperationType={kind}&AzIoTHub_FaultOperationCloseReason=boom&AzIoTHub_FaultOperationDelayInSecs={delay}&AzIoTHub_FaultOperationDurationInSecs={duration}"
+        "devices/{device}/messages/events/AzIoTHub_FaultOperationType={kind}&AzIoTHub_FaultOperationCloseReason={reason}&AzIoTHub_FaultOperationDelayInSecs={delay}&AzIoTHub_FaultOperationDurationInSecs={duration}"
     )
 }
 

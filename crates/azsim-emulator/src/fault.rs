@@ -198,6 +198,7 @@ pub(crate) struct InBand {
 /// The fault a telemetry message's (validated, raw) property bag asks for, if any.
 pub(crate) fn requested(bag: &str) -> Option<InBand> {
     let mut operation = None;
+    let mut reason = String::new();
     let (mut delay, mut duration) = (0u64, 5u64);
     for p in PropertyBag::new(bag).iter() {
         let mut name = String::new();
@@ -212,6 +213,7 @@ pub(crate) fn requested(bag: &str) -> Option<InBand> {
         }
         match name.as_str() {
             "AzIoTHub_FaultOperationType" => operation = Some(value),
+            "AzIoTHub_FaultOperationCloseReason" => reason = value,
             "AzIoTHub_FaultOperationDelayInSecs" => delay = value.trim().parse().unwrap_or(0),
             "AzIoTHub_FaultOperationDurationInSecs" => {
                 duration = value.trim().parse().unwrap_or(duration);
@@ -220,8 +222,15 @@ pub(crate) fn requested(bag: &str) -> Option<InBand> {
         }
     }
     let operation = operation?;
+    // The close reason says how the connection ends (FaultInjection.cs: "boom" an ungraceful
+    // disconnect, "byebye" a graceful one); without either, the type decides.
+    let fault = match (Fault::from_operation_type(&operation), reason.as_str()) {
+        (Some(Fault::Drop | Fault::Shutdown), "byebye") => Some(Fault::Shutdown),
+        (Some(Fault::Drop | Fault::Shutdown), "boom") => Some(Fault::Drop),
+        (f, _) => f,
+    };
     Some(InBand {
-        fault: Fault::from_operation_type(&operation),
+        fault,
         operation,
         delay: Duration::from_secs(delay.min(86_400)),
         duration: Duration::from_secs(duration.min(86_400)),
@@ -405,6 +414,13 @@ mod tests {
         assert_eq!(r.fault, Some(Fault::Drop));
         assert_eq!(r.delay, Duration::from_secs(1));
         assert_eq!(r.duration, Duration::from_secs(5));
+        let bye = requested(
+            "AzIoTHub_FaultOperationType=ShutDownMqtt&AzIoTHub_FaultOperationCloseReason=byebye",
+        )
+        .unwrap();
+        assert_eq!(bye.fault, Some(Fault::Shutdown));
+        let typed = requested("AzIoTHub_FaultOperationType=ShutDownMqtt").unwrap();
+        assert_eq!(typed.fault, Some(Fault::Shutdown));
         let amqp = requested("AzIoTHub_FaultOperationType=KillAmqpSession").unwrap();
         assert_eq!(amqp.fault, None, "AMQP kinds do not apply to MQTT");
         assert!(requested("a=1&b=2").is_none());
