@@ -581,6 +581,31 @@ fn the_cli_makes_certificates_registers_x509_devices_and_runs_them() {
     let (code, out, err) = run(Some(&ss_cs), &format!("{dir}/ss-1"));
     assert_eq!(code, Some(0), "{out}\n{err}");
     assert!(out.contains("\"acked\":2"), "{out}");
+    // Over MQTT over WebSockets (the hub's HTTPS port): the same certificate, the same check.
+    let https_port = info.https_port.to_string();
+    let (code, out, err) = azsim(&[
+        "run",
+        "--json",
+        "--count",
+        "1",
+        "--interval",
+        "200ms",
+        "--state",
+        st,
+        "--ca",
+        &ca_file,
+        "--connection-string",
+        &ss_cs,
+        "--websockets",
+        "--port",
+        &https_port,
+        "--cert",
+        &format!("{dir}/ss-1.pem"),
+        "--cert-key",
+        &format!("{dir}/ss-1.key.pem"),
+    ]);
+    assert_eq!(code, Some(0), "{out}\n{err}");
+    assert!(out.contains("\"acked\":1"), "{out}");
     // The certificate alone: the local hub, as the id in its CN.
     let (code, out, err) = run(None, &format!("{dir}/ca-1"));
     assert_eq!(code, Some(0), "{out}\n{err}");
@@ -651,7 +676,14 @@ async fn the_python_device_sdk_connects_x509_devices_self_signed_and_ca_signed()
 
     let mut args: Vec<std::ffi::OsString> =
         vec![hub.hostname.clone().into(), hub.ca_file.clone().into()];
-    for (id, m) in [("py-ss", &ss), ("py-ca", &by_ca), ("!py-nobody", &stranger)] {
+    // py-ca once more over MQTT over WebSockets (port 443): the HTTPS listener's client
+    // certificate reaches the CONNECT.
+    for (id, m) in [
+        ("py-ss", &ss),
+        ("py-ca", &by_ca),
+        ("ws:py-ca", &by_ca),
+        ("!py-nobody", &stranger),
+    ] {
         args.extend([
             id.into(),
             m.cert_file.clone().into(),
@@ -659,7 +691,7 @@ async fn the_python_device_sdk_connects_x509_devices_self_signed_and_ca_signed()
         ]);
     }
     let mut py = JsonLines::spawn(&python, "device_x509.py", &args, dir);
-    for id in ["py-ss", "py-ca"] {
+    for id in ["py-ss", "py-ca", "py-ca"] {
         let ready = py.expect("ready").await;
         assert_eq!(ready["device"], id);
         let (s, v) = hub
@@ -709,6 +741,13 @@ async fn the_python_device_sdk_connects_x509_devices_self_signed_and_ca_signed()
         );
     }
     assert_eq!(py.expect("refused").await["device"], "py-nobody");
+    assert!(
+        py.seen
+            .iter()
+            .any(|e| e["event"] == "connected" && e["websockets"] == true),
+        "one run over WebSockets: {:?}",
+        py.seen
+    );
     py.expect("finished").await;
     py.finish().await;
     handle.stop().await.unwrap();
@@ -722,8 +761,9 @@ fn python() -> Option<std::path::PathBuf> {
     p.exists().then_some(p)
 }
 
-/// The hub with MQTT on 127.0.0.1:8883 (`f` adjusts its configuration); a busy port is retried
-/// for up to 60 s (another test binary or a developer's hub may hold it for a moment).
+/// The hub with MQTT on 127.0.0.1:8883 and HTTPS (WebSockets) on 443, the only ports the SDK
+/// dials (`f` adjusts its configuration); a busy port is retried for up to 60 s (another test
+/// binary or a developer's hub may hold it for a moment).
 pub(crate) async fn start_hub_on_8883(
     dir: &Path,
     f: impl Fn(&mut azsim_emulator::HubConfig),
@@ -733,7 +773,7 @@ pub(crate) async fn start_hub_on_8883(
         let mut cfg = azsim_emulator::HubConfig::new(dir);
         cfg.in_memory = true;
         f(&mut cfg);
-        match azsim_emulator::start(cfg, "127.0.0.1".parse().unwrap(), 8883, 0).await {
+        match azsim_emulator::start(cfg, "127.0.0.1".parse().unwrap(), 8883, 443).await {
             Ok(hub) => return hub,
             Err(azsim_emulator::HubError::Io(e))
                 if e.kind() == std::io::ErrorKind::AddrInUse
@@ -741,7 +781,7 @@ pub(crate) async fn start_hub_on_8883(
             {
                 tokio::time::sleep(Duration::from_millis(500)).await;
             }
-            Err(e) => panic!("the hub cannot start on 127.0.0.1:8883: {e}"),
+            Err(e) => panic!("the hub cannot start on 127.0.0.1:8883 and 443: {e}"),
         }
     }
 }

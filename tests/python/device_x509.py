@@ -7,7 +7,8 @@ stdout (one object per line, key "event") and never prints a key.
 For each device in turn: connect with its certificate, send telemetry, patch reported
 properties, then say "ready" and answer one direct method and wait for one desired patch; a
 line on stdin moves on to the next device. A DEVICE written "!id" must be refused: the script
-reports "refused" when connecting fails. The SDK only dials port 8883.
+reports "refused" when connecting fails; one written "ws:id" connects over MQTT over WebSockets
+(port 443) instead of MQTT (the SDK only dials port 8883).
 """
 
 import json
@@ -25,13 +26,14 @@ def emit(event, **fields):
     sys.stdout.flush()
 
 
-def run_device(host, ca, device_id, cert, key):
+def run_device(host, ca, device_id, cert, key, websockets):
     client = IoTHubDeviceClient.create_from_x509_certificate(
         x509=X509(cert_file=cert, key_file=key),
         hostname=host,
         device_id=device_id,
         server_verification_cert=ca,
         connection_retry=False,
+        websockets=websockets,
     )
     got = {"method": threading.Event(), "desired": threading.Event()}
 
@@ -49,7 +51,7 @@ def run_device(host, ca, device_id, cert, key):
     client.on_method_request_received = on_method
     client.on_twin_desired_properties_patch_received = on_patch
     client.connect()
-    emit("connected", device=device_id)
+    emit("connected", device=device_id, websockets=websockets)
     msg = Message(json.dumps({"device": device_id, "x509": True}))
     msg.content_type = "application/json"
     msg.content_encoding = "utf-8"
@@ -92,8 +94,11 @@ def main():
             except Exception as e:  # the SDK raises its own exception types
                 emit("refused", device=device_id, error=type(e).__name__)
             continue
+        websockets = device_id.startswith("ws:")
+        if websockets:
+            device_id = device_id[3:]
         try:
-            if not run_device(host, ca, device_id, cert, key):
+            if not run_device(host, ca, device_id, cert, key, websockets):
                 return 1
         except Exception as e:
             emit("error", device=device_id, reason=f"{type(e).__name__}: {e}")

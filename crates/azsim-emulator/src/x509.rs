@@ -315,6 +315,19 @@ pub fn authenticate(
     }
 }
 
+/// The certificate chain an HTTPS client sent in its TLS handshake (leaf first), put on each of
+/// its requests: a WebSocket upgrade's MQTT CONNECT and the DPS device HTTPS API check X.509
+/// devices with it.
+#[derive(Debug, Clone, Default)]
+pub struct PeerCerts(pub Option<Arc<[CertificateDer<'static>]>>);
+
+impl PeerCerts {
+    /// The chain the client sent, if any.
+    pub fn to_vec(&self) -> Option<Vec<CertificateDer<'static>>> {
+        self.0.as_deref().map(<[_]>::to_vec)
+    }
+}
+
 /// The TLS layer's client-certificate check: a certificate is asked for but optional (a SAS
 /// device sends none), any chain is accepted (the hub decides at CONNECT, as IoT Hub does), and
 /// the handshake signature is verified, so a client that sent a certificate holds its key.

@@ -1,7 +1,8 @@
 //! MQTT over WebSockets: `wss://{host}:{https port}/$iothub/websocket` with the subprotocol
 //! `mqtt`, served on the HTTPS listener as Azure serves REST and WebSockets on 443. After the
 //! upgrade the connection is an MQTT connection like any other: the same CONNECT check, the
-//! same connection loop, the same rules ([`super::open_stream`], [`super::connection`]).
+//! same connection loop, the same rules ([`super::open_stream_with_certs`], with the client
+//! certificate of the HTTPS connection for X.509 devices; [`super::connection`]).
 //!
 //! The upgrade needs no `Authorization` header (the REST auth layer lets this path through):
 //! a device proves who it is in its CONNECT, as over TCP. An upgrade without the `mqtt`
@@ -74,6 +75,10 @@ async fn upgrade(hub: Arc<Hub>, pre_auth: Arc<Semaphore>, mut req: Request) -> R
         tracing::warn!(%peer, "too many unauthenticated websocket connections: 503");
         return StatusCode::SERVICE_UNAVAILABLE.into_response();
     };
+    let certs = req
+        .extensions()
+        .get::<crate::x509::PeerCerts>()
+        .and_then(crate::x509::PeerCerts::to_vec);
     let on_upgrade = hyper::upgrade::on(&mut req);
     let config = WebSocketConfig::default()
         .read_buffer_size(4096)
@@ -97,7 +102,7 @@ async fn upgrade(hub: Arc<Hub>, pre_auth: Arc<Semaphore>, mut req: Request) -> R
                 Some(config),
             )
             .await;
-            super::open_stream(&hub, WsBytes::new(ws), peer).await
+            super::open_stream_with_certs(&hub, WsBytes::new(ws), peer, certs).await
         })
         .await;
         match opened {

@@ -87,10 +87,13 @@ pub(crate) async fn accept_loop(
                 }
             };
             let requests = Requests::new(permit);
+            // X.509 devices (WebSocket MQTT, DPS over HTTPS) are checked against this chain.
+            let certs = crate::x509::PeerCerts(tls.get_ref().1.peer_certificates().map(Arc::from));
             let svc = {
                 let requests = requests.clone();
                 tower::service_fn(move |mut req: Request<hyper::body::Incoming>| {
                     req.extensions_mut().insert(axum::extract::ConnectInfo(peer));
+                    req.extensions_mut().insert(certs.clone());
                     let in_flight = requests.begin();
                     let app = app.clone();
                     async move {
