@@ -92,6 +92,10 @@ pub struct EnrollmentCreateArgs {
     /// Secondary key (base64); generated when omitted.
     #[arg(long, value_name = "B64")]
     pub secondary_key: Option<Secret<String>>,
+    /// X.509 attestation: the device's certificate (PEM; its subject CN is the registration
+    /// id) instead of symmetric keys.
+    #[arg(long, value_name = "FILE", conflicts_with_all = ["primary_key", "secondary_key"])]
+    pub cert: Option<PathBuf>,
     /// The device id in the hub [default: the registration id].
     #[arg(long, value_name = "ID")]
     pub device_id: Option<String>,
@@ -119,6 +123,10 @@ pub struct GroupCreateArgs {
     /// The group's secondary key (base64); generated when omitted.
     #[arg(long, value_name = "B64")]
     pub secondary_key: Option<Secret<String>>,
+    /// X.509 attestation: the CA certificate (PEM) that signs the group's device certificates,
+    /// instead of a symmetric key.
+    #[arg(long, value_name = "FILE", conflicts_with_all = ["primary_key", "secondary_key"])]
+    pub ca_cert: Option<PathBuf>,
     /// The initial twin of every device: `{"tags": {..}, "properties": {"desired": {..}}}`.
     #[arg(long, value_name = "JSON")]
     pub initial_twin: Option<String>,
@@ -191,6 +199,8 @@ pub enum DpsAction {
         primary_key: Option<Secret<String>>,
         /// `--secondary-key`.
         secondary_key: Option<Secret<String>>,
+        /// `--cert` / `--ca-cert`: the certificate's PEM text (X.509 attestation).
+        certificate: Option<String>,
     },
     /// GET one.
     Show {
@@ -325,11 +335,29 @@ impl DpsTargetArgs {
     }
 }
 
+/// The PEM text of a certificate file (checked to hold a certificate).
+fn certificate_file(
+    field: &'static str,
+    path: Option<PathBuf>,
+) -> Result<Option<String>, UsageError> {
+    let Some(path) = path else { return Ok(None) };
+    let text = std::fs::read_to_string(&path)
+        .map_err(|e| UsageError::new(field, format!("cannot read {}: {e}", path.display())))?;
+    if !text.contains("-----BEGIN CERTIFICATE-----") {
+        return Err(UsageError::new(
+            field,
+            format!("{} holds no PEM certificate", path.display()),
+        ));
+    }
+    Ok(Some(text))
+}
+
 fn create_action(
     id: String,
     mut body: Value,
     primary_key: Option<Secret<String>>,
     secondary_key: Option<Secret<String>>,
+    certificate: Option<String>,
     initial_twin: Option<String>,
     disabled: bool,
 ) -> Result<DpsAction, UsageError> {
@@ -342,6 +370,7 @@ fn create_action(
         body,
         primary_key: base64_key("--primary-key", primary_key)?,
         secondary_key: base64_key("--secondary-key", secondary_key)?,
+        certificate,
     })
 }
 
@@ -365,6 +394,7 @@ impl DpsArgs {
                             body,
                             c.primary_key,
                             c.secondary_key,
+                            certificate_file("--cert", c.cert)?,
                             c.initial_twin,
                             c.disabled,
                         )?;
@@ -386,6 +416,7 @@ impl DpsArgs {
                             body,
                             c.primary_key,
                             c.secondary_key,
+                            certificate_file("--ca-cert", c.ca_cert)?,
                             c.initial_twin,
                             c.disabled,
                         )?;
@@ -431,7 +462,7 @@ pub const GLOBAL_DPS_HOST: &str = "global.azure-devices-provisioning.net";
 #[derive(Debug, Args, Clone, Default)]
 pub struct DpsRunArgs {
     /// Provision through the Device Provisioning Service first (needs --registration-id and
-    /// --key or --group-key), then run as the device it assigns.
+    /// --key, --group-key, or --cert/--cert-key for X.509), then run as the device it assigns.
     #[arg(long, conflicts_with = "connection_string")]
     pub dps: bool,
     /// The DPS id scope [default: the local hub's, when provisioning there].
@@ -468,8 +499,8 @@ pub struct DpsRun {
     pub id_scope: Option<String>,
     /// `--registration-id`.
     pub registration_id: String,
-    /// The device key (given, or derived from the group key).
-    pub key: Secret<String>,
+    /// The device key (given, or derived from the group key); `None`: X.509 (`--cert`).
+    pub key: Option<Secret<String>>,
     /// Whether the key was derived from a group key (for messages).
     pub from_group: bool,
     /// `--provisioning-host`: host and port when given.
@@ -479,11 +510,12 @@ pub struct DpsRun {
 }
 
 impl DpsRunArgs {
-    /// The validated `--dps` settings, `None` without `--dps`.
+    /// The validated `--dps` settings, `None` without `--dps`; `has_cert`: `--cert` and
+    /// `--cert-key` were given (X.509 attestation).
     ///
     /// # Errors
     /// A [`UsageError`] naming the field; never echoing a key.
-    pub fn into_settings(self) -> Result<Option<DpsRun>, UsageError> {
+    pub fn into_settings(self, has_cert: bool) -> Result<Option<DpsRun>, UsageError> {
         if !self.dps {
             return Ok(None);
         }
@@ -496,17 +528,19 @@ impl DpsRunArgs {
             base64_key("--key", self.key)?,
             base64_key("--group-key", self.group_key)?,
         ) {
-            (Some(k), None) => (k, false),
-            (None, Some(g)) => {
+            (Some(k), None) if !has_cert => (Some(k), false),
+            (None, Some(g)) if !has_cert => {
                 let mut derived = String::new();
                 azsim_proto::sas::derive_group_key(&mut derived, g.expose(), &registration_id)
                     .map_err(|e| UsageError::new("--group-key", e.to_string()))?;
-                (Secret::new(derived), true)
+                (Some(Secret::new(derived)), true)
             }
+            (None, None) if has_cert => (None, false),
             _ => {
                 return Err(UsageError::new(
                     "--key",
-                    "--dps needs --key (individual enrollment) or --group-key (enrollment group)",
+                    "--dps needs one of --key (individual enrollment), --group-key (enrollment \
+                     group) or --cert/--cert-key (X.509)",
                 ));
             }
         };

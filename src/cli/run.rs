@@ -300,7 +300,7 @@ impl RunArgs {
             max_queue: self.max_queue,
             state_dir: self.state,
             json: self.json,
-            dps: self.dps.into_settings()?,
+            dps: self.dps.into_settings(self.cert.is_some())?,
         })
     }
 }

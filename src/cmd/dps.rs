@@ -151,6 +151,7 @@ pub async fn run(cfg: DpsConfig) -> Result<ExitCode, CliError> {
             mut body,
             primary_key,
             secondary_key,
+            certificate,
         } => {
             let mut keys = serde_json::Map::new();
             if let Some(k) = &primary_key {
@@ -159,7 +160,13 @@ pub async fn run(cfg: DpsConfig) -> Result<ExitCode, CliError> {
             if let Some(k) = &secondary_key {
                 keys.insert("secondaryKey".into(), json!(k.expose()));
             }
-            body["attestation"] = json!({"type": "symmetricKey", "symmetricKey": keys});
+            body["attestation"] = match (certificate, kind) {
+                (Some(pem), RecordKind::Enrollment) => json!({"type": "x509",
+                    "x509": {"clientCertificates": {"primary": {"certificate": pem}}}}),
+                (Some(pem), RecordKind::Group) => json!({"type": "x509",
+                    "x509": {"signingCertificates": {"primary": {"certificate": pem}}}}),
+                (None, _) => json!({"type": "symmetricKey", "symmetricKey": keys}),
+            };
             let path = format!("{}/{id}", collection(kind));
             let created = client.call(Method::PUT, &path, Some(&body)).await?;
             if cfg.json {
@@ -211,8 +218,49 @@ pub async fn run(cfg: DpsConfig) -> Result<ExitCode, CliError> {
     Ok(ExitCode::SUCCESS)
 }
 
+/// The primary certificate's SHA-1 thumbprint of an `x509` attestation.
+fn thumbprint(v: &Value) -> Option<&str> {
+    ["clientCertificates", "signingCertificates"]
+        .iter()
+        .find_map(|set| {
+            v.pointer(&format!(
+                "/attestation/x509/{set}/primary/info/sha1Thumbprint"
+            ))?
+            .as_str()
+        })
+}
+
 fn print_created(kind: RecordKind, v: &Value, host: &str, id_scope: Option<&str>) {
     let id = id_of(kind, v);
+    if let Some(t) = thumbprint(v) {
+        let scope = id_scope.unwrap_or("ID_SCOPE");
+        println!(
+            "created {} {id} in {host} (X.509, certificate {t})",
+            what(kind)
+        );
+        if let Some(s) = id_scope {
+            println!("  id scope:    {s}");
+        }
+        let device = if kind == RecordKind::Enrollment {
+            shell_quote(id)
+        } else {
+            "DEVICE".into()
+        };
+        println!();
+        println!(
+            "provision and run {}:",
+            if kind == RecordKind::Enrollment {
+                "it"
+            } else {
+                "a device (certificate CN = DEVICE)"
+            }
+        );
+        println!(
+            "  azsim run --dps --id-scope {} --registration-id {device} --cert {device}.pem --cert-key {device}.key.pem",
+            shell_quote(scope)
+        );
+        return;
+    }
     let key = key_of(v, "primaryKey").unwrap_or("-");
     let scope = id_scope.unwrap_or("ID_SCOPE");
     println!("created {} {id} in {host}", what(kind));
@@ -271,6 +319,7 @@ fn print_record(kind: RecordKind, v: &Value) {
     rows.extend([
         ("status", field(v, "/provisioningStatus").to_string()),
         ("attestation", field(v, "/attestation/type").to_string()),
+        ("certificate", thumbprint(v).unwrap_or("-").to_string()),
         (
             "primary key",
             field(v, "/attestation/symmetricKey/primaryKey").to_string(),

@@ -33,8 +33,11 @@ pub struct ProvisionConfig {
     pub id_scope: String,
     /// The registration id.
     pub registration_id: String,
-    /// The device's key (an individual enrollment's, or derived from the group's).
-    pub key: Secret<String>,
+    /// The device's key (an individual enrollment's, or derived from the group's); `None` with
+    /// a client certificate (X.509 attestation).
+    pub key: Option<Secret<String>>,
+    /// The device's certificate and key (X.509 attestation: no password).
+    pub client_cert: Option<crate::tls::ClientCert>,
     /// Extra CA.
     pub ca_file: Option<std::path::PathBuf>,
     /// Raw JSON sent as the register request's `payload`.
@@ -110,7 +113,8 @@ pub async fn provision(cfg: &ProvisionConfig) -> Result<Provisioned, ProvisionEr
 }
 
 async fn run(cfg: &ProvisionConfig) -> Result<Provisioned, ProvisionError> {
-    let tls = crate::tls::client_config(cfg.ca_file.as_deref()).map_err(|e| err(e.to_string()))?;
+    let tls = crate::tls::client_config_with_cert(cfg.ca_file.as_deref(), cfg.client_cert.as_ref())
+        .map_err(|e| err(e.to_string()))?;
     let failure = FailureSlot::default();
     let mut connector = TlsConnector::new(&cfg.host, cfg.port, tls, failure.clone())
         .map_err(err)?
@@ -133,17 +137,19 @@ async fn run(cfg: &ProvisionConfig) -> Result<Provisioned, ProvisionError> {
         &cfg.registration_id,
     );
     let mut token = String::new();
-    sas::sign(
-        &mut token,
-        &Resource::DpsRegistration {
-            id_scope: &cfg.id_scope,
-            registration_id: &cfg.registration_id,
-        },
-        cfg.key.expose(),
-        now_ms() / 1000 + TOKEN_TTL_S,
-        Some(DPS_POLICY),
-    )
-    .map_err(|e| err(format!("--key: {e}")))?;
+    if let Some(key) = &cfg.key {
+        sas::sign(
+            &mut token,
+            &Resource::DpsRegistration {
+                id_scope: &cfg.id_scope,
+                registration_id: &cfg.registration_id,
+            },
+            key.expose(),
+            now_ms() / 1000 + TOKEN_TTL_S,
+            Some(DPS_POLICY),
+        )
+        .map_err(|e| err(format!("--key: {e}")))?;
+    }
     let token = Secret::new(token);
     let mut tx = vec![0u8; BUF];
     let connect = Packet::Connect(Connect {
@@ -153,7 +159,8 @@ async fn run(cfg: &ProvisionConfig) -> Result<Provisioned, ProvisionError> {
         clean_session: true,
         last_will: None,
         username: Some(&username),
-        password: Some(token.expose().as_bytes()),
+        // X.509: the certificate in the TLS handshake is the credential, the password empty.
+        password: (!token.expose().is_empty()).then(|| token.expose().as_bytes()),
     });
     let n = mqttrs::encode_slice(&connect, &mut tx).map_err(|e| err(format!("connect: {e:?}")))?;
     conn.write_all(&tx[..n]).await.map_err(io_err)?;
@@ -352,6 +359,11 @@ pub async fn provisioned_target(
         id_scope,
         registration_id: dps.registration_id.clone(),
         key: dps.key.clone(),
+        client_cert: if dps.key.is_none() {
+            s.client_cert.clone()
+        } else {
+            None
+        },
         ca_file: ca_file.clone(),
         payload: dps.payload.clone(),
     };
@@ -362,7 +374,11 @@ pub async fn provisioned_target(
             "id_scope": cfg.id_scope,
             "provisioning_host": cfg.host,
             "port": cfg.port,
-            "attestation": if dps.from_group { "group symmetric key" } else { "symmetric key" },
+            "attestation": match (&dps.key, dps.from_group) {
+                (None, _) => "x509",
+                (Some(_), true) => "group symmetric key",
+                (Some(_), false) => "symmetric key",
+            },
         }),
         || {
             format!(
@@ -420,7 +436,15 @@ pub async fn provisioned_target(
         port,
         device_id: assigned.device_id,
         module_id: None,
-        credential: super::driver::Credential::Key(dps.key.clone()),
+        credential: match (&dps.key, &s.client_cert) {
+            (Some(k), _) => super::driver::Credential::Key(k.clone()),
+            (None, Some(c)) => super::driver::Credential::X509(c.clone()),
+            (None, None) => {
+                return Err(CliError::runtime(
+                    "--dps needs a key or a client certificate",
+                ));
+            }
+        },
     };
     Ok((target, ca_file, local))
 }

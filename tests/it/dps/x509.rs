@@ -191,3 +191,108 @@ async fn x509_enrollments_provision_devices_that_connect_with_their_certificate(
     assert_eq!(s, 400, "{v}");
     hub.stop().await;
 }
+
+#[tokio::test]
+async fn azsim_dps_enrolls_a_certificate_and_azsim_run_dps_provisions_with_it() {
+    let hub = TestHub::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let dev = make_device("x509-cli", "x509-cli", None, dir.path(), 30).unwrap();
+    let azsim = |args: &[&str]| {
+        let mut c = tokio::process::Command::new(env!("CARGO_BIN_EXE_azsim"));
+        c.args(args)
+            .arg("--state")
+            .arg(&hub.dir)
+            .env_remove("PROVISIONING_CONNECTION_STRING")
+            .env_remove("IOTHUB_DEVICE_CONNECTION_STRING")
+            .env_remove("AZSIM_CA_FILE")
+            .kill_on_drop(true);
+        c
+    };
+    let cert = dev.cert_file.display().to_string();
+    let key = dev.key_file.display().to_string();
+    let o = azsim(&["dps", "enrollment", "create", "x509-cli", "--cert", &cert])
+        .output()
+        .await
+        .unwrap();
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert_eq!(
+        o.status.code(),
+        Some(0),
+        "{out}{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    assert!(out.contains("(X.509, certificate "), "{out}");
+    let o = azsim(&["dps", "enrollment", "show", "x509-cli"])
+        .output()
+        .await
+        .unwrap();
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(out.contains("x509"), "{out}");
+
+    let o = azsim(&[
+        "run",
+        "--dps",
+        "--registration-id",
+        "x509-cli",
+        "--cert",
+        &cert,
+        "--cert-key",
+        &key,
+        "--count",
+        "1",
+        "--interval",
+        "200ms",
+        "--json",
+    ])
+    .output()
+    .await
+    .unwrap();
+    let lines: Vec<Value> = String::from_utf8_lossy(&o.stdout)
+        .lines()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .collect();
+    assert_eq!(
+        o.status.code(),
+        Some(0),
+        "{lines:#?}\n{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    let p = lines.iter().find(|e| e["event"] == "provisioning").unwrap();
+    assert_eq!(p["attestation"], "x509");
+    let p = lines.iter().find(|e| e["event"] == "provisioned").unwrap();
+    assert_eq!(p["device_id"], "x509-cli");
+    assert_eq!(
+        lines
+            .iter()
+            .filter(|e| e["event"] == "telemetry_acked")
+            .count(),
+        1,
+        "{lines:#?}"
+    );
+
+    // A certificate the enrollment does not hold: exit 1 with DPS's 401.
+    let other = tempfile::tempdir().unwrap();
+    let wrong = make_device("x509-cli", "x509-cli", None, other.path(), 30).unwrap();
+    let o = azsim(&[
+        "run",
+        "--dps",
+        "--registration-id",
+        "x509-cli",
+        "--cert",
+        &wrong.cert_file.display().to_string(),
+        "--cert-key",
+        &wrong.key_file.display().to_string(),
+        "--count",
+        "1",
+    ])
+    .output()
+    .await
+    .unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("401 401002") && err.contains("thumbprint"),
+        "{err}"
+    );
+    hub.stop().await;
+}
