@@ -8,9 +8,10 @@
 //!
 //! The CONNECT itself is the driver's: username [`crate::username::write_dps_username`],
 //! client id the registration id, password a token for
-//! [`crate::sas::Resource::DpsRegistration`] with `skn` [`crate::sas::DPS_POLICY`].
+//! [`crate::sas::Resource::DpsRegistration`] with `skn` [`crate::sas::DPS_POLICY`] (or, for
+//! X.509 attestation, no password and the device certificate in the TLS handshake).
 //!
-//! What it does not do: X.509 or TPM attestation, parse the registration state beyond the hub,
+//! What it does not do: TPM attestation, parse the registration state beyond the hub,
 //! device id, substatus and the error fields, decode JSON string escapes (a string value with a
 //! `\` is reported as missing).
 

@@ -1,5 +1,5 @@
 //! The Device Provisioning Service of the local hub: enrollments (individual and group, symmetric
-//! key attestation) kept in the hub's SQLite, the registration flow devices run over MQTT
+//! key or X.509 attestation, see [`x509`]) kept in the hub's SQLite, the registration flow devices run over MQTT
 //! ([`mqtt`], on the hub's MQTT listener, told apart by the CONNECT username) or HTTPS
 //! ([`http`], the device API), and the service REST API the DPS service SDKs call ([`http`]).
 //!
@@ -7,7 +7,8 @@
 //! key are generated on the first start and kept in the state directory (0600, like the other
 //! keys). Every device it provisions is assigned to this hub.
 //!
-//! What it does not do: X.509 or TPM attestation, custom allocation, several linked hubs.
+//! What it does not do: TPM attestation, X.509 over the device HTTPS API, custom allocation,
+//! several linked hubs.
 
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
