@@ -279,6 +279,8 @@ async fn an_upgrade_without_the_mqtt_subprotocol_gets_400_and_the_hub_keeps_serv
 async fn garbage_a_text_frame_or_silence_after_the_upgrade_closes_only_that_connection() {
     let hub = TestHub::start_configured(|c| {
         c.limits.connect_deadline = Duration::from_secs(2);
+        // An upgraded connection is MQTT's, not an idle HTTPS one: it outlives this.
+        c.limits.http_idle_timeout = Duration::from_secs(1);
     })
     .await;
     hub.create_device("ws-keep").await;
