@@ -1,0 +1,267 @@
+//! The official Python device SDK's X.509 client against the hub (ports 8883 and 443).
+
+use std::path::Path;
+use std::time::Duration;
+
+use reqwest::Method;
+use serde_json::json;
+
+use azsim::cmd::cert::make_ca;
+
+use super::{add_ca, device, register};
+use crate::support::TestHub;
+
+/// The official Python device SDK's X.509 client (`create_from_x509_certificate`) against the
+/// hub on 127.0.0.1:8883 (the SDK's only port): a self-signed-thumbprint device and a
+/// CA-signed device each send telemetry, answer a direct method and receive a desired patch;
+/// a certificate the hub does not know is refused. One Python process drives them all.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_python_device_sdk_connects_x509_devices_self_signed_and_ca_signed() {
+    let Some(python) = python() else {
+        crate::support::skip("python SDK venv not found (run scripts/test)");
+        return;
+    };
+    let _port = crate::support::PORT_8883.lock().await;
+    let tmp = tempfile::tempdir().unwrap();
+    let handle = start_hub_on_8883(&tmp.path().join("hub"), |_| {}).await;
+    let hub = TestHub::attach(&handle.info);
+    let dir = tmp.path();
+    let root = make_ca("py-root", dir, 30).unwrap();
+    let ss = device(dir, "py-ss", None);
+    let by_ca = device(dir, "py-ca", Some(&root));
+    let stranger = device(dir, "py-nobody", None);
+    register(
+        &hub,
+        "/devices/py-ss",
+        json!({"type": "selfSigned", "x509Thumbprint": {"primaryThumbprint": ss.sha1}}),
+    )
+    .await;
+    register(
+        &hub,
+        "/devices/py-ca",
+        json!({"type": "certificateAuthority"}),
+    )
+    .await;
+    register(
+        &hub,
+        "/devices/py-nobody",
+        json!({"type": "selfSigned", "x509Thumbprint": {"primaryThumbprint": "AB".repeat(32)}}),
+    )
+    .await;
+    add_ca(&hub, "py-root", &root).await;
+
+    let mut args: Vec<std::ffi::OsString> =
+        vec![hub.hostname.clone().into(), hub.ca_file.clone().into()];
+    // py-ca once more over MQTT over WebSockets (port 443): the HTTPS listener's client
+    // certificate reaches the CONNECT.
+    for (id, m) in [
+        ("py-ss", &ss),
+        ("py-ca", &by_ca),
+        ("ws:py-ca", &by_ca),
+        ("!py-nobody", &stranger),
+    ] {
+        args.extend([
+            id.into(),
+            m.cert_file.clone().into(),
+            m.key_file.clone().into(),
+        ]);
+    }
+    let mut py = JsonLines::spawn(&python, "device_x509.py", &args, dir);
+    for id in ["py-ss", "py-ca", "py-ca"] {
+        let ready = py.expect("ready").await;
+        assert_eq!(ready["device"], id);
+        let (s, v) = hub
+            .rest(Method::POST, &format!("/twins/{id}/methods"), Some(json!({"methodName": "hello", "payload": {"n": 1}, "responseTimeoutInSeconds": 30})))
+            .await;
+        assert_eq!(
+            (s, &v["status"], &v["payload"]["from"]),
+            (200, &json!(200), &json!(id)),
+            "{v}"
+        );
+        assert_eq!(py.expect("method").await["payload"]["n"], 1);
+        let (s, v) = hub
+            .rest(
+                Method::PATCH,
+                &format!("/twins/{id}"),
+                Some(json!({"properties": {"desired": {"mode": "x509"}}})),
+            )
+            .await;
+        assert_eq!(s, 200, "{v}");
+        assert_eq!(py.expect("desired").await["patch"]["mode"], "x509");
+        py.send_line("next").await;
+        assert_eq!(py.expect("done").await["device"], id);
+        let (_, twin) = hub.rest(Method::GET, &format!("/twins/{id}"), None).await;
+        assert_eq!(twin["properties"]["reported"]["auth"], "x509", "{twin}");
+        let expected = if id == "py-ss" {
+            "selfSigned"
+        } else {
+            "certificateAuthority"
+        };
+        assert_eq!(twin["authenticationType"], expected, "{twin}");
+        let (_, events) = hub
+            .rest(
+                Method::GET,
+                &format!("/emulator/events/recent?deviceId={id}"),
+                None,
+            )
+            .await;
+        let telemetry = events
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|e| e["type"] == "telemetry")
+            .cloned();
+        assert_eq!(
+            telemetry.map(|e| e["body"].clone()),
+            Some(json!(format!("{{\"device\": \"{id}\", \"x509\": true}}")))
+        );
+    }
+    assert_eq!(py.expect("refused").await["device"], "py-nobody");
+    assert!(
+        py.seen
+            .iter()
+            .any(|e| e["event"] == "connected" && e["websockets"] == true),
+        "one run over WebSockets: {:?}",
+        py.seen
+    );
+    py.expect("finished").await;
+    py.finish().await;
+    handle.stop().await.unwrap();
+}
+
+fn python() -> Option<std::path::PathBuf> {
+    let p = match std::env::var_os("AZSIM_PYTHON") {
+        Some(p) if !p.is_empty() => std::path::PathBuf::from(p),
+        _ => Path::new(env!("CARGO_MANIFEST_DIR")).join(".venv/bin/python"),
+    };
+    p.exists().then_some(p)
+}
+
+/// The hub with MQTT on 127.0.0.1:8883 and HTTPS (WebSockets) on 443, the only ports the SDK
+/// dials (`f` adjusts its configuration); a busy port is retried for up to 60 s (another test
+/// binary or a developer's hub may hold it for a moment).
+pub(crate) async fn start_hub_on_8883(
+    dir: &Path,
+    f: impl Fn(&mut azsim_emulator::HubConfig),
+) -> azsim_emulator::HubHandle {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let mut cfg = azsim_emulator::HubConfig::new(dir);
+        cfg.in_memory = true;
+        f(&mut cfg);
+        match azsim_emulator::start(cfg, "127.0.0.1".parse().unwrap(), 8883, 443).await {
+            Ok(hub) => return hub,
+            Err(azsim_emulator::HubError::Io(e))
+                if e.kind() == std::io::ErrorKind::AddrInUse
+                    && tokio::time::Instant::now() < deadline =>
+            {
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+            Err(e) => panic!("the hub cannot start on 127.0.0.1:8883 and 443: {e}"),
+        }
+    }
+}
+
+/// A Python script speaking JSON lines (see tests/python/device_x509.py).
+pub(crate) struct JsonLines {
+    child: tokio::process::Child,
+    lines: tokio::io::Lines<tokio::io::BufReader<tokio::process::ChildStdout>>,
+    stderr_file: std::path::PathBuf,
+    seen: Vec<serde_json::Value>,
+}
+
+impl JsonLines {
+    pub(crate) fn spawn(
+        python: &Path,
+        script: &str,
+        args: &[std::ffi::OsString],
+        work: &Path,
+    ) -> JsonLines {
+        use tokio::io::AsyncBufReadExt as _;
+        let stderr_file = work.join(format!("{script}.stderr"));
+        let mut child = tokio::process::Command::new(python)
+            .arg(
+                Path::new(env!("CARGO_MANIFEST_DIR"))
+                    .join("tests/python")
+                    .join(script),
+            )
+            .args(args)
+            .current_dir(work)
+            .env("PYTHONUNBUFFERED", "1")
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::fs::File::create(&stderr_file).unwrap())
+            .kill_on_drop(true)
+            .spawn()
+            .unwrap();
+        let lines = tokio::io::BufReader::new(child.stdout.take().unwrap()).lines();
+        JsonLines {
+            child,
+            lines,
+            stderr_file,
+            seen: Vec::new(),
+        }
+    }
+
+    fn fail(&self, why: &str) -> ! {
+        let stderr = std::fs::read_to_string(&self.stderr_file).unwrap_or_default();
+        let tail: Vec<&str> = stderr
+            .lines()
+            .rev()
+            .take(30)
+            .collect::<Vec<_>>()
+            .into_iter()
+            .rev()
+            .collect();
+        panic!(
+            "{why}\nevents so far: {:?}\nstderr (last lines):\n{}",
+            self.seen,
+            tail.join("\n")
+        );
+    }
+
+    /// Reads events until one named `event`; fails on `error`/`timeout`, EOF or 60 s.
+    pub(crate) async fn expect(&mut self, event: &str) -> serde_json::Value {
+        loop {
+            let line =
+                match tokio::time::timeout(Duration::from_secs(60), self.lines.next_line()).await {
+                    Err(_) => self.fail(&format!("no {event:?} event within 60 s")),
+                    Ok(Err(e)) => self.fail(&format!("reading stdout: {e}")),
+                    Ok(Ok(None)) => self.fail(&format!("exited before the {event:?} event")),
+                    Ok(Ok(Some(line))) => line,
+                };
+            let Ok(v) = serde_json::from_str::<serde_json::Value>(&line) else {
+                continue;
+            };
+            self.seen.push(v.clone());
+            let name = v["event"].as_str().unwrap_or_default().to_owned();
+            if name == event {
+                return v;
+            }
+            if name == "error" || name == "timeout" {
+                self.fail(&format!("reported {v}"));
+            }
+        }
+    }
+
+    pub(crate) async fn send_line(&mut self, line: &str) {
+        use tokio::io::AsyncWriteExt as _;
+        let stdin = self.child.stdin.as_mut().unwrap();
+        stdin
+            .write_all(format!("{line}\n").as_bytes())
+            .await
+            .unwrap();
+        stdin.flush().await.unwrap();
+    }
+
+    pub(crate) async fn finish(mut self) {
+        drop(self.child.stdin.take());
+        let status = tokio::time::timeout(Duration::from_secs(30), self.child.wait())
+            .await
+            .unwrap_or_else(|_| self.fail("did not exit within 30 s"))
+            .unwrap();
+        if !status.success() {
+            self.fail(&format!("exited with {status}"));
+        }
+    }
+}
