@@ -5,8 +5,8 @@
 //! PATCH handler itself (`twins::patch_twin`, so the same rules, version bumps and desired
 //! pushes apply). Device results are written as they come, in group commits.
 //!
-//! Cancelling is a status in the store that the task reads before each device and while it
-//! waits for the start time; a device call already in progress completes. After a restart,
+//! Cancelling is a status in the store that the task reads when its start time comes and before
+//! each device; a device call already in progress completes. After a restart,
 //! [`resume`] runs the jobs still `queued`; a job that was `running` when the hub stopped is
 //! marked `failed` (its devices not reached are `failed` too): it is not run twice.
 
@@ -28,9 +28,6 @@ use crate::hub::MethodError;
 
 /// Devices reached at once by one job.
 pub(super) const PARALLEL_DEVICES: usize = 16;
-
-/// How often a job waiting for its start time looks for a cancellation.
-const CANCEL_POLL: Duration = Duration::from_millis(250);
 
 /// Whether a job can still run (or be cancelled).
 pub(super) fn is_unfinished(job: &Value) -> bool {
@@ -155,23 +152,13 @@ fn start_ms(job: &Value) -> u64 {
         .unwrap_or(0)
 }
 
-/// Waits for the start time; false when the job was cancelled or the hub stops first.
-async fn wait_for_start(hub: &Shared, id: &str, at_ms: u64) -> Result<bool, HubError> {
+/// Waits for the start time; false when the hub stops first. (A job cancelled meanwhile is
+/// seen when its time comes: the task then ends without reaching a device.)
+async fn wait_for_start(hub: &Shared, at_ms: u64) -> bool {
     let mut shutdown = hub.shutdown.subscribe();
-    loop {
-        match load(hub, id).await? {
-            Some(j) if is_unfinished(&j) => {}
-            _ => return Ok(false),
-        }
-        let now = hub.clock().unix_ms();
-        if now >= at_ms {
-            return Ok(true);
-        }
-        let step = (at_ms - now).min(u64::try_from(CANCEL_POLL.as_millis()).unwrap_or(250));
-        tokio::select! {
-            () = hub.clock().sleep_until_ms(now + step) => {}
-            () = crate::hub::until_shutdown(&mut shutdown) => return Ok(false),
-        }
+    tokio::select! {
+        () = hub.clock().sleep_until_ms(at_ms) => true,
+        () = crate::hub::until_shutdown(&mut shutdown) => false,
     }
 }
 
@@ -179,7 +166,7 @@ async fn run(hub: &Shared, id: &str) -> Result<(), HubError> {
     let Some(job) = load(hub, id).await? else {
         return Ok(());
     };
-    if !wait_for_start(hub, id, start_ms(&job)).await? {
+    if !wait_for_start(hub, start_ms(&job)).await {
         return Ok(());
     }
     let Some(mut job) = load(hub, id).await? else {
