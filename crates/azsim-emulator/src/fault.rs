@@ -32,6 +32,7 @@
 //! counts device-to-cloud telemetry only (Azure also counts C2D and twin operations).
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -197,6 +198,10 @@ pub(crate) struct InBand {
 
 /// The fault a telemetry message's (validated, raw) property bag asks for, if any.
 pub(crate) fn requested(bag: &str) -> Option<InBand> {
+    // The names are letters and `_`, never percent-encoded: most messages end here.
+    if !bag.contains("AzIoTHub_FaultOperation") {
+        return None;
+    }
     let mut operation = None;
     let mut reason = String::new();
     let (mut delay, mut duration) = (0u64, 5u64);
@@ -248,6 +253,9 @@ struct Window {
 /// Faults pending or active, and the tier's meters.
 #[derive(Debug, Default)]
 pub(crate) struct Faults {
+    /// Whether any window was ever added: every telemetry message asks, and almost always
+    /// none was, so the common answer costs no lock.
+    any: AtomicBool,
     windows: Mutex<HashMap<String, Vec<Window>>>,
     /// (UTC day number, messages used that day).
     quota: Mutex<(u64, u64)>,
@@ -266,6 +274,9 @@ fn ms(d: Duration) -> u64 {
 impl Faults {
     /// Whether `fault` is active for `device` at `now_ms`.
     pub(crate) fn active(&self, device: &str, fault: Fault, now_ms: u64) -> bool {
+        if !self.any.load(Ordering::Acquire) {
+            return false;
+        }
         let mut w = lock(&self.windows);
         let Some(list) = w.get_mut(device) else {
             return false;
@@ -279,6 +290,7 @@ impl Faults {
     }
 
     fn add_window(&self, device: &str, fault: Fault, from_ms: u64, until_ms: u64) {
+        self.any.store(true, Ordering::Release);
         lock(&self.windows)
             .entry(device.to_string())
             .or_default()
