@@ -296,3 +296,58 @@ async fn azsim_dps_enrolls_a_certificate_and_azsim_run_dps_provisions_with_it() 
     );
     hub.stop().await;
 }
+
+#[tokio::test]
+async fn the_dps_device_https_api_takes_the_client_certificate_when_no_token_is_given() {
+    let hub = TestHub::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let dev = make_device("x509-http", "x509-http", None, dir.path(), 30).unwrap();
+    let pem = std::fs::read_to_string(&dev.cert_file).unwrap();
+    let (s, _) = service(
+        &hub,
+        Method::PUT,
+        "/enrollments/x509-http",
+        Some(json!({"attestation": {"type": "x509", "x509": {"clientCertificates": {"primary": {"certificate": pem}}}}})),
+    )
+    .await;
+    assert_eq!(s, 200);
+    let client = |cert: Option<&Made>| {
+        let c = cert.map(|m| ClientCert::load(&m.cert_file, &m.key_file).unwrap());
+        let tls = client_config_with_cert(Some(&hub.ca_file), c.as_ref()).unwrap();
+        reqwest::Client::builder()
+            .use_preconfigured_tls((*tls).clone())
+            .build()
+            .unwrap()
+    };
+    let base = format!(
+        "https://{}:{}/{}/registrations/x509-http",
+        hub.hostname, hub.https_port, hub.info.id_scope
+    );
+    let http = client(Some(&dev));
+    let r = http
+        .put(format!("{base}/register?api-version=2021-06-01"))
+        .json(&json!({"registrationId": "x509-http"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 202);
+    let v: Value = r.json().await.unwrap();
+    let op = v["operationId"].as_str().unwrap();
+    let r = http
+        .get(format!("{base}/operations/{op}?api-version=2021-06-01"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 200);
+    let v: Value = r.json().await.unwrap();
+    assert_eq!(v["registrationState"]["deviceId"], "x509-http", "{v}");
+    // No certificate and no token: 401.
+    let r = client(None)
+        .put(format!("{base}/register?api-version=2021-06-01"))
+        .json(&json!({}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 401);
+    hub.stop().await;
+}

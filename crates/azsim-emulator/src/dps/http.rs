@@ -1,10 +1,12 @@
 //! DPS over HTTPS, on the hub's HTTPS listener: the service REST API (enrollments, enrollment
 //! groups, registration states, queries; any api-version, the SDKs send 2018-09-01-preview to
 //! 2021-10-01, whose shapes agree on what is served here), authenticated with a
-//! `provisioningserviceowner` token, and the device API (`PUT /{idScope}/registrations/{id}/register`,
+//! `provisioningserviceowner` token, and the device API
+//! (`PUT /{idScope}/registrations/{id}/register`,
 //! `GET /{idScope}/registrations/{id}/operations/{operationId}`) authenticated with the
-//! registration's SAS token. The hub's own service auth does not apply to these paths
-//! ([`is_dps_path`]); errors have DPS's body.
+//! registration's SAS token or, without one, the client certificate of the TLS handshake. The
+//! hub's own service auth does not apply to these paths ([`is_dps_path`]); errors have DPS's
+//! body.
 
 use std::sync::Arc;
 
@@ -517,22 +519,30 @@ async fn delete_registration(
     respond(&hub, r)
 }
 
+/// The device's credential: its `Authorization` SAS token, or (none given) the client
+/// certificate of its TLS handshake (X.509 attestation).
+fn device_cred<'a>(
+    h: &'a HeaderMap,
+    certs: &'a Option<axum::Extension<crate::x509::PeerCerts>>,
+) -> register::Cred<'a> {
+    let chain = certs.as_ref().and_then(|c| c.0.0.as_deref());
+    match (authorization(h), chain) {
+        (None, Some(chain)) if !chain.is_empty() => register::Cred::X509(chain),
+        (token, _) => register::Cred::Sas(token),
+    }
+}
+
 /// `PUT /{idScope}/registrations/{id}/register`: 202 with the operation to poll.
 async fn device_register(
     State(hub): State<Shared>,
     Path((scope, id)): Path<(String, String)>,
+    certs: Option<axum::Extension<crate::x509::PeerCerts>>,
     h: HeaderMap,
     body: Bytes,
 ) -> Response {
-    let r = register::register(
-        &hub,
-        &scope,
-        &id,
-        register::Cred::Sas(authorization(&h)),
-        &body,
-    )
-    .await
-    .map(|v| json_response(StatusCode::ACCEPTED, &v));
+    let r = register::register(&hub, &scope, &id, device_cred(&h, &certs), &body)
+        .await
+        .map(|v| json_response(StatusCode::ACCEPTED, &v));
     log_device(&id, &r);
     respond(&hub, r)
 }
@@ -541,17 +551,12 @@ async fn device_register(
 async fn device_operation(
     State(hub): State<Shared>,
     Path((scope, id, op)): Path<(String, String, String)>,
+    certs: Option<axum::Extension<crate::x509::PeerCerts>>,
     h: HeaderMap,
 ) -> Response {
-    let r = register::operation_status(
-        &hub,
-        &scope,
-        &id,
-        register::Cred::Sas(authorization(&h)),
-        &op,
-    )
-    .await
-    .map(|v| json_response(StatusCode::OK, &v));
+    let r = register::operation_status(&hub, &scope, &id, device_cred(&h, &certs), &op)
+        .await
+        .map(|v| json_response(StatusCode::OK, &v));
     log_device(&id, &r);
     respond(&hub, r)
 }
