@@ -13,9 +13,9 @@ use base64::Engine as _;
 use serde_json::{Map, Value, json};
 
 /// `iothub-connection-auth-method` annotations (a JSON document as a string, as Azure sends).
-const AUTH_METHOD_DEVICE: &str =
+pub(crate) const AUTH_METHOD_DEVICE: &str =
     r#"{"scope":"device","type":"sas","issuer":"iothub","acceptingIpFilterRule":null}"#;
-const AUTH_METHOD_MODULE: &str =
+pub(crate) const AUTH_METHOD_MODULE: &str =
     r#"{"scope":"module","type":"sas","issuer":"iothub","acceptingIpFilterRule":null}"#;
 
 /// The identity a connection sends as; shared by every message of that connection.

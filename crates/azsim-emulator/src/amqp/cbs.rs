@@ -12,6 +12,7 @@ use tokio::sync::Notify;
 use super::ConnCtx;
 use super::address::{Address, path_covers};
 use super::node::{Response, app_prop, body_text};
+use crate::auth::Permission;
 use crate::hub::Hub;
 
 /// The token types `put-token` takes: Event Hubs' and IoT Hub's names for a SAS token.
@@ -20,11 +21,13 @@ pub(crate) const TOKEN_TYPES: [&str; 2] = [
     "azure-devices.net:sastoken",
 ];
 
-/// One authorization: everything at or below `path` until `expires` (Unix seconds).
+/// One authorization: everything at or below `path` until `expires` (Unix seconds), with
+/// the rights of the token's shared access policy.
 #[derive(Debug, Clone)]
-struct Claim {
-    path: String,
-    expires: u64,
+pub(crate) struct Claim {
+    pub path: String,
+    pub expires: u64,
+    pub rights: &'static [Permission],
 }
 
 /// The claims of one connection.
@@ -38,21 +41,21 @@ pub(crate) struct Claims {
 impl Claims {
     /// Record a checked claim; a claim for the same path replaces the older one (a renewed
     /// token).
-    pub fn add(&self, path: String, expires: u64) {
+    pub fn add(&self, claim: Claim) {
         let mut c = self.claims.lock().unwrap_or_else(|p| p.into_inner());
-        c.retain(|k| !k.path.eq_ignore_ascii_case(&path));
-        c.push(Claim { path, expires });
+        c.retain(|k| !k.path.eq_ignore_ascii_case(&claim.path));
+        c.push(claim);
         drop(c);
         self.added.notify_waiters();
     }
 
-    /// Whether an unexpired claim covers `path` at `now` (Unix seconds).
-    pub fn covers(&self, path: &str, now: u64) -> bool {
+    /// Whether an unexpired claim with `right` covers `path` at `now` (Unix seconds).
+    pub fn covers(&self, path: &str, right: Permission, now: u64) -> bool {
         self.claims
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .iter()
-            .any(|c| now < c.expires && path_covers(&c.path, path))
+            .any(|c| now < c.expires && c.rights.contains(&right) && path_covers(&c.path, path))
     }
 
     /// Whether any token was ever accepted on this connection.
@@ -63,11 +66,6 @@ impl Claims {
             .unwrap_or_else(|p| p.into_inner())
             .is_empty()
     }
-}
-
-/// The key of a shared access policy of the hub. Today the hub has one policy, `iothubowner`.
-fn policy_key<'h>(hub: &'h Hub, policy: &str) -> Option<&'h str> {
-    (policy == "iothubowner").then(|| hub.owner_key.expose().as_str())
 }
 
 /// Splits a token resource or audience into host and path: `scheme://host/path` as a URL, and
@@ -84,31 +82,53 @@ fn resource_address(s: &str) -> Address<'_> {
     }
 }
 
-/// Check a SAS token (`SharedAccessSignature sr=..&sig=..&se=..&skn=..`) for `audience` (what
-/// `put-token` names; the token's own `sr` when `None`) at `now` (Unix seconds). Returns the
-/// path on this hub the token grants and its expiry. The error is a short statement for the
-/// client and the log: never the token or its signature.
+/// Check a SAS token (`SharedAccessSignature sr=..&sig=..&se=..&skn=..`) of one of the hub's
+/// shared access policies for `audience` (what `put-token` names; the token's own `sr` when
+/// `None`) at `now` (Unix seconds). Returns the claim: the path on this hub the token grants,
+/// its expiry and its policy's rights. The error is a short statement for the client and the
+/// log: never the token or its signature.
 pub(crate) fn check_token(
     hub: &Hub,
     token: &str,
     audience: Option<&str>,
     now: u64,
-) -> Result<(String, u64), String> {
+) -> Result<Claim, String> {
     let t = Token::parse(token).map_err(|e| format!("malformed token: {e}"))?;
     let policy = t
         .policy()
         .ok_or("token has no skn; a shared access policy token is required")?;
-    let key = policy_key(hub, policy).ok_or("unknown shared access policy (skn)")?;
+    let policy = hub
+        .policies
+        .get(policy)
+        .ok_or("unknown shared access policy (skn)")?;
+    let key = policy.key.expose();
     let mut sr = String::new();
     t.write_resource(&mut sr)
         .map_err(|_| "malformed token: sr".to_string())?;
-    let audience = audience.unwrap_or(&sr);
-    sas::verify(&t, key, audience, now).map_err(|e| e.to_string())?;
-    let addr = resource_address(audience);
-    if !addr.host_is(&hub.cfg.hostname) {
+    // The signature covers the token's own `sr`; `put-token` may name the same resource
+    // another way (uamqp, under azure-iot-hub's C2D, names `https://{host}` for a token whose
+    // `sr` is `{host}`), so the `sr` is checked and claimed, and the name must be this hub.
+    // IoT Hub signs with the base64-decoded key, Event Hubs (whose SDKs read this hub's Event
+    // Hubs-compatible connection string) with the key text's UTF-8 bytes: either proves the
+    // holder has the key.
+    let as_text = sas::Key::from_bytes(key.as_bytes()).map_err(|e| e.to_string())?;
+    sas::verify(&t, key, &sr, now)
+        .or_else(|e| match e {
+            sas::VerifyError::BadSignature => sas::verify_with_key(&t, &as_text, &sr, now),
+            e => Err(e),
+        })
+        .map_err(|e| e.to_string())?;
+    let addr = resource_address(&sr);
+    if !addr.host_is(&hub.cfg.hostname)
+        || audience.is_some_and(|a| !resource_address(a).host_is(&hub.cfg.hostname))
+    {
         return Err("token audience is not this hub".into());
     }
-    Ok((addr.path.to_string(), t.expiry()))
+    Ok(Claim {
+        path: addr.path.to_string(),
+        expires: t.expiry(),
+        rights: policy.rights,
+    })
 }
 
 /// The `$cbs` node's one operation, `put-token`: a SAS token for the audience in `name`;
@@ -127,8 +147,8 @@ pub(crate) async fn put_token(ctx: Arc<ConnCtx>, request: Message<Body<Value>>) 
     };
     let now = ctx.hub.clock().unix_ms() / 1000;
     match check_token(&ctx.hub, &token, Some(audience), now) {
-        Ok((path, expires)) => {
-            ctx.claims.add(path, expires);
+        Ok(claim) => {
+            ctx.claims.add(claim);
             Response::ok(Value::Null)
         }
         Err(reason) => {
@@ -144,19 +164,30 @@ mod tests {
 
     #[test]
     fn claims_cover_paths_below_them_until_they_expire() {
+        use Permission::{RegistryRead, ServiceConnect};
+        let claim = |path: &str, expires, rights| Claim {
+            path: path.into(),
+            expires,
+            rights,
+        };
         let c = Claims::default();
         assert!(!c.any());
-        c.add("hub".into(), 100);
-        assert!(c.covers("hub/ConsumerGroups/$Default/Partitions/0", 99));
-        assert!(!c.covers("hub/ConsumerGroups/$Default/Partitions/0", 100));
-        assert!(!c.covers("other", 50));
-        c.add("hub".into(), 200);
+        c.add(claim("hub", 100, &[ServiceConnect]));
+        let p0 = "hub/ConsumerGroups/$Default/Partitions/0";
+        assert!(c.covers(p0, ServiceConnect, 99));
+        assert!(!c.covers(p0, ServiceConnect, 100));
         assert!(
-            c.covers("hub", 150),
-            "a renewed token replaces the old claim"
+            !c.covers("hub", RegistryRead, 50),
+            "a right the policy lacks"
         );
-        c.add(String::new(), 300);
-        assert!(c.covers("messages/devicebound", 250));
+        assert!(!c.covers("other", ServiceConnect, 50));
+        c.add(claim("hub", 200, &[ServiceConnect]));
+        assert!(
+            c.covers("hub", ServiceConnect, 150),
+            "a renewed token replaces the old one"
+        );
+        c.add(claim("", 300, &[ServiceConnect]));
+        assert!(c.covers("messages/devicebound", ServiceConnect, 250));
     }
 
     #[test]

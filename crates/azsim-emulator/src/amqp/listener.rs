@@ -9,6 +9,7 @@ use tokio::task::JoinHandle;
 use tokio_rustls::TlsAcceptor;
 
 use super::address::hub_name;
+use super::eventhub::EventHub;
 use crate::hub::Hub;
 use crate::{HubConfig, HubError, HubInfo};
 
@@ -73,16 +74,22 @@ impl Listeners {
     /// Serve the listeners (TLS with `tls`, the hub's server config without ALPN).
     pub fn spawn(self, hub: &Arc<Hub>, tls: Arc<rustls::ServerConfig>) -> Vec<JoinHandle<()>> {
         let mut tasks = Vec::new();
+        if self.amqps.is_none() && self.dev.is_none() {
+            return tasks;
+        }
+        let eh = Arc::new(EventHub::new(hub));
+        tasks.push(tokio::spawn(eh.clone().run_indexer(hub.clone())));
         if let Some(l) = self.amqps {
             let acceptor = TlsAcceptor::from(tls);
             tasks.push(tokio::spawn(super::accept_loop(
                 hub.clone(),
+                eh.clone(),
                 l,
                 Some(acceptor),
             )));
         }
         if let Some(l) = self.dev {
-            tasks.push(tokio::spawn(super::accept_loop(hub.clone(), l, None)));
+            tasks.push(tokio::spawn(super::accept_loop(hub.clone(), eh, l, None)));
         }
         tasks
     }

@@ -20,7 +20,8 @@
 //! peer) to the route's handler in its own task. A new link kind is:
 //!
 //! 1. a `Route` variant and a match arm in [`route`] (address and role -> variant);
-//! 2. its arm in [`Route::claim`] (what token it needs: `Some("")` = a hub-level token);
+//! 2. its arm in [`Route::claim`] (the path a token must cover, `""` = a hub-level token,
+//!    and the policy right it needs, e.g. `Permission::ServiceConnect`);
 //! 3. its arm in [`run_link`] calling `your_module::serve(ctx, link)`, in a file of its own
 //!    under `amqp/`, declared below.
 
@@ -38,11 +39,16 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::OwnedSemaphorePermit;
 use tokio_rustls::TlsAcceptor;
 
+use crate::auth::Permission;
 use crate::hub::{Hub, LiveGuard, until_shutdown};
 use crate::listen::{Admitted, Gate};
 
 mod address;
+mod c2d;
 mod cbs;
+mod eventhub;
+mod feedback;
+mod full_frames;
 mod listener;
 mod node;
 mod sasl;
@@ -51,10 +57,15 @@ pub(crate) use listener::Listeners;
 
 use address::Address;
 use cbs::Claims;
+use eventhub::EventHub;
+use full_frames::FullFrames;
 use node::Replies;
 
 /// The largest frame the hub takes or sends (the services' value).
 const MAX_FRAME_SIZE: u32 = 65_536;
+
+/// Links a session may have attached at once (its `handle-max` + 1).
+const MAX_LINKS_PER_SESSION: u32 = 4_095;
 
 /// One AMQP connection: what its links' handlers get.
 #[derive(Debug)]
@@ -63,6 +74,8 @@ pub(crate) struct ConnCtx {
     /// What this connection's tokens authorize (SASL PLAIN or CBS).
     pub claims: Arc<Claims>,
     pub peer: SocketAddr,
+    /// The Event Hubs-compatible endpoint.
+    pub eventhub: Arc<EventHub>,
     replies: Replies,
 }
 
@@ -81,13 +94,32 @@ pub(crate) enum Route {
     /// The client receives the replies of a request/response node (`$cbs`, `$management`)
     /// at this address (its `reply-to`).
     Replies(String),
+    /// The client sends `$management` requests (READ of the Event Hub and its partitions;
+    /// each request carries its own token).
+    ManagementRequests,
+    /// The service sends cloud-to-device messages (`/messages/devicebound`, see `c2d.rs`).
+    C2dSend,
+    /// The service receives C2D feedback (`/messages/serviceBound/feedback`, `feedback.rs`).
+    Feedback,
+    /// The client receives the events of a partition of the Event Hubs-compatible endpoint.
+    Partition {
+        part: u32,
+        start: crate::store::eventhub::Position,
+        /// The link's path (`{hub}/ConsumerGroups/{group}/Partitions/{p}`): what a token must
+        /// cover (one for the Event Hub does, and so does one for just this partition).
+        path: String,
+    },
 }
 
 impl Route {
-    /// The path a CBS claim must cover for the link to attach; `None`: no token needed.
-    fn claim(&self) -> Option<&str> {
+    /// The path a CBS claim must cover for the link to attach, and the right its policy
+    /// must grant; `None`: no token needed.
+    fn claim(&self) -> Option<(&str, Permission)> {
         match self {
-            Route::CbsRequests | Route::Replies(_) => None,
+            Route::CbsRequests | Route::Replies(_) | Route::ManagementRequests => None,
+            Route::Partition { path, .. } => Some((path, Permission::ServiceConnect)),
+            Route::C2dSend => Some((c2d::PATH, Permission::ServiceConnect)),
+            Route::Feedback => Some((feedback::PATH, Permission::ServiceConnect)),
         }
     }
 }
@@ -136,9 +168,23 @@ fn route(ctx: &ConnCtx, attach: &Attach) -> Result<Route, AmqpErr> {
     }
     let r = match (&attach.role, addr.path) {
         (&Role::Sender, "$cbs") => Route::CbsRequests,
-        (&Role::Receiver, "$cbs") => Route::Replies(
+        (&Role::Sender, "$management") => Route::ManagementRequests,
+        (&Role::Receiver, "$cbs" | "$management") => Route::Replies(
             reply_address(attach).ok_or_else(|| not_found("no reply address".into()))?,
         ),
+        (&Role::Sender, p) if p.eq_ignore_ascii_case(c2d::PATH) => Route::C2dSend,
+        (&Role::Receiver, p) if p.eq_ignore_ascii_case(feedback::PATH) => Route::Feedback,
+        (&Role::Receiver, path) if let Some(p) = ctx.eventhub.partition_address(path) => {
+            let (_group, part) = p.map_err(not_found)?;
+            let filters = attach.source.as_ref().and_then(|s| s.filter.as_ref());
+            let start = eventhub::position(filters)
+                .map_err(|e| AmqpErr::new(AmqpError::InvalidField, e, None))?;
+            Route::Partition {
+                part,
+                start,
+                path: path.to_string(),
+            }
+        }
         _ => {
             return Err(not_found(format!(
                 "no node '{}' for a {} link",
@@ -151,8 +197,8 @@ fn route(ctx: &ConnCtx, attach: &Attach) -> Result<Route, AmqpErr> {
             )));
         }
     };
-    if let Some(claim) = r.claim()
-        && !ctx.claims.covers(claim, ctx.now_s())
+    if let Some((path, right)) = r.claim()
+        && !ctx.claims.covers(path, right, ctx.now_s())
     {
         return Err(AmqpErr::new(
             AmqpError::UnauthorizedAccess,
@@ -175,6 +221,15 @@ async fn run_link(ctx: Arc<ConnCtx>, route: Route, link: LinkEndpoint) {
         (Route::Replies(address), LinkEndpoint::Sender(s)) => {
             node::serve_reply_link(ctx, s, address).await;
         }
+        (Route::ManagementRequests, LinkEndpoint::Receiver(r)) => {
+            node::serve_requests(ctx, r, eventhub::management::answer).await;
+        }
+        (Route::Partition { part, start, .. }, LinkEndpoint::Sender(s)) => {
+            let eh = ctx.eventhub.clone();
+            eventhub::receiver::serve(ctx, s, eh, part, start).await;
+        }
+        (Route::C2dSend, LinkEndpoint::Receiver(r)) => c2d::serve(ctx, r).await,
+        (Route::Feedback, LinkEndpoint::Sender(s)) => feedback::serve(ctx, s).await,
         (_, link) => refuse(link, not_found("link role does not fit its node".into())).await,
     }
 }
@@ -190,21 +245,27 @@ async fn refuse(link: LinkEndpoint, error: AmqpErr) {
 
 /// Accept AMQP connections until the task is aborted; `tls` is `None` for the loopback
 /// development listener.
-pub(crate) async fn accept_loop(hub: Arc<Hub>, listener: TcpListener, tls: Option<TlsAcceptor>) {
+pub(crate) async fn accept_loop(
+    hub: Arc<Hub>,
+    eh: Arc<EventHub>,
+    listener: TcpListener,
+    tls: Option<TlsAcceptor>,
+) {
     let name = if tls.is_some() { "amqps" } else { "amqp" };
     let mut gate = Gate::new(listener, name, hub.cfg.limits.max_pre_auth_connections);
     loop {
         let Admitted { tcp, peer, permit } = gate.next().await;
-        let (hub, tls) = (hub.clone(), tls.clone());
+        let (hub, eh, tls) = (hub.clone(), eh.clone(), tls.clone());
         tokio::spawn(async move {
             let _live = LiveGuard::new(hub.clone());
-            connection(hub, tcp, peer, permit, tls).await;
+            connection(hub, eh, tcp, peer, permit, tls).await;
         });
     }
 }
 
 async fn connection(
     hub: Arc<Hub>,
+    eh: Arc<EventHub>,
     tcp: TcpStream,
     peer: SocketAddr,
     permit: OwnedSemaphorePermit,
@@ -224,9 +285,9 @@ async fn connection(
         match tls {
             Some(tls) => {
                 let stream = tls.accept(tcp).await.map_err(|e| e.to_string())?;
-                open(&acceptor, stream).await
+                open(&acceptor, FullFrames::new(stream)).await
             }
-            None => open(&acceptor, tcp).await,
+            None => open(&acceptor, FullFrames::new(tcp)).await,
         }
     })
     .await;
@@ -245,6 +306,7 @@ async fn connection(
         hub,
         claims,
         peer,
+        eventhub: eh,
         replies: Replies::default(),
     });
     serve_connection(ctx, conn, Some(permit), deadline).await;
@@ -279,7 +341,10 @@ async fn serve_connection(
         tokio::select! {
             incoming = conn.next_incoming_session() => {
                 let Some(incoming) = incoming else { break };
-                match SessionAcceptor::new().accept_incoming_session(incoming, &mut conn).await {
+                // An explicit handle-max: pyAMQP reads the field and has no default for it
+                // (see full_frames.rs); the protocol's default would be sent as a null.
+                let acceptor = SessionAcceptor::builder().handle_max(MAX_LINKS_PER_SESSION).build();
+                match acceptor.accept_incoming_session(incoming, &mut conn).await {
                     Ok(session) => {
                         sessions.spawn(serve_session(ctx.clone(), session));
                     }
@@ -311,7 +376,12 @@ async fn serve_connection(
 
 /// Accept the session's links, each into a task of its own, until the session ends.
 async fn serve_session(ctx: Arc<ConnCtx>, mut session: ListenerSessionHandle) {
-    let acceptor = LinkAcceptor::new();
+    // Receivers settle first, as the services do: uamqp (azure-iot-hub's C2D) asks for
+    // `second` and then waits for a settled disposition that mode never sends.
+    let acceptor = LinkAcceptor::builder()
+        .supported_receiver_settle_modes(fe2o3_amqp::acceptor::SupportedReceiverSettleModes::First)
+        .fallback_receiver_settle_mode(fe2o3_amqp::types::definitions::ReceiverSettleMode::First)
+        .build();
     let mut links = tokio::task::JoinSet::new();
     while let Some(attach) = session.next_incoming_attach().await {
         while links.try_join_next().is_some() {}

@@ -32,6 +32,14 @@ pub(crate) struct Replies {
 }
 
 impl Replies {
+    /// Whether a reply link with target `address` is attached.
+    fn has(&self, address: &str) -> bool {
+        self.links
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .contains_key(address)
+    }
+
     fn register(&self, address: String, tx: mpsc::UnboundedSender<Reply>) {
         self.links
             .lock()
@@ -59,6 +67,28 @@ impl Replies {
             }
             if tokio::time::timeout_at(deadline, changed).await.is_err() {
                 return false;
+            }
+        }
+    }
+}
+
+impl Replies {
+    /// The address of the connection's one reply link (waiting a little for it to be
+    /// attached); `None` when there is none or more than one.
+    async fn sole(&self) -> Option<String> {
+        let deadline = tokio::time::Instant::now() + REPLY_LINK_WAIT;
+        loop {
+            let changed = self.changed.notified();
+            {
+                let links = self.links.lock().unwrap_or_else(|p| p.into_inner());
+                match links.len() {
+                    0 => {}
+                    1 => return links.keys().next().cloned(),
+                    _ => return None,
+                }
+            }
+            if tokio::time::timeout_at(deadline, changed).await.is_err() {
+                return None;
             }
         }
     }
@@ -139,6 +169,8 @@ where
     Fut: std::future::Future<Output = Response>,
 {
     let mut shutdown = ctx.hub.shutdown.subscribe();
+    // The node's address (the request link's target): where replies go without a reply-to.
+    let node = receiver.target().as_ref().and_then(|t| t.address.clone());
     loop {
         let delivery = tokio::select! {
             d = receiver.recv::<Body<Value>>() => d,
@@ -155,9 +187,23 @@ where
         let request = delivery.into_message();
         let props = request.properties.clone().unwrap_or_default();
         let response = answer(ctx.clone(), request).await;
-        let Some(reply_to) = props.reply_to else {
-            tracing::debug!("amqp: request without reply-to: no answer");
-            continue;
+        // uamqp's management client (azure-uamqp-c, under azure-iot-hub's C2D) sets no
+        // reply-to: the services answer it on the connection's one reply link.
+        // pyAMQP (azure-eventhub) sets none either: its reply link's target is the node's
+        // own address (`$cbs`, `$management`).
+        let reply_to = match props.reply_to {
+            Some(r) => r,
+            None => match &node {
+                Some(n) if ctx.replies.has(n) => n.clone(),
+                _ => match (ctx.replies.sole().await, &node) {
+                    (Some(r), _) => r,
+                    (None, Some(n)) => n.clone(),
+                    (None, None) => {
+                        tracing::debug!("amqp: request without reply-to: no answer");
+                        continue;
+                    }
+                },
+            },
         };
         let correlation = props.message_id.or(props.correlation_id);
         let reply = reply_message(response, correlation);

@@ -58,8 +58,8 @@ impl Sasl {
         if token.policy() != Some(policy) {
             return Err("token policy (skn) differs from the user name's".into());
         }
-        let (path, expires) = check_token(&self.hub, password, None, now)?;
-        self.claims.add(path, expires);
+        let claim = check_token(&self.hub, password, None, now)?;
+        self.claims.add(claim);
         Ok(())
     }
 }

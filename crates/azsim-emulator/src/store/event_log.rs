@@ -7,7 +7,7 @@ use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 
 use rusqlite::{Connection, params};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 
 use super::{AckNote, Commits, WriterMsg};
 use crate::telemetry::D2cRecord;
@@ -79,6 +79,7 @@ pub(super) fn event_writer(
     conn: Arc<Mutex<Connection>>,
     mut rx: mpsc::Receiver<WriterMsg>,
     cap: usize,
+    committed: watch::Sender<u64>,
 ) {
     let (insert_many, insert_one) = (insert_events_sql(ROWS_PER_INSERT), insert_events_sql(1));
     let mut since_trim = 0usize;
@@ -130,6 +131,9 @@ pub(super) fn event_writer(
                 tracing::warn!(error = %e, "event log write failed");
             }
             drop(guard);
+            if result.is_ok() {
+                committed.send_modify(|n| *n = n.wrapping_add(1));
+            }
             tell_waiters(&events, result.is_ok());
             events.clear();
         }

@@ -29,12 +29,13 @@ use std::thread::JoinHandle;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use rusqlite::{Connection, params};
-use tokio::sync::{Notify, mpsc, oneshot};
+use tokio::sync::{Notify, mpsc, oneshot, watch};
 
 use crate::HubError;
 use crate::telemetry::D2cRecord;
 
 mod event_log;
+pub(crate) mod eventhub;
 mod identity;
 pub mod q;
 
@@ -128,6 +129,8 @@ pub struct Store {
     events_tx: mpsc::Sender<WriterMsg>,
     writer: Arc<Mutex<Option<JoinHandle<()>>>>,
     activity: Arc<crate::activity::Tracker>,
+    /// Counts the writer's committed telemetry transactions (wakes Event Hubs readers).
+    events_committed: watch::Receiver<u64>,
 }
 
 impl std::fmt::Debug for Store {
@@ -220,15 +223,17 @@ impl Store {
         start_activity_flusher(&conn, &activity)?;
         let (tx, rx) = mpsc::channel(16_384);
         let wconn = conn.clone();
+        let (committed_tx, events_committed) = watch::channel(0);
         let handle = std::thread::Builder::new()
             .name("azsim-hub-events".into())
-            .spawn(move || event_writer(wconn, rx, event_cap.max(1)))
+            .spawn(move || event_writer(wconn, rx, event_cap.max(1), committed_tx))
             .map_err(|e| HubError::Store(e.to_string()))?;
         Ok(Store {
             conn,
             events_tx: tx,
             writer: Arc::new(Mutex::new(Some(handle))),
             activity,
+            events_committed,
         })
     }
 
@@ -268,6 +273,11 @@ impl Store {
             .send(WriterMsg::Event(record, Some(note)))
             .await
             .is_ok()
+    }
+
+    /// Changes after each committed telemetry transaction.
+    pub fn events_committed(&self) -> watch::Receiver<u64> {
+        self.events_committed.clone()
     }
 
     /// Wait until every event queued so far is committed.

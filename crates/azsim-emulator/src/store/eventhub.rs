@@ -1,0 +1,428 @@
+//! The telemetry log seen as an Event Hub: each message is put in a partition (FNV-1a of its
+//! device id, mod the partition count) and numbered there (the sequence number, from 0, one
+//! more per message of that partition); its offset is its row number in the log. The
+//! numbering lives in the table `eh_index`, filled from the log after each commit by one
+//! indexer, so it is the same after a restart and a consumer that starts late reads what was
+//! sent before. Retention is the log's: rows the log's cap trims are gone from every
+//! partition. When the partition count changes between runs, the retained messages are
+//! numbered again from 0 under the new count.
+
+use rusqlite::{Connection, OptionalExtension, params};
+
+use crate::HubError;
+
+fn db_err(e: rusqlite::Error) -> HubError {
+    HubError::Store(e.to_string())
+}
+
+pub(crate) const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS eh_index (
+  seq INTEGER PRIMARY KEY, part INTEGER NOT NULL, pseq INTEGER NOT NULL);
+CREATE INDEX IF NOT EXISTS eh_index_part ON eh_index (part, pseq);
+CREATE TABLE IF NOT EXISTS eh_meta (name TEXT PRIMARY KEY, value INTEGER NOT NULL);
+";
+
+/// How many log rows one indexing transaction takes at most.
+const INDEX_BATCH: i64 = 4096;
+
+/// The partition of a device's telemetry: 32-bit FNV-1a of the device id's UTF-8 bytes, mod
+/// `partitions`. Modules of a device share its partition, as in IoT Hub.
+pub(crate) fn partition_of(device_id: &str, partitions: u32) -> u32 {
+    let mut h: u32 = 0x811c_9dc5;
+    for b in device_id.bytes() {
+        h ^= u32::from(b);
+        h = h.wrapping_mul(0x0100_0193);
+    }
+    h % partitions.max(1)
+}
+
+/// The numbering state: the last log row numbered and each partition's next number.
+#[derive(Debug)]
+pub(crate) struct Index {
+    partitions: u32,
+    indexed: i64,
+    next: Vec<i64>,
+}
+
+impl Index {
+    /// Load (creating the tables; renumbering when the partition count changed).
+    pub fn open(c: &Connection, partitions: u32) -> Result<Index, HubError> {
+        c.execute_batch(SCHEMA).map_err(db_err)?;
+        let had: Option<i64> = c
+            .query_row(
+                "SELECT value FROM eh_meta WHERE name = 'partitions'",
+                [],
+                |r| r.get(0),
+            )
+            .optional()
+            .map_err(db_err)?;
+        if had != Some(i64::from(partitions)) {
+            c.execute_batch("DELETE FROM eh_index;").map_err(db_err)?;
+            c.execute(
+                "INSERT OR REPLACE INTO eh_meta (name, value) VALUES ('partitions', ?1)",
+                params![partitions],
+            )
+            .map_err(db_err)?;
+        }
+        let indexed: i64 = c
+            .query_row("SELECT COALESCE(MAX(seq), 0) FROM eh_index", [], |r| {
+                r.get(0)
+            })
+            .map_err(db_err)?;
+        let mut next = vec![0i64; partitions as usize];
+        let mut stmt = c
+            .prepare("SELECT part, MAX(pseq) FROM eh_index GROUP BY part")
+            .map_err(db_err)?;
+        let rows = stmt
+            .query_map([], |r| Ok((r.get::<_, i64>(0)?, r.get::<_, i64>(1)?)))
+            .map_err(db_err)?;
+        for row in rows {
+            let (part, max) = row.map_err(db_err)?;
+            if let Some(n) = usize::try_from(part).ok().and_then(|p| next.get_mut(p)) {
+                *n = max + 1;
+            }
+        }
+        Ok(Index {
+            partitions,
+            indexed,
+            next,
+        })
+    }
+
+    /// Number the log rows committed since the last call, and forget the numbers of rows the
+    /// log has trimmed. Returns whether anything was numbered.
+    pub fn catch_up(&mut self, c: &mut Connection) -> Result<bool, HubError> {
+        let mut any = false;
+        loop {
+            let tx = c.transaction().map_err(db_err)?;
+            let rows: Vec<(i64, String)> = {
+                let mut stmt = tx
+                    .prepare_cached(
+                        "SELECT seq, device_id FROM events WHERE seq > ?1 ORDER BY seq LIMIT ?2",
+                    )
+                    .map_err(db_err)?;
+                stmt.query_map(params![self.indexed, INDEX_BATCH], |r| {
+                    Ok((r.get(0)?, r.get(1)?))
+                })
+                .map_err(db_err)?
+                .collect::<rusqlite::Result<_>>()
+                .map_err(db_err)?
+            };
+            let mut next = self.next.clone();
+            {
+                let mut insert = tx
+                    .prepare_cached("INSERT INTO eh_index (seq, part, pseq) VALUES (?1, ?2, ?3)")
+                    .map_err(db_err)?;
+                for (seq, device) in &rows {
+                    let part = partition_of(device, self.partitions);
+                    let n = &mut next[part as usize];
+                    insert.execute(params![seq, part, *n]).map_err(db_err)?;
+                    *n += 1;
+                }
+            }
+            tx.execute(
+                "DELETE FROM eh_index WHERE seq < (SELECT MIN(seq) FROM events)",
+                [],
+            )
+            .map_err(db_err)?;
+            tx.commit().map_err(db_err)?;
+            self.next = next;
+            let Some((last, _)) = rows.last() else {
+                return Ok(any);
+            };
+            self.indexed = *last;
+            any = true;
+            if (rows.len() as i64) < INDEX_BATCH {
+                return Ok(true);
+            }
+        }
+    }
+
+    /// The number the next message of `part` will get.
+    pub fn next_of(&self, part: u32) -> i64 {
+        self.next.get(part as usize).copied().unwrap_or(0)
+    }
+}
+
+/// One message of a partition, as the log keeps it.
+#[derive(Debug)]
+pub(crate) struct Row {
+    /// The offset: the message's row in the log.
+    pub offset: i64,
+    pub sequence_number: i64,
+    pub device_id: String,
+    pub module_id: Option<String>,
+    pub generation_id: String,
+    pub enqueued_ns: i64,
+    pub properties: String,
+    pub body: Vec<u8>,
+}
+
+/// Up to `limit` messages of `part` numbered `from` or later, in order.
+pub(crate) fn read(c: &Connection, part: u32, from: i64, limit: u32) -> Result<Vec<Row>, HubError> {
+    let mut stmt = c
+        .prepare_cached(
+            "SELECT i.seq, i.pseq, e.device_id, e.module_id, COALESCE(e.generation_id, ''), \
+             COALESCE(e.enqueued_ns, 0), COALESCE(e.props, ''), \
+             COALESCE(e.body, CAST(e.json AS BLOB)) \
+             FROM eh_index i JOIN events e ON e.seq = i.seq \
+             WHERE i.part = ?1 AND i.pseq >= ?2 ORDER BY i.pseq LIMIT ?3",
+        )
+        .map_err(db_err)?;
+    stmt.query_map(params![part, from, limit], |r| {
+        Ok(Row {
+            offset: r.get(0)?,
+            sequence_number: r.get(1)?,
+            device_id: r.get(2)?,
+            module_id: r.get(3)?,
+            generation_id: r.get(4)?,
+            enqueued_ns: r.get(5)?,
+            properties: r.get(6)?,
+            body: r.get(7)?,
+        })
+    })
+    .map_err(db_err)?
+    .collect::<rusqlite::Result<_>>()
+    .map_err(db_err)
+}
+
+/// Where a receiver starts, as its filter says (see `amqp::eventhub::filter`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Position {
+    /// The oldest retained message.
+    Start,
+    /// After the last message enqueued when the link attached.
+    Latest,
+    Offset {
+        offset: i64,
+        inclusive: bool,
+    },
+    SequenceNumber {
+        number: i64,
+        inclusive: bool,
+    },
+    /// Enqueued after (or at) this Unix millisecond.
+    EnqueuedTime {
+        ms: i64,
+        inclusive: bool,
+    },
+}
+
+/// The first sequence number of `part` a receiver starting at `pos` gets; `next` is the
+/// number the partition's next message will get (where a position past the end starts).
+pub(crate) fn start_of(
+    c: &Connection,
+    part: u32,
+    pos: Position,
+    next: i64,
+) -> Result<i64, HubError> {
+    let first = |sql: &str, value: i64| -> Result<i64, HubError> {
+        let found: Option<i64> = c
+            .query_row(sql, params![part, value], |r| r.get(0))
+            .map_err(db_err)?;
+        Ok(found.unwrap_or(next))
+    };
+    match pos {
+        Position::Start => Ok(0),
+        Position::Latest => Ok(next),
+        Position::SequenceNumber { number, inclusive } => Ok(if inclusive {
+            number
+        } else {
+            number.saturating_add(1)
+        }
+        .max(0)),
+        Position::Offset { offset, inclusive } => first(
+            if inclusive {
+                "SELECT MIN(pseq) FROM eh_index WHERE part = ?1 AND seq >= ?2"
+            } else {
+                "SELECT MIN(pseq) FROM eh_index WHERE part = ?1 AND seq > ?2"
+            },
+            offset,
+        ),
+        Position::EnqueuedTime { ms, inclusive } => first(
+            if inclusive {
+                "SELECT MIN(i.pseq) FROM eh_index i JOIN events e ON e.seq = i.seq \
+                 WHERE i.part = ?1 AND e.enqueued_ns >= ?2"
+            } else {
+                "SELECT MIN(i.pseq) FROM eh_index i JOIN events e ON e.seq = i.seq \
+                 WHERE i.part = ?1 AND e.enqueued_ns > ?2"
+            },
+            // A message in the same millisecond counts as at it, not after.
+            if inclusive {
+                ms.saturating_mul(1_000_000)
+            } else {
+                ms.saturating_add(1).saturating_mul(1_000_000) - 1
+            },
+        ),
+    }
+}
+
+/// What `com.microsoft:partition` READ reports.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct PartitionInfo {
+    pub begin_sequence_number: i64,
+    pub last_sequence_number: i64,
+    /// `-1` when the partition is empty.
+    pub last_offset: i64,
+    pub last_enqueued_ms: i64,
+    pub is_empty: bool,
+}
+
+/// The retained range of `part`; `next` as in [`start_of`].
+pub(crate) fn partition_info(
+    c: &Connection,
+    part: u32,
+    next: i64,
+) -> Result<PartitionInfo, HubError> {
+    let first: Option<i64> = c
+        .query_row(
+            "SELECT MIN(pseq) FROM eh_index WHERE part = ?1",
+            params![part],
+            |r| r.get(0),
+        )
+        .map_err(db_err)?;
+    let last: Option<(i64, i64, i64)> = c
+        .query_row(
+            "SELECT i.pseq, i.seq, COALESCE(e.enqueued_ns, 0) FROM eh_index i \
+             JOIN events e ON e.seq = i.seq WHERE i.part = ?1 ORDER BY i.pseq DESC LIMIT 1",
+            params![part],
+            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+        )
+        .optional()
+        .map_err(db_err)?;
+    Ok(match (first, last) {
+        (Some(first), Some((pseq, seq, ns))) => PartitionInfo {
+            begin_sequence_number: first,
+            last_sequence_number: pseq,
+            last_offset: seq,
+            last_enqueued_ms: ns / 1_000_000,
+            is_empty: false,
+        },
+        _ => PartitionInfo {
+            begin_sequence_number: next,
+            last_sequence_number: next - 1,
+            last_offset: -1,
+            last_enqueued_ms: 0,
+            is_empty: true,
+        },
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn log(c: &Connection, devices: &[&str]) {
+        for (i, d) in devices.iter().enumerate() {
+            c.execute(
+                "INSERT INTO events (device_id, json, enqueued_ns, props, body) \
+                 VALUES (?1, '', ?2, '', ?3)",
+                params![d, (i as i64 + 1) * 1_000_000_000, d.as_bytes()],
+            )
+            .unwrap();
+        }
+    }
+
+    #[test]
+    fn the_partition_is_fnv1a_of_the_device_id() {
+        // FNV-1a 32 of "" and "a" (published test values).
+        assert_eq!(partition_of("", u32::MAX), 0x811c_9dc5);
+        assert_eq!(partition_of("a", u32::MAX), 0xe40c_292c);
+        assert!((0..100).all(|i| partition_of(&format!("dev{i}"), 4) < 4));
+    }
+
+    #[test]
+    fn messages_are_numbered_per_partition_and_the_numbers_survive_reopening() {
+        let mut c = crate::store::memory_db();
+        super::super::event_log::add_event_columns(&c).unwrap();
+        let mut idx = Index::open(&c, 2).unwrap();
+        let (a, b) = ("dev-a", "dev-b");
+        assert_ne!(
+            partition_of(a, 2),
+            partition_of(b, 2),
+            "pick devices in both"
+        );
+        log(&c, &[a, b, a, a]);
+        assert!(idx.catch_up(&mut c).unwrap());
+        assert!(!idx.catch_up(&mut c).unwrap(), "nothing new");
+        let pa = partition_of(a, 2);
+        let rows = read(&c, pa, 0, 10).unwrap();
+        let nums: Vec<_> = rows.iter().map(|r| (r.sequence_number, r.offset)).collect();
+        assert_eq!(nums, [(0, 1), (1, 3), (2, 4)]);
+        assert_eq!(read(&c, pa, 2, 10).unwrap().len(), 1);
+
+        let idx2 = Index::open(&c, 2).unwrap();
+        assert_eq!(
+            idx2.next_of(pa),
+            3,
+            "the next number is kept across a restart"
+        );
+        let info = partition_info(&c, pa, idx2.next_of(pa)).unwrap();
+        assert_eq!(
+            info,
+            PartitionInfo {
+                begin_sequence_number: 0,
+                last_sequence_number: 2,
+                last_offset: 4,
+                last_enqueued_ms: 4_000,
+                is_empty: false
+            }
+        );
+        // Start positions.
+        let start = |p| start_of(&c, pa, p, 3).unwrap();
+        assert_eq!(start(Position::Start), 0);
+        assert_eq!(start(Position::Latest), 3);
+        assert_eq!(
+            start(Position::Offset {
+                offset: 1,
+                inclusive: false
+            }),
+            1
+        );
+        assert_eq!(
+            start(Position::Offset {
+                offset: 1,
+                inclusive: true
+            }),
+            0
+        );
+        assert_eq!(
+            start(Position::Offset {
+                offset: 99,
+                inclusive: false
+            }),
+            3
+        );
+        assert_eq!(
+            start(Position::SequenceNumber {
+                number: 1,
+                inclusive: false
+            }),
+            2
+        );
+        assert_eq!(
+            start(Position::EnqueuedTime {
+                ms: 3_000,
+                inclusive: true
+            }),
+            1
+        );
+        assert_eq!(
+            start(Position::EnqueuedTime {
+                ms: 3_000,
+                inclusive: false
+            }),
+            2
+        );
+
+        // The log trims its oldest rows: they leave the partition.
+        c.execute("DELETE FROM events WHERE seq <= 3", []).unwrap();
+        let mut idx = Index::open(&c, 2).unwrap();
+        idx.catch_up(&mut c).unwrap();
+        let info = partition_info(&c, pa, idx.next_of(pa)).unwrap();
+        assert_eq!(info.begin_sequence_number, 2);
+        // Another partition count numbers the retained messages again.
+        let idx4 = Index::open(&c, 4).unwrap();
+        assert!((0..4).all(|p| idx4.next_of(p) == 0));
+    }
+}
