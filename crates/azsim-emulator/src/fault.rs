@@ -198,7 +198,8 @@ pub(crate) struct InBand {
 
 /// The fault a telemetry message's (validated, raw) property bag asks for, if any.
 pub(crate) fn requested(bag: &str) -> Option<InBand> {
-    // The names are letters and `_`, never percent-encoded: most messages end here.
+    // The names are letters and `_`, which the SDKs do not percent-encode: most messages end
+    // here.
     if !bag.contains("AzIoTHub_FaultOperation") {
         return None;
     }
