@@ -319,6 +319,7 @@ async fn serve(cfg: HubCliConfig) -> Result<ExitCode, CliError> {
             info.id_scope, info.provisioning_host
         );
         println!("  CA certificate:  {}", info.ca_file.display());
+        println!("  TLS:             {}", cfg.tls.describe());
         println!("  state dir:       {}", cfg.state.display());
         if let Some(url) = &info.dashboard_url {
             println!("  dashboard: {url}");
@@ -537,6 +538,9 @@ async fn env(cfg: EnvConfig) -> Result<ExitCode, CliError> {
             "IOTHUB_DEVICE_CONNECTION_STRING",
             device_connection_string(&hub, &service_cs, device).await?,
         ));
+    }
+    if let Some(eh) = &hub.info.eventhub_connection_string {
+        vars.push(("EVENTHUB_CONNECTION_STRING", eh.clone()));
     }
     let bundle = write_ca_bundle(&hub.state, &ca)?;
     let ca_s = ca.display().to_string();

@@ -213,6 +213,18 @@ impl TlsProfile {
         }
     }
 
+    /// One line for people: the profile and what it presents.
+    pub fn describe(self) -> &'static str {
+        match self {
+            TlsProfile::Azure => {
+                "azure (RSA-2048 root, intermediate and server certificate; TLS 1.2, as Azure)"
+            }
+            TlsProfile::Modern => {
+                "modern (one ECDSA P-256 certificate; TLS 1.2 and 1.3; not what Azure presents)"
+            }
+        }
+    }
+
     /// The profile named `s`.
     pub fn parse(s: &str) -> Option<TlsProfile> {
         match s.trim() {
@@ -468,10 +480,7 @@ pub fn prepare_with(dir: &Path, hostname: &str, profile: TlsProfile) -> Result<P
 ///
 /// # Errors
 /// A key file that cannot be read or written.
-pub fn policies(
-    dir: &Path,
-    owner_key: Secret<String>,
-) -> Result<crate::auth::Policies, HubError> {
+pub fn policies(dir: &Path, owner_key: Secret<String>) -> Result<crate::auth::Policies, HubError> {
     let mut failed = None;
     let policies = crate::auth::Policies::new(owner_key, |name| {
         let path = dir.join(format!("{name}.key"));
