@@ -197,6 +197,10 @@ def group(ctx):
     result = ctx.register("py-grp-dev-1", device_key)
     twin = ctx.run_device(result, device_key)
     registered("registered_group", result, twin)
+    # The SDK's own create_registration_state_query fails in 1.2.0 (it passes `raw` twice to
+    # the generated client), so the generated client is called as that query would call it.
+    states = svc._runtime_client.query_device_registration_states("py-group")
+    emit("group_registrations", ids=sorted(s.registration_id for s in states))
 
     refused("refused_unknown", lambda: ctx.register("py-nobody", derive(group_key, "someone-else")))
 

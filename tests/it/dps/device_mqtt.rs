@@ -195,6 +195,18 @@ async fn a_device_registers_over_mqtt_connects_to_its_hub_and_reprovisioning_fol
     assert_eq!(s, 200, "{v}");
     assert_eq!(v["registrationState"]["deviceId"], "fleet-7");
     let (_dev, _el) = hub.connect("fleet-7", &device_key, true).await;
+    // The group's registrations (the individual enrollment's are not among them).
+    let (s, q) = service(&hub, Method::POST, "/registrations/fleet/query", None).await;
+    assert_eq!(s, 200, "{q}");
+    let ids: Vec<_> = q
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["registrationId"].clone())
+        .collect();
+    assert_eq!(ids, [json!("fleet-7")]);
+    let (s, _) = service(&hub, Method::POST, "/registrations/nogroup/query", None).await;
+    assert_eq!(s, 404);
     hub.stop().await;
 }
 

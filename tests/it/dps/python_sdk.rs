@@ -169,6 +169,10 @@ fn check(seen: &[Value], hub: &azsim_emulator::HubInfo) {
         "{g}"
     );
     assert_eq!(event(seen, "group_query")["ids"], json!(["py-group"]));
+    assert_eq!(
+        event(seen, "group_registrations")["ids"],
+        json!(["py-grp-dev-1"])
+    );
     let x = event(seen, "x509_enrollment_created");
     assert_eq!(
         (&x["attestation"], &x["has_thumbprint"]),

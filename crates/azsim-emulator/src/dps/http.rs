@@ -53,6 +53,7 @@ pub(crate) fn routes() -> Router<Shared> {
             "/registrations/{id}",
             get(get_registration).delete(delete_registration),
         )
+        .route("/registrations/{id}/query", post(query_group_registrations))
         .route("/{scope}/registrations/{id}/register", put(device_register))
         .route(
             "/{scope}/registrations/{id}/operations/{op}",
@@ -74,6 +75,7 @@ pub(crate) fn is_dps_path(path: &str) -> bool {
                 _,
             )
             | (Some("registrations"), Some(_), None, ..)
+            | (Some("registrations"), Some(_), Some("query"), None, _)
             | (
                 Some(_),
                 Some("registrations"),
@@ -387,6 +389,17 @@ async fn query_records(hub: &Hub, kind: Kind, h: &HeaderMap, body: Bytes) -> Dps
     }
     super::ensure_schema(hub).await?;
     let all = hub.store.call(move |c| store::list(c, kind)).await?;
+    let item_type = if kind == Kind::Group {
+        "enrollmentGroup"
+    } else {
+        "enrollment"
+    };
+    Ok(page(all, h, item_type))
+}
+
+/// One page of `all`: `x-ms-max-item-count` items from the offset in `x-ms-continuation`, the
+/// next offset in the answer's `x-ms-continuation` when more remain.
+fn page(all: Vec<Value>, h: &HeaderMap, item_type: &'static str) -> Response {
     let header_num = |name: &str| {
         h.get(name)
             .and_then(|v| v.to_str().ok())
@@ -397,13 +410,7 @@ async fn query_records(hub: &Hub, kind: Kind, h: &HeaderMap, body: Bytes) -> Dps
         .filter(|n| *n > 0)
         .unwrap_or(usize::MAX);
     let end = start.saturating_add(size).min(all.len());
-    let page: Vec<Value> = all[start..end].to_vec();
-    let mut r = json_response(StatusCode::OK, &Value::Array(page));
-    let item_type = if kind == Kind::Group {
-        "enrollmentGroup"
-    } else {
-        "enrollment"
-    };
+    let mut r = json_response(StatusCode::OK, &Value::Array(all[start..end].to_vec()));
     r.headers_mut()
         .insert("x-ms-item-type", HeaderValue::from_static(item_type));
     if end < all.len()
@@ -411,7 +418,7 @@ async fn query_records(hub: &Hub, kind: Kind, h: &HeaderMap, body: Bytes) -> Dps
     {
         r.headers_mut().insert("x-ms-continuation", v);
     }
-    Ok(r)
+    r
 }
 
 async fn put_enrollment(
@@ -516,6 +523,35 @@ async fn delete_registration(
     h: HeaderMap,
 ) -> Response {
     let r = delete_record(&hub, Kind::Registration, id, &h).await;
+    respond(&hub, r)
+}
+
+/// `POST /registrations/{groupId}/query`: the registration states of a group's devices, paged
+/// as the other queries.
+async fn query_group_registrations(
+    State(hub): State<Shared>,
+    Path(id): Path<String>,
+    h: HeaderMap,
+) -> Response {
+    let r = async {
+        check_service(&hub, &h)?;
+        super::ensure_schema(&hub).await?;
+        let id2 = id.clone();
+        let (group, states) = hub
+            .store
+            .call(move |c| {
+                Ok((
+                    store::get(c, Kind::Group, &id2)?,
+                    store::registrations_of_group(c, &id2)?,
+                ))
+            })
+            .await?;
+        if group.is_none() {
+            return Err(not_found(Kind::Group, &id));
+        }
+        Ok(page(states, &h, "deviceRegistration"))
+    }
+    .await;
     respond(&hub, r)
 }
 

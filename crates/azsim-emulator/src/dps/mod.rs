@@ -7,8 +7,7 @@
 //! key are generated on the first start and kept in the state directory (0600, like the other
 //! keys). Every device it provisions is assigned to this hub.
 //!
-//! What it does not do: TPM attestation, X.509 over the device HTTPS API, custom allocation,
-//! several linked hubs.
+//! What it does not do: TPM attestation, custom allocation, several linked hubs.
 
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};

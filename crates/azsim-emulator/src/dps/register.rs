@@ -52,6 +52,8 @@ struct Attested {
     /// How the device authenticates to the hub: SAS, or (X.509 attestation) its certificate's
     /// thumbprint.
     auth: crate::x509::Auth,
+    /// The enrollment group that attested it (`None`: an individual enrollment).
+    group_id: Option<String>,
     initial_twin: Option<Value>,
     /// `reprovisionPolicy.updateHubAssignment`, `.migrateDeviceData` (both default true).
     update_hub: bool,
@@ -156,6 +158,7 @@ async fn attest(
             primary: p.to_string(),
             secondary: s.to_string(),
             auth: crate::x509::Auth::Sas,
+            group_id: None,
             initial_twin: e.get("initialTwin").cloned(),
             update_hub,
             migrate,
@@ -182,6 +185,10 @@ async fn attest(
                     primary: dp,
                     secondary: ds,
                     auth: crate::x509::Auth::Sas,
+                    group_id: g
+                        .get("enrollmentGroupId")
+                        .and_then(Value::as_str)
+                        .map(str::to_string),
                     initial_twin: g.get("initialTwin").cloned(),
                     update_hub,
                     migrate,
@@ -288,6 +295,10 @@ async fn attest_x509(
             primary_thumbprint: Some(crate::x509::sha1_thumbprint(leaf)),
             secondary_thumbprint: None,
         },
+        group_id: e
+            .get("enrollmentGroupId")
+            .and_then(Value::as_str)
+            .map(str::to_string),
         initial_twin: e.get("initialTwin").cloned(),
         update_hub,
         migrate,
@@ -326,6 +337,7 @@ fn assign(c: &mut rusqlite::Connection, a: Attested, r: Request) -> Result<Value
         now_ms,
     } = r;
     let (registration_id, operation_id, now) = (&registration_id, &operation_id, &now);
+    let a_group = a.group_id.clone();
     let previous = store::get(c, Kind::Registration, registration_id)?;
     let existing = q::get_identity(c, &a.device_id, None)?;
     let (tags, desired) = initial_twin_parts(a.initial_twin.as_ref());
@@ -401,6 +413,7 @@ fn assign(c: &mut rusqlite::Connection, a: Attested, r: Request) -> Result<Value
         state["payload"] = p;
     }
     store::put_registration(c, registration_id, operation_id, &state)?;
+    store::set_registration_group(c, registration_id, a_group.as_deref())?;
     Ok(state)
 }
 

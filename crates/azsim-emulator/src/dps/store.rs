@@ -12,6 +12,8 @@ CREATE TABLE IF NOT EXISTS dps_enrollments (id TEXT PRIMARY KEY, data TEXT NOT N
 CREATE TABLE IF NOT EXISTS dps_groups (id TEXT PRIMARY KEY, data TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS dps_registrations (
   id TEXT PRIMARY KEY, operation_id TEXT NOT NULL, data TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS dps_registration_groups (id TEXT PRIMARY KEY, group_id TEXT NOT NULL);
+CREATE INDEX IF NOT EXISTS dps_registration_groups_group ON dps_registration_groups (group_id);
 ";
 
 fn db_err(e: rusqlite::Error) -> HubError {
@@ -109,6 +111,51 @@ pub(crate) fn put_registration(
     .execute(params![id, operation_id, v.to_string()])
     .map_err(db_err)?;
     Ok(())
+}
+
+/// Records which enrollment group attested a registration (`None`: an individual enrollment).
+pub(crate) fn set_registration_group(
+    c: &Connection,
+    id: &str,
+    group_id: Option<&str>,
+) -> Result<(), HubError> {
+    match group_id {
+        Some(g) => c
+            .prepare_cached(
+                "INSERT OR REPLACE INTO dps_registration_groups (id, group_id) VALUES (?1, ?2)",
+            )
+            .map_err(db_err)?
+            .execute(params![id, g]),
+        None => c
+            .prepare_cached("DELETE FROM dps_registration_groups WHERE id = ?1")
+            .map_err(db_err)?
+            .execute(params![id]),
+    }
+    .map_err(db_err)?;
+    Ok(())
+}
+
+/// The registration states of the devices an enrollment group attested, by registration id.
+pub(crate) fn registrations_of_group(
+    c: &Connection,
+    group_id: &str,
+) -> Result<Vec<Value>, HubError> {
+    let mut st = c
+        .prepare_cached(
+            "SELECT r.data FROM dps_registrations r JOIN dps_registration_groups g ON g.id = r.id \
+             WHERE g.group_id = ?1 ORDER BY r.id",
+        )
+        .map_err(db_err)?;
+    let rows = st
+        .query_map(params![group_id], |r| r.get::<_, String>(0))
+        .map_err(db_err)?;
+    let mut out = Vec::new();
+    for r in rows {
+        if let Ok(v) = serde_json::from_str(&r.map_err(db_err)?) {
+            out.push(v);
+        }
+    }
+    Ok(out)
 }
 
 /// The registration state `operation_id` produced, when it is still the latest one.
