@@ -45,7 +45,8 @@ pub enum HubAction {
     Status(StatusArgs),
     /// Print the environment for SDKs and azsim: IOTHUB_CONNECTION_STRING,
     /// IOTHUB_DEVICE_CONNECTION_STRING (with --device), AZSIM_CA_FILE, NODE_EXTRA_CA_CERTS (the
-    /// hub's CA), REQUESTS_CA_BUNDLE and SSL_CERT_FILE (the system CA bundle plus the hub's CA).
+    /// hub's CA), REQUESTS_CA_BUNDLE and SSL_CERT_FILE (the system CA bundle plus the hub's CA),
+    /// EVENTHUB_CONNECTION_STRING (the Event Hubs-compatible endpoint, when served).
     /// Usage: eval "$(azsim hub env)" or azsim hub env --shell github >> "$GITHUB_ENV".
     Env(EnvArgs),
     /// The CA certificates the hub holds for X.509 devices registered `--x509 ca`:

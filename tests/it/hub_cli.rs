@@ -472,7 +472,8 @@ fn the_composite_action_steps_start_a_hub_and_fill_github_env() {
     let vars = &exported;
     assert_eq!(code(&status(&state)), 0, "the action left a running hub");
     assert_eq!(vars["AZSIM"], AZSIM);
-    assert_eq!(vars.len(), 7, "{:?}", vars.keys());
+    assert_eq!(vars.len(), 8, "{:?}", vars.keys());
+    assert!(vars["EVENTHUB_CONNECTION_STRING"].contains(";EntityPath=localhost"));
     let ca = state.join("ca.pem").display().to_string();
     assert_eq!(vars["AZSIM_CA_FILE"], ca);
     assert_eq!(vars["NODE_EXTRA_CA_CERTS"], ca);

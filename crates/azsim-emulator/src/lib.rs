@@ -5,9 +5,13 @@
 //! reports about activity (`lastActivityTime`, `connectionStateUpdatedTime`, see `activity`)
 //! and the C2D feedback queue the service reads over REST (`/messages/serviceBound/feedback`).
 //!
-//! What it does not do: AMQP, WebSockets, X.509 device auth, DPS, routing or Event Hubs. Every
-//! wire rule (tokens, usernames, topics, property bags) comes from `azsim-proto`; MQTT framing
-//! comes from `rumqttc::mqttbytes::v4`.
+//! An AMQP 1.0 listener (fe2o3-amqp's acceptor; `amqp`) authenticates services with SASL and CBS
+//! and serves the built-in Event Hubs-compatible endpoint: the telemetry log by partition, with
+//! `$management` and the Event Hubs start filters.
+//!
+//! What it does not do: WebSockets, X.509 device auth, DPS, or routing beyond telemetry to the
+//! built-in endpoint. Every wire rule (tokens, usernames, topics, property bags) comes from
+//! `azsim-proto`; MQTT framing comes from `rumqttc::mqttbytes::v4`.
 
 use std::future::Future;
 use std::net::{IpAddr, SocketAddr};

@@ -20,6 +20,7 @@ use crate::support::TestHub;
 
 mod bad_input;
 mod cbs;
+mod eventhub_links;
 mod eventhub_python;
 
 type Conn = fe2o3_amqp::connection::ConnectionHandle<()>;
