@@ -103,6 +103,9 @@ pub struct FleetArgs {
     /// MQTT port of a local hub started here.
     #[arg(long, value_name = "N")]
     pub port: Option<u16>,
+    /// MQTT over WebSockets (`wss://HOST:443/$iothub/websocket`; the local hub's HTTPS port).
+    #[arg(long)]
+    pub websockets: bool,
     /// NDJSON: stats every --stats-every, events, and the summary.
     #[arg(long)]
     pub json: bool,
@@ -340,6 +343,11 @@ impl FleetArgs {
             keep_alive: self.keep_alive,
             max_queue: self.max_queue,
             seed,
+            transport: if self.websockets {
+                crate::device::net::Transport::WebSocket
+            } else {
+                crate::device::net::Transport::Mqtt
+            },
             json: self.json,
             print_acks: self.print_acks,
             stats_every,

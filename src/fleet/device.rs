@@ -23,7 +23,7 @@ use super::stats::Stats;
 use crate::device::buffer::{GrowingBuffer, RESTING};
 use crate::device::driver::MAX_PACKET;
 use crate::device::driver::{Credential, HeapQueue};
-use crate::device::net::{FailureSlot, SystemClock, TlsConnector};
+use crate::device::net::{FailureSlot, SystemClock, TlsConnector, Transport};
 use crate::device::output::{Output, body_value};
 use crate::device::template::{Template, TemplateVars};
 
@@ -79,6 +79,8 @@ pub struct Common {
     pub print_acks: bool,
     /// First and longest wait before a device that gave up is started again.
     pub restart_backoff: (Duration, Duration),
+    /// MQTT over TLS or over WebSockets.
+    pub transport: Transport,
 }
 
 /// The interval of device `index`: `interval_ms` moved by up to `jitter_percent` either way,
@@ -130,7 +132,7 @@ async fn run_once(
     let failure = FailureSlot::default();
     let mut connector =
         match TlsConnector::new(&spec.connect_host, spec.port, common.tls.clone(), failure) {
-            Ok(c) => c,
+            Ok(c) => c.over(common.transport),
             Err(_) => {
                 common.stats.error("bad_host");
                 return Ok(());

@@ -30,6 +30,7 @@ use tokio::sync::watch;
 
 use crate::device::driver::Credential;
 use crate::device::local_hub::LocalHub;
+use crate::device::net::{Transport, WEBSOCKET_PORT};
 use crate::device::output::Output;
 use crate::device::template::Template;
 use crate::service::target::{Target, TargetInputs};
@@ -118,6 +119,8 @@ pub struct FleetConfig {
     pub max_queue: usize,
     /// Seed.
     pub seed: u64,
+    /// MQTT over TLS, or over WebSockets (`--websockets`).
+    pub transport: Transport,
     /// NDJSON output.
     pub json: bool,
     /// An `acked` event per acknowledged message.
@@ -164,7 +167,7 @@ pub async fn run(
     let indices = (cfg.first_index + mine.start)..(cfg.first_index + mine.end);
     let mut local = None;
     let mut cleanup = None;
-    let (specs, ca_file) = match cfg.identities {
+    let (mut specs, ca_file, https_port) = match cfg.identities {
         Identities::Listed(ref all) => {
             let specs: Vec<DeviceSpec> = all
                 .iter()
@@ -172,7 +175,7 @@ pub async fn run(
                 .take(usize::try_from(mine.end - mine.start).unwrap_or(usize::MAX))
                 .cloned()
                 .collect();
-            (specs, cfg.ca_file.clone())
+            (specs, cfg.ca_file.clone(), WEBSOCKET_PORT)
         }
         Identities::Local {
             ref state_dir,
@@ -201,7 +204,7 @@ pub async fn run(
             .await?;
             let ca = cfg.ca_file.clone().or_else(|| Some(hub.ca_file()));
             local = Some(hub);
-            (specs, ca)
+            (specs, ca, info.https_port)
         }
         Identities::Hub {
             ref target,
@@ -220,9 +223,19 @@ pub async fn run(
             if delete_after {
                 cleanup = Some(Registry::new(target)?);
             }
-            (specs, cfg.ca_file.clone())
+            let https = target
+                .local_hub
+                .as_ref()
+                .map_or(WEBSOCKET_PORT, |h| h.https_port);
+            (specs, cfg.ca_file.clone(), https)
         }
     };
+    if cfg.transport == Transport::WebSocket {
+        // WebSockets go to the hub's HTTPS port (443 on Azure), whatever the MQTT port.
+        for s in &mut specs {
+            s.port = https_port;
+        }
+    }
     raise_open_files_limit(specs.len() as u64 + 256, &out);
     let tls = crate::tls::client_config(ca_file.as_deref())?;
     let payload = cfg
@@ -286,6 +299,7 @@ pub async fn run(
         max_in_flight: cfg.max_in_flight,
         seed: cfg.seed,
         print_acks: cfg.print_acks,
+        transport: cfg.transport,
         restart_backoff: (Duration::from_secs(1), Duration::from_secs(60)),
     });
     let (stop_tx, stop_rx) = watch::channel(false);

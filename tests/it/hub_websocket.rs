@@ -232,6 +232,52 @@ async fn azsim_run_over_websockets_sends_telemetry_answers_a_method_and_applies_
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fleet_over_websockets_is_all_acknowledged() {
+    let tmp = tempfile::tempdir().unwrap();
+    let state = tmp.path().join("hub");
+    let hub = TestHub::start_in(&state).await;
+    // hub.json names an MQTT port that accepts and never answers: a fleet that dialled MQTT
+    // would acknowledge nothing.
+    let mute = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let mute_port = mute.local_addr().unwrap().port();
+    let _mute = tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((s, _)) = mute.accept().await {
+            held.push(s);
+        }
+    });
+    let json_path = state.join("hub.json");
+    let mut info: Value = serde_json::from_slice(&std::fs::read(&json_path).unwrap()).unwrap();
+    info["mqtt_port"] = json!(mute_port);
+    std::fs::write(&json_path, info.to_string()).unwrap();
+    let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_azsim"));
+    cmd.args(["fleet", "--json", "--websockets", "--state"])
+        .arg(&state)
+        .args(["--devices", "5", "--count", "2", "--interval", "200ms"])
+        .args(["--prefix", "wsf-", "--connect-rate", "100"])
+        .env_remove("IOTHUB_CONNECTION_STRING")
+        .env_remove("AZSIM_CA_FILE")
+        .env_remove("AZSIM_FLEET_HUB_CONNECTION_STRING")
+        .env_remove("JOB_COMPLETION_INDEX")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true);
+    let mut fleet = Running::spawn(cmd);
+    let summary = fleet
+        .wait_for("the summary", |v| v["event"] == "summary")
+        .await;
+    assert_eq!(summary["devices_acked"], 5, "{summary}");
+    assert!(summary["acked"].as_u64().unwrap() >= 10, "{summary}");
+    let events = recent(&hub, "wsf-1").await;
+    assert!(
+        events.iter().any(|e| e["type"] == "telemetry"),
+        "{events:#?}"
+    );
+    hub.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_upgrade_without_the_mqtt_subprotocol_gets_400_and_the_hub_keeps_serving() {
     let hub = TestHub::start().await;
     hub.create_device("ws-a").await;
