@@ -383,6 +383,34 @@ mod tests {
         assert!(r.is_finished());
     }
 
+    proptest::proptest! {
+        /// Whatever a DPS (or anything on the wire) answers, the exchange does not panic, and
+        /// a 2xx answer it accepts left it either assigned, finished, or with a poll scheduled.
+        #[test]
+        fn any_answer_is_handled_without_panicking(
+            status in 100u16..600,
+            rid in 0u32..4,
+            retry in proptest::option::of(0u32..100),
+            body in proptest::collection::vec(proptest::num::u8::ANY, 0..200),
+            json_body in "\\{\"(operationId|status|registrationState)\":\"[a-z.0-9]{0,12}\"\\}",
+        ) {
+            for body in [body.as_slice(), json_body.as_bytes()] {
+                let mut r = Registration::new("dev-1");
+                r.handle_connected();
+                next(&mut r, 0, None);
+                r.handle_subscribed();
+                next(&mut r, 0, None);
+                let mut topic = std::format!("$dps/registrations/res/{status}/?$rid={rid}");
+                if let Some(s) = retry {
+                    topic.push_str(&std::format!("&retry-after={s}"));
+                }
+                if let Ok(Outcome::Assigning { .. }) = r.handle_response(0, &topic, body) {
+                    proptest::prop_assert!(r.poll_timeout().is_some());
+                }
+            }
+        }
+    }
+
     #[test]
     fn refusals_carry_dps_status_and_error_and_throttling_waits() {
         let mut r = Registration::new("dev-1");
