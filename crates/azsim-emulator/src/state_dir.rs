@@ -445,7 +445,14 @@ pub fn prepare_with(dir: &Path, hostname: &str, profile: TlsProfile) -> Result<P
         }
         .map_err(rcgen_err)?;
         write_private(&server_key_path, &key.serialize_pem())?;
-        fs::write(&server_path, cert.pem()).map_err(|e| io_err(&server_path, e))?;
+        // The file holds the chain a server sends up to the root (leaf, then the Azure
+        // profile's intermediate), so a broker given it as its certificate (mosquitto's
+        // `certfile`) presents a chain clients can verify against `ca.pem`.
+        let mut file = cert.pem();
+        if let Some((int_pem, _)) = &intermediate {
+            file.push_str(int_pem);
+        }
+        fs::write(&server_path, file).map_err(|e| io_err(&server_path, e))?;
         fs::write(&names_path, &names_line).map_err(|e| io_err(&names_path, e))?;
         (cert.pem(), key.serialize_pem())
     };
