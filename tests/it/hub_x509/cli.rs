@@ -216,6 +216,64 @@ fn the_cli_makes_certificates_registers_x509_devices_and_runs_them() {
     // An x509 string without a certificate: exit 2.
     let (code, _, err) = azsim(&["run", "--connection-string", &ss_cs, "--count", "1"]);
     assert_eq!((code, err.contains("--cert")), (Some(2), true), "{err}");
+    // More bad input: exit 2 naming the field, or 1 for a CA that cannot be read.
+    let sas_cs = "HostName=localhost;DeviceId=d;SharedAccessKey=c2VjcmV0LWtleS1zZWNyZXQta2V5LXNlY3JldC0xMjM=";
+    let ss_pem = format!("{dir}/ss-1.pem");
+    let ss_key = format!("{dir}/ss-1.key.pem");
+    for (args, field, want) in [
+        (vec!["cert", "ca", "a/b"], "NAME", 2),
+        (vec!["cert", "device", "d", "--days", "0"], "--days", 2),
+        (vec!["cert", "device", "a/b"], "DEVICE", 2),
+        (
+            vec!["cert", "device", "d", "--ca", "nope", "--out", dir],
+            "nope.pem",
+            1,
+        ),
+        (
+            vec![
+                "run",
+                "--connection-string",
+                sas_cs,
+                "--cert",
+                &ss_pem,
+                "--cert-key",
+                &ss_key,
+            ],
+            "--cert",
+            2,
+        ),
+        (
+            vec![
+                "run",
+                "--connection-string",
+                &ss_cs,
+                "--cert",
+                "/nonexistent.pem",
+                "--cert-key",
+                &ss_key,
+            ],
+            "/nonexistent.pem",
+            2,
+        ),
+        (
+            vec![
+                "run",
+                "--connection-string",
+                &ss_cs,
+                "--cert",
+                &ss_pem,
+                "--cert-key",
+                &ss_pem,
+            ],
+            "--cert",
+            2,
+        ),
+    ] {
+        let (code, _, err) = azsim(&args);
+        assert_eq!(code, Some(want), "{args:?}: {err}");
+        assert!(err.contains(field), "{args:?}: {err}");
+        assert!(!err.contains("c2VjcmV0"), "{err}");
+    }
 
     Command::new("kill")
         .args(["-INT", &hub.id().to_string()])
