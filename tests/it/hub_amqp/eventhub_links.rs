@@ -165,3 +165,39 @@ async fn a_selector_the_hub_does_not_understand_is_refused_with_invalid_field() 
     conn.close().await.expect("close");
     hub.stop().await;
 }
+
+#[tokio::test]
+async fn messages_events_on_the_hub_host_redirects_to_the_event_hubs_compatible_endpoint() {
+    let hub = TestHub::start().await;
+    let port = hub.info.amqp_port.unwrap();
+    let mut conn = open(&hub, SaslProfile::Anonymous).await.expect("open");
+    let mut session = Session::begin(&mut conn).await.expect("session");
+    let events = "amqps://localhost/messages/events/ConsumerGroups/$Default/Partitions/0";
+    let c = refusal(&mut session, "no-token", events).await;
+    assert!(
+        c.as_deref()
+            .is_some_and(|c| c.contains("UnauthorizedAccess")),
+        "{c:?}"
+    );
+
+    let mut cbs = Cbs::attach(&mut session).await;
+    let token = owner_token(&hub, &hub.hostname, unix_now() + 600);
+    assert_eq!(cbs.put_token(&hub.hostname, &token).await.0, 200);
+    let got = refusal(&mut session, "events", events)
+        .await
+        .expect("redirected");
+    assert!(got.contains("Redirect"), "{got}");
+    let want = format!("amqps://localhost:{port}/localhost/ConsumerGroups/$Default/Partitions/0");
+    assert!(got.contains(&want), "the address to follow: {got}");
+    assert!(got.contains("network-host"), "{got}");
+    // Following it works with the same token.
+    let followed = Receiver::builder()
+        .name("followed")
+        .source(Source::builder().address(want).build())
+        .target("me")
+        .attach(&mut session)
+        .await;
+    assert!(followed.is_ok(), "{followed:?}");
+    conn.close().await.expect("close");
+    hub.stop().await;
+}

@@ -77,7 +77,12 @@ impl Listeners {
         if self.amqps.is_none() && self.dev.is_none() {
             return tasks;
         }
-        let eh = Arc::new(EventHub::new(hub));
+        let amqps_port = self
+            .amqps
+            .as_ref()
+            .and_then(|l| l.local_addr().ok())
+            .map(|a| a.port());
+        let eh = Arc::new(EventHub::new(hub, amqps_port));
         tasks.push(tokio::spawn(eh.clone().run_indexer(hub.clone())));
         if let Some(l) = self.amqps {
             let acceptor = TlsAcceptor::from(tls);

@@ -34,6 +34,7 @@ use fe2o3_amqp::acceptor::{
 };
 use fe2o3_amqp::types::definitions::{AmqpError, Error as AmqpErr, Role};
 use fe2o3_amqp::types::performatives::Attach;
+use fe2o3_amqp::types::primitives::Value;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::OwnedSemaphorePermit;
@@ -101,6 +102,10 @@ pub(crate) enum Route {
     C2dSend,
     /// The service receives C2D feedback (`/messages/serviceBound/feedback`, `feedback.rs`).
     Feedback,
+    /// `/messages/events[/...]` on the IoT Hub host: answered, as IoT Hub does, with
+    /// `amqp:link:redirect` to the same path on the Event Hubs-compatible endpoint (`rest` is
+    /// what follows `messages/events`).
+    Redirect { rest: String },
     /// The client receives the events of a partition of the Event Hubs-compatible endpoint.
     Partition {
         part: u32,
@@ -118,6 +123,7 @@ impl Route {
         match self {
             Route::CbsRequests | Route::Replies(_) | Route::ManagementRequests => None,
             Route::Partition { path, .. } => Some((path, Permission::ServiceConnect)),
+            Route::Redirect { .. } => Some((EVENTS_PATH, Permission::ServiceConnect)),
             Route::C2dSend => Some((c2d::PATH, Permission::ServiceConnect)),
             Route::Feedback => Some((feedback::PATH, Permission::ServiceConnect)),
         }
@@ -150,6 +156,42 @@ fn reply_address(attach: &Attach) -> Option<String> {
     }
 }
 
+/// IoT Hub's service-side path of the device-to-cloud messages.
+const EVENTS_PATH: &str = "messages/events";
+
+/// What follows `messages/events` in `path` (any case), if it starts so.
+fn events_rest(path: &str) -> Option<&str> {
+    let head = path.get(..EVENTS_PATH.len())?;
+    let rest = &path[EVENTS_PATH.len()..];
+    (head.eq_ignore_ascii_case(EVENTS_PATH) && (rest.is_empty() || rest.starts_with('/')))
+        .then(|| rest.trim_start_matches('/'))
+}
+
+/// `amqp:link:redirect` to `{entity}/{rest}` on the AMQPS listener, with the `info` fields the
+/// SDKs read (`hostname`, `network-host`, `port`, `address`).
+fn redirect(ctx: &ConnCtx, rest: &str) -> AmqpErr {
+    let eh = &ctx.eventhub;
+    let Some(port) = eh.amqps_port else {
+        return not_found("no AMQPS listener to redirect to".into());
+    };
+    let host = &ctx.hub.cfg.hostname;
+    let address = if rest.is_empty() {
+        format!("amqps://{host}:{port}/{}", eh.name)
+    } else {
+        format!("amqps://{host}:{port}/{}/{rest}", eh.name)
+    };
+    let mut info = fe2o3_amqp::types::definitions::Fields::new();
+    info.insert("hostname".into(), Value::String(host.clone()));
+    info.insert("network-host".into(), Value::String(host.clone()));
+    info.insert("port".into(), Value::Int(i32::from(port)));
+    info.insert("address".into(), Value::String(address));
+    AmqpErr::new(
+        fe2o3_amqp::types::definitions::LinkError::Redirect,
+        "the Event Hubs-compatible endpoint serves the hub's events".to_string(),
+        info,
+    )
+}
+
 fn not_found(what: String) -> AmqpErr {
     AmqpErr::new(AmqpError::NotFound, what, None)
 }
@@ -174,6 +216,9 @@ fn route(ctx: &ConnCtx, attach: &Attach) -> Result<Route, AmqpErr> {
         ),
         (&Role::Sender, p) if p.eq_ignore_ascii_case(c2d::PATH) => Route::C2dSend,
         (&Role::Receiver, p) if p.eq_ignore_ascii_case(feedback::PATH) => Route::Feedback,
+        (_, path) if let Some(rest) = events_rest(path) => Route::Redirect {
+            rest: rest.to_string(),
+        },
         (&Role::Receiver, path) if let Some(p) = ctx.eventhub.partition_address(path) => {
             let (_group, part) = p.map_err(not_found)?;
             let filters = attach.source.as_ref().and_then(|s| s.filter.as_ref());
@@ -221,6 +266,7 @@ async fn run_link(ctx: Arc<ConnCtx>, route: Route, link: LinkEndpoint) {
         (Route::Replies(address), LinkEndpoint::Sender(s)) => {
             node::serve_reply_link(ctx, s, address).await;
         }
+        (Route::Redirect { rest }, link) => refuse(link, redirect(&ctx, &rest)).await,
         (Route::ManagementRequests, LinkEndpoint::Receiver(r)) => {
             node::serve_requests(ctx, r, eventhub::management::answer).await;
         }

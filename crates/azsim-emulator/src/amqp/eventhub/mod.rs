@@ -28,6 +28,8 @@ pub(crate) struct EventHub {
     /// The Event Hub name (`EntityPath`): the hub name.
     pub name: String,
     pub partitions: u32,
+    /// The AMQPS listener's port, if it has one.
+    pub amqps_port: Option<u16>,
     groups: Vec<String>,
     /// When this endpoint came up (reported as `created_at`), Unix milliseconds.
     pub created_ms: i64,
@@ -38,7 +40,9 @@ pub(crate) struct EventHub {
 }
 
 impl EventHub {
-    pub fn new(hub: &Hub) -> EventHub {
+    /// `amqps_port`: where the endpoint is served with TLS (`/messages/events` redirects
+    /// there).
+    pub fn new(hub: &Hub, amqps_port: Option<u16>) -> EventHub {
         let mut groups = vec![DEFAULT_GROUP.to_string()];
         for g in &hub.cfg.consumer_groups {
             if !groups.iter().any(|h| h.eq_ignore_ascii_case(g)) {
@@ -48,6 +52,7 @@ impl EventHub {
         EventHub {
             name: super::address::hub_name(&hub.cfg.hostname).to_string(),
             partitions: hub.cfg.partitions.max(1),
+            amqps_port,
             groups,
             created_ms: hub.now_ms(),
             index: Arc::new(Mutex::new(None)),
