@@ -90,6 +90,18 @@ pub async fn run(cfg: DeviceConfig) -> Result<ExitCode, CliError> {
                 .get_device(identity)
                 .await
                 .map_err(CliError::runtime)?;
+            if print_connection_string
+                && matches!(
+                    field(&d, "/authentication/type"),
+                    "selfSigned" | "certificateAuthority"
+                )
+            {
+                // An X.509 identity: the string names it; the certificate proves it.
+                let mqtt = cfg.target.mqtt_endpoint(cfg.mqtt_port);
+                warn_if_port_assumed(&cfg.target, &mqtt);
+                println!("{}", x509_connection_string(&mqtt, identity)?);
+                return Ok(ExitCode::SUCCESS);
+            }
             if print_connection_string {
                 let key = primary_key(&d).ok_or_else(|| {
                     CliError::runtime(format!("{} has no symmetric key", describe(identity)))
@@ -189,18 +201,7 @@ async fn create_x509(
         .map_err(CliError::runtime)?;
     let mqtt = target.mqtt_endpoint(mqtt_port);
     warn_if_port_assumed(target, &mqtt);
-    let mut cs = format!("HostName={};DeviceId={device}", mqtt.host_name());
-    if let Some(m) = module {
-        cs.push_str(&format!(";ModuleId={m}"));
-    }
-    cs.push_str(";x509=true");
-    // The core's parser is the judge of what a connection string may hold.
-    azsim_proto::connection_string::ConnectionString::parse(&cs).map_err(|e| {
-        CliError::runtime(format!(
-            "cannot write the connection string of {}: {e}",
-            describe(identity)
-        ))
-    })?;
+    let cs = x509_connection_string(&mqtt, identity)?;
     if json_out {
         let mut out = json!({
             "deviceId": device,
@@ -237,6 +238,27 @@ async fn create_x509(
         shell_quote(&cs)
     );
     Ok(())
+}
+
+/// `HostName=..;DeviceId=..[;ModuleId=..];x509=true` for an X.509 identity at `mqtt`.
+fn x509_connection_string(mqtt: &MqttEndpoint, identity: Identity<'_>) -> Result<String, CliError> {
+    let mut cs = format!(
+        "HostName={};DeviceId={}",
+        mqtt.host_name(),
+        identity.device_id
+    );
+    if let Some(m) = identity.module_id {
+        cs.push_str(&format!(";ModuleId={m}"));
+    }
+    cs.push_str(";x509=true");
+    // The core's parser is the judge of what a connection string may hold.
+    azsim_proto::connection_string::ConnectionString::parse(&cs).map_err(|e| {
+        CliError::runtime(format!(
+            "cannot write the connection string of {}: {e}",
+            describe(identity)
+        ))
+    })?;
+    Ok(cs)
 }
 
 fn identity_of<'a>(device: &'a str, module: Option<&'a str>) -> Identity<'a> {

@@ -112,6 +112,15 @@ fn the_cli_makes_certificates_registers_x509_devices_and_runs_them() {
     let ss_cs = created["connectionString"].as_str().unwrap().to_owned();
     assert!(ss_cs.ends_with(";x509=true"), "{ss_cs}");
     assert_eq!(created["device"]["authentication"]["type"], "selfSigned");
+    let (code, out, err) = azsim(&[
+        "device",
+        "show",
+        "ss-1",
+        "--connection-string",
+        "--state",
+        st,
+    ]);
+    assert_eq!((code, out.trim()), (Some(0), ss_cs.as_str()), "{err}");
     let (code, _, err) = azsim(&[
         "device",
         "create",
