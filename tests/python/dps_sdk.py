@@ -27,6 +27,7 @@ import traceback
 
 from azure.iot.device import X509, IoTHubDeviceClient, Message, ProvisioningDeviceClient
 from provisioningserviceclient import (
+    BulkEnrollmentOperation,
     EnrollmentGroup,
     IndividualEnrollment,
     ProvisioningServiceClient,
@@ -167,6 +168,14 @@ def individual(ctx):
 
     page = svc.create_individual_enrollment_query(QuerySpecification("*")).next()
     emit("enrollment_query", ids=sorted(e.registration_id for e in page))
+
+    sym = AttestationMechanism(type="symmetricKey", symmetric_key=SymmetricKeyAttestation())
+    bulk = BulkEnrollmentOperation("create", [IndividualEnrollment.create(r, sym) for r in ("py-bulk-1", "py-bulk-2")])
+    result = svc.run_bulk_operation(bulk)
+    again = svc.run_bulk_operation(bulk)
+    emit("bulk", ok=result.is_successful, again_ok=again.is_successful,
+         again_errors=sorted(e.registration_id for e in again.errors))
+    svc.run_bulk_operation(BulkEnrollmentOperation("delete", bulk.enrollments))
 
     svc.delete_registration_state_by_param("py-dps-1")
     svc.delete_individual_enrollment_by_param("py-dps-1")

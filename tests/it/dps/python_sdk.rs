@@ -156,6 +156,13 @@ fn check(seen: &[Value], hub: &azsim_emulator::HubInfo) {
         assert!(v["error"].as_str().unwrap().contains(status), "{name}: {v}");
     }
     assert_eq!(event(seen, "enrollment_query")["ids"], json!(["py-dps-1"]));
+    let b = event(seen, "bulk");
+    assert_eq!(
+        (&b["ok"], &b["again_ok"]),
+        (&json!(true), &json!(false)),
+        "{b}"
+    );
+    assert_eq!(b["again_errors"], json!(["py-bulk-1", "py-bulk-2"]));
     assert!(
         event(seen, "enrollment_deleted")["error"]
             .as_str()

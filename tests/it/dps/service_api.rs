@@ -213,3 +213,64 @@ async fn the_id_scope_and_service_key_survive_a_restart() {
     assert_eq!(s, 200, "{e}");
     hub.stop().await;
 }
+
+#[tokio::test]
+async fn a_bulk_operation_applies_each_enrollment_and_lists_the_failures() {
+    let hub = TestHub::start().await;
+    let (s, r) = service(
+        &hub,
+        Method::POST,
+        "/enrollments",
+        Some(json!({"mode": "create", "enrollments": [{"registrationId": "b1"}, {"registrationId": "b2"}]})),
+    )
+    .await;
+    assert_eq!(s, 200, "{r}");
+    assert_eq!(r, json!({"isSuccessful": true, "errors": []}));
+    let (_, b1) = service(&hub, Method::GET, "/enrollments/b1", None).await;
+    // Create again: each existing one fails (409); an update with a stale etag fails (412).
+    let (_, r) = service(
+        &hub,
+        Method::POST,
+        "/enrollments",
+        Some(json!({"mode": "create", "enrollments": [{"registrationId": "b1"}, {"registrationId": "b3"}]})),
+    )
+    .await;
+    assert_eq!(r["isSuccessful"], false);
+    assert_eq!(r["errors"].as_array().unwrap().len(), 1, "{r}");
+    assert_eq!(r["errors"][0]["registrationId"], "b1");
+    assert_eq!(r["errors"][0]["errorCode"], 409201);
+    let (_, r) = service(
+        &hub,
+        Method::POST,
+        "/enrollments",
+        Some(json!({"mode": "updateIfMatchETag", "enrollments": [
+            {"registrationId": "b1", "etag": b1["etag"], "provisioningStatus": "disabled"},
+            {"registrationId": "b2", "etag": "stale"}]})),
+    )
+    .await;
+    assert_eq!(r["errors"].as_array().unwrap().len(), 1, "{r}");
+    assert_eq!(r["errors"][0]["registrationId"], "b2");
+    assert_eq!(r["errors"][0]["errorCode"], 412002);
+    let (_, b1) = service(&hub, Method::GET, "/enrollments/b1", None).await;
+    assert_eq!(b1["provisioningStatus"], "disabled");
+    let (_, r) = service(
+        &hub,
+        Method::POST,
+        "/enrollments",
+        Some(json!({"mode": "delete", "enrollments": [{"registrationId": "b1"}, {"registrationId": "nope"}]})),
+    )
+    .await;
+    assert_eq!(r["errors"][0]["registrationId"], "nope", "{r}");
+    assert_eq!(r["errors"][0]["errorCode"], 404201);
+    let (s, _) = service(&hub, Method::GET, "/enrollments/b1", None).await;
+    assert_eq!(s, 404);
+    let (s, e) = service(
+        &hub,
+        Method::POST,
+        "/enrollments",
+        Some(json!({"mode": "merge", "enrollments": []})),
+    )
+    .await;
+    assert_eq!(s, 400, "{e}");
+    hub.stop().await;
+}

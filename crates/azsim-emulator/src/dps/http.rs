@@ -18,8 +18,9 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post, put};
 use serde_json::{Value, json};
 
+use super::records::normalize;
 use super::store::{self, Kind};
-use super::{DpsError, SERVICE_POLICY, new_etag, register};
+use super::{DpsError, SERVICE_POLICY, register};
 use crate::hub::Hub;
 use crate::untrusted::Untrusted;
 
@@ -35,6 +36,7 @@ pub(crate) fn routes() -> Router<Shared> {
                 .get(get_enrollment)
                 .delete(delete_enrollment),
         )
+        .route("/enrollments", post(bulk_enrollments))
         .route("/enrollments/query", post(query_enrollments))
         .route(
             "/enrollments/{id}/attestationmechanism",
@@ -67,6 +69,7 @@ pub(crate) fn is_dps_path(path: &str) -> bool {
     matches!(
         (it.next(), it.next(), it.next(), it.next(), it.next()),
         (Some("enrollments" | "enrollmentGroups"), Some(_), None, ..)
+            | (Some("enrollments"), None, ..)
             | (
                 Some("enrollments" | "enrollmentGroups"),
                 Some(_),
@@ -182,139 +185,42 @@ fn check_record_id(what: &str, id: &str) -> Result<(), DpsError> {
     }
 }
 
-/// The attestation with symmetric keys filled in (generated when not given), or an `x509`
-/// one with its certificates' `info`.
-fn normalize_attestation(att: Option<&Value>, group: bool) -> Result<Value, DpsError> {
-    let att = match att {
-        None | Some(Value::Null) => json!({"type": "symmetricKey"}),
-        Some(a) if a.is_object() => a.clone(),
-        Some(_) => return Err(DpsError::bad("attestation must be an object")),
-    };
-    match att.get("type").and_then(Value::as_str) {
-        Some("symmetricKey") => {}
-        Some("x509") => return super::x509::normalize(&att, group),
-        Some("tpm") => {
-            return Err(DpsError::bad(
-                "attestation type 'tpm' is not supported by the local hub (symmetricKey, x509)",
-            ));
-        }
-        _ => {
-            return Err(DpsError::bad(
-                "attestation.type must be 'symmetricKey' or 'x509'",
-            ));
-        }
-    }
-    let mut keys = serde_json::Map::new();
-    for which in ["primaryKey", "secondaryKey"] {
-        let k = match att.pointer(&format!("/symmetricKey/{which}")) {
-            None | Some(Value::Null) => crate::state_dir::generate_key(),
-            Some(Value::String(s)) if s.is_empty() => crate::state_dir::generate_key(),
-            Some(Value::String(s)) => {
-                azsim_proto::sas::check_key(s)
-                    .map_err(|e| DpsError::bad(format!("attestation.symmetricKey.{which}: {e}")))?;
-                s.clone()
-            }
-            Some(_) => {
-                return Err(DpsError::bad(format!(
-                    "attestation.symmetricKey.{which} must be a string"
-                )));
-            }
-        };
-        keys.insert(which.into(), Value::String(k));
-    }
-    Ok(json!({"type": "symmetricKey", "symmetricKey": keys}))
+async fn put_record(hub: &Hub, kind: Kind, id: String, h: &HeaderMap, body: Bytes) -> DpsResult {
+    check_service(hub, h)?;
+    let body = parse_body(&body)?;
+    let record = upsert(hub, kind, &id, body, if_match(h), false).await?;
+    Ok(json_response(StatusCode::OK, &record))
 }
 
-/// A PUT body made into the stored record: ids, attestation, status and policy defaults,
-/// fresh etag and times (creation time kept from `previous`).
-fn normalize(
+/// Creates or replaces a record (`create_only`: refuses an existing one with 409), checking
+/// `if_match` against the stored etag.
+async fn upsert(
     hub: &Hub,
     kind: Kind,
     id: &str,
-    mut body: serde_json::Map<String, Value>,
-    previous: Option<&Value>,
+    body: serde_json::Map<String, Value>,
+    if_match: Option<String>,
+    create_only: bool,
 ) -> Result<Value, DpsError> {
-    let id_field = if kind == Kind::Group {
-        "enrollmentGroupId"
-    } else {
-        "registrationId"
-    };
-    match body.get(id_field) {
-        None | Some(Value::Null) => {}
-        Some(Value::String(s)) if s == id => {}
-        Some(_) => {
-            return Err(DpsError::bad(format!(
-                "{id_field} in the body does not match the URL"
-            )));
-        }
-    }
-    body.insert(id_field.into(), json!(id));
-    body.insert(
-        "attestation".into(),
-        normalize_attestation(body.get("attestation"), kind == Kind::Group)?,
-    );
-    match body.get("provisioningStatus") {
-        None | Some(Value::Null) => {
-            body.insert("provisioningStatus".into(), json!("enabled"));
-        }
-        Some(Value::String(s)) if s == "enabled" || s == "disabled" => {}
-        Some(_) => {
-            return Err(DpsError::bad(
-                "provisioningStatus must be 'enabled' or 'disabled'",
-            ));
-        }
-    }
-    if kind == Kind::Enrollment {
-        match body.get("deviceId") {
-            None | Some(Value::Null) => {}
-            Some(Value::String(d)) if !d.is_empty() && d.len() <= 128 => {}
-            Some(_) => return Err(DpsError::bad("deviceId must be a non-empty string")),
-        }
-    }
-    match body.get("initialTwin") {
-        None | Some(Value::Null) | Some(Value::Object(_)) => {}
-        Some(_) => return Err(DpsError::bad("initialTwin must be an object")),
-    }
-    let policy = body
-        .get("reprovisionPolicy")
-        .cloned()
-        .filter(Value::is_object)
-        .unwrap_or_else(|| json!({}));
-    let flag = |n: &str| policy.get(n).and_then(Value::as_bool).unwrap_or(true);
-    body.insert(
-        "reprovisionPolicy".into(),
-        json!({"updateHubAssignment": flag("updateHubAssignment"), "migrateDeviceData": flag("migrateDeviceData")}),
-    );
-    body.entry("capabilities")
-        .or_insert_with(|| json!({"iotEdge": false}));
-    body.entry("allocationPolicy")
-        .or_insert_with(|| json!("hashed"));
-    let now = hub.clock().now_rfc3339();
-    let created = previous
-        .and_then(|p| p.get("createdDateTimeUtc").cloned())
-        .unwrap_or_else(|| json!(now));
-    body.insert("createdDateTimeUtc".into(), created);
-    body.insert("lastUpdatedDateTimeUtc".into(), json!(now));
-    body.insert("etag".into(), json!(new_etag()));
-    Ok(Value::Object(body))
-}
-
-async fn put_record(hub: &Hub, kind: Kind, id: String, h: &HeaderMap, body: Bytes) -> DpsResult {
-    check_service(hub, h)?;
     check_record_id(
         if kind == Kind::Group {
             "enrollmentGroupId"
         } else {
             "registrationId"
         },
-        &id,
+        id,
     )?;
-    let body = parse_body(&body)?;
     super::ensure_schema(hub).await?;
-    let im = if_match(h);
-    let id2 = id.clone();
+    let id2 = id.to_string();
     let previous = hub.store.call(move |c| store::get(c, kind, &id2)).await?;
-    match (&previous, &im) {
+    match (&previous, &if_match) {
+        (Some(_), _) if create_only => {
+            return Err(DpsError::new(
+                409,
+                409201,
+                format!("'{}' already exists", Untrusted(id)),
+            ));
+        }
         (Some(p), Some(tag)) if p.get("etag").and_then(Value::as_str) != Some(tag) => {
             return Err(DpsError::new(
                 412,
@@ -322,16 +228,113 @@ async fn put_record(hub: &Hub, kind: Kind, id: String, h: &HeaderMap, body: Byte
                 "Precondition failed: etag mismatch",
             ));
         }
-        (None, Some(_)) => return Err(not_found(kind, &id)),
+        (None, Some(_)) => return Err(not_found(kind, id)),
         _ => {}
     }
-    let record = normalize(hub, kind, &id, body, previous.as_ref())?;
-    let (r2, id2) = (record.clone(), id.clone());
+    let record = normalize(hub, kind, id, body, previous.as_ref())?;
+    let (r2, id2) = (record.clone(), id.to_string());
     hub.store
         .call(move |c| store::put(c, kind, &id2, &r2))
         .await?;
     tracing::info!(kind = ?kind, id = %id, created = previous.is_none(), "dps: record saved");
-    Ok(json_response(StatusCode::OK, &record))
+    Ok(record)
+}
+
+/// `POST /enrollments`: a bulk operation (`mode` create, update, updateIfMatchETag or delete)
+/// over individual enrollments; each failure is listed with its DPS code and status.
+async fn bulk_enrollments(State(hub): State<Shared>, h: HeaderMap, body: Bytes) -> Response {
+    let r = async {
+        check_service(&hub, &h)?;
+        let body = parse_body(&body)?;
+        let mode = body
+            .get("mode")
+            .and_then(Value::as_str)
+            .ok_or_else(|| DpsError::bad("mode: required"))?
+            .to_string();
+        if !["create", "update", "updateIfMatchETag", "delete"].contains(&mode.as_str()) {
+            return Err(DpsError::bad(
+                "mode must be create, update, updateIfMatchETag or delete",
+            ));
+        }
+        let items = body
+            .get("enrollments")
+            .and_then(Value::as_array)
+            .ok_or_else(|| DpsError::bad("enrollments: an array is required"))?;
+        let mut errors = Vec::new();
+        for item in items {
+            let Some(obj) = item.as_object().cloned() else {
+                return Err(DpsError::bad("enrollments: each must be an object"));
+            };
+            let id = obj
+                .get("registrationId")
+                .and_then(Value::as_str)
+                .unwrap_or_default()
+                .to_string();
+            let etag = obj.get("etag").and_then(Value::as_str).map(str::to_string);
+            let r = match mode.as_str() {
+                "delete" => delete_one(&hub, Kind::Enrollment, &id, etag).await,
+                "create" => upsert(&hub, Kind::Enrollment, &id, obj, None, true)
+                    .await
+                    .map(drop),
+                "update" => upsert(&hub, Kind::Enrollment, &id, obj, None, false)
+                    .await
+                    .map(drop),
+                _ => upsert(&hub, Kind::Enrollment, &id, obj, etag, false)
+                    .await
+                    .map(drop),
+            };
+            if let Err(e) = r {
+                errors.push(
+                    json!({"registrationId": id, "errorCode": e.code, "errorStatus": e.message}),
+                );
+            }
+        }
+        Ok(json_response(
+            StatusCode::OK,
+            &json!({"isSuccessful": errors.is_empty(), "errors": errors}),
+        ))
+    }
+    .await;
+    respond(&hub, r)
+}
+
+/// Deletes one record (checking `if_match`).
+async fn delete_one(
+    hub: &Hub,
+    kind: Kind,
+    id: &str,
+    if_match: Option<String>,
+) -> Result<(), DpsError> {
+    super::ensure_schema(hub).await?;
+    let id2 = id.to_string();
+    let r = hub
+        .store
+        .call(move |c| {
+            let Some(v) = store::get(c, kind, &id2)? else {
+                return Ok(None);
+            };
+            if if_match
+                .as_deref()
+                .is_some_and(|tag| v.get("etag").and_then(Value::as_str) != Some(tag))
+            {
+                return Ok(Some(false));
+            }
+            store::delete(c, kind, &id2)?;
+            Ok(Some(true))
+        })
+        .await?;
+    match r {
+        Some(true) => {
+            tracing::info!(kind = ?kind, id = %id, "dps: record deleted");
+            Ok(())
+        }
+        Some(false) => Err(DpsError::new(
+            412,
+            412002,
+            "Precondition failed: etag mismatch",
+        )),
+        None => Err(not_found(kind, id)),
+    }
 }
 
 async fn get_record(hub: &Hub, kind: Kind, id: String, h: &HeaderMap) -> DpsResult {
@@ -346,37 +349,8 @@ async fn get_record(hub: &Hub, kind: Kind, id: String, h: &HeaderMap) -> DpsResu
 
 async fn delete_record(hub: &Hub, kind: Kind, id: String, h: &HeaderMap) -> DpsResult {
     check_service(hub, h)?;
-    super::ensure_schema(hub).await?;
-    let im = if_match(h);
-    let id2 = id.clone();
-    let r = hub
-        .store
-        .call(move |c| {
-            let Some(v) = store::get(c, kind, &id2)? else {
-                return Ok(None);
-            };
-            if im
-                .as_deref()
-                .is_some_and(|tag| v.get("etag").and_then(Value::as_str) != Some(tag))
-            {
-                return Ok(Some(false));
-            }
-            store::delete(c, kind, &id2)?;
-            Ok(Some(true))
-        })
-        .await?;
-    match r {
-        Some(true) => {
-            tracing::info!(kind = ?kind, id = %id, "dps: record deleted");
-            Ok(StatusCode::NO_CONTENT.into_response())
-        }
-        Some(false) => Err(DpsError::new(
-            412,
-            412002,
-            "Precondition failed: etag mismatch",
-        )),
-        None => Err(not_found(kind, &id)),
-    }
+    delete_one(hub, kind, &id, if_match(h)).await?;
+    Ok(StatusCode::NO_CONTENT.into_response())
 }
 
 /// `POST /enrollments/query`, `/enrollmentGroups/query`: every record (the query text is not
@@ -629,27 +603,5 @@ mod tests {
         ] {
             assert!(!is_dps_path(p), "{p}");
         }
-    }
-
-    #[test]
-    fn a_missing_symmetric_key_is_generated_and_a_bad_one_refused() {
-        let a = normalize_attestation(None, false).unwrap();
-        assert!(
-            a.pointer("/symmetricKey/primaryKey")
-                .unwrap()
-                .as_str()
-                .unwrap()
-                .len()
-                >= 44
-        );
-        let e = normalize_attestation(
-            Some(&json!({"type": "symmetricKey", "symmetricKey": {"primaryKey": "not base64!"}})),
-            false,
-        )
-        .unwrap_err();
-        assert_eq!(e.status, 400);
-        assert!(e.message.contains("primaryKey"), "{}", e.message);
-        let e = normalize_attestation(Some(&json!({"type": "tpm"})), false).unwrap_err();
-        assert_eq!(e.status, 400);
     }
 }

@@ -22,6 +22,7 @@ use crate::hub::Hub;
 
 pub(crate) mod http;
 pub(crate) mod mqtt;
+mod records;
 mod register;
 mod store;
 mod x509;
