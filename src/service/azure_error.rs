@@ -33,6 +33,7 @@ const KNOWN_CODES: &[(u32, &str)] = &[
     (400027, "ConnectionForcefullyClosedOnNewConnection"),
     (401002, "IotHubUnauthorizedAccess"),
     (401003, "IotHubUnauthorized"),
+    (403002, "IoTHubQuotaExceeded"),
     (403004, "DeviceMaximumQueueDepthExceeded"),
     (404001, "DeviceNotFound"),
     (404103, "DeviceNotOnline"),
@@ -202,6 +203,21 @@ mod tests {
         let body = br#"{"Message":"ErrorCode:DeviceNotFound;Device d9 not found","ExceptionMessage":"Tracking ID:x"}"#;
         let e = AzureError::from_response_parts(404, None, body);
         assert_eq!(e.to_string(), "404 DeviceNotFound: Device d9 not found");
+    }
+
+    #[test]
+    fn the_hub_s_strict_answers_read_as_one_line() {
+        // No api-version: the older shape, the name in the text and the header.
+        let body = br#"{"Message":"ErrorCode:InvalidProtocolVersion;BadRequest","ExceptionMessage":"Tracking ID:0123-G:0-TimeStamp:12/05/2026 08:00:00"}"#;
+        let e = AzureError::from_response_parts(400, Some("InvalidProtocolVersion"), body);
+        assert_eq!(e.to_string(), "400 InvalidProtocolVersion: BadRequest");
+        // A policy without the permission.
+        let body = br#"{"Message":"{\"errorCode\":401003,\"trackingId\":\"t\",\"message\":\"Authorization rule 'registryRead' does not allow access for 'RegistryWrite'\",\"info\":{},\"timestampUtc\":\"2026-12-05T08:00:00Z\"}","ExceptionMessage":""}"#;
+        let e = AzureError::from_response_parts(401, Some("IoTHubUnauthorized"), body);
+        assert_eq!(
+            e.to_string(),
+            "401003 IoTHubUnauthorized: Authorization rule 'registryRead' does not allow access for 'RegistryWrite'"
+        );
     }
 
     #[test]
