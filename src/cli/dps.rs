@@ -598,6 +598,55 @@ mod tests {
     use super::*;
 
     #[test]
+    fn parsed_dps_arguments_never_show_a_key_in_debug() {
+        let key = "c2VjcmV0LWtleS1zZWNyZXQta2V5LXNlY3JldC0xMjM=";
+        let cs = format!(
+            "HostName=h;SharedAccessKeyName=provisioningserviceowner;SharedAccessKey={key}"
+        );
+        for args in [
+            vec!["run", "--dps", "--registration-id", "r", "--key", key],
+            vec!["run", "--dps", "--registration-id", "r", "--group-key", key],
+            vec![
+                "dps",
+                "enrollment",
+                "create",
+                "r",
+                "--primary-key",
+                key,
+                "--secondary-key",
+                key,
+            ],
+            vec!["dps", "group", "create", "g", "--primary-key", key],
+            vec!["dps", "enrollment", "list", "--dps-connection-string", &cs],
+        ] {
+            let cli = crate::cli::Cli::try_parse_args(
+                std::iter::once("azsim").chain(args.iter().copied()),
+            )
+            .unwrap_or_else(|e| panic!("{args:?}: {e}"));
+            let shown = format!("{cli:?}");
+            assert!(!shown.contains(key), "{args:?}: {shown}");
+        }
+        // The validated settings too, with the derived key.
+        let run = DpsRunArgs {
+            dps: true,
+            registration_id: Some("r".into()),
+            group_key: Some(Secret::new(key.into())),
+            ..DpsRunArgs::default()
+        }
+        .into_settings(false)
+        .unwrap()
+        .unwrap();
+        let mut derived = String::new();
+        azsim_proto::sas::derive_group_key(&mut derived, key, "r").unwrap();
+        let shown = format!("{run:?}");
+        assert!(!shown.contains(key) && !shown.contains(&derived), "{shown}");
+        assert_eq!(
+            run.key.as_ref().map(|k| k.expose().as_str()),
+            Some(derived.as_str())
+        );
+    }
+
+    #[test]
     fn registration_ids_follow_dps_rules() {
         assert!(record_id("REGISTRATION_ID", "dev-1.a_b:c".into()).is_ok());
         assert_eq!(
