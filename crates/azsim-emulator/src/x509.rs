@@ -286,6 +286,11 @@ pub fn authenticate(
         .filter(|c| !c.is_empty())
         .ok_or(X509Error::NoCertificate)?;
     let leaf = &chain[0];
+    // Only a certificate whose handshake signature was verified may authenticate: those are
+    // exactly the ones webpki reads (see `AnyClientCert`).
+    if unreadable(leaf) {
+        return Err(X509Error::Malformed("not an X.509 certificate".into()));
+    }
     let cn = subject_cn(leaf)?;
     if cn != client_id {
         return Err(X509Error::WrongCn {
@@ -330,7 +335,9 @@ impl PeerCerts {
 
 /// The TLS layer's client-certificate check: a certificate is asked for but optional (a SAS
 /// device sends none), any chain is accepted (the hub decides at CONNECT, as IoT Hub does), and
-/// the handshake signature is verified, so a client that sent a certificate holds its key.
+/// the handshake signature is verified, so a client that sent a certificate holds its key (one
+/// that is not a certificate at all is let through unverified and refused at CONNECT: see
+/// `unreadable`).
 #[derive(Debug)]
 pub struct AnyClientCert {
     algorithms: WebPkiSupportedAlgorithms,
@@ -373,6 +380,9 @@ impl ClientCertVerifier for AnyClientCert {
         cert: &CertificateDer<'_>,
         dss: &rustls::DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        if unreadable(cert) {
+            return Ok(HandshakeSignatureValid::assertion());
+        }
         rustls::crypto::verify_tls12_signature(message, cert, dss, &self.algorithms)
     }
 
@@ -382,12 +392,24 @@ impl ClientCertVerifier for AnyClientCert {
         cert: &CertificateDer<'_>,
         dss: &rustls::DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        if unreadable(cert) {
+            return Ok(HandshakeSignatureValid::assertion());
+        }
         rustls::crypto::verify_tls13_signature(message, cert, dss, &self.algorithms)
     }
 
     fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
         self.algorithms.supported_schemes()
     }
+}
+
+/// Whether webpki cannot read `cert` as an end-entity certificate (garbage bytes). Such a
+/// certificate proves nothing and authenticates nothing: [`authenticate`] refuses any leaf
+/// webpki cannot read, so its handshake signature is not checked and the client gets the
+/// CONNACK 5 any bad certificate gets rather than a TLS alert. Every certificate webpki can
+/// read has its handshake signature verified.
+fn unreadable(cert: &CertificateDer<'_>) -> bool {
+    webpki::EndEntityCert::try_from(cert).is_err()
 }
 
 /// A CA certificate the hub holds (`/certificates/{name}`).
@@ -648,6 +670,17 @@ mod tests {
             authenticate(None, "d1", &by(Some(sha1.clone()), None), &[], NOW),
             Err(X509Error::NoCertificate)
         );
+        let garbage = [CertificateDer::from(vec![0x30, 0x03, 0x02, 0x01, 0x00])];
+        assert!(matches!(
+            authenticate(
+                Some(&garbage),
+                "d1",
+                &by(Some(sha1.clone()), None),
+                &[],
+                NOW
+            ),
+            Err(X509Error::Malformed(_))
+        ));
         assert!(matches!(
             authenticate(
                 Some(&chain),

@@ -100,7 +100,7 @@ pub(super) fn device(dir: &Path, cn: &str, ca: Option<&Made>) -> Made {
     make_device(cn, &stem, ca.map(|c| c.cert_file.as_path()), dir, 1).unwrap()
 }
 
-/// Sends `key`'s device with a certificate that is not DER at all.
+/// Presents a fixed certificate with whatever key it is given.
 #[derive(Debug)]
 struct Garbage(Arc<rustls::sign::CertifiedKey>);
 
@@ -118,16 +118,17 @@ impl rustls::client::ResolvesClientCert for Garbage {
     }
 }
 
-async fn garbage_certificate_connack(
+/// Connects as `dev` presenting `cert` (any bytes) signed for with the key in `key_of`.
+async fn forged_certificate_connack(
     hub: &TestHub,
+    cert: rustls::pki_types::CertificateDer<'static>,
     key_of: &Made,
 ) -> Result<ConnectReturnCode, String> {
     use rustls::pki_types::pem::PemObject as _;
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let key = rustls::pki_types::PrivateKeyDer::from_pem_file(&key_of.key_file).unwrap();
     let signer = provider.key_provider.load_private_key(key).unwrap();
-    let garbage = rustls::pki_types::CertificateDer::from((1u8..=32).collect::<Vec<u8>>());
-    let ck = Arc::new(rustls::sign::CertifiedKey::new(vec![garbage], signer));
+    let ck = Arc::new(rustls::sign::CertifiedKey::new(vec![cert], signer));
     let tls = rustls::ClientConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
         .unwrap()
@@ -320,7 +321,7 @@ async fn self_signed_and_ca_signed_devices_connect_with_their_certificate_and_no
 }
 
 #[tokio::test]
-async fn a_garbage_client_certificate_fails_its_handshake_and_the_hub_keeps_serving() {
+async fn a_garbage_client_certificate_gets_connack_5_and_the_hub_keeps_serving() {
     let hub = TestHub::start().await;
     let tmp = tempfile::tempdir().unwrap();
     let good = device(tmp.path(), "dev", None);
@@ -331,10 +332,30 @@ async fn a_garbage_client_certificate_fails_its_handshake_and_the_hub_keeps_serv
     )
     .await;
     // A "certificate" of random bytes with a real key, sent by a resolver (rustls will not
-    // load it as a client certificate): the hub cannot check the handshake signature against
-    // it, so the handshake fails.
-    let r = garbage_certificate_connack(&hub, &good).await;
-    assert!(r.is_err(), "handshake should fail: {r:?}");
+    // load it as a client certificate): it proves and authenticates nothing, CONNACK 5.
+    let garbage = rustls::pki_types::CertificateDer::from((1u8..=32).collect::<Vec<u8>>());
+    assert_eq!(
+        forged_certificate_connack(&hub, garbage, &good).await,
+        REFUSED
+    );
+    // The registered certificate with someone else's key: the handshake signature does not
+    // verify against it, so the TLS handshake fails (a certificate alone proves nothing).
+    let other_key = device(tmp.path(), "thief", None);
+    let registered = rustls::pki_types::CertificateDer::from(
+        std::fs::read(&good.cert_file)
+            .map(|pem| {
+                use rustls::pki_types::pem::PemObject as _;
+                rustls::pki_types::CertificateDer::from_pem_slice(&pem)
+                    .unwrap()
+                    .to_vec()
+            })
+            .unwrap(),
+    );
+    let r = forged_certificate_connack(&hub, registered, &other_key).await;
+    assert!(
+        r.is_err(),
+        "a certificate without its key must fail the handshake: {r:?}"
+    );
     // A well-formed certificate nobody registered: CONNACK 5.
     let stranger = device(tmp.path(), "dev2", None);
     let renamed = make_device("dev", "dev-other", None, tmp.path(), 1).unwrap();
