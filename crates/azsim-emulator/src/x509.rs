@@ -194,9 +194,16 @@ pub fn normalize_thumbprint(s: &str) -> Result<String, String> {
 
 /// The subject common name of a DER certificate.
 ///
+/// A certificate webpki cannot read is refused here too: its TLS handshake signature was not
+/// checked (see `AnyClientCert`), so no check that starts from the leaf's CN (the hub's
+/// [`authenticate`], DPS attestation) may accept it.
+///
 /// # Errors
 /// [`X509Error::Malformed`] when it does not parse or has no CN.
 pub fn subject_cn(der: &[u8]) -> Result<String, X509Error> {
+    if unreadable(&CertificateDer::from(der)) {
+        return Err(X509Error::Malformed("not an X.509 certificate".into()));
+    }
     let (_, cert) = x509_parser::parse_x509_certificate(der)
         .map_err(|e| X509Error::Malformed(e.to_string()))?;
     let cn = cert
