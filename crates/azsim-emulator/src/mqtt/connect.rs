@@ -138,6 +138,9 @@ pub(super) async fn authenticate(
             hub.clock().unix_secs(),
         )
         .map_err(|e| e.to_string())?;
+        if let Some(reason) = crate::fault::connect_refused(hub, &device) {
+            return Err(reason.into());
+        }
         return Ok(Authed {
             device,
             module,
