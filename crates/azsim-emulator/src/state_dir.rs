@@ -296,12 +296,43 @@ fn read(path: &Path) -> Result<String, HubError> {
     fs::read_to_string(path).map_err(|e| io_err(path, e))
 }
 
+/// The new private keys of one start. A first start of the Azure profile needs three RSA-2048
+/// keys, each a few hundred milliseconds of prime search: they are made ahead on their own
+/// threads, so the start takes about as long as the slowest one where there are cores for it.
+struct Keys {
+    profile: TlsProfile,
+    ready: Vec<KeyPair>,
+}
+
+impl Keys {
+    fn new(profile: TlsProfile, ahead: usize) -> Result<Keys, HubError> {
+        let ready = std::thread::scope(|s| {
+            let made: Vec<_> = (0..ahead).map(|_| s.spawn(|| profile.new_key())).collect();
+            made.into_iter()
+                .map(|h| {
+                    h.join()
+                        .unwrap_or_else(|_| Err(HubError::State("key generation failed".into())))
+                })
+                .collect::<Result<Vec<_>, _>>()
+        })?;
+        Ok(Keys { profile, ready })
+    }
+
+    /// A key made ahead, or a new one.
+    fn next(&mut self) -> Result<KeyPair, HubError> {
+        match self.ready.pop() {
+            Some(k) => Ok(k),
+            None => self.profile.new_key(),
+        }
+    }
+}
+
 /// A CA certificate and key: loaded from `cert`/`key` when both exist, else made with
 /// `params` (self-signed, or by `issuer`) and written.
 fn load_or_make_ca(
     cert: &Path,
     key: &Path,
-    profile: TlsProfile,
+    keys: &mut Keys,
     params: CertificateParams,
     issuer: Option<&Issuer<'_, &KeyPair>>,
 ) -> Result<(String, KeyPair, bool), HubError> {
@@ -309,7 +340,7 @@ fn load_or_make_ca(
         let key_pair = KeyPair::from_pem(&read(key)?).map_err(rcgen_err)?;
         return Ok((read(cert)?, key_pair, false));
     }
-    let key_pair = profile.new_key()?;
+    let key_pair = keys.next()?;
     let mut params = params;
     // Not the hub's clock: clients check certificates against their own real clocks.
     let now = OffsetDateTime::now_utc();
@@ -385,8 +416,10 @@ pub fn prepare_with(dir: &Path, hostname: &str, profile: TlsProfile) -> Result<P
             let _ = fs::remove_file(p);
         }
     }
+    let whole_chain = profile == TlsProfile::Azure && !(ca_path.exists() && ca_key_path.exists());
+    let mut keys = Keys::new(profile, if whole_chain { 3 } else { 0 })?;
     let (ca_pem, ca_key, new_ca) =
-        load_or_make_ca(&ca_path, &ca_key_path, profile, ca_params(profile), None)?;
+        load_or_make_ca(&ca_path, &ca_key_path, &mut keys, ca_params(profile), None)?;
     fs::write(&profile_path, profile.name()).map_err(|e| io_err(&profile_path, e))?;
     if new_ca {
         // A new CA invalidates any old intermediate and server certificate.
@@ -401,7 +434,7 @@ pub fn prepare_with(dir: &Path, hostname: &str, profile: TlsProfile) -> Result<P
             let (pem, key, new_int) = load_or_make_ca(
                 &int_path,
                 &int_key_path,
-                profile,
+                &mut keys,
                 intermediate_params(),
                 Some(&root_issuer),
             )?;
@@ -425,7 +458,7 @@ pub fn prepare_with(dir: &Path, hostname: &str, profile: TlsProfile) -> Result<P
     let (server_pem, server_key_pem) = if reuse {
         (read(&server_path)?, read(&server_key_path)?)
     } else {
-        let key = profile.new_key()?;
+        let key = keys.next()?;
         let mut params = CertificateParams::new(names.clone()).map_err(rcgen_err)?;
         params.distinguished_name.push(DnType::CommonName, hostname);
         let now = OffsetDateTime::now_utc();
