@@ -21,6 +21,8 @@ pub const ENV_JOB_COMPLETION_INDEX: &str = "JOB_COMPLETION_INDEX";
 /// Where a Kubernetes Secret hands the fleet its hub connection string (a name of its own, so
 /// a shell's `IOTHUB_CONNECTION_STRING` never turns a local fleet into one on a real hub).
 pub const ENV_FLEET_HUB_CONNECTION_STRING: &str = "AZSIM_FLEET_HUB_CONNECTION_STRING";
+/// Where a Kubernetes Secret hands the fleet its DPS enrollment group key.
+pub const ENV_FLEET_DPS_GROUP_KEY: &str = "AZSIM_FLEET_DPS_GROUP_KEY";
 /// Most devices one fleet (all shards) may have.
 pub const MAX_DEVICES: u64 = 10_000_000;
 
@@ -50,6 +52,19 @@ pub struct FleetArgs {
     /// Secret) as AZSIM_FLEET_HUB_CONNECTION_STRING.
     #[arg(long, value_name = "CS", env = ENV_FLEET_HUB_CONNECTION_STRING, hide_env_values = true)]
     pub hub_connection_string: Option<Secret<String>>,
+    /// Provision every device through DPS: the enrollment group's key (base64); each device
+    /// `{prefix}{i}` registers with the key derived from it. From the environment (a
+    /// Kubernetes Secret) as AZSIM_FLEET_DPS_GROUP_KEY.
+    #[arg(long, value_name = "B64", env = ENV_FLEET_DPS_GROUP_KEY, hide_env_values = true,
+          conflicts_with = "connection_strings")]
+    pub group_key: Option<Secret<String>>,
+    /// The DPS id scope [default: the local hub's]; required with --provisioning-host.
+    #[arg(long, value_name = "SCOPE", requires = "group_key")]
+    pub id_scope: Option<String>,
+    /// The DPS host (`host[:port]`, e.g. global.azure-devices-provisioning.net)
+    /// [default: the local hub's DPS, the hub started here when none runs].
+    #[arg(long, value_name = "HOST", requires = "group_key")]
+    pub provisioning_host: Option<String>,
     /// Delete the created devices when the fleet stops (with --hub-connection-string).
     #[arg(long, requires = "hub_connection_string")]
     pub delete_after: bool,
@@ -300,9 +315,25 @@ impl FleetArgs {
                 })
             })
             .transpose()?;
-        let identities = match (listed, self.hub_connection_string) {
-            (Some(l), _) => Identities::Listed(l),
-            (None, Some(cs)) => {
+        let dps = self
+            .group_key
+            .map(|key| {
+                dps_fleet(
+                    key,
+                    self.id_scope,
+                    self.provisioning_host,
+                    self.hub_connection_string.is_some(),
+                )
+            })
+            .transpose()?;
+        let identities = match (listed, self.hub_connection_string, dps) {
+            (Some(l), _, _) => Identities::Listed(l),
+            (None, _, Some(mut d)) => {
+                d.state_dir = self.state;
+                d.port = self.port;
+                Identities::Dps(d)
+            }
+            (None, Some(cs), None) => {
                 let target = Target::resolve_with(
                     TargetInputs {
                         connection_string: Some(cs),
@@ -318,7 +349,7 @@ impl FleetArgs {
                     delete_after: self.delete_after,
                 }
             }
-            (None, None) => Identities::Local {
+            (None, None, None) => Identities::Local {
                 state_dir: self.state,
                 port: self.port,
             },
@@ -354,6 +385,59 @@ impl FleetArgs {
             metrics_addr,
         })
     }
+}
+
+/// `--group-key`, `--id-scope`, `--provisioning-host` checked (state dir and port filled in by
+/// the caller).
+fn dps_fleet(
+    key: Secret<String>,
+    id_scope: Option<String>,
+    provisioning_host: Option<String>,
+    has_hub_connection_string: bool,
+) -> Result<crate::fleet::dps::DpsFleet, UsageError> {
+    if has_hub_connection_string {
+        return Err(UsageError::new(
+            "--group-key",
+            "cannot be used with --hub-connection-string (DPS assigns the hub)",
+        ));
+    }
+    let group_key = super::service::base64_key("--group-key", Some(key))?
+        .ok_or_else(|| UsageError::new("--group-key", "required"))?;
+    if let Some(s) = &id_scope
+        && (s.is_empty() || !s.bytes().all(|b| b.is_ascii_alphanumeric()))
+    {
+        return Err(UsageError::new(
+            "--id-scope",
+            "must be letters and digits (like 0ne0012ABCD)",
+        ));
+    }
+    let host = match provisioning_host {
+        None => None,
+        Some(h) => {
+            let (host, port) = azsim_proto::connection_string::split_host_port(&h)
+                .filter(|(host, p)| !host.is_empty() && *p != Some(0))
+                .ok_or_else(|| {
+                    UsageError::new(
+                        "--provisioning-host",
+                        "must be host or host:port (port 1 to 65535)",
+                    )
+                })?;
+            Some((host.to_owned(), port))
+        }
+    };
+    if host.is_some() && id_scope.is_none() {
+        return Err(UsageError::new(
+            "--id-scope",
+            "required with --provisioning-host",
+        ));
+    }
+    Ok(crate::fleet::dps::DpsFleet {
+        group_key,
+        id_scope,
+        host,
+        state_dir: PathBuf::new(),
+        port: None,
+    })
 }
 
 /// `I/N` with `0 <= I < N`.

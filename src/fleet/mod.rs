@@ -9,9 +9,13 @@
 //! (`--shard I/N`) takes a contiguous slice of the fleet's indices; the N slices cover every
 //! device exactly once.
 //!
-//! What it does not do: DPS provisioning (no DPS yet), modules, X.509 devices.
+//! Or, with `--group-key`, every device registers through DPS (an enrollment group; the local
+//! hub's DPS unless `--provisioning-host`) and runs on the hub it is assigned (`dps`).
+//!
+//! What it does not do: modules, X.509 devices.
 
 pub mod device;
+pub mod dps;
 pub mod metrics;
 pub mod registry;
 pub mod stats;
@@ -76,6 +80,25 @@ pub enum Identities {
     },
     /// Existing devices, one connection string each, in file order (index = line number from 0).
     Listed(Vec<DeviceSpec>),
+    /// `{prefix}{i}` registered through DPS with keys derived from a group key.
+    Dps(dps::DpsFleet),
+}
+
+/// How one device of the fleet starts.
+enum Start {
+    /// Its identity is known: run it.
+    Run(DeviceSpec),
+    /// Register it through DPS (index, registration id), then run it.
+    Provision(u64, String),
+}
+
+impl Start {
+    fn device_id(&self) -> &str {
+        match self {
+            Start::Run(s) => &s.device_id,
+            Start::Provision(_, id) => id,
+        }
+    }
 }
 
 /// Everything a fleet run needs, validated.
@@ -167,7 +190,18 @@ pub async fn run(
     let indices = (cfg.first_index + mine.start)..(cfg.first_index + mine.end);
     let mut local = None;
     let mut cleanup = None;
+    let mut dps_plan = None;
     let (mut specs, ca_file, https_port) = match cfg.identities {
+        Identities::Dps(ref d) => {
+            let (plan, hub) = dps::plan(d, cfg.ca_file.clone(), cfg.transport, &out).await?;
+            local = hub;
+            let ca = plan.ca_file.clone();
+            dps_plan = Some(Arc::new(plan));
+            let https = local
+                .as_ref()
+                .map_or(WEBSOCKET_PORT, |h| h.info().https_port);
+            (Vec::new(), ca, https)
+        }
         Identities::Listed(ref all) => {
             let specs: Vec<DeviceSpec> = all
                 .iter()
@@ -236,7 +270,15 @@ pub async fn run(
             s.port = https_port;
         }
     }
-    raise_open_files_limit(specs.len() as u64 + 256, &out);
+    let starts: Vec<Start> = if dps_plan.is_some() {
+        indices
+            .clone()
+            .map(|i| Start::Provision(i, format!("{}{i}", cfg.prefix)))
+            .collect()
+    } else {
+        specs.into_iter().map(Start::Run).collect()
+    };
+    raise_open_files_limit(starts.len() as u64 + 256, &out);
     let tls = crate::tls::client_config(ca_file.as_deref())?;
     let payload = cfg
         .payload
@@ -245,7 +287,10 @@ pub async fn run(
         .transpose()
         .map_err(|e| FleetError::Other(format!("--payload: {e}")))?;
     let stats = Arc::new(Stats::default());
-    stats.devices.store(specs.len() as u64, Ordering::Relaxed);
+    stats.devices.store(starts.len() as u64, Ordering::Relaxed);
+    stats
+        .provisioning
+        .store(dps_plan.is_some(), Ordering::Relaxed);
     let started = Instant::now();
     let metrics = match cfg.metrics_addr {
         Some(addr) => {
@@ -259,21 +304,22 @@ pub async fn run(
         }
         None => None,
     };
-    let ids: Vec<String> = specs.iter().map(|s| s.device_id.clone()).collect();
+    let ids: Vec<String> = starts.iter().map(|s| s.device_id().to_owned()).collect();
     out.emit(
         "fleet",
         json!({
-            "devices": specs.len(),
+            "devices": starts.len(),
             "fleet_devices": cfg.devices,
             "shard": format!("{}/{}", cfg.shard.index, cfg.shard.count),
             "first": ids.first(),
             "last": ids.last(),
-            "device_ids": if specs.len() <= 1000 { json!(ids) } else { json!(null) },
+            "device_ids": if starts.len() <= 1000 { json!(ids) } else { json!(null) },
+            "provisioning": dps_plan.as_ref().map(|p| json!({"host": p.host, "port": p.port, "id_scope": p.id_scope})),
         }),
         || {
             format!(
                 "fleet: {} devices ({} .. {}), shard {}/{}, {} connections/s",
-                specs.len(),
+                starts.len(),
                 ids.first().map_or("-", String::as_str),
                 ids.last().map_or("-", String::as_str),
                 cfg.shard.index,
@@ -307,17 +353,32 @@ pub async fn run(
     let mut fleet = {
         let stop = stop_rx.clone();
         let stats = stats.clone();
+        let dps_plan = dps_plan.clone();
         tokio::spawn(async move {
             let mut set = tokio::task::JoinSet::new();
             let t0 = tokio::time::Instant::now();
-            for (k, spec) in specs.into_iter().enumerate() {
+            for (k, start) in starts.into_iter().enumerate() {
                 let at = t0 + Duration::from_secs_f64(k as f64 / rate);
                 let mut s = stop.clone();
                 tokio::select! {
                     () = tokio::time::sleep_until(at) => {}
                     _ = s.wait_for(|v| *v) => break,
                 }
-                set.spawn(device::run_device(spec, common.clone(), stop.clone()));
+                match (start, &dps_plan) {
+                    (Start::Run(spec), _) => {
+                        set.spawn(device::run_device(spec, common.clone(), stop.clone()));
+                    }
+                    (Start::Provision(index, id), Some(plan)) => {
+                        set.spawn(dps::provision_and_run(
+                            plan.clone(),
+                            common.clone(),
+                            index,
+                            id,
+                            stop.clone(),
+                        ));
+                    }
+                    (Start::Provision(..), None) => continue,
+                }
                 stats.started.fetch_add(1, Ordering::Relaxed);
             }
             while set.join_next().await.is_some() {}

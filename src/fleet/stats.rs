@@ -126,6 +126,12 @@ pub struct Stats {
     pub latency: Histogram,
     /// Connection attempt to connected.
     pub connect_time: Histogram,
+    /// The fleet registers through DPS (`--group-key`): the provisioning figures are shown.
+    pub provisioning: std::sync::atomic::AtomicBool,
+    /// Devices DPS assigned.
+    pub provisioned: AtomicU64,
+    /// Start of a successful registration to its assignment.
+    pub provision_time: Histogram,
     errors: Mutex<BTreeMap<String, u64>>,
 }
 
@@ -161,6 +167,10 @@ impl Stats {
             latency_sum_s: self.latency.sum_secs(),
             connect_ms: [0.5, 0.99].map(|q| self.connect_time.quantile_ms(q)),
             connects: self.connect_time.count(),
+            provisioning: self.provisioning.load(Ordering::Relaxed),
+            provisioned: get(&self.provisioned),
+            provision_ms: [0.5, 0.99].map(|q| self.provision_time.quantile_ms(q)),
+            provision_sum_s: self.provision_time.sum_secs(),
             errors: self.errors.lock().map(|e| e.clone()).unwrap_or_default(),
         }
     }
@@ -205,6 +215,14 @@ pub struct Snapshot {
     pub connect_ms: [Option<f64>; 2],
     /// Successful connects timed.
     pub connects: u64,
+    /// Devices register through DPS.
+    pub provisioning: bool,
+    /// Devices DPS assigned.
+    pub provisioned: u64,
+    /// p50, p99 provisioning time, ms.
+    pub provision_ms: [Option<f64>; 2],
+    /// Sum of the provisioning times, seconds.
+    pub provision_sum_s: f64,
     /// Errors by kind.
     pub errors: BTreeMap<String, u64>,
 }
@@ -235,7 +253,7 @@ impl Snapshot {
     pub fn to_json(&self, rate: f64) -> Value {
         let [p50, p95, p99] = self.latency_ms;
         let [c50, c99] = self.connect_ms;
-        json!({
+        let mut v = json!({
             "seconds": round3(self.elapsed.as_secs_f64()),
             "devices": self.devices,
             "started": self.started,
@@ -255,7 +273,15 @@ impl Snapshot {
             "desired": self.desired,
             "reported": self.reported,
             "errors": self.errors,
-        })
+        });
+        if self.provisioning
+            && let Some(m) = v.as_object_mut()
+        {
+            let [p50, p99] = self.provision_ms;
+            m.insert("provisioned".into(), json!(self.provisioned));
+            m.insert("provision_ms".into(), json!({"p50": p50, "p99": p99}));
+        }
+        v
     }
 
     /// The summary for people.
@@ -272,10 +298,22 @@ impl Snapshot {
                 .collect::<Vec<_>>()
                 .join(", ")
         };
+        let provisioning = if self.provisioning {
+            let [p50, p99] = self.provision_ms;
+            format!(
+                "\n  {} of {} devices provisioned through DPS, provisioning time p50 {} p99 {}",
+                self.provisioned,
+                self.devices,
+                ms(p50),
+                ms(p99)
+            )
+        } else {
+            String::new()
+        };
         format!(
             "fleet summary after {:.1} s: {} of {} devices connected ({} at the end), {} with a message acknowledged; {} messages sent, {} acknowledged, {:.1} msgs/s\n  \
              publish-to-ack latency p50 {} p95 {} p99 {}; connect time p50 {} p99 {}\n  \
-             {} reconnects, {} c2d, {} methods, {} desired patches, {} reported; errors: {errors}",
+             {} reconnects, {} c2d, {} methods, {} desired patches, {} reported; errors: {errors}{provisioning}",
             self.elapsed.as_secs_f64(),
             self.ever_connected,
             self.devices,
@@ -410,6 +448,21 @@ impl Snapshot {
             f64::NAN,
             self.connects,
         );
+        if self.provisioning {
+            let [p50, p99] = self.provision_ms;
+            summary(
+                "provision_seconds",
+                "Time from starting a registration to its assignment.",
+                &[(0.5, p50), (0.99, p99)],
+                self.provision_sum_s,
+                self.provisioned,
+            );
+            let _ = writeln!(
+                s,
+                "# HELP azsim_fleet_devices_provisioned Devices DPS assigned.\n# TYPE azsim_fleet_devices_provisioned gauge\nazsim_fleet_devices_provisioned {}",
+                self.provisioned
+            );
+        }
         let _ = writeln!(s, "# HELP azsim_fleet_errors_total Errors by kind.");
         let _ = writeln!(s, "# TYPE azsim_fleet_errors_total counter");
         for (k, v) in &self.errors {

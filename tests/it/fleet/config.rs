@@ -1,5 +1,6 @@
 //! What a fleet is started with: bad input exits 2 naming the flag, and the Kubernetes job
-//! manifest runs one shard per pod with memory for its devices.
+//! manifests (devices created by the fleet, or provisioned through DPS) run one shard per pod
+//! with memory for its devices and their secrets from Secrets.
 
 #[tokio::test]
 async fn bad_input_exits_2_naming_the_flag() {
@@ -22,6 +23,21 @@ async fn bad_input_exits_2_naming_the_flag() {
             "--connect-rate",
         ),
         (vec!["--devices", "10", "--interval", "0s"], "--interval"),
+        (
+            vec!["--devices", "10", "--group-key", "not base64!"],
+            "--group-key",
+        ),
+        (
+            vec![
+                "--devices",
+                "10",
+                "--group-key",
+                "a2V5",
+                "--provisioning-host",
+                "dps.example",
+            ],
+            "--id-scope",
+        ),
     ] {
         let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_azsim"))
             .arg("fleet")
@@ -30,6 +46,7 @@ async fn bad_input_exits_2_naming_the_flag() {
             .arg(dir.path().join("hub"))
             .env_remove("JOB_COMPLETION_INDEX")
             .env_remove("AZSIM_FLEET_HUB_CONNECTION_STRING")
+            .env_remove("AZSIM_FLEET_DPS_GROUP_KEY")
             .output()
             .await
             .unwrap();
@@ -66,6 +83,16 @@ fn yaml_arg<'a>(yaml: &'a str, flag: &str) -> &'a str {
 #[test]
 fn the_kubernetes_job_runs_one_shard_per_pod_with_memory_for_its_devices() {
     let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/kubernetes");
+    let dps = std::fs::read_to_string(dir.join("fleet-dps-job.yaml")).unwrap();
+    assert_eq!(yaml_value(&dps, "completions"), yaml_arg(&dps, "--shards"));
+    assert_eq!(yaml_value(&dps, "parallelism"), yaml_arg(&dps, "--shards"));
+    assert!(
+        dps.contains("AZSIM_FLEET_DPS_GROUP_KEY")
+            && dps.contains("secretKeyRef")
+            && !dps.contains("- --group-key"),
+        "the DPS job's group key comes from a Secret"
+    );
+    assert!(!yaml_arg(&dps, "--id-scope").is_empty());
     let job = std::fs::read_to_string(dir.join("fleet-job.yaml")).unwrap();
     assert_eq!(yaml_value(&job, "completionMode"), "Indexed");
     let completions: u64 = yaml_value(&job, "completions").parse().unwrap();

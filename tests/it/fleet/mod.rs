@@ -1,9 +1,9 @@
 //! `azsim fleet` (the real binary) against a local hub started here on ports 0 (the fleet
 //! reuses it through its state dir): 200 devices all acknowledged, a method, a desired patch and
 //! a C2D message reaching single devices of the fleet, three shards covering a fleet exactly
-//! once, the Prometheus endpoint, the bulk registry call, and bad input.
+//! once, the Prometheus endpoint, the bulk registry call, DPS provisioning, and bad input.
 //!
-//! Split by feature: running fleets (`run`), the bulk registry call (`bulk`), and what a fleet is
+//! Split by feature: running fleets (`run`), the bulk registry call (`bulk`), DPS (`dps`), and what a fleet is
 //! started with (`config`); the fleet command and its JSON line reader they share are here.
 
 use std::collections::BTreeSet;
@@ -19,6 +19,7 @@ use crate::support::TestHub;
 
 mod bulk;
 mod config;
+mod dps;
 mod run;
 
 /// `azsim fleet --json` on the hub of `hub` (its state dir), environment cleared.
@@ -31,6 +32,7 @@ fn fleet(hub: &TestHub, extra: &[&str]) -> tokio::process::Command {
         .env_remove("IOTHUB_DEVICE_CONNECTION_STRING")
         .env_remove("AZSIM_CA_FILE")
         .env_remove("AZSIM_FLEET_HUB_CONNECTION_STRING")
+        .env_remove("AZSIM_FLEET_DPS_GROUP_KEY")
         .env_remove("JOB_COMPLETION_INDEX")
         .stdin(Stdio::null())
         .stdout(Stdio::piped())

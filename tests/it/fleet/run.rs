@@ -260,11 +260,21 @@ async fn listed_connection_strings_run_as_given() {
     hub.stop().await;
 }
 
-/// `azsim hub` as its own process on `state` (ports 0: free ones; then the same again).
+/// `azsim hub` as its own process on `state` (ports 0: free ones; then the same again). The
+/// AMQP ports are always free ones: with a given MQTT port `azsim hub` would take 5671 and
+/// 5672, which another hub or a parallel test may hold, and the restart would fail.
 fn hub_process(state: &std::path::Path, mqtt: u16, https: u16) -> std::process::Child {
     std::process::Command::new(env!("CARGO_BIN_EXE_azsim"))
         .args(["hub", "--mqtt-port", &mqtt.to_string()])
         .args(["--https-port", &https.to_string()])
+        .args([
+            "--amqp-port",
+            "0",
+            "--amqp-dev-port",
+            "0",
+            "--dashboard-port",
+            "0",
+        ])
         .arg("--state")
         .arg(state)
         .stdout(Stdio::null())
