@@ -17,6 +17,10 @@
 //! application's hooks (with defaults, so a closure is enough on the board) shape telemetry
 //! bodies and properties, answer methods before the reference behaviour, and ask it to stop.
 //!
+//! Before the device knows its hub, [`Provisioning`] runs a Device Provisioning Service
+//! registration over the same connector, clock and buffers (`azsim_proto::dps`, sans-IO):
+//! the assigned hub and device id, or DPS's refusal as a typed [`ProvisionError`].
+//!
 //! What it does not do: TLS, DNS or sockets, QoS 2 (IoT Hub has none), packets larger than the
 //! receive buffer (the connection is closed and the session reconnects), persistence across
 //! reboots.
@@ -26,10 +30,15 @@
 extern crate std;
 
 mod client;
+mod provision;
 mod wire;
 
 pub use client::{
     App, Buffer, Client, ClientError, Clock, Connector, Credential, FixedBody, FixedQueue,
     Identity, Message, Note, Observer, QUEUE_LEN, Storage, TELEMETRY_CONTENT_TYPE,
+};
+pub use provision::{
+    ASSIGNED_HUB_LEN, Assignment, DEFAULT_TIMEOUT_MS, DEVICE_ID_LEN, DpsCredential, DpsIdentity,
+    DpsNote, MESSAGE_LEN, ProvisionError, Provisioning, SUBSTATUS_LEN,
 };
 pub use wire::{FrameLenError, frame_len};

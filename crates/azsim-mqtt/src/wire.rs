@@ -161,9 +161,11 @@ pub(crate) enum Incoming<'a> {
     Pingresp,
     /// CONNACK with its return code (0: accepted).
     Connack(u8),
+    /// SUBACK: whether its (first) filter was granted.
+    Suback(bool),
     /// DISCONNECT, or bytes that are not MQTT.
     Closed,
-    /// Needs no answer (SUBACK, ...).
+    /// Needs no answer (UNSUBACK, ...).
     Other,
 }
 
@@ -182,6 +184,11 @@ pub(crate) fn decode(packet: &[u8]) -> Incoming<'_> {
             mqttrs::ConnectReturnCode::BadUsernamePassword => 4,
             mqttrs::ConnectReturnCode::NotAuthorized => 5,
         }),
+        Ok(Some(Packet::Suback(s))) => Incoming::Suback(
+            s.return_codes
+                .first()
+                .is_some_and(|c| matches!(c, mqttrs::SubscribeReturnCodes::Success(_))),
+        ),
         Ok(Some(Packet::Disconnect)) | Ok(None) | Err(_) => Incoming::Closed,
         Ok(Some(_)) => Incoming::Other,
     }

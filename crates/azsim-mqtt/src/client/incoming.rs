@@ -92,7 +92,9 @@ impl<S: Sensor, Q: Storage> Core<'_, S, Q> {
             // IoT Hub closes the connection rather than refuse a subscription, and never sends
             // DISCONNECT in 3.1.1; anything else (SUBACK, a stray CONNACK) needs no answer.
             wire::Incoming::Closed => Err(DisconnectReason::Lost),
-            wire::Incoming::Connack(_) | wire::Incoming::Other => Ok(None),
+            wire::Incoming::Connack(_) | wire::Incoming::Suback(_) | wire::Incoming::Other => {
+                Ok(None)
+            }
         }
     }
 
