@@ -1,23 +1,21 @@
 //! `azsim run --dps`: provision the device before it runs. The exchange is `azsim_proto::dps`
-//! (sans-IO, what the firmware runs too); this file is its host driver: the same TLS (and
-//! WebSocket) connector as the device loop, MQTT framed with `mqttrs` as the loop frames it,
-//! the system clock. It runs its own short MQTT connection, not the device loop's `Client`,
-//! which drives the hub session only.
+//! (sans-IO), performed by the device loop's provisioning mode (`azsim_mqtt::Provisioning`, what
+//! the firmware runs too) over the same TLS (and WebSocket) connector and system clock as the
+//! hub session; this file chooses where to provision and turns DPS's answers into events and
+//! diagnoses.
 
 use std::time::Duration;
 
-use azsim_mqtt::Connector as _;
-use azsim_proto::dps::{Outcome, Registration, Request};
-use azsim_proto::sas::{self, DPS_POLICY, Resource};
+use azsim_mqtt::{DpsCredential, DpsIdentity, ProvisionError as DpsError, Provisioning};
 use azsim_proto::secret::Secret;
-use embedded_io_async::{Read as _, Write as _};
-use mqttrs::{Connect, Packet, Pid, Protocol, QoS, QosPid, Subscribe, SubscribeTopic};
+use azsim_proto::session::DisconnectReason;
 
-use super::net::{FailureSlot, TlsConnector, Transport};
+use super::net::{FailureSlot, SystemClock, TlsConnector, Transport};
 
 /// How long the whole registration may take (DPS asks for polls every few seconds).
 const TIMEOUT: Duration = Duration::from_secs(60);
-const TOKEN_TTL_S: u64 = 3600;
+/// Packet buffers: DPS's answers are about a kilobyte; the register request carries
+/// `--provisioning-payload`.
 const BUF: usize = 16 * 1024;
 
 /// What to provision.
@@ -62,10 +60,6 @@ pub struct ProvisionError(pub String);
 
 fn err(s: impl Into<String>) -> ProvisionError {
     ProvisionError(s.into())
-}
-
-fn now_ms() -> u64 {
-    azsim_emulator::clock::unix_now_ms()
 }
 
 /// What DPS's error means for someone holding the command line.
@@ -119,178 +113,59 @@ async fn run(cfg: &ProvisionConfig) -> Result<Provisioned, ProvisionError> {
     let mut connector = TlsConnector::new(&cfg.host, cfg.port, tls, failure.clone())
         .map_err(err)?
         .over(cfg.transport);
-    let mut conn = connector.connect().await.map_err(|_| {
-        err(failure
-            .get()
-            .unwrap_or_else(|| format!("cannot connect to {}:{}", cfg.host, cfg.port)))
-    })?;
-    let io_err = |e: std::io::Error| {
-        err(failure
-            .get()
-            .unwrap_or_else(|| format!("connection to {}:{} lost: {e}", cfg.host, cfg.port)))
-    };
-
-    let mut username = String::new();
-    let _ = azsim_proto::username::write_dps_username(
-        &mut username,
-        &cfg.id_scope,
-        &cfg.registration_id,
-    );
-    let mut token = String::new();
-    if let Some(key) = &cfg.key {
-        sas::sign(
-            &mut token,
-            &Resource::DpsRegistration {
-                id_scope: &cfg.id_scope,
-                registration_id: &cfg.registration_id,
-            },
-            key.expose(),
-            now_ms() / 1000 + TOKEN_TTL_S,
-            Some(DPS_POLICY),
-        )
-        .map_err(|e| err(format!("--key: {e}")))?;
-    }
-    let token = Secret::new(token);
-    let mut tx = vec![0u8; BUF];
-    let connect = Packet::Connect(Connect {
-        protocol: Protocol::MQTT311,
-        keep_alive: 60,
-        client_id: &cfg.registration_id,
-        clean_session: true,
-        last_will: None,
-        username: Some(&username),
+    let credential = match &cfg.key {
+        Some(k) => DpsCredential::Key(Secret::new(k.expose().as_str())),
         // X.509: the certificate in the TLS handshake is the credential, the password empty.
-        password: (!token.expose().is_empty()).then(|| token.expose().as_bytes()),
-    });
-    let n = mqttrs::encode_slice(&connect, &mut tx).map_err(|e| err(format!("connect: {e:?}")))?;
-    conn.write_all(&tx[..n]).await.map_err(io_err)?;
-    conn.flush().await.map_err(io_err)?;
-
-    let mut reg = Registration::new(&cfg.registration_id);
-    let mut rx = vec![0u8; BUF];
-    let mut filled = 0usize;
-    let mut next_pid: u16 = 1;
-    loop {
-        // Send what is due.
-        let mut topic = String::new();
-        let mut body = String::new();
-        if let Some(req) = reg
-            .next_request(now_ms(), &mut topic, &mut body, cfg.payload.as_deref())
-            .map_err(|_| err("dps request"))?
-        {
-            let pid = Pid::try_from(next_pid).map_err(|_| err("packet id"))?;
-            next_pid = next_pid.checked_add(1).unwrap_or(1);
-            let packet = match req {
-                Request::Subscribe => Packet::Subscribe(Subscribe {
-                    pid,
-                    topics: core::iter::once(SubscribeTopic {
-                        topic_path: topic.as_str().into(),
-                        qos: QoS::AtLeastOnce,
-                    })
-                    .collect(),
-                }),
-                Request::Register | Request::Poll => Packet::Publish(mqttrs::Publish {
-                    dup: false,
-                    qospid: QosPid::AtLeastOnce(pid),
-                    retain: false,
-                    topic_name: &topic,
-                    payload: body.as_bytes(),
-                }),
-            };
-            let n = mqttrs::encode_slice(&packet, &mut tx)
-                .map_err(|e| err(format!("encode: {e:?}")))?;
-            conn.write_all(&tx[..n]).await.map_err(io_err)?;
-            conn.flush().await.map_err(io_err)?;
-            continue;
-        }
-        // Handle every complete packet received; what they make due is sent before reading on.
-        let mut handled = false;
-        while let Some(len) =
-            azsim_mqtt::frame_len(&rx[..filled]).map_err(|e| err(e.to_string()))?
-        {
-            let mut ack = None;
-            let mut done = None;
-            match mqttrs::decode_slice(&rx[..len]) {
-                Ok(Some(Packet::Connack(c))) => {
-                    if c.code != mqttrs::ConnectReturnCode::Accepted {
-                        return Err(err(format!(
-                            "dps at {}:{} refused the connection ({:?}): check --id-scope and the registration id",
-                            cfg.host, cfg.port, c.code
-                        )));
-                    }
-                    reg.handle_connected();
-                }
-                Ok(Some(Packet::Suback(_))) => reg.handle_subscribed(),
-                Ok(Some(Packet::Publish(p))) => {
-                    if let QosPid::AtLeastOnce(pid) = p.qospid {
-                        ack = Some(pid);
-                    }
-                    match reg.handle_response(now_ms(), p.topic_name, p.payload) {
-                        Ok(Outcome::Assigned(a)) => {
-                            done = Some(Ok(Provisioned {
-                                assigned_hub: a.assigned_hub.to_owned(),
-                                device_id: a.device_id.to_owned(),
-                                substatus: a.substatus.map(str::to_owned),
-                            }));
-                        }
-                        Ok(Outcome::Refused(r)) => {
-                            done = Some(Err(err(diagnose(r.status, r.error_code, r.message, cfg))));
-                        }
-                        Ok(Outcome::Assigning { .. } | Outcome::Ignored) => {}
-                        Err(e) => {
-                            done = Some(Err(err(format!("dps at {}:{}: {e}", cfg.host, cfg.port))))
-                        }
-                    }
-                }
-                Ok(Some(Packet::Disconnect) | None) | Err(_) => {
-                    return Err(err(format!(
-                        "dps at {}:{} sent something that is not MQTT",
-                        cfg.host, cfg.port
-                    )));
-                }
-                Ok(Some(_)) => {}
-            }
-            rx.copy_within(len..filled, 0);
-            filled -= len;
-            handled = true;
-            if let Some(pid) = ack {
-                let n = mqttrs::encode_slice(&Packet::Puback(pid), &mut tx)
-                    .map_err(|e| err(format!("{e:?}")))?;
-                conn.write_all(&tx[..n]).await.map_err(io_err)?;
-            }
-            if let Some(result) = done {
-                if let Ok(n) = mqttrs::encode_slice(&Packet::Disconnect, &mut tx) {
-                    let _ = conn.write_all(&tx[..n]).await;
-                    let _ = conn.flush().await;
-                }
-                return result;
-            }
-        }
-        if handled {
-            continue;
-        }
-        if reg.is_finished() {
-            return Err(err("dps exchange ended without an answer"));
-        }
-        if filled == rx.len() {
-            return Err(err("dps answer larger than the receive buffer"));
-        }
-        // Read, or wait for the next poll.
-        let wait = reg.poll_timeout().map_or(Duration::from_secs(3600), |t| {
-            Duration::from_millis(t.saturating_sub(now_ms()))
-        });
-        tokio::select! {
-            r = conn.read(&mut rx[filled..]) => match r {
-                Ok(0) => {
-                    return Err(err(failure.get().unwrap_or_else(|| {
-                        format!("dps at {}:{} closed the connection", cfg.host, cfg.port)
-                    })));
-                }
-                Ok(n) => filled += n,
-                Err(e) => return Err(io_err(e)),
-            },
-            () = tokio::time::sleep(wait) => {}
-        }
+        None => DpsCredential::X509,
+    };
+    let (mut rx, mut tx) = (vec![0u8; BUF], vec![0u8; BUF]);
+    let mut registration = Provisioning::new(
+        DpsIdentity {
+            id_scope: &cfg.id_scope,
+            registration_id: &cfg.registration_id,
+            payload: cfg.payload.as_deref(),
+        },
+        credential,
+        rx.as_mut_slice(),
+        tx.as_mut_slice(),
+    )
+    .map_err(|e| match e {
+        DpsError::Key(k) => err(format!("--key: {k}")),
+        other => err(other.to_string()),
+    })?
+    .with_timeout(TIMEOUT.as_millis() as u64);
+    let peer = format!("{}:{}", cfg.host, cfg.port);
+    match registration
+        .run(&mut connector, &mut SystemClock, &mut |_| {})
+        .await
+    {
+        Ok(a) => Ok(Provisioned {
+            assigned_hub: a.assigned_hub.as_str().to_owned(),
+            device_id: a.device_id.as_str().to_owned(),
+            substatus: a.substatus.as_ref().map(|s| s.as_str().to_owned()),
+        }),
+        Err(DpsError::Refused {
+            status,
+            error_code,
+            message,
+        }) => Err(err(diagnose(
+            status,
+            error_code,
+            message.as_ref().map(|m| m.as_str()),
+            cfg,
+        ))),
+        Err(DpsError::Connect(DisconnectReason::Refused(code))) => Err(err(format!(
+            "dps at {peer} refused the connection ({code}): check --id-scope and the registration id"
+        ))),
+        Err(DpsError::Connect(reason)) => Err(err(failure
+            .get()
+            .unwrap_or_else(|| format!("connection to dps at {peer}: {reason}")))),
+        Err(DpsError::TimedOut) => Err(err(format!(
+            "dps at {peer} did not assign registration {} within {} s",
+            cfg.registration_id,
+            TIMEOUT.as_secs()
+        ))),
+        Err(other) => Err(err(format!("dps at {peer}: {other}"))),
     }
 }
 

@@ -17,6 +17,8 @@ use tokio::sync::mpsc;
 
 use crate::support::TestHub;
 
+mod dps;
+
 /// `azsim run`'s TCP + TLS connector to the hub, counting the connections it opens.
 struct Counting {
     inner: TlsConnector,
