@@ -1,11 +1,19 @@
 //! Embeds an extra CA certificate when `AZSIM_CA_FILE` names one at build time (the local
 //! hub's `.azsim/hub/ca.pem`, to run the board against `azsim hub` on a laptop); otherwise
 //! the firmware trusts only the two Azure roots in `certs/`.
+//!
+//! Sets `cfg(azsim_dps)` when `AZSIM_ID_SCOPE` is set: the board then provisions through DPS
+//! first, and only such a build carries the DPS code.
 
 use std::path::PathBuf;
 
 fn main() {
     println!("cargo::rerun-if-env-changed=AZSIM_CA_FILE");
+    println!("cargo::rerun-if-env-changed=AZSIM_ID_SCOPE");
+    println!("cargo::rustc-check-cfg=cfg(azsim_dps)");
+    if std::env::var_os("AZSIM_ID_SCOPE").is_some_and(|s| !s.is_empty()) {
+        println!("cargo::rustc-cfg=azsim_dps");
+    }
     let out = PathBuf::from(std::env::var_os("OUT_DIR").expect("OUT_DIR"));
     let extra = match std::env::var_os("AZSIM_CA_FILE") {
         Some(path) if !path.is_empty() => {

@@ -1,5 +1,6 @@
 //! The two platform pieces the shared loop asks for: a [`Connector`] that opens TCP + TLS to
-//! the hub with embassy-net and mbedtls-rs, and a [`Clock`] in Unix milliseconds from SNTP.
+//! the hub (or first to the provisioning service) with embassy-net and mbedtls-rs, and a
+//! [`Clock`] in Unix milliseconds from SNTP.
 
 use core::ffi::CStr;
 
@@ -45,21 +46,34 @@ impl<'d> HubConnector<'d> {
         port: u16,
         ca: Certificate<'static>,
     ) -> Result<Self, &'static str> {
-        if host.len() > HOST_LEN || host.as_bytes().contains(&0) {
-            return Err("AZSIM_CONNECTION_STRING: HostName is not a valid host name");
-        }
-        let mut server_name = [0u8; HOST_LEN + 1];
-        server_name[..host.len()].copy_from_slice(host.as_bytes());
-        Ok(Self {
+        let mut connector = Self {
             stack,
             tls,
-            host,
-            server_name,
+            host: "",
+            server_name: [0u8; HOST_LEN + 1],
             port,
             ca,
             rx: [0; TCP_RX],
             tx: [0; TCP_TX],
-        })
+        };
+        connector.retarget(host, port)?;
+        Ok(connector)
+    }
+
+    /// Connects to `host:port` from now on (the hub DPS assigned, after provisioning), with
+    /// the same socket buffers and roots.
+    ///
+    /// # Errors
+    /// When the host name is too long for a DNS name.
+    pub fn retarget(&mut self, host: &'static str, port: u16) -> Result<(), &'static str> {
+        if host.is_empty() || host.len() > HOST_LEN || host.as_bytes().contains(&0) {
+            return Err("the hub's host name is not a valid host name");
+        }
+        self.server_name = [0u8; HOST_LEN + 1];
+        self.server_name[..host.len()].copy_from_slice(host.as_bytes());
+        self.host = host;
+        self.port = port;
+        Ok(())
     }
 }
 

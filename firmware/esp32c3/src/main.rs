@@ -4,7 +4,8 @@
 //! the shared `azsim-mqtt` loop drives `azsim-proto`'s session and reference device behaviour,
 //! the code `tests/it/firmware_loop.rs` runs against the local hub on the laptop. Credentials
 //! come only from build-time environment variables (`AZSIM_WIFI_SSID`, `AZSIM_WIFI_PASSWORD`,
-//! `AZSIM_CONNECTION_STRING`); without them the firmware says so and idles.
+//! and `AZSIM_CONNECTION_STRING`, or `AZSIM_ID_SCOPE` + `AZSIM_REGISTRATION_ID` + a key to
+//! provision through DPS first); without them the firmware says so and idles.
 //!
 //! On the host this package is an empty binary, so `cargo test --workspace` never needs the
 //! esp toolchain crates.
@@ -12,6 +13,8 @@
 
 #[cfg(target_os = "none")]
 mod board;
+#[cfg(all(target_os = "none", azsim_dps))]
+mod dps;
 #[cfg(target_os = "none")]
 mod hub;
 // Host-testable pieces; on the host only their tests use them.
