@@ -82,6 +82,22 @@ impl Auth {
     }
 }
 
+/// Give `ident` the authentication a registry write asked for (`None`: keep what it has), then
+/// make its keys agree: an X.509 identity holds none, a SAS one without keys gets new ones.
+/// The one rule for the registry PUT and the bulk call.
+pub(crate) fn apply_auth(ident: &mut crate::store::Identity, auth: Option<&Auth>) {
+    if let Some(a) = auth {
+        ident.auth = a.clone();
+    }
+    for k in [&mut ident.primary_key, &mut ident.secondary_key] {
+        if ident.auth.is_x509() {
+            *k = azsim_proto::secret::Secret::new(String::new());
+        } else if k.expose().is_empty() {
+            *k = azsim_proto::secret::Secret::new(crate::state_dir::generate_key());
+        }
+    }
+}
+
 /// The `authentication` of a registry PUT body: `None` when it names no type (keep what is
 /// stored; a new identity is SAS), else the type with its thumbprints (`selfSigned` needs at
 /// least one, SHA-1 or SHA-256 hex).

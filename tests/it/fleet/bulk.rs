@@ -69,6 +69,70 @@ async fn the_bulk_registry_call_reports_each_device() {
     hub.stop().await;
 }
 
+/// X.509 identities through the bulk call, as the registry PUT takes them: a self-signed device
+/// keeps its thumbprint and holds no keys, a CA device too; a SAS device turned X.509 loses its
+/// keys; a selfSigned identity without a thumbprint fails alone, naming the field.
+#[tokio::test]
+async fn the_bulk_registry_call_takes_x509_identities() {
+    let hub = TestHub::start().await;
+    let thumb = "AB".repeat(20);
+    let (status, body) = hub
+        .rest(
+            Method::POST,
+            "/devices",
+            Some(json!([
+                {"id": "x-self", "importMode": "create", "authentication": {"type": "selfSigned", "x509Thumbprint": {"primaryThumbprint": thumb}}},
+                {"id": "x-ca", "importMode": "create", "authentication": {"type": "certificateAuthority"}},
+                {"id": "x-turned", "importMode": "create"},
+                {"id": "x-bad", "importMode": "create", "authentication": {"type": "selfSigned"}},
+            ])),
+        )
+        .await;
+    assert_eq!(status, 400, "{body}");
+    let errors = body["errors"].as_array().unwrap();
+    assert_eq!(errors.len(), 1, "{body}");
+    assert_eq!(errors[0]["deviceId"], "x-bad");
+    assert!(
+        errors[0]["errorStatus"]
+            .as_str()
+            .unwrap()
+            .contains("authentication.x509Thumbprint"),
+        "{body}"
+    );
+
+    let (s, v) = hub.rest(Method::GET, "/devices/x-self", None).await;
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(v["authentication"]["type"], "selfSigned");
+    assert_eq!(
+        v["authentication"]["x509Thumbprint"]["primaryThumbprint"],
+        thumb
+    );
+    let (_, v) = hub.rest(Method::GET, "/devices/x-ca", None).await;
+    assert_eq!(v["authentication"]["type"], "certificateAuthority");
+
+    let (_, v) = hub.rest(Method::GET, "/devices/x-turned", None).await;
+    assert_eq!(v["authentication"]["type"], "sas");
+    let (status, body) = hub
+        .rest(
+            Method::POST,
+            "/devices",
+            Some(json!([
+                {"id": "x-turned", "importMode": "update", "authentication": {"type": "selfSigned", "x509Thumbprint": {"primaryThumbprint": thumb}}},
+            ])),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    let (_, v) = hub.rest(Method::GET, "/devices/x-turned", None).await;
+    assert_eq!(v["authentication"]["type"], "selfSigned", "{v}");
+    assert!(
+        v["authentication"]["symmetricKey"]["primaryKey"]
+            .as_str()
+            .is_none_or(str::is_empty),
+        "an X.509 identity holds no keys: {v}"
+    );
+    hub.stop().await;
+}
+
 /// The official Python service SDK's `bulk_create_or_update_devices` against the local hub's bulk
 /// call: created devices, then per-device errors read back by the SDK.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

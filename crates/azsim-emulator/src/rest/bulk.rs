@@ -1,7 +1,8 @@
 //! The bulk registry call, `POST /devices`: up to 100 device operations in one request, as
 //! Azure's "Bulk Device CRUD" (`bulk_create_or_update_devices` in the Python SDK). The body is
 //! an array of `ExportImportDevice` (`id`, `importMode`, `eTag`, `status`, `statusReason`,
-//! `authentication.symmetricKey`); the answer is a `BulkRegistryOperationResult`
+//! `authentication`: `symmetricKey`, or type `selfSigned` with `x509Thumbprint` or
+//! `certificateAuthority`, as the registry PUT takes it); the answer is a `BulkRegistryOperationResult`
 //! (`isSuccessful`, `errors[]` with `deviceId`, `errorCode`, `errorStatus`, `warnings[]`), 200
 //! when every operation succeeded and 400 otherwise. Operations are applied in order; one that
 //! fails does not stop the others.
@@ -47,6 +48,8 @@ struct Op {
     status_reason: Option<String>,
     primary: Option<String>,
     secondary: Option<String>,
+    /// `authentication.type` with its thumbprints; `None` keeps what is stored (new: SAS).
+    auth: Option<crate::x509::Auth>,
 }
 
 /// A per-device failure, in the result's shape.
@@ -87,13 +90,7 @@ fn parse_op(v: &Value) -> Result<Op, OpError> {
         Some("deleteIfMatchETag") => Mode::Delete { if_match: true },
         Some(other) => return Err(bad(format!("importMode '{other}' is not supported"))),
     };
-    if let Some(t) = v.pointer("/authentication/type").and_then(Value::as_str)
-        && t != "sas"
-    {
-        return Err(bad(format!(
-            "authentication.type '{t}' is not supported by the local hub (sas only)"
-        )));
-    }
+    let auth = crate::x509::auth_from_json(v).map_err(bad)?;
     let enabled = match v.get("status") {
         None | Some(Value::Null) => None,
         Some(Value::String(s)) if s == "enabled" => Some(true),
@@ -115,6 +112,7 @@ fn parse_op(v: &Value) -> Result<Op, OpError> {
             .map(str::to_owned),
         primary: key("primaryKey")?,
         secondary: key("secondaryKey")?,
+        auth,
     })
 }
 
@@ -143,7 +141,7 @@ fn key_from(v: &Value, which: &str) -> Result<Option<String>, String> {
 }
 
 fn new_identity(op: &Op, now: &str, now_ms: i64) -> Identity {
-    Identity {
+    let mut i = Identity {
         device_id: op.id.clone(),
         module_id: None,
         primary_key: Secret::new(
@@ -171,7 +169,9 @@ fn new_identity(op: &Op, now: &str, now_ms: i64) -> Identity {
         reported_updated: now.to_owned(),
         twin_version: 1,
         ..Identity::default()
-    }
+    };
+    crate::x509::apply_auth(&mut i, op.auth.as_ref());
+    i
 }
 
 fn updated(mut i: Identity, op: &Op, now: &str) -> Identity {
@@ -190,6 +190,7 @@ fn updated(mut i: Identity, op: &Op, now: &str) -> Identity {
     if op.status_reason.is_some() {
         i.status_reason = op.status_reason.clone();
     }
+    crate::x509::apply_auth(&mut i, op.auth.as_ref());
     i.etag_n += 1;
     i
 }

@@ -171,17 +171,7 @@ async fn upsert_identity(
                     if let Some(k) = &secondary {
                         i.secondary_key = Secret::new(k.clone());
                     }
-                    if let Some(a) = &auth {
-                        i.auth = a.clone();
-                    }
-                    // X.509 identities hold no keys; one that turns SAS gets keys made.
-                    for k in [&mut i.primary_key, &mut i.secondary_key] {
-                        if i.auth.is_x509() {
-                            *k = Secret::new(String::new());
-                        } else if k.expose().is_empty() {
-                            *k = Secret::new(state_dir::generate_key());
-                        }
-                    }
+                    crate::x509::apply_auth(&mut i, auth.as_ref());
                     if status_reason.is_some() {
                         i.status_reason = status_reason.clone();
                     }
@@ -226,13 +216,7 @@ async fn upsert_identity(
                         ..Identity::default()
                     };
                     let mut i = i;
-                    if let Some(a) = &auth
-                        && a.is_x509()
-                    {
-                        i.auth = a.clone();
-                        i.primary_key = Secret::new(String::new());
-                        i.secondary_key = Secret::new(String::new());
-                    }
+                    crate::x509::apply_auth(&mut i, auth.as_ref());
                     (i, true, false)
                 }
             };
