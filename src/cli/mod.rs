@@ -53,7 +53,8 @@ pub enum Command {
     Invoke(invoke::InvokeArgs),
     /// Show a device twin or patch its desired properties and tags.
     Twin(twin::TwinArgs),
-    /// Send cloud-to-device messages (local azsim hub only) and read their delivery feedback.
+    /// Send cloud-to-device messages and read their delivery feedback (over AMQP, as the
+    /// service SDKs do).
     C2d(c2d::C2dArgs),
     /// Watch telemetry, connections and twin changes (local azsim hub only).
     Monitor(monitor::MonitorArgs),
@@ -74,7 +75,8 @@ pub enum Command {
     /// Manage Device Provisioning Service enrollments and enrollment groups (the local hub's
     /// DPS by default).
     Dps(dps::DpsArgs),
-    /// Run a local Azure IoT Hub: TLS MQTT for devices, service REST, state in SQLite.
+    /// Run a local Azure IoT Hub: MQTT (TLS and WebSockets), AMQP, the service REST API, DPS,
+    /// the Event Hubs-compatible endpoint and a dashboard; state in SQLite.
     Hub(hub::HubArgs),
 }
 
