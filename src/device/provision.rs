@@ -160,6 +160,10 @@ async fn run(cfg: &ProvisionConfig) -> Result<Provisioned, ProvisionError> {
         Err(DpsError::Connect(reason)) => Err(err(failure
             .get()
             .unwrap_or_else(|| format!("connection to dps at {peer}: {reason}")))),
+        Err(DpsError::NotMqtt) => Err(err(format!(
+            "dps at {peer} sent something that is not MQTT: check --provisioning-host (DPS's \
+             MQTT endpoint, port 8883, or 443 with --websockets)"
+        ))),
         Err(DpsError::TimedOut) => Err(err(format!(
             "dps at {peer} did not assign registration {} within {} s",
             cfg.registration_id,

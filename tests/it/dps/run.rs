@@ -222,3 +222,116 @@ async fn azsim_run_dps_provisions_then_runs_and_refusals_exit_1_with_the_diagnos
     }
     hub.stop().await;
 }
+
+/// Over WebSockets: the registration on the hub's HTTPS port (`/$iothub/websocket`), then the run
+/// there too. A provisioning host that is not DPS (the hub's HTTPS port without
+/// `--websockets`) or not listening: exit 1 naming it, the hub unaffected.
+#[tokio::test]
+async fn azsim_run_dps_over_websockets_and_a_provisioning_host_that_is_not_dps() {
+    let hub = TestHub::start().await;
+    let (s, e) = service(
+        &hub,
+        Method::PUT,
+        "/enrollments/run-ws",
+        Some(json!({"deviceId": "run-ws-dev"})),
+    )
+    .await;
+    assert_eq!(s, 200, "{e}");
+    let key = e["attestation"]["symmetricKey"]["primaryKey"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let o = run(
+        &hub,
+        &[
+            "--dps",
+            "--websockets",
+            "--registration-id",
+            "run-ws",
+            "--key",
+            &key,
+            "--count",
+            "1",
+            "--interval",
+            "200ms",
+            "--json",
+        ],
+    )
+    .await;
+    let all = events(&o);
+    assert_eq!(
+        o.status.code(),
+        Some(0),
+        "{all:#?}\n{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    let p = event(&all, "provisioning");
+    assert_eq!(p["port"], hub.https_port, "{p}");
+    assert_eq!(event(&all, "provisioned")["device_id"], "run-ws-dev");
+    assert_eq!(
+        all.iter()
+            .filter(|e| e["event"] == "telemetry_acked")
+            .count(),
+        1,
+        "{all:#?}"
+    );
+
+    let scope = hub.info.id_scope.clone();
+    let ca = hub.ca_file.display().to_string();
+    let https = format!("{}:{}", hub.hostname, hub.https_port);
+    let closed = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = l.local_addr().unwrap().port();
+        drop(l);
+        format!("127.0.0.1:{port}")
+    };
+    for (host, expect) in [
+        (https.as_str(), "not MQTT"),
+        (closed.as_str(), closed.as_str()),
+    ] {
+        let o = run(
+            &hub,
+            &[
+                "--dps",
+                "--registration-id",
+                "run-ws",
+                "--key",
+                &key,
+                "--id-scope",
+                &scope,
+                "--provisioning-host",
+                host,
+                "--ca",
+                &ca,
+                "--count",
+                "1",
+            ],
+        )
+        .await;
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert_eq!(o.status.code(), Some(1), "{host}: {err}");
+        assert!(err.contains(expect), "{host}: {err}");
+        assert!(!err.contains(&key), "{err}");
+    }
+    // The hub still serves DPS.
+    let o = run(
+        &hub,
+        &[
+            "--dps",
+            "--registration-id",
+            "run-ws",
+            "--key",
+            &key,
+            "--count",
+            "1",
+        ],
+    )
+    .await;
+    assert_eq!(
+        o.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    hub.stop().await;
+}

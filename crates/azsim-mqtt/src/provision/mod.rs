@@ -156,7 +156,7 @@ impl ProvisionError {
             Self::Connect(DisconnectReason::Refused(code)) => {
                 *code == ConnackCode::ServerUnavailable
             }
-            Self::Connect(_) | Self::TimedOut | Self::NotMqtt | Self::PacketTooLarge => true,
+            Self::Connect(_) | Self::TimedOut => true,
             Self::Refused { status, .. } => *status == 429 || *status >= 500,
             _ => false,
         }
@@ -187,7 +187,7 @@ impl fmt::Display for ProvisionError {
                 )
             }
             Self::Response(e) => e.fmt(f),
-            Self::NotMqtt => f.write_str("dps sent something that is not mqtt"),
+            Self::NotMqtt => f.write_str("dps sent something that is not MQTT"),
             Self::PacketTooLarge => f.write_str("dps answer larger than the receive buffer"),
             Self::RequestTooLarge => f.write_str("dps request larger than the transmit buffer"),
             Self::AssignmentTooLong => f.write_str("assigned hub or device id too long"),
@@ -625,7 +625,9 @@ impl Core<'_> {
                     false,
                 );
             }
-            (_, wire::Incoming::Closed) => self.lost(),
+            // A complete packet that is a DISCONNECT (a server never sends one in 3.1.1) or not
+            // MQTT at all (an HTTPS port, say).
+            (_, wire::Incoming::Closed) => self.finish(Err(ProvisionError::NotMqtt), false),
             (Phase::Up, wire::Incoming::Suback(true)) => self.reg.handle_subscribed(),
             (Phase::Up, wire::Incoming::Suback(false)) => {
                 self.finish(Err(ProvisionError::SubscribeRefused), true);
