@@ -324,6 +324,8 @@ async fn azsim_run_dps_over_websockets_and_a_provisioning_host_that_is_not_dps()
             &key,
             "--count",
             "1",
+            "--interval",
+            "200ms",
         ],
     )
     .await;
