@@ -56,7 +56,8 @@ pub enum Command {
     /// Send cloud-to-device messages and read their delivery feedback (over AMQP, as the
     /// service SDKs do).
     C2d(c2d::C2dArgs),
-    /// Watch telemetry, connections and twin changes (local azsim hub only).
+    /// Watch telemetry (over the Event Hubs-compatible endpoint, local or Azure hub),
+    /// connections and twin changes (local azsim hub only).
     Monitor(monitor::MonitorArgs),
     /// Connect as a device and behave like the reference ESP32 firmware (telemetry, methods,
     /// twin, C2D); without a connection string, against the local hub.

@@ -1,10 +1,12 @@
 //! `azsim monitor`: clap structs and validation. The work is in `crate::cmd::monitor`.
 
+use azsim_proto::secret::Secret;
 use clap::{Args, ValueEnum};
 
 use super::service::{HubTargetArgs, device_id};
 use crate::error::UsageError;
 use crate::service::Target;
+use crate::service::eventhub::{ConsumerOptions, EventHubEndpoint, StartAt};
 
 /// Event kinds `azsim monitor --type` can keep.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -31,8 +33,11 @@ impl EventKind {
     }
 }
 
-/// Watch the local hub's events: telemetry, connects, twin changes, C2D completions and
-/// feedback (local azsim hub only: Azure needs Event Hubs for this).
+/// Watch a hub's events. Telemetry is read from the hub's Event Hubs-compatible endpoint over
+/// AMQP (every partition, from now on unless --from-start): the local hub's (its hub.json
+/// names it), --eventhub-connection-string's, or the one an Azure IoT Hub redirects
+/// `messages/events` to. Connects, twin changes, C2D completions and feedback come from the
+/// local hub's event stream (local azsim hub only).
 ///
 /// Exits 0 after --count events; 1 when --timeout passes first. Without --count, --timeout is
 /// how long to watch (exit 0).
@@ -52,6 +57,20 @@ pub struct MonitorArgs {
     pub timeout: Option<u64>,
     #[command(flatten)]
     pub target: HubTargetArgs,
+    /// Read telemetry from this Event Hub (the hub's Event Hubs-compatible connection string:
+    /// Endpoint=sb://...;SharedAccessKeyName=...;SharedAccessKey=...;EntityPath=...).
+    /// Default: the local hub's, or the redirect of the hub named by --hub-connection-string.
+    #[arg(long, value_name = "CS")]
+    pub eventhub_connection_string: Option<Secret<String>>,
+    /// Consumer group to read telemetry with.
+    #[arg(long, value_name = "GROUP", default_value = "$Default")]
+    pub consumer_group: String,
+    /// Read only this partition [default: all of them].
+    #[arg(long, value_name = "ID")]
+    pub partition: Option<String>,
+    /// Read the telemetry the hub still holds, not only what arrives from now on.
+    #[arg(long)]
+    pub from_start: bool,
     /// Print each event as one JSON object per line.
     #[arg(long)]
     pub json: bool,
@@ -60,8 +79,12 @@ pub struct MonitorArgs {
 /// Validated `azsim monitor` arguments.
 #[derive(Debug)]
 pub struct MonitorConfig {
-    /// The hub.
-    pub target: Target,
+    /// The hub (`None`: only an Event Hub was named).
+    pub target: Option<Target>,
+    /// The Event Hub named by `--eventhub-connection-string`.
+    pub eventhub: Option<EventHubEndpoint>,
+    /// Consumer group, partition, start.
+    pub consumer: ConsumerOptions,
     /// Device filter (server side).
     pub device: Option<String>,
     /// Kind filter (client side); empty keeps all.
@@ -87,19 +110,64 @@ impl MonitorArgs {
         if self.timeout == Some(0) {
             return Err(UsageError::new("--timeout", "must be at least 1 second"));
         }
-        let target = self.target.resolve()?;
-        if target.is_azure() {
+        let consumer_group = self.consumer_group.trim().to_owned();
+        if consumer_group.is_empty() || consumer_group.contains('/') {
             return Err(UsageError::new(
-                "--hub-connection-string",
+                "--consumer-group",
+                "must be a consumer group name ($Default)",
+            ));
+        }
+        if let Some(p) = &self.partition
+            && (p.is_empty() || !p.chars().all(|c| c.is_ascii_alphanumeric()))
+        {
+            return Err(UsageError::new(
+                "--partition",
+                "must be a partition id (0, 1, ...)",
+            ));
+        }
+        let eventhub = self
+            .eventhub_connection_string
+            .as_ref()
+            .map(|cs| {
+                EventHubEndpoint::parse(cs.expose(), self.target.ca.clone())
+                    .map_err(|e| UsageError::new("--eventhub-connection-string", e))
+            })
+            .transpose()?;
+        let needs_hub = eventhub.is_none()
+            || self.target.hub_connection_string.is_some()
+            || self.types.iter().any(|k| *k != EventKind::Telemetry);
+        let target = if needs_hub {
+            Some(self.target.resolve()?)
+        } else {
+            self.target.resolve().ok()
+        };
+        let only_stream_kinds =
+            !self.types.is_empty() && self.types.iter().all(|k| *k != EventKind::Telemetry);
+        if let Some(t) = &target
+            && t.is_azure()
+            && only_stream_kinds
+        {
+            return Err(UsageError::new(
+                "--type",
                 format!(
-                    "monitor works only against the local azsim hub; {} is an Azure IoT Hub, \
-                     whose events are read over Event Hubs (AMQP), which azsim does not speak yet",
-                    target.host()
+                    "{} is an Azure IoT Hub: monitor reads its telemetry (Event Hubs); \
+                     connection, twin and c2d events come from the local azsim hub only",
+                    t.host()
                 ),
             ));
         }
         Ok(MonitorConfig {
             target,
+            eventhub,
+            consumer: ConsumerOptions {
+                group: consumer_group,
+                partition: self.partition,
+                start: if self.from_start {
+                    StartAt::Start
+                } else {
+                    StartAt::Latest
+                },
+            },
             device,
             types: self.types,
             count: self.count,

@@ -126,29 +126,14 @@ impl AmqpService {
             endpoint: endpoint.clone(),
             reason,
         };
-        let tls = crate::tls::client_config(target.ca_file.as_deref())?;
-        let name = ServerName::try_from(host.clone())
-            .map_err(|_| fail(format!("{host} is not a valid tls server name")))?;
+        let ca = target.ca_file.clone();
         let open = async {
-            let tcp = tokio::net::TcpStream::connect((host.as_str(), port))
-                .await
-                .map_err(|e| fail(e.to_string()))?;
-            let _ = tcp.set_nodelay(true);
-            let stream = tokio_rustls::TlsConnector::from(tls)
-                .connect(name, tcp)
-                .await
-                .map_err(|e| fail(format!("tls: {e}")))?;
-            let mut conn = Connection::builder()
-                .container_id(format!("azsim-{}", uuid::Uuid::new_v4().simple()))
-                .hostname(host.as_str())
-                .sasl_profile(SaslProfile::Anonymous)
-                .open_with_stream(stream)
-                .await
-                .map_err(|e| fail(format!("{e:?}")))?;
-            let mut session = Session::begin(&mut conn)
-                .await
-                .map_err(|e| fail(format!("{e:?}")))?;
-            put_token(&mut session, target, &endpoint).await?;
+            let (conn, mut session) = open_session(&host, port, ca.as_deref()).await?;
+            let token = target
+                .credentials
+                .token(azsim_emulator::clock::unix_now() + TOKEN_TTL)
+                .map_err(|e| fail(format!("cannot sign a token: {e}")))?;
+            put_token(&mut session, target.host(), token, &endpoint).await?;
             Ok::<_, AmqpClientError>(AmqpService {
                 conn,
                 session,
@@ -330,21 +315,66 @@ impl FeedbackReceiver {
     }
 }
 
-/// CBS `put-token` of a policy token for the hub: a request on `$cbs` and its reply.
-async fn put_token(
+/// An AMQP connection over TLS to `host:port` (trusting `ca_file` besides the webpki roots),
+/// SASL ANONYMOUS, with one session begun: what every service link here runs on.
+///
+/// # Errors
+/// [`AmqpClientError::Connect`] naming `host:port` and what failed.
+pub(crate) async fn open_session(
+    host: &str,
+    port: u16,
+    ca_file: Option<&std::path::Path>,
+) -> Result<
+    (
+        fe2o3_amqp::connection::ConnectionHandle<()>,
+        SessionHandle<()>,
+    ),
+    AmqpClientError,
+> {
+    let endpoint = format!("{host}:{port}");
+    let fail = |reason: String| AmqpClientError::Connect {
+        endpoint: endpoint.clone(),
+        reason,
+    };
+    let tls = crate::tls::client_config(ca_file)?;
+    let name = ServerName::try_from(host.to_owned())
+        .map_err(|_| fail(format!("{host} is not a valid tls server name")))?;
+    let tcp = tokio::net::TcpStream::connect((host, port))
+        .await
+        .map_err(|e| fail(e.to_string()))?;
+    let _ = tcp.set_nodelay(true);
+    let stream = tokio_rustls::TlsConnector::from(tls)
+        .connect(name, tcp)
+        .await
+        .map_err(|e| fail(format!("tls: {e}")))?;
+    let mut conn = Connection::builder()
+        .container_id(format!("azsim-{}", uuid::Uuid::new_v4().simple()))
+        .hostname(host)
+        .sasl_profile(SaslProfile::Anonymous)
+        .open_with_stream(stream)
+        .await
+        .map_err(|e| fail(format!("{e:?}")))?;
+    let session = Session::begin(&mut conn)
+        .await
+        .map_err(|e| fail(format!("{e:?}")))?;
+    Ok((conn, session))
+}
+
+/// CBS `put-token` of a SAS `token` for `audience`: a request on `$cbs` and its reply.
+///
+/// # Errors
+/// [`AmqpClientError::Unauthorized`] when the service refuses the token, `Connect` when the
+/// exchange fails.
+pub(crate) async fn put_token(
     session: &mut SessionHandle<()>,
-    target: &Target,
+    audience: &str,
+    token: String,
     endpoint: &str,
 ) -> Result<(), AmqpClientError> {
     let fail = |reason: String| AmqpClientError::Connect {
         endpoint: endpoint.to_owned(),
         reason,
     };
-    let expiry = azsim_emulator::clock::unix_now() + TOKEN_TTL;
-    let token = target
-        .credentials
-        .token(expiry)
-        .map_err(|e| fail(format!("cannot sign a token: {e}")))?;
     let reply_to = format!("cbs-{}", uuid::Uuid::new_v4().simple());
     let mut tx = Sender::attach(session, format!("{reply_to}-requests"), "$cbs")
         .await
@@ -366,7 +396,7 @@ async fn put_token(
             ApplicationProperties::builder()
                 .insert("operation", "put-token")
                 .insert("type", "servicebus.windows.net:sastoken")
-                .insert("name", target.host())
+                .insert("name", audience)
                 .build(),
         )
         .value(token)

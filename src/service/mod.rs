@@ -12,6 +12,7 @@ pub mod amqp;
 pub mod auth;
 pub mod azure_error;
 pub mod client;
+pub mod eventhub;
 pub mod events;
 pub mod output;
 pub mod target;
