@@ -3,7 +3,8 @@
 //!
 //! ```text
 //! cargo build --release --bins && target/release/azsim-bench-fleet [--devices 10000]
-//!     [--rate-devices 1000] [--seconds 15] [--azsim target/release/azsim]
+//!     [--rate-devices 1000] [--seconds 15] [--provision-devices 1000] [--provision-rate 1000]
+//!     [--skip-rss] [--skip-rate] [--azsim target/release/azsim]
 //! ```
 //!
 //! 1. Memory: a fleet of 1 device and a fleet of `--devices` (60 s interval, every device
@@ -13,6 +14,10 @@
 //!    every 100 ms; over `--seconds` once every device is acknowledged, the fleet process's CPU
 //!    time (`utime + stime` of `/proc/<pid>/stat`) per 1,000 acknowledged messages, and the
 //!    acknowledged messages per second.
+//! 3. DPS: a fleet of `--provision-devices` (default 1,000) registering through the hub's DPS
+//!    (an enrollment group made with `azsim dps group create`) at `--provision-rate`
+//!    registrations a second (default 1,000): provisioned devices per second (fleet start to
+//!    the last assignment) and the provisioning time p50/p99.
 //!
 //! The hub runs `--in-memory` (no SQLite I/O). Each device needs a socket in the fleet and one
 //! in the hub: both raise their open-files soft limit; the hard limit must allow it.
@@ -57,17 +62,27 @@ struct Fleet {
 
 impl Fleet {
     fn start(azsim: &Path, state: &Path, devices: usize, interval: &str) -> Fleet {
+        Self::start_with(
+            azsim,
+            state,
+            devices,
+            interval,
+            &["--connect-rate", "2000", "--stats-every", "500ms"],
+        )
+    }
+
+    fn start_with(
+        azsim: &Path,
+        state: &Path,
+        devices: usize,
+        interval: &str,
+        extra: &[&str],
+    ) -> Fleet {
         let mut child = tokio::process::Command::new(azsim)
-            .args([
-                "fleet",
-                "--json",
-                "--stats-every",
-                "500ms",
-                "--prefix",
-                "bench-",
-            ])
+            .args(["fleet", "--json", "--prefix", "bench-"])
             .args(["--devices", &devices.to_string(), "--interval", interval])
-            .args(["--connect-rate", "2000", "--max-queue", "10"])
+            .args(["--max-queue", "10"])
+            .args(extra)
             .arg("--state")
             .arg(state)
             .env_remove("AZSIM_FLEET_HUB_CONNECTION_STRING")
@@ -150,6 +165,64 @@ async fn fleet_rate(azsim: &Path, state: &Path, n: usize, interval: &str, secs: 
     ((cpu1 - cpu0) / (acked / 1000.0), acked / dt)
 }
 
+/// The enrollment group key of the DPS phase (a bench key, not a secret of anyone's).
+const BENCH_GROUP_KEY: &str = "YmVuY2gtZ3JvdXAta2V5LWF6c2ltLWZsZWV0LWRwcy0wMTIzNDU2Nzg5";
+
+/// Provisioned devices per second, provisioning time p50 and p99 (ms), for a fleet of `n`
+/// registering through the hub's DPS at `rate` a second.
+async fn fleet_provisioning(
+    azsim: &Path,
+    state: &Path,
+    n: usize,
+    rate: &str,
+) -> (f64, Option<f64>, Option<f64>, Value) {
+    let out = tokio::process::Command::new(azsim)
+        .args(["dps", "group", "create", "bench-group", "--json"])
+        .args(["--primary-key", BENCH_GROUP_KEY])
+        .args(["--secondary-key", BENCH_GROUP_KEY])
+        .arg("--state")
+        .arg(state)
+        .env_remove("PROVISIONING_CONNECTION_STRING")
+        .env_remove("AZSIM_CA_FILE")
+        .output()
+        .await
+        .expect("azsim dps runs");
+    assert!(
+        out.status.success(),
+        "azsim dps group create: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let mut f = Fleet::start_with(
+        azsim,
+        state,
+        n,
+        "60s",
+        &[
+            "--group-key",
+            BENCH_GROUP_KEY,
+            "--connect-rate",
+            rate,
+            // Fine-grained: the last assignment is timed by the first stats line showing it.
+            "--stats-every",
+            "100ms",
+        ],
+    );
+    let n64 = n as u64;
+    let done = f
+        .stats_until("every device provisioned", |v| {
+            v["provisioned"].as_u64() == Some(n64)
+        })
+        .await;
+    f.stop().await;
+    let secs = done["seconds"].as_f64().unwrap_or(f64::NAN);
+    (
+        n as f64 / secs,
+        done["provision_ms"]["p50"].as_f64(),
+        done["provision_ms"]["p99"].as_f64(),
+        done["errors"].clone(),
+    )
+}
+
 #[tokio::main]
 async fn main() {
     raise_nofile();
@@ -180,20 +253,38 @@ async fn main() {
         std::thread::available_parallelism().map_or(0, |n| n.get())
     );
 
-    let (rss1, _) = fleet_rss(&azsim, &state, 1).await;
-    let (rss_n, ready) = fleet_rss(&azsim, &state, devices).await;
-    let per = (rss_n.saturating_sub(rss1)) as f64 / (devices - 1) as f64;
-    println!(
-        "memory: fleet of 1 VmRSS {rss1} KiB; fleet of {devices} (all connected over TLS and acknowledged after {ready:.1} s) VmRSS {rss_n} KiB: {per:.1} KiB per device; hub VmRSS {} KiB",
-        status_kib(hub_pid, "VmRSS:")
-    );
-    for interval in ["1s", "100ms"] {
-        let (cpu_per_k, rate) = fleet_rate(&azsim, &state, rate_devices, interval, secs).await;
+    let provision_devices: usize = arg("--provision-devices")
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(1000);
+    let provision_rate = arg("--provision-rate").unwrap_or_else(|| "1000".into());
+    let flag = |f: &str| std::env::args().any(|a| a == f);
+
+    if !flag("--skip-rss") {
+        let (rss1, _) = fleet_rss(&azsim, &state, 1).await;
+        let (rss_n, ready) = fleet_rss(&azsim, &state, devices).await;
+        let per = (rss_n.saturating_sub(rss1)) as f64 / (devices - 1) as f64;
         println!(
-            "{rate_devices} devices every {interval}: {rate:.0} msgs/s acknowledged, fleet CPU {cpu_per_k:.3} CPU-s per 1,000 QoS 1 messages ({:.0} messages per CPU-second)",
-            1000.0 / cpu_per_k
+            "memory: fleet of 1 VmRSS {rss1} KiB; fleet of {devices} (all connected over TLS and acknowledged after {ready:.1} s) VmRSS {rss_n} KiB: {per:.1} KiB per device; hub VmRSS {} KiB",
+            status_kib(hub_pid, "VmRSS:")
         );
     }
+    if !flag("--skip-rate") {
+        for interval in ["1s", "100ms"] {
+            let (cpu_per_k, rate) = fleet_rate(&azsim, &state, rate_devices, interval, secs).await;
+            println!(
+                "{rate_devices} devices every {interval}: {rate:.0} msgs/s acknowledged, fleet CPU {cpu_per_k:.3} CPU-s per 1,000 QoS 1 messages ({:.0} messages per CPU-second)",
+                1000.0 / cpu_per_k
+            );
+        }
+    }
+    let (per_s, p50, p99, errors) =
+        fleet_provisioning(&azsim, &state, provision_devices, &provision_rate).await;
+    let ms = |v: Option<f64>| v.map_or_else(|| "-".to_owned(), |v| format!("{v:.0} ms"));
+    println!(
+        "dps: {provision_devices} devices registered through the hub's DPS at --connect-rate {provision_rate}: {per_s:.0} provisioned devices/s (fleet start to the last assignment), provisioning time p50 {} p99 {}; errors {errors}",
+        ms(p50),
+        ms(p99)
+    );
     let _ = hub.child.kill().await;
     let _ = std::fs::remove_dir_all(&hub.dir);
 }
