@@ -21,7 +21,7 @@ use azsim_proto::connection_string::split_host_port;
 use azsim_proto::sas;
 use azsim_proto::secret::Secret;
 use base64::Engine as _;
-use fe2o3_amqp::link::{Receiver, ReceiverAttachError, Sender};
+use fe2o3_amqp::link::{LinkStateError, Receiver, ReceiverAttachError, RecvError, Sender};
 use fe2o3_amqp::session::SessionHandle;
 use fe2o3_amqp::types::definitions::{ErrorCondition, LinkError};
 use fe2o3_amqp::types::messaging::annotations::OwnedKey;
@@ -220,21 +220,26 @@ pub async fn resolve_redirect(
             .target("azsim-monitor")
             .attach(&mut session)
             .await;
-        let _ = tokio::time::timeout(Duration::from_secs(2), conn.close()).await;
-        let err = match attached {
-            Ok(r) => {
-                drop(r);
-                return Err(AmqpClientError::Link(format!(
-                    "{endpoint} attached messages/events instead of redirecting to its Event Hub"
-                )));
+        // fe2o3 reports a refusal that came with a (null-source) attach on the first receive.
+        let refused = match attached {
+            Ok(mut r) => {
+                match tokio::time::timeout(Duration::from_secs(10), r.recv::<Body<Value>>()).await {
+                    Ok(Err(RecvError::LinkStateError(
+                        LinkStateError::RemoteDetachedWithError(e)
+                        | LinkStateError::RemoteClosedWithError(e),
+                    ))) => Ok(e),
+                    _ => Err(AmqpClientError::Link(format!(
+                        "{endpoint} attached messages/events instead of redirecting to its Event Hub"
+                    ))),
+                }
             }
-            Err(ReceiverAttachError::RemoteClosedWithError(e)) => e,
-            Err(e) => {
-                return Err(AmqpClientError::Refused(format!(
-                    "amqp: messages/events: {e:?}"
-                )));
-            }
+            Err(ReceiverAttachError::RemoteClosedWithError(e)) => Ok(e),
+            Err(e) => Err(AmqpClientError::Refused(format!(
+                "amqp: messages/events: {e:?}"
+            ))),
         };
+        let _ = tokio::time::timeout(Duration::from_secs(2), conn.close()).await;
+        let err = refused?;
         if err.condition != ErrorCondition::LinkError(LinkError::Redirect) {
             return Err(AmqpClientError::Refused(format!(
                 "amqp: messages/events refused: {:?} {}",

@@ -196,3 +196,40 @@ async fn monitor_reads_telemetry_from_the_event_hub_and_merges_the_hubs_other_ev
     dev.client.disconnect().await.ok();
     hub.stop().await;
 }
+
+/// Given only the hub's connection string (no hub.json to say it is local), monitor asks the
+/// hub's host for `messages/events` on 5671 and follows IoT Hub's redirect to the Event Hub.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn monitor_follows_the_messages_events_redirect_when_it_knows_only_the_hub() {
+    let _port = crate::support::PORT_8883.lock().await;
+    let hub = TestHub::start_configured(|c| c.amqp_port = Some(5671)).await;
+    let cs = hub.create_device("redir").await;
+    // The CA alone, away from the hub's state dir.
+    let ca_dir = tempfile::tempdir().unwrap();
+    let ca = ca_dir.path().join("ca.pem");
+    std::fs::copy(&hub.ca_file, &ca).unwrap();
+    let ca = ca.to_string_lossy().into_owned();
+    let (child, _cwd) = spawn_monitor(&[
+        "--type",
+        "telemetry",
+        "--count",
+        "1",
+        "--timeout",
+        "30",
+        "--hub-connection-string",
+        &hub.service_connection_string,
+        "--ca",
+        &ca,
+    ])
+    .await;
+    let mut dev = RawDevice::connect(&hub, &cs).await;
+    dev.send_telemetry("via redirect", &[("k", "v")]).await;
+    let events = json_lines(child).await;
+    assert_eq!(events.len(), 1, "{events:?}");
+    assert_eq!(events[0]["deviceId"], "redir");
+    assert_eq!(events[0]["body"], "via redirect", "{events:?}");
+    assert_eq!(events[0]["properties"]["k"], "v");
+    assert!(events[0]["annotations"]["x-opt-offset"].is_string());
+    dev.client.disconnect().await.ok();
+    hub.stop().await;
+}
