@@ -8,7 +8,7 @@
 //! ```text
 //! cargo bench -p azsim-emulator --bench load -- [--devices N] [--messages M] [--payload BYTES]
 //!     [--window W] [--connect-concurrency C] [--only hub|mosquitto] [--rounds R] [--no-warmup]
-//!     [--store disk|memory] [--sync normal|full]
+//!     [--store disk|memory] [--sync normal|full] [--tls azure|modern|both]
 //! ```
 //! Defaults: 1000 devices, 20 messages of 256 bytes each, 1 message in flight per device,
 //! 200 TLS handshakes at a time. Env `AZSIM_LOAD_DEVICES` / `AZSIM_LOAD_MESSAGES` override the
@@ -39,6 +39,11 @@
 //! subscribers). `--sync normal` runs the hub with `Durability::ProcessCrash` (SQLite
 //! `synchronous=NORMAL`: commits survive a killed process, not a power cut) instead of the
 //! default `PowerLoss` (`synchronous=FULL`, an fsync per transaction).
+//!
+//! `--tls` picks the hub's TLS profile (`HubConfig.tls`): `azure` (the default, as `azsim hub`:
+//! an RSA-2048 chain over TLS 1.2) or `modern` (one ECDSA P-256 certificate, TLS 1.3);
+//! `both` runs the hub once per profile in the same run (modern first), so their memory per
+//! device and msgs/s can be compared on the same machine state. mosquitto is unaffected.
 
 mod brokers;
 mod device;
@@ -77,6 +82,8 @@ struct Params {
     disk: bool,
     /// The hub fsyncs every commit (`Durability::PowerLoss`, its default).
     sync_full: bool,
+    /// The hub's TLS profiles to run, in order (`--tls`; one, or both for `--tls both`).
+    tls: Vec<azsim_emulator::state_dir::TlsProfile>,
 }
 
 fn parse_params() -> Params {
@@ -97,6 +104,7 @@ fn parse_params() -> Params {
         warmup: true,
         disk: true,
         sync_full: true,
+        tls: vec![azsim_emulator::state_dir::TlsProfile::Azure],
     };
     let args: Vec<String> = std::env::args().skip(1).collect();
     let mut i = 0;
@@ -117,6 +125,17 @@ fn parse_params() -> Params {
                     "full" => true,
                     _ => {
                         eprintln!("load: --sync takes normal or full");
+                        std::process::exit(2)
+                    }
+                }
+            }
+            "--tls" => {
+                use azsim_emulator::state_dir::TlsProfile;
+                p.tls = match (val.as_str(), TlsProfile::parse(&val)) {
+                    ("both", _) => vec![TlsProfile::Modern, TlsProfile::Azure],
+                    (_, Some(t)) => vec![t],
+                    _ => {
+                        eprintln!("load: --tls takes azure, modern or both");
                         std::process::exit(2)
                     }
                 }
@@ -327,13 +346,18 @@ fn main() {
     let dir = tempfile::tempdir().expect("tempdir");
     println!(
         "azsim load bench: {} devices x {} QoS 1 messages of {} bytes, {} in flight per device, \
-         TLS, SAS auth, hub state {} (synchronous={}), {} cores",
+         TLS, SAS auth, hub state {} (synchronous={}), hub TLS profile {}, {} cores",
         p.devices,
         p.messages,
         p.payload,
         p.window,
         if p.disk { "on disk" } else { "in memory" },
         if p.sync_full { "FULL" } else { "NORMAL" },
+        p.tls
+            .iter()
+            .map(|t| t.name())
+            .collect::<Vec<_>>()
+            .join(" then "),
         std::thread::available_parallelism().map_or(1, |n| n.get())
     );
     rt.block_on(async {
@@ -345,7 +369,7 @@ fn main() {
                 ..(*p).clone()
             });
             eprintln!("load: warm-up run against the hub, not counted");
-            if let Err(e) = hub::run(&w, dir.path()).await {
+            if let Err(e) = hub::run(&w, dir.path(), p.tls[0]).await {
                 eprintln!("load: warm-up failed: {e}");
             }
         }
@@ -415,20 +439,30 @@ async fn run_hub(p: &Arc<Params>, dir: &Path) -> Option<(f64, f64, f64)> {
     if p.only.as_deref() == Some("mosquitto") {
         return None;
     }
-    match hub::run(p, dir).await {
-        Ok(stats) => {
-            print_stats("azsim-hub", &stats, p);
-            Some((
-                stats.msgs_per_sec(),
-                stats.cpu_us_per_msg(stats.broker_cpu_ns),
-                stats.kib_per_device(),
-            ))
-        }
-        Err(e) => {
-            println!("azsim-hub  not run: {e}");
-            None
-        }
+    // With `--tls both` the hub runs once per profile; the last one's figures go to the ratio.
+    let mut last = None;
+    for &profile in &p.tls {
+        let name = if p.tls.len() > 1 {
+            format!("hub/{}", profile.name())
+        } else {
+            "azsim-hub".to_string()
+        };
+        last = match hub::run(p, dir, profile).await {
+            Ok(stats) => {
+                print_stats(&name, &stats, p);
+                Some((
+                    stats.msgs_per_sec(),
+                    stats.cpu_us_per_msg(stats.broker_cpu_ns),
+                    stats.kib_per_device(),
+                ))
+            }
+            Err(e) => {
+                println!("{name:<10} not run: {e}");
+                None
+            }
+        };
     }
+    last
 }
 
 /// One run against a fresh mosquitto: (msgs/s, broker CPU us per message, KiB per device).
@@ -476,6 +510,8 @@ mod hub {
     pub const STORE_ENV: &str = "AZSIM_LOAD_HUB_STORE";
     /// Set to `full` in the child for `--sync full`.
     pub const SYNC_ENV: &str = "AZSIM_LOAD_HUB_SYNC";
+    /// The child's TLS profile (`azure` or `modern`).
+    pub const TLS_ENV: &str = "AZSIM_LOAD_HUB_TLS";
 
     /// The hub process. It runs on tokio's default multi-threaded runtime, as `azsim hub`
     /// does, prints its `HubInfo` as one JSON line and stops cleanly when its stdin closes.
@@ -491,6 +527,12 @@ mod hub {
                 Ok("full") => cfg.durability = azsim_emulator::store::Durability::PowerLoss,
                 Ok("normal") => cfg.durability = azsim_emulator::store::Durability::ProcessCrash,
                 _ => {}
+            }
+            if let Some(t) = std::env::var(TLS_ENV)
+                .ok()
+                .and_then(|v| azsim_emulator::state_dir::TlsProfile::parse(&v))
+            {
+                cfg.tls = t;
             }
             let handle =
                 match azsim_emulator::start(cfg, "127.0.0.1".parse().expect("ip"), 0, 0).await {
@@ -510,7 +552,11 @@ mod hub {
         });
     }
 
-    pub async fn run(p: &Arc<Params>, dir: &Path) -> Result<RunStats, String> {
+    pub async fn run(
+        p: &Arc<Params>,
+        dir: &Path,
+        tls: azsim_emulator::state_dir::TlsProfile,
+    ) -> Result<RunStats, String> {
         let exe = std::env::current_exe().map_err(|e| format!("hub: {e}"))?;
         // A fresh state dir per run: a disk store starts empty, like mosquitto.
         let state = dir.join(format!("hub-{}", next_run_number()));
@@ -518,6 +564,7 @@ mod hub {
             .env(CHILD_ENV, &state)
             .env(STORE_ENV, if p.disk { "disk" } else { "memory" })
             .env(SYNC_ENV, if p.sync_full { "full" } else { "normal" })
+            .env(TLS_ENV, tls.name())
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())

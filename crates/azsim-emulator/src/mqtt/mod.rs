@@ -72,7 +72,11 @@ pub(crate) async fn accept_loop(
             let _live = LiveGuard::new(hub.clone());
             // One deadline for everything before the CONNACK: TLS, the CONNECT, its SAS check.
             let deadline = Instant::now() + hub.cfg.limits.connect_deadline;
-            let opened = tokio::time::timeout_at(deadline, open(&hub, &acceptor, tcp, peer)).await;
+            // Boxed: inline, the handshake and CONNECT future (a whole TLS connection while it
+            // handshakes, the DPS session it may turn into) would size this task for the
+            // connection's whole life, though it is over at the CONNACK.
+            let opened =
+                tokio::time::timeout_at(deadline, Box::pin(open(&hub, &acceptor, tcp, peer))).await;
             match opened {
                 Ok(Some(opened)) => {
                     drop(permit);
@@ -140,7 +144,11 @@ pub(crate) async fn open_stream_with_certs<S: Io>(
     let mut buf = BytesMut::with_capacity(1024);
     let connect = read_connect(hub, &mut stream, &mut buf, peer).await?;
     if crate::dps::mqtt::is_dps_connect(&connect) {
-        crate::dps::mqtt::serve(hub, stream, buf, connect, peer, certs).await;
+        // Boxed: a DPS session's future would otherwise size every hub connection's.
+        Box::pin(crate::dps::mqtt::serve(
+            hub, stream, buf, connect, peer, certs,
+        ))
+        .await;
         return None;
     }
     match authenticate(hub, &connect, certs.as_deref()).await {
