@@ -1,8 +1,9 @@
 //! Every connection has a deadline until it is authenticated (issue 11 item 4): a client that
 //! trickles its CONNECT, never starts TLS, announces a CONNECT bigger than the pre-auth cap,
-//! sits idle on the HTTPS port or half-sends its headers is closed; beyond the cap on
-//! unauthenticated connections new ones are closed at once; stalled clients do not keep a real
-//! device or a REST call out; and a hub out of file descriptors backs off instead of spinning.
+//! sits idle on the HTTPS port, half-sends its headers or stalls its request body (408) is
+//! closed; beyond the cap on unauthenticated connections new ones are closed at once; stalled
+//! clients do not keep a real device or a REST call out; and a hub out of file descriptors
+//! backs off instead of spinning.
 //!
 //! Real sockets against a hub with short deadlines. Each test measures when the hub closed the
 //! socket and checks it against the configured deadline (not before it, and within a generous
@@ -232,6 +233,84 @@ async fn half_sent_http_headers_are_closed_at_the_header_timeout() {
     // ... then one more header byte every 200 ms, never the blank line.
     let (closed, _) = trickle_until_closed(&mut s, &[b'a'; 1000], Duration::from_millis(200)).await;
     assert_closed_at("half-sent headers", start, closed, header);
+    hub.stop().await;
+}
+
+/// A request whose headers are in but whose body trickles (or stalls): 408 at the body
+/// deadline, then the connection closes; the hub keeps serving (the same request sent whole
+/// creates the device).
+#[tokio::test]
+async fn a_request_body_that_does_not_arrive_in_time_gets_408_and_the_connection_closes() {
+    let body_limit = Duration::from_secs(1);
+    let hub = hub_with(|l| {
+        l.http_body_timeout = body_limit;
+        l.http_header_timeout = Duration::from_secs(30);
+        l.http_idle_timeout = Duration::from_secs(30);
+        l.connect_deadline = Duration::from_secs(30);
+    })
+    .await;
+    let body = br#"{"deviceId":"slow-body","authentication":{"type":"sas"}}"#;
+    let head = format!(
+        "PUT /devices/slow-body?api-version=2021-04-12 HTTP/1.1\r\nHost: localhost\r\n\
+         Authorization: {}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n",
+        hub.service_token(),
+        body.len()
+    );
+    for (what, every) in [
+        // Ten bytes then nothing.
+        ("stalled body", None),
+        // One byte every 200 ms: every read is quick, only the total is late (~11 s).
+        ("trickled body", Some(Duration::from_millis(200))),
+    ] {
+        let mut s = tls(&hub, hub.https_port).await;
+        s.write_all(head.as_bytes()).await.unwrap();
+        s.write_all(&body[..10]).await.unwrap();
+        s.flush().await.unwrap();
+        let start = Instant::now();
+        let mut got = Vec::new();
+        let mut sent = 10;
+        let mut buf = [0u8; 4096];
+        let mut next = Instant::now();
+        let closed = tokio::time::timeout(GIVE_UP, async {
+            loop {
+                tokio::select! {
+                    r = s.read(&mut buf) => match r {
+                        Ok(0) | Err(_) => return Instant::now(),
+                        Ok(n) => got.extend_from_slice(&buf[..n]),
+                    },
+                    () = tokio::time::sleep_until(next), if every.is_some() && sent < body.len() => {
+                        if s.write_all(&body[sent..=sent]).await.is_err() || s.flush().await.is_err() {
+                            return Instant::now();
+                        }
+                        sent += 1;
+                        next += every.unwrap_or_default();
+                    }
+                }
+            }
+        })
+        .await
+        .unwrap_or_else(|_| panic!("{what}: still open after {GIVE_UP:?}"));
+        let text = String::from_utf8_lossy(&got);
+        assert!(text.starts_with("HTTP/1.1 408"), "{what}: {text}");
+        assert!(
+            text.to_ascii_lowercase().contains("connection: close"),
+            "{what}: {text}"
+        );
+        assert!(sent < body.len(), "{what}: the whole body went out");
+        assert_closed_at(what, start, closed, body_limit);
+    }
+    let (status, v) = hub
+        .rest(reqwest::Method::GET, "/devices/slow-body", None)
+        .await;
+    assert_eq!(status, 404, "a timed-out PUT created the device: {v}");
+    let (status, v) = hub
+        .rest(
+            reqwest::Method::PUT,
+            "/devices/slow-body",
+            Some(serde_json::from_slice(body).unwrap()),
+        )
+        .await;
+    assert_eq!(status, 200, "{v}");
     hub.stop().await;
 }
 

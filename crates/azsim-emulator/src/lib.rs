@@ -106,6 +106,9 @@ pub struct HubLimits {
     /// HTTPS: how long a connection may stay open with no request in progress before it is
     /// closed (what bounds an idle HTTP/2 connection, whose pings do not count as requests).
     pub http_idle_timeout: Duration,
+    /// HTTPS: how long a request's body may take to arrive once its headers are in; past it
+    /// the request is answered 408 and (HTTP/1.1) its connection closed.
+    pub http_body_timeout: Duration,
 }
 
 impl Default for HubLimits {
@@ -128,6 +131,7 @@ impl Default for HubLimits {
             max_pre_auth_connections: 512,
             http_header_timeout: Duration::from_secs(10),
             http_idle_timeout: Duration::from_secs(60),
+            http_body_timeout: Duration::from_secs(30),
         }
     }
 }

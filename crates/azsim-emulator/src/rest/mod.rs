@@ -35,6 +35,7 @@ use crate::listen::{Admitted, Gate};
 use crate::untrusted::Untrusted;
 
 mod access;
+mod body_deadline;
 mod bulk;
 mod c2d;
 mod certificates;
@@ -91,13 +92,21 @@ pub(crate) async fn accept_loop(
             let certs = crate::x509::PeerCerts(tls.get_ref().1.peer_certificates().map(Arc::from));
             let svc = {
                 let requests = requests.clone();
-                tower::service_fn(move |mut req: Request<hyper::body::Incoming>| {
-                    req.extensions_mut().insert(axum::extract::ConnectInfo(peer));
+                let body_timeout = limits.http_body_timeout;
+                tower::service_fn(move |req: Request<hyper::body::Incoming>| {
+                    let version = req.version();
+                    let (mut req, expired) = body_deadline::bound(req, body_timeout);
+                    req.extensions_mut()
+                        .insert(axum::extract::ConnectInfo(peer));
                     req.extensions_mut().insert(certs.clone());
                     let in_flight = requests.begin();
                     let app = app.clone();
                     async move {
-                        let r = app.oneshot(req).await?;
+                        let mut r = app.oneshot(req).await?;
+                        if expired.is_set() {
+                            tracing::info!(%peer, "https: request body not received within its deadline: 408");
+                            r = body_deadline::timed_out(version, body_timeout.as_secs());
+                        }
                         Ok::<_, std::convert::Infallible>(r.map(|inner| {
                             axum::body::Body::new(TrackedBody {
                                 inner,
