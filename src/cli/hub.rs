@@ -165,6 +165,25 @@ pub struct HubServeArgs {
     /// Units of --tier (F1: 1).
     #[arg(long, value_name = "N", default_value_t = 1)]
     pub units: u32,
+    /// What a PUBACK (or HTTP 204) promises: `power-loss` (the default: every commit is
+    /// fsynced, so acknowledged telemetry survives a power cut) or `process-crash` (no fsync:
+    /// it survives the hub being killed, not a power cut; faster on slow disks).
+    #[arg(
+        long,
+        value_name = "power-loss|process-crash",
+        default_value = "power-loss"
+    )]
+    pub durability: String,
+    /// Seconds a connection may take from its TCP accept to being authenticated, in total:
+    /// TLS handshake and CONNECT (MQTT), or TLS handshake and first request headers (HTTPS).
+    /// 1 to 3600; default 10.
+    #[arg(long, value_name = "SECS")]
+    pub connect_deadline: Option<String>,
+    /// How many connections per listener (MQTT, HTTPS) may be open and not yet authenticated
+    /// at once; beyond it a new one is closed as soon as it is accepted. 1 to 1000000;
+    /// default 512.
+    #[arg(long, value_name = "N")]
+    pub max_pre_auth: Option<String>,
 }
 
 /// `--state` alone.
@@ -240,6 +259,12 @@ pub struct HubCliConfig {
     /// The tier to meter and throttle as, and its units.
     pub tier: Option<azsim_emulator::fault::Tier>,
     pub units: u32,
+    /// `--durability`.
+    pub durability: azsim_emulator::store::Durability,
+    /// `--connect-deadline` (`HubLimits::connect_deadline`).
+    pub connect_deadline: std::time::Duration,
+    /// `--max-pre-auth` (`HubLimits::max_pre_auth_connections`).
+    pub max_pre_auth: usize,
 }
 
 /// Validated `azsim hub env` settings.
@@ -466,7 +491,45 @@ impl HubServeArgs {
         }
         let tls = azsim_emulator::state_dir::TlsProfile::parse(&self.tls)
             .ok_or_else(|| UsageError::new("--tls", "must be azure or modern"))?;
+        let durability = match self.durability.as_str() {
+            "power-loss" => azsim_emulator::store::Durability::PowerLoss,
+            "process-crash" => azsim_emulator::store::Durability::ProcessCrash,
+            _ => {
+                return Err(UsageError::new(
+                    "--durability",
+                    "must be power-loss or process-crash",
+                ));
+            }
+        };
+        let defaults = azsim_emulator::HubLimits::default();
+        let connect_deadline = match self.connect_deadline.as_deref() {
+            None => defaults.connect_deadline,
+            Some(v) => match v.parse::<u64>() {
+                Ok(s @ 1..=3600) => std::time::Duration::from_secs(s),
+                _ => {
+                    return Err(UsageError::new(
+                        "--connect-deadline",
+                        "must be whole seconds, 1 to 3600",
+                    ));
+                }
+            },
+        };
+        let max_pre_auth = match self.max_pre_auth.as_deref() {
+            None => defaults.max_pre_auth_connections,
+            Some(v) => match v.parse::<usize>() {
+                Ok(n @ 1..=1_000_000) => n,
+                _ => {
+                    return Err(UsageError::new(
+                        "--max-pre-auth",
+                        "must be a number of connections, 1 to 1000000",
+                    ));
+                }
+            },
+        };
         Ok(HubCliConfig {
+            durability,
+            connect_deadline,
+            max_pre_auth,
             tls,
             lenient: self.lenient,
             tier,

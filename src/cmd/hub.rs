@@ -239,6 +239,14 @@ pub async fn live_hub(state: &Path) -> Result<LiveHub, String> {
     Ok(LiveHub { info, state: dir })
 }
 
+/// `--durability`'s name for `d`.
+fn durability_name(d: azsim_emulator::store::Durability) -> &'static str {
+    match d {
+        azsim_emulator::store::Durability::PowerLoss => "power-loss",
+        azsim_emulator::store::Durability::ProcessCrash => "process-crash",
+    }
+}
+
 /// `azsim hub` in the foreground: until Ctrl-C or SIGTERM.
 async fn serve(cfg: HubCliConfig) -> Result<ExitCode, CliError> {
     let mut hc = HubConfig::new(&cfg.state);
@@ -253,6 +261,9 @@ async fn serve(cfg: HubCliConfig) -> Result<ExitCode, CliError> {
     hc.tls = cfg.tls;
     hc.tier = cfg.tier;
     hc.units = cfg.units;
+    hc.durability = cfg.durability;
+    hc.limits.connect_deadline = cfg.connect_deadline;
+    hc.limits.max_pre_auth_connections = cfg.max_pre_auth;
     let handle = azsim_emulator::start(hc, cfg.bind, cfg.mqtt_port, cfg.https_port)
         .await
         .map_err(CliError::runtime)?;
@@ -320,6 +331,15 @@ async fn serve(cfg: HubCliConfig) -> Result<ExitCode, CliError> {
         );
         println!("  CA certificate:  {}", info.ca_file.display());
         println!("  TLS:             {}", cfg.tls.describe());
+        println!(
+            "  durability:      {} (a PUBACK means committed{})",
+            durability_name(cfg.durability),
+            match cfg.durability {
+                azsim_emulator::store::Durability::PowerLoss => ", fsynced",
+                azsim_emulator::store::Durability::ProcessCrash =>
+                    "; survives a kill, not a power cut",
+            }
+        );
         println!("  state dir:       {}", cfg.state.display());
         if let Some(url) = &info.dashboard_url {
             println!("  dashboard: {url}");
@@ -403,7 +423,13 @@ async fn start(cfg: HubCliConfig) -> Result<ExitCode, CliError> {
         .args(["--amqp-dev-port", &cfg.amqp_dev_port.to_string()])
         .args(["--partitions", &cfg.partitions.to_string()])
         .args(["--hostname", &cfg.hostname, "--json"])
-        .args(["--tls", cfg.tls.name()]);
+        .args(["--tls", cfg.tls.name()])
+        .args(["--durability", durability_name(cfg.durability)])
+        .args([
+            "--connect-deadline",
+            &cfg.connect_deadline.as_secs().to_string(),
+        ])
+        .args(["--max-pre-auth", &cfg.max_pre_auth.to_string()]);
     match cfg.dashboard_port {
         DashboardPort::Off => {
             cmd.args(["--dashboard-port", "off"]);

@@ -209,3 +209,143 @@ async fn a_client_id_with_a_newline_or_60_kib_is_logged_escaped_and_clipped() {
         assert!(l.len() < 2048, "a {} byte log line", l.len());
     }
 }
+
+/// `azsim hub` with a bad `--durability`, `--connect-deadline` or `--max-pre-auth`: exit 2 and
+/// one line naming the flag, in the foreground and for `azsim hub start`.
+#[test]
+fn bad_durability_deadline_or_pre_auth_cap_is_one_line_naming_the_flag_and_exit_2() {
+    let tmp = tempfile::tempdir().unwrap();
+    let state = tmp.path().join("state");
+    for (flag, value) in [
+        ("--durability", "fsync"),
+        ("--connect-deadline", "0"),
+        ("--connect-deadline", "ten"),
+        ("--connect-deadline", "3601"),
+        ("--max-pre-auth", "0"),
+        ("--max-pre-auth", "many"),
+    ] {
+        for start in [false, true] {
+            let mut cmd = Command::new(env!("CARGO_BIN_EXE_azsim"));
+            cmd.arg("hub");
+            if start {
+                cmd.arg("start");
+            }
+            let out = cmd
+                .args(["--mqtt-port", "0", "--https-port", "0", "--state"])
+                .arg(&state)
+                .arg(format!("{flag}={value}"))
+                .stdin(Stdio::null())
+                .output()
+                .unwrap();
+            let err = String::from_utf8_lossy(&out.stderr);
+            assert_eq!(out.status.code(), Some(2), "{flag} {value}: {err}");
+            assert_eq!(err.trim_end().lines().count(), 1, "{flag} {value}: {err}");
+            assert!(err.contains(flag), "{flag} {value}: {err}");
+            assert!(out.stdout.is_empty(), "{flag} {value}");
+        }
+    }
+    assert!(!state.join("hub.json").exists(), "a hub started anyway");
+}
+
+/// `azsim hub start --durability process-crash --connect-deadline 3 --max-pre-auth 2`: the
+/// detached hub gets all three (its command line), closes a silent connection at 3 s (not the
+/// default 10), and closes at once a third unauthenticated connection while two are open.
+#[cfg(target_os = "linux")]
+#[test]
+fn hub_start_passes_durability_connect_deadline_and_pre_auth_cap_to_the_detached_hub() {
+    use std::io::Read as _;
+    use std::net::TcpStream;
+    use std::time::{Duration, Instant};
+
+    let tmp = tempfile::tempdir().unwrap();
+    let state = tmp.path().join("state");
+    let azsim = |args: &[&str]| {
+        Command::new(env!("CARGO_BIN_EXE_azsim"))
+            .arg("hub")
+            .args(args)
+            .arg("--state")
+            .arg(&state)
+            .stdin(Stdio::null())
+            .output()
+            .unwrap()
+    };
+    struct Stop<F: FnMut()>(F);
+    impl<F: FnMut()> Drop for Stop<F> {
+        fn drop(&mut self) {
+            (self.0)();
+        }
+    }
+    let out = azsim(&[
+        "start",
+        "--mqtt-port",
+        "0",
+        "--https-port",
+        "0",
+        "--durability",
+        "process-crash",
+        "--connect-deadline",
+        "3",
+        "--max-pre-auth",
+        "2",
+    ]);
+    let _stop = Stop(|| {
+        let _ = azsim(&["stop"]);
+    });
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let ready: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let pid = ready["pid"].as_u64().unwrap();
+    let port = u16::try_from(ready["mqtt_port"].as_u64().unwrap()).unwrap();
+    let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap();
+    let args: Vec<String> = cmdline
+        .split(|&b| b == 0)
+        .map(|a| String::from_utf8_lossy(a).into_owned())
+        .collect();
+    for (flag, value) in [
+        ("--durability", "process-crash"),
+        ("--connect-deadline", "3"),
+        ("--max-pre-auth", "2"),
+    ] {
+        assert!(
+            args.windows(2).any(|w| w[0] == flag && w[1] == value),
+            "{flag} {value} not passed: {args:?}"
+        );
+    }
+    // Reads until the hub closes the socket; when it did.
+    let until_closed = |s: &mut TcpStream| {
+        s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+        let mut buf = [0u8; 64];
+        loop {
+            match s.read(&mut buf) {
+                Ok(0) => return Instant::now(),
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                    panic!("still open after 20 s")
+                }
+                Err(_) => return Instant::now(),
+                Ok(_) => {}
+            }
+        }
+    };
+    // The hub accepts in arrival order, so the first two hold the two places when the third
+    // is accepted.
+    let opened = Instant::now();
+    let mut held = [
+        TcpStream::connect(("127.0.0.1", port)).unwrap(),
+        TcpStream::connect(("127.0.0.1", port)).unwrap(),
+    ];
+    let mut third = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    let took = until_closed(&mut third) - opened;
+    assert!(
+        took < Duration::from_secs(2),
+        "the connection over --max-pre-auth 2 stayed {took:?}"
+    );
+    let took = until_closed(&mut held[0]) - opened;
+    assert!(
+        took >= Duration::from_millis(2_950) && took < Duration::from_secs(7),
+        "a silent connection closed after {took:?} with --connect-deadline 3"
+    );
+}
