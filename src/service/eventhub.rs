@@ -160,6 +160,8 @@ impl EventHubEndpoint {
 pub struct EventStream {
     rx: mpsc::Receiver<Result<Json, AmqpClientError>>,
     conn: fe2o3_amqp::connection::ConnectionHandle<()>,
+    /// Held so the partition links' session lives as long as the stream.
+    session: SessionHandle<()>,
     /// The partitions read.
     pub partitions: Vec<String>,
 }
@@ -173,7 +175,11 @@ impl EventStream {
     /// Closes the connection.
     pub async fn close(mut self) {
         self.rx.close();
-        let _ = tokio::time::timeout(Duration::from_secs(2), self.conn.close()).await;
+        let _ = tokio::time::timeout(Duration::from_secs(2), async {
+            let _ = self.session.end().await;
+            let _ = self.conn.close().await;
+        })
+        .await;
     }
 }
 
@@ -330,11 +336,10 @@ pub async fn consume(
                 })?;
             tokio::spawn(read_partition(receiver, p.clone(), tx.clone()));
         }
-        // The session lives as long as its links; the connection handle closes it.
-        std::mem::forget(session);
         Ok::<_, AmqpClientError>(EventStream {
             rx,
             conn,
+            session,
             partitions,
         })
     };

@@ -233,3 +233,29 @@ async fn monitor_follows_the_messages_events_redirect_when_it_knows_only_the_hub
     dev.client.disconnect().await.ok();
     hub.stop().await;
 }
+
+#[tokio::test]
+async fn a_bad_event_hubs_connection_string_exits_2_naming_the_field_without_the_key() {
+    let cwd = tempfile::tempdir().unwrap();
+    for (cs, field) in [
+        (
+            "HostName=h;SharedAccessKeyName=p;SharedAccessKey=c2VjcmV0LWtleQ==",
+            "Endpoint",
+        ),
+        (
+            "Endpoint=sb://h/;SharedAccessKeyName=p;SharedAccessKey=c2VjcmV0LWtleQ==",
+            "EntityPath",
+        ),
+    ] {
+        let mut cmd = azsim(cwd.path());
+        cmd.args(["monitor", "--eventhub-connection-string", cs]);
+        let out = output(cmd).await;
+        assert_eq!(out.code, 2, "{out:?}");
+        assert!(
+            out.stderr
+                .contains(&format!("--eventhub-connection-string: {field}")),
+            "{out:?}"
+        );
+        assert!(!out.stderr.contains("c2VjcmV0LWtleQ"), "{out:?}");
+    }
+}
