@@ -4,7 +4,8 @@
 //! ```text
 //! cargo build --release --bins && target/release/azsim-bench-fleet [--devices 10000]
 //!     [--rate-devices 1000] [--seconds 15] [--provision-devices 1000] [--provision-rate 1000]
-//!     [--skip-rss] [--skip-rate] [--azsim target/release/azsim]
+//!     [--skip-rss] [--skip-rate] [--skip-dps] [--skip-sdk] [--sdk-devices 100]
+//!     [--sdk-fleet-devices 100] [--python .venv/bin/python] [--azsim target/release/azsim]
 //! ```
 //!
 //! 1. Memory: a fleet of 1 device and a fleet of `--devices` (60 s interval, every device
@@ -19,6 +20,15 @@
 //!    registrations a second (default 1,000): provisioned devices per second (fleet start to
 //!    the last assignment) and the provisioning time p50/p99.
 //!
+//! 4. The official SDKs in the same run (`--skip-sdk` leaves it out): a second hub on
+//!    127.0.0.1:8883 (hostname `localhost`: the SDKs dial 8883 only), `--sdk-devices` (100)
+//!    devices each sending the same JSON body as QoS 1 telemetry every second, then every
+//!    100 ms, from one Python process (azure-iot-device's asyncio `IoTHubDeviceClient`s,
+//!    benches/sdk/python_devices.py), one Node process (azure-iot-device-mqtt `Client`s,
+//!    benches/sdk/node_devices.js; the npm packages of benches/sdk/package.json installed on
+//!    demand into target/bench-node) and `azsim fleet` (`--sdk-fleet-devices`, default the
+//!    same count): each process's CPU time per 1,000 acknowledged messages, and the ratios.
+//!
 //! The hub runs `--in-memory` (no SQLite I/O). Each device needs a socket in the fleet and one
 //! in the hub: both raise their open-files soft limit; the hard limit must allow it.
 
@@ -30,6 +40,9 @@ use azsim::bench::{HubProcess, arg, status_kib};
 use serde_json::Value;
 use tokio::io::{AsyncBufReadExt, BufReader, Lines};
 use tokio::process::{Child, ChildStdout};
+
+#[path = "bench-sdk/sdk.rs"]
+mod sdk;
 
 /// User + system CPU seconds of `pid`.
 fn cpu_secs(pid: u32) -> f64 {
@@ -141,7 +154,11 @@ async fn fleet_rss(azsim: &Path, state: &Path, n: usize) -> (u64, f64) {
 /// CPU seconds per 1,000 acknowledged messages and messages per second, for `n` devices at
 /// `interval`, measured over `secs` once every device is acknowledged.
 async fn fleet_rate(azsim: &Path, state: &Path, n: usize, interval: &str, secs: u64) -> (f64, f64) {
-    let mut f = Fleet::start(azsim, state, n, interval);
+    measure_fleet(Fleet::start(azsim, state, n, interval), n, secs).await
+}
+
+/// [`fleet_rate`]'s figures for the started fleet `f` of `n` devices, which it stops.
+async fn measure_fleet(mut f: Fleet, n: usize, secs: u64) -> (f64, f64) {
     let n64 = n as u64;
     let first = f
         .stats_until("every device acknowledged", |v| {
@@ -277,14 +294,25 @@ async fn main() {
             );
         }
     }
-    let (per_s, p50, p99, errors) =
-        fleet_provisioning(&azsim, &state, provision_devices, &provision_rate).await;
-    let ms = |v: Option<f64>| v.map_or_else(|| "-".to_owned(), |v| format!("{v:.0} ms"));
-    println!(
-        "dps: {provision_devices} devices registered through the hub's DPS at --connect-rate {provision_rate}: {per_s:.0} provisioned devices/s (fleet start to the last assignment), provisioning time p50 {} p99 {}; errors {errors}",
-        ms(p50),
-        ms(p99)
-    );
+    if !flag("--skip-dps") {
+        let (per_s, p50, p99, errors) =
+            fleet_provisioning(&azsim, &state, provision_devices, &provision_rate).await;
+        let ms = |v: Option<f64>| v.map_or_else(|| "-".to_owned(), |v| format!("{v:.0} ms"));
+        println!(
+            "dps: {provision_devices} devices registered through the hub's DPS at --connect-rate {provision_rate}: {per_s:.0} provisioned devices/s (fleet start to the last assignment), provisioning time p50 {} p99 {}; errors {errors}",
+            ms(p50),
+            ms(p99)
+        );
+    }
     let _ = hub.child.kill().await;
     let _ = std::fs::remove_dir_all(&hub.dir);
+    if !flag("--skip-sdk") {
+        let n: usize = arg("--sdk-devices")
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(100);
+        let fleet_n: usize = arg("--sdk-fleet-devices")
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(n);
+        sdk::compare(&azsim, n, fleet_n, secs).await;
+    }
 }

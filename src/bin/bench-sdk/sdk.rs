@@ -1,0 +1,268 @@
+//! The SDK phase of `azsim-bench-fleet`: the official Python and Node device SDKs and
+//! `azsim fleet` sending the same QoS 1 telemetry to one hub on 127.0.0.1:8883, in one run,
+//! each process's CPU time per 1,000 acknowledged messages side by side.
+
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use azsim::bench::service_client;
+use azsim_emulator::HubInfo;
+use serde_json::Value;
+use tokio::io::{AsyncBufReadExt, BufReader};
+
+use super::{Fleet, cpu_secs};
+
+/// The telemetry body every client sends (the SDK scripts build the same JSON).
+const PAYLOAD: &str = r#"{"device_id":"{{device_id}}","temperature":{{temperature}},"humidity":{{humidity}},"seq":{{seq}}}"#;
+
+/// The devices' key on the bench hub (a bench key, not anyone's secret; never printed).
+const DEVICE_KEY: &str = "YXpzaW0tYmVuY2gtc2RrLWRldmljZS1rZXktMDEyMzQ1Njc4OQ==";
+
+/// Seconds each SDK process sends after every device is connected before the measured window.
+const WARMUP_S: u64 = 3;
+
+/// `azsim hub --in-memory` on 127.0.0.1:8883 (hostname `localhost`) in its own process.
+struct Hub8883 {
+    child: tokio::process::Child,
+    info: HubInfo,
+    dir: PathBuf,
+}
+
+impl Hub8883 {
+    async fn start(azsim: &Path) -> Result<Self, String> {
+        let dir = std::env::temp_dir().join(format!("azsim-bench-sdk-{}", std::process::id()));
+        let state = dir.join("hub");
+        std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+        let mut child = tokio::process::Command::new(azsim)
+            .args([
+                "hub",
+                "--in-memory",
+                "--mqtt-port",
+                "8883",
+                "--https-port",
+                "0",
+            ])
+            .args(["--hostname", "localhost", "--dashboard-port", "off"])
+            .args(["--amqp-port", "0", "--amqp-dev-port", "0"])
+            .arg("--state")
+            .arg(&state)
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .kill_on_drop(true)
+            .spawn()
+            .map_err(|e| format!("cannot start {} hub: {e}", azsim.display()))?;
+        let pid = child.id().unwrap_or(0);
+        let started = Instant::now();
+        loop {
+            if let Ok(info) = HubInfo::load(&state)
+                && info.pid == pid
+            {
+                return Ok(Self { child, info, dir });
+            }
+            if let Ok(Some(status)) = child.try_wait() {
+                return Err(format!("the hub on 8883 exited ({status}): is 8883 taken?"));
+            }
+            if started.elapsed() > Duration::from_secs(60) {
+                return Err("the hub on 8883 did not start within 60 s".into());
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+}
+
+/// The Node packages of benches/sdk/package.json in target/bench-node (installed with npm when
+/// missing): the `NODE_PATH` to use, or why not.
+fn node_modules(root: &Path) -> Result<PathBuf, String> {
+    let dir = root.join("target").join("bench-node");
+    let modules = dir.join("node_modules");
+    let want = std::fs::read_to_string(root.join("benches/sdk/package.json"))
+        .map_err(|e| format!("benches/sdk/package.json: {e}"))?;
+    let have = std::fs::read_to_string(dir.join("package.json")).unwrap_or_default();
+    if have == want && modules.join("azure-iot-device-mqtt").is_dir() {
+        return Ok(modules);
+    }
+    std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+    std::fs::write(dir.join("package.json"), &want).map_err(|e| format!("{e}"))?;
+    let status = std::process::Command::new("npm")
+        .args(["install", "--no-audit", "--no-fund", "--silent"])
+        .current_dir(&dir)
+        .status()
+        .map_err(|e| format!("npm: {e}"))?;
+    if !status.success() {
+        return Err(format!(
+            "npm install in {} failed ({status})",
+            dir.display()
+        ));
+    }
+    Ok(modules)
+}
+
+/// What one measured client process did in its window.
+struct Measured {
+    cpu_per_k: f64,
+    rate: f64,
+    errors: u64,
+}
+
+/// Runs one SDK script (`program` + `args`) and measures its CPU between its `start` and `end`
+/// lines.
+async fn sdk_process(
+    program: &Path,
+    args: &[&std::ffi::OsStr],
+    node_path: Option<&Path>,
+) -> Result<Measured, String> {
+    let mut cmd = tokio::process::Command::new(program);
+    cmd.args(args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .kill_on_drop(true);
+    if let Some(p) = node_path {
+        cmd.env("NODE_PATH", p);
+    }
+    let mut child = cmd
+        .spawn()
+        .map_err(|e| format!("{}: {e}", program.display()))?;
+    let pid = child.id().unwrap_or(0);
+    let mut lines = BufReader::new(child.stdout.take().expect("stdout")).lines();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(600);
+    let mut start: Option<(f64, Instant, u64)> = None;
+    loop {
+        let line = tokio::time::timeout_at(deadline, lines.next_line())
+            .await
+            .map_err(|_| "no end within 600 s".to_owned())?
+            .map_err(|e| format!("read: {e}"))?
+            .ok_or_else(|| "the process ended before its end line".to_owned())?;
+        let v: Value = serde_json::from_str(&line).unwrap_or_default();
+        let acked = v["acked"].as_u64().unwrap_or(0);
+        match (v["event"].as_str(), start) {
+            (Some("start"), _) => start = Some((cpu_secs(pid), Instant::now(), acked)),
+            (Some("end"), Some((cpu0, t0, acked0))) => {
+                let (cpu1, dt) = (cpu_secs(pid), t0.elapsed().as_secs_f64());
+                let n = acked.saturating_sub(acked0) as f64;
+                let _ = tokio::time::timeout(Duration::from_secs(30), child.wait()).await;
+                return Ok(Measured {
+                    cpu_per_k: (cpu1 - cpu0) / (n / 1000.0),
+                    rate: n / dt,
+                    errors: v["errors"].as_u64().unwrap_or(0),
+                });
+            }
+            (Some("error"), _) => return Err(format!("the SDK process failed: {line}")),
+            _ => {}
+        }
+    }
+}
+
+/// The SDK comparison: `n` devices per SDK process, `fleet_n` in `azsim fleet`, `secs` measured.
+pub(crate) async fn compare(azsim: &Path, n: usize, fleet_n: usize, secs: u64) {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let mut hub = match Hub8883::start(azsim).await {
+        Ok(h) => h,
+        Err(e) => {
+            println!("sdk: skipped: {e}");
+            return;
+        }
+    };
+    let service = service_client(&hub.info).expect("service client");
+    let mut strings = String::new();
+    for i in 0..n {
+        let id = format!("sdk-{i}");
+        service
+            .create_device(&id, Some(DEVICE_KEY), Some(DEVICE_KEY))
+            .await
+            .expect("device created");
+        strings.push_str(&format!(
+            "HostName={};DeviceId={id};SharedAccessKey={DEVICE_KEY}\n",
+            hub.info.hostname
+        ));
+    }
+    let cs_file = hub.dir.join("sdk-devices.txt");
+    std::fs::write(&cs_file, strings).expect("connection strings written");
+    let ca = hub.info.ca_file.clone();
+    let state = hub.dir.join("hub");
+    let python = super::arg("--python").map_or_else(
+        || {
+            let venv = root.join(".venv/bin/python");
+            if venv.exists() {
+                venv
+            } else {
+                PathBuf::from("python3")
+            }
+        },
+        PathBuf::from,
+    );
+    let node = match node_modules(root) {
+        Ok(p) => Some(p),
+        Err(e) => {
+            println!("sdk: the Node SDK skipped: {e}");
+            None
+        }
+    };
+    println!(
+        "sdk: hub on 127.0.0.1:8883 (localhost); {n} devices per SDK process, {fleet_n} in azsim fleet; {secs} s measured"
+    );
+    for (interval, interval_s) in [("1s", "1"), ("100ms", "0.1")] {
+        let fleet = {
+            let f = Fleet::start_with(
+                azsim,
+                &state,
+                fleet_n,
+                interval,
+                &[
+                    "--connect-rate",
+                    "2000",
+                    "--stats-every",
+                    "500ms",
+                    "--payload",
+                    PAYLOAD,
+                ],
+            );
+            super::measure_fleet(f, fleet_n, secs).await
+        };
+        let (az_k, az_rate) = fleet;
+        println!(
+            "sdk {interval}: azsim fleet ({fleet_n} devices): {az_k:.4} CPU-s per 1,000 QoS 1 messages, {az_rate:.0} msgs/s acknowledged"
+        );
+        let secs_s = secs.to_string();
+        let warm = WARMUP_S.to_string();
+        let script_args = |script: &str| -> Vec<std::ffi::OsString> {
+            vec![
+                root.join("benches/sdk").join(script).into(),
+                cs_file.clone().into(),
+                ca.clone().into(),
+                interval_s.into(),
+                warm.clone().into(),
+                secs_s.clone().into(),
+            ]
+        };
+        let mut runs: Vec<(&str, PathBuf, Vec<std::ffi::OsString>, Option<PathBuf>)> = vec![(
+            "Python SDK",
+            python.clone(),
+            script_args("python_devices.py"),
+            None,
+        )];
+        if let Some(p) = &node {
+            runs.push((
+                "Node SDK",
+                PathBuf::from("node"),
+                script_args("node_devices.js"),
+                Some(p.clone()),
+            ));
+        }
+        for (name, program, args, node_path) in runs {
+            let args: Vec<&std::ffi::OsStr> = args.iter().map(|a| a.as_os_str()).collect();
+            match sdk_process(&program, &args, node_path.as_deref()).await {
+                Ok(m) => println!(
+                    "sdk {interval}: {name} ({n} devices): {:.4} CPU-s per 1,000 QoS 1 messages, {:.0} msgs/s acknowledged, {} errors; azsim fleet: {:.1}x its messages per CPU-second",
+                    m.cpu_per_k,
+                    m.rate,
+                    m.errors,
+                    m.cpu_per_k / az_k
+                ),
+                Err(e) => println!("sdk {interval}: {name}: {e}"),
+            }
+        }
+    }
+    let _ = hub.child.kill().await;
+    let _ = std::fs::remove_dir_all(&hub.dir);
+}
