@@ -166,6 +166,9 @@ pub async fn run(cfg: MonitorConfig) -> Result<ExitCode, CliError> {
     loop {
         let ev = tokio::select! {
             r = next_eh(&mut eh) => match r {
+                // The endpoint also carries the events a hub routes there (twin changes,
+                // lifecycle, connection state); those come from the stream.
+                Some(Ok(ev)) if !is_telemetry(&ev) => continue,
                 Some(Ok(ev)) => ev,
                 Some(Err(e)) => return Err(CliError::runtime(e)),
                 None => return Err(CliError::runtime(MonitorError::EventHubClosed { seen })),
@@ -205,6 +208,14 @@ pub async fn run(cfg: MonitorConfig) -> Result<ExitCode, CliError> {
             return Ok(ExitCode::SUCCESS);
         }
     }
+}
+
+/// Whether an event read from the Event Hubs-compatible endpoint is device telemetry (its
+/// `iothub-message-source` is `Telemetry`, or absent as on any plain Event Hub).
+fn is_telemetry(ev: &Value) -> bool {
+    ev.pointer("/annotations/iothub-message-source")
+        .and_then(Value::as_str)
+        .is_none_or(|s| s == "Telemetry")
 }
 
 async fn next_eh(
