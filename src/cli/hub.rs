@@ -143,6 +143,11 @@ pub struct HubServeArgs {
     /// A consumer group of the Event Hubs-compatible endpoint besides $Default (repeatable).
     #[arg(long = "consumer-group", value_name = "NAME")]
     pub consumer_groups: Vec<String>,
+    /// What the Event Hubs-compatible endpoint gets, as an IoT Hub's routes choose: any of
+    /// telemetry, twin (twin change events), lifecycle (device create/delete), connection
+    /// (connect/disconnect), comma-separated. Default all.
+    #[arg(long, value_name = "SOURCES", default_value = "telemetry,twin,lifecycle,connection")]
+    pub route: String,
     /// The web dashboard's port (0 picks a free port, `off` serves none): plain HTTP on
     /// loopback, the hub's TLS with a service token when --bind is another address.
     /// Default 8880, or a free port when 8880 is taken.
@@ -250,6 +255,8 @@ pub struct HubCliConfig {
     pub amqp_dev_port: u16,
     pub partitions: u32,
     pub consumer_groups: Vec<String>,
+    /// The sources routed to the Event Hubs-compatible endpoint.
+    pub routes: azsim_emulator::routing::Routes,
     /// The web dashboard's port.
     pub dashboard_port: DashboardPort,
     /// Not Azure: the strict rules off.
@@ -465,6 +472,8 @@ impl HubServeArgs {
         if !(1..=32).contains(&self.partitions) {
             return Err(UsageError::new("--partitions", "must be 1 to 32"));
         }
+        let routes = azsim_emulator::routing::Routes::parse(&self.route)
+            .map_err(|e| UsageError::new("--route", e))?;
         for g in &self.consumer_groups {
             let ok = !g.is_empty()
                 && g.len() <= 50
@@ -538,6 +547,7 @@ impl HubServeArgs {
             amqp_dev_port,
             partitions: self.partitions,
             consumer_groups: self.consumer_groups,
+            routes,
             state: self.state,
             in_memory: self.in_memory,
             bind,

@@ -256,6 +256,7 @@ async fn serve(cfg: HubCliConfig) -> Result<ExitCode, CliError> {
     hc.amqp_dev_port = Some(cfg.amqp_dev_port);
     hc.partitions = cfg.partitions;
     hc.consumer_groups = cfg.consumer_groups.clone();
+    hc.routes = cfg.routes;
     hc.dashboard = cfg.dashboard_port;
     hc.lenient = cfg.lenient;
     hc.tls = cfg.tls;

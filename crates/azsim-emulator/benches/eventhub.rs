@@ -207,6 +207,11 @@ async fn main() {
     cfg.in_memory = true;
     cfg.limits.event_log_cap = usize::try_from(total).unwrap_or(usize::MAX) + 1000;
     cfg.limits.max_pre_auth_connections = p.devices + 64;
+    // Telemetry only: the count is of the devices' messages, not their connects.
+    cfg.routes = azsim_emulator::routing::Routes {
+        telemetry: true,
+        ..azsim_emulator::routing::Routes::NONE
+    };
     let hub = azsim_emulator::start(cfg, "127.0.0.1".parse().expect("ip"), 0, 0)
         .await
         .expect("hub starts");

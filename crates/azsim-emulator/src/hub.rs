@@ -91,6 +91,8 @@ pub(crate) struct Hub {
     pub live: watch::Sender<usize>,
     /// The Device Provisioning Service's id scope and key.
     pub dps: crate::dps::Dps,
+    /// Events routed to the built-in endpoint, on their way to the log (`routing.rs`).
+    pub router: crate::routing::Router,
 }
 
 impl std::fmt::Debug for Hub {
@@ -145,6 +147,7 @@ impl Hub {
             shutdown: watch::channel(false).0,
             live: watch::channel(0).0,
             dps: crate::dps::Dps::ephemeral(),
+            router: crate::routing::Router::default(),
             cfg,
         }
     }
@@ -170,6 +173,7 @@ impl Hub {
 
     /// Publish an event to the SSE stream (nobody listening is fine).
     pub fn emit(&self, device_id: &str, v: Value) {
+        crate::routing::on_emit(self, &v);
         let _ = self.events.send(Arc::new(HubEvent {
             device_id: device_id.to_string(),
             json: v.to_string(),

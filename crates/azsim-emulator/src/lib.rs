@@ -39,6 +39,7 @@ mod listen;
 mod mqtt;
 pub mod query;
 mod rest;
+pub mod routing;
 pub mod state_dir;
 pub mod store;
 mod telemetry;
@@ -180,6 +181,9 @@ pub struct HubConfig {
     pub partitions: u32,
     /// Consumer groups besides `$Default`.
     pub consumer_groups: Vec<String>,
+    /// Which sources go to the Event Hubs-compatible endpoint (telemetry, twin change,
+    /// lifecycle, connection state events): all by default. See `routing`.
+    pub routes: routing::Routes,
 }
 
 impl HubConfig {
@@ -202,6 +206,7 @@ impl HubConfig {
             amqp_dev_port: None,
             partitions: 4,
             consumer_groups: Vec::new(),
+            routes: routing::Routes::default(),
         }
     }
 }

@@ -36,6 +36,8 @@ pub struct D2cRecord {
     /// hub adds (`mqtt-retain`, `iothub-MessageType`).
     pub properties: String,
     pub body: Vec<u8>,
+    /// Telemetry, or an event the hub routes to the built-in endpoint (`routing.rs`).
+    pub source: crate::routing::Source,
 }
 
 /// Appends `name=value` (already percent-encoded by the caller's choice of plain names) to a raw
@@ -174,6 +176,7 @@ mod tests {
             enqueued_ns: 1_700_000_000_123_456_789,
             properties: props.into(),
             body: body.to_vec(),
+            source: crate::routing::Source::Telemetry,
         };
         serde_json::from_str(&r.to_json()).unwrap()
     }
@@ -262,6 +265,7 @@ mod tests {
                 enqueued_ns: 1_700_000_000_000_000_000,
                 properties: "%24.mid=m1&k=v".into(),
                 body: b"hello".to_vec(),
+                source: crate::routing::Source::Telemetry,
             })
             .await;
         store.flush().await;
@@ -286,6 +290,7 @@ mod tests {
                     enqueued_ns: 1_700_000_000_000_000_000 + i,
                     properties: String::new(),
                     body: i.to_string().into_bytes(),
+                    source: crate::routing::Source::Telemetry,
                 })
                 .await;
         }

@@ -21,6 +21,11 @@ async fn a_partition_link_needs_a_token_a_known_group_and_partition_and_then_car
     let hub = TestHub::start_configured(|c| {
         c.partitions = 1;
         c.consumer_groups = vec!["analytics".into()];
+        // Telemetry only: the first event read is the device's first message.
+        c.routes = azsim_emulator::routing::Routes {
+            telemetry: true,
+            ..azsim_emulator::routing::Routes::NONE
+        };
     })
     .await;
     // Telemetry before any consumer: a consumer that starts later reads it.

@@ -30,6 +30,11 @@ async fn start_hub(dir: &Path) -> azsim_emulator::HubHandle {
         cfg.in_memory = true;
         cfg.amqp_port = Some(5671);
         cfg.amqp_dev_port = Some(0);
+        // Telemetry only: the sequence numbers below count the device's messages.
+        cfg.routes = azsim_emulator::routing::Routes {
+            telemetry: true,
+            ..azsim_emulator::routing::Routes::NONE
+        };
         match azsim_emulator::start(cfg, "127.0.0.1".parse().unwrap(), 8883, 0).await {
             Ok(hub) => return hub,
             Err(azsim_emulator::HubError::Io(e))

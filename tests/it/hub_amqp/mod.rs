@@ -22,6 +22,7 @@ mod bad_input;
 mod cbs;
 mod eventhub_links;
 mod eventhub_python;
+mod routing;
 
 type Conn = fe2o3_amqp::connection::ConnectionHandle<()>;
 

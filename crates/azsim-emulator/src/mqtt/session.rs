@@ -477,12 +477,21 @@ impl Conn {
                 twin::touch_metadata(&mut i.reported_meta, &p2, &now, i.reported_version);
                 i.reported_updated = now;
                 q::put_identity(c, &i)?;
-                Ok(Ok(i.reported_version))
+                Ok(Ok((i.reported_version, i.twin_version)))
             })
             .await;
         match res {
-            Ok(Ok(v)) => {
+            Ok(Ok((v, twin_version))) => {
                 self.twin_response(204, rid, Some(v), Vec::new());
+                crate::routing::twin_changed(
+                    &self.hub,
+                    &self.device,
+                    self.module.as_deref(),
+                    false,
+                    "reported",
+                    twin_version,
+                    &patch,
+                );
                 self.hub.emit(&self.device, json!({"type":"twinReported","deviceId":self.device,"moduleId":self.module,"version":v,"patch":patch}));
             }
             Ok(Err((status, code, msg))) => self.twin_error(status, code, rid, &msg),
@@ -499,6 +508,7 @@ impl Conn {
             enqueued_ns: self.hub.clock().unix_ns(),
             properties: props,
             body: payload.to_vec(),
+            source: crate::routing::Source::Telemetry,
         };
         // Only build the JSON for the live stream when someone is watching it.
         if self.hub.events.receiver_count() > 0 {

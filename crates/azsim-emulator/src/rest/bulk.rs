@@ -196,9 +196,13 @@ fn updated(mut i: Identity, op: &Op, now: &str) -> Identity {
 }
 
 /// What happened to one device, for the connections to close afterwards.
+/// and the lifecycle events to route (the identity created, or deleted with its C2D depth).
 enum Done {
-    Saved { disabled: bool },
-    Deleted,
+    Saved {
+        disabled: bool,
+        created: Option<Box<Identity>>,
+    },
+    Deleted(Box<Identity>, u32),
 }
 
 /// `POST /devices`.
@@ -243,9 +247,20 @@ pub(super) async fn bulk_devices(State(hub): State<Shared>, body: Bytes) -> ApiR
     errors.extend(failed);
     for (id, done) in &results {
         match done {
-            Done::Saved { disabled: true } => hub.kick_identity(id, None, "device disabled"),
-            Done::Saved { disabled: false } => {}
-            Done::Deleted => hub.kick_identity(id, None, "identity deleted"),
+            Done::Saved { disabled, created } => {
+                if let Some(i) = created {
+                    let twin = super::twins::twin_json(&hub, i, 0);
+                    crate::routing::lifecycle(&hub, id, None, true, &twin);
+                }
+                if *disabled {
+                    hub.kick_identity(id, None, "device disabled");
+                }
+            }
+            Done::Deleted(i, depth) => {
+                let twin = super::twins::twin_json(&hub, i, *depth);
+                crate::routing::lifecycle(&hub, id, None, false, &twin);
+                hub.kick_identity(id, None, "identity deleted");
+            }
         }
     }
     tracing::info!(
@@ -287,6 +302,8 @@ fn apply(
     let mut open = false;
     for op in ops {
         let existing = q::get_identity(c, &op.id, None)?;
+        let created = existing.is_none();
+        let gone = existing.clone();
         let etag_matches = |i: &Identity| {
             op.etag
                 .as_deref()
@@ -328,6 +345,7 @@ fn apply(
                     op.id.clone(),
                     Done::Saved {
                         disabled: !ident.enabled,
+                        created: created.then(|| Box::new(ident.clone())),
                     },
                 ));
             }
@@ -339,8 +357,11 @@ fn apply(
                 // Under the store lock, so the activity flusher cannot write the times
                 // back.
                 activity.forget(&op.id, None);
+                let depth = q::c2d_depth(c, &op.id)?;
                 q::delete_identity(c, &op.id, None)?;
-                results.push((op.id.clone(), Done::Deleted));
+                if let Some(i) = gone {
+                    results.push((op.id.clone(), Done::Deleted(Box::new(i), depth)));
+                }
             }
         }
     }

@@ -233,6 +233,11 @@ async fn upsert_identity(
             "device disabled",
         );
     }
+    if created {
+        let twin = super::twins::twin_json(hub, &ident, depth);
+        let (d, m) = (&ident.device_id, ident.module_id.as_deref());
+        crate::routing::lifecycle(hub, d, m, true, &twin);
+    }
     tracing::info!(device = %ident.device_id, module = ?ident.module_id, created, "identity saved");
     Ok(json_ok(StatusCode::OK, device_json(hub, &ident, depth)))
 }
@@ -309,24 +314,27 @@ async fn delete_identity(
         .store
         .call(move |c| {
             let Some(i) = q::get_identity(c, &d, m.as_deref())? else {
-                return Ok(Some(false));
+                return Ok(Some(None));
             };
             if !etag_ok(&im, &etag_of(i.etag_n)) {
                 return Ok(None);
             }
+            let depth = super::twins::twin_c2d_count(c, &i)?;
             // Under the store lock, so the activity flusher cannot write the times back.
             activity.forget(&d, m.as_deref());
             q::delete_identity(c, &d, m.as_deref())?;
-            Ok(Some(true))
+            Ok(Some(Some((i, depth))))
         })
         .await?;
     match r {
-        Some(true) => {
+        Some(Some((gone, depth))) => {
+            let twin = super::twins::twin_json(hub, &gone, depth);
+            crate::routing::lifecycle(hub, &id, module.as_deref(), false, &twin);
             hub.kick_identity(&id, module.as_deref(), "identity deleted");
             tracing::info!(device = %id, module = ?module, "identity deleted");
             Ok(StatusCode::NO_CONTENT.into_response())
         }
-        Some(false) => Err(match module {
+        Some(None) => Err(match module {
             Some(m) => ApiError::module_not_found(&id, &m),
             None => ApiError::device_not_found(&id),
         }),

@@ -228,6 +228,15 @@ async fn update_twin(
     let (i, patch, depth) = r?;
     if let Some(p) = patch {
         hub.push_desired(&i.device_id, i.module_id.as_deref(), &p, i.desired_version);
+        crate::routing::twin_changed(
+            hub,
+            &i.device_id,
+            i.module_id.as_deref(),
+            replace,
+            "desired",
+            i.twin_version,
+            &p,
+        );
         hub.emit(&i.device_id, json!({"type":"twinDesired","deviceId":i.device_id,"moduleId":i.module_id,"version":i.desired_version,"patch":p}));
     }
     Ok(json_ok(StatusCode::OK, twin_json(hub, &i, depth)))

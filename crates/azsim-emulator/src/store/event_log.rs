@@ -15,12 +15,14 @@ use crate::telemetry::D2cRecord;
 /// The columns telemetry rows have beyond the first schema's `(seq, device_id, json)`. A row
 /// with an empty `json` keeps the message as received and is rendered when read (see
 /// `telemetry.rs`); rows written by older versions keep their JSON text.
-const EVENT_COLUMNS: [(&str, &str); 5] = [
+const EVENT_COLUMNS: [(&str, &str); 6] = [
     ("module_id", "TEXT"),
     ("generation_id", "TEXT"),
     ("enqueued_ns", "INTEGER"),
     ("props", "TEXT"),
     ("body", "BLOB"),
+    // NULL for telemetry; the `iothub-message-source` of an event routed by the hub.
+    ("source", "TEXT"),
 ];
 
 /// Adds the [`EVENT_COLUMNS`] an existing `events` table lacks.
@@ -45,22 +47,22 @@ const MAX_BATCH: usize = 4096;
 /// update) per this many messages.
 const ROWS_PER_INSERT: usize = 32;
 
-/// `INSERT INTO events ... VALUES (...)` with `rows` rows of [`bind_event`]'s 6 parameters.
+/// `INSERT INTO events ... VALUES (...)` with `rows` rows of [`bind_event`]'s 7 parameters.
 fn insert_events_sql(rows: usize) -> String {
     let mut sql = String::from(
-        "INSERT INTO events (device_id, json, module_id, generation_id, enqueued_ns, props, body) \
-         VALUES ",
+        "INSERT INTO events (device_id, json, module_id, generation_id, enqueued_ns, props, body, \
+         source) VALUES ",
     );
     for i in 0..rows {
         if i > 0 {
             sql.push(',');
         }
-        sql.push_str("(?, '', ?, ?, ?, ?, ?)");
+        sql.push_str("(?, '', ?, ?, ?, ?, ?, ?)");
     }
     sql
 }
 
-/// Binds one message to parameters `base + 1 ..= base + 6` of an insert from
+/// Binds one message to parameters `base + 1 ..= base + 7` of an insert from
 /// [`insert_events_sql`].
 fn bind_event(
     stmt: &mut rusqlite::CachedStatement<'_>,
@@ -72,7 +74,8 @@ fn bind_event(
     stmt.raw_bind_parameter(base + 3, &r.origin.generation_id)?;
     stmt.raw_bind_parameter(base + 4, r.enqueued_ns)?;
     stmt.raw_bind_parameter(base + 5, &r.properties)?;
-    stmt.raw_bind_parameter(base + 6, &r.body)
+    stmt.raw_bind_parameter(base + 6, &r.body)?;
+    stmt.raw_bind_parameter(base + 7, r.source.column())
 }
 
 pub(super) fn event_writer(
@@ -107,7 +110,7 @@ pub(super) fn event_writer(
                     let mut chunks = events.chunks_exact(ROWS_PER_INSERT);
                     for chunk in &mut chunks {
                         for (i, r) in chunk.iter().enumerate() {
-                            bind_event(&mut many, i * 6, r)?;
+                            bind_event(&mut many, i * 7, r)?;
                         }
                         many.raw_execute()?;
                     }

@@ -42,6 +42,9 @@ pub(crate) struct Index {
     partitions: u32,
     indexed: i64,
     next: Vec<i64>,
+    /// Whether device telemetry is routed here (`--route`); the hub's own events are in the
+    /// log only when routed.
+    telemetry: bool,
 }
 
 impl Index {
@@ -86,6 +89,7 @@ impl Index {
             partitions,
             indexed,
             next,
+            telemetry: true,
         })
     }
 
@@ -95,14 +99,15 @@ impl Index {
         let mut any = false;
         loop {
             let tx = c.transaction().map_err(db_err)?;
-            let rows: Vec<(i64, String)> = {
+            let rows: Vec<(i64, String, bool)> = {
                 let mut stmt = tx
                     .prepare_cached(
-                        "SELECT seq, device_id FROM events WHERE seq > ?1 ORDER BY seq LIMIT ?2",
+                        "SELECT seq, device_id, source IS NULL FROM events WHERE seq > ?1 \
+                         ORDER BY seq LIMIT ?2",
                     )
                     .map_err(db_err)?;
                 stmt.query_map(params![self.indexed, INDEX_BATCH], |r| {
-                    Ok((r.get(0)?, r.get(1)?))
+                    Ok((r.get(0)?, r.get(1)?, r.get(2)?))
                 })
                 .map_err(db_err)?
                 .collect::<rusqlite::Result<_>>()
@@ -113,7 +118,10 @@ impl Index {
                 let mut insert = tx
                     .prepare_cached("INSERT INTO eh_index (seq, part, pseq) VALUES (?1, ?2, ?3)")
                     .map_err(db_err)?;
-                for (seq, device) in &rows {
+                for (seq, device, is_telemetry) in &rows {
+                    if *is_telemetry && !self.telemetry {
+                        continue;
+                    }
                     let part = partition_of(device, self.partitions);
                     let n = &mut next[part as usize];
                     insert.execute(params![seq, part, *n]).map_err(db_err)?;
@@ -127,7 +135,7 @@ impl Index {
             .map_err(db_err)?;
             tx.commit().map_err(db_err)?;
             self.next = next;
-            let Some((last, _)) = rows.last() else {
+            let Some((last, _, _)) = rows.last() else {
                 return Ok(any);
             };
             self.indexed = *last;
@@ -136,6 +144,13 @@ impl Index {
                 return Ok(true);
             }
         }
+    }
+
+    /// Leave device telemetry out (`--route` without `telemetry`): only the events the hub
+    /// routes get numbers.
+    pub fn without_telemetry(mut self) -> Index {
+        self.telemetry = false;
+        self
     }
 
     /// The number the next message of `part` will get.
@@ -156,6 +171,8 @@ pub(crate) struct Row {
     pub enqueued_ns: i64,
     pub properties: String,
     pub body: Vec<u8>,
+    /// Telemetry, or the event the hub routed (`routing.rs`).
+    pub source: crate::routing::Source,
 }
 
 /// Up to `limit` messages of `part` numbered `from` or later, in order.
@@ -164,7 +181,7 @@ pub(crate) fn read(c: &Connection, part: u32, from: i64, limit: u32) -> Result<V
         .prepare_cached(
             "SELECT i.seq, i.pseq, e.device_id, e.module_id, COALESCE(e.generation_id, ''), \
              COALESCE(e.enqueued_ns, 0), COALESCE(e.props, ''), \
-             COALESCE(e.body, CAST(e.json AS BLOB)) \
+             COALESCE(e.body, CAST(e.json AS BLOB)), e.source \
              FROM eh_index i JOIN events e ON e.seq = i.seq \
              WHERE i.part = ?1 AND i.pseq >= ?2 ORDER BY i.pseq LIMIT ?3",
         )
@@ -179,6 +196,7 @@ pub(crate) fn read(c: &Connection, part: u32, from: i64, limit: u32) -> Result<V
             enqueued_ns: r.get(5)?,
             properties: r.get(6)?,
             body: r.get(7)?,
+            source: crate::routing::Source::from_column(r.get::<_, Option<String>>(8)?.as_deref()),
         })
     })
     .map_err(db_err)?

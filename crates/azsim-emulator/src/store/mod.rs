@@ -380,6 +380,7 @@ mod tests {
             enqueued_ns: n,
             properties: String::new(),
             body: n.to_string().into_bytes(),
+            source: crate::routing::Source::Telemetry,
         }
     }
 

@@ -412,7 +412,8 @@ pub fn recent_events(
         Some(d) => {
             let mut st = c
                 .prepare(&format!(
-                    "SELECT {COLS} FROM events WHERE device_id = ?1 ORDER BY seq DESC LIMIT ?2"
+                    "SELECT {COLS} FROM events WHERE device_id = ?1 AND source IS NULL \
+                     ORDER BY seq DESC LIMIT ?2"
                 ))
                 .map_err(db_err)?;
             for r in st
@@ -425,7 +426,7 @@ pub fn recent_events(
         None => {
             let mut st = c
                 .prepare(&format!(
-                    "SELECT {COLS} FROM events ORDER BY seq DESC LIMIT ?1"
+                    "SELECT {COLS} FROM events WHERE source IS NULL ORDER BY seq DESC LIMIT ?1"
                 ))
                 .map_err(db_err)?;
             for r in st.query_map(params![limit as i64], row).map_err(db_err)? {

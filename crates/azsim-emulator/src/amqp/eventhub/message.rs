@@ -12,6 +12,7 @@ use fe2o3_amqp::types::messaging::{
 };
 use fe2o3_amqp::types::primitives::{Binary, SimpleValue, Symbol, Timestamp, Value};
 
+use crate::routing::Source;
 use crate::store::eventhub::Row;
 use crate::telemetry::{AUTH_METHOD_DEVICE, AUTH_METHOD_MODULE};
 
@@ -77,21 +78,27 @@ pub(crate) fn event(row: &Row) -> Message<Data> {
     if let Some(m) = &row.module_id {
         annotate("iothub-connection-module-id", Value::String(m.clone()));
     }
-    let method = if row.module_id.is_some() {
-        AUTH_METHOD_MODULE
-    } else {
-        AUTH_METHOD_DEVICE
-    };
-    annotate(
-        "iothub-connection-auth-method",
-        Value::String(method.to_string()),
-    );
-    annotate(
-        "iothub-connection-auth-generation-id",
-        Value::String(row.generation_id.clone()),
-    );
+    // Only a device's own messages name how it authenticated; the hub raises the others.
+    if row.source == Source::Telemetry {
+        let method = if row.module_id.is_some() {
+            AUTH_METHOD_MODULE
+        } else {
+            AUTH_METHOD_DEVICE
+        };
+        annotate(
+            "iothub-connection-auth-method",
+            Value::String(method.to_string()),
+        );
+        annotate(
+            "iothub-connection-auth-generation-id",
+            Value::String(row.generation_id.clone()),
+        );
+    }
     annotate("iothub-enqueuedtime", Value::Timestamp(enqueued.clone()));
-    annotate("iothub-message-source", Value::String("Telemetry".into()));
+    annotate(
+        "iothub-message-source",
+        Value::String(row.source.annotation().into()),
+    );
     annotate("x-opt-sequence-number", Value::Long(row.sequence_number));
     annotate("x-opt-offset", Value::String(row.offset.to_string()));
     annotate("x-opt-enqueued-time", Value::Timestamp(enqueued));
@@ -118,6 +125,7 @@ mod tests {
             enqueued_ns: 1_700_000_000_123_456_789,
             properties: "%24.mid=m%201&%24.cid=c1&%24.uid=u1&%24.ct=application%2Fjson&%24.ce=utf-8&temp=21.5&flag".into(),
             body: b"{\"t\":1}".to_vec(),
+            source: Source::Telemetry,
         };
         let m = event(&row);
         let p = m.properties.as_ref().unwrap();

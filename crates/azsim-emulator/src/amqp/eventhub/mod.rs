@@ -37,6 +37,8 @@ pub(crate) struct EventHub {
     index: Arc<Mutex<Option<Index>>>,
     /// Changes whenever new messages were numbered.
     indexed: watch::Sender<u64>,
+    /// Whether device telemetry is routed here (`HubConfig::routes`).
+    telemetry: bool,
 }
 
 impl EventHub {
@@ -56,6 +58,7 @@ impl EventHub {
             groups,
             created_ms: hub.now_ms(),
             index: Arc::new(Mutex::new(None)),
+            telemetry: hub.cfg.routes.telemetry,
             indexed: watch::channel(0).0,
         }
     }
@@ -117,7 +120,12 @@ impl EventHub {
     ) -> Result<T, HubError> {
         let mut guard = self.index.lock().unwrap_or_else(|p| p.into_inner());
         if guard.is_none() {
-            *guard = Some(Index::open(c, self.partitions)?);
+            let index = Index::open(c, self.partitions)?;
+            *guard = Some(if self.telemetry {
+                index
+            } else {
+                index.without_telemetry()
+            });
         }
         let Some(index) = guard.as_mut() else {
             return Err(HubError::Store("event hub index not open".into()));
