@@ -44,6 +44,11 @@
 //! an RSA-2048 chain over TLS 1.2) or `modern` (one ECDSA P-256 certificate, TLS 1.3);
 //! `both` runs the hub once per profile in the same run (modern first), so their memory per
 //! device and msgs/s can be compared on the same machine state. mosquitto is unaffected.
+//! Measured here (1000 devices, `--only hub --tls both`): both profiles alike, 19.0 KiB
+//! (modern) and 18.6 (azure) per device before the accept task boxed its handshake + CONNECT
+//! future; 17.4 / 17.7 with only the DPS session boxed inside it; 14.1 / 13.4 with both boxed.
+//! The TLS profile is not what costs: the unauthenticated phase's future (TLS accept, CONNECT,
+//! X.509 or SAS check, a possible DPS session) sized every connection's task for its life.
 
 mod brokers;
 mod device;
