@@ -149,6 +149,14 @@ async fn twin_lifecycle_and_connection_events_reach_the_built_in_endpoint() {
         )
         .await;
     assert_eq!(s, 200, "{t}");
+    let (s, t) = hub
+        .rest(
+            Method::PUT,
+            "/twins/r1",
+            Some(json!({"properties":{"desired":{"mode":"eco"}}})),
+        )
+        .await;
+    assert_eq!(s, 200, "{t}");
     client
         .publish(
             "devices/r1/messages/events/",
@@ -166,9 +174,10 @@ async fn twin_lifecycle_and_connection_events_reach_the_built_in_endpoint() {
     .await;
 
     let (mut conn, _session, mut r) = reader(&hub).await;
-    // Created, connected, reported, desired, telemetry; the routed ones in this order.
+    // Created, connected, reported, desired, replaced, telemetry, disconnected; the routed ones
+    // in this order.
     let mut got = Vec::new();
-    while got.len() < 6 {
+    while got.len() < 7 {
         let e = next(&mut r).await;
         let done = e.app.get("opType").map(String::as_str) == Some("deviceDisconnected");
         got.push(e);
@@ -191,6 +200,7 @@ async fn twin_lifecycle_and_connection_events_reach_the_built_in_endpoint() {
             ("deviceConnectionStateEvents", "deviceConnected"),
             ("twinChangeEvents", "updateTwin"),
             ("twinChangeEvents", "updateTwin"),
+            ("twinChangeEvents", "replaceTwin"),
             ("deviceConnectionStateEvents", "deviceDisconnected"),
             ("deviceLifecycleEvents", "deleteDeviceIdentity"),
         ],
@@ -251,10 +261,17 @@ async fn twin_lifecycle_and_connection_events_reach_the_built_in_endpoint() {
     );
     let (a, b) = (
         routed[1].body["sequenceNumber"].as_str().unwrap(),
-        routed[4].body["sequenceNumber"].as_str().unwrap(),
+        routed[5].body["sequenceNumber"].as_str().unwrap(),
     );
     assert!(a < b, "connection sequence numbers increase: {a} {b}");
-    assert_eq!(routed[5].body["deviceId"], "r1");
+    // The replacement as a patch: the old desired property removed, the new one set.
+    assert_eq!(
+        routed[4].body["properties"]["desired"],
+        json!({"interval":null,"mode":"eco"}),
+        "{:?}",
+        routed[4]
+    );
+    assert_eq!(routed[6].body["deviceId"], "r1");
 
     // The emulator's own readers of the log see telemetry only.
     let (s, recent) = hub.rest(Method::GET, "/emulator/events/recent", None).await;
@@ -347,4 +364,26 @@ async fn routing_without_telemetry_numbers_only_the_hub_s_events() {
     let _ = tokio::time::timeout(Duration::from_secs(5), conn.close()).await;
     drop(client);
     hub.stop().await;
+}
+
+#[test]
+fn an_unknown_route_source_is_a_usage_error_naming_the_flag() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_azsim"))
+        .args([
+            "hub",
+            "--in-memory",
+            "--mqtt-port",
+            "0",
+            "--route",
+            "twin,bogus",
+        ])
+        .arg("--state")
+        .arg(dir.path())
+        .output()
+        .expect("azsim runs");
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("--route") && err.contains("bogus"), "{err}");
+    assert_eq!(err.trim().lines().count(), 1, "{err}");
 }

@@ -1,4 +1,6 @@
-//! A telemetry message as IoT Hub routes it to the built-in endpoint: the body as sent; the
+//! A record of the telemetry log as IoT Hub routes it to the built-in endpoint (device telemetry,
+//! or an event the hub raised, `routing.rs`, whose bag holds the properties it gets and which
+//! names no device authentication): the body as sent; the
 //! property bag's system properties as AMQP message properties (message-id, correlation-id,
 //! user-id, content-type, content-encoding), its other pairs as application properties; the
 //! hub's annotations (`iothub-connection-device-id`, `-module-id`, `-auth-method`,
