@@ -47,8 +47,9 @@ impl Hub8883 {
             .args(["--amqp-port", "0", "--amqp-dev-port", "0"])
             .arg("--state")
             .arg(&state)
+            // The hub logs every connection; the bench prints figures only.
             .stdout(Stdio::null())
-            .stderr(Stdio::inherit())
+            .stderr(Stdio::null())
             .kill_on_drop(true)
             .spawn()
             .map_err(|e| format!("cannot start {} hub: {e}", azsim.display()))?;
