@@ -14,7 +14,7 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
-use serde_json::{Value, json};
+use serde_json::{Map, Value, json};
 use tokio::sync::mpsc;
 
 use crate::hub::Hub;
@@ -231,20 +231,43 @@ pub(crate) fn route_event(
     hub.router.send(&hub.store, record);
 }
 
-/// A twin change event: `replace` for a whole twin replaced, else a patch; `which` is
-/// `desired` or `reported`; `version` the twin's (or that section's) version after it.
-pub(crate) fn twin_changed(
-    hub: &Hub,
-    device: &str,
-    module: Option<&str>,
-    replace: bool,
-    which: &str,
-    version: u64,
-    patch: &serde_json::Map<String, Value>,
-) {
-    let op = if replace { "replaceTwin" } else { "updateTwin" };
-    let body = json!({"version": version, "properties": {which: patch}});
-    route_event(hub, Source::TwinChange, device, module, op, &body);
+/// What a twin change changed.
+#[derive(Debug)]
+pub(crate) struct TwinChange<'a> {
+    /// The whole twin replaced (`replaceTwin`), else a patch (`updateTwin`).
+    pub replace: bool,
+    /// The twin's version after it.
+    pub version: u64,
+    /// The tags patch (a replacement's whole tags), if the tags changed.
+    pub tags: Option<&'a Map<String, Value>>,
+    /// `desired` or `reported` and its patch, if properties changed.
+    pub properties: Option<(&'a str, &'a Map<String, Value>)>,
+}
+
+/// A twin change event: body `{"version":..,"tags":{..},"properties":{"desired"|"reported":{..}}}`
+/// with what changed.
+pub(crate) fn twin_changed(hub: &Hub, device: &str, module: Option<&str>, change: &TwinChange<'_>) {
+    let op = if change.replace {
+        "replaceTwin"
+    } else {
+        "updateTwin"
+    };
+    let mut body = Map::new();
+    body.insert("version".into(), json!(change.version));
+    if let Some(t) = change.tags {
+        body.insert("tags".into(), Value::Object(t.clone()));
+    }
+    if let Some((which, patch)) = change.properties {
+        body.insert("properties".into(), json!({ which: patch }));
+    }
+    route_event(
+        hub,
+        Source::TwinChange,
+        device,
+        module,
+        op,
+        &Value::Object(body),
+    );
 }
 
 /// A device lifecycle event: `twin` is the identity's twin as the registry returns it.

@@ -387,3 +387,46 @@ fn an_unknown_route_source_is_a_usage_error_naming_the_flag() {
     assert!(err.contains("--route") && err.contains("bogus"), "{err}");
     assert_eq!(err.trim().lines().count(), 1, "{err}");
 }
+
+#[tokio::test]
+async fn a_module_s_events_name_the_module() {
+    let hub = TestHub::start_configured(|c| c.partitions = 1).await;
+    hub.create_device("r4").await;
+    let (s, t) = hub
+        .rest(
+            Method::PUT,
+            "/devices/r4/modules/m1",
+            Some(json!({"deviceId":"r4","moduleId":"m1"})),
+        )
+        .await;
+    assert_eq!(s, 200, "{t}");
+    let (s, t) = hub
+        .rest(
+            Method::PATCH,
+            "/twins/r4/modules/m1",
+            Some(json!({"tags":{"site":"b7"},"properties":{"desired":{"level":2}}})),
+        )
+        .await;
+    assert_eq!(s, 200, "{t}");
+    let (mut conn, _session, mut r) = reader(&hub).await;
+    let device = next(&mut r).await;
+    assert_eq!(device.app["opType"], "createDeviceIdentity");
+    assert!(!device.app.contains_key("moduleId"), "{device:?}");
+    for op in ["createDeviceIdentity", "updateTwin"] {
+        let e = next(&mut r).await;
+        assert_eq!(e.app["opType"], op, "{e:?}");
+        assert_eq!(e.app["deviceId"], "r4");
+        assert_eq!(e.app["moduleId"], "m1");
+        assert_eq!(
+            e.ann.get("iothub-connection-module-id"),
+            Some(&Value::String("m1".into()))
+        );
+        if op == "updateTwin" {
+            assert_eq!(e.body["tags"], json!({"site":"b7"}), "{e:?}");
+            assert_eq!(e.body["properties"]["desired"], json!({"level":2}));
+        }
+    }
+    r.close().await.expect("close");
+    let _ = tokio::time::timeout(Duration::from_secs(5), conn.close()).await;
+    hub.stop().await;
+}

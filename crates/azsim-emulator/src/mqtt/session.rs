@@ -483,14 +483,17 @@ impl Conn {
         match res {
             Ok(Ok((v, twin_version))) => {
                 self.twin_response(204, rid, Some(v), Vec::new());
+                let change = crate::routing::TwinChange {
+                    replace: false,
+                    version: twin_version,
+                    tags: None,
+                    properties: Some(("reported", &patch)),
+                };
                 crate::routing::twin_changed(
                     &self.hub,
                     &self.device,
                     self.module.as_deref(),
-                    false,
-                    "reported",
-                    twin_version,
-                    &patch,
+                    &change,
                 );
                 self.hub.emit(&self.device, json!({"type":"twinReported","deviceId":self.device,"moduleId":self.module,"version":v,"patch":patch}));
             }

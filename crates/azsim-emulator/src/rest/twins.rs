@@ -167,15 +167,22 @@ async fn update_twin(
                 return Ok(Err(ApiError::precondition()));
             }
             let mut changed = false;
+            // The tags change as a twin change event shows it: the patch, or a replacement's
+            // whole new tags.
+            let mut tags_change = None;
             if let Some(t) = &tags {
                 let mut next = if replace { Map::new() } else { i.tags.clone() };
                 twin::merge(&mut next, t);
                 if let Err(e) = twin::check_size(&next, twin::MAX_TAGS_BYTES, "Tags") {
                     return Ok(Err(too_large(e)));
                 }
+                tags_change = Some(if replace { next.clone() } else { t.clone() });
                 i.tags = next;
                 changed = true;
             } else if replace {
+                if !i.tags.is_empty() {
+                    tags_change = Some(Map::new());
+                }
                 changed |= !i.tags.is_empty();
                 i.tags = Map::new();
             }
@@ -222,21 +229,22 @@ async fn update_twin(
                 q::put_identity(c, &i)?;
             }
             let depth = twin_c2d_count(c, &i)?;
-            Ok(Ok((i, desired_patch, depth)))
+            Ok(Ok((i, desired_patch, depth, tags_change)))
         })
         .await?;
-    let (i, patch, depth) = r?;
+    let (i, patch, depth, tags_change) = r?;
+    if patch.is_some() || tags_change.is_some() {
+        let (d, m) = (&i.device_id, i.module_id.as_deref());
+        let change = crate::routing::TwinChange {
+            replace,
+            version: i.twin_version,
+            tags: tags_change.as_ref(),
+            properties: patch.as_ref().map(|p| ("desired", p)),
+        };
+        crate::routing::twin_changed(hub, d, m, &change);
+    }
     if let Some(p) = patch {
         hub.push_desired(&i.device_id, i.module_id.as_deref(), &p, i.desired_version);
-        crate::routing::twin_changed(
-            hub,
-            &i.device_id,
-            i.module_id.as_deref(),
-            replace,
-            "desired",
-            i.twin_version,
-            &p,
-        );
         hub.emit(&i.device_id, json!({"type":"twinDesired","deviceId":i.device_id,"moduleId":i.module_id,"version":i.desired_version,"patch":p}));
     }
     Ok(json_ok(StatusCode::OK, twin_json(hub, &i, depth)))
