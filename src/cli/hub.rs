@@ -146,7 +146,11 @@ pub struct HubServeArgs {
     /// What the Event Hubs-compatible endpoint gets, as an IoT Hub's routes choose: any of
     /// telemetry, twin (twin change events), lifecycle (device create/delete), connection
     /// (connect/disconnect), comma-separated. Default all.
-    #[arg(long, value_name = "SOURCES", default_value = "telemetry,twin,lifecycle,connection")]
+    #[arg(
+        long,
+        value_name = "SOURCES",
+        default_value = "telemetry,twin,lifecycle,connection"
+    )]
     pub route: String,
     /// The web dashboard's port (0 picks a free port, `off` serves none): plain HTTP on
     /// loopback, the hub's TLS with a service token when --bind is another address.
@@ -455,7 +459,10 @@ impl HubServeArgs {
         let free = self.mqtt_port == 0;
         let amqp_port = self.amqp_port.unwrap_or(if free { 0 } else { 5671 });
         let amqp_dev_port = self.amqp_dev_port.unwrap_or(if free { 0 } else { 5672 });
-        for (flag, port) in [("--amqp-port", amqp_port), ("--amqp-dev-port", amqp_dev_port)] {
+        for (flag, port) in [
+            ("--amqp-port", amqp_port),
+            ("--amqp-dev-port", amqp_dev_port),
+        ] {
             if port != 0 && (port == self.mqtt_port || port == self.https_port) {
                 return Err(UsageError::new(
                     flag,
@@ -477,7 +484,8 @@ impl HubServeArgs {
         for g in &self.consumer_groups {
             let ok = !g.is_empty()
                 && g.len() <= 50
-                && g.bytes().all(|b| b.is_ascii_alphanumeric() || b"-._".contains(&b));
+                && g.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"-._".contains(&b));
             if !ok {
                 return Err(UsageError::new(
                     "--consumer-group",
@@ -487,16 +495,18 @@ impl HubServeArgs {
         }
         let tier = match self.tier.as_deref() {
             None => None,
-            Some(t) => Some(azsim_emulator::fault::Tier::parse(t).ok_or_else(|| {
-                UsageError::new("--tier", "must be one of F1, S1, S2, S3")
-            })?),
+            Some(t) => Some(
+                azsim_emulator::fault::Tier::parse(t)
+                    .ok_or_else(|| UsageError::new("--tier", "must be one of F1, S1, S2, S3"))?,
+            ),
         };
-        let max_units = if tier == Some(azsim_emulator::fault::Tier::F1) { 1 } else { 200 };
+        let max_units = if tier == Some(azsim_emulator::fault::Tier::F1) {
+            1
+        } else {
+            200
+        };
         if !(1..=max_units).contains(&self.units) {
-            return Err(UsageError::new(
-                "--units",
-                "must be 1 to 200 (1 for F1)",
-            ));
+            return Err(UsageError::new("--units", "must be 1 to 200 (1 for F1)"));
         }
         let tls = azsim_emulator::state_dir::TlsProfile::parse(&self.tls)
             .ok_or_else(|| UsageError::new("--tls", "must be azure or modern"))?;

@@ -321,7 +321,10 @@ async fn serve(cfg: HubCliConfig) -> Result<ExitCode, CliError> {
             info.hostname, info.https_port
         );
         if let Some(p) = info.amqp_port {
-            println!("  AMQPS (Event Hubs-compatible): amqps://{}:{p}", info.hostname);
+            println!(
+                "  AMQPS (Event Hubs-compatible): amqps://{}:{p}",
+                info.hostname
+            );
         }
         if let Some(p) = info.amqp_dev_port {
             println!("  AMQP (development mode, loopback): amqp://localhost:{p}");

@@ -12,8 +12,8 @@ use crate::cli::run::{DeviceTarget, RunSettings};
 use serde_json::json;
 
 use crate::device::driver::{self, RunConfig};
-use crate::device::net::Transport;
 use crate::device::local_hub::LocalHub;
+use crate::device::net::Transport;
 use crate::device::output::Output;
 use crate::device::template::Template;
 use crate::error::{CliError, UsageError};

@@ -363,8 +363,7 @@ impl Hub {
     pub fn info(&self, ca_file: std::path::PathBuf) -> Result<HubInfo, HubError> {
         // One host name for everything, as Azure has: with HTTPS on 443 and AMQPS (if served)
         // on 5671 the SDKs derive every endpoint from a bare `HostName`.
-        let default_ports =
-            self.https_port == 443 && self.cfg.amqp_port.is_none_or(|p| p == 5671);
+        let default_ports = self.https_port == 443 && self.cfg.amqp_port.is_none_or(|p| p == 5671);
         let host = if default_ports {
             self.cfg.hostname.clone()
         } else {
@@ -423,10 +422,11 @@ pub(crate) async fn serve(
     ready: Option<oneshot::Sender<HubInfo>>,
 ) -> Result<(), HubError> {
     let cfg2 = config.clone();
-    let prepared =
-        tokio::task::spawn_blocking(move || state_dir::prepare_with(&cfg2.state_dir, &cfg2.hostname, cfg2.tls))
-            .await
-            .map_err(|e| HubError::State(e.to_string()))??;
+    let prepared = tokio::task::spawn_blocking(move || {
+        state_dir::prepare_with(&cfg2.state_dir, &cfg2.hostname, cfg2.tls)
+    })
+    .await
+    .map_err(|e| HubError::State(e.to_string()))??;
     let db_path = (!config.in_memory).then(|| prepared.ca_file.with_file_name(state_dir::DB_FILE));
     if let Some(p) = &db_path {
         // Created private before SQLite opens it: its -wal/-shm then get the same mode.
@@ -441,7 +441,11 @@ pub(crate) async fn serve(
     let https_tls = prepared.server_config(&[b"h2", b"http/1.1"])?;
     let dashboard_port = config.dashboard;
     let amqp = crate::amqp::Listeners::bind(&config, mqtt.local_addr()?.ip()).await?;
-    let dps_dir = prepared.ca_file.parent().map(Path::to_path_buf).unwrap_or_default();
+    let dps_dir = prepared
+        .ca_file
+        .parent()
+        .map(Path::to_path_buf)
+        .unwrap_or_default();
     let dps = tokio::task::spawn_blocking(move || crate::dps::Dps::prepare(&dps_dir))
         .await
         .map_err(|e| HubError::State(e.to_string()))??;

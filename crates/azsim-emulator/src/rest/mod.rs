@@ -316,7 +316,10 @@ pub(crate) fn router(hub: Shared) -> Router {
         .route("/emulator/devices/{id}/faults", post(fault::inject_fault))
         .route("/emulator/events", get(events::events_sse))
         .route("/emulator/events/recent", get(events::events_recent))
-        .route(crate::mqtt::websocket::PATH, crate::mqtt::websocket::route(&hub))
+        .route(
+            crate::mqtt::websocket::PATH,
+            crate::mqtt::websocket::route(&hub),
+        )
         .merge(crate::dps::http::routes())
         .fallback(not_found)
         .layer(middleware::from_fn_with_state(hub.clone(), auth))
