@@ -7,6 +7,7 @@ pub mod device;
 pub mod dps;
 pub mod fleet;
 pub mod hub;
+pub mod hub_env;
 pub mod hub_fault;
 pub mod invoke;
 pub mod job;
