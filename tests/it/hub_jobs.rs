@@ -438,7 +438,13 @@ async fn the_python_service_sdk_queries_pages_bulk_creates_and_runs_jobs() {
         (&e("bulk")["is_successful"], &e("bulk")["errors"]),
         (&json!(true), &json!(0))
     );
-    assert_eq!(e("bulk_duplicate")["status"], 400);
+    assert_eq!(
+        (
+            &e("bulk_duplicate")["is_successful"],
+            &e("bulk_duplicate")["errors"]
+        ),
+        (&json!(false), &json!([["py-1", "DeviceAlreadyExists"]]))
+    );
     assert_eq!(
         e("query_all")["ids"],
         json!(["py-0", "py-1", "py-2", "py-3", "py-4"])
