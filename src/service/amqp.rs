@@ -360,55 +360,59 @@ pub(crate) async fn open_session(
     Ok((conn, session))
 }
 
-/// CBS `put-token` of a SAS `token` for `audience`: a request on `$cbs` and its reply.
+/// The answer of a request/reply node (`$cbs`, `$management`): the `status-code` and
+/// `status-description` application properties and the body.
+pub(crate) struct NodeReply {
+    pub status: i32,
+    pub description: String,
+    pub body: Body<Value>,
+}
+
+/// One request to `node` as AMQP management nodes take it: a sender link to the node, a receiver
+/// link from it to a fresh `reply-to` address, the request (`message_id`, the application
+/// properties, `value` as the body), its reply accepted, both links closed.
 ///
 /// # Errors
-/// [`AmqpClientError::Unauthorized`] when the service refuses the token, `Connect` when the
-/// exchange fails.
-pub(crate) async fn put_token(
+/// Why a link could not be attached or the exchange failed (for the caller's error).
+pub(crate) async fn node_request(
     session: &mut SessionHandle<()>,
-    audience: &str,
-    token: String,
-    endpoint: &str,
-) -> Result<(), AmqpClientError> {
-    let fail = |reason: String| AmqpClientError::Connect {
-        endpoint: endpoint.to_owned(),
-        reason,
-    };
-    let reply_to = format!("cbs-{}", uuid::Uuid::new_v4().simple());
-    let mut tx = Sender::attach(session, format!("{reply_to}-requests"), "$cbs")
+    node: &str,
+    message_id: &str,
+    properties: ApplicationProperties,
+    value: Value,
+) -> Result<NodeReply, String> {
+    let reply_to = format!(
+        "{}-{}",
+        node.trim_start_matches('$'),
+        uuid::Uuid::new_v4().simple()
+    );
+    let mut tx = Sender::attach(session, format!("{reply_to}-requests"), node)
         .await
-        .map_err(|e| fail(format!("cbs: {e:?}")))?;
+        .map_err(|e| format!("{e:?}"))?;
     let mut rx = Receiver::builder()
         .name(format!("{reply_to}-replies"))
-        .source("$cbs")
+        .source(node)
         .target(reply_to.as_str())
         .attach(session)
         .await
-        .map_err(|e| fail(format!("cbs: {e:?}")))?;
+        .map_err(|e| format!("{e:?}"))?;
     let request = Message::builder()
         .properties(Properties {
-            message_id: Some(MessageId::String("put-token-1".into())),
+            message_id: Some(MessageId::String(message_id.into())),
             reply_to: Some(reply_to.clone()),
             ..Properties::default()
         })
-        .application_properties(
-            ApplicationProperties::builder()
-                .insert("operation", "put-token")
-                .insert("type", "servicebus.windows.net:sastoken")
-                .insert("name", audience)
-                .build(),
-        )
-        .value(token)
+        .application_properties(properties)
+        .value(value)
         .build();
-    tx.send(request)
-        .await
-        .map_err(|e| fail(format!("cbs: {e:?}")))?;
+    tx.send(request).await.map_err(|e| format!("{e:?}"))?;
     let reply = rx
         .recv::<Body<Value>>()
         .await
-        .map_err(|e| fail(format!("cbs: {e:?}")))?;
+        .map_err(|e| format!("{e:?}"))?;
     let _ = rx.accept(&reply).await;
+    let _ = tx.close().await;
+    let _ = rx.close().await;
     let app = reply
         .message()
         .application_properties
@@ -423,15 +427,48 @@ pub(crate) async fn put_token(
         Some(SimpleValue::String(s)) => s.clone(),
         _ => String::new(),
     };
-    let _ = tx.close().await;
-    let _ = rx.close().await;
-    if status == 200 || status == 202 {
+    Ok(NodeReply {
+        status,
+        description,
+        body: reply.into_body(),
+    })
+}
+
+/// CBS `put-token` of a SAS `token` for `audience`: a request on `$cbs` and its reply.
+///
+/// # Errors
+/// [`AmqpClientError::Unauthorized`] when the service refuses the token, `Connect` when the
+/// exchange fails.
+pub(crate) async fn put_token(
+    session: &mut SessionHandle<()>,
+    audience: &str,
+    token: String,
+    endpoint: &str,
+) -> Result<(), AmqpClientError> {
+    let properties = ApplicationProperties::builder()
+        .insert("operation", "put-token")
+        .insert("type", "servicebus.windows.net:sastoken")
+        .insert("name", audience)
+        .build();
+    let reply = node_request(
+        session,
+        "$cbs",
+        "put-token-1",
+        properties,
+        Value::String(token),
+    )
+    .await
+    .map_err(|reason| AmqpClientError::Connect {
+        endpoint: endpoint.to_owned(),
+        reason: format!("cbs: {reason}"),
+    })?;
+    if reply.status == 200 || reply.status == 202 {
         Ok(())
     } else {
         Err(AmqpClientError::Unauthorized {
             endpoint: endpoint.to_owned(),
-            status,
-            description,
+            status: reply.status,
+            description: reply.description,
         })
     }
 }

@@ -21,18 +21,18 @@ use azsim_proto::connection_string::split_host_port;
 use azsim_proto::sas;
 use azsim_proto::secret::Secret;
 use base64::Engine as _;
-use fe2o3_amqp::link::{LinkStateError, Receiver, ReceiverAttachError, RecvError, Sender};
+use fe2o3_amqp::link::{LinkStateError, Receiver, ReceiverAttachError, RecvError};
 use fe2o3_amqp::session::SessionHandle;
 use fe2o3_amqp::types::definitions::{ErrorCondition, LinkError};
 use fe2o3_amqp::types::messaging::annotations::OwnedKey;
 use fe2o3_amqp::types::messaging::{
-    AmqpValue, ApplicationProperties, Body, FilterSet, Message, MessageId, Properties, Source,
+    AmqpValue, ApplicationProperties, Body, FilterSet, Message, MessageId, Source,
 };
-use fe2o3_amqp::types::primitives::{SimpleValue, Value};
+use fe2o3_amqp::types::primitives::Value;
 use serde_json::{Map, Value as Json, json};
 use tokio::sync::mpsc;
 
-use super::amqp::{AMQPS_PORT, AmqpClientError, open_session, put_token};
+use super::amqp::{AMQPS_PORT, AmqpClientError, node_request, open_session, put_token};
 use super::target::Target;
 
 /// How long connecting (TCP, TLS, open, CBS, management, attaches) may take.
@@ -396,58 +396,24 @@ async fn partition_ids(
     endpoint: &str,
 ) -> Result<Vec<String>, AmqpClientError> {
     let fail = |reason: String| AmqpClientError::Link(format!("{endpoint} $management: {reason}"));
-    let reply_to = format!("mgmt-{}", uuid::Uuid::new_v4().simple());
-    let mut tx = Sender::attach(session, format!("{reply_to}-requests"), "$management")
-        .await
-        .map_err(|e| fail(format!("{e:?}")))?;
-    let mut rx = Receiver::builder()
-        .name(format!("{reply_to}-replies"))
-        .source("$management")
-        .target(reply_to.as_str())
-        .attach(session)
-        .await
-        .map_err(|e| fail(format!("{e:?}")))?;
-    let request = Message::builder()
-        .properties(Properties {
-            message_id: Some(MessageId::String("read-eventhub-1".into())),
-            reply_to: Some(reply_to.clone()),
-            ..Properties::default()
-        })
-        .application_properties(
-            ApplicationProperties::builder()
-                .insert("operation", "READ")
-                .insert("name", entity)
-                .insert("type", "com.microsoft:eventhub")
-                .build(),
-        )
-        .value(Value::Null)
+    let properties = ApplicationProperties::builder()
+        .insert("operation", "READ")
+        .insert("name", entity)
+        .insert("type", "com.microsoft:eventhub")
         .build();
-    tx.send(request).await.map_err(|e| fail(format!("{e:?}")))?;
-    let reply = rx
-        .recv::<Body<Value>>()
-        .await
-        .map_err(|e| fail(format!("{e:?}")))?;
-    let _ = rx.accept(&reply).await;
-    let _ = tx.close().await;
-    let _ = rx.close().await;
-    let app = reply
-        .message()
-        .application_properties
-        .as_ref()
-        .map(|a| a.0.clone())
-        .unwrap_or_default();
-    let status = match app.get("status-code") {
-        Some(SimpleValue::Int(s)) => *s,
-        _ => 0,
-    };
-    if status != 200 {
-        let desc = match app.get("status-description") {
-            Some(SimpleValue::String(s)) => s.clone(),
-            _ => String::new(),
-        };
-        return Err(fail(format!("{status} {desc}")));
+    let reply = node_request(
+        session,
+        "$management",
+        "read-eventhub-1",
+        properties,
+        Value::Null,
+    )
+    .await
+    .map_err(fail)?;
+    if reply.status != 200 {
+        return Err(fail(format!("{} {}", reply.status, reply.description)));
     }
-    let Body::Value(AmqpValue(Value::Map(map))) = &reply.message().body else {
+    let Body::Value(AmqpValue(Value::Map(map))) = &reply.body else {
         return Err(fail("a reply that is not a map".into()));
     };
     let ids = map
