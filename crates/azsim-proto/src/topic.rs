@@ -53,7 +53,8 @@
 //! | `retry-after` missing from a DPS response | `None` (Python), not `0` (embedded C) |
 //! | C2D to another device id | parsed; [`parse_c2d`] returns the id and the caller compares (embedded C does not check it either) |
 //! | SUBSCRIBE `devices/{d}/messages/#` (spec trace) and `devices/{d}/modules/{m}/#` | **lenient** (hub): C2D and module inputs respectively, besides the canonical filters |
-//! | any other SUBSCRIBE filter, another identity's topics, `+` wildcards | **strict** (hub): [`TopicError::NotAllowed`] |
+//! | SUBSCRIBE [`C2D_WILDCARD_FILTER`] `devices/+/messages/devicebound/#` (azure-sdk-for-c's `AZ_IOT_HUB_CLIENT_C2D_SUBSCRIBE_TOPIC`, so the ESP-IDF/Arduino/FreeRTOS samples) | **lenient** (hub): a device's C2D; Azure accepts it and delivers only that device's messages |
+//! | any other SUBSCRIBE filter, another identity's topics, other `+` wildcards | **strict** (hub): [`TopicError::NotAllowed`] |
 //!
 //! What this module does not do: enforce the 5-subscription limit, QoS rules or message sizes
 //! (the hub's connection logic does), or interpret bodies.
@@ -71,6 +72,9 @@ pub const TWIN_RESPONSE_FILTER: &str = "$iothub/twin/res/#";
 pub const TWIN_DESIRED_FILTER: &str = "$iothub/twin/PATCH/properties/desired/#";
 /// SUBSCRIBE filter for DPS responses.
 pub const DPS_RESPONSE_FILTER: &str = "$dps/registrations/res/#";
+/// The C2D filter azure-sdk-for-c (the Embedded C SDK) subscribes with: the device id level is a
+/// `+`. Azure reads it as the connection's own C2D, never another device's.
+pub const C2D_WILDCARD_FILTER: &str = "devices/+/messages/devicebound/#";
 
 pub(crate) const METHOD_REQUEST_PREFIX: &str = "$iothub/methods/POST/";
 const METHOD_RESPONSE_PREFIX: &str = "$iothub/methods/res/";
@@ -352,8 +356,8 @@ pub fn write_module_inputs_filter<W: fmt::Write + ?Sized>(
 
 /// (hub side) Classifies a SUBSCRIBE filter sent by `id`.
 ///
-/// Accepted: the canonical filters, plus `devices/{d}/messages/#` for C2D and
-/// `devices/{d}/modules/{m}/#` for module inputs.
+/// Accepted: the canonical filters, plus `devices/{d}/messages/#` and [`C2D_WILDCARD_FILTER`] for
+/// a device's C2D and `devices/{d}/modules/{m}/#` for module inputs.
 ///
 /// # Errors
 /// [`TopicError::NotAllowed`] for anything else, including another identity's topics.
@@ -365,6 +369,8 @@ pub fn classify_subscription(
         METHODS_FILTER => return Ok(SubscriptionKind::Methods),
         TWIN_RESPONSE_FILTER => return Ok(SubscriptionKind::TwinResponses),
         TWIN_DESIRED_FILTER => return Ok(SubscriptionKind::DesiredPatches),
+        // Only the connection's own C2D is ever delivered under it, so the `+` widens nothing.
+        C2D_WILDCARD_FILTER if id.module_id.is_none() => return Ok(SubscriptionKind::C2d),
         _ => {}
     }
     // A `+` or a non-trailing `#` would widen the filter to other devices' topics whatever the
@@ -1298,9 +1304,21 @@ mod tests {
             classify_subscription("devices/d1/modules/m1/#", m),
             Ok(SubscriptionKind::ModuleInputs)
         );
+        // azure-sdk-for-c's filter: the device's own C2D (not a module's).
+        assert_eq!(
+            classify_subscription(C2D_WILDCARD_FILTER, dev),
+            Ok(SubscriptionKind::C2d)
+        );
+        assert_eq!(
+            classify_subscription(C2D_WILDCARD_FILTER, m),
+            Err(TopicError::NotAllowed)
+        );
         for f in [
             "devices/d2/messages/devicebound/#",
-            "devices/+/messages/devicebound/#",
+            "devices/+/messages/#",
+            "devices/+/messages/devicebound/+",
+            "devices/+/modules/m1/inputs/#",
+            "devices/+/+/devicebound/#",
             "#",
             "$iothub/#",
             "$iothub/twin/#",
@@ -1316,9 +1334,9 @@ mod tests {
             classify_subscription("devices/d1/messages/devicebound/#", m),
             Err(TopicError::NotAllowed)
         );
-        // A device whose id is a wildcard still gets no wildcard subscription.
+        // A device whose id is a wildcard gets no other wildcard subscription.
         assert_eq!(
-            classify_subscription("devices/+/messages/devicebound/#", Identity::device("+")),
+            classify_subscription("devices/+/messages/#", Identity::device("+")),
             Err(TopicError::NotAllowed)
         );
         assert_eq!(
