@@ -26,7 +26,7 @@ use crate::run_hub::Running;
 use crate::support::TestHub;
 
 /// TLS to the hub's HTTPS port.
-async fn tls(hub: &TestHub) -> TlsStream<TcpStream> {
+pub(crate) async fn tls(hub: &TestHub) -> TlsStream<TcpStream> {
     let tcp = TcpStream::connect(("127.0.0.1", hub.https_port))
         .await
         .unwrap();
@@ -40,7 +40,7 @@ async fn tls(hub: &TestHub) -> TlsStream<TcpStream> {
 }
 
 /// A WebSocket to `/$iothub/websocket` offering `protocol`, with no `Authorization` header.
-async fn websocket(
+pub(crate) async fn websocket(
     hub: &TestHub,
     protocol: Option<&str>,
 ) -> Result<WebSocketStream<TlsStream<TcpStream>>, tungstenite::Error> {
@@ -114,7 +114,7 @@ async fn wait_ws_closed(ws: &mut WebSocketStream<TlsStream<TcpStream>>) {
     .expect("the hub closes the websocket");
 }
 
-async fn recent(hub: &TestHub, device: &str) -> Vec<Value> {
+pub(crate) async fn recent(hub: &TestHub, device: &str) -> Vec<Value> {
     let (s, v) = hub
         .rest(
             Method::GET,

@@ -24,6 +24,7 @@ mod hub_service;
 mod hub_strict;
 mod hub_tls_profile;
 mod hub_websocket;
+mod hub_websocket_limits;
 mod hub_x509;
 mod real_hub;
 mod run_hub;

@@ -10,9 +10,18 @@
 //! (`HubLimits::connect_deadline`, from the upgrade) for the CONNECT and its SAS check, the
 //! CONNECT's size (`pre_auth_max_bytes`), and at most `max_pre_auth_connections` such
 //! WebSocket connections at once (the HTTPS listener's own cap ends at the first request).
-//! One difference: a WebSocket frame is read whole before its bytes reach the MQTT reader, so
-//! an unauthenticated client may make the hub hold one frame of up to the largest packet
-//! (`d2c_max_bytes` + 64 KiB) rather than `pre_auth_max_bytes`.
+//!
+//! tungstenite reads a frame whole (and reserves its announced length as soon as its header is
+//! in) before its bytes reach the MQTT reader, and its size limits are fixed for the life of a
+//! `WebSocketStream`. So until the CONNECT is authenticated the upgraded stream is read through
+//! [`PreAuthLimit`], which scans the frame headers as they arrive: a frame, or a fragmented
+//! message, whose payload is over `pre_auth_max_bytes` + [`PRE_AUTH_SLACK`] fails the read
+//! before tungstenite has buffered it, and the hub answers with close code 1009 (message too
+//! big) and ends the connection. From the CONNACK on the scan is off and tungstenite's own
+//! limits apply: a frame or message up to the largest packet (`d2c_max_bytes` + 64 KiB), past
+//! which it is closed with 1009 too. The upgrade request's head is bounded by the HTTPS
+//! listener (`rest/mod.rs`: its buffer is `pre_auth_max_bytes`, 431 beyond, and the header
+//! timeout).
 //!
 //! Framing is tungstenite's; [`WsBytes`] turns the binary messages into the byte stream MQTT
 //! runs over (the same adapter serves `azsim run --websockets` on the device side). MQTT
@@ -35,7 +44,8 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::sync::Semaphore;
 use tokio::time::Instant;
 use tokio_tungstenite::WebSocketStream;
-use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+use tokio_tungstenite::tungstenite::protocol::{CloseFrame, Role, WebSocketConfig};
 use tokio_tungstenite::tungstenite::{self, Message};
 
 use crate::hub::{Hub, LiveGuard};
@@ -44,6 +54,9 @@ use crate::hub::{Hub, LiveGuard};
 pub(crate) const PATH: &str = "/$iothub/websocket";
 /// The subprotocol a client must offer.
 pub const SUBPROTOCOL: &str = "mqtt";
+/// What a WebSocket message may carry before authentication beyond `pre_auth_max_bytes`: the
+/// CONNECT's fixed header and a small packet a client sends right behind it.
+pub(crate) const PRE_AUTH_SLACK: usize = 1024;
 
 /// The handler of [`PATH`], with its own cap on unauthenticated WebSocket connections.
 pub(crate) fn route(hub: &Hub) -> axum::routing::MethodRouter<Arc<Hub>> {
@@ -96,8 +109,13 @@ async fn upgrade(hub: Arc<Hub>, pre_auth: Arc<Semaphore>, mut req: Request) -> R
                     return None;
                 }
             };
+            let max = hub
+                .cfg
+                .limits
+                .pre_auth_max_bytes
+                .saturating_add(PRE_AUTH_SLACK);
             let ws = WebSocketStream::from_raw_socket(
-                TokioIo::new(upgraded),
+                PreAuthLimit::new(TokioIo::new(upgraded), max, peer),
                 Role::Server,
                 Some(config),
             )
@@ -106,7 +124,9 @@ async fn upgrade(hub: Arc<Hub>, pre_auth: Arc<Semaphore>, mut req: Request) -> R
         })
         .await;
         match opened {
-            Ok(Some(opened)) => {
+            Ok(Some(mut opened)) => {
+                // Authenticated: from here on tungstenite's limits (the largest packet) apply.
+                opened.stream.ws.get_mut().lift();
                 drop(permit);
                 super::connection(hub, opened, peer).await;
             }
@@ -175,6 +195,11 @@ pub struct WsBytes<S> {
     ws: WebSocketStream<S>,
     /// What is left of the last binary message.
     read: Bytes,
+    /// A frame or message too big to take: the read fails with this once the close frame
+    /// (1009) is out.
+    too_big: Option<io::Error>,
+    /// That close frame is queued.
+    close_queued: bool,
 }
 
 impl<S> std::fmt::Debug for WsBytes<S> {
@@ -191,7 +216,44 @@ impl<S> WsBytes<S> {
         Self {
             ws,
             read: Bytes::new(),
+            too_big: None,
+            close_queued: false,
         }
+    }
+}
+
+impl<S: AsyncRead + AsyncWrite + Unpin> WsBytes<S> {
+    /// Sends the close frame 1009 (message too big, RFC 6455 7.4.1); done when it is out or
+    /// cannot be sent.
+    fn poll_close_too_big(&mut self, cx: &mut Context<'_>) -> Poll<()> {
+        if !self.close_queued {
+            if ready!(Pin::new(&mut self.ws).poll_ready(cx)).is_err() {
+                return Poll::Ready(());
+            }
+            let frame = CloseFrame {
+                code: CloseCode::Size,
+                reason: "message too big".into(),
+            };
+            if Pin::new(&mut self.ws)
+                .start_send(Message::Close(Some(frame)))
+                .is_err()
+            {
+                return Poll::Ready(());
+            }
+            self.close_queued = true;
+        }
+        let _ = ready!(Pin::new(&mut self.ws).poll_flush(cx));
+        Poll::Ready(())
+    }
+}
+
+/// A frame or message over the size the reader accepts: tungstenite's own limit, or
+/// [`PreAuthLimit`]'s before authentication.
+fn is_too_big(e: &tungstenite::Error) -> bool {
+    match e {
+        tungstenite::Error::Capacity(_) => true,
+        tungstenite::Error::Io(io) => io.get_ref().is_some_and(|i| i.is::<TooBig>()),
+        _ => false,
     }
 }
 
@@ -216,6 +278,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin> AsyncRead for WsBytes<S> {
             return Poll::Ready(Ok(()));
         }
         loop {
+            if self.too_big.is_some() {
+                ready!(self.poll_close_too_big(cx));
+                let e = self.too_big.take();
+                return Poll::Ready(Err(e.unwrap_or_else(|| io::Error::other("too big"))));
+            }
             if !self.read.is_empty() {
                 let n = self.read.len().min(buf.remaining());
                 let chunk = self.read.split_to(n);
@@ -232,6 +299,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> AsyncRead for WsBytes<S> {
                         "websocket text message (mqtt needs binary)",
                     )));
                 }
+                Some(Err(e)) if is_too_big(&e) => self.too_big = Some(to_io(e)),
                 Some(Err(e)) => return Poll::Ready(Err(to_io(e))),
             }
         }
@@ -257,5 +325,276 @@ impl<S: AsyncRead + AsyncWrite + Unpin> AsyncWrite for WsBytes<S> {
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         Pin::new(&mut self.ws).poll_close(cx).map_err(to_io)
+    }
+}
+
+/// A frame or message larger than an unauthenticated client may send.
+#[derive(Debug)]
+struct TooBig {
+    size: u64,
+    max: u64,
+}
+
+impl std::fmt::Display for TooBig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "a websocket frame or message of {} bytes before authentication (at most {})",
+            self.size, self.max
+        )
+    }
+}
+
+impl std::error::Error for TooBig {}
+
+/// The upgraded stream under tungstenite until the CONNECT is authenticated: every frame
+/// header read is checked as it arrives, and a frame, or a fragmented message, whose payload
+/// is over the pre-auth cap fails the read (the bytes are dropped, tungstenite never holds
+/// them). [`PreAuthLimit::lift`] ends the scan.
+pub(crate) struct PreAuthLimit<S> {
+    inner: S,
+    /// `None` once lifted.
+    scan: Option<FrameScan>,
+    peer: SocketAddr,
+}
+
+impl<S> PreAuthLimit<S> {
+    fn new(inner: S, max: usize, peer: SocketAddr) -> Self {
+        PreAuthLimit {
+            inner,
+            scan: Some(FrameScan::new(u64::try_from(max).unwrap_or(u64::MAX))),
+            peer,
+        }
+    }
+
+    /// The client is authenticated: no more scanning.
+    fn lift(&mut self) {
+        self.scan = None;
+    }
+}
+
+impl<S: AsyncRead + Unpin> AsyncRead for PreAuthLimit<S> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        let before = buf.filled().len();
+        ready!(Pin::new(&mut this.inner).poll_read(cx, buf))?;
+        if let Some(scan) = &mut this.scan
+            && let Err(size) = scan.feed(&buf.filled()[before..])
+        {
+            buf.set_filled(before);
+            let max = scan.max;
+            tracing::info!(peer = %this.peer, bytes = size, limit = max, "closed: websocket frame or message larger than an unauthenticated client may send (1009)");
+            return Poll::Ready(Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                TooBig { size, max },
+            )));
+        }
+        Poll::Ready(Ok(()))
+    }
+}
+
+impl<S: AsyncWrite + Unpin> AsyncWrite for PreAuthLimit<S> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        data: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write(cx, data)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
+/// Follows the frame boundaries of a client's byte stream (RFC 6455 5.2) and checks each
+/// frame's payload length, and the sum over a fragmented message's frames, against `max` as
+/// soon as the frame's header is in.
+#[derive(Debug)]
+struct FrameScan {
+    max: u64,
+    /// The header being gathered (at most 2 + 8 length + 4 mask bytes).
+    head: [u8; 14],
+    have: usize,
+    /// Payload bytes of the current frame still to come.
+    left: u64,
+    /// The payload of the current data message so far.
+    message: u64,
+}
+
+impl FrameScan {
+    fn new(max: u64) -> FrameScan {
+        FrameScan {
+            max,
+            head: [0; 14],
+            have: 0,
+            left: 0,
+            message: 0,
+        }
+    }
+
+    /// Takes the next bytes of the stream; the size of the first frame or message over `max`.
+    fn feed(&mut self, mut bytes: &[u8]) -> Result<(), u64> {
+        while let Some((&first, rest)) = bytes.split_first() {
+            if self.left > 0 {
+                let n = bytes
+                    .len()
+                    .min(usize::try_from(self.left).unwrap_or(usize::MAX));
+                self.left -= n as u64;
+                bytes = &bytes[n..];
+                continue;
+            }
+            self.head[self.have] = first;
+            self.have += 1;
+            bytes = rest;
+            if self.have < 2 {
+                continue;
+            }
+            let short = self.head[1] & 0x7F;
+            let ext = match short {
+                126 => 2,
+                127 => 8,
+                _ => 0,
+            };
+            let mask = if self.head[1] & 0x80 != 0 { 4 } else { 0 };
+            if self.have < 2 + ext + mask {
+                continue;
+            }
+            let h = &self.head;
+            let len = match ext {
+                0 => u64::from(short),
+                2 => u64::from(u16::from_be_bytes([h[2], h[3]])),
+                _ => u64::from_be_bytes([h[2], h[3], h[4], h[5], h[6], h[7], h[8], h[9]]),
+            };
+            let size = match h[0] & 0x0F {
+                // A continuation adds to its message; text and binary start one.
+                0 => {
+                    self.message = self.message.saturating_add(len);
+                    self.message
+                }
+                1 | 2 => {
+                    self.message = len;
+                    len
+                }
+                // Control frames stand alone.
+                _ => len,
+            };
+            if size > self.max {
+                return Err(size);
+            }
+            self.have = 0;
+            self.left = len;
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A client frame header (masked) for `opcode` with `fin` and a payload of `len`.
+    fn header(fin: bool, opcode: u8, len: u64) -> Vec<u8> {
+        let mut h = vec![if fin { 0x80 } else { 0 } | opcode];
+        match len {
+            0..=125 => h.push(0x80 | len as u8),
+            126..=0xFFFF => {
+                h.push(0x80 | 126);
+                h.extend_from_slice(&(len as u16).to_be_bytes());
+            }
+            _ => {
+                h.push(0x80 | 127);
+                h.extend_from_slice(&len.to_be_bytes());
+            }
+        }
+        h.extend_from_slice(&[1, 2, 3, 4]);
+        h
+    }
+
+    fn frame(fin: bool, opcode: u8, len: usize) -> Vec<u8> {
+        let mut f = header(fin, opcode, len as u64);
+        f.resize(f.len() + len, 0xAB);
+        f
+    }
+
+    #[test]
+    fn frames_up_to_the_cap_pass_in_any_split_and_a_bigger_one_fails_at_its_header() {
+        let mut stream = Vec::new();
+        for len in [0, 5, 125, 126, 1000, 65_535, 65_536, 70_000] {
+            stream.extend(frame(true, 2, len));
+        }
+        stream.extend(frame(true, 9, 4)); // a ping
+        for step in [1, 3, 7, 4096, stream.len()] {
+            let mut scan = FrameScan::new(70_000);
+            for chunk in stream.chunks(step) {
+                assert_eq!(scan.feed(chunk), Ok(()), "step {step}");
+            }
+            assert_eq!((scan.have, scan.left), (0, 0), "step {step}");
+        }
+        // 100 KiB announced: refused with the header alone, before any payload.
+        for len in [70_001u64, 100 * 1024, 1 << 40] {
+            let mut scan = FrameScan::new(70_000);
+            let h = header(true, 2, len);
+            let (last, first) = h.split_last().unwrap();
+            assert_eq!(scan.feed(first), Ok(()));
+            assert_eq!(scan.feed(&[*last]), Err(len));
+        }
+    }
+
+    #[test]
+    fn a_fragmented_message_counts_its_frames_together_and_control_frames_apart() {
+        let mut scan = FrameScan::new(1000);
+        assert_eq!(scan.feed(&frame(false, 2, 600)), Ok(()));
+        assert_eq!(scan.feed(&frame(true, 9, 100)), Ok(())); // a ping between fragments
+        assert_eq!(scan.feed(&frame(false, 0, 400)), Ok(()));
+        assert_eq!(scan.feed(&header(true, 0, 1)), Err(1001));
+        // A new message starts from zero.
+        let mut scan = FrameScan::new(1000);
+        assert_eq!(scan.feed(&frame(true, 2, 900)), Ok(()));
+        assert_eq!(scan.feed(&frame(true, 2, 900)), Ok(()));
+    }
+
+    #[tokio::test]
+    async fn the_limit_drops_an_oversized_frame_s_bytes_and_lifting_it_lets_them_through() {
+        let big = frame(true, 2, 5000);
+        let peer = SocketAddr::from(([127, 0, 0, 1], 1));
+        let (mut client, server) = tokio::io::duplex(1 << 16);
+        let mut limited = PreAuthLimit::new(server, 1000, peer);
+        tokio::io::AsyncWriteExt::write_all(&mut client, &big[..100])
+            .await
+            .unwrap();
+        let mut buf = [0u8; 4096];
+        let e = tokio::io::AsyncReadExt::read(&mut limited, &mut buf)
+            .await
+            .unwrap_err();
+        assert!(e.get_ref().is_some_and(|i| i.is::<TooBig>()), "{e}");
+        limited.lift();
+        tokio::io::AsyncWriteExt::write_all(&mut client, &big[100..])
+            .await
+            .unwrap();
+        let n = tokio::io::AsyncReadExt::read(&mut limited, &mut buf)
+            .await
+            .unwrap();
+        assert!(n > 0);
     }
 }

@@ -120,7 +120,9 @@ pub(crate) async fn accept_loop(
             builder
                 .http1()
                 .timer(TokioTimer::new())
-                .header_read_timeout(limits.http_header_timeout);
+                .header_read_timeout(limits.http_header_timeout)
+                // A request's head (a WebSocket upgrade's too) is at most the pre-auth cap: 431.
+                .max_buf_size(limits.pre_auth_max_bytes.max(8192));
             let conn = builder
                 .serve_connection_with_upgrades(TokioIo::new(tls), TowerToHyperService::new(svc));
             tokio::select! {
