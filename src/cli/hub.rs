@@ -183,16 +183,9 @@ pub struct HubServeArgs {
         default_value = "power-loss"
     )]
     pub durability: String,
-    /// Seconds a connection may take from its TCP accept to being authenticated, in total:
-    /// TLS handshake and CONNECT (MQTT), or TLS handshake and first request headers (HTTPS).
-    /// 1 to 3600; default 10.
-    #[arg(long, value_name = "SECS")]
-    pub connect_deadline: Option<String>,
-    /// How many connections per listener (MQTT, HTTPS) may be open and not yet authenticated
-    /// at once; beyond it a new one is closed as soon as it is accepted. 1 to 1000000;
-    /// default 512.
-    #[arg(long, value_name = "N")]
-    pub max_pre_auth: Option<String>,
+    /// Every limit of the hub (connect deadline, pre-auth caps, HTTP timeouts, C2D, feedback).
+    #[command(flatten)]
+    pub limits: Box<super::hub_limits::HubLimitArgs>,
 }
 
 /// `--state` alone.
@@ -272,10 +265,8 @@ pub struct HubCliConfig {
     pub units: u32,
     /// `--durability`.
     pub durability: azsim_emulator::store::Durability,
-    /// `--connect-deadline` (`HubLimits::connect_deadline`).
-    pub connect_deadline: std::time::Duration,
-    /// `--max-pre-auth` (`HubLimits::max_pre_auth_connections`).
-    pub max_pre_auth: usize,
+    /// Every `HubLimits` value (`cli/hub_limits.rs`).
+    pub limits: azsim_emulator::HubLimits,
 }
 
 /// Validated `azsim hub env` settings.
@@ -520,35 +511,10 @@ impl HubServeArgs {
                 ));
             }
         };
-        let defaults = azsim_emulator::HubLimits::default();
-        let connect_deadline = match self.connect_deadline.as_deref() {
-            None => defaults.connect_deadline,
-            Some(v) => match v.parse::<u64>() {
-                Ok(s @ 1..=3600) => std::time::Duration::from_secs(s),
-                _ => {
-                    return Err(UsageError::new(
-                        "--connect-deadline",
-                        "must be whole seconds, 1 to 3600",
-                    ));
-                }
-            },
-        };
-        let max_pre_auth = match self.max_pre_auth.as_deref() {
-            None => defaults.max_pre_auth_connections,
-            Some(v) => match v.parse::<usize>() {
-                Ok(n @ 1..=1_000_000) => n,
-                _ => {
-                    return Err(UsageError::new(
-                        "--max-pre-auth",
-                        "must be a number of connections, 1 to 1000000",
-                    ));
-                }
-            },
-        };
+        let limits = self.limits.into_limits()?;
         Ok(HubCliConfig {
             durability,
-            connect_deadline,
-            max_pre_auth,
+            limits,
             tls,
             lenient: self.lenient,
             tier,

@@ -19,6 +19,7 @@ pub mod device;
 pub mod dps;
 pub mod fleet;
 pub mod hub;
+pub mod hub_limits;
 pub mod invoke;
 pub mod job;
 pub mod monitor;

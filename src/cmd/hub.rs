@@ -101,6 +101,7 @@ impl LiveHub {
             "id_scope": self.info.id_scope,
             "provisioning_host": self.info.provisioning_host,
             "provisioning_service_connection_string": self.info.provisioning_service_connection_string,
+            "settings": self.info.settings,
         })
     }
 }
@@ -254,8 +255,7 @@ async fn serve(cfg: HubCliConfig) -> Result<ExitCode, CliError> {
     hc.tier = cfg.tier;
     hc.units = cfg.units;
     hc.durability = cfg.durability;
-    hc.limits.connect_deadline = cfg.connect_deadline;
-    hc.limits.max_pre_auth_connections = cfg.max_pre_auth;
+    hc.limits = cfg.limits.clone();
     let handle = azsim_emulator::start(hc, cfg.bind, cfg.mqtt_port, cfg.https_port)
         .await
         .map_err(CliError::runtime)?;
@@ -292,6 +292,7 @@ async fn serve(cfg: HubCliConfig) -> Result<ExitCode, CliError> {
                 "id_scope": info.id_scope,
                 "provisioning_host": info.provisioning_host,
                 "provisioning_service_connection_string": info.provisioning_service_connection_string,
+                "settings": info.settings,
             })
         );
     } else {
@@ -334,6 +335,17 @@ async fn serve(cfg: HubCliConfig) -> Result<ExitCode, CliError> {
                 azsim_emulator::store::Durability::ProcessCrash =>
                     "; survives a kill, not a power cut",
             }
+        );
+        let l = &cfg.limits;
+        println!(
+            "  limits:          connect deadline {} s, {} connections and {} bytes before auth, \
+             HTTP header/idle/body {}/{}/{} s (all in hub.json)",
+            l.connect_deadline.as_secs(),
+            l.max_pre_auth_connections,
+            l.pre_auth_max_bytes,
+            l.http_header_timeout.as_secs(),
+            l.http_idle_timeout.as_secs(),
+            l.http_body_timeout.as_secs()
         );
         println!("  state dir:       {}", cfg.state.display());
         if let Some(url) = &info.dashboard_url {
@@ -419,12 +431,10 @@ async fn start(cfg: HubCliConfig) -> Result<ExitCode, CliError> {
         .args(["--partitions", &cfg.partitions.to_string()])
         .args(["--hostname", &cfg.hostname, "--json"])
         .args(["--tls", cfg.tls.name()])
-        .args(["--durability", durability_name(cfg.durability)])
-        .args([
-            "--connect-deadline",
-            &cfg.connect_deadline.as_secs().to_string(),
-        ])
-        .args(["--max-pre-auth", &cfg.max_pre_auth.to_string()]);
+        .args(["--durability", durability_name(cfg.durability)]);
+    for (flag, value) in crate::cli::hub_limits::limit_args(&cfg.limits) {
+        cmd.args([flag, &value]);
+    }
     match cfg.dashboard_port {
         DashboardPort::Off => {
             cmd.args(["--dashboard-port", "off"]);
@@ -527,6 +537,24 @@ async fn stop(state: &Path) -> Result<ExitCode, CliError> {
     Ok(ExitCode::SUCCESS)
 }
 
+/// `, tls azure, durability power-loss, strict, tier S1 x 2` for `azsim hub status` (the
+/// limits are in `--json`).
+fn settings_summary(s: &azsim_emulator::settings::HubSettings) -> String {
+    let mut out = format!(
+        ", tls {}, durability {}, {}",
+        s.tls,
+        s.durability,
+        if s.strict { "strict" } else { "lenient" }
+    );
+    if let Some(t) = &s.tier {
+        out += &format!(", tier {t} x {}", s.units);
+    }
+    if s.in_memory {
+        out += ", in-memory";
+    }
+    out
+}
+
 /// `azsim hub status`: exit 0 when running, 1 when not.
 async fn status(state: &Path, json: bool) -> Result<ExitCode, CliError> {
     let hub = live_hub(state).await.map_err(CliError::check_failed)?;
@@ -534,13 +562,18 @@ async fn status(state: &Path, json: bool) -> Result<ExitCode, CliError> {
         println!("{}", hub.ready_json());
     } else {
         println!(
-            "running: pid {}, mqtts://{}:{}, https://{}:{}, state {}",
+            "running: pid {}, mqtts://{}:{}, https://{}:{}, state {}{}",
             hub.info.pid,
             hub.info.hostname,
             hub.info.mqtt_port,
             hub.info.hostname,
             hub.info.https_port,
-            hub.state.display()
+            hub.state.display(),
+            hub.info
+                .settings
+                .as_ref()
+                .map(settings_summary)
+                .unwrap_or_default()
         );
     }
     Ok(ExitCode::SUCCESS)
@@ -597,6 +630,7 @@ mod tests {
             provisioning_host: String::new(),
             provisioning_service_connection_string: String::new(),
             policies: Vec::new(),
+            settings: None,
         }
     }
 

@@ -574,3 +574,170 @@ fn start_on_a_port_in_use_exits_1_with_the_hubs_reason() {
     assert!(err.contains("in use"), "{err}");
     assert_eq!(code(&status(&dir)), 1);
 }
+
+/// What a hub runs with is recorded (issue 11): `azsim hub start` with non-default settings and
+/// limits passes every one to its detached hub, whose `hub.json`, ready JSON and
+/// `status --json` all show them; `status` names the TLS profile, durability, strictness and
+/// tier; a limit is really in force (`--c2d-queue-cap 1` refuses a second queued message);
+/// and a `hub.json` from before the settings were recorded still reads.
+#[test]
+fn a_started_hub_records_the_settings_and_limits_it_runs_with() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("hub");
+    let st = state_arg(&dir);
+    let _guard = StopOnDrop(dir.clone());
+    let out = azsim(&[
+        "hub",
+        "start",
+        "--state",
+        &st,
+        "--mqtt-port",
+        "0",
+        "--https-port",
+        "0",
+        "--dashboard-port",
+        "off",
+        "--tls",
+        "modern",
+        "--durability",
+        "process-crash",
+        "--lenient",
+        "--tier",
+        "S2",
+        "--units",
+        "3",
+        "--in-memory",
+        "--connect-deadline",
+        "7",
+        "--max-pre-auth",
+        "9",
+        "--pre-auth-max-bytes",
+        "4096",
+        "--http-header-timeout",
+        "3",
+        "--http-idle-timeout",
+        "44",
+        "--http-body-timeout",
+        "5",
+        "--c2d-ttl",
+        "120",
+        "--c2d-max-delivery-count",
+        "3",
+        "--feedback-ttl",
+        "600",
+        "--feedback-lock",
+        "30",
+        "--feedback-max-delivery-count",
+        "2",
+        "--c2d-queue-cap",
+        "1",
+        "--c2d-max-bytes",
+        "2048",
+        "--d2c-max-bytes",
+        "8192",
+        "--max-subscriptions",
+        "6",
+        "--max-keep-alive",
+        "600",
+        "--event-log-cap",
+        "500",
+    ]);
+    assert_eq!(code(&out), 0, "{}", text(&out.stderr));
+    let ready: Value = serde_json::from_str(text(&out.stdout).trim()).unwrap();
+    let expected = serde_json::json!({
+        "tls": "modern", "durability": "process-crash", "strict": false, "in_memory": true,
+        "tier": "S2", "units": 3, "partitions": 4,
+        "routes": ["telemetry", "twin", "lifecycle", "connection"],
+        "limits": {
+            "connect_deadline_ms": 7000, "max_pre_auth_connections": 9,
+            "pre_auth_max_bytes": 4096, "http_header_timeout_ms": 3000,
+            "http_idle_timeout_ms": 44000, "http_body_timeout_ms": 5000,
+            "c2d_default_ttl_ms": 120000, "c2d_max_delivery_count": 3,
+            "feedback_ttl_ms": 600000, "feedback_lock_timeout_ms": 30000,
+            "feedback_max_delivery_count": 2, "c2d_queue_cap": 1, "c2d_max_bytes": 2048,
+            "d2c_max_bytes": 8192, "max_subscriptions": 6, "max_keep_alive_secs": 600,
+            "event_log_cap": 500,
+        },
+    });
+    assert_eq!(ready["settings"], expected, "ready JSON");
+    let json: Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("hub.json")).unwrap()).unwrap();
+    assert_eq!(json["settings"], expected, "hub.json");
+    let s = azsim(&["hub", "status", "--state", &st, "--json"]);
+    assert_eq!(code(&s), 0, "{}", text(&s.stderr));
+    let sj: Value = serde_json::from_str(text(&s.stdout).trim()).unwrap();
+    assert_eq!(sj["settings"], expected, "status --json");
+    let s = status(&dir);
+    let line = text(&s.stdout);
+    assert!(
+        line.contains("tls modern, durability process-crash, lenient, tier S2 x 3, in-memory"),
+        "{line}"
+    );
+
+    // The queue cap is in force: one message queued, the second refused.
+    let d = azsim(&["device", "create", "capped", "--state", &st]);
+    assert_eq!(code(&d), 0, "{}", text(&d.stderr));
+    let first = azsim(&["c2d", "send", "capped", "one", "--state", &st]);
+    assert_eq!(code(&first), 0, "{}", text(&first.stderr));
+    let second = azsim(&["c2d", "send", "capped", "two", "--state", &st]);
+    assert_eq!(code(&second), 1, "a second message over --c2d-queue-cap 1");
+
+    // A hub.json written before the settings were recorded still reads.
+    write_json(&dir.join("hub.json"), |v| {
+        v.as_object_mut().unwrap().remove("settings");
+    });
+    let s = azsim(&["hub", "status", "--state", &st, "--json"]);
+    assert_eq!(code(&s), 0, "{}", text(&s.stderr));
+    let sj: Value = serde_json::from_str(text(&s.stdout).trim()).unwrap();
+    assert!(sj["settings"].is_null(), "{sj}");
+    assert_eq!(code(&status(&dir)), 0);
+    assert_eq!(code(&stop(&dir)), 0);
+}
+
+/// Every limit flag refuses a value out of its range with one line naming it and exit 2, in
+/// the foreground and for `azsim hub start`, before anything starts.
+#[test]
+fn a_limit_out_of_range_is_one_line_naming_its_flag_and_exit_2() {
+    let tmp = tempfile::tempdir().unwrap();
+    let st = state_arg(&tmp.path().join("hub"));
+    for (flag, bad) in [
+        ("--pre-auth-max-bytes", "100"),
+        ("--http-header-timeout", "0"),
+        ("--http-idle-timeout", "86401"),
+        ("--http-body-timeout", "soon"),
+        ("--c2d-ttl", "59"),
+        ("--c2d-max-delivery-count", "101"),
+        ("--feedback-ttl", "172801"),
+        ("--feedback-lock", "4"),
+        ("--feedback-max-delivery-count", "0"),
+        ("--c2d-queue-cap", "0"),
+        ("--c2d-max-bytes", "1023"),
+        ("--d2c-max-bytes", "1048577"),
+        ("--max-subscriptions", "1001"),
+        ("--max-keep-alive", "0"),
+        ("--event-log-cap", "99"),
+    ] {
+        for start in [false, true] {
+            let mut args = vec!["hub"];
+            if start {
+                args.push("start");
+            }
+            args.extend([
+                "--state",
+                &st,
+                "--mqtt-port",
+                "0",
+                "--https-port",
+                "0",
+                flag,
+                bad,
+            ]);
+            let out = azsim(&args);
+            let err = text(&out.stderr);
+            assert_eq!(code(&out), 2, "{flag} {bad}: {err}");
+            assert_eq!(err.trim().lines().count(), 1, "{err}");
+            assert!(err.contains(flag), "{flag}: {err}");
+        }
+    }
+    assert!(!tmp.path().join("hub").exists(), "nothing started");
+}

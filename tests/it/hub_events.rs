@@ -267,6 +267,7 @@ fn hub_info_debug_redacts_the_service_key() {
         provisioning_host: String::new(),
         provisioning_service_connection_string: String::new(),
         policies: Vec::new(),
+        settings: None,
     };
     let d = format!("{info:?}");
     assert!(!d.contains("c2VjcmV0"), "{d}");

@@ -402,6 +402,7 @@ impl Hub {
                     rights: p.rights.iter().map(|r| r.name().to_string()).collect(),
                 })
                 .collect(),
+            settings: Some(crate::settings::HubSettings::of(&self.cfg)),
         })
     }
 }

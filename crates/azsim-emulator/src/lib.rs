@@ -40,6 +40,7 @@ mod mqtt;
 pub mod query;
 mod rest;
 pub mod routing;
+pub mod settings;
 pub mod state_dir;
 pub mod store;
 mod telemetry;
@@ -260,6 +261,10 @@ pub struct HubInfo {
     /// The shared access policies (Azure's five), their keys and permissions.
     #[serde(default)]
     pub policies: Vec<PolicyInfo>,
+    /// What the hub enforces: TLS profile, durability, strict or lenient, tier, every limit
+    /// (none in a `hub.json` written before it was recorded).
+    #[serde(default)]
+    pub settings: Option<settings::HubSettings>,
 }
 
 /// One shared access policy in `hub.json`.
@@ -299,6 +304,7 @@ impl std::fmt::Debug for HubInfo {
             .field("provisioning_host", &self.provisioning_host)
             .field("provisioning_service_connection_string", &"<redacted>")
             .field("policies", &self.policies)
+            .field("settings", &self.settings)
             .finish()
     }
 }
