@@ -318,6 +318,7 @@ pub(crate) fn router(hub: Shared) -> Router {
         .route("/emulator/devices/{id}/faults", post(fault::inject_fault))
         .route("/emulator/events", get(events::events_sse))
         .route("/emulator/events/recent", get(events::events_recent))
+        .route("/emulator/routing", get(crate::routing::stats))
         .route(
             crate::mqtt::websocket::PATH,
             crate::mqtt::websocket::route(&hub),
@@ -335,6 +336,8 @@ pub(crate) struct ApiError {
     name: &'static str,
     message: String,
     info: Value,
+    /// Written in the older shape, `ErrorCode:{name};{message}` (see [`render_error`]).
+    older_shape: bool,
 }
 
 impl ApiError {
@@ -350,18 +353,26 @@ impl ApiError {
             name,
             message: message.into(),
             info: json!({}),
+            older_shape: false,
         }
     }
     pub(crate) fn bad(message: impl Into<String>) -> ApiError {
         ApiError::new(StatusCode::BAD_REQUEST, 400004, "ArgumentInvalid", message)
     }
+    /// In the older shape, as IoT Hub answers an unknown device (a registry or twin call): the
+    /// Node service SDK (azure-iothub) reads `ErrorCode:DeviceNotFound` to raise
+    /// DeviceNotFoundError and falls back to a plain `Error('Not found')` on the other shape
+    /// (Azure/azure-iot-sdk-node#971, fixed on the service's side).
     pub(crate) fn device_not_found(id: &str) -> ApiError {
-        ApiError::new(
-            StatusCode::NOT_FOUND,
-            404001,
-            "DeviceNotFound",
-            format!("Device {id} not registered"),
-        )
+        ApiError {
+            older_shape: true,
+            ..ApiError::new(
+                StatusCode::NOT_FOUND,
+                404001,
+                "DeviceNotFound",
+                format!("Device {id} not registered"),
+            )
+        }
     }
     fn module_not_found(id: &str, m: &str) -> ApiError {
         ApiError::new(
@@ -404,8 +415,10 @@ impl From<HubError> for ApiError {
 #[derive(Debug, Clone)]
 struct PendingError {
     code: u32,
+    name: &'static str,
     message: String,
     info: Value,
+    older_shape: bool,
 }
 
 impl IntoResponse for ApiError {
@@ -415,8 +428,10 @@ impl IntoResponse for ApiError {
             .insert("iothub-errorcode", HeaderValue::from_static(self.name));
         r.extensions_mut().insert(PendingError {
             code: self.code,
+            name: self.name,
             message: self.message,
             info: self.info,
+            older_shape: self.older_shape,
         });
         r
     }
@@ -428,6 +443,39 @@ fn render_error(clock: &crate::clock::Clock, mut r: Response) -> Response {
     let Some(e) = r.extensions_mut().remove::<PendingError>() else {
         return r;
     };
+    let body = if e.older_shape {
+        json!({
+            "Message": format!("ErrorCode:{};{}", e.name, e.message),
+            "ExceptionMessage": tracking_exception_message(clock),
+        })
+    } else {
+        newer_shape(clock, e)
+    };
+    *r.body_mut() = axum::body::Body::from(body.to_string());
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    r
+}
+
+/// The `ExceptionMessage` of the older error shape: `Tracking ID:{id}-G:0-TimeStamp:{MM/dd/yyyy
+/// HH:mm:ss}` on the hub's clock.
+pub(crate) fn tracking_exception_message(clock: &crate::clock::Clock) -> String {
+    // RFC 3339 `2026-12-05T07:49:05.123Z` -> `12/05/2026 07:49:05`.
+    let t = clock.now_rfc3339();
+    let stamp = match (t.get(0..4), t.get(5..7), t.get(8..10), t.get(11..19)) {
+        (Some(y), Some(mo), Some(d), Some(hms)) => format!("{mo}/{d}/{y} {hms}"),
+        _ => t.clone(),
+    };
+    format!(
+        "Tracking ID:{}-G:0-TimeStamp:{stamp}",
+        uuid::Uuid::new_v4().simple()
+    )
+}
+
+/// `{"Message": "<the error as JSON text>", "ExceptionMessage": ""}`.
+fn newer_shape(clock: &crate::clock::Clock, e: PendingError) -> Value {
     let inner = json!({
         "errorCode": e.code,
         "trackingId": uuid::Uuid::new_v4().simple().to_string(),
@@ -435,13 +483,7 @@ fn render_error(clock: &crate::clock::Clock, mut r: Response) -> Response {
         "info": e.info,
         "timestampUtc": clock.now_rfc3339(),
     });
-    let body = json!({"Message": inner.to_string(), "ExceptionMessage": ""});
-    *r.body_mut() = axum::body::Body::from(body.to_string());
-    r.headers_mut().insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("application/json"),
-    );
-    r
+    json!({"Message": inner.to_string(), "ExceptionMessage": ""})
 }
 
 type ApiResult = Result<Response, ApiError>;
