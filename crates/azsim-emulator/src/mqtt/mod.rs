@@ -294,6 +294,7 @@ pub(crate) async fn connection<S: Io>(hub: Arc<Hub>, opened: Box<Opened<S>>, pee
         commits: Arc::default(),
         last_seq: 0,
         held_pubacks: VecDeque::new(),
+        batch: Default::default(),
         model_id,
     };
     // Session state: a persistent session keeps its subscriptions (and so its C2D delivery).

@@ -24,7 +24,7 @@ use serde_json::{Value, json};
 use super::{Close, max_packet, packet_name};
 use crate::fault::{self, Fault};
 use crate::hub::{Hub, Subs, twin_device_view};
-use crate::store::{C2dMessage, Commits, q};
+use crate::store::{C2dMessage, Commits, EventBatch, q};
 use crate::telemetry::{self, D2cRecord, Origin};
 use crate::twin;
 use crate::untrusted::Untrusted;
@@ -55,6 +55,9 @@ pub(super) struct Conn {
     /// PUBACKs not sent yet, in PUBLISH order: the packet id and the telemetry number that must
     /// be committed first.
     pub(super) held_pubacks: VecDeque<(u64, u16)>,
+    /// Telemetry of the read being handled, not yet handed to the writer (see
+    /// [`Conn::process`]).
+    pub(super) batch: EventBatch,
     /// The DTDL model id of the CONNECT's username (`model-id=`): recorded on the twin
     /// (`modelId`) and stamped on this connection's telemetry as `dt-dataschema`.
     pub(super) model_id: Option<String>,
@@ -79,8 +82,20 @@ impl Conn {
         f.store(on, Ordering::Release);
     }
 
-    /// Handle every complete packet in `buf`.
+    /// Handle every complete packet in `buf`. The telemetry among them goes to the writer
+    /// together once they are handled (or every [`EventBatch::MAX`] messages), also when the
+    /// connection is to close: what was received before a bad packet is stored as before.
     pub(super) async fn process(&mut self, buf: &mut BytesMut) -> Option<Close> {
+        let close = self.process_packets(buf).await;
+        if !self.send_batch().await {
+            return Some(Close::Ungraceful(
+                "the telemetry log is not running: message not stored".into(),
+            ));
+        }
+        close
+    }
+
+    async fn process_packets(&mut self, buf: &mut BytesMut) -> Option<Close> {
         let max = max_packet(&self.hub);
         loop {
             let p = match Packet::read(buf, max) {
@@ -97,6 +112,11 @@ impl Conn {
                 return Some(c);
             }
         }
+    }
+
+    /// Hand the gathered telemetry to the writer; false when the writer is gone.
+    async fn send_batch(&mut self) -> bool {
+        self.batch.is_empty() || self.hub.store.log_batch(&mut self.batch).await
     }
 
     async fn handle(&mut self, p: Packet) -> Option<Close> {
@@ -502,8 +522,9 @@ impl Conn {
         }
     }
 
-    /// Store and broadcast one telemetry message (also used for the will). `props` is a
-    /// validated raw property bag. With `acked`, the message gets the next number for
+    /// Store and broadcast one telemetry message (also used for the will): it joins
+    /// [`Conn::batch`], sent once the read is handled (or now, when the batch is full). `props`
+    /// is a validated raw property bag. With `acked`, the message gets the next number for
     /// [`Conn::commits`]. False when the telemetry log is not running.
     async fn ingest(&mut self, props: String, payload: &[u8], acked: bool) -> bool {
         let record = D2cRecord {
@@ -522,13 +543,12 @@ impl Conn {
         }
         if acked {
             self.last_seq += 1;
-            self.hub
-                .store
-                .log_acked(record, &self.commits, self.last_seq)
-                .await
+            self.batch
+                .push(record, Some((&self.commits, self.last_seq)));
         } else {
-            self.hub.store.log_event(record).await
+            self.batch.push(record, None);
         }
+        !self.batch.is_full() || self.send_batch().await
     }
 
     pub(super) async fn ingest_will(&mut self, w: LastWill) {
@@ -548,6 +568,7 @@ impl Conn {
         }
         tracing::info!(client_id = %self.cid, "forwarding will message as telemetry");
         self.ingest(props, &w.message, false).await;
+        self.send_batch().await;
     }
 
     fn alloc_pkid(&mut self) -> u16 {

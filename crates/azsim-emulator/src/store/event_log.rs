@@ -7,7 +7,7 @@ use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 
 use rusqlite::{Connection, params};
-use tokio::sync::{mpsc, watch};
+use tokio::sync::{Semaphore, mpsc, watch};
 
 use super::{AckNote, Commits, WriterMsg};
 use crate::telemetry::D2cRecord;
@@ -39,9 +39,11 @@ pub(super) fn add_event_columns(c: &Connection) -> rusqlite::Result<()> {
     Ok(())
 }
 
-/// The most messages in one transaction: a bound on the writer's memory and on how long the
-/// first message of a batch waits for its PUBACK.
-const MAX_BATCH: usize = 4096;
+/// The most messages in one transaction (a batch may pass it by one connection's read): a bound
+/// on the writer's memory and on how long the first message of a batch waits for its PUBACK.
+/// As large as the queue: with a disk whose fsync is slow (a busy machine: 5-100 ms), the
+/// commit rate is what bounds the ingest, so a transaction takes everything that queued up.
+const MAX_BATCH: usize = super::QUEUE_MESSAGES;
 
 /// Telemetry rows per multi-row INSERT: one statement run (and one AUTOINCREMENT bookkeeping
 /// update) per this many messages.
@@ -80,7 +82,8 @@ fn bind_event(
 
 pub(super) fn event_writer(
     conn: Arc<Mutex<Connection>>,
-    mut rx: mpsc::Receiver<WriterMsg>,
+    mut rx: mpsc::UnboundedReceiver<WriterMsg>,
+    room: Arc<Semaphore>,
     cap: usize,
     committed: watch::Sender<u64>,
 ) {
@@ -94,7 +97,14 @@ pub(super) fn event_writer(
         let mut next = Some(first);
         while let Some(m) = next.take() {
             match m {
-                WriterMsg::Event(r, note) => events.push((r, note)),
+                WriterMsg::Event(r, note) => {
+                    events.push((r, note));
+                    room.add_permits(1);
+                }
+                WriterMsg::Events(mut v) => {
+                    room.add_permits(v.len());
+                    events.append(&mut v);
+                }
                 WriterMsg::Flush(f) => flushes.push(f),
             }
             if events.len() < MAX_BATCH {

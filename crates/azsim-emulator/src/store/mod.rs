@@ -29,7 +29,7 @@ use std::thread::JoinHandle;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use rusqlite::{Connection, params};
-use tokio::sync::{Notify, mpsc, oneshot, watch};
+use tokio::sync::{Notify, Semaphore, mpsc, oneshot, watch};
 
 use crate::HubError;
 use crate::telemetry::D2cRecord;
@@ -119,14 +119,58 @@ struct AckNote {
 
 enum WriterMsg {
     Event(D2cRecord, Option<AckNote>),
+    /// One connection's messages from one read, in order (see [`EventBatch`]).
+    Events(Vec<(D2cRecord, Option<AckNote>)>),
     Flush(oneshot::Sender<()>),
+}
+
+/// The most telemetry messages queued for the writer and not yet taken by it: past this,
+/// senders wait (bounds the hub's memory when the disk is slower than the devices).
+const QUEUE_MESSAGES: usize = 16_384;
+
+/// Telemetry messages a connection gathers while it handles one read, handed to the writer in
+/// one go by [`Store::log_batch`]: one queue operation and one wake-up of the writer per read
+/// instead of per message.
+#[derive(Default)]
+pub struct EventBatch(Vec<(D2cRecord, Option<AckNote>)>);
+
+impl std::fmt::Debug for EventBatch {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "EventBatch({} messages)", self.0.len())
+    }
+}
+
+impl EventBatch {
+    /// The most messages a batch holds; [`EventBatch::is_full`] says when to send it.
+    pub const MAX: usize = 64;
+
+    /// Add a message nobody waits for (`commit` `None`: a will, QoS 0), or one whose commit
+    /// `commits` reports as number `seq` (one more than the last number it was given).
+    pub fn push(&mut self, record: D2cRecord, commit: Option<(&Arc<Commits>, u64)>) {
+        let note = commit.map(|(c, seq)| AckNote {
+            commits: c.clone(),
+            seq,
+        });
+        self.0.push((record, note));
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    pub fn is_full(&self) -> bool {
+        self.0.len() >= Self::MAX
+    }
 }
 
 /// Handle to the database. Cheap to clone.
 #[derive(Clone)]
 pub struct Store {
     conn: Arc<Mutex<Connection>>,
-    events_tx: mpsc::Sender<WriterMsg>,
+    events_tx: mpsc::UnboundedSender<WriterMsg>,
+    /// Room in the writer's queue, in messages (of [`QUEUE_MESSAGES`]); the writer gives it
+    /// back as it takes messages out.
+    queue_room: Arc<Semaphore>,
     writer: Arc<Mutex<Option<JoinHandle<()>>>>,
     activity: Arc<crate::activity::Tracker>,
     /// Counts the writer's committed telemetry transactions (wakes Event Hubs readers).
@@ -221,16 +265,18 @@ impl Store {
         activity.load(q::activity_rows(&conn)?);
         let conn = Arc::new(Mutex::new(conn));
         start_activity_flusher(&conn, &activity)?;
-        let (tx, rx) = mpsc::channel(16_384);
-        let wconn = conn.clone();
+        let (tx, rx) = mpsc::unbounded_channel();
+        let queue_room = Arc::new(Semaphore::new(QUEUE_MESSAGES));
+        let (wconn, room) = (conn.clone(), queue_room.clone());
         let (committed_tx, events_committed) = watch::channel(0);
         let handle = std::thread::Builder::new()
             .name("azsim-hub-events".into())
-            .spawn(move || event_writer(wconn, rx, event_cap.max(1), committed_tx))
+            .spawn(move || event_writer(wconn, rx, room, event_cap.max(1), committed_tx))
             .map_err(|e| HubError::Store(e.to_string()))?;
         Ok(Store {
             conn,
             events_tx: tx,
+            queue_room,
             writer: Arc::new(Mutex::new(Some(handle))),
             activity,
             events_committed,
@@ -255,10 +301,28 @@ impl Store {
     /// Queue a telemetry message for the log, nobody waiting for its commit (a will, a QoS 0
     /// message). Waits only when the writer is far behind; false when the writer is gone.
     pub async fn log_event(&self, record: D2cRecord) -> bool {
-        self.events_tx
-            .send(WriterMsg::Event(record, None))
-            .await
-            .is_ok()
+        self.queue(1).await && self.events_tx.send(WriterMsg::Event(record, None)).is_ok()
+    }
+
+    /// Waits for room for `n` messages in the writer's queue and takes it.
+    async fn queue(&self, n: usize) -> bool {
+        match self.queue_room.acquire_many(n as u32).await {
+            Ok(permit) => {
+                permit.forget();
+                true
+            }
+            Err(_) => false,
+        }
+    }
+
+    /// Queue the messages of `batch` (emptying it) in their order. Waits only when the writer
+    /// is far behind; false when the writer is gone (they will never be committed).
+    pub async fn log_batch(&self, batch: &mut EventBatch) -> bool {
+        let events = std::mem::take(&mut batch.0);
+        if events.is_empty() {
+            return true;
+        }
+        self.queue(events.len()).await && self.events_tx.send(WriterMsg::Events(events)).is_ok()
     }
 
     /// Queue a telemetry message whose commit `commits` reports as number `seq` (one more than
@@ -269,10 +333,11 @@ impl Store {
             commits: commits.clone(),
             seq,
         };
-        self.events_tx
-            .send(WriterMsg::Event(record, Some(note)))
-            .await
-            .is_ok()
+        self.queue(1).await
+            && self
+                .events_tx
+                .send(WriterMsg::Event(record, Some(note)))
+                .is_ok()
     }
 
     /// Changes after each committed telemetry transaction.
@@ -283,7 +348,7 @@ impl Store {
     /// Wait until every event queued so far is committed.
     pub async fn flush(&self) {
         let (tx, rx) = oneshot::channel();
-        if self.events_tx.send(WriterMsg::Flush(tx)).await.is_ok() {
+        if self.events_tx.send(WriterMsg::Flush(tx)).is_ok() {
             let _ = rx.await;
         }
     }
@@ -407,6 +472,52 @@ mod tests {
             .query_row("SELECT COUNT(*) FROM events", [], |r| r.get(0))
             .unwrap();
         assert!(n >= 4, "{n} rows");
+        store.close().await;
+    }
+
+    #[tokio::test]
+    async fn batches_past_the_queue_size_are_all_committed_in_order() {
+        let store = Store::open(None, 100_000).unwrap();
+        let a = Arc::new(Commits::default());
+        let n = QUEUE_MESSAGES as u64 + 100;
+        let mut batch = EventBatch::default();
+        for seq in 1..=n {
+            // A QoS 0 message between acknowledged ones takes no number.
+            if seq % 100 == 0 {
+                batch.push(record(-1), None);
+            }
+            batch.push(record(seq as i64), Some((&a, seq)));
+            if batch.is_full() || seq == n {
+                // Waits for room once the queue is full: the writer must give it back.
+                let sent = tokio::time::timeout(
+                    std::time::Duration::from_secs(30),
+                    store.log_batch(&mut batch),
+                );
+                assert!(sent.await.expect("queue room given back"));
+                assert!(batch.is_empty());
+            }
+        }
+        while a.committed() < n {
+            a.changed().await;
+        }
+        assert!(!a.failed());
+        let (rows, in_order): (i64, bool) = store
+            .call(|c| {
+                let mut st = c
+                    .prepare("SELECT body FROM events ORDER BY seq")
+                    .map_err(db_err)?;
+                let bodies: Vec<i64> = st
+                    .query_map([], |r| r.get::<_, Vec<u8>>(0))
+                    .map_err(db_err)?
+                    .map(|b| String::from_utf8(b.unwrap()).unwrap().parse().unwrap())
+                    .filter(|&b| b >= 0)
+                    .collect();
+                Ok((bodies.len() as i64, bodies.windows(2).all(|w| w[0] < w[1])))
+            })
+            .await
+            .unwrap();
+        assert_eq!(rows, n as i64);
+        assert!(in_order);
         store.close().await;
     }
 
