@@ -57,7 +57,6 @@ mod proc;
 use brokers::*;
 use device::*;
 use proc::*;
-use std::collections::HashMap;
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -67,10 +66,6 @@ use std::time::{Duration, Instant};
 use azsim_emulator::clock::unix_now;
 use azsim_proto::sas;
 use azsim_proto::topic::{self, Identity};
-use rumqttc::{
-    AsyncClient, ConnectReturnCode, Event, EventLoop, MqttOptions, Outgoing, Packet, QoS,
-    TlsConfiguration, Transport,
-};
 use tokio::sync::{Barrier, Semaphore};
 
 #[derive(Debug, Clone)]
@@ -78,7 +73,10 @@ struct Params {
     devices: usize,
     messages: usize,
     payload: usize,
+    /// Unacknowledged PUBLISHes per device in the run at hand (one of `windows`).
     window: u16,
+    /// Every window to measure (`--window 1,10,100`): each round runs both brokers at each.
+    windows: Vec<u16>,
     connect_concurrency: usize,
     only: Option<String>,
     rounds: usize,
@@ -103,6 +101,7 @@ fn parse_params() -> Params {
         messages: env("AZSIM_LOAD_MESSAGES", 20),
         payload: 256,
         window: 1,
+        windows: vec![1],
         connect_concurrency: 200,
         only: None,
         rounds: 1,
@@ -120,7 +119,19 @@ fn parse_params() -> Params {
             "--devices" => p.devices = num(),
             "--messages" => p.messages = num(),
             "--payload" => p.payload = num(),
-            "--window" => p.window = u16::try_from(num()).unwrap_or(u16::MAX).max(1),
+            "--window" => {
+                p.windows = val
+                    .split(',')
+                    .map(|w| match w.trim().parse::<u16>() {
+                        Ok(w) if w > 0 => w,
+                        _ => {
+                            eprintln!("load: --window takes numbers 1-65535, comma-separated");
+                            std::process::exit(2)
+                        }
+                    })
+                    .collect();
+                p.window = p.windows[0];
+            }
             "--connect-concurrency" => p.connect_concurrency = num().max(1),
             "--only" => p.only = Some(val.clone()),
             "--rounds" => p.rounds = num().max(1),
@@ -355,7 +366,11 @@ fn main() {
         p.devices,
         p.messages,
         p.payload,
-        p.window,
+        p.windows
+            .iter()
+            .map(u16::to_string)
+            .collect::<Vec<_>>()
+            .join(" / "),
         if p.disk { "on disk" } else { "in memory" },
         if p.sync_full { "FULL" } else { "NORMAL" },
         p.tls
@@ -378,50 +393,81 @@ fn main() {
                 eprintln!("load: warm-up failed: {e}");
             }
         }
-        let (mut hub_runs, mut mosq_runs, mut ratios) = (Vec::new(), Vec::new(), Vec::new());
+        // Per window: every round's (msgs/s, broker CPU us/msg, KiB/device) and ratio.
+        let mut runs: Vec<WindowRuns> = p.windows.iter().map(|_| WindowRuns::default()).collect();
         for round in 0..p.rounds {
             if p.rounds > 1 {
                 println!("round {}/{}", round + 1, p.rounds);
             }
-            // Alternate who goes first, so a change in the machine's background load does not
-            // always favour the same side.
-            let hub_first = round % 2 == 0;
-            let mut hub_rate = None;
-            let mut mosq_rate = None;
-            for hub_turn in [hub_first, !hub_first] {
-                if hub_turn {
-                    hub_rate = run_hub(&p, dir.path()).await;
-                    hub_runs.extend(hub_rate);
-                } else {
-                    mosq_rate = run_mosquitto(&p, dir.path()).await;
-                    mosq_runs.extend(mosq_rate);
+            for (wi, &window) in p.windows.iter().enumerate() {
+                let pw = Arc::new(Params {
+                    window,
+                    ..(*p).clone()
+                });
+                if p.windows.len() > 1 {
+                    println!("window {window}");
+                }
+                // Alternate who goes first, so a change in the machine's background load does
+                // not always favour the same side.
+                let hub_first = (round + wi) % 2 == 0;
+                let mut hub_rate = None;
+                let mut mosq_rate = None;
+                for hub_turn in [hub_first, !hub_first] {
+                    if hub_turn {
+                        hub_rate = run_hub(&pw, dir.path()).await;
+                        runs[wi].hub.extend(hub_rate);
+                    } else {
+                        mosq_rate = run_mosquitto(&pw, dir.path()).await;
+                        runs[wi].mosq.extend(mosq_rate);
+                    }
+                }
+                if let (Some((h, _, _)), Some((m, _, _))) = (hub_rate, mosq_rate)
+                    && m > 0.0
+                {
+                    println!(
+                        "ratio      window {window}: azsim-hub / mosquitto ingest = {:.2}x",
+                        h / m
+                    );
+                    runs[wi].ratios.push(h / m);
                 }
             }
-            if let (Some((h, _, _)), Some((m, _, _))) = (hub_rate, mosq_rate)
-                && m > 0.0
-            {
-                println!("ratio      azsim-hub / mosquitto ingest = {:.2}x", h / m);
-                ratios.push(h / m);
+        }
+        if p.rounds > 1 || p.windows.len() > 1 {
+            for (w, r) in p.windows.iter().zip(&runs) {
+                r.summary(*w, p.rounds);
             }
         }
-        if p.rounds > 1 {
-            let list: Vec<String> = ratios.iter().map(|r| format!("{r:.2}x")).collect();
-            println!(
-                "summary    {} rounds | ratios {} | median ratio {:.2}x | median msgs/s hub {:.0}, \
-                 mosquitto {:.0} | median broker CPU per message hub {:.1} us, mosquitto {:.1} us | \
-                 median memory per device hub {:.1} KiB, mosquitto {:.1} KiB",
-                p.rounds,
-                list.join(" "),
-                median(&ratios),
-                median(&hub_runs.iter().map(|r| r.0).collect::<Vec<_>>()),
-                median(&mosq_runs.iter().map(|r| r.0).collect::<Vec<_>>()),
-                median(&hub_runs.iter().map(|r| r.1).collect::<Vec<_>>()),
-                median(&mosq_runs.iter().map(|r| r.1).collect::<Vec<_>>()),
-                median(&hub_runs.iter().map(|r| r.2).collect::<Vec<_>>()),
-                median(&mosq_runs.iter().map(|r| r.2).collect::<Vec<_>>()),
-            );
-        }
     });
+}
+
+/// One window's figures over the rounds.
+#[derive(Default)]
+struct WindowRuns {
+    hub: Vec<(f64, f64, f64)>,
+    mosq: Vec<(f64, f64, f64)>,
+    ratios: Vec<f64>,
+}
+
+impl WindowRuns {
+    fn summary(&self, window: u16, rounds: usize) {
+        let col = |v: &[(f64, f64, f64)], f: fn(&(f64, f64, f64)) -> f64| {
+            median(&v.iter().map(f).collect::<Vec<_>>())
+        };
+        let list: Vec<String> = self.ratios.iter().map(|r| format!("{r:.2}x")).collect();
+        println!(
+            "summary    window {window}, {rounds} rounds | ratios {} | median ratio {:.2}x | \
+             median msgs/s hub {:.0}, mosquitto {:.0} | median broker CPU per message hub {:.1} us, \
+             mosquitto {:.1} us | median memory per device hub {:.1} KiB, mosquitto {:.1} KiB",
+            list.join(" "),
+            median(&self.ratios),
+            col(&self.hub, |r| r.0),
+            col(&self.mosq, |r| r.0),
+            col(&self.hub, |r| r.1),
+            col(&self.mosq, |r| r.1),
+            col(&self.hub, |r| r.2),
+            col(&self.mosq, |r| r.2),
+        );
+    }
 }
 
 fn median(v: &[f64]) -> f64 {
