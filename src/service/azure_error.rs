@@ -74,6 +74,12 @@ impl AzureError {
                 .find(|(c, _)| *c == code)
                 .map(|(_, n)| (*n).to_owned());
         }
+        // The older shape (`ErrorCode:DeviceNotFound;...`) names the error without its number.
+        if err.code.is_none()
+            && let Some(name) = &err.name
+        {
+            err.code = KNOWN_CODES.iter().find(|(_, n)| n == name).map(|(c, _)| *c);
+        }
         if err.message.is_empty() {
             err.message = default_reason(status).to_owned();
         }
@@ -202,7 +208,8 @@ mod tests {
     fn error_code_prefix_text_is_decoded() {
         let body = br#"{"Message":"ErrorCode:DeviceNotFound;Device d9 not found","ExceptionMessage":"Tracking ID:x"}"#;
         let e = AzureError::from_response_parts(404, None, body);
-        assert_eq!(e.to_string(), "404 DeviceNotFound: Device d9 not found");
+        // The older shape names the error; its number comes from the known codes.
+        assert_eq!(e.to_string(), "404001 DeviceNotFound: Device d9 not found");
     }
 
     #[test]

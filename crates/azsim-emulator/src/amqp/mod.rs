@@ -2,9 +2,10 @@
 //! certificate on `--amqp-port` (5671), and a plain-AMQP listener on loopback for the Event
 //! Hubs SDKs' development mode (`UseDevelopmentEmulator=true`).
 //!
-//! A connection authenticates as the services let it: SASL `MSSBCBS` or `ANONYMOUS` and then
-//! CBS `put-token` on `$cbs`, or SASL `PLAIN` with `{policy}@sas.root.{hub}` and a SAS token as
-//! the password (see `sasl.rs`, `cbs.rs`). Until it holds a valid token it counts against the
+//! A connection authenticates as the services let it: SASL `MSSBCBS` or `ANONYMOUS`, or no SASL
+//! layer at all (the Node SDKs; see `header.rs`), and then CBS `put-token` on `$cbs`; or SASL
+//! `PLAIN` with `{policy}@sas.root.{hub}` and a SAS token as the password (see `sasl.rs`,
+//! `cbs.rs`). Until it holds a valid token it counts against the
 //! listener's pre-auth cap, and it must get one within `HubLimits::connect_deadline` of its
 //! TCP accept or it is closed.
 //!
@@ -50,6 +51,7 @@ mod cbs;
 mod eventhub;
 mod feedback;
 mod full_frames;
+mod header;
 mod listener;
 mod node;
 mod sasl;
@@ -211,9 +213,11 @@ fn route(ctx: &ConnCtx, attach: &Attach) -> Result<Route, AmqpErr> {
     let r = match (&attach.role, addr.path) {
         (&Role::Sender, "$cbs") => Route::CbsRequests,
         (&Role::Sender, "$management") => Route::ManagementRequests,
-        (&Role::Receiver, "$cbs" | "$management") => Route::Replies(
-            reply_address(attach).ok_or_else(|| not_found("no reply address".into()))?,
-        ),
+        // rhea (the Node SDKs) attaches its reply link with an empty target: it is known by
+        // the node it receives from, where node.rs sends the replies it cannot otherwise place.
+        (&Role::Receiver, node @ ("$cbs" | "$management")) => {
+            Route::Replies(reply_address(attach).unwrap_or_else(|| node.to_string()))
+        }
         (&Role::Sender, p) if p.eq_ignore_ascii_case(c2d::PATH) => Route::C2dSend,
         (&Role::Receiver, p) if p.eq_ignore_ascii_case(feedback::PATH) => Route::Feedback,
         (_, path) if let Some(rest) = events_rest(path) => Route::Redirect {
@@ -319,21 +323,13 @@ async fn connection(
 ) {
     let deadline = tokio::time::Instant::now() + hub.cfg.limits.connect_deadline;
     let claims = Arc::new(Claims::default());
-    let acceptor = ConnectionAcceptor::builder()
-        .container_id(hub.cfg.hostname.clone())
-        .max_frame_size(MAX_FRAME_SIZE)
-        .sasl_acceptor(sasl::Sasl {
-            hub: hub.clone(),
-            claims: claims.clone(),
-        })
-        .build();
     let opened = tokio::time::timeout_at(deadline, async {
         match tls {
             Some(tls) => {
                 let stream = tls.accept(tcp).await.map_err(|e| e.to_string())?;
-                open(&acceptor, FullFrames::new(stream)).await
+                open(&hub, &claims, stream).await
             }
-            None => open(&acceptor, FullFrames::new(tcp)).await,
+            None => open(&hub, &claims, tcp).await,
         }
     })
     .await;
@@ -358,14 +354,41 @@ async fn connection(
     serve_connection(ctx, conn, Some(permit), deadline).await;
 }
 
+/// Opens the connection with SASL when the client starts with the SASL header, without when it
+/// starts with AMQP's (then only a CBS token authorizes it; see `header.rs`).
 async fn open<Io>(
-    acceptor: &ConnectionAcceptor<(), sasl::Sasl>,
+    hub: &Arc<Hub>,
+    claims: &Arc<Claims>,
     stream: Io,
 ) -> Result<ListenerConnectionHandle, String>
 where
     Io: AsyncRead + AsyncWrite + std::fmt::Debug + Send + Unpin + 'static,
 {
-    acceptor.accept(stream).await.map_err(|e| e.to_string())
+    let (opening, stream) = header::read(stream).await.map_err(|e| e.to_string())?;
+    let stream = FullFrames::new(stream);
+    let opened = match opening {
+        header::Opening::Sasl => {
+            ConnectionAcceptor::builder()
+                .container_id(hub.cfg.hostname.clone())
+                .max_frame_size(MAX_FRAME_SIZE)
+                .sasl_acceptor(sasl::Sasl {
+                    hub: hub.clone(),
+                    claims: claims.clone(),
+                })
+                .build()
+                .accept(stream)
+                .await
+        }
+        header::Opening::Amqp => {
+            ConnectionAcceptor::builder()
+                .container_id(hub.cfg.hostname.clone())
+                .max_frame_size(MAX_FRAME_SIZE)
+                .build()
+                .accept(stream)
+                .await
+        }
+    };
+    opened.map_err(|e| e.to_string())
 }
 
 /// Accept the connection's sessions until it closes, the hub stops, or it has no token by

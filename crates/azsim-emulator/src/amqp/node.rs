@@ -192,6 +192,14 @@ where
         // pyAMQP (azure-eventhub) sets none either: its reply link's target is the node's
         // own address (`$cbs`, `$management`).
         let reply_to = match props.reply_to {
+            // rhea (azure-iothub, azure-iot-device-amqp) names `cbs` as reply-to but attaches
+            // its reply link with no target (keyed by the node, see `route`): the services
+            // answer on the link from the node.
+            Some(r)
+                if !ctx.replies.has(&r) && node.as_ref().is_some_and(|n| ctx.replies.has(n)) =>
+            {
+                node.clone().unwrap_or(r)
+            }
             Some(r) => r,
             None => match &node {
                 Some(n) if ctx.replies.has(n) => n.clone(),

@@ -53,18 +53,9 @@ pub(super) fn has_api_version(path: &str, query: Option<&str>) -> bool {
 /// ID:...-G:..-TimeStamp:MM/dd/yyyy HH:mm:ss"}`, as Azure/Industrial-IoT#708 and
 /// MicrosoftDocs/azure-docs#11156 quote it) and `iothub-errorcode: InvalidProtocolVersion`.
 pub(super) fn invalid_protocol_version(hub: &Hub) -> Response {
-    // RFC 3339 `2026-12-05T07:49:05.123Z` -> `12/05/2026 07:49:05`.
-    let t = hub.clock().now_rfc3339();
-    let stamp = match (t.get(0..4), t.get(5..7), t.get(8..10), t.get(11..19)) {
-        (Some(y), Some(mo), Some(d), Some(hms)) => format!("{mo}/{d}/{y} {hms}"),
-        _ => t.clone(),
-    };
     let body = json!({
         "Message": "ErrorCode:InvalidProtocolVersion;BadRequest",
-        "ExceptionMessage": format!(
-            "Tracking ID:{}-G:0-TimeStamp:{stamp}",
-            uuid::Uuid::new_v4().simple()
-        ),
+        "ExceptionMessage": super::tracking_exception_message(hub.clock()),
     });
     let mut r = (StatusCode::BAD_REQUEST, body.to_string()).into_response();
     r.headers_mut().insert(
