@@ -456,6 +456,7 @@ async fn start(cfg: HubCliConfig) -> Result<ExitCode, CliError> {
     for g in &cfg.consumer_groups {
         cmd.args(["--consumer-group", g]);
     }
+    cmd.args(["--route", &cfg.routes.arg()]);
     cmd.stdin(Stdio::null())
         .stdout(Stdio::from(log))
         .stderr(Stdio::from(log2));

@@ -26,6 +26,7 @@ mod hub_tls_profile;
 mod hub_websocket;
 mod hub_websocket_limits;
 mod hub_x509;
+mod python_e2e_suite;
 mod real_hub;
 mod run_hub;
 mod run_mosquitto;

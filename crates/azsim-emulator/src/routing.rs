@@ -149,6 +149,21 @@ impl Routes {
         Ok(r)
     }
 
+    /// The `--route` value that [`Routes::parse`] reads back as these routes (empty for none).
+    pub fn arg(&self) -> String {
+        [
+            (self.telemetry, "telemetry"),
+            (self.twin, "twin"),
+            (self.lifecycle, "lifecycle"),
+            (self.connection, "connection"),
+        ]
+        .iter()
+        .filter(|(on, _)| *on)
+        .map(|(_, name)| *name)
+        .collect::<Vec<_>>()
+        .join(",")
+    }
+
     pub fn routes(&self, s: Source) -> bool {
         match s {
             Source::Telemetry => self.telemetry,
@@ -511,6 +526,23 @@ pub(crate) fn on_emit(hub: &Hub, v: &Value) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn every_set_of_routes_reads_back_from_its_route_argument() {
+        for bits in 0..16u8 {
+            let r = Routes {
+                telemetry: bits & 1 != 0,
+                twin: bits & 2 != 0,
+                lifecycle: bits & 4 != 0,
+                connection: bits & 8 != 0,
+            };
+            assert_eq!(Routes::parse(&r.arg()), Ok(r), "{:?}", r.arg());
+        }
+        assert_eq!(
+            Routes::default().arg(),
+            "telemetry,twin,lifecycle,connection"
+        );
+    }
 
     /// An in-memory hub whose routed events may queue up to `max_bytes`.
     fn hub(max_bytes: usize) -> Arc<Hub> {

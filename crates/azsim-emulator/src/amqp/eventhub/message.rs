@@ -104,12 +104,18 @@ pub(crate) fn event(row: &Row) -> Message<Data> {
     annotate("x-opt-sequence-number", Value::Long(row.sequence_number));
     annotate("x-opt-offset", Value::String(row.offset.to_string()));
     annotate("x-opt-enqueued-time", Value::Timestamp(enqueued));
-    Message::builder()
+    let mut message = Message::builder()
         .properties(props)
         .message_annotations(ann)
         .application_properties(app)
         .data(Binary::from(row.body.clone()))
-        .build()
+        .build();
+    // No system property, no properties section, as IoT Hub sends it: consumers (the Python
+    // SDK's e2e helper) read a present section's content-type as set.
+    if message.properties == Some(Properties::default()) {
+        message.properties = None;
+    }
+    message
 }
 
 #[cfg(test)]
@@ -160,5 +166,23 @@ mod tests {
             Some(Value::String("Telemetry".into()))
         );
         assert_eq!(m.body.0.to_vec(), b"{\"t\":1}");
+    }
+
+    #[test]
+    fn a_message_without_system_properties_has_no_properties_section() {
+        let row = Row {
+            offset: 0,
+            sequence_number: 0,
+            device_id: "d1".into(),
+            module_id: None,
+            generation_id: "g1".into(),
+            enqueued_ns: 1_700_000_000_000_000_000,
+            properties: "temp=21.5".into(),
+            body: b"plain".to_vec(),
+            source: Source::Telemetry,
+        };
+        let m = event(&row);
+        assert_eq!(m.properties, None);
+        assert!(m.application_properties.is_some());
     }
 }
