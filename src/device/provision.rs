@@ -94,7 +94,19 @@ fn diagnose(
 /// [`ProvisionError`] with the diagnosis: unreachable, TLS, CONNACK refused, DPS's status and
 /// error, or no answer within a minute.
 pub async fn provision(cfg: &ProvisionConfig) -> Result<Provisioned, ProvisionError> {
-    match tokio::time::timeout(TIMEOUT, run(cfg)).await {
+    provision_noting(cfg, &mut |_| {}).await
+}
+
+/// [`provision`], telling `note` what the exchange does (connected, assigning, throttled: a
+/// 429 or 5xx waited out inside the exchange, which `azsim fleet` counts).
+///
+/// # Errors
+/// As [`provision`].
+pub async fn provision_noting(
+    cfg: &ProvisionConfig,
+    note: &mut (dyn FnMut(azsim_mqtt::DpsNote) + Send),
+) -> Result<Provisioned, ProvisionError> {
+    match tokio::time::timeout(TIMEOUT, run(cfg, note)).await {
         Ok(r) => r,
         Err(_) => Err(err(format!(
             "dps at {}:{} did not assign registration {} within {} s",
@@ -106,7 +118,10 @@ pub async fn provision(cfg: &ProvisionConfig) -> Result<Provisioned, ProvisionEr
     }
 }
 
-async fn run(cfg: &ProvisionConfig) -> Result<Provisioned, ProvisionError> {
+async fn run(
+    cfg: &ProvisionConfig,
+    note: &mut (dyn FnMut(azsim_mqtt::DpsNote) + Send),
+) -> Result<Provisioned, ProvisionError> {
     let tls = crate::tls::client_config_with_cert(cfg.ca_file.as_deref(), cfg.client_cert.as_ref())
         .map_err(|e| err(e.to_string()))?;
     let failure = FailureSlot::default();
@@ -136,7 +151,7 @@ async fn run(cfg: &ProvisionConfig) -> Result<Provisioned, ProvisionError> {
     .with_timeout(TIMEOUT.as_millis() as u64);
     let peer = format!("{}:{}", cfg.host, cfg.port);
     match registration
-        .run(&mut connector, &mut SystemClock, &mut |_| {})
+        .run(&mut connector, &mut SystemClock, &mut |n| note(n))
         .await
     {
         Ok(a) => Ok(Provisioned {

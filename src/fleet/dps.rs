@@ -8,8 +8,12 @@
 //! A registration that fails is counted by kind (`dps_refused_401`, `dps_timeout`, ...) and
 //! tried again after a jittered, doubling backoff, so a refusing or throttling DPS slows the
 //! fleet down instead of stopping it. A 429 or 5xx answered inside one exchange is waited out
-//! by the exchange itself (its `retry-after`, `azsim_proto::dps`); one that outlasts it ends
-//! as `dps_timeout`.
+//! by the exchange itself (its `retry-after`, `azsim_proto::dps`) and counted as it happens
+//! (`dps_throttled_429`, `dps_throttled_503`, ...); one that outlasts the exchange ends as
+//! `dps_timeout`. A connection the server closes before the TLS handshake is done (a
+//! provisioning endpoint shedding unauthenticated connections, as the local hub does past its
+//! pre-auth cap or connect deadline) is `dps_closed_before_auth`, not `dps_tls`, which is kept
+//! for TLS itself failing (the certificate, an alert, a protocol error).
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -25,7 +29,7 @@ use crate::device::driver::Credential;
 use crate::device::local_hub::LocalHub;
 use crate::device::net::Transport;
 use crate::device::output::Output;
-use crate::device::provision::{ProvisionConfig, provision};
+use crate::device::provision::{ProvisionConfig, provision_noting};
 
 /// Where and how the fleet's devices register, validated by the CLI.
 #[derive(Debug)]
@@ -145,6 +149,8 @@ pub fn error_kind(diagnosis: &str) -> String {
         || diagnosis.contains("unreachable")
     {
         "dps_unreachable"
+    } else if diagnosis.starts_with("tls handshake with") && closed_by_peer(diagnosis) {
+        "dps_closed_before_auth"
     } else if diagnosis.starts_with("tls") || diagnosis.contains("tls handshake") {
         "dps_tls"
     } else if diagnosis.contains("closed the connection")
@@ -156,6 +162,15 @@ pub fn error_kind(diagnosis: &str) -> String {
         "dps_other"
     };
     kind.into()
+}
+
+/// Whether a failed handshake's I/O error says the server ended the connection (tokio-rustls'
+/// "tls handshake eof", a reset, a broken pipe), not that TLS itself failed.
+fn closed_by_peer(diagnosis: &str) -> bool {
+    let cause = diagnosis.rsplit_once("failed: ").map_or("", |(_, c)| c);
+    ["eof", "reset", "broken pipe", "aborted"]
+        .iter()
+        .any(|w| cause.contains(w))
 }
 
 /// Registers device `index` (`registration_id`) until DPS assigns it or `stop` turns true,
@@ -187,8 +202,14 @@ pub async fn provision_and_run(
     let assigned = loop {
         let began = Instant::now();
         let mut s = stop.clone();
+        // A 429 or 5xx inside the exchange is waited out there; it is counted here.
+        let mut note = |n: azsim_mqtt::DpsNote| {
+            if let azsim_mqtt::DpsNote::Throttled { status, .. } = n {
+                stats.error(format!("dps_throttled_{status}"));
+            }
+        };
         let result = tokio::select! {
-            r = provision(&cfg) => r,
+            r = provision_noting(&cfg, &mut note) => r,
             _ = s.wait_for(|v| *v) => return,
         };
         match result {
@@ -257,6 +278,18 @@ mod tests {
             (
                 "tls: the server certificate of h:8883 is not valid for the name h",
                 "dps_tls",
+            ),
+            (
+                "tls handshake with h:8883 failed: received corrupt message",
+                "dps_tls",
+            ),
+            (
+                "tls handshake with h:8883 failed: tls handshake eof",
+                "dps_closed_before_auth",
+            ),
+            (
+                "tls handshake with h:8883 failed: connection reset by peer",
+                "dps_closed_before_auth",
             ),
             ("connection to h:8883 lost: reset", "dps_connection_lost"),
             ("h:8883 closed the connection", "dps_connection_lost"),

@@ -359,3 +359,102 @@ async fn the_tier_s_registry_throttle_answers_429_until_the_minute_is_over() {
     assert_eq!(s, 200);
     hub.stop().await;
 }
+
+/// With `--tier`, the local DPS applies DPS's documented device registration rate (1,000 a
+/// minute per unit, Microsoft Learn "DPS quotas and limits"): every register request of the
+/// id scope counts, attested or not; the next one in the minute gets 429 with DPS's body and
+/// a `Retry-After` up to the minute's end, a good device included; polls are not counted;
+/// the next minute registers again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_tier_dps_registration_rate_answers_429_with_retry_after_until_the_minute_is_over() {
+    use crate::dps::{registration_token, request, service};
+    let clock = ManualClock::new(1_700_000_000_000);
+    let c = clock.clock();
+    let hub = TestHub::start_configured(move |cfg| {
+        cfg.clock = c;
+        cfg.tier = Some(azsim_emulator::fault::Tier::S1);
+    })
+    .await;
+    let scope = hub.info.id_scope.clone();
+    let (s, e) = service(&hub, Method::PUT, "/enrollments/rate-1", Some(json!({}))).await;
+    assert_eq!(s, 200, "{e}");
+    let key = e["attestation"]["symmetricKey"]["primaryKey"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let token = registration_token(&scope, "rate-1", &key, 1_700_000_000 + 3600);
+    let path = format!("/{scope}/registrations/rate-1/register");
+    let body = json!({"registrationId": "rate-1"});
+    // One good registration and its poll (polls do not count), then 999 without a token.
+    let (s, v) = request(
+        &hub,
+        Method::PUT,
+        &path,
+        Some(&token),
+        None,
+        Some(body.clone()),
+    )
+    .await;
+    assert_eq!(s, 202, "{v}");
+    let op = v["operationId"].as_str().unwrap().to_string();
+    let poll = format!("/{scope}/registrations/rate-1/operations/{op}");
+    for _ in 0..3 {
+        let (s, v) = request(&hub, Method::GET, &poll, Some(&token), None, None).await;
+        assert_eq!(s, 200, "{v}");
+    }
+    let bad = format!("/{scope}/registrations/nobody/register");
+    for chunk in 0..111 {
+        let calls = (0..9).map(|_| request(&hub, Method::PUT, &bad, None, None, None));
+        for (s, v) in futures::future::join_all(calls).await {
+            assert_eq!(s, 401, "call {chunk}: {v}");
+        }
+    }
+    // The 1,001st register of the minute: 429, DPS's body, Retry-After to the minute's end.
+    let url = format!(
+        "https://{}:{}{path}?api-version=2021-10-01",
+        hub.hostname, hub.https_port
+    );
+    let r = hub
+        .http()
+        .put(&url)
+        .header("Authorization", &token)
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 429);
+    let retry: u64 = r.headers()["retry-after"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    // 1_700_000_000_000 ms is 20 s into its minute.
+    assert_eq!(retry, 40);
+    let v: Value = r.json().await.unwrap();
+    crate::dps::assert_dps_error(&v, 429001);
+    // Polls still answer.
+    let (s, _) = request(&hub, Method::GET, &poll, Some(&token), None, None).await;
+    assert_eq!(s, 200);
+    clock.advance(Duration::from_secs(40));
+    let (s, v) = request(&hub, Method::PUT, &path, Some(&token), None, Some(body)).await;
+    assert_eq!(s, 202, "the next minute registers again: {v}");
+    hub.stop().await;
+}
+
+/// Without `--tier` the local DPS does not throttle: past 1,000 registrations a minute it
+/// still answers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_a_tier_dps_registrations_are_not_rate_limited() {
+    use crate::dps::request;
+    let clock = ManualClock::new(1_700_000_000_000);
+    let c = clock.clock();
+    let hub = TestHub::start_configured(move |cfg| cfg.clock = c).await;
+    let bad = format!("/{}/registrations/nobody/register", hub.info.id_scope);
+    for _ in 0..112 {
+        let calls = (0..9).map(|_| request(&hub, Method::PUT, &bad, None, None, None));
+        for (s, v) in futures::future::join_all(calls).await {
+            assert_eq!(s, 401, "{v}");
+        }
+    }
+    hub.stop().await;
+}

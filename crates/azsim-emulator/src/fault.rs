@@ -104,6 +104,8 @@ impl Tier {
             // Per minute: 1.67/s is 100/min, 83.33/s is 5,000/min.
             (Class::C2dSend, Tier::S3) => 5_000 * u,
             (Class::C2dSend, _) => 100 * u,
+            // DPS's own limit, not the hub's tier: one DPS unit (see `dps::throttle`).
+            (Class::DpsRegistration, _) => crate::dps::REGISTRATIONS_PER_MINUTE,
         }
     }
 }
@@ -115,12 +117,14 @@ pub(crate) enum Class {
     TwinRead,
     TwinUpdate,
     C2dSend,
+    /// DPS device registrations (register requests, not polls) of the hub's id scope.
+    DpsRegistration,
 }
 
 impl Class {
     fn window_ms(self) -> u64 {
         match self {
-            Class::Registry | Class::C2dSend => 60_000,
+            Class::Registry | Class::C2dSend | Class::DpsRegistration => 60_000,
             Class::TwinRead | Class::TwinUpdate => 1_000,
         }
     }
@@ -288,6 +292,35 @@ impl Faults {
             w.remove(device);
         }
         hit
+    }
+
+    /// When the active `fault` window of `device` ends (Unix ms), or `None` when none is
+    /// active at `now_ms`.
+    pub(crate) fn active_until(&self, device: &str, fault: Fault, now_ms: u64) -> Option<u64> {
+        if !self.active(device, fault, now_ms) {
+            return None;
+        }
+        lock(&self.windows).get(device).and_then(|list| {
+            list.iter()
+                .filter(|x| x.fault == fault && x.from_ms <= now_ms)
+                .map(|x| x.until_ms)
+                .max()
+        })
+    }
+
+    /// Like [`Faults::admit_call`], and when refused, the Unix ms the throttle's window ends.
+    pub(crate) fn admit_call_until(
+        &self,
+        tier: Option<Tier>,
+        units: u32,
+        class: Class,
+        now_ms: u64,
+    ) -> Result<(), u64> {
+        if self.admit_call(tier, units, class, now_ms) {
+            return Ok(());
+        }
+        let window = class.window_ms();
+        Err(now_ms - now_ms % window + window)
     }
 
     fn add_window(&self, device: &str, fault: Fault, from_ms: u64, until_ms: u64) {

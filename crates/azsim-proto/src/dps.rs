@@ -86,6 +86,14 @@ pub enum Outcome<'p> {
         /// The wait before the next poll, seconds.
         retry_after_s: u32,
     },
+    /// Throttled (429) or failed on DPS's side (5xx): the same request (the register, when
+    /// no operation id came yet, else the poll) goes again after this many seconds.
+    Throttled {
+        /// The response's status.
+        status: u16,
+        /// The wait before the request goes again, seconds.
+        retry_after_s: u32,
+    },
     /// Assigned: connect to the hub as the device.
     Assigned(Assignment<'p>),
     /// Refused or failed.
@@ -256,7 +264,10 @@ impl<'a> Registration<'a> {
         if r.status == 429 || r.status >= 500 {
             let s = retry(&r);
             self.schedule(now_ms, s);
-            return Ok(Outcome::Assigning { retry_after_s: s });
+            return Ok(Outcome::Throttled {
+                status: r.status,
+                retry_after_s: s,
+            });
         }
         if !(200..300).contains(&r.status) {
             self.state = State::Finished;
@@ -421,7 +432,13 @@ mod tests {
         let o = r
             .handle_response(0, "$dps/registrations/res/429/?$rid=1&retry-after=5", b"")
             .unwrap();
-        assert_eq!(o, Outcome::Assigning { retry_after_s: 5 });
+        assert_eq!(
+            o,
+            Outcome::Throttled {
+                status: 429,
+                retry_after_s: 5
+            }
+        );
         // Throttled before any operation id: the register request goes again.
         assert_eq!(next(&mut r, 4999, None), None);
         let (k, t, _) = next(&mut r, 5000, None).unwrap();

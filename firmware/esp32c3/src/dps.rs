@@ -53,5 +53,11 @@ fn log_note(n: DpsNote) {
         DpsNote::Assigning { retry_after_s } => {
             info!("dps: assigning, asking again in {retry_after_s} s");
         }
+        DpsNote::Throttled {
+            status,
+            retry_after_s,
+        } => {
+            warn!("dps: throttled ({status}), asking again in {retry_after_s} s");
+        }
     }
 }

@@ -20,6 +20,7 @@ use crate::support::TestHub;
 mod bulk;
 mod config;
 mod dps;
+mod dps_throttle;
 mod run;
 
 /// `azsim fleet --json` on the hub of `hub` (its state dir), environment cleared.

@@ -98,7 +98,12 @@ pub(crate) fn is_dps_path(path: &str) -> bool {
 
 /// A DPS error response, body stamped by the hub's clock.
 fn error_response(hub: &Hub, e: &DpsError) -> Response {
-    json_response(e.status_code(), &e.body(hub))
+    let mut r = json_response(e.status_code(), &e.body(hub));
+    if let Some(s) = e.retry_after {
+        r.headers_mut()
+            .insert(header::RETRY_AFTER, HeaderValue::from(s));
+    }
+    r
 }
 
 fn json_response(status: StatusCode, v: &Value) -> Response {

@@ -25,7 +25,10 @@ pub(crate) mod mqtt;
 mod records;
 mod register;
 mod store;
+mod throttle;
 mod x509;
+
+pub(crate) use throttle::REGISTRATIONS_PER_MINUTE;
 
 /// The shared access policy the DPS service API accepts.
 pub const SERVICE_POLICY: &str = "provisioningserviceowner";
@@ -159,6 +162,8 @@ pub(crate) struct DpsError {
     pub status: u16,
     pub code: u32,
     pub message: String,
+    /// Seconds the device should wait before asking again (a 429's `retry-after`).
+    pub retry_after: Option<u32>,
 }
 
 impl DpsError {
@@ -167,6 +172,7 @@ impl DpsError {
             status,
             code,
             message: message.into(),
+            retry_after: None,
         }
     }
     pub fn bad(message: impl Into<String>) -> DpsError {

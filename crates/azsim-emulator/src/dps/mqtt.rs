@@ -234,11 +234,15 @@ impl Session<'_> {
         let mut rid_text = String::new();
         rid.decode_to(&mut rid_text)
             .map_err(|_| "$rid: bad percent encoding".to_string())?;
-        let (status, body) = match result {
-            Ok((s, v)) => (s, v),
+        let (status, body, retry_after) = match result {
+            Ok((s, v)) => (s, v, retry_after),
+            Err(e) if e.retry_after.is_some() => {
+                tracing::info!(registration_id = %self.reg_id, status = e.status, reason = %e.message, "dps: device request throttled");
+                (e.status, e.body(self.hub), e.retry_after)
+            }
             Err(e) => {
                 tracing::info!(registration_id = %self.reg_id, status = e.status, reason = %e.message, "dps: device request refused");
-                (e.status, e.body(self.hub))
+                (e.status, e.body(self.hub), retry_after)
             }
         };
         let mut t = String::new();

@@ -429,6 +429,7 @@ pub(crate) async fn register(
     cred: Cred<'_>,
     body: &[u8],
 ) -> Result<Value, DpsError> {
+    super::throttle::check_register(hub, registration_id)?;
     let req: Value = if body.iter().all(u8::is_ascii_whitespace) {
         json!({})
     } else {
@@ -475,6 +476,7 @@ pub(crate) async fn operation_status(
     cred: Cred<'_>,
     operation_id: &str,
 ) -> Result<Value, DpsError> {
+    super::throttle::check_poll(hub, registration_id)?;
     attest(hub, scope, registration_id, cred).await?;
     let (id, op) = (registration_id.to_string(), operation_id.to_string());
     let state = hub

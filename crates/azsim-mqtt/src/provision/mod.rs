@@ -108,6 +108,13 @@ pub enum DpsNote {
         /// `retry-after`, seconds.
         retry_after_s: u32,
     },
+    /// DPS throttled the request (429) or failed it (5xx): it goes again in this many seconds.
+    Throttled {
+        /// The response's status.
+        status: u16,
+        /// `retry-after`, seconds.
+        retry_after_s: u32,
+    },
 }
 
 /// Why a registration failed. `Display` says it in one line, without secrets.
@@ -641,6 +648,16 @@ impl Core<'_> {
                     Ok(Outcome::Ignored) => return,
                     Ok(Outcome::Assigning { retry_after_s }) => {
                         note(DpsNote::Assigning { retry_after_s });
+                        return;
+                    }
+                    Ok(Outcome::Throttled {
+                        status,
+                        retry_after_s,
+                    }) => {
+                        note(DpsNote::Throttled {
+                            status,
+                            retry_after_s,
+                        });
                         return;
                     }
                     Ok(Outcome::Assigned(a)) => assignment(&a),

@@ -234,7 +234,10 @@ fn throttled_then_assigning_then_assigned_with_pubacks_before_disconnect() {
         [
             DpsNote::Connecting,
             DpsNote::Connected,
-            DpsNote::Assigning { retry_after_s: 2 },
+            DpsNote::Throttled {
+                status: 429,
+                retry_after_s: 2
+            },
             DpsNote::Assigning { retry_after_s: 1 },
         ]
     );

@@ -1,0 +1,151 @@
+//! What goes wrong inside one DPS registration is counted by what it is: a 429 DPS answers
+//! (a throttle fault on the registration id, retried after its `retry-after` inside the same
+//! exchange) is `dps_throttled_429`, and a connection the hub closes before the TLS handshake
+//! is done (its pre-auth cap) is `dps_closed_before_auth`, not `dps_tls`.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use super::*;
+
+const GROUP_KEY: &str = "dGhyb3R0bGUtZ3JvdXAta2V5LWZvci10aGUtdGVzdHMtMDEy";
+
+/// `azsim dps group create throttle-group --primary-key GROUP_KEY` on the hub's DPS.
+async fn create_group(hub: &TestHub) {
+    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_azsim"))
+        .args(["dps", "group", "create", "throttle-group", "--json"])
+        .args(["--primary-key", GROUP_KEY, "--secondary-key", GROUP_KEY])
+        .arg("--state")
+        .arg(&hub.dir)
+        .env_remove("PROVISIONING_CONNECTION_STRING")
+        .env_remove("AZSIM_CA_FILE")
+        .output()
+        .await
+        .expect("azsim dps runs");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+fn one_device(hub: &TestHub, prefix: &str) -> tokio::process::Command {
+    fleet(
+        hub,
+        &[
+            "--devices",
+            "1",
+            "--prefix",
+            prefix,
+            "--group-key",
+            GROUP_KEY,
+            "--count",
+            "1",
+            "--interval",
+            "200ms",
+            "--stats-every",
+            "300ms",
+        ],
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_429_inside_a_registration_is_waited_out_and_counted_as_dps_throttled() {
+    let hub = TestHub::start().await;
+    create_group(&hub).await;
+    // The fault needs the identity to exist; DPS then updates it with the group's key.
+    let (s, d) = hub
+        .rest(
+            Method::PUT,
+            "/devices/thr-1",
+            Some(json!({"deviceId": "thr-1"})),
+        )
+        .await;
+    assert_eq!(s, 200, "{d}");
+    // Within the hub's 10 s connect deadline, so the retry-after is waited out on the same
+    // connection; long enough that the fleet's first register lands inside it.
+    let (s, f) = hub
+        .rest(
+            Method::POST,
+            "/emulator/devices/thr-1/faults",
+            Some(json!({"kind": "throttle", "forSeconds": 7})),
+        )
+        .await;
+    assert_eq!(s, 200, "{f}");
+    let mut f = Fleet::spawn(one_device(&hub, "thr-"));
+    let summary = f.wait_for("the summary", 90, event("summary")).await;
+    assert_eq!(f.exit_code().await, 0, "{summary}");
+    assert_eq!(summary["provisioned"], 1, "{summary}");
+    assert_eq!(summary["devices_acked"], 1, "{summary}");
+    let errors = summary["errors"].as_object().expect("errors");
+    assert!(
+        errors
+            .get("dps_throttled_429")
+            .and_then(Value::as_u64)
+            .is_some_and(|n| n >= 1),
+        "the 429 is counted: {summary}"
+    );
+    assert_eq!(
+        errors.len(),
+        1,
+        "nothing else went wrong (the 429 was retried inside the exchange): {summary}"
+    );
+    hub.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connection_closed_before_auth_is_counted_as_such_not_as_tls() {
+    let hub = TestHub::start_configured(|c| {
+        c.limits.max_pre_auth_connections = 1;
+        c.limits.connect_deadline = Duration::from_secs(3);
+    })
+    .await;
+    create_group(&hub).await;
+    // Hold the one pre-auth slot of the MQTT listener (DPS's too) with a silent connection,
+    // opening a new one whenever the hub closes it at its deadline, until the fleet has been
+    // turned away at least once.
+    let holding = Arc::new(AtomicBool::new(true));
+    let addr = format!("127.0.0.1:{}", hub.mqtt_port);
+    let first = tokio::net::TcpStream::connect(&addr)
+        .await
+        .expect("connect");
+    let holder = {
+        let holding = holding.clone();
+        tokio::spawn(async move {
+            let mut conn = first;
+            loop {
+                let mut buf = [0u8; 64];
+                // Returns when the hub closes the connection (its connect deadline).
+                let _ = conn.read(&mut buf).await;
+                if !holding.load(Ordering::Acquire) {
+                    break;
+                }
+                match tokio::net::TcpStream::connect(&addr).await {
+                    Ok(c) => conn = c,
+                    Err(_) => break,
+                }
+            }
+        })
+    };
+    let mut f = Fleet::spawn(one_device(&hub, "cba-"));
+    let turned_away = f
+        .wait_for("a dps_closed_before_auth error", 60, |v| {
+            v["event"] == "stats"
+                && v["errors"]["dps_closed_before_auth"]
+                    .as_u64()
+                    .is_some_and(|n| n >= 1)
+        })
+        .await;
+    holding.store(false, Ordering::Release);
+    let summary = f.wait_for("the summary", 90, event("summary")).await;
+    holder.abort();
+    assert_eq!(f.exit_code().await, 0, "{summary}");
+    assert_eq!(summary["provisioned"], 1, "{summary}");
+    assert_eq!(summary["devices_acked"], 1, "{summary}");
+    let errors = summary["errors"].as_object().expect("errors");
+    assert!(
+        !errors.contains_key("dps_tls"),
+        "a closed connection is not a TLS failure: {summary} (earlier: {turned_away})"
+    );
+    hub.stop().await;
+}
