@@ -13,7 +13,7 @@ use azsim_proto::secret::Secret;
 use bytes::Bytes;
 use rumqttc::mqttbytes::QoS;
 use rumqttc::mqttbytes::v4::Publish;
-use serde_json::{Map, Value, json};
+use serde_json::{Map, Value};
 use tokio::net::TcpListener;
 use tokio::sync::{broadcast, mpsc, oneshot, watch};
 
@@ -269,7 +269,7 @@ impl Hub {
         if azsim_proto::topic::write_desired_patch(&mut topic, version).is_err() {
             return;
         }
-        let body = twin::with_version(patch, version).to_string();
+        let body = twin::section_json(patch, version);
         let _ = e.tx.send(ConnCmd::Publish(Box::new(Publish::new(
             topic,
             QoS::AtMostOnce,
@@ -407,12 +407,14 @@ impl Hub {
     }
 }
 
-/// Mutable twin helpers used by both MQTT and REST.
-pub(crate) fn twin_device_view(i: &Identity) -> Value {
-    json!({
-        "desired": twin::with_version(&i.desired, i.desired_version),
-        "reported": twin::with_version(&i.reported, i.reported_version),
-    })
+/// The body of a twin GET response: `{"desired":{..,"$version":n},"reported":{..,"$version":m}}`
+/// (each `$version` last, see [`twin::section_json`]).
+pub(crate) fn twin_device_view(i: &Identity) -> String {
+    format!(
+        "{{\"desired\":{},\"reported\":{}}}",
+        twin::section_json(&i.desired, i.desired_version),
+        twin::section_json(&i.reported, i.reported_version),
+    )
 }
 
 pub(crate) async fn serve(

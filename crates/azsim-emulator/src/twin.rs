@@ -282,11 +282,19 @@ pub fn strip_meta(m: &mut Map<String, Value>) {
     m.remove("$metadata");
 }
 
-/// `section` plus `"$version": v` (the device-side shape).
-pub fn with_version(section: &Map<String, Value>, version: u64) -> Value {
+/// The JSON text of `section` plus `"$version": v` (the device-side shape of a desired patch and
+/// of each section of a twin GET), with `$version` the last member, as IoT Hub sends it.
+///
+/// Order matters to devices: azure-sdk-for-c's samples (paho_iot_hub_twin_sample, the PnP
+/// samples) read a patch with a streaming JSON reader and stop at `$version`, so a `$version`
+/// first (where a sorted map puts it) hides every property from them.
+pub fn section_json(section: &Map<String, Value>, version: u64) -> String {
     let mut m = section.clone();
-    m.insert("$version".into(), Value::from(version));
-    Value::Object(m)
+    m.remove("$version");
+    let body = Value::Object(m).to_string();
+    let members = &body[1..body.len() - 1];
+    let sep = if members.is_empty() { "" } else { "," };
+    format!("{{{members}{sep}\"$version\":{version}}}")
 }
 
 /// The patch that turns `old` into `new` at the top level (removed keys become null).
@@ -307,6 +315,15 @@ mod tests {
 
     fn obj(v: Value) -> Map<String, Value> {
         v.as_object().cloned().unwrap()
+    }
+
+    #[test]
+    fn version_is_the_last_member_of_a_device_section() {
+        assert_eq!(section_json(&Map::new(), 1), r#"{"$version":1}"#);
+        let s = section_json(&obj(json!({"b": {"x": 1}, "a": "y", "$version": 9})), 4);
+        assert_eq!(s, r#"{"a":"y","b":{"x":1},"$version":4}"#);
+        let v: Value = serde_json::from_str(&s).unwrap();
+        assert_eq!(v["$version"], 4);
     }
 
     #[test]
