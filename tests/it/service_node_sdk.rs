@@ -1,0 +1,350 @@
+//! Interop with the official Node.js SDKs, driven by `tests/node/sdk.js` against a real hub:
+//! `azure-iot-device` over MQTT and over MQTT/WebSockets, `azure-iothub` (Registry and Twin over
+//! REST, Client over AMQP) and DPS through `azure-iot-provisioning-device-mqtt`.
+//!
+//! The SDKs dial only Azure's ports (MQTT 8883, WebSockets and REST 443, AMQPS 5671; the REST
+//! client cannot take a port in `HostName`), so the hub listens on those of 127.0.0.1 (hostname
+//! `localhost`) and the test holds `support::PORT_8883`. A busy port is retried for up to 60 s:
+//! a developer's `azsim hub` may hold it for a moment. Node comes from env `AZSIM_NODE` (default
+//! `node`), the packages from `tests/node/node_modules` (`scripts/test` runs `npm ci` there,
+//! pinned by `tests/node/package-lock.json`); without them the test prints `skipped:`.
+
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::Duration;
+
+use reqwest::Method;
+use serde_json::{Value, json};
+use tokio::io::{AsyncBufReadExt, BufReader, Lines};
+use tokio::process::{Child, ChildStdout, Command};
+
+use crate::service_cli::{Output, azsim, output};
+use crate::support::TestHub;
+
+fn node_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/node")
+}
+
+/// The `node` binary and the installed SDKs, or why the test cannot run.
+fn node() -> Result<PathBuf, String> {
+    let node = match std::env::var_os("AZSIM_NODE") {
+        Some(p) if !p.is_empty() => PathBuf::from(p),
+        _ => PathBuf::from("node"),
+    };
+    let version = std::process::Command::new(&node)
+        .arg("--version")
+        .output()
+        .map_err(|e| format!("node not found ({}: {e})", node.display()))?;
+    if !version.status.success() {
+        return Err(format!("{} --version failed", node.display()));
+    }
+    let modules = node_dir().join("node_modules");
+    for pkg in [
+        "azure-iot-device",
+        "azure-iot-device-mqtt",
+        "azure-iothub",
+        "azure-iot-provisioning-device-mqtt",
+        "azure-iot-security-symmetric-key",
+    ] {
+        if !modules.join(pkg).join("package.json").is_file() {
+            return Err(format!(
+                "tests/node/node_modules lacks {pkg} (run scripts/test, or npm ci in tests/node)"
+            ));
+        }
+    }
+    Ok(node)
+}
+
+/// A running `sdk.js` speaking JSON lines.
+struct NodeScript {
+    name: String,
+    child: Child,
+    lines: Lines<BufReader<ChildStdout>>,
+    stderr_file: PathBuf,
+    seen: Vec<Value>,
+}
+
+impl NodeScript {
+    fn spawn(node: &Path, work: &Path, name: &str, args: &[&str], ca: &Path) -> NodeScript {
+        let stderr_file = work.join(format!("{name}.stderr"));
+        let mut cmd = Command::new(node);
+        cmd.arg(node_dir().join("sdk.js"))
+            .args(args)
+            .current_dir(work)
+            .env("NODE_EXTRA_CA_CERTS", ca)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(std::fs::File::create(&stderr_file).unwrap())
+            .kill_on_drop(true);
+        let mut child = cmd.spawn().unwrap_or_else(|e| panic!("start {name}: {e}"));
+        let lines = BufReader::new(child.stdout.take().unwrap()).lines();
+        NodeScript {
+            name: name.to_owned(),
+            child,
+            lines,
+            stderr_file,
+            seen: Vec::new(),
+        }
+    }
+
+    fn fail(&self, why: &str) -> ! {
+        let stderr = std::fs::read_to_string(&self.stderr_file).unwrap_or_default();
+        let tail: Vec<&str> = stderr.lines().rev().take(30).collect();
+        let tail: Vec<&str> = tail.into_iter().rev().collect();
+        panic!(
+            "{}: {why}\nevents so far: {:?}\nstderr (last lines):\n{}",
+            self.name,
+            self.seen,
+            tail.join("\n")
+        );
+    }
+
+    /// Reads events until one named `event` (returned); fails on `error`/`timeout` or EOF.
+    async fn expect(&mut self, event: &str) -> Value {
+        loop {
+            let line =
+                match tokio::time::timeout(Duration::from_secs(60), self.lines.next_line()).await {
+                    Err(_) => self.fail(&format!("no {event:?} event within 60 s")),
+                    Ok(Err(e)) => self.fail(&format!("reading stdout: {e}")),
+                    Ok(Ok(None)) => self.fail(&format!("exited before the {event:?} event")),
+                    Ok(Ok(Some(line))) => line,
+                };
+            let Ok(v) = serde_json::from_str::<Value>(&line) else {
+                continue; // not ours (a library print)
+            };
+            self.seen.push(v.clone());
+            let name = v["event"].as_str().unwrap_or_default().to_owned();
+            if name == event {
+                return v;
+            }
+            if name == "error" || name == "timeout" {
+                self.fail(&format!("reported {v}"));
+            }
+        }
+    }
+
+    async fn finish(mut self) {
+        let status = tokio::time::timeout(Duration::from_secs(30), self.child.wait())
+            .await
+            .unwrap_or_else(|_| self.fail("did not exit within 30 s"))
+            .unwrap();
+        if !status.success() {
+            self.fail(&format!("exited with {status}"));
+        }
+    }
+}
+
+/// Starts the hub on 127.0.0.1 with Azure's ports: MQTT 8883, HTTPS 443, AMQPS 5671.
+async fn start_hub_on_azure_ports(dir: &Path) -> azsim_emulator::HubHandle {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let mut cfg = azsim_emulator::HubConfig::new(dir);
+        cfg.in_memory = true;
+        cfg.amqp_port = Some(5671);
+        match azsim_emulator::start(cfg, "127.0.0.1".parse().unwrap(), 8883, 443).await {
+            Ok(hub) => return hub,
+            Err(azsim_emulator::HubError::Io(e))
+                if e.kind() == std::io::ErrorKind::AddrInUse
+                    && tokio::time::Instant::now() < deadline =>
+            {
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+            Err(e) => panic!(
+                "the hub cannot start on 127.0.0.1:8883/443/5671, which the Node SDKs need \
+                 (is another hub or broker using them?): {e}"
+            ),
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_official_node_device_service_and_dps_sdks_work_against_the_hub() {
+    let node = match node() {
+        Ok(n) => n,
+        Err(why) => {
+            crate::support::skip(&why);
+            return;
+        }
+    };
+    let _port = crate::support::PORT_8883.lock().await;
+    let tmp = tempfile::tempdir().unwrap();
+    let hub = start_hub_on_azure_ports(&tmp.path().join("hub")).await;
+    let view = TestHub::attach(&hub.info);
+    let work = tmp.path().join("work");
+    std::fs::create_dir_all(&work).unwrap();
+    let cs_file = work.join("service.cs");
+    std::fs::write(&cs_file, &hub.info.service_connection_string).unwrap();
+
+    device_and_service(&node, &view, &cs_file, "node-mqtt", "mqtt", "Mqtt").await;
+    device_and_service(&node, &view, &cs_file, "node-ws", "mqttws", "MqttWs").await;
+    dps(&node, &view, &work).await;
+
+    hub.stop().await.expect("hub stops cleanly");
+}
+
+/// One run of `sdk.js service` (see its header), each step checked from the hub's side too.
+async fn device_and_service(
+    node: &Path,
+    hub: &TestHub,
+    cs_file: &Path,
+    device: &str,
+    transport: &str,
+    transport_name: &str,
+) {
+    let cs = cs_file.to_str().unwrap();
+    let work = cs_file.parent().unwrap();
+    let mut s = NodeScript::spawn(
+        node,
+        work,
+        &format!("sdk-{transport}"),
+        &["service", cs, device, transport],
+        &hub.ca_file,
+    );
+    let created = s.expect("created").await;
+    assert_eq!(
+        created,
+        json!({"event": "created", "deviceId": device, "status": "enabled", "type": "sas",
+               "hasKeys": true, "etag": true})
+    );
+    let got = s.expect("device").await;
+    assert_eq!(got["sameKey"], true, "{got}");
+
+    let connected = s.expect("connected").await;
+    assert_eq!(connected["transport"], transport_name, "{connected}");
+
+    s.expect("telemetry_sent").await;
+    let (status, events) = hub
+        .rest(
+            Method::GET,
+            &format!("/emulator/events/recent?deviceId={device}"),
+            None,
+        )
+        .await;
+    assert_eq!(status, 200, "{events}");
+    let ev = events
+        .as_array()
+        .and_then(|a| a.iter().find(|e| e["type"] == "telemetry"))
+        .unwrap_or_else(|| panic!("the hub logged the telemetry: {events}"));
+    assert_eq!(ev["body"], r#"{"temperature":22.5}"#, "{ev}");
+    assert_eq!(ev["properties"]["alert"], "hot", "{ev}");
+    assert_eq!(ev["properties"]["source"], "node sdk", "{ev}");
+    assert_eq!(ev["systemProperties"]["message-id"], "node-msg-1", "{ev}");
+    assert_eq!(
+        ev["systemProperties"]["correlation-id"], "node-corr-1",
+        "{ev}"
+    );
+    assert_eq!(
+        ev["systemProperties"]["content-type"], "application/json",
+        "{ev}"
+    );
+    assert_eq!(ev["systemProperties"]["content-encoding"], "utf-8", "{ev}");
+
+    let twin = s.expect("twin").await;
+    assert_eq!(twin["desiredVersion"], 1, "{twin}");
+    s.expect("reported_patched").await;
+    let (status, shown) = hub
+        .rest(Method::GET, &format!("/twins/{device}"), None)
+        .await;
+    assert_eq!(status, 200, "{shown}");
+    let reported = &shown["properties"]["reported"];
+    assert_eq!(reported["firmware"], "node-1.18.4", "{shown}");
+    assert_eq!(reported["sdk"]["name"], "node", "{shown}");
+
+    s.expect("handlers_ready").await;
+    let updated = s.expect("twin_updated").await;
+    assert_eq!(updated["interval"], 9, "{updated}");
+    let desired = s.expect("desired").await;
+    assert_eq!(
+        desired["patch"],
+        json!({"interval": 9, "$version": updated["version"]}),
+        "{desired}"
+    );
+
+    s.expect("c2d_sent").await;
+    let c2d = s.expect("c2d").await;
+    assert_eq!(c2d["data"], "hello node", "{c2d}");
+    assert_eq!(c2d["messageId"], "node-c2d-1", "{c2d}");
+    assert_eq!(c2d["correlationId"], "node-c2d-corr", "{c2d}");
+    assert_eq!(c2d["properties"]["color"], "blue", "{c2d}");
+    assert_eq!(c2d["properties"]["note"], "yes & no = maybe/ok", "{c2d}");
+
+    let method = s.expect("method").await;
+    assert_eq!(method["name"], "reboot", "{method}");
+    assert_eq!(method["payload"], json!({"delay": 1}), "{method}");
+    let invoked = s.expect("invoked").await;
+    assert_eq!(invoked["status"], 201, "{invoked}");
+    assert_eq!(
+        invoked["payload"],
+        json!({"echo": {"delay": 1}, "method": "reboot"}),
+        "{invoked}"
+    );
+
+    let deleted = s.expect("deleted").await;
+    assert_eq!(
+        deleted,
+        json!({"event": "deleted", "getError": "DeviceNotFoundError", "status": 404})
+    );
+    s.expect("done").await;
+    s.finish().await;
+    let (status, _) = hub
+        .rest(Method::GET, &format!("/devices/{device}"), None)
+        .await;
+    assert_eq!(status, 404, "the Registry deleted {device}");
+}
+
+/// An individual enrollment with a symmetric key (made by `azsim dps enrollment create`); the
+/// Node provisioning client registers over MQTT, then its device client sends telemetry.
+async fn dps(node: &Path, hub: &TestHub, work: &Path) {
+    let mut cmd = azsim(work);
+    cmd.args(["dps", "enrollment", "create", "node-dps-reg"])
+        .args(["--device-id", "node-dps-device", "--json"])
+        .arg("--dps-connection-string")
+        .arg(&hub.info.provisioning_service_connection_string)
+        .arg("--ca")
+        .arg(&hub.ca_file);
+    let out: Output = output(cmd).await;
+    assert_eq!(out.code, 0, "{out:?}");
+    let enrollment = out.json();
+    let key = enrollment["attestation"]["symmetricKey"]["primaryKey"]
+        .as_str()
+        .unwrap_or_else(|| panic!("a generated key: {}", out.stdout));
+    let key_file = work.join("dps.key");
+    std::fs::write(&key_file, key).unwrap();
+
+    let mut s = NodeScript::spawn(
+        node,
+        work,
+        "sdk-dps",
+        &[
+            "dps",
+            &hub.info.id_scope,
+            &hub.info.provisioning_host,
+            "node-dps-reg",
+            key_file.to_str().unwrap(),
+        ],
+        &hub.ca_file,
+    );
+    let registered = s.expect("registered").await;
+    assert_eq!(
+        registered,
+        json!({"event": "registered", "assignedHub": hub.hostname, "deviceId": "node-dps-device",
+               "status": "assigned"})
+    );
+    s.expect("telemetry_sent").await;
+    s.expect("done").await;
+    s.finish().await;
+    let (status, events) = hub
+        .rest(
+            Method::GET,
+            "/emulator/events/recent?deviceId=node-dps-device",
+            None,
+        )
+        .await;
+    assert_eq!(status, 200, "{events}");
+    assert!(
+        events.as_array().is_some_and(|a| a
+            .iter()
+            .any(|e| e["systemProperties"]["message-id"] == "node-dps-1")),
+        "the provisioned device's telemetry reached the hub: {events}"
+    );
+}
