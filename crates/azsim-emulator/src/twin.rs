@@ -276,6 +276,19 @@ pub fn metadata_view(
     Value::Object(out)
 }
 
+/// A device's reported-properties PATCH body as a JSON object, or `None`.
+///
+/// Trailing NUL bytes are ignored, as IoT Hub's JSON reader (Newtonsoft.Json) skips a NUL after
+/// a value: azure-sdk-for-c's paho_iot_pnp_component_sample publishes its device-information
+/// patch with the rest of its zero-filled payload buffer after the JSON.
+pub fn parse_reported_patch(body: &[u8]) -> Option<Map<String, Value>> {
+    let end = body.iter().rposition(|&b| b != 0).map_or(0, |i| i + 1);
+    match serde_json::from_slice::<Value>(&body[..end]) {
+        Ok(Value::Object(m)) => Some(m),
+        _ => None,
+    }
+}
+
 /// Drop the read-only members a service may echo back (`$version`, `$metadata`).
 pub fn strip_meta(m: &mut Map<String, Value>) {
     m.remove("$version");
@@ -324,6 +337,18 @@ mod tests {
         assert_eq!(s, r#"{"a":"y","b":{"x":1},"$version":4}"#);
         let v: Value = serde_json::from_str(&s).unwrap();
         assert_eq!(v["$version"], 4);
+    }
+
+    #[test]
+    fn a_reported_patch_may_end_in_nul_bytes() {
+        let mut body = br#"{"deviceInformation":{"__t":"c","totalMemory":128}}"#.to_vec();
+        body.resize(body.len() + 450, 0);
+        let m = parse_reported_patch(&body).unwrap();
+        assert_eq!(m["deviceInformation"]["totalMemory"], 128);
+        assert_eq!(parse_reported_patch(b" {\"a\":1}\n").unwrap()["a"], 1);
+        for bad in [&b""[..], b"\0\0", b"[1]", b"{\"a\":1}\0x", b"\0{\"a\":1}"] {
+            assert_eq!(parse_reported_patch(bad), None, "{bad:?}");
+        }
     }
 
     #[test]

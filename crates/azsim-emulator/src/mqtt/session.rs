@@ -19,7 +19,7 @@ use rumqttc::mqttbytes::v4::{
     LastWill, Packet, PubAck, Publish, SubAck, SubscribeReasonCode, UnsubAck,
 };
 use rumqttc::mqttbytes::{Error as MqttError, QoS};
-use serde_json::{Value, json};
+use serde_json::json;
 
 use super::{Close, max_packet, packet_name};
 use crate::fault::{self, Fault};
@@ -467,9 +467,8 @@ impl Conn {
     }
 
     async fn patch_reported(&mut self, rid: &str, body: &[u8]) {
-        let patch = match serde_json::from_slice::<Value>(body) {
-            Ok(Value::Object(m)) => m,
-            _ => return self.twin_error(400, 400004, rid, "reported patch must be a JSON object"),
+        let Some(patch) = twin::parse_reported_patch(body) else {
+            return self.twin_error(400, 400004, rid, "reported patch must be a JSON object");
         };
         if let Err(e) = twin::validate_patch(&patch) {
             return self.twin_error(400, 400004, rid, &e.0);
