@@ -19,11 +19,12 @@ use azsim_proto::session::{DisconnectReason, Event, GiveUpReason, SessionConfig}
 use serde_json::json;
 use tokio::sync::watch;
 
+use super::clock::FleetClock;
 use super::stats::Stats;
 use crate::device::buffer::{GrowingBuffer, RESTING};
 use crate::device::driver::MAX_PACKET;
 use crate::device::driver::{Credential, HeapQueue};
-use crate::device::net::{FailureSlot, SystemClock, TlsConnector, Transport};
+use crate::device::net::{FailureSlot, TlsConnector, Transport};
 use crate::device::output::{Output, body_value};
 use crate::device::template::{Template, TemplateVars};
 
@@ -81,6 +82,8 @@ pub struct Common {
     pub restart_backoff: (Duration, Duration),
     /// MQTT over TLS or over WebSockets.
     pub transport: Transport,
+    /// The grid devices wake up on.
+    pub timer_resolution: Duration,
 }
 
 /// The interval of device `index`: `interval_ms` moved by up to `jitter_percent` either way,
@@ -197,7 +200,8 @@ async fn run_once(
         sent_at: VecDeque::new(),
         body: String::new(),
     };
-    let r = client.run(&mut connector, &mut SystemClock, &mut app).await;
+    let mut clock = FleetClock::new(common.timer_resolution);
+    let r = client.run(&mut connector, &mut clock, &mut app).await;
     if app.connected {
         common.stats.connected.fetch_sub(1, Ordering::Relaxed);
     }
@@ -390,16 +394,10 @@ impl App for FleetApp<'_> {
         let Some(tpl) = &self.common.payload else {
             return Some(reading.as_bytes());
         };
-        match tpl.render(TemplateVars::from_reading(
-            seq,
-            &self.spec.device_id,
-            Some(self.spec.index),
-            reading,
-        )) {
-            Ok(body) => {
-                self.body = body;
-                Some(self.body.as_bytes())
-            }
+        let vars =
+            TemplateVars::from_reading(seq, &self.spec.device_id, Some(self.spec.index), reading);
+        match tpl.render_into(vars, &mut self.body) {
+            Ok(()) => Some(self.body.as_bytes()),
             Err(_) => {
                 self.common.stats.error("template");
                 None

@@ -14,11 +14,13 @@
 //!
 //! What it does not do: modules, X.509 devices.
 
+pub mod clock;
 pub mod device;
 pub mod dps;
 pub mod metrics;
 pub mod registry;
 pub mod stats;
+pub mod workers;
 
 use std::future::Future;
 use std::io::IsTerminal as _;
@@ -152,6 +154,10 @@ pub struct FleetConfig {
     pub stats_every: Duration,
     /// Prometheus endpoint.
     pub metrics_addr: Option<SocketAddr>,
+    /// Threads the devices run on (one single-threaded runtime each).
+    pub threads: usize,
+    /// The grid devices wake up on (`--timer-resolution`).
+    pub timer_resolution: Duration,
 }
 
 /// Why a fleet could not run (exit 1).
@@ -314,6 +320,8 @@ pub async fn run(
             "first": ids.first(),
             "last": ids.last(),
             "device_ids": if starts.len() <= 1000 { json!(ids) } else { json!(null) },
+            "threads": cfg.threads,
+            "timer_resolution_ms": cfg.timer_resolution.as_millis(),
             "provisioning": dps_plan.as_ref().map(|p| json!({"host": p.host, "port": p.port, "id_scope": p.id_scope})),
         }),
         || {
@@ -347,6 +355,7 @@ pub async fn run(
         print_acks: cfg.print_acks,
         transport: cfg.transport,
         restart_backoff: (Duration::from_secs(1), Duration::from_secs(60)),
+        timer_resolution: cfg.timer_resolution,
     });
     let (stop_tx, stop_rx) = watch::channel(false);
     let rate = cfg.connect_rate;
@@ -354,6 +363,7 @@ pub async fn run(
         let stop = stop_rx.clone();
         let stats = stats.clone();
         let dps_plan = dps_plan.clone();
+        let mut workers = workers::Workers::new(cfg.threads).map_err(FleetError::Other)?;
         tokio::spawn(async move {
             let mut set = tokio::task::JoinSet::new();
             let t0 = tokio::time::Instant::now();
@@ -366,22 +376,30 @@ pub async fn run(
                 }
                 match (start, &dps_plan) {
                     (Start::Run(spec), _) => {
-                        set.spawn(device::run_device(spec, common.clone(), stop.clone()));
+                        set.spawn_on(
+                            device::run_device(spec, common.clone(), stop.clone()),
+                            workers.next_handle(),
+                        );
                     }
                     (Start::Provision(index, id), Some(plan)) => {
-                        set.spawn(dps::provision_and_run(
-                            plan.clone(),
-                            common.clone(),
-                            index,
-                            id,
-                            stop.clone(),
-                        ));
+                        set.spawn_on(
+                            dps::provision_and_run(
+                                plan.clone(),
+                                common.clone(),
+                                index,
+                                id,
+                                stop.clone(),
+                            ),
+                            workers.next_handle(),
+                        );
                     }
                     (Start::Provision(..), None) => continue,
                 }
                 stats.started.fetch_add(1, Ordering::Relaxed);
             }
             while set.join_next().await.is_some() {}
+            // The runtimes end with the last device.
+            drop(workers);
         })
     };
     let reporter = tokio::spawn(report(

@@ -23,6 +23,11 @@ async fn bad_input_exits_2_naming_the_flag() {
             "--connect-rate",
         ),
         (vec!["--devices", "10", "--interval", "0s"], "--interval"),
+        (vec!["--devices", "10", "--threads", "5000"], "--threads"),
+        (
+            vec!["--devices", "10", "--timer-resolution", "2s"],
+            "--timer-resolution",
+        ),
         (
             vec!["--devices", "10", "--group-key", "not base64!"],
             "--group-key",
