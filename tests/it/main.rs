@@ -9,6 +9,7 @@ mod hub_activity;
 mod hub_amqp;
 mod hub_amqp_c2d;
 mod hub_cli;
+mod hub_clients;
 mod hub_deadlines;
 mod hub_durability;
 mod hub_e2e;
