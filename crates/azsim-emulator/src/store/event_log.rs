@@ -3,8 +3,10 @@
 //! connections waiting for those messages are told (their PUBACKs go out then), and the log is
 //! capped at its size.
 
-use std::sync::atomic::Ordering;
-use std::sync::{Arc, Mutex};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, Weak};
+use std::time::{Duration, Instant};
 
 use rusqlite::{Connection, params};
 use tokio::sync::{Semaphore, mpsc, watch};
@@ -86,6 +88,7 @@ pub(super) fn event_writer(
     room: Arc<Semaphore>,
     cap: usize,
     committed: watch::Sender<u64>,
+    checkpoints: Arc<Checkpoints>,
 ) {
     let (insert_many, insert_one) = (insert_events_sql(ROWS_PER_INSERT), insert_events_sql(1));
     let mut since_trim = 0usize;
@@ -145,6 +148,9 @@ pub(super) fn event_writer(
             }
             drop(guard);
             if result.is_ok() {
+                checkpoints
+                    .rows
+                    .fetch_add(events.len() as u64, Ordering::Relaxed);
                 committed.send_modify(|n| *n = n.wrapping_add(1));
             }
             tell_waiters(&events, result.is_ok());
@@ -177,4 +183,61 @@ fn tell_waiters(events: &[(D2cRecord, Option<AckNote>)], committed: bool) {
     if let Some(p) = prev {
         p.changed.notify_one();
     }
+}
+
+/// What the checkpointer thread ([`start_checkpointer`]) goes by: telemetry rows committed
+/// since its last checkpoint, and whether the store has closed.
+#[derive(Debug, Default)]
+pub(super) struct Checkpoints {
+    rows: AtomicU64,
+    pub(super) stopped: AtomicBool,
+}
+
+/// Telemetry rows after which the checkpointer copies the WAL into the database: about the
+/// 1000 pages of SQLite's own automatic checkpoint, which it replaces.
+const CHECKPOINT_ROWS: u64 = 10_000;
+
+/// Every write is checkpointed within this long, also with little telemetry (registry, twins).
+const CHECKPOINT_EVERY: Duration = Duration::from_secs(2);
+
+/// A thread with its own connection to the database file at `path` that checkpoints the WAL
+/// (`PRAGMA wal_checkpoint(PASSIVE)`: copy what it can, never wait for a writer), so the
+/// telemetry writer's commits do not run SQLite's automatic checkpoint (a copy of the WAL into
+/// the database and an fsync of it) before their PUBACKs go out; the hub's connection has
+/// `wal_autocheckpoint` off. Durability is the same: a commit is in the WAL (fsynced with
+/// `synchronous=FULL`) before it is reported. The thread ends when the store closes or is
+/// dropped.
+pub(super) fn start_checkpointer(path: PathBuf, state: &Arc<Checkpoints>) -> std::io::Result<()> {
+    let state: Weak<Checkpoints> = Arc::downgrade(state);
+    std::thread::Builder::new()
+        .name("azsim-hub-ckpt".into())
+        .spawn(move || {
+            let conn = match Connection::open(&path) {
+                Ok(c) => c,
+                Err(e) => {
+                    tracing::warn!(error = %e, "WAL checkpointer: cannot open the database");
+                    return;
+                }
+            };
+            let _ = conn.busy_timeout(Duration::from_secs(5));
+            let mut last = Instant::now();
+            loop {
+                std::thread::sleep(Duration::from_millis(20));
+                let Some(st) = state.upgrade() else { return };
+                if st.stopped.load(Ordering::Acquire) {
+                    return;
+                }
+                let rows = st.rows.load(Ordering::Relaxed);
+                if rows < CHECKPOINT_ROWS && last.elapsed() < CHECKPOINT_EVERY {
+                    continue;
+                }
+                st.rows.fetch_sub(rows, Ordering::Relaxed);
+                drop(st);
+                last = Instant::now();
+                if let Err(e) = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(())) {
+                    tracing::warn!(error = %e, "WAL checkpoint failed");
+                }
+            }
+        })
+        .map(drop)
 }
