@@ -53,3 +53,35 @@ fn subscribe_filters() {
     }
     assert_eq!(checked, cases.len());
 }
+
+/// The filters azure-sdk-for-c (the Embedded C SDK) subscribes with, from
+/// `sdk/inc/azure/iot/az_iot_hub_client.h` at commit 19d99b758986eed912112786cc17ae6523bb24a5
+/// (`AZ_IOT_HUB_CLIENT_*_SUBSCRIBE_TOPIC`; commands and properties reuse the methods and twin
+/// ones). The hub accepts each from a device; the C2D one, with `+` for the device id, only from a
+/// device (the SDK has no module C2D).
+#[test]
+fn embedded_c_sdk_subscribe_filters_are_accepted_from_a_device() {
+    let dev = Identity::device("my_device");
+    for (filter, kind) in [
+        ("devices/+/messages/devicebound/#", SubscriptionKind::C2d),
+        ("$iothub/methods/POST/#", SubscriptionKind::Methods),
+        ("$iothub/twin/res/#", SubscriptionKind::TwinResponses),
+        (
+            "$iothub/twin/PATCH/properties/desired/#",
+            SubscriptionKind::DesiredPatches,
+        ),
+    ] {
+        assert_eq!(
+            topic::classify_subscription(filter, dev),
+            Ok(kind),
+            "{filter}"
+        );
+    }
+    assert_eq!(
+        topic::classify_subscription(
+            "devices/+/messages/devicebound/#",
+            Identity::module("my_device", "my_module_id")
+        ),
+        Err(TopicError::NotAllowed)
+    );
+}
