@@ -208,6 +208,17 @@ async fn device_and_service(
     );
     let got = s.expect("device").await;
     assert_eq!(got["sameKey"], true, "{got}");
+    // Registry.list asks for `GET /devices/`.
+    let listed = s.expect("listed").await;
+    assert_eq!(listed["found"], true, "{listed}");
+    // Bulk calls with azure-iothub's import modes (`create`, `Update`, `Delete`).
+    let ok = json!({"ok": true, "errors": 0});
+    let bulk = s.expect("bulk").await;
+    assert_eq!(
+        bulk,
+        json!({"event": "bulk", "added": ok, "disabled": "disabled", "updated": ok,
+               "enabled": "enabled", "removed": ok, "getError": "DeviceNotFoundError"})
+    );
 
     let connected = s.expect("connected").await;
     assert_eq!(connected["transport"], transport_name, "{connected}");

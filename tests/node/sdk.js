@@ -83,6 +83,9 @@ async function service(csFile, deviceId, transportName) {
   });
   const got = (await step('get', () => registry.get(deviceId))).responseBody;
   emit('device', { deviceId: got.deviceId, sameKey: got.authentication.symmetricKey.primaryKey === keys.primaryKey });
+  const listed = (await step('list', () => registry.list())).responseBody;
+  emit('listed', { found: listed.some((d) => d.deviceId === deviceId) });
+  await bulk(registry, deviceId + '-bulk');
 
   // The device connects with a connection string built from the key the Registry returned.
   const deviceCs = 'HostName=' + host + ';DeviceId=' + deviceId + ';SharedAccessKey=' + keys.primaryKey;
@@ -181,6 +184,27 @@ async function service(csFile, deviceId, transportName) {
   const err = await registry.get(deviceId).then(() => null, (e) => e);
   emit('deleted', { getError: err && err.name, status: err && err.response && err.response.statusCode });
   emit('done');
+}
+
+// The bulk registry calls as azure-iothub makes them (importMode create, Update, Delete).
+async function bulk(registry, prefix) {
+  const ids = [prefix + '-1', prefix + '-2'];
+  const key = () => require('crypto').randomBytes(32).toString('base64');
+  const outcome = (r) => ({ ok: r.responseBody.isSuccessful, errors: r.responseBody.errors.length });
+  const added = await step('addDevices', () => registry.addDevices(ids.map((deviceId) => ({
+    deviceId,
+    status: 'disabled',
+    authentication: { symmetricKey: { primaryKey: key(), secondaryKey: key() } },
+  }))));
+  const disabled = (await step('get bulk', () => registry.get(ids[0]))).responseBody.status;
+  const updated = await step('updateDevices', () => registry.updateDevices(ids.map((deviceId) => ({ deviceId, status: 'enabled' })), true));
+  const enabled = (await step('get bulk', () => registry.get(ids[1]))).responseBody.status;
+  const removed = await step('removeDevices', () => registry.removeDevices(ids.map((deviceId) => ({ deviceId })), true));
+  const err = await registry.get(ids[0]).then(() => null, (e) => e);
+  emit('bulk', {
+    added: outcome(added), disabled, updated: outcome(updated), enabled, removed: outcome(removed),
+    getError: err && err.name,
+  });
 }
 
 async function dps(idScope, host, registrationId, keyFile) {

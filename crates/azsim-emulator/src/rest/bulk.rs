@@ -81,14 +81,26 @@ fn parse_op(v: &Value) -> Result<Op, OpError> {
             )));
         }
     }
-    let mode = match v.get("importMode").and_then(Value::as_str) {
+    // Any case, as the service reads the enum: azure-iothub (Node) sends `Update`, `Delete`.
+    let mode = match v
+        .get("importMode")
+        .and_then(Value::as_str)
+        .map(str::to_ascii_lowercase)
+        .as_deref()
+    {
         Some("create") => Mode::Create,
         Some("update") => Mode::Update { if_match: false },
-        Some("updateIfMatchETag") => Mode::Update { if_match: true },
-        Some("createOrUpdate") | None => Mode::CreateOrUpdate,
+        Some("updateifmatchetag") => Mode::Update { if_match: true },
+        Some("createorupdate") | None => Mode::CreateOrUpdate,
         Some("delete") => Mode::Delete { if_match: false },
-        Some("deleteIfMatchETag") => Mode::Delete { if_match: true },
-        Some(other) => return Err(bad(format!("importMode '{other}' is not supported"))),
+        Some("deleteifmatchetag") => Mode::Delete { if_match: true },
+        Some(_) => {
+            let other = v["importMode"].as_str().unwrap_or_default();
+            return Err(bad(format!(
+                "importMode '{}' is not supported",
+                crate::untrusted::Untrusted(other)
+            )));
+        }
     };
     let auth = crate::x509::auth_from_json(v).map_err(bad)?;
     let enabled = match v.get("status") {

@@ -248,6 +248,8 @@ pub(crate) fn router(hub: Shared) -> Router {
             "/devices",
             get(devices::list_devices).post(bulk::bulk_devices),
         )
+        // azure-iothub (Node) lists with `GET /devices/` (its device path of an empty id).
+        .route("/devices/", get(devices::list_devices))
         .route("/devices/query", post(query::query_devices))
         .route("/jobs/v2/query", get(jobs::query_jobs))
         .route("/jobs/v2/{id}", put(jobs::create_job).get(jobs::get_job))
