@@ -2,8 +2,10 @@
 //! CONNECT is authenticated a frame or message over `pre_auth_max_bytes` (64 KiB) is refused
 //! from its header, with close code 1009, long before the connect deadline; after the CONNACK
 //! a 200 KiB telemetry message goes through, and only a frame over the largest packet gets
-//! 1009. The upgrade request's head is bounded too (431), and at most 512 upgraded WebSockets
-//! may wait unauthenticated (503 beyond, a place again once one goes).
+//! 1009. Pings from a client that does not read cannot pile up pongs in the hub: before auth
+//! the frames together are capped, after it a pong that does not fit waits for the one before.
+//! The upgrade request's head is bounded too (431), and at most 512 upgraded WebSockets may
+//! wait unauthenticated (503 beyond, a place again once one goes).
 
 use std::time::{Duration, Instant};
 
@@ -181,6 +183,62 @@ async fn before_auth_a_frame_or_message_over_the_cap_gets_1009_at_once_after_aut
     // The hub serves on.
     let mut again = connected(&hub, "wsl", &key).await;
     alive(&mut again).await;
+    hub.stop().await;
+}
+
+/// Masked pings of 125 bytes, `total` bytes of them or a little more.
+fn pings(total: usize) -> Vec<u8> {
+    let mut ping = frame_header(true, 9, 125);
+    ping.resize(ping.len() + 125, b'p');
+    ping.repeat(total.div_ceil(ping.len()))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pings_from_a_client_that_does_not_read_pile_up_no_pongs_before_or_after_auth() {
+    let hub = TestHub::start_configured(|c| c.limits.connect_deadline = DEADLINE).await;
+    hub.create_device("wsp").await;
+    let key = hub.device_key("wsp").await;
+
+    // Before auth: 1 MiB of pings, nothing read; closed once they pass twice the 64 KiB cap.
+    let mut ws = websocket(&hub, Some("mqtt")).await.unwrap();
+    let flood = pings(1024 * 1024);
+    let _ = tokio::time::timeout(PROMPT, ws.get_mut().write_all(&flood)).await;
+    let code = ended(&mut ws, "a pre-auth ping flood").await;
+    assert!(matches!(code, Some(1009) | None), "{code:?}");
+
+    // After auth: 24 MiB of pings sent without reading, then everything read. A pong that
+    // finds the hub's write buffer full is dropped (RFC 6455 5.5.3 lets a pong answer only
+    // the latest ping), so most never come; before, every one was queued in the hub.
+    let mut ws = connected(&hub, "wsp", &key).await;
+    let flood = pings(24 * 1024 * 1024);
+    let sent = flood.len() / 131;
+    let mut rd_ws = ws;
+    let writer = {
+        tokio::spawn(async move {
+            rd_ws.get_mut().write_all(&flood).await.unwrap();
+            rd_ws.get_mut().flush().await.unwrap();
+            rd_ws
+        })
+    };
+    ws = tokio::time::timeout(Duration::from_secs(120), writer)
+        .await
+        .expect("the hub takes every ping without the client reading")
+        .unwrap();
+    ws.send(Message::binary(vec![0xC0u8, 0])).await.unwrap();
+    let mut pongs = 0usize;
+    tokio::time::timeout(Duration::from_secs(60), async {
+        loop {
+            match ws.next().await {
+                Some(Ok(Message::Pong(_))) => pongs += 1,
+                Some(Ok(Message::Binary(b))) if b[..] == [0xD0, 0] => return,
+                other => panic!("{other:?}"),
+            }
+        }
+    })
+    .await
+    .expect("PINGRESP behind the pongs");
+    assert!(pongs < sent / 2, "{pongs} pongs for {sent} pings");
+    alive(&mut ws).await;
     hub.stop().await;
 }
 

@@ -19,7 +19,11 @@
 //! before tungstenite has buffered it, and the hub answers with close code 1009 (message too
 //! big) and ends the connection. From the CONNACK on the scan is off and tungstenite's own
 //! limits apply: a frame or message up to the largest packet (`d2c_max_bytes` + 64 KiB), past
-//! which it is closed with 1009 too. The upgrade request's head is bounded by the HTTPS
+//! which it is closed with 1009 too. Before authentication all the frames together (pings
+//! included) may carry at most twice that cap: tungstenite answers every ping, and a client
+//! that pings without reading would make it queue the pongs. After it, the frames waiting to
+//! be written are bounded ([`WRITE_CHUNK`] per write, twice that in all; a pong that does not
+//! fit waits for the one before it). The upgrade request's head is bounded by the HTTPS
 //! listener (`rest/mod.rs`: its buffer is `pre_auth_max_bytes`, 431 beyond, and the header
 //! timeout).
 //!
@@ -57,6 +61,9 @@ pub const SUBPROTOCOL: &str = "mqtt";
 /// What a WebSocket message may carry before authentication beyond `pre_auth_max_bytes`: the
 /// CONNECT's fixed header and a small packet a client sends right behind it.
 pub(crate) const PRE_AUTH_SLACK: usize = 1024;
+/// The most bytes [`WsBytes`] sends as one WebSocket message: more than any one MQTT packet the
+/// hub sends (so none is split), less than what a write of several packets may hold.
+pub const WRITE_CHUNK: usize = 512 * 1024;
 
 /// The handler of [`PATH`], with its own cap on unauthenticated WebSocket connections.
 pub(crate) fn route(hub: &Hub) -> axum::routing::MethodRouter<Arc<Hub>> {
@@ -96,6 +103,7 @@ async fn upgrade(hub: Arc<Hub>, pre_auth: Arc<Semaphore>, mut req: Request) -> R
     let config = WebSocketConfig::default()
         .read_buffer_size(4096)
         .write_buffer_size(0)
+        .max_write_buffer_size(2 * WRITE_CHUNK)
         .max_frame_size(Some(super::max_packet(&hub)))
         .max_message_size(Some(super::max_packet(&hub)));
     tokio::spawn(async move {
@@ -189,14 +197,16 @@ fn check_upgrade(h: &HeaderMap) -> Result<Vec<u8>, &'static str> {
 }
 
 /// A WebSocket connection as a byte stream: binary messages in, one binary message per write
-/// out. A text message is an error (MQTT over WebSockets is binary, MQTT 3.1.1 6.0); pings are
-/// answered by tungstenite; a close, or the end of the stream, reads as the end of the stream.
+/// (of at most [`WRITE_CHUNK`]) out. A text message is an error (MQTT over WebSockets is
+/// binary, MQTT 3.1.1 6.0); pings are answered by tungstenite; a close, or the end of the
+/// stream, reads as the end of the stream. A frame or message over the reader's limit gets the
+/// close frame 1009 and fails the read.
 pub struct WsBytes<S> {
     ws: WebSocketStream<S>,
     /// What is left of the last binary message.
     read: Bytes,
-    /// A frame or message too big to take: the read fails with this once the close frame
-    /// (1009) is out.
+    /// A frame or message too big to take: the read fails with this after the close frame
+    /// (1009) was queued.
     too_big: Option<io::Error>,
     /// That close frame is queued.
     close_queued: bool,
@@ -223,12 +233,13 @@ impl<S> WsBytes<S> {
 }
 
 impl<S: AsyncRead + AsyncWrite + Unpin> WsBytes<S> {
-    /// Sends the close frame 1009 (message too big, RFC 6455 7.4.1); done when it is out or
-    /// cannot be sent.
-    fn poll_close_too_big(&mut self, cx: &mut Context<'_>) -> Poll<()> {
+    /// Queues the close frame 1009 (message too big, RFC 6455 7.4.1) and tries once to send it:
+    /// a client that does not read cannot hold the connection open by not taking it.
+    fn try_close_too_big(&mut self, cx: &mut Context<'_>) {
         if !self.close_queued {
-            if ready!(Pin::new(&mut self.ws).poll_ready(cx)).is_err() {
-                return Poll::Ready(());
+            self.close_queued = true;
+            if !matches!(Pin::new(&mut self.ws).poll_ready(cx), Poll::Ready(Ok(()))) {
+                return;
             }
             let frame = CloseFrame {
                 code: CloseCode::Size,
@@ -238,12 +249,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin> WsBytes<S> {
                 .start_send(Message::Close(Some(frame)))
                 .is_err()
             {
-                return Poll::Ready(());
+                return;
             }
-            self.close_queued = true;
         }
-        let _ = ready!(Pin::new(&mut self.ws).poll_flush(cx));
-        Poll::Ready(())
+        let _ = Pin::new(&mut self.ws).poll_flush(cx);
     }
 }
 
@@ -278,10 +287,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin> AsyncRead for WsBytes<S> {
             return Poll::Ready(Ok(()));
         }
         loop {
-            if self.too_big.is_some() {
-                ready!(self.poll_close_too_big(cx));
-                let e = self.too_big.take();
-                return Poll::Ready(Err(e.unwrap_or_else(|| io::Error::other("too big"))));
+            if let Some(e) = self.too_big.take() {
+                self.try_close_too_big(cx);
+                return Poll::Ready(Err(e));
             }
             if !self.read.is_empty() {
                 let n = self.read.len().min(buf.remaining());
@@ -313,10 +321,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin> AsyncWrite for WsBytes<S> {
         data: &[u8],
     ) -> Poll<io::Result<usize>> {
         ready!(Pin::new(&mut self.ws).poll_ready(cx)).map_err(to_io)?;
+        let n = data.len().min(WRITE_CHUNK);
         Pin::new(&mut self.ws)
-            .start_send(Message::Binary(Bytes::copy_from_slice(data)))
+            .start_send(Message::Binary(Bytes::copy_from_slice(&data[..n])))
             .map_err(to_io)?;
-        Poll::Ready(Ok(data.len()))
+        Poll::Ready(Ok(n))
     }
 
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
@@ -328,18 +337,25 @@ impl<S: AsyncRead + AsyncWrite + Unpin> AsyncWrite for WsBytes<S> {
     }
 }
 
-/// A frame or message larger than an unauthenticated client may send.
-#[derive(Debug)]
+/// A frame or message larger than an unauthenticated client may send, or more frames in all.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct TooBig {
     size: u64,
     max: u64,
+    /// All frames together, not one frame or message.
+    total: bool,
 }
 
 impl std::fmt::Display for TooBig {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let what = if self.total {
+            "websocket frames of"
+        } else {
+            "a websocket frame or message of"
+        };
         write!(
             f,
-            "a websocket frame or message of {} bytes before authentication (at most {})",
+            "{what} {} bytes before authentication (at most {})",
             self.size, self.max
         )
     }
@@ -383,15 +399,11 @@ impl<S: AsyncRead + Unpin> AsyncRead for PreAuthLimit<S> {
         let before = buf.filled().len();
         ready!(Pin::new(&mut this.inner).poll_read(cx, buf))?;
         if let Some(scan) = &mut this.scan
-            && let Err(size) = scan.feed(&buf.filled()[before..])
+            && let Err(over) = scan.feed(&buf.filled()[before..])
         {
             buf.set_filled(before);
-            let max = scan.max;
-            tracing::info!(peer = %this.peer, bytes = size, limit = max, "closed: websocket frame or message larger than an unauthenticated client may send (1009)");
-            return Poll::Ready(Err(io::Error::new(
-                io::ErrorKind::InvalidData,
-                TooBig { size, max },
-            )));
+            tracing::info!(peer = %this.peer, bytes = over.size, limit = over.max, all_frames = over.total, "closed: websocket frame, message or frames larger than an unauthenticated client may send (1009)");
+            return Poll::Ready(Err(io::Error::new(io::ErrorKind::InvalidData, over)));
         }
         Poll::Ready(Ok(()))
     }
@@ -429,10 +441,12 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for PreAuthLimit<S> {
 
 /// Follows the frame boundaries of a client's byte stream (RFC 6455 5.2) and checks each
 /// frame's payload length, and the sum over a fragmented message's frames, against `max` as
-/// soon as the frame's header is in.
+/// soon as the frame's header is in, and everything it has seen against twice `max`.
 #[derive(Debug)]
 struct FrameScan {
     max: u64,
+    /// Bytes seen so far.
+    total: u64,
     /// The header being gathered (at most 2 + 8 length + 4 mask bytes).
     head: [u8; 14],
     have: usize,
@@ -446,6 +460,7 @@ impl FrameScan {
     fn new(max: u64) -> FrameScan {
         FrameScan {
             max,
+            total: 0,
             head: [0; 14],
             have: 0,
             left: 0,
@@ -453,8 +468,18 @@ impl FrameScan {
         }
     }
 
-    /// Takes the next bytes of the stream; the size of the first frame or message over `max`.
-    fn feed(&mut self, mut bytes: &[u8]) -> Result<(), u64> {
+    /// Takes the next bytes of the stream; the first frame or message over `max`, or all the
+    /// frames over twice `max`.
+    fn feed(&mut self, mut bytes: &[u8]) -> Result<(), TooBig> {
+        self.total = self.total.saturating_add(bytes.len() as u64);
+        let budget = self.max.saturating_mul(2);
+        if self.total > budget {
+            return Err(TooBig {
+                size: self.total,
+                max: budget,
+                total: true,
+            });
+        }
         while let Some((&first, rest)) = bytes.split_first() {
             if self.left > 0 {
                 let n = bytes
@@ -500,7 +525,11 @@ impl FrameScan {
                 _ => len,
             };
             if size > self.max {
-                return Err(size);
+                return Err(TooBig {
+                    size,
+                    max: self.max,
+                    total: false,
+                });
             }
             self.have = 0;
             self.left = len;
@@ -540,9 +569,10 @@ mod tests {
     #[test]
     fn frames_up_to_the_cap_pass_in_any_split_and_a_bigger_one_fails_at_its_header() {
         let mut stream = Vec::new();
-        for len in [0, 5, 125, 126, 1000, 65_535, 65_536, 70_000] {
+        for len in [0, 5, 125, 126, 1000, 65_535] {
             stream.extend(frame(true, 2, len));
         }
+        stream.extend(frame(true, 2, 70_000 - stream.len() - 20));
         stream.extend(frame(true, 9, 4)); // a ping
         for step in [1, 3, 7, 4096, stream.len()] {
             let mut scan = FrameScan::new(70_000);
@@ -557,7 +587,12 @@ mod tests {
             let h = header(true, 2, len);
             let (last, first) = h.split_last().unwrap();
             assert_eq!(scan.feed(first), Ok(()));
-            assert_eq!(scan.feed(&[*last]), Err(len));
+            let over = TooBig {
+                size: len,
+                max: 70_000,
+                total: false,
+            };
+            assert_eq!(scan.feed(&[*last]), Err(over));
         }
     }
 
@@ -567,11 +602,27 @@ mod tests {
         assert_eq!(scan.feed(&frame(false, 2, 600)), Ok(()));
         assert_eq!(scan.feed(&frame(true, 9, 100)), Ok(())); // a ping between fragments
         assert_eq!(scan.feed(&frame(false, 0, 400)), Ok(()));
-        assert_eq!(scan.feed(&header(true, 0, 1)), Err(1001));
+        let over = TooBig {
+            size: 1001,
+            max: 1000,
+            total: false,
+        };
+        assert_eq!(scan.feed(&header(true, 0, 1)), Err(over));
         // A new message starts from zero.
         let mut scan = FrameScan::new(1000);
         assert_eq!(scan.feed(&frame(true, 2, 900)), Ok(()));
         assert_eq!(scan.feed(&frame(true, 2, 900)), Ok(()));
+    }
+
+    #[test]
+    fn all_frames_together_may_carry_twice_the_cap() {
+        let mut scan = FrameScan::new(1000);
+        let ping = frame(true, 9, 125);
+        for _ in 0..(2000 / ping.len()) {
+            assert_eq!(scan.feed(&ping), Ok(()));
+        }
+        let over = scan.feed(&ping).unwrap_err();
+        assert!(over.total && over.max == 2000 && over.size > 2000, "{over}");
     }
 
     #[tokio::test]
