@@ -458,3 +458,213 @@ async fn without_a_tier_dps_registrations_are_not_rate_limited() {
     }
     hub.stop().await;
 }
+
+/// `GET /emulator/quota`'s count for one operation (Azure's quota usage insight name).
+async fn billed(hub: &TestHub, name: &str) -> u64 {
+    let (s, v) = hub.rest(Method::GET, "/emulator/quota", None).await;
+    assert_eq!(s, 200, "{v}");
+    v["byOperation"][name].as_u64().unwrap_or(0)
+}
+
+/// With a tier, the daily quota counts what Azure's billing counts (Learn, "Azure IoT Hub
+/// billing information"), each in 4 KB blocks, at least one: telemetry, C2D, a direct method's
+/// request and its "not online" answer, twin reads (back end and device), twin updates (back
+/// end, reported from the device, the desired notification the device gets) and device
+/// queries by their result; jobs queries and registry calls are free.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_daily_quota_counts_each_billable_operation_in_4_kb_blocks() {
+    let clock = ManualClock::at_system_now();
+    let c = clock.clock();
+    let hub = TestHub::start_configured(move |cfg| {
+        cfg.clock = c;
+        cfg.tier = Some(azsim_emulator::fault::Tier::S1);
+    })
+    .await;
+    let key = device(&hub, "qk").await;
+    hub.create_device("qk-off").await;
+    assert_eq!(
+        billed(&hub, "Device to Cloud Telemetry").await,
+        0,
+        "registry calls are free"
+    );
+    let mut r = connected(&hub, "qk", &key).await;
+    r.subscribe("$iothub/twin/res/#", QoS::AtMostOnce).await;
+    r.subscribe("$iothub/twin/PATCH/properties/desired/#", QoS::AtMostOnce)
+        .await;
+
+    let id = r
+        .publish1("devices/qk/messages/events/", vec![b'x'; 6 * 1024])
+        .await;
+    r.puback(id).await;
+    assert_eq!(billed(&hub, "Device to Cloud Telemetry").await, 2);
+
+    let (s, v) = hub
+        .rest(
+            Method::POST,
+            "/emulator/devices/qk/c2d",
+            Some(json!({"body": "c".repeat(5000)})),
+        )
+        .await;
+    assert!(s == 200 || s == 202, "{s} {v}");
+    assert_eq!(billed(&hub, "Cloud To Device Command").await, 2);
+
+    // A 5 KB tags update is two messages; a desired one is one, and so is its notification.
+    let (s, v) = hub
+        .rest(
+            Method::PATCH,
+            "/twins/qk",
+            Some(json!({"tags": {"a": "t".repeat(2500), "b": "t".repeat(2500)}})),
+        )
+        .await;
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(billed(&hub, "Update Twin").await, 2);
+    let (s, v) = hub
+        .rest(
+            Method::PATCH,
+            "/twins/qk",
+            Some(json!({"properties": {"desired": {"rate": 5}}})),
+        )
+        .await;
+    assert_eq!(s, 200, "{v}");
+    let note = r.next_publish().await;
+    assert!(
+        note.topic
+            .starts_with("$iothub/twin/PATCH/properties/desired/")
+    );
+    assert_eq!(billed(&hub, "Update Twin").await, 3);
+    assert_eq!(billed(&hub, "D2C Notify DesiredProperties").await, 1);
+
+    // The back end reads the whole twin (over 4 KB with the tag); the device its properties.
+    let (s, twin) = hub.rest(Method::GET, "/twins/qk", None).await;
+    assert_eq!(s, 200);
+    assert_eq!(
+        billed(&hub, "Get Twin").await,
+        twin.to_string().len().div_ceil(4096) as u64
+    );
+    assert_eq!(billed(&hub, "Get Twin").await, 2);
+    r.publish0("$iothub/twin/GET/?$rid=1", "").await;
+    let res = r.next_publish().await;
+    assert!(
+        res.topic.starts_with("$iothub/twin/res/200/"),
+        "{}",
+        res.topic
+    );
+    assert_eq!(billed(&hub, "D2C Get Twin").await, 1);
+    r.publish0(
+        "$iothub/twin/PATCH/properties/reported/?$rid=2",
+        r#"{"temp":21}"#,
+    )
+    .await;
+    let res = r.next_publish().await;
+    assert!(
+        res.topic.starts_with("$iothub/twin/res/204/"),
+        "{}",
+        res.topic
+    );
+    assert_eq!(billed(&hub, "D2 Patch ReportedProperties").await, 1);
+
+    // A 6 KB method request to a device that is not connected: two, plus one for the answer.
+    let (s, v) = hub
+        .rest(
+            Method::POST,
+            "/twins/qk-off/methods",
+            Some(json!({"methodName": "m", "payload": "p".repeat(6000), "connectTimeoutInSeconds": 0})),
+        )
+        .await;
+    assert_eq!(s, 404, "{v}");
+    assert_eq!(billed(&hub, "Device Direct Invoke Method").await, 3);
+
+    let (s, rows) = hub
+        .rest(
+            Method::POST,
+            "/devices/query",
+            Some(json!({"query": "SELECT * FROM devices"})),
+        )
+        .await;
+    assert_eq!(s, 200, "{rows}");
+    let blocks = serde_json::to_vec(&rows).unwrap().len().div_ceil(4096) as u64;
+    assert!(blocks >= 2, "the big tag is in the result");
+    assert_eq!(billed(&hub, "Query Devices").await, blocks);
+    let (s, _) = hub
+        .rest(
+            Method::POST,
+            "/devices/query",
+            Some(json!({"query": "SELECT * FROM devices.jobs"})),
+        )
+        .await;
+    assert_eq!(s, 200);
+    assert_eq!(
+        billed(&hub, "Query Devices").await,
+        blocks,
+        "jobs queries are free"
+    );
+
+    let (_, q) = hub.rest(Method::GET, "/emulator/quota", None).await;
+    assert_eq!(q["tier"], "S1");
+    assert_eq!(q["limit"], 400_000);
+    assert_eq!(q["used"], 2 + 2 + 3 + 1 + 2 + 1 + 1 + 3 + blocks, "{q}");
+    hub.stop().await;
+}
+
+/// Once the day's quota has no room, billable REST calls are refused with 403002
+/// IoTHubQuotaExceeded (a method, a C2D message), and a device's twin request gets `res/403`
+/// (the next UTC day starting over is `quota`'s unit test).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_used_up_quota_refuses_methods_c2d_and_device_twin_requests_with_403002() {
+    let clock = ManualClock::at_system_now();
+    let c = clock.clock();
+    let hub = TestHub::start_configured(move |cfg| {
+        cfg.clock = c;
+        cfg.tier = Some(azsim_emulator::fault::Tier::F1);
+    })
+    .await;
+    let key = device(&hub, "qf").await;
+    let mut r = connected(&hub, "qf", &key).await;
+    r.subscribe("$iothub/twin/res/#", QoS::AtMostOnce).await;
+    // F1: 8,000 blocks of 0.5 KB. 15 telemetry messages of 512 blocks: 7,680.
+    let big = vec![b'x'; 256 * 1024 - 64];
+    for _ in 0..15 {
+        let id = r.publish1("devices/qf/messages/events/", big.clone()).await;
+        r.puback(id).await;
+    }
+    // A device twin read of the whole remainder: 640 twin reads would not fit, so read the twin
+    // until it is refused.
+    let mut reads = 0;
+    let refused = loop {
+        reads += 1;
+        r.publish0(&format!("$iothub/twin/GET/?$rid={reads}"), "")
+            .await;
+        let res = r.next_publish().await;
+        if !res.topic.starts_with("$iothub/twin/res/200/") {
+            break res;
+        }
+        assert!(reads <= 320, "still answered after {reads} reads");
+    };
+    assert_eq!(reads, 321, "320 blocks were left");
+    assert!(
+        refused.topic.starts_with("$iothub/twin/res/403/"),
+        "{}",
+        refused.topic
+    );
+    let body: Value = serde_json::from_slice(&refused.payload).unwrap();
+    assert_eq!(body["errorCode"], 403002, "{body}");
+    let (s, v) = hub
+        .rest(
+            Method::POST,
+            "/twins/qf/methods",
+            Some(json!({"methodName": "m", "connectTimeoutInSeconds": 0})),
+        )
+        .await;
+    assert_eq!(s, 403, "{v}");
+    assert!(v.to_string().contains("403002"), "{v}");
+    let (s, v) = hub
+        .rest(
+            Method::POST,
+            "/emulator/devices/qf/c2d",
+            Some(json!({"body": "hi"})),
+        )
+        .await;
+    assert_eq!(s, 403, "{v}");
+    assert!(v.to_string().contains("403002"), "{v}");
+    hub.stop().await;
+}

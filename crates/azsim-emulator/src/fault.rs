@@ -29,7 +29,7 @@
 //! 50/s, max(50, 5/unit), 250/unit; C2D sends 1.67/s/unit, 83.33 on S3; Free as S1). Over a
 //! throttle, REST answers 429 ThrottlingException (429001) at once: Azure first queues and
 //! delays ("traffic shaping"), which a local hub does not imitate. The meter is in memory and
-//! counts device-to-cloud telemetry only (Azure also counts C2D and twin operations).
+//! counts what Azure counts (see `quota`).
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -262,8 +262,8 @@ pub(crate) struct Faults {
     /// none was, so the common answer costs no lock.
     any: AtomicBool,
     windows: Mutex<HashMap<String, Vec<Window>>>,
-    /// (UTC day number, messages used that day).
-    quota: Mutex<(u64, u64)>,
+    /// The day's message quota (see `quota`).
+    pub(crate) meter: crate::quota::Meter,
     /// Per throttle class: (window start, calls in it).
     calls: Mutex<HashMap<Class, (u64, u64)>>,
 }
@@ -344,18 +344,14 @@ impl Faults {
         bytes: usize,
         now_ms: u64,
     ) -> bool {
-        let Some(tier) = tier else { return true };
-        let day = now_ms / 86_400_000;
-        let cost = bytes.div_ceil(tier.chunk_bytes()).max(1) as u64;
-        let mut q = lock(&self.quota);
-        if q.0 != day {
-            *q = (day, 0);
-        }
-        if q.1 + cost > tier.daily_messages(units) {
-            return false;
-        }
-        q.1 += cost;
-        true
+        self.meter.charge(
+            tier,
+            units,
+            crate::quota::Billed::Telemetry,
+            bytes,
+            now_ms,
+            true,
+        )
     }
 
     /// Count a REST call of `class`; false when it is over the tier's throttle.

@@ -270,6 +270,7 @@ impl Hub {
             return;
         }
         let body = twin::section_json(patch, version);
+        crate::quota::record(self, crate::quota::Billed::DesiredNotify, body.len());
         let _ = e.tx.send(ConnCmd::Publish(Box::new(Publish::new(
             topic,
             QoS::AtMostOnce,

@@ -38,6 +38,7 @@ mod hub;
 mod listen;
 mod mqtt;
 pub mod query;
+mod quota;
 mod rest;
 pub mod routing;
 pub mod settings;

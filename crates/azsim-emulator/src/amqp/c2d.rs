@@ -223,6 +223,12 @@ async fn enqueue(ctx: &ConnCtx, msg: &Message<Body<Value>>) -> Result<(), AmqpEr
             format!("message exceeds {} bytes", limits.c2d_max_bytes),
         ));
     }
+    if !crate::quota::would_fit(hub, size) {
+        return Err(error(
+            AmqpError::ResourceLimitExceeded,
+            crate::quota::EXCEEDED.into(),
+        ));
+    }
     let now = hub.now_ms();
     let expiry_ms = match props.absolute_expiry_time {
         Some(t) => t.milliseconds(),
@@ -270,6 +276,7 @@ async fn enqueue(ctx: &ConnCtx, msg: &Message<Body<Value>>) -> Result<(), AmqpEr
         .map_err(|e| error(AmqpError::InternalError, e.to_string()))?;
     match queued {
         Ok(depth) => {
+            crate::quota::record(hub, crate::quota::Billed::C2d, size);
             tracing::info!(device = %Untrusted(&device), message_id = %Untrusted(&message_id), depth, "c2d queued over amqp");
             hub.wake_c2d(&device);
             Ok(())

@@ -24,6 +24,7 @@ use serde_json::json;
 use super::{Close, max_packet, packet_name};
 use crate::fault::{self, Fault};
 use crate::hub::{Hub, Subs, twin_device_view};
+use crate::quota::Billed;
 use crate::store::{C2dMessage, Commits, EventBatch, q};
 use crate::telemetry::{self, D2cRecord, Origin};
 use crate::twin;
@@ -344,12 +345,14 @@ impl Conn {
                     .call(move |c| q::get_identity(c, &d, m.as_deref()))
                     .await;
                 match res {
-                    Ok(Some(i)) => self.twin_response(
-                        200,
-                        &r,
-                        None,
-                        twin_device_view(&i).to_string().into_bytes(),
-                    ),
+                    Ok(Some(i)) => {
+                        let body = twin_device_view(&i).to_string().into_bytes();
+                        if crate::quota::charge(&self.hub, Billed::DeviceTwinRead, body.len()) {
+                            self.twin_response(200, &r, None, body);
+                        } else {
+                            self.twin_error(403, 403002, &r, crate::quota::EXCEEDED);
+                        }
+                    }
                     _ => self.twin_error(404, 404001, &r, "device not found"),
                 }
                 return self.puback(&p);
@@ -358,6 +361,10 @@ impl Conn {
                 let mut r = String::new();
                 let _ = rid.decode_to(&mut r);
                 if self.twin_throttled(&r) {
+                    return self.puback(&p);
+                }
+                if !crate::quota::charge(&self.hub, Billed::ReportedPatch, p.payload.len()) {
+                    self.twin_error(403, 403002, &r, crate::quota::EXCEEDED);
                     return self.puback(&p);
                 }
                 self.patch_reported(&r, &p.payload).await;

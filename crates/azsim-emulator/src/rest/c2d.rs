@@ -118,6 +118,7 @@ pub(super) async fn send_c2d(
             format!("message exceeds {} bytes", hub.cfg.limits.c2d_max_bytes),
         ));
     }
+    super::fault::fits(&hub, size)?;
     let now = hub.now_ms();
     let msg = C2dMessage {
         seq: 0,
@@ -149,6 +150,7 @@ pub(super) async fn send_c2d(
         .await?;
     match r? {
         Some(depth) => {
+            crate::quota::record(&hub, crate::quota::Billed::C2d, size);
             hub.wake_c2d(&id);
             Ok(json_ok(
                 StatusCode::ACCEPTED,

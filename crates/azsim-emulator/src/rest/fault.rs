@@ -63,3 +63,47 @@ pub(super) async fn inject_fault(
         json!({"deviceId": id, "kind": fault.name(), "startsAt": time(from), "endsAt": time(until)}),
     ))
 }
+
+/// 403002 IoTHubQuotaExceeded: the day's message quota is used up (see `quota`).
+pub(super) fn quota_exceeded() -> ApiError {
+    ApiError::new(
+        StatusCode::FORBIDDEN,
+        403002,
+        "IoTHubQuotaExceeded",
+        "Total number of messages on IotHub exceeded the allocated quota",
+    )
+}
+
+/// Charge a billable REST operation to the day's quota, or refuse it with 403002.
+pub(super) fn charge(
+    hub: &Shared,
+    what: crate::quota::Billed,
+    bytes: usize,
+) -> Result<(), ApiError> {
+    if crate::quota::charge(hub, what, bytes) {
+        Ok(())
+    } else {
+        Err(quota_exceeded())
+    }
+}
+
+/// Refuse with 403002 an operation of `bytes` the day's quota has no room for (charged with
+/// `quota::record` once it has succeeded).
+pub(super) fn fits(hub: &Shared, bytes: usize) -> Result<(), ApiError> {
+    if crate::quota::would_fit(hub, bytes) {
+        Ok(())
+    } else {
+        Err(quota_exceeded())
+    }
+}
+
+/// `GET /emulator/quota` (not Azure): the day's message quota, used and by operation, under
+/// the names of Azure's quota usage insight.
+pub(super) async fn quota_usage(State(hub): State<Shared>) -> ApiResult {
+    Ok(json_ok(
+        StatusCode::OK,
+        hub.faults
+            .meter
+            .report(hub.cfg.tier, hub.cfg.units, hub.clock().unix_ms()),
+    ))
+}

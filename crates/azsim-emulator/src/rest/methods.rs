@@ -59,6 +59,13 @@ async fn invoke(hub: &Shared, id: String, module: Option<String>, body: Bytes) -
             None => ApiError::device_not_found(&id),
         });
     }
+    let billed = if module.is_some() {
+        crate::quota::Billed::ModuleMethod
+    } else {
+        crate::quota::Billed::Method
+    };
+    let request_bytes = serde_json::to_vec(&payload).map(|v| v.len()).unwrap_or(0);
+    super::fault::charge(hub, billed, request_bytes)?;
     let r = hub
         .invoke_method(
             &id,
@@ -69,6 +76,12 @@ async fn invoke(hub: &Shared, id: String, module: Option<String>, body: Bytes) -
             Duration::from_secs(connect_timeout),
         )
         .await;
+    match &r {
+        // The response is further messages; "not online" one.
+        Ok((_, body)) => crate::quota::record(hub, billed, body.len()),
+        Err(MethodError::NotOnline) => crate::quota::record(hub, billed, 0),
+        Err(MethodError::Timeout) => {}
+    }
     match r {
         Ok((status, body)) => {
             let payload = if body.is_empty() {

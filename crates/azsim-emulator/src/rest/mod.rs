@@ -318,6 +318,7 @@ pub(crate) fn router(hub: Shared) -> Router {
         )
         .route("/emulator/devices/{id}/c2d", post(c2d::send_c2d))
         .route("/emulator/devices/{id}/faults", post(fault::inject_fault))
+        .route("/emulator/quota", get(fault::quota_usage))
         .route("/emulator/events", get(events::events_sse))
         .route("/emulator/events/recent", get(events::events_recent))
         .route("/emulator/routing", get(crate::routing::stats))

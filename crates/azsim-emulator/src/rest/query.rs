@@ -228,6 +228,12 @@ fn respond(rows: Vec<Value>, next: Option<String>, item_type: &'static str) -> R
     r
 }
 
+/// A query against devices or modules is charged by its result's size (`quota`).
+fn charge_result(hub: &Shared, rows: &[Value]) -> Result<(), ApiError> {
+    let bytes = serde_json::to_vec(rows).map(|v| v.len()).unwrap_or(0);
+    super::fault::charge(hub, crate::quota::Billed::Query, bytes)
+}
+
 /// `POST /devices/query` with `{"query": "SELECT ..."}`.
 pub(super) async fn query_devices(
     State(hub): State<Shared>,
@@ -249,6 +255,10 @@ pub(super) async fn query_devices(
         let total = rows.len();
         let end = offset.saturating_add(size).min(total);
         let page: Vec<Value> = rows.into_iter().skip(offset).take(size).collect();
+        // Queries against jobs are not charged; the others by their result (`quota`).
+        if q.source != Source::Jobs {
+            charge_result(&hub, &page)?;
+        }
         return Ok(respond(page, (end < total).then(|| token(end)), item_type));
     }
     let from = match token_json(&headers)? {
@@ -267,6 +277,7 @@ pub(super) async fn query_devices(
     }
     let left = from.left;
     let (rows, last, more) = twin_page(&hub, Arc::new(q), from, want).await?;
+    charge_result(&hub, &rows)?;
     let left = left.map(|l| l.saturating_sub(rows.len() as u64));
     let next = match last {
         Some((device, module)) if more && left != Some(0) => Some(

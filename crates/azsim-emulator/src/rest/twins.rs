@@ -93,7 +93,16 @@ async fn get_twin_json(hub: &Shared, id: String, module: Option<String>) -> ApiR
         })
         .await?
     {
-        Some((i, depth)) => Ok(json_ok(StatusCode::OK, twin_json(hub, &i, depth))),
+        Some((i, depth)) => {
+            let doc = twin_json(hub, &i, depth);
+            let billed = if module.is_some() {
+                crate::quota::Billed::ModuleTwinRead
+            } else {
+                crate::quota::Billed::TwinRead
+            };
+            super::fault::charge(hub, billed, doc.to_string().len())?;
+            Ok(json_ok(StatusCode::OK, doc))
+        }
         None => Err(match module {
             Some(m) => ApiError::module_not_found(&id, &m),
             None => ApiError::device_not_found(&id),
@@ -145,6 +154,8 @@ async fn update_twin(
     body: Bytes,
     replace: bool,
 ) -> ApiResult {
+    let update_bytes = body.len();
+    super::fault::fits(hub, update_bytes)?;
     let body = parse_json(&body)?;
     if !body.is_object() {
         return Err(ApiError::bad("body must be a JSON object"));
@@ -243,6 +254,15 @@ async fn update_twin(
         };
         crate::routing::twin_changed(hub, d, m, &change);
     }
+    crate::quota::record(
+        hub,
+        if i.module_id.is_some() {
+            crate::quota::Billed::ModuleTwinUpdate
+        } else {
+            crate::quota::Billed::TwinUpdate
+        },
+        update_bytes,
+    );
     if let Some(p) = patch {
         hub.push_desired(&i.device_id, i.module_id.as_deref(), &p, i.desired_version);
         hub.emit(&i.device_id, json!({"type":"twinDesired","deviceId":i.device_id,"moduleId":i.module_id,"version":i.desired_version,"patch":p}));
