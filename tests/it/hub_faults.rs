@@ -668,3 +668,65 @@ async fn a_used_up_quota_refuses_methods_c2d_and_device_twin_requests_with_40300
     assert!(v.to_string().contains("403002"), "{v}");
     hub.stop().await;
 }
+
+/// A job's per-device operations are billed: a method job on two devices that are not online
+/// is two requests and two "not online" answers (`Invoke Method Device Job`); a twin job's
+/// update is a twin update. Creating and reading the jobs is free.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_jobs_per_device_operations_are_billed_and_the_job_itself_is_not() {
+    let hub = TestHub::start_configured(|cfg| {
+        cfg.tier = Some(azsim_emulator::fault::Tier::S1);
+    })
+    .await;
+    for id in ["jm-1", "jm-2"] {
+        hub.create_device(id).await;
+    }
+    let wait = |id: &'static str| {
+        let hub = &hub;
+        async move {
+            tokio::time::timeout(Duration::from_secs(30), async {
+                loop {
+                    let (s, j) = hub.rest(Method::GET, &format!("/jobs/v2/{id}"), None).await;
+                    assert_eq!(s, 200, "{j}");
+                    if j["status"] == "completed" {
+                        return j;
+                    }
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            })
+            .await
+            .unwrap_or_else(|_| panic!("job {id} did not complete"))
+        }
+    };
+    let (s, v) = hub
+        .rest(
+            Method::PUT,
+            "/jobs/v2/billed-m",
+            Some(json!({"type": "scheduleDeviceMethod",
+                "queryCondition": "deviceId IN ['jm-1', 'jm-2']",
+                "cloudToDeviceMethod": {"methodName": "m", "payload": {"n": 1},
+                    "connectTimeoutInSeconds": 0}})),
+        )
+        .await;
+    assert_eq!(s, 200, "{v}");
+    let done = wait("billed-m").await;
+    assert_eq!(done["deviceJobStatistics"]["failedCount"], 2, "{done}");
+    assert_eq!(billed(&hub, "Invoke Method Device Job").await, 4);
+    let before = billed(&hub, "Update Twin").await;
+    let (s, v) = hub
+        .rest(
+            Method::PUT,
+            "/jobs/v2/billed-t",
+            Some(
+                json!({"type": "scheduleUpdateTwin", "queryCondition": "deviceId = 'jm-1'",
+                "updateTwin": {"tags": {"site": "a"}}}),
+            ),
+        )
+        .await;
+    assert_eq!(s, 200, "{v}");
+    wait("billed-t").await;
+    assert_eq!(billed(&hub, "Update Twin").await, before + 1);
+    let (_, q) = hub.rest(Method::GET, "/emulator/quota", None).await;
+    assert_eq!(q["used"], 5, "only the per-device operations: {q}");
+    hub.stop().await;
+}

@@ -17,8 +17,10 @@
 //! never refused. Each charge is kept under the name Azure's "quota usage insight" gives it
 //! (the italic terms of that page), which `GET /emulator/quota` (not Azure) reports.
 //!
-//! Not metered: per-device job operations (twin updates and methods a job runs), file
-//! uploads, digital twin and configuration operations (the hub has none of the last three).
+//! A job's per-device operations are charged as Azure charges them: each method call as a
+//! method (request, response), each twin update as a twin update (the job runs the REST
+//! update itself, so it is counted, and refused, as `Update Twin`). Not metered: file uploads,
+//! digital twin and configuration operations (the hub has none of them).
 
 use std::collections::BTreeMap;
 use std::sync::Mutex;
@@ -35,6 +37,7 @@ pub(crate) enum Billed {
     C2d,
     Method,
     ModuleMethod,
+    MethodJob,
     TwinRead,
     ModuleTwinRead,
     DeviceTwinRead,
@@ -53,6 +56,7 @@ impl Billed {
             Billed::C2d => "Cloud To Device Command",
             Billed::Method => "Device Direct Invoke Method",
             Billed::ModuleMethod => "Module Direct Invoke Method",
+            Billed::MethodJob => "Invoke Method Device Job",
             Billed::TwinRead => "Get Twin",
             Billed::ModuleTwinRead => "Get Module Twin",
             Billed::DeviceTwinRead => "D2C Get Twin",

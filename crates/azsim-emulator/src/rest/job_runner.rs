@@ -303,6 +303,12 @@ async fn invoke(hub: &Shared, device: &str, spec: &Value) -> Result<Value, Value
     let method = azsim_proto::topic::MethodName::new(name)
         .map_err(|e| json!({"code": "ArgumentInvalid", "description": e.to_string()}))?;
     let secs = |k: &str, d: u64| Duration::from_secs(spec[k].as_u64().unwrap_or(d));
+    // Charged as a direct method is (`quota`), refused as Azure refuses a billable operation.
+    let billed = crate::quota::Billed::MethodJob;
+    let request_bytes = serde_json::to_vec(&spec["payload"]).map_or(0, |v| v.len());
+    if !crate::quota::charge(hub, billed, request_bytes) {
+        return Err(json!({"code": "IoTHubQuotaExceeded", "description": crate::quota::EXCEEDED}));
+    }
     let r = hub
         .invoke_method(
             device,
@@ -313,6 +319,11 @@ async fn invoke(hub: &Shared, device: &str, spec: &Value) -> Result<Value, Value
             secs("connectTimeoutInSeconds", 0),
         )
         .await;
+    match &r {
+        Ok((_, body)) => crate::quota::record(hub, billed, body.len()),
+        Err(MethodError::NotOnline) => crate::quota::record(hub, billed, 0),
+        Err(MethodError::Timeout) => {}
+    }
     match r {
         Ok((status, body)) => {
             let payload = if body.is_empty() {
