@@ -730,3 +730,61 @@ async fn a_jobs_per_device_operations_are_billed_and_the_job_itself_is_not() {
     assert_eq!(q["used"], 5, "only the per-device operations: {q}");
     hub.stop().await;
 }
+
+/// With `--tier`, a device may poll its registration's operation status 5 times in 10 s (DPS's
+/// "Device polling operation: 5/10 sec/device"); the 6th gets 429 with `Retry-After` to the
+/// window's end, and the next window answers again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_tier_dps_poll_rate_answers_429_past_five_polls_in_ten_seconds() {
+    use crate::dps::{registration_token, request, service};
+    let clock = ManualClock::new(1_700_000_003_000);
+    let c = clock.clock();
+    let hub = TestHub::start_configured(move |cfg| {
+        cfg.clock = c;
+        cfg.tier = Some(azsim_emulator::fault::Tier::S1);
+    })
+    .await;
+    let scope = hub.info.id_scope.clone();
+    let (s, e) = service(&hub, Method::PUT, "/enrollments/poll-1", Some(json!({}))).await;
+    assert_eq!(s, 200, "{e}");
+    let key = e["attestation"]["symmetricKey"]["primaryKey"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let token = registration_token(&scope, "poll-1", &key, 1_700_000_000 + 3600);
+    let (s, v) = request(
+        &hub,
+        Method::PUT,
+        &format!("/{scope}/registrations/poll-1/register"),
+        Some(&token),
+        None,
+        Some(json!({"registrationId": "poll-1"})),
+    )
+    .await;
+    assert_eq!(s, 202, "{v}");
+    let op = v["operationId"].as_str().unwrap();
+    let poll = format!("/{scope}/registrations/poll-1/operations/{op}");
+    for n in 1..=5 {
+        let (s, v) = request(&hub, Method::GET, &poll, Some(&token), None, None).await;
+        assert_eq!(s, 200, "poll {n}: {v}");
+    }
+    let url = format!(
+        "https://{}:{}{poll}?api-version=2021-10-01",
+        hub.hostname, hub.https_port
+    );
+    let r = hub
+        .http()
+        .get(&url)
+        .header("Authorization", &token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 429);
+    // 3 s into a 10 s window.
+    assert_eq!(r.headers()["retry-after"], "7");
+    crate::dps::assert_dps_error(&r.json().await.unwrap(), 429001);
+    clock.advance(Duration::from_secs(7));
+    let (s, v) = request(&hub, Method::GET, &poll, Some(&token), None, None).await;
+    assert_eq!(s, 200, "the next window: {v}");
+    hub.stop().await;
+}

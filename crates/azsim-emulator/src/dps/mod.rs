@@ -40,6 +40,8 @@ pub(crate) struct Dps {
     pub id_scope: String,
     pub service_key: Secret<String>,
     schema_ready: AtomicBool,
+    /// Operation-status polls per registration id in the current window (`throttle`).
+    polls: throttle::Polls,
 }
 
 impl std::fmt::Debug for Dps {
@@ -67,6 +69,7 @@ impl Dps {
             id_scope: new_id_scope(),
             service_key: Secret::new(crate::state_dir::generate_key()),
             schema_ready: AtomicBool::new(false),
+            polls: throttle::Polls::default(),
         }
     }
 
@@ -116,6 +119,7 @@ impl Dps {
             id_scope,
             service_key: Secret::new(key),
             schema_ready: AtomicBool::new(false),
+            polls: throttle::Polls::default(),
         })
     }
 }
