@@ -510,6 +510,8 @@ pub(crate) async fn serve(
     // every PUBACKed message is in the event log before the final flush.
     let mut live = hub.live.subscribe();
     let _ = tokio::time::timeout(Duration::from_secs(5), live.wait_for(|n| *n == 0)).await;
+    // The routed events they raised (their disconnects) go into that flush too.
+    hub.router.flush(&hub, Duration::from_secs(5)).await;
     store.close().await;
     tracing::info!("hub stopped; state saved");
     Ok(())

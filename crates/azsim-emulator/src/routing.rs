@@ -24,7 +24,8 @@
 //! `routedEventsDropped` event, shown in the dashboard's event log). Azure counts what its
 //! routing could not deliver the same way (the "dropped messages" metric) rather than holding
 //! up the operation that raised it. An event in a transaction of the log that failed is
-//! counted as dropped too, and events still queued when the hub stops are logged.
+//! counted as dropped too. A stopping hub hands what is queued to the log before its last
+//! flush (the disconnects of the stop included); what it cannot in 5 s is logged.
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -194,6 +195,10 @@ struct Queue {
     routed: AtomicU64,
     /// Events dropped since the start (queue full, or in a failed write of the log).
     dropped: AtomicU64,
+    /// Events queued or being handed to the writer: what [`Router::flush`] waits for.
+    unsent: AtomicU64,
+    /// `unsent` came down to 0.
+    idle: Notify,
 }
 
 #[derive(Debug, Default)]
@@ -234,8 +239,25 @@ impl Router {
                 ready: Notify::new(),
                 routed: AtomicU64::new(0),
                 dropped: AtomicU64::new(0),
+                unsent: AtomicU64::new(0),
+                idle: Notify::new(),
             }),
             next: AtomicU64::new(1),
+        }
+    }
+
+    /// Starts the task that appends the events, on the caller's runtime, if it does not run
+    /// (without a runtime here it is started by a later caller that has one).
+    fn start(&self, hub: &Hub, st: &mut QueueState) {
+        if !st.started
+            && let Ok(rt) = tokio::runtime::Handle::try_current()
+        {
+            st.started = true;
+            rt.spawn(drain(
+                self.queue.clone(),
+                hub.store.clone(),
+                hub.events.clone(),
+            ));
         }
     }
 
@@ -243,16 +265,11 @@ impl Router {
         let q = &self.queue;
         let size = record_bytes(&record);
         let mut st = q.lock();
-        // Without a runtime here the task is started by a later caller that has one.
-        if !st.started
-            && let Ok(rt) = tokio::runtime::Handle::try_current()
-        {
-            st.started = true;
-            rt.spawn(drain(q.clone(), hub.store.clone(), hub.events.clone()));
-        }
+        self.start(hub, &mut st);
         if st.bytes.saturating_add(size) <= q.max_bytes {
             st.bytes += size;
             st.events.push_back(record);
+            q.unsent.fetch_add(1, Ordering::AcqRel);
             drop(st);
             q.routed.fetch_add(1, Ordering::Relaxed);
             q.ready.notify_one();
@@ -274,6 +291,28 @@ impl Router {
                 total,
                 "the queue to the built-in endpoint is full",
             );
+        }
+    }
+
+    /// Waits, at most `within`, until every event queued so far is handed to the log's writer
+    /// (the hub does this before its last flush, so the disconnects of a stop are kept).
+    pub(crate) async fn flush(&self, hub: &Hub, within: Duration) {
+        let q = &self.queue;
+        self.start(hub, &mut q.lock());
+        let deadline = tokio::time::Instant::now() + within;
+        loop {
+            let idle = q.idle.notified();
+            let left = q.unsent.load(Ordering::Acquire);
+            if left == 0 {
+                return;
+            }
+            if tokio::time::timeout_at(deadline, idle).await.is_err() {
+                tracing::warn!(
+                    events = left,
+                    "routed events not handed to the log before the hub stopped"
+                );
+                return;
+            }
         }
     }
 
@@ -352,7 +391,11 @@ async fn drain(q: Arc<Queue>, store: Store, events: broadcast::Sender<Arc<HubEve
         }
         let record = q.pop(&events).await;
         sent += 1;
-        if !store.log_acked(record, &commits, sent).await {
+        let handed = store.log_acked(record, &commits, sent).await;
+        if q.unsent.fetch_sub(1, Ordering::AcqRel) == 1 {
+            q.idle.notify_waiters();
+        }
+        if !handed {
             return;
         }
     }
@@ -729,6 +772,33 @@ mod tests {
         assert_eq!(v["routedEvents"], 0, "{v}");
         assert_eq!(v["maxQueuedBytes"], 1, "{v}");
         assert_eq!(get(None).await.unwrap().status(), 401);
+    }
+
+    #[tokio::test]
+    async fn flush_hands_every_queued_event_to_the_log() {
+        let hub = hub(ROUTED_QUEUE_MAX_BYTES);
+        for device in 0..300 {
+            lifecycle(&hub, &format!("d{device}"), None, true, &json!({}));
+        }
+        hub.router.flush(&hub, Duration::from_secs(30)).await;
+        hub.store.flush().await;
+        let n = hub
+            .store
+            .call(|c| {
+                c.query_row(
+                    "SELECT COUNT(*) FROM events WHERE source = 'deviceLifecycleEvents'",
+                    [],
+                    |r| r.get::<_, i64>(0),
+                )
+                .map_err(|e| crate::HubError::Store(e.to_string()))
+            })
+            .await
+            .unwrap();
+        assert_eq!(n, 300);
+        // Nothing queued: at once.
+        let t = Instant::now();
+        hub.router.flush(&hub, Duration::from_secs(30)).await;
+        assert!(t.elapsed() < Duration::from_secs(5));
     }
 
     #[tokio::test]
