@@ -13,7 +13,9 @@
 //! `dps_timeout`. A connection the server closes before the TLS handshake is done (a
 //! provisioning endpoint shedding unauthenticated connections, as the local hub does past its
 //! pre-auth cap or connect deadline) is `dps_closed_before_auth`, not `dps_tls`, which is kept
-//! for TLS itself failing (the certificate, an alert, a protocol error).
+//! for TLS itself failing (the certificate, an alert, a protocol error). Over WebSockets an
+//! upgrade the server answers with an HTTP status is `dps_upgrade_refused_<status>` (the local
+//! hub's 503 past its pre-auth cap), any other upgrade failure `dps_upgrade_failed`.
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -138,6 +140,19 @@ pub fn error_kind(diagnosis: &str) -> String {
             return format!("dps_refused_{status}");
         }
         return "dps_refused".into();
+    }
+    // `--websockets`: the upgrade refused with an HTTP status (the local hub answers 503 past
+    // its pre-auth cap), or failing otherwise.
+    if let Some(rest) = diagnosis.strip_prefix("websocket upgrade at ") {
+        let status = rest
+            .split_once("answered http ")
+            .map(|(_, s)| s.split(|c: char| !c.is_ascii_digit()).next().unwrap_or(""))
+            .unwrap_or("");
+        return if status.is_empty() {
+            "dps_upgrade_failed".into()
+        } else {
+            format!("dps_upgrade_refused_{status}")
+        };
     }
     // The texts of `crate::device::provision` and the connector's failure slot.
     let kind = if diagnosis.contains("did not assign") {
@@ -290,6 +305,14 @@ mod tests {
             (
                 "tls handshake with h:8883 failed: connection reset by peer",
                 "dps_closed_before_auth",
+            ),
+            (
+                "websocket upgrade at wss://h:443/$iothub/websocket failed: the server answered http 503",
+                "dps_upgrade_refused_503",
+            ),
+            (
+                "websocket upgrade at wss://h:443/$iothub/websocket failed: connection reset",
+                "dps_upgrade_failed",
             ),
             ("connection to h:8883 lost: reset", "dps_connection_lost"),
             ("h:8883 closed the connection", "dps_connection_lost"),
