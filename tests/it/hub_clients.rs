@@ -135,6 +135,22 @@ async fn embedded_c_sdk_packets_get_c2d_twin_patches_ending_in_version_and_nul_p
         String::from_utf8(payload).unwrap(),
         r#"{"desired":{"a":{"b":1},"device_count":42,"$version":2},"reported":{"deviceInformation":{"__t":"c","totalMemory":128},"$version":2}}"#
     );
+
+    // CleanSession 0 keeps the `+` C2D subscription: a message queued while the device was away
+    // arrives on its next connection before any SUBSCRIBE (as the C2D sample expects).
+    c.disconnect().await.unwrap();
+    crate::support::wait_closed(&mut el).await;
+    let out = run(&hub, &["c2d", "send", "c-dev", "while away"]).await;
+    assert_eq!(out.code, 0, "{out:?}");
+    let opts = hub.options_with("c-dev", &c_sdk_username(&hub, "c-dev"), &token, false);
+    let (_c, mut el) = rumqttc::AsyncClient::new(opts, 16);
+    wait_connack(&mut el).await.expect("connack");
+    let (topic, payload) = next_publish(&mut el).await;
+    assert!(
+        topic.starts_with("devices/c-dev/messages/devicebound/"),
+        "{topic}"
+    );
+    assert_eq!(payload, b"while away");
     hub.stop().await;
 }
 
