@@ -641,6 +641,8 @@ fn a_started_hub_records_the_settings_and_limits_it_runs_with() {
         "600",
         "--event-log-cap",
         "500",
+        "--consumer-group",
+        "cg-a",
     ]);
     assert_eq!(code(&out), 0, "{}", text(&out.stderr));
     let ready: Value = serde_json::from_str(text(&out.stdout).trim()).unwrap();
@@ -648,6 +650,7 @@ fn a_started_hub_records_the_settings_and_limits_it_runs_with() {
         "tls": "modern", "durability": "process-crash", "strict": false, "in_memory": true,
         "tier": "S2", "units": 3, "partitions": 4,
         "routes": ["telemetry", "twin", "lifecycle", "connection"],
+        "consumer_groups": ["cg-a"],
         "limits": {
             "connect_deadline_ms": 7000, "max_pre_auth_connections": 9,
             "pre_auth_max_bytes": 4096, "http_header_timeout_ms": 3000,

@@ -1,6 +1,7 @@
 //! What a running hub enforces, as `hub.json` and the ready JSON record it (`HubInfo::settings`):
-//! the TLS profile, durability, strict or lenient, tier and units, and every [`HubLimits`]
-//! value. Recorded so that a script, a test or a person looking at a hub started by someone
+//! the TLS profile, durability, strict or lenient, tier and units, the Event Hubs-compatible
+//! endpoint's partitions, routes and consumer groups, and every [`HubLimits`] value (the
+//! ports, host name and dashboard are `HubInfo`'s own fields). Recorded so that a script, a test or a person looking at a hub started by someone
 //! else can tell what it runs with instead of guessing from the defaults.
 //!
 //! Durations are whole milliseconds (`*_ms`), sizes bytes, counts plain numbers. A field this
@@ -33,6 +34,8 @@ pub struct HubSettings {
     pub partitions: u32,
     /// The sources routed to the Event Hubs-compatible endpoint.
     pub routes: Vec<String>,
+    /// Its consumer groups besides `$Default`.
+    pub consumer_groups: Vec<String>,
     pub limits: LimitsRecord,
 }
 
@@ -69,6 +72,7 @@ impl HubSettings {
             units: config.units,
             partitions: config.partitions,
             routes,
+            consumer_groups: config.consumer_groups.clone(),
             limits: LimitsRecord::of(&config.limits),
         }
     }
