@@ -91,13 +91,18 @@ fn packet(p: Packet) -> Vec<u8> {
     out.to_vec()
 }
 
+/// The next binary message; pongs are skipped (after a ping flood the pong that waited for
+/// room may come after later data).
 async fn next_binary(ws: &mut Ws, what: &str) -> Vec<u8> {
-    let m = tokio::time::timeout(Duration::from_secs(10), ws.next())
-        .await
-        .unwrap_or_else(|_| panic!("no {what} within 10 s"));
-    match m {
-        Some(Ok(Message::Binary(b))) => b.to_vec(),
-        other => panic!("{what}: {other:?}"),
+    loop {
+        let m = tokio::time::timeout(Duration::from_secs(10), ws.next())
+            .await
+            .unwrap_or_else(|_| panic!("no {what} within 10 s"));
+        match m {
+            Some(Ok(Message::Binary(b))) => return b.to_vec(),
+            Some(Ok(Message::Pong(_))) => {}
+            other => panic!("{what}: {other:?}"),
+        }
     }
 }
 
