@@ -788,3 +788,67 @@ async fn the_tier_dps_poll_rate_answers_429_past_five_polls_in_ten_seconds() {
     assert_eq!(s, 200, "the next window: {v}");
     hub.stop().await;
 }
+
+/// C2D over AMQP is billed too, and once the day's quota has no room for a message the hub
+/// rejects it with `amqp:resource-limit-exceeded` naming 403002, while the link keeps working.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn c2d_over_amqp_is_billed_and_rejected_once_the_quota_is_used_up() {
+    use fe2o3_amqp::link::Sender;
+    use fe2o3_amqp::types::definitions::{AmqpError, ErrorCondition};
+    use fe2o3_amqp::types::messaging::{Message, Outcome, Properties};
+    use fe2o3_amqp::types::primitives::Binary;
+    let clock = ManualClock::at_system_now();
+    let c = clock.clock();
+    let hub = TestHub::start_configured(move |cfg| {
+        cfg.clock = c;
+        cfg.tier = Some(azsim_emulator::fault::Tier::F1);
+    })
+    .await;
+    let key = device(&hub, "qa").await;
+    let mut r = connected(&hub, "qa", &key).await;
+    // 15 telemetry messages of 512 blocks leave 320 of F1's 8,000.
+    let big = vec![b'x'; 256 * 1024 - 64];
+    for _ in 0..15 {
+        let id = r.publish1("devices/qa/messages/events/", big.clone()).await;
+        r.puback(id).await;
+    }
+    let (_conn, mut session, _cbs) = crate::hub_amqp::authorized(&hub).await;
+    let mut tx = Sender::attach(&mut session, "c2d-quota", "/messages/devicebound")
+        .await
+        .expect("attached");
+    let message = |id: &str| {
+        Message::builder()
+            .properties(Properties {
+                to: Some("/devices/qa/messages/devicebound".to_owned()),
+                message_id: Some(id.to_owned().into()),
+                ..Properties::default()
+            })
+            .data(Binary::from(vec![b'c'; 60_000]))
+            .build()
+    };
+    let mut outcomes = Vec::new();
+    for id in ["c1", "c2", "c3"] {
+        let o = tokio::time::timeout(Duration::from_secs(20), tx.send(message(id)))
+            .await
+            .expect("settled")
+            .expect("sent");
+        outcomes.push(o);
+    }
+    // 60,000 bytes are 118 blocks of 512: two fit in 320, the third does not.
+    assert!(matches!(outcomes[0], Outcome::Accepted(_)), "{outcomes:?}");
+    assert!(matches!(outcomes[1], Outcome::Accepted(_)), "{outcomes:?}");
+    let Outcome::Rejected(rej) = &outcomes[2] else {
+        panic!("the third is rejected: {outcomes:?}");
+    };
+    let e = rej.error.as_ref().expect("an error");
+    assert_eq!(
+        e.condition,
+        ErrorCondition::AmqpError(AmqpError::ResourceLimitExceeded)
+    );
+    assert!(
+        e.description.as_deref().unwrap_or("").contains("403002"),
+        "{e:?}"
+    );
+    assert_eq!(billed(&hub, "Cloud To Device Command").await, 236);
+    hub.stop().await;
+}
