@@ -23,6 +23,7 @@ mod hub_policies;
 mod hub_query;
 mod hub_service;
 mod hub_strict;
+mod hub_tier;
 mod hub_tls_profile;
 mod hub_websocket;
 mod hub_websocket_limits;
