@@ -4,10 +4,11 @@
 //! clients the same little CPU.
 
 use super::*;
-use bytes::BytesMut;
+use bytes::{Buf as _, BytesMut};
 use rumqttc::mqttbytes::v4::{Connect, ConnectReturnCode, Packet, Publish};
 use rumqttc::mqttbytes::{Error as MqttError, QoS};
 use std::collections::VecDeque;
+use std::io::Write as _;
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::net::TcpStream;
 use tokio_rustls::client::TlsStream;
@@ -169,8 +170,10 @@ impl Template {
 /// from the write that carried it to its PUBACK.
 ///
 /// The client is lean on purpose and the same for both brokers: whatever the window lets out
-/// goes in one write (one TLS record up to 16 KiB), every PUBACK a read brought is handled
-/// before the next write, the PUBLISH is encoded once and only its packet id changes.
+/// goes in one socket write, every PUBACK a read brought is handled before the next write, the
+/// PUBLISH is encoded once and only its packet id changes. Each PUBLISH is its own TLS record
+/// (as an SDK device's MQTT client writes them), or with `--records batch` those of one write
+/// share records (up to 16 KiB each).
 pub(super) async fn run_device(
     spec: DeviceSpec,
     port: u16,
@@ -205,6 +208,17 @@ pub(super) async fn run_device(
                 template.put(&mut out, pkid);
                 inflight.push_back((pkid, now));
                 sent += 1;
+                if p.record_per_message {
+                    // Into the TLS session as its own record; the socket write comes below.
+                    let taken = link.stream.get_mut().1.writer().write(&out).unwrap_or(0);
+                    if taken == out.len() {
+                        out.clear();
+                    } else {
+                        // The session's send buffer is full: what is left goes below.
+                        out.advance(taken);
+                        break;
+                    }
+                }
             }
             if let Err(e) = link.stream.write_all(&out).await {
                 error = Some(format!("write: {e}"));

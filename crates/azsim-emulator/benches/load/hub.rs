@@ -1,0 +1,173 @@
+//! The azsim hub side: this bench binary started again as a child process that serves a hub on
+//! port 0, its state in a fresh directory (on disk or in memory, `--store`), so the hub, like
+//! mosquitto, is its own process with its own runtime and address space; the devices are
+//! registered through its REST API with keys chosen here.
+
+use super::*;
+use tokio::io::{AsyncBufReadExt as _, AsyncReadExt as _};
+
+/// Set (to the hub's state dir) in the child: serve the hub instead of running the bench.
+pub const CHILD_ENV: &str = "AZSIM_LOAD_HUB_DIR";
+/// Set to `memory` in the child for `--store memory`.
+pub const STORE_ENV: &str = "AZSIM_LOAD_HUB_STORE";
+/// Set to `full` in the child for `--sync full`.
+pub const SYNC_ENV: &str = "AZSIM_LOAD_HUB_SYNC";
+/// The child's TLS profile (`azure` or `modern`).
+pub const TLS_ENV: &str = "AZSIM_LOAD_HUB_TLS";
+
+/// The hub process. It runs on tokio's default multi-threaded runtime, as `azsim hub`
+/// does, prints its `HubInfo` as one JSON line and stops cleanly when its stdin closes.
+pub fn child_main(dir: PathBuf) {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("hub runtime");
+    rt.block_on(async {
+        let mut cfg = azsim_emulator::HubConfig::new(dir);
+        cfg.in_memory = std::env::var(STORE_ENV).is_ok_and(|v| v == "memory");
+        match std::env::var(SYNC_ENV).as_deref() {
+            Ok("full") => cfg.durability = azsim_emulator::store::Durability::PowerLoss,
+            Ok("normal") => cfg.durability = azsim_emulator::store::Durability::ProcessCrash,
+            _ => {}
+        }
+        if let Some(t) = std::env::var(TLS_ENV)
+            .ok()
+            .and_then(|v| azsim_emulator::state_dir::TlsProfile::parse(&v))
+        {
+            cfg.tls = t;
+        }
+        let handle = match azsim_emulator::start(cfg, "127.0.0.1".parse().expect("ip"), 0, 0).await
+        {
+            Ok(h) => h,
+            Err(e) => {
+                eprintln!("load: hub: {e}");
+                std::process::exit(1);
+            }
+        };
+        println!("{}", serde_json::to_string(&handle.info).expect("hub info"));
+        let mut sink = Vec::new();
+        let _ = tokio::io::stdin().read_to_end(&mut sink).await;
+        if let Err(e) = handle.stop().await {
+            eprintln!("load: hub stop: {e}");
+            std::process::exit(1);
+        }
+    });
+}
+
+pub async fn run(
+    p: &Arc<Params>,
+    dir: &Path,
+    tls: azsim_emulator::state_dir::TlsProfile,
+) -> Result<RunStats, String> {
+    let exe = std::env::current_exe().map_err(|e| format!("hub: {e}"))?;
+    // A fresh state dir per run: a disk store starts empty, like mosquitto.
+    let state = dir.join(format!("hub-{}", next_run_number()));
+    let mut child = tokio::process::Command::new(exe)
+        .env(CHILD_ENV, &state)
+        .env(STORE_ENV, if p.disk { "disk" } else { "memory" })
+        .env(SYNC_ENV, if p.sync_full { "full" } else { "normal" })
+        .env(TLS_ENV, tls.name())
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .kill_on_drop(true)
+        .spawn()
+        .map_err(|e| format!("hub: cannot start the hub process: {e}"))?;
+    let stdout = child.stdout.take().ok_or("hub: no stdout")?;
+    let line = tokio::time::timeout(
+        Duration::from_secs(60),
+        tokio::io::BufReader::new(stdout).lines().next_line(),
+    )
+    .await
+    .map_err(|_| "hub: not ready within 60 s".to_string())?
+    .map_err(|e| format!("hub: {e}"))?
+    .ok_or("hub: exited before it was ready")?;
+    let info: azsim_emulator::HubInfo =
+        serde_json::from_str(&line).map_err(|e| format!("hub: bad ready line: {e}"))?;
+    let tls = client_tls(&info.ca_file);
+    let specs = register(&info, &tls, p.devices).await?;
+    let pid = child.id().ok_or("hub: exited")?.to_string();
+    let stats = run_load("azsim-hub", info.mqtt_port, tls, &specs, p, &pid).await;
+    drop(child.stdin.take());
+    match tokio::time::timeout(Duration::from_secs(30), child.wait()).await {
+        Ok(Ok(status)) if status.success() => Ok(stats),
+        Ok(Ok(status)) => Err(format!("hub: stopped with {status}")),
+        Ok(Err(e)) => Err(format!("hub stop: {e}")),
+        Err(_) => {
+            let _ = child.kill().await;
+            Err("hub: did not stop within 30 s".into())
+        }
+    }
+}
+
+/// A name unique within this bench process.
+fn next_run_number() -> String {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    static N: AtomicUsize = AtomicUsize::new(0);
+    N.fetch_add(1, Ordering::Relaxed).to_string()
+}
+
+async fn register(
+    info: &azsim_emulator::HubInfo,
+    tls: &Arc<rustls::ClientConfig>,
+    n: usize,
+) -> Result<Vec<DeviceSpec>, String> {
+    let owner_key = info
+        .service_connection_string
+        .split(';')
+        .find_map(|f| f.strip_prefix("SharedAccessKey="))
+        .ok_or("no key in the service connection string")?
+        .to_owned();
+    let rest_host = format!("{}:{}", info.hostname, info.https_port);
+    let mut token = String::new();
+    sas::sign(
+        &mut token,
+        &sas::Resource::Hub { host: &rest_host },
+        &owner_key,
+        unix_now() + 3600,
+        Some("iothubowner"),
+    )
+    .map_err(|e| e.to_string())?;
+    let http = reqwest::Client::builder()
+        .use_preconfigured_tls((**tls).clone())
+        .build()
+        .map_err(|e| e.to_string())?;
+    let t0 = Instant::now();
+    let gate = Arc::new(Semaphore::new(32));
+    let mut tasks = Vec::with_capacity(n);
+    for i in 0..n {
+        let id = format!("load-{i:05}");
+        let key = random_key();
+        let (http, token, gate) = (http.clone(), token.clone(), gate.clone());
+        let url = format!("https://{rest_host}/devices/{id}?api-version=2021-04-12");
+        let hostname = info.hostname.clone();
+        tasks.push(tokio::spawn(async move {
+            let _permit = gate.acquire().await;
+            let body = serde_json::json!({
+                "deviceId": id,
+                "authentication": {"type": "sas",
+                    "symmetricKey": {"primaryKey": key, "secondaryKey": random_key()}},
+            });
+            let resp = http
+                .put(&url)
+                .header("Authorization", &token)
+                .json(&body)
+                .send()
+                .await
+                .map_err(|e| format!("create {id}: {e}"))?;
+            if !resp.status().is_success() {
+                return Err(format!("create {id}: http {}", resp.status()));
+            }
+            Ok(device_spec(&hostname, &id, &key))
+        }));
+    }
+    let mut specs = Vec::with_capacity(n);
+    for t in tasks {
+        specs.push(t.await.map_err(|e| e.to_string())??);
+    }
+    eprintln!(
+        "load: azsim-hub: registered {n} devices over REST in {:.2} s",
+        t0.elapsed().as_secs_f64()
+    );
+    Ok(specs)
+}
