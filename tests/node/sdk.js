@@ -7,6 +7,7 @@
 //
 //   node sdk.js service SERVICE_CS_FILE DEVICE_ID TRANSPORT      the scenario below
 //   node sdk.js dps ID_SCOPE HOST REGISTRATION_ID KEY_FILE       register, connect, send
+//   node sdk.js x509 HOST DEVICE_ID CERT_FILE KEY_FILE TRANSPORT  connect with a certificate, send
 //
 // service: the Registry creates DEVICE_ID and reads it back; the device connects over TRANSPORT
 // (mqtt | mqttws) and sends telemetry with properties; it reads its twin and patches reported
@@ -228,9 +229,25 @@ async function dps(idScope, host, registrationId, keyFile) {
   emit('done');
 }
 
+// An X.509 self-signed (thumbprint) device over TRANSPORT: connect with its certificate and
+// key, send one message.
+async function x509(host, deviceId, certFile, keyFile, transportName) {
+  const Transport = { mqtt: Mqtt, mqttws: MqttWs }[transportName];
+  const client = device.Client.fromConnectionString('HostName=' + host + ';DeviceId=' + deviceId + ';x509=true', Transport);
+  client.setOptions({ cert: fs.readFileSync(certFile, 'utf8'), key: fs.readFileSync(keyFile, 'utf8') });
+  await step('open', () => client.open());
+  emit('connected', { transport: Transport.name });
+  const msg = new device.Message('x509 ' + transportName);
+  msg.messageId = 'node-x509-' + transportName;
+  await step('sendEvent', () => client.sendEvent(msg));
+  emit('telemetry_sent', { messageId: msg.messageId });
+  await step('close', () => client.close());
+  emit('done');
+}
+
 const [mode, ...args] = process.argv.slice(2);
-const run = { service, dps }[mode];
+const run = { service, dps, x509 }[mode];
 if (!run) {
-  fail('args', new Error('mode is service or dps'));
+  fail('args', new Error('mode is service, dps or x509'));
 }
 run(...args).then(() => process.exit(0), (err) => fail('unexpected', err));

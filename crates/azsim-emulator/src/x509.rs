@@ -3,11 +3,16 @@
 //! certificate's private key), and the hub decides at CONNECT time with [`authenticate`]:
 //!
 //! - a `selfSigned` identity: the leaf's SHA-1 or SHA-256 thumbprint is its primary or
-//!   secondary thumbprint;
+//!   secondary thumbprint (its subject is not read: the Node SDKs' e2e suite connects with
+//!   `CN=localhost` certificates, which IoT Hub takes);
 //! - a `certificateAuthority` identity: the chain the client sent leads to a CA the hub holds
-//!   (`/certificates/{name}`, `azsim hub ca add`), checked with rustls-webpki for client auth;
-//! - both: the leaf's subject CN is the client id (`{device}` or `{device}/{module}`) and the
-//!   leaf is valid at the hub's clock (not expired, not before its `notBefore`).
+//!   (`/certificates/{name}`, `azsim hub ca add`), checked with rustls-webpki for client auth,
+//!   and the leaf's subject CN is the client id (`{device}` or `{device}/{module}`);
+//! - both: the leaf is valid at the hub's clock (not expired, not before its `notBefore`).
+//!
+//! An X.509 v1 certificate (what `openssl x509 -req` makes without extensions, as the `pem`
+//! package under the Node e2e suite does) is taken for `selfSigned`: webpki reads only v3, so
+//! its handshake signature is checked with its raw public key (see [`AnyClientCert`]).
 //!
 //! The hub-held CAs live in the store's `certificates` table (created on first use), one JSON
 //! row per name. Parsing is x509-parser's and rustls-webpki's: no hand-written ASN.1.
@@ -314,14 +319,16 @@ pub fn authenticate(
     if unreadable(leaf) {
         return Err(X509Error::Malformed("not an X.509 certificate".into()));
     }
-    let cn = subject_cn(leaf)?;
-    if cn != client_id {
-        return Err(X509Error::WrongCn {
-            found: cn,
-            expected: client_id.to_string(),
-        });
-    }
     check_validity(leaf, now)?;
+    if matches!(auth, Auth::CertificateAuthority) {
+        let cn = subject_cn(leaf)?;
+        if cn != client_id {
+            return Err(X509Error::WrongCn {
+                found: cn,
+                expected: client_id.to_string(),
+            });
+        }
+    }
     match auth {
         Auth::Sas => Err(X509Error::NotX509),
         Auth::SelfSigned {
@@ -375,6 +382,41 @@ impl AnyClientCert {
     }
 }
 
+impl AnyClientCert {
+    /// The handshake signature of a certificate webpki cannot read: verified with its raw
+    /// public key when x509-parser reads it (an X.509 v1 certificate), let through otherwise
+    /// (garbage, refused at CONNECT: see `unreadable`).
+    fn verify_other(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        let bad = || rustls::Error::InvalidCertificate(rustls::CertificateError::BadSignature);
+        let Some(spki) = v1_public_key(cert) else {
+            return Ok(HandshakeSignatureValid::assertion());
+        };
+        let spki = rustls_pki_types::SubjectPublicKeyInfoDer::from(spki.as_slice());
+        let key = webpki::RawPublicKeyEntity::try_from(&spki).map_err(|_| bad())?;
+        let algs = self
+            .algorithms
+            .mapping
+            .iter()
+            .find(|(scheme, _)| *scheme == dss.scheme)
+            .map(|(_, algs)| *algs)
+            .ok_or_else(bad)?;
+        // As rustls does for TLS 1.2: the first of the scheme's algorithms that fits the key.
+        for alg in algs {
+            match key.verify_signature(*alg, message, dss.signature()) {
+                Ok(()) => return Ok(HandshakeSignatureValid::assertion()),
+                Err(webpki::Error::UnsupportedSignatureAlgorithmForPublicKeyContext(_)) => {}
+                Err(_) => return Err(bad()),
+            }
+        }
+        Err(bad())
+    }
+}
+
 impl ClientCertVerifier for AnyClientCert {
     fn offer_client_auth(&self) -> bool {
         true
@@ -403,8 +445,8 @@ impl ClientCertVerifier for AnyClientCert {
         cert: &CertificateDer<'_>,
         dss: &rustls::DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        if unreadable(cert) {
-            return Ok(HandshakeSignatureValid::assertion());
+        if webpki::EndEntityCert::try_from(cert).is_err() {
+            return self.verify_other(message, cert, dss);
         }
         rustls::crypto::verify_tls12_signature(message, cert, dss, &self.algorithms)
     }
@@ -415,8 +457,8 @@ impl ClientCertVerifier for AnyClientCert {
         cert: &CertificateDer<'_>,
         dss: &rustls::DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        if unreadable(cert) {
-            return Ok(HandshakeSignatureValid::assertion());
+        if webpki::EndEntityCert::try_from(cert).is_err() {
+            return self.verify_other(message, cert, dss);
         }
         rustls::crypto::verify_tls13_signature(message, cert, dss, &self.algorithms)
     }
@@ -426,13 +468,20 @@ impl ClientCertVerifier for AnyClientCert {
     }
 }
 
-/// Whether webpki cannot read `cert` as an end-entity certificate (garbage bytes). Such a
-/// certificate proves nothing and authenticates nothing: [`authenticate`] refuses any leaf
-/// webpki cannot read, so its handshake signature is not checked and the client gets the
-/// CONNACK 5 any bad certificate gets rather than a TLS alert. Every certificate webpki can
-/// read has its handshake signature verified.
+/// Whether neither webpki (v3) nor x509-parser (v1) reads `cert` (garbage bytes). Such a
+/// certificate proves nothing and authenticates nothing: [`authenticate`] refuses any such
+/// leaf, so its handshake signature is not checked and the client gets the CONNACK 5 any bad
+/// certificate gets rather than a TLS alert. Every certificate read has its handshake
+/// signature verified (a v1 one with its raw public key).
 fn unreadable(cert: &CertificateDer<'_>) -> bool {
-    webpki::EndEntityCert::try_from(cert).is_err()
+    webpki::EndEntityCert::try_from(cert).is_err() && v1_public_key(cert).is_none()
+}
+
+/// The subject public key info (DER) of an X.509 v1 certificate, which webpki does not read.
+fn v1_public_key(cert: &CertificateDer<'_>) -> Option<Vec<u8>> {
+    let (_, parsed) = x509_parser::parse_x509_certificate(cert).ok()?;
+    (parsed.tbs_certificate.version == x509_parser::x509::X509Version::V1)
+        .then(|| parsed.tbs_certificate.subject_pki.raw.to_vec())
 }
 
 /// A CA certificate the hub holds (`/certificates/{name}`).
@@ -685,10 +734,8 @@ mod tests {
             authenticate(Some(&chain), "d1", &wrong, &[], NOW),
             Err(X509Error::WrongThumbprint { .. })
         ));
-        assert!(matches!(
-            authenticate(Some(&chain), "d2", &by(Some(sha1.clone()), None), &[], NOW),
-            Err(X509Error::WrongCn { .. })
-        ));
+        // The thumbprint is the match: the subject is not read (CN d1, device d2).
+        authenticate(Some(&chain), "d2", &by(Some(sha1.clone()), None), &[], NOW).unwrap();
         assert_eq!(
             authenticate(None, "d1", &by(Some(sha1.clone()), None), &[], NOW),
             Err(X509Error::NoCertificate)

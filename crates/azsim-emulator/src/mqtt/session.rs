@@ -666,7 +666,7 @@ fn c2d_topic(m: &C2dMessage) -> String {
         content_type: m.content_type.as_deref(),
         content_encoding: m.content_encoding.as_deref(),
         to: Some(&to),
-        ack: Some(Ack::parse(&m.ack).unwrap_or_default()),
+        ack: Ack::parse(&m.ack).ok(), // empty when the service set none: not on the topic
         ..Default::default()
     };
     let mut t = String::new();

@@ -167,7 +167,9 @@ pub(crate) async fn receive_handler(
     set(h, "iothub-deliverycount", &m.delivery_count.to_string());
     set(h, "iothub-enqueuedtime", &azure_time_ms(m.enqueued_ms));
     set(h, "iothub-expiry", &azure_time_ms(m.expiry_ms));
-    set(h, "iothub-ack", &m.ack);
+    if !m.ack.is_empty() {
+        set(h, "iothub-ack", &m.ack);
+    }
     for (name, v) in [
         ("iothub-correlationid", &m.correlation_id),
         ("iothub-userid", &m.user_id),

@@ -162,6 +162,10 @@ async fn update_twin(
     }
     let tags = section(&body, "/tags", "tags")?;
     let desired = section(&body, "/properties/desired", "properties.desired")?;
+    // A PATCH with `"desired": null` removes every desired property, as IoT Hub does (the
+    // device gets each one nulled); azure-iothub's e2e suite nulls them so.
+    let desired_cleared =
+        !replace && matches!(body.pointer("/properties/desired"), Some(Value::Null));
     let im = if_match(headers);
     let (d, m) = (id.clone(), module.clone());
     let now = hub.clock().now_rfc3339();
@@ -211,7 +215,7 @@ async fn update_twin(
                     desired_patch = Some(twin::replacement_patch(&i.desired, &next));
                     Some(next)
                 }
-                (None, true) if !i.desired.is_empty() => {
+                (None, _) if (replace || desired_cleared) && !i.desired.is_empty() => {
                     desired_patch = Some(twin::replacement_patch(&i.desired, &Map::new()));
                     Some(Map::new())
                 }
@@ -225,7 +229,7 @@ async fn update_twin(
                 }
                 i.desired = next;
                 i.desired_version += 1;
-                if replace {
+                if replace || desired_cleared {
                     i.desired_meta = Map::new();
                     let whole = i.desired.clone();
                     twin::touch_metadata(&mut i.desired_meta, &whole, &now, i.desired_version);
