@@ -12,5 +12,6 @@ pub mod cmd;
 pub mod device;
 pub mod error;
 pub mod fleet;
+pub mod out;
 pub mod service;
 pub mod tls;

@@ -3,7 +3,8 @@
 //! Output goes to stdout, logs (`RUST_LOG`, default `warn`; `azsim hub` also logs its
 //! connections and refusals at `info`) and the one-line `error: ...` to
 //! stderr. Exit codes: 0 success, 1 runtime failure or failed check, 2 bad input (clap's usage
-//! errors too, folded into one line).
+//! errors too, folded into one line), 141 quietly when stdout is a closed pipe (`| head`; see
+//! `azsim::out`, which every output line goes through).
 
 use std::process::ExitCode;
 
@@ -18,14 +19,14 @@ fn main() -> ExitCode {
                 && e.kind() != ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand =>
         {
             // Bad usage: one line naming the field, exit 2 (clap's own text runs to several).
-            eprintln!(
-                "error: {}",
+            azsim::out::stderr(format_args!(
+                "error: {}\n",
                 azsim::error::clap_one_line(
                     &e,
                     &azsim::cli::Cli::command_for_parsing(),
                     std::env::args_os(),
                 )
-            );
+            ));
             return ExitCode::from(2);
         }
         // --help, --version, or a bare command: clap prints the help itself.
@@ -47,14 +48,14 @@ fn main() -> ExitCode {
     {
         Ok(rt) => rt,
         Err(e) => {
-            eprintln!("error: cannot start the async runtime: {e}");
+            azsim::out::stderr(format_args!("error: cannot start the async runtime: {e}\n"));
             return ExitCode::from(1);
         }
     };
     match runtime.block_on(cli.run()) {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("error: {}", e.one_line());
+            azsim::out::stderr(format_args!("error: {}\n", e.one_line()));
             e.to_exit_code()
         }
     }

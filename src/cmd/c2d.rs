@@ -16,6 +16,7 @@ use tokio::time::Instant;
 
 use crate::cli::c2d::{C2dConfig, C2dFeedbackConfig, C2dSendConfig};
 use crate::error::CliError;
+use crate::out::{errln, outln};
 use crate::service::ServiceClient;
 use crate::service::amqp::{AmqpService, amqp_endpoint};
 use crate::service::events::feedback_line;
@@ -50,9 +51,9 @@ async fn send(cfg: C2dSendConfig) -> Result<ExitCode, CliError> {
     amqp.close().await;
     let id = sent.map_err(CliError::runtime)?;
     if cfg.json {
-        println!("{}", json!({"messageId": id, "deviceId": cfg.device}));
+        outln!("{}", json!({"messageId": id, "deviceId": cfg.device}));
     } else {
-        println!("sent c2d message {id} to {}", cfg.device);
+        outln!("sent c2d message {id} to {}", cfg.device);
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -66,14 +67,14 @@ async fn send_rest(cfg: C2dSendConfig) -> Result<ExitCode, CliError> {
         .await
         .map_err(CliError::runtime)?;
     if cfg.json {
-        println!("{ack}");
+        outln!("{ack}");
     } else {
         let id = ack.get("messageId").and_then(Value::as_str).unwrap_or("-");
         let depth = ack
             .get("queueDepth")
             .and_then(Value::as_u64)
             .map_or_else(|| "-".to_owned(), |d| d.to_string());
-        println!(
+        outln!(
             "queued c2d message {id} for {} (queue depth {depth})",
             cfg.device
         );
@@ -88,9 +89,9 @@ struct NoFeedback(u64);
 fn print_records(records: &[Value], json: bool) {
     for rec in records {
         if json {
-            println!("{rec}");
+            outln!("{rec}");
         } else {
-            println!("{}", feedback_line(rec));
+            outln!("{}", feedback_line(rec));
         }
     }
 }
@@ -130,7 +131,7 @@ async fn feedback(cfg: C2dFeedbackConfig) -> Result<ExitCode, CliError> {
     amqp.close().await;
     result?;
     if printed == 0 {
-        eprintln!("no c2d feedback pending on {endpoint}");
+        errln!("no c2d feedback pending on {endpoint}");
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -164,7 +165,7 @@ async fn feedback_rest(cfg: C2dFeedbackConfig) -> Result<ExitCode, CliError> {
         }
     }
     if printed == 0 {
-        eprintln!("no c2d feedback pending on {}", client.host());
+        errln!("no c2d feedback pending on {}", client.host());
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -21,6 +21,7 @@ use crate::cli::cert::{CertConfig, CertKind, key_file_for};
 use crate::cli::run::DeviceTarget;
 use crate::device::driver::Credential;
 use crate::error::{CliError, UsageError};
+use crate::out::outln;
 use crate::service::{ServiceClient, Target};
 use crate::tls::ClientCert;
 
@@ -192,26 +193,26 @@ pub async fn run(cfg: CertConfig) -> Result<ExitCode, CliError> {
         ),
     };
     if cfg.json {
-        println!("{}", made.json(kind));
+        outln!("{}", made.json(kind));
         return Ok(ExitCode::SUCCESS);
     }
-    println!(
+    outln!(
         "wrote {} (certificate) and {} (private key)",
         made.cert_file.display(),
         made.key_file.display()
     );
-    println!("subject CN:         {}", made.subject);
-    println!("SHA-1 thumbprint:   {}", made.sha1);
-    println!("SHA-256 thumbprint: {}", made.sha256);
-    println!("valid until:        {}", made.not_after);
+    outln!("subject CN:         {}", made.subject);
+    outln!("SHA-1 thumbprint:   {}", made.sha1);
+    outln!("SHA-256 thumbprint: {}", made.sha256);
+    outln!("valid until:        {}", made.not_after);
     let cert = made.cert_file.display();
     match &cfg.kind {
-        CertKind::Ca { .. } => println!("next: azsim hub ca add {cert}"),
+        CertKind::Ca { .. } => outln!("next: azsim hub ca add {cert}"),
         CertKind::Device { cn, ca: None, .. } => {
-            println!("next: azsim device create {cn} --x509 self-signed --cert {cert}")
+            outln!("next: azsim device create {cn} --x509 self-signed --cert {cert}")
         }
         CertKind::Device { cn, .. } => {
-            println!("next: azsim device create {cn} --x509 ca");
+            outln!("next: azsim device create {cn} --x509 ca");
         }
     }
     Ok(ExitCode::SUCCESS)
@@ -322,9 +323,9 @@ pub async fn hub_ca(cfg: HubCaConfig) -> Result<ExitCode, CliError> {
                 .await
                 .map_err(CliError::runtime)?;
             if cfg.json {
-                println!("{v}");
+                outln!("{v}");
             } else {
-                println!(
+                outln!(
                     "CA {name} added to {}: subject {}, thumbprint {}",
                     client.host(),
                     v.pointer("/properties/subject")
@@ -340,7 +341,7 @@ pub async fn hub_ca(cfg: HubCaConfig) -> Result<ExitCode, CliError> {
             let (rb, url) = client.request(Method::GET, "/certificates");
             let v = client.json(rb, &url).await.map_err(CliError::runtime)?;
             if cfg.json {
-                println!("{v}");
+                outln!("{v}");
             } else {
                 let list = v
                     .get("value")
@@ -348,7 +349,7 @@ pub async fn hub_ca(cfg: HubCaConfig) -> Result<ExitCode, CliError> {
                     .cloned()
                     .unwrap_or_default();
                 if list.is_empty() {
-                    println!("no CA certificates in {}", client.host());
+                    outln!("no CA certificates in {}", client.host());
                 }
                 for c in list {
                     let f = |p: &str| {
@@ -357,7 +358,7 @@ pub async fn hub_ca(cfg: HubCaConfig) -> Result<ExitCode, CliError> {
                             .unwrap_or("")
                             .to_owned()
                     };
-                    println!(
+                    outln!(
                         "{}  {}  {}  expires {}",
                         f("/name"),
                         f("/properties/subject"),
@@ -374,9 +375,9 @@ pub async fn hub_ca(cfg: HubCaConfig) -> Result<ExitCode, CliError> {
                 .await
                 .map_err(CliError::runtime)?;
             if cfg.json {
-                println!("{}", json!({"name": name, "deleted": true}));
+                outln!("{}", json!({"name": name, "deleted": true}));
             } else {
-                println!("CA {name} deleted from {}", client.host());
+                outln!("CA {name} deleted from {}", client.host());
             }
         }
     }

@@ -8,6 +8,7 @@ use serde_json::{Value, json};
 use crate::cli::device::{DeviceAction, DeviceConfig, X509Kind};
 use crate::cmd::shell_quote;
 use crate::error::CliError;
+use crate::out::{errln, outln};
 use crate::service::output::{
     field, identity_connection_string, primary_key, redact_device_keys, to_text,
 };
@@ -75,7 +76,7 @@ pub async fn run(cfg: DeviceConfig) -> Result<ExitCode, CliError> {
                         out["module"] = created;
                     }
                 }
-                println!("{out}");
+                outln!("{out}");
             } else {
                 print_created(&cfg.target, identity, &cs);
             }
@@ -99,7 +100,7 @@ pub async fn run(cfg: DeviceConfig) -> Result<ExitCode, CliError> {
                 // An X.509 identity: the string names it; the certificate proves it.
                 let mqtt = cfg.target.mqtt_endpoint(cfg.mqtt_port);
                 warn_if_port_assumed(&cfg.target, &mqtt);
-                println!("{}", x509_connection_string(&mqtt, identity)?);
+                outln!("{}", x509_connection_string(&mqtt, identity)?);
                 return Ok(ExitCode::SUCCESS);
             }
             if print_connection_string {
@@ -108,12 +109,12 @@ pub async fn run(cfg: DeviceConfig) -> Result<ExitCode, CliError> {
                 })?;
                 let mqtt = cfg.target.mqtt_endpoint(cfg.mqtt_port);
                 warn_if_port_assumed(&cfg.target, &mqtt);
-                println!("{}", connection_string(&mqtt, identity, key)?);
+                outln!("{}", connection_string(&mqtt, identity, key)?);
                 return Ok(ExitCode::SUCCESS);
             }
             redact_device_keys(&mut d);
             if cfg.json {
-                println!("{}", to_text(&d, true));
+                outln!("{}", to_text(&d, true));
             } else {
                 print_identity(&d);
             }
@@ -123,9 +124,9 @@ pub async fn run(cfg: DeviceConfig) -> Result<ExitCode, CliError> {
             if cfg.json {
                 let mut v = Value::Array(devices);
                 redact_device_keys(&mut v);
-                println!("{v}");
+                outln!("{v}");
             } else if devices.is_empty() {
-                println!("no devices in {}", cfg.target.host());
+                outln!("no devices in {}", cfg.target.host());
             } else {
                 devices.sort_by(|a, b| field(a, "/deviceId").cmp(field(b, "/deviceId")));
                 let w = devices
@@ -134,12 +135,15 @@ pub async fn run(cfg: DeviceConfig) -> Result<ExitCode, CliError> {
                     .max()
                     .unwrap_or(6)
                     .max(6);
-                println!(
+                outln!(
                     "{:<w$}  {:<8}  {:<12}  {:>3}",
-                    "DEVICE", "STATUS", "CONNECTION", "C2D"
+                    "DEVICE",
+                    "STATUS",
+                    "CONNECTION",
+                    "C2D"
                 );
                 for d in &devices {
-                    println!(
+                    outln!(
                         "{:<w$}  {:<8}  {:<12}  {:>3}",
                         field(d, "/deviceId"),
                         field(d, "/status"),
@@ -162,9 +166,9 @@ pub async fn run(cfg: DeviceConfig) -> Result<ExitCode, CliError> {
                 if let Some(m) = &module {
                     out["moduleId"] = json!(m);
                 }
-                println!("{out}");
+                outln!("{out}");
             } else {
-                println!("deleted {} from {}", describe(identity), cfg.target.host());
+                outln!("deleted {} from {}", describe(identity), cfg.target.host());
             }
         }
     }
@@ -217,23 +221,23 @@ async fn create_x509(
                 out["module"] = created;
             }
         }
-        println!("{out}");
+        outln!("{out}");
         return Ok(());
     }
-    println!(
+    outln!(
         "created {} ({}) in {}",
         describe(identity),
         field(&created, "/authentication/type"),
         target.host()
     );
-    println!("connection string: {cs}");
+    outln!("connection string: {cs}");
     let stem = match module {
         Some(m) => format!("{device}-{m}"),
         None => device.to_owned(),
     };
-    println!();
-    println!("run it with its certificate:");
-    println!(
+    outln!();
+    outln!("run it with its certificate:");
+    outln!(
         "  azsim run --connection-string {} --cert {stem}.pem --cert-key {stem}.key.pem",
         shell_quote(&cs)
     );
@@ -301,7 +305,7 @@ fn connection_string(
 /// `hub.json` was not found (in --state or next to the CA file) may listen anywhere.
 fn warn_if_port_assumed(target: &Target, mqtt: &MqttEndpoint) {
     if mqtt.source == PortSource::Assumed {
-        eprintln!(
+        errln!(
             "note: the MQTT port of {} is not known (no hub.json for it in --state or next to \
              the CA file); the connection string assumes {}: give --mqtt-port if it listens \
              elsewhere",
@@ -312,27 +316,27 @@ fn warn_if_port_assumed(target: &Target, mqtt: &MqttEndpoint) {
 }
 
 fn print_created(target: &Target, identity: Identity<'_>, cs: &str) {
-    println!("created {} in {}", describe(identity), target.host());
-    println!("connection string: {cs}");
+    outln!("created {} in {}", describe(identity), target.host());
+    outln!("connection string: {cs}");
     if target.is_azure() {
-        println!();
-        println!("run it:");
-        println!("  azsim run --connection-string {}", shell_quote(cs));
+        outln!();
+        outln!("run it:");
+        outln!("  azsim run --connection-string {}", shell_quote(cs));
         return;
     }
-    println!();
-    println!("run it against the local hub:");
-    println!(
+    outln!();
+    outln!("run it against the local hub:");
+    outln!(
         "  export IOTHUB_DEVICE_CONNECTION_STRING={}",
         shell_quote(cs)
     );
     if let Some(ca) = &target.ca_file {
-        println!(
+        outln!(
             "  export AZSIM_CA_FILE={}",
             shell_quote(&ca.display().to_string())
         );
     }
-    println!("  azsim run");
+    outln!("  azsim run");
 }
 
 /// A device's or module's registry entry as `name value` rows.
@@ -350,11 +354,11 @@ fn print_identity(d: &Value) {
         ("last activity", field(d, "/lastActivityTime")),
     ]);
     for (k, v) in rows {
-        println!("{k:<14} {v}");
+        outln!("{k:<14} {v}");
     }
     let c2d = d
         .get("cloudToDeviceMessageCount")
         .and_then(Value::as_u64)
         .unwrap_or(0);
-    println!("{:<14} {c2d}", "c2d pending");
+    outln!("{:<14} {c2d}", "c2d pending");
 }

@@ -13,6 +13,7 @@ use serde_json::{Value, json};
 use crate::cli::dps::{DpsAction, DpsConfig, DpsTarget, RecordKind};
 use crate::cmd::shell_quote;
 use crate::error::CliError;
+use crate::out::outln;
 
 /// The DPS service API version sent.
 const API_VERSION: &str = "2021-10-01";
@@ -170,7 +171,7 @@ pub async fn run(cfg: DpsConfig) -> Result<ExitCode, CliError> {
             let path = format!("{}/{id}", collection(kind));
             let created = client.call(Method::PUT, &path, Some(&body)).await?;
             if cfg.json {
-                println!("{created}");
+                outln!("{created}");
             } else {
                 print_created(kind, &created, &host, cfg.target.id_scope.as_deref());
             }
@@ -182,7 +183,7 @@ pub async fn run(cfg: DpsConfig) -> Result<ExitCode, CliError> {
                 redact(&mut v);
             }
             if cfg.json {
-                println!("{v}");
+                outln!("{v}");
             } else {
                 print_record(kind, &v);
             }
@@ -196,7 +197,7 @@ pub async fn run(cfg: DpsConfig) -> Result<ExitCode, CliError> {
                 items.iter_mut().for_each(redact);
             }
             if cfg.json {
-                println!("{v}");
+                outln!("{v}");
             } else {
                 print_list(
                     kind,
@@ -209,9 +210,9 @@ pub async fn run(cfg: DpsConfig) -> Result<ExitCode, CliError> {
             let path = format!("{}/{id}", collection(kind));
             client.call(Method::DELETE, &path, None).await?;
             if cfg.json {
-                println!("{}", json!({"id": id, "kind": what(kind), "deleted": true}));
+                outln!("{}", json!({"id": id, "kind": what(kind), "deleted": true}));
             } else {
-                println!("deleted {} {id} from {host}", what(kind));
+                outln!("deleted {} {id} from {host}", what(kind));
             }
         }
     }
@@ -234,20 +235,20 @@ fn print_created(kind: RecordKind, v: &Value, host: &str, id_scope: Option<&str>
     let id = id_of(kind, v);
     if let Some(t) = thumbprint(v) {
         let scope = id_scope.unwrap_or("ID_SCOPE");
-        println!(
+        outln!(
             "created {} {id} in {host} (X.509, certificate {t})",
             what(kind)
         );
         if let Some(s) = id_scope {
-            println!("  id scope:    {s}");
+            outln!("  id scope:    {s}");
         }
         let device = if kind == RecordKind::Enrollment {
             shell_quote(id)
         } else {
             "DEVICE".into()
         };
-        println!();
-        println!(
+        outln!();
+        outln!(
             "provision and run {}:",
             if kind == RecordKind::Enrollment {
                 "it"
@@ -255,7 +256,7 @@ fn print_created(kind: RecordKind, v: &Value, host: &str, id_scope: Option<&str>
                 "a device (certificate CN = DEVICE)"
             }
         );
-        println!(
+        outln!(
             "  azsim run --dps --id-scope {} --registration-id {device} --cert {device}.pem --cert-key {device}.key.pem",
             shell_quote(scope)
         );
@@ -263,9 +264,9 @@ fn print_created(kind: RecordKind, v: &Value, host: &str, id_scope: Option<&str>
     }
     let key = key_of(v, "primaryKey").unwrap_or("-");
     let scope = id_scope.unwrap_or("ID_SCOPE");
-    println!("created {} {id} in {host}", what(kind));
+    outln!("created {} {id} in {host}", what(kind));
     if let Some(s) = id_scope {
-        println!("  id scope:    {s}");
+        outln!("  id scope:    {s}");
     }
     match kind {
         RecordKind::Enrollment => {
@@ -274,12 +275,12 @@ fn print_created(kind: RecordKind, v: &Value, host: &str, id_scope: Option<&str>
                 .and_then(Value::as_str)
                 .filter(|d| !d.is_empty())
                 .unwrap_or(id);
-            println!("  device id:   {device}");
-            println!("  status:      {}", field(v, "/provisioningStatus"));
-            println!("  primary key: {key}");
-            println!();
-            println!("provision and run it:");
-            println!(
+            outln!("  device id:   {device}");
+            outln!("  status:      {}", field(v, "/provisioningStatus"));
+            outln!("  primary key: {key}");
+            outln!();
+            outln!("provision and run it:");
+            outln!(
                 "  azsim run --dps --id-scope {} --registration-id {} --key {}",
                 shell_quote(scope),
                 shell_quote(id),
@@ -287,16 +288,16 @@ fn print_created(kind: RecordKind, v: &Value, host: &str, id_scope: Option<&str>
             );
         }
         RecordKind::Group => {
-            println!("  status:      {}", field(v, "/provisioningStatus"));
-            println!("  group key:   {key}");
-            println!();
-            println!("a device's key (registration id DEVICE):");
-            println!(
+            outln!("  status:      {}", field(v, "/provisioningStatus"));
+            outln!("  group key:   {key}");
+            outln!();
+            outln!("a device's key (registration id DEVICE):");
+            outln!(
                 "  azsim token derive-key --group-key {} --registration-id DEVICE",
                 shell_quote(key)
             );
-            println!("provision and run a device:");
-            println!(
+            outln!("provision and run a device:");
+            outln!(
                 "  azsim run --dps --id-scope {} --registration-id DEVICE --group-key {}",
                 shell_quote(scope),
                 shell_quote(key)
@@ -338,13 +339,13 @@ fn print_record(kind: RecordKind, v: &Value) {
         ("updated", field(v, "/lastUpdatedDateTimeUtc").to_string()),
     ]);
     for (k, val) in rows {
-        println!("{k:<14} {val}");
+        outln!("{k:<14} {val}");
     }
 }
 
 fn print_list(kind: RecordKind, items: &[Value], host: &str) {
     if items.is_empty() {
-        println!("no {}s in {host}", what(kind));
+        outln!("no {}s in {host}", what(kind));
         return;
     }
     let w = items
@@ -355,9 +356,9 @@ fn print_list(kind: RecordKind, items: &[Value], host: &str) {
         .max(2);
     match kind {
         RecordKind::Enrollment => {
-            println!("{:<w$}  {:<24}  STATUS", "ID", "DEVICE");
+            outln!("{:<w$}  {:<24}  STATUS", "ID", "DEVICE");
             for v in items {
-                println!(
+                outln!(
                     "{:<w$}  {:<24}  {}",
                     id_of(kind, v),
                     field(v, "/deviceId"),
@@ -366,9 +367,9 @@ fn print_list(kind: RecordKind, items: &[Value], host: &str) {
             }
         }
         RecordKind::Group => {
-            println!("{:<w$}  STATUS", "ID");
+            outln!("{:<w$}  STATUS", "ID");
             for v in items {
-                println!(
+                outln!(
                     "{:<w$}  {}",
                     id_of(kind, v),
                     field(v, "/provisioningStatus")

@@ -276,7 +276,7 @@ async fn serve(cfg: HubCliConfig) -> Result<ExitCode, CliError> {
         tracing::warn!("cannot write {}: {e}", record_path.display());
     }
     if cfg.json {
-        println!(
+        crate::out::outln!(
             "{}",
             json!({
                 "mqtt_port": info.mqtt_port,
@@ -296,7 +296,7 @@ async fn serve(cfg: HubCliConfig) -> Result<ExitCode, CliError> {
             })
         );
     } else {
-        println!(
+        crate::out::outln!(
             "azsim hub ready ({})",
             if cfg.in_memory {
                 "in-memory state"
@@ -304,30 +304,30 @@ async fn serve(cfg: HubCliConfig) -> Result<ExitCode, CliError> {
                 "state kept"
             }
         );
-        println!(
+        crate::out::outln!(
             "  MQTT (devices):  mqtts://{}:{}",
             info.hostname, info.mqtt_port
         );
-        println!(
+        crate::out::outln!(
             "  REST (service):  https://{}:{}",
             info.hostname, info.https_port
         );
         if let Some(p) = info.amqp_port {
-            println!(
+            crate::out::outln!(
                 "  AMQPS (Event Hubs-compatible): amqps://{}:{p}",
                 info.hostname
             );
         }
         if let Some(p) = info.amqp_dev_port {
-            println!("  AMQP (development mode, loopback): amqp://localhost:{p}");
+            crate::out::outln!("  AMQP (development mode, loopback): amqp://localhost:{p}");
         }
-        println!(
+        crate::out::outln!(
             "  DPS (devices):   id scope {}, provisioning host {}",
             info.id_scope, info.provisioning_host
         );
-        println!("  CA certificate:  {}", info.ca_file.display());
-        println!("  TLS:             {}", cfg.tls.describe());
-        println!(
+        crate::out::outln!("  CA certificate:  {}", info.ca_file.display());
+        crate::out::outln!("  TLS:             {}", cfg.tls.describe());
+        crate::out::outln!(
             "  durability:      {} (a PUBACK means committed{})",
             durability_name(cfg.durability),
             match cfg.durability {
@@ -337,7 +337,7 @@ async fn serve(cfg: HubCliConfig) -> Result<ExitCode, CliError> {
             }
         );
         let l = &cfg.limits;
-        println!(
+        crate::out::outln!(
             "  limits:          connect deadline {} s, {} connections and {} bytes before auth, \
              HTTP header/idle/body {}/{}/{} s (all in hub.json)",
             l.connect_deadline.as_secs(),
@@ -347,33 +347,33 @@ async fn serve(cfg: HubCliConfig) -> Result<ExitCode, CliError> {
             l.http_idle_timeout.as_secs(),
             l.http_body_timeout.as_secs()
         );
-        println!("  state dir:       {}", cfg.state.display());
+        crate::out::outln!("  state dir:       {}", cfg.state.display());
         if let Some(url) = &info.dashboard_url {
-            println!("  dashboard: {url}");
+            crate::out::outln!("  dashboard: {url}");
         }
         if cfg.lenient {
-            println!("  --lenient: Azure's strict rules are off; this hub is kinder than Azure");
+            crate::out::outln!("  --lenient: Azure's strict rules are off; this hub is kinder than Azure");
         }
         if let Some(t) = cfg.tier {
-            println!(
+            crate::out::outln!(
                 "  tier:            {} x {} (daily message quota and REST throttles enforced)",
                 t.name(),
                 cfg.units
             );
         }
-        println!("  service connection string:");
-        println!("    {}", service_connection_string(&info));
-        println!();
-        println!(
+        crate::out::outln!("  service connection string:");
+        crate::out::outln!("    {}", service_connection_string(&info));
+        crate::out::outln!();
+        crate::out::outln!(
             "export IOTHUB_CONNECTION_STRING={}",
             shell_quote(&service_connection_string(&info))
         );
-        println!(
+        crate::out::outln!(
             "export AZSIM_CA_FILE={}",
             shell_quote(&info.ca_file.display().to_string())
         );
-        println!();
-        println!("Ctrl-C stops the hub.");
+        crate::out::outln!();
+        crate::out::outln!("Ctrl-C stops the hub.");
     }
     let _ = std::io::stdout().flush();
     signal.await;
@@ -388,7 +388,7 @@ async fn serve(cfg: HubCliConfig) -> Result<ExitCode, CliError> {
     }
     stopped.map_err(CliError::runtime)?;
     if !cfg.json {
-        eprintln!("hub stopped; state saved");
+        crate::out::errln!("hub stopped; state saved");
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -396,12 +396,12 @@ async fn serve(cfg: HubCliConfig) -> Result<ExitCode, CliError> {
 /// `azsim hub start`: a detached `azsim hub --json` child; returns once it answers.
 async fn start(cfg: HubCliConfig) -> Result<ExitCode, CliError> {
     if let Ok(hub) = live_hub(&cfg.state).await {
-        eprintln!(
+        crate::out::errln!(
             "a hub is already running in {} (pid {}); not starting another",
             hub.state.display(),
             hub.info.pid
         );
-        println!("{}", hub.ready_json());
+        crate::out::outln!("{}", hub.ready_json());
         return Ok(ExitCode::SUCCESS);
     }
     std::fs::create_dir_all(&cfg.state)
@@ -479,7 +479,7 @@ async fn start(cfg: HubCliConfig) -> Result<ExitCode, CliError> {
         if let Ok(hub) = live_hub(&state).await
             && hub.info.pid == pid
         {
-            println!("{}", hub.ready_json());
+            crate::out::outln!("{}", hub.ready_json());
             return Ok(ExitCode::SUCCESS);
         }
         if Instant::now() > deadline {
@@ -531,7 +531,7 @@ async fn stop(state: &Path) -> Result<ExitCode, CliError> {
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    eprintln!(
+    crate::out::errln!(
         "stopped the hub of {} (pid {pid}); state kept",
         hub.state.display()
     );
@@ -560,9 +560,9 @@ fn settings_summary(s: &azsim_emulator::settings::HubSettings) -> String {
 async fn status(state: &Path, json: bool) -> Result<ExitCode, CliError> {
     let hub = live_hub(state).await.map_err(CliError::check_failed)?;
     if json {
-        println!("{}", hub.ready_json());
+        crate::out::outln!("{}", hub.ready_json());
     } else {
-        println!(
+        crate::out::outln!(
             "running: pid {}, mqtts://{}:{}, https://{}:{}, state {}{}",
             hub.info.pid,
             hub.info.hostname,

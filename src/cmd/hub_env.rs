@@ -3,7 +3,6 @@
 //! clients that read `AZSIM_CA_FILE`, `NODE_EXTRA_CA_CERTS`, `REQUESTS_CA_BUNDLE` or
 //! `SSL_CERT_FILE` - in the syntax of the shell (or GitHub Actions file) asked for.
 
-use std::io::Write as _;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
@@ -51,8 +50,7 @@ pub(crate) async fn env(cfg: EnvConfig) -> Result<ExitCode, CliError> {
         out.push_str(&env_line(cfg.shell, k, v));
         out.push('\n');
     }
-    print!("{out}");
-    let _ = std::io::stdout().flush();
+    crate::out::out!("{out}");
     Ok(ExitCode::SUCCESS)
 }
 

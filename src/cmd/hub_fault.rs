@@ -11,6 +11,7 @@ use serde_json::{Value, json};
 
 use crate::cli::hub::FaultConfig;
 use crate::error::CliError;
+use crate::out::outln;
 use crate::service::{ServiceClient, Target, TargetInputs};
 
 /// Prints the policies of the hub in `state`: one line each (`name  Right, Right`), or with
@@ -32,12 +33,12 @@ pub fn policy_list(state: &Path, json: bool) -> Result<ExitCode, CliError> {
             .iter()
             .map(|p| json!({"name": p.name, "rights": p.rights}))
             .collect();
-        println!("{}", Value::Array(v));
+        outln!("{}", Value::Array(v));
     } else {
         for p in &info.policies {
-            println!("{:<18} {}", p.name, p.rights.join(", "));
+            outln!("{:<18} {}", p.name, p.rights.join(", "));
         }
-        println!("(keys: {})", state.join(azsim_emulator::HUB_JSON).display());
+        outln!("(keys: {})", state.join(azsim_emulator::HUB_JSON).display());
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -67,6 +68,6 @@ pub async fn fault(cfg: FaultConfig) -> Result<ExitCode, CliError> {
         .json(rb.json(&body), &url)
         .await
         .map_err(CliError::runtime)?;
-    println!("{v}");
+    outln!("{v}");
     Ok(ExitCode::SUCCESS)
 }

@@ -5,6 +5,7 @@ use std::process::ExitCode;
 
 use crate::cli::invoke::InvokeConfig;
 use crate::error::CliError;
+use crate::out::outln;
 use crate::service::{Identity, ServiceClient};
 
 /// Invokes the method and prints the device's `{"status","payload"}`.
@@ -32,6 +33,6 @@ pub async fn run(cfg: InvokeConfig) -> Result<ExitCode, CliError> {
     } else {
         serde_json::to_string_pretty(&result)
     };
-    println!("{}", text.map_err(CliError::runtime)?);
+    outln!("{}", text.map_err(CliError::runtime)?);
     Ok(ExitCode::SUCCESS)
 }

@@ -11,6 +11,7 @@ use serde_json::Value;
 use super::query::{paged, print_rows};
 use crate::cli::job::{JobAction, JobConfig, StartAt};
 use crate::error::CliError;
+use crate::out::outln;
 use crate::service::output::to_text;
 use crate::service::{ServiceClient, ServiceError};
 
@@ -84,9 +85,9 @@ fn device_line(row: &Value) -> String {
 
 fn print_job(job: &Value, json: bool) {
     if json {
-        println!("{}", to_text(job, true));
+        outln!("{}", to_text(job, true));
     } else {
-        println!("{}", summary(job));
+        outln!("{}", summary(job));
     }
 }
 
@@ -144,11 +145,11 @@ pub async fn run(cfg: JobConfig) -> Result<ExitCode, CliError> {
             if cfg.json {
                 let mut all = job;
                 all["devices"] = Value::Array(rows);
-                println!("{}", to_text(&all, true));
+                outln!("{}", to_text(&all, true));
             } else {
-                println!("{}", summary(&job));
+                outln!("{}", summary(&job));
                 for r in &rows {
-                    println!("{}", device_line(r));
+                    outln!("{}", device_line(r));
                 }
             }
             Ok(ExitCode::SUCCESS)
@@ -168,10 +169,10 @@ pub async fn run(cfg: JobConfig) -> Result<ExitCode, CliError> {
             if cfg.json {
                 print_rows(&jobs, true);
             } else if jobs.is_empty() {
-                println!("no jobs");
+                outln!("no jobs");
             } else {
                 for j in &jobs {
-                    println!("{}", summary(j));
+                    outln!("{}", summary(j));
                 }
             }
             Ok(ExitCode::SUCCESS)

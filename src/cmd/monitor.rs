@@ -11,6 +11,7 @@ use serde_json::Value;
 
 use crate::cli::monitor::{EventKind, MonitorConfig};
 use crate::error::CliError;
+use crate::out::{errln, outln};
 use crate::service::ServiceClient;
 use crate::service::client::{EventStream as SseStream, StreamItem};
 use crate::service::eventhub::{self, EventHubEndpoint, EventStream as EhStream};
@@ -157,7 +158,7 @@ pub async fn run(cfg: MonitorConfig) -> Result<ExitCode, CliError> {
         },
         |t| t.host().to_owned(),
     );
-    eprintln!(
+    errln!(
         "monitoring events of {host} ({scope}): {}; Ctrl-C to stop",
         what.join(" and ")
     );
@@ -196,9 +197,9 @@ pub async fn run(cfg: MonitorConfig) -> Result<ExitCode, CliError> {
             continue;
         }
         if cfg.json {
-            println!("{ev}");
+            outln!("{ev}");
         } else {
-            println!("{}", render_line(&ev, &rfc3339(unix_now())));
+            outln!("{}", render_line(&ev, &rfc3339(unix_now())));
         }
         seen += 1;
         if cfg.count.is_some_and(|n| seen >= n) {

@@ -9,6 +9,7 @@ use serde_json::{Value, json};
 
 use crate::cli::query::QueryConfig;
 use crate::error::CliError;
+use crate::out::outln;
 use crate::service::{ServiceClient, ServiceError};
 
 /// Time allowed for one page.
@@ -93,10 +94,10 @@ pub(crate) async fn paged(
 pub(crate) fn print_rows(rows: &[Value], json_lines: bool) {
     if json_lines {
         for r in rows {
-            println!("{r}");
+            outln!("{r}");
         }
     } else {
-        println!("{}", serde_json::to_string_pretty(rows).unwrap_or_default());
+        outln!("{}", serde_json::to_string_pretty(rows).unwrap_or_default());
     }
 }
 

@@ -17,6 +17,7 @@ use crate::cli::token::{
 };
 use crate::cmd::shell_quote;
 use crate::error::CliError;
+use crate::out::{out, outln};
 
 /// The global DPS endpoint devices connect to.
 pub const DPS_GLOBAL_HOST: &str = "global.azure-devices-provisioning.net";
@@ -32,7 +33,7 @@ pub async fn run(cfg: TokenConfig) -> Result<ExitCode, CliError> {
         TokenConfig::DeriveKey(c) => derive_key(&c)?,
         TokenConfig::Inspect(c) => return inspect(&c),
     };
-    print!("{out}");
+    out!("{out}");
     Ok(ExitCode::SUCCESS)
 }
 
@@ -526,9 +527,9 @@ fn inspect(c: &InspectConfig) -> Result<ExitCode, CliError> {
             if c.json {
                 let v =
                     json!({"valid": false, "problems": [format!("malformed: {e}")], "notes": []});
-                println!("{}", pretty(&v));
+                outln!("{}", pretty(&v));
             } else {
-                println!("token:     malformed: {e}");
+                outln!("token:     malformed: {e}");
             }
             return Err(CliError::check_failed(format!(
                 "token check failed: malformed: {e}"
@@ -605,7 +606,7 @@ fn inspect(c: &InspectConfig) -> Result<ExitCode, CliError> {
             problems: &ex.problems,
             notes: &ex.notes,
         };
-        println!("{}", pretty(&v));
+        outln!("{}", pretty(&v));
     } else {
         let mut out = String::new();
         let what = parsed
@@ -649,7 +650,7 @@ fn inspect(c: &InspectConfig) -> Result<ExitCode, CliError> {
         for n in &ex.notes {
             let _ = writeln!(out, "  note:    {n}");
         }
-        print!("{out}");
+        out!("{out}");
     }
     if ex.problems.is_empty() {
         Ok(ExitCode::SUCCESS)

@@ -6,6 +6,7 @@ use serde_json::Value;
 
 use crate::cli::twin::{TwinAction, TwinConfig};
 use crate::error::CliError;
+use crate::out::outln;
 use crate::service::output::to_text;
 use crate::service::{Identity, ServiceClient};
 
@@ -23,7 +24,7 @@ pub async fn run(cfg: TwinConfig) -> Result<ExitCode, CliError> {
     match cfg.action {
         TwinAction::Show => {
             let twin = client.get_twin(identity).await.map_err(CliError::runtime)?;
-            println!("{}", to_text(&twin, cfg.json));
+            outln!("{}", to_text(&twin, cfg.json));
         }
         TwinAction::Patch {
             desired,
@@ -35,7 +36,7 @@ pub async fn run(cfg: TwinConfig) -> Result<ExitCode, CliError> {
                 .await
                 .map_err(CliError::runtime)?;
             if cfg.json {
-                println!("{}", to_text(&twin, true));
+                outln!("{}", to_text(&twin, true));
             } else {
                 let version = twin
                     .pointer("/properties/desired/$version")
@@ -46,7 +47,7 @@ pub async fn run(cfg: TwinConfig) -> Result<ExitCode, CliError> {
                     None => cfg.device.clone(),
                     Some(m) => format!("module {m} of device {}", cfg.device),
                 };
-                println!("updated twin of {of}: desired $version {version}, etag {etag}");
+                outln!("updated twin of {of}: desired $version {version}, etag {etag}");
             }
         }
     }

@@ -23,7 +23,8 @@ impl std::fmt::Debug for Output {
 impl Output {
     /// Lines to stdout.
     pub fn stdout(json: bool) -> Self {
-        Self::to_writer(json, Box::new(std::io::stdout()))
+        // A closed stdout (`azsim run | head`) ends the process quietly (crate::out).
+        Self::to_writer(json, Box::new(crate::out::Stdout))
     }
 
     /// Lines to any writer (tests, benches).
@@ -53,7 +54,8 @@ impl Output {
             human()
         };
         if let Ok(mut w) = self.sink.lock() {
-            // A closed stdout (`azsim run | head`) must not kill the device loop.
+            // A closed stdout ends the process quietly inside `crate::out::Stdout`; another
+            // sink's failure must not kill the device loop.
             let _ = writeln!(w, "{line}");
             let _ = w.flush();
         }

@@ -1,6 +1,7 @@
 //! The one integration-test binary. One module per feature; each owner adds its `mod` line.
 //! Tests that exercise the CLI run the real binary (`env!("CARGO_BIN_EXE_azsim")`).
 
+mod cli_output;
 mod dashboard;
 mod dps;
 mod firmware_loop;

@@ -1,0 +1,93 @@
+//! The CLI's one way to write what it prints: [`outln!`]/[`out!`] for stdout, [`errln!`] for
+//! stderr, and [`Stdout`] for code that takes a writer (`azsim run`'s and `azsim fleet`'s event
+//! stream).
+//!
+//! Rust starts every program with SIGPIPE ignored, so a write to a closed pipe
+//! (`azsim device list | head -1`, `azsim monitor | grep -q hot`, a pager quit early) returns
+//! EPIPE, and `println!` turns that into a panic with a backtrace hint. We keep SIGPIPE ignored
+//! on purpose: `azsim hub`, `run`, `fleet` and `monitor` write to sockets, and a vectored socket
+//! write without MSG_NOSIGNAL would raise SIGPIPE when a peer has gone; a hub must never die
+//! because one client left. Instead every stdout write goes through here, and a closed stdout
+//! ends the process quietly with exit status 141 (128 + SIGPIPE), the status a shell reports for
+//! `cat` or `grep` stopped by a closed pipe, so `set -o pipefail` scripts see what they see with
+//! any Unix tool: no panic, no backtrace, no error line. Any other stdout failure (a full disk,
+//! `> /dev/full`) is one `error:` line on stderr and exit 1, since output was lost.
+//!
+//! Lines to stderr are best effort: when stderr itself is gone (`2>&1 | head -1`) there is no
+//! one left to tell, so its write errors are dropped instead of panicking as `eprintln!` does.
+
+use std::fmt;
+use std::io::{self, Write};
+
+/// The exit status when stdout is a closed pipe: 128 + SIGPIPE (13), as a shell reports for a
+/// tool the signal stopped.
+pub const BROKEN_PIPE_EXIT: i32 = 141;
+
+/// Writes to stdout and flushes, or ends the process (see the module docs).
+pub fn stdout(args: fmt::Arguments<'_>) {
+    let written = {
+        let mut out = io::stdout().lock();
+        out.write_fmt(args).and_then(|()| out.flush())
+    };
+    if let Err(e) = written {
+        stdout_failed(&e);
+    }
+}
+
+/// Writes to stderr; a failure is dropped (nobody is left to read a complaint).
+pub fn stderr(args: fmt::Arguments<'_>) {
+    let mut err = io::stderr().lock();
+    let _ = err.write_fmt(args);
+    let _ = err.flush();
+}
+
+/// Ends the process for a failed stdout write: quietly with [`BROKEN_PIPE_EXIT`] when the
+/// reader has gone, else with one `error:` line and exit 1.
+pub fn stdout_failed(e: &io::Error) -> ! {
+    if e.kind() == io::ErrorKind::BrokenPipe {
+        std::process::exit(BROKEN_PIPE_EXIT);
+    }
+    stderr(format_args!("error: cannot write to stdout: {e}\n"));
+    std::process::exit(1);
+}
+
+/// stdout as a [`Write`] for code that takes a writer; a failed write ends the process as
+/// [`stdout`] does, so the stream stops when its reader does.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Stdout;
+
+impl Write for Stdout {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        io::stdout().write(buf).or_else(|e| stdout_failed(&e))
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        io::stdout().flush().or_else(|e| stdout_failed(&e))
+    }
+}
+
+/// `println!` for the CLI's output: a closed stdout ends the process quietly (module docs).
+macro_rules! outln {
+    () => {
+        $crate::out::stdout(format_args!("\n"))
+    };
+    ($($arg:tt)*) => {
+        $crate::out::stdout(format_args!("{}\n", format_args!($($arg)*)))
+    };
+}
+
+/// `print!` for the CLI's output (flushed), as [`outln!`] without the newline.
+macro_rules! out {
+    ($($arg:tt)*) => {
+        $crate::out::stdout(format_args!($($arg)*))
+    };
+}
+
+/// `eprintln!` that never panics: a closed stderr drops the line.
+macro_rules! errln {
+    ($($arg:tt)*) => {
+        $crate::out::stderr(format_args!("{}\n", format_args!($($arg)*)))
+    };
+}
+
+pub(crate) use {errln, out, outln};
