@@ -27,7 +27,9 @@
 //!    benches/sdk/python_devices.py), one Node process (azure-iot-device-mqtt `Client`s,
 //!    benches/sdk/node_devices.js; the npm packages of benches/sdk/package.json installed on
 //!    demand into target/bench-node) and `azsim fleet` (`--sdk-fleet-devices`, default the
-//!    same count): each process's CPU time per 1,000 acknowledged messages, and the ratios.
+//!    same count; as run, then with `--timer-resolution 1ms`, every device waking on its own
+//!    as each SDK device does): each process's CPU time per 1,000 acknowledged messages, and
+//!    the ratios (against the fleet as run).
 //!
 //! The hub runs `--in-memory` (no SQLite I/O). Each device needs a socket in the fleet and one
 //! in the hub: both raise their open-files soft limit; the hard limit must allow it.

@@ -21,12 +21,15 @@ use tokio::sync::watch;
 
 use super::clock::FleetClock;
 use super::stats::Stats;
-use crate::device::buffer::{GrowingBuffer, RESTING};
+use crate::device::buffer::GrowingBuffer;
 use crate::device::driver::MAX_PACKET;
 use crate::device::driver::{Credential, HeapQueue};
 use crate::device::net::{FailureSlot, TlsConnector, Transport};
 use crate::device::output::{Output, body_value};
 use crate::device::template::{Template, TemplateVars};
+
+/// The resting size of a fleet device's packet buffers (the loop's minimum).
+const FLEET_RESTING: usize = 512;
 
 /// Where one device connects, and as whom.
 #[derive(Debug, Clone)]
@@ -162,9 +165,12 @@ async fn run_once(
         max_initial_attempts: None,
         ..SessionConfig::default()
     };
-    // As `azsim run`: a kilobyte each way, growing for a large packet up to the 256 KB limit.
-    let mut rx = GrowingBuffer::new(RESTING, MAX_PACKET);
-    let mut tx = GrowingBuffer::new(RESTING, MAX_PACKET);
+    // Half of `azsim run`'s kilobyte each way (the loop's minimum), growing for a larger packet
+    // up to the 256 KB limit and back: a fleet device's packets are a PUBACK in and a telemetry
+    // PUBLISH (topic, properties, a JSON body: a few hundred bytes) out; CONNECT, the twin and
+    // a method grow them for a moment. 1 KiB less per device of 10,000.
+    let mut rx = GrowingBuffer::new(FLEET_RESTING, MAX_PACKET);
+    let mut tx = GrowingBuffer::new(FLEET_RESTING, MAX_PACKET);
     let mut client = match Client::with_buffers(
         azsim_mqtt::Identity {
             host: &spec.hub_host,
