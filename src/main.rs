@@ -19,14 +19,16 @@ fn main() -> ExitCode {
                 && e.kind() != ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand =>
         {
             // Bad usage: one line naming the field, exit 2 (clap's own text runs to several).
-            azsim::out::stderr(format_args!(
-                "error: {}\n",
-                azsim::error::clap_one_line(
-                    &e,
-                    &azsim::cli::Cli::command_for_parsing(),
-                    std::env::args_os(),
-                )
-            ));
+            let command = azsim::cli::Cli::command_for_parsing();
+            let mut line = azsim::error::clap_one_line(&e, &command, std::env::args_os());
+            if e.kind() == ErrorKind::InvalidUtf8
+                && let Some(field) = non_utf8_field(&command, std::env::args_os())
+            {
+                // clap says only "one or more arguments"; name the one (never its bytes).
+                let see = line.find("; see ").map_or("", |i| &line[i..]);
+                line = format!("{field}: not valid UTF-8{see}");
+            }
+            azsim::out::stderr(format_args!("error: {line}\n"));
             return ExitCode::from(2);
         }
         // --help, --version, or a bare command: clap prints the help itself.
@@ -59,4 +61,44 @@ fn main() -> ExitCode {
             e.to_exit_code()
         }
     }
+}
+
+/// The option (or the position) of the first argument that is not UTF-8: `--flag` for
+/// `--flag=VALUE`, or for a VALUE after a flag that takes one; else `argument N`.
+fn non_utf8_field(
+    command: &clap::Command,
+    args: impl IntoIterator<Item = std::ffi::OsString>,
+) -> Option<String> {
+    let mut previous: Option<String> = None;
+    for (n, arg) in args.into_iter().enumerate() {
+        let Some(text) = arg.to_str() else {
+            let bytes = arg.as_encoded_bytes();
+            if bytes.starts_with(b"--")
+                && let Some(eq) = bytes.iter().position(|&b| b == b'=')
+            {
+                return Some(String::from_utf8_lossy(&bytes[..eq]).into_owned());
+            }
+            return Some(match previous {
+                Some(flag) if takes_value(command, &flag) => flag,
+                _ => format!("argument {n}"),
+            });
+        };
+        previous = Some(text.to_owned());
+    }
+    None
+}
+
+/// Whether `flag` (`--long` or `-s`) takes a value anywhere in the command tree.
+fn takes_value(command: &clap::Command, flag: &str) -> bool {
+    let named = |a: &clap::Arg| match flag.strip_prefix("--") {
+        Some(long) => a.get_long() == Some(long),
+        None => {
+            let mut short = flag.strip_prefix('-').unwrap_or("").chars();
+            matches!((short.next(), short.next()), (Some(c), None) if a.get_short() == Some(c))
+        }
+    };
+    command
+        .get_arguments()
+        .any(|a| named(a) && a.get_action().takes_values())
+        || command.get_subcommands().any(|s| takes_value(s, flag))
 }

@@ -211,3 +211,34 @@ async fn monitor_stops_quietly_when_its_reader_leaves() {
     assert_quiet(&rest);
     hub.stop().await;
 }
+
+/// A non-UTF-8 argument (a Latin-1 file name, a corrupted variable) is bad input: one line
+/// naming the option, exit 2, the bytes not echoed.
+#[cfg(unix)]
+#[tokio::test]
+async fn a_non_utf8_argument_is_named_in_one_line_with_exit_2() {
+    use std::ffi::OsStr;
+    use std::os::unix::ffi::OsStrExt;
+
+    let cwd = tempfile::tempdir().unwrap();
+    let bad = OsStr::from_bytes(b"HostName=h\xff\xfe");
+    let mut joined = b"--connection-string=".to_vec();
+    joined.extend_from_slice(bad.as_bytes());
+    for args in [
+        vec![OsStr::new("token"), OsStr::new("--connection-string"), bad],
+        vec![OsStr::new("token"), OsStr::from_bytes(&joined)],
+    ] {
+        let mut cmd = azsim(cwd.path());
+        cmd.args(&args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        let out = cmd.spawn().unwrap().wait_with_output().await.unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+        assert_eq!(out.status.code(), Some(2), "{stderr}");
+        assert_eq!(
+            stderr,
+            "error: --connection-string: not valid UTF-8; see 'azsim token --help'\n"
+        );
+        assert!(out.stdout.is_empty());
+    }
+}
