@@ -273,6 +273,19 @@ async fn device_and_service(
         "{desired}"
     );
 
+    let cleared = s.expect("desired_cleared").await;
+    let version = updated["version"].as_u64().unwrap() + 1;
+    assert_eq!(
+        cleared["patch"],
+        json!({"interval": null, "$version": version}),
+        "{cleared}"
+    );
+    assert_eq!(
+        cleared["desired"],
+        json!({"$version": version}),
+        "{cleared}"
+    );
+
     s.expect("c2d_sent").await;
     let c2d = s.expect("c2d").await;
     assert_eq!(c2d["data"], "hello node", "{c2d}");

@@ -146,6 +146,11 @@ async function service(csFile, deviceId, transportName) {
   emit('twin_updated', { interval: updated.properties.desired.interval, version: updated.properties.desired.$version });
   const patch = await desiredSeen;
   emit('desired', { patch });
+  // `desired: null` removes every desired property; the device gets each one nulled.
+  const clearedSeen = waitFor('desired cleared', (cb) => { onDesired = cb; });
+  await step('twin.update null', () => serviceTwin.update({ properties: { desired: null } }));
+  const cleared = await clearedSeen;
+  emit('desired_cleared', { patch: cleared, desired: twin.properties.desired });
 
   // C2D over AMQP (azure-iothub's Client), completed by the device.
   const serviceClient = iothub.Client.fromConnectionString(serviceCs);
