@@ -1,7 +1,7 @@
 //! The CLI as a Unix tool (`azsim::out`): output into a pipe whose reader has gone
 //! (`| head -1`, `| grep -q`) ends the process quietly with status 141 (128 + SIGPIPE), for
-//! one-shot commands (`token`, `device list`) and streaming ones (`run`, `monitor`); no panic
-//! text, no error line. A full disk is one error line and exit 1; a closed stderr never turns an
+//! one-shot commands (`token`, `device list`, `query`, `hub env`) and streaming ones (`run`,
+//! `monitor`, `fleet`); no panic text, no error line. A full disk is one error line and exit 1; a closed stderr never turns an
 //! error into a panic.
 
 use std::process::Stdio;
@@ -87,18 +87,24 @@ async fn one_shot_commands_into_a_closed_pipe_exit_141_quietly() {
     for id in ["pipe-a", "pipe-b"] {
         hub.create_device(id).await;
     }
-    for json in [false, true] {
+    let service = [&["device", "list"][..], &["device", "list", "--json"][..]];
+    let query = ["query", "SELECT * FROM devices"];
+    for args in service.into_iter().chain([&query[..]]) {
         let mut cmd = azsim(cwd.path());
-        cmd.args(["device", "list"])
-            .args(json.then_some("--json"))
+        cmd.args(args)
             .arg("--hub-connection-string")
             .arg(&hub.service_connection_string)
             .arg("--ca")
             .arg(&hub.ca_file);
         let (code, stderr) = into_closed_pipe(cmd).await;
-        assert_eq!(code, Some(CLOSED_PIPE), "json {json}: {stderr}");
+        assert_eq!(code, Some(CLOSED_PIPE), "{args:?}: {stderr}");
         assert_quiet(&stderr);
     }
+    let mut cmd = azsim(cwd.path());
+    cmd.args(["hub", "env", "--state"]).arg(&hub.dir);
+    let (code, stderr) = into_closed_pipe(cmd).await;
+    assert_eq!(code, Some(CLOSED_PIPE), "hub env: {stderr}");
+    assert_quiet(&stderr);
     hub.stop().await;
 }
 
@@ -209,6 +215,25 @@ async fn monitor_stops_quietly_when_its_reader_leaves() {
         rest.push('\n');
     }
     assert_quiet(&rest);
+    hub.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fleet_json_stops_quietly_when_its_reader_leaves() {
+    let hub = TestHub::start().await;
+    let cwd = tempfile::tempdir().unwrap();
+    let mut cmd = azsim(cwd.path());
+    cmd.args(["fleet", "--json", "--devices", "2", "--interval", "200ms"])
+        .args(["--stats-every", "200ms", "--state"])
+        .arg(&hub.dir)
+        .env_remove("AZSIM_FLEET_HUB_CONNECTION_STRING")
+        .env_remove("JOB_COMPLETION_INDEX")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let child = cmd.spawn().expect("azsim fleet");
+    // Stats lines every 200 ms keep it printing.
+    let stderr = stops_when_its_reader_leaves(child, async || {}).await;
+    assert_quiet(&stderr);
     hub.stop().await;
 }
 
