@@ -167,8 +167,9 @@ pub struct HubServeArgs {
     /// certificate, TLS 1.2 and 1.3; not what Azure presents). Changing it makes a new dev CA.
     #[arg(long, value_name = "azure|modern", default_value = "azure")]
     pub tls: String,
-    /// Enforce this IoT Hub tier's daily message quota (403002 and a closed connection when it
-    /// is used up) and REST throttles (429): F1, S1, S2 or S3. Default: neither.
+    /// Enforce this IoT Hub tier's daily message quota, counted as Azure bills (telemetry, C2D,
+    /// methods, twin reads and updates, queries; 403002 when it is used up), its REST throttles
+    /// (429) and DPS's registration and polling rates (429): F1, S1, S2 or S3. Default: none.
     #[arg(long, value_name = "F1|S1|S2|S3")]
     pub tier: Option<String>,
     /// Units of --tier (F1: 1).

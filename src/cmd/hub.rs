@@ -306,11 +306,13 @@ async fn serve(cfg: HubCliConfig) -> Result<ExitCode, CliError> {
         );
         crate::out::outln!(
             "  MQTT (devices):  mqtts://{}:{}",
-            info.hostname, info.mqtt_port
+            info.hostname,
+            info.mqtt_port
         );
         crate::out::outln!(
             "  REST (service):  https://{}:{}",
-            info.hostname, info.https_port
+            info.hostname,
+            info.https_port
         );
         if let Some(p) = info.amqp_port {
             crate::out::outln!(
@@ -323,7 +325,8 @@ async fn serve(cfg: HubCliConfig) -> Result<ExitCode, CliError> {
         }
         crate::out::outln!(
             "  DPS (devices):   id scope {}, provisioning host {}",
-            info.id_scope, info.provisioning_host
+            info.id_scope,
+            info.provisioning_host
         );
         crate::out::outln!("  CA certificate:  {}", info.ca_file.display());
         crate::out::outln!("  TLS:             {}", cfg.tls.describe());
@@ -352,11 +355,13 @@ async fn serve(cfg: HubCliConfig) -> Result<ExitCode, CliError> {
             crate::out::outln!("  dashboard: {url}");
         }
         if cfg.lenient {
-            crate::out::outln!("  --lenient: Azure's strict rules are off; this hub is kinder than Azure");
+            crate::out::outln!(
+                "  --lenient: Azure's strict rules are off; this hub is kinder than Azure"
+            );
         }
         if let Some(t) = cfg.tier {
             crate::out::outln!(
-                "  tier:            {} x {} (daily message quota and REST throttles enforced)",
+                "  tier:            {} x {} (daily message quota, REST and DPS throttles enforced)",
                 t.name(),
                 cfg.units
             );
