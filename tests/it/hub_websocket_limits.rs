@@ -70,7 +70,7 @@ async fn ended(ws: &mut Ws, what: &str) -> Option<u16> {
 }
 
 /// An authenticated MQTT connection over a WebSocket, one MQTT packet per binary message.
-async fn connected(hub: &TestHub, device: &str, key: &str) -> Ws {
+pub(crate) async fn connected(hub: &TestHub, device: &str, key: &str) -> Ws {
     let mut ws = websocket(hub, Some("mqtt")).await.expect("upgrade");
     let mut connect = Connect::new(device);
     connect.keep_alive = 60;

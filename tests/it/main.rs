@@ -28,6 +28,7 @@ mod hub_tier;
 mod hub_tls_profile;
 mod hub_websocket;
 mod hub_websocket_limits;
+mod hub_websocket_stop;
 mod hub_x509;
 mod python_e2e_suite;
 mod real_hub;
