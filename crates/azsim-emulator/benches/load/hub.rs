@@ -12,6 +12,8 @@ pub const CHILD_ENV: &str = "AZSIM_LOAD_HUB_DIR";
 pub const STORE_ENV: &str = "AZSIM_LOAD_HUB_STORE";
 /// Set to `full` in the child for `--sync full`.
 pub const SYNC_ENV: &str = "AZSIM_LOAD_HUB_SYNC";
+/// Set in the bench (not the child) to run another build's binary as the hub child.
+pub const HUB_EXE_ENV: &str = "AZSIM_LOAD_HUB_EXE";
 /// The child's TLS profile (`azure` or `modern`).
 pub const TLS_ENV: &str = "AZSIM_LOAD_HUB_TLS";
 
@@ -59,7 +61,12 @@ pub async fn run(
     dir: &Path,
     tls: azsim_emulator::state_dir::TlsProfile,
 ) -> Result<RunStats, String> {
-    let exe = std::env::current_exe().map_err(|e| format!("hub: {e}"))?;
+    // `AZSIM_LOAD_HUB_EXE`: the hub child from another build of this bench (an A/B of hub
+    // changes behind the same clients); it speaks the same child protocol.
+    let exe = match std::env::var_os(HUB_EXE_ENV) {
+        Some(p) => PathBuf::from(p),
+        None => std::env::current_exe().map_err(|e| format!("hub: {e}"))?,
+    };
     // A fresh state dir per run: a disk store starts empty, like mosquitto.
     let state = dir.join(format!("hub-{}", next_run_number()));
     let mut child = tokio::process::Command::new(exe)
