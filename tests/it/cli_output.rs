@@ -267,3 +267,37 @@ async fn a_non_utf8_argument_is_named_in_one_line_with_exit_2() {
         assert!(out.stdout.is_empty());
     }
 }
+
+/// The quiet exit is for stdout only: SIGPIPE stays ignored (Rust's start-up default) in the
+/// processes that write to sockets, so a client that leaves mid-write can never kill `azsim hub`.
+#[cfg(target_os = "linux")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_hub_keeps_sigpipe_ignored() {
+    let state = tempfile::tempdir().unwrap();
+    let cwd = tempfile::tempdir().unwrap();
+    let mut cmd = azsim(cwd.path());
+    cmd.args(["hub", "--json", "--in-memory", "--state"])
+        .arg(state.path())
+        .args(["--mqtt-port", "0", "--https-port", "0", "--amqp-port", "0"])
+        .args(["--amqp-dev-port", "0", "--dashboard-port", "off"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null());
+    let mut child = cmd.spawn().expect("azsim hub");
+    let mut stdout = BufReader::new(child.stdout.take().unwrap()).lines();
+    let ready = tokio::time::timeout(Duration::from_secs(60), stdout.next_line())
+        .await
+        .expect("ready line within 60 s")
+        .unwrap()
+        .expect("a ready line");
+    assert!(ready.contains("mqtt_port"), "{ready}");
+    let pid = child.id().expect("running");
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let ignored = status
+        .lines()
+        .find_map(|l| l.strip_prefix("SigIgn:"))
+        .map(|hex| u64::from_str_radix(hex.trim(), 16).unwrap())
+        .expect("SigIgn in /proc/PID/status");
+    const SIGPIPE: u32 = 13;
+    assert_ne!(ignored & (1 << (SIGPIPE - 1)), 0, "SigIgn {ignored:#x}");
+    child.kill().await.unwrap();
+}
