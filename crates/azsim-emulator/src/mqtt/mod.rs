@@ -446,6 +446,30 @@ pub(crate) async fn connection<S: Io>(hub: Arc<Hub>, opened: Box<Opened<S>>, pee
 mod tests {
     use super::*;
 
+    /// The size of an authenticated connection's future, of the type the hub spawns (TLS over
+    /// TCP), without making one: it is part of every connected device's memory for the
+    /// connection's whole life.
+    fn connection_future_size<S, F, Fut>(_: F) -> usize
+    where
+        F: FnOnce(Arc<Hub>, Box<Opened<S>>, SocketAddr) -> Fut,
+    {
+        std::mem::size_of::<Fut>()
+    }
+
+    #[test]
+    fn a_connection_s_future_stays_small() {
+        let size = connection_future_size(connection::<TlsStream<TcpStream>>);
+        eprintln!(
+            "connection future: {size} bytes, of which the TLS stream {}, Conn {}",
+            std::mem::size_of::<TlsStream<TcpStream>>(),
+            std::mem::size_of::<Conn>()
+        );
+        // 2960 bytes in a dev build (1224 of them the TLS stream): everything awaited only
+        // briefly is boxed where it is awaited (see `connection`). The handshake + CONNECT
+        // future inline (d33272c) added about 5 KiB per device.
+        assert!(size <= 4096, "connection future {size} bytes");
+    }
+
     #[test]
     fn a_will_goes_only_to_a_valid_topic_name_of_the_identity_s_telemetry() {
         let plain = TopicId {
