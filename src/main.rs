@@ -63,33 +63,63 @@ fn main() -> ExitCode {
     }
 }
 
-/// The option (or the position) of the first argument that is not UTF-8: `--flag` for
-/// `--flag=VALUE`, or for a VALUE after a flag that takes one; else `argument N`.
+/// What the first argument that is not UTF-8 is, walking the subcommands as clap does:
+/// `--flag` for `--flag=VALUE` or for a VALUE after a flag that takes one, `<NAME>` for a
+/// positional, else `argument N`.
 fn non_utf8_field(
     command: &clap::Command,
     args: impl IntoIterator<Item = std::ffi::OsString>,
 ) -> Option<String> {
-    let mut previous: Option<String> = None;
-    for (n, arg) in args.into_iter().enumerate() {
+    let mut current = command;
+    let mut positionals = 0;
+    let mut value_of: Option<String> = None;
+    // Argument 0 is the program.
+    for (n, arg) in args.into_iter().enumerate().skip(1) {
         let Some(text) = arg.to_str() else {
             let bytes = arg.as_encoded_bytes();
+            if let Some(flag) = value_of {
+                return Some(flag);
+            }
             if bytes.starts_with(b"--")
                 && let Some(eq) = bytes.iter().position(|&b| b == b'=')
             {
                 return Some(String::from_utf8_lossy(&bytes[..eq]).into_owned());
             }
-            return Some(match previous {
-                Some(flag) if takes_value(command, &flag) => flag,
-                _ => format!("argument {n}"),
+            return Some(match current.get_positionals().nth(positionals) {
+                Some(a) => format!("<{}>", positional_name(a)),
+                None => format!("argument {n}"),
             });
         };
-        previous = Some(text.to_owned());
+        if value_of.take().is_some() {
+            continue;
+        }
+        if text.len() > 1 && text.starts_with('-') {
+            if takes_value(current, command, text) {
+                value_of = Some(text.to_owned());
+            }
+        } else if let Some(sub) = current.find_subcommand(text).filter(|_| positionals == 0) {
+            current = sub;
+        } else {
+            positionals += 1;
+        }
     }
     None
 }
 
-/// Whether `flag` (`--long` or `-s`) takes a value anywhere in the command tree.
-fn takes_value(command: &clap::Command, flag: &str) -> bool {
+/// A positional's name as `--help` shows it (`DEVICE`).
+fn positional_name(arg: &clap::Arg) -> String {
+    match arg.get_value_names().and_then(|v| v.first()) {
+        Some(name) => name.to_string(),
+        None => arg.get_id().as_str().to_uppercase(),
+    }
+}
+
+/// Whether `flag` (`--long` or `-s`; not `--long=VALUE`) takes the next argument: as `current`
+/// defines it, else as any command under `root` does (a global flag).
+fn takes_value(current: &clap::Command, root: &clap::Command, flag: &str) -> bool {
+    if flag.contains('=') {
+        return false;
+    }
     let named = |a: &clap::Arg| match flag.strip_prefix("--") {
         Some(long) => a.get_long() == Some(long),
         None => {
@@ -97,8 +127,12 @@ fn takes_value(command: &clap::Command, flag: &str) -> bool {
             matches!((short.next(), short.next()), (Some(c), None) if a.get_short() == Some(c))
         }
     };
-    command
-        .get_arguments()
-        .any(|a| named(a) && a.get_action().takes_values())
-        || command.get_subcommands().any(|s| takes_value(s, flag))
+    fn find<'c>(c: &'c clap::Command, named: &dyn Fn(&clap::Arg) -> bool) -> Option<&'c clap::Arg> {
+        c.get_arguments()
+            .find(|a| named(a))
+            .or_else(|| c.get_subcommands().find_map(|s| find(s, named)))
+    }
+    let here = current.get_arguments().find(|a| named(a));
+    here.or_else(|| find(root, &named))
+        .is_some_and(|a| a.get_action().takes_values())
 }

@@ -249,21 +249,30 @@ async fn a_non_utf8_argument_is_named_in_one_line_with_exit_2() {
     let bad = OsStr::from_bytes(b"HostName=h\xff\xfe");
     let mut joined = b"--connection-string=".to_vec();
     joined.extend_from_slice(bad.as_bytes());
-    for args in [
-        vec![OsStr::new("token"), OsStr::new("--connection-string"), bad],
-        vec![OsStr::new("token"), OsStr::from_bytes(&joined)],
-    ] {
+    let s = OsStr::new;
+    let token = "--connection-string: not valid UTF-8; see 'azsim token --help'";
+    let cases = [
+        (vec![s("token"), s("--connection-string"), bad], token),
+        (vec![s("token"), OsStr::from_bytes(&joined)], token),
+        // `device show --connection-string` is a flag there: the id is what is named.
+        (
+            vec![s("device"), s("show"), s("--connection-string"), bad],
+            "<DEVICE>: not valid UTF-8; see 'azsim device show --help'",
+        ),
+        (
+            vec![s("invoke"), s("--payload"), s("{}"), s("dev"), bad],
+            "<METHOD>: not valid UTF-8; see 'azsim invoke --help'",
+        ),
+    ];
+    for (args, want) in cases {
         let mut cmd = azsim(cwd.path());
         cmd.args(&args)
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
         let out = cmd.spawn().unwrap().wait_with_output().await.unwrap();
         let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
-        assert_eq!(out.status.code(), Some(2), "{stderr}");
-        assert_eq!(
-            stderr,
-            "error: --connection-string: not valid UTF-8; see 'azsim token --help'\n"
-        );
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {stderr}");
+        assert_eq!(stderr, format!("error: {want}\n"), "{args:?}");
         assert!(out.stdout.is_empty());
     }
 }
