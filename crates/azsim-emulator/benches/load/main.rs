@@ -86,6 +86,13 @@
 //! The hub's SQLite threads took 2.1-2.5 us of its CPU per message at window 1 and 1.8-2.0 at
 //! 10 and 100. Memory per device in these runs: hub 15.5-19.0 KiB, mosquitto 15.7-19.7 KiB
 //! (the RSS delta moves by a few KiB with the machine's load; 14.4 / 18.0 on a quiet one).
+//! Much of what is over 16 KiB is the handshake burst, not the connections: with
+//! `--connect-concurrency 20` instead of 200 the hub measured 13.3-13.7 KiB per device (16.9-17.3
+//! at 200, same build, alternating runs) and mosquitto 15.6-16.4 (17.0-18.3): 200 TLS handshakes
+//! at once (RSA-2048 signatures, certificate chains) leave freed heap the allocator keeps.
+//! What a connection itself holds: its task's future, 2960 bytes in a dev build (1224 of them
+//! the TLS stream; `mqtt::tests::a_connection_s_future_stays_small`), rustls' 4 KiB record
+//! buffer (zero-filled, so resident), the record keys, its command channel and registry entry.
 //! What bounds the ratio, from CPU per message B (broker) and C (clients) on 2 cores: mosquitto
 //! is one thread, so its rate is at most min(1/B_m, 2/(B_m + C)); the hub's is at most
 //! 2/(B_h + C). At window 1 every PUBLISH costs each broker a read and a PUBACK write, and the
