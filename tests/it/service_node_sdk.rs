@@ -124,6 +124,27 @@ impl NodeScript {
         }
     }
 
+    /// Reads events until the script reports an `error` (returned) and exits with a failure.
+    async fn expect_error(mut self) -> Value {
+        loop {
+            let line =
+                match tokio::time::timeout(Duration::from_secs(60), self.lines.next_line()).await {
+                    Err(_) => self.fail("no error event within 60 s"),
+                    Ok(Ok(Some(line))) => line,
+                    Ok(_) => self.fail("exited before an error event"),
+                };
+            let Ok(v) = serde_json::from_str::<Value>(&line) else {
+                continue;
+            };
+            self.seen.push(v.clone());
+            if v["event"] == "error" {
+                let status = self.child.wait().await.unwrap();
+                assert!(!status.success(), "{}: exits with a failure", self.name);
+                return v;
+            }
+        }
+    }
+
     async fn finish(mut self) {
         let status = tokio::time::timeout(Duration::from_secs(30), self.child.wait())
             .await
@@ -179,7 +200,7 @@ async fn the_official_node_device_service_and_dps_sdks_work_against_the_hub() {
     device_and_service(&node, &view, &cs_file, "node-mqtt", "mqtt", "Mqtt").await;
     device_and_service(&node, &view, &cs_file, "node-ws", "mqttws", "MqttWs").await;
     dps(&node, &view, &work).await;
-    x509_v1_thumbprint(&node, &view, &work).await;
+    x509_v1_devices(&node, &view, &work).await;
 
     hub.stop().await.expect("hub stops cleanly");
 }
@@ -379,44 +400,91 @@ async fn dps(node: &Path, hub: &TestHub, work: &Path) {
     );
 }
 
-/// An X.509 v1 certificate (what `openssl x509 -req` makes, as the `pem` package under the Node
-/// e2e suite and Azure's self-signed tutorial do) with `CN=localhost`, registered by thumbprint:
-/// IoT Hub checks only the thumbprint and the validity, so the device connects over MQTT and
-/// over WebSockets.
-async fn x509_v1_thumbprint(node: &Path, hub: &TestHub, work: &Path) {
-    let (cert, key) = (work.join("v1.pem"), work.join("v1.key"));
-    let csr = work.join("v1.csr");
-    for args in [
-        vec![
-            "req",
-            "-new",
-            "-newkey",
-            "rsa:2048",
-            "-nodes",
-            "-subj",
-            "/CN=localhost",
-        ],
-        vec!["x509", "-req", "-days", "1"],
-    ] {
-        let mut cmd = std::process::Command::new("openssl");
-        cmd.args(&args);
-        if args[0] == "req" {
-            cmd.arg("-keyout").arg(&key).arg("-out").arg(&csr);
-        } else {
-            cmd.arg("-in")
-                .arg(&csr)
-                .arg("-signkey")
-                .arg(&key)
-                .arg("-out")
-                .arg(&cert);
+/// Runs `openssl` with `args`; `false` (after a `skipped:` line) when there is no openssl.
+fn openssl(args: &[&std::ffi::OsStr]) -> bool {
+    match std::process::Command::new("openssl").args(args).output() {
+        Ok(o) if o.status.success() => true,
+        Ok(o) => panic!("openssl {args:?}: {}", String::from_utf8_lossy(&o.stderr)),
+        Err(e) => {
+            crate::support::skip(&format!("openssl not found ({e}): no X.509 v1 check"));
+            false
         }
-        match cmd.output() {
-            Ok(o) if o.status.success() => {}
-            Ok(o) => panic!("openssl {args:?}: {}", String::from_utf8_lossy(&o.stderr)),
-            Err(e) => {
-                crate::support::skip(&format!("openssl not found ({e}): no X.509 v1 check"));
-                return;
-            }
+    }
+}
+
+/// X.509 v1 certificates (what `openssl x509 -req` makes, as the `pem` package under the Node e2e
+/// suite and Azure's self-signed tutorial do): one self-signed with `CN=localhost`, registered
+/// by thumbprint (IoT Hub checks only the thumbprint and the validity), and one with the
+/// device id as CN issued by a CA the hub holds. Each device connects over MQTT and over
+/// WebSockets and sends one message.
+async fn x509_v1_devices(node: &Path, hub: &TestHub, work: &Path) {
+    let f = |name: &str| work.join(name).into_os_string();
+    let os = |s: &str| std::ffi::OsString::from(s);
+    let (key, csr, cert) = (f("v1.key"), f("v1.csr"), f("v1.pem"));
+    let (ca_key, ca_pem) = (f("ca.key"), f("ca.pem"));
+    let (ca_leaf_key, ca_leaf_csr, ca_leaf) = (f("leaf.key"), f("leaf.csr"), f("leaf.pem"));
+    let steps: Vec<Vec<std::ffi::OsString>> = vec![
+        vec![
+            os("req"),
+            os("-new"),
+            os("-newkey"),
+            os("rsa:2048"),
+            os("-nodes"),
+        ]
+        .into_iter()
+        .chain([os("-subj"), os("/CN=localhost"), os("-keyout"), key.clone()])
+        .chain([os("-out"), csr.clone()])
+        .collect(),
+        vec![
+            os("x509"),
+            os("-req"),
+            os("-days"),
+            os("1"),
+            os("-in"),
+            csr.clone(),
+        ]
+        .into_iter()
+        .chain([os("-signkey"), key.clone(), os("-out"), cert.clone()])
+        .collect(),
+        vec![
+            os("req"),
+            os("-x509"),
+            os("-newkey"),
+            os("rsa:2048"),
+            os("-nodes"),
+        ]
+        .into_iter()
+        .chain([os("-days"), os("1"), os("-subj"), os("/CN=node-e2e-ca")])
+        .chain([os("-keyout"), ca_key.clone(), os("-out"), ca_pem.clone()])
+        .collect(),
+        vec![
+            os("req"),
+            os("-new"),
+            os("-newkey"),
+            os("rsa:2048"),
+            os("-nodes"),
+        ]
+        .into_iter()
+        .chain([os("-subj"), os("/CN=node-x509-ca"), os("-keyout")])
+        .chain([ca_leaf_key.clone(), os("-out"), ca_leaf_csr.clone()])
+        .collect(),
+        vec![
+            os("x509"),
+            os("-req"),
+            os("-days"),
+            os("1"),
+            os("-in"),
+            ca_leaf_csr,
+        ]
+        .into_iter()
+        .chain([os("-CA"), ca_pem.clone(), os("-CAkey"), ca_key])
+        .chain([os("-set_serial"), os("7"), os("-out"), ca_leaf.clone()])
+        .collect(),
+    ];
+    for args in &steps {
+        let args: Vec<&std::ffi::OsStr> = args.iter().map(|a| a.as_os_str()).collect();
+        if !openssl(&args) {
+            return;
         }
     }
     let pem = std::fs::read(&cert).unwrap();
@@ -433,40 +501,82 @@ async fn x509_v1_thumbprint(node: &Path, hub: &TestHub, work: &Path) {
         )
         .await;
     assert_eq!(status, 200, "{body}");
-    for transport in ["mqtt", "mqttws"] {
-        let mut s = NodeScript::spawn(
-            node,
-            work,
-            &format!("sdk-x509-{transport}"),
-            &[
-                "x509",
-                &hub.hostname,
-                "node-x509",
-                cert.to_str().unwrap(),
-                key.to_str().unwrap(),
-                transport,
-            ],
-            &hub.ca_file,
-        );
-        s.expect("connected").await;
-        s.expect("telemetry_sent").await;
-        s.expect("done").await;
-        s.finish().await;
-    }
-    let (status, events) = hub
+    let (status, body) = hub
         .rest(
-            Method::GET,
-            "/emulator/events/recent?deviceId=node-x509",
-            None,
+            Method::PUT,
+            "/devices/node-x509-ca",
+            Some(json!({"deviceId": "node-x509-ca",
+                "authentication": {"type": "certificateAuthority"}})),
         )
         .await;
-    assert_eq!(status, 200, "{events}");
-    for id in ["node-x509-mqtt", "node-x509-mqttws"] {
-        assert!(
-            events
-                .as_array()
-                .is_some_and(|a| a.iter().any(|e| e["systemProperties"]["message-id"] == id)),
-            "{id} reached the hub: {events}"
-        );
+    assert_eq!(status, 200, "{body}");
+    // Before the hub holds its CA, the CA-signed v1 leaf is refused.
+    let refused = NodeScript::spawn(
+        node,
+        work,
+        "sdk-node-x509-ca-refused",
+        &[
+            "x509",
+            &hub.hostname,
+            "node-x509-ca",
+            ca_leaf.to_str().unwrap(),
+            ca_leaf_key.to_str().unwrap(),
+            "mqtt",
+        ],
+        &hub.ca_file,
+    )
+    .expect_error()
+    .await;
+    assert_eq!(refused["name"], "UnauthorizedError", "{refused}");
+    let ca_text = std::fs::read_to_string(&ca_pem).unwrap();
+    let (status, body) = hub
+        .rest(
+            Method::PUT,
+            "/certificates/node-e2e-ca",
+            Some(json!({"properties": {"certificate": ca_text}})),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+
+    for (id, cert, key) in [
+        ("node-x509", &cert, &key),
+        ("node-x509-ca", &ca_leaf, &ca_leaf_key),
+    ] {
+        for transport in ["mqtt", "mqttws"] {
+            let mut s = NodeScript::spawn(
+                node,
+                work,
+                &format!("sdk-{id}-{transport}"),
+                &[
+                    "x509",
+                    &hub.hostname,
+                    id,
+                    cert.to_str().unwrap(),
+                    key.to_str().unwrap(),
+                    transport,
+                ],
+                &hub.ca_file,
+            );
+            s.expect("connected").await;
+            s.expect("telemetry_sent").await;
+            s.expect("done").await;
+            s.finish().await;
+        }
+        let (status, events) = hub
+            .rest(
+                Method::GET,
+                &format!("/emulator/events/recent?deviceId={id}"),
+                None,
+            )
+            .await;
+        assert_eq!(status, 200, "{events}");
+        for msg in ["node-x509-mqtt", "node-x509-mqttws"] {
+            assert!(
+                events
+                    .as_array()
+                    .is_some_and(|a| a.iter().any(|e| e["systemProperties"]["message-id"] == msg)),
+                "{id}: {msg} reached the hub: {events}"
+            );
+        }
     }
 }

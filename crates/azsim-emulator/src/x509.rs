@@ -11,8 +11,9 @@
 //! - both: the leaf is valid at the hub's clock (not expired, not before its `notBefore`).
 //!
 //! An X.509 v1 certificate (what `openssl x509 -req` makes without extensions, as the `pem`
-//! package under the Node e2e suite does) is taken for `selfSigned`: webpki reads only v3, so
-//! its handshake signature is checked with its raw public key (see [`AnyClientCert`]).
+//! package under the Node e2e suite does) is taken too: webpki reads only v3, so its handshake
+//! signature is checked with its raw public key (see [`AnyClientCert`]), and for
+//! `certificateAuthority` it must be issued directly by a held CA (see `verify_v1_leaf`).
 //!
 //! The hub-held CAs live in the store's `certificates` table (created on first use), one JSON
 //! row per name. Parsing is x509-parser's and rustls-webpki's: no hand-written ASN.1.
@@ -266,6 +267,9 @@ pub fn verify_chain(
     now: u64,
 ) -> Result<(), X509Error> {
     let leaf = chain.first().ok_or(X509Error::NoCertificate)?;
+    if webpki::EndEntityCert::try_from(leaf).is_err() && v1_public_key(leaf).is_some() {
+        return verify_v1_leaf(leaf, cas, now);
+    }
     let anchors: Vec<_> = cas
         .iter()
         .filter_map(|ca| webpki::anchor_from_trusted_cert(ca).ok())
@@ -294,6 +298,42 @@ pub fn verify_chain(
         }
         other => X509Error::UnknownCa(other.to_string()),
     })
+}
+
+/// An X.509 v1 leaf (which webpki does not read) issued directly by a CA the hub holds: its
+/// issuer is the CA's subject, its signature verifies with the CA's public key, and both are
+/// valid at `now`. (The Node e2e suite's CA-signed devices are such leaves: `openssl x509 -req
+/// -CA`.) Intermediates are not followed for a v1 leaf.
+fn verify_v1_leaf(leaf: &[u8], cas: &[CertificateDer<'_>], now: u64) -> Result<(), X509Error> {
+    let (_, parsed) = x509_parser::parse_x509_certificate(leaf)
+        .map_err(|e| X509Error::Malformed(e.to_string()))?;
+    let signed = parsed.tbs_certificate.as_ref();
+    let signature = &parsed.signature_value.data;
+    for ca in cas {
+        let Ok((_, ca_cert)) = x509_parser::parse_x509_certificate(ca) else {
+            continue;
+        };
+        if ca_cert.subject().as_raw() != parsed.issuer().as_raw() {
+            continue;
+        }
+        let spki = rustls_pki_types::SubjectPublicKeyInfoDer::from(
+            ca_cert.tbs_certificate.subject_pki.raw,
+        );
+        let Ok(key) = webpki::RawPublicKeyEntity::try_from(&spki) else {
+            continue;
+        };
+        // Any algorithm the key verifies the signature with: only the CA's key signs so.
+        if webpki::ALL_VERIFICATION_ALGS
+            .iter()
+            .any(|alg| key.verify_signature(*alg, signed, signature).is_ok())
+        {
+            check_validity(ca, now).map_err(|e| X509Error::UnknownCa(format!("the CA: {e}")))?;
+            return check_validity(leaf, now);
+        }
+    }
+    Err(X509Error::UnknownCa(
+        "no CA the hub holds issued this X.509 v1 certificate".into(),
+    ))
 }
 
 /// Whether the certificate `chain` a client presented authenticates the identity `client_id`
