@@ -45,6 +45,7 @@ pub mod settings;
 pub mod state_dir;
 pub mod store;
 mod telemetry;
+pub mod throttle;
 pub mod twin;
 mod untrusted;
 pub mod x509;
@@ -169,6 +170,9 @@ pub struct HubConfig {
     /// quota, no throttles), and its number of units. See `fault`.
     pub tier: Option<fault::Tier>,
     pub units: u32,
+    /// With a tier: how far device-to-cloud sends and new connections may go over the tier's
+    /// rate before they wait, and then before they are refused. See `throttle`.
+    pub shaping: throttle::Shaping,
     /// The web dashboard, on the MQTT listener's address: plain HTTP on loopback, the hub's
     /// TLS on any other address. Off unless asked for.
     pub dashboard: DashboardPort,
@@ -203,6 +207,7 @@ impl HubConfig {
             lenient: false,
             tier: None,
             units: 1,
+            shaping: throttle::Shaping::default(),
             dashboard: DashboardPort::Off,
             amqp_port: Some(0),
             amqp_dev_port: None,

@@ -81,10 +81,12 @@ struct Day {
     by: BTreeMap<&'static str, u64>,
 }
 
-/// The day's usage (in memory: a restart starts the day over).
+/// The day's usage (in memory: a restart starts the day over), and the shaped throttles of
+/// device-to-cloud sends and connections (see `throttle`).
 #[derive(Debug, Default)]
 pub(crate) struct Meter {
     day: Mutex<Day>,
+    pub(crate) buckets: crate::throttle::Buckets,
 }
 
 impl Meter {

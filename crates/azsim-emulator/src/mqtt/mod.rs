@@ -272,6 +272,22 @@ pub(crate) async fn connection<S: Io>(hub: Arc<Hub>, opened: Box<Opened<S>>, pee
         }
         ok
     });
+    // With a tier, new connections wait for their turn at the hub's rate (`throttle`).
+    if hub.cfg.tier.is_some()
+        && let Err(reason) = Box::pin(crate::throttle::wait_turn(
+            &hub,
+            crate::throttle::Shaped::Connection,
+        ))
+        .await
+    {
+        tracing::info!(%peer, client_id = %cid, reason, "CONNACK 3 server unavailable");
+        let _ = write_packet(
+            &mut stream,
+            Packet::ConnAck(ConnAck::new(ConnectReturnCode::ServiceUnavailable, false)),
+        )
+        .await;
+        return;
+    }
     let (tx, mut rx) = mpsc::unbounded_channel();
     let mut conn = Conn {
         conn_id: hub.new_conn_id(),

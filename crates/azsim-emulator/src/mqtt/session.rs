@@ -283,6 +283,13 @@ impl Conn {
                         }
                     }
                 }
+                // With a tier, telemetry waits for its turn at the hub's rate (`throttle`).
+                if self.hub.cfg.tier.is_some()
+                    && let Err(reason) =
+                        crate::throttle::wait_turn(&self.hub, crate::throttle::Shaped::D2c).await
+                {
+                    return Some(Close::Ungraceful(reason.into()));
+                }
                 let now = self.hub.clock().unix_ms();
                 if self.hub.faults.active(&self.device, Fault::Quota, now)
                     || !self.hub.faults.charge_message(
