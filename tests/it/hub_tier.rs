@@ -1,17 +1,20 @@
 //! The tier's meters (`--tier`), as Azure applies them: the daily message quota counting each
 //! billable operation in 4 KB blocks (telemetry, C2D over REST and AMQP, methods, twin reads and
 //! updates, desired notifications, queries, a job's per-device operations) with 403002 when it is
-//! used up, and DPS's documented registration and polling rates with 429 and `retry-after`.
-//! The telemetry quota and the REST throttles are in `hub_faults`.
+//! used up, DPS's documented registration and polling rates with 429 and `retry-after`, and
+//! the traffic shaping of device-to-cloud sends and new connections (paced PUBACKs and
+//! CONNACKs, then a closed connection or CONNACK 3). The telemetry quota and the REST throttles
+//! are in `hub_faults`.
 
 use std::time::Duration;
 
-use azsim_emulator::clock::ManualClock;
+use azsim_emulator::clock::{ManualClock, unix_now as now};
 use reqwest::Method;
 use rumqttc::mqttbytes::QoS;
+use rumqttc::mqttbytes::v4::ConnectReturnCode;
 use serde_json::{Value, json};
 
-use crate::hub_strict::{connected, device};
+use crate::hub_strict::{Raw, connected, device};
 use crate::support::TestHub;
 
 /// With `--tier`, the local DPS applies DPS's documented device registration rate (1,000 a
@@ -504,5 +507,192 @@ async fn c2d_over_amqp_is_billed_and_rejected_once_the_quota_is_used_up() {
         "{e:?}"
     );
     assert_eq!(billed(&hub, "Cloud To Device Command").await, 236);
+    hub.stop().await;
+}
+
+/// A hub of `tier` on `clock`, shaping with `burst_ms` at once and `queue_ms` queued.
+async fn shaped_hub(
+    clock: &ManualClock,
+    tier: Option<azsim_emulator::fault::Tier>,
+    burst_ms: u64,
+    queue_ms: u64,
+) -> TestHub {
+    let c = clock.clock();
+    TestHub::start_configured(move |cfg| {
+        cfg.clock = c;
+        cfg.tier = tier;
+        cfg.shaping = azsim_emulator::throttle::Shaping {
+            burst: Duration::from_millis(burst_ms),
+            queue: Duration::from_millis(queue_ms),
+        };
+    })
+    .await
+}
+
+/// A manual clock on a whole millisecond of today (the devices' tokens are signed with the
+/// system clock).
+fn frozen_clock() -> (ManualClock, u64) {
+    let clock = ManualClock::at_system_now();
+    let t = clock.unix_ms();
+    clock.set_unix_ms(t);
+    (clock, t)
+}
+
+/// Waits until the hub sleeps until `ms` on the manual clock (generous: the hub is a socket
+/// away).
+async fn hub_waits_until(clock: &ManualClock, ms: u64) {
+    tokio::time::timeout(Duration::from_secs(10), clock.sleeper_at(ms))
+        .await
+        .unwrap_or_else(|_| panic!("the hub never waited until {ms}: {:?}", clock.sleepers()));
+}
+
+/// S1's device-to-cloud throttle is 100 sends a second for the hub, shared by its devices
+/// (Learn, "IoT Hub quotas and throttling"), and shaped as Learn's "Traffic shaping" says:
+/// over the rate a burst is processed at once, then sends are queued and processed (stored,
+/// PUBACKed) at the rate, and once the queue is full the send is refused: 429002
+/// ThrottleBacklogLimitExceeded, which over MQTT closes the connection without a PUBACK.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn over_the_tier_rate_pubacks_are_paced_at_it_and_past_the_queue_the_connection_closes() {
+    let (clock, t) = frozen_clock();
+    // 1 s of burst at 100/s (101 sends at once), then 50 ms of queue.
+    let hub = shaped_hub(&clock, Some(azsim_emulator::fault::Tier::S1), 1000, 50).await;
+    let key_a = device(&hub, "sh-a").await;
+    let key_b = device(&hub, "sh-b").await;
+    let mut a = connected(&hub, "sh-a", &key_a).await;
+    let mut b = connected(&hub, "sh-b", &key_b).await;
+    let topic_a = "devices/sh-a/messages/events/";
+    // The burst: acknowledged with the clock standing still.
+    for _ in 0..=100 {
+        let id = a.publish1(topic_a, "x").await;
+        a.puback(id).await;
+    }
+    // Over it, one send every 10 ms for the whole hub: a's next at +10 ms, b's at +20 ms.
+    let id_a = a.publish1(topic_a, "x").await;
+    hub_waits_until(&clock, t + 10).await;
+    let id_b = b.publish1("devices/sh-b/messages/events/", "x").await;
+    hub_waits_until(&clock, t + 20).await;
+    clock.advance(Duration::from_millis(10));
+    a.puback(id_a).await;
+    assert!(
+        clock.sleepers().contains(&(t + 20)),
+        "b's send waits for its own slot"
+    );
+    clock.advance(Duration::from_millis(10));
+    b.puback(id_b).await;
+    // A simulated second at the rate: each send is acknowledged only when its slot comes,
+    // 10 ms after the one before, 100 in the second.
+    let second_starts = clock.unix_ms();
+    let mut acks = 0;
+    for i in 1..=100 {
+        let id = a.publish1(topic_a, "x").await;
+        let slot = second_starts + 10 * i;
+        hub_waits_until(&clock, slot).await;
+        clock.set_unix_ms(slot);
+        a.puback(id).await;
+        acks += 1;
+    }
+    assert_eq!(clock.unix_ms() - second_starts, 1000);
+    assert_eq!(acks, 100, "PUBACKs in the simulated second");
+    // The queue holds 50 ms at the rate: five devices' sends wait, the sixth is refused.
+    let now = clock.unix_ms();
+    let mut waiting = Vec::new();
+    for i in 1..=5 {
+        let id = format!("sh-q{i}");
+        let key = device(&hub, &id).await;
+        let mut c = connected(&hub, &id, &key).await;
+        let pkid = c
+            .publish1(&format!("devices/{id}/messages/events/"), "x")
+            .await;
+        hub_waits_until(&clock, now + 10 * i).await;
+        waiting.push((c, pkid));
+    }
+    let key = device(&hub, "sh-over").await;
+    let mut over = connected(&hub, "sh-over", &key).await;
+    over.publish1("devices/sh-over/messages/events/", "x").await;
+    over.expect_closed().await;
+    // The refused send took no slot: the queued ones go out at theirs.
+    clock.advance(Duration::from_millis(50));
+    for (mut c, pkid) in waiting {
+        c.puback(pkid).await;
+    }
+    hub.stop().await;
+}
+
+/// S1's new-connection throttle (100 a second, Learn) is shaped the same way: past the burst a
+/// CONNECT waits for its slot before its CONNACK, and once the queue is full the hub answers
+/// CONNACK 3 (server unavailable).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn over_the_tier_connection_rate_connacks_wait_and_past_the_queue_are_3() {
+    let (clock, t) = frozen_clock();
+    // 40 ms of burst (5 connections at once), 50 ms of queue (5 more).
+    let hub = shaped_hub(&clock, Some(azsim_emulator::fault::Tier::S1), 40, 50).await;
+    let mut keys = Vec::new();
+    for i in 0..11 {
+        let id = format!("cn-{i}");
+        let key = device(&hub, &id).await;
+        keys.push((id, key));
+    }
+    let mut open = Vec::new();
+    for (id, key) in &keys[..5] {
+        open.push(connected(&hub, id, key).await);
+    }
+    let mut queued = Vec::new();
+    for (id, key) in &keys[5..10] {
+        let mut r = Raw::open(&hub).await;
+        let (id, user, pass) = (
+            id.clone(),
+            hub.username(id),
+            hub.device_token(id, key, now() + 3600),
+        );
+        queued.push(tokio::spawn(async move {
+            let code = r.connect(&id, &user, &pass, None).await;
+            (code, r)
+        }));
+    }
+    for i in 1..=5 {
+        hub_waits_until(&clock, t + 10 * i).await;
+    }
+    let (id, key) = &keys[10];
+    let mut refused = Raw::open(&hub).await;
+    let code = refused
+        .connect(
+            id,
+            &hub.username(id),
+            &hub.device_token(id, key, now() + 3600),
+            None,
+        )
+        .await;
+    assert_eq!(code, ConnectReturnCode::ServiceUnavailable);
+    clock.advance(Duration::from_millis(50));
+    for task in queued {
+        let (code, mut r) = task.await.unwrap();
+        assert_eq!(code, ConnectReturnCode::Success);
+        // Connected for real: the connection takes telemetry.
+        r.subscribe("$iothub/twin/res/#", QoS::AtMostOnce).await;
+    }
+    drop(open);
+    hub.stop().await;
+}
+
+/// Without a tier nothing is shaped, whatever `shaping` says: a burst of sends and of
+/// connections goes through with the clock standing still.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_a_tier_nothing_is_shaped() {
+    let (clock, _) = frozen_clock();
+    // No burst, no queue: with a tier the second send would be refused.
+    let hub = shaped_hub(&clock, None, 0, 0).await;
+    let key = device(&hub, "free").await;
+    let mut conns = Vec::new();
+    for _ in 0..5 {
+        conns.push(connected(&hub, "free", &key).await);
+    }
+    let mut r = connected(&hub, "free", &key).await;
+    let mut ids = Vec::new();
+    for _ in 0..300 {
+        ids.push(r.publish1("devices/free/messages/events/", "x").await);
+    }
+    for id in ids {
+        r.puback(id).await;
+    }
     hub.stop().await;
 }

@@ -20,11 +20,12 @@
 //! because "IoT Hub ... will implement traffic shaping" and a CONNECT "can have a delay",
 //! Azure/azure-iot-sdk-csharp#2043 and #2044).
 //!
-//! The meter is a token bucket in GCRA form: a theoretical arrival time that each request
-//! moves on by one interval (1 / rate). A request is processed at once while that time is at
-//! most the burst ahead of now; then at its slot (the time minus the burst: one interval after
-//! the previous one, so at the rate) while it is at most burst + queue ahead; past that it is
-//! refused and does not count.
+//! The meter is a token bucket in GCRA form: a theoretical arrival time (when the next request
+//! would conform to the bare rate) that each request moves on by one interval (1 / rate). A
+//! request is processed at once while that time is at most the burst ahead of now (so at or
+//! under the rate nothing ever waits); then at its slot (that time minus the burst: one
+//! interval after the previous one, so at the rate) while it is at most burst + queue ahead;
+//! past that it is refused and does not count.
 //!
 //! What a device sees:
 //! - Telemetry (QoS 0 and 1) is stored when its slot comes, so a QoS 1 message's PUBACK goes out
@@ -116,17 +117,18 @@ impl Bucket {
         queue_ns: u64,
     ) -> Verdict {
         let mut tat = self.tat_ns.lock().unwrap_or_else(|p| p.into_inner());
-        let next = (*tat).max(now_ns).saturating_add(interval_ns);
-        let ahead = next - now_ns;
+        // When this request would conform to the bare rate, and how far that is from now.
+        let start = (*tat).max(now_ns);
+        let ahead = start - now_ns;
         if ahead > burst_ns.saturating_add(queue_ns) {
             return Verdict::Refused;
         }
-        *tat = next;
+        *tat = start.saturating_add(interval_ns);
         if ahead <= burst_ns {
             Verdict::Now
         } else {
             // Rounded up: never before the slot.
-            Verdict::At((next - burst_ns).div_ceil(1_000_000))
+            Verdict::At((start - burst_ns).div_ceil(1_000_000))
         }
     }
 }
@@ -198,7 +200,7 @@ mod tests {
         let t0 = 1_700_000_000_000 * MS;
         // 100/s: 10 ms apart; 1 s of burst, 2 s of queue.
         let admit = |now| b.admit(now, 10 * MS, 1000 * MS, 2000 * MS);
-        for _ in 0..100 {
+        for _ in 0..=100 {
             assert_eq!(admit(t0), Verdict::Now);
         }
         // Then one every 10 ms.
