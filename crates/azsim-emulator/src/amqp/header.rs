@@ -17,10 +17,10 @@ const LEN: usize = 8;
 /// Which layer the client opened with.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Opening {
-    /// `AMQP 3 1 0 0`: SASL first.
+    /// `AMQP 3 1 0 0`: SASL first; also anything that is not AMQP 1.0's header, which the
+    /// SASL acceptor answers with the SASL header and closes, as the spec asks.
     Sasl,
-    /// `AMQP 0 1 0 0` (or anything else, which the AMQP acceptor answers with its own header
-    /// and closes, as the spec asks).
+    /// `AMQP 0 1 0 0`: AMQP without SASL.
     Amqp,
 }
 
@@ -38,10 +38,10 @@ pub(crate) async fn read<S: AsyncRead + Unpin>(
 ) -> io::Result<(Opening, Replayed<S>)> {
     let mut head = [0u8; LEN];
     stream.read_exact(&mut head).await?;
-    let opening = if head[..5] == *b"AMQP\x03" {
-        Opening::Sasl
-    } else {
+    let opening = if head == *b"AMQP\x00\x01\x00\x00" {
         Opening::Amqp
+    } else {
+        Opening::Sasl
     };
     Ok((
         opening,
@@ -98,6 +98,7 @@ mod tests {
         for (header, want) in [
             (*b"AMQP\x03\x01\x00\x00", Opening::Sasl),
             (*b"AMQP\x00\x01\x00\x00", Opening::Amqp),
+            (*b"AMQP\x00\x00\x09\x01", Opening::Sasl),
         ] {
             let (mut client, server) = tokio::io::duplex(64);
             client.write_all(&header).await.unwrap();
