@@ -45,10 +45,46 @@ pub fn stderr(args: fmt::Arguments<'_>) {
 /// reader has gone, else with one `error:` line and exit 1.
 pub fn stdout_failed(e: &io::Error) -> ! {
     if e.kind() == io::ErrorKind::BrokenPipe {
-        std::process::exit(BROKEN_PIPE_EXIT);
+        reader_gone();
     }
     stderr(format_args!("error: cannot write to stdout: {e}\n"));
     std::process::exit(1);
+}
+
+/// Ends the process quietly with [`BROKEN_PIPE_EXIT`]: stdout's reader has gone.
+pub fn reader_gone() -> ! {
+    std::process::exit(BROKEN_PIPE_EXIT)
+}
+
+/// Resolves when stdout is a pipe whose reader has gone (its write end reports an error, what
+/// `tail -f` watches for), so a streaming command waiting for its next event stops with
+/// [`reader_gone`] instead of lingering until it writes again. Never resolves when stdout is
+/// not a pipe (a terminal, a file) or cannot be watched.
+pub async fn stdout_closed() {
+    #[cfg(unix)]
+    if let Some(pipe) = stdout_pipe() {
+        use tokio::io::Interest;
+        while let Ok(ready) = pipe.ready(Interest::ERROR).await {
+            if ready.is_error() {
+                return;
+            }
+        }
+    }
+    std::future::pending::<()>().await;
+}
+
+/// A duplicate of stdout to watch, when stdout is a pipe. Only watched, never written: the
+/// duplicate shares stdout's blocking mode, which `from_owned_fd_unchecked` leaves as it is.
+#[cfg(unix)]
+fn stdout_pipe() -> Option<tokio::net::unix::pipe::Sender> {
+    use std::os::fd::AsFd;
+    use std::os::unix::fs::FileTypeExt;
+
+    let dup = std::fs::File::from(io::stdout().as_fd().try_clone_to_owned().ok()?);
+    if !dup.metadata().ok()?.file_type().is_fifo() {
+        return None;
+    }
+    tokio::net::unix::pipe::Sender::from_owned_fd_unchecked(dup.into()).ok()
 }
 
 /// stdout as a [`Write`] for code that takes a writer; a failed write ends the process as

@@ -12,9 +12,10 @@ use crate::fleet::FleetConfig;
 /// [`CliError::Runtime`] when the identities cannot be set up (local hub, registry), or when no
 /// device ever connected.
 pub async fn run(cfg: FleetConfig) -> Result<ExitCode, CliError> {
-    let summary = crate::fleet::run(cfg, super::interrupted())
-        .await
-        .map_err(CliError::runtime)?;
+    let summary = tokio::select! {
+        r = crate::fleet::run(cfg, super::interrupted()) => r.map_err(CliError::runtime)?,
+        () = crate::out::stdout_closed() => crate::out::reader_gone(),
+    };
     if summary.devices > 0 && summary.ever_connected == 0 {
         return Err(CliError::runtime(std::io::Error::other(
             "no device of the fleet could connect",

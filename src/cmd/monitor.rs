@@ -83,6 +83,8 @@ pub async fn run(cfg: MonitorConfig) -> Result<ExitCode, CliError> {
         None => Ok(ExitCode::SUCCESS),
     };
     let mut ctrl_c = std::pin::pin!(tokio::signal::ctrl_c());
+    // `azsim monitor | grep -q hot`: stop once the reader leaves, not at the next event.
+    let mut reader_left = std::pin::pin!(crate::out::stdout_closed());
     let source = telemetry_source(&cfg)?;
     let local = cfg.target.as_ref().filter(|t| !t.is_azure());
     let stream_wanted = local.is_some()
@@ -147,6 +149,7 @@ pub async fn run(cfg: MonitorConfig) -> Result<ExitCode, CliError> {
         r = connect => r?,
         () = sleep_until(deadline) => return timed_out(seen),
         _ = &mut ctrl_c => return Ok(ExitCode::SUCCESS),
+        () = &mut reader_left => crate::out::reader_gone(),
     };
     let scope = cfg.device.as_deref().unwrap_or("all devices");
     let host = cfg.target.as_ref().map_or_else(
@@ -186,6 +189,7 @@ pub async fn run(cfg: MonitorConfig) -> Result<ExitCode, CliError> {
             },
             () = sleep_until(deadline) => return timed_out(seen),
             _ = &mut ctrl_c => return Ok(ExitCode::SUCCESS),
+            () = &mut reader_left => crate::out::reader_gone(),
         };
         let ty = event_type(&ev);
         if !cfg.types.is_empty() && !cfg.types.iter().any(|k| k.matches(ty)) {

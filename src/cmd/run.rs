@@ -59,7 +59,10 @@ pub async fn run(s: RunSettings) -> Result<ExitCode, CliError> {
         }
     };
     let cfg = config(&s, target, ca_file)?;
-    let result = driver::run(cfg, out, shutdown).await;
+    let result = tokio::select! {
+        r = driver::run(cfg, out, shutdown) => r,
+        () = crate::out::stdout_closed() => crate::out::reader_gone(),
+    };
     if let Some(local) = local {
         local.stop().await;
     }

@@ -218,6 +218,38 @@ async fn monitor_stops_quietly_when_its_reader_leaves() {
     hub.stop().await;
 }
 
+/// `azsim monitor | grep -q hot` once grep has matched: the monitor stops when its reader leaves,
+/// not at the next event (which may never come).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn monitor_without_events_stops_when_its_reader_leaves() {
+    let hub = TestHub::start().await;
+    let cwd = tempfile::tempdir().unwrap();
+    let mut cmd = azsim(cwd.path());
+    cmd.args(["monitor", "--json"])
+        .arg("--hub-connection-string")
+        .arg(&hub.service_connection_string)
+        .arg("--ca")
+        .arg(&hub.ca_file)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let mut child = cmd.spawn().expect("azsim monitor");
+    let mut stderr = BufReader::new(child.stderr.take().unwrap()).lines();
+    wait_monitor_ready(&mut stderr).await;
+    drop(child.stdout.take());
+    let status = tokio::time::timeout(Duration::from_secs(30), child.wait())
+        .await
+        .expect("monitor ends once its reader has gone, with no event to print")
+        .unwrap();
+    assert_eq!(status.code(), Some(CLOSED_PIPE));
+    let mut rest = String::new();
+    while let Ok(Some(l)) = stderr.next_line().await {
+        rest.push_str(&l);
+        rest.push('\n');
+    }
+    assert_quiet(&rest);
+    hub.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn fleet_json_stops_quietly_when_its_reader_leaves() {
     let hub = TestHub::start().await;
