@@ -11,7 +11,9 @@
 //! ends the process quietly with exit status 141 (128 + SIGPIPE), the status a shell reports for
 //! `cat` or `grep` stopped by a closed pipe, so `set -o pipefail` scripts see what they see with
 //! any Unix tool: no panic, no backtrace, no error line. Any other stdout failure (a full disk,
-//! `> /dev/full`) is one `error:` line on stderr and exit 1, since output was lost.
+//! `> /dev/full`) is one `error:` line on stderr and exit 1, since output was lost. Streaming
+//! commands (`monitor`, `run`, `fleet`) also watch stdout ([`stdout_closed`]), so they end when
+//! their reader leaves even while no line is due.
 //!
 //! Lines to stderr are best effort: when stderr itself is gone (`2>&1 | head -1`) there is no
 //! one left to tell, so its write errors are dropped instead of panicking as `eprintln!` does.
