@@ -160,7 +160,9 @@ pub enum X509Kind {
 }
 
 /// `--x509 KIND` with `--cert FILE`: the kind, the thumbprint read from the certificate, and
-/// (both kinds) its subject CN checked against the identity's client id.
+/// (`ca` only) its subject CN checked against the identity's client id. A self-signed
+/// (thumbprint) identity is matched on thumbprint and validity alone, its subject not read, as
+/// IoT Hub does (Azure/iotedge#621; the SDKs' e2e suites register `CN=localhost` certificates).
 fn x509_kind(
     kind: &str,
     cert: Option<&std::path::Path>,
@@ -178,7 +180,7 @@ fn x509_kind(
             })
         })
         .transpose()?;
-    if let Some(leaf) = &leaf {
+    if let (Some(leaf), "ca") = (&leaf, kind) {
         let cn = azsim_emulator::x509::subject_cn(leaf)
             .map_err(|e| UsageError::new("--cert", e.to_string()))?;
         let id = match module {

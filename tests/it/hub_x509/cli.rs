@@ -184,6 +184,28 @@ fn the_cli_makes_certificates_registers_x509_devices_and_runs_them() {
     let (code, out, err) = run(Some(&ss_cs), &format!("{dir}/ss-1"));
     assert_eq!(code, Some(0), "{out}\n{err}");
     assert!(out.contains("\"acked\":2"), "{out}");
+    // A thumbprint identity whose certificate names someone else (CN ss-1, as the SDKs' e2e
+    // suites register CN=localhost ones): IoT Hub matches thumbprint and validity only, so the
+    // CLI registers it and the device connects with it.
+    let (code, out, err) = azsim(&[
+        "device",
+        "create",
+        "renamed-1",
+        "--x509",
+        "self-signed",
+        "--cert",
+        &format!("{dir}/ss-1.pem"),
+        "--state",
+        st,
+        "--json",
+    ]);
+    assert_eq!(code, Some(0), "{err}");
+    let created: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let renamed_cs = created["connectionString"].as_str().unwrap().to_owned();
+    assert!(renamed_cs.contains("DeviceId=renamed-1;"), "{renamed_cs}");
+    let (code, out, err) = run(Some(&renamed_cs), &format!("{dir}/ss-1"));
+    assert_eq!(code, Some(0), "{out}\n{err}");
+    assert!(out.contains("\"acked\":2"), "{out}");
     // Over MQTT over WebSockets (the hub's HTTPS port): the same certificate, the same check.
     let https_port = info.https_port.to_string();
     let (code, out, err) = azsim(&[
