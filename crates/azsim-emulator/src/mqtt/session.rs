@@ -283,10 +283,14 @@ impl Conn {
                         }
                     }
                 }
-                // With a tier, telemetry waits for its turn at the hub's rate (`throttle`).
+                // With a tier, telemetry waits for its turn at the hub's rate (`throttle`);
+                // boxed, so the wait is no part of this future without one.
                 if self.hub.cfg.tier.is_some()
-                    && let Err(reason) =
-                        crate::throttle::wait_turn(&self.hub, crate::throttle::Shaped::D2c).await
+                    && let Err(reason) = Box::pin(crate::throttle::wait_turn(
+                        &self.hub,
+                        crate::throttle::Shaped::D2c,
+                    ))
+                    .await
                 {
                     return Some(Close::Ungraceful(reason.into()));
                 }
