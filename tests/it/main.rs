@@ -13,6 +13,7 @@ mod hub_cli;
 mod hub_clients;
 mod hub_deadlines;
 mod hub_durability;
+mod hub_edge_identity;
 mod hub_e2e;
 mod hub_events;
 mod hub_faults;

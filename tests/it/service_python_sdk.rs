@@ -378,6 +378,22 @@ async fn service_sdk_scenario(python: &Path, t: &Target) {
     svc.expect("twin").await;
     let updated = svc.expect("twin_updated").await;
     assert_eq!(updated["desired"]["telemetryInterval"], 7, "{updated}");
+    let edge = svc.expect("edge").await;
+    let scope = edge["device_scope"].as_str().unwrap_or_default();
+    assert!(
+        scope.starts_with("ms-azure-iot-edge://py-svc-device-edge-"),
+        "{edge}"
+    );
+    assert_eq!(
+        (
+            &edge["iot_edge"],
+            &edge["leaf_iot_edge"],
+            &edge["leaf_scope"]
+        ),
+        (&json!(true), &json!(false), &json!(scope)),
+        "{edge}"
+    );
+    assert_eq!(edge["leaf_parents"], json!([scope]), "{edge}");
     svc.finish().await;
 
     let out = t.azsim(&["twin", "show", "py-svc-device", "--json"]).await;

@@ -53,6 +53,21 @@ def registry(rm, device_id, device_cs_file, device_hostname):
     patch = Twin(properties=TwinProperties(desired={"telemetryInterval": 7, "mode": "python"}))
     updated = rm.update_twin(device_id, patch, twin.etag)
     emit("twin_updated", desired=updated.properties.desired, etag=updated.etag)
+
+    # An IoT Edge device and a leaf under it (device_scope from the edge device's).
+    edge = rm.create_device_with_sas(device_id + "-edge", None, None, "enabled", iot_edge=True)
+    leaf = rm.create_device_with_sas(
+        device_id + "-leaf", None, None, "enabled", device_scope=edge.device_scope
+    )
+    got = rm.get_device(device_id + "-edge")
+    emit(
+        "edge",
+        iot_edge=got.capabilities.iot_edge,
+        device_scope=got.device_scope,
+        leaf_iot_edge=leaf.capabilities.iot_edge,
+        leaf_scope=leaf.device_scope,
+        leaf_parents=leaf.parent_scopes,
+    )
     return 0
 
 

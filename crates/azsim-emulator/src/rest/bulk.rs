@@ -50,6 +50,8 @@ struct Op {
     secondary: Option<String>,
     /// `authentication.type` with its thumbprints; `None` keeps what is stored (new: SAS).
     auth: Option<crate::x509::Auth>,
+    /// `capabilities.iotEdge`, `deviceScope`, `parentScopes`; absent ones keep what is stored.
+    edge: crate::store::EdgeFields,
 }
 
 /// A per-device failure, in the result's shape.
@@ -103,6 +105,7 @@ fn parse_op(v: &Value) -> Result<Op, OpError> {
         }
     };
     let auth = crate::x509::auth_from_json(v).map_err(bad)?;
+    let edge = crate::store::EdgeFields::from_json(v).map_err(bad)?;
     let enabled = match v.get("status") {
         None | Some(Value::Null) => None,
         Some(Value::String(s)) if s == "enabled" => Some(true),
@@ -125,6 +128,7 @@ fn parse_op(v: &Value) -> Result<Op, OpError> {
         primary: key("primaryKey")?,
         secondary: key("secondaryKey")?,
         auth,
+        edge,
     })
 }
 
@@ -183,6 +187,7 @@ fn new_identity(op: &Op, now: &str, now_ms: i64) -> Identity {
         ..Identity::default()
     };
     crate::x509::apply_auth(&mut i, op.auth.as_ref());
+    op.edge.apply(&mut i);
     i
 }
 
@@ -203,6 +208,7 @@ fn updated(mut i: Identity, op: &Op, now: &str) -> Identity {
         i.status_reason = op.status_reason.clone();
     }
     crate::x509::apply_auth(&mut i, op.auth.as_ref());
+    op.edge.apply(&mut i);
     i.etag_n += 1;
     i
 }

@@ -16,7 +16,7 @@ use super::{
 use crate::clock::azure_time_us;
 use crate::hub::{Hub, client_id};
 use crate::state_dir;
-use crate::store::{Identity, q};
+use crate::store::{EdgeFields, Identity, q};
 
 fn device_json(hub: &Hub, i: &Identity, c2d_count: u32) -> Value {
     let cid = client_id(&i.device_id, i.module_id.as_deref());
@@ -50,9 +50,9 @@ fn device_json(hub: &Hub, i: &Identity, c2d_count: u32) -> Value {
             m.insert("managedBy".into(), json!(i.managed_by));
         }
         None => {
-            m.insert("capabilities".into(), json!({"iotEdge": false}));
-            m.insert("deviceScope".into(), json!(null));
-            m.insert("parentScopes".into(), json!([]));
+            m.insert("capabilities".into(), json!({"iotEdge": i.iot_edge}));
+            m.insert("deviceScope".into(), json!(i.device_scope));
+            m.insert("parentScopes".into(), json!(i.parent_scopes));
         }
     }
     v
@@ -110,6 +110,7 @@ async fn upsert_identity(
         return Err(ApiError::bad("moduleId in the body does not match the URL"));
     }
     let auth = crate::x509::auth_from_json(&body).map_err(ApiError::bad)?;
+    let edge = EdgeFields::from_json(&body).map_err(ApiError::bad)?;
     let enabled = match body.get("status") {
         None | Some(Value::Null) => None,
         Some(Value::String(s)) if s == "enabled" => Some(true),
@@ -172,6 +173,7 @@ async fn upsert_identity(
                         i.secondary_key = Secret::new(k.clone());
                     }
                     crate::x509::apply_auth(&mut i, auth.as_ref());
+                    edge.apply(&mut i);
                     if status_reason.is_some() {
                         i.status_reason = status_reason.clone();
                     }
@@ -217,6 +219,7 @@ async fn upsert_identity(
                     };
                     let mut i = i;
                     crate::x509::apply_auth(&mut i, auth.as_ref());
+                    edge.apply(&mut i);
                     (i, true, false)
                 }
             };

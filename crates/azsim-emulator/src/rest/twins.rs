@@ -66,7 +66,7 @@ pub(super) fn twin_json(hub: &Hub, i: &Identity, c2d_count: u32) -> Value {
             m.insert("moduleId".into(), json!(mid));
         }
         None => {
-            m.insert("capabilities".into(), json!({"iotEdge": false}));
+            m.insert("capabilities".into(), json!({"iotEdge": i.iot_edge}));
         }
     }
     v

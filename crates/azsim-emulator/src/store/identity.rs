@@ -49,6 +49,88 @@ pub struct Identity {
     /// `selfSigned` or `certificateAuthority`.
     #[serde(skip_serializing_if = "crate::x509::Auth::is_sas")]
     pub auth: crate::x509::Auth,
+    /// `capabilities.iotEdge` (devices only); not written while false, as in older rows.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub iot_edge: bool,
+    /// `deviceScope`: an edge device's own (made at registration unless given), or a leaf's
+    /// parent's.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub device_scope: Option<String>,
+    /// `parentScopes`: the scope of an edge device's parent, as given.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub parent_scopes: Vec<String>,
+}
+
+/// The edge fields of a registry PUT (device or bulk entry): each `None` when absent (an update
+/// keeps the stored value).
+#[derive(Debug, Clone, Default)]
+pub struct EdgeFields {
+    pub iot_edge: Option<bool>,
+    pub device_scope: Option<Option<String>>,
+    pub parent_scopes: Option<Vec<String>>,
+}
+
+impl EdgeFields {
+    /// `capabilities.iotEdge` (a bool), `deviceScope` (a string or null) and `parentScopes` (an
+    /// array of strings) of a device body.
+    ///
+    /// # Errors
+    /// The field that has the wrong type.
+    pub fn from_json(body: &Value) -> Result<Self, String> {
+        let iot_edge = match body.pointer("/capabilities/iotEdge") {
+            None | Some(Value::Null) => None,
+            Some(Value::Bool(b)) => Some(*b),
+            Some(_) => return Err("capabilities.iotEdge must be true or false".into()),
+        };
+        let device_scope = match body.get("deviceScope") {
+            None => None,
+            Some(Value::Null) => Some(None),
+            Some(Value::String(s)) => Some((!s.is_empty()).then(|| s.clone())),
+            Some(_) => return Err("deviceScope must be a string".into()),
+        };
+        let parent_scopes = match body.get("parentScopes") {
+            None | Some(Value::Null) => None,
+            Some(Value::Array(a)) => Some(
+                a.iter()
+                    .map(|v| v.as_str().map(str::to_owned))
+                    .collect::<Option<Vec<_>>>()
+                    .ok_or("parentScopes must be an array of strings")?,
+            ),
+            Some(_) => return Err("parentScopes must be an array of strings".into()),
+        };
+        Ok(Self {
+            iot_edge,
+            device_scope,
+            parent_scopes,
+        })
+    }
+
+    /// Stores what was given on a device (modules have none of these); an edge device without a
+    /// scope gets its own, `ms-azure-iot-edge://{deviceId}-{generationId}`, as IoT Hub makes it,
+    /// and a leaf given a scope but no `parentScopes` has its scope copied there (as the service
+    /// SDKs document: "left for the service to copy over").
+    pub fn apply(&self, i: &mut Identity) {
+        if i.module_id.is_some() {
+            return;
+        }
+        if let Some(e) = self.iot_edge {
+            i.iot_edge = e;
+        }
+        if let Some(s) = &self.device_scope {
+            i.device_scope.clone_from(s);
+        }
+        match (&self.parent_scopes, &self.device_scope) {
+            (Some(p), _) => i.parent_scopes.clone_from(p),
+            (None, Some(Some(s))) if !i.iot_edge => i.parent_scopes = vec![s.clone()],
+            _ => {}
+        }
+        if i.iot_edge && i.device_scope.is_none() {
+            i.device_scope = Some(format!(
+                "ms-azure-iot-edge://{}-{}",
+                i.device_id, i.generation_id
+            ));
+        }
+    }
 }
 
 fn enabled_by_default() -> bool {
@@ -118,6 +200,31 @@ mod tests {
         // A device row (empty module column) has no module.
         let dev = identity_from_json("d1".into(), String::new(), OLD_ROW).unwrap();
         assert_eq!(dev.module_id, None);
+    }
+
+    #[test]
+    fn edge_fields_round_trip_and_an_edge_device_gets_its_own_scope() {
+        let mut i = identity_from_json("e1".into(), String::new(), OLD_ROW).unwrap();
+        let body = serde_json::json!({"capabilities": {"iotEdge": true}, "parentScopes": ["p"]});
+        EdgeFields::from_json(&body).unwrap().apply(&mut i);
+        assert_eq!(
+            i.device_scope.as_deref(),
+            Some("ms-azure-iot-edge://e1-638123")
+        );
+        let back = identity_from_json("e1".into(), String::new(), &identity_to_json(&i)).unwrap();
+        assert!(back.iot_edge);
+        assert_eq!(back.device_scope, i.device_scope);
+        assert_eq!(back.parent_scopes, ["p"]);
+        // A module has none of them.
+        let mut m = identity_from_json("e1".into(), "m".into(), OLD_ROW).unwrap();
+        EdgeFields::from_json(&body).unwrap().apply(&mut m);
+        assert!(!m.iot_edge && m.device_scope.is_none() && m.parent_scopes.is_empty());
+        let bad = serde_json::json!({"parentScopes": "p"});
+        assert!(
+            EdgeFields::from_json(&bad)
+                .unwrap_err()
+                .contains("parentScopes")
+        );
     }
 
     #[test]

@@ -46,7 +46,7 @@ mod identity;
 pub mod q;
 
 use event_log::{Checkpoints, add_event_columns, event_writer, start_checkpointer};
-pub use identity::Identity;
+pub use identity::{EdgeFields, Identity};
 
 /// A cloud-to-device message in a device queue.
 #[derive(Debug, Clone)]
