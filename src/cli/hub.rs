@@ -169,7 +169,9 @@ pub struct HubServeArgs {
     pub tls: String,
     /// Enforce this IoT Hub tier's daily message quota, counted as Azure bills (telemetry, C2D,
     /// methods, twin reads and updates, queries; 403002 when it is used up), its REST throttles
-    /// (429) and DPS's registration and polling rates (429): F1, S1, S2 or S3. Default: none.
+    /// (429), its device-to-cloud and new-connection throttles shaped as Azure does (PUBACKs
+    /// and CONNACKs paced at the rate, then a closed connection or CONNACK 3) and DPS's
+    /// registration and polling rates (429): F1, S1, S2 or S3. Default: none.
     #[arg(long, value_name = "F1|S1|S2|S3")]
     pub tier: Option<String>,
     /// Units of --tier (F1: 1).

@@ -361,7 +361,7 @@ async fn serve(cfg: HubCliConfig) -> Result<ExitCode, CliError> {
         }
         if let Some(t) = cfg.tier {
             crate::out::outln!(
-                "  tier:            {} x {} (daily message quota, REST and DPS throttles enforced)",
+                "  tier:            {} x {} (daily message quota; REST, D2C, connection and DPS throttles enforced)",
                 t.name(),
                 cfg.units
             );
