@@ -265,9 +265,8 @@ impl DpsTargetArgs {
     /// # Errors
     /// A [`UsageError`] naming the flag or env var that is malformed or missing.
     pub fn resolve(self) -> Result<DpsTarget, UsageError> {
-        let env_cs = std::env::var(ENV_DPS_CONNECTION_STRING)
-            .ok()
-            .filter(|s| !s.trim().is_empty());
+        let env_cs =
+            crate::cli::run::env_text(ENV_DPS_CONNECTION_STRING)?.filter(|s| !s.trim().is_empty());
         let env_ca = std::env::var_os(ENV_CA_FILE)
             .filter(|s| !s.is_empty())
             .map(PathBuf::from);

@@ -152,7 +152,11 @@ impl FleetArgs {
     /// # Errors
     /// [`UsageError`] naming the flag.
     pub fn into_config(self) -> Result<FleetConfig, UsageError> {
-        let job_index = std::env::var(ENV_JOB_COMPLETION_INDEX).ok();
+        // Read only for --shards: an unrelated job's variable never stops a plain fleet.
+        let job_index = match self.shards {
+            Some(_) => crate::cli::run::env_text(ENV_JOB_COMPLETION_INDEX)?,
+            None => None,
+        };
         self.into_config_with(job_index)
     }
 

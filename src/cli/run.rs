@@ -17,6 +17,19 @@ use crate::error::UsageError;
 pub const ENV_DEVICE_CONNECTION_STRING: &str = "IOTHUB_DEVICE_CONNECTION_STRING";
 /// Env var holding an extra CA file.
 pub const ENV_CA_FILE: &str = "AZSIM_CA_FILE";
+
+/// A text env var: `None` when unset, its value when set; bytes that are not UTF-8 are a
+/// [`UsageError`] naming the variable (never its value), not "unset".
+///
+/// # Errors
+/// `NAME: not valid UTF-8`.
+pub fn env_text(name: &'static str) -> Result<Option<String>, UsageError> {
+    match std::env::var(name) {
+        Ok(v) => Ok(Some(v)),
+        Err(std::env::VarError::NotPresent) => Ok(None),
+        Err(std::env::VarError::NotUnicode(_)) => Err(UsageError::new(name, "not valid UTF-8")),
+    }
+}
 /// Most bytes `--property` and `--content-type` may take, percent-encoded, in a telemetry topic.
 pub const MAX_PROPERTY_BYTES: usize = 512;
 /// IoT Hub's keep-alive ceiling (1.5 x 1177 s = the hub's 1767 s cap).
@@ -168,9 +181,7 @@ impl RunArgs {
     /// # Errors
     /// A [`UsageError`] naming the field; never echoing a key.
     pub fn into_config(self) -> Result<RunSettings, UsageError> {
-        let env_cs = std::env::var(ENV_DEVICE_CONNECTION_STRING)
-            .ok()
-            .filter(|s| !s.trim().is_empty());
+        let env_cs = env_text(ENV_DEVICE_CONNECTION_STRING)?.filter(|s| !s.trim().is_empty());
         let env_ca = std::env::var_os(ENV_CA_FILE)
             .filter(|s| !s.is_empty())
             .map(PathBuf::from);

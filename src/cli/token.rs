@@ -327,7 +327,7 @@ impl TokenArgs {
     /// # Errors
     /// A [`UsageError`] naming the bad field; it never contains a key or a connection string.
     pub fn into_config(self) -> Result<TokenConfig, UsageError> {
-        let env_cs = std::env::var(DEVICE_CS_ENV).ok().filter(|s| !s.is_empty());
+        let env_cs = crate::cli::run::env_text(DEVICE_CS_ENV)?.filter(|s| !s.is_empty());
         self.into_config_with(unix_now(), env_cs)
     }
 

@@ -2,6 +2,8 @@
 //! Tests that exercise the CLI run the real binary (`env!("CARGO_BIN_EXE_azsim")`).
 
 mod cli_output;
+#[cfg(unix)]
+mod cli_env_utf8;
 mod dashboard;
 mod dps;
 mod firmware_loop;
