@@ -96,9 +96,8 @@ impl Target {
     /// A [`UsageError`] naming the flag or env var that is malformed, or `--hub-connection-string`
     /// when nothing names a hub.
     pub fn resolve(inputs: TargetInputs) -> Result<Self, UsageError> {
-        let env_cs = std::env::var(ENV_CONNECTION_STRING)
-            .ok()
-            .filter(|s| !s.trim().is_empty());
+        let env_cs =
+            crate::cli::run::env_text(ENV_CONNECTION_STRING)?.filter(|s| !s.trim().is_empty());
         let env_ca = std::env::var_os(ENV_CA_FILE)
             .filter(|s| !s.is_empty())
             .map(PathBuf::from);

@@ -14,7 +14,7 @@ async fn a_non_utf8_env_var_is_named_not_taken_for_unset() {
     let state = cwd.path().join("no-hub");
     let state = state.to_str().unwrap();
     let bad = OsStr::from_bytes(b"HostName=secret-host\xff\xfe");
-    let cases: [(&str, Vec<&str>, &str); 5] = [
+    let cases: [(&str, Vec<&str>, &str); 6] = [
         (
             "IOTHUB_DEVICE_CONNECTION_STRING",
             vec!["token"],
@@ -24,6 +24,11 @@ async fn a_non_utf8_env_var_is_named_not_taken_for_unset() {
             "IOTHUB_DEVICE_CONNECTION_STRING",
             vec!["run", "--count", "1", "--state", state],
             "IOTHUB_DEVICE_CONNECTION_STRING: not valid UTF-8",
+        ),
+        (
+            "IOTHUB_CONNECTION_STRING",
+            vec!["device", "list", "--state", state],
+            "IOTHUB_CONNECTION_STRING: not valid UTF-8",
         ),
         (
             "PROVISIONING_CONNECTION_STRING",
