@@ -15,12 +15,12 @@ use std::time::Duration;
 
 use reqwest::Method;
 use rustls_pki_types::pem::PemObject as _;
-use serde_json::{Value, json};
-use tokio::io::{AsyncBufReadExt, BufReader, Lines};
-use tokio::process::{Child, ChildStdout, Command};
+use serde_json::json;
+use tokio::process::Command;
 
 use crate::service_cli::{Output, azsim, output};
 use crate::support::TestHub;
+use crate::support::script::Script;
 
 fn node_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/node")
@@ -56,104 +56,14 @@ fn node() -> Result<PathBuf, String> {
     Ok(node)
 }
 
-/// A running `sdk.js` speaking JSON lines.
-struct NodeScript {
-    name: String,
-    child: Child,
-    lines: Lines<BufReader<ChildStdout>>,
-    stderr_file: PathBuf,
-    seen: Vec<Value>,
-}
-
-impl NodeScript {
-    fn spawn(node: &Path, work: &Path, name: &str, args: &[&str], ca: &Path) -> NodeScript {
-        let stderr_file = work.join(format!("{name}.stderr"));
-        let mut cmd = Command::new(node);
-        cmd.arg(node_dir().join("sdk.js"))
-            .args(args)
-            .current_dir(work)
-            .env("NODE_EXTRA_CA_CERTS", ca)
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(std::fs::File::create(&stderr_file).unwrap())
-            .kill_on_drop(true);
-        let mut child = cmd.spawn().unwrap_or_else(|e| panic!("start {name}: {e}"));
-        let lines = BufReader::new(child.stdout.take().unwrap()).lines();
-        NodeScript {
-            name: name.to_owned(),
-            child,
-            lines,
-            stderr_file,
-            seen: Vec::new(),
-        }
-    }
-
-    fn fail(&self, why: &str) -> ! {
-        let stderr = std::fs::read_to_string(&self.stderr_file).unwrap_or_default();
-        let tail: Vec<&str> = stderr.lines().rev().take(30).collect();
-        let tail: Vec<&str> = tail.into_iter().rev().collect();
-        panic!(
-            "{}: {why}\nevents so far: {:?}\nstderr (last lines):\n{}",
-            self.name,
-            self.seen,
-            tail.join("\n")
-        );
-    }
-
-    /// Reads events until one named `event` (returned); fails on `error`/`timeout` or EOF.
-    async fn expect(&mut self, event: &str) -> Value {
-        loop {
-            let line =
-                match tokio::time::timeout(Duration::from_secs(60), self.lines.next_line()).await {
-                    Err(_) => self.fail(&format!("no {event:?} event within 60 s")),
-                    Ok(Err(e)) => self.fail(&format!("reading stdout: {e}")),
-                    Ok(Ok(None)) => self.fail(&format!("exited before the {event:?} event")),
-                    Ok(Ok(Some(line))) => line,
-                };
-            let Ok(v) = serde_json::from_str::<Value>(&line) else {
-                continue; // not ours (a library print)
-            };
-            self.seen.push(v.clone());
-            let name = v["event"].as_str().unwrap_or_default().to_owned();
-            if name == event {
-                return v;
-            }
-            if name == "error" || name == "timeout" {
-                self.fail(&format!("reported {v}"));
-            }
-        }
-    }
-
-    /// Reads events until the script reports an `error` (returned) and exits with a failure.
-    async fn expect_error(mut self) -> Value {
-        loop {
-            let line =
-                match tokio::time::timeout(Duration::from_secs(60), self.lines.next_line()).await {
-                    Err(_) => self.fail("no error event within 60 s"),
-                    Ok(Ok(Some(line))) => line,
-                    Ok(_) => self.fail("exited before an error event"),
-                };
-            let Ok(v) = serde_json::from_str::<Value>(&line) else {
-                continue;
-            };
-            self.seen.push(v.clone());
-            if v["event"] == "error" {
-                let status = self.child.wait().await.unwrap();
-                assert!(!status.success(), "{}: exits with a failure", self.name);
-                return v;
-            }
-        }
-    }
-
-    async fn finish(mut self) {
-        let status = tokio::time::timeout(Duration::from_secs(30), self.child.wait())
-            .await
-            .unwrap_or_else(|_| self.fail("did not exit within 30 s"))
-            .unwrap();
-        if !status.success() {
-            self.fail(&format!("exited with {status}"));
-        }
-    }
+/// Starts `sdk.js` with `args`, trusting the hub's CA; `name` labels failures.
+fn spawn_node(node: &Path, work: &Path, name: &str, args: &[&str], ca: &Path) -> Script {
+    let mut cmd = Command::new(node);
+    cmd.arg(node_dir().join("sdk.js"))
+        .args(args)
+        .env("NODE_EXTRA_CA_CERTS", ca)
+        .stdin(Stdio::null());
+    Script::spawn(cmd, work, name)
 }
 
 /// Starts the hub on 127.0.0.1 with Azure's ports: MQTT 8883, HTTPS 443, AMQPS 5671.
@@ -216,7 +126,7 @@ async fn device_and_service(
 ) {
     let cs = cs_file.to_str().unwrap();
     let work = cs_file.parent().unwrap();
-    let mut s = NodeScript::spawn(
+    let mut s = spawn_node(
         node,
         work,
         &format!("sdk-{transport}"),
@@ -362,7 +272,7 @@ async fn dps(node: &Path, hub: &TestHub, work: &Path) {
     let key_file = work.join("dps.key");
     std::fs::write(&key_file, key).unwrap();
 
-    let mut s = NodeScript::spawn(
+    let mut s = spawn_node(
         node,
         work,
         "sdk-dps",
@@ -511,7 +421,7 @@ async fn x509_v1_devices(node: &Path, hub: &TestHub, work: &Path) {
         .await;
     assert_eq!(status, 200, "{body}");
     // Before the hub holds its CA, the CA-signed v1 leaf is refused.
-    let refused = NodeScript::spawn(
+    let refused = spawn_node(
         node,
         work,
         "sdk-node-x509-ca-refused",
@@ -543,7 +453,7 @@ async fn x509_v1_devices(node: &Path, hub: &TestHub, work: &Path) {
         ("node-x509-ca", &ca_leaf, &ca_leaf_key),
     ] {
         for transport in ["mqtt", "mqttws"] {
-            let mut s = NodeScript::spawn(
+            let mut s = spawn_node(
                 node,
                 work,
                 &format!("sdk-{id}-{transport}"),

@@ -13,10 +13,11 @@ use std::process::Stdio;
 use std::time::Duration;
 
 use serde_json::{Value, json};
-use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader, Lines};
-use tokio::process::{Child, ChildStdout, Command};
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::process::Command;
 
 use crate::service_cli::{Output, azsim, output, wait_monitor_ready};
+use crate::support::script::Script;
 
 fn python() -> Option<PathBuf> {
     let p = match std::env::var_os("AZSIM_PYTHON") {
@@ -52,85 +53,17 @@ impl Target {
 }
 
 /// A running Python script speaking JSON lines.
-struct Py {
-    name: String,
-    child: Child,
-    lines: Lines<BufReader<ChildStdout>>,
-    stderr_file: PathBuf,
-    seen: Vec<Value>,
-}
+type Py = Script;
 
-impl Py {
-    fn spawn(python: &Path, work: &Path, name: &str, args: &[&OsStrLike], ca: &Path) -> Py {
-        let stderr_file = work.join(format!("{name}.stderr"));
-        let mut cmd = Command::new(python);
-        cmd.arg(script(name))
-            .args(args.iter().map(|a| a.as_os()))
-            .current_dir(work)
-            .env("REQUESTS_CA_BUNDLE", ca)
-            .env("PYTHONUNBUFFERED", "1")
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(std::fs::File::create(&stderr_file).unwrap())
-            .kill_on_drop(true);
-        let mut child = cmd.spawn().unwrap_or_else(|e| panic!("start {name}: {e}"));
-        let lines = BufReader::new(child.stdout.take().unwrap()).lines();
-        Py {
-            name: name.to_owned(),
-            child,
-            lines,
-            stderr_file,
-            seen: Vec::new(),
-        }
-    }
-
-    fn fail(&self, why: &str) -> ! {
-        let stderr = std::fs::read_to_string(&self.stderr_file).unwrap_or_default();
-        let tail: Vec<&str> = stderr.lines().rev().take(30).collect();
-        let tail: Vec<&str> = tail.into_iter().rev().collect();
-        panic!(
-            "{}: {why}\nevents so far: {:?}\nstderr (last lines):\n{}",
-            self.name,
-            self.seen,
-            tail.join("\n")
-        );
-    }
-
-    /// Reads events until one named `event` (returned); fails on `error`/`timeout` or EOF.
-    async fn expect(&mut self, event: &str) -> Value {
-        loop {
-            let line =
-                match tokio::time::timeout(Duration::from_secs(60), self.lines.next_line()).await {
-                    Err(_) => self.fail(&format!("no {event:?} event within 60 s")),
-                    Ok(Err(e)) => self.fail(&format!("reading stdout: {e}")),
-                    Ok(Ok(None)) => self.fail(&format!("exited before the {event:?} event")),
-                    Ok(Ok(Some(line))) => line,
-                };
-            let v: Value = match serde_json::from_str(&line) {
-                Ok(v) => v,
-                Err(_) => continue, // not ours (a library print)
-            };
-            self.seen.push(v.clone());
-            let name = v["event"].as_str().unwrap_or_default().to_owned();
-            if name == event {
-                return v;
-            }
-            if name == "error" || name == "timeout" {
-                self.fail(&format!("reported {v}"));
-            }
-        }
-    }
-
-    async fn finish(mut self) {
-        drop(self.child.stdin.take());
-        let status = tokio::time::timeout(Duration::from_secs(30), self.child.wait())
-            .await
-            .unwrap_or_else(|_| self.fail("did not exit within 30 s"))
-            .unwrap();
-        if !status.success() {
-            self.fail(&format!("exited with {status}"));
-        }
-    }
+/// Starts `tests/python/{name}` with `args`, trusting the hub's CA for REST.
+fn spawn_py(python: &Path, work: &Path, name: &str, args: &[&OsStrLike], ca: &Path) -> Py {
+    let mut cmd = Command::new(python);
+    cmd.arg(script(name))
+        .args(args.iter().map(|a| a.as_os()))
+        .env("REQUESTS_CA_BUNDLE", ca)
+        .env("PYTHONUNBUFFERED", "1")
+        .stdin(Stdio::piped());
+    Script::spawn(cmd, work, name)
 }
 
 /// Paths and strings as process arguments.
@@ -231,7 +164,7 @@ async fn device_sdk_scenario(python: &Path, t: &Target) {
     let mut mon_err = BufReader::new(mon.stderr.take().unwrap()).lines();
     wait_monitor_ready(&mut mon_err).await;
 
-    let mut dev = Py::spawn(
+    let mut dev = spawn_py(
         python,
         &t.work,
         "device_sdk.py",
@@ -355,7 +288,7 @@ async fn service_sdk_scenario(python: &Path, t: &Target) {
     std::fs::write(&svc_cs, &t.cs).unwrap();
     let dev_cs = t.work.join("py-svc-device.cs");
 
-    let mut svc = Py::spawn(
+    let mut svc = spawn_py(
         python,
         &t.work,
         "service_sdk.py",
@@ -400,7 +333,7 @@ async fn service_sdk_scenario(python: &Path, t: &Target) {
     assert_eq!(out.code, 0, "{out:?}");
     assert_eq!(out.json()["properties"]["desired"]["mode"], "python");
 
-    let mut responder = Py::spawn(
+    let mut responder = spawn_py(
         python,
         &t.work,
         "device_sdk.py",
@@ -409,7 +342,7 @@ async fn service_sdk_scenario(python: &Path, t: &Target) {
     );
     responder.expect("handlers_ready").await;
 
-    let mut inv = Py::spawn(
+    let mut inv = spawn_py(
         python,
         &t.work,
         "service_sdk.py",
@@ -428,7 +361,7 @@ async fn service_sdk_scenario(python: &Path, t: &Target) {
 
     // The device SDK completed c2d-1 (sent with --ack full): its feedback, through
     // IoTHubHttpRuntimeManager (receive, abandon, receive again, complete).
-    let mut fb = Py::spawn(
+    let mut fb = spawn_py(
         python,
         &t.work,
         "service_sdk.py",

@@ -2,6 +2,8 @@
 //! service REST client signed with the hub's `iothubowner` key, and rumqttc device clients.
 #![allow(dead_code)]
 
+pub mod script;
+
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;

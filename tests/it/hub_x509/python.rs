@@ -10,6 +10,7 @@ use azsim::cmd::cert::make_ca;
 
 use super::{add_ca, device, register};
 use crate::support::TestHub;
+use crate::support::script::Script;
 
 /// The official Python device SDK's X.509 client (`create_from_x509_certificate`) against the
 /// hub on 127.0.0.1:8883 (the SDK's only port): a self-signed-thumbprint device and a
@@ -66,7 +67,7 @@ async fn the_python_device_sdk_connects_x509_devices_self_signed_and_ca_signed()
             m.key_file.clone().into(),
         ]);
     }
-    let mut py = JsonLines::spawn(&python, "device_x509.py", &args, dir);
+    let mut py = spawn_json_lines(&python, "device_x509.py", &args, dir);
     for id in ["py-ss", "py-ca", "py-ca"] {
         let ready = py.expect("ready").await;
         assert_eq!(ready["device"], id);
@@ -162,106 +163,22 @@ pub(crate) async fn start_hub_on_8883(
     }
 }
 
-/// A Python script speaking JSON lines (see tests/python/device_x509.py).
-pub(crate) struct JsonLines {
-    child: tokio::process::Child,
-    lines: tokio::io::Lines<tokio::io::BufReader<tokio::process::ChildStdout>>,
-    stderr_file: std::path::PathBuf,
-    seen: Vec<serde_json::Value>,
-}
-
-impl JsonLines {
-    pub(crate) fn spawn(
-        python: &Path,
-        script: &str,
-        args: &[std::ffi::OsString],
-        work: &Path,
-    ) -> JsonLines {
-        use tokio::io::AsyncBufReadExt as _;
-        let stderr_file = work.join(format!("{script}.stderr"));
-        let mut child = tokio::process::Command::new(python)
-            .arg(
-                Path::new(env!("CARGO_MANIFEST_DIR"))
-                    .join("tests/python")
-                    .join(script),
-            )
-            .args(args)
-            .current_dir(work)
-            .env("PYTHONUNBUFFERED", "1")
-            .stdin(std::process::Stdio::piped())
-            .stdout(std::process::Stdio::piped())
-            .stderr(std::fs::File::create(&stderr_file).unwrap())
-            .kill_on_drop(true)
-            .spawn()
-            .unwrap();
-        let lines = tokio::io::BufReader::new(child.stdout.take().unwrap()).lines();
-        JsonLines {
-            child,
-            lines,
-            stderr_file,
-            seen: Vec::new(),
-        }
-    }
-
-    fn fail(&self, why: &str) -> ! {
-        let stderr = std::fs::read_to_string(&self.stderr_file).unwrap_or_default();
-        let tail: Vec<&str> = stderr
-            .lines()
-            .rev()
-            .take(30)
-            .collect::<Vec<_>>()
-            .into_iter()
-            .rev()
-            .collect();
-        panic!(
-            "{why}\nevents so far: {:?}\nstderr (last lines):\n{}",
-            self.seen,
-            tail.join("\n")
-        );
-    }
-
-    /// Reads events until one named `event`; fails on `error`/`timeout`, EOF or 60 s.
-    pub(crate) async fn expect(&mut self, event: &str) -> serde_json::Value {
-        loop {
-            let line =
-                match tokio::time::timeout(Duration::from_secs(60), self.lines.next_line()).await {
-                    Err(_) => self.fail(&format!("no {event:?} event within 60 s")),
-                    Ok(Err(e)) => self.fail(&format!("reading stdout: {e}")),
-                    Ok(Ok(None)) => self.fail(&format!("exited before the {event:?} event")),
-                    Ok(Ok(Some(line))) => line,
-                };
-            let Ok(v) = serde_json::from_str::<serde_json::Value>(&line) else {
-                continue;
-            };
-            self.seen.push(v.clone());
-            let name = v["event"].as_str().unwrap_or_default().to_owned();
-            if name == event {
-                return v;
-            }
-            if name == "error" || name == "timeout" {
-                self.fail(&format!("reported {v}"));
-            }
-        }
-    }
-
-    pub(crate) async fn send_line(&mut self, line: &str) {
-        use tokio::io::AsyncWriteExt as _;
-        let stdin = self.child.stdin.as_mut().unwrap();
-        stdin
-            .write_all(format!("{line}\n").as_bytes())
-            .await
-            .unwrap();
-        stdin.flush().await.unwrap();
-    }
-
-    pub(crate) async fn finish(mut self) {
-        drop(self.child.stdin.take());
-        let status = tokio::time::timeout(Duration::from_secs(30), self.child.wait())
-            .await
-            .unwrap_or_else(|_| self.fail("did not exit within 30 s"))
-            .unwrap();
-        if !status.success() {
-            self.fail(&format!("exited with {status}"));
-        }
-    }
+/// Starts `tests/python/{script}` with `args` in `work`, speaking JSON lines (see
+/// tests/python/device_x509.py).
+pub(crate) fn spawn_json_lines(
+    python: &Path,
+    script: &str,
+    args: &[std::ffi::OsString],
+    work: &Path,
+) -> Script {
+    let mut cmd = tokio::process::Command::new(python);
+    cmd.arg(
+        Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("tests/python")
+            .join(script),
+    )
+    .args(args)
+    .env("PYTHONUNBUFFERED", "1")
+    .stdin(std::process::Stdio::piped());
+    Script::spawn(cmd, work, script)
 }
