@@ -24,21 +24,11 @@ use crate::support::TestHub;
 /// the next minute registers again.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_tier_dps_registration_rate_answers_429_with_retry_after_until_the_minute_is_over() {
-    use crate::dps::{registration_token, request, service};
+    use crate::dps::{registration_token, request};
     let clock = ManualClock::new(1_700_000_000_000);
-    let c = clock.clock();
-    let hub = TestHub::start_configured(move |cfg| {
-        cfg.clock = c;
-        cfg.tier = Some(azsim_emulator::fault::Tier::S1);
-    })
-    .await;
+    let hub = tier_hub(&clock, azsim_emulator::fault::Tier::S1).await;
     let scope = hub.info.id_scope.clone();
-    let (s, e) = service(&hub, Method::PUT, "/enrollments/rate-1", Some(json!({}))).await;
-    assert_eq!(s, 200, "{e}");
-    let key = e["attestation"]["symmetricKey"]["primaryKey"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let key = enrollment_key(&hub, "rate-1").await;
     let token = registration_token(&scope, "rate-1", &key, 1_700_000_000 + 3600);
     let path = format!("/{scope}/registrations/rate-1/register");
     let body = json!({"registrationId": "rate-1"});
@@ -131,12 +121,7 @@ async fn billed(hub: &TestHub, name: &str) -> u64 {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_daily_quota_counts_each_billable_operation_in_4_kb_blocks() {
     let clock = ManualClock::at_system_now();
-    let c = clock.clock();
-    let hub = TestHub::start_configured(move |cfg| {
-        cfg.clock = c;
-        cfg.tier = Some(azsim_emulator::fault::Tier::S1);
-    })
-    .await;
+    let hub = tier_hub(&clock, azsim_emulator::fault::Tier::S1).await;
     let key = device(&hub, "qk").await;
     hub.create_device("qk-off").await;
     assert_eq!(
@@ -269,12 +254,7 @@ async fn the_daily_quota_counts_each_billable_operation_in_4_kb_blocks() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_used_up_quota_refuses_methods_c2d_and_device_twin_requests_with_403002() {
     let clock = ManualClock::at_system_now();
-    let c = clock.clock();
-    let hub = TestHub::start_configured(move |cfg| {
-        cfg.clock = c;
-        cfg.tier = Some(azsim_emulator::fault::Tier::F1);
-    })
-    .await;
+    let hub = tier_hub(&clock, azsim_emulator::fault::Tier::F1).await;
     let key = device(&hub, "qf").await;
     let mut r = connected(&hub, "qf", &key).await;
     r.subscribe("$iothub/twin/res/#", QoS::AtMostOnce).await;
@@ -393,21 +373,11 @@ async fn a_jobs_per_device_operations_are_billed_and_the_job_itself_is_not() {
 /// window's end, and the next window answers again.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_tier_dps_poll_rate_answers_429_past_five_polls_in_ten_seconds() {
-    use crate::dps::{registration_token, request, service};
+    use crate::dps::{registration_token, request};
     let clock = ManualClock::new(1_700_000_003_000);
-    let c = clock.clock();
-    let hub = TestHub::start_configured(move |cfg| {
-        cfg.clock = c;
-        cfg.tier = Some(azsim_emulator::fault::Tier::S1);
-    })
-    .await;
+    let hub = tier_hub(&clock, azsim_emulator::fault::Tier::S1).await;
     let scope = hub.info.id_scope.clone();
-    let (s, e) = service(&hub, Method::PUT, "/enrollments/poll-1", Some(json!({}))).await;
-    assert_eq!(s, 200, "{e}");
-    let key = e["attestation"]["symmetricKey"]["primaryKey"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let key = enrollment_key(&hub, "poll-1").await;
     let token = registration_token(&scope, "poll-1", &key, 1_700_000_000 + 3600);
     let (s, v) = request(
         &hub,
@@ -455,12 +425,7 @@ async fn c2d_over_amqp_is_billed_and_rejected_once_the_quota_is_used_up() {
     use fe2o3_amqp::types::messaging::{Message, Outcome, Properties};
     use fe2o3_amqp::types::primitives::Binary;
     let clock = ManualClock::at_system_now();
-    let c = clock.clock();
-    let hub = TestHub::start_configured(move |cfg| {
-        cfg.clock = c;
-        cfg.tier = Some(azsim_emulator::fault::Tier::F1);
-    })
-    .await;
+    let hub = tier_hub(&clock, azsim_emulator::fault::Tier::F1).await;
     let key = device(&hub, "qa").await;
     let mut r = connected(&hub, "qa", &key).await;
     // 15 telemetry messages of 512 blocks leave 320 of F1's 8,000.
@@ -508,6 +473,32 @@ async fn c2d_over_amqp_is_billed_and_rejected_once_the_quota_is_used_up() {
     );
     assert_eq!(billed(&hub, "Cloud To Device Command").await, 236);
     hub.stop().await;
+}
+
+/// A hub of `tier` on `clock`.
+async fn tier_hub(clock: &ManualClock, tier: azsim_emulator::fault::Tier) -> TestHub {
+    let c = clock.clock();
+    TestHub::start_configured(move |cfg| {
+        cfg.clock = c;
+        cfg.tier = Some(tier);
+    })
+    .await
+}
+
+/// Creates the symmetric-key enrollment `id` in the hub's DPS; its primary key.
+async fn enrollment_key(hub: &TestHub, id: &str) -> String {
+    let (s, e) = crate::dps::service(
+        hub,
+        Method::PUT,
+        &format!("/enrollments/{id}"),
+        Some(json!({})),
+    )
+    .await;
+    assert_eq!(s, 200, "{e}");
+    e["attestation"]["symmetricKey"]["primaryKey"]
+        .as_str()
+        .unwrap()
+        .to_string()
 }
 
 /// A hub of `tier` on `clock`, shaping with `burst_ms` at once and `queue_ms` queued.
