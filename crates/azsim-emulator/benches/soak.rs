@@ -24,7 +24,6 @@
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::path::{Path, PathBuf};
-use std::process::Stdio;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -37,7 +36,6 @@ use rand::Rng as _;
 use rumqttc::{
     AsyncClient, Event, MqttOptions, Outgoing, Packet, QoS, TlsConfiguration, Transport,
 };
-use tokio::io::{AsyncBufReadExt as _, AsyncReadExt as _};
 use tokio::sync::{Mutex, watch};
 
 /// Set in the child: serve the hub with its state in this directory.
@@ -98,6 +96,10 @@ fn parse_params() -> Params {
     p
 }
 
+mod common;
+
+use common::{client_tls, free_port};
+
 fn main() {
     if let Some(dir) = std::env::var_os(CHILD_ENV) {
         child_main(PathBuf::from(dir));
@@ -115,39 +117,19 @@ fn main() {
 /// The hub process: persistent state, the telemetry log uncapped for the run, fixed ports (so
 /// devices reconnect to the same address after a restart); stops cleanly when stdin closes.
 fn child_main(dir: PathBuf) {
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .expect("hub runtime");
-    rt.block_on(async {
-        let ports = std::env::var(PORTS_ENV).unwrap_or_default();
-        let (mqtt, https) = ports
-            .split_once(',')
-            .and_then(|(a, b)| Some((a.parse().ok()?, b.parse().ok()?)))
-            .unwrap_or((0, 0));
-        let mut cfg = azsim_emulator::HubConfig::new(dir);
-        cfg.limits.event_log_cap = 1_000_000_000;
-        match std::env::var(SYNC_ENV).as_deref() {
-            Ok("full") => cfg.durability = azsim_emulator::store::Durability::PowerLoss,
-            Ok("normal") => cfg.durability = azsim_emulator::store::Durability::ProcessCrash,
-            _ => {}
-        }
-        let handle =
-            match azsim_emulator::start(cfg, "127.0.0.1".parse().expect("ip"), mqtt, https).await {
-                Ok(h) => h,
-                Err(e) => {
-                    eprintln!("soak: hub: {e}");
-                    std::process::exit(1);
-                }
-            };
-        println!("{}", serde_json::to_string(&handle.info).expect("hub info"));
-        let mut sink = Vec::new();
-        let _ = tokio::io::stdin().read_to_end(&mut sink).await;
-        if let Err(e) = handle.stop().await {
-            eprintln!("soak: hub stop: {e}");
-            std::process::exit(1);
-        }
-    });
+    let ports = std::env::var(PORTS_ENV).unwrap_or_default();
+    let (mqtt, https) = ports
+        .split_once(',')
+        .and_then(|(a, b)| Some((a.parse().ok()?, b.parse().ok()?)))
+        .unwrap_or((0, 0));
+    let mut cfg = azsim_emulator::HubConfig::new(dir);
+    cfg.limits.event_log_cap = 1_000_000_000;
+    match std::env::var(SYNC_ENV).as_deref() {
+        Ok("full") => cfg.durability = azsim_emulator::store::Durability::PowerLoss,
+        Ok("normal") => cfg.durability = azsim_emulator::store::Durability::ProcessCrash,
+        _ => {}
+    }
+    common::serve_hub_child(cfg, mqtt, https, "soak");
 }
 
 /// A running hub child.
@@ -159,27 +141,12 @@ struct Hub {
 impl Hub {
     async fn start(state: &Path, ports: (u16, u16), sync_full: bool) -> Result<Hub, String> {
         let exe = std::env::current_exe().map_err(|e| e.to_string())?;
-        let mut child = tokio::process::Command::new(exe)
-            .env(CHILD_ENV, state)
+        let mut cmd = tokio::process::Command::new(exe);
+        cmd.env(CHILD_ENV, state)
             .env(PORTS_ENV, format!("{},{}", ports.0, ports.1))
             .env(SYNC_ENV, if sync_full { "full" } else { "normal" })
-            .env("RUST_LOG", "warn")
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .kill_on_drop(true)
-            .spawn()
-            .map_err(|e| format!("cannot start the hub: {e}"))?;
-        let stdout = child.stdout.take().ok_or("no stdout")?;
-        let line = tokio::time::timeout(
-            Duration::from_secs(60),
-            tokio::io::BufReader::new(stdout).lines().next_line(),
-        )
-        .await
-        .map_err(|_| "hub not ready within 60 s".to_string())?
-        .map_err(|e| e.to_string())?
-        .ok_or("hub exited before it was ready")?;
-        let info = serde_json::from_str(&line).map_err(|e| format!("ready line: {e}"))?;
+            .env("RUST_LOG", "warn");
+        let (child, info) = common::start_hub_child(cmd).await?;
         Ok(Hub { child, info })
     }
 
@@ -212,77 +179,20 @@ fn rss_kib(pid: u32) -> u64 {
         .unwrap_or(0)
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("free port")
-}
-
-fn client_tls(ca_file: &Path) -> Arc<rustls::ClientConfig> {
-    let pem = std::fs::read(ca_file).expect("read ca");
-    let mut roots = rustls::RootCertStore::empty();
-    use rustls_pki_types::pem::PemObject as _;
-    for cert in rustls_pki_types::CertificateDer::pem_slice_iter(&pem) {
-        roots.add(cert.expect("ca pem")).expect("ca cert");
-    }
-    Arc::new(
-        rustls::ClientConfig::builder_with_provider(Arc::new(
-            rustls::crypto::ring::default_provider(),
-        ))
-        .with_safe_default_protocol_versions()
-        .expect("tls versions")
-        .with_root_certificates(roots)
-        .with_no_client_auth(),
-    )
-}
-
 /// Registers `n` devices over REST; their ids and keys.
 async fn register(
     info: &azsim_emulator::HubInfo,
     tls: &Arc<rustls::ClientConfig>,
     n: usize,
 ) -> Result<Vec<(String, String)>, String> {
-    let owner_key = info
-        .service_connection_string
-        .split(';')
-        .find_map(|f| f.strip_prefix("SharedAccessKey="))
-        .ok_or("no key in the service connection string")?
-        .to_owned();
-    let rest_host = format!("{}:{}", info.hostname, info.https_port);
-    let mut token = String::new();
-    sas::sign(
-        &mut token,
-        &sas::Resource::Hub { host: &rest_host },
-        &owner_key,
-        unix_now() + 7 * 86_400,
-        Some("iothubowner"),
-    )
-    .map_err(|e| e.to_string())?;
-    let http = reqwest::Client::builder()
-        .use_preconfigured_tls((**tls).clone())
-        .build()
-        .map_err(|e| e.to_string())?;
+    let owner = common::Owner::new(info, tls, 7 * 86_400)?;
     let mut out = Vec::with_capacity(n);
     for i in 0..n {
         let id = format!("soak-{i:04}");
         let key = azsim_emulator::state_dir::generate_key();
-        let url = format!("https://{rest_host}/devices/{id}?api-version=2021-04-12");
-        let body = serde_json::json!({
-            "deviceId": id,
-            "authentication": {"type": "sas",
-                "symmetricKey": {"primaryKey": key, "secondaryKey": azsim_emulator::state_dir::generate_key()}},
-        });
-        let r = http
-            .put(&url)
-            .header("Authorization", &token)
-            .json(&body)
-            .send()
-            .await
-            .map_err(|e| format!("create {id}: {e}"))?;
-        if !r.status().is_success() {
-            return Err(format!("create {id}: http {}", r.status()));
-        }
+        owner
+            .create_device(&id, &key, &azsim_emulator::state_dir::generate_key())
+            .await?;
         out.push((id, key));
     }
     Ok(out)

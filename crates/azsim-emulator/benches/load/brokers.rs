@@ -1,25 +1,8 @@
-//! The two brokers the load bench compares: the client TLS configuration for either, and
-//! Debian's mosquitto started with a TLS listener and a certificate from an rcgen CA.
+//! The other broker the load bench compares: Debian's mosquitto started with a TLS listener and
+//! a certificate from an rcgen CA (the client TLS configuration for either is
+//! `common::client_tls`).
 
 use super::*;
-
-pub(super) fn client_tls(ca_file: &Path) -> Arc<rustls::ClientConfig> {
-    let pem = std::fs::read(ca_file).expect("read ca");
-    let mut roots = rustls::RootCertStore::empty();
-    use rustls_pki_types::pem::PemObject as _;
-    for cert in rustls_pki_types::CertificateDer::pem_slice_iter(&pem) {
-        roots.add(cert.expect("ca pem")).expect("ca cert");
-    }
-    Arc::new(
-        rustls::ClientConfig::builder_with_provider(Arc::new(
-            rustls::crypto::ring::default_provider(),
-        ))
-        .with_safe_default_protocol_versions()
-        .expect("tls versions")
-        .with_root_certificates(roots)
-        .with_no_client_auth(),
-    )
-}
 
 pub(super) struct Mosquitto {
     pub(super) child: Child,
@@ -40,13 +23,6 @@ pub(super) fn find_mosquitto() -> Option<PathBuf> {
         .chain([PathBuf::from("/usr/sbin"), PathBuf::from("/usr/local/sbin")])
         .map(|d| d.join("mosquitto"))
         .find(|p| p.is_file())
-}
-
-pub(super) fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("free port")
 }
 
 pub(super) fn start_mosquitto(dir: &Path) -> Result<Mosquitto, String> {

@@ -4,7 +4,6 @@
 //! registered through its REST API with keys chosen here.
 
 use super::*;
-use tokio::io::{AsyncBufReadExt as _, AsyncReadExt as _};
 
 /// Set (to the hub's state dir) in the child: serve the hub instead of running the bench.
 pub const CHILD_ENV: &str = "AZSIM_LOAD_HUB_DIR";
@@ -20,40 +19,20 @@ pub const TLS_ENV: &str = "AZSIM_LOAD_HUB_TLS";
 /// The hub process. It runs on tokio's default multi-threaded runtime, as `azsim hub`
 /// does, prints its `HubInfo` as one JSON line and stops cleanly when its stdin closes.
 pub fn child_main(dir: PathBuf) {
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .expect("hub runtime");
-    rt.block_on(async {
-        let mut cfg = azsim_emulator::HubConfig::new(dir);
-        cfg.in_memory = std::env::var(STORE_ENV).is_ok_and(|v| v == "memory");
-        match std::env::var(SYNC_ENV).as_deref() {
-            Ok("full") => cfg.durability = azsim_emulator::store::Durability::PowerLoss,
-            Ok("normal") => cfg.durability = azsim_emulator::store::Durability::ProcessCrash,
-            _ => {}
-        }
-        if let Some(t) = std::env::var(TLS_ENV)
-            .ok()
-            .and_then(|v| azsim_emulator::state_dir::TlsProfile::parse(&v))
-        {
-            cfg.tls = t;
-        }
-        let handle = match azsim_emulator::start(cfg, "127.0.0.1".parse().expect("ip"), 0, 0).await
-        {
-            Ok(h) => h,
-            Err(e) => {
-                eprintln!("load: hub: {e}");
-                std::process::exit(1);
-            }
-        };
-        println!("{}", serde_json::to_string(&handle.info).expect("hub info"));
-        let mut sink = Vec::new();
-        let _ = tokio::io::stdin().read_to_end(&mut sink).await;
-        if let Err(e) = handle.stop().await {
-            eprintln!("load: hub stop: {e}");
-            std::process::exit(1);
-        }
-    });
+    let mut cfg = azsim_emulator::HubConfig::new(dir);
+    cfg.in_memory = std::env::var(STORE_ENV).is_ok_and(|v| v == "memory");
+    match std::env::var(SYNC_ENV).as_deref() {
+        Ok("full") => cfg.durability = azsim_emulator::store::Durability::PowerLoss,
+        Ok("normal") => cfg.durability = azsim_emulator::store::Durability::ProcessCrash,
+        _ => {}
+    }
+    if let Some(t) = std::env::var(TLS_ENV)
+        .ok()
+        .and_then(|v| azsim_emulator::state_dir::TlsProfile::parse(&v))
+    {
+        cfg.tls = t;
+    }
+    common::serve_hub_child(cfg, 0, 0, "load");
 }
 
 pub async fn run(
@@ -69,28 +48,12 @@ pub async fn run(
     };
     // A fresh state dir per run: a disk store starts empty, like mosquitto.
     let state = dir.join(format!("hub-{}", next_run_number()));
-    let mut child = tokio::process::Command::new(exe)
-        .env(CHILD_ENV, &state)
+    let mut cmd = tokio::process::Command::new(exe);
+    cmd.env(CHILD_ENV, &state)
         .env(STORE_ENV, if p.disk { "disk" } else { "memory" })
         .env(SYNC_ENV, if p.sync_full { "full" } else { "normal" })
-        .env(TLS_ENV, tls.name())
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .kill_on_drop(true)
-        .spawn()
-        .map_err(|e| format!("hub: cannot start the hub process: {e}"))?;
-    let stdout = child.stdout.take().ok_or("hub: no stdout")?;
-    let line = tokio::time::timeout(
-        Duration::from_secs(60),
-        tokio::io::BufReader::new(stdout).lines().next_line(),
-    )
-    .await
-    .map_err(|_| "hub: not ready within 60 s".to_string())?
-    .map_err(|e| format!("hub: {e}"))?
-    .ok_or("hub: exited before it was ready")?;
-    let info: azsim_emulator::HubInfo =
-        serde_json::from_str(&line).map_err(|e| format!("hub: bad ready line: {e}"))?;
+        .env(TLS_ENV, tls.name());
+    let (mut child, info) = common::start_hub_child(cmd).await?;
     let tls = client_tls(&info.ca_file);
     let specs = register(&info, &tls, p.devices).await?;
     let pid = child.id().ok_or("hub: exited")?.to_string();
@@ -119,53 +82,19 @@ async fn register(
     tls: &Arc<rustls::ClientConfig>,
     n: usize,
 ) -> Result<Vec<DeviceSpec>, String> {
-    let owner_key = info
-        .service_connection_string
-        .split(';')
-        .find_map(|f| f.strip_prefix("SharedAccessKey="))
-        .ok_or("no key in the service connection string")?
-        .to_owned();
-    let rest_host = format!("{}:{}", info.hostname, info.https_port);
-    let mut token = String::new();
-    sas::sign(
-        &mut token,
-        &sas::Resource::Hub { host: &rest_host },
-        &owner_key,
-        unix_now() + 3600,
-        Some("iothubowner"),
-    )
-    .map_err(|e| e.to_string())?;
-    let http = reqwest::Client::builder()
-        .use_preconfigured_tls((**tls).clone())
-        .build()
-        .map_err(|e| e.to_string())?;
+    let owner = common::Owner::new(info, tls, 3600)?;
     let t0 = Instant::now();
     let gate = Arc::new(Semaphore::new(32));
     let mut tasks = Vec::with_capacity(n);
     for i in 0..n {
         let id = format!("load-{i:05}");
         let key = random_key();
-        let (http, token, gate) = (http.clone(), token.clone(), gate.clone());
-        let url = format!("https://{rest_host}/devices/{id}?api-version=2021-04-12");
+        let (owner, gate) = (owner.clone(), gate.clone());
         let hostname = info.hostname.clone();
         tasks.push(tokio::spawn(async move {
             let _permit = gate.acquire().await;
-            let body = serde_json::json!({
-                "deviceId": id,
-                "authentication": {"type": "sas",
-                    "symmetricKey": {"primaryKey": key, "secondaryKey": random_key()}},
-            });
-            let resp = http
-                .put(&url)
-                .header("Authorization", &token)
-                .json(&body)
-                .send()
-                .await
-                .map_err(|e| format!("create {id}: {e}"))?;
-            if !resp.status().is_success() {
-                return Err(format!("create {id}: http {}", resp.status()));
-            }
-            Ok(device_spec(&hostname, &id, &key))
+            owner.create_device(&id, &key, &random_key()).await?;
+            Ok::<_, String>(device_spec(&hostname, &id, &key))
         }));
     }
     let mut specs = Vec::with_capacity(n);

@@ -113,11 +113,14 @@
 //! hub's second wake-up per message (the commit) and the insert.
 
 mod brokers;
+#[path = "../common/mod.rs"]
+mod common;
 mod device;
 mod hub;
 mod proc;
 
 use brokers::*;
+use common::{client_tls, free_port};
 use device::*;
 use proc::*;
 use std::fmt::Write as _;
