@@ -316,22 +316,14 @@ async fn the_hub_rejects_what_iot_hub_rejects_and_the_link_keeps_working() {
 /// The hub with HTTPS on 127.0.0.1:443 and AMQPS on 127.0.0.1:5671 (where the SDKs dial for a
 /// port-less `HostName`); busy ports are retried for up to 60 s.
 async fn start_hub_on_443_and_5671(dir: &std::path::Path) -> azsim_emulator::HubHandle {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
-    loop {
-        let mut cfg = azsim_emulator::HubConfig::new(dir);
-        cfg.in_memory = true;
-        cfg.amqp_port = Some(5671);
-        match azsim_emulator::start(cfg, "127.0.0.1".parse().unwrap(), 0, 443).await {
-            Ok(hub) => return hub,
-            Err(azsim_emulator::HubError::Io(e))
-                if e.kind() == std::io::ErrorKind::AddrInUse
-                    && tokio::time::Instant::now() < deadline =>
-            {
-                tokio::time::sleep(Duration::from_millis(500)).await;
-            }
-            Err(e) => panic!("the hub cannot start on 127.0.0.1:443 and :5671: {e}"),
-        }
-    }
+    crate::support::start_on_fixed_ports(
+        dir,
+        0,
+        443,
+        |cfg| cfg.amqp_port = Some(5671),
+        "127.0.0.1:443 and :5671",
+    )
+    .await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

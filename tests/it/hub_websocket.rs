@@ -395,23 +395,15 @@ pub(crate) fn python() -> Option<PathBuf> {
 /// The hub with its HTTPS listener on 127.0.0.1:443 (where the SDK dials WebSockets) and MQTT
 /// on a free port; a busy port is retried for up to 60 s.
 async fn start_hub_on_443(dir: &Path) -> azsim_emulator::HubHandle {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
-    loop {
-        let mut cfg = azsim_emulator::HubConfig::new(dir);
-        cfg.in_memory = true;
+    crate::support::start_on_fixed_ports(
+        dir,
+        0,
+        443,
         // No AMQP here: then HTTPS on 443 alone makes the service string port-less.
-        cfg.amqp_port = None;
-        match azsim_emulator::start(cfg, "127.0.0.1".parse().unwrap(), 0, 443).await {
-            Ok(hub) => return hub,
-            Err(azsim_emulator::HubError::Io(e))
-                if e.kind() == std::io::ErrorKind::AddrInUse
-                    && tokio::time::Instant::now() < deadline =>
-            {
-                tokio::time::sleep(Duration::from_millis(500)).await;
-            }
-            Err(e) => panic!("the hub cannot start with https on 127.0.0.1:443: {e}"),
-        }
-    }
+        |cfg| cfg.amqp_port = None,
+        "with https on 127.0.0.1:443",
+    )
+    .await
 }
 
 /// The script's JSON lines, until the event named `event`.

@@ -11,7 +11,6 @@
 
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
-use std::time::Duration;
 
 use reqwest::Method;
 use rustls_pki_types::pem::PemObject as _;
@@ -68,25 +67,14 @@ fn spawn_node(node: &Path, work: &Path, name: &str, args: &[&str], ca: &Path) ->
 
 /// Starts the hub on 127.0.0.1 with Azure's ports: MQTT 8883, HTTPS 443, AMQPS 5671.
 async fn start_hub_on_azure_ports(dir: &Path) -> azsim_emulator::HubHandle {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
-    loop {
-        let mut cfg = azsim_emulator::HubConfig::new(dir);
-        cfg.in_memory = true;
-        cfg.amqp_port = Some(5671);
-        match azsim_emulator::start(cfg, "127.0.0.1".parse().unwrap(), 8883, 443).await {
-            Ok(hub) => return hub,
-            Err(azsim_emulator::HubError::Io(e))
-                if e.kind() == std::io::ErrorKind::AddrInUse
-                    && tokio::time::Instant::now() < deadline =>
-            {
-                tokio::time::sleep(Duration::from_millis(500)).await;
-            }
-            Err(e) => panic!(
-                "the hub cannot start on 127.0.0.1:8883/443/5671, which the Node SDKs need \
-                 (is another hub or broker using them?): {e}"
-            ),
-        }
-    }
+    crate::support::start_on_fixed_ports(
+        dir,
+        8883,
+        443,
+        |cfg| cfg.amqp_port = Some(5671),
+        "127.0.0.1:8883/443/5671, which the Node SDKs need (is another hub or broker using them?)",
+    )
+    .await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -93,24 +93,14 @@ fn s(text: &str) -> OsStrLike {
 /// the port for a moment on a shared machine, so a busy port is retried for up to 60 s before
 /// the test fails.
 async fn start_hub_on_8883(dir: &Path) -> azsim_emulator::HubHandle {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
-    loop {
-        let mut cfg = azsim_emulator::HubConfig::new(dir);
-        cfg.in_memory = true;
-        match azsim_emulator::start(cfg, "127.0.0.1".parse().unwrap(), 8883, 0).await {
-            Ok(hub) => return hub,
-            Err(azsim_emulator::HubError::Io(e))
-                if e.kind() == std::io::ErrorKind::AddrInUse
-                    && tokio::time::Instant::now() < deadline =>
-            {
-                tokio::time::sleep(Duration::from_millis(500)).await;
-            }
-            Err(e) => panic!(
-                "the hub cannot start on 127.0.0.1:8883, which the Python device SDK needs \
-                 (is another hub or broker using the port?): {e}"
-            ),
-        }
-    }
+    crate::support::start_on_fixed_ports(
+        dir,
+        8883,
+        0,
+        |_| {},
+        "127.0.0.1:8883, which the Python device SDK needs (is another hub or broker using the port?)",
+    )
+    .await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

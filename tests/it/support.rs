@@ -345,3 +345,33 @@ pub fn skip(why: &str) {
 /// outside it (a developer's `azsim hub`) can still hold the port: such tests also retry a busy
 /// port for a while.
 pub static PORT_8883: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+/// A hub (in memory, then `f` adjusts its configuration) on 127.0.0.1 with fixed ports, for the
+/// official SDKs that dial only Azure's (MQTT 8883, HTTPS 443, AMQPS 5671; 0 = a free port). A
+/// developer's hub or another test binary may hold a port for a moment, so a busy port is
+/// retried for up to 60 s; then the test fails naming `ports`. The caller holds [`PORT_8883`].
+pub async fn start_on_fixed_ports(
+    dir: &Path,
+    mqtt_port: u16,
+    https_port: u16,
+    f: impl Fn(&mut HubConfig),
+    ports: &str,
+) -> HubHandle {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let mut cfg = HubConfig::new(dir);
+        cfg.in_memory = true;
+        f(&mut cfg);
+        match azsim_emulator::start(cfg, "127.0.0.1".parse().unwrap(), mqtt_port, https_port).await
+        {
+            Ok(hub) => return hub,
+            Err(azsim_emulator::HubError::Io(e))
+                if e.kind() == std::io::ErrorKind::AddrInUse
+                    && tokio::time::Instant::now() < deadline =>
+            {
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+            Err(e) => panic!("the hub cannot start on {ports}: {e}"),
+        }
+    }
+}

@@ -28,21 +28,7 @@ fn python() -> Option<PathBuf> {
 
 /// A hub on 127.0.0.1:8883 (MQTT) and `https_port`; a busy port is retried for up to 60 s.
 async fn start_hub(dir: &Path, https_port: u16) -> azsim_emulator::HubHandle {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
-    loop {
-        let mut cfg = azsim_emulator::HubConfig::new(dir);
-        cfg.in_memory = true;
-        match azsim_emulator::start(cfg, "127.0.0.1".parse().unwrap(), 8883, https_port).await {
-            Ok(hub) => return hub,
-            Err(azsim_emulator::HubError::Io(e))
-                if e.kind() == std::io::ErrorKind::AddrInUse
-                    && tokio::time::Instant::now() < deadline =>
-            {
-                tokio::time::sleep(Duration::from_millis(500)).await;
-            }
-            Err(e) => panic!("the hub cannot start on 127.0.0.1:8883: {e}"),
-        }
-    }
+    crate::support::start_on_fixed_ports(dir, 8883, https_port, |_| {}, "127.0.0.1:8883").await
 }
 
 /// Runs the script to its end; its events by name (the last of each), failing on `error`.

@@ -24,28 +24,22 @@ fn python() -> Option<PathBuf> {
 /// Start a hub with MQTT on 8883 and AMQPS on 5671 (what the SDKs dial), retrying a busy port
 /// for a while (a developer's hub may hold it).
 async fn start_hub(dir: &Path) -> azsim_emulator::HubHandle {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
-    loop {
-        let mut cfg = azsim_emulator::HubConfig::new(dir);
-        cfg.in_memory = true;
-        cfg.amqp_port = Some(5671);
-        cfg.amqp_dev_port = Some(0);
-        // Telemetry only: the sequence numbers below count the device's messages.
-        cfg.routes = azsim_emulator::routing::Routes {
-            telemetry: true,
-            ..azsim_emulator::routing::Routes::NONE
-        };
-        match azsim_emulator::start(cfg, "127.0.0.1".parse().unwrap(), 8883, 0).await {
-            Ok(hub) => return hub,
-            Err(azsim_emulator::HubError::Io(e))
-                if e.kind() == std::io::ErrorKind::AddrInUse
-                    && tokio::time::Instant::now() < deadline =>
-            {
-                tokio::time::sleep(Duration::from_millis(500)).await;
-            }
-            Err(e) => panic!("the hub cannot start on 8883 and 5671: {e}"),
-        }
-    }
+    crate::support::start_on_fixed_ports(
+        dir,
+        8883,
+        0,
+        |cfg| {
+            cfg.amqp_port = Some(5671);
+            cfg.amqp_dev_port = Some(0);
+            // Telemetry only: the sequence numbers below count the device's messages.
+            cfg.routes = azsim_emulator::routing::Routes {
+                telemetry: true,
+                ..azsim_emulator::routing::Routes::NONE
+            };
+        },
+        "8883 and 5671",
+    )
+    .await
 }
 
 fn ann<'a>(ev: &'a Value, key: &str) -> &'a Value {

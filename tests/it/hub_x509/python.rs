@@ -1,7 +1,6 @@
 //! The official Python device SDK's X.509 client against the hub (ports 8883 and 443).
 
 use std::path::Path;
-use std::time::Duration;
 
 use reqwest::Method;
 use serde_json::json;
@@ -145,22 +144,7 @@ pub(crate) async fn start_hub_on_8883(
     dir: &Path,
     f: impl Fn(&mut azsim_emulator::HubConfig),
 ) -> azsim_emulator::HubHandle {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
-    loop {
-        let mut cfg = azsim_emulator::HubConfig::new(dir);
-        cfg.in_memory = true;
-        f(&mut cfg);
-        match azsim_emulator::start(cfg, "127.0.0.1".parse().unwrap(), 8883, 443).await {
-            Ok(hub) => return hub,
-            Err(azsim_emulator::HubError::Io(e))
-                if e.kind() == std::io::ErrorKind::AddrInUse
-                    && tokio::time::Instant::now() < deadline =>
-            {
-                tokio::time::sleep(Duration::from_millis(500)).await;
-            }
-            Err(e) => panic!("the hub cannot start on 127.0.0.1:8883 and 443: {e}"),
-        }
-    }
+    crate::support::start_on_fixed_ports(dir, 8883, 443, f, "127.0.0.1:8883 and 443").await
 }
 
 /// Starts `tests/python/{script}` with `args` in `work`, speaking JSON lines (see
