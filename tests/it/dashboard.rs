@@ -3,7 +3,7 @@
 //! itself in headless Chromium driving `azsim run` devices (`tests/python/dashboard_browser.py`,
 //! Selenium + chromedriver from the test venv; skipped without them).
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Stdio;
 use std::time::Duration;
 
@@ -12,6 +12,7 @@ use serde_json::Value;
 use tokio::io::{AsyncBufReadExt, BufReader};
 
 use crate::run_hub::Running;
+use crate::support::python;
 use crate::support::{TestHub, skip};
 
 async fn hub_with_dashboard() -> (TestHub, String) {
@@ -300,14 +301,6 @@ async fn dashboard_port_flag_picks_a_port_or_turns_it_off() {
         assert!(err.contains(why), "{bad:?}: {err}");
         assert_eq!(err.trim().lines().count(), 1, "{err}");
     }
-}
-
-fn python() -> Option<PathBuf> {
-    let p = match std::env::var_os("AZSIM_PYTHON") {
-        Some(p) if !p.is_empty() => PathBuf::from(p),
-        _ => Path::new(env!("CARGO_MANIFEST_DIR")).join(".venv/bin/python"),
-    };
-    p.exists().then_some(p)
 }
 
 /// Which of the browser tools is missing, if any.

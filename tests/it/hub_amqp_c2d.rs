@@ -329,7 +329,7 @@ async fn start_hub_on_443_and_5671(dir: &std::path::Path) -> azsim_emulator::Hub
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_python_service_sdk_sends_c2d_over_amqp_to_the_python_device_sdk_and_the_feedback_arrives()
  {
-    let Some(python) = crate::hub_websocket::python() else {
+    let Some(python) = crate::support::python() else {
         crate::support::skip("python SDK venv not found (run scripts/test)");
         return;
     };

@@ -26,6 +26,7 @@ use tokio::io::{AsyncBufReadExt as _, BufReader, Lines};
 use tokio::process::{ChildStdout, Command};
 
 use crate::service_cli::run;
+use crate::support::python;
 use crate::support::{TestHub, next_incoming, skip, wait_connack};
 
 /// The MQTT username azure-sdk-for-c 1.6.0-beta.1 sends (`az_iot_hub_client_get_user_name`).
@@ -311,14 +312,6 @@ async fn mosquitto_clients_send_telemetry_and_a_reported_patch_and_receive_c2d_w
 
 // ---------------------------------------------------------------------------------------------
 // Python paho-mqtt
-
-fn python() -> Option<PathBuf> {
-    let p = match std::env::var_os("AZSIM_PYTHON") {
-        Some(p) if !p.is_empty() => PathBuf::from(p),
-        _ => Path::new(env!("CARGO_MANIFEST_DIR")).join(".venv/bin/python"),
-    };
-    p.exists().then_some(p)
-}
 
 /// A paho-mqtt 1.x device: subscribes to C2D, methods and twin responses, sends telemetry and a
 /// twin GET, answers every method with 200 and its payload echoed, and prints each event as a

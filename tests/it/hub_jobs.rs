@@ -12,6 +12,7 @@ use rumqttc::{Packet, QoS};
 use serde_json::{Value, json};
 
 use crate::hub_query::query_page;
+use crate::support::python;
 use crate::support::{TestHub, next_incoming};
 
 /// Polls `GET /jobs/v2/{id}` until `done` holds for it (every 50 ms, up to 30 s).
@@ -361,15 +362,6 @@ async fn azsim_job_schedules_waits_shows_lists_and_cancels() {
     assert_eq!(out.code, 2, "{out:?}");
     assert!(out.stderr.contains("--start"), "{out:?}");
     hub.stop().await;
-}
-
-/// The test venv's Python (`AZSIM_PYTHON`, default `.venv/bin/python`), when there is one.
-fn python() -> Option<std::path::PathBuf> {
-    let p = match std::env::var_os("AZSIM_PYTHON") {
-        Some(p) if !p.is_empty() => std::path::PathBuf::from(p),
-        _ => std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(".venv/bin/python"),
-    };
-    p.exists().then_some(p)
 }
 
 #[tokio::test]

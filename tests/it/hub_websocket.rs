@@ -4,7 +4,7 @@
 //! frame or silence after the upgrade closes only that connection; and the official Python
 //! device SDK with `websockets=True` (which dials port 443) works unchanged.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Stdio;
 use std::time::Duration;
 
@@ -24,6 +24,7 @@ use tokio_tungstenite::tungstenite::{self, Message};
 
 use crate::run_hub::Running;
 use crate::support::TestHub;
+use crate::support::python;
 
 /// TLS to the hub's HTTPS port.
 pub(crate) async fn tls(hub: &TestHub) -> TlsStream<TcpStream> {
@@ -383,14 +384,6 @@ async fn garbage_a_text_frame_or_silence_after_the_upgrade_closes_only_that_conn
 }
 
 // ---- the official Python device SDK over WebSockets (port 443) ----
-
-pub(crate) fn python() -> Option<PathBuf> {
-    let p = match std::env::var_os("AZSIM_PYTHON") {
-        Some(p) if !p.is_empty() => PathBuf::from(p),
-        _ => Path::new(env!("CARGO_MANIFEST_DIR")).join(".venv/bin/python"),
-    };
-    p.exists().then_some(p)
-}
 
 /// The hub with its HTTPS listener on 127.0.0.1:443 (where the SDK dials WebSockets) and MQTT
 /// on a free port; a busy port is retried for up to 60 s.

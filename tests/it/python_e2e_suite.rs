@@ -3,7 +3,7 @@
 //! started as a user would (`azsim hub start --mqtt-port 8883 --https-port 443`). Each test
 //! here pins one defect the suite exposed, with the real binary or the official SDK.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Output, Stdio};
 use std::time::Duration;
 
@@ -13,6 +13,7 @@ use rumqttc::{Packet, QoS};
 use serde_json::Value;
 use tokio::io::{AsyncBufReadExt, BufReader};
 
+use crate::support::python;
 use crate::support::{TestHub, next_incoming};
 
 const AZSIM: &str = env!("CARGO_BIN_EXE_azsim");
@@ -81,14 +82,6 @@ fn hub_start_passes_route_on_to_the_hub_it_starts() {
         ready["settings"]["routes"],
         serde_json::json!(["connection"])
     );
-}
-
-fn python() -> Option<PathBuf> {
-    let p = match std::env::var_os("AZSIM_PYTHON") {
-        Some(p) if !p.is_empty() => PathBuf::from(p),
-        _ => Path::new(env!("CARGO_MANIFEST_DIR")).join(".venv/bin/python"),
-    };
-    p.exists().then_some(p)
 }
 
 /// The suite sends a bare string (`client.send_message("...")`: no message id, no content

@@ -375,3 +375,13 @@ pub async fn start_on_fixed_ports(
         }
     }
 }
+
+/// The test venv's Python (env `AZSIM_PYTHON`, default `.venv/bin/python`, which
+/// `scripts/test` creates with the pinned SDKs), when there is one.
+pub fn python() -> Option<PathBuf> {
+    let p = match std::env::var_os("AZSIM_PYTHON") {
+        Some(p) if !p.is_empty() => PathBuf::from(p),
+        _ => Path::new(env!("CARGO_MANIFEST_DIR")).join(".venv/bin/python"),
+    };
+    p.exists().then_some(p)
+}

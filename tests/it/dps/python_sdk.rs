@@ -7,7 +7,7 @@
 //! The device SDK dials port 8883 (443 for WebSockets), so the hub listens there, holding
 //! `support::PORT_8883`. Python comes from env `AZSIM_PYTHON`, default `.venv/bin/python`.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Stdio;
 use std::time::Duration;
 
@@ -17,14 +17,7 @@ use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::Command;
 
 use crate::support::TestHub;
-
-fn python() -> Option<PathBuf> {
-    let p = match std::env::var_os("AZSIM_PYTHON") {
-        Some(p) if !p.is_empty() => PathBuf::from(p),
-        _ => Path::new(env!("CARGO_MANIFEST_DIR")).join(".venv/bin/python"),
-    };
-    p.exists().then_some(p)
-}
+use crate::support::python;
 
 /// A hub on 127.0.0.1:8883 (MQTT) and `https_port`; a busy port is retried for up to 60 s.
 async fn start_hub(dir: &Path, https_port: u16) -> azsim_emulator::HubHandle {

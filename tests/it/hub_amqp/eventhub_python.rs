@@ -4,7 +4,7 @@
 //! `tests/python/eventhub_sdk.py`. The device SDK dials 8883 and the Event Hubs SDK 5671, so
 //! the test holds `support::PORT_8883`.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Stdio;
 use std::time::Duration;
 
@@ -12,14 +12,7 @@ use serde_json::Value;
 use tokio::io::{AsyncBufReadExt, BufReader};
 
 use crate::support::TestHub;
-
-fn python() -> Option<PathBuf> {
-    let p = match std::env::var_os("AZSIM_PYTHON") {
-        Some(p) if !p.is_empty() => PathBuf::from(p),
-        _ => Path::new(env!("CARGO_MANIFEST_DIR")).join(".venv/bin/python"),
-    };
-    p.exists().then_some(p)
-}
+use crate::support::python;
 
 /// Start a hub with MQTT on 8883 and AMQPS on 5671 (what the SDKs dial), retrying a busy port
 /// for a while (a developer's hub may hold it).

@@ -9,6 +9,7 @@ use azsim::cmd::cert::make_ca;
 
 use super::{add_ca, device, register};
 use crate::support::TestHub;
+use crate::support::python;
 use crate::support::script::Script;
 
 /// The official Python device SDK's X.509 client (`create_from_x509_certificate`) against the
@@ -127,14 +128,6 @@ async fn the_python_device_sdk_connects_x509_devices_self_signed_and_ca_signed()
     py.expect("finished").await;
     py.finish().await;
     handle.stop().await.unwrap();
-}
-
-fn python() -> Option<std::path::PathBuf> {
-    let p = match std::env::var_os("AZSIM_PYTHON") {
-        Some(p) if !p.is_empty() => std::path::PathBuf::from(p),
-        _ => Path::new(env!("CARGO_MANIFEST_DIR")).join(".venv/bin/python"),
-    };
-    p.exists().then_some(p)
 }
 
 /// The hub with MQTT on 127.0.0.1:8883 and HTTPS (WebSockets) on 443, the only ports the SDK
