@@ -5,8 +5,15 @@
 //! An accept error such as `EMFILE` repeats at once for as long as the descriptors are used up,
 //! so the loop sleeps between attempts (10 ms doubling to 1 s, back to 10 ms after a success)
 //! and logs the first error and then at most one line per [`LOG_EVERY`] with the number of
-//! failures since. A connection beyond the pre-auth cap is closed as soon as it is accepted,
-//! before its TLS handshake; the refusals are logged the same way.
+//! failures since.
+//!
+//! At the pre-auth cap the gate stops accepting until a place frees (a connection
+//! authenticates, fails or reaches its connect deadline): new connections wait in the kernel's
+//! listen backlog, where they hold none of the hub's descriptors or memory, and are served in
+//! the order they came. A burst of devices (a fleet starting, 1,000 SDK clients opened at once)
+//! is served a little later instead of being refused, as Azure serves it; clients that stall
+//! before authenticating delay others by at most the connect deadline. Reaching the cap is
+//! logged the same throttled way.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -51,7 +58,8 @@ pub(crate) struct Gate {
     pre_auth: Arc<Semaphore>,
     backoff: Duration,
     errors: Throttled,
-    refusals: Throttled,
+    /// Times the cap was reached (new connections left waiting in the backlog).
+    at_cap: Throttled,
 }
 
 /// An accepted connection and its place among the unauthenticated ones; drop the permit once
@@ -71,12 +79,30 @@ impl Gate {
             pre_auth: Arc::new(Semaphore::new(max_pre_auth.min(Semaphore::MAX_PERMITS))),
             backoff: BACKOFF_MIN,
             errors: Throttled::default(),
-            refusals: Throttled::default(),
+            at_cap: Throttled::default(),
         }
     }
 
-    /// The next connection that fits under the pre-auth cap; those that do not are closed here.
+    /// The next connection, accepted once it fits under the pre-auth cap (until then the
+    /// listener is not read: see the module docs).
     pub(crate) async fn next(&mut self) -> Admitted {
+        let permit = match self.pre_auth.clone().try_acquire_owned() {
+            Ok(permit) => permit,
+            Err(_) => {
+                if let Some(n) = self.at_cap.hit() {
+                    tracing::warn!(
+                        listener = self.name,
+                        times = n,
+                        "at the cap on unauthenticated connections: new connections wait in the listen backlog until one authenticates, fails or times out"
+                    );
+                }
+                match self.pre_auth.clone().acquire_owned().await {
+                    Ok(permit) => permit,
+                    // The gate owns the semaphore and never closes it.
+                    Err(_) => unreachable!("the pre-auth semaphore is never closed"),
+                }
+            }
+        };
         loop {
             let (tcp, peer) = match self.listener.accept().await {
                 Ok(x) => x,
@@ -90,19 +116,9 @@ impl Gate {
                 }
             };
             self.backoff = BACKOFF_MIN;
-            match self.pre_auth.clone().try_acquire_owned() {
-                Ok(permit) => {
-                    // Without NODELAY every TLS handshake stalls ~40 ms on delayed ACKs.
-                    let _ = tcp.set_nodelay(true);
-                    return Admitted { tcp, peer, permit };
-                }
-                Err(_) => {
-                    if let Some(n) = self.refusals.hit() {
-                        tracing::warn!(listener = self.name, %peer, refused = n, "too many unauthenticated connections: closing new ones at once");
-                    }
-                    drop(tcp);
-                }
-            }
+            // Without NODELAY every TLS handshake stalls ~40 ms on delayed ACKs.
+            let _ = tcp.set_nodelay(true);
+            return Admitted { tcp, peer, permit };
         }
     }
 }

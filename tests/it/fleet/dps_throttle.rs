@@ -1,10 +1,7 @@
 //! What goes wrong inside one DPS registration is counted by what it is: a 429 DPS answers
 //! (a throttle fault on the registration id, retried after its `retry-after` inside the same
-//! exchange) is `dps_throttled_429`, and a connection the hub closes before the TLS handshake
-//! is done (its pre-auth cap) is `dps_closed_before_auth`, not `dps_tls`.
-
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+//! exchange) is `dps_throttled_429`, and a connection closed before the TLS handshake is done
+//! is `dps_closed_before_auth`, not `dps_tls`.
 
 use super::*;
 
@@ -95,39 +92,62 @@ async fn a_429_inside_a_registration_is_waited_out_and_counted_as_dps_throttled(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_connection_closed_before_auth_is_counted_as_such_not_as_tls() {
-    let hub = TestHub::start_configured(|c| {
-        c.limits.max_pre_auth_connections = 1;
-        c.limits.connect_deadline = Duration::from_secs(3);
-    })
-    .await;
+    let hub = TestHub::start().await;
     create_group(&hub).await;
-    // Hold the one pre-auth slot of the MQTT listener (DPS's too) with a silent connection,
-    // opening a new one whenever the hub closes it at its deadline, until the fleet has been
-    // turned away at least once.
-    let holding = Arc::new(AtomicBool::new(true));
-    let addr = format!("127.0.0.1:{}", hub.mqtt_port);
-    let first = tokio::net::TcpStream::connect(&addr)
+    // The hub itself no longer closes a connection over its pre-auth cap (it leaves it waiting
+    // in the listen backlog), so a front closes the first connection as soon as it has
+    // accepted it, before any TLS, as a load balancer may, and passes the others through.
+    let front = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await
-        .expect("connect");
-    let holder = {
-        let holding = holding.clone();
-        tokio::spawn(async move {
-            let mut conn = first;
-            loop {
-                let mut buf = [0u8; 64];
-                // Returns when the hub closes the connection (its connect deadline).
-                let _ = conn.read(&mut buf).await;
-                if !holding.load(Ordering::Acquire) {
-                    break;
-                }
-                match tokio::net::TcpStream::connect(&addr).await {
-                    Ok(c) => conn = c,
-                    Err(_) => break,
-                }
+        .expect("bind");
+    let front_port = front.local_addr().expect("addr").port();
+    let hub_port = hub.mqtt_port;
+    let proxy = tokio::spawn(async move {
+        let mut first = true;
+        while let Ok((mut conn, _)) = front.accept().await {
+            if std::mem::take(&mut first) {
+                drop(conn);
+                continue;
             }
-        })
-    };
-    let mut f = Fleet::spawn(one_device(&hub, "cba-"));
+            tokio::spawn(async move {
+                if let Ok(mut up) = tokio::net::TcpStream::connect(("127.0.0.1", hub_port)).await {
+                    let _ = tokio::io::copy_bidirectional(&mut conn, &mut up).await;
+                }
+            });
+        }
+    });
+    let info: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(hub.dir.join("hub.json")).expect("hub.json"))
+            .expect("hub.json is JSON");
+    let id_scope = info["id_scope"].as_str().expect("id_scope").to_owned();
+    let provisioning_host = format!("localhost:{front_port}");
+    // A DPS host of its own: the local hub's CA is not taken from the state dir then.
+    let ca = hub.dir.join("ca.pem");
+    let ca = ca.to_str().expect("UTF-8 path");
+    let mut f = Fleet::spawn(fleet(
+        &hub,
+        &[
+            "--devices",
+            "1",
+            "--prefix",
+            "cba-",
+            "--group-key",
+            GROUP_KEY,
+            "--id-scope",
+            &id_scope,
+            "--provisioning-host",
+            &provisioning_host,
+            "--ca",
+            ca,
+            "--count",
+            "1",
+            "--interval",
+            "200ms",
+            "--stats-every",
+            "300ms",
+        ],
+    ));
+
     let turned_away = f
         .wait_for("a dps_closed_before_auth error", 60, |v| {
             v["event"] == "stats"
@@ -136,9 +156,8 @@ async fn a_connection_closed_before_auth_is_counted_as_such_not_as_tls() {
                     .is_some_and(|n| n >= 1)
         })
         .await;
-    holding.store(false, Ordering::Release);
     let summary = f.wait_for("the summary", 90, event("summary")).await;
-    holder.abort();
+    proxy.abort();
     assert_eq!(f.exit_code().await, 0, "{summary}");
     assert_eq!(summary["provisioned"], 1, "{summary}");
     assert_eq!(summary["devices_acked"], 1, "{summary}");
