@@ -2,6 +2,7 @@
 //! service REST client signed with the hub's `iothubowner` key, and rumqttc device clients.
 #![allow(dead_code)]
 
+pub mod json_child;
 pub mod script;
 
 use std::path::{Path, PathBuf};

@@ -12,10 +12,10 @@ use std::time::Duration;
 
 use reqwest::Method;
 use serde_json::{Value, json};
-use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
-use tokio::sync::mpsc;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use crate::support::TestHub;
+use crate::support::json_child::JsonChild;
 
 mod bulk;
 mod config;
@@ -43,69 +43,10 @@ fn fleet(hub: &TestHub, extra: &[&str]) -> tokio::process::Command {
 }
 
 /// A running fleet whose JSON lines are read as they come.
-struct Fleet {
-    child: tokio::process::Child,
-    lines: mpsc::UnboundedReceiver<Value>,
-    seen: Vec<Value>,
-    stderr: tokio::task::JoinHandle<String>,
-}
+type Fleet = JsonChild;
 
-impl Fleet {
-    fn spawn(mut cmd: tokio::process::Command) -> Fleet {
-        let mut child = cmd.spawn().expect("azsim runs");
-        let stdout = child.stdout.take().unwrap();
-        let mut stderr = child.stderr.take().unwrap();
-        let (tx, lines) = mpsc::unbounded_channel();
-        tokio::spawn(async move {
-            let mut r = BufReader::new(stdout).lines();
-            while let Ok(Some(line)) = r.next_line().await {
-                let v: Value = serde_json::from_str(&line)
-                    .unwrap_or_else(|e| panic!("not a JSON line ({e}): {line}"));
-                if tx.send(v).is_err() {
-                    break;
-                }
-            }
-        });
-        let stderr = tokio::spawn(async move {
-            let mut s = String::new();
-            let _ = stderr.read_to_string(&mut s).await;
-            s
-        });
-        Fleet {
-            child,
-            lines,
-            seen: Vec::new(),
-            stderr,
-        }
-    }
-
-    /// The first event from now on that `pred` accepts (within `secs`).
-    async fn wait_for(&mut self, what: &str, secs: u64, pred: impl Fn(&Value) -> bool) -> Value {
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(secs);
-        loop {
-            match tokio::time::timeout_at(deadline, self.lines.recv()).await {
-                Ok(Some(v)) => {
-                    self.seen.push(v.clone());
-                    if pred(&v) {
-                        return v;
-                    }
-                }
-                Ok(None) => {
-                    let status = self.child.wait().await;
-                    let err = (&mut self.stderr).await.unwrap_or_default();
-                    panic!(
-                        "azsim fleet ended ({status:?}) before {what}; stderr: {err}\nlast lines: {:#?}",
-                        self.seen.iter().rev().take(5).collect::<Vec<_>>()
-                    );
-                }
-                Err(_) => panic!(
-                    "no {what} within {secs} s; last lines: {:#?}",
-                    self.seen.iter().rev().take(5).collect::<Vec<_>>()
-                ),
-            }
-        }
-    }
-
+/// The fleet's own signals and exit.
+impl JsonChild {
     /// SIGTERM, as Kubernetes sends.
     fn terminate(&self) {
         let pid = self.child.id().expect("running");

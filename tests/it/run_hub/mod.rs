@@ -13,10 +13,9 @@ use std::time::Duration;
 use azsim_emulator::clock::unix_now;
 use reqwest::Method;
 use serde_json::{Value, json};
-use tokio::io::{AsyncBufReadExt, AsyncReadExt, BufReader};
-use tokio::sync::mpsc;
 
 use crate::support::TestHub;
+use crate::support::json_child::JsonChild;
 
 mod bad_input;
 mod diagnosis;
@@ -42,57 +41,16 @@ fn azsim_run(hub: &TestHub, cs: &str, extra: &[&str]) -> tokio::process::Command
 }
 
 /// A running `azsim run` whose JSON lines are read as they come.
-pub(crate) struct Running {
-    child: tokio::process::Child,
-    lines: mpsc::UnboundedReceiver<Value>,
-    seen: Vec<Value>,
-    stderr: tokio::task::JoinHandle<String>,
-}
+pub(crate) struct Running(JsonChild);
 
 impl Running {
-    pub(crate) fn spawn(mut cmd: tokio::process::Command) -> Running {
-        let mut child = cmd.spawn().expect("azsim runs");
-        let stdout = child.stdout.take().unwrap();
-        let mut stderr = child.stderr.take().unwrap();
-        let (tx, lines) = mpsc::unbounded_channel();
-        tokio::spawn(async move {
-            let mut r = BufReader::new(stdout).lines();
-            while let Ok(Some(line)) = r.next_line().await {
-                let v: Value = serde_json::from_str(&line)
-                    .unwrap_or_else(|e| panic!("not a JSON line ({e}): {line}"));
-                if tx.send(v).is_err() {
-                    break;
-                }
-            }
-        });
-        let stderr = tokio::spawn(async move {
-            let mut s = String::new();
-            let _ = stderr.read_to_string(&mut s).await;
-            s
-        });
-        Running {
-            child,
-            lines,
-            seen: Vec::new(),
-            stderr,
-        }
+    pub(crate) fn spawn(cmd: tokio::process::Command) -> Running {
+        Running(JsonChild::spawn(cmd))
     }
 
-    /// Waits for the first event (from now on) that `pred` accepts.
+    /// Waits for the first event (from now on) that `pred` accepts (within 30 s).
     pub(crate) async fn wait_for(&mut self, what: &str, pred: impl Fn(&Value) -> bool) -> Value {
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-        loop {
-            match tokio::time::timeout_at(deadline, self.lines.recv()).await {
-                Ok(Some(v)) => {
-                    self.seen.push(v.clone());
-                    if pred(&v) {
-                        return v;
-                    }
-                }
-                Ok(None) => panic!("azsim ended before {what}: {:#?}", self.seen),
-                Err(_) => panic!("no {what} within 30 s: {:#?}", self.seen),
-            }
-        }
+        self.0.wait_for(what, 30, pred).await
     }
 
     pub(crate) async fn event(&mut self, name: &str) -> Value {
@@ -110,7 +68,7 @@ impl Running {
     }
 
     async fn signal(self, sig: &str) -> (ExitStatus, Vec<Value>, String) {
-        let pid = self.child.id().expect("running").to_string();
+        let pid = self.0.child.id().expect("running").to_string();
         let status = tokio::process::Command::new("kill")
             .args([sig, &pid])
             .status()
@@ -121,15 +79,13 @@ impl Running {
     }
 
     async fn finish(mut self) -> (ExitStatus, Vec<Value>, String) {
-        let status = tokio::time::timeout(Duration::from_secs(60), self.child.wait())
+        let status = tokio::time::timeout(Duration::from_secs(60), self.0.child.wait())
             .await
             .expect("azsim exits")
             .unwrap();
-        while let Some(v) = self.lines.recv().await {
-            self.seen.push(v);
-        }
-        let stderr = self.stderr.await.unwrap();
-        (status, self.seen, stderr)
+        self.0.drain().await;
+        let stderr = self.0.stderr.await.unwrap();
+        (status, self.0.seen, stderr)
     }
 }
 
