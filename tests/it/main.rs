@@ -1,9 +1,9 @@
 //! The one integration-test binary. One module per feature; each owner adds its `mod` line.
 //! Tests that exercise the CLI run the real binary (`env!("CARGO_BIN_EXE_azsim")`).
 
-mod cli_output;
 #[cfg(unix)]
 mod cli_env_utf8;
+mod cli_output;
 mod dashboard;
 mod dps;
 mod firmware_loop;
@@ -15,8 +15,8 @@ mod hub_cli;
 mod hub_clients;
 mod hub_deadlines;
 mod hub_durability;
-mod hub_edge_identity;
 mod hub_e2e;
+mod hub_edge_identity;
 mod hub_events;
 mod hub_faults;
 mod hub_feedback;
