@@ -7,29 +7,10 @@ use super::*;
 const GROUP_KEY: &str = "ZmxlZXQtZ3JvdXAta2V5LWZvci10aGUtdGVzdHMtMDEyMzQ1Njc4OQ==";
 const WRONG_KEY: &str = "d3Jvbmctd3Jvbmctd3Jvbmctd3Jvbmctd3Jvbmctd3Jvbmc=";
 
-/// `azsim dps group create fleet-group --primary-key GROUP_KEY` on the hub's DPS.
-async fn create_group(hub: &TestHub) {
-    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_azsim"))
-        .args(["dps", "group", "create", "fleet-group", "--json"])
-        .args(["--primary-key", GROUP_KEY, "--secondary-key", GROUP_KEY])
-        .arg("--state")
-        .arg(&hub.dir)
-        .env_remove("PROVISIONING_CONNECTION_STRING")
-        .env_remove("AZSIM_CA_FILE")
-        .output()
-        .await
-        .expect("azsim dps runs");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn fifty_devices_provisioned_through_dps_are_all_acknowledged() {
     let hub = TestHub::start().await;
-    create_group(&hub).await;
+    create_group(&hub, "fleet-group", GROUP_KEY).await;
     let mut f = Fleet::spawn(fleet(
         &hub,
         &[
@@ -78,7 +59,7 @@ async fn fifty_devices_provisioned_through_dps_are_all_acknowledged() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_wrong_group_key_is_counted_as_dps_refusals_and_the_fleet_fails() {
     let hub = TestHub::start().await;
-    create_group(&hub).await;
+    create_group(&hub, "fleet-group", GROUP_KEY).await;
     let mut f = Fleet::spawn(fleet(
         &hub,
         &[

@@ -7,25 +7,6 @@ use super::*;
 
 const GROUP_KEY: &str = "dGhyb3R0bGUtZ3JvdXAta2V5LWZvci10aGUtdGVzdHMtMDEy";
 
-/// `azsim dps group create throttle-group --primary-key GROUP_KEY` on the hub's DPS.
-async fn create_group(hub: &TestHub) {
-    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_azsim"))
-        .args(["dps", "group", "create", "throttle-group", "--json"])
-        .args(["--primary-key", GROUP_KEY, "--secondary-key", GROUP_KEY])
-        .arg("--state")
-        .arg(&hub.dir)
-        .env_remove("PROVISIONING_CONNECTION_STRING")
-        .env_remove("AZSIM_CA_FILE")
-        .output()
-        .await
-        .expect("azsim dps runs");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
 fn one_device(hub: &TestHub, prefix: &str) -> tokio::process::Command {
     fleet(
         hub,
@@ -49,7 +30,7 @@ fn one_device(hub: &TestHub, prefix: &str) -> tokio::process::Command {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_429_inside_a_registration_is_waited_out_and_counted_as_dps_throttled() {
     let hub = TestHub::start().await;
-    create_group(&hub).await;
+    create_group(&hub, "throttle-group", GROUP_KEY).await;
     // The fault needs the identity to exist; DPS then updates it with the group's key.
     let (s, d) = hub
         .rest(
@@ -93,7 +74,7 @@ async fn a_429_inside_a_registration_is_waited_out_and_counted_as_dps_throttled(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_connection_closed_before_auth_is_counted_as_such_not_as_tls() {
     let hub = TestHub::start().await;
-    create_group(&hub).await;
+    create_group(&hub, "throttle-group", GROUP_KEY).await;
     // The hub itself no longer closes a connection over its pre-auth cap (it leaves it waiting
     // in the listen backlog), so a front closes the first connection as soon as it has
     // accepted it, before any TLS, as a load balancer may, and passes the others through.

@@ -42,6 +42,25 @@ fn fleet(hub: &TestHub, extra: &[&str]) -> tokio::process::Command {
     cmd
 }
 
+/// `azsim dps group create NAME --primary-key KEY --secondary-key KEY` on the hub's DPS.
+async fn create_group(hub: &TestHub, name: &str, key: &str) {
+    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_azsim"))
+        .args(["dps", "group", "create", name, "--json"])
+        .args(["--primary-key", key, "--secondary-key", key])
+        .arg("--state")
+        .arg(&hub.dir)
+        .env_remove("PROVISIONING_CONNECTION_STRING")
+        .env_remove("AZSIM_CA_FILE")
+        .output()
+        .await
+        .expect("azsim dps runs");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 /// A running fleet whose JSON lines are read as they come.
 type Fleet = JsonChild;
 
