@@ -38,6 +38,7 @@ mod real_hub;
 mod run_hub;
 mod run_mosquitto;
 mod service_cli;
+mod service_configurations;
 mod service_node_sdk;
 mod service_python_sdk;
 mod support;

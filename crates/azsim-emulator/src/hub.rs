@@ -93,6 +93,8 @@ pub(crate) struct Hub {
     pub dps: crate::dps::Dps,
     /// Events routed to the built-in endpoint, on their way to the log (`routing.rs`).
     pub router: crate::routing::Router,
+    /// Configurations' statuses on twins and their evaluation task (`rest/config_apply.rs`).
+    pub configs: crate::rest::config_apply::ConfigState,
 }
 
 impl std::fmt::Debug for Hub {
@@ -148,6 +150,7 @@ impl Hub {
             live: watch::channel(0).0,
             dps: crate::dps::Dps::ephemeral(),
             router: crate::routing::Router::default(),
+            configs: crate::rest::config_apply::ConfigState::default(),
             cfg,
         }
     }

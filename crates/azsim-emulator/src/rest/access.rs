@@ -21,7 +21,8 @@ pub(super) fn needed(method: &Method, path: &str) -> Permission {
             && path != "/devices/query"
             && !path.contains("/commands")
             && !path.contains("/messages/"))
-        || path.starts_with("/certificates");
+        || path.starts_with("/certificates")
+        || path.starts_with("/configurations");
     if registry {
         if *method == Method::GET {
             Permission::RegistryRead

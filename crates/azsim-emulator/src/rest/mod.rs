@@ -39,6 +39,8 @@ mod body_deadline;
 mod bulk;
 mod c2d;
 mod certificates;
+pub(crate) mod config_apply;
+mod configurations;
 mod device_bound;
 mod devices;
 mod events;
@@ -63,6 +65,7 @@ pub(crate) async fn accept_loop(
     // The C2D expiry / feedback sweep lives as long as the hub (it watches the shutdown flag).
     tokio::spawn(crate::feedback::maintain(hub.clone()));
     tokio::spawn(job_runner::resume(hub.clone()));
+    tokio::spawn(config_apply::maintain(hub.clone()));
     let mut gate = Gate::new(listener, "https", hub.cfg.limits.max_pre_auth_connections);
     loop {
         let Admitted { tcp, peer, permit } = gate.next().await;
@@ -266,6 +269,24 @@ pub(crate) fn router(hub: Shared) -> Router {
             put(devices::put_module)
                 .get(devices::get_module)
                 .delete(devices::delete_module),
+        )
+        .route(
+            "/configurations",
+            get(configurations::list_configurations),
+        )
+        .route(
+            "/configurations/testQueries",
+            post(configurations::test_queries),
+        )
+        .route(
+            "/configurations/{id}",
+            put(configurations::put_configuration)
+                .get(configurations::get_configuration)
+                .delete(configurations::delete_configuration),
+        )
+        .route(
+            "/devices/{id}/applyConfigurationContent",
+            post(configurations::apply_content),
         )
         .route("/certificates", get(certificates::list_certificates))
         .route(

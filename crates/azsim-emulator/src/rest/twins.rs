@@ -61,6 +61,10 @@ pub(super) fn twin_json(hub: &Hub, i: &Identity, c2d_count: u32) -> Value {
     if let Some(model) = &i.model_id {
         m.insert("modelId".into(), json!(model));
     }
+    // The statuses of the configurations that target it (automatic device management).
+    if let Some(c) = hub.configs.twin_field(&i.device_id, i.module_id.as_deref()) {
+        m.insert("configurations".into(), c);
+    }
     match &i.module_id {
         Some(mid) => {
             m.insert("moduleId".into(), json!(mid));
@@ -267,6 +271,10 @@ async fn update_twin(
         },
         update_bytes,
     );
+    if tags_change.is_some() {
+        // Tags are what target conditions read most: evaluate the configurations again.
+        hub.configs.changed();
+    }
     if let Some(p) = patch {
         hub.push_desired(&i.device_id, i.module_id.as_deref(), &p, i.desired_version);
         hub.emit(&i.device_id, json!({"type":"twinDesired","deviceId":i.device_id,"moduleId":i.module_id,"version":i.desired_version,"patch":p}));

@@ -40,6 +40,7 @@ use tokio::sync::{Notify, Semaphore, mpsc, oneshot, watch};
 use crate::HubError;
 use crate::telemetry::D2cRecord;
 
+pub mod configurations;
 mod event_log;
 pub(crate) mod eventhub;
 mod identity;
@@ -266,6 +267,7 @@ impl Store {
         add_event_columns(&conn).map_err(db_err)?;
         conn.execute_batch(SCHEMA_ACTIVITY_FEEDBACK)
             .map_err(db_err)?;
+        conn.execute_batch(configurations::SCHEMA).map_err(db_err)?;
         add_column(
             &conn,
             "feedback",
