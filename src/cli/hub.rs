@@ -186,6 +186,18 @@ pub struct HubServeArgs {
         default_value = "power-loss"
     )]
     pub durability: String,
+    /// File upload: the blob container the hub's SAS URIs point into (on its own blob
+    /// endpoint, on the HTTPS port).
+    #[arg(long, value_name = "NAME", default_value = "fileuploads")]
+    pub file_upload_container: String,
+    /// File upload: how long a SAS URI handed to a device is valid, in seconds (Azure's
+    /// sasTtlAsIso8601: 60 to 86400, default 1 h).
+    #[arg(long, value_name = "S", default_value_t = 3600)]
+    pub file_upload_sas_ttl: u64,
+    /// File upload: whether a completed upload queues a notification for the service
+    /// (/messages/serviceBound/filenotifications over AMQP): on or off.
+    #[arg(long, value_name = "on|off", default_value = "on")]
+    pub file_upload_notifications: String,
     /// Every limit of the hub (connect deadline, pre-auth caps, HTTP timeouts, C2D, feedback).
     #[command(flatten)]
     pub limits: Box<super::hub_limits::HubLimitArgs>,
@@ -270,6 +282,8 @@ pub struct HubCliConfig {
     pub durability: azsim_emulator::store::Durability,
     /// Every `HubLimits` value (`cli/hub_limits.rs`).
     pub limits: azsim_emulator::HubLimits,
+    /// `--file-upload-*`.
+    pub file_upload: azsim_emulator::FileUploadSettings,
 }
 
 /// Validated `azsim hub env` settings.
@@ -515,7 +529,36 @@ impl HubServeArgs {
             }
         };
         let limits = self.limits.into_limits()?;
+        if !azsim_emulator::valid_container_name(&self.file_upload_container) {
+            return Err(UsageError::new(
+                "--file-upload-container",
+                "must be 3 to 63 lowercase letters, digits and single hyphens, starting and ending with a letter or digit",
+            ));
+        }
+        if !(60..=86_400).contains(&self.file_upload_sas_ttl) {
+            return Err(UsageError::new(
+                "--file-upload-sas-ttl",
+                "must be 60 to 86400 seconds",
+            ));
+        }
+        let notifications = match self.file_upload_notifications.as_str() {
+            "on" => true,
+            "off" => false,
+            _ => {
+                return Err(UsageError::new(
+                    "--file-upload-notifications",
+                    "must be on or off",
+                ));
+            }
+        };
+        let file_upload = azsim_emulator::FileUploadSettings {
+            container: self.file_upload_container,
+            sas_ttl: std::time::Duration::from_secs(self.file_upload_sas_ttl),
+            notifications,
+            ..azsim_emulator::FileUploadSettings::default()
+        };
         Ok(HubCliConfig {
+            file_upload,
             durability,
             limits,
             tls,

@@ -256,6 +256,7 @@ async fn serve(cfg: HubCliConfig) -> Result<ExitCode, CliError> {
     hc.units = cfg.units;
     hc.durability = cfg.durability;
     hc.limits = cfg.limits.clone();
+    hc.file_upload = cfg.file_upload.clone();
     let handle = azsim_emulator::start(hc, cfg.bind, cfg.mqtt_port, cfg.https_port)
         .await
         .map_err(CliError::runtime)?;
@@ -462,6 +463,19 @@ async fn start(cfg: HubCliConfig) -> Result<ExitCode, CliError> {
         cmd.args(["--consumer-group", g]);
     }
     cmd.args(["--route", &cfg.routes.arg()]);
+    cmd.args(["--file-upload-container", &cfg.file_upload.container])
+        .args([
+            "--file-upload-sas-ttl",
+            &cfg.file_upload.sas_ttl.as_secs().to_string(),
+        ])
+        .args([
+            "--file-upload-notifications",
+            if cfg.file_upload.notifications {
+                "on"
+            } else {
+                "off"
+            },
+        ]);
     cmd.stdin(Stdio::null())
         .stdout(Stdio::from(log))
         .stderr(Stdio::from(log2));

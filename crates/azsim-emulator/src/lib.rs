@@ -26,6 +26,7 @@ use tokio::sync::oneshot;
 pub mod activity;
 mod amqp;
 pub mod auth;
+mod blob;
 pub mod clock;
 mod dashboard;
 mod dps;
@@ -49,6 +50,9 @@ pub mod throttle;
 pub mod twin;
 mod untrusted;
 pub mod x509;
+
+/// File upload's settings (SAS TTL, container, notifications, limits).
+pub use blob::{FileUploadSettings, valid_container_name};
 
 /// MQTT over WebSockets: the byte stream over a WebSocket connection (hub and `azsim run`).
 pub use mqtt::websocket::{SUBPROTOCOL as WEBSOCKET_SUBPROTOCOL, WsBytes};
@@ -190,6 +194,8 @@ pub struct HubConfig {
     /// Which sources go to the Event Hubs-compatible endpoint (telemetry, twin change,
     /// lifecycle, connection state events): all by default. See `routing`.
     pub routes: routing::Routes,
+    /// File upload: the blob container, SAS TTL, notifications and limits (see `blob`).
+    pub file_upload: FileUploadSettings,
 }
 
 impl HubConfig {
@@ -214,6 +220,7 @@ impl HubConfig {
             partitions: 4,
             consumer_groups: Vec::new(),
             routes: routing::Routes::default(),
+            file_upload: FileUploadSettings::default(),
         }
     }
 }

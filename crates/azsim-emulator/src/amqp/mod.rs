@@ -50,6 +50,7 @@ mod c2d;
 mod cbs;
 mod eventhub;
 mod feedback;
+mod file_notifications;
 mod full_frames;
 mod header;
 mod listener;
@@ -104,6 +105,9 @@ pub(crate) enum Route {
     C2dSend,
     /// The service receives C2D feedback (`/messages/serviceBound/feedback`, `feedback.rs`).
     Feedback,
+    /// The service receives file upload notifications
+    /// (`/messages/serviceBound/filenotifications`, `file_notifications.rs`).
+    FileNotifications,
     /// `/messages/events[/...]` on the IoT Hub host: answered, as IoT Hub does, with
     /// `amqp:link:redirect` to the same path on the Event Hubs-compatible endpoint (`rest` is
     /// what follows `messages/events`).
@@ -128,6 +132,9 @@ impl Route {
             Route::Redirect { .. } => Some((EVENTS_PATH, Permission::ServiceConnect)),
             Route::C2dSend => Some((c2d::PATH, Permission::ServiceConnect)),
             Route::Feedback => Some((feedback::PATH, Permission::ServiceConnect)),
+            Route::FileNotifications => {
+                Some((file_notifications::PATH, Permission::ServiceConnect))
+            }
         }
     }
 }
@@ -220,6 +227,9 @@ fn route(ctx: &ConnCtx, attach: &Attach) -> Result<Route, AmqpErr> {
         }
         (&Role::Sender, p) if p.eq_ignore_ascii_case(c2d::PATH) => Route::C2dSend,
         (&Role::Receiver, p) if p.eq_ignore_ascii_case(feedback::PATH) => Route::Feedback,
+        (&Role::Receiver, p) if p.eq_ignore_ascii_case(file_notifications::PATH) => {
+            Route::FileNotifications
+        }
         (_, path) if let Some(rest) = events_rest(path) => Route::Redirect {
             rest: rest.to_string(),
         },
@@ -280,6 +290,9 @@ async fn run_link(ctx: Arc<ConnCtx>, route: Route, link: LinkEndpoint) {
         }
         (Route::C2dSend, LinkEndpoint::Receiver(r)) => c2d::serve(ctx, r).await,
         (Route::Feedback, LinkEndpoint::Sender(s)) => feedback::serve(ctx, s).await,
+        (Route::FileNotifications, LinkEndpoint::Sender(s)) => {
+            file_notifications::serve(ctx, s).await;
+        }
         (_, link) => refuse(link, not_found("link role does not fit its node".into())).await,
     }
 }

@@ -16,6 +16,10 @@ use crate::hub::Hub;
 /// RegistryWrite changes it, ServiceConnect is everything else a back end does: twins, methods,
 /// C2D and feedback, queries, jobs, events). The emulator's own endpoints are ServiceConnect.
 pub(super) fn needed(method: &Method, path: &str) -> Permission {
+    // File upload is a device's call (a device token, or a DeviceConnect policy's).
+    if super::files::is_device_path(path) {
+        return Permission::DeviceConnect;
+    }
     let registry = path == "/devices"
         || (path.starts_with("/devices/")
             && path != "/devices/query"
@@ -98,7 +102,10 @@ fn class_of(method: &Method, path: &str) -> Option<Class> {
     if path.starts_with("/emulator/devices/") && path.ends_with("/c2d") {
         return Some(Class::C2dSend);
     }
-    (needed(method, path) != Permission::ServiceConnect && !path.starts_with("/certificates"))
+    (matches!(
+        needed(method, path),
+        Permission::RegistryRead | Permission::RegistryWrite
+    ) && !path.starts_with("/certificates"))
         .then_some(Class::Registry)
 }
 

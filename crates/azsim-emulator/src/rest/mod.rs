@@ -46,6 +46,7 @@ mod devices;
 mod events;
 mod fault;
 mod feedback;
+mod files;
 mod job_runner;
 mod job_store;
 mod jobs;
@@ -337,6 +338,13 @@ pub(crate) fn router(hub: Shared) -> Router {
             "/devices/{id}/messages/deviceBound/{etag}/abandon",
             post(device_bound::abandon_handler),
         )
+        .route("/devices/{id}/files", post(files::create_sas_uri))
+        .route("/devices/{id}/files/notifications", post(files::notify))
+        .route(
+            "/devices/{id}/files/notifications/{cid}",
+            post(files::notify_with_id),
+        )
+        .route("/emulator/files", get(files::list_files))
         .route("/emulator/devices/{id}/c2d", post(c2d::send_c2d))
         .route("/emulator/devices/{id}/faults", post(fault::inject_fault))
         .route("/emulator/quota", get(fault::quota_usage))
@@ -526,7 +534,10 @@ async fn not_found() -> ApiError {
 fn device_side_id(path: &str) -> Option<String> {
     let rest = path.strip_prefix("/devices/")?;
     let (raw, tail) = rest.split_once('/')?;
-    if tail != "messages/deviceBound" && !tail.starts_with("messages/deviceBound/") {
+    if tail != "messages/deviceBound"
+        && !tail.starts_with("messages/deviceBound/")
+        && !files::is_device_path(path)
+    {
         return None;
     }
     let mut id = String::new();
@@ -570,6 +581,10 @@ async fn auth(State(hub): State<Shared>, req: Request, next: Next) -> Response {
     // DPS: the service API and the device API check their own tokens.
     if crate::dps::http::is_dps_path(req.uri().path()) {
         return next.run(req).await;
+    }
+    // The blob endpoint of file upload: a storage SAS in the query, checked there.
+    if crate::blob::is_blob_path(req.uri().path()) {
+        return crate::blob::serve(hub, req).await;
     }
     if !hub.cfg.lenient && !access::has_api_version(req.uri().path(), req.uri().query()) {
         tracing::info!(path = %Untrusted(req.uri().path()), "REST 400 InvalidProtocolVersion: no api-version");
