@@ -240,12 +240,18 @@ pub(super) enum Close {
 
 /// An authenticated connection's life, until it closes.
 pub(crate) async fn connection<S: Io>(hub: Arc<Hub>, opened: Box<Opened<S>>, peer: SocketAddr) {
+    // Moved out of its box in a block, so the box is freed now: a box moved out of in place
+    // is freed only when its variable goes out of scope, at the connection's end (1.5 KiB per
+    // connected device).
     let Opened {
         mut stream,
         mut buf,
         connect,
         authed,
-    } = *opened;
+    } = {
+        let opened = opened;
+        *opened
+    };
     // Only these outlive the CONNECT: its credentials and client id are not kept (the client
     // id is `cid`, rebuilt from the identity it names).
     let Connect {

@@ -43,7 +43,6 @@ use crate::telemetry::D2cRecord;
 pub mod configurations;
 mod event_log;
 pub(crate) mod eventhub;
-pub(crate) mod files;
 mod identity;
 pub mod q;
 
@@ -185,7 +184,16 @@ pub struct Store {
     events_committed: watch::Receiver<u64>,
     /// Tells the WAL checkpointer thread to stop (on close).
     checkpoints: Arc<Checkpoints>,
+    /// Places for [`Store::call`]s on the blocking pool, of [`CALLS_AT_ONCE`].
+    calls: Arc<Semaphore>,
 }
+
+/// [`Store::call`]s on the blocking pool at once: one running and one waiting for the
+/// connection, ready the moment it frees. More gain nothing (every call takes the one
+/// connection's mutex), and each would hold a blocking thread: 1,000 devices connecting 200 at
+/// a time (an identity lookup each) grew the pool to ~190 threads, their stacks and malloc
+/// arenas resident afterwards (about 2 KiB per connected device in the load bench).
+const CALLS_AT_ONCE: usize = 2;
 
 impl std::fmt::Debug for Store {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -275,7 +283,6 @@ impl Store {
             "deliveries",
             "INTEGER NOT NULL DEFAULT 0",
         )?;
-        conn.execute_batch(files::SCHEMA).map_err(db_err)?;
         let activity = Arc::new(crate::activity::Tracker::default());
         activity.load(q::activity_rows(&conn)?);
         let conn = Arc::new(Mutex::new(conn));
@@ -302,6 +309,7 @@ impl Store {
             activity,
             events_committed,
             checkpoints,
+            calls: Arc::new(Semaphore::new(CALLS_AT_ONCE)),
         })
     }
 
@@ -312,7 +320,15 @@ impl Store {
         F: FnOnce(&mut Connection) -> Result<T, HubError> + Send + 'static,
     {
         let conn = self.conn.clone();
+        // Waits for a place without a thread (see `CALLS_AT_ONCE`).
+        let place = self
+            .calls
+            .clone()
+            .acquire_owned()
+            .await
+            .map_err(|_| HubError::Store("store closed".into()))?;
         tokio::task::spawn_blocking(move || {
+            let _place = place;
             let mut guard = conn.lock().unwrap_or_else(|p| p.into_inner());
             f(&mut guard)
         })
@@ -470,6 +486,57 @@ mod tests {
             body: n.to_string().into_bytes(),
             source: crate::routing::Source::Telemetry,
         }
+    }
+
+    /// 50 calls queued behind one that holds the connection: without the places of
+    /// `CALLS_AT_ONCE` each would take a blocking thread of its own at once (51 threads, seen
+    /// as 51 distinct thread ids); with them, a few threads serve all in turn.
+    #[tokio::test]
+    async fn calls_waiting_for_the_connection_do_not_each_take_a_thread() {
+        let store = Arc::new(Store::open(None, 100).unwrap());
+        let (release, held) = std::sync::mpsc::channel::<()>();
+        let (holding_tx, holding) = oneshot::channel();
+        let holder = tokio::spawn({
+            let store = store.clone();
+            async move {
+                store
+                    .call(move |_| {
+                        let _ = holding_tx.send(());
+                        let _ = held.recv();
+                        Ok(std::thread::current().id())
+                    })
+                    .await
+            }
+        });
+        holding.await.unwrap();
+        let (polled_tx, mut polled) = mpsc::unbounded_channel();
+        let waiting: Vec<_> = (0..50)
+            .map(|_| {
+                let (store, polled_tx) = (store.clone(), polled_tx.clone());
+                tokio::spawn(async move {
+                    let mut call = Box::pin(store.call(|_| Ok(std::thread::current().id())));
+                    let first =
+                        std::future::poll_fn(|cx| std::task::Poll::Ready(call.as_mut().poll(cx)))
+                            .await;
+                    let _ = polled_tx.send(());
+                    match first {
+                        std::task::Poll::Ready(r) => r,
+                        std::task::Poll::Pending => call.await,
+                    }
+                })
+            })
+            .collect();
+        // Every call has started (and, without the places, been handed to a thread).
+        for _ in 0..50 {
+            polled.recv().await.unwrap();
+        }
+        release.send(()).unwrap();
+        let mut threads = std::collections::HashSet::new();
+        threads.insert(holder.await.unwrap().unwrap());
+        for w in waiting {
+            threads.insert(w.await.unwrap().unwrap());
+        }
+        assert!(threads.len() < 25, "{} blocking threads", threads.len());
     }
 
     #[tokio::test]
