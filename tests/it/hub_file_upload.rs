@@ -602,3 +602,171 @@ async fn the_node_sdks_upload_to_blob_and_the_service_receives_the_file_notifica
     );
     handle.stop().await.unwrap();
 }
+
+/// The JSON body and lock (message id) of a file notification; checks its content type.
+fn notification(
+    d: &fe2o3_amqp::link::delivery::Delivery<
+        fe2o3_amqp::types::messaging::Body<fe2o3_amqp::types::primitives::Value>,
+    >,
+) -> (String, Value) {
+    use fe2o3_amqp::types::messaging::{Body, MessageId};
+    let m = d.message();
+    let p = m.properties.as_ref().expect("properties");
+    assert_eq!(
+        p.content_type.as_ref().map(|s| s.as_str()),
+        Some("application/json")
+    );
+    let lock = match &p.message_id {
+        Some(MessageId::String(s)) => s.clone(),
+        other => panic!("message id {other:?}"),
+    };
+    let bytes: Vec<u8> = match &m.body {
+        Body::Data(b) => b.iter().flat_map(|d| d.0.to_vec()).collect(),
+        other => panic!("body {other:?}"),
+    };
+    (lock, serde_json::from_slice(&bytes).expect("json body"))
+}
+
+/// The next delivery on a file notification link.
+async fn next_notification(
+    rx: &mut fe2o3_amqp::link::Receiver,
+) -> fe2o3_amqp::link::delivery::Delivery<
+    fe2o3_amqp::types::messaging::Body<fe2o3_amqp::types::primitives::Value>,
+> {
+    tokio::time::timeout(Duration::from_secs(20), rx.recv())
+        .await
+        .expect("a notification in time")
+        .expect("a notification")
+}
+
+/// Upload `data` as `name` for `device` and notify it as a success.
+async fn upload(hub: &TestHub, device: &str, key: &str, name: &str, data: &[u8]) {
+    let up = begin(hub, device, key, name).await;
+    assert_eq!(up.status, 200, "{}", up.body);
+    let (s, _, _) = blob_call(hub, Method::PUT, &up.url(), data).await;
+    assert_eq!(s, 201);
+    assert_eq!(
+        notify(hub, device, key, up.correlation_id(), true).await,
+        204
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn file_notifications_over_amqp_come_again_when_released_and_go_when_accepted() {
+    use fe2o3_amqp::Session;
+    use fe2o3_amqp::link::Receiver;
+    use fe2o3_amqp::sasl_profile::SaslProfile;
+    const PATH: &str = "/messages/serviceBound/filenotifications";
+
+    let hub = TestHub::start().await;
+    hub.create_device("amqp-files").await;
+    let key = hub.device_key("amqp-files").await;
+    upload(&hub, "amqp-files", &key, "a.txt", b"abc").await;
+    upload(&hub, "amqp-files", &key, "b.txt", b"bcdef").await;
+
+    // Without a token the link is refused.
+    let mut bare = crate::hub_amqp::open(&hub, SaslProfile::Anonymous)
+        .await
+        .expect("open");
+    let mut bare_session = Session::begin(&mut bare).await.expect("session");
+    let c = crate::hub_amqp::refusal(&mut bare_session, "no-token", PATH).await;
+    assert!(
+        c.as_deref()
+            .is_some_and(|c| c.contains("UnauthorizedAccess")),
+        "{c:?}"
+    );
+
+    let (mut conn, mut session, _cbs) = crate::hub_amqp::authorized(&hub).await;
+    let mut rx = Receiver::attach(&mut session, "files", PATH)
+        .await
+        .expect("file notification receiver attached");
+    let first = next_notification(&mut rx).await;
+    let (lock1, body) = notification(&first);
+    assert_eq!(body["deviceId"], "amqp-files", "{body}");
+    assert_eq!(body["blobName"], "amqp-files/a.txt", "{body}");
+    assert_eq!(body["blobSizeInBytes"], 3, "{body}");
+    assert_eq!(
+        body["blobUri"],
+        format!(
+            "https://localhost:{}/azsimfiles/fileuploads/amqp-files/a.txt",
+            hub.https_port
+        )
+    );
+    // Released: the same notification again, under a new lock.
+    rx.release(&first).await.expect("release");
+    let again = next_notification(&mut rx).await;
+    let (lock2, body2) = notification(&again);
+    assert_ne!(lock1, lock2);
+    assert_eq!(body2, body);
+    // Accepted: gone; the next one follows.
+    rx.accept(&again).await.expect("accept");
+    let second = next_notification(&mut rx).await;
+    assert_eq!(notification(&second).1["blobName"], "amqp-files/b.txt");
+    rx.accept(&second).await.expect("accept");
+    // A link waiting on an empty queue gets a new notification as it is queued.
+    upload(&hub, "amqp-files", &key, "c.txt", b"c").await;
+    let third = next_notification(&mut rx).await;
+    assert_eq!(notification(&third).1["blobName"], "amqp-files/c.txt");
+    rx.accept(&third).await.expect("accept");
+    conn.close().await.expect("close");
+    let _ = bare.close().await;
+    hub.stop().await;
+}
+
+#[tokio::test]
+async fn with_notifications_off_an_upload_queues_none() {
+    let hub = TestHub::start_configured(|cfg| cfg.file_upload.notifications = false).await;
+    hub.create_device("quiet").await;
+    let key = hub.device_key("quiet").await;
+    let mut events = hub
+        .http()
+        .get(format!(
+            "https://localhost:{}/emulator/events",
+            hub.https_port
+        ))
+        .header("Authorization", hub.service_token())
+        .send()
+        .await
+        .unwrap();
+    upload(&hub, "quiet", &key, "q.txt", b"q").await;
+    let mut buf = String::new();
+    let event = loop {
+        let chunk = tokio::time::timeout(Duration::from_secs(20), events.chunk())
+            .await
+            .expect("an event in time")
+            .unwrap()
+            .expect("stream open");
+        buf.push_str(&String::from_utf8_lossy(&chunk));
+        let found = buf.lines().find_map(|l| {
+            let v: Value = serde_json::from_str(l.strip_prefix("data:")?.trim()).ok()?;
+            (v["type"] == "fileUpload").then_some(v)
+        });
+        if let Some(v) = found {
+            break v;
+        }
+    };
+    assert_eq!(event["isSuccess"], true, "{event}");
+    assert!(event.get("notification").is_none(), "{event}");
+    hub.stop().await;
+}
+
+#[tokio::test]
+async fn bad_file_upload_flags_exit_2_naming_the_flag() {
+    for (flag, value) in [
+        ("--file-upload-container", "Bad_Name"),
+        ("--file-upload-sas-ttl", "59"),
+        ("--file-upload-notifications", "maybe"),
+    ] {
+        let out = Command::new(env!("CARGO_BIN_EXE_azsim"))
+            .args(["hub", "--mqtt-port", "0", "--state"])
+            .arg(std::env::temp_dir().join("azsim-file-upload-flags-unused"))
+            .args([flag, value])
+            .output()
+            .await
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{flag}: {err}");
+        assert!(err.starts_with(&format!("error: {flag}:")), "{err}");
+        assert_eq!(err.lines().count(), 1, "{err}");
+    }
+}
