@@ -14,6 +14,7 @@ mod hub_amqp_c2d;
 mod hub_cli;
 mod hub_clients;
 mod hub_deadlines;
+mod hub_device_amqp;
 mod hub_durability;
 mod hub_e2e;
 mod hub_edge_identity;

@@ -74,7 +74,7 @@ pub(crate) async fn serve(ctx: Arc<ConnCtx>, mut receiver: Receiver) {
 }
 
 /// An AMQP error with a tracking id in its info, as IoT Hub's carry one.
-fn error(
+pub(super) fn error(
     condition: impl Into<fe2o3_amqp::types::definitions::ErrorCondition>,
     text: String,
 ) -> AmqpErr {
@@ -122,7 +122,7 @@ fn parse_to(to: &str) -> Option<(String, Option<String>)> {
 }
 
 /// A message id or correlation id as the hub keeps it: text.
-fn id_text(id: &MessageId) -> String {
+pub(super) fn id_text(id: &MessageId) -> String {
     match id {
         MessageId::String(s) => s.clone(),
         MessageId::Ulong(n) => n.to_string(),
@@ -132,7 +132,7 @@ fn id_text(id: &MessageId) -> String {
 }
 
 /// An application property value as text; `None` for one that has none (null, described).
-fn value_text(v: &SimpleValue) -> Option<String> {
+pub(super) fn value_text(v: &SimpleValue) -> Option<String> {
     Some(match v {
         SimpleValue::String(s) => s.clone(),
         SimpleValue::Symbol(s) => s.as_str().to_owned(),
@@ -156,7 +156,7 @@ fn value_text(v: &SimpleValue) -> Option<String> {
 }
 
 /// The body's bytes: data sections concatenated, or an `amqp-value` string or binary.
-fn body_bytes(body: &Body<Value>) -> Result<Vec<u8>, AmqpErr> {
+pub(super) fn body_bytes(body: &Body<Value>) -> Result<Vec<u8>, AmqpErr> {
     match body {
         Body::Data(batch) => Ok(batch.iter().flat_map(|d| d.0.iter().copied()).collect()),
         Body::Value(AmqpValue(Value::String(s))) => Ok(s.clone().into_bytes()),

@@ -58,6 +58,20 @@ impl Claims {
             .any(|c| now < c.expires && c.rights.contains(&right) && path_covers(&c.path, path))
     }
 
+    /// The latest expiry of the unexpired claims with `DeviceConnect` for the identity at
+    /// `path` (`devices/{id}[/modules/{m}]`): its own token (ids compared case-sensitively, as
+    /// device ids are; a device's token is not its modules'), or a hub-wide policy token.
+    pub fn identity_expiry(&self, path: &str, now: u64) -> Option<u64> {
+        self.claims
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .filter(|c| now < c.expires && c.rights.contains(&Permission::DeviceConnect))
+            .filter(|c| c.path.is_empty() || c.path == path)
+            .map(|c| c.expires)
+            .max()
+    }
+
     /// Whether any token was ever accepted on this connection.
     pub fn any(&self) -> bool {
         !self
@@ -146,7 +160,13 @@ pub(crate) async fn put_token(ctx: Arc<ConnCtx>, request: Message<Body<Value>>) 
         return Response::error(400, "put-token needs name and a token body");
     };
     let now = ctx.hub.clock().unix_ms() / 1000;
-    match check_token(&ctx.hub, &token, Some(audience), now) {
+    // A device's own token has no skn (see device/auth.rs).
+    let checked = if Token::parse(&token).is_ok_and(|t| t.policy().is_none()) {
+        super::device::auth::check_device_token(&ctx.hub, &token, now).await
+    } else {
+        check_token(&ctx.hub, &token, Some(audience), now)
+    };
+    match checked {
         Ok(claim) => {
             ctx.claims.add(claim);
             Response::ok(Value::Null)

@@ -48,6 +48,7 @@ use crate::listen::{Admitted, Gate};
 mod address;
 mod c2d;
 mod cbs;
+mod device;
 mod eventhub;
 mod feedback;
 mod file_notifications;
@@ -81,6 +82,8 @@ pub(crate) struct ConnCtx {
     /// The Event Hubs-compatible endpoint.
     pub eventhub: Arc<EventHub>,
     replies: Replies,
+    /// The device identities with links on this connection (`device/`).
+    devices: device::Devices,
 }
 
 impl ConnCtx {
@@ -120,6 +123,8 @@ pub(crate) enum Route {
         /// cover (one for the Event Hub does, and so does one for just this partition).
         path: String,
     },
+    /// A device's link (`/devices/{id}/...`, see `device/`).
+    Device(device::Link),
 }
 
 impl Route {
@@ -135,6 +140,8 @@ impl Route {
             Route::FileNotifications => {
                 Some((file_notifications::PATH, Permission::ServiceConnect))
             }
+            // Checked by device::authorize: device ids are case-sensitive.
+            Route::Device(_) => None,
         }
     }
 }
@@ -233,6 +240,10 @@ fn route(ctx: &ConnCtx, attach: &Attach) -> Result<Route, AmqpErr> {
         (_, path) if let Some(rest) = events_rest(path) => Route::Redirect {
             rest: rest.to_string(),
         },
+        (role, path) if let Some(link) = device::parse(role, path) => {
+            device::authorize(ctx, &link)?;
+            Route::Device(link)
+        }
         (&Role::Receiver, path) if let Some(p) = ctx.eventhub.partition_address(path) => {
             let (_group, part) = p.map_err(not_found)?;
             let filters = attach.source.as_ref().and_then(|s| s.filter.as_ref());
@@ -293,6 +304,7 @@ async fn run_link(ctx: Arc<ConnCtx>, route: Route, link: LinkEndpoint) {
         (Route::FileNotifications, LinkEndpoint::Sender(s)) => {
             file_notifications::serve(ctx, s).await;
         }
+        (Route::Device(l), link) => device::serve(ctx, l, link).await,
         (_, link) => refuse(link, not_found("link role does not fit its node".into())).await,
     }
 }
@@ -363,6 +375,7 @@ async fn connection(
         peer,
         eventhub: eh,
         replies: Replies::default(),
+        devices: device::Devices::default(),
     });
     serve_connection(ctx, conn, Some(permit), deadline).await;
 }
