@@ -23,7 +23,8 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::IntoResponse as _;
 use serde_json::{Map, Value, json};
 
-use super::config_apply::{self as apply, Docs, Kind};
+use super::config_apply::{self as apply, Kind};
+use super::config_metrics::{self as metrics, Docs};
 use super::{
     ApiError, ApiResult, Shared, check_id, etag_of, etag_ok, if_match, json_ok, parse_json,
 };
@@ -90,10 +91,22 @@ fn check_content(body: &Value) -> Result<Map<String, Value>, ApiError> {
     match content.get("modulesContent") {
         None | Some(Value::Null) => {}
         Some(Value::Object(m)) => {
-            if let Some((k, _)) = m.iter().find(|(_, v)| !v.is_object()) {
-                return Err(invalid_content(format!(
-                    "modulesContent.{k} must be a JSON object"
-                )));
+            for (module, v) in m {
+                match v.get("properties.desired") {
+                    Some(Value::Object(d)) => {
+                        let mut d = d.clone();
+                        crate::twin::strip_meta(&mut d);
+                        crate::twin::validate_patch(&d).map_err(|e| {
+                            invalid_content(format!("modulesContent.{module}: {e}"))
+                        })?;
+                    }
+                    None if v.is_object() => {}
+                    _ => {
+                        return Err(invalid_content(format!(
+                            "modulesContent.{module} must be an object whose properties.desired is an object"
+                        )));
+                    }
+                }
             }
         }
         Some(_) => return Err(invalid_content("modulesContent must be a JSON object")),
@@ -137,7 +150,7 @@ fn metric_queries(body: &Value) -> Result<Map<String, Value>, ApiError> {
         let text = q
             .as_str()
             .ok_or_else(|| metric_error(format!("metric {name} must be a query string")))?;
-        apply::parse_metric(text).map_err(|e| metric_error(format!("metric {name}: {e}")))?;
+        metrics::parse_metric(text).map_err(|e| metric_error(format!("metric {name}: {e}")))?;
     }
     Ok(queries)
 }
@@ -197,7 +210,7 @@ async fn render(hub: &Shared, docs: &mut Docs, c: &StoredConfig) -> Result<Value
         format!("{from} where {clause}")
     };
     let applied_q = format!("{from} where configurations.[[{id}]].status = 'Applied'");
-    let (targeted, applied) = apply::system_results(hub, docs, c).await?;
+    let (targeted, applied) = metrics::system_results(hub, docs, c).await?;
     doc.insert(
         "systemMetrics".into(),
         json!({
@@ -213,7 +226,7 @@ async fn render(hub: &Shared, docs: &mut Docs, c: &StoredConfig) -> Result<Value
         .unwrap_or_default();
     let mut results = Map::new();
     for (name, q) in &queries {
-        let n = apply::run_metric(hub, docs, q.as_str().unwrap_or("")).await?;
+        let n = metrics::run_metric(hub, docs, q.as_str().unwrap_or("")).await?;
         results.insert(name.clone(), json!(n));
     }
     doc.insert(
@@ -407,7 +420,7 @@ pub(super) async fn delete_configuration(
         .await?;
     r?;
     tracing::info!(configuration = %id, "configuration deleted");
-    hub.configs.changed();
+    hub.configs.forget(&id);
     Ok(StatusCode::NO_CONTENT.into_response())
 }
 
@@ -432,7 +445,7 @@ pub(super) async fn test_queries(State(_hub): State<Shared>, body: Bytes) -> Api
     if let Some(m) = body.get("customMetricQueries").and_then(Value::as_object) {
         for (name, q) in m {
             let e = match q.as_str() {
-                Some(text) => apply::parse_metric(text).err().unwrap_or_default(),
+                Some(text) => metrics::parse_metric(text).err().unwrap_or_default(),
                 None => "the query must be a string".to_string(),
             };
             errors.insert(name.clone(), json!(e));

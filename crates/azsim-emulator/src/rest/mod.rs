@@ -40,6 +40,7 @@ mod bulk;
 mod c2d;
 mod certificates;
 pub(crate) mod config_apply;
+mod config_metrics;
 mod configurations;
 mod device_bound;
 mod devices;

@@ -273,7 +273,8 @@ async fn update_twin(
     );
     if tags_change.is_some() {
         // Tags are what target conditions read most: evaluate the configurations again.
-        hub.configs.changed();
+        hub.configs
+            .twin_changed(&i.device_id, i.module_id.as_deref());
     }
     if let Some(p) = patch {
         hub.push_desired(&i.device_id, i.module_id.as_deref(), &p, i.desired_version);
