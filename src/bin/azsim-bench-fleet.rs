@@ -5,8 +5,11 @@
 //! cargo build --release --bins && target/release/azsim-bench-fleet [--devices 10000]
 //!     [--rate-devices 1000] [--seconds 15] [--provision-devices 1000] [--provision-rate 1000]
 //!     [--skip-rss] [--skip-rate] [--skip-dps] [--skip-sdk] [--sdk-devices 100]
-//!     [--sdk-fleet-devices 100] [--python .venv/bin/python] [--azsim target/release/azsim]
+//!     [--sdk-fleet-devices 100] [--python-per-process 100] [--node-per-process N]
+//!     [--python .venv/bin/python] [--azsim target/release/azsim]
 //! ```
+//!
+//! Flags are read by name only (`--help` is not one: it runs the bench).
 //!
 //! 1. Memory: a fleet of 1 device and a fleet of `--devices` (60 s interval, every device
 //!    connected over TLS and acknowledged once); resident memory per device is the difference
@@ -22,14 +25,24 @@
 //!
 //! 4. The official SDKs in the same run (`--skip-sdk` leaves it out): a second hub on
 //!    127.0.0.1:8883 (hostname `localhost`: the SDKs dial 8883 only), `--sdk-devices` (100)
-//!    devices each sending the same JSON body as QoS 1 telemetry every second, then every
-//!    100 ms, from one Python process (azure-iot-device's asyncio `IoTHubDeviceClient`s,
-//!    benches/sdk/python_devices.py), one Node process (azure-iot-device-mqtt `Client`s,
+//!    devices per SDK each sending the same JSON body as QoS 1 telemetry every second, then
+//!    every 100 ms: the Python SDK (azure-iot-device's asyncio `IoTHubDeviceClient`s,
+//!    benches/sdk/python_devices.py), the Node SDK (azure-iot-device-mqtt `Client`s,
 //!    benches/sdk/node_devices.js; the npm packages of benches/sdk/package.json installed on
 //!    demand into target/bench-node) and `azsim fleet` (`--sdk-fleet-devices`, default the
 //!    same count; as run, then with `--timer-resolution 1ms`, every device waking on its own
-//!    as each SDK device does): each process's CPU time per 1,000 acknowledged messages, and
-//!    the ratios (against the fleet as run).
+//!    as each SDK device does), one after the other.
+//!
+//!    How the SDK side runs: an SDK's devices are split into processes of at most
+//!    `--python-per-process` (default 100: one Python process with 1,000 clients times out
+//!    connecting on 2 cores, its threads per client) and `--node-per-process` (default all of
+//!    them in one process: Node's cost per message falls as one process carries more devices).
+//!    All processes of an SDK start at once; each prints a `start` line once its own devices
+//!    are connected and the warm-up has passed and an `end` line `--seconds` later, and its CPU
+//!    time (`/proc/<pid>/stat`) and acknowledged messages are read at those lines. An SDK's
+//!    figure is the sum of its processes' CPU seconds over the sum of their acknowledged
+//!    messages (per 1,000), its rate the sum of their rates; the ratio is against the fleet
+//!    as run. The fleet is measured the same way over the same `--seconds`.
 //!
 //! The hub runs `--in-memory` (no SQLite I/O). Each device needs a socket in the fleet and one
 //! in the hub: both raise their open-files soft limit; the hard limit must allow it.
@@ -315,6 +328,12 @@ async fn main() {
         let fleet_n: usize = arg("--sdk-fleet-devices")
             .and_then(|v| v.parse().ok())
             .unwrap_or(n);
-        sdk::compare(&azsim, n, fleet_n, secs).await;
+        let python_per: usize = arg("--python-per-process")
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(100);
+        let node_per: usize = arg("--node-per-process")
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(n);
+        sdk::compare(&azsim, n, fleet_n, secs, python_per, node_per).await;
     }
 }

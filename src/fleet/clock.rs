@@ -88,6 +88,28 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn successive_sleeps_later_earlier_and_abandoned_end_on_time() {
+        let mut c = FleetClock::new(Duration::from_millis(5));
+        for ahead in [30, 60, 10, 10] {
+            let until = unix_now_ms() + ahead;
+            c.sleep_until(until).await;
+            assert!(unix_now_ms() >= until, "woke before {ahead} ms");
+        }
+        // A sleep given up (a packet came first); the next, earlier one still ends on time.
+        let far = unix_now_ms() + 10_000;
+        assert!(
+            tokio::time::timeout(Duration::from_millis(20), c.sleep_until(far))
+                .await
+                .is_err()
+        );
+        let until = unix_now_ms() + 15;
+        let t0 = Instant::now();
+        c.sleep_until(until).await;
+        assert!(unix_now_ms() >= until);
+        assert!(t0.elapsed() < Duration::from_secs(5));
+    }
+
+    #[tokio::test]
     async fn a_sleep_ends_at_or_after_its_deadline() {
         let mut c = FleetClock::new(Duration::from_millis(20));
         let until = unix_now_ms() + 30;

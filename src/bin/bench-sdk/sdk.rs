@@ -2,6 +2,7 @@
 //! `azsim fleet` sending the same QoS 1 telemetry to one hub on 127.0.0.1:8883, in one run,
 //! each process's CPU time per 1,000 acknowledged messages side by side.
 
+use std::ffi::OsString;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::{Duration, Instant};
@@ -101,20 +102,24 @@ fn node_modules(root: &Path) -> Result<PathBuf, String> {
 
 /// What one measured client process did in its window.
 struct Measured {
-    cpu_per_k: f64,
-    rate: f64,
+    /// CPU seconds in the window.
+    cpu: f64,
+    /// Acknowledged messages in the window.
+    acked: u64,
+    /// The window, seconds.
+    secs: f64,
     errors: u64,
 }
 
 /// Runs one SDK script (`program` + `args`) and measures its CPU between its `start` and `end`
 /// lines.
 async fn sdk_process(
-    program: &Path,
-    args: &[&std::ffi::OsStr],
-    node_path: Option<&Path>,
+    program: PathBuf,
+    args: Vec<OsString>,
+    node_path: Option<PathBuf>,
 ) -> Result<Measured, String> {
-    let mut cmd = tokio::process::Command::new(program);
-    cmd.args(args)
+    let mut cmd = tokio::process::Command::new(&program);
+    cmd.args(&args)
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
         .kill_on_drop(true);
@@ -139,12 +144,12 @@ async fn sdk_process(
         match (v["event"].as_str(), start) {
             (Some("start"), _) => start = Some((cpu_secs(pid), Instant::now(), acked)),
             (Some("end"), Some((cpu0, t0, acked0))) => {
-                let (cpu1, dt) = (cpu_secs(pid), t0.elapsed().as_secs_f64());
-                let n = acked.saturating_sub(acked0) as f64;
+                let (cpu1, secs) = (cpu_secs(pid), t0.elapsed().as_secs_f64());
                 let _ = tokio::time::timeout(Duration::from_secs(30), child.wait()).await;
                 return Ok(Measured {
-                    cpu_per_k: (cpu1 - cpu0) / (n / 1000.0),
-                    rate: n / dt,
+                    cpu: cpu1 - cpu0,
+                    acked: acked.saturating_sub(acked0),
+                    secs,
                     errors: v["errors"].as_u64().unwrap_or(0),
                 });
             }
@@ -154,8 +159,76 @@ async fn sdk_process(
     }
 }
 
-/// The SDK comparison: `n` devices per SDK process, `fleet_n` in `azsim fleet`, `secs` measured.
-pub(crate) async fn compare(azsim: &Path, n: usize, fleet_n: usize, secs: u64) {
+/// One SDK's side of a round: its devices split into processes of at most `per_process`,
+/// all started at once, each measured over its own window (they overlap: each starts once its
+/// devices are connected plus the warm-up).
+struct SdkSide {
+    name: &'static str,
+    program: PathBuf,
+    script: &'static str,
+    node_path: Option<PathBuf>,
+    per_process: usize,
+}
+
+/// What all processes of one SDK did: CPU seconds per 1,000 acknowledged messages (CPU and
+/// messages each summed over the processes), acknowledged messages per second (the sum of each
+/// process's rate), errors, processes.
+struct Summed {
+    cpu_per_k: f64,
+    rate: f64,
+    errors: u64,
+    processes: usize,
+}
+
+/// Runs `side` over the connection strings `strings` (`per_process` a file each, written into
+/// `dir`), with `tail` (CA file, interval, warm-up, seconds) after each file.
+async fn sdk_side(
+    side: &SdkSide,
+    root: &Path,
+    dir: &Path,
+    strings: &[String],
+    tail: &[OsString],
+) -> Result<Summed, String> {
+    let mut set = tokio::task::JoinSet::new();
+    let chunks: Vec<&[String]> = strings.chunks(side.per_process.max(1)).collect();
+    for (i, chunk) in chunks.iter().enumerate() {
+        let file = dir.join(format!("{}-{i}.txt", side.script));
+        std::fs::write(&file, chunk.concat()).map_err(|e| format!("{}: {e}", file.display()))?;
+        let mut args: Vec<OsString> = vec![root.join("benches/sdk").join(side.script).into()];
+        args.push(file.into());
+        args.extend(tail.iter().cloned());
+        set.spawn(sdk_process(
+            side.program.clone(),
+            args,
+            side.node_path.clone(),
+        ));
+    }
+    let (mut cpu, mut acked, mut rate, mut errors) = (0.0, 0u64, 0.0, 0);
+    while let Some(r) = set.join_next().await {
+        let m = r.map_err(|e| format!("{e}"))??;
+        cpu += m.cpu;
+        acked += m.acked;
+        rate += m.acked as f64 / m.secs;
+        errors += m.errors;
+    }
+    Ok(Summed {
+        cpu_per_k: cpu / (acked as f64 / 1000.0),
+        rate,
+        errors,
+        processes: chunks.len(),
+    })
+}
+
+/// The SDK comparison: `n` devices per SDK (Python in processes of `python_per`, Node of
+/// `node_per`), `fleet_n` in `azsim fleet`, `secs` measured.
+pub(crate) async fn compare(
+    azsim: &Path,
+    n: usize,
+    fleet_n: usize,
+    secs: u64,
+    python_per: usize,
+    node_per: usize,
+) {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
     let mut hub = match Hub8883::start(azsim).await {
         Ok(h) => h,
@@ -165,20 +238,18 @@ pub(crate) async fn compare(azsim: &Path, n: usize, fleet_n: usize, secs: u64) {
         }
     };
     let service = service_client(&hub.info).expect("service client");
-    let mut strings = String::new();
+    let mut strings = Vec::new();
     for i in 0..n {
         let id = format!("sdk-{i}");
         service
             .create_device(&id, Some(DEVICE_KEY), Some(DEVICE_KEY))
             .await
             .expect("device created");
-        strings.push_str(&format!(
+        strings.push(format!(
             "HostName={};DeviceId={id};SharedAccessKey={DEVICE_KEY}\n",
             hub.info.hostname
         ));
     }
-    let cs_file = hub.dir.join("sdk-devices.txt");
-    std::fs::write(&cs_file, strings).expect("connection strings written");
     let ca = hub.info.ca_file.clone();
     let state = hub.dir.join("hub");
     let python = super::arg("--python").map_or_else(
@@ -192,15 +263,28 @@ pub(crate) async fn compare(azsim: &Path, n: usize, fleet_n: usize, secs: u64) {
         },
         PathBuf::from,
     );
-    let node = match node_modules(root) {
-        Ok(p) => Some(p),
-        Err(e) => {
-            println!("sdk: the Node SDK skipped: {e}");
-            None
-        }
-    };
+    let mut sides = vec![SdkSide {
+        name: "Python SDK",
+        program: python,
+        script: "python_devices.py",
+        node_path: None,
+        per_process: python_per,
+    }];
+    match node_modules(root) {
+        Ok(p) => sides.push(SdkSide {
+            name: "Node SDK",
+            program: PathBuf::from("node"),
+            script: "node_devices.js",
+            node_path: Some(p),
+            per_process: node_per,
+        }),
+        Err(e) => println!("sdk: the Node SDK skipped: {e}"),
+    }
+    let procs = |per: usize| n.div_ceil(per.max(1));
     println!(
-        "sdk: hub on 127.0.0.1:8883 (localhost); {n} devices per SDK process, {fleet_n} in azsim fleet; {secs} s measured"
+        "sdk: hub on 127.0.0.1:8883 (localhost); {n} devices per SDK (Python in {} process(es) of up to {python_per}, Node in {} of up to {node_per}), {fleet_n} in azsim fleet; {secs} s measured",
+        procs(python_per),
+        procs(node_per)
     );
     for (interval, interval_s) in [("1s", "1"), ("100ms", "0.1")] {
         // As run (wake-ups on the default grid of a twentieth of the interval), then with no
@@ -227,43 +311,24 @@ pub(crate) async fn compare(azsim: &Path, n: usize, fleet_n: usize, secs: u64) {
                 "sdk {interval}: azsim fleet ({fleet_n} devices{label}): {k:.4} CPU-s per 1,000 QoS 1 messages, {rate:.0} msgs/s acknowledged"
             );
         }
-        let secs_s = secs.to_string();
-        let warm = WARMUP_S.to_string();
-        let script_args = |script: &str| -> Vec<std::ffi::OsString> {
-            vec![
-                root.join("benches/sdk").join(script).into(),
-                cs_file.clone().into(),
-                ca.clone().into(),
-                interval_s.into(),
-                warm.clone().into(),
-                secs_s.clone().into(),
-            ]
-        };
-        let mut runs: Vec<(&str, PathBuf, Vec<std::ffi::OsString>, Option<PathBuf>)> = vec![(
-            "Python SDK",
-            python.clone(),
-            script_args("python_devices.py"),
-            None,
-        )];
-        if let Some(p) = &node {
-            runs.push((
-                "Node SDK",
-                PathBuf::from("node"),
-                script_args("node_devices.js"),
-                Some(p.clone()),
-            ));
-        }
-        for (name, program, args, node_path) in runs {
-            let args: Vec<&std::ffi::OsStr> = args.iter().map(|a| a.as_os_str()).collect();
-            match sdk_process(&program, &args, node_path.as_deref()).await {
+        let tail: Vec<OsString> = vec![
+            ca.clone().into(),
+            interval_s.into(),
+            WARMUP_S.to_string().into(),
+            secs.to_string().into(),
+        ];
+        for side in &sides {
+            match sdk_side(side, root, &hub.dir, &strings, &tail).await {
                 Ok(m) => println!(
-                    "sdk {interval}: {name} ({n} devices): {:.4} CPU-s per 1,000 QoS 1 messages, {:.0} msgs/s acknowledged, {} errors; azsim fleet: {:.1}x its messages per CPU-second",
+                    "sdk {interval}: {} ({n} devices in {} process(es)): {:.4} CPU-s per 1,000 QoS 1 messages, {:.0} msgs/s acknowledged, {} errors; azsim fleet: {:.1}x its messages per CPU-second",
+                    side.name,
+                    m.processes,
                     m.cpu_per_k,
                     m.rate,
                     m.errors,
                     m.cpu_per_k / az_k
                 ),
-                Err(e) => println!("sdk {interval}: {name}: {e}"),
+                Err(e) => println!("sdk {interval}: {}: {e}", side.name),
             }
         }
     }
