@@ -11,6 +11,7 @@ mod fleet;
 mod hub_activity;
 mod hub_amqp;
 mod hub_amqp_c2d;
+mod hub_amqp_websocket;
 mod hub_cli;
 mod hub_clients;
 mod hub_deadlines;

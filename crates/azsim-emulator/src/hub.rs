@@ -95,6 +95,9 @@ pub(crate) struct Hub {
     pub router: crate::routing::Router,
     /// Configurations' statuses on twins and their evaluation task (`rest/config_apply.rs`).
     pub configs: crate::rest::config_apply::ConfigState,
+    /// The Event Hubs-compatible endpoint, once the AMQP listeners serve it (AMQP over
+    /// WebSockets on the HTTPS listener serves the same one).
+    pub amqp_eventhub: std::sync::OnceLock<Arc<crate::amqp::EventHub>>,
 }
 
 impl std::fmt::Debug for Hub {
@@ -151,6 +154,7 @@ impl Hub {
             dps: crate::dps::Dps::ephemeral(),
             router: crate::routing::Router::default(),
             configs: crate::rest::config_apply::ConfigState::default(),
+            amqp_eventhub: std::sync::OnceLock::new(),
             cfg,
         }
     }

@@ -83,6 +83,8 @@ impl Listeners {
             .and_then(|l| l.local_addr().ok())
             .map(|a| a.port());
         let eh = Arc::new(EventHub::new(hub, amqps_port));
+        // AMQP over WebSockets (the HTTPS listener) serves the same endpoint.
+        let _ = hub.amqp_eventhub.set(eh.clone());
         tasks.push(tokio::spawn(eh.clone().run_indexer(hub.clone())));
         if let Some(l) = self.amqps {
             let acceptor = TlsAcceptor::from(tls);

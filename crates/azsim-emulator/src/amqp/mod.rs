@@ -57,12 +57,13 @@ mod header;
 mod listener;
 mod node;
 mod sasl;
+pub(crate) mod websocket;
 
 pub(crate) use listener::Listeners;
 
 use address::Address;
 use cbs::Claims;
-use eventhub::EventHub;
+pub(crate) use eventhub::EventHub;
 use full_frames::FullFrames;
 use node::Replies;
 
@@ -348,16 +349,35 @@ async fn connection(
 ) {
     let deadline = tokio::time::Instant::now() + hub.cfg.limits.connect_deadline;
     let claims = Arc::new(Claims::default());
-    let opened = tokio::time::timeout_at(deadline, async {
-        match tls {
-            Some(tls) => {
-                let stream = tls.accept(tcp).await.map_err(|e| e.to_string())?;
-                open(&hub, &claims, stream).await
+    let opening = {
+        let (hub, claims) = (hub.clone(), claims.clone());
+        async move {
+            match tls {
+                Some(tls) => {
+                    let stream = tls.accept(tcp).await.map_err(|e| e.to_string())?;
+                    open(&hub, &claims, stream).await
+                }
+                None => open(&hub, &claims, tcp).await,
             }
-            None => open(&hub, &claims, tcp).await,
         }
-    })
-    .await;
+    };
+    serve_opening(hub, eh, claims, peer, permit, deadline, opening).await;
+}
+
+/// Every AMQP connection's path (AMQPS, plain AMQP, AMQP over WebSockets): `opening` (the
+/// transport's handshake, then [`open`] with `claims`) must finish by `deadline`, and then the
+/// connection is served, holding `permit` (a place among the unauthenticated) until it has a
+/// token.
+async fn serve_opening(
+    hub: Arc<Hub>,
+    eh: Arc<EventHub>,
+    claims: Arc<Claims>,
+    peer: SocketAddr,
+    permit: OwnedSemaphorePermit,
+    deadline: tokio::time::Instant,
+    opening: impl Future<Output = Result<ListenerConnectionHandle, String>>,
+) {
+    let opened = tokio::time::timeout_at(deadline, opening).await;
     let conn = match opened {
         Ok(Ok(c)) => c,
         Ok(Err(e)) => {

@@ -27,6 +27,13 @@
 //! listener (`rest/mod.rs`: its buffer is `pre_auth_max_bytes`, 431 beyond, and the header
 //! timeout).
 //!
+//! The same listener serves AMQP over WebSockets, as Azure does on 443: an upgrade offering the
+//! subprotocol `AMQPWSB10` on [`PATH`] (the IoT Hub SDKs) or on [`SERVICEBUS_PATH`] (the Event
+//! Hubs SDKs, `azure-amqp`) is an AMQP connection (`amqp/websocket.rs`), under the same
+//! pre-auth cap, deadline and byte limits. A subprotocol the path does not serve gets 400, as
+//! IoT Hub answers; another path is an ordinary REST request (400 InvalidProtocolVersion without
+//! an api-version, which is what IoT Hub answers such an upgrade).
+//!
 //! Framing is tungstenite's; [`WsBytes`] turns the binary messages into the byte stream MQTT
 //! runs over (the same adapter serves `azsim run --websockets` on the device side). MQTT
 //! packets may span frames and frames may hold several packets (MQTT 3.1.1, 6.0), so the
@@ -58,6 +65,10 @@ use crate::hub::{Hub, LiveGuard};
 pub(crate) const PATH: &str = "/$iothub/websocket";
 /// The subprotocol a client must offer.
 pub const SUBPROTOCOL: &str = "mqtt";
+/// The path the Event Hubs and Service Bus clients open for AMQP (`azure-amqp`, pyAMQP).
+pub(crate) const SERVICEBUS_PATH: &str = "/$servicebus/websocket";
+/// The subprotocol of AMQP over WebSockets (AMQP WebSocket Binding 1.0).
+pub(crate) const AMQP_SUBPROTOCOL: &str = "AMQPWSB10";
 /// What a WebSocket message may carry before authentication beyond `pre_auth_max_bytes`: the
 /// CONNECT's fixed header and a small packet a client sends right behind it.
 pub(crate) const PRE_AUTH_SLACK: usize = 1024;
@@ -65,8 +76,29 @@ pub(crate) const PRE_AUTH_SLACK: usize = 1024;
 /// hub sends (so none is split), less than what a write of several packets may hold.
 pub const WRITE_CHUNK: usize = 512 * 1024;
 
-/// The handler of [`PATH`], with its own cap on unauthenticated WebSocket connections.
-pub(crate) fn route(hub: &Hub) -> axum::routing::MethodRouter<Arc<Hub>> {
+/// [`PATH`] and [`SERVICEBUS_PATH`], sharing one cap on unauthenticated WebSocket connections.
+pub(crate) fn routes(hub: &Hub) -> axum::Router<Arc<Hub>> {
+    let handler = route(hub);
+    axum::Router::new()
+        .route(PATH, handler.clone())
+        .route(SERVICEBUS_PATH, handler)
+}
+
+/// Whether `path` is a WebSocket endpoint (the client authenticates in its protocol, not in
+/// the upgrade).
+pub(crate) fn is_upgrade_path(path: &str) -> bool {
+    path == PATH || path == SERVICEBUS_PATH
+}
+
+/// What the upgraded connection speaks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Protocol {
+    Mqtt,
+    Amqp,
+}
+
+/// The handler of the WebSocket paths, with its own cap on unauthenticated connections.
+fn route(hub: &Hub) -> axum::routing::MethodRouter<Arc<Hub>> {
     let pre_auth = Arc::new(Semaphore::new(
         hub.cfg
             .limits
@@ -84,17 +116,26 @@ async fn upgrade(hub: Arc<Hub>, pre_auth: Arc<Semaphore>, mut req: Request) -> R
         .extensions()
         .get::<ConnectInfo<SocketAddr>>()
         .map_or(SocketAddr::from(([0, 0, 0, 0], 0)), |c| c.0);
-    let key = match check_upgrade(req.headers()) {
-        Ok(key) => key,
+    let (key, protocol) = match check_upgrade(req.uri().path(), req.headers()) {
+        Ok(ok) => ok,
         Err(why) => {
             tracing::info!(%peer, reason = why, "websocket upgrade refused: 400");
             return (StatusCode::BAD_REQUEST, why).into_response();
         }
     };
+    if protocol == Protocol::Amqp && hub.amqp_eventhub.get().is_none() {
+        tracing::info!(%peer, "amqp websocket upgrade refused: AMQP is off on this hub: 404");
+        return (StatusCode::NOT_FOUND, "AMQP is off on this hub").into_response();
+    }
     let Ok(permit) = pre_auth.try_acquire_owned() else {
         tracing::warn!(%peer, "too many unauthenticated websocket connections: 503");
         return StatusCode::SERVICE_UNAVAILABLE.into_response();
     };
+    if protocol == Protocol::Amqp {
+        let on_upgrade = hyper::upgrade::on(&mut req);
+        crate::amqp::websocket::spawn(hub, permit, on_upgrade, peer);
+        return switching_protocols(&key, AMQP_SUBPROTOCOL);
+    }
     let certs = req
         .extensions()
         .get::<crate::x509::PeerCerts>()
@@ -144,23 +185,29 @@ async fn upgrade(hub: Arc<Hub>, pre_auth: Arc<Semaphore>, mut req: Request) -> R
             }
         }
     });
+    switching_protocols(&key, SUBPROTOCOL)
+}
+
+/// The 101 answer to an upgrade with `key`, in `subprotocol`.
+fn switching_protocols(key: &[u8], subprotocol: &'static str) -> Response {
     let mut r = StatusCode::SWITCHING_PROTOCOLS.into_response();
     let h = r.headers_mut();
     h.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
     h.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
     h.insert(
         header::SEC_WEBSOCKET_PROTOCOL,
-        HeaderValue::from_static(SUBPROTOCOL),
+        HeaderValue::from_static(subprotocol),
     );
-    if let Ok(accept) = HeaderValue::from_str(&tungstenite::handshake::derive_accept_key(&key)) {
+    if let Ok(accept) = HeaderValue::from_str(&tungstenite::handshake::derive_accept_key(key)) {
         h.insert(header::SEC_WEBSOCKET_ACCEPT, accept);
     }
     r
 }
 
-/// The `Sec-WebSocket-Key` of a valid WebSocket upgrade (RFC 6455, 4.2.1) offering the `mqtt`
-/// subprotocol; otherwise why not.
-fn check_upgrade(h: &HeaderMap) -> Result<Vec<u8>, &'static str> {
+/// The `Sec-WebSocket-Key` of a valid WebSocket upgrade (RFC 6455, 4.2.1) of `path` and the
+/// protocol its offered subprotocol picks (`mqtt` on [`PATH`], `AMQPWSB10` on either path);
+/// otherwise why not.
+fn check_upgrade(path: &str, h: &HeaderMap) -> Result<(Vec<u8>, Protocol), &'static str> {
     let tokens = |name: header::HeaderName| {
         h.get_all(name)
             .iter()
@@ -187,13 +234,18 @@ fn check_upgrade(h: &HeaderMap) -> Result<Vec<u8>, &'static str> {
     let key = h
         .get(header::SEC_WEBSOCKET_KEY)
         .ok_or("missing Sec-WebSocket-Key")?;
-    if !tokens(header::SEC_WEBSOCKET_PROTOCOL)
-        .iter()
-        .any(|t| t == SUBPROTOCOL)
-    {
-        return Err("the websocket subprotocol must be mqtt");
-    }
-    Ok(key.as_bytes().to_vec())
+    let offered = tokens(header::SEC_WEBSOCKET_PROTOCOL);
+    let offers = |p: &str| offered.iter().any(|t| t == p);
+    let protocol = if path == PATH && offers(SUBPROTOCOL) {
+        Protocol::Mqtt
+    } else if offers(AMQP_SUBPROTOCOL) {
+        Protocol::Amqp
+    } else if path == PATH {
+        return Err("the websocket subprotocol must be mqtt or AMQPWSB10");
+    } else {
+        return Err("the websocket subprotocol must be AMQPWSB10");
+    };
+    Ok((key.as_bytes().to_vec(), protocol))
 }
 
 /// A WebSocket connection as a byte stream: binary messages in, one binary message per write
@@ -217,6 +269,13 @@ impl<S> std::fmt::Debug for WsBytes<S> {
         f.debug_struct("WsBytes")
             .field("buffered", &self.read.len())
             .finish_non_exhaustive()
+    }
+}
+
+impl<S: AsyncRead + AsyncWrite + Unpin> WsBytes<PreAuthLimit<S>> {
+    /// The client is authenticated: the pre-auth scan ends, tungstenite's limits apply.
+    pub(crate) fn lift_pre_auth(&mut self) {
+        self.ws.get_mut().lift();
     }
 }
 
@@ -375,7 +434,7 @@ pub(crate) struct PreAuthLimit<S> {
 }
 
 impl<S> PreAuthLimit<S> {
-    fn new(inner: S, max: usize, peer: SocketAddr) -> Self {
+    pub(crate) fn new(inner: S, max: usize, peer: SocketAddr) -> Self {
         PreAuthLimit {
             inner,
             scan: Some(FrameScan::new(u64::try_from(max).unwrap_or(u64::MAX))),

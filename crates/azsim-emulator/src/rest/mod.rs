@@ -352,10 +352,7 @@ pub(crate) fn router(hub: Shared) -> Router {
         .route("/emulator/events", get(events::events_sse))
         .route("/emulator/events/recent", get(events::events_recent))
         .route("/emulator/routing", get(crate::routing::stats))
-        .route(
-            crate::mqtt::websocket::PATH,
-            crate::mqtt::websocket::route(&hub),
-        )
+        .merge(crate::mqtt::websocket::routes(&hub))
         .merge(crate::dps::http::routes())
         .fallback(not_found)
         .layer(middleware::from_fn_with_state(hub.clone(), auth))
@@ -575,8 +572,8 @@ async fn verify_device_rest(
 }
 
 async fn auth(State(hub): State<Shared>, req: Request, next: Next) -> Response {
-    // MQTT over WebSockets: the device authenticates in its CONNECT, not in the upgrade.
-    if req.uri().path() == crate::mqtt::websocket::PATH {
+    // MQTT and AMQP over WebSockets: the client authenticates in its protocol, not the upgrade.
+    if crate::mqtt::websocket::is_upgrade_path(req.uri().path()) {
         return next.run(req).await;
     }
     // DPS: the service API and the device API check their own tokens.

@@ -1,0 +1,516 @@
+//! AMQP over WebSockets on the hub's HTTPS listener, as IoT Hub serves it on 443: subprotocol
+//! `AMQPWSB10` on `/$iothub/websocket` (the IoT Hub service SDKs) and `/$servicebus/websocket`
+//! (the Event Hubs SDKs), each AMQP byte carried in binary messages, through the same AMQP
+//! connection code as AMQPS.
+//!
+//! An independent client (fe2o3-amqp over tungstenite, through the library's `WsBytes`) sends
+//! C2D with SASL PLAIN and gets its feedback, reads a partition after a CBS `put-token`, and
+//! sends more than the pre-auth byte cap once authenticated; a wrong subprotocol gets 400, an
+//! unknown path what any unknown REST path gets; garbage, a text message or an oversized message
+//! before auth close only that connection; the hub's stop closes a connection that is still open. The official SDKs:
+//! `azure-eventhub` with `TransportType.AmqpOverWebsocket` (tests/python/eventhub_websocket.py)
+//! and `azure-iothub`'s `AmqpWs` client in Node (tests/node/service_amqp_ws.js, which dials
+//! 443: that test holds `support::PORT_8883`).
+
+use std::path::Path;
+use std::time::Duration;
+
+use azsim_emulator::WsBytes;
+use azsim_emulator::clock::unix_now;
+use fe2o3_amqp::link::{Receiver, Sender};
+use fe2o3_amqp::sasl_profile::SaslProfile;
+use fe2o3_amqp::types::messaging::{
+    ApplicationProperties, Body, Message, MessageId, Outcome, Properties, Source,
+};
+use fe2o3_amqp::types::primitives::{Binary, Value};
+use fe2o3_amqp::{Connection, Session};
+use futures::{SinkExt as _, StreamExt as _};
+use rumqttc::{Packet, QoS};
+use tokio::io::AsyncWriteExt as _;
+use tokio::net::TcpStream;
+use tokio::process::Command;
+use tokio_rustls::client::TlsStream;
+use tokio_tungstenite::WebSocketStream;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest as _;
+use tokio_tungstenite::tungstenite::http::HeaderValue;
+use tokio_tungstenite::tungstenite::{self, Message as WsMessage};
+
+use crate::hub_amqp::{Cbs, owner_token};
+use crate::hub_websocket::tls;
+use crate::support::script::Script;
+use crate::support::{TestHub, next_incoming, python};
+
+type Ws = WebSocketStream<TlsStream<TcpStream>>;
+type Conn = fe2o3_amqp::connection::ConnectionHandle<()>;
+
+const WAIT: Duration = Duration::from_secs(20);
+const IOTHUB_PATH: &str = "/$iothub/websocket";
+const SERVICEBUS_PATH: &str = "/$servicebus/websocket";
+
+/// A WebSocket to `path` on the hub's HTTPS port offering `protocol`.
+async fn websocket(hub: &TestHub, path: &str, protocol: &str) -> Result<Ws, tungstenite::Error> {
+    let url = format!("wss://{}:{}{path}", hub.hostname, hub.https_port);
+    let mut req = url.into_client_request().unwrap();
+    req.headers_mut().insert(
+        "Sec-WebSocket-Protocol",
+        HeaderValue::from_str(protocol).unwrap(),
+    );
+    let (ws, resp) = tokio_tungstenite::client_async(req, tls(hub).await).await?;
+    assert_eq!(
+        resp.headers()
+            .get("Sec-WebSocket-Protocol")
+            .and_then(|v| v.to_str().ok()),
+        Some(protocol),
+        "the hub answers in the subprotocol offered"
+    );
+    Ok(ws)
+}
+
+/// The HTTP status (and body) with which the hub refuses an upgrade.
+async fn refused(hub: &TestHub, path: &str, protocol: &str) -> (u16, String) {
+    match websocket(hub, path, protocol).await {
+        Err(tungstenite::Error::Http(r)) => (
+            r.status().as_u16(),
+            String::from_utf8_lossy(r.body().as_deref().unwrap_or_default()).into_owned(),
+        ),
+        Err(e) => panic!("{path} {protocol}: {e}"),
+        Ok(_) => panic!("{path} {protocol}: upgraded"),
+    }
+}
+
+/// An AMQP connection over a WebSocket to `path` with `sasl`.
+async fn open(
+    hub: &TestHub,
+    path: &str,
+    sasl: SaslProfile,
+) -> Result<Conn, fe2o3_amqp::connection::OpenError> {
+    let ws = websocket(hub, path, "AMQPWSB10").await.expect("upgrade");
+    tokio::time::timeout(
+        WAIT,
+        Connection::builder()
+            .container_id("azsim-ws-test")
+            .hostname("localhost")
+            .sasl_profile(sasl)
+            .open_with_stream(WsBytes::new(ws)),
+    )
+    .await
+    .expect("open in time")
+}
+
+fn plain(hub: &TestHub) -> SaslProfile {
+    SaslProfile::Plain {
+        username: "iothubowner@sas.root.localhost".into(),
+        password: owner_token(hub, &hub.hostname, unix_now() + 600),
+    }
+}
+
+/// A C2D message to `device` asking for full feedback.
+fn c2d(device: &str, id: &str, body: Vec<u8>) -> Message<fe2o3_amqp::types::messaging::Data> {
+    Message::builder()
+        .properties(Properties {
+            to: Some(format!("/devices/{device}/messages/devicebound")),
+            message_id: Some(MessageId::String(id.to_owned())),
+            ..Properties::default()
+        })
+        .application_properties(
+            ApplicationProperties::builder()
+                .insert("iothub-ack", "full")
+                .build(),
+        )
+        .data(Binary::from(body))
+        .build()
+}
+
+/// How the hub ends the WebSocket: `Some(code)` from its close frame, `None` for a close without
+/// one or a reset; fails if it is still open after `WAIT`.
+async fn ended(ws: &mut Ws, what: &str) -> Option<u16> {
+    tokio::time::timeout(WAIT, async {
+        loop {
+            match ws.next().await {
+                Some(Ok(WsMessage::Close(f))) => return f.map(|f| u16::from(f.code)),
+                None | Some(Err(_)) => return None,
+                Some(Ok(_)) => {}
+            }
+        }
+    })
+    .await
+    .unwrap_or_else(|_| panic!("{what}: still open after {WAIT:?}"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn c2d_feedback_and_partitions_over_amqp_websockets_and_the_stop_closes_them() {
+    let hub = TestHub::start_configured(|c| {
+        c.partitions = 1;
+        c.routes = azsim_emulator::routing::Routes {
+            telemetry: true,
+            ..azsim_emulator::routing::Routes::NONE
+        };
+    })
+    .await;
+    hub.create_device("ws-c2d").await;
+    let key = hub.device_key("ws-c2d").await;
+    let (device, mut el) = hub.connect("ws-c2d", &key, true).await;
+    device
+        .subscribe("devices/ws-c2d/messages/devicebound/#", QoS::AtLeastOnce)
+        .await
+        .unwrap();
+    next_incoming(&mut el, |p| matches!(p, Packet::SubAck(_)).then_some(())).await;
+    device
+        .publish(
+            "devices/ws-c2d/messages/events/%24.mid=t1",
+            QoS::AtLeastOnce,
+            false,
+            b"{\"t\":1}".to_vec(),
+        )
+        .await
+        .unwrap();
+    next_incoming(&mut el, |p| matches!(p, Packet::PubAck(_)).then_some(())).await;
+
+    // The IoT Hub path, SASL PLAIN: C2D out, its feedback back.
+    let mut conn = open(&hub, IOTHUB_PATH, plain(&hub))
+        .await
+        .expect("PLAIN over websockets");
+    let mut session = Session::begin(&mut conn).await.expect("session");
+    let mut tx = Sender::attach(&mut session, "c2d", "/messages/devicebound")
+        .await
+        .expect("c2d sender");
+    // Three 60 KiB messages: more than an unauthenticated client may send in all (twice the
+    // 64 KiB pre-auth cap), so the hub lifted that cap once the connection had its token.
+    for i in 0..3 {
+        let body = vec![b'a' + i; 60 * 1024];
+        let id = format!("ws-{i}");
+        let sent = tokio::time::timeout(WAIT, tx.send(c2d("ws-c2d", &id, body)))
+            .await
+            .expect("settled in time")
+            .expect("sent");
+        assert!(matches!(sent, Outcome::Accepted(_)), "{id}: {sent:?}");
+        let got = next_incoming(&mut el, |p| match p {
+            Packet::Publish(p) => Some(p.payload.clone()),
+            _ => None,
+        })
+        .await;
+        assert_eq!(got.len(), 60 * 1024);
+        assert!(got.iter().all(|b| *b == b'a' + i), "{id}'s body");
+    }
+    let mut feedback = Receiver::attach(&mut session, "fb", "/messages/serviceBound/feedback")
+        .await
+        .expect("feedback receiver");
+    let poll_device = async {
+        loop {
+            let _ = el.poll().await;
+        }
+    };
+    let batch = tokio::select! {
+        d = tokio::time::timeout(WAIT, feedback.recv::<Body<Value>>()) => d.expect("feedback in time").expect("feedback"),
+        () = poll_device => unreachable!(),
+    };
+    let text = match batch.body() {
+        Body::Data(d) => String::from_utf8(d.iter().flat_map(|d| d.0.to_vec()).collect()).unwrap(),
+        other => panic!("feedback body {other:?}"),
+    };
+    assert!(
+        text.contains("\"originalMessageId\":\"ws-0\"") && text.contains("Success"),
+        "{text}"
+    );
+    feedback.accept(&batch).await.expect("accept");
+
+    // The Service Bus path, SASL ANONYMOUS and CBS: the partition holds the telemetry.
+    let mut eh = open(&hub, SERVICEBUS_PATH, SaslProfile::Anonymous)
+        .await
+        .expect("ANONYMOUS over websockets");
+    let mut eh_session = Session::begin(&mut eh).await.expect("session");
+    let mut cbs = Cbs::attach(&mut eh_session).await;
+    let aud = format!("sb://localhost:{}/localhost", hub.info.amqp_port.unwrap());
+    let (status, desc) = cbs
+        .put_token(&aud, &owner_token(&hub, &aud, unix_now() + 600))
+        .await;
+    assert_eq!(status, 200, "{desc}");
+    let mut part = Receiver::builder()
+        .name("p0")
+        .source(
+            Source::builder()
+                .address("localhost/ConsumerGroups/$Default/Partitions/0")
+                .build(),
+        )
+        .target("ws-reader")
+        .attach(&mut eh_session)
+        .await
+        .expect("partition receiver");
+    let ev = tokio::time::timeout(WAIT, part.recv::<Body<Value>>())
+        .await
+        .expect("event in time")
+        .expect("event");
+    match ev.body() {
+        Body::Data(d) => assert_eq!(d.iter().next().unwrap().0.to_vec(), b"{\"t\":1}"),
+        other => panic!("event body {other:?}"),
+    }
+    part.accept(&ev).await.expect("accept");
+
+    // The hub stops with both connections open: they are closed, and the stop does not wait
+    // for them.
+    let stopping = tokio::spawn(hub.stop());
+    let closed = tokio::time::timeout(WAIT, part.recv::<Body<Value>>())
+        .await
+        .expect("the partition link ends when the hub stops");
+    assert!(closed.is_err(), "{closed:?}");
+    tokio::time::timeout(WAIT, stopping)
+        .await
+        .expect("the hub stops")
+        .unwrap();
+    let _ = conn.close().await;
+    let _ = eh.close().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_upgrades_and_bad_input_close_only_that_connection() {
+    let hub = TestHub::start().await;
+    let (status, body) = refused(&hub, SERVICEBUS_PATH, "mqtt").await;
+    assert_eq!(status, 400, "{body}");
+    assert!(body.contains("AMQPWSB10"), "{body}");
+    let (status, body) = refused(&hub, IOTHUB_PATH, "amqp").await;
+    assert_eq!(status, 400, "{body}");
+    assert!(body.contains("mqtt or AMQPWSB10"), "{body}");
+    // Another path is a REST request: without an api-version IoT Hub's 400
+    // InvalidProtocolVersion (what it answers such an upgrade too).
+    let (status, body) = refused(&hub, "/$amqp/websocket", "AMQPWSB10").await;
+    assert_eq!(status, 400, "{body}");
+    assert!(body.contains("InvalidProtocolVersion"), "{body}");
+
+    // Not AMQP: the hub answers with its (SASL) protocol header and closes.
+    let mut ws = websocket(&hub, SERVICEBUS_PATH, "AMQPWSB10").await.unwrap();
+    ws.send(WsMessage::binary(b"GET / HTTP/1.1\r\n\r\n".to_vec()))
+        .await
+        .unwrap();
+    ended(&mut ws, "garbage").await;
+    // AMQP over WebSockets is binary.
+    let mut ws = websocket(&hub, IOTHUB_PATH, "AMQPWSB10").await.unwrap();
+    ws.send(WsMessage::text("AMQP\u{3}\u{1}\u{0}\u{0}"))
+        .await
+        .unwrap();
+    ended(&mut ws, "text").await;
+    // Over the pre-auth cap in one message: 1009 from its header alone (a masked binary frame
+    // announcing 100 KiB, written under tungstenite).
+    let mut ws = websocket(&hub, SERVICEBUS_PATH, "AMQPWSB10").await.unwrap();
+    let mut head = vec![0x82, 0x80 | 127];
+    head.extend_from_slice(&(100u64 * 1024).to_be_bytes());
+    head.extend_from_slice(&[0, 0, 0, 0]);
+    head.extend_from_slice(b"AMQP\x03\x01\x00\x00");
+    ws.get_mut().write_all(&head).await.unwrap();
+    ws.get_mut().flush().await.unwrap();
+    assert_eq!(ended(&mut ws, "oversized").await, Some(1009));
+
+    // The others are served all along.
+    let mut conn = open(&hub, IOTHUB_PATH, plain(&hub))
+        .await
+        .expect("still serving");
+    conn.close().await.expect("close");
+    hub.stop().await;
+
+    // A hub without AMQP has no AMQP over WebSockets either.
+    let hub = TestHub::start_configured(|c| c.amqp_port = None).await;
+    let (status, body) = refused(&hub, SERVICEBUS_PATH, "AMQPWSB10").await;
+    assert_eq!(status, 404, "{body}");
+    hub.stop().await;
+}
+
+/// Publishes telemetry `{"n": n}` (property `n`) as `device` and waits for its PUBACK.
+async fn telemetry(device: &rumqttc::AsyncClient, el: &mut rumqttc::EventLoop, id: &str, n: u32) {
+    device
+        .publish(
+            format!("devices/{id}/messages/events/n={n}"),
+            QoS::AtLeastOnce,
+            false,
+            format!("{{\"n\": {n}}}").into_bytes(),
+        )
+        .await
+        .unwrap();
+    next_incoming(el, |p| matches!(p, Packet::PubAck(_)).then_some(())).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_python_event_hubs_sdk_reads_telemetry_over_amqp_websockets() {
+    let Some(python) = python() else {
+        crate::support::skip("python SDK venv not found (run scripts/test)");
+        return;
+    };
+    let hub = TestHub::start_configured(|c| {
+        c.consumer_groups = vec!["ws-group".into()];
+        c.routes = azsim_emulator::routing::Routes {
+            telemetry: true,
+            ..azsim_emulator::routing::Routes::NONE
+        };
+    })
+    .await;
+    hub.create_device("eh-ws").await;
+    let key = hub.device_key("eh-ws").await;
+    let (device, mut el) = hub.connect("eh-ws", &key, true).await;
+    telemetry(&device, &mut el, "eh-ws", 1).await;
+    telemetry(&device, &mut el, "eh-ws", 2).await;
+
+    let work = hub.dir.join("work");
+    std::fs::create_dir_all(&work).unwrap();
+    let cs_file = work.join("eh.cs");
+    std::fs::write(
+        &cs_file,
+        hub.info.eventhub_connection_string.as_ref().unwrap(),
+    )
+    .unwrap();
+    let mut cmd = Command::new(python);
+    cmd.arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/python/eventhub_websocket.py"))
+        .arg(&cs_file)
+        // The SDK dials 443 unless the custom endpoint names a port.
+        .arg(format!("sb://localhost:{}", hub.https_port))
+        .arg(&hub.ca_file)
+        .arg("ws-group")
+        .env("PYTHONUNBUFFERED", "1")
+        .stdin(std::process::Stdio::null());
+    let mut s = Script::spawn(cmd, &work, "eventhub_websocket");
+
+    let parts = s.expect("partitions").await;
+    assert_eq!(parts["ids"], serde_json::json!(["0", "1", "2", "3"]));
+    let busy = parts["busy"].as_array().unwrap();
+    assert_eq!(busy.len(), 1, "one device, one partition: {parts}");
+    let props = &parts["props"][busy[0].as_str().unwrap()];
+    assert_eq!(props["last_enqueued_sequence_number"], "1", "{props}");
+
+    let first = s.expect("from_start").await;
+    let events = first["events"].as_array().unwrap();
+    for (i, ev) in events.iter().enumerate() {
+        assert_eq!(ev["body"], format!("{{\"n\": {}}}", i + 1), "{ev}");
+        assert_eq!(ev["properties"]["n"], (i + 1).to_string(), "{ev}");
+        assert_eq!(ev["device"], "eh-ws", "{ev}");
+        assert_eq!(ev["sequence_number"], i as u64, "{ev}");
+    }
+    let after = s.expect("after_first").await;
+    assert_eq!(after["group"], "ws-group");
+    assert_eq!(after["events"][0]["sequence_number"], 1, "{after}");
+
+    // The "@latest" receiver gets only what the device sends once it runs: 3, 4, ... until it
+    // has one (its link may attach a moment after it reports starting). Over WebSockets pyAMQP
+    // reads with a 1 s socket timeout and hands events to `on_event` only after a read times
+    // out, so the messages are 1.5 s apart.
+    s.expect("latest_started").await;
+    let sending = async {
+        for n in 3.. {
+            telemetry(&device, &mut el, "eh-ws", n).await;
+            tokio::time::sleep(Duration::from_millis(1500)).await;
+        }
+    };
+    let latest = tokio::select! {
+        v = s.expect("latest") => v,
+        () = sending => unreachable!(),
+    };
+    let n: u32 = latest["events"][0]["properties"]["n"]
+        .as_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(n >= 3, "@latest gets only what was sent after it: {latest}");
+    s.expect("done").await;
+    s.finish().await;
+    hub.stop().await;
+}
+
+/// `node` (env `AZSIM_NODE`) with `azure-iothub` installed in tests/node, or why not.
+fn node() -> Result<std::path::PathBuf, String> {
+    let node = match std::env::var_os("AZSIM_NODE") {
+        Some(p) if !p.is_empty() => std::path::PathBuf::from(p),
+        _ => std::path::PathBuf::from("node"),
+    };
+    let ok = std::process::Command::new(&node)
+        .arg("--version")
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !ok {
+        return Err(format!("node not found ({})", node.display()));
+    }
+    let sdk = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/node/node_modules/azure-iothub");
+    if !sdk.join("package.json").is_file() {
+        return Err("tests/node/node_modules lacks azure-iothub (run scripts/test)".into());
+    }
+    Ok(node)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_node_service_sdk_sends_c2d_and_reads_feedback_over_amqp_websockets() {
+    let node = match node() {
+        Ok(n) => n,
+        Err(why) => {
+            crate::support::skip(&why);
+            return;
+        }
+    };
+    // AmqpWs dials wss://{host}:443 and nothing else (the hub's AMQPS 5671 stays unused).
+    let _port = crate::support::PORT_8883.lock().await;
+    let tmp = tempfile::tempdir().unwrap();
+    let handle = crate::support::start_on_fixed_ports(
+        &tmp.path().join("hub"),
+        0,
+        443,
+        // 5671 too: only with both of Azure's ports is the connection string's HostName bare.
+        |c| c.amqp_port = Some(5671),
+        "127.0.0.1:443 and 5671 (AmqpWs needs 443 and a bare HostName)",
+    )
+    .await;
+    let hub = TestHub::attach(&handle.info);
+    hub.create_device("node-ws").await;
+    let key = hub.device_key("node-ws").await;
+    let (device, mut el) = hub.connect("node-ws", &key, true).await;
+    device
+        .subscribe("devices/node-ws/messages/devicebound/#", QoS::AtLeastOnce)
+        .await
+        .unwrap();
+    next_incoming(&mut el, |p| matches!(p, Packet::SubAck(_)).then_some(())).await;
+
+    let work = tmp.path().join("work");
+    std::fs::create_dir_all(&work).unwrap();
+    let cs_file = work.join("service.cs");
+    std::fs::write(&cs_file, &hub.service_connection_string).unwrap();
+    let mut cmd = Command::new(node);
+    cmd.arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/node/service_amqp_ws.js"))
+        .arg(&cs_file)
+        .arg("node-ws")
+        .arg("2")
+        .env("NODE_EXTRA_CA_CERTS", &hub.ca_file)
+        .stdin(std::process::Stdio::null());
+    let mut s = Script::spawn(cmd, &work, "service_amqp_ws");
+    s.expect("opened").await;
+    s.expect("sent").await;
+    s.expect("sent").await;
+    // The device gets both messages (rumqttc completes each as it is polled).
+    let mut got = Vec::new();
+    while got.len() < 2 {
+        let (topic, body) = next_incoming(&mut el, |p| match p {
+            Packet::Publish(p) => Some((p.topic.clone(), p.payload.clone())),
+            _ => None,
+        })
+        .await;
+        assert!(topic.contains("iothub-ack=full"), "{topic}");
+        got.push(String::from_utf8(body.to_vec()).unwrap());
+    }
+    assert_eq!(got, ["node over amqp-ws 1", "node over amqp-ws 2"]);
+    let poll_device = tokio::spawn(async move {
+        loop {
+            let _ = el.poll().await;
+        }
+    });
+    let mut records = Vec::new();
+    while records.len() < 2 {
+        let fb = s.expect("feedback").await;
+        records.extend(fb["records"].as_array().unwrap().iter().cloned());
+    }
+    for r in &records {
+        assert_eq!(r["deviceId"], "node-ws", "{r}");
+        assert_eq!(r["statusCode"], "Success", "{r}");
+    }
+    let mut ids: Vec<&str> = records
+        .iter()
+        .map(|r| r["originalMessageId"].as_str().unwrap())
+        .collect();
+    ids.sort_unstable();
+    assert_eq!(ids, ["node-ws-1", "node-ws-2"]);
+    s.expect("done").await;
+    s.finish().await;
+    poll_device.abort();
+    handle.stop().await.expect("stop");
+}
