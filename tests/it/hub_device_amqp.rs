@@ -316,6 +316,16 @@ mod client {
         assert!(desc.contains("expired"), "{desc}");
         let t = token(&hub, "Dev1", &off_key, now(&clock) + 60);
         assert_eq!(cbs.put_token(&aud("Dev1"), &t).await.0, 401, "another key");
+        // `HostName` with the AMQPS port: the SDKs sign `sr` with it.
+        let with_port = format!(
+            "{}:{}/devices/Dev1",
+            hub.hostname,
+            hub.info.amqp_port.unwrap()
+        );
+        let mut t = String::new();
+        azsim_proto::sas::sign(&mut t, &with_port, &key, now(&clock) + 60, None).expect("sign");
+        let (status, desc) = cbs.put_token(&with_port, &t).await;
+        assert_eq!(status, 200, "{desc}");
 
         let first_expiry = now(&clock) + 60;
         let t = token(&hub, "Dev1", &key, first_expiry);
@@ -394,7 +404,7 @@ mod client {
     }
 
     #[tokio::test]
-    async fn a_released_c2d_message_comes_again_until_the_max_delivery_count_and_a_module_sends_as_itself()
+    async fn a_released_c2d_message_comes_again_until_the_max_delivery_count_a_module_sends_as_itself_and_mqtt_and_amqp_take_over_from_each_other()
      {
         let hub = TestHub::start_configured(|cfg| cfg.limits.c2d_max_delivery_count = 2).await;
         hub.create_device("d1").await;
@@ -501,6 +511,22 @@ mod client {
             ev["annotations"]["iothub-connection-module-id"], "m1",
             "{ev}"
         );
+
+        // One connection per device, whichever transport: MQTT takes over from AMQP (the C2D
+        // link is detached as stolen), and a new AMQP link takes over from MQTT.
+        let (_mqtt, mut el) = hub.connect("d1", &key, true).await;
+        let stolen = tokio::time::timeout(WAIT, rx.recv::<Body<AmqpValue>>())
+            .await
+            .expect("detached in time");
+        assert!(format!("{stolen:?}").contains("Stolen"), "{stolen:?}");
+        let _rx2 = fe2o3_amqp::link::Receiver::builder()
+            .name("c2d-again")
+            .source("/devices/d1/messages/devicebound")
+            .target("here-again")
+            .attach(&mut session)
+            .await
+            .expect("c2d link again");
+        crate::support::wait_closed(&mut el).await;
         drop(conn);
         hub.stop().await;
     }

@@ -162,7 +162,8 @@ pub(crate) async fn put_token(ctx: Arc<ConnCtx>, request: Message<Body<Value>>) 
     let now = ctx.hub.clock().unix_ms() / 1000;
     // A device's own token has no skn (see device/auth.rs).
     let checked = if Token::parse(&token).is_ok_and(|t| t.policy().is_none()) {
-        super::device::auth::check_device_token(&ctx.hub, &token, now).await
+        super::device::auth::check_device_token(&ctx.hub, ctx.eventhub.amqps_port, &token, now)
+            .await
     } else {
         check_token(&ctx.hub, &token, Some(audience), now)
     };

@@ -27,9 +27,15 @@ fn identity_of(path: &str) -> Option<(String, Option<String>)> {
     }
 }
 
-/// Check a device token (see the module doc) at `now` (Unix seconds) and return its claim. The
-/// error is a short reason for the client and the log, never the token.
-pub(crate) async fn check_device_token(hub: &Hub, token: &str, now: u64) -> Result<Claim, String> {
+/// Check a device token (see the module doc) at `now` (Unix seconds) and return its claim;
+/// `amqps_port` is the AMQPS listener's port, which `sr` may name. The error is a short reason
+/// for the client and the log, never the token.
+pub(crate) async fn check_device_token(
+    hub: &Hub,
+    amqps_port: Option<u16>,
+    token: &str,
+    now: u64,
+) -> Result<Claim, String> {
     let t = Token::parse(token).map_err(|e| format!("malformed token: {e}"))?;
     let mut sr = String::new();
     t.write_resource(&mut sr)
@@ -64,13 +70,13 @@ pub(crate) async fn check_device_token(hub: &Hub, token: &str, now: u64) -> Resu
             ident.auth.type_name()
         ));
     }
-    let mut resources = crate::auth::identity_resources(
-        &hub.cfg.hostname,
-        hub.mqtt_port,
-        &device,
-        module.as_deref(),
-    );
-    if let Some(port) = hub.cfg.amqp_port {
+    // `HostName` may carry the port the device dialled: the AMQPS one, the HTTPS one (AMQP
+    // over WebSockets) or the MQTT one (a connection string shared with MQTT).
+    let mut resources = Vec::new();
+    for port in [Some(hub.mqtt_port), Some(hub.https_port), amqps_port]
+        .into_iter()
+        .flatten()
+    {
         resources.extend(crate::auth::identity_resources(
             &hub.cfg.hostname,
             port,
