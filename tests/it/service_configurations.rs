@@ -250,3 +250,140 @@ async fn configurations_target_twins_by_priority_and_survive_a_restart() {
     py.finish().await;
     hub.stop().await.expect("hub stops cleanly");
 }
+
+/// A token of one of the hub's shared access policies for its REST endpoint.
+fn policy_token(hub: &crate::support::TestHub, name: &str) -> String {
+    let key = &hub
+        .info
+        .policies
+        .iter()
+        .find(|p| p.name == name)
+        .unwrap()
+        .key;
+    let mut t = String::new();
+    let sr = format!("{}:{}", hub.hostname, hub.https_port);
+    let expiry = azsim_emulator::clock::unix_now() + 600;
+    azsim_proto::sas::sign(&mut t, &sr, key, expiry, Some(name)).unwrap();
+    t
+}
+
+async fn call(
+    hub: &crate::support::TestHub,
+    policy: &str,
+    method: reqwest::Method,
+    path: &str,
+    body: Option<Value>,
+) -> (u16, Value, String) {
+    let mut rb = hub
+        .http()
+        .request(method, hub.url(path))
+        .header("Authorization", policy_token(hub, policy));
+    if let Some(b) = body {
+        rb = rb.json(&b);
+    }
+    let r = rb.send().await.unwrap();
+    let status = r.status().as_u16();
+    let code = r
+        .headers()
+        .get("iothub-errorcode")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+        .to_owned();
+    (status, r.json().await.unwrap_or(Value::Null), code)
+}
+
+/// The registry's rights guard configurations: RegistryRead reads them, RegistryWrite changes
+/// them, ServiceConnect alone does neither; bad input gets Azure's error shape.
+#[tokio::test]
+async fn configurations_need_registry_rights_and_refuse_bad_input_in_azure_s_shape() {
+    use reqwest::Method;
+    let hub = crate::support::TestHub::start().await;
+    let cfg = json!({
+        "id": "rights",
+        "content": {"deviceContent": {"properties.desired.a": 1}},
+        "targetCondition": "tags.x = 1",
+        "priority": 1,
+    });
+    let put = |p: &'static str| {
+        call(
+            &hub,
+            p,
+            Method::PUT,
+            "/configurations/rights",
+            Some(cfg.clone()),
+        )
+    };
+    assert_eq!(put("registryRead").await.0, 401);
+    assert_eq!(put("service").await.0, 401);
+    let (s, created, _) = put("registryReadWrite").await;
+    assert_eq!(s, 201, "{created}");
+    assert_eq!(
+        created["systemMetrics"]["results"],
+        json!({"targetedCount": 0, "appliedCount": 0})
+    );
+    assert_eq!(created["contentType"], "assignment", "{created}");
+    let (s, list, _) = call(&hub, "registryRead", Method::GET, "/configurations", None).await;
+    assert_eq!((s, list.as_array().map(Vec::len)), (200, Some(1)), "{list}");
+    let (s, _, _) = call(&hub, "service", Method::GET, "/configurations/rights", None).await;
+    assert_eq!(s, 401);
+    let (s, body, code) = call(
+        &hub,
+        "iothubowner",
+        Method::GET,
+        "/configurations?top=x",
+        None,
+    )
+    .await;
+    assert_eq!((s, code.as_str()), (400, "ArgumentInvalid"), "{body}");
+    let inner: Value = serde_json::from_str(body["Message"].as_str().unwrap()).unwrap();
+    assert_eq!(inner["errorCode"], 400004, "{body}");
+    // A PUT with an etag of a configuration that does not exist is 404; a module configuration
+    // needs `FROM devices.modules WHERE`.
+    let missing = hub
+        .http()
+        .put(hub.url("/configurations/nope"))
+        .header("Authorization", policy_token(&hub, "iothubowner"))
+        .header("If-Match", "\"AAAAAAAAAAE=\"")
+        .json(&json!({"id": "nope", "content": {"deviceContent": {}}}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(missing.status().as_u16(), 404);
+    let module_cfg = json!({"id": "m", "content": {"moduleContent": {"properties.desired.a": 1}},
+        "targetCondition": "tags.x = 1"});
+    let (s, _, code) = call(
+        &hub,
+        "iothubowner",
+        Method::PUT,
+        "/configurations/m",
+        Some(module_cfg),
+    )
+    .await;
+    assert_eq!(
+        (s, code.as_str()),
+        (400, "InvalidConfigurationTargetCondition")
+    );
+    // applyConfigurationContent: an unknown device, and content without modulesContent.
+    let content = json!({"modulesContent": {"m": {"properties.desired": {"a": 1}}}});
+    let path = "/devices/ghost/applyConfigurationContent";
+    let (s, _, code) = call(&hub, "iothubowner", Method::POST, path, Some(content)).await;
+    assert_eq!((s, code.as_str()), (404, "DeviceNotFound"));
+    let (s, _, code) = call(
+        &hub,
+        "iothubowner",
+        Method::POST,
+        path,
+        Some(json!({"deviceContent": {}})),
+    )
+    .await;
+    assert_eq!((s, code.as_str()), (400, "InvalidConfigurationContent"));
+    let (s, _, _) = call(
+        &hub,
+        "registryReadWrite",
+        Method::DELETE,
+        "/configurations/rights",
+        None,
+    )
+    .await;
+    assert_eq!(s, 204);
+}

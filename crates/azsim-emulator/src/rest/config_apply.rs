@@ -523,10 +523,9 @@ pub(crate) async fn maintain(hub: Shared) {
                                 return;
                             }
                         }
-                        Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {
-                            hub.configs.dirty().all = true;
-                            return;
-                        }
+                        // Events missed under a flood of telemetry: the periodic whole pass
+                        // catches up (a whole pass per lag would run back to back).
+                        Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {}
                         Err(tokio::sync::broadcast::error::RecvError::Closed) => {
                             std::future::pending::<()>().await;
                         }

@@ -377,19 +377,21 @@ pub(super) async fn get_configuration(
 
 #[derive(Debug, serde::Deserialize)]
 pub(super) struct ListParams {
-    top: Option<i64>,
+    top: Option<String>,
 }
 
 pub(super) async fn list_configurations(
     State(hub): State<Shared>,
     Query(p): Query<ListParams>,
 ) -> ApiResult {
-    let all = hub.store.call(|c| store::list(c)).await?;
     // "Value will be overridden if greater than the maximum deployment count".
-    let top = p
-        .top
-        .filter(|n| *n >= 0)
-        .map_or(usize::MAX, |n| usize::try_from(n).unwrap_or(usize::MAX));
+    let top = match p.top.as_deref().map(str::trim) {
+        None | Some("") => usize::MAX,
+        Some(t) => t
+            .parse::<usize>()
+            .map_err(|_| ApiError::bad("top must be a non-negative integer"))?,
+    };
+    let all = hub.store.call(|c| store::list(c)).await?;
     let mut docs = Docs::default();
     let mut out = Vec::new();
     for c in all.iter().take(top) {
