@@ -442,20 +442,34 @@ fn valid_block_id(id: &str) -> bool {
 }
 
 /// The request body, refused with 413 past `max` bytes (before reading when the
-/// `Content-Length` says so).
-async fn body(req: Request, max: u64) -> Result<axum::body::Bytes, StorageError> {
+/// `Content-Length` says so). Read into one buffer of the declared size as it arrives: a blob
+/// is held once, not as chunks and then again as their concatenation.
+async fn body(req: Request, max: u64) -> Result<Vec<u8>, StorageError> {
+    use futures::StreamExt as _;
     let limit = usize::try_from(max).unwrap_or(usize::MAX);
     let declared = header_str(req.headers(), "content-length").and_then(|v| v.parse::<u64>().ok());
     if declared.is_some_and(|n| n > max) {
         return Err(too_large());
     }
-    axum::body::to_bytes(req.into_body(), limit)
-        .await
-        .map_err(|e| {
-            // Over the limit, or the body did not arrive (a client gone, the body deadline).
+    let capacity = declared.and_then(|n| usize::try_from(n).ok()).unwrap_or(0);
+    let mut buf = Vec::with_capacity(capacity);
+    let mut chunks = req.into_body().into_data_stream();
+    while let Some(chunk) = chunks.next().await {
+        let chunk = chunk.map_err(|e| {
+            // The client went away, or (answered 408 by the REST layer) the body deadline.
             tracing::debug!(error = %e, "blob endpoint: body not read");
-            too_large()
-        })
+            err(
+                StatusCode::BAD_REQUEST,
+                "InvalidInput",
+                "One of the request inputs is not valid.",
+            )
+        })?;
+        if buf.len() + chunk.len() > limit {
+            return Err(too_large());
+        }
+        buf.extend_from_slice(&chunk);
+    }
+    Ok(buf)
 }
 
 /// 201 for a written blob.
@@ -511,10 +525,11 @@ async fn get_blob(
         }
     };
     let len = slice.len();
+    // The stored bytes are handed over as they are (a slice of them for a range), not copied.
     let body = if head_only {
         Body::empty()
     } else {
-        Body::from(data[slice].to_vec())
+        Body::from(axum::body::Bytes::from(data).slice(slice))
     };
     let mut r = (status, body).into_response();
     let h = r.headers_mut();
