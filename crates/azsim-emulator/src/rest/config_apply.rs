@@ -656,6 +656,71 @@ mod tests {
         assert!(saved.contains_key(&("d2".to_string(), String::new())));
     }
 
+    #[tokio::test]
+    async fn module_configurations_target_module_twins_and_edge_ones_edge_devices() {
+        let hub = hub();
+        put_device(&hub, "plain", json!({})).await;
+        put_device(&hub, "edge", json!({})).await;
+        let (mut edge, mut module) = (Identity::default(), Identity::default());
+        (edge.device_id, edge.iot_edge, edge.desired_version) = ("edge".into(), true, 1);
+        (module.device_id, module.module_id) = ("plain".into(), Some("filter".into()));
+        module.tags = json!({"role": "filter"}).as_object().cloned().unwrap();
+        module.desired_version = 1;
+        let filter_on_edge = Identity {
+            device_id: "edge".into(),
+            module_id: Some("filter".into()),
+            ..Identity::default()
+        };
+        hub.store
+            .call(move |c| {
+                q::put_identity(c, &edge)?;
+                q::put_identity(c, &module)?;
+                q::put_identity(c, &filter_on_edge)
+            })
+            .await
+            .unwrap();
+        let configs = [
+            json!({"id": "mod", "priority": 0,
+                "targetCondition": "FROM devices.modules WHERE tags.role = 'filter'",
+                "content": {"moduleContent": {"properties.desired.threshold": 3}}}),
+            json!({"id": "deploy", "priority": 0, "targetCondition": "deviceId <> 'x'",
+                "content": {"modulesContent": {"filter": {"properties.desired": {"t": 9}}}}}),
+        ];
+        for doc in configs {
+            let doc = doc.as_object().cloned().unwrap();
+            let id = doc["id"].as_str().unwrap().to_string();
+            hub.store
+                .call(move |c| store::put(c, &id, &doc))
+                .await
+                .unwrap();
+        }
+        pass(&hub).await.unwrap();
+        let module_desired = |d: &'static str| {
+            let hub = hub.clone();
+            async move {
+                let i = hub
+                    .store
+                    .call(move |c| q::get_identity(c, d, Some("filter")))
+                    .await
+                    .unwrap()
+                    .unwrap();
+                Value::Object(i.desired)
+            }
+        };
+        assert_eq!(module_desired("plain").await, json!({"threshold": 3}));
+        assert_eq!(
+            hub.configs.twin_field("plain", Some("filter")),
+            Some(json!({"mod": {"status": "Applied"}}))
+        );
+        // The deployment targets the edge device only (both match its condition).
+        assert_eq!(module_desired("edge").await, json!({"t": 9}));
+        assert_eq!(
+            field(&hub, "edge"),
+            json!({"deploy": {"status": "Applied"}})
+        );
+        assert_eq!(field(&hub, "plain"), Value::Null);
+    }
+
     #[test]
     fn stream_events_name_the_twin_that_changed() {
         let ev = json!({"type": "twinReported", "deviceId": "d", "moduleId": "m", "patch": {}});
