@@ -7,10 +7,12 @@
 //! C2D with SASL PLAIN and gets its feedback, reads a partition after a CBS `put-token`, and
 //! sends more than the pre-auth byte cap once authenticated; a wrong subprotocol gets 400, an
 //! unknown path what any unknown REST path gets; garbage, a text message or an oversized message
-//! before auth close only that connection; the hub's stop closes a connection that is still open. The official SDKs:
-//! `azure-eventhub` with `TransportType.AmqpOverWebsocket` (tests/python/eventhub_websocket.py)
-//! and `azure-iothub`'s `AmqpWs` client in Node (tests/node/service_amqp_ws.js, which dials
-//! 443: that test holds `support::PORT_8883`).
+//! before auth close only that connection; the hub's stop closes a connection that is still
+//! open; unauthenticated AMQP WebSockets hold places of the WebSocket cap until their token (503
+//! beyond) and are closed at the connect deadline. The official SDKs: `azure-eventhub` with
+//! `TransportType.AmqpOverWebsocket` (tests/python/eventhub_websocket.py) and `azure-iothub`'s
+//! `AmqpWs` client in Node (tests/node/service_amqp_ws.js, which dials 443: that test holds
+//! `support::PORT_8883`).
 
 use std::path::Path;
 use std::time::Duration;
@@ -513,4 +515,49 @@ async fn the_node_service_sdk_sends_c2d_and_reads_feedback_over_amqp_websockets(
     s.finish().await;
     poll_device.abort();
     handle.stop().await.expect("stop");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unauthenticated_amqp_websockets_count_against_the_cap_until_their_token_and_meet_the_deadline()
+ {
+    let hub = TestHub::start_configured(|c| {
+        c.limits.max_pre_auth_connections = 2;
+        c.limits.connect_deadline = Duration::from_secs(5);
+    })
+    .await;
+    // Two places: a silent WebSocket and an AMQP connection without a token yet.
+    let mut silent = websocket(&hub, SERVICEBUS_PATH, "AMQPWSB10").await.unwrap();
+    let mut conn = open(&hub, IOTHUB_PATH, SaslProfile::Anonymous)
+        .await
+        .expect("ANONYMOUS");
+    let mut session = Session::begin(&mut conn).await.expect("session");
+    let mut cbs = Cbs::attach(&mut session).await;
+    let (status, _) = refused(&hub, SERVICEBUS_PATH, "AMQPWSB10").await;
+    assert_eq!(
+        status, 503,
+        "a third unauthenticated WebSocket waits for a place"
+    );
+    // Its token gives its place back (the hub notices it a moment after the reply).
+    let token = owner_token(&hub, &hub.hostname, unix_now() + 600);
+    assert_eq!(cbs.put_token(&hub.hostname, &token).await.0, 200);
+    let deadline = tokio::time::Instant::now() + WAIT;
+    let mut late = loop {
+        match websocket(&hub, IOTHUB_PATH, "AMQPWSB10").await {
+            Ok(ws) => break ws,
+            Err(tungstenite::Error::Http(r)) if r.status() == 503 => {
+                assert!(tokio::time::Instant::now() < deadline, "no place freed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            Err(e) => panic!("upgrade: {e}"),
+        }
+    };
+    // The silent ones are closed at the connect deadline; the authenticated one stays.
+    ended(&mut silent, "silent").await;
+    ended(&mut late, "late").await;
+    let tx = Sender::attach(&mut session, "after-deadline", "/messages/devicebound")
+        .await
+        .expect("an authenticated connection outlives the deadline");
+    tx.close().await.expect("detach");
+    conn.close().await.expect("close");
+    hub.stop().await;
 }
