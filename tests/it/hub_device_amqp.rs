@@ -72,6 +72,7 @@ async fn the_node_device_sdk_over_amqp_sends_receives_answers_and_keeps_its_twin
     std::fs::write(&cs_file, &hub.info.service_connection_string).unwrap();
 
     scenario(&node, &view, &cs_file, "node-amqp", "amqp", "Amqp").await;
+    scenario(&node, &view, &cs_file, "node-amqpws", "amqpws", "AmqpWs").await;
 
     hub.stop().await.expect("hub stops cleanly");
 }
@@ -201,6 +202,85 @@ async fn scenario(
     );
     s.expect("done").await;
     s.finish().await;
+}
+
+/// A self-signed X.509 device (registered by thumbprint) over AMQPS: its TLS client
+/// certificate authenticates its links, no put-token; a SAS device presenting a certificate is
+/// still refused. The device SDK dials the port in `HostName`: no fixed port.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_x509_device_over_amqp_is_authenticated_by_its_client_certificate() {
+    let node = match node() {
+        Ok(n) => n,
+        Err(why) => {
+            crate::support::skip(&why);
+            return;
+        }
+    };
+    let hub = TestHub::start().await;
+    let tmp = tempfile::tempdir().unwrap();
+    x509_device(&node, &hub, tmp.path()).await;
+    hub.stop().await;
+}
+
+async fn x509_device(node: &Path, hub: &TestHub, work: &Path) {
+    let host = format!(
+        "{}:{}",
+        hub.hostname,
+        hub.info.amqp_port.expect("amqp port")
+    );
+    let key = rcgen::KeyPair::generate().unwrap();
+    let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, "node-amqp-x509");
+    let cert = params.self_signed(&key).unwrap();
+    let (cert_file, key_file) = (work.join("amqp-x509.pem"), work.join("amqp-x509.key"));
+    std::fs::write(&cert_file, cert.pem()).unwrap();
+    std::fs::write(&key_file, key.serialize_pem()).unwrap();
+    let thumbprint = azsim_emulator::x509::sha1_thumbprint(cert.der());
+    let (status, body) = hub
+        .rest(
+            Method::PUT,
+            "/devices/node-amqp-x509",
+            Some(
+                json!({"deviceId": "node-amqp-x509", "authentication": {"type": "selfSigned",
+                "x509Thumbprint": {"primaryThumbprint": thumbprint}}}),
+            ),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    hub.create_device("node-amqp-sas").await;
+    let spawn = |id: &str| {
+        let mut cmd = Command::new(node);
+        cmd.arg(node_dir().join("device_amqp.js"))
+            .args(["x509", &host, id])
+            .args([&cert_file, &key_file])
+            .arg("amqp")
+            .env("NODE_EXTRA_CA_CERTS", &hub.ca_file)
+            .stdin(Stdio::null());
+        Script::spawn(cmd, work, &format!("device_amqp-x509-{id}"))
+    };
+    let mut s = spawn("node-amqp-x509");
+    s.expect("connected").await;
+    s.expect("telemetry_sent").await;
+    s.expect("twin").await;
+    s.expect("done").await;
+    s.finish().await;
+    let (_, events) = hub
+        .rest(
+            Method::GET,
+            "/emulator/events/recent?deviceId=node-amqp-x509",
+            None,
+        )
+        .await;
+    assert!(
+        events.as_array().is_some_and(|a| a
+            .iter()
+            .any(|e| e["systemProperties"]["message-id"] == "amqp-x509-amqp")),
+        "{events}"
+    );
+    let refused = spawn("node-amqp-sas").expect_error().await;
+    assert_eq!(refused["step"], "sendEvent", "{refused}");
 }
 
 /// The C2D feedback records, once there are `n` (REST receive, completed).

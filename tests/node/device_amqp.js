@@ -5,6 +5,7 @@
 // line, key "event") and never prints a key, a token or a connection string.
 //
 //   node device_amqp.js SERVICE_CS_FILE DEVICE_ID TRANSPORT      (amqp | amqpws)
+//   node device_amqp.js x509 HOST DEVICE_ID CERT_FILE KEY_FILE TRANSPORT
 //
 // The Registry creates DEVICE_ID; the device connects over TRANSPORT and sends telemetry with
 // properties, then a message over 256 KiB (refused); it reads its twin, patches reported
@@ -197,4 +198,24 @@ async function main(csFile, deviceId, transportName) {
   emit('done');
 }
 
-main(...process.argv.slice(2)).then(() => process.exit(0), (err) => fail('unexpected', err));
+// An X.509 device (no put-token: the TLS client certificate authenticates its links): connect,
+// send one message, read the twin.
+async function x509(host, deviceId, certFile, keyFile, transportName) {
+  const Transport = { amqp: Amqp, amqpws: AmqpWs }[transportName];
+  const client = device.Client.fromConnectionString('HostName=' + host + ';DeviceId=' + deviceId + ';x509=true', Transport);
+  client.setOptions({ cert: fs.readFileSync(certFile, 'utf8'), key: fs.readFileSync(keyFile, 'utf8') });
+  await step('open', () => client.open());
+  emit('connected', { transport: Transport.name });
+  const msg = new device.Message('x509 ' + transportName);
+  msg.messageId = 'amqp-x509-' + transportName;
+  await step('sendEvent', () => client.sendEvent(msg));
+  emit('telemetry_sent', { messageId: msg.messageId });
+  const twin = await step('getTwin', () => client.getTwin());
+  emit('twin', { reportedVersion: twin.properties.reported.$version });
+  await step('close', () => client.close());
+  emit('done');
+}
+
+const [mode, ...args] = process.argv.slice(2);
+const run = mode === 'x509' ? x509 : main;
+run(...(mode === 'x509' ? args : [mode, ...args])).then(() => process.exit(0), (err) => fail('unexpected', err));

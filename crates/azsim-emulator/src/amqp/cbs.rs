@@ -36,9 +36,24 @@ pub(crate) struct Claims {
     claims: Mutex<Vec<Claim>>,
     /// Woken when a claim is added (the connection is authenticated from then on).
     pub added: Notify,
+    /// The certificate chain the client sent in the TLS handshake, if any (leaf first): what
+    /// authenticates an X.509 device's links (`device/`).
+    client_certs: std::sync::OnceLock<Vec<rustls_pki_types::CertificateDer<'static>>>,
 }
 
 impl Claims {
+    /// Keep the client's TLS certificate chain (once, at the handshake).
+    pub fn set_client_certs(&self, certs: &[rustls_pki_types::CertificateDer<'static>]) {
+        if !certs.is_empty() {
+            let _ = self.client_certs.set(certs.to_vec());
+        }
+    }
+
+    /// The client's TLS certificate chain, if it sent one.
+    pub fn client_certs(&self) -> Option<&[rustls_pki_types::CertificateDer<'static>]> {
+        self.client_certs.get().map(Vec::as_slice)
+    }
+
     /// Record a checked claim; a claim for the same path replaces the older one (a renewed
     /// token).
     pub fn add(&self, claim: Claim) {

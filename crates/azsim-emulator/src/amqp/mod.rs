@@ -355,6 +355,10 @@ async fn connection(
             match tls {
                 Some(tls) => {
                     let stream = tls.accept(tcp).await.map_err(|e| e.to_string())?;
+                    // An X.509 device is authenticated by its certificate (see device/).
+                    if let Some(certs) = stream.get_ref().1.peer_certificates() {
+                        claims.set_client_certs(certs);
+                    }
                     open(&hub, &claims, stream).await
                 }
                 None => open(&hub, &claims, tcp).await,

@@ -10,7 +10,7 @@ use crate::auth::Permission;
 use crate::hub::Hub;
 
 /// What a device token grants: its own identity, for device-facing links.
-const DEVICE_RIGHTS: &[Permission] = &[Permission::DeviceConnect];
+pub(super) const DEVICE_RIGHTS: &[Permission] = &[Permission::DeviceConnect];
 
 /// The identity an `sr` path names: `devices/{id}[/modules/{m}]` (each id decoded once more, for
 /// an SDK that encoded it inside the already encoded `sr`).

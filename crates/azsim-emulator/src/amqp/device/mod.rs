@@ -129,12 +129,14 @@ pub(crate) fn parse(role: &Role, path: &str) -> Option<Link> {
     })
 }
 
-/// Whether the connection holds a valid token for the link's identity (see the module doc).
+/// Whether the connection holds a valid token for the link's identity (see the module doc),
+/// or a TLS client certificate, which [`serve`] checks against the identity.
 pub(crate) fn authorize(ctx: &ConnCtx, link: &Link) -> Result<(), AmqpErr> {
     if ctx
         .claims
         .identity_expiry(&link.identity_path(), ctx.now_s())
         .is_some()
+        || ctx.claims.client_certs().is_some()
     {
         return Ok(());
     }
@@ -370,8 +372,8 @@ fn command(d: &DeviceConn, cmd: ConnCmd) {
 /// the link joins its [`DeviceConn`] and runs until it or the identity ends.
 pub(crate) async fn serve(ctx: Arc<ConnCtx>, link: Link, endpoint: LinkEndpoint) {
     let ident = crate::hub::load_identity(&ctx.hub, &link.device, link.module.as_deref()).await;
-    let generation_id = match ident {
-        Ok(Some(i)) if i.enabled => i.generation_id,
+    let ident = match ident {
+        Ok(Some(i)) if i.enabled => i,
         Ok(Some(_)) => {
             return super::refuse(
                 endpoint,
@@ -402,7 +404,20 @@ pub(crate) async fn serve(ctx: Arc<ConnCtx>, link: Link, endpoint: LinkEndpoint)
             .await;
         }
     };
-    let dev = ctx.devices.join(&ctx, &link, generation_id);
+    if ctx
+        .claims
+        .identity_expiry(&link.identity_path(), ctx.now_s())
+        .is_none()
+        && let Err(e) = x509(&ctx, &link, &ident).await
+    {
+        tracing::info!(peer = %ctx.peer, reason = %e, "amqp: device link refused");
+        return super::refuse(
+            endpoint,
+            AmqpErr::new(AmqpError::UnauthorizedAccess, e, None),
+        )
+        .await;
+    }
+    let dev = ctx.devices.join(&ctx, &link, ident.generation_id);
     match (link.kind, endpoint) {
         (Kind::Telemetry, LinkEndpoint::Receiver(r)) => telemetry::serve(ctx, dev, r).await,
         (Kind::C2d, LinkEndpoint::Sender(s)) => c2d::serve(ctx, dev, s).await,
@@ -418,6 +433,45 @@ pub(crate) async fn serve(ctx: Arc<ConnCtx>, link: Link, endpoint: LinkEndpoint)
             .await;
         }
     }
+}
+
+/// Authenticate the link's identity by the connection's TLS client certificate (an identity
+/// registered `selfSigned` or `certificateAuthority`, MQTT's rules in `crate::x509`); on success
+/// the connection holds a claim for it that does not expire (a certificate is not renewed in the
+/// session, as over MQTT).
+async fn x509(ctx: &ConnCtx, link: &Link, ident: &crate::store::Identity) -> Result<(), String> {
+    let Some(certs) = ctx.claims.client_certs() else {
+        return Err("no valid token: put-token on $cbs first".into());
+    };
+    if !ident.auth.is_x509() {
+        return Err(
+            "the identity uses sas authentication (its client certificate is not accepted)".into(),
+        );
+    }
+    let cas = if matches!(ident.auth, crate::x509::Auth::CertificateAuthority) {
+        ctx.hub
+            .store
+            .call(|c| crate::x509::ca_store::anchors(c))
+            .await
+            .map_err(|e| e.to_string())?
+    } else {
+        Vec::new()
+    };
+    let cid = client_id(&link.device, link.module.as_deref());
+    crate::x509::authenticate(
+        Some(certs),
+        &cid,
+        &ident.auth,
+        &cas,
+        ctx.hub.clock().unix_secs(),
+    )
+    .map_err(|e| e.to_string())?;
+    ctx.claims.add(super::cbs::Claim {
+        path: link.identity_path(),
+        expires: u64::MAX / 1000,
+        rights: auth::DEVICE_RIGHTS,
+    });
+    Ok(())
 }
 
 /// Completes with the error the identity's links end with, once the hub ends them (also
