@@ -315,6 +315,18 @@ async fn serve(cfg: HubCliConfig) -> Result<ExitCode, CliError> {
             info.hostname,
             info.https_port
         );
+        let amqp = info.amqp_port.is_some() || info.amqp_dev_port.is_some();
+        crate::out::outln!(
+            "  WebSockets:      wss://{}:{}/$iothub/websocket ({}){}",
+            info.hostname,
+            info.https_port,
+            if amqp { "MQTT, AMQP" } else { "MQTT" },
+            if amqp {
+                ", /$servicebus/websocket (AMQP)"
+            } else {
+                ""
+            }
+        );
         if let Some(p) = info.amqp_port {
             crate::out::outln!(
                 "  AMQPS (Event Hubs-compatible): amqps://{}:{p}",
