@@ -4,7 +4,7 @@
 //! connection code as AMQPS.
 //!
 //! An independent client (fe2o3-amqp over tungstenite, through the library's `WsBytes`) sends
-//! C2D with SASL PLAIN and gets its feedback, reads a partition after a CBS `put-token`, and
+//! C2D with SASL PLAIN and gets its feedback and a file upload notification, reads a partition after a CBS `put-token`, and
 //! sends more than the pre-auth byte cap once authenticated; a wrong subprotocol gets 400, an
 //! unknown path what any unknown REST path gets; garbage, a text message or an oversized message
 //! before auth close only that connection; the hub's stop closes a connection that is still
@@ -215,6 +215,66 @@ async fn c2d_feedback_and_partitions_over_amqp_websockets_and_the_stop_closes_th
         "{text}"
     );
     feedback.accept(&batch).await.expect("accept");
+
+    // A file upload's notification on the same connection.
+    let token = hub.device_token("ws-c2d", &key, unix_now() + 600);
+    let up: serde_json::Value = hub
+        .http()
+        .post(hub.url("/devices/ws-c2d/files"))
+        .header("Authorization", &token)
+        .json(&serde_json::json!({ "blobName": "ws.txt" }))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let text = |k: &str| up[k].as_str().unwrap_or_else(|| panic!("{k} in {up}"));
+    let blob = format!(
+        "https://{}/{}/{}{}",
+        text("hostName"),
+        text("containerName"),
+        text("blobName"),
+        text("sasToken")
+    );
+    let put = hub
+        .http()
+        .put(blob)
+        .header("x-ms-blob-type", "BlockBlob")
+        .body(b"over websockets".to_vec())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(put.status().as_u16(), 201);
+    let notified = hub
+        .http()
+        .post(hub.url("/devices/ws-c2d/files/notifications"))
+        .header("Authorization", &token)
+        .json(&serde_json::json!({
+            "correlationId": text("correlationId"), "isSuccess": true, "statusCode": 201,
+            "statusDescription": "ok"
+        }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(notified.status().as_u16(), 204);
+    let mut files = Receiver::attach(
+        &mut session,
+        "files",
+        "/messages/serviceBound/filenotifications",
+    )
+    .await
+    .expect("file notification receiver");
+    let n = tokio::time::timeout(WAIT, files.recv::<Body<Value>>())
+        .await
+        .expect("a notification in time")
+        .expect("a notification");
+    let text = match n.body() {
+        Body::Data(d) => String::from_utf8(d.iter().flat_map(|d| d.0.to_vec()).collect()).unwrap(),
+        other => panic!("notification body {other:?}"),
+    };
+    assert!(text.contains("\"blobName\":\"ws-c2d/ws.txt\""), "{text}");
+    files.accept(&n).await.expect("accept");
 
     // The Service Bus path, SASL ANONYMOUS and CBS: the partition holds the telemetry.
     let mut eh = open(&hub, SERVICEBUS_PATH, SaslProfile::Anonymous)
