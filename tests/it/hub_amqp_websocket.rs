@@ -4,12 +4,13 @@
 //! connection code as AMQPS.
 //!
 //! An independent client (fe2o3-amqp over tungstenite, through the library's `WsBytes`) sends
-//! C2D with SASL PLAIN and gets its feedback and a file upload notification, reads a partition after a CBS `put-token`, and
-//! sends more than the pre-auth byte cap once authenticated; a wrong subprotocol gets 400, an
-//! unknown path what any unknown REST path gets; garbage, a text message or an oversized message
-//! before auth close only that connection; the hub's stop closes a connection that is still
-//! open; unauthenticated AMQP WebSockets hold places of the WebSocket cap until their token (503
-//! beyond) and are closed at the connect deadline. The official SDKs: `azure-eventhub` with
+//! C2D with SASL PLAIN and gets its feedback and a file upload notification, reads a partition
+//! after a CBS `put-token`, and sends more than the pre-auth byte cap once authenticated; a
+//! wrong subprotocol gets 400, an unknown path what any unknown REST path gets; garbage, a text
+//! message or an oversized message before auth close only that connection; the hub's stop
+//! closes a connection that is still open; unauthenticated AMQP WebSockets hold places of the
+//! WebSocket cap until their token (503 beyond) and are closed at the connect deadline; frames
+//! may span messages and a message may hold several. The official SDKs: `azure-eventhub` with
 //! `TransportType.AmqpOverWebsocket` (tests/python/eventhub_websocket.py) and `azure-iothub`'s
 //! `AmqpWs` client in Node (tests/node/service_amqp_ws.js, which dials 443: that test holds
 //! `support::PORT_8883`).
