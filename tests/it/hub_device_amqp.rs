@@ -592,6 +592,56 @@ mod client {
             "{ev}"
         );
 
+        // The twin: a GET sent before the receiver link is attached is answered on it (the
+        // SDKs attach both links at once and send at once).
+        let mut twin_tx = Sender::attach(&mut session, "twin-req", "/devices/d1/twin")
+            .await
+            .expect("twin sender link");
+        let get = Message::builder()
+            .properties(Properties {
+                correlation_id: Some(MessageId::String("get-1".into())),
+                ..Properties::default()
+            })
+            .message_annotations(
+                fe2o3_amqp::types::messaging::MessageAnnotations::builder()
+                    .insert(
+                        fe2o3_amqp::types::messaging::annotations::OwnedKey::Symbol(
+                            "operation".into(),
+                        ),
+                        AmqpValue::String("GET".into()),
+                    )
+                    .build(),
+            )
+            .data(Binary::from(b" ".to_vec()))
+            .build();
+        let sent = tokio::time::timeout(WAIT, twin_tx.send(get))
+            .await
+            .expect("settled in time")
+            .expect("sent");
+        assert!(matches!(sent, Outcome::Accepted(_)), "{sent:?}");
+        let mut twin_rx = fe2o3_amqp::link::Receiver::builder()
+            .name("twin-res")
+            .source("/devices/d1/twin")
+            .target("twin-here")
+            .attach(&mut session)
+            .await
+            .expect("twin receiver link");
+        let res = tokio::time::timeout(WAIT, twin_rx.recv::<Body<AmqpValue>>())
+            .await
+            .expect("answered in time")
+            .expect("response");
+        let m = res.message();
+        assert_eq!(
+            m.properties.as_ref().and_then(|p| p.correlation_id.clone()),
+            Some(MessageId::String("get-1".into()))
+        );
+        let status = m.message_annotations.as_ref().and_then(|a| {
+            a.0.get(&fe2o3_amqp::types::messaging::annotations::OwnedKey::Symbol("status".into()))
+                .cloned()
+        });
+        assert_eq!(status, Some(AmqpValue::Int(200)), "{m:?}");
+        twin_rx.accept(&res).await.expect("accept");
+
         // One connection per device, whichever transport: MQTT takes over from AMQP (the C2D
         // link is detached as stolen), and a new AMQP link takes over from MQTT.
         let (_mqtt, mut el) = hub.connect("d1", &key, true).await;

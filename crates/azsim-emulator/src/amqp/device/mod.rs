@@ -170,9 +170,8 @@ pub(crate) struct DeviceConn {
     pub c2d_wake: Notify,
     /// Where method requests go (the method request link, while attached).
     pub methods: Mutex<Option<mpsc::UnboundedSender<methods::Request>>>,
-    /// Where twin responses and desired notifications go (the twin receiver link, while
-    /// attached).
-    pub twin: Mutex<Option<mpsc::UnboundedSender<twin::Out>>>,
+    /// Twin responses and desired notifications for the twin receiver link.
+    pub twin: twin::Outbox,
     /// The task running [`dispatch`] for it.
     dispatcher: std::sync::OnceLock<tokio::task::AbortHandle>,
 }
@@ -251,7 +250,7 @@ impl Devices {
             ended: watch::channel(None).0,
             c2d_wake: Notify::new(),
             methods: Mutex::new(None),
-            twin: Mutex::new(None),
+            twin: twin::Outbox::default(),
             dispatcher: std::sync::OnceLock::new(),
             hub: hub.clone(),
         });

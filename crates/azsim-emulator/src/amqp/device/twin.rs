@@ -52,6 +52,26 @@ pub(crate) enum Out {
     Desired { version: u64, body: Vec<u8> },
 }
 
+/// The twin messages for the device. Queued from the identity's first link on: the device
+/// attaches its two twin links at once and sends its first request as soon as it may, so a
+/// response can be ready before the receiver link is; it waits for it. The receiver link takes
+/// the queue while it is attached.
+#[derive(Debug)]
+pub(crate) struct Outbox {
+    tx: mpsc::UnboundedSender<Out>,
+    rx: std::sync::Mutex<Option<mpsc::UnboundedReceiver<Out>>>,
+}
+
+impl Default for Outbox {
+    fn default() -> Self {
+        let (tx, rx) = mpsc::unbounded_channel();
+        Outbox {
+            tx,
+            rx: std::sync::Mutex::new(Some(rx)),
+        }
+    }
+}
+
 fn annotations(pairs: &[(&str, Value)]) -> MessageAnnotations {
     let mut ann = MessageAnnotations::default();
     for (k, v) in pairs {
@@ -95,8 +115,16 @@ fn to_message(out: Out) -> Message<fe2o3_amqp::types::messaging::Data> {
 /// identity or the hub ends.
 pub(super) async fn responses(dev: Arc<DeviceConn>, mut sender: Sender) {
     let hub = dev.hub.clone();
-    let (tx, mut rx) = mpsc::unbounded_channel();
-    *dev.twin.lock().unwrap_or_else(|p| p.into_inner()) = Some(tx);
+    let taken = dev.twin.rx.lock().unwrap_or_else(|p| p.into_inner()).take();
+    let Some(mut rx) = taken else {
+        let e = fe2o3_amqp::types::definitions::Error::new(
+            fe2o3_amqp::types::definitions::AmqpError::ResourceLocked,
+            "the device already has a twin receiver link".to_string(),
+            None,
+        );
+        let _ = sender.close_with_error(e).await;
+        return;
+    };
     let mut ended = dev.ended();
     let mut shutdown = hub.shutdown.subscribe();
     let error = loop {
@@ -112,7 +140,7 @@ pub(super) async fn responses(dev: Arc<DeviceConn>, mut sender: Sender) {
             e = until_ended(&mut ended, &mut shutdown) => break e,
         }
     };
-    *dev.twin.lock().unwrap_or_else(|p| p.into_inner()) = None;
+    *dev.twin.rx.lock().unwrap_or_else(|p| p.into_inner()) = Some(rx);
     dev.subs.desired.store(false, Ordering::Release);
     hub.presence_changed();
     let _ = match error {
@@ -163,18 +191,9 @@ pub(super) async fn requests(dev: Arc<DeviceConn>, mut receiver: Receiver) {
     };
 }
 
-/// Queue `out` for the device's twin receiver link (dropped, as IoT Hub drops it, when the
-/// device has none attached).
+/// Queue `out` for the device's twin receiver link (see [`Outbox`]).
 fn respond(dev: &DeviceConn, out: Out) {
-    let tx = dev.twin.lock().unwrap_or_else(|p| p.into_inner()).clone();
-    match tx {
-        Some(tx) => {
-            let _ = tx.send(out);
-        }
-        None => {
-            tracing::info!(client_id = %dev.cid, "amqp: twin response not sent: no twin receiver link")
-        }
-    }
+    let _ = dev.twin.tx.send(out);
 }
 
 /// A desired-properties patch for the device, if it asked for notifications.
