@@ -86,13 +86,37 @@
 //! The hub's SQLite threads took 2.1-2.5 us of its CPU per message at window 1 and 1.8-2.0 at
 //! 10 and 100. Memory per device in these runs: hub 15.5-19.0 KiB, mosquitto 15.7-19.7 KiB
 //! (the RSS delta moves by a few KiB with the machine's load; 14.4 / 18.0 on a quiet one).
-//! Much of what is over 16 KiB is the handshake burst, not the connections: with
-//! `--connect-concurrency 20` instead of 200 the hub measured 13.3-13.7 KiB per device (16.9-17.3
-//! at 200, same build, alternating runs) and mosquitto 15.6-16.4 (17.0-18.3): 200 TLS handshakes
-//! at once (RSA-2048 signatures, certificate chains) leave freed heap the allocator keeps.
-//! What a connection itself holds: its task's future, 2960 bytes in a dev build (1224 of them
-//! the TLS stream; `mqtt::tests::a_connection_s_future_stays_small`), rustls' 4 KiB record
-//! buffer (zero-filled, so resident), the record keys, its command channel and registry entry.
+//! What was over 16 KiB came from the burst of 200 devices connecting at once, but not from
+//! the TLS handshakes: glibc's arenas held only ~1 MiB free at the CONNACKs (`malloc_stats`),
+//! and a hub-side bound of 4, 8 or 16 handshakes at a time changed nothing (16.1-17.5 KiB
+//! against 15.9-18.0 without, alternating). It was the blocking pool: every device's identity
+//! lookup is a `Store::call`, all of them wait for the one SQLite connection, and each waiting
+//! call held a blocking thread, so the pool grew to ~190 threads whose stacks and arenas stayed
+//! resident. `Store::call` now waits for one of 2 places before it takes a thread. And the
+//! connection's boxed `Opened` (1.5 KiB) was freed at the connection's end, not at its CONNACK
+//! (heaptrack). Together, same machine, alternating: 15.6-16.8 -> 12.6-13.0 KiB per device with
+//! `--only hub`; in the 3-round run of both brokers below, hub 12.6-13.3 KiB in all 18 runs,
+//! mosquitto 15.4-18.4.
+//! What a connection itself holds (heaptrack, ~12 KiB of live heap): its task (3.3 KiB; the
+//! future is 2960 bytes in a dev build, 1224 of them the TLS stream;
+//! `mqtt::tests::a_connection_s_future_stays_small`), rustls' 4 KiB record buffer (zero-filled,
+//! so resident), its 1 KiB read buffer, the record keys (1.1 KiB), its command channel
+//! (1.3 KiB) and registry entry.
+//! Ingest after the change above (same run, `--rounds 3 --messages 200 --window 1,10,100`, load
+//! average 6-7 from other builds): medians 0.78x / 1.25x / 1.69x at windows 1 / 10 / 100
+//! (rounds 0.88 0.78 0.39 / 1.25 2.33 1.14 / 1.69 2.25 1.64), hub
+//! CPU 18.4 / 10.5 / 8.8 us per message against mosquitto's 9.3 / 8.5 / 8.1. The hub's CPU per
+//! message doubled since the table above because the configurations maintainer (`rest/
+//! config_apply.rs`) keeps a receiver of the hub's event stream for the hub's life, so every
+//! telemetry message has its JSON built and broadcast (`Conn::ingest` builds it only while
+//! someone is watching). The same binary with that one subscription left out (an experiment, not
+//! committed): 0.83x / 1.97x / 1.78x (rounds 0.73 0.83 1.62 / 2.22 1.43 1.97 / 1.78 2.05 1.26),
+//! hub 13.1 / 5.1 / 4.1 us against 8.4 / 7.8 / 7.3.
+//! The event log's trim (a range DELETE every 256 rows at the 10,000-row cap) costs 0.6-0.7 us
+//! per message of the SQLite writer's 1.8-1.9 (A/B with a cap above the run's 200,000 messages,
+//! 3 pairs at windows 10 and 100). Trimming every 4096 rows instead, or a 16 MB page cache so
+//! the old pages are not read back, changed it by 0.1-0.2 us at most: the cost is SQLite
+//! deleting (and rebalancing) the rows, not the statements.
 //! What bounds the ratio, from CPU per message B (broker) and C (clients) on 2 cores: mosquitto
 //! is one thread, so its rate is at most min(1/B_m, 2/(B_m + C)); the hub's is at most
 //! 2/(B_h + C). At window 1 every PUBLISH costs each broker a read and a PUBACK write, and the
