@@ -657,6 +657,33 @@ mod client {
             .await
             .expect("c2d link again");
         crate::support::wait_closed(&mut el).await;
+
+        // Under throttling and over the quota telemetry is rejected with IoT Hub's conditions;
+        // the link stays.
+        for (kind, condition) in [
+            ("throttle", "com.microsoft:device-container-throttled"),
+            ("quota", "com.microsoft:quota-exceeded"),
+        ] {
+            let (s, v) = hub
+                .rest(
+                    Method::POST,
+                    "/emulator/devices/d1/faults",
+                    Some(json!({"kind": kind, "forSeconds": 600})),
+                )
+                .await;
+            assert!(s < 300, "{s} {v}");
+            let out = tokio::time::timeout(WAIT, tx.send(telemetry(kind, b"{}".to_vec())))
+                .await
+                .expect("settled in time")
+                .expect("sent");
+            match out {
+                Outcome::Rejected(r) => {
+                    let e = r.error.expect("an error");
+                    assert!(format!("{:?}", e.condition).contains(condition), "{e:?}");
+                }
+                other => panic!("{kind}: rejected, not {other:?}"),
+            }
+        }
         drop(conn);
         hub.stop().await;
     }
