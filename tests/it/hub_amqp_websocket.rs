@@ -362,11 +362,12 @@ async fn bad_upgrades_and_bad_input_close_only_that_connection() {
     ws.get_mut().flush().await.unwrap();
     assert_eq!(ended(&mut ws, "oversized").await, Some(1009));
 
-    // The others are served all along.
-    let mut conn = open(&hub, IOTHUB_PATH, plain(&hub))
-        .await
-        .expect("still serving");
-    conn.close().await.expect("close");
+    // The others are served all along; with a trailing `/` too, as uamqp (azure-iot-hub's
+    // AMQP stack) opens `/$servicebus/websocket/`.
+    for path in [IOTHUB_PATH, "/$servicebus/websocket/"] {
+        let mut conn = open(&hub, path, plain(&hub)).await.expect("still serving");
+        conn.close().await.expect("close");
+    }
     hub.stop().await;
 
     // A hub without AMQP has no AMQP over WebSockets either.

@@ -76,17 +76,29 @@ pub(crate) const PRE_AUTH_SLACK: usize = 1024;
 /// hub sends (so none is split), less than what a write of several packets may hold.
 pub const WRITE_CHUNK: usize = 512 * 1024;
 
-/// [`PATH`] and [`SERVICEBUS_PATH`], sharing one cap on unauthenticated WebSocket connections.
+/// [`PATH`] and [`SERVICEBUS_PATH`], each also with a trailing `/` (uamqp, inside
+/// `azure-iot-hub`, opens `/$servicebus/websocket/`), sharing one cap on unauthenticated
+/// WebSocket connections.
 pub(crate) fn routes(hub: &Hub) -> axum::Router<Arc<Hub>> {
     let handler = route(hub);
-    axum::Router::new()
-        .route(PATH, handler.clone())
-        .route(SERVICEBUS_PATH, handler)
+    let mut router = axum::Router::new();
+    for path in [PATH, SERVICEBUS_PATH] {
+        router = router
+            .route(path, handler.clone())
+            .route(&format!("{path}/"), handler.clone());
+    }
+    router
+}
+
+/// `path` without one trailing `/`.
+fn endpoint(path: &str) -> &str {
+    path.strip_suffix('/').unwrap_or(path)
 }
 
 /// Whether `path` is a WebSocket endpoint (the client authenticates in its protocol, not in
 /// the upgrade).
 pub(crate) fn is_upgrade_path(path: &str) -> bool {
+    let path = endpoint(path);
     path == PATH || path == SERVICEBUS_PATH
 }
 
@@ -234,6 +246,7 @@ fn check_upgrade(path: &str, h: &HeaderMap) -> Result<(Vec<u8>, Protocol), &'sta
     let key = h
         .get(header::SEC_WEBSOCKET_KEY)
         .ok_or("missing Sec-WebSocket-Key")?;
+    let path = endpoint(path);
     let offered = tokens(header::SEC_WEBSOCKET_PROTOCOL);
     let offers = |p: &str| offered.iter().any(|t| t == p);
     let protocol = if path == PATH && offers(SUBPROTOCOL) {
