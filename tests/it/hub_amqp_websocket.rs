@@ -11,9 +11,9 @@
 //! closes a connection that is still open; unauthenticated AMQP WebSockets hold places of the
 //! WebSocket cap until their token (503 beyond) and are closed at the connect deadline; frames
 //! may span messages and a message may hold several. The official SDKs: `azure-eventhub` with
-//! `TransportType.AmqpOverWebsocket` (tests/python/eventhub_websocket.py) and `azure-iothub`'s
-//! `AmqpWs` client in Node (tests/node/service_amqp_ws.js, which dials 443: that test holds
-//! `support::PORT_8883`).
+//! `TransportType.AmqpOverWebsocket` (tests/python/eventhub_websocket.py), and in Node
+//! `azure-iothub`'s `AmqpWs` service client sending C2D to `azure-iot-device-amqp`'s `AmqpWs`
+//! device (tests/node/service_amqp_ws.js; both dial 443: that test holds `support::PORT_8883`).
 
 use std::path::Path;
 use std::time::Duration;
@@ -496,7 +496,7 @@ fn node() -> Result<std::path::PathBuf, String> {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_node_service_sdk_sends_c2d_and_reads_feedback_over_amqp_websockets() {
+async fn the_node_sdks_send_c2d_receive_it_and_read_its_feedback_over_amqp_websockets() {
     let node = match node() {
         Ok(n) => n,
         Err(why) => {
@@ -504,7 +504,7 @@ async fn the_node_service_sdk_sends_c2d_and_reads_feedback_over_amqp_websockets(
             return;
         }
     };
-    // AmqpWs dials wss://{host}:443 and nothing else (the hub's AMQPS 5671 stays unused).
+    // AmqpWs (service and device) dials wss://{host}:443 and nothing else.
     let _port = crate::support::PORT_8883.lock().await;
     let tmp = tempfile::tempdir().unwrap();
     let handle = crate::support::start_on_fixed_ports(
@@ -519,50 +519,53 @@ async fn the_node_service_sdk_sends_c2d_and_reads_feedback_over_amqp_websockets(
     let hub = TestHub::attach(&handle.info);
     hub.create_device("node-ws").await;
     let key = hub.device_key("node-ws").await;
-    let (device, mut el) = hub.connect("node-ws", &key, true).await;
-    device
-        .subscribe("devices/node-ws/messages/devicebound/#", QoS::AtLeastOnce)
-        .await
-        .unwrap();
-    next_incoming(&mut el, |p| matches!(p, Packet::SubAck(_)).then_some(())).await;
 
     let work = tmp.path().join("work");
     std::fs::create_dir_all(&work).unwrap();
     let cs_file = work.join("service.cs");
     std::fs::write(&cs_file, &hub.service_connection_string).unwrap();
+    // The device's string without the MQTT port: AmqpWs appends :443 to HostName.
+    let device_cs_file = work.join("device.cs");
+    std::fs::write(
+        &device_cs_file,
+        format!("HostName=localhost;DeviceId=node-ws;SharedAccessKey={key}"),
+    )
+    .unwrap();
     let mut cmd = Command::new(node);
     cmd.arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/node/service_amqp_ws.js"))
         .arg(&cs_file)
-        .arg("node-ws")
+        .arg(&device_cs_file)
         .arg("2")
         .env("NODE_EXTRA_CA_CERTS", &hub.ca_file)
         .stdin(std::process::Stdio::null());
     let mut s = Script::spawn(cmd, &work, "service_amqp_ws");
+    s.expect("device_opened").await;
     s.expect("opened").await;
-    s.expect("sent").await;
-    s.expect("sent").await;
-    // The device gets both messages (rumqttc completes each as it is polled).
-    let mut got = Vec::new();
-    while got.len() < 2 {
-        let (topic, body) = next_incoming(&mut el, |p| match p {
-            Packet::Publish(p) => Some((p.topic.clone(), p.payload.clone())),
-            _ => None,
+    s.expect("done").await;
+    let events = |name: &str| -> Vec<serde_json::Value> {
+        s.seen
+            .iter()
+            .filter(|e| e["event"] == name)
+            .cloned()
+            .collect()
+    };
+    let mut got: Vec<String> = events("c2d")
+        .iter()
+        .map(|e| {
+            assert_eq!(
+                e["messageId"],
+                format!("node-ws-{}", e["properties"]["n"].as_str().unwrap()),
+                "{e}"
+            );
+            e["data"].as_str().unwrap().to_string()
         })
-        .await;
-        assert!(topic.contains("iothub-ack=full"), "{topic}");
-        got.push(String::from_utf8(body.to_vec()).unwrap());
-    }
+        .collect();
+    got.sort_unstable();
     assert_eq!(got, ["node over amqp-ws 1", "node over amqp-ws 2"]);
-    let poll_device = tokio::spawn(async move {
-        loop {
-            let _ = el.poll().await;
-        }
-    });
-    let mut records = Vec::new();
-    while records.len() < 2 {
-        let fb = s.expect("feedback").await;
-        records.extend(fb["records"].as_array().unwrap().iter().cloned());
-    }
+    let records: Vec<serde_json::Value> = events("feedback")
+        .iter()
+        .flat_map(|e| e["records"].as_array().unwrap().clone())
+        .collect();
     for r in &records {
         assert_eq!(r["deviceId"], "node-ws", "{r}");
         assert_eq!(r["statusCode"], "Success", "{r}");
@@ -573,9 +576,7 @@ async fn the_node_service_sdk_sends_c2d_and_reads_feedback_over_amqp_websockets(
         .collect();
     ids.sort_unstable();
     assert_eq!(ids, ["node-ws-1", "node-ws-2"]);
-    s.expect("done").await;
     s.finish().await;
-    poll_device.abort();
     handle.stop().await.expect("stop");
 }
 
