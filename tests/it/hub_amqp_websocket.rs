@@ -475,7 +475,7 @@ async fn the_python_event_hubs_sdk_reads_telemetry_over_amqp_websockets() {
     hub.stop().await;
 }
 
-/// `node` (env `AZSIM_NODE`) with `azure-iothub` installed in tests/node, or why not.
+/// `node` (env `AZSIM_NODE`) with the SDKs the script uses installed in tests/node, or why not.
 fn node() -> Result<std::path::PathBuf, String> {
     let node = match std::env::var_os("AZSIM_NODE") {
         Some(p) if !p.is_empty() => std::path::PathBuf::from(p),
@@ -488,9 +488,13 @@ fn node() -> Result<std::path::PathBuf, String> {
     if !ok {
         return Err(format!("node not found ({})", node.display()));
     }
-    let sdk = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/node/node_modules/azure-iothub");
-    if !sdk.join("package.json").is_file() {
-        return Err("tests/node/node_modules lacks azure-iothub (run scripts/test)".into());
+    let modules = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/node/node_modules");
+    for pkg in ["azure-iothub", "azure-iot-device", "azure-iot-device-amqp"] {
+        if !modules.join(pkg).join("package.json").is_file() {
+            return Err(format!(
+                "tests/node/node_modules lacks {pkg} (run scripts/test)"
+            ));
+        }
     }
     Ok(node)
 }
