@@ -341,6 +341,17 @@ async fn serve(cfg: HubCliConfig) -> Result<ExitCode, CliError> {
             info.id_scope,
             info.provisioning_host
         );
+        let fu = &cfg.file_upload;
+        crate::out::outln!(
+            "  file upload:     blobs at https://{}:{}/{}/{}/ (SAS TTL {} s, notifications {}; \
+             GET /emulator/files lists them)",
+            info.hostname,
+            info.https_port,
+            azsim_emulator::FILE_UPLOAD_ACCOUNT,
+            fu.container,
+            fu.sas_ttl.as_secs(),
+            if fu.notifications { "on" } else { "off" }
+        );
         crate::out::outln!("  CA certificate:  {}", info.ca_file.display());
         crate::out::outln!("  TLS:             {}", cfg.tls.describe());
         crate::out::outln!(

@@ -770,3 +770,46 @@ async fn bad_file_upload_flags_exit_2_naming_the_flag() {
         assert_eq!(err.lines().count(), 1, "{err}");
     }
 }
+
+#[tokio::test]
+async fn the_ready_summary_says_where_blobs_go() {
+    use tokio::io::{AsyncBufReadExt as _, BufReader};
+    let state = tempfile::tempdir().unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_azsim"))
+        .args([
+            "hub",
+            "--in-memory",
+            "--mqtt-port",
+            "0",
+            "--https-port",
+            "0",
+        ])
+        .args(["--dashboard-port", "off", "--state"])
+        .arg(state.path())
+        .args(["--file-upload-container", "my-files"])
+        .args([
+            "--file-upload-sas-ttl",
+            "600",
+            "--file-upload-notifications",
+            "off",
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let line = tokio::time::timeout(Duration::from_secs(60), async {
+        while let Some(l) = lines.next_line().await.unwrap() {
+            if l.trim_start().starts_with("file upload:") {
+                return l;
+            }
+        }
+        panic!("the hub ended without a file upload line");
+    })
+    .await
+    .expect("the ready summary in time");
+    assert!(line.contains("/azsimfiles/my-files/"), "{line}");
+    assert!(line.contains("SAS TTL 600 s, notifications off"), "{line}");
+    child.kill().await.unwrap();
+}

@@ -52,7 +52,7 @@ mod untrusted;
 pub mod x509;
 
 /// File upload's settings (SAS TTL, container, notifications, limits).
-pub use blob::{FileUploadSettings, valid_container_name};
+pub use blob::{ACCOUNT as FILE_UPLOAD_ACCOUNT, FileUploadSettings, valid_container_name};
 
 /// MQTT over WebSockets: the byte stream over a WebSocket connection (hub and `azsim run`).
 pub use mqtt::websocket::{SUBPROTOCOL as WEBSOCKET_SUBPROTOCOL, WsBytes};

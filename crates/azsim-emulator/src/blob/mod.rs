@@ -29,7 +29,7 @@ pub(crate) mod sas;
 mod xml;
 
 /// The emulator's storage account name: the first path segment of every blob URL.
-pub(crate) const ACCOUNT: &str = "azsimfiles";
+pub const ACCOUNT: &str = "azsimfiles";
 
 /// File upload as the hub is configured for it (Azure's `storageEndpoints.$default` and
 /// `messagingEndpoints.fileNotifications` settings, with Azure's defaults).
