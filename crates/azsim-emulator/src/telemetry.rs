@@ -10,7 +10,6 @@ use std::sync::Arc;
 
 use azsim_proto::property_bag::{PropertyBag, SystemProperty};
 use base64::Engine as _;
-use serde_json::{Map, Value, json};
 
 /// `iothub-connection-auth-method` annotations (a JSON document as a string, as Azure sends).
 pub(crate) const AUTH_METHOD_DEVICE: &str =
@@ -53,6 +52,11 @@ pub fn push_pair(bag: &mut String, name: &str, value: &str) {
 /// The message's JSON: `type`, `deviceId`, `moduleId`, `enqueuedTime`, `body` (UTF-8 text) or
 /// `bodyBase64`, `systemProperties`, `properties` (application properties) and the hub's
 /// `annotations`.
+///
+/// Written straight into one buffer, keys in sorted order (as a `serde_json::Map` orders them,
+/// so the text is what building `Value`s gave), strings escaped by `serde_json`. It is built
+/// for every message an Event Hubs consumer or the live stream reads; building a `Value` tree
+/// first cost a map node and a `String` per key and value.
 pub fn to_json(
     device_id: &str,
     module_id: Option<&str>,
@@ -62,8 +66,8 @@ pub fn to_json(
     body: &[u8],
 ) -> String {
     let enqueued = crate::clock::rfc3339_ns(enqueued_ns);
-    let mut sys = Map::new();
-    for k in [
+    // The system properties Azure always names (null when absent), then what the bag carries.
+    let mut sys: Vec<(&str, Option<String>)> = [
         "message-id",
         "correlation-id",
         "content-type",
@@ -71,10 +75,11 @@ pub fn to_json(
         "user-id",
         "creation-time",
         "expiry-time",
-    ] {
-        sys.insert(k.into(), Value::Null);
-    }
-    let mut app = Map::new();
+    ]
+    .into_iter()
+    .map(|k| (k, None))
+    .collect();
+    let mut app: Vec<(String, Option<String>)> = Vec::new();
     for prop in PropertyBag::new(properties).iter() {
         let mut name = String::new();
         if prop.name.decode_to(&mut name).is_err() {
@@ -86,9 +91,9 @@ pub fn to_json(
                 if raw.decode_to(&mut s).is_err() {
                     continue;
                 }
-                Value::String(s)
+                Some(s)
             }
-            None => Value::Null,
+            None => None,
         };
         match SystemProperty::from_name(&name) {
             Some(sp) => {
@@ -105,47 +110,104 @@ pub fn to_json(
                     SystemProperty::InterfaceId => "interface-id",
                     _ => sp.name(),
                 };
-                sys.insert(key.into(), v);
+                sys.push((key, v));
             }
             // Added by the hub for a Plug and Play device; a system property on Azure.
-            None if name == "dt-dataschema" => {
-                sys.insert(name, v);
-            }
-            None => {
-                app.insert(name, v);
-            }
+            None if name == "dt-dataschema" => sys.push(("dt-dataschema", v)),
+            None => app.push((name, v)),
         }
     }
-    let (body, body_b64) = match std::str::from_utf8(body) {
-        Ok(s) => (Value::String(s.to_string()), Value::Null),
-        Err(_) => (
-            Value::Null,
-            Value::String(base64::engine::general_purpose::STANDARD.encode(body)),
+    let mut out = Vec::with_capacity(512 + properties.len() + body.len() * 4 / 3);
+    out.extend_from_slice(b"{\"annotations\":{");
+    let mut ann = vec![
+        ("iothub-connection-auth-generation-id", generation_id),
+        (
+            "iothub-connection-auth-method",
+            if module_id.is_some() {
+                AUTH_METHOD_MODULE
+            } else {
+                AUTH_METHOD_DEVICE
+            },
         ),
-    };
-    let mut ann = Map::new();
-    ann.insert("iothub-connection-device-id".into(), json!(device_id));
+        ("iothub-connection-device-id", device_id),
+    ];
     if let Some(m) = module_id {
-        ann.insert("iothub-connection-module-id".into(), json!(m));
+        ann.push(("iothub-connection-module-id", m));
     }
-    let method = if module_id.is_some() {
-        AUTH_METHOD_MODULE
-    } else {
-        AUTH_METHOD_DEVICE
-    };
-    ann.insert("iothub-connection-auth-method".into(), json!(method));
-    ann.insert(
-        "iothub-connection-auth-generation-id".into(),
-        json!(generation_id),
-    );
-    ann.insert("iothub-enqueuedtime".into(), json!(enqueued));
-    ann.insert("iothub-message-source".into(), json!("Telemetry"));
-    json!({
-        "type": "telemetry", "deviceId": device_id, "moduleId": module_id,
-        "enqueuedTime": enqueued, "body": body, "bodyBase64": body_b64,
-        "systemProperties": sys, "properties": app, "annotations": ann,
-    })
-    .to_string()
+    ann.push(("iothub-enqueuedtime", &enqueued));
+    ann.push(("iothub-message-source", "Telemetry"));
+    for (i, (k, v)) in ann.into_iter().enumerate() {
+        if i > 0 {
+            out.push(b',');
+        }
+        put_str(&mut out, k);
+        out.push(b':');
+        put_str(&mut out, v);
+    }
+    out.extend_from_slice(b"},\"body\":");
+    match std::str::from_utf8(body) {
+        Ok(text) => {
+            put_str(&mut out, text);
+            out.extend_from_slice(b",\"bodyBase64\":null");
+        }
+        Err(_) => {
+            out.extend_from_slice(b"null,\"bodyBase64\":");
+            put_str(
+                &mut out,
+                &base64::engine::general_purpose::STANDARD.encode(body),
+            );
+        }
+    }
+    out.extend_from_slice(b",\"deviceId\":");
+    put_str(&mut out, device_id);
+    out.extend_from_slice(b",\"enqueuedTime\":");
+    put_str(&mut out, &enqueued);
+    out.extend_from_slice(b",\"moduleId\":");
+    put_opt(&mut out, module_id);
+    out.extend_from_slice(b",\"properties\":");
+    put_map(&mut out, &mut app);
+    out.extend_from_slice(b",\"systemProperties\":");
+    put_map(&mut out, &mut sys);
+    out.extend_from_slice(b",\"type\":\"telemetry\"}");
+    // Only `str`s and ASCII went in.
+    String::from_utf8(out).unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned())
+}
+
+/// A JSON string, escaped as `serde_json` escapes it.
+fn put_str(out: &mut Vec<u8>, s: &str) {
+    let _ = serde_json::to_writer(&mut *out, s);
+}
+
+fn put_opt(out: &mut Vec<u8>, v: Option<&str>) {
+    match v {
+        Some(s) => put_str(out, s),
+        None => out.extend_from_slice(b"null"),
+    }
+}
+
+/// A JSON object of `entries` in key order; of a repeated key the last one wins (as inserting
+/// into a map does).
+fn put_map<K: AsRef<str>>(out: &mut Vec<u8>, entries: &mut [(K, Option<String>)]) {
+    // Stable: equal keys keep their order, so the last of a run is the last given.
+    entries.sort_by(|a, b| a.0.as_ref().cmp(b.0.as_ref()));
+    out.push(b'{');
+    let mut first = true;
+    for (i, (k, v)) in entries.iter().enumerate() {
+        if entries
+            .get(i + 1)
+            .is_some_and(|next| next.0.as_ref() == k.as_ref())
+        {
+            continue;
+        }
+        if !first {
+            out.push(b',');
+        }
+        first = false;
+        put_str(out, k.as_ref());
+        out.push(b':');
+        put_opt(out, v.as_deref());
+    }
+    out.push(b'}');
 }
 
 impl D2cRecord {
@@ -165,6 +227,7 @@ impl D2cRecord {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use serde_json::{Map, Value, json};
 
     fn record(module: Option<&str>, props: &str, body: &[u8]) -> Value {
         let r = D2cRecord {
@@ -179,6 +242,136 @@ mod tests {
             source: crate::routing::Source::Telemetry,
         };
         serde_json::from_str(&r.to_json()).unwrap()
+    }
+
+    #[test]
+    fn the_written_json_is_the_text_building_values_gave() {
+        let bags = [
+            "",
+            "%24.mid=m%201&%24.ct=application%2Fjson&temp=21.5&flag&a=1&a=2",
+            "%24.cid=c&%24.ce=utf-8&%24.uid=u&%24.ctime=2024&%24.exp=2025&%24.on=out&%24.sub=comp",
+            "%24.ifid=dtmi%3Ax%3B1&dt-dataschema=dtmi%3Ay%3B1&%24.mid=first&%24.mid=second",
+            "z=1&b=%22quoted%22&a%5Cb=%0A%09&%C3%A9=%E2%82%AC&empty=&mqtt-retain=true",
+            "bad=%zz&%zz=1&ok=1",
+        ];
+        let bodies: [&[u8]; 4] = [
+            b"",
+            b"{\"t\":1}",
+            b"line\n\"q\"\\ \x01 \xc3\xa9",
+            &[0xff, 0x00, 0x80],
+        ];
+        for bag in bags {
+            for body in bodies {
+                for module in [None, Some("m\"1")] {
+                    for ns in [0, 1_700_000_000_123_456_789] {
+                        assert_eq!(
+                            to_json("d\"1\\", module, "g1", ns, bag, body),
+                            reference_json("d\"1\\", module, "g1", ns, bag, body),
+                            "bag {bag:?} body {body:?} module {module:?}"
+                        );
+                    }
+                }
+            }
+        }
+    }
+
+    /// The JSON as built from `Value`s before [`to_json`] wrote it directly: the oracle.
+    /// Was: `type`, `deviceId`, `moduleId`, `enqueuedTime`, `body` (UTF-8 text) or
+    /// `bodyBase64`, `systemProperties`, `properties` (application properties) and the hub's
+    /// `annotations`.
+    fn reference_json(
+        device_id: &str,
+        module_id: Option<&str>,
+        generation_id: &str,
+        enqueued_ns: i64,
+        properties: &str,
+        body: &[u8],
+    ) -> String {
+        let enqueued = crate::clock::rfc3339_ns(enqueued_ns);
+        let mut sys = Map::new();
+        for k in [
+            "message-id",
+            "correlation-id",
+            "content-type",
+            "content-encoding",
+            "user-id",
+            "creation-time",
+            "expiry-time",
+        ] {
+            sys.insert(k.into(), Value::Null);
+        }
+        let mut app = Map::new();
+        for prop in PropertyBag::new(properties).iter() {
+            let mut name = String::new();
+            if prop.name.decode_to(&mut name).is_err() {
+                continue;
+            }
+            let v = match prop.value {
+                Some(raw) => {
+                    let mut s = String::new();
+                    if raw.decode_to(&mut s).is_err() {
+                        continue;
+                    }
+                    Value::String(s)
+                }
+                None => Value::Null,
+            };
+            match SystemProperty::from_name(&name) {
+                Some(sp) => {
+                    let key = match sp {
+                        SystemProperty::MessageId => "message-id",
+                        SystemProperty::CorrelationId => "correlation-id",
+                        SystemProperty::ContentType => "content-type",
+                        SystemProperty::ContentEncoding => "content-encoding",
+                        SystemProperty::UserId => "user-id",
+                        SystemProperty::CreationTime => "creation-time",
+                        SystemProperty::Expiry => "expiry-time",
+                        SystemProperty::OutputName => "output-name",
+                        SystemProperty::Component => "dt-subject",
+                        SystemProperty::InterfaceId => "interface-id",
+                        _ => sp.name(),
+                    };
+                    sys.insert(key.into(), v);
+                }
+                // Added by the hub for a Plug and Play device; a system property on Azure.
+                None if name == "dt-dataschema" => {
+                    sys.insert(name, v);
+                }
+                None => {
+                    app.insert(name, v);
+                }
+            }
+        }
+        let (body, body_b64) = match std::str::from_utf8(body) {
+            Ok(s) => (Value::String(s.to_string()), Value::Null),
+            Err(_) => (
+                Value::Null,
+                Value::String(base64::engine::general_purpose::STANDARD.encode(body)),
+            ),
+        };
+        let mut ann = Map::new();
+        ann.insert("iothub-connection-device-id".into(), json!(device_id));
+        if let Some(m) = module_id {
+            ann.insert("iothub-connection-module-id".into(), json!(m));
+        }
+        let method = if module_id.is_some() {
+            AUTH_METHOD_MODULE
+        } else {
+            AUTH_METHOD_DEVICE
+        };
+        ann.insert("iothub-connection-auth-method".into(), json!(method));
+        ann.insert(
+            "iothub-connection-auth-generation-id".into(),
+            json!(generation_id),
+        );
+        ann.insert("iothub-enqueuedtime".into(), json!(enqueued));
+        ann.insert("iothub-message-source".into(), json!("Telemetry"));
+        json!({
+            "type": "telemetry", "deviceId": device_id, "moduleId": module_id,
+            "enqueuedTime": enqueued, "body": body, "bodyBase64": body_b64,
+            "systemProperties": sys, "properties": app, "annotations": ann,
+        })
+        .to_string()
     }
 
     #[test]
