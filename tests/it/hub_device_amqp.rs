@@ -396,6 +396,20 @@ mod client {
         assert!(desc.contains("expired"), "{desc}");
         let t = token(&hub, "Dev1", &off_key, now(&clock) + 60);
         assert_eq!(cbs.put_token(&aud("Dev1"), &t).await.0, 401, "another key");
+        // An injected auth-error fault refuses the device's token, as it refuses a CONNECT.
+        let (s, v) = hub
+            .rest(
+                Method::POST,
+                "/emulator/devices/Dev1/faults",
+                Some(json!({"kind": "auth-error", "forSeconds": 5})),
+            )
+            .await;
+        assert!(s < 300, "{s} {v}");
+        let t = token(&hub, "Dev1", &key, now(&clock) + 60);
+        let (status, desc) = cbs.put_token(&aud("Dev1"), &t).await;
+        assert_eq!(status, 401, "{desc}");
+        assert!(desc.contains("auth-error"), "{desc}");
+        clock.advance(Duration::from_secs(6));
         // `HostName` with the AMQPS port: the SDKs sign `sr` with it.
         let with_port = format!(
             "{}:{}/devices/Dev1",

@@ -1,7 +1,8 @@
 //! A device's own SAS token in CBS `put-token` (no `skn`; `sr` = `{host}/devices/{id}` or
 //! `{host}/devices/{id}/modules/{m}`), checked by the same rules as an MQTT CONNECT's: a
 //! registered, enabled identity with SAS authentication, signed with its primary or secondary
-//! key, `sr` naming it (ids case-sensitive) on this hub (with or without a port), not expired.
+//! key, `sr` naming it (ids case-sensitive) on this hub (with or without a port), not expired,
+//! and no injected `auth-error` fault.
 
 use azsim_proto::sas::Token;
 
@@ -92,6 +93,9 @@ pub(crate) async fn check_device_token(
         now,
     )
     .map_err(|e| e.to_string())?;
+    if let Some(reason) = crate::fault::connect_refused(hub, &device) {
+        return Err(reason.into());
+    }
     Ok(Claim {
         path: super::identity_path(&device, module.as_deref()),
         expires: t.expiry(),
