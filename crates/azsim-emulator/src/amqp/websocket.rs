@@ -1,10 +1,11 @@
 //! AMQP over WebSockets (the AMQP WebSocket Binding, subprotocol `AMQPWSB10`), as Azure serves
-//! it on 443: `wss://{host}/$iothub/websocket` (the IoT Hub service SDKs: Node `AmqpWs`, C#
-//! `Amqp_WebSocket_Only`) and `wss://{host}/$servicebus/websocket` (the Event Hubs SDKs with
-//! `AmqpOverWebsocket`). `mqtt/websocket.rs` checks the upgrade, takes a place among the
-//! unauthenticated WebSocket connections and answers 101; this file runs the upgraded stream as
-//! an AMQP connection through the same path as AMQPS on 5671 ([`super::serve_opening`]: the
-//! same protocol header, SASL and CBS, links and deadline).
+//! it on 443: `wss://{host}/$iothub/websocket` (the IoT Hub SDKs, service and device: Node
+//! `AmqpWs`, C# `Amqp_WebSocket_Only`) and `wss://{host}/$servicebus/websocket` (the Event Hubs
+//! SDKs with `AmqpOverWebsocket`; uamqp adds a trailing `/`, which is served too).
+//! `mqtt/websocket.rs` checks the upgrade, takes a place among the unauthenticated WebSocket
+//! connections and answers 101; this file runs the upgraded stream as an AMQP connection
+//! through the same path as AMQPS on 5671 ([`super::serve_opening`]: the same protocol header,
+//! SASL and CBS, links and deadline).
 //!
 //! Every binding message is binary and carries bytes of the AMQP stream: the protocol header,
 //! SASL and AMQP frames, which may span messages, and a message may hold several (the binding,
