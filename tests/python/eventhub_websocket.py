@@ -7,7 +7,9 @@ Run by tests/it/hub_amqp_websocket.rs; prints JSON lines (key "event"), never a 
     eventhub_websocket.py EH_CS_FILE WSS_ENDPOINT CA_FILE GROUP
 
 The SDK dials 443 unless `custom_endpoint_address` names another port; WSS_ENDPOINT is
-`sb://localhost:{https port}`. The test has sent telemetry 1 and 2 from one device before.
+`sb://localhost:{https port}`. The test has sent telemetry 1 and 2 from one device before. With
+env AZSIM_EH_DEBUG set (by hand, for debugging), pyAMQP logs its frames to stderr (payloads, the
+CBS token among them, elided), which the test shows when it fails.
 
 1. get_partition_ids, get_partition_properties (the `$management` node over WebSockets);
 2. a receive from the start ("-1") gets both messages (printed);
