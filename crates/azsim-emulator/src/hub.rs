@@ -181,6 +181,7 @@ impl Hub {
     /// Publish an event to the SSE stream (nobody listening is fine).
     pub fn emit(&self, device_id: &str, v: Value) {
         crate::routing::on_emit(self, &v);
+        crate::rest::config_apply::on_emit(self, &v);
         let _ = self.events.send(Arc::new(HubEvent {
             device_id: device_id.to_string(),
             json: v.to_string(),

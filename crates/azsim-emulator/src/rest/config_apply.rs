@@ -492,7 +492,6 @@ pub(crate) async fn maintain(hub: Shared) {
         Err(e) => tracing::warn!(error = %e, "loading configuration statuses failed"),
     }
     let mut shutdown = hub.shutdown.subscribe();
-    let mut events = hub.events.subscribe();
     hub.configs.changed();
     let mut periodic = tokio::time::interval_at(tokio::time::Instant::now() + PERIODIC, PERIODIC);
     periodic.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -508,51 +507,34 @@ pub(crate) async fn maintain(hub: Shared) {
         if let Err(e) = r {
             tracing::warn!(error = %e, "configuration pass failed");
         }
-        let woken = async {
-            loop {
-                tokio::select! {
-                    () = hub.configs.wake.notified() => return,
-                    _ = periodic.tick() => {
-                        hub.configs.dirty().all = true;
-                        return;
-                    }
-                    ev = events.recv() => match ev {
-                        Ok(ev) => {
-                            if let Some((d, m)) = twin_of_event(&ev.json) {
-                                hub.configs.twin_changed(&d, m.as_deref());
-                                return;
-                            }
-                        }
-                        // Events missed under a flood of telemetry: the periodic whole pass
-                        // catches up (a whole pass per lag would run back to back).
-                        Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {}
-                        Err(tokio::sync::broadcast::error::RecvError::Closed) => {
-                            std::future::pending::<()>().await;
-                        }
-                    },
-                }
-            }
-        };
         tokio::select! {
-            () = woken => {}
+            () = hub.configs.wake.notified() => {}
+            _ = periodic.tick() => hub.configs.dirty().all = true,
             () = crate::hub::until_shutdown(&mut shutdown) => return,
         }
     }
 }
 
-/// The twin a stream event says changed in a way a target condition may read: reported
-/// properties (`twinReported`) or a connection (`connected`).
-fn twin_of_event(text: &str) -> Option<(String, Option<String>)> {
-    if !text.contains("\"type\":\"twinReported\"") && !text.contains("\"type\":\"connected\"") {
+/// [`crate::hub::Hub::emit`] hands every hub event here: a twin whose reported properties
+/// changed (`twinReported`) or that connected (`connected`) is evaluated again. A direct call
+/// rather than a subscription to the event stream: a permanent subscriber made every telemetry
+/// message build its stream JSON (`mqtt/session.rs` builds it only while someone watches), which
+/// measured as doubling the hub's CPU per message in the load bench.
+pub(crate) fn on_emit(hub: &crate::hub::Hub, v: &Value) {
+    if let Some((d, m)) = twin_of_event(v) {
+        hub.configs.twin_changed(d, m);
+    }
+}
+
+/// The twin an event says changed in a way a target condition may read: reported properties
+/// (`twinReported`) or a connection (`connected`).
+fn twin_of_event(v: &Value) -> Option<(&str, Option<&str>)> {
+    let kind = v.get("type")?.as_str()?;
+    if kind != "twinReported" && kind != "connected" {
         return None;
     }
-    let v: Value = serde_json::from_str(text).ok()?;
-    let d = v.get("deviceId")?.as_str()?.to_string();
-    let m = v
-        .get("moduleId")
-        .and_then(Value::as_str)
-        .map(str::to_string);
-    Some((d, m))
+    let d = v.get("deviceId")?.as_str()?;
+    Some((d, v.get("moduleId").and_then(Value::as_str)))
 }
 
 #[cfg(test)]
@@ -724,17 +706,11 @@ mod tests {
     #[test]
     fn stream_events_name_the_twin_that_changed() {
         let ev = json!({"type": "twinReported", "deviceId": "d", "moduleId": "m", "patch": {}});
-        assert_eq!(
-            twin_of_event(&ev.to_string()),
-            Some(("d".to_string(), Some("m".to_string())))
-        );
+        assert_eq!(twin_of_event(&ev), Some(("d", Some("m"))));
         let ev = json!({"type": "connected", "deviceId": "d", "moduleId": null});
-        assert_eq!(
-            twin_of_event(&ev.to_string()),
-            Some(("d".to_string(), None))
-        );
+        assert_eq!(twin_of_event(&ev), Some(("d", None)));
         let ev = json!({"type": "telemetry", "deviceId": "d"});
-        assert_eq!(twin_of_event(&ev.to_string()), None);
+        assert_eq!(twin_of_event(&ev), None);
     }
 
     /// Prints how long passes take over 10,000 devices (`cargo test -p azsim-emulator --release
