@@ -146,16 +146,17 @@ fn etag_of(now_ms: i64, salt: &str) -> String {
     format!("\"0x8D{now_ms:011X}{h:08X}\"")
 }
 
-/// Create or replace the blob with `data` (Put Blob, or a committed block list), dropping its
-/// uncommitted blocks. Returns its properties.
-fn write_blob(
+/// Create or replace the blob as `len` zero bytes (filled in place after, through SQLite's
+/// incremental blob I/O: a big value is neither bound as a copy nor built in memory), dropping
+/// its uncommitted blocks. Returns its properties and its row.
+fn create_blob(
     c: &Connection,
     container: &str,
     name: &str,
-    data: &[u8],
+    len: u64,
     content_type: Option<&str>,
     now_ms: i64,
-) -> Result<BlobProps, HubError> {
+) -> Result<(BlobProps, i64), HubError> {
     let created: Option<i64> = c
         .query_row(
             "SELECT created_ms FROM blobs WHERE container = ?1 AND name = ?2",
@@ -166,34 +167,48 @@ fn write_blob(
         .map_err(db_err)?;
     let etag = etag_of(now_ms, &uuid::Uuid::new_v4().to_string());
     let created_ms = created.unwrap_or(now_ms);
-    c.execute(
-        "INSERT OR REPLACE INTO blobs (container, name, data, content_type, created_ms, \
-         modified_ms, etag) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
-        params![
-            container,
-            name,
-            data,
-            content_type,
+    let zeros = i64::try_from(len).map_err(|_| HubError::Store("blob too large".into()))?;
+    let rowid: i64 = c
+        .query_row(
+            "INSERT OR REPLACE INTO blobs (container, name, data, content_type, created_ms, \
+             modified_ms, etag) VALUES (?1, ?2, zeroblob(?3), ?4, ?5, ?6, ?7) RETURNING rowid",
+            params![
+                container,
+                name,
+                zeros,
+                content_type,
+                created_ms,
+                now_ms,
+                etag
+            ],
+            |r| r.get(0),
+        )
+        .map_err(db_err)?;
+    Ok((
+        BlobProps {
+            container: container.to_string(),
+            name: name.to_string(),
+            size: len,
+            content_type: content_type.map(str::to_string),
             created_ms,
-            now_ms,
-            etag
-        ],
-    )
-    .map_err(db_err)?;
+            modified_ms: now_ms,
+            etag,
+        },
+        rowid,
+    ))
+}
+
+fn drop_blocks(c: &Connection, container: &str, name: &str) -> Result<(), HubError> {
     c.execute(
         "DELETE FROM blob_blocks WHERE container = ?1 AND name = ?2",
         params![container, name],
     )
     .map_err(db_err)?;
-    Ok(BlobProps {
-        container: container.to_string(),
-        name: name.to_string(),
-        size: data.len() as u64,
-        content_type: content_type.map(str::to_string),
-        created_ms,
-        modified_ms: now_ms,
-        etag,
-    })
+    Ok(())
+}
+
+fn io_err(e: std::io::Error) -> HubError {
+    HubError::Store(e.to_string())
 }
 
 /// Put Blob: the blob is `data`.
@@ -205,8 +220,23 @@ pub(crate) fn put_blob(
     content_type: Option<&str>,
     now_ms: i64,
 ) -> Result<BlobProps, HubError> {
+    use std::io::Write as _;
     let tx = c.transaction().map_err(db_err)?;
-    let props = write_blob(&tx, container, name, data, content_type, now_ms)?;
+    let (props, rowid) = create_blob(
+        &tx,
+        container,
+        name,
+        data.len() as u64,
+        content_type,
+        now_ms,
+    )?;
+    {
+        let mut blob = tx
+            .blob_open(rusqlite::MAIN_DB, "blobs", "data", rowid, false)
+            .map_err(db_err)?;
+        blob.write_all(data).map_err(io_err)?;
+    }
+    drop_blocks(&tx, container, name)?;
     tx.commit().map_err(db_err)?;
     Ok(props)
 }
@@ -270,29 +300,45 @@ pub(crate) fn commit_blocks(
     max_bytes: u64,
 ) -> Result<Result<BlobProps, CommitRefused>, HubError> {
     let tx = c.transaction().map_err(db_err)?;
-    let mut data = Vec::new();
+    // The listed blocks' rows and sizes first: an unknown one or too much refuses the list
+    // before anything is written.
+    let mut blocks = Vec::with_capacity(ids.len());
+    let mut total = 0u64;
     {
-        let mut get = tx
+        let mut find = tx
             .prepare(
-                "SELECT data FROM blob_blocks WHERE container = ?1 AND name = ?2 \
+                "SELECT rowid, LENGTH(data) FROM blob_blocks WHERE container = ?1 AND name = ?2 \
                  AND block_id = ?3",
             )
             .map_err(db_err)?;
         for id in ids {
-            let block: Option<Vec<u8>> = get
-                .query_row(params![container, name, id], |r| r.get(0))
+            let found: Option<(i64, i64)> = find
+                .query_row(params![container, name, id], |r| Ok((r.get(0)?, r.get(1)?)))
                 .optional()
                 .map_err(db_err)?;
-            let Some(block) = block else {
+            let Some((rowid, len)) = found else {
                 return Ok(Err(CommitRefused::UnknownBlock(id.clone())));
             };
-            if (data.len() + block.len()) as u64 > max_bytes {
+            total += u64::try_from(len).unwrap_or(0);
+            if total > max_bytes {
                 return Ok(Err(CommitRefused::TooLarge));
             }
-            data.extend_from_slice(&block);
+            blocks.push(rowid);
         }
     }
-    let props = write_blob(&tx, container, name, &data, content_type, now_ms)?;
+    let (props, rowid) = create_blob(&tx, container, name, total, content_type, now_ms)?;
+    {
+        let mut out = tx
+            .blob_open(rusqlite::MAIN_DB, "blobs", "data", rowid, false)
+            .map_err(db_err)?;
+        for block in blocks {
+            let mut input = tx
+                .blob_open(rusqlite::MAIN_DB, "blob_blocks", "data", block, true)
+                .map_err(db_err)?;
+            std::io::copy(&mut input, &mut out).map_err(io_err)?;
+        }
+    }
+    drop_blocks(&tx, container, name)?;
     tx.commit().map_err(db_err)?;
     Ok(Ok(props))
 }
@@ -333,16 +379,23 @@ pub(crate) fn get_blob(
     container: &str,
     name: &str,
 ) -> Result<Option<(BlobProps, Vec<u8>)>, HubError> {
+    use std::io::Read as _;
     let Some(props) = blob_props(c, container, name)? else {
         return Ok(None);
     };
-    let data: Vec<u8> = c
+    let rowid: i64 = c
         .query_row(
-            "SELECT data FROM blobs WHERE container = ?1 AND name = ?2",
+            "SELECT rowid FROM blobs WHERE container = ?1 AND name = ?2",
             params![container, name],
             |r| r.get(0),
         )
         .map_err(db_err)?;
+    // Read straight into a buffer of its size (a column read would have SQLite hold a copy).
+    let mut blob = c
+        .blob_open(rusqlite::MAIN_DB, "blobs", "data", rowid, true)
+        .map_err(db_err)?;
+    let mut data = Vec::with_capacity(usize::try_from(props.size).unwrap_or(0));
+    blob.read_to_end(&mut data).map_err(io_err)?;
     Ok(Some((props, data)))
 }
 
@@ -502,6 +555,17 @@ mod tests {
         // The blocks were used up.
         let r = commit_blocks(&mut c, "ct", "b", &ids, None, 6, 100).unwrap();
         assert_eq!(r, Err(CommitRefused::UnknownBlock("A".into())));
+        // An empty blob, and a block used twice in one list.
+        put_blob(&mut c, "ct", "e", b"", None, 7).unwrap();
+        assert_eq!(get_blob(&c, "ct", "e").unwrap().unwrap().1, b"");
+        put_block(&mut c, "ct", "t", "A", b"ab", 100)
+            .unwrap()
+            .unwrap();
+        let twice = ["A".to_string(), "A".to_string()];
+        commit_blocks(&mut c, "ct", "t", &twice, None, 8, 100)
+            .unwrap()
+            .unwrap();
+        assert_eq!(get_blob(&c, "ct", "t").unwrap().unwrap().1, b"abab");
         assert_eq!(
             put_block(&mut c, "ct", "c", "A", &[0; 60], 100).unwrap(),
             Ok(())
