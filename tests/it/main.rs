@@ -40,6 +40,7 @@ mod python_e2e_suite;
 mod real_hub;
 mod run_hub;
 mod run_mosquitto;
+mod sdk_e2e_registry;
 mod service_cli;
 mod service_configurations;
 mod service_node_sdk;

@@ -138,6 +138,7 @@ async fn upsert_identity(
                 return Ok(Err(ApiError::device_not_found(&d)));
             }
             let existing = q::get_identity(c, &d, m.as_deref())?;
+            let had_scope = existing.as_ref().and_then(|i| i.device_scope.clone());
             let (ident, created, status_changed) = match (existing, &im) {
                 (Some(_), None) => {
                     return Ok(Err(match &m {
@@ -223,6 +224,16 @@ async fn upsert_identity(
                     (i, true, false)
                 }
             };
+            // A leaf's new scope must be an edge device's (IoT Hub: 400, nothing stored).
+            if !ident.iot_edge
+                && let Some(s) = &ident.device_scope
+                && had_scope.as_ref() != Some(s)
+                && !q::edge_scope_exists(c, s, &d)?
+            {
+                return Ok(Err(ApiError::bad(format!(
+                    "deviceScope {s} is not the scope of an IoT Edge device of this hub"
+                ))));
+            }
             q::put_identity(c, &ident)?;
             let depth = q::c2d_depth(c, &d)?;
             Ok(Ok((ident, created, status_changed, depth)))

@@ -40,6 +40,18 @@ pub fn put_identity(c: &Connection, i: &Identity) -> Result<(), HubError> {
     Ok(())
 }
 
+/// Whether an IoT Edge device other than `except` has `scope` as its `deviceScope`: the only
+/// scopes a leaf device may be given (IoT Hub refuses any other).
+pub fn edge_scope_exists(c: &Connection, scope: &str, except: &str) -> Result<bool, HubError> {
+    c.prepare_cached(
+        "SELECT 1 FROM identities WHERE module_id = '' AND device_id <> ?2 \
+         AND json_extract(data, '$.iotEdge') = 1 AND json_extract(data, '$.deviceScope') = ?1",
+    )
+    .map_err(db_err)?
+    .exists(params![scope, except])
+    .map_err(db_err)
+}
+
 /// Delete a device (with its modules, queue and sessions) or one module.
 pub fn delete_identity(
     c: &mut Connection,
