@@ -13,7 +13,8 @@
 //! see `auth.rs`), or a token of a policy with `DeviceConnect`; its links attach only while an
 //! unexpired token covers its id (case-sensitive, as device ids are). A new `put-token` for the
 //! same `sr` renews it; when the last one runs out the device's links are detached with
-//! `amqp:unauthorized-access`.
+//! `amqp:unauthorized-access`. An X.509 identity is authenticated instead by the TLS client
+//! certificate of an AMQPS connection (see [`serve`]; the Node SDK sends no put-token then).
 //!
 //! The first link of an identity on a connection registers it with the hub ([`DeviceConn`]):
 //! one connection entry per identity whichever transport, so a device that connects again
