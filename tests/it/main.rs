@@ -41,6 +41,7 @@ mod real_hub;
 mod run_hub;
 mod run_mosquitto;
 mod sdk_e2e_registry;
+mod sdk_e2e_x509_amqp_ws;
 mod service_cli;
 mod service_configurations;
 mod service_node_sdk;

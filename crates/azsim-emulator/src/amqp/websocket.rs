@@ -40,12 +40,15 @@ use crate::mqtt::websocket::{PRE_AUTH_SLACK, PreAuthLimit, WRITE_CHUNK, WsBytes}
 pub(crate) const MAX_MESSAGE: usize = 16 * super::MAX_FRAME_SIZE as usize;
 
 /// Runs the AMQP connection of an upgrade answered with 101 in a task of its own; `permit` is
-/// its place among the unauthenticated WebSocket connections, given back once it holds a token.
+/// its place among the unauthenticated WebSocket connections, given back once it holds a token;
+/// `certs`, the HTTPS connection's client certificate chain, authenticates an X.509 device's links
+/// as on AMQPS.
 pub(crate) fn spawn(
     hub: Arc<Hub>,
     permit: OwnedSemaphorePermit,
     on_upgrade: OnUpgrade,
     peer: SocketAddr,
+    certs: Option<Vec<rustls_pki_types::CertificateDer<'static>>>,
 ) {
     let Some(eh) = hub.amqp_eventhub.get().cloned() else {
         // mqtt/websocket.rs answers 404 before the upgrade when AMQP is off.
@@ -55,6 +58,9 @@ pub(crate) fn spawn(
         let _live = LiveGuard::new(hub.clone());
         let deadline = tokio::time::Instant::now() + hub.cfg.limits.connect_deadline;
         let claims = Arc::new(Claims::default());
+        if let Some(certs) = &certs {
+            claims.set_client_certs(certs);
+        }
         let opening = {
             let (hub, claims) = (hub.clone(), claims.clone());
             async move {

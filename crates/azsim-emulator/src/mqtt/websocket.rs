@@ -143,15 +143,16 @@ async fn upgrade(hub: Arc<Hub>, pre_auth: Arc<Semaphore>, mut req: Request) -> R
         tracing::warn!(%peer, "too many unauthenticated websocket connections: 503");
         return StatusCode::SERVICE_UNAVAILABLE.into_response();
     };
-    if protocol == Protocol::Amqp {
-        let on_upgrade = hyper::upgrade::on(&mut req);
-        crate::amqp::websocket::spawn(hub, permit, on_upgrade, peer);
-        return switching_protocols(&key, AMQP_SUBPROTOCOL);
-    }
+    // The HTTPS connection's client certificate authenticates an X.509 device (both protocols).
     let certs = req
         .extensions()
         .get::<crate::x509::PeerCerts>()
         .and_then(crate::x509::PeerCerts::to_vec);
+    if protocol == Protocol::Amqp {
+        let on_upgrade = hyper::upgrade::on(&mut req);
+        crate::amqp::websocket::spawn(hub, permit, on_upgrade, peer, certs);
+        return switching_protocols(&key, AMQP_SUBPROTOCOL);
+    }
     let on_upgrade = hyper::upgrade::on(&mut req);
     let config = WebSocketConfig::default()
         .read_buffer_size(4096)
