@@ -43,6 +43,7 @@ use crate::telemetry::D2cRecord;
 pub mod configurations;
 mod event_log;
 pub(crate) mod eventhub;
+pub(crate) mod files;
 mod identity;
 pub mod q;
 
@@ -283,6 +284,7 @@ impl Store {
             "deliveries",
             "INTEGER NOT NULL DEFAULT 0",
         )?;
+        conn.execute_batch(files::SCHEMA).map_err(db_err)?;
         let activity = Arc::new(crate::activity::Tracker::default());
         activity.load(q::activity_rows(&conn)?);
         let conn = Arc::new(Mutex::new(conn));
