@@ -339,6 +339,19 @@ pub(crate) fn router(hub: Shared) -> Router {
             "/devices/{id}/messages/deviceBound/{etag}/abandon",
             post(device_bound::abandon_handler),
         )
+        // The Node SDK's HTTP transport spells it `devicebound` (IoT Hub takes either).
+        .route(
+            "/devices/{id}/messages/devicebound",
+            get(device_bound::receive_handler),
+        )
+        .route(
+            "/devices/{id}/messages/devicebound/{etag}",
+            delete(device_bound::complete_handler),
+        )
+        .route(
+            "/devices/{id}/messages/devicebound/{etag}/abandon",
+            post(device_bound::abandon_handler),
+        )
         .route("/devices/{id}/files", post(files::create_sas_uri))
         .route("/devices/{id}/files/notifications", post(files::notify))
         .route(
@@ -532,10 +545,14 @@ async fn not_found() -> ApiError {
 fn device_side_id(path: &str) -> Option<String> {
     let rest = path.strip_prefix("/devices/")?;
     let (raw, tail) = rest.split_once('/')?;
-    if tail != "messages/deviceBound"
-        && !tail.starts_with("messages/deviceBound/")
-        && !files::is_device_path(path)
-    {
+    // `messages/deviceBound` in any case (the Node SDK's HTTP transport sends `devicebound`).
+    let bound = tail
+        .get(..20)
+        .is_some_and(|t| t.eq_ignore_ascii_case("messages/deviceBound"))
+        && tail
+            .get(20..)
+            .is_some_and(|r| r.is_empty() || r.starts_with('/'));
+    if !bound && !files::is_device_path(path) {
         return None;
     }
     let mut id = String::new();
