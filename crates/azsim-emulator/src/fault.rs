@@ -18,7 +18,18 @@
 //! connection with 403002 IoTHubQuotaExceeded) and `InvokeAuthError` (the connection is closed
 //! with 401003 and a CONNECT is refused, CONNACK 5, for the duration). The AMQP kinds
 //! (`KillAmqp*`, `ShutDownAmqp`) name AMQP links and sessions, which an MQTT connection does
-//! not have: the hub has no AMQP device endpoint, so they are taken as ordinary telemetry.
+//! not have: over MQTT they are taken as ordinary telemetry.
+//!
+//! Over AMQP (a device's telemetry link, `amqp/device/`): `KillTcp` drops the connection's
+//! stream, `ShutDownMqtt` closes the connection with `amqp:connection:forced`, the windowed
+//! kinds act as over MQTT except that a refused message is rejected (its link stays:
+//! `com.microsoft:device-container-throttled`, `com.microsoft:quota-exceeded`) and an auth
+//! error refuses the device's `put-token` (401); the AMQP kinds end the part of the connection
+//! they name, once, after the delay (`amqp/device/faults.rs` lists each and its error
+//! condition). The fault message is left unsettled and is not routed. The out-of-band kinds
+//! act on an AMQP device connection as on an MQTT one: `drop` drops the connection, `shutdown`
+//! closes it gracefully with an error, `expire-token` / `auth-error` detach the identity's
+//! links with `amqp:unauthorized-access`.
 //!
 //! The tier (`--tier F1|S1|S2|S3 --units N`, off unless set) meters telemetry against the
 //! daily message quota (Microsoft Learn, "IoT Hub quotas and throttling" and "Choose the right
@@ -26,7 +37,8 @@
 //! 300,000,000 messages of 4 KB a day per unit; the day is UTC) and REST calls against the
 //! documented throttles (same page: identity registry operations 100/min/unit on S1 and S2,
 //! 5,000 on S3; twin reads 100/s on S1, max(100, 10/unit) on S2, 500/unit on S3; twin updates
-//! 50/s, max(50, 5/unit), 250/unit; C2D sends 1.67/s/unit, 83.33 on S3; Free as S1). Over a
+//! 50/s, max(50, 5/unit), 250/unit; C2D sends 1.67/s/unit, 83.33 on S3; file upload
+//! initiations 1.67/s/unit (100/min), 83.33 on S3 (5,000/min); Free as S1). Over a
 //! throttle, REST answers 429 ThrottlingException (429001) at once: Azure first queues and
 //! delays ("traffic shaping"), which a local hub does not imitate. The meter is in memory and
 //! counts what Azure counts (see `quota`).
@@ -104,6 +116,9 @@ impl Tier {
             // Per minute: 1.67/s is 100/min, 83.33/s is 5,000/min.
             (Class::C2dSend, Tier::S3) => 5_000 * u,
             (Class::C2dSend, _) => 100 * u,
+            // File upload initiations: as C2D sends (1.67/s/unit, 83.33/s/unit on S3).
+            (Class::FileUpload, Tier::S3) => 5_000 * u,
+            (Class::FileUpload, _) => 100 * u,
             // DPS's own limit, not the hub's tier: one DPS unit (see `dps::throttle`).
             (Class::DpsRegistration, _) => crate::dps::REGISTRATIONS_PER_MINUTE,
         }
@@ -117,6 +132,8 @@ pub(crate) enum Class {
     TwinRead,
     TwinUpdate,
     C2dSend,
+    /// File upload initiations (`POST /devices/{id}/files`).
+    FileUpload,
     /// DPS device registrations (register requests, not polls) of the hub's id scope.
     DpsRegistration,
 }
@@ -124,7 +141,7 @@ pub(crate) enum Class {
 impl Class {
     fn window_ms(self) -> u64 {
         match self {
-            Class::Registry | Class::C2dSend | Class::DpsRegistration => 60_000,
+            Class::Registry | Class::C2dSend | Class::FileUpload | Class::DpsRegistration => 60_000,
             Class::TwinRead | Class::TwinUpdate => 1_000,
         }
     }
@@ -378,11 +395,16 @@ impl Faults {
     }
 }
 
+/// The reason a `drop` (KillTcp) fault kicks a connection with: an AMQP one is dropped too.
+pub(crate) const KILL_TCP: &str = "fault injected: KillTcp";
+/// The reason a `shutdown` (ShutDownMqtt) fault closes a connection with.
+pub(crate) const SHUT_DOWN_MQTT: &str = "fault injected: ShutDownMqtt";
+
 /// Why a connection is closed by a fault (the hub's log and the event stream).
 fn close_reason(fault: Fault) -> &'static str {
     match fault {
-        Fault::Drop => "fault injected: KillTcp",
-        Fault::Shutdown => "fault injected: ShutDownMqtt",
+        Fault::Drop => KILL_TCP,
+        Fault::Shutdown => SHUT_DOWN_MQTT,
         Fault::ExpireToken => "401003 IoTHubUnauthorized: sas token expired (fault injected)",
         Fault::AuthError => "401003 IoTHubUnauthorized (fault injected)",
         Fault::Throttle => "429001 ThrottlingException (fault injected)",

@@ -39,6 +39,8 @@ pub(crate) struct Claims {
     /// The certificate chain the client sent in the TLS handshake, if any (leaf first): what
     /// authenticates an X.509 device's links (`device/`).
     client_certs: std::sync::OnceLock<Vec<rustls_pki_types::CertificateDer<'static>>>,
+    /// Drops the connection's stream (the KillAmqpConnection and `drop` faults).
+    pub kill: std::sync::Arc<super::device::faults::KillSwitch>,
 }
 
 impl Claims {

@@ -85,6 +85,8 @@ pub(crate) struct ConnCtx {
     replies: Replies,
     /// The device identities with links on this connection (`device/`).
     devices: device::Devices,
+    /// Faults injected into this connection (`device/faults.rs`).
+    kills: device::faults::Kills,
 }
 
 impl ConnCtx {
@@ -400,6 +402,7 @@ async fn serve_opening(
         eventhub: eh,
         replies: Replies::default(),
         devices: device::Devices::default(),
+        kills: device::faults::kills(),
     });
     serve_connection(ctx, conn, Some(permit), deadline).await;
 }
@@ -415,7 +418,7 @@ where
     Io: AsyncRead + AsyncWrite + std::fmt::Debug + Send + Unpin + 'static,
 {
     let (opening, stream) = header::read(stream).await.map_err(|e| e.to_string())?;
-    let stream = FullFrames::new(stream);
+    let stream = FullFrames::new(device::faults::Killable::new(stream, claims.kill.clone()));
     let opened = match opening {
         header::Opening::Sasl => {
             ConnectionAcceptor::builder()
@@ -451,6 +454,7 @@ async fn serve_connection(
 ) {
     let mut shutdown = ctx.hub.shutdown.subscribe();
     let mut sessions = tokio::task::JoinSet::new();
+    let mut kills = ctx.kills.subscribe();
     loop {
         if permit.is_some() && ctx.claims.any() {
             // Authenticated: no longer one of the listener's pre-auth connections.
@@ -486,6 +490,13 @@ async fn serve_connection(
                 sessions.abort_all();
                 return;
             }
+            Ok(k) = kills.recv() => {
+                if k.target == device::faults::Target::Shutdown {
+                    let _ = conn.close_with_error(k.error).await;
+                    sessions.abort_all();
+                    return;
+                }
+            }
             () = until_shutdown(&mut shutdown) => break,
         }
     }
@@ -502,9 +513,27 @@ async fn serve_session(ctx: Arc<ConnCtx>, mut session: ListenerSessionHandle) {
         .fallback_receiver_settle_mode(fe2o3_amqp::types::definitions::ReceiverSettleMode::First)
         .build();
     let mut links = tokio::task::JoinSet::new();
-    while let Some(attach) = session.next_incoming_attach().await {
+    // The identities with links on this session (a KillAmqpSession fault ends it).
+    let mut identities = std::collections::HashSet::new();
+    let mut kills = ctx.kills.subscribe();
+    loop {
+        let attach = tokio::select! {
+            a = session.next_incoming_attach() => a,
+            Ok(k) = kills.recv() => {
+                if k.target == device::faults::Target::Session && identities.contains(&k.cid) {
+                    let _ = session.end_with_error(k.error).await;
+                    links.abort_all();
+                    return;
+                }
+                continue;
+            }
+        };
+        let Some(attach) = attach else { break };
         while links.try_join_next().is_some() {}
         let decision = route(&ctx, &attach);
+        if let Ok(Route::Device(l)) = &decision {
+            identities.insert(crate::hub::client_id(&l.device, l.module.as_deref()));
+        }
         let link = match acceptor.accept_incoming_attach(attach, &mut session).await {
             Ok(l) => l,
             Err(e) => {

@@ -45,7 +45,7 @@ pub(super) async fn serve(_ctx: Arc<ConnCtx>, dev: Arc<DeviceConn>, mut sender: 
     hub.presence_changed();
     let (tx, mut settled) = mpsc::unbounded_channel::<Settled>();
     let mut inflight: Vec<i64> = Vec::new();
-    let mut ended = dev.ended();
+    let mut ended = dev.ended(super::Kind::C2d);
     let mut shutdown = hub.shutdown.subscribe();
     let error = loop {
         if let Err(e) = deliver(&dev, &mut sender, &mut inflight, &tx).await {

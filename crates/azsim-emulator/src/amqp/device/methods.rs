@@ -62,7 +62,7 @@ pub(super) async fn requests(dev: Arc<DeviceConn>, mut sender: Sender) {
     *dev.methods.lock().unwrap_or_else(|p| p.into_inner()) = Some(tx);
     dev.subs.methods.store(true, Ordering::Release);
     hub.presence_changed();
-    let mut ended = dev.ended();
+    let mut ended = dev.ended(super::Kind::MethodRequests);
     let mut shutdown = hub.shutdown.subscribe();
     let error = loop {
         tokio::select! {
@@ -104,7 +104,7 @@ pub(super) async fn requests(dev: Arc<DeviceConn>, mut sender: Sender) {
 /// Take method responses on the device's sender link until it, the identity or the hub ends.
 pub(super) async fn responses(dev: Arc<DeviceConn>, mut receiver: Receiver) {
     let hub = dev.hub.clone();
-    let mut ended = dev.ended();
+    let mut ended = dev.ended(super::Kind::MethodResponses);
     let mut shutdown = hub.shutdown.subscribe();
     let error = loop {
         let d = tokio::select! {

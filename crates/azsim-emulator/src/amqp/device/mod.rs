@@ -38,6 +38,7 @@ use crate::untrusted::Untrusted;
 
 pub(crate) mod auth;
 mod c2d;
+pub(crate) mod faults;
 mod methods;
 mod telemetry;
 mod twin;
@@ -173,6 +174,8 @@ pub(crate) struct DeviceConn {
     pub methods: Mutex<Option<mpsc::UnboundedSender<methods::Request>>>,
     /// Twin responses and desired notifications for the twin receiver link.
     pub twin: twin::Outbox,
+    /// The connection's faults (see `faults.rs`).
+    kills: faults::Kills,
     /// The task running [`dispatch`] for it.
     dispatcher: std::sync::OnceLock<tokio::task::AbortHandle>,
 }
@@ -187,9 +190,15 @@ impl std::fmt::Debug for DeviceConn {
 }
 
 impl DeviceConn {
-    /// A receiver of the identity's end: `Some(error)` once the hub ended its links.
-    pub fn ended(&self) -> watch::Receiver<Option<Ended>> {
-        self.ended.subscribe()
+    /// The end of the identity's `kind` link: the identity's (`Some(error)` once the hub
+    /// ended its links) or a fault aimed at the link.
+    pub fn ended(&self, kind: Kind) -> faults::LinkEnd {
+        faults::LinkEnd {
+            ended: self.ended.subscribe(),
+            kills: self.kills.subscribe(),
+            cid: self.cid.clone(),
+            kind,
+        }
     }
 
     fn end(&self, why: Ended) {
@@ -252,6 +261,7 @@ impl Devices {
             c2d_wake: Notify::new(),
             methods: Mutex::new(None),
             twin: twin::Outbox::default(),
+            kills: ctx.kills.clone(),
             dispatcher: std::sync::OnceLock::new(),
             hub: hub.clone(),
         });
@@ -311,7 +321,7 @@ async fn dispatch(
             cmd = rx.recv() => {
                 let Some(d) = dev.upgrade() else { return };
                 match cmd {
-                    Some(cmd) => command(&d, cmd),
+                    Some(cmd) => command(&ctx, &d, cmd),
                     None => {
                         d.end(Some(detach_forced("the hub dropped the connection")));
                         return;
@@ -328,7 +338,7 @@ fn detach_forced(text: &str) -> AmqpErr {
     AmqpErr::new(LinkError::DetachForced, text.to_string(), None)
 }
 
-fn command(d: &DeviceConn, cmd: ConnCmd) {
+fn command(ctx: &ConnCtx, d: &DeviceConn, cmd: ConnCmd) {
     match cmd {
         ConnCmd::Publish(p) => match azsim_proto::topic::parse_hub_publish(&p.topic) {
             Ok(azsim_proto::topic::HubTopic::MethodRequest(r)) => {
@@ -352,10 +362,30 @@ fn command(d: &DeviceConn, cmd: ConnCmd) {
             }
         },
         ConnCmd::C2dWake => d.c2d_wake.notify_one(),
+        ConnCmd::Kick(reason) if reason == crate::fault::KILL_TCP => {
+            // `drop` / KillTcp: the connection is dropped, as an MQTT one is.
+            tracing::info!(client_id = %d.cid, reason, "amqp: dropping the device's connection");
+            ctx.claims.kill.kill();
+        }
+        ConnCmd::Close(reason) if reason == crate::fault::SHUT_DOWN_MQTT => {
+            // `shutdown`: the connection is closed gracefully, as an MQTT one is.
+            let target = faults::Target::Shutdown;
+            faults::fire(
+                &ctx.kills,
+                &ctx.claims.kill,
+                faults::Kill {
+                    cid: d.cid.clone(),
+                    target,
+                    error: faults::error(target, "shutdown"),
+                },
+            );
+        }
         ConnCmd::Kick(reason) => {
             tracing::info!(client_id = %d.cid, reason, "amqp: detaching the device's links");
             let error = if reason.starts_with("400027") {
                 AmqpErr::new(LinkError::Stolen, reason.to_string(), None)
+            } else if reason.starts_with("401003") {
+                AmqpErr::new(AmqpError::UnauthorizedAccess, reason.to_string(), None)
             } else {
                 detach_forced(reason)
             };
@@ -477,14 +507,17 @@ async fn x509(ctx: &ConnCtx, link: &Link, ident: &crate::store::Identity) -> Res
 /// Completes with the error the identity's links end with, once the hub ends them (also
 /// when the hub stops: then without an error).
 pub(crate) async fn until_ended(
-    ended: &mut watch::Receiver<Option<Ended>>,
+    end: &mut faults::LinkEnd,
     shutdown: &mut watch::Receiver<bool>,
 ) -> Ended {
+    let faults::LinkEnd { ended, .. } = end;
+    let mut ended = ended.clone();
     tokio::select! {
         r = ended.wait_for(Option::is_some) => match r {
             Ok(e) => e.clone().flatten(),
             Err(_) => None,
         },
+        e = end.killed() => Some(e),
         () = crate::hub::until_shutdown(shutdown) => None,
     }
 }

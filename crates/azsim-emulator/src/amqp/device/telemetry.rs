@@ -51,7 +51,7 @@ pub(super) async fn serve(ctx: Arc<ConnCtx>, dev: Arc<DeviceConn>, mut receiver:
     let mut last_seq = 0u64;
     // Received and queued for the writer, settled once committed, in order.
     let mut held: VecDeque<(u64, Delivery<Body<Value>>)> = VecDeque::new();
-    let mut ended = dev.ended();
+    let mut ended = dev.ended(super::Kind::Telemetry);
     let mut shutdown = hub.shutdown.subscribe();
     let mut batch = EventBatch::default();
     let error = loop {
@@ -155,12 +155,17 @@ async fn verdict(ctx: &ConnCtx, dev: &DeviceConn, msg: &Message<Body<Value>>) ->
             format!("message of {size} bytes exceeds {max} bytes"),
         ));
     }
-    if let Some(req) = crate::fault::requested(&properties)
-        && let Some(f) = req.fault
-    {
-        tracing::info!(client_id = %dev.cid, "fault requested in telemetry (amqp)");
-        crate::fault::inject(hub, &dev.device, f, req.delay, req.duration);
-        return Verdict::Ignore;
+    if let Some(req) = crate::fault::requested(&properties) {
+        if let Some(f) = req.fault {
+            tracing::info!(client_id = %dev.cid, "fault requested in telemetry (amqp)");
+            crate::fault::inject(hub, &dev.device, f, req.delay, req.duration);
+            return Verdict::Ignore;
+        }
+        if let Some(target) = super::faults::target(&req.operation) {
+            tracing::info!(client_id = %dev.cid, operation = %req.operation, "amqp fault requested in telemetry");
+            super::faults::schedule(ctx, &dev.cid, target, &req.operation, req.delay);
+            return Verdict::Ignore;
+        }
     }
     if hub.cfg.tier.is_some()
         && let Err(reason) = Box::pin(crate::throttle::wait_turn(

@@ -125,7 +125,7 @@ pub(super) async fn responses(dev: Arc<DeviceConn>, mut sender: Sender) {
         let _ = sender.close_with_error(e).await;
         return;
     };
-    let mut ended = dev.ended();
+    let mut ended = dev.ended(super::Kind::TwinResponses);
     let mut shutdown = hub.shutdown.subscribe();
     let error = loop {
         tokio::select! {
@@ -152,7 +152,7 @@ pub(super) async fn responses(dev: Arc<DeviceConn>, mut sender: Sender) {
 /// Take twin requests on the device's sender link until it, the identity or the hub ends.
 pub(super) async fn requests(dev: Arc<DeviceConn>, mut receiver: Receiver) {
     let hub = dev.hub.clone();
-    let mut ended = dev.ended();
+    let mut ended = dev.ended(super::Kind::TwinRequests);
     let mut shutdown = hub.shutdown.subscribe();
     let error = loop {
         let d = tokio::select! {
