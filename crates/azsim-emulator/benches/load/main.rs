@@ -102,16 +102,18 @@
 //! `mqtt::tests::a_connection_s_future_stays_small`), rustls' 4 KiB record buffer (zero-filled,
 //! so resident), its 1 KiB read buffer, the record keys (1.1 KiB), its command channel
 //! (1.3 KiB) and registry entry.
-//! Ingest after the change above (same run, `--rounds 3 --messages 200 --window 1,10,100`, load
-//! average 6-7 from other builds): medians 0.78x / 1.25x / 1.69x at windows 1 / 10 / 100
-//! (rounds 0.88 0.78 0.39 / 1.25 2.33 1.14 / 1.69 2.25 1.64), hub
-//! CPU 18.4 / 10.5 / 8.8 us per message against mosquitto's 9.3 / 8.5 / 8.1. The hub's CPU per
-//! message doubled since the table above because the configurations maintainer (`rest/
-//! config_apply.rs`) keeps a receiver of the hub's event stream for the hub's life, so every
-//! telemetry message has its JSON built and broadcast (`Conn::ingest` builds it only while
-//! someone is watching). The same binary with that one subscription left out (an experiment, not
-//! committed): 0.83x / 1.97x / 1.78x (rounds 0.73 0.83 1.62 / 2.22 1.43 1.97 / 1.78 2.05 1.26),
-//! hub 13.1 / 5.1 / 4.1 us against 8.4 / 7.8 / 7.3.
+//! Ingest at a326c76 (`--rounds 3 --messages 200 --window 1,10,100`, load average 4.5-5.5 from
+//! other builds): medians 0.68x / 1.60x / 1.76x at windows 1 / 10 / 100 (rounds 0.83 0.68 0.50
+//! / 1.60 1.03 1.74 / 1.76 1.60 1.80; hub 62k / 161k / 183k msgs/s), hub CPU 10.5 / 4.4 / 4.0 us
+//! per message against mosquitto's 5.4 / 6.0 / 5.6 (mosquitto cheaper than in the table above,
+//! same client). On the way, for a few hours of commits: the configurations maintainer held a
+//! receiver of the hub's event stream for the hub's life, so every telemetry message had its
+//! JSON built and broadcast (`Conn::ingest` builds it only while someone watches); that doubled
+//! the hub's CPU per message (window 10: 10.5 us against 5.1 with the subscription left out, same
+//! binary; medians 1.25x against 1.97x) until 0f4eab4. Since 91c10da that JSON is written
+//! straight into one buffer instead of through a `Value` tree, which cut the doubled cost to
+//! 6.8-7.1 us (window 10) and 5.4-6.1 (window 100); it is still built for every message an
+//! Event Hubs consumer or the live stream reads.
 //! The event log's trim (a range DELETE every 256 rows at the 10,000-row cap) costs 0.6-0.7 us
 //! per message of the SQLite writer's 1.8-1.9 (A/B with a cap above the run's 200,000 messages,
 //! 3 pairs at windows 10 and 100). Trimming every 4096 rows instead, or a 16 MB page cache so
