@@ -560,13 +560,21 @@ fn device_side_id(path: &str) -> Option<String> {
     Some(id)
 }
 
-/// A device token for `id` (either key, `sr` with or without the HTTPS port).
+/// A device token for `id` (either key, `sr` with or without the HTTPS port), or, with no
+/// Authorization header, the TLS client certificate of an X.509 device (the Node SDK's HTTP
+/// transport sends no token then).
 async fn verify_device_rest(
     hub: &Hub,
     header: Option<&str>,
+    certs: Option<crate::x509::PeerCerts>,
     id: &str,
 ) -> Result<(), crate::auth::ServiceAuthError> {
     use crate::auth::ServiceAuthError as E;
+    if header.is_none()
+        && let Some(chain) = certs.and_then(|c| c.to_vec())
+    {
+        return verify_device_cert(hub, &chain, id).await;
+    }
     let header = header.ok_or_else(|| E("missing Authorization header".into()))?;
     let token =
         azsim_proto::sas::Token::parse(header).map_err(|e| E(format!("malformed token: {e}")))?;
@@ -586,6 +594,33 @@ async fn verify_device_rest(
         hub.clock().unix_secs(),
     )
     .map_err(|e| E(e.to_string()))
+}
+
+/// An X.509 device `id` authenticated by the chain its HTTPS client presented (as its MQTT
+/// CONNECT or AMQP links are).
+async fn verify_device_cert(
+    hub: &Hub,
+    chain: &[rustls_pki_types::CertificateDer<'static>],
+    id: &str,
+) -> Result<(), crate::auth::ServiceAuthError> {
+    use crate::auth::ServiceAuthError as E;
+    let ident = crate::hub::load_identity(hub, id, None)
+        .await
+        .map_err(|e| E(e.to_string()))?
+        .ok_or_else(|| E("unknown device".into()))?;
+    if !ident.enabled {
+        return Err(E("device disabled".into()));
+    }
+    let cas = if matches!(ident.auth, crate::x509::Auth::CertificateAuthority) {
+        hub.store
+            .call(|c| crate::x509::ca_store::anchors(c))
+            .await
+            .map_err(|e| E(e.to_string()))?
+    } else {
+        Vec::new()
+    };
+    crate::x509::authenticate(Some(chain), id, &ident.auth, &cas, hub.clock().unix_secs())
+        .map_err(|e| E(e.to_string()))
 }
 
 async fn auth(State(hub): State<Shared>, req: Request, next: Next) -> Response {
@@ -634,7 +669,8 @@ async fn auth(State(hub): State<Shared>, req: Request, next: Next) -> Response {
     if verdict.is_err()
         && let Some(id) = device_side_id(req.uri().path())
     {
-        verdict = verify_device_rest(&hub, header, &id).await;
+        let certs = req.extensions().get::<crate::x509::PeerCerts>().cloned();
+        verdict = verify_device_rest(&hub, header, certs, &id).await;
     }
     let r = match verdict {
         Ok(()) => match access::throttled(&hub, req.method(), req.uri().path()) {
