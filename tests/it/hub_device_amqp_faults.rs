@@ -183,6 +183,32 @@ async fn each_amqp_fault_kills_the_link_it_names_and_the_device_recovers() {
         accepted(&mut tx, &format!("after-{op}")).await;
     }
 
+    // KillAmqpCBSLinkReq / KillAmqpCBSLinkResp: the $cbs links are detached (closed); new
+    // ones take a token again.
+    let mut cbs_tx = Sender::attach(&mut session, "cbs-tx", "$cbs")
+        .await
+        .expect("cbs sender");
+    let mut cbs_rx = Receiver::builder()
+        .name("cbs-rx")
+        .source("$cbs")
+        .target("cbs-here")
+        .attach(&mut session)
+        .await
+        .expect("cbs receiver");
+    send_fault(&mut tx, "KillAmqpCBSLinkReq").await;
+    let e = tokio::time::timeout(WAIT, cbs_tx.on_detach())
+        .await
+        .expect("detached in time");
+    assert!(format!("{e:?}").contains("ClosedByRemote"), "{e:?}");
+    send_fault(&mut tx, "KillAmqpCBSLinkResp").await;
+    let e = tokio::time::timeout(WAIT, cbs_rx.recv::<Body<AmqpValue>>())
+        .await
+        .expect("detached in time")
+        .expect_err("no delivery: the link is detached");
+    assert!(format!("{e:?}").contains("Closed"), "{e:?}");
+    authorize(&hub, &mut session, "f1", &key).await;
+    accepted(&mut tx, "after-cbs").await;
+
     // KillAmqpSession: the session ends with an error; a new session works.
     send_fault(&mut tx, "KillAmqpSession").await;
     let e = tokio::time::timeout(WAIT, session.on_end())
@@ -238,6 +264,7 @@ async fn each_amqp_fault_kills_the_link_it_names_and_the_device_recovers() {
         "after-KillAmqpTwinLinkResp",
         "after-KillAmqpMethodRespLink",
         "after-KillAmqpTwinLinkReq",
+        "after-cbs",
         "after-session",
         "after-shutdown",
         "last",

@@ -289,10 +289,18 @@ fn route(ctx: &ConnCtx, attach: &Attach) -> Result<Route, AmqpErr> {
 async fn run_link(ctx: Arc<ConnCtx>, route: Route, link: LinkEndpoint) {
     match (route, link) {
         (Route::CbsRequests, LinkEndpoint::Receiver(r)) => {
-            node::serve_requests(ctx, r, cbs::put_token).await;
+            let killed = device::faults::killed(&ctx, device::faults::Target::CbsRequests);
+            tokio::select! {
+                () = node::serve_requests(ctx, r, cbs::put_token) => {}
+                () = killed => {}
+            }
         }
         (Route::Replies(address), LinkEndpoint::Sender(s)) => {
-            node::serve_reply_link(ctx, s, address).await;
+            let killed = device::faults::killed(&ctx, device::faults::Target::CbsReplies);
+            tokio::select! {
+                () = node::serve_reply_link(ctx, s, address) => {}
+                () = killed => {}
+            }
         }
         (Route::Redirect { rest }, link) => refuse(link, redirect(&ctx, &rest)).await,
         (Route::ManagementRequests, LinkEndpoint::Receiver(r)) => {

@@ -7,14 +7,15 @@
 //! | `KillAmqpConnection` | the connection's TCP stream, dropped (no AMQP `close`) | - |
 //! | `ShutDownAmqp` | the connection, closed gracefully | `amqp:connection:forced` |
 //! | `KillAmqpSession` | the session(s) carrying the identity's links | `amqp:internal-error` |
+//! | `KillAmqpCBSLinkReq`, `KillAmqpCBSLinkResp` | the connection's `$cbs` request link, reply link(s) | detached, no error |
 //! | `KillAmqpD2CLink`, `KillAmqpC2DLink`, `KillAmqpMethodReqLink`, `KillAmqpMethodRespLink`, `KillAmqpTwinLinkReq`, `KillAmqpTwinLinkResp` | that link of the identity | `amqp:link:detach-forced` |
 //!
 //! The description names the operation (`fault injected: KillAmqpD2CLink`). The conditions are
 //! inferred: Azure documents its faults only through the SDK tests, which assert that the
 //! device recovers (re-attaches, reconnects) and its telemetry continues, not the condition.
-//! `KillAmqpCBSLinkReq` / `KillAmqpCBSLinkResp` are recognized but the `$cbs` links are not
-//! detached (the fault message is still neither settled nor routed). The fault message itself
-//! is left unsettled, as over MQTT; a link the device attaches again is not killed again.
+//! The `$cbs` links are detached without an error (closed; the node's link loop is not this
+//! module's to end with one). The fault message itself is left unsettled, as over MQTT; a link
+//! the device attaches again is not killed again.
 
 use std::pin::Pin;
 use std::sync::Arc;
@@ -39,8 +40,10 @@ pub(crate) enum Target {
     Shutdown,
     /// The sessions carrying the identity's links end with an error.
     Session,
-    /// The `$cbs` links (recognized, not acted on).
-    Cbs,
+    /// The connection's `$cbs` request link.
+    CbsRequests,
+    /// The connection's reply links (`$cbs`'s).
+    CbsReplies,
     /// The identity's link of this kind is detached with an error.
     Link(Kind),
 }
@@ -51,7 +54,8 @@ pub(crate) fn target(operation: &str) -> Option<Target> {
         "KillAmqpConnection" => Target::Connection,
         "ShutDownAmqp" => Target::Shutdown,
         "KillAmqpSession" => Target::Session,
-        "KillAmqpCBSLinkReq" | "KillAmqpCBSLinkResp" => Target::Cbs,
+        "KillAmqpCBSLinkReq" => Target::CbsRequests,
+        "KillAmqpCBSLinkResp" => Target::CbsReplies,
         "KillAmqpD2CLink" => Target::Link(Kind::Telemetry),
         "KillAmqpC2DLink" => Target::Link(Kind::C2d),
         "KillAmqpMethodReqLink" => Target::Link(Kind::MethodRequests),
@@ -86,7 +90,9 @@ pub(crate) fn error(target: Target, operation: &str) -> AmqpErr {
             AmqpErr::new(ConnectionError::ConnectionForced, text, None)
         }
         Target::Session => AmqpErr::new(AmqpError::InternalError, text, None),
-        Target::Cbs | Target::Link(_) => AmqpErr::new(LinkError::DetachForced, text, None),
+        Target::CbsRequests | Target::CbsReplies | Target::Link(_) => {
+            AmqpErr::new(LinkError::DetachForced, text, None)
+        }
     }
 }
 
@@ -121,6 +127,21 @@ pub(crate) fn fire(kills: &Kills, switch: &KillSwitch, kill: Kill) {
         switch.kill();
     } else {
         let _ = kills.send(kill);
+    }
+}
+
+/// Completes when a fault aimed at `target` (a connection-wide one: the `$cbs` links) comes:
+/// the caller drops its link then.
+pub(crate) fn killed(ctx: &ConnCtx, target: Target) -> impl Future<Output = ()> + use<> {
+    let mut kills = ctx.kills.subscribe();
+    async move {
+        loop {
+            match kills.recv().await {
+                Ok(k) if k.target == target => return,
+                Ok(_) | Err(broadcast::error::RecvError::Lagged(_)) => {}
+                Err(broadcast::error::RecvError::Closed) => std::future::pending().await,
+            }
+        }
     }
 }
 
