@@ -98,6 +98,50 @@ pub(crate) struct Hub {
     /// The Event Hubs-compatible endpoint, once the AMQP listeners serve it (AMQP over
     /// WebSockets on the HTTPS listener serves the same one).
     pub amqp_eventhub: std::sync::OnceLock<Arc<crate::amqp::EventHub>>,
+    /// Direct wake-ups for service links that wait for new records (C2D feedback, file upload
+    /// notifications) instead of subscribing to `events`: a subscriber there makes every
+    /// telemetry message build its stream JSON.
+    pub wakeups: Wakeups,
+}
+
+/// Counters bumped when a record a service link waits for is announced; a link holds a
+/// `subscribe()`d receiver and waits on `changed()`, so a bump between its look at the store
+/// and its wait is not lost.
+#[derive(Debug)]
+pub(crate) struct Wakeups {
+    /// New C2D feedback records (the feedback sweep announces them).
+    pub feedback: watch::Sender<u64>,
+    /// A file upload finished (its notification, if any, is queued).
+    pub file_notifications: watch::Sender<u64>,
+}
+
+impl Default for Wakeups {
+    fn default() -> Self {
+        Wakeups {
+            feedback: watch::channel(0).0,
+            file_notifications: watch::channel(0).0,
+        }
+    }
+}
+
+impl Wakeups {
+    /// Bump the counter an event `v` announces a record for, if any.
+    fn on_emit(&self, v: &Value) {
+        let w = match v.get("type").and_then(Value::as_str) {
+            Some("c2dFeedback") => &self.feedback,
+            Some("fileUpload") => &self.file_notifications,
+            _ => return,
+        };
+        w.send_modify(|n| *n = n.wrapping_add(1));
+    }
+}
+
+/// Completes when the counter behind `rx` is bumped past what `rx` saw last (never once the
+/// hub is gone).
+pub(crate) async fn changed(rx: &mut watch::Receiver<u64>) {
+    if rx.changed().await.is_err() {
+        std::future::pending::<()>().await;
+    }
 }
 
 impl std::fmt::Debug for Hub {
@@ -155,6 +199,7 @@ impl Hub {
             router: crate::routing::Router::default(),
             configs: crate::rest::config_apply::ConfigState::default(),
             amqp_eventhub: std::sync::OnceLock::new(),
+            wakeups: Wakeups::default(),
             cfg,
         }
     }
@@ -182,6 +227,7 @@ impl Hub {
     pub fn emit(&self, device_id: &str, v: Value) {
         crate::routing::on_emit(self, &v);
         crate::rest::config_apply::on_emit(self, &v);
+        self.wakeups.on_emit(&v);
         let _ = self.events.send(Arc::new(HubEvent {
             device_id: device_id.to_string(),
             json: v.to_string(),

@@ -9,8 +9,10 @@
 //! rejected or modified abandons it (delivered again); one left unsettled for its lock
 //! (`FileUploadSettings::notification_lock`) is delivered again, and one delivered
 //! `notification_max_delivery_count` times, or older than `notification_ttl`, is dropped.
-//! New notifications are noticed through the hub's event stream (a `fileUpload` event), and
-//! those whose lock ran out by polling once a second.
+//! New notifications are noticed through the hub's file notification wake-up (`Hub::wakeups`,
+//! bumped when an upload completes), and those whose lock ran out by polling once a second.
+//! Not through the event stream: a subscriber there, which a back end keeps for hours, makes
+//! every telemetry message build its stream JSON.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -34,7 +36,7 @@ const POLL: Duration = Duration::from_secs(1);
 pub(crate) async fn serve(ctx: Arc<ConnCtx>, mut sender: Sender) {
     let hub = ctx.hub.clone();
     let mut shutdown = hub.shutdown.subscribe();
-    let mut events = hub.events.subscribe();
+    let mut wakeup = hub.wakeups.file_notifications.subscribe();
     let settings = hub.cfg.file_upload.clone();
     let lock = settings.notification_lock;
     let lock_ms = i64::try_from(lock.as_millis()).unwrap_or(i64::MAX);
@@ -52,6 +54,8 @@ pub(crate) async fn serve(ctx: Arc<ConnCtx>, mut sender: Sender) {
             let _ = sender.close_with_error(e).await;
             return;
         }
+        // Seen before the store is read: an upload finished after this wakes the wait below.
+        let _ = wakeup.borrow_and_update();
         let token = uuid::Uuid::new_v4().to_string();
         let (t, now) = (token.clone(), hub.now_ms());
         let next = hub
@@ -62,7 +66,7 @@ pub(crate) async fn serve(ctx: Arc<ConnCtx>, mut sender: Sender) {
             Ok(Some(j)) => j,
             Ok(None) => {
                 tokio::select! {
-                    () = new_notification(&mut events) => {}
+                    () = crate::hub::changed(&mut wakeup) => {}
                     () = tokio::time::sleep(POLL) => {}
                     _ = sender.on_detach() => break,
                     () = crate::hub::until_shutdown(&mut shutdown) => break,
@@ -121,22 +125,5 @@ async fn settle(hub: &crate::hub::Hub, token: String, complete: bool) {
         .await;
     if let Err(e) = r {
         tracing::warn!(error = %e, "amqp: file notification settlement not stored");
-    }
-}
-
-/// Completes when the hub announces a file upload (or its event stream lagged, which may have
-/// hidden one).
-async fn new_notification(
-    events: &mut tokio::sync::broadcast::Receiver<Arc<crate::hub::HubEvent>>,
-) {
-    loop {
-        match events.recv().await {
-            Ok(e) if e.json.contains("\"fileUpload\"") => return,
-            Ok(_) => {}
-            Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => return,
-            Err(tokio::sync::broadcast::error::RecvError::Closed) => {
-                std::future::pending::<()>().await;
-            }
-        }
     }
 }
