@@ -196,6 +196,9 @@ pub struct HubConfig {
     pub routes: routing::Routes,
     /// File upload: the blob container, SAS TTL, notifications and limits (see `blob`).
     pub file_upload: FileUploadSettings,
+    /// How often configurations are evaluated over every twin as a safety net (10 s); every
+    /// twin change is evaluated at once besides.
+    pub config_pass_every: Duration,
 }
 
 impl HubConfig {
@@ -221,6 +224,7 @@ impl HubConfig {
             consumer_groups: Vec::new(),
             routes: routing::Routes::default(),
             file_upload: FileUploadSettings::default(),
+            config_pass_every: rest::config_apply::PERIODIC,
         }
     }
 }

@@ -273,11 +273,13 @@ pub(super) async fn bulk_devices(State(hub): State<Shared>, body: Bytes) -> ApiR
                 if *disabled {
                     hub.kick_identity(id, None, "device disabled");
                 }
+                hub.configs.twin_changed(id, None);
             }
             Done::Deleted(i, depth) => {
                 let twin = super::twins::twin_json(&hub, i, *depth);
                 crate::routing::lifecycle(&hub, id, None, false, &twin);
                 hub.kick_identity(id, None, "identity deleted");
+                hub.configs.twin_removed(id, None);
             }
         }
     }

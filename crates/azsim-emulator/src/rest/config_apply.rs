@@ -9,9 +9,11 @@
 //!
 //! Azure evaluates shortly after a configuration is created and then every five minutes. The
 //! local hub evaluates at once and deterministically instead: a pass runs when a configuration
-//! is created, updated or deleted, when a twin's tags change (`rest/twins.rs`), when a device
-//! reports properties or connects (seen on the hub's event stream), and every
-//! [`PERIODIC`] as a safety net (a device created or imported since). A twin that leaves a
+//! is created, updated or deleted; a twin is evaluated again when its tags change (`rest/twins.rs`,
+//! jobs through it), when a device reports properties or connects (`on_emit`), when a device or
+//! module is created or updated (`rest/devices.rs`, `rest/bulk.rs`); a deleted one's statuses go
+//! ([`ConfigState::twin_removed`]); and every [`PERIODIC`] (`HubConfig::config_pass_every`)
+//! a whole pass runs as a safety net. A twin that leaves a
 //! configuration's target keeps the desired properties it got, as on Azure (configurations
 //! never remove desired properties; deleting one only lets the next one in priority apply).
 //!
@@ -31,7 +33,7 @@ use crate::store::configurations::{self as store, StoredConfig, TwinKey};
 use crate::store::q;
 use crate::{HubError, twin};
 
-/// The safety-net pass interval.
+/// The safety-net pass interval (`HubConfig::config_pass_every`'s default).
 pub(crate) const PERIODIC: Duration = Duration::from_secs(10);
 
 pub(crate) const TARGETED: &str = "Targeted";
@@ -98,6 +100,29 @@ impl ConfigState {
     pub(crate) fn twin_changed(&self, device: &str, module: Option<&str>) {
         let key = (device.to_string(), module.unwrap_or("").to_string());
         self.dirty().twins.insert(key);
+        self.wake.notify_one();
+    }
+
+    /// A device (with its modules) or a module was deleted: its statuses go at once, so a device
+    /// created again under its id starts with none (its content is applied to it again), and the
+    /// next pass drops the stored ones.
+    pub(crate) fn twin_removed(&self, device: &str, module: Option<&str>) {
+        let mut all = self.lock();
+        let gone: Vec<TwinKey> = all
+            .keys()
+            .filter(|(d, m)| d == device && module.is_none_or(|x| x == m))
+            .cloned()
+            .collect();
+        for k in &gone {
+            all.remove(k);
+        }
+        drop(all);
+        let mut dirty = self.dirty();
+        dirty
+            .twins
+            .insert((device.to_string(), module.unwrap_or("").to_string()));
+        dirty.twins.extend(gone);
+        drop(dirty);
         self.wake.notify_one();
     }
 
@@ -426,27 +451,40 @@ pub(crate) async fn pass(hub: &Shared) -> Result<(), HubError> {
     Ok(())
 }
 
-/// Evaluate only these twins (the ones that changed).
+/// Evaluate only these twins (the ones that changed); the statuses of those that are gone are
+/// dropped.
 async fn pass_twins(hub: &Shared, twins: HashSet<TwinKey>) -> Result<(), HubError> {
     let targets = targets(hub).await?;
     if hub.configs.idle(targets.len()) {
         return Ok(());
     }
     let h = hub.clone();
-    let docs = hub
+    let (docs, gone) = hub
         .store
         .call(move |c| {
-            let mut docs = Vec::new();
-            for (d, m) in &twins {
-                let m = (!m.is_empty()).then_some(m.as_str());
-                if let Some(i) = q::get_identity(c, d, m)? {
-                    let depth = super::twins::twin_c2d_count(c, &i)?;
-                    docs.push(super::twins::twin_json(&h, &i, depth));
+            let (mut docs, mut gone) = (Vec::new(), Vec::new());
+            for key in twins {
+                let m = (!key.1.is_empty()).then_some(key.1.as_str());
+                match q::get_identity(c, &key.0, m)? {
+                    Some(i) => {
+                        let depth = super::twins::twin_c2d_count(c, &i)?;
+                        docs.push(super::twins::twin_json(&h, &i, depth));
+                    }
+                    None => {
+                        store::save_statuses(c, &key, &BTreeMap::new())?;
+                        gone.push(key);
+                    }
                 }
             }
-            Ok(docs)
+            Ok((docs, gone))
         })
         .await?;
+    {
+        let mut all = hub.configs.lock();
+        for k in &gone {
+            all.remove(k);
+        }
+    }
     for doc in docs {
         evaluate_twin(hub, &targets, &doc).await?;
     }
@@ -484,7 +522,7 @@ async fn apply(
 }
 
 /// Runs passes for as long as the hub: a whole one at start, on [`ConfigState::changed`] and
-/// every [`PERIODIC`]; one of the changed twins on [`ConfigState::twin_changed`] and when a
+/// every `HubConfig::config_pass_every`; one of the changed twins on [`ConfigState::twin_changed`] and when a
 /// device (or module) reports properties or connects.
 pub(crate) async fn maintain(hub: Shared) {
     match hub.store.call(|c| store::load_statuses(c)).await {
@@ -493,7 +531,8 @@ pub(crate) async fn maintain(hub: Shared) {
     }
     let mut shutdown = hub.shutdown.subscribe();
     hub.configs.changed();
-    let mut periodic = tokio::time::interval_at(tokio::time::Instant::now() + PERIODIC, PERIODIC);
+    let every = hub.cfg.config_pass_every.max(Duration::from_millis(10));
+    let mut periodic = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
     periodic.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         let dirty = std::mem::take(&mut *hub.configs.dirty());

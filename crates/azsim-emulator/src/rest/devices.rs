@@ -252,6 +252,9 @@ async fn upsert_identity(
         let (d, m) = (&ident.device_id, ident.module_id.as_deref());
         crate::routing::lifecycle(hub, d, m, true, &twin);
     }
+    // A target condition may read what changed (a new twin, its status, its capabilities).
+    hub.configs
+        .twin_changed(&ident.device_id, ident.module_id.as_deref());
     tracing::info!(device = %ident.device_id, module = ?ident.module_id, created, "identity saved");
     Ok(json_ok(StatusCode::OK, device_json(hub, &ident, depth)))
 }
@@ -345,6 +348,7 @@ async fn delete_identity(
             let twin = super::twins::twin_json(hub, &gone, depth);
             crate::routing::lifecycle(hub, &id, module.as_deref(), false, &twin);
             hub.kick_identity(&id, module.as_deref(), "identity deleted");
+            hub.configs.twin_removed(&id, module.as_deref());
             tracing::info!(device = %id, module = ?module, "identity deleted");
             Ok(StatusCode::NO_CONTENT.into_response())
         }
