@@ -24,6 +24,7 @@ mod hub_events;
 mod hub_faults;
 mod hub_feedback;
 mod hub_file_upload;
+mod hub_file_upload_throttle;
 mod hub_hardening;
 mod hub_jobs;
 mod hub_mqtt_rules;

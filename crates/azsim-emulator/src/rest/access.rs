@@ -99,6 +99,9 @@ fn class_of(method: &Method, path: &str) -> Option<Class> {
             Class::TwinUpdate
         });
     }
+    if *method == Method::POST && path.ends_with("/files") && super::files::is_device_path(path) {
+        return Some(Class::FileUpload);
+    }
     if path.starts_with("/emulator/devices/") && path.ends_with("/c2d") {
         return Some(Class::C2dSend);
     }
@@ -106,7 +109,7 @@ fn class_of(method: &Method, path: &str) -> Option<Class> {
         needed(method, path),
         Permission::RegistryRead | Permission::RegistryWrite
     ) && !path.starts_with("/certificates"))
-        .then_some(Class::Registry)
+    .then_some(Class::Registry)
 }
 
 /// 429 ThrottlingException when the call is over a throttle: the device's injected one (not
