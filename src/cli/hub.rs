@@ -198,6 +198,20 @@ pub struct HubServeArgs {
     /// (/messages/serviceBound/filenotifications over AMQP): on or off.
     #[arg(long, value_name = "on|off", default_value = "on")]
     pub file_upload_notifications: String,
+    /// File upload: how long a file upload notification waits to be received, in seconds
+    /// (Azure's fileNotifications.ttlAsIso8601, `az iot hub update
+    /// --fileupload-notification-ttl`: 1 minute to 48 hours, default 1 h).
+    #[arg(long, value_name = "S", default_value_t = 3600)]
+    pub file_upload_notification_ttl: u64,
+    /// File upload: how long a received notification stays locked before it is delivered
+    /// again, in seconds (Azure's fileNotifications.lockDuration: 5 to 300, default 60).
+    #[arg(long, value_name = "S", default_value_t = 60)]
+    pub file_upload_notification_lock: u64,
+    /// File upload: how often a notification is delivered before it is dropped uncompleted
+    /// (Azure's fileNotifications.maxDeliveryCount, `az iot hub update
+    /// --fileupload-notification-max-delivery-count`: 1 to 100, default 100).
+    #[arg(long, value_name = "N", default_value_t = 100)]
+    pub file_upload_notification_max_delivery: u32,
     /// Every limit of the hub (connect deadline, pre-auth caps, HTTP timeouts, C2D, feedback).
     #[command(flatten)]
     pub limits: Box<super::hub_limits::HubLimitArgs>,
@@ -551,10 +565,31 @@ impl HubServeArgs {
                 ));
             }
         };
+        if !(60..=172_800).contains(&self.file_upload_notification_ttl) {
+            return Err(UsageError::new(
+                "--file-upload-notification-ttl",
+                "must be 60 to 172800 seconds (1 minute to 48 hours)",
+            ));
+        }
+        if !(5..=300).contains(&self.file_upload_notification_lock) {
+            return Err(UsageError::new(
+                "--file-upload-notification-lock",
+                "must be 5 to 300 seconds",
+            ));
+        }
+        if !(1..=100).contains(&self.file_upload_notification_max_delivery) {
+            return Err(UsageError::new(
+                "--file-upload-notification-max-delivery",
+                "must be 1 to 100",
+            ));
+        }
         let file_upload = azsim_emulator::FileUploadSettings {
             container: self.file_upload_container,
             sas_ttl: std::time::Duration::from_secs(self.file_upload_sas_ttl),
             notifications,
+            notification_ttl: std::time::Duration::from_secs(self.file_upload_notification_ttl),
+            notification_lock: std::time::Duration::from_secs(self.file_upload_notification_lock),
+            notification_max_delivery_count: self.file_upload_notification_max_delivery,
             ..azsim_emulator::FileUploadSettings::default()
         };
         Ok(HubCliConfig {

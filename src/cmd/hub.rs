@@ -498,6 +498,18 @@ async fn start(cfg: HubCliConfig) -> Result<ExitCode, CliError> {
             } else {
                 "off"
             },
+        ])
+        .args([
+            "--file-upload-notification-ttl",
+            &cfg.file_upload.notification_ttl.as_secs().to_string(),
+        ])
+        .args([
+            "--file-upload-notification-lock",
+            &cfg.file_upload.notification_lock.as_secs().to_string(),
+        ])
+        .args([
+            "--file-upload-notification-max-delivery",
+            &cfg.file_upload.notification_max_delivery_count.to_string(),
         ]);
     cmd.stdin(Stdio::null())
         .stdout(Stdio::from(log))

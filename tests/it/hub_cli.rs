@@ -405,6 +405,18 @@ fn a_started_hub_records_the_settings_and_limits_it_runs_with() {
         "500",
         "--consumer-group",
         "cg-a",
+        "--file-upload-container",
+        "my-files",
+        "--file-upload-sas-ttl",
+        "600",
+        "--file-upload-notifications",
+        "off",
+        "--file-upload-notification-ttl",
+        "7200",
+        "--file-upload-notification-lock",
+        "30",
+        "--file-upload-notification-max-delivery",
+        "7",
     ]);
     assert_eq!(code(&out), 0, "{}", text(&out.stderr));
     let ready: Value = serde_json::from_str(text(&out.stdout).trim()).unwrap();
@@ -422,6 +434,12 @@ fn a_started_hub_records_the_settings_and_limits_it_runs_with() {
             "feedback_max_delivery_count": 2, "c2d_queue_cap": 1, "c2d_max_bytes": 2048,
             "d2c_max_bytes": 8192, "max_subscriptions": 6, "max_keep_alive_secs": 600,
             "event_log_cap": 500,
+        },
+        "file_upload": {
+            "container": "my-files", "sas_ttl_ms": 600000, "notifications": false,
+            "notification_ttl_ms": 7200000, "notification_lock_ms": 30000,
+            "notification_max_delivery_count": 7, "max_active_per_device": 10,
+            "max_blob_bytes": 268435456,
         },
     });
     assert_eq!(ready["settings"], expected, "ready JSON");

@@ -750,25 +750,44 @@ async fn with_notifications_off_an_upload_queues_none() {
     hub.stop().await;
 }
 
+/// Each file upload flag out of Azure's range (the notification TTL 1 minute to 48 hours, the
+/// lock 5 to 300 s, the delivery count 1 to 100) is one line naming it and exit 2, in the
+/// foreground and for `azsim hub start`, before anything starts.
 #[tokio::test]
 async fn bad_file_upload_flags_exit_2_naming_the_flag() {
+    let state = tempfile::tempdir().unwrap();
+    let dir = state.path().join("hub");
     for (flag, value) in [
         ("--file-upload-container", "Bad_Name"),
         ("--file-upload-sas-ttl", "59"),
         ("--file-upload-notifications", "maybe"),
+        ("--file-upload-notification-ttl", "59"),
+        ("--file-upload-notification-ttl", "172801"),
+        ("--file-upload-notification-lock", "4"),
+        ("--file-upload-notification-lock", "301"),
+        ("--file-upload-notification-max-delivery", "0"),
+        ("--file-upload-notification-max-delivery", "101"),
     ] {
-        let out = Command::new(env!("CARGO_BIN_EXE_azsim"))
-            .args(["hub", "--mqtt-port", "0", "--state"])
-            .arg(std::env::temp_dir().join("azsim-file-upload-flags-unused"))
-            .args([flag, value])
-            .output()
-            .await
-            .unwrap();
-        let err = String::from_utf8_lossy(&out.stderr);
-        assert_eq!(out.status.code(), Some(2), "{flag}: {err}");
-        assert!(err.starts_with(&format!("error: {flag}:")), "{err}");
-        assert_eq!(err.lines().count(), 1, "{err}");
+        for start in [false, true] {
+            let mut cmd = Command::new(env!("CARGO_BIN_EXE_azsim"));
+            cmd.arg("hub");
+            if start {
+                cmd.arg("start");
+            }
+            let out = cmd
+                .args(["--mqtt-port", "0", "--https-port", "0", "--state"])
+                .arg(&dir)
+                .args([flag, value])
+                .output()
+                .await
+                .unwrap();
+            let err = String::from_utf8_lossy(&out.stderr);
+            assert_eq!(out.status.code(), Some(2), "{flag} {value}: {err}");
+            assert!(err.starts_with(&format!("error: {flag}:")), "{err}");
+            assert_eq!(err.lines().count(), 1, "{err}");
+        }
     }
+    assert!(!dir.exists(), "nothing started");
 }
 
 #[tokio::test]

@@ -1,6 +1,7 @@
 //! What a running hub enforces, as `hub.json` and the ready JSON record it (`HubInfo::settings`):
 //! the TLS profile, durability, strict or lenient, tier and units, the Event Hubs-compatible
-//! endpoint's partitions, routes and consumer groups, and every [`HubLimits`] value (the
+//! endpoint's partitions, routes and consumer groups, file upload's settings and every
+//! [`HubLimits`] value (the
 //! ports, host name and dashboard are `HubInfo`'s own fields). Recorded so that a script, a test or a person looking at a hub started by someone
 //! else can tell what it runs with instead of guessing from the defaults.
 //!
@@ -12,7 +13,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use crate::{HubConfig, HubLimits};
+use crate::{FileUploadSettings, HubConfig, HubLimits};
 
 /// The settings in force, recorded in `hub.json` (see the module doc).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -37,6 +38,8 @@ pub struct HubSettings {
     /// Its consumer groups besides `$Default`.
     pub consumer_groups: Vec<String>,
     pub limits: LimitsRecord,
+    /// File upload (`--file-upload-*`).
+    pub file_upload: FileUploadRecord,
 }
 
 impl Default for HubSettings {
@@ -74,6 +77,62 @@ impl HubSettings {
             routes,
             consumer_groups: config.consumer_groups.clone(),
             limits: LimitsRecord::of(&config.limits),
+            file_upload: FileUploadRecord::of(&config.file_upload),
+        }
+    }
+}
+
+/// [`FileUploadSettings`] as numbers: durations in milliseconds.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct FileUploadRecord {
+    /// The blob container uploads go to.
+    pub container: String,
+    /// How long a SAS URI handed to a device is valid.
+    pub sas_ttl_ms: u64,
+    /// Whether a notified upload queues a file upload notification.
+    pub notifications: bool,
+    /// How long a notification waits to be received.
+    pub notification_ttl_ms: u64,
+    /// How long a received notification stays locked.
+    pub notification_lock_ms: u64,
+    /// How often a notification is handed out before it is dropped.
+    pub notification_max_delivery_count: u32,
+    /// Uploads a device may have begun and not notified.
+    pub max_active_per_device: u32,
+    /// The largest blob the hub's blob endpoint stores.
+    pub max_blob_bytes: u64,
+}
+
+impl Default for FileUploadRecord {
+    fn default() -> Self {
+        FileUploadRecord::of(&FileUploadSettings::default())
+    }
+}
+
+impl FileUploadRecord {
+    /// The record of `f`. Destructured, so a field added to [`FileUploadSettings`] fails to
+    /// compile here until it is recorded too.
+    pub fn of(f: &FileUploadSettings) -> FileUploadRecord {
+        let FileUploadSettings {
+            container,
+            sas_ttl,
+            notifications,
+            notification_ttl,
+            notification_lock,
+            notification_max_delivery_count,
+            max_active_per_device,
+            max_blob_bytes,
+        } = f;
+        FileUploadRecord {
+            container: container.clone(),
+            sas_ttl_ms: ms(*sas_ttl),
+            notifications: *notifications,
+            notification_ttl_ms: ms(*notification_ttl),
+            notification_lock_ms: ms(*notification_lock),
+            notification_max_delivery_count: *notification_max_delivery_count,
+            max_active_per_device: *max_active_per_device,
+            max_blob_bytes: *max_blob_bytes,
         }
     }
 }
@@ -172,6 +231,14 @@ mod tests {
         assert_eq!(s.limits.connect_deadline_ms, 3000);
         assert_eq!(s.limits.http_body_timeout_ms, 30_000);
         assert!(s.strict);
+        // A hub.json written before file upload was recorded: Azure's defaults.
+        assert_eq!(s.file_upload.container, "fileuploads");
+        assert_eq!(s.file_upload.notification_lock_ms, 60_000);
+        let partial = r#"{"file_upload":{"notification_ttl_ms":7200000,"later":1}}"#;
+        let s: HubSettings = serde_json::from_str(partial).expect("partial file upload");
+        assert_eq!(s.file_upload.notification_ttl_ms, 7_200_000);
+        assert_eq!(s.file_upload.sas_ttl_ms, 3_600_000);
+        assert!(s.file_upload.notifications);
     }
 
     #[test]
@@ -182,7 +249,17 @@ mod tests {
         c.units = 3;
         c.routes = crate::routing::Routes::parse("telemetry,twin").expect("routes");
         c.limits.http_idle_timeout = Duration::from_millis(1500);
+        c.file_upload.container = "my-files".into();
+        c.file_upload.notifications = false;
+        c.file_upload.notification_ttl = Duration::from_secs(7200);
+        c.file_upload.notification_lock = Duration::from_secs(30);
+        c.file_upload.notification_max_delivery_count = 7;
         let s = HubSettings::of(&c);
+        assert_eq!(s.file_upload.container, "my-files");
+        assert!(!s.file_upload.notifications);
+        assert_eq!(s.file_upload.notification_ttl_ms, 7_200_000);
+        assert_eq!(s.file_upload.notification_lock_ms, 30_000);
+        assert_eq!(s.file_upload.notification_max_delivery_count, 7);
         assert!(!s.strict);
         assert_eq!(s.tier.as_deref(), Some("S2"));
         assert_eq!(s.units, 3);
