@@ -209,8 +209,8 @@ pub struct HubServeArgs {
     pub file_upload_notification_lock: u64,
     /// File upload: how often a notification is delivered before it is dropped uncompleted
     /// (Azure's fileNotifications.maxDeliveryCount, `az iot hub update
-    /// --fileupload-notification-max-delivery-count`: 1 to 100, default 100).
-    #[arg(long, value_name = "N", default_value_t = 100)]
+    /// --fileupload-notification-max-delivery-count`: 1 to 100, default 10).
+    #[arg(long, value_name = "N", default_value_t = 10)]
     pub file_upload_notification_max_delivery: u32,
     /// Every limit of the hub (connect deadline, pre-auth caps, HTTP timeouts, C2D, feedback).
     #[command(flatten)]

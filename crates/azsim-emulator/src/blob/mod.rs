@@ -48,7 +48,8 @@ pub struct FileUploadSettings {
     /// How long a received notification stays locked (`fileNotifications.lockDuration`: 60 s).
     pub notification_lock: Duration,
     /// How often a notification is handed out before it is dropped uncompleted
-    /// (`fileNotifications.maxDeliveryCount`: 100).
+    /// (`fileNotifications.maxDeliveryCount`: 10, what a new IoT hub
+    /// has in its `messagingEndpoints`).
     pub notification_max_delivery_count: u32,
     /// Uploads a device may have begun and not yet notified (Azure: 10; the next is refused
     /// with 403006 DeviceMaximumActiveFileUploadLimitExceeded).
@@ -66,7 +67,7 @@ impl Default for FileUploadSettings {
             notifications: true,
             notification_ttl: Duration::from_secs(3600),
             notification_lock: Duration::from_secs(60),
-            notification_max_delivery_count: 100,
+            notification_max_delivery_count: 10,
             max_active_per_device: 10,
             max_blob_bytes: 256 * 1024 * 1024,
         }
