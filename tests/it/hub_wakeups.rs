@@ -12,17 +12,20 @@ use serde_json::{Value, json};
 
 use crate::support::TestHub;
 
-/// Polls `GET path` (a twin) until `done` holds for it (every 50 ms, up to 30 s).
+/// Polls `GET path` (a twin) until `done` holds for it (every 20 ms, up to 30 s); prints how
+/// long it took (a number for the report, not asserted).
 async fn wait_twin(hub: &TestHub, path: &str, done: impl Fn(&Value) -> bool) -> Value {
+    let started = std::time::Instant::now();
     let mut last = Value::Null;
     let r = tokio::time::timeout(Duration::from_secs(30), async {
         loop {
             let (s, t) = hub.rest(Method::GET, path, None).await;
             if s == 200 && done(&t) {
+                eprintln!("{path}: evaluated after {:?}", started.elapsed());
                 return t;
             }
             last = t;
-            tokio::time::sleep(Duration::from_millis(50)).await;
+            tokio::time::sleep(Duration::from_millis(20)).await;
         }
     })
     .await;
