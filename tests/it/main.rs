@@ -43,6 +43,7 @@ mod python_e2e_suite;
 mod real_hub;
 mod run_hub;
 mod run_mosquitto;
+mod sdk_e2e_dps_cs;
 mod sdk_e2e_http_c2d;
 mod sdk_e2e_registry;
 mod sdk_e2e_x509_amqp_ws;

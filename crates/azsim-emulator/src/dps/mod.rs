@@ -144,9 +144,16 @@ pub(crate) fn assigned_hub(hub: &Hub) -> String {
     }
 }
 
-/// The service connection string for `provisioningserviceowner` (`HostName` with the HTTPS port).
+/// The service connection string for `provisioningserviceowner` (`HostName` with the HTTPS port
+/// unless it is 443).
 pub(crate) fn service_connection_string(hub: &Hub) -> Result<String, HubError> {
-    let host = format!("{}:{}", hub.cfg.hostname, hub.https_port);
+    // On 443 a bare host, as the hub's own string: the Node provisioning service client
+    // (azure-iot-provisioning-service) dials `HostName` as a host name and takes no port.
+    let host = if hub.https_port == 443 {
+        hub.cfg.hostname.clone()
+    } else {
+        format!("{}:{}", hub.cfg.hostname, hub.https_port)
+    };
     let cs = azsim_proto::connection_string::ConnectionString::service(
         &host,
         SERVICE_POLICY,
