@@ -49,3 +49,35 @@ async fn on_443_the_provisioning_service_string_names_the_bare_host_and_its_toke
     assert_eq!(r.status(), 200, "{:?}", r.text().await);
     handle.stop().await.unwrap();
 }
+
+/// The same suite's `_service_create_delete.js` `#getAttestationMechanism` for groups: the Node
+/// client posts `/enrollmentgroups/{id}/attestationmechanism` (lower case), which was taken for
+/// a hub service call and refused 401; it answers the group's attestation now.
+#[tokio::test]
+async fn a_groups_attestation_mechanism_is_served_on_the_lowercase_path() {
+    use crate::dps::service;
+    use reqwest::Method;
+    use serde_json::json;
+
+    let hub = TestHub::start().await;
+    let key = azsim_emulator::state_dir::generate_key();
+    let (s, g) = service(
+        &hub,
+        Method::PUT,
+        "/enrollmentGroups/grp-lc",
+        Some(
+            json!({"enrollmentGroupId": "grp-lc", "attestation": {"type": "symmetricKey",
+            "symmetricKey": {"primaryKey": key, "secondaryKey": key}}}),
+        ),
+    )
+    .await;
+    assert_eq!(s, 200, "{g}");
+    for path in [
+        "/enrollmentgroups/grp-lc/attestationmechanism",
+        "/enrollmentGroups/grp-lc/attestationmechanism",
+    ] {
+        let (s, a) = service(&hub, Method::POST, path, None).await;
+        assert_eq!(s, 200, "{path}: {a}");
+        assert_eq!(a["type"], "symmetricKey", "{a}");
+    }
+}

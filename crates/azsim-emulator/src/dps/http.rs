@@ -51,6 +51,11 @@ pub(crate) fn routes() -> Router<Shared> {
             "/enrollmentGroups/{id}/attestationmechanism",
             post(group_attestation),
         )
+        // azure-iot-provisioning-service (Node) spells this one `enrollmentgroups`.
+        .route(
+            "/enrollmentgroups/{id}/attestationmechanism",
+            post(group_attestation),
+        )
         .route(
             "/registrations/{id}",
             get(get_registration).delete(delete_registration),
@@ -71,7 +76,7 @@ pub(crate) fn is_dps_path(path: &str) -> bool {
         (Some("enrollments" | "enrollmentGroups"), Some(_), None, ..)
             | (Some("enrollments"), None, ..)
             | (
-                Some("enrollments" | "enrollmentGroups"),
+                Some("enrollments" | "enrollmentGroups" | "enrollmentgroups"),
                 Some(_),
                 Some("attestationmechanism"),
                 None,
