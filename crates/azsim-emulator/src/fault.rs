@@ -21,7 +21,7 @@
 //! not have: over MQTT they are taken as ordinary telemetry.
 //!
 //! Over AMQP (a device's telemetry link, `amqp/device/`): `KillTcp` drops the connection's
-//! stream, `ShutDownMqtt` closes the connection with `amqp:connection:forced`, the windowed
+//! stream, `ShutDownMqtt` closes the connection with `amqp:internal-error`, the windowed
 //! kinds act as over MQTT except that a refused message is rejected (its link stays:
 //! `com.microsoft:device-container-throttled`, `com.microsoft:quota-exceeded`) and an auth
 //! error refuses the device's `put-token` (401); the AMQP kinds end the part of the connection

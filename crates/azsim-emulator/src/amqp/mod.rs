@@ -286,17 +286,24 @@ fn route(ctx: &ConnCtx, attach: &Attach) -> Result<Route, AmqpErr> {
 }
 
 /// Run an accepted, authorized link to its end.
-async fn run_link(ctx: Arc<ConnCtx>, route: Route, link: LinkEndpoint) {
+/// `kills` was subscribed before the link's attach was answered (a fault that comes after it
+/// reaches the link even before its task runs).
+async fn run_link(
+    ctx: Arc<ConnCtx>,
+    route: Route,
+    link: LinkEndpoint,
+    kills: tokio::sync::broadcast::Receiver<device::faults::Kill>,
+) {
     match (route, link) {
         (Route::CbsRequests, LinkEndpoint::Receiver(r)) => {
-            let killed = device::faults::killed(&ctx, device::faults::Target::CbsRequests);
+            let killed = device::faults::killed(kills, device::faults::Target::CbsRequests);
             tokio::select! {
                 () = node::serve_requests(ctx, r, cbs::put_token) => {}
                 () = killed => {}
             }
         }
         (Route::Replies(address), LinkEndpoint::Sender(s)) => {
-            let killed = device::faults::killed(&ctx, device::faults::Target::CbsReplies);
+            let killed = device::faults::killed(kills, device::faults::Target::CbsReplies);
             tokio::select! {
                 () = node::serve_reply_link(ctx, s, address) => {}
                 () = killed => {}
@@ -315,7 +322,7 @@ async fn run_link(ctx: Arc<ConnCtx>, route: Route, link: LinkEndpoint) {
         (Route::FileNotifications, LinkEndpoint::Sender(s)) => {
             file_notifications::serve(ctx, s).await;
         }
-        (Route::Device(l), link) => device::serve(ctx, l, link).await,
+        (Route::Device(l), link) => device::serve(ctx, l, link, kills).await,
         (_, link) => refuse(link, not_found("link role does not fit its node".into())).await,
     }
 }
@@ -529,8 +536,10 @@ async fn serve_session(ctx: Arc<ConnCtx>, mut session: ListenerSessionHandle) {
             a = session.next_incoming_attach() => a,
             Ok(k) = kills.recv() => {
                 if k.target == device::faults::Target::Session && identities.contains(&k.cid) {
-                    let _ = session.end_with_error(k.error).await;
+                    // The links go first: a detach after the end is on no channel.
                     links.abort_all();
+                    while links.join_next().await.is_some() {}
+                    let _ = session.end_with_error(k.error).await;
                     return;
                 }
                 continue;
@@ -542,6 +551,7 @@ async fn serve_session(ctx: Arc<ConnCtx>, mut session: ListenerSessionHandle) {
         if let Ok(Route::Device(l)) = &decision {
             identities.insert(crate::hub::client_id(&l.device, l.module.as_deref()));
         }
+        let link_kills = ctx.kills.subscribe();
         let link = match acceptor.accept_incoming_attach(attach, &mut session).await {
             Ok(l) => l,
             Err(e) => {
@@ -550,7 +560,7 @@ async fn serve_session(ctx: Arc<ConnCtx>, mut session: ListenerSessionHandle) {
             }
         };
         match decision {
-            Ok(route) => links.spawn(run_link(ctx.clone(), route, link)),
+            Ok(route) => links.spawn(run_link(ctx.clone(), route, link, link_kills)),
             Err(error) => links.spawn(refuse(link, error)),
         };
     }

@@ -5,7 +5,7 @@
 //! | operation | what ends | with |
 //! |---|---|---|
 //! | `KillAmqpConnection` | the connection's TCP stream, dropped (no AMQP `close`) | - |
-//! | `ShutDownAmqp` | the connection, closed gracefully | `amqp:connection:forced` |
+//! | `ShutDownAmqp` | the connection, closed gracefully (an AMQP `close`) | `amqp:internal-error` |
 //! | `KillAmqpSession` | the session(s) carrying the identity's links | `amqp:internal-error` |
 //! | `KillAmqpCBSLinkReq`, `KillAmqpCBSLinkResp` | the connection's `$cbs` request link, reply link(s) | detached, no error |
 //! | `KillAmqpD2CLink`, `KillAmqpC2DLink`, `KillAmqpMethodReqLink`, `KillAmqpMethodRespLink`, `KillAmqpTwinLinkReq`, `KillAmqpTwinLinkResp` | that link of the identity | `amqp:link:detach-forced` |
@@ -24,7 +24,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
-use fe2o3_amqp::types::definitions::{AmqpError, ConnectionError, Error as AmqpErr, LinkError};
+use fe2o3_amqp::types::definitions::{AmqpError, Error as AmqpErr, LinkError};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::sync::broadcast;
 
@@ -86,10 +86,12 @@ pub(crate) fn kills() -> Kills {
 pub(crate) fn error(target: Target, operation: &str) -> AmqpErr {
     let text = format!("fault injected: {operation}");
     match target {
-        Target::Connection | Target::Shutdown => {
-            AmqpErr::new(ConnectionError::ConnectionForced, text, None)
+        // `amqp:internal-error`, not `amqp:connection:forced`: azure-iot-device-amqp retries
+        // the first (InternalServerError) and gives up on the second (a plain Error, "AMQP
+        // Transport: Could not send"), and the suites expect the device to recover.
+        Target::Connection | Target::Shutdown | Target::Session => {
+            AmqpErr::new(AmqpError::InternalError, text, None)
         }
-        Target::Session => AmqpErr::new(AmqpError::InternalError, text, None),
         Target::CbsRequests | Target::CbsReplies | Target::Link(_) => {
             AmqpErr::new(LinkError::DetachForced, text, None)
         }
@@ -132,15 +134,12 @@ pub(crate) fn fire(kills: &Kills, switch: &KillSwitch, kill: Kill) {
 
 /// Completes when a fault aimed at `target` (a connection-wide one: the `$cbs` links) comes:
 /// the caller drops its link then.
-pub(crate) fn killed(ctx: &ConnCtx, target: Target) -> impl Future<Output = ()> + use<> {
-    let mut kills = ctx.kills.subscribe();
-    async move {
-        loop {
-            match kills.recv().await {
-                Ok(k) if k.target == target => return,
-                Ok(_) | Err(broadcast::error::RecvError::Lagged(_)) => {}
-                Err(broadcast::error::RecvError::Closed) => std::future::pending().await,
-            }
+pub(crate) async fn killed(mut kills: broadcast::Receiver<Kill>, target: Target) {
+    loop {
+        match kills.recv().await {
+            Ok(k) if k.target == target => return,
+            Ok(_) | Err(broadcast::error::RecvError::Lagged(_)) => {}
+            Err(broadcast::error::RecvError::Closed) => std::future::pending().await,
         }
     }
 }

@@ -176,6 +176,9 @@ pub(crate) struct DeviceConn {
     pub twin: twin::Outbox,
     /// The connection's faults (see `faults.rs`).
     kills: faults::Kills,
+    /// The faults channel as subscribed before the attaching link's attach was answered
+    /// (`serve` puts it here, the link's [`DeviceConn::ended`] takes it at once).
+    early_kills: Mutex<Option<tokio::sync::broadcast::Receiver<faults::Kill>>>,
     /// The task running [`dispatch`] for it.
     dispatcher: std::sync::OnceLock<tokio::task::AbortHandle>,
 }
@@ -195,7 +198,12 @@ impl DeviceConn {
     pub fn ended(&self, kind: Kind) -> faults::LinkEnd {
         faults::LinkEnd {
             ended: self.ended.subscribe(),
-            kills: self.kills.subscribe(),
+            kills: self
+                .early_kills
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .take()
+                .unwrap_or_else(|| self.kills.subscribe()),
             cid: self.cid.clone(),
             kind,
         }
@@ -262,6 +270,7 @@ impl Devices {
             methods: Mutex::new(None),
             twin: twin::Outbox::default(),
             kills: ctx.kills.clone(),
+            early_kills: Mutex::new(None),
             dispatcher: std::sync::OnceLock::new(),
             hub: hub.clone(),
         });
@@ -400,7 +409,12 @@ fn command(ctx: &ConnCtx, d: &DeviceConn, cmd: ConnCmd) {
 
 /// Serve an authorized device link: the identity must still be registered and enabled, then
 /// the link joins its [`DeviceConn`] and runs until it or the identity ends.
-pub(crate) async fn serve(ctx: Arc<ConnCtx>, link: Link, endpoint: LinkEndpoint) {
+pub(crate) async fn serve(
+    ctx: Arc<ConnCtx>,
+    link: Link,
+    endpoint: LinkEndpoint,
+    kills: tokio::sync::broadcast::Receiver<faults::Kill>,
+) {
     let ident = crate::hub::load_identity(&ctx.hub, &link.device, link.module.as_deref()).await;
     let ident = match ident {
         Ok(Some(i)) if i.enabled => i,
@@ -448,6 +462,7 @@ pub(crate) async fn serve(ctx: Arc<ConnCtx>, link: Link, endpoint: LinkEndpoint)
         .await;
     }
     let dev = ctx.devices.join(&ctx, &link, ident.generation_id);
+    *dev.early_kills.lock().unwrap_or_else(|p| p.into_inner()) = Some(kills);
     match (link.kind, endpoint) {
         (Kind::Telemetry, LinkEndpoint::Receiver(r)) => telemetry::serve(ctx, dev, r).await,
         (Kind::C2d, LinkEndpoint::Sender(s)) => c2d::serve(ctx, dev, s).await,
