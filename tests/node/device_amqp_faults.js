@@ -70,6 +70,7 @@ async function main(csFile, deviceId, faults) {
 
   for (const op of faults) {
     // Not awaited: the fault message is never settled (its link or connection dies first).
+    const started = Date.now();
     client.sendEvent(faultMessage(op), () => {});
     // The SDK surfaces no event for most of them (it re-attaches or reconnects by itself):
     // give the fault time to land before the next message, which must be delivered either way.
@@ -77,7 +78,7 @@ async function main(csFile, deviceId, faults) {
     const after = new device.Message('after ' + op);
     after.messageId = 'after-' + op;
     await step('sendEvent after ' + op, () => client.sendEvent(after));
-    emit('recovered', { fault: op });
+    emit('recovered', { fault: op, ms: Date.now() - started });
   }
   await step('close', () => client.close());
   emit('done');
