@@ -272,10 +272,7 @@ pub(crate) fn router(hub: Shared) -> Router {
                 .get(devices::get_module)
                 .delete(devices::delete_module),
         )
-        .route(
-            "/configurations",
-            get(configurations::list_configurations),
-        )
+        .route("/configurations", get(configurations::list_configurations))
         .route(
             "/configurations/testQueries",
             post(configurations::test_queries),
