@@ -17,6 +17,7 @@ mod hub_clients;
 mod hub_deadlines;
 mod hub_device_amqp;
 mod hub_device_amqp_faults;
+mod hub_device_http_telemetry;
 mod hub_durability;
 mod hub_e2e;
 mod hub_edge_identity;

@@ -17,7 +17,7 @@ use crate::hub::Hub;
 /// C2D and feedback, queries, jobs, events). The emulator's own endpoints are ServiceConnect.
 pub(super) fn needed(method: &Method, path: &str) -> Permission {
     // File upload is a device's call (a device token, or a DeviceConnect policy's).
-    if super::files::is_device_path(path) {
+    if super::files::is_device_path(path) || super::device_events::is_events_path(path) {
         return Permission::DeviceConnect;
     }
     let registry = path == "/devices"

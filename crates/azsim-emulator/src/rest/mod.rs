@@ -43,6 +43,7 @@ pub(crate) mod config_apply;
 mod config_metrics;
 mod configurations;
 mod device_bound;
+mod device_events;
 mod devices;
 mod events;
 mod fault;
@@ -349,6 +350,10 @@ pub(crate) fn router(hub: Shared) -> Router {
             "/devices/{id}/messages/devicebound/{etag}/abandon",
             post(device_bound::abandon_handler),
         )
+        .route(
+            "/devices/{id}/messages/events",
+            post(device_events::send_handler),
+        )
         .route("/devices/{id}/files", post(files::create_sas_uri))
         .route("/devices/{id}/files/notifications", post(files::notify))
         .route(
@@ -549,7 +554,7 @@ fn device_side_id(path: &str) -> Option<String> {
         && tail
             .get(20..)
             .is_some_and(|r| r.is_empty() || r.starts_with('/'));
-    if !bound && !files::is_device_path(path) {
+    if !bound && !files::is_device_path(path) && !device_events::is_events_path(path) {
         return None;
     }
     let mut id = String::new();

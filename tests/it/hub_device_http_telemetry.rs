@@ -1,0 +1,170 @@
+//! Device telemetry over HTTPS (`POST /devices/{id}/messages/events`): a single message with
+//! its system and application properties from headers, a batch in the SDKs' JSON shape, the
+//! 256 KiB limit and the device-token checks, seen through the hub's event log.
+
+use base64::Engine as _;
+use reqwest::Method;
+use serde_json::{Value, json};
+
+use crate::support::TestHub;
+
+fn se() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+        + 600
+}
+
+fn events_url(hub: &TestHub, device: &str) -> String {
+    format!(
+        "https://{}:{}/devices/{device}/messages/events?api-version=2020-03-13",
+        hub.hostname, hub.https_port
+    )
+}
+
+async fn telemetry(hub: &TestHub, device: &str) -> Vec<Value> {
+    let (status, events) = hub
+        .rest(
+            Method::GET,
+            &format!("/emulator/events/recent?deviceId={device}"),
+            None,
+        )
+        .await;
+    assert_eq!(status, 200, "{events}");
+    events
+        .as_array()
+        .expect("an array")
+        .iter()
+        .filter(|e| e["type"] == "telemetry")
+        .cloned()
+        .collect()
+}
+
+#[tokio::test]
+async fn a_device_sends_telemetry_over_https_single_and_batched() {
+    let hub = TestHub::start().await;
+    hub.create_device("ht1").await;
+    hub.create_device("ht2").await;
+    let token = hub.device_token("ht1", &hub.device_key("ht1").await, se());
+    let other = hub.device_token("ht2", &hub.device_key("ht2").await, se());
+    let url = events_url(&hub, "ht1");
+
+    // One message: the body as sent, properties from the headers; 204 once stored.
+    let r = hub
+        .http()
+        .post(&url)
+        .header("Authorization", &token)
+        .header("iothub-to", "/devices/ht1/messages/events")
+        .header("IoTHub-MessageId", "http-msg-1")
+        .header("iothub-correlationid", "http-corr-1")
+        .header("iothub-contenttype", "application/json")
+        .header("iothub-contentencoding", "utf-8")
+        .header("iothub-app-alert", "hot")
+        .body(r#"{"temperature":21.5}"#)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 204, "{:?}", r.text().await);
+    let events = telemetry(&hub, "ht1").await;
+    assert_eq!(events.len(), 1, "{events:?}");
+    let ev = &events[0];
+    assert_eq!(ev["body"], r#"{"temperature":21.5}"#, "{ev}");
+    assert_eq!(ev["properties"]["alert"], "hot", "{ev}");
+    let sys = &ev["systemProperties"];
+    assert_eq!(sys["message-id"], "http-msg-1", "{ev}");
+    assert_eq!(sys["correlation-id"], "http-corr-1", "{ev}");
+    assert_eq!(sys["content-type"], "application/json", "{ev}");
+    assert_eq!(sys["content-encoding"], "utf-8", "{ev}");
+    let ann = &ev["annotations"];
+    assert_eq!(ann["iothub-connection-device-id"], "ht1", "{ev}");
+    assert!(
+        ann["iothub-connection-auth-method"]
+            .as_str()
+            .is_some_and(|m| m.contains(r#""scope":"device""#)),
+        "{ev}"
+    );
+
+    // A batch as the Node SDK writes it (no base64Encoded) and as the C SDK does.
+    let b64 = |s: &str| base64::engine::general_purpose::STANDARD.encode(s);
+    let batch = json!([
+        {"body": b64("first"), "properties": {"iothub-app-n": "1"}},
+        {"body": b64("second"), "base64Encoded": true,
+         "properties": {"iothub-app-n": "2", "iothub-messageid": "b2"}},
+    ]);
+    let r = hub
+        .http()
+        .post(&url)
+        .header("Authorization", &token)
+        .header("Content-Type", "application/vnd.microsoft.iothub.json")
+        .body(batch.to_string())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 204, "{:?}", r.text().await);
+    let events = telemetry(&hub, "ht1").await;
+    let first = events.iter().find(|e| e["body"] == "first");
+    let second = events.iter().find(|e| e["body"] == "second");
+    let (Some(first), Some(second)) = (first, second) else {
+        panic!("both batch messages stored: {events:?}");
+    };
+    assert_eq!(first["properties"]["n"], "1", "{first}");
+    assert_eq!(second["properties"]["n"], "2", "{second}");
+    assert_eq!(second["systemProperties"]["message-id"], "b2", "{second}");
+
+    // Over 256 KiB: 413 MessageTooLarge, nothing stored.
+    let r = hub
+        .http()
+        .post(&url)
+        .header("Authorization", &token)
+        .body(vec![b'x'; 256 * 1024 + 1])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 413);
+    assert_eq!(r.headers()["iothub-errorcode"], "MessageTooLarge");
+    let body: Value = serde_json::from_str(&r.text().await.unwrap()).unwrap();
+    let inner: Value = serde_json::from_str(body["Message"].as_str().unwrap()).unwrap();
+    assert_eq!(inner["errorCode"], 413001, "{inner}");
+    let big_batch = json!([
+        {"body": b64(&"y".repeat(200 * 1024))},
+        {"body": b64(&"z".repeat(100 * 1024))},
+    ]);
+    let r = hub
+        .http()
+        .post(&url)
+        .header("Authorization", &token)
+        .header("Content-Type", "application/vnd.microsoft.iothub.json")
+        .body(big_batch.to_string())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 413, "a batch counts in total");
+
+    // A bad token, another device's token, no token: 401, nothing stored.
+    for auth in [
+        Some(token.replace("sig=", "sig=AA")),
+        Some(other.clone()),
+        None,
+    ] {
+        let mut req = hub.http().post(&url).body("nope");
+        if let Some(a) = &auth {
+            req = req.header("Authorization", a);
+        }
+        let r = req.send().await.unwrap();
+        assert_eq!(r.status(), 401, "{auth:?}");
+    }
+    // ht2's token is good for ht2.
+    let r = hub
+        .http()
+        .post(events_url(&hub, "ht2"))
+        .header("Authorization", &other)
+        .body("from ht2")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 204);
+    assert_eq!(telemetry(&hub, "ht2").await.len(), 1);
+    assert_eq!(telemetry(&hub, "ht1").await.len(), 3, "nothing else stored");
+    hub.stop().await;
+}
