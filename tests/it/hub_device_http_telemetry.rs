@@ -168,3 +168,60 @@ async fn a_device_sends_telemetry_over_https_single_and_batched() {
     assert_eq!(telemetry(&hub, "ht1").await.len(), 3, "nothing else stored");
     hub.stop().await;
 }
+
+#[tokio::test]
+async fn injected_throttle_and_quota_refuse_https_telemetry() {
+    let hub = TestHub::start().await;
+    hub.create_device("hf1").await;
+    let token = hub.device_token("hf1", &hub.device_key("hf1").await, se());
+    let url = events_url(&hub, "hf1");
+    let post = |body: &'static str| {
+        hub.http()
+            .post(&url)
+            .header("Authorization", &token)
+            .body(body)
+            .send()
+    };
+    // Sequential round trips, each answered once committed (printed, not asserted).
+    let n = 50;
+    let t0 = std::time::Instant::now();
+    for _ in 0..n {
+        assert_eq!(post("tick").await.unwrap().status(), 204);
+    }
+    println!(
+        "https telemetry: {n} sequential messages in {:?} ({:?} each)",
+        t0.elapsed(),
+        t0.elapsed() / n
+    );
+    // A fault on one device refuses its telemetry (and only its).
+    for (device, kind, status, code) in [
+        ("hf2", "throttle", 429, "ThrottlingException"),
+        ("hf3", "quota", 403, "IoTHubQuotaExceeded"),
+    ] {
+        hub.create_device(device).await;
+        let t = hub.device_token(device, &hub.device_key(device).await, se());
+        let (s, v) = hub
+            .rest(
+                Method::POST,
+                &format!("/emulator/devices/{device}/faults"),
+                Some(json!({"kind": kind, "forSeconds": 600})),
+            )
+            .await;
+        assert!(s < 300, "{s} {v}");
+        let r = hub
+            .http()
+            .post(events_url(&hub, device))
+            .header("Authorization", &t)
+            .body("refused")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), status, "{kind}");
+        assert_eq!(r.headers()["iothub-errorcode"], code, "{kind}");
+        assert!(telemetry(&hub, device).await.is_empty(), "{kind}");
+        assert_eq!(post("tick").await.unwrap().status(), 204, "hf1 unaffected");
+    }
+    let events = telemetry(&hub, "hf1").await;
+    assert_eq!(events.len(), n as usize + 2, "{events:?}");
+    hub.stop().await;
+}
