@@ -225,3 +225,50 @@ async fn injected_throttle_and_quota_refuse_https_telemetry() {
     assert_eq!(events.len(), n as usize + 2, "{events:?}");
     hub.stop().await;
 }
+
+/// An X.509 device sends no Authorization header (the Node SDK's HTTP transport): its TLS
+/// client certificate authenticates it; without one, or on another device's path, 401.
+#[tokio::test]
+async fn an_x509_device_sends_https_telemetry_with_its_client_certificate() {
+    use azsim::tls::{ClientCert, client_config_with_cert};
+
+    let hub = TestHub::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let key = rcgen::KeyPair::generate().unwrap();
+    let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, "hxt1");
+    let cert = params.self_signed(&key).unwrap();
+    let (c, k) = (dir.path().join("hxt1.pem"), dir.path().join("hxt1.key"));
+    std::fs::write(&c, cert.pem()).unwrap();
+    std::fs::write(&k, key.serialize_pem()).unwrap();
+    let tls = client_config_with_cert(Some(&hub.ca_file), Some(&ClientCert::load(&c, &k).unwrap()))
+        .unwrap();
+    let http = reqwest::Client::builder()
+        .use_preconfigured_tls((*tls).clone())
+        .build()
+        .unwrap();
+    let thumb = azsim_emulator::x509::sha1_thumbprint(cert.der());
+    let (s, v) = hub
+        .rest(
+            Method::PUT,
+            "/devices/hxt1",
+            Some(
+                json!({"deviceId": "hxt1", "authentication": {"type": "selfSigned",
+                "x509Thumbprint": {"primaryThumbprint": thumb}}}),
+            ),
+        )
+        .await;
+    assert_eq!(s, 200, "{v}");
+    hub.create_device("hxt2").await;
+    let post = |c: &reqwest::Client, id: &str| c.post(events_url(&hub, id)).body("x509").send();
+    assert_eq!(post(&hub.http(), "hxt1").await.unwrap().status(), 401);
+    assert_eq!(post(&http, "hxt2").await.unwrap().status(), 401);
+    assert_eq!(post(&http, "hxt1").await.unwrap().status(), 204);
+    let events = telemetry(&hub, "hxt1").await;
+    assert_eq!(events.len(), 1, "{events:?}");
+    assert_eq!(events[0]["body"], "x509");
+    assert!(telemetry(&hub, "hxt2").await.is_empty());
+    hub.stop().await;
+}
