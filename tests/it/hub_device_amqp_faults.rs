@@ -408,6 +408,11 @@ async fn the_node_device_sdk_recovers_from_each_amqp_fault() {
         let r = s.expect("recovered").await;
         assert_eq!(r["fault"], op, "{r}");
     }
+    let closed = s.expect("closed").await;
+    if let Some(e) = closed.get("error") {
+        // Not the behaviour under test (see the script): said, not failed.
+        eprintln!("note: the Node SDK's close after the faults reported: {e}");
+    }
     s.expect("done").await;
     s.finish().await;
     let ids = stored_ids(&view, "node-faults").await;

@@ -80,7 +80,16 @@ async function main(csFile, deviceId, faults) {
     await step('sendEvent after ' + op, () => client.sendEvent(after));
     emit('recovered', { fault: op, ms: Date.now() - started });
   }
-  await step('close', () => client.close());
+  // What is tested is the recovery above. Closing afterwards is reported, not required: with
+  // the fault messages still unsettled in its send queue, azure-iot-device-amqp 1.14.4 sometimes
+  // reports 'error while detaching the D2C link when disconnecting' under load (seen once in CI
+  // on a busy 2-core box, not reproduced in 3 runs here; its C2D detach reports the same text).
+  try {
+    await client.close();
+    emit('closed');
+  } catch (err) {
+    emit('closed', { error: String((err && err.message) || err) });
+  }
   emit('done');
   // The unsettled fault messages keep the SDK's send queue (and the event loop) alive.
   process.exit(0);
