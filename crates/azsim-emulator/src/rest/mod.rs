@@ -5,8 +5,8 @@
 //! One module per resource: [`devices`] (registry: devices and modules), [`twins`],
 //! [`methods`], [`c2d`] (purge, and the emulator's send), [`feedback`] (the service's C2D
 //! feedback queue), [`device_bound`] (the device-side HTTPS C2D calls) and [`events`] (the
-//! emulator's event stream). This file holds what they share: the accept loop, the router,
-//! authentication, errors in Azure's shape and the small request helpers.
+//! emulator's event stream); [`error`] writes errors in Azure's shape. This file holds what they
+//! share: the accept loop, the router, authentication and the small request helpers.
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -22,17 +22,19 @@ use base64::Engine as _;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use hyper_util::service::TowerToHyperService;
-use serde_json::{Map, Value, json};
+use serde_json::{Map, Value};
 use tokio::net::TcpListener;
 use tokio::sync::{Notify, OwnedSemaphorePermit};
 use tokio::time::Instant;
 use tokio_rustls::TlsAcceptor;
 use tower::ServiceExt as _;
 
-use crate::HubError;
 use crate::hub::{Hub, LiveGuard};
 use crate::listen::{Admitted, Gate};
 use crate::untrusted::Untrusted;
+
+use error::render_error;
+pub(crate) use error::{ApiError, tracking_exception_message};
 
 mod access;
 mod body_deadline;
@@ -45,6 +47,7 @@ mod configurations;
 mod device_bound;
 mod device_events;
 mod devices;
+mod error;
 mod events;
 mod fault;
 mod feedback;
@@ -372,163 +375,6 @@ pub(crate) fn router(hub: Shared) -> Router {
         .fallback(not_found)
         .layer(middleware::from_fn_with_state(hub.clone(), auth))
         .with_state(hub)
-}
-
-#[derive(Debug)]
-pub(crate) struct ApiError {
-    status: StatusCode,
-    code: u32,
-    name: &'static str,
-    message: String,
-    info: Value,
-    /// Written in the older shape, `ErrorCode:{name};{message}` (see [`render_error`]).
-    older_shape: bool,
-}
-
-impl ApiError {
-    pub(crate) fn new(
-        status: StatusCode,
-        code: u32,
-        name: &'static str,
-        message: impl Into<String>,
-    ) -> ApiError {
-        ApiError {
-            status,
-            code,
-            name,
-            message: message.into(),
-            info: json!({}),
-            older_shape: false,
-        }
-    }
-    pub(crate) fn bad(message: impl Into<String>) -> ApiError {
-        ApiError::new(StatusCode::BAD_REQUEST, 400004, "ArgumentInvalid", message)
-    }
-    /// In the older shape, as IoT Hub answers an unknown device (a registry or twin call): the
-    /// Node service SDK (azure-iothub) reads `ErrorCode:DeviceNotFound` to raise
-    /// DeviceNotFoundError and falls back to a plain `Error('Not found')` on the other shape
-    /// (Azure/azure-iot-sdk-node#971, fixed on the service's side).
-    pub(crate) fn device_not_found(id: &str) -> ApiError {
-        ApiError {
-            older_shape: true,
-            ..ApiError::new(
-                StatusCode::NOT_FOUND,
-                404001,
-                "DeviceNotFound",
-                format!("Device {id} not registered"),
-            )
-        }
-    }
-    fn module_not_found(id: &str, m: &str) -> ApiError {
-        ApiError::new(
-            StatusCode::NOT_FOUND,
-            404010,
-            "ModuleNotFound",
-            format!("Module {m} on device {id} not registered"),
-        )
-    }
-    fn precondition() -> ApiError {
-        ApiError::new(
-            StatusCode::PRECONDITION_FAILED,
-            412001,
-            "PreconditionFailed",
-            "Precondition failed: etag mismatch",
-        )
-    }
-    fn internal(e: HubError) -> ApiError {
-        ApiError::new(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            500001,
-            "ServerError",
-            e.to_string(),
-        )
-    }
-    fn with_timeout(mut self, secs: u64) -> ApiError {
-        self.info = json!({"timeout": format!("{:02}:{:02}:{:02}", secs / 3600, (secs / 60) % 60, secs % 60)});
-        self
-    }
-}
-
-impl From<HubError> for ApiError {
-    fn from(e: HubError) -> Self {
-        ApiError::internal(e)
-    }
-}
-
-/// What an [`ApiError`] response carries until [`render_error`] writes its body: the body's
-/// `timestampUtc` is the hub's clock, which `IntoResponse` cannot see.
-#[derive(Debug, Clone)]
-struct PendingError {
-    code: u32,
-    name: &'static str,
-    message: String,
-    info: Value,
-    older_shape: bool,
-}
-
-impl IntoResponse for ApiError {
-    fn into_response(self) -> Response {
-        let mut r = self.status.into_response();
-        r.headers_mut()
-            .insert("iothub-errorcode", HeaderValue::from_static(self.name));
-        r.extensions_mut().insert(PendingError {
-            code: self.code,
-            name: self.name,
-            message: self.message,
-            info: self.info,
-            older_shape: self.older_shape,
-        });
-        r
-    }
-}
-
-/// Writes the body of an [`ApiError`] response in Azure's shape, stamped by `clock`; every
-/// other response passes unchanged. Runs for every route (it is part of the [`auth`] layer).
-fn render_error(clock: &crate::clock::Clock, mut r: Response) -> Response {
-    let Some(e) = r.extensions_mut().remove::<PendingError>() else {
-        return r;
-    };
-    let body = if e.older_shape {
-        json!({
-            "Message": format!("ErrorCode:{};{}", e.name, e.message),
-            "ExceptionMessage": tracking_exception_message(clock),
-        })
-    } else {
-        newer_shape(clock, e)
-    };
-    *r.body_mut() = axum::body::Body::from(body.to_string());
-    r.headers_mut().insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("application/json"),
-    );
-    r
-}
-
-/// The `ExceptionMessage` of the older error shape: `Tracking ID:{id}-G:0-TimeStamp:{MM/dd/yyyy
-/// HH:mm:ss}` on the hub's clock.
-pub(crate) fn tracking_exception_message(clock: &crate::clock::Clock) -> String {
-    // RFC 3339 `2026-12-05T07:49:05.123Z` -> `12/05/2026 07:49:05`.
-    let t = clock.now_rfc3339();
-    let stamp = match (t.get(0..4), t.get(5..7), t.get(8..10), t.get(11..19)) {
-        (Some(y), Some(mo), Some(d), Some(hms)) => format!("{mo}/{d}/{y} {hms}"),
-        _ => t.clone(),
-    };
-    format!(
-        "Tracking ID:{}-G:0-TimeStamp:{stamp}",
-        uuid::Uuid::new_v4().simple()
-    )
-}
-
-/// `{"Message": "<the error as JSON text>", "ExceptionMessage": ""}`.
-fn newer_shape(clock: &crate::clock::Clock, e: PendingError) -> Value {
-    let inner = json!({
-        "errorCode": e.code,
-        "trackingId": uuid::Uuid::new_v4().simple().to_string(),
-        "message": e.message,
-        "info": e.info,
-        "timestampUtc": clock.now_rfc3339(),
-    });
-    json!({"Message": inner.to_string(), "ExceptionMessage": ""})
 }
 
 type ApiResult = Result<Response, ApiError>;
