@@ -4,13 +4,9 @@
 //!
 //! Over plain HTTPS (reqwest): the round trip, Azure Storage's refusals (bad, foreign, missing
 //! and expired SAS; a missing blob), the 10-upload cap per device (403006), single-use
-//! correlation ids and blobs kept across a restart. With the official SDKs: Python
-//! azure-iot-device + azure-storage-blob (Put Blob and Put Block/Put Block List, read back) on
-//! free ports; Node azure-iot-device's `uploadToBlob` and azure-iothub's
-//! `getFileNotificationReceiver` on Azure's ports (the Node SDKs dial only 443 and 5671), holding
-//! `support::PORT_8883`.
+//! correlation ids and blobs kept across a restart. With the official SDKs: in
+//! `hub_file_upload_sdks.rs`.
 
-use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::Duration;
 
@@ -20,10 +16,9 @@ use serde_json::{Value, json};
 use tokio::process::Command;
 
 use crate::support::TestHub;
-use crate::support::script::Script;
 
 /// What the hub answered a SAS URI request.
-struct Begun {
+pub(crate) struct Begun {
     status: u16,
     body: Value,
     error_code: Option<String>,
@@ -31,7 +26,7 @@ struct Begun {
 
 impl Begun {
     /// `https://{hostName}/{containerName}/{blobName}{sasToken}`, as the SDKs build it.
-    fn url(&self) -> String {
+    pub(crate) fn url(&self) -> String {
         let b = &self.body;
         format!(
             "https://{}/{}/{}{}",
@@ -50,7 +45,7 @@ impl Begun {
 /// Device tokens outlive the expired-SAS test's hour on the hub's manual clock.
 const TOKEN_TTL: u64 = 2 * 3600;
 
-async fn begin(hub: &TestHub, device: &str, key: &str, name: &str) -> Begun {
+pub(crate) async fn begin(hub: &TestHub, device: &str, key: &str, name: &str) -> Begun {
     let r = hub
         .http()
         .post(hub.url(&format!("/devices/{device}/files")))
@@ -94,7 +89,7 @@ async fn notify(hub: &TestHub, device: &str, key: &str, cid: &str, ok: bool) -> 
 }
 
 /// A blob endpoint answer: status, `x-ms-error-code`, body.
-async fn blob_call(
+pub(crate) async fn blob_call(
     hub: &TestHub,
     method: Method,
     url: &str,
@@ -347,260 +342,6 @@ async fn a_blob_in_blocks_commits_in_order_and_an_oversized_body_is_refused() {
     let (s, code, _) = blob_call(&hub, Method::PUT, &block("QkJC"), &[2u8; 600]).await;
     assert_eq!((s, code.as_str()), (413, "RequestBodyTooLarge"));
     hub.stop().await;
-}
-
-fn python_script() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/python/file_upload.py")
-}
-
-/// Whether the venv has azure-storage-blob (the blob SDK the device SDK's samples use).
-fn has_storage_blob(python: &Path) -> bool {
-    std::process::Command::new(python)
-        .args(["-c", "import azure.storage.blob"])
-        .output()
-        .is_ok_and(|o| o.status.success())
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_python_sdks_upload_read_back_and_notify() {
-    let Some(python) = crate::support::python() else {
-        crate::support::skip("python SDK venv not found (run scripts/test)");
-        return;
-    };
-    if !has_storage_blob(&python) {
-        crate::support::skip("azure-storage-blob not in the venv (run scripts/test)");
-        return;
-    }
-    let hub = TestHub::start().await;
-    let cs = hub.create_device("py-files").await;
-    assert!(
-        cs.contains(&format!("HostName=localhost:{};", hub.mqtt_port)),
-        "{cs}"
-    );
-    // The device SDK's HTTPS calls go to HostName: give it the HTTPS port.
-    let cs = cs.replace(
-        &format!("HostName=localhost:{};", hub.mqtt_port),
-        &format!("HostName=localhost:{};", hub.https_port),
-    );
-    let work = tempfile::tempdir().unwrap();
-    let cs_file = work.path().join("device.cs");
-    std::fs::write(&cs_file, &cs).unwrap();
-    let mut events = hub
-        .http()
-        .get(format!(
-            "https://localhost:{}/emulator/events",
-            hub.https_port
-        ))
-        .header("Authorization", hub.service_token())
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(events.status().as_u16(), 200);
-
-    let mut cmd = Command::new(&python);
-    cmd.arg(python_script())
-        .arg(&cs_file)
-        .arg(&hub.ca_file)
-        .env("REQUESTS_CA_BUNDLE", &hub.ca_file)
-        .env("PYTHONUNBUFFERED", "1")
-        .stdin(Stdio::null());
-    let mut py = Script::spawn(cmd, work.path(), "file_upload.py");
-    let info = py.expect("storage_info").await;
-    assert_eq!(
-        info["host_name"],
-        format!("localhost:{}/azsimfiles", hub.https_port)
-    );
-    assert_eq!(info["blob_name"], "py-files/small.txt");
-    let small = py.expect("small_done").await;
-    assert_eq!(small["equal"], true, "{small}");
-    py.expect("storage_info").await;
-    let blocks = py.expect("blocks_done").await;
-    assert_eq!(blocks["equal"], true, "{blocks}");
-    assert_eq!(blocks["range_equal"], true, "{blocks}");
-    assert_eq!(blocks["size"], 40 * 1024, "{blocks}");
-    assert_eq!(blocks["properties_size"], 40 * 1024, "{blocks}");
-    py.expect("storage_info").await;
-    py.expect("failed_done").await;
-    let reuse = py.expect("reuse_refused").await;
-    // The SDK's error for a 4xx answer.
-    assert_eq!(reuse["error"], "ClientError", "{reuse}");
-    py.expect("storage_info").await;
-    let tampered = py.expect("tampered_refused").await;
-    assert_eq!(tampered["status"], 403, "{tampered}");
-    assert_eq!(tampered["code"], "AuthenticationFailed", "{tampered}");
-    py.expect("done").await;
-    py.finish().await;
-
-    // The hub saw four notices: the two successes with a notification queued, the failure and
-    // the refused upload without.
-    let mut seen = Vec::new();
-    let mut buf = String::new();
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-    while seen.len() < 4 {
-        let chunk = tokio::time::timeout_at(deadline, events.chunk())
-            .await
-            .expect("file upload events within 30 s")
-            .unwrap()
-            .expect("event stream open");
-        buf.push_str(&String::from_utf8_lossy(&chunk));
-        while let Some(end) = buf.find('\n') {
-            let line: String = buf.drain(..=end).collect();
-            if let Some(data) = line.trim().strip_prefix("data:") {
-                let v: Value = serde_json::from_str(data.trim()).unwrap_or(Value::Null);
-                if v["type"] == "fileUpload" {
-                    seen.push(v);
-                }
-            }
-        }
-    }
-    let summary: Vec<(String, bool, bool)> = seen
-        .iter()
-        .map(|v| {
-            (
-                v["blobName"].as_str().unwrap_or("").to_owned(),
-                v["isSuccess"] == true,
-                v["notification"] == true,
-            )
-        })
-        .collect();
-    assert_eq!(
-        summary,
-        vec![
-            ("py-files/small.txt".to_owned(), true, true),
-            ("py-files/dir/blocks.bin".to_owned(), true, true),
-            ("py-files/never-written.txt".to_owned(), false, false),
-            ("py-files/tampered.txt".to_owned(), false, false),
-        ]
-    );
-    hub.stop().await;
-}
-
-fn node_dir() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/node")
-}
-
-/// `node` and the SDK packages, or why the test cannot run.
-fn node() -> Result<PathBuf, String> {
-    let node = match std::env::var_os("AZSIM_NODE") {
-        Some(p) if !p.is_empty() => PathBuf::from(p),
-        _ => PathBuf::from("node"),
-    };
-    let ok = std::process::Command::new(&node)
-        .arg("--version")
-        .output()
-        .is_ok_and(|o| o.status.success());
-    if !ok {
-        return Err(format!("node not found ({})", node.display()));
-    }
-    for pkg in [
-        "azure-iot-device",
-        "azure-iot-device-mqtt",
-        "azure-iothub",
-        "@azure/storage-blob",
-    ] {
-        let p = node_dir()
-            .join("node_modules")
-            .join(pkg)
-            .join("package.json");
-        if !p.is_file() {
-            return Err(format!(
-                "tests/node/node_modules lacks {pkg} (run scripts/test, or npm ci in tests/node)"
-            ));
-        }
-    }
-    Ok(node)
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_node_sdks_upload_to_blob_and_the_service_receives_the_file_notification() {
-    let node = match node() {
-        Ok(n) => n,
-        Err(why) => {
-            crate::support::skip(&why);
-            return;
-        }
-    };
-    let _ports = crate::support::PORT_8883.lock().await;
-    let tmp = tempfile::tempdir().unwrap();
-    let handle = crate::support::start_on_fixed_ports(
-        &tmp.path().join("hub"),
-        8883,
-        443,
-        |cfg| cfg.amqp_port = Some(5671),
-        "127.0.0.1:8883/443/5671, which the Node SDKs need (is another hub or broker using them?)",
-    )
-    .await;
-    let hub = TestHub::attach(&handle.info);
-    let (s, v) = hub
-        .rest(
-            Method::PUT,
-            "/devices/node-files",
-            Some(json!({"deviceId": "node-files"})),
-        )
-        .await;
-    assert_eq!(s, 200, "{v}");
-    let key = v["authentication"]["symmetricKey"]["primaryKey"]
-        .as_str()
-        .unwrap();
-    let work = tmp.path().join("work");
-    std::fs::create_dir_all(&work).unwrap();
-    let device_cs = work.join("device.cs");
-    std::fs::write(
-        &device_cs,
-        format!("HostName=localhost;DeviceId=node-files;SharedAccessKey={key}"),
-    )
-    .unwrap();
-    let service_cs = work.join("service.cs");
-    std::fs::write(&service_cs, &handle.info.service_connection_string).unwrap();
-
-    // 5 MiB: more than one of uploadStream's 4 MiB blocks.
-    let size = 5 * 1024 * 1024 + 123;
-    let mut cmd = Command::new(&node);
-    cmd.arg(node_dir().join("file_upload.js"))
-        .arg(&service_cs)
-        .arg(&device_cs)
-        .arg("node/big.bin")
-        .arg(size.to_string())
-        .env("NODE_EXTRA_CA_CERTS", &handle.info.ca_file)
-        .stdin(Stdio::null());
-    let mut js = Script::spawn(cmd, &work, "file_upload.js");
-    js.expect("receiver_attached").await;
-    let uploaded = js.expect("uploaded").await;
-    assert_eq!(uploaded["size"], size);
-    let n = js.expect("notification").await;
-    let body = &n["body"];
-    assert_eq!(body["deviceId"], "node-files", "{n}");
-    assert_eq!(body["blobName"], "node-files/node/big.bin", "{n}");
-    assert_eq!(body["blobSizeInBytes"], size, "{n}");
-    assert_eq!(
-        body["blobUri"], "https://localhost/azsimfiles/fileuploads/node-files/node/big.bin",
-        "{n}"
-    );
-    for field in ["lastUpdatedTime", "enqueuedTimeUtc"] {
-        assert!(
-            body[field].as_str().is_some_and(|t| t.len() >= 20),
-            "{field}: {n}"
-        );
-    }
-    js.expect("done").await;
-    js.finish().await;
-
-    // The bytes on the hub are the ones Node sent (the listing has the size; the digest is
-    // checked through a fresh SAS).
-    let (s, list) = hub.rest(Method::GET, "/emulator/files", None).await;
-    assert_eq!(s, 200);
-    assert_eq!(list[0]["sizeInBytes"], size, "{list}");
-    let up = begin(&hub, "node-files", key, "node/big.bin").await;
-    let (s, _, bytes) = blob_call(&hub, Method::GET, &up.url(), b"").await;
-    assert_eq!(s, 200);
-    let expected: Vec<u8> = (0..size)
-        .map(|i| ((i * 13 + (i >> 8)) % 251) as u8)
-        .collect();
-    assert!(
-        bytes == expected,
-        "the blob's bytes differ from what Node uploaded"
-    );
-    handle.stop().await.unwrap();
 }
 
 /// The JSON body and lock (message id) of a file notification; checks its content type.

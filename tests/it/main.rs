@@ -25,6 +25,7 @@ mod hub_events;
 mod hub_faults;
 mod hub_feedback;
 mod hub_file_upload;
+mod hub_file_upload_sdks;
 mod hub_file_upload_throttle;
 mod hub_hardening;
 mod hub_jobs;
