@@ -6,6 +6,7 @@ mod cli_env_utf8;
 mod cli_output;
 mod dashboard;
 mod dps;
+mod dps_amqp;
 mod firmware_loop;
 mod fleet;
 mod hub_activity;

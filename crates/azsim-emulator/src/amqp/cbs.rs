@@ -41,6 +41,8 @@ pub(crate) struct Claims {
     client_certs: std::sync::OnceLock<Vec<rustls_pki_types::CertificateDer<'static>>>,
     /// Drops the connection's stream (the KillAmqpConnection and `drop` faults).
     pub kill: std::sync::Arc<super::device::faults::KillSwitch>,
+    /// A DPS connection's SASL login and answers (`dps/amqp.rs`).
+    pub dps: crate::dps::amqp::Conn,
 }
 
 impl Claims {

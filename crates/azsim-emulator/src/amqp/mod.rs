@@ -128,6 +128,8 @@ pub(crate) enum Route {
     },
     /// A device's link (`/devices/{id}/...`, see `device/`).
     Device(device::Link),
+    /// A DPS registration's link (`{idScope}/registrations/{id}`, see `dps/amqp.rs`).
+    Dps(crate::dps::amqp::Address),
 }
 
 impl Route {
@@ -145,6 +147,8 @@ impl Route {
             }
             // Checked by device::authorize: device ids are case-sensitive.
             Route::Device(_) => None,
+            // Attested on each request against the enrollments (dps/amqp.rs).
+            Route::Dps(_) => None,
         }
     }
 }
@@ -247,6 +251,7 @@ fn route(ctx: &ConnCtx, attach: &Attach) -> Result<Route, AmqpErr> {
             device::authorize(ctx, &link)?;
             Route::Device(link)
         }
+        (_, path) if let Some(a) = crate::dps::amqp::parse_address(path) => Route::Dps(a),
         (&Role::Receiver, path) if let Some(p) = ctx.eventhub.partition_address(path) => {
             let (_group, part) = p.map_err(not_found)?;
             let filters = attach.source.as_ref().and_then(|s| s.filter.as_ref());
@@ -323,6 +328,7 @@ async fn run_link(
             file_notifications::serve(ctx, s).await;
         }
         (Route::Device(l), link) => device::serve(ctx, l, link, kills).await,
+        (Route::Dps(a), link) => crate::dps::amqp::serve(ctx, a, link).await,
         (_, link) => refuse(link, not_found("link role does not fit its node".into())).await,
     }
 }

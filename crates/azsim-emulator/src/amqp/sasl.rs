@@ -46,6 +46,9 @@ impl Sasl {
         };
         let user = std::str::from_utf8(user).map_err(|_| "user name is not UTF-8")?;
         let password = std::str::from_utf8(password).map_err(|_| "password is not UTF-8")?;
+        if let Some(dps) = crate::dps::amqp::plain(&self.claims.dps, user, password) {
+            return dps;
+        }
         let (policy, hub) = user
             .split_once("@sas.root.")
             .ok_or("user name is not {policy}@sas.root.{hub}")?;

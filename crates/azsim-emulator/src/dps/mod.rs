@@ -1,6 +1,7 @@
 //! The Device Provisioning Service of the local hub: enrollments (individual and group, symmetric
 //! key or X.509 attestation, see [`x509`]) kept in the hub's SQLite, the registration flow devices run over MQTT
-//! ([`mqtt`], on the hub's MQTT listener, told apart by the CONNECT username) or HTTPS
+//! ([`mqtt`], on the hub's MQTT listener, told apart by the CONNECT username), AMQP ([`amqp`],
+//! on the AMQPS listener and its WebSocket path, told apart by the link address) or HTTPS
 //! ([`http`], the device API), and the service REST API the DPS service SDKs call ([`http`]).
 //!
 //! One DPS instance per hub: its id scope (`0ne` + 8 hex digits) and `provisioningserviceowner`
@@ -20,6 +21,7 @@ use serde_json::{Value, json};
 use crate::HubError;
 use crate::hub::Hub;
 
+pub(crate) mod amqp;
 pub(crate) mod http;
 pub(crate) mod mqtt;
 mod records;
