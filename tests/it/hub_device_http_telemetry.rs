@@ -1,6 +1,7 @@
 //! Device telemetry over HTTPS (`POST /devices/{id}/messages/events`): a single message with
 //! its system and application properties from headers, a batch in the SDKs' JSON shape, the
-//! 256 KiB limit and the device-token checks, seen through the hub's event log.
+//! 256 KiB limit and the device-token checks (401 in IoT Hub's older error shape, an unknown
+//! device 404), seen through the hub's event log.
 
 use base64::Engine as _;
 use reqwest::Method;
@@ -153,7 +154,34 @@ async fn a_device_sends_telemetry_over_https_single_and_batched() {
         }
         let r = req.send().await.unwrap();
         assert_eq!(r.status(), 401, "{auth:?}");
+        // IoT Hub's older error shape on the device API (`ErrorCode:{name};{message}`).
+        let body: Value = serde_json::from_str(&r.text().await.unwrap()).unwrap();
+        assert_eq!(
+            body["Message"], "ErrorCode:IotHubUnauthorizedAccess;Unauthorized",
+            "{body}"
+        );
+        assert!(
+            body["ExceptionMessage"]
+                .as_str()
+                .is_some_and(|m| m.starts_with("Tracking ID:")),
+            "{body}"
+        );
     }
+    // A device the hub does not know, with a well-formed token: 404 DeviceNotFound (as IoT Hub
+    // answers over HTTPS, where MQTT and AMQP refuse the connection).
+    let r = hub
+        .http()
+        .post(events_url(&hub, "ht-none"))
+        .header(
+            "Authorization",
+            hub.device_token("ht-none", &hub.device_key("ht1").await, se()),
+        )
+        .body("nope")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 404);
+    assert_eq!(r.headers()["iothub-errorcode"], "DeviceNotFound");
     // ht2's token is good for ht2.
     let r = hub
         .http()

@@ -53,6 +53,16 @@ impl ApiError {
             )
         }
     }
+    /// Written in the older shape, `{"Message":"ErrorCode:{name};{message}","ExceptionMessage":
+    /// "Tracking ID:..."}`, as IoT Hub answers a refused device-side HTTPS call
+    /// (`ErrorCode:IotHubUnauthorizedAccess;Unauthorized`: Azure/azure-iot-sdk-c#1815,
+    /// Azure/azure-iot-sdk-csharp#2502).
+    pub(super) fn in_older_shape(self) -> ApiError {
+        ApiError {
+            older_shape: true,
+            ..self
+        }
+    }
     pub(super) fn module_not_found(id: &str, m: &str) -> ApiError {
         ApiError::new(
             StatusCode::NOT_FOUND,

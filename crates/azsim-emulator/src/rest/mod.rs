@@ -408,6 +408,10 @@ fn device_side_id(path: &str) -> Option<String> {
     Some(id)
 }
 
+/// Why [`verify_device_rest`] refuses a device the hub does not know: answered 404
+/// DeviceNotFound, not 401 (see [`auth`]).
+const UNKNOWN_DEVICE: &str = "unknown device";
+
 /// A device token for `id` (either key, `sr` with or without the HTTPS port), or, with no
 /// Authorization header, the TLS client certificate of an X.509 device (the Node SDK's HTTP
 /// transport sends no token then).
@@ -429,7 +433,7 @@ async fn verify_device_rest(
     let ident = crate::hub::load_identity(hub, id, None)
         .await
         .map_err(|e| E(e.to_string()))?
-        .ok_or_else(|| E("unknown device".into()))?;
+        .ok_or_else(|| E(UNKNOWN_DEVICE.into()))?;
     if !ident.enabled {
         return Err(E("device disabled".into()));
     }
@@ -455,7 +459,7 @@ async fn verify_device_cert(
     let ident = crate::hub::load_identity(hub, id, None)
         .await
         .map_err(|e| E(e.to_string()))?
-        .ok_or_else(|| E("unknown device".into()))?;
+        .ok_or_else(|| E(UNKNOWN_DEVICE.into()))?;
     if !ident.enabled {
         return Err(E("device disabled".into()));
     }
@@ -514,26 +518,44 @@ async fn auth(State(hub): State<Shared>, req: Request, next: Next) -> Response {
         }
         crate::auth::ServiceVerdict::Refused(e) => Err(e),
     };
+    // A device call for a device the hub does not know, with a token or certificate: 404
+    // DeviceNotFound, as IoT Hub answers over HTTPS (the Node SDK e2e suite's authentication.js:
+    // "AMQP and MQTT translate to Unauthorized but HTTP to DeviceNotFound").
+    let mut unknown_device = None;
+    let mut device_call = false;
     if verdict.is_err()
         && let Some(id) = device_side_id(req.uri().path())
     {
+        device_call = true;
         let certs = req.extensions().get::<crate::x509::PeerCerts>().cloned();
         verdict = verify_device_rest(&hub, header, certs, &id).await;
+        if verdict.as_ref().is_err_and(|e| e.0 == UNKNOWN_DEVICE) {
+            unknown_device = Some(id);
+        }
     }
     let r = match verdict {
         Ok(()) => match access::throttled(&hub, req.method(), req.uri().path()) {
             Some(e) => e.into_response(),
             None => next.run(req).await,
         },
+        Err(_) if let Some(id) = unknown_device => {
+            tracing::info!(path = %Untrusted(req.uri().path()), "REST 404 DeviceNotFound");
+            ApiError::device_not_found(&id).into_response()
+        }
         Err(e) => {
             tracing::info!(path = %Untrusted(req.uri().path()), reason = %e.0, "REST 401");
-            ApiError::new(
+            let refused = ApiError::new(
                 StatusCode::UNAUTHORIZED,
                 401002,
                 "IotHubUnauthorizedAccess",
                 "Unauthorized",
-            )
-            .into_response()
+            );
+            // A device-side call is refused in the older shape, as IoT Hub does.
+            if device_call {
+                refused.in_older_shape().into_response()
+            } else {
+                refused.into_response()
+            }
         }
     };
     render_error(hub.clock(), r)
