@@ -48,6 +48,7 @@ mod run_hub;
 mod run_mosquitto;
 mod sdk_e2e_dps_cs;
 mod sdk_e2e_http_c2d;
+mod sdk_e2e_node_http;
 mod sdk_e2e_registry;
 mod sdk_e2e_x509_amqp_ws;
 mod service_cli;
