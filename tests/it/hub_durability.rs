@@ -255,3 +255,127 @@ async fn every_message_the_hub_pubacked_survives_kill_9_and_restart() {
     assert!(acked_all.len() >= 300 * kills, "{} acked", acked_all.len());
     hub.kill9();
 }
+
+/// Rewrites the telemetry log of the (stopped) hub's `hub.db` into the single `events` table
+/// of the builds before the segmented log, numbers and AUTOINCREMENT sequence included.
+fn make_log_single_table(db: &Path) {
+    let c = rusqlite::Connection::open(db).unwrap();
+    let cols = "seq, device_id, json, module_id, generation_id, enqueued_ns, props, body, source";
+    let mut drop_segments = String::new();
+    for i in 0..8 {
+        drop_segments.push_str(&format!("DROP TABLE events_{i};"));
+    }
+    c.execute_batch(&format!(
+        "BEGIN;
+         CREATE TABLE old_events (seq INTEGER PRIMARY KEY AUTOINCREMENT, device_id TEXT NOT NULL,
+           json TEXT NOT NULL, module_id TEXT, generation_id TEXT, enqueued_ns INTEGER,
+           props TEXT, body BLOB, source TEXT);
+         INSERT INTO old_events ({cols}) SELECT {cols} FROM events ORDER BY seq;
+         DROP VIEW events; {drop_segments} DROP TABLE event_log_meta;
+         ALTER TABLE old_events RENAME TO events;
+         COMMIT;"
+    ))
+    .unwrap();
+}
+
+/// `(seq, $.mid)` of every device telemetry message in the log of the (stopped) hub's `hub.db`.
+fn logged(db: &Path) -> Vec<(i64, String)> {
+    let c = rusqlite::Connection::open(db).unwrap();
+    let mut st = c
+        .prepare("SELECT seq, props FROM events WHERE source IS NULL ORDER BY seq")
+        .unwrap();
+    st.query_map([], |r| Ok((r.get(0)?, r.get::<_, String>(1)?)))
+        .unwrap()
+        .map(|r| {
+            let (seq, props) = r.unwrap();
+            let mid = props
+                .split('&')
+                .find_map(|p| p.strip_prefix("%24.mid="))
+                .unwrap_or_default()
+                .to_string();
+            (seq, mid)
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_log_from_before_the_segments_is_moved_over_once_keeping_its_messages_and_numbers() {
+    let tmp = tempfile::tempdir().unwrap();
+    let state = tmp.path().join("state");
+    let db = state.join("hub.db");
+    let hub = HubProcess::start(&state, &tmp.path().join("hub-0.log"));
+    let created = hub
+        .rest(
+            reqwest::Method::PUT,
+            "/devices/old",
+            Some(json!({"deviceId": "old"})),
+        )
+        .await;
+    let key = created["authentication"]["symmetricKey"]["primaryKey"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let pid = hub.child.id();
+    let kill = move || {
+        Command::new("kill")
+            .args(["-KILL", &pid.to_string()])
+            .status()
+            .unwrap();
+    };
+    let first = publish_until_killed(&hub, "old", &key, 0, 200, kill).await;
+    hub.kill9();
+    make_log_single_table(&db);
+    let before = logged(&db);
+    assert!(
+        before.len() >= first.len(),
+        "{} of {}",
+        before.len(),
+        first.len()
+    );
+
+    // The upgrade: the rows move into the segments once, with their numbers.
+    let log1 = tmp.path().join("hub-1.log");
+    let hub = HubProcess::start(&state, &log1);
+    let stored = hub.stored_mids("old").await;
+    for mid in &first {
+        assert!(stored.contains(mid), "{mid} lost in the move");
+    }
+    let pid = hub.child.id();
+    let kill = move || {
+        Command::new("kill")
+            .args(["-KILL", &pid.to_string()])
+            .status()
+            .unwrap();
+    };
+    let second = publish_until_killed(&hub, "old", &key, 1, 100, kill).await;
+    hub.kill9();
+    let after = logged(&db);
+    assert_eq!(
+        &after[..before.len()],
+        &before[..],
+        "the old messages keep their numbers (Event Hubs offsets)"
+    );
+    let last_old = before.last().unwrap().0;
+    let new: Vec<&(i64, String)> = after[before.len()..].iter().collect();
+    assert!(new.len() >= second.len());
+    assert!(
+        new.iter()
+            .all(|(seq, mid)| *seq > last_old && mid.starts_with("1-")),
+        "after {last_old}: {:?}",
+        &new[..new.len().min(5)]
+    );
+    let moved = |log: &Path| {
+        std::fs::read_to_string(log)
+            .unwrap()
+            .matches("moved the single events table")
+            .count()
+    };
+    assert_eq!(moved(&log1), 1, "said once in the log");
+
+    // Opened again: nothing to move.
+    let log2 = tmp.path().join("hub-2.log");
+    let hub = HubProcess::start(&state, &log2);
+    assert!(hub.stored_mids("old").await.len() >= first.len() + second.len());
+    hub.kill9();
+    assert_eq!(moved(&log2), 0);
+}

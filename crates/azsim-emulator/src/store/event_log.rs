@@ -1,45 +1,19 @@
 //! The telemetry log's writer thread: whatever telemetry has queued up while the last
 //! transaction committed goes in as multi-row INSERTs in the next one (group commit), the
 //! connections waiting for those messages are told (their PUBACKs go out then), and the log is
-//! capped at its size.
+//! capped at its size by emptying its oldest segment whole (see `segments.rs`).
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
 
-use rusqlite::{Connection, params};
+use rusqlite::Connection;
 use tokio::sync::{Semaphore, mpsc, watch};
 
+use super::segments::{Ring, SEGMENTS, TABLES, set_floor};
 use super::{AckNote, Commits, WriterMsg};
 use crate::telemetry::D2cRecord;
-
-/// The columns telemetry rows have beyond the first schema's `(seq, device_id, json)`. A row
-/// with an empty `json` keeps the message as received and is rendered when read (see
-/// `telemetry.rs`); rows written by older versions keep their JSON text.
-const EVENT_COLUMNS: [(&str, &str); 6] = [
-    ("module_id", "TEXT"),
-    ("generation_id", "TEXT"),
-    ("enqueued_ns", "INTEGER"),
-    ("props", "TEXT"),
-    ("body", "BLOB"),
-    // NULL for telemetry; the `iothub-message-source` of an event routed by the hub.
-    ("source", "TEXT"),
-];
-
-/// Adds the [`EVENT_COLUMNS`] an existing `events` table lacks.
-pub(super) fn add_event_columns(c: &Connection) -> rusqlite::Result<()> {
-    let have: Vec<String> = c
-        .prepare("SELECT name FROM pragma_table_info('events')")?
-        .query_map([], |r| r.get(0))?
-        .collect::<rusqlite::Result<_>>()?;
-    for (name, ty) in EVENT_COLUMNS {
-        if !have.iter().any(|h| h == name) {
-            c.execute_batch(&format!("ALTER TABLE events ADD COLUMN {name} {ty};"))?;
-        }
-    }
-    Ok(())
-}
 
 /// The most messages in one transaction (a batch may pass it by one connection's read): a bound
 /// on the writer's memory and on how long the first message of a batch waits for its PUBACK.
@@ -47,51 +21,108 @@ pub(super) fn add_event_columns(c: &Connection) -> rusqlite::Result<()> {
 /// commit rate is what bounds the ingest, so a transaction takes everything that queued up.
 const MAX_BATCH: usize = super::QUEUE_MESSAGES;
 
-/// Telemetry rows per multi-row INSERT: one statement run (and one AUTOINCREMENT bookkeeping
-/// update) per this many messages.
+/// Telemetry rows per multi-row INSERT: one statement run per this many messages.
 const ROWS_PER_INSERT: usize = 32;
 
-/// `INSERT INTO events ... VALUES (...)` with `rows` rows of [`bind_event`]'s 7 parameters.
-fn insert_events_sql(rows: usize) -> String {
-    let mut sql = String::from(
-        "INSERT INTO events (device_id, json, module_id, generation_id, enqueued_ns, props, body, \
-         source) VALUES ",
+/// `INSERT INTO {table} ... VALUES (...)` with `rows` rows of [`bind_event`]'s 8 parameters.
+fn insert_events_sql(table: &str, rows: usize) -> String {
+    let mut sql = format!(
+        "INSERT INTO {table} (seq, device_id, json, module_id, generation_id, enqueued_ns, \
+         props, body, source) VALUES "
     );
     for i in 0..rows {
         if i > 0 {
             sql.push(',');
         }
-        sql.push_str("(?, '', ?, ?, ?, ?, ?, ?)");
+        sql.push_str("(?, ?, '', ?, ?, ?, ?, ?, ?)");
     }
     sql
 }
 
-/// Binds one message to parameters `base + 1 ..= base + 7` of an insert from
+/// Binds message number `seq` to parameters `base + 1 ..= base + 8` of an insert from
 /// [`insert_events_sql`].
 fn bind_event(
     stmt: &mut rusqlite::CachedStatement<'_>,
     base: usize,
+    seq: i64,
     (r, _): &(D2cRecord, Option<AckNote>),
 ) -> rusqlite::Result<()> {
-    stmt.raw_bind_parameter(base + 1, &r.origin.device_id)?;
-    stmt.raw_bind_parameter(base + 2, &r.origin.module_id)?;
-    stmt.raw_bind_parameter(base + 3, &r.origin.generation_id)?;
-    stmt.raw_bind_parameter(base + 4, r.enqueued_ns)?;
-    stmt.raw_bind_parameter(base + 5, &r.properties)?;
-    stmt.raw_bind_parameter(base + 6, &r.body)?;
-    stmt.raw_bind_parameter(base + 7, r.source.column())
+    stmt.raw_bind_parameter(base + 1, seq)?;
+    stmt.raw_bind_parameter(base + 2, &r.origin.device_id)?;
+    stmt.raw_bind_parameter(base + 3, &r.origin.module_id)?;
+    stmt.raw_bind_parameter(base + 4, &r.origin.generation_id)?;
+    stmt.raw_bind_parameter(base + 5, r.enqueued_ns)?;
+    stmt.raw_bind_parameter(base + 6, &r.properties)?;
+    stmt.raw_bind_parameter(base + 7, &r.body)?;
+    stmt.raw_bind_parameter(base + 8, r.source.column())
+}
+
+/// Each segment's two inserts: [`ROWS_PER_INSERT`] rows, and one.
+struct Inserts([(String, String); SEGMENTS]);
+
+impl Inserts {
+    fn new() -> Inserts {
+        Inserts(TABLES.map(|t| {
+            (
+                insert_events_sql(t, ROWS_PER_INSERT),
+                insert_events_sql(t, 1),
+            )
+        }))
+    }
+}
+
+/// Writes `events` into the log from where `ring` is, moving to (and emptying) the next
+/// segment whenever one is full; `ring` is left where the next message goes.
+fn insert(
+    tx: &rusqlite::Transaction<'_>,
+    sql: &Inserts,
+    ring: &mut Ring,
+    events: &[(D2cRecord, Option<AckNote>)],
+) -> rusqlite::Result<()> {
+    let mut rest = events;
+    while !rest.is_empty() {
+        if ring.rows >= ring.per_segment {
+            // Every number so far stays given, also once the segments holding it are emptied.
+            set_floor(tx, ring.next_seq - 1)?;
+            ring.slot = (ring.slot + 1) % SEGMENTS;
+            ring.rows = 0;
+            // No WHERE: SQLite's truncate optimisation frees the table's pages whole.
+            tx.prepare_cached(&format!("DELETE FROM {}", TABLES[ring.slot]))?
+                .execute([])?;
+        }
+        let n = rest.len().min(ring.per_segment - ring.rows);
+        let (now, later) = rest.split_at(n);
+        let (many_sql, one_sql) = &sql.0[ring.slot];
+        let mut many = tx.prepare_cached(many_sql)?;
+        let mut chunks = now.chunks_exact(ROWS_PER_INSERT);
+        for chunk in &mut chunks {
+            for (i, r) in chunk.iter().enumerate() {
+                bind_event(&mut many, i * 8, ring.next_seq + i as i64, r)?;
+            }
+            many.raw_execute()?;
+            ring.next_seq += ROWS_PER_INSERT as i64;
+        }
+        let mut one = tx.prepare_cached(one_sql)?;
+        for r in chunks.remainder() {
+            bind_event(&mut one, 0, ring.next_seq, r)?;
+            one.raw_execute()?;
+            ring.next_seq += 1;
+        }
+        ring.rows += n;
+        rest = later;
+    }
+    Ok(())
 }
 
 pub(super) fn event_writer(
     conn: Arc<Mutex<Connection>>,
     mut rx: mpsc::UnboundedReceiver<WriterMsg>,
     room: Arc<Semaphore>,
-    cap: usize,
+    mut ring: Ring,
     committed: watch::Sender<u64>,
     checkpoints: Arc<Checkpoints>,
 ) {
-    let (insert_many, insert_one) = (insert_events_sql(ROWS_PER_INSERT), insert_events_sql(1));
-    let mut since_trim = 0usize;
+    let sql = Inserts::new();
     let mut events = Vec::with_capacity(MAX_BATCH);
     let mut flushes = Vec::new();
     // No waiting for more to gather: while one transaction commits, the next batch queues up
@@ -116,33 +147,16 @@ pub(super) fn event_writer(
         }
         if !events.is_empty() {
             let mut guard = conn.lock().unwrap_or_else(|p| p.into_inner());
+            let before = ring.clone();
             let result = (|| -> rusqlite::Result<()> {
                 let tx = guard.transaction()?;
-                {
-                    let mut many = tx.prepare_cached(&insert_many)?;
-                    let mut chunks = events.chunks_exact(ROWS_PER_INSERT);
-                    for chunk in &mut chunks {
-                        for (i, r) in chunk.iter().enumerate() {
-                            bind_event(&mut many, i * 7, r)?;
-                        }
-                        many.raw_execute()?;
-                    }
-                    let mut one = tx.prepare_cached(&insert_one)?;
-                    for r in chunks.remainder() {
-                        bind_event(&mut one, 0, r)?;
-                        one.raw_execute()?;
-                    }
-                }
-                since_trim += events.len();
-                if since_trim >= 256 {
-                    since_trim = 0;
-                    tx.prepare_cached(
-                        "DELETE FROM events WHERE seq <= (SELECT MAX(seq) FROM events) - ?1",
-                    )?
-                    .execute(params![cap as i64])?;
-                }
+                insert(&tx, &sql, &mut ring, &events)?;
                 tx.commit()
             })();
+            if result.is_err() {
+                // Rolled back: the segment emptied (if any) is whole again, the numbers free.
+                ring = before;
+            }
             if let Err(e) = &result {
                 tracing::warn!(error = %e, "event log write failed");
             }

@@ -25,6 +25,33 @@ CREATE TABLE IF NOT EXISTS eh_meta (name TEXT PRIMARY KEY, value INTEGER NOT NUL
 /// How many log rows one indexing transaction takes at most.
 const INDEX_BATCH: i64 = 4096;
 
+/// `eh_index` rows per multi-row INSERT (one statement run per row cost the indexer more than
+/// the rows).
+const ROWS_PER_INSERT: usize = 32;
+
+/// Inserts `(seq, part, pseq)` rows into `eh_index`.
+fn insert_numbers(c: &Connection, rows: &[(i64, u32, i64)]) -> Result<(), HubError> {
+    let sql = |n: usize| {
+        let values = vec!["(?, ?, ?)"; n].join(",");
+        format!("INSERT INTO eh_index (seq, part, pseq) VALUES {values}")
+    };
+    let mut chunks = rows.chunks_exact(ROWS_PER_INSERT);
+    let mut many = c.prepare_cached(&sql(ROWS_PER_INSERT)).map_err(db_err)?;
+    for chunk in &mut chunks {
+        for (i, (seq, part, pseq)) in chunk.iter().enumerate() {
+            many.raw_bind_parameter(i * 3 + 1, seq).map_err(db_err)?;
+            many.raw_bind_parameter(i * 3 + 2, part).map_err(db_err)?;
+            many.raw_bind_parameter(i * 3 + 3, pseq).map_err(db_err)?;
+        }
+        many.raw_execute().map_err(db_err)?;
+    }
+    let mut one = c.prepare_cached(&sql(1)).map_err(db_err)?;
+    for (seq, part, pseq) in chunks.remainder() {
+        one.execute(params![seq, part, pseq]).map_err(db_err)?;
+    }
+    Ok(())
+}
+
 /// The partition of a device's telemetry: 32-bit FNV-1a of the device id's UTF-8 bytes, mod
 /// `partitions`. Modules of a device share its partition, as in IoT Hub.
 pub(crate) fn partition_of(device_id: &str, partitions: u32) -> u32 {
@@ -95,7 +122,25 @@ impl Index {
 
     /// Number the log rows committed since the last call, and forget the numbers of rows the
     /// log has trimmed. Returns whether anything was numbered.
+    ///
+    /// Its commits are not fsynced (`synchronous=NORMAL` for their length; the writer's next
+    /// commit fsyncs the WAL with them): the numbers are derived from the log, which is as
+    /// durable as configured, and a crash that loses the newest of them only has them given
+    /// again, the same (the rows they number are the newest, never trimmed before). An fsync
+    /// here, under the connection's lock, delayed the writer's next commit.
     pub fn catch_up(&mut self, c: &mut Connection) -> Result<bool, HubError> {
+        let sync: i64 = c
+            .query_row("PRAGMA synchronous", [], |r| r.get(0))
+            .map_err(db_err)?;
+        c.execute_batch("PRAGMA synchronous = NORMAL")
+            .map_err(db_err)?;
+        let result = self.catch_up_all(c);
+        c.execute_batch(&format!("PRAGMA synchronous = {sync}"))
+            .map_err(db_err)?;
+        result
+    }
+
+    fn catch_up_all(&mut self, c: &mut Connection) -> Result<bool, HubError> {
         let mut any = false;
         loop {
             let tx = c.transaction().map_err(db_err)?;
@@ -114,25 +159,24 @@ impl Index {
                 .map_err(db_err)?
             };
             let mut next = self.next.clone();
-            {
-                let mut insert = tx
-                    .prepare_cached("INSERT INTO eh_index (seq, part, pseq) VALUES (?1, ?2, ?3)")
-                    .map_err(db_err)?;
-                for (seq, device, is_telemetry) in &rows {
-                    if *is_telemetry && !self.telemetry {
-                        continue;
-                    }
-                    let part = partition_of(device, self.partitions);
-                    let n = &mut next[part as usize];
-                    insert.execute(params![seq, part, *n]).map_err(db_err)?;
-                    *n += 1;
+            let mut numbered = Vec::with_capacity(rows.len());
+            for (seq, device, is_telemetry) in &rows {
+                if *is_telemetry && !self.telemetry {
+                    continue;
                 }
+                let part = partition_of(device, self.partitions);
+                let n = &mut next[part as usize];
+                numbered.push((*seq, part, *n));
+                *n += 1;
             }
-            tx.execute(
-                "DELETE FROM eh_index WHERE seq < (SELECT MIN(seq) FROM events)",
-                [],
-            )
-            .map_err(db_err)?;
+            insert_numbers(&tx, &numbered)?;
+            // (The view's MIN would read every row; each segment's is a lookup.)
+            if let Some(first) = super::segments::first_seq(&tx).map_err(db_err)? {
+                tx.prepare_cached("DELETE FROM eh_index WHERE seq < ?1")
+                    .map_err(db_err)?
+                    .execute(params![first])
+                    .map_err(db_err)?;
+            }
             tx.commit().map_err(db_err)?;
             self.next = next;
             let Some((last, _, _)) = rows.last() else {
@@ -177,30 +221,63 @@ pub(crate) struct Row {
 
 /// Up to `limit` messages of `part` numbered `from` or later, in order.
 pub(crate) fn read(c: &Connection, part: u32, from: i64, limit: u32) -> Result<Vec<Row>, HubError> {
-    let mut stmt = c
+    // The numbers first, then each message from its segment: a join with the view `events`
+    // would copy the whole log into a temporary table first.
+    let spans = super::segments::spans(c).map_err(db_err)?;
+    let Some(first) = spans.first().map(|s| s.first) else {
+        return Ok(Vec::new());
+    };
+    let numbers: Vec<(i64, i64)> = c
         .prepare_cached(
-            "SELECT i.seq, i.pseq, e.device_id, e.module_id, COALESCE(e.generation_id, ''), \
-             COALESCE(e.enqueued_ns, 0), COALESCE(e.props, ''), \
-             COALESCE(e.body, CAST(e.json AS BLOB)), e.source \
-             FROM eh_index i JOIN events e ON e.seq = i.seq \
-             WHERE i.part = ?1 AND i.pseq >= ?2 ORDER BY i.pseq LIMIT ?3",
+            "SELECT seq, pseq FROM eh_index WHERE part = ?1 AND pseq >= ?2 AND seq >= ?3 \
+             ORDER BY pseq LIMIT ?4",
         )
+        .map_err(db_err)?
+        .query_map(params![part, from, first, limit], |r| {
+            Ok((r.get(0)?, r.get(1)?))
+        })
+        .map_err(db_err)?
+        .collect::<rusqlite::Result<_>>()
         .map_err(db_err)?;
-    stmt.query_map(params![part, from, limit], |r| {
+    let mut out = Vec::with_capacity(numbers.len());
+    for (seq, pseq) in numbers {
+        if let Some(row) = message(c, &spans, seq, pseq)? {
+            out.push(row);
+        }
+    }
+    Ok(out)
+}
+
+/// Message `seq` of the log (numbered `pseq` in its partition), if retained.
+fn message(
+    c: &Connection,
+    spans: &[super::segments::Span],
+    seq: i64,
+    pseq: i64,
+) -> Result<Option<Row>, HubError> {
+    let Some(span) = super::segments::segment_of(spans, seq) else {
+        return Ok(None);
+    };
+    c.prepare_cached(&format!(
+        "SELECT device_id, module_id, COALESCE(generation_id, ''), COALESCE(enqueued_ns, 0), \
+         COALESCE(props, ''), COALESCE(body, CAST(json AS BLOB)), source FROM {} WHERE seq = ?1",
+        span.table()
+    ))
+    .map_err(db_err)?
+    .query_row(params![seq], |r| {
         Ok(Row {
-            offset: r.get(0)?,
-            sequence_number: r.get(1)?,
-            device_id: r.get(2)?,
-            module_id: r.get(3)?,
-            generation_id: r.get(4)?,
-            enqueued_ns: r.get(5)?,
-            properties: r.get(6)?,
-            body: r.get(7)?,
-            source: crate::routing::Source::from_column(r.get::<_, Option<String>>(8)?.as_deref()),
+            offset: seq,
+            sequence_number: pseq,
+            device_id: r.get(0)?,
+            module_id: r.get(1)?,
+            generation_id: r.get(2)?,
+            enqueued_ns: r.get(3)?,
+            properties: r.get(4)?,
+            body: r.get(5)?,
+            source: crate::routing::Source::from_column(r.get::<_, Option<String>>(6)?.as_deref()),
         })
     })
-    .map_err(db_err)?
-    .collect::<rusqlite::Result<_>>()
+    .optional()
     .map_err(db_err)
 }
 
@@ -258,12 +335,13 @@ pub(crate) fn start_of(
             offset,
         ),
         Position::EnqueuedTime { ms, inclusive } => first(
+            // Once per receiver: the view's rows are read once into the IN list.
             if inclusive {
-                "SELECT MIN(i.pseq) FROM eh_index i JOIN events e ON e.seq = i.seq \
-                 WHERE i.part = ?1 AND e.enqueued_ns >= ?2"
+                "SELECT MIN(pseq) FROM eh_index WHERE part = ?1 \
+                 AND seq IN (SELECT seq FROM events WHERE enqueued_ns >= ?2)"
             } else {
-                "SELECT MIN(i.pseq) FROM eh_index i JOIN events e ON e.seq = i.seq \
-                 WHERE i.part = ?1 AND e.enqueued_ns > ?2"
+                "SELECT MIN(pseq) FROM eh_index WHERE part = ?1 \
+                 AND seq IN (SELECT seq FROM events WHERE enqueued_ns > ?2)"
             },
             // A message in the same millisecond counts as at it, not after.
             if inclusive {
@@ -299,15 +377,22 @@ pub(crate) fn partition_info(
             |r| r.get(0),
         )
         .map_err(db_err)?;
-    let last: Option<(i64, i64, i64)> = c
+    // The newest number, and its message's time (none when trimmed: then all are).
+    let newest: Option<(i64, i64)> = c
         .query_row(
-            "SELECT i.pseq, i.seq, COALESCE(e.enqueued_ns, 0) FROM eh_index i \
-             JOIN events e ON e.seq = i.seq WHERE i.part = ?1 ORDER BY i.pseq DESC LIMIT 1",
+            "SELECT pseq, seq FROM eh_index WHERE part = ?1 ORDER BY pseq DESC LIMIT 1",
             params![part],
-            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+            |r| Ok((r.get(0)?, r.get(1)?)),
         )
         .optional()
         .map_err(db_err)?;
+    let last = match newest {
+        Some((pseq, seq)) => {
+            let spans = super::segments::spans(c).map_err(db_err)?;
+            message(c, &spans, seq, pseq)?.map(|m| (pseq, seq, m.enqueued_ns))
+        }
+        None => None,
+    };
     Ok(match (first, last) {
         (Some(first), Some((pseq, seq, ns))) => PartitionInfo {
             begin_sequence_number: first,
@@ -330,12 +415,18 @@ pub(crate) fn partition_info(
 mod tests {
     use super::*;
 
+    /// Messages 1, 2, ... into the first segment, as the writer numbers them.
     fn log(c: &Connection, devices: &[&str]) {
         for (i, d) in devices.iter().enumerate() {
             c.execute(
-                "INSERT INTO events (device_id, json, enqueued_ns, props, body) \
-                 VALUES (?1, '', ?2, '', ?3)",
-                params![d, (i as i64 + 1) * 1_000_000_000, d.as_bytes()],
+                "INSERT INTO events_0 (seq, device_id, json, enqueued_ns, props, body) \
+                 VALUES (?1, ?2, '', ?3, '', ?4)",
+                params![
+                    i as i64 + 1,
+                    d,
+                    (i as i64 + 1) * 1_000_000_000,
+                    d.as_bytes()
+                ],
             )
             .unwrap();
         }
@@ -352,7 +443,6 @@ mod tests {
     #[test]
     fn messages_are_numbered_per_partition_and_the_numbers_survive_reopening() {
         let mut c = crate::store::memory_db();
-        super::super::event_log::add_event_columns(&c).unwrap();
         let mut idx = Index::open(&c, 2).unwrap();
         let (a, b) = ("dev-a", "dev-b");
         assert_ne!(
@@ -434,7 +524,8 @@ mod tests {
         );
 
         // The log trims its oldest rows: they leave the partition.
-        c.execute("DELETE FROM events WHERE seq <= 3", []).unwrap();
+        c.execute("DELETE FROM events_0 WHERE seq <= 3", [])
+            .unwrap();
         let mut idx = Index::open(&c, 2).unwrap();
         idx.catch_up(&mut c).unwrap();
         let info = partition_info(&c, pa, idx.next_of(pa)).unwrap();

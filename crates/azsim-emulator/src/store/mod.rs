@@ -26,7 +26,8 @@
 //! under the load bench's 16k-message transactions).
 //!
 //! [`Identity`] (one registry row) is in `identity.rs`, the telemetry writer thread in
-//! `event_log.rs`, and every query in [`q`].
+//! `event_log.rs`, the log's ring of segment tables (and the view `events` over them) in
+//! `segments.rs`, and every query in [`q`].
 
 use std::path::Path;
 use std::sync::{Arc, Mutex};
@@ -46,8 +47,9 @@ pub(crate) mod eventhub;
 pub(crate) mod files;
 mod identity;
 pub mod q;
+pub(crate) mod segments;
 
-use event_log::{Checkpoints, add_event_columns, event_writer, start_checkpointer};
+use event_log::{Checkpoints, event_writer, start_checkpointer};
 pub use identity::{EdgeFields, Identity};
 
 /// A cloud-to-device message in a device queue.
@@ -216,8 +218,6 @@ CREATE TABLE IF NOT EXISTS c2d (
   dead TEXT);
 CREATE INDEX IF NOT EXISTS c2d_device ON c2d (device_id, dead, seq);
 CREATE TABLE IF NOT EXISTS sessions (client_id TEXT PRIMARY KEY, filters TEXT NOT NULL);
-CREATE TABLE IF NOT EXISTS events (
-  seq INTEGER PRIMARY KEY AUTOINCREMENT, device_id TEXT NOT NULL, json TEXT NOT NULL);
 ";
 
 /// Activity times (see `activity.rs`) and the C2D feedback queue (see `feedback.rs`).
@@ -239,9 +239,10 @@ CREATE TABLE IF NOT EXISTS c2d_locks (
 /// bare `Connection`.
 #[cfg(test)]
 pub(crate) fn memory_db() -> Connection {
-    let c = Connection::open_in_memory().unwrap();
+    let mut c = Connection::open_in_memory().unwrap();
     c.execute_batch(SCHEMA).unwrap();
     c.execute_batch(SCHEMA_ACTIVITY_FEEDBACK).unwrap();
+    segments::open(&mut c, 1000).unwrap();
     c
 }
 
@@ -258,7 +259,7 @@ impl Store {
         event_cap: usize,
         durability: Durability,
     ) -> Result<Store, HubError> {
-        let conn = match path {
+        let mut conn = match path {
             Some(p) => Connection::open(p).map_err(db_err)?,
             None => Connection::open_in_memory().map_err(db_err)?,
         };
@@ -273,8 +274,11 @@ impl Store {
             .map_err(db_err)?;
         conn.busy_timeout(std::time::Duration::from_secs(5))
             .map_err(db_err)?;
+        // Each log segment has its own inserts and reads (see `segments.rs`): room for them
+        // and everyone else's statements, so none is prepared again on the hot path.
+        conn.set_prepared_statement_cache_capacity(128);
         conn.execute_batch(SCHEMA).map_err(db_err)?;
-        add_event_columns(&conn).map_err(db_err)?;
+        let ring = segments::open(&mut conn, event_cap).map_err(db_err)?;
         conn.execute_batch(SCHEMA_ACTIVITY_FEEDBACK)
             .map_err(db_err)?;
         conn.execute_batch(configurations::SCHEMA).map_err(db_err)?;
@@ -301,7 +305,7 @@ impl Store {
         let ckpt = checkpoints.clone();
         let handle = std::thread::Builder::new()
             .name("azsim-hub-events".into())
-            .spawn(move || event_writer(wconn, rx, room, event_cap.max(1), committed_tx, ckpt))
+            .spawn(move || event_writer(wconn, rx, room, ring, committed_tx, ckpt))
             .map_err(|e| HubError::Store(e.to_string()))?;
         Ok(Store {
             conn,
@@ -650,12 +654,83 @@ mod tests {
         store.close().await;
     }
 
+    /// The numbers (`seq`) of the retained messages, oldest first, read through the view.
+    async fn retained(store: &Store) -> Vec<i64> {
+        store
+            .call(|c| {
+                let mut st = c
+                    .prepare("SELECT seq FROM events ORDER BY seq")
+                    .map_err(db_err)?;
+                st.query_map([], |r| r.get(0))
+                    .map_err(db_err)?
+                    .collect::<rusqlite::Result<_>>()
+                    .map_err(db_err)
+            })
+            .await
+            .unwrap()
+    }
+
+    #[tokio::test]
+    async fn the_log_keeps_its_cap_by_emptying_whole_segments_and_numbers_on_after_a_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = dir.path().join("hub.db");
+        let cap = 70; // 10 rows per segment
+        let store = Store::open(Some(&db), cap).unwrap();
+        let a = Arc::new(Commits::default());
+        // Batches of odd sizes, so inserts span segment ends.
+        let mut seq = 0u64;
+        for size in [1, 7, 33, 64, 5, 64, 64, 2, 41] {
+            let mut batch = EventBatch::default();
+            for _ in 0..size {
+                seq += 1;
+                batch.push(record(seq as i64), Some((&a, seq)));
+            }
+            assert!(store.log_batch(&mut batch).await);
+            store.flush().await;
+            let kept = retained(&store).await;
+            assert!(
+                kept.len() >= cap.min(seq as usize) && kept.len() <= cap + 10,
+                "{} kept after {seq}",
+                kept.len()
+            );
+            // The newest, numbered one after another from 1.
+            assert_eq!(*kept.last().unwrap(), seq as i64);
+            assert!(kept.windows(2).all(|w| w[1] == w[0] + 1), "{kept:?}");
+        }
+        assert!(seq > 3 * cap as u64, "the ring went round");
+        store.close().await;
+        drop(store);
+
+        // Reopened (with another cap): the numbers go on, none is given twice.
+        let store = Store::open(Some(&db), 20).unwrap();
+        assert!(store.log_event(record(0)).await);
+        store.flush().await;
+        let kept = retained(&store).await;
+        assert_eq!(*kept.last().unwrap(), seq as i64 + 1);
+        assert!(kept.windows(2).all(|w| w[1] == w[0] + 1), "{kept:?}");
+        // The messages themselves, newest first through the REST query.
+        let recent = store
+            .call(|c| q::recent_events(c, Some("d1"), 3))
+            .await
+            .unwrap();
+        assert_eq!(recent.len(), 3);
+        let last: serde_json::Value = serde_json::from_str(&recent[2]).unwrap();
+        assert_eq!(last["body"], "0");
+        store.close().await;
+    }
+
     #[tokio::test]
     async fn a_failed_transaction_is_reported_and_nothing_counts_as_committed() {
         let store = Store::open(None, 100).unwrap();
-        // Make the insert fail: the table it writes is gone.
+        // Make the insert fail: the tables it writes are gone.
         store
-            .call(|c| c.execute_batch("DROP TABLE events;").map_err(db_err))
+            .call(|c| {
+                for t in segments::TABLES {
+                    c.execute_batch(&format!("DROP TABLE {t};"))
+                        .map_err(db_err)?;
+                }
+                Ok(())
+            })
             .await
             .unwrap();
         let a = Arc::new(Commits::default());

@@ -419,31 +419,31 @@ pub fn recent_events(
             &r.get::<_, Option<Vec<u8>>>(6)?.unwrap_or_default(),
         ))
     };
+    // Segment by segment, newest first: the view `events` would sort the whole log.
     let mut out = Vec::new();
-    match device {
-        Some(d) => {
-            let mut st = c
-                .prepare(&format!(
-                    "SELECT {COLS} FROM events WHERE device_id = ?1 AND source IS NULL \
-                     ORDER BY seq DESC LIMIT ?2"
-                ))
-                .map_err(db_err)?;
-            for r in st
-                .query_map(params![d, limit as i64], row)
-                .map_err(db_err)?
-            {
-                out.push(r.map_err(db_err)?);
-            }
+    for span in super::segments::spans(c).map_err(db_err)?.iter().rev() {
+        let left = limit.saturating_sub(out.len());
+        if left == 0 {
+            break;
         }
-        None => {
-            let mut st = c
-                .prepare(&format!(
-                    "SELECT {COLS} FROM events WHERE source IS NULL ORDER BY seq DESC LIMIT ?1"
-                ))
-                .map_err(db_err)?;
-            for r in st.query_map(params![limit as i64], row).map_err(db_err)? {
-                out.push(r.map_err(db_err)?);
-            }
+        let table = span.table();
+        let mut st = match device {
+            Some(_) => c.prepare_cached(&format!(
+                "SELECT {COLS} FROM {table} WHERE device_id = ?1 AND source IS NULL \
+                 ORDER BY seq DESC LIMIT ?2"
+            )),
+            None => c.prepare_cached(&format!(
+                "SELECT {COLS} FROM {table} WHERE source IS NULL ORDER BY seq DESC LIMIT ?1"
+            )),
+        }
+        .map_err(db_err)?;
+        let rows = match device {
+            Some(d) => st.query_map(params![d, left as i64], row),
+            None => st.query_map(params![left as i64], row),
+        }
+        .map_err(db_err)?;
+        for r in rows {
+            out.push(r.map_err(db_err)?);
         }
     }
     out.reverse();
