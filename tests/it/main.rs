@@ -39,6 +39,7 @@ mod hub_tier;
 mod hub_tls_profile;
 mod hub_wakeups;
 mod hub_websocket;
+mod hub_websocket_keepalive;
 mod hub_websocket_limits;
 mod hub_websocket_stop;
 mod hub_x509;

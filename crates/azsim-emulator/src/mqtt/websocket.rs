@@ -38,12 +38,27 @@
 //! runs over (the same adapter serves `azsim run --websockets` on the device side). MQTT
 //! packets may span frames and frames may hold several packets (MQTT 3.1.1, 6.0), so the
 //! bytes are simply concatenated.
+//!
+//! When the hub ends a device's connection (keep-alive expiry, token expiry, a newer
+//! connection, a DISCONNECT) it runs the WebSocket closing handshake as Azure's WebSocket
+//! channel does (`ServerWebSocketChannel.DoClose` in Azure/iotedge's edgeHub: `CloseAsync`
+//! with 1000 NormalClosure, the TCP connection dropped only when the client's Close has come
+//! back or the wait is over): a Close frame with code 1000, then it keeps reading (and drops
+//! whatever data still comes) until the client's Close, its end of the stream, or
+//! [`CLOSE_HANDSHAKE_TIMEOUT`]; only then is the TCP connection closed. paho-mqtt 1.6.1 (the
+//! Python device SDK's MQTT client) answers a Close frame with a raw TLS write from its
+//! network thread and catches only `ConnectionError` around it: when the hub dropped TCP
+//! right behind its Close frame, data the client still had in flight (a flaky network's
+//! backlog) drew a reset, that write raised `ssl.SSLEOFError`, and the network thread died
+//! without reporting a disconnect, so the SDK never reconnected (the SDK's own flaky-network
+//! stress test over WebSockets). A hub that is stopping does not wait for the answer.
 
 use std::io;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll, ready};
+use std::time::Duration;
 
 use axum::extract::{ConnectInfo, Request, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
@@ -52,8 +67,8 @@ use bytes::Bytes;
 use futures::{Sink, Stream};
 use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use tokio::sync::Semaphore;
-use tokio::time::Instant;
+use tokio::sync::{Semaphore, watch};
+use tokio::time::{Instant, Sleep};
 use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::protocol::{CloseFrame, Role, WebSocketConfig};
@@ -75,6 +90,10 @@ pub(crate) const PRE_AUTH_SLACK: usize = 1024;
 /// The most bytes [`WsBytes`] sends as one WebSocket message: more than any one MQTT packet the
 /// hub sends (so none is split), less than what a write of several packets may hold.
 pub const WRITE_CHUNK: usize = 512 * 1024;
+/// How long the hub waits for a client's Close frame after sending its own before it closes
+/// the TCP connection anyway (a client that is gone, or never answers). A client that reads
+/// answers within milliseconds; edgeHub gives its `CloseAsync` 30 s.
+pub const CLOSE_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// [`PATH`] and [`SERVICEBUS_PATH`], each also with a trailing `/` (uamqp, inside
 /// `azure-iot-hub`, opens `/$servicebus/websocket/`), sharing one cap on unauthenticated
@@ -182,7 +201,9 @@ async fn upgrade(hub: Arc<Hub>, pre_auth: Arc<Semaphore>, mut req: Request) -> R
                 Some(config),
             )
             .await;
-            super::open_stream_with_certs(&hub, WsBytes::new(ws), peer, certs).await
+            let ws =
+                WsBytes::new(ws).close_handshake(CLOSE_HANDSHAKE_TIMEOUT, hub.shutdown.subscribe());
+            super::open_stream_with_certs(&hub, ws, peer, certs).await
         })
         .await;
         match opened {
@@ -266,7 +287,8 @@ fn check_upgrade(path: &str, h: &HeaderMap) -> Result<(Vec<u8>, Protocol), &'sta
 /// (of at most [`WRITE_CHUNK`]) out. A text message is an error (MQTT over WebSockets is
 /// binary, MQTT 3.1.1 6.0); pings are answered by tungstenite; a close, or the end of the
 /// stream, reads as the end of the stream. A frame or message over the reader's limit gets the
-/// close frame 1009 and fails the read.
+/// close frame 1009 and fails the read. Shutting it down sends a Close frame (1000) and, with
+/// [`WsBytes::close_handshake`], waits for the peer's.
 pub struct WsBytes<S> {
     ws: WebSocketStream<S>,
     /// What is left of the last binary message.
@@ -276,6 +298,19 @@ pub struct WsBytes<S> {
     too_big: Option<io::Error>,
     /// That close frame is queued.
     close_queued: bool,
+    /// Whether, and how long, a shutdown waits for the peer's Close frame.
+    handshake: Option<CloseHandshake>,
+    /// The shutdown's Close frame is queued.
+    close_sent: bool,
+}
+
+/// How a shutdown waits for the peer's Close frame: at most `timeout`, and not at all once
+/// `stopping` is true (the hub is stopping).
+struct CloseHandshake {
+    timeout: Duration,
+    stopping: watch::Receiver<bool>,
+    /// Started by the first poll of the shutdown that waits.
+    deadline: Option<Pin<Box<Sleep>>>,
 }
 
 impl<S> std::fmt::Debug for WsBytes<S> {
@@ -301,7 +336,24 @@ impl<S> WsBytes<S> {
             read: Bytes::new(),
             too_big: None,
             close_queued: false,
+            handshake: None,
+            close_sent: false,
         }
+    }
+
+    /// A shutdown waits up to `timeout` for the peer's Close frame before it completes (the
+    /// caller then drops the TCP connection), unless `stopping` is true by then.
+    pub(crate) fn close_handshake(
+        mut self,
+        timeout: Duration,
+        stopping: watch::Receiver<bool>,
+    ) -> Self {
+        self.handshake = Some(CloseHandshake {
+            timeout,
+            stopping,
+            deadline: None,
+        });
+        self
     }
 }
 
@@ -405,8 +457,62 @@ impl<S: AsyncRead + AsyncWrite + Unpin> AsyncWrite for WsBytes<S> {
         Pin::new(&mut self.ws).poll_flush(cx).map_err(to_io)
     }
 
+    /// Sends a Close frame (1000, normal closure) and, with a [`CloseHandshake`], reads until
+    /// the peer's Close frame, the end of the stream or the deadline, dropping the data that
+    /// still comes. A connection the peer already closed completes at once.
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.ws).poll_close(cx).map_err(to_io)
+        let this = &mut *self;
+        if !this.close_sent {
+            if let Err(e) = ready!(Pin::new(&mut this.ws).poll_ready(cx)) {
+                return Poll::Ready(closed_or(e));
+            }
+            let normal = CloseFrame {
+                code: CloseCode::Normal,
+                reason: "".into(),
+            };
+            if let Err(e) = Pin::new(&mut this.ws).start_send(Message::Close(Some(normal))) {
+                return Poll::Ready(closed_or(e));
+            }
+            this.close_sent = true;
+        }
+        if let Err(e) = ready!(Pin::new(&mut this.ws).poll_flush(cx)) {
+            return Poll::Ready(closed_or(e));
+        }
+        let Some(handshake) = &mut this.handshake else {
+            return Poll::Ready(Ok(()));
+        };
+        if *handshake.stopping.borrow() {
+            return Poll::Ready(Ok(()));
+        }
+        let timeout = handshake.timeout;
+        let deadline = handshake
+            .deadline
+            .get_or_insert_with(|| Box::pin(tokio::time::sleep(timeout)));
+        loop {
+            match Pin::new(&mut this.ws).poll_next(cx) {
+                Poll::Ready(None | Some(Err(_) | Ok(Message::Close(_)))) => {
+                    return Poll::Ready(Ok(()));
+                }
+                // Data after the hub's Close frame is not taken (its PUBLISHes get no PUBACK).
+                Poll::Ready(Some(Ok(_))) => {}
+                Poll::Pending => break,
+            }
+        }
+        ready!(deadline.as_mut().poll(cx));
+        tracing::debug!("no websocket close frame from the client within {timeout:?}");
+        Poll::Ready(Ok(()))
+    }
+}
+
+/// The end of a shutdown that failed with `e`: done if the connection is already closed.
+fn closed_or(e: tungstenite::Error) -> io::Result<()> {
+    match e {
+        tungstenite::Error::ConnectionClosed | tungstenite::Error::AlreadyClosed => Ok(()),
+        tungstenite::Error::Protocol(
+            tungstenite::error::ProtocolError::SendAfterClosing
+            | tungstenite::error::ProtocolError::ResetWithoutClosingHandshake,
+        ) => Ok(()),
+        other => Err(to_io(other)),
     }
 }
 
