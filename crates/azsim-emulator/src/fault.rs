@@ -26,7 +26,8 @@
 //! `com.microsoft:device-container-throttled`, `com.microsoft:quota-exceeded`) and an auth
 //! error refuses the device's `put-token` (401); the AMQP kinds end the part of the connection
 //! they name, once, after the delay (`amqp/device/faults.rs` lists each and its error
-//! condition). The fault message is left unsettled and is not routed. The out-of-band kinds
+//! condition). The fault message is accepted before the fault starts (the SDK suites expect an
+//! acknowledgement over AMQP, not over MQTT) and is not routed. The out-of-band kinds
 //! act on an AMQP device connection as on an MQTT one: `drop` drops the connection, `shutdown`
 //! closes it gracefully with an error, `expire-token` / `auth-error` detach the identity's
 //! links with `amqp:unauthorized-access`.

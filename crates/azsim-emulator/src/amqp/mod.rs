@@ -513,8 +513,7 @@ async fn serve_connection(
             }
             Ok(k) = kills.recv() => {
                 if k.target == device::faults::Target::Shutdown {
-                    let _ = conn.close_with_error(k.error).await;
-                    sessions.abort_all();
+                    device::faults::shut_down(&mut conn, &mut sessions, k.error).await;
                     return;
                 }
             }
@@ -541,11 +540,11 @@ async fn serve_session(ctx: Arc<ConnCtx>, mut session: ListenerSessionHandle) {
         let attach = tokio::select! {
             a = session.next_incoming_attach() => a,
             Ok(k) = kills.recv() => {
-                if k.target == device::faults::Target::Session && identities.contains(&k.cid) {
+                if let Some(end) = device::faults::SessionEnd::of(&k, &identities) {
                     // The links go first: a detach after the end is on no channel.
                     links.abort_all();
                     while links.join_next().await.is_some() {}
-                    let _ = session.end_with_error(k.error).await;
+                    end.end(&mut session).await;
                     return;
                 }
                 continue;

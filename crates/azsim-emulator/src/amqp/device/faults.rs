@@ -5,8 +5,8 @@
 //! | operation | what ends | with |
 //! |---|---|---|
 //! | `KillAmqpConnection` | the connection's TCP stream, dropped (no AMQP `close`) | - |
-//! | `ShutDownAmqp` | the connection, closed gracefully (an AMQP `close`) | `amqp:internal-error` |
-//! | `KillAmqpSession` | the session(s) carrying the identity's links | `amqp:internal-error` |
+//! | `ShutDownAmqp` | the connection, closed gracefully: each link detached, each session ended, then the `close` | `amqp:internal-error` (on the `close`) |
+//! | `KillAmqpSession` | the session(s) carrying the identity's links: their links detached, then the `end` | `amqp:internal-error` (on the `end`) |
 //! | `KillAmqpCBSLinkReq`, `KillAmqpCBSLinkResp` | the connection's `$cbs` request link, reply link(s) | detached, no error |
 //! | `KillAmqpD2CLink`, `KillAmqpC2DLink`, `KillAmqpMethodReqLink`, `KillAmqpMethodRespLink`, `KillAmqpTwinLinkReq`, `KillAmqpTwinLinkResp` | that link of the identity | `amqp:link:detach-forced` |
 //!
@@ -14,8 +14,17 @@
 //! inferred: Azure documents its faults only through the SDK tests, which assert that the
 //! device recovers (re-attaches, reconnects) and its telemetry continues, not the condition.
 //! The `$cbs` links are detached without an error (closed; the node's link loop is not this
-//! module's to end with one). The fault message itself is left unsettled, as over MQTT; a link
-//! the device attaches again is not killed again.
+//! module's to end with one). The fault message itself is accepted before the fault starts (see
+//! `telemetry.rs`); a link the device attaches again is not killed again.
+//!
+//! The order of the frames is Microsoft.Azure.Amqp's (the AMQP library of IoT Hub and the C#
+//! SDK): closing a session detaches its links and then sends the `end`; closing a connection
+//! closes its sessions so and then sends the `close` (`AmqpSession.CloseInternal`,
+//! `AmqpConnection.CloseInternal`). azure-iot-device-amqp depends on it: once it sees an error it
+//! detaches its links and ends its session cleanly, waiting for each answer, and only a 45 s
+//! timer ends that wait (azure-iot-amqp-base `disconnecting`, SRS_NODE_COMMON_AMQP_06_007). A
+//! bare `close` (this hub's `ShutDownAmqp` before) left its detaches unanswered: it sent its next
+//! message 45 s later. Here the links' detaches carry no error (their tasks are dropped).
 
 use std::pin::Pin;
 use std::sync::Arc;
@@ -24,9 +33,13 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
+use std::collections::HashSet;
+
+use fe2o3_amqp::acceptor::{ListenerConnectionHandle, ListenerSessionHandle};
 use fe2o3_amqp::types::definitions::{AmqpError, Error as AmqpErr, LinkError};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::sync::broadcast;
+use tokio::task::JoinSet;
 
 use super::Kind;
 use crate::amqp::ConnCtx;
@@ -130,6 +143,60 @@ pub(crate) fn fire(kills: &Kills, switch: &KillSwitch, kill: Kill) {
     } else {
         let _ = kills.send(kill);
     }
+}
+
+/// How a fault ends a session: its links are detached first (the caller drops their tasks), then
+/// [`SessionEnd::end`].
+#[derive(Debug)]
+pub(crate) enum SessionEnd {
+    /// `KillAmqpSession`: the `end` carries the fault's error.
+    WithError(AmqpErr),
+    /// `ShutDownAmqp` (and `shutdown`): the connection is closing; its sessions end without an
+    /// error first, as Microsoft.Azure.Amqp's do, and the `close` carries it (see [`shut_down`]).
+    ConnectionClosing,
+}
+
+impl SessionEnd {
+    /// Whether `kill` ends a session carrying the links of `identities`, and how.
+    pub(crate) fn of(kill: &Kill, identities: &HashSet<String>) -> Option<SessionEnd> {
+        match kill.target {
+            Target::Session if identities.contains(&kill.cid) => {
+                Some(SessionEnd::WithError(kill.error.clone()))
+            }
+            Target::Shutdown => Some(SessionEnd::ConnectionClosing),
+            _ => None,
+        }
+    }
+
+    /// Send the `end` (and wait for the peer's, as fe2o3 does).
+    pub(crate) async fn end(self, session: &mut ListenerSessionHandle) {
+        let _ = match self {
+            SessionEnd::WithError(e) => session.end_with_error(e).await,
+            SessionEnd::ConnectionClosing => session.end().await,
+        };
+    }
+}
+
+/// How long a closing connection waits for its sessions' ends before its `close` (a peer that
+/// does not answer an `end` does not hold the close up for longer).
+const SESSIONS_END_WAIT: Duration = Duration::from_secs(2);
+
+/// `ShutDownAmqp`: the connection's sessions (each told by the same fault, see [`SessionEnd`])
+/// detach their links and end, then the connection is closed with `error`.
+pub(crate) async fn shut_down(
+    conn: &mut ListenerConnectionHandle,
+    sessions: &mut JoinSet<()>,
+    error: AmqpErr,
+) {
+    let ended = async { while sessions.join_next().await.is_some() {} };
+    if tokio::time::timeout(SESSIONS_END_WAIT, ended)
+        .await
+        .is_err()
+    {
+        tracing::debug!("amqp: shutdown: a session's end was not answered in time");
+    }
+    let _ = conn.close_with_error(error).await;
+    sessions.abort_all();
 }
 
 /// Completes when a fault aimed at `target` (a connection-wide one: the `$cbs` links) comes:

@@ -12,6 +12,15 @@
 //! quota, `com.microsoft:device-container-throttled` under injected throttling, and
 //! `amqp:unauthorized-access` once the token has expired. With a tier, messages wait for their
 //! turn at the hub's rate as MQTT's do.
+//!
+//! A fault-injection request (`AzIoTHub_FaultOperationType`, see `crate::fault`) is accepted at
+//! once and not stored, and its fault starts after that. Over MQTT IoT Hub never acknowledges
+//! it; over AMQP the SDK e2e suites expect the send to complete: azure-iot-sdk-java's
+//! `sendErrorInjectionMessageAndWaitForResponse` expects `OK` and says the message "will not be
+//! ack'd by service if sent over MQTT/MQTT_WS", C#'s `FaultInjection.cs` tolerates a timed-out
+//! send only over MQTT. Left unsettled, the message is sent again by the SDK after each
+//! reconnect and the fault fires again each time (azure-iot-device-amqp did so 5 to 7 times
+//! per `KillAmqpConnection`).
 
 use std::collections::VecDeque;
 use std::sync::Arc;
@@ -26,7 +35,7 @@ use fe2o3_amqp::types::primitives::{Symbol, Value};
 use super::{DeviceConn, until_ended};
 use crate::amqp::ConnCtx;
 use crate::amqp::c2d::{body_bytes, error, id_text, value_text};
-use crate::fault::Fault;
+use crate::fault::{Fault, InBand};
 use crate::store::{Commits, EventBatch};
 use crate::telemetry::D2cRecord;
 
@@ -40,8 +49,9 @@ enum Verdict {
     Store(D2cRecord),
     /// Refused with this error.
     Reject(AmqpErr),
-    /// A fault-injection request: neither stored nor settled, as over MQTT.
-    Ignore,
+    /// A fault-injection request: accepted, not stored; the fault starts once the accept is on
+    /// its way (see [`start_fault`]).
+    Fault(InBand),
 }
 
 /// Receive telemetry on `receiver` until the link, the identity or the hub ends.
@@ -84,7 +94,14 @@ pub(super) async fn serve(ctx: Arc<ConnCtx>, dev: Arc<DeviceConn>, mut receiver:
                             break None;
                         }
                     }
-                    Verdict::Ignore => {}
+                    Verdict::Fault(req) => {
+                        // Settled before the fault starts: the disposition leaves ahead of the
+                        // fault's frames, so the SDK does not send the request again.
+                        if receiver.accept(&d).await.is_err() {
+                            break None;
+                        }
+                        start_fault(&ctx, &dev, req);
+                    }
                 }
             }
             () = commits.changed(), if !held.is_empty() => {
@@ -155,17 +172,10 @@ async fn verdict(ctx: &ConnCtx, dev: &DeviceConn, msg: &Message<Body<Value>>) ->
             format!("message of {size} bytes exceeds {max} bytes"),
         ));
     }
-    if let Some(req) = crate::fault::requested(&properties) {
-        if let Some(f) = req.fault {
-            tracing::info!(client_id = %dev.cid, "fault requested in telemetry (amqp)");
-            crate::fault::inject(hub, &dev.device, f, req.delay, req.duration);
-            return Verdict::Ignore;
-        }
-        if let Some(target) = super::faults::target(&req.operation) {
-            tracing::info!(client_id = %dev.cid, operation = %req.operation, "amqp fault requested in telemetry");
-            super::faults::schedule(ctx, &dev.cid, target, &req.operation, req.delay);
-            return Verdict::Ignore;
-        }
+    if let Some(req) = crate::fault::requested(&properties)
+        && (req.fault.is_some() || super::faults::target(&req.operation).is_some())
+    {
+        return Verdict::Fault(req);
     }
     if hub.cfg.tier.is_some()
         && let Err(reason) = Box::pin(crate::throttle::wait_turn(
@@ -200,6 +210,17 @@ async fn verdict(ctx: &ConnCtx, dev: &DeviceConn, msg: &Message<Body<Value>>) ->
         body,
         source: crate::routing::Source::Telemetry,
     })
+}
+
+/// Start the fault a (just accepted) telemetry message asked for.
+fn start_fault(ctx: &ConnCtx, dev: &DeviceConn, req: InBand) {
+    if let Some(f) = req.fault {
+        tracing::info!(client_id = %dev.cid, "fault requested in telemetry (amqp)");
+        crate::fault::inject(&dev.hub, &dev.device, f, req.delay, req.duration);
+    } else if let Some(target) = super::faults::target(&req.operation) {
+        tracing::info!(client_id = %dev.cid, operation = %req.operation, "amqp fault requested in telemetry");
+        super::faults::schedule(ctx, &dev.cid, target, &req.operation, req.delay);
+    }
 }
 
 fn custom(condition: &str) -> ErrorCondition {
