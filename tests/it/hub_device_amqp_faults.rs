@@ -1,11 +1,14 @@
 //! The SDK e2e suites' AMQP faults (`AzIoTHub_FaultOperationType` in telemetry sent over AMQP)
 //! and the out-of-band `drop` / `shutdown` faults on an AMQP device connection, through an
 //! independent client (fe2o3-amqp): each fault ends exactly the part it names, with the error
-//! condition `amqp/device/faults.rs` documents; the fault message is neither settled nor
+//! condition `amqp/device/faults.rs` documents; the fault message is accepted first and not
 //! stored; the device attaches again (a new link, session or connection) and its telemetry is
 //! accepted. And the Node SDK's `azure-iot-device-amqp` (`tests/node/device_amqp_faults.js`)
 //! sending each fault as the SDK e2e suites do, then telemetry that must arrive once it has
-//! recovered.
+//! recovered: it recovers in about a second from each, `KillAmqpConnection` and `ShutDownAmqp`
+//! included, because the hub accepts the fault message (left unsettled, the SDK sent it again
+//! after each reconnect and the fault fired again and again) and ends a session or connection
+//! as Microsoft.Azure.Amqp does, detaches first (after a bare `close` it waited out a 45 s timer).
 
 use std::time::Duration;
 
@@ -91,14 +94,22 @@ async fn accepted(tx: &mut Sender, id: &str) {
     assert!(matches!(out, Outcome::Accepted(_)), "{id}: {out:?}");
 }
 
-/// Send the fault message; it is not settled (the caller waits for the fault instead).
+/// Send the fault message: the hub accepts it before the fault starts (the disposition goes
+/// ahead of the fault's frames), except that a dropped stream may take the disposition with it.
 async fn send_fault(tx: &mut Sender, op: &str) {
     let fut = tx
         .send_batchable(message(&format!("fault-{op}"), Some(op)))
         .await
         .expect("fault message sent");
-    // Never settled: dropping the future leaves the delivery to the link.
-    drop(fut);
+    if op == "KillAmqpConnection" {
+        drop(fut);
+        return;
+    }
+    let out = tokio::time::timeout(WAIT, fut)
+        .await
+        .expect("settled in time")
+        .expect("settled");
+    assert!(matches!(out, Outcome::Accepted(_)), "{op}: {out:?}");
 }
 
 /// The telemetry message ids the hub stored for `device`.
@@ -226,8 +237,20 @@ async fn each_amqp_fault_kills_the_link_it_names_and_the_device_recovers() {
     let mut tx = events_link(&mut session, "f1").await;
     accepted(&mut tx, "after-session").await;
 
-    // ShutDownAmqp: the connection is closed with amqp:internal-error.
+    // ShutDownAmqp: as Microsoft.Azure.Amqp closes a connection, the links are detached and the
+    // session ended (no error), then the connection is closed with amqp:internal-error.
     send_fault(&mut tx, "ShutDownAmqp").await;
+    let e = tokio::time::timeout(WAIT, tx.on_detach())
+        .await
+        .expect("detached in time");
+    assert!(format!("{e:?}").contains("ClosedByRemote"), "{e:?}");
+    let e = tokio::time::timeout(WAIT, session.on_end())
+        .await
+        .expect("ended in time");
+    assert!(
+        matches!(e, Err(fe2o3_amqp::session::Error::RemoteEnded)),
+        "the session ends without an error: {e:?}"
+    );
     let e = tokio::time::timeout(WAIT, conn.on_close())
         .await
         .expect("closed in time");
@@ -252,7 +275,7 @@ async fn each_amqp_fault_kills_the_link_it_names_and_the_device_recovers() {
         "dropped without an AMQP close: {e}"
     );
 
-    // The fault messages were neither acknowledged nor stored; every other message was.
+    // The fault messages were not stored; every other message was.
     let (_conn, mut session) = connect(&hub, "f1", &key).await;
     let mut tx = events_link(&mut session, "f1").await;
     accepted(&mut tx, "last").await;
@@ -389,9 +412,8 @@ async fn the_node_device_sdk_recovers_from_each_amqp_fault() {
         "KillAmqpC2DLink",
         "KillAmqpCBSLinkReq",
         "KillAmqpSession",
-        // Not KillAmqpConnection / KillTcp: after the hub drops the stream, the SDK's next
-        // message took 1 s in some runs and 45 s in others (the SDK seems not to see the drop
-        // at once: open), too close to the step timeout.
+        "KillAmqpConnection",
+        "ShutDownAmqp",
     ];
     let mut cmd = tokio::process::Command::new(&node);
     cmd.arg(
@@ -407,12 +429,13 @@ async fn the_node_device_sdk_recovers_from_each_amqp_fault() {
     for op in faults {
         let r = s.expect("recovered").await;
         assert_eq!(r["fault"], op, "{r}");
+        // Printed, not asserted (a shared CI box): ~1 s from the fault to the device back.
+        eprintln!(
+            "{op}: next message accepted in {} ms ({} ms after the fault request; reconnected {} ms after the fault)",
+            r["ms"], r["stepMs"], r["reconnectedMs"]
+        );
     }
-    let closed = s.expect("closed").await;
-    if let Some(e) = closed.get("error") {
-        // Not the behaviour under test (see the script): said, not failed.
-        eprintln!("note: the Node SDK's close after the faults reported: {e}");
-    }
+    s.expect("closed").await;
     s.expect("done").await;
     s.finish().await;
     let ids = stored_ids(&view, "node-faults").await;
