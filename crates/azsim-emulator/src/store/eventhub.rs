@@ -69,6 +69,9 @@ pub(crate) struct Index {
     partitions: u32,
     indexed: i64,
     next: Vec<i64>,
+    /// The numbers of log rows below this are forgotten (the log's oldest retained row when
+    /// it was last trimmed).
+    trimmed: i64,
     /// Whether device telemetry is routed here (`--route`); the hub's own events are in the
     /// log only when routed.
     telemetry: bool,
@@ -116,6 +119,7 @@ impl Index {
             partitions,
             indexed,
             next,
+            trimmed: 0,
             telemetry: true,
         })
     }
@@ -129,14 +133,19 @@ impl Index {
     /// again, the same (the rows they number are the newest, never trimmed before). An fsync
     /// here, under the connection's lock, delayed the writer's next commit.
     pub fn catch_up(&mut self, c: &mut Connection) -> Result<bool, HubError> {
+        // (Cached: this runs after every commit of the writer.)
         let sync: i64 = c
-            .query_row("PRAGMA synchronous", [], |r| r.get(0))
+            .prepare_cached("PRAGMA synchronous")
+            .and_then(|mut s| s.query_row([], |r| r.get(0)))
             .map_err(db_err)?;
-        c.execute_batch("PRAGMA synchronous = NORMAL")
-            .map_err(db_err)?;
+        let set = |c: &Connection, level: &str| {
+            c.prepare_cached(&format!("PRAGMA synchronous = {level}"))
+                .and_then(|mut s| s.execute([]))
+                .map_err(db_err)
+        };
+        set(c, "NORMAL")?;
         let result = self.catch_up_all(c);
-        c.execute_batch(&format!("PRAGMA synchronous = {sync}"))
-            .map_err(db_err)?;
+        set(c, &sync.to_string())?;
         result
     }
 
@@ -144,20 +153,31 @@ impl Index {
         let mut any = false;
         loop {
             let tx = c.transaction().map_err(db_err)?;
-            let rows: Vec<(i64, String, bool)> = {
+            // The segments holding rows past the last numbered, oldest first (the view would
+            // merge all eight).
+            let spans = super::segments::spans(&tx).map_err(db_err)?;
+            let mut rows: Vec<(i64, String, bool)> = Vec::new();
+            for span in spans.iter().filter(|s| s.last > self.indexed) {
+                let left = INDEX_BATCH - rows.len() as i64;
+                if left <= 0 {
+                    break;
+                }
                 let mut stmt = tx
-                    .prepare_cached(
-                        "SELECT seq, device_id, source IS NULL FROM events WHERE seq > ?1 \
+                    .prepare_cached(&format!(
+                        "SELECT seq, device_id, source IS NULL FROM {} WHERE seq > ?1 \
                          ORDER BY seq LIMIT ?2",
-                    )
+                        span.table()
+                    ))
                     .map_err(db_err)?;
-                stmt.query_map(params![self.indexed, INDEX_BATCH], |r| {
-                    Ok((r.get(0)?, r.get(1)?, r.get(2)?))
-                })
-                .map_err(db_err)?
-                .collect::<rusqlite::Result<_>>()
-                .map_err(db_err)?
-            };
+                for r in stmt
+                    .query_map(params![self.indexed, left], |r| {
+                        Ok((r.get(0)?, r.get(1)?, r.get(2)?))
+                    })
+                    .map_err(db_err)?
+                {
+                    rows.push(r.map_err(db_err)?);
+                }
+            }
             let mut next = self.next.clone();
             let mut numbered = Vec::with_capacity(rows.len());
             for (seq, device, is_telemetry) in &rows {
@@ -170,14 +190,16 @@ impl Index {
                 *n += 1;
             }
             insert_numbers(&tx, &numbered)?;
-            // (The view's MIN would read every row; each segment's is a lookup.)
-            if let Some(first) = super::segments::first_seq(&tx).map_err(db_err)? {
+            // Only when the log has been trimmed since.
+            let first = spans.first().map_or(0, |s| s.first);
+            if first > self.trimmed {
                 tx.prepare_cached("DELETE FROM eh_index WHERE seq < ?1")
                     .map_err(db_err)?
                     .execute(params![first])
                     .map_err(db_err)?;
             }
             tx.commit().map_err(db_err)?;
+            self.trimmed = self.trimmed.max(first);
             self.next = next;
             let Some((last, _, _)) = rows.last() else {
                 return Ok(any);
