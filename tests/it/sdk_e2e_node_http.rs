@@ -1,9 +1,9 @@
 //! The Node SDK's HTTPS device transport (`azure-iot-device-http` 1.14.4, the `Http` of the
 //! SDK's e2e suite) against the hub, through `tests/node/device_http.js`: telemetry single and
 //! batched with its properties as the hub stored them, a message at the 256 KiB limit and one
-//! past it (MessageTooLargeError), refused sends (a wrong key and an expired token are
-//! UnauthorizedError, an unknown device DeviceNotFoundError as the suite's authentication.js
-//! says HTTP answers), C2D polled on `messages/devicebound` and completed, rejected or abandoned
+//! past it (MessageTooLargeError), 20 sequential sends (timed, printed), refused sends (a wrong
+//! key and an expired token are UnauthorizedError, an unknown device DeviceNotFoundError as the
+//! suite's authentication.js says HTTP answers), C2D polled on `messages/devicebound` and completed, rejected or abandoned
 //! with the service's feedback over AMQP, and an X.509 device sending with its certificate only.
 //! The SDK dials 443 (and its service client 5671): the hub runs on Azure's ports, under
 //! [`crate::support::PORT_8883`].
@@ -146,6 +146,12 @@ async fn the_node_http_transport_sends_telemetry_and_settles_c2d() {
     assert_eq!(r["status"], 413, "{r}");
     assert_eq!(r["tooLarge"], true, "MessageTooLargeError: {r}");
     assert_eq!(r["errorCode"], "MessageTooLarge", "{r}");
+    let t = s.expect("timed").await;
+    let (n, ms) = (t["count"].as_u64().unwrap(), t["ms"].as_f64().unwrap());
+    println!(
+        "azure-iot-device-http: {n} sequential sendEvent round trips in {ms:.0} ms ({:.1} ms each)",
+        ms / n as f64
+    );
 
     // Refused sends: the SDK's own error classes, from the hub's status codes.
     let r = s.expect("refused").await;
@@ -209,7 +215,7 @@ async fn the_node_http_transport_sends_telemetry_and_settles_c2d() {
     // What the hub stored: the single message with its system and application properties, the
     // batch's three with theirs, the one at the limit; nothing of the refused sends.
     let events = telemetry(&view, "node-http").await;
-    assert_eq!(events.len(), 5, "{events:?}");
+    assert_eq!(events.len(), 5 + n as usize, "{events:?}");
     let single = &events[0];
     assert_eq!(single["body"], r#"{"temperature":21.5}"#, "{single}");
     let sys = &single["systemProperties"];
@@ -228,6 +234,9 @@ async fn the_node_http_transport_sends_telemetry_and_settles_c2d() {
         assert_eq!(ev["properties"], json!({"n": n.to_string()}), "{ev}");
     }
     assert_eq!(events[4]["properties"], json!({"size": "limit"}));
+    for (i, ev) in events[5..].iter().enumerate() {
+        assert_eq!(ev["body"], format!("timed-{i}"), "{ev}");
+    }
     let x509 = telemetry(&view, "node-http-x509").await;
     assert_eq!(x509.len(), 1, "{x509:?}");
     assert_eq!(x509[0]["systemProperties"]["message-id"], "http-x509-1");

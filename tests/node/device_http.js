@@ -1,6 +1,6 @@
 // Drives azure-iot-device over HTTPS (azure-iot-device-http, the Node SDK's `Http` transport)
 // against an azsim hub: telemetry single and batched with properties, a message at the size
-// limit and one past it, refused sends (a wrong key, an unknown device, an expired token), C2D
+// limit and one past it, 20 sequential sends timed, refused sends (a wrong key, an unknown device, an expired token), C2D
 // received by polling and completed, rejected or abandoned (the service's feedback read back
 // over AMQP), and an X.509 device sending with its client certificate only.
 //
@@ -18,6 +18,7 @@ const common = require('azure-iot-common');
 const iothub = require('azure-iothub');
 
 const STEP_TIMEOUT_MS = 30000;
+const TIMED_SENDS = 20;
 
 function emit(event, fields) {
   process.stdout.write(JSON.stringify(Object.assign({ event }, fields || {})) + '\n');
@@ -103,6 +104,14 @@ async function telemetry(client) {
   const l = await step('sendEvent at the limit', () => client.sendEvent(atLimit));
   emit('limitSent', { status: l.transportObj && l.transportObj.statusCode });
   await refused('too large', client, new device.Message(Buffer.alloc(256 * 1024 + 1, 'b')));
+
+  // Sequential round trips, each answered once the hub has committed it (timed, not judged).
+  const start = process.hrtime.bigint();
+  for (let i = 0; i < TIMED_SENDS; i++) {
+    await step('timed sendEvent', () => client.sendEvent(new device.Message('timed-' + i)));
+  }
+  const ms = Number(process.hrtime.bigint() - start) / 1e6;
+  emit('timed', { count: TIMED_SENDS, ms });
 }
 
 async function c2d(serviceCs, client, deviceId) {
