@@ -1,6 +1,6 @@
 //! An authenticated connection's packets: telemetry (stored, then PUBACKed), twin GET and
 //! reported patches, method responses, SUBSCRIBE/UNSUBSCRIBE against the identity's topic ACL,
-//! and C2D delivery with its acknowledgements.
+//! and the PUBACKs of C2D deliveries (`c2d.rs` sends them).
 //!
 //! A QoS 1 telemetry message is PUBACKed only once the transaction holding it has committed
 //! (see `store`): the connection numbers its messages, queues them for the writer and reads on,
@@ -11,21 +11,22 @@
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
+use std::task::Poll;
 
-use azsim_proto::property_bag::Ack;
 use azsim_proto::topic::{self, DeviceTopic, Identity as TopicId, SubscriptionKind};
 use bytes::BytesMut;
 use rumqttc::mqttbytes::v4::{
-    LastWill, Packet, PubAck, Publish, SubAck, SubscribeReasonCode, UnsubAck,
+    LastWill, Packet, PubAck, Publish, SubAck, Subscribe, SubscribeReasonCode, UnsubAck,
 };
 use rumqttc::mqttbytes::{Error as MqttError, QoS};
 use serde_json::json;
+use tokio::io::AsyncReadExt as _;
 
-use super::{Close, max_packet, packet_name};
+use super::{Close, Io, max_packet, packet_name};
 use crate::fault::{self, Fault};
 use crate::hub::{Hub, Subs, twin_device_view};
 use crate::quota::Billed;
-use crate::store::{C2dMessage, Commits, EventBatch, q};
+use crate::store::{Commits, EventBatch, q};
 use crate::telemetry::{self, D2cRecord, Origin};
 use crate::twin;
 use crate::untrusted::Untrusted;
@@ -62,6 +63,12 @@ pub(super) struct Conn {
     /// The DTDL model id of the CONNECT's username (`model-id=`): recorded on the twin
     /// (`modelId`) and stamped on this connection's telemetry as `dt-dataschema`.
     pub(super) model_id: Option<String>,
+    /// The hub's clock (Unix microseconds) when the bytes being handled were read: the
+    /// enqueued time, activity time and quota time of every packet they hold (see
+    /// [`Conn::note_read`]).
+    pub(super) read_at_us: i64,
+    /// Whether the live event stream had a watcher when the bytes being handled were read.
+    pub(super) watched: bool,
 }
 
 impl Conn {
@@ -87,7 +94,48 @@ impl Conn {
     /// together once they are handled (or every [`EventBatch::MAX`] messages), also when the
     /// connection is to close: what was received before a bad packet is stored as before.
     pub(super) async fn process(&mut self, buf: &mut BytesMut) -> Option<Close> {
+        self.note_read();
         let close = self.process_packets(buf).await;
+        self.finish_round(close).await
+    }
+
+    /// [`Conn::process`], then again for whatever more `stream` has ready without waiting
+    /// (TLS records already received and decrypted, bytes already in the socket), until it has
+    /// none: a device that writes many PUBLISHes at once has them handled in one round, with
+    /// one hand-off to the writer (and one wake-up of it), instead of one round per buffer-full
+    /// of bytes through the connection's `select!`. Bounded by tokio's cooperative budget,
+    /// which makes a socket read pending after enough of them.
+    pub(super) async fn process_ready<S: Io>(
+        &mut self,
+        stream: &mut S,
+        buf: &mut BytesMut,
+    ) -> Option<Close> {
+        let close = loop {
+            self.note_read();
+            if let Some(close) = self.process_packets(buf).await {
+                break Some(close);
+            }
+            match read_ready(stream, buf).await {
+                None => break None,
+                Some(Ok(0)) => {
+                    break Some(Close::Ungraceful("connection closed by the device".into()));
+                }
+                Some(Ok(_)) => {}
+                Some(Err(e)) => break Some(Close::Ungraceful(format!("read failed: {e}"))),
+            }
+        };
+        self.finish_round(close).await
+    }
+
+    /// The time and the watcher check shared by the packets of one read: one clock read and
+    /// one look at the live stream per read instead of several per message.
+    fn note_read(&mut self) {
+        self.read_at_us = self.hub.now_us();
+        self.watched = self.hub.events.receiver_count() > 0;
+    }
+
+    /// Hands the round's telemetry to the writer; `close` unless the writer is gone.
+    async fn finish_round(&mut self, close: Option<Close>) -> Option<Close> {
         if !self.send_batch().await {
             return Some(Close::Ungraceful(
                 "the telemetry log is not running: message not stored".into(),
@@ -124,65 +172,15 @@ impl Conn {
         match p {
             Packet::Publish(p) => self.on_publish(p).await,
             Packet::PubAck(a) => {
-                self.activity.touch(self.hub.now_us());
+                self.activity.touch(self.read_at_us);
                 if let Some((seq, mid)) = self.inflight.remove(&a.pkid) {
                     self.complete_c2d(seq, mid).await;
                 }
                 None
             }
-            Packet::Subscribe(s) => {
-                let mut codes = Vec::with_capacity(s.filters.len());
-                let mut wake = false;
-                for f in &s.filters {
-                    if !super::is_valid_filter(&f.path) {
-                        return Some(Close::Ungraceful(format!(
-                            "SUBSCRIBE to '{}': not a valid MQTT 3.1.1 filter (a wildcard inside a level: an id with + or #?)",
-                            Untrusted(&f.path)
-                        )));
-                    }
-                    let kind = match topic::classify_subscription(&f.path, self.topic_id()) {
-                        Ok(k) => k,
-                        Err(e) => {
-                            return Some(Close::Ungraceful(format!(
-                                "SUBSCRIBE to '{}' not allowed: {e}",
-                                Untrusted(&f.path)
-                            )));
-                        }
-                    };
-                    if !self.filters.iter().any(|(p, _)| *p == f.path) {
-                        if self.filters.len() >= self.hub.cfg.limits.max_subscriptions {
-                            return Some(Close::Ungraceful(format!(
-                                "more than {} subscriptions",
-                                self.hub.cfg.limits.max_subscriptions
-                            )));
-                        }
-                        self.filters.push((f.path.clone(), kind));
-                    }
-                    wake |= kind == SubscriptionKind::C2d;
-                    self.set_flag(kind, true);
-                    // QoS 2 is granted 1, as the hub does.
-                    let granted = if f.qos == QoS::AtMostOnce {
-                        QoS::AtMostOnce
-                    } else {
-                        QoS::AtLeastOnce
-                    };
-                    if kind == SubscriptionKind::C2d {
-                        // C2D goes out at the QoS granted (MQTT 3.1.1 3.8.4: a message is
-                        // delivered at the lower of its QoS and the subscription's); the
-                        // lenient hub sends QoS 1 whatever was asked.
-                        let qos0 = granted == QoS::AtMostOnce && !self.hub.cfg.lenient;
-                        self.subs.c2d_qos0.store(qos0, Ordering::Release);
-                    }
-                    codes.push(SubscribeReasonCode::Success(granted));
-                }
-                let _ = Packet::SubAck(SubAck::new(s.pkid, codes)).write(&mut self.out, usize::MAX);
-                self.persist_filters().await;
-                self.hub.presence_changed();
-                if wake && let Err(e) = self.deliver_c2d().await {
-                    return Some(Close::Ungraceful(e));
-                }
-                None
-            }
+            // Boxed, as the other rare packets' work: inline, it would size the future of
+            // every read's handling (a larger allocation per read, see `process_ready`).
+            Packet::Subscribe(s) => Box::pin(self.on_subscribe(s)).await,
             Packet::Unsubscribe(u) => {
                 self.filters.retain(|(p, _)| !u.topics.contains(p));
                 for k in [
@@ -198,7 +196,7 @@ impl Conn {
                     self.subs.c2d_qos0.store(false, Ordering::Release);
                 }
                 let _ = Packet::UnsubAck(UnsubAck::new(u.pkid)).write(&mut self.out, usize::MAX);
-                self.persist_filters().await;
+                Box::pin(self.persist_filters()).await;
                 self.hub.presence_changed();
                 None
             }
@@ -212,6 +210,60 @@ impl Conn {
                 packet_name(&other)
             ))),
         }
+    }
+
+    async fn on_subscribe(&mut self, s: Subscribe) -> Option<Close> {
+        let mut codes = Vec::with_capacity(s.filters.len());
+        let mut wake = false;
+        for f in &s.filters {
+            if !super::is_valid_filter(&f.path) {
+                return Some(Close::Ungraceful(format!(
+                    "SUBSCRIBE to '{}': not a valid MQTT 3.1.1 filter (a wildcard inside a level: an id with + or #?)",
+                    Untrusted(&f.path)
+                )));
+            }
+            let kind = match topic::classify_subscription(&f.path, self.topic_id()) {
+                Ok(k) => k,
+                Err(e) => {
+                    return Some(Close::Ungraceful(format!(
+                        "SUBSCRIBE to '{}' not allowed: {e}",
+                        Untrusted(&f.path)
+                    )));
+                }
+            };
+            if !self.filters.iter().any(|(p, _)| *p == f.path) {
+                if self.filters.len() >= self.hub.cfg.limits.max_subscriptions {
+                    return Some(Close::Ungraceful(format!(
+                        "more than {} subscriptions",
+                        self.hub.cfg.limits.max_subscriptions
+                    )));
+                }
+                self.filters.push((f.path.clone(), kind));
+            }
+            wake |= kind == SubscriptionKind::C2d;
+            self.set_flag(kind, true);
+            // QoS 2 is granted 1, as the hub does.
+            let granted = if f.qos == QoS::AtMostOnce {
+                QoS::AtMostOnce
+            } else {
+                QoS::AtLeastOnce
+            };
+            if kind == SubscriptionKind::C2d {
+                // C2D goes out at the QoS granted (MQTT 3.1.1 3.8.4: a message is
+                // delivered at the lower of its QoS and the subscription's); the
+                // lenient hub sends QoS 1 whatever was asked.
+                let qos0 = granted == QoS::AtMostOnce && !self.hub.cfg.lenient;
+                self.subs.c2d_qos0.store(qos0, Ordering::Release);
+            }
+            codes.push(SubscribeReasonCode::Success(granted));
+        }
+        let _ = Packet::SubAck(SubAck::new(s.pkid, codes)).write(&mut self.out, usize::MAX);
+        self.persist_filters().await;
+        self.hub.presence_changed();
+        if wake && let Err(e) = self.deliver_c2d().await {
+            return Some(Close::Ungraceful(e));
+        }
+        None
     }
 
     async fn persist_filters(&self) {
@@ -236,7 +288,7 @@ impl Conn {
     }
 
     async fn on_publish(&mut self, p: Publish) -> Option<Close> {
-        self.activity.touch(self.hub.now_us());
+        self.activity.touch(self.read_at_us);
         if p.qos == QoS::ExactlyOnce {
             return Some(Close::Ungraceful("QoS 2 PUBLISH is not supported".into()));
         }
@@ -294,7 +346,11 @@ impl Conn {
                 {
                     return Some(Close::Ungraceful(reason.into()));
                 }
-                let now = self.hub.clock().unix_ms();
+                if self.hub.cfg.tier.is_some() {
+                    // It may have waited for its turn: accepted now.
+                    self.read_at_us = self.hub.now_us();
+                }
+                let now = u64::try_from(self.read_at_us / 1000).unwrap_or(0);
                 if self.hub.faults.active(&self.device, Fault::Quota, now)
                     || !self.hub.faults.charge_message(
                         self.hub.cfg.tier,
@@ -350,11 +406,12 @@ impl Conn {
                     return self.puback(&p);
                 }
                 let (d, m) = (self.device.clone(), self.module.clone());
-                let res = self
-                    .hub
-                    .store
-                    .call(move |c| q::get_identity(c, &d, m.as_deref()))
-                    .await;
+                let res = Box::pin(
+                    self.hub
+                        .store
+                        .call(move |c| q::get_identity(c, &d, m.as_deref())),
+                )
+                .await;
                 match res {
                     Ok(Some(i)) => {
                         let body = twin_device_view(&i).to_string().into_bytes();
@@ -378,7 +435,7 @@ impl Conn {
                     self.twin_error(403, 403002, &r, crate::quota::EXCEEDED);
                     return self.puback(&p);
                 }
-                self.patch_reported(&r, &p.payload).await;
+                Box::pin(self.patch_reported(&r, &p.payload)).await;
                 return self.puback(&p);
             }
         }
@@ -546,13 +603,13 @@ impl Conn {
     async fn ingest(&mut self, props: String, payload: &[u8], acked: bool) -> bool {
         let record = D2cRecord {
             origin: self.origin.clone(),
-            enqueued_ns: self.hub.clock().unix_ns(),
+            enqueued_ns: self.read_at_us.saturating_mul(1000),
             properties: props,
             body: payload.to_vec(),
             source: crate::routing::Source::Telemetry,
         };
         // Only build the JSON for the live stream when someone is watching it.
-        if self.hub.events.receiver_count() > 0 {
+        if self.watched {
             let _ = self.hub.events.send(Arc::new(crate::hub::HubEvent {
                 device_id: self.device.clone(),
                 json: record.to_json(),
@@ -584,108 +641,19 @@ impl Conn {
             telemetry::push_pair(&mut props, "mqtt-retain", "true");
         }
         tracing::info!(client_id = %self.cid, "forwarding will message as telemetry");
+        self.note_read();
         self.ingest(props, &w.message, false).await;
         self.send_batch().await;
     }
-
-    fn alloc_pkid(&mut self) -> u16 {
-        loop {
-            self.next_pkid = self.next_pkid.wrapping_add(1);
-            if self.next_pkid != 0 && !self.inflight.contains_key(&self.next_pkid) {
-                return self.next_pkid;
-            }
-        }
-    }
-
-    /// Send every queued C2D message not already in flight (expired or over-delivered ones are
-    /// dead-lettered instead).
-    pub(super) async fn deliver_c2d(&mut self) -> Result<(), String> {
-        if self.module.is_some() || !self.subs.c2d.load(Ordering::Acquire) {
-            return Ok(());
-        }
-        let device = self.device.clone();
-        let skip: Vec<i64> = self.inflight.values().map(|(s, _)| *s).collect();
-        let max_dc = self.hub.cfg.limits.c2d_max_delivery_count;
-        let now = self.hub.now_ms();
-        let batch = self
-            .hub
-            .store
-            .call(move |c| {
-                let mut send = Vec::new();
-                for m in q::c2d_pending(c, &device)? {
-                    if skip.contains(&m.seq) {
-                        continue;
-                    }
-                    if m.expiry_ms <= now {
-                        tracing::info!(device = %device, message_id = %Untrusted(&m.message_id), "c2d dead-lettered: Expired");
-                        q::c2d_dead_letter(c, m.seq, "Expired", now)?;
-                    } else if m.delivery_count >= max_dc {
-                        tracing::info!(device = %device, message_id = %Untrusted(&m.message_id), "c2d dead-lettered: DeliveryCountExceeded");
-                        q::c2d_dead_letter(c, m.seq, "DeliveryCountExceeded", now)?;
-                    } else {
-                        q::c2d_mark_delivered(c, m.seq)?;
-                        send.push(m);
-                    }
-                }
-                Ok(send)
-            })
-            .await
-            .map_err(|e| e.to_string())?;
-        let qos0 = self.subs.c2d_qos0.load(Ordering::Acquire);
-        for m in batch {
-            let topic = c2d_topic(&m);
-            if qos0 {
-                // At most once: sent and completed, no PUBACK to wait for.
-                let p = Publish::new(topic, QoS::AtMostOnce, m.body.clone());
-                let _ = Packet::Publish(p).write(&mut self.out, usize::MAX);
-                self.complete_c2d(m.seq, m.message_id.clone()).await;
-                continue;
-            }
-            let pkid = self.alloc_pkid();
-            let mut p = Publish::new(topic, QoS::AtLeastOnce, m.body.clone());
-            p.pkid = pkid;
-            p.dup = m.delivery_count > 0;
-            self.inflight.insert(pkid, (m.seq, m.message_id.clone()));
-            let _ = Packet::Publish(p).write(&mut self.out, usize::MAX);
-        }
-        Ok(())
-    }
-
-    async fn complete_c2d(&self, seq: i64, message_id: String) {
-        let now = self.hub.now_ms();
-        let r = self
-            .hub
-            .store
-            .call(move |c| q::c2d_complete(c, seq, now))
-            .await;
-        if let Ok(true) = r {
-            self.hub.emit(
-                &self.device,
-                json!({"type":"c2dCompleted","deviceId":self.device,"messageId":message_id}),
-            );
-        }
-    }
 }
 
-fn c2d_topic(m: &C2dMessage) -> String {
-    let mut to = String::new();
-    let _ = topic::write_c2d_to(&mut to, &m.device_id);
-    let sys = azsim_proto::property_bag::SystemProperties {
-        message_id: Some(&m.message_id),
-        correlation_id: m.correlation_id.as_deref(),
-        user_id: m.user_id.as_deref(),
-        content_type: m.content_type.as_deref(),
-        content_encoding: m.content_encoding.as_deref(),
-        to: Some(&to),
-        ack: Ack::parse(&m.ack).ok(), // empty when the service set none: not on the topic
-        ..Default::default()
-    };
-    let mut t = String::new();
-    let _ = topic::write_c2d_topic(
-        &mut t,
-        &m.device_id,
-        &sys,
-        m.properties.iter().map(|(k, v)| (k.as_str(), v.as_str())),
-    );
-    t
+/// A read of `stream` into `buf` if it completes without waiting: `None` when it would wait
+/// (the task's waker is registered, as by any poll).
+async fn read_ready<S: Io>(stream: &mut S, buf: &mut BytesMut) -> Option<std::io::Result<usize>> {
+    let mut read = std::pin::pin!(stream.read_buf(buf));
+    std::future::poll_fn(|cx| match read.as_mut().poll(cx) {
+        Poll::Ready(r) => Poll::Ready(Some(r)),
+        Poll::Pending => Poll::Ready(None),
+    })
+    .await
 }
