@@ -411,9 +411,11 @@ async fn the_node_device_sdk_recovers_from_each_amqp_fault() {
         "KillAmqpD2CLink",
         "KillAmqpC2DLink",
         "KillAmqpCBSLinkReq",
+        "KillAmqpCBSLinkResp",
         "KillAmqpSession",
         "KillAmqpConnection",
         "ShutDownAmqp",
+        "KillTcp",
     ];
     let mut cmd = tokio::process::Command::new(&node);
     cmd.arg(

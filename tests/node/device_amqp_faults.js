@@ -24,7 +24,7 @@ const FAULT_DELAY_S = 1;
 const SETTLE_MS = 1000;
 // The faults that end the device's links on the hub: its connection state changes (the
 // registry's connectionStateUpdatedTime moves past the request), which shows the fault landed.
-const ENDING = ['KillAmqpSession', 'KillAmqpConnection', 'ShutDownAmqp'];
+const ENDING = ['KillAmqpSession', 'KillAmqpConnection', 'ShutDownAmqp', 'KillTcp'];
 
 function emit(event, fields) {
   process.stdout.write(JSON.stringify(Object.assign({ event }, fields || {})) + '\n');

@@ -15,7 +15,9 @@
 //! device recovers (re-attaches, reconnects) and its telemetry continues, not the condition.
 //! The `$cbs` links are detached without an error (closed; the node's link loop is not this
 //! module's to end with one). The fault message itself is accepted before the fault starts (see
-//! `telemetry.rs`); a link the device attaches again is not killed again.
+//! `telemetry.rs`; with no delay a dropped stream may take the accept with it, and the SDK then
+//! sends the request again: the SDK suites give every fault a delay of 1 s or more); a link the
+//! device attaches again is not killed again.
 //!
 //! The order of the frames is Microsoft.Azure.Amqp's (the AMQP library of IoT Hub and the C#
 //! SDK): closing a session detaches its links and then sends the `end`; closing a connection
