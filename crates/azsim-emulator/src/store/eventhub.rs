@@ -454,6 +454,77 @@ mod tests {
         }
     }
 
+    /// A consumer that read up to an offset before the hub's upgrade to the segmented log reads
+    /// on from there after it, with the same offsets and sequence numbers.
+    #[test]
+    fn offsets_and_numbers_given_before_the_segments_hold_after_the_move() {
+        let mut c = Connection::open_in_memory().unwrap();
+        // The single table of the builds before, numbered by the indexer of then.
+        c.execute_batch(
+            "CREATE TABLE events (seq INTEGER PRIMARY KEY AUTOINCREMENT, \
+             device_id TEXT NOT NULL, json TEXT NOT NULL, module_id TEXT, generation_id TEXT, \
+             enqueued_ns INTEGER, props TEXT, body BLOB, source TEXT);",
+        )
+        .unwrap();
+        c.execute_batch(SCHEMA).unwrap();
+        let (a, b) = ("dev-a", "dev-b");
+        assert_ne!(partition_of(a, 2), partition_of(b, 2));
+        let pa = partition_of(a, 2);
+        for (i, d) in [a, b, a, a].iter().enumerate() {
+            let seq = i as i64 + 1;
+            c.execute(
+                "INSERT INTO events (device_id, json, body) VALUES (?1, '', ?2)",
+                params![d, format!("m{seq}").into_bytes()],
+            )
+            .unwrap();
+        }
+        c.execute_batch("INSERT INTO eh_meta VALUES ('partitions', 2);")
+            .unwrap();
+        let pb = partition_of(b, 2);
+        for (seq, part, pseq) in [(1, pa, 0), (2, pb, 0), (3, pa, 1), (4, pa, 2)] {
+            c.execute(
+                "INSERT INTO eh_index VALUES (?1, ?2, ?3)",
+                params![seq, part, pseq],
+            )
+            .unwrap();
+        }
+        // The upgrade, then a new message.
+        let ring = super::super::segments::open(&mut c, 100).unwrap();
+        assert_eq!(ring.next_seq, 5);
+        c.execute(
+            "INSERT INTO events_0 (seq, device_id, json, body) VALUES (5, ?1, '', ?2)",
+            params![a, b"m5".to_vec()],
+        )
+        .unwrap();
+        let mut idx = Index::open(&c, 2).unwrap();
+        assert_eq!(idx.next_of(pa), 3, "numbering goes on");
+        idx.catch_up(&mut c).unwrap();
+        // The consumer had offset 1 (sequence number 0): it reads on from there.
+        let from = start_of(
+            &c,
+            pa,
+            Position::Offset {
+                offset: 1,
+                inclusive: false,
+            },
+            idx.next_of(pa),
+        )
+        .unwrap();
+        let rows = read(&c, pa, from, 10).unwrap();
+        let got: Vec<_> = rows
+            .iter()
+            .map(|r| (r.offset, r.sequence_number, r.body.clone()))
+            .collect();
+        assert_eq!(
+            got,
+            [
+                (3, 1, b"m3".to_vec()),
+                (4, 2, b"m4".to_vec()),
+                (5, 3, b"m5".to_vec())
+            ]
+        );
+    }
+
     #[test]
     fn the_partition_is_fnv1a_of_the_device_id() {
         // FNV-1a 32 of "" and "a" (published test values).

@@ -277,6 +277,13 @@ impl Store {
         // Each log segment has its own inserts and reads (see `segments.rs`): room for them
         // and everyone else's statements, so none is prepared again on the hot path.
         conn.set_prepared_statement_cache_capacity(128);
+        // A page cache (16 MiB at most, grown as used) that holds the log's segments, the
+        // Event Hubs numbers and the registry: with SQLite's 2 MiB the indexer read pages back
+        // from the file after every commit (pread, seen with perf; at window 1 in the load
+        // bench the hub took 12.2-13.5 us of CPU per message with 16 MiB against 13.0-14.9
+        // without, 3 interleaved pairs).
+        conn.pragma_update(None, "cache_size", -16384)
+            .map_err(db_err)?;
         conn.execute_batch(SCHEMA).map_err(db_err)?;
         let ring = segments::open(&mut conn, event_cap).map_err(db_err)?;
         conn.execute_batch(SCHEMA_ACTIVITY_FEEDBACK)
