@@ -7,6 +7,7 @@ mod cli_output;
 mod dashboard;
 mod dps;
 mod dps_amqp;
+mod dps_amqp_ws_root;
 mod firmware_loop;
 mod fleet;
 mod hub_activity;

@@ -29,7 +29,8 @@
 //!
 //! The same listener serves AMQP over WebSockets, as Azure does on 443: an upgrade offering the
 //! subprotocol `AMQPWSB10` on [`PATH`] (the IoT Hub SDKs) or on [`SERVICEBUS_PATH`] (the Event
-//! Hubs SDKs, `azure-amqp`) is an AMQP connection (`amqp/websocket.rs`), under the same
+//! Hubs SDKs, `azure-amqp`) or on [`ROOT_PATH`] (the C# DPS client) is an AMQP connection
+//! (`amqp/websocket.rs`), under the same
 //! pre-auth cap, deadline and byte limits. A subprotocol the path does not serve gets 400, as
 //! IoT Hub answers; another path is an ordinary REST request (400 InvalidProtocolVersion without
 //! an api-version, which is what IoT Hub answers such an upgrade).
@@ -95,18 +96,43 @@ pub const WRITE_CHUNK: usize = 512 * 1024;
 /// answers within milliseconds; edgeHub gives its `CloseAsync` 30 s.
 pub const CLOSE_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// The root path, where the C# provisioning SDK opens AMQP over WebSockets
+/// (`ProvisioningTransportHandlerAmqp` with `WebSocketOnly`: `wss://{host}:443/`, no path, in
+/// `AMQPWSB10`). Only such an upgrade is served there; anything else on `/` is answered as
+/// before (the REST API's).
+pub(crate) const ROOT_PATH: &str = "/";
+
 /// [`PATH`] and [`SERVICEBUS_PATH`], each also with a trailing `/` (uamqp, inside
-/// `azure-iot-hub`, opens `/$servicebus/websocket/`), sharing one cap on unauthenticated
-/// WebSocket connections.
+/// `azure-iot-hub`, opens `/$servicebus/websocket/`), and [`ROOT_PATH`] for `AMQPWSB10`, sharing
+/// one cap on unauthenticated WebSocket connections.
 pub(crate) fn routes(hub: &Hub) -> axum::Router<Arc<Hub>> {
-    let handler = route(hub);
+    let pre_auth = Arc::new(Semaphore::new(
+        hub.cfg
+            .limits
+            .max_pre_auth_connections
+            .min(Semaphore::MAX_PERMITS),
+    ));
+    let handler = route(pre_auth.clone());
     let mut router = axum::Router::new();
     for path in [PATH, SERVICEBUS_PATH] {
         router = router
             .route(path, handler.clone())
             .route(&format!("{path}/"), handler.clone());
     }
-    router
+    router.route(
+        ROOT_PATH,
+        axum::routing::any(move |State(hub): State<Arc<Hub>>, req: Request| {
+            let pre_auth = pre_auth.clone();
+            async move {
+                if is_root_amqp_upgrade(req.uri().path(), req.headers()) {
+                    upgrade(hub, pre_auth, req).await
+                } else {
+                    // Authenticated REST on `/` (the auth layer let it through): no resource.
+                    crate::rest::not_found().await.into_response()
+                }
+            }
+        }),
+    )
 }
 
 /// `path` without one trailing `/`.
@@ -121,6 +147,32 @@ pub(crate) fn is_upgrade_path(path: &str) -> bool {
     path == PATH || path == SERVICEBUS_PATH
 }
 
+/// Whether a request is a WebSocket upgrade of [`ROOT_PATH`] offering `AMQPWSB10` (C#'s DPS
+/// client): it authenticates in AMQP, not in the upgrade. Another request of `/` is REST.
+pub(crate) fn is_root_amqp_upgrade(path: &str, h: &HeaderMap) -> bool {
+    path == ROOT_PATH
+        && has_token(h, header::CONNECTION, "upgrade", false)
+        && has_token(h, header::UPGRADE, "websocket", false)
+        && has_token(h, header::SEC_WEBSOCKET_PROTOCOL, AMQP_SUBPROTOCOL, true)
+}
+
+/// Whether the comma-separated values of header `name` hold `token` (its case ignored unless
+/// `exact`).
+fn has_token(h: &HeaderMap, name: header::HeaderName, token: &str, exact: bool) -> bool {
+    h.get_all(name)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(str::trim)
+        .any(|t| {
+            if exact {
+                t == token
+            } else {
+                t.eq_ignore_ascii_case(token)
+            }
+        })
+}
+
 /// What the upgraded connection speaks.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Protocol {
@@ -128,14 +180,8 @@ enum Protocol {
     Amqp,
 }
 
-/// The handler of the WebSocket paths, with its own cap on unauthenticated connections.
-fn route(hub: &Hub) -> axum::routing::MethodRouter<Arc<Hub>> {
-    let pre_auth = Arc::new(Semaphore::new(
-        hub.cfg
-            .limits
-            .max_pre_auth_connections
-            .min(Semaphore::MAX_PERMITS),
-    ));
+/// The handler of the WebSocket paths, with the cap on unauthenticated connections.
+fn route(pre_auth: Arc<Semaphore>) -> axum::routing::MethodRouter<Arc<Hub>> {
     axum::routing::get(move |State(hub): State<Arc<Hub>>, req: Request| {
         upgrade(hub, pre_auth.clone(), req)
     })

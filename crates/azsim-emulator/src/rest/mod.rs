@@ -379,7 +379,7 @@ pub(crate) fn router(hub: Shared) -> Router {
 
 type ApiResult = Result<Response, ApiError>;
 
-async fn not_found() -> ApiError {
+pub(crate) async fn not_found() -> ApiError {
     ApiError::new(
         StatusCode::NOT_FOUND,
         404000,
@@ -477,7 +477,9 @@ async fn verify_device_cert(
 
 async fn auth(State(hub): State<Shared>, req: Request, next: Next) -> Response {
     // MQTT and AMQP over WebSockets: the client authenticates in its protocol, not the upgrade.
-    if crate::mqtt::websocket::is_upgrade_path(req.uri().path()) {
+    if crate::mqtt::websocket::is_upgrade_path(req.uri().path())
+        || crate::mqtt::websocket::is_root_amqp_upgrade(req.uri().path(), req.headers())
+    {
         return next.run(req).await;
     }
     // DPS: the service API and the device API check their own tokens.
