@@ -137,34 +137,34 @@
 //! msgs/s and CPU 4.7 -> 4.1 us per message (one queue operation per read instead of per
 //! message). The rest of the gap at window 1 is per-message work both brokers do, plus the
 //! hub's second wake-up per message (the commit) and the insert.
-//! The connection side (5ec6be3), A/B behind the same clients (`AZSIM_LOAD_HUB_EXE` = this bench
-//! at 34b361d, `--only hub --messages 200 --window 1,10,100`, 9 interleaved pairs, 3 of them
-//! before the boxing below, load average 4-12 from other builds): hub CPU per message 4.8-5.4 ->
-//! 4.5-4.8 us at window 10, 3.7-4.5 -> 3.2-3.6 at window 100, window 1 unchanged (9.2-14.9
-//! against 11.7-15.4: noise); memory per device 12.7-13.1 -> 12.7-13.2 KiB (last 3 pairs). perf of the hub at window 10 had shown a read's handling
-//! taking at most 1 KiB (the read buffer) per turn of the connection's `select!`, so a burst of
-//! 10 PUBLISHes took 3-4 turns, hand-offs to the writer and boxed futures (1256 bytes: past
-//! glibc's thread cache, `unlink_chunk` / `malloc_consolidate`), three clock reads and a
-//! broadcast lock (`receiver_count`) per message, and the commit waiter registered and dropped
-//! (the `Notify`'s lock) every turn. Now a read's handling goes on with whatever the stream
-//! has ready without waiting, reads the clock and the watcher count once per read, keeps one
-//! commit waiter, and its future is 944 bytes. The token-expiry and keep-alive timers were
-//! already armed once per connection (no timer work per packet).
-//! Where the hub's CPU goes at 03aafd8 (with the store's segments, 42c59eb; perf, by thread):
-//! at window 10 (3.9 us) the connection tasks 45% (of it kernel socket calls ~0.65 us, TLS
-//! ~0.3), the telemetry writer 24%, the Event Hubs indexer 26% (it numbers the new rows after
-//! every commit on the blocking pool, so it is not in "its SQLite threads"), the checkpointer
-//! 4%; at window 1 (12.8 us) the connection tasks 66% (recv + writev 5.4 us, tokio's two
-//! wake-ups 1.3, TLS 1.0), the indexer 21% (2.7 us: small commits, each one indexed), the writer
-//! 12%. Window 1's bound holds with these numbers: the hub's clients alone cost 6.2-6.7 us per
-//! message and its socket calls 5.4, against mosquitto's whole 6.6-8.3 us, so B_h + C <= B_m is
-//! out of reach even at no user-space cost. Window 1 is also latency-bound: msgs/s is about
-//! devices / PUBACK p50 (17-44 ms: the group commit and its fsync), and in the same minute
-//! `--store memory` ran 42-45k msgs/s against 16-19k with `--sync full` (load average 10).
-//! Against mosquitto at 03aafd8 (`--rounds 3 --messages 200 --window 1,10,100`, load average
-//! 8-10): medians 0.66x / 2.27x / 3.50x (rounds 0.42 0.75 0.66 / 2.06 2.41 2.27 / 2.44 3.50
-//! 7.06), hub CPU 13.6 / 3.9 / 2.7 us per message against mosquitto's 7.9 / 7.6 / 8.7, memory
-//! per device 12.7-13.3 KiB against 15.6-20.0.
+//! The connection side (5ec6be3), A/B behind the same clients (`AZSIM_LOAD_HUB_EXE` = this bench at
+//! 34b361d, `--only hub --messages 200 --window 1,10,100`, 9 interleaved pairs, 3 of them before
+//! the boxing below, load average 4-12 from other builds): hub CPU per message 4.8-5.4 -> 4.5-4.8
+//! us at window 10, 3.7-4.5 -> 3.2-3.6 at window 100, window 1 unchanged (9.2-14.9 against
+//! 11.7-15.4: noise); memory per device 12.7-13.1 -> 12.7-13.2 KiB (last 3 pairs). perf of the hub
+//! at window 10 had shown a read's handling taking at most 1 KiB (the read buffer) per turn of the
+//! connection's `select!`, so a burst of 10 PUBLISHes took 3-4 turns, hand-offs to the writer and
+//! boxed futures (1256 bytes: past glibc's thread cache, `unlink_chunk` / `malloc_consolidate`),
+//! three clock reads and a broadcast lock (`receiver_count`) per message, and the commit waiter
+//! registered and dropped (the `Notify`'s lock) every turn. Now a read's handling goes on with
+//! whatever the stream has ready without waiting, reads the clock and the watcher count once per
+//! read, keeps one commit waiter, and its future is 944 bytes. The token-expiry and keep-alive
+//! timers were already armed once per connection (no timer work per packet).
+//! Where the hub's CPU goes at 03aafd8 (with the store's segments, 42c59eb; perf, by thread): at
+//! window 10 (3.9 us) the connection tasks 45% (of it 0.55 us in the kernel, TLS ~0.3), the
+//! telemetry writer 24%, the Event Hubs indexer 26% (it numbers the new rows after every commit on
+//! the blocking pool, so it is not in "its SQLite threads"), the checkpointer 4%; at window 1 (12.8
+//! us) the connection tasks 66% (the kernel 4.4 us: recv, writev, epoll; tokio's two wake-ups 1.3,
+//! TLS 1.0), the indexer 21% (2.7 us: small commits, each one indexed), the writer 12%. Window 1's
+//! bound holds with these numbers: the hub's clients alone cost 6.2-6.7 us per message and its
+//! connection tasks' kernel time 4.4, against mosquitto's whole 6.6-8.3 us, so B_h + C <= B_m is
+//! out of reach even at no user-space cost. Window 1 is also latency-bound: msgs/s is about devices
+//! / PUBACK p50 (17-44 ms: the group commit and its fsync), and in the same minute `--store memory`
+//! ran 42-45k msgs/s against 16-19k with `--sync full` (load average 10).
+//! Against mosquitto at 03aafd8 (`--rounds 3 --messages 200 --window 1,10,100`, load average 8-10):
+//! medians 0.66x / 2.27x / 3.50x (rounds 0.42 0.75 0.66 / 2.06 2.41 2.27 / 2.44 3.50 7.06), hub CPU
+//! 13.6 / 3.9 / 2.7 us per message against mosquitto's 7.9 / 7.6 / 8.7, memory per device 12.7-13.3
+//! KiB against 15.6-20.0.
 
 mod brokers;
 #[path = "../common/mod.rs"]
