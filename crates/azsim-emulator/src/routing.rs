@@ -481,6 +481,7 @@ pub(crate) fn route_event(
             device_id: device.to_string(),
             module_id: module.map(str::to_string),
             generation_id: String::new(),
+            auth: crate::telemetry::AuthMethod::IdentityKey,
         }),
         enqueued_ns,
         properties: bag,

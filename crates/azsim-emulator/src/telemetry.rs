@@ -11,11 +11,71 @@ use std::sync::Arc;
 use azsim_proto::property_bag::{PropertyBag, SystemProperty};
 use base64::Engine as _;
 
-/// `iothub-connection-auth-method` annotations (a JSON document as a string, as Azure sends).
-pub(crate) const AUTH_METHOD_DEVICE: &str =
-    r#"{"scope":"device","type":"sas","issuer":"iothub","acceptingIpFilterRule":null}"#;
-pub(crate) const AUTH_METHOD_MODULE: &str =
-    r#"{"scope":"module","type":"sas","issuer":"iothub","acceptingIpFilterRule":null}"#;
+/// How a connection signed in: what IoT Hub states in every message's
+/// `iothub-connection-auth-method` annotation (a JSON document as a string). Kept per
+/// connection (in [`Origin`]) and per message in the event log as [`AuthMethod::code`].
+///
+/// Azure's values, as its messages and connection logs show them: a SAS token of the identity's
+/// own key `{"scope":"device"|"module","type":"sas","issuer":"iothub",...}`; a SAS token signed
+/// with a shared access policy's key (DeviceConnect) `{"scope":"hub","type":"sas",
+/// "issuer":"iothub",...}` (Microsoft Learn's Event Hubs sample message); an X.509 client
+/// certificate `{"scope":"device","type":"x509Certificate","issuer":"external",...}`, the same for
+/// a device registered by thumbprint (what DPS registers an X.509 enrollment as: the AZ-220 labs'
+/// connection logs) and one registered CA-signed (Azure Sphere's devices). A module's X.509 value
+/// (scope `module`) is inferred from the device's.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum AuthMethod {
+    /// A SAS token signed with the identity's own key (also what a log row from before this
+    /// was kept reads as).
+    #[default]
+    IdentityKey,
+    /// A SAS token signed with the key of a shared access policy granting DeviceConnect.
+    Policy,
+    /// A TLS client certificate (self-signed thumbprint or CA-signed).
+    X509,
+}
+
+impl AuthMethod {
+    /// The annotation's text for a device's (`module` false) or a module's message.
+    pub fn annotation(self, module: bool) -> &'static str {
+        match (self, module) {
+            (AuthMethod::IdentityKey, false) => {
+                r#"{"scope":"device","type":"sas","issuer":"iothub","acceptingIpFilterRule":null}"#
+            }
+            (AuthMethod::IdentityKey, true) => {
+                r#"{"scope":"module","type":"sas","issuer":"iothub","acceptingIpFilterRule":null}"#
+            }
+            (AuthMethod::Policy, _) => {
+                r#"{"scope":"hub","type":"sas","issuer":"iothub","acceptingIpFilterRule":null}"#
+            }
+            (AuthMethod::X509, false) => {
+                r#"{"scope":"device","type":"x509Certificate","issuer":"external","acceptingIpFilterRule":null}"#
+            }
+            (AuthMethod::X509, true) => {
+                r#"{"scope":"module","type":"x509Certificate","issuer":"external","acceptingIpFilterRule":null}"#
+            }
+        }
+    }
+
+    /// The event log's `auth_method` column.
+    pub fn code(self) -> i64 {
+        match self {
+            AuthMethod::IdentityKey => 0,
+            AuthMethod::Policy => 1,
+            AuthMethod::X509 => 2,
+        }
+    }
+
+    /// From the column; NULL (a row from before the column) or an unknown code is
+    /// [`AuthMethod::IdentityKey`], what such rows were always read as.
+    pub fn from_code(code: Option<i64>) -> AuthMethod {
+        match code {
+            Some(1) => AuthMethod::Policy,
+            Some(2) => AuthMethod::X509,
+            _ => AuthMethod::IdentityKey,
+        }
+    }
+}
 
 /// The identity a connection sends as; shared by every message of that connection.
 #[derive(Debug)]
@@ -23,6 +83,8 @@ pub struct Origin {
     pub device_id: String,
     pub module_id: Option<String>,
     pub generation_id: String,
+    /// How the connection signed in.
+    pub auth: AuthMethod,
 }
 
 /// One telemetry message.
@@ -61,6 +123,7 @@ pub fn to_json(
     device_id: &str,
     module_id: Option<&str>,
     generation_id: &str,
+    auth: AuthMethod,
     enqueued_ns: i64,
     properties: &str,
     body: &[u8],
@@ -123,11 +186,7 @@ pub fn to_json(
         ("iothub-connection-auth-generation-id", generation_id),
         (
             "iothub-connection-auth-method",
-            if module_id.is_some() {
-                AUTH_METHOD_MODULE
-            } else {
-                AUTH_METHOD_DEVICE
-            },
+            auth.annotation(module_id.is_some()),
         ),
         ("iothub-connection-device-id", device_id),
     ];
@@ -217,6 +276,7 @@ impl D2cRecord {
             &self.origin.device_id,
             self.origin.module_id.as_deref(),
             &self.origin.generation_id,
+            self.origin.auth,
             self.enqueued_ns,
             &self.properties,
             &self.body,
@@ -235,6 +295,7 @@ mod tests {
                 device_id: "d1".into(),
                 module_id: module.map(str::to_string),
                 generation_id: "g1".into(),
+                auth: AuthMethod::IdentityKey,
             }),
             enqueued_ns: 1_700_000_000_123_456_789,
             properties: props.into(),
@@ -263,10 +324,14 @@ mod tests {
         for bag in bags {
             for body in bodies {
                 for module in [None, Some("m\"1")] {
-                    for ns in [0, 1_700_000_000_123_456_789] {
+                    for (ns, auth) in [
+                        (0, AuthMethod::IdentityKey),
+                        (1_700_000_000_123_456_789, AuthMethod::X509),
+                        (1, AuthMethod::Policy),
+                    ] {
                         assert_eq!(
-                            to_json("d\"1\\", module, "g1", ns, bag, body),
-                            reference_json("d\"1\\", module, "g1", ns, bag, body),
+                            to_json("d\"1\\", module, "g1", auth, ns, bag, body),
+                            reference_json("d\"1\\", module, "g1", auth, ns, bag, body),
                             "bag {bag:?} body {body:?} module {module:?}"
                         );
                     }
@@ -283,6 +348,7 @@ mod tests {
         device_id: &str,
         module_id: Option<&str>,
         generation_id: &str,
+        auth: AuthMethod,
         enqueued_ns: i64,
         properties: &str,
         body: &[u8],
@@ -354,11 +420,7 @@ mod tests {
         if let Some(m) = module_id {
             ann.insert("iothub-connection-module-id".into(), json!(m));
         }
-        let method = if module_id.is_some() {
-            AUTH_METHOD_MODULE
-        } else {
-            AUTH_METHOD_DEVICE
-        };
+        let method = auth.annotation(module_id.is_some());
         ann.insert("iothub-connection-auth-method".into(), json!(method));
         ann.insert(
             "iothub-connection-auth-generation-id".into(),
@@ -451,6 +513,7 @@ mod tests {
             device_id: "d1".into(),
             module_id: None,
             generation_id: "g1".into(),
+            auth: AuthMethod::IdentityKey,
         });
         store
             .log_event(D2cRecord {
@@ -503,6 +566,45 @@ mod tests {
         let v: Value = serde_json::from_str(&last[0]).unwrap();
         assert_eq!(v["body"], "299");
         store.close().await;
+    }
+
+    #[test]
+    fn the_auth_method_annotation_is_azures_text_and_its_code_reads_back() {
+        for (auth, module, scope, ty, issuer) in [
+            (AuthMethod::IdentityKey, false, "device", "sas", "iothub"),
+            (AuthMethod::IdentityKey, true, "module", "sas", "iothub"),
+            (AuthMethod::Policy, false, "hub", "sas", "iothub"),
+            (AuthMethod::Policy, true, "hub", "sas", "iothub"),
+            (
+                AuthMethod::X509,
+                false,
+                "device",
+                "x509Certificate",
+                "external",
+            ),
+            (
+                AuthMethod::X509,
+                true,
+                "module",
+                "x509Certificate",
+                "external",
+            ),
+        ] {
+            let text = auth.annotation(module);
+            let v: Value = serde_json::from_str(text).unwrap();
+            assert_eq!(
+                v,
+                json!({"scope": scope, "type": ty, "issuer": issuer, "acceptingIpFilterRule": null}),
+            );
+            assert!(!text.contains(' '), "compact, as Azure sends it: {text}");
+            assert_eq!(AuthMethod::from_code(Some(auth.code())), auth);
+        }
+        assert_eq!(AuthMethod::from_code(None), AuthMethod::IdentityKey);
+        let v = record(None, "", b"x");
+        assert_eq!(
+            v["annotations"]["iothub-connection-auth-method"],
+            AuthMethod::IdentityKey.annotation(false)
+        );
     }
 
     #[test]

@@ -28,6 +28,8 @@ pub(crate) struct Claim {
     pub path: String,
     pub expires: u64,
     pub rights: &'static [Permission],
+    /// How it was proven: a policy's token, an identity's own token or its certificate.
+    pub auth: crate::telemetry::AuthMethod,
 }
 
 /// The claims of one connection.
@@ -89,6 +91,19 @@ impl Claims {
             .filter(|c| c.path.is_empty() || c.path == path)
             .map(|c| c.expires)
             .max()
+    }
+
+    /// How the identity at `path` signed in: the claim [`Claims::identity_expiry`] goes by (the
+    /// one that lasts longest).
+    pub fn identity_auth(&self, path: &str, now: u64) -> Option<crate::telemetry::AuthMethod> {
+        self.claims
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .filter(|c| now < c.expires && c.rights.contains(&Permission::DeviceConnect))
+            .filter(|c| c.path.is_empty() || c.path == path)
+            .max_by_key(|c| c.expires)
+            .map(|c| c.auth)
     }
 
     /// Whether any token was ever accepted on this connection.
@@ -161,6 +176,7 @@ pub(crate) fn check_token(
         path: addr.path.to_string(),
         expires: t.expiry(),
         rights: policy.rights,
+        auth: crate::telemetry::AuthMethod::Policy,
     })
 }
 
@@ -209,6 +225,7 @@ mod tests {
             path: path.into(),
             expires,
             rights,
+            auth: crate::telemetry::AuthMethod::Policy,
         };
         let c = Claims::default();
         assert!(!c.any());

@@ -85,6 +85,8 @@ pub(super) struct Authed {
     pub device: String,
     pub module: Option<String>,
     pub generation_id: String,
+    /// How it signed in (stamped on its messages).
+    pub auth: crate::telemetry::AuthMethod,
     pub se: u64,
 }
 
@@ -145,6 +147,7 @@ pub(super) async fn authenticate(
             device,
             module,
             generation_id: ident.generation_id,
+            auth: crate::telemetry::AuthMethod::X509,
             // A certificate is not renewed in the session: no token expiry to close it at.
             se: u64::MAX / 1000,
         });
@@ -179,6 +182,11 @@ pub(super) async fn authenticate(
         device,
         module,
         generation_id: ident.generation_id,
+        auth: if token.policy().is_some() {
+            crate::telemetry::AuthMethod::Policy
+        } else {
+            crate::telemetry::AuthMethod::IdentityKey
+        },
         se: token.expiry(),
     })
 }

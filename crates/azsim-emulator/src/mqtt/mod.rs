@@ -311,6 +311,7 @@ pub(crate) async fn connection<S: Io>(hub: Arc<Hub>, opened: Box<Opened<S>>, pee
             device_id: authed.device.clone(),
             module_id: authed.module.clone(),
             generation_id: authed.generation_id.clone(),
+            auth: authed.auth,
         }),
         out: BytesMut::with_capacity(256),
         activity: hub.store.activity().cell(&cid),

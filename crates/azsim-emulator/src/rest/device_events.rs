@@ -21,7 +21,7 @@
 use std::sync::Arc;
 
 use axum::body::Bytes;
-use axum::extract::{Path, State};
+use axum::extract::{Extension, Path, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use azsim_proto::property_bag::SystemProperties;
@@ -32,7 +32,7 @@ use super::ApiError;
 use crate::fault::Fault;
 use crate::hub::Hub;
 use crate::store::{Commits, EventBatch};
-use crate::telemetry::{D2cRecord, Origin};
+use crate::telemetry::{AuthMethod, D2cRecord, Origin};
 
 /// The batch content type (the Node and C SDKs' `sendEventBatch`).
 const BATCH_CONTENT_TYPE: &str = "application/vnd.microsoft.iothub.json";
@@ -199,6 +199,7 @@ fn too_large(size: usize, max: usize) -> ApiError {
 pub(crate) async fn send_handler(
     State(hub): State<Arc<Hub>>,
     Path(id): Path<String>,
+    auth: Option<Extension<AuthMethod>>,
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<Response, ApiError> {
@@ -260,6 +261,8 @@ pub(crate) async fn send_handler(
         device_id: id.clone(),
         module_id: None,
         generation_id: ident.generation_id,
+        // The auth layer (`rest/mod.rs`) says how the caller signed in.
+        auth: auth.map(|Extension(a)| a).unwrap_or_default(),
     });
     let commits = Arc::new(Commits::default());
     let mut queued = EventBatch::default();

@@ -31,6 +31,7 @@ use tower::ServiceExt as _;
 
 use crate::hub::{Hub, LiveGuard};
 use crate::listen::{Admitted, Gate};
+use crate::telemetry::AuthMethod;
 use crate::untrusted::Untrusted;
 
 use error::render_error;
@@ -414,13 +415,13 @@ const UNKNOWN_DEVICE: &str = "unknown device";
 
 /// A device token for `id` (either key, `sr` with or without the HTTPS port), or, with no
 /// Authorization header, the TLS client certificate of an X.509 device (the Node SDK's HTTP
-/// transport sends no token then).
+/// transport sends no token then). Returns how the device signed in.
 async fn verify_device_rest(
     hub: &Hub,
     header: Option<&str>,
     certs: Option<crate::x509::PeerCerts>,
     id: &str,
-) -> Result<(), crate::auth::ServiceAuthError> {
+) -> Result<AuthMethod, crate::auth::ServiceAuthError> {
     use crate::auth::ServiceAuthError as E;
     if header.is_none()
         && let Some(chain) = certs.and_then(|c| c.to_vec())
@@ -445,7 +446,12 @@ async fn verify_device_rest(
         &resources,
         hub.clock().unix_secs(),
     )
-    .map_err(|e| E(e.to_string()))
+    .map_err(|e| E(e.to_string()))?;
+    Ok(if token.policy().is_some() {
+        AuthMethod::Policy
+    } else {
+        AuthMethod::IdentityKey
+    })
 }
 
 /// An X.509 device `id` authenticated by the chain its HTTPS client presented (as its MQTT
@@ -454,7 +460,7 @@ async fn verify_device_cert(
     hub: &Hub,
     chain: &[rustls_pki_types::CertificateDer<'static>],
     id: &str,
-) -> Result<(), crate::auth::ServiceAuthError> {
+) -> Result<AuthMethod, crate::auth::ServiceAuthError> {
     use crate::auth::ServiceAuthError as E;
     let ident = crate::hub::load_identity(hub, id, None)
         .await
@@ -472,10 +478,11 @@ async fn verify_device_cert(
         Vec::new()
     };
     crate::x509::authenticate(Some(chain), id, &ident.auth, &cas, hub.clock().unix_secs())
-        .map_err(|e| E(e.to_string()))
+        .map_err(|e| E(e.to_string()))?;
+    Ok(AuthMethod::X509)
 }
 
-async fn auth(State(hub): State<Shared>, req: Request, next: Next) -> Response {
+async fn auth(State(hub): State<Shared>, mut req: Request, next: Next) -> Response {
     // MQTT and AMQP over WebSockets: the client authenticates in its protocol, not the upgrade.
     if crate::mqtt::websocket::is_upgrade_path(req.uri().path())
         || crate::mqtt::websocket::is_root_amqp_upgrade(req.uri().path(), req.headers())
@@ -507,7 +514,8 @@ async fn auth(State(hub): State<Shared>, req: Request, next: Next) -> Response {
         needed,
         hub.clock().unix_secs(),
     ) {
-        crate::auth::ServiceVerdict::Allowed => Ok(()),
+        // A hub-wide policy token (on a device call, `iothub-connection-auth-method` says so).
+        crate::auth::ServiceVerdict::Allowed => Ok(AuthMethod::Policy),
         crate::auth::ServiceVerdict::NotAllowed(n) => {
             tracing::info!(path = %Untrusted(req.uri().path()), reason = %n, "REST 401");
             let r = ApiError::new(
@@ -536,9 +544,12 @@ async fn auth(State(hub): State<Shared>, req: Request, next: Next) -> Response {
         }
     }
     let r = match verdict {
-        Ok(()) => match access::throttled(&hub, req.method(), req.uri().path()) {
+        Ok(method) => match access::throttled(&hub, req.method(), req.uri().path()) {
             Some(e) => e.into_response(),
-            None => next.run(req).await,
+            None => {
+                req.extensions_mut().insert(method);
+                next.run(req).await
+            }
         },
         Err(_) if let Some(id) = unknown_device => {
             tracing::info!(path = %Untrusted(req.uri().path()), "REST 404 DeviceNotFound");

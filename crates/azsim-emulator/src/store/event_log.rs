@@ -24,22 +24,22 @@ const MAX_BATCH: usize = super::QUEUE_MESSAGES;
 /// Telemetry rows per multi-row INSERT: one statement run per this many messages.
 const ROWS_PER_INSERT: usize = 32;
 
-/// `INSERT INTO {table} ... VALUES (...)` with `rows` rows of [`bind_event`]'s 8 parameters.
+/// `INSERT INTO {table} ... VALUES (...)` with `rows` rows of [`bind_event`]'s 9 parameters.
 fn insert_events_sql(table: &str, rows: usize) -> String {
     let mut sql = format!(
         "INSERT INTO {table} (seq, device_id, json, module_id, generation_id, enqueued_ns, \
-         props, body, source) VALUES "
+         props, body, source, auth_method) VALUES "
     );
     for i in 0..rows {
         if i > 0 {
             sql.push(',');
         }
-        sql.push_str("(?, ?, '', ?, ?, ?, ?, ?, ?)");
+        sql.push_str("(?, ?, '', ?, ?, ?, ?, ?, ?, ?)");
     }
     sql
 }
 
-/// Binds message number `seq` to parameters `base + 1 ..= base + 8` of an insert from
+/// Binds message number `seq` to parameters `base + 1 ..= base + 9` of an insert from
 /// [`insert_events_sql`].
 fn bind_event(
     stmt: &mut rusqlite::CachedStatement<'_>,
@@ -54,7 +54,8 @@ fn bind_event(
     stmt.raw_bind_parameter(base + 5, r.enqueued_ns)?;
     stmt.raw_bind_parameter(base + 6, &r.properties)?;
     stmt.raw_bind_parameter(base + 7, &r.body)?;
-    stmt.raw_bind_parameter(base + 8, r.source.column())
+    stmt.raw_bind_parameter(base + 8, r.source.column())?;
+    stmt.raw_bind_parameter(base + 9, r.origin.auth.code())
 }
 
 /// Each segment's two inserts: [`ROWS_PER_INSERT`] rows, and one.
@@ -97,7 +98,7 @@ fn insert(
         let mut chunks = now.chunks_exact(ROWS_PER_INSERT);
         for chunk in &mut chunks {
             for (i, r) in chunk.iter().enumerate() {
-                bind_event(&mut many, i * 8, ring.next_seq + i as i64, r)?;
+                bind_event(&mut many, i * 9, ring.next_seq + i as i64, r)?;
             }
             many.raw_execute()?;
             ring.next_seq += ROWS_PER_INSERT as i64;

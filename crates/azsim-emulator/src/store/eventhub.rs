@@ -234,6 +234,8 @@ pub(crate) struct Row {
     pub device_id: String,
     pub module_id: Option<String>,
     pub generation_id: String,
+    /// How the sender's connection signed in.
+    pub auth: crate::telemetry::AuthMethod,
     pub enqueued_ns: i64,
     pub properties: String,
     pub body: Vec<u8>,
@@ -282,7 +284,8 @@ fn message(
     };
     c.prepare_cached(&format!(
         "SELECT device_id, module_id, COALESCE(generation_id, ''), COALESCE(enqueued_ns, 0), \
-         COALESCE(props, ''), COALESCE(body, CAST(json AS BLOB)), source FROM {} WHERE seq = ?1",
+         COALESCE(props, ''), COALESCE(body, CAST(json AS BLOB)), source, auth_method FROM {} \
+         WHERE seq = ?1",
         span.table()
     ))
     .map_err(db_err)?
@@ -293,6 +296,7 @@ fn message(
             device_id: r.get(0)?,
             module_id: r.get(1)?,
             generation_id: r.get(2)?,
+            auth: crate::telemetry::AuthMethod::from_code(r.get(7)?),
             enqueued_ns: r.get(3)?,
             properties: r.get(4)?,
             body: r.get(5)?,

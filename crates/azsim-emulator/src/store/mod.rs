@@ -493,6 +493,7 @@ mod tests {
                 device_id: "d1".into(),
                 module_id: None,
                 generation_id: "g".into(),
+                auth: crate::telemetry::AuthMethod::IdentityKey,
             }),
             enqueued_ns: n,
             properties: String::new(),

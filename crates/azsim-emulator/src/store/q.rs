@@ -404,7 +404,8 @@ pub fn recent_events(
     device: Option<&str>,
     limit: usize,
 ) -> Result<Vec<String>, HubError> {
-    const COLS: &str = "json, device_id, module_id, generation_id, enqueued_ns, props, body";
+    const COLS: &str =
+        "json, device_id, module_id, generation_id, enqueued_ns, props, body, auth_method";
     let row = |r: &rusqlite::Row<'_>| -> rusqlite::Result<String> {
         let json: String = r.get(0)?;
         if !json.is_empty() {
@@ -414,6 +415,7 @@ pub fn recent_events(
             &r.get::<_, String>(1)?,
             r.get::<_, Option<String>>(2)?.as_deref(),
             &r.get::<_, Option<String>>(3)?.unwrap_or_default(),
+            crate::telemetry::AuthMethod::from_code(r.get(7)?),
             r.get::<_, Option<i64>>(4)?.unwrap_or_default(),
             &r.get::<_, Option<String>>(5)?.unwrap_or_default(),
             &r.get::<_, Option<Vec<u8>>>(6)?.unwrap_or_default(),

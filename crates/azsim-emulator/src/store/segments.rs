@@ -39,7 +39,10 @@ const SEGMENT_TABLE: &str = "CREATE TABLE IF NOT EXISTS {t} (
   seq INTEGER PRIMARY KEY, device_id TEXT NOT NULL, json TEXT NOT NULL, module_id TEXT,
   generation_id TEXT, enqueued_ns INTEGER, props TEXT, body BLOB,
   -- NULL for telemetry; the `iothub-message-source` of an event routed by the hub.
-  source TEXT);";
+  source TEXT,
+  -- How the sender's connection signed in (`telemetry::AuthMethod::code`); NULL in rows from
+  -- before the column, read as a SAS token of the identity's own key.
+  auth_method INTEGER);";
 
 /// The columns the single `events` table gained after its first schema `(seq, device_id,
 /// json)`: a database from then has them added before its rows move (see [`migrate`]).
@@ -126,6 +129,17 @@ pub(crate) fn open(c: &mut Connection, cap: usize) -> rusqlite::Result<Ring> {
     let tx = c.transaction()?;
     for t in TABLES {
         tx.execute_batch(&SEGMENT_TABLE.replace("{t}", t))?;
+        // Segments made before `auth_method` get it (older rows read NULL).
+        let has_auth: bool = tx.query_row(
+            &format!(
+                "SELECT COUNT(*) > 0 FROM pragma_table_info('{t}') WHERE name = 'auth_method'"
+            ),
+            [],
+            |r| r.get(0),
+        )?;
+        if !has_auth {
+            tx.execute_batch(&format!("ALTER TABLE {t} ADD COLUMN auth_method INTEGER;"))?;
+        }
     }
     tx.execute_batch(
         "CREATE TABLE IF NOT EXISTS event_log_meta (name TEXT PRIMARY KEY, value INTEGER NOT NULL);",
@@ -276,6 +290,30 @@ mod tests {
         assert_eq!(tables, 0, "the old table is gone, the view took its name");
         // Opening again changes nothing.
         assert_eq!(open(&mut c, 100).unwrap(), ring);
+    }
+
+    #[test]
+    fn segments_from_before_auth_method_get_the_column_and_keep_their_rows() {
+        let mut c = Connection::open_in_memory().unwrap();
+        c.execute_batch(
+            "CREATE TABLE events_0 (seq INTEGER PRIMARY KEY, device_id TEXT NOT NULL, \
+             json TEXT NOT NULL, module_id TEXT, generation_id TEXT, enqueued_ns INTEGER, \
+             props TEXT, body BLOB, source TEXT); \
+             INSERT INTO events_0 (seq, device_id, json) VALUES (5, 'old', '');",
+        )
+        .unwrap();
+        assert_eq!(open(&mut c, 70).unwrap().next_seq, 6);
+        let old: Option<i64> = c
+            .query_row("SELECT auth_method FROM events_0 WHERE seq = 5", [], |r| {
+                r.get(0)
+            })
+            .unwrap();
+        assert_eq!(old, None, "an older row reads NULL");
+        c.execute_batch(
+            "INSERT INTO events_1 (seq, device_id, json, auth_method) VALUES (6, 'x', '', 2);",
+        )
+        .unwrap();
+        open(&mut c, 70).unwrap();
     }
 
     #[test]

@@ -100,6 +100,7 @@ pub(crate) async fn check_device_token(
         path: super::identity_path(&device, module.as_deref()),
         expires: t.expiry(),
         rights: DEVICE_RIGHTS,
+        auth: crate::telemetry::AuthMethod::IdentityKey,
     })
 }
 

@@ -243,7 +243,13 @@ pub(crate) struct Devices(Mutex<HashMap<String, Weak<DeviceConn>>>);
 
 impl Devices {
     /// The identity's entry on this connection, registered with the hub by its first link.
-    fn join(&self, ctx: &Arc<ConnCtx>, link: &Link, generation_id: String) -> Arc<DeviceConn> {
+    fn join(
+        &self,
+        ctx: &Arc<ConnCtx>,
+        link: &Link,
+        generation_id: String,
+        auth: crate::telemetry::AuthMethod,
+    ) -> Arc<DeviceConn> {
         let cid = client_id(&link.device, link.module.as_deref());
         let mut map = self.0.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(d) = map.get(&cid).and_then(Weak::upgrade)
@@ -263,6 +269,7 @@ impl Devices {
                 device_id: link.device.clone(),
                 module_id: link.module.clone(),
                 generation_id,
+                auth,
             }),
             activity: hub.store.activity().cell(&cid),
             ended: watch::channel(None).0,
@@ -461,7 +468,11 @@ pub(crate) async fn serve(
         )
         .await;
     }
-    let dev = ctx.devices.join(&ctx, &link, ident.generation_id);
+    let auth = ctx
+        .claims
+        .identity_auth(&link.identity_path(), ctx.now_s())
+        .unwrap_or_default();
+    let dev = ctx.devices.join(&ctx, &link, ident.generation_id, auth);
     *dev.early_kills.lock().unwrap_or_else(|p| p.into_inner()) = Some(kills);
     match (link.kind, endpoint) {
         (Kind::Telemetry, LinkEndpoint::Receiver(r)) => telemetry::serve(ctx, dev, r).await,
@@ -515,6 +526,7 @@ async fn x509(ctx: &ConnCtx, link: &Link, ident: &crate::store::Identity) -> Res
         path: link.identity_path(),
         expires: u64::MAX / 1000,
         rights: auth::DEVICE_RIGHTS,
+        auth: crate::telemetry::AuthMethod::X509,
     });
     Ok(())
 }

@@ -16,7 +16,6 @@ use fe2o3_amqp::types::primitives::{Binary, SimpleValue, Symbol, Timestamp, Valu
 
 use crate::routing::Source;
 use crate::store::eventhub::Row;
-use crate::telemetry::{AUTH_METHOD_DEVICE, AUTH_METHOD_MODULE};
 
 /// The message a consumer receives for `row`.
 pub(crate) fn event(row: &Row) -> Message<Data> {
@@ -82,14 +81,9 @@ pub(crate) fn event(row: &Row) -> Message<Data> {
     }
     // Only a device's own messages name how it authenticated; the hub raises the others.
     if row.source == Source::Telemetry {
-        let method = if row.module_id.is_some() {
-            AUTH_METHOD_MODULE
-        } else {
-            AUTH_METHOD_DEVICE
-        };
         annotate(
             "iothub-connection-auth-method",
-            Value::String(method.to_string()),
+            Value::String(row.auth.annotation(row.module_id.is_some()).to_string()),
         );
         annotate(
             "iothub-connection-auth-generation-id",
@@ -130,6 +124,7 @@ mod tests {
             device_id: "d1".into(),
             module_id: Some("m1".into()),
             generation_id: "g1".into(),
+            auth: crate::telemetry::AuthMethod::IdentityKey,
             enqueued_ns: 1_700_000_000_123_456_789,
             properties: "%24.mid=m%201&%24.cid=c1&%24.uid=u1&%24.ct=application%2Fjson&%24.ce=utf-8&temp=21.5&flag".into(),
             body: b"{\"t\":1}".to_vec(),
@@ -176,6 +171,7 @@ mod tests {
             device_id: "d1".into(),
             module_id: None,
             generation_id: "g1".into(),
+            auth: crate::telemetry::AuthMethod::IdentityKey,
             enqueued_ns: 1_700_000_000_000_000_000,
             properties: "temp=21.5".into(),
             body: b"plain".to_vec(),
