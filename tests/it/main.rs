@@ -11,6 +11,7 @@ mod dps_amqp_ws_root;
 mod firmware_loop;
 mod fleet;
 mod hub_activity;
+mod hub_auth_method;
 mod hub_amqp;
 mod hub_amqp_c2d;
 mod hub_amqp_websocket;
