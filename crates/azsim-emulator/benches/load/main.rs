@@ -137,6 +137,23 @@
 //! msgs/s and CPU 4.7 -> 4.1 us per message (one queue operation per read instead of per
 //! message). The rest of the gap at window 1 is per-message work both brokers do, plus the
 //! hub's second wake-up per message (the commit) and the insert.
+//! The event log as a ring of 8 segment tables (`store/segments.rs`), trimmed by emptying the
+//! oldest segment whole, A/B against this bench built at 34b361d (`--only hub --messages 200
+//! --window 1,10,100`, 3 interleaved pairs, load average 6-11 from other work): the SQLite
+//! writer thread 1.7-2.0 -> 1.2-1.4 us per message at windows 10 and 100 (2.1-2.5 -> 2.0-2.4
+//! at window 1), the hub 4.7-5.2 -> 4.4-4.8 us at window 10 and 4.1-4.4 -> 3.3-3.5 at window
+//! 100, msgs/s 99-124k -> 104-131k and 94-136k -> 165-188k. The Event Hubs indexer (it numbers
+//! each committed row into `eh_index` after every commit, on the blocking pool, so it is not
+//! in the "SQLite threads" figure) took about 0.5 us per message at window 100 (perf: 7 % of
+//! the samples against the writer's 14 %); it now inserts 32 rows per statement and reads
+//! only the newest segments. With SQLite's default 2 MiB page cache it read pages back from
+//! the file (pread) after every commit; a 16 MiB cache took that away. Window 1 did not gain:
+//! 11.3-16.6 us against 11.3-13.5 in the same pairs, 12.2-13.5 against 12.6-14.0 in another
+//! set; small commits make the indexer's fixed cost per commit count. Full run, same command
+//! as above (load average 7-11): medians 0.53x / 2.15x / 3.20x at windows 1 / 10 / 100
+//! (rounds 1.79 0.46 0.53 / 2.82 2.15 1.31 / 2.61 3.20 3.83; hub 43k / 179k / 193k msgs/s), hub
+//! CPU 12.0 / 4.1 / 3.3 us per message against mosquitto's 6.5 / 6.8 / 6.4; memory per device
+//! hub 13.1-13.6 KiB, mosquitto 16.3-17.5.
 //! The connection side (5ec6be3), A/B behind the same clients (`AZSIM_LOAD_HUB_EXE` = this bench at
 //! 34b361d, `--only hub --messages 200 --window 1,10,100`, 9 interleaved pairs, 3 of them before
 //! the boxing below, load average 4-12 from other builds): hub CPU per message 4.8-5.4 -> 4.5-4.8
