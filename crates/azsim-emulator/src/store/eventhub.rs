@@ -126,30 +126,7 @@ impl Index {
 
     /// Number the log rows committed since the last call, and forget the numbers of rows the
     /// log has trimmed. Returns whether anything was numbered.
-    ///
-    /// Its commits are not fsynced (`synchronous=NORMAL` for their length; the writer's next
-    /// commit fsyncs the WAL with them): the numbers are derived from the log, which is as
-    /// durable as configured, and a crash that loses the newest of them only has them given
-    /// again, the same (the rows they number are the newest, never trimmed before). An fsync
-    /// here, under the connection's lock, delayed the writer's next commit.
     pub fn catch_up(&mut self, c: &mut Connection) -> Result<bool, HubError> {
-        // (Cached: this runs after every commit of the writer.)
-        let sync: i64 = c
-            .prepare_cached("PRAGMA synchronous")
-            .and_then(|mut s| s.query_row([], |r| r.get(0)))
-            .map_err(db_err)?;
-        let set = |c: &Connection, level: &str| {
-            c.prepare_cached(&format!("PRAGMA synchronous = {level}"))
-                .and_then(|mut s| s.execute([]))
-                .map_err(db_err)
-        };
-        set(c, "NORMAL")?;
-        let result = self.catch_up_all(c);
-        set(c, &sync.to_string())?;
-        result
-    }
-
-    fn catch_up_all(&mut self, c: &mut Connection) -> Result<bool, HubError> {
         let mut any = false;
         loop {
             let tx = c.transaction().map_err(db_err)?;
