@@ -147,9 +147,12 @@
 //! in the "SQLite threads" figure) took about 0.5 us per message at window 100 (perf: 7 % of
 //! the samples against the writer's 14 %); it now inserts 32 rows per statement and reads
 //! only the newest segments. With SQLite's default 2 MiB page cache it read pages back from
-//! the file (pread) after every commit; a 16 MiB cache took that away. Window 1 did not gain:
-//! 11.3-16.6 us against 11.3-13.5 in the same pairs, 12.2-13.5 against 12.6-14.0 in another
-//! set; small commits make the indexer's fixed cost per commit count. Full run, same command
+//! the file (pread) after every commit; a 16 MiB cache took that away. Window 1 gained little
+//! if anything: 11.3-16.6 us against 11.3-13.5 in the same pairs, 12.2-13.5 against 12.6-14.0
+//! in another set, 10.7-11.9 against 10.3-12.3 on a quieter machine (load average 5; msgs/s
+//! 65-100k against 50-58k there); small commits make the indexer's fixed cost per commit
+//! count. Letting the indexer's commits skip their fsync (they are derived data) measured the
+//! same as keeping it (10.9-12.8 against 10.7-11.9 us), so they keep it. Full run, same command
 //! as above (load average 7-11): medians 0.53x / 2.15x / 3.20x at windows 1 / 10 / 100
 //! (rounds 1.79 0.46 0.53 / 2.82 2.15 1.31 / 2.61 3.20 3.83; hub 43k / 179k / 193k msgs/s), hub
 //! CPU 12.0 / 4.1 / 3.3 us per message against mosquitto's 6.5 / 6.8 / 6.4; memory per device
