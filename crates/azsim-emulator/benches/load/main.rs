@@ -139,10 +139,13 @@
 //! hub's second wake-up per message (the commit) and the insert.
 //! The event log as a ring of 8 segment tables (`store/segments.rs`), trimmed by emptying the
 //! oldest segment whole, A/B against this bench built at 34b361d (`--only hub --messages 200
-//! --window 1,10,100`, 3 interleaved pairs, load average 6-11 from other work): the SQLite
-//! writer thread 1.7-2.0 -> 1.2-1.4 us per message at windows 10 and 100 (2.1-2.5 -> 2.0-2.4
-//! at window 1), the hub 4.7-5.2 -> 4.4-4.8 us at window 10 and 4.1-4.4 -> 3.3-3.5 at window
-//! 100, msgs/s 99-124k -> 104-131k and 94-136k -> 165-188k. The Event Hubs indexer (it numbers
+//! --window 1,10,100`, 3 interleaved pairs, load average 6-11 from other work). The store
+//! alone (42c59eb, no connection-side change): the SQLite writer thread 1.7-1.8 -> 1.1-1.3 us
+//! per message at windows 10 and 100 (2.1-2.2 -> 1.6-1.9 at window 1), the hub 4.7-4.9 ->
+//! 4.3-4.5 us at window 10 and 3.7-3.9 -> 3.3-3.7 at window 100. With 5ec6be3 (the connection
+//! side, above) and the page cache below too (f64f95d): writer 1.7-2.0 -> 1.2-1.4, hub
+//! 4.7-5.2 -> 4.4-4.8 at window 10 and 4.1-4.4 -> 3.3-3.5 at window 100, msgs/s 99-124k ->
+//! 104-131k and 94-136k -> 165-188k. The Event Hubs indexer (it numbers
 //! each committed row into `eh_index` after every commit, on the blocking pool, so it is not
 //! in the "SQLite threads" figure) took about 0.5 us per message at window 100 (perf: 7 % of
 //! the samples against the writer's 14 %); it now inserts 32 rows per statement and reads
