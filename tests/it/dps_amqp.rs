@@ -11,40 +11,13 @@
 //! The SDKs dial 5671 (AMQPS), 443 (AMQP over WebSockets) and 8883, so the hub listens there,
 //! holding `support::PORT_8883`.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use reqwest::Method;
 use serde_json::{Value, json};
 
 use crate::dps::{derive, service};
 use crate::support::TestHub;
-
-/// `node` with the DPS AMQP transport and the device AMQP transport in tests/node, or why not.
-fn node() -> Result<PathBuf, String> {
-    let node = match std::env::var_os("AZSIM_NODE") {
-        Some(p) if !p.is_empty() => PathBuf::from(p),
-        _ => PathBuf::from("node"),
-    };
-    match std::process::Command::new(&node).arg("--version").output() {
-        Ok(o) if o.status.success() => {}
-        _ => return Err(format!("node not found ({})", node.display())),
-    }
-    let modules = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/node/node_modules");
-    for pkg in [
-        "azure-iot-provisioning-device",
-        "azure-iot-provisioning-device-amqp",
-        "azure-iot-security-symmetric-key",
-        "azure-iot-device",
-        "azure-iot-device-amqp",
-    ] {
-        if !modules.join(pkg).join("package.json").is_file() {
-            return Err(format!(
-                "tests/node/node_modules lacks {pkg} (run scripts/test, or npm ci in tests/node)"
-            ));
-        }
-    }
-    Ok(node)
-}
 
 /// An individual symmetric-key enrollment for `reg` (device `device`); its generated key.
 async fn individual(hub: &TestHub, reg: &str, device: &str) -> String {
@@ -95,26 +68,18 @@ fn error_code(refused: &Value) -> Value {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_node_sdk_provisions_over_amqp_and_amqp_websockets_then_sends_telemetry() {
-    let node = match node() {
-        Ok(n) => n,
-        Err(why) => {
-            crate::support::skip(&why);
-            return;
-        }
+    let Some(fixed) = crate::support::node::hub_on_azure_ports(&[
+        "azure-iot-provisioning-device",
+        "azure-iot-provisioning-device-amqp",
+        "azure-iot-security-symmetric-key",
+        "azure-iot-device",
+        "azure-iot-device-amqp",
+    ])
+    .await
+    else {
+        return;
     };
-    let _port = crate::support::PORT_8883.lock().await;
-    let tmp = tempfile::tempdir().unwrap();
-    let hub = crate::support::start_on_fixed_ports(
-        &tmp.path().join("hub"),
-        8883,
-        443,
-        |cfg| cfg.amqp_port = Some(5671),
-        "127.0.0.1:8883/443/5671, which the Node SDKs need (is another hub or broker using them?)",
-    )
-    .await;
-    let view = TestHub::attach(&hub.info);
-    let work = tmp.path().join("work");
-    std::fs::create_dir_all(&work).unwrap();
+    let (node, hub, view, work) = (fixed.node, fixed.hub, fixed.view, fixed.work);
 
     let ind_key = individual(&view, "amqp-ind", "amqp-ind-dev").await;
     let ws_key = individual(&view, "amqpws-ind", "amqpws-ind-dev").await;

@@ -475,59 +475,26 @@ async fn the_python_event_hubs_sdk_reads_telemetry_over_amqp_websockets() {
     hub.stop().await;
 }
 
-/// `node` (env `AZSIM_NODE`) with the SDKs the script uses installed in tests/node, or why not.
-fn node() -> Result<std::path::PathBuf, String> {
-    let node = match std::env::var_os("AZSIM_NODE") {
-        Some(p) if !p.is_empty() => std::path::PathBuf::from(p),
-        _ => std::path::PathBuf::from("node"),
-    };
-    let ok = std::process::Command::new(&node)
-        .arg("--version")
-        .output()
-        .is_ok_and(|o| o.status.success());
-    if !ok {
-        return Err(format!("node not found ({})", node.display()));
-    }
-    let modules = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/node/node_modules");
-    for pkg in ["azure-iothub", "azure-iot-device", "azure-iot-device-amqp"] {
-        if !modules.join(pkg).join("package.json").is_file() {
-            return Err(format!(
-                "tests/node/node_modules lacks {pkg} (run scripts/test)"
-            ));
-        }
-    }
-    Ok(node)
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_node_sdks_send_c2d_receive_it_and_read_its_feedback_over_amqp_websockets() {
-    let node = match node() {
-        Ok(n) => n,
-        Err(why) => {
-            crate::support::skip(&why);
-            return;
-        }
-    };
-    // AmqpWs (service and device) dials wss://{host}:443 and nothing else.
-    let _port = crate::support::PORT_8883.lock().await;
-    let tmp = tempfile::tempdir().unwrap();
-    let handle = crate::support::start_on_fixed_ports(
-        &tmp.path().join("hub"),
+    // AmqpWs (service and device) dials wss://{host}:443 and nothing else; 5671 too: only with
+    // both of Azure's ports is the connection string's HostName bare.
+    let Some(fixed) = crate::support::node::hub_on_fixed_ports(
+        &["azure-iothub", "azure-iot-device", "azure-iot-device-amqp"],
         0,
         443,
-        // 5671 too: only with both of Azure's ports is the connection string's HostName bare.
-        |c| c.amqp_port = Some(5671),
+        5671,
         "127.0.0.1:443 and 5671 (AmqpWs needs 443 and a bare HostName)",
     )
-    .await;
-    let hub = TestHub::attach(&handle.info);
+    .await
+    else {
+        return;
+    };
+    let (node, handle, hub) = (fixed.node, fixed.hub, fixed.view);
+    let (work, cs_file) = (fixed.work, fixed.cs_file);
     hub.create_device("node-ws").await;
     let key = hub.device_key("node-ws").await;
 
-    let work = tmp.path().join("work");
-    std::fs::create_dir_all(&work).unwrap();
-    let cs_file = work.join("service.cs");
-    std::fs::write(&cs_file, &hub.service_connection_string).unwrap();
     // The device's string without the MQTT port: AmqpWs appends :443 to HostName.
     let device_cs_file = work.join("device.cs");
     std::fs::write(

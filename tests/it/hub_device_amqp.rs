@@ -4,9 +4,9 @@
 //!
 //! The SDK dials only Azure's AMQPS port (5671; the service SDK's REST calls 443), so the hub
 //! listens on those of 127.0.0.1 and the test holds `support::PORT_8883`. Node and the packages
-//! are found as `service_node_sdk.rs` finds them; without them the test prints `skipped:`.
+//! are found by `support::node`; without them the test prints `skipped:`.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Stdio;
 use std::time::Duration;
 
@@ -15,61 +15,18 @@ use serde_json::{Value, json};
 use tokio::process::Command;
 
 use crate::support::TestHub;
+use crate::support::node::{node, node_dir};
 use crate::support::script::Script;
 
-fn node_dir() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/node")
-}
-
-/// The `node` binary with the AMQP device SDK installed, or why the test cannot run.
-fn node() -> Result<PathBuf, String> {
-    let node = match std::env::var_os("AZSIM_NODE") {
-        Some(p) if !p.is_empty() => PathBuf::from(p),
-        _ => PathBuf::from("node"),
-    };
-    match std::process::Command::new(&node).arg("--version").output() {
-        Ok(o) if o.status.success() => {}
-        _ => return Err(format!("node not found ({})", node.display())),
-    }
-    for pkg in ["azure-iot-device", "azure-iot-device-amqp", "azure-iothub"] {
-        if !node_dir()
-            .join("node_modules")
-            .join(pkg)
-            .join("package.json")
-            .is_file()
-        {
-            return Err(format!(
-                "tests/node/node_modules lacks {pkg} (run scripts/test, or npm ci in tests/node)"
-            ));
-        }
-    }
-    Ok(node)
-}
+/// What `device_amqp.js` needs in tests/node.
+const PACKAGES: &[&str] = &["azure-iot-device", "azure-iot-device-amqp", "azure-iothub"];
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_node_device_sdk_over_amqp_sends_receives_answers_and_keeps_its_twin() {
-    let node = match node() {
-        Ok(n) => n,
-        Err(why) => {
-            crate::support::skip(&why);
-            return;
-        }
+    let Some(fixed) = crate::support::node::hub_on_azure_ports(PACKAGES).await else {
+        return;
     };
-    let _port = crate::support::PORT_8883.lock().await;
-    let tmp = tempfile::tempdir().unwrap();
-    let hub = crate::support::start_on_fixed_ports(
-        &tmp.path().join("hub"),
-        8883,
-        443,
-        |cfg| cfg.amqp_port = Some(5671),
-        "127.0.0.1:8883/443/5671, which the Node SDKs need (is another hub or broker using them?)",
-    )
-    .await;
-    let view = TestHub::attach(&hub.info);
-    let work = tmp.path().join("work");
-    std::fs::create_dir_all(&work).unwrap();
-    let cs_file = work.join("service.cs");
-    std::fs::write(&cs_file, &hub.info.service_connection_string).unwrap();
+    let (node, hub, view, cs_file) = (fixed.node, fixed.hub, fixed.view, fixed.cs_file);
 
     scenario(&node, &view, &cs_file, "node-amqp", "amqp", "Amqp").await;
     scenario(&node, &view, &cs_file, "node-amqpws", "amqpws", "AmqpWs").await;
@@ -209,7 +166,7 @@ async fn scenario(
 /// still refused. The device SDK dials the port in `HostName`: no fixed port.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_x509_device_over_amqp_is_authenticated_by_its_client_certificate() {
-    let node = match node() {
+    let node = match node(PACKAGES) {
         Ok(n) => n,
         Err(why) => {
             crate::support::skip(&why);

@@ -14,6 +14,7 @@ use tokio::process::Command;
 
 use crate::hub_file_upload::{begin, blob_call};
 use crate::support::TestHub;
+use crate::support::node::node_dir;
 use crate::support::script::Script;
 
 fn python_script() -> PathBuf {
@@ -142,62 +143,20 @@ async fn the_python_sdks_upload_read_back_and_notify() {
     hub.stop().await;
 }
 
-fn node_dir() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/node")
-}
-
-/// `node` and the SDK packages, or why the test cannot run.
-fn node() -> Result<PathBuf, String> {
-    let node = match std::env::var_os("AZSIM_NODE") {
-        Some(p) if !p.is_empty() => PathBuf::from(p),
-        _ => PathBuf::from("node"),
-    };
-    let ok = std::process::Command::new(&node)
-        .arg("--version")
-        .output()
-        .is_ok_and(|o| o.status.success());
-    if !ok {
-        return Err(format!("node not found ({})", node.display()));
-    }
-    for pkg in [
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_node_sdks_upload_to_blob_and_the_service_receives_the_file_notification() {
+    let Some(fixed) = crate::support::node::hub_on_azure_ports(&[
         "azure-iot-device",
         "azure-iot-device-mqtt",
         "azure-iothub",
         "@azure/storage-blob",
-    ] {
-        let p = node_dir()
-            .join("node_modules")
-            .join(pkg)
-            .join("package.json");
-        if !p.is_file() {
-            return Err(format!(
-                "tests/node/node_modules lacks {pkg} (run scripts/test, or npm ci in tests/node)"
-            ));
-        }
-    }
-    Ok(node)
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_node_sdks_upload_to_blob_and_the_service_receives_the_file_notification() {
-    let node = match node() {
-        Ok(n) => n,
-        Err(why) => {
-            crate::support::skip(&why);
-            return;
-        }
+    ])
+    .await
+    else {
+        return;
     };
-    let _ports = crate::support::PORT_8883.lock().await;
-    let tmp = tempfile::tempdir().unwrap();
-    let handle = crate::support::start_on_fixed_ports(
-        &tmp.path().join("hub"),
-        8883,
-        443,
-        |cfg| cfg.amqp_port = Some(5671),
-        "127.0.0.1:8883/443/5671, which the Node SDKs need (is another hub or broker using them?)",
-    )
-    .await;
-    let hub = TestHub::attach(&handle.info);
+    let (node, handle, hub) = (fixed.node, fixed.hub, fixed.view);
+    let (work, service_cs) = (fixed.work, fixed.cs_file);
     let (s, v) = hub
         .rest(
             Method::PUT,
@@ -209,16 +168,12 @@ async fn the_node_sdks_upload_to_blob_and_the_service_receives_the_file_notifica
     let key = v["authentication"]["symmetricKey"]["primaryKey"]
         .as_str()
         .unwrap();
-    let work = tmp.path().join("work");
-    std::fs::create_dir_all(&work).unwrap();
     let device_cs = work.join("device.cs");
     std::fs::write(
         &device_cs,
         format!("HostName=localhost;DeviceId=node-files;SharedAccessKey={key}"),
     )
     .unwrap();
-    let service_cs = work.join("service.cs");
-    std::fs::write(&service_cs, &handle.info.service_connection_string).unwrap();
 
     // 5 MiB: more than one of uploadStream's 4 MiB blocks.
     let size = 5 * 1024 * 1024 + 123;

@@ -15,27 +15,6 @@ use serde_json::{Value, json};
 
 use crate::support::TestHub;
 
-/// `node` with `azure-iot-device-http` and `azure-iothub` in tests/node, or why not.
-fn node() -> Result<PathBuf, String> {
-    let node = match std::env::var_os("AZSIM_NODE") {
-        Some(p) if !p.is_empty() => PathBuf::from(p),
-        _ => PathBuf::from("node"),
-    };
-    match std::process::Command::new(&node).arg("--version").output() {
-        Ok(o) if o.status.success() => {}
-        _ => return Err(format!("node not found ({})", node.display())),
-    }
-    let modules = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/node/node_modules");
-    for pkg in ["azure-iot-device", "azure-iot-device-http", "azure-iothub"] {
-        if !modules.join(pkg).join("package.json").is_file() {
-            return Err(format!(
-                "tests/node/node_modules lacks {pkg} (run scripts/test, or npm ci in tests/node)"
-            ));
-        }
-    }
-    Ok(node)
-}
-
 /// The telemetry the hub stored for `device`, oldest first.
 async fn telemetry(hub: &TestHub, device: &str) -> Vec<Value> {
     let (status, events) = hub
@@ -89,28 +68,17 @@ fn assert_older_shape(refused: &Value, message_prefix: &str) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_node_http_transport_sends_telemetry_and_settles_c2d() {
-    let node = match node() {
-        Ok(n) => n,
-        Err(why) => {
-            crate::support::skip(&why);
-            return;
-        }
+    let Some(fixed) = crate::support::node::hub_on_azure_ports(&[
+        "azure-iot-device",
+        "azure-iot-device-http",
+        "azure-iothub",
+    ])
+    .await
+    else {
+        return;
     };
-    let _port = crate::support::PORT_8883.lock().await;
-    let tmp = tempfile::tempdir().unwrap();
-    let hub = crate::support::start_on_fixed_ports(
-        &tmp.path().join("hub"),
-        8883,
-        443,
-        |cfg| cfg.amqp_port = Some(5671),
-        "127.0.0.1:8883/443/5671, which the Node SDKs need (is another hub or broker using them?)",
-    )
-    .await;
-    let view = TestHub::attach(&hub.info);
-    let work = tmp.path().join("work");
-    std::fs::create_dir_all(&work).unwrap();
-    let cs_file = work.join("service.cs");
-    std::fs::write(&cs_file, &hub.info.service_connection_string).unwrap();
+    let (node, hub, view) = (fixed.node, fixed.hub, fixed.view);
+    let (work, cs_file) = (fixed.work, fixed.cs_file);
     let (cert, key, thumb) = self_signed(&work, "node-http-x509");
     let (s, v) = view
         .rest(

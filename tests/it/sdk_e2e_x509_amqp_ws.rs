@@ -3,61 +3,33 @@
 //! over WebSockets presents its certificate in the TLS handshake of the HTTPS connection that
 //! carries the upgrade, and the hub did not pass that chain on to the AMQP connection (the
 //! device's links were refused). Here `azure-iot-device-amqp` 1.14.4's `AmqpWs` (which dials
-//! only `wss://{host}:443/$iothub/websocket`, hence Azure's ports and [`PORT_8883`]) connects a
-//! self-signed device with its certificate, sends telemetry and reads its twin; a SAS device
-//! presenting a certificate is still refused.
+//! only `wss://{host}:443/$iothub/websocket`, hence Azure's ports and
+//! [`crate::support::PORT_8883`]) connects a self-signed device with its certificate, sends
+//! telemetry and reads its twin; a SAS device presenting a certificate is still refused.
 
-use std::path::{Path, PathBuf};
 use std::process::Stdio;
 
 use reqwest::Method;
 use serde_json::json;
 use tokio::process::Command;
 
+use crate::support::node::node_dir;
 use crate::support::script::Script;
-use crate::support::{PORT_8883, TestHub};
-
-fn node_dir() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/node")
-}
-
-/// `node` with the AMQP device SDK installed, or why the test cannot run.
-fn node() -> Result<PathBuf, String> {
-    let node = std::env::var_os("AZSIM_NODE").map_or_else(|| PathBuf::from("node"), PathBuf::from);
-    match std::process::Command::new(&node).arg("--version").output() {
-        Ok(o) if o.status.success() => {}
-        _ => return Err(format!("node not found ({})", node.display())),
-    }
-    for pkg in ["azure-iot-device", "azure-iot-device-amqp", "azure-iothub"] {
-        if !node_dir().join("node_modules").join(pkg).is_dir() {
-            return Err(format!(
-                "tests/node/node_modules lacks {pkg} (run scripts/test, or npm ci in tests/node)"
-            ));
-        }
-    }
-    Ok(node)
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_x509_device_over_amqp_websockets_is_authenticated_by_its_client_certificate() {
-    let node = match node() {
-        Ok(n) => n,
-        Err(why) => {
-            crate::support::skip(&why);
-            return;
-        }
-    };
-    let _ports = PORT_8883.lock().await;
-    let tmp = tempfile::tempdir().unwrap();
-    let handle = crate::support::start_on_fixed_ports(
-        &tmp.path().join("hub"),
+    let Some(fixed) = crate::support::node::hub_on_fixed_ports(
+        &["azure-iot-device", "azure-iot-device-amqp", "azure-iothub"],
         0,
         443,
-        |cfg| cfg.amqp_port = Some(0),
+        0,
         "127.0.0.1:443, which the Node SDK's AmqpWs needs (is another hub using it?)",
     )
-    .await;
-    let hub = TestHub::attach(&handle.info);
+    .await
+    else {
+        return;
+    };
+    let (node, handle, hub) = (fixed.node, fixed.hub, fixed.view);
 
     let key = rcgen::KeyPair::generate().unwrap();
     let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
@@ -65,7 +37,7 @@ async fn an_x509_device_over_amqp_websockets_is_authenticated_by_its_client_cert
         .distinguished_name
         .push(rcgen::DnType::CommonName, "node-amqpws-x509");
     let cert = params.self_signed(&key).unwrap();
-    let work = tmp.path();
+    let work = fixed.work.as_path();
     let (cert_file, key_file) = (work.join("x509.pem"), work.join("x509.key"));
     std::fs::write(&cert_file, cert.pem()).unwrap();
     std::fs::write(&key_file, key.serialize_pem()).unwrap();

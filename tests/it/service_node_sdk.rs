@@ -9,7 +9,7 @@
 //! `node`), the packages from `tests/node/node_modules` (`scripts/test` runs `npm ci` there,
 //! pinned by `tests/node/package-lock.json`); without them the test prints `skipped:`.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Stdio;
 
 use reqwest::Method;
@@ -19,41 +19,8 @@ use tokio::process::Command;
 
 use crate::service_cli::{Output, azsim, output};
 use crate::support::TestHub;
+use crate::support::node::node_dir;
 use crate::support::script::Script;
-
-fn node_dir() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/node")
-}
-
-/// The `node` binary and the installed SDKs, or why the test cannot run.
-fn node() -> Result<PathBuf, String> {
-    let node = match std::env::var_os("AZSIM_NODE") {
-        Some(p) if !p.is_empty() => PathBuf::from(p),
-        _ => PathBuf::from("node"),
-    };
-    let version = std::process::Command::new(&node)
-        .arg("--version")
-        .output()
-        .map_err(|e| format!("node not found ({}: {e})", node.display()))?;
-    if !version.status.success() {
-        return Err(format!("{} --version failed", node.display()));
-    }
-    let modules = node_dir().join("node_modules");
-    for pkg in [
-        "azure-iot-device",
-        "azure-iot-device-mqtt",
-        "azure-iothub",
-        "azure-iot-provisioning-device-mqtt",
-        "azure-iot-security-symmetric-key",
-    ] {
-        if !modules.join(pkg).join("package.json").is_file() {
-            return Err(format!(
-                "tests/node/node_modules lacks {pkg} (run scripts/test, or npm ci in tests/node)"
-            ));
-        }
-    }
-    Ok(node)
-}
 
 /// Starts `sdk.js` with `args`, trusting the hub's CA; `name` labels failures.
 fn spawn_node(node: &Path, work: &Path, name: &str, args: &[&str], ca: &Path) -> Script {
@@ -65,35 +32,21 @@ fn spawn_node(node: &Path, work: &Path, name: &str, args: &[&str], ca: &Path) ->
     Script::spawn(cmd, work, name)
 }
 
-/// Starts the hub on 127.0.0.1 with Azure's ports: MQTT 8883, HTTPS 443, AMQPS 5671.
-async fn start_hub_on_azure_ports(dir: &Path) -> azsim_emulator::HubHandle {
-    crate::support::start_on_fixed_ports(
-        dir,
-        8883,
-        443,
-        |cfg| cfg.amqp_port = Some(5671),
-        "127.0.0.1:8883/443/5671, which the Node SDKs need (is another hub or broker using them?)",
-    )
-    .await
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_official_node_device_service_and_dps_sdks_work_against_the_hub() {
-    let node = match node() {
-        Ok(n) => n,
-        Err(why) => {
-            crate::support::skip(&why);
-            return;
-        }
+    let Some(fixed) = crate::support::node::hub_on_azure_ports(&[
+        "azure-iot-device",
+        "azure-iot-device-mqtt",
+        "azure-iothub",
+        "azure-iot-provisioning-device-mqtt",
+        "azure-iot-security-symmetric-key",
+    ])
+    .await
+    else {
+        return;
     };
-    let _port = crate::support::PORT_8883.lock().await;
-    let tmp = tempfile::tempdir().unwrap();
-    let hub = start_hub_on_azure_ports(&tmp.path().join("hub")).await;
-    let view = TestHub::attach(&hub.info);
-    let work = tmp.path().join("work");
-    std::fs::create_dir_all(&work).unwrap();
-    let cs_file = work.join("service.cs");
-    std::fs::write(&cs_file, &hub.info.service_connection_string).unwrap();
+    let (node, hub, view) = (fixed.node, fixed.hub, fixed.view);
+    let (work, cs_file) = (fixed.work, fixed.cs_file);
 
     device_and_service(&node, &view, &cs_file, "node-mqtt", "mqtt", "Mqtt").await;
     device_and_service(&node, &view, &cs_file, "node-ws", "mqttws", "MqttWs").await;

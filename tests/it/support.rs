@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 pub mod json_child;
+pub mod node;
 pub mod script;
 
 use std::path::{Path, PathBuf};
