@@ -210,7 +210,7 @@ async fn the_node_sdk_provisions_over_amqp_and_amqp_websockets_then_sends_teleme
     hub.stop().await.expect("hub stops cleanly");
 }
 
-mod independent_client {
+pub(crate) mod independent_client {
     //! The same endpoint through an independent client (fe2o3-amqp's connection side), with the
     //! shapes the C# SDK sends (`ProvisioningTransportHandlerAmqp`): an empty data section as
     //! the register body, the status request's body an `amqp-value` string, `Retry-After` read
@@ -307,7 +307,7 @@ mod independent_client {
     }
 
     /// C#'s register without a payload: an empty data section.
-    fn register(correlation: &str) -> Sendable<Body<AmqpValueT>> {
+    pub(crate) fn register(correlation: &str) -> Sendable<Body<AmqpValueT>> {
         request(
             correlation,
             &[("iotdps-operation-type", "iotdps-register")],
@@ -316,7 +316,7 @@ mod independent_client {
     }
 
     /// C#'s status request: the operation as an `amqp-value` string body.
-    fn status(correlation: &str, operation_id: &str) -> Sendable<Body<AmqpValueT>> {
+    pub(crate) fn status(correlation: &str, operation_id: &str) -> Sendable<Body<AmqpValueT>> {
         request(
             correlation,
             &[
@@ -329,7 +329,7 @@ mod independent_client {
         )
     }
 
-    async fn send(tx: &mut Sender, s: Sendable<Body<AmqpValueT>>) -> Outcome {
+    pub(crate) async fn send(tx: &mut Sender, s: Sendable<Body<AmqpValueT>>) -> Outcome {
         tokio::time::timeout(WAIT, tx.send(s))
             .await
             .expect("settled in time")
@@ -337,7 +337,7 @@ mod independent_client {
     }
 
     /// The next answer: its correlation id, `Retry-After`, JSON body.
-    async fn answer(rx: &mut Receiver) -> (Option<MessageId>, Option<String>, Value) {
+    pub(crate) async fn answer(rx: &mut Receiver) -> (Option<MessageId>, Option<String>, Value) {
         let d = tokio::time::timeout(WAIT, rx.recv::<Body<AmqpValueT>>())
             .await
             .expect("an answer in time")

@@ -10,21 +10,17 @@
 use std::time::Duration;
 
 use azsim_emulator::WsBytes;
-use fe2o3_amqp::link::delivery::Sendable;
 use fe2o3_amqp::link::{Receiver, Sender};
 use fe2o3_amqp::sasl_profile::SaslProfile;
-use fe2o3_amqp::types::messaging::{
-    AmqpValue, ApplicationProperties, Body, Data, Message, MessageId, Outcome, Properties,
-};
-use fe2o3_amqp::types::primitives::{Binary, SimpleValue, Value as AmqpValueT};
+use fe2o3_amqp::types::messaging::{MessageId, Outcome};
 use fe2o3_amqp::{Connection, Session};
 use reqwest::Method;
-use serde_json::Value;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest as _;
 use tokio_tungstenite::tungstenite::http::HeaderValue;
 use tokio_tungstenite::tungstenite::{self};
 
 use crate::dps::{registration_token, service};
+use crate::dps_amqp::independent_client::{answer, register, send, status};
 use crate::hub_websocket::tls;
 use crate::support::TestHub;
 
@@ -53,53 +49,6 @@ async fn root_websocket(
         "the hub answers in the subprotocol offered"
     );
     Ok(ws)
-}
-
-/// A DPS request as C# sends it: its correlation id, operation properties and body.
-fn request(
-    correlation: &str,
-    props: &[(&str, &str)],
-    body: Body<AmqpValueT>,
-) -> Sendable<Body<AmqpValueT>> {
-    let mut app = ApplicationProperties::builder();
-    for (k, v) in props {
-        app = app.insert(*k, *v);
-    }
-    let mut m = Message::builder()
-        .properties(Properties {
-            correlation_id: Some(MessageId::String(correlation.into())),
-            ..Properties::default()
-        })
-        .application_properties(app.build())
-        .body(body)
-        .build();
-    if let Some(a) = m.application_properties.as_mut() {
-        a.0.insert("iotdps-forceRegistration".into(), SimpleValue::Bool(false));
-    }
-    Sendable::builder().message(m).settled(false).build()
-}
-
-/// The next answer's correlation id and JSON body.
-async fn answer(rx: &mut Receiver) -> (Option<MessageId>, Value) {
-    let d = tokio::time::timeout(WAIT, rx.recv::<Body<AmqpValueT>>())
-        .await
-        .expect("an answer in time")
-        .expect("an answer");
-    rx.accept(&d).await.expect("accept");
-    let m = d.into_message();
-    let Body::Data(batch) = m.body else {
-        panic!("the answer is a data section: {:?}", m.body);
-    };
-    let bytes: Vec<u8> = batch.iter().flat_map(|d| d.0.to_vec()).collect();
-    let json = serde_json::from_slice(&bytes).expect("JSON");
-    (m.properties.and_then(|p| p.correlation_id), json)
-}
-
-async fn send(tx: &mut Sender, s: Sendable<Body<AmqpValueT>>) -> Outcome {
-    tokio::time::timeout(WAIT, tx.send(s))
-        .await
-        .expect("settled in time")
-        .expect("sent")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -153,17 +102,9 @@ async fn csharp_dps_over_websockets_registers_on_the_root_path() {
         .expect("sender");
 
     // C#'s register: an empty data section.
-    let o = send(
-        &mut tx,
-        request(
-            "reg-1",
-            &[("iotdps-operation-type", "iotdps-register")],
-            Body::Data(vec![Data(Binary::from(Vec::new()))].into()),
-        ),
-    )
-    .await;
+    let o = send(&mut tx, register("reg-1")).await;
     assert!(matches!(o, Outcome::Accepted(_)), "{o:?}");
-    let (corr, body) = answer(&mut rx).await;
+    let (corr, _, body) = answer(&mut rx).await;
     assert_eq!(corr, Some(MessageId::String("reg-1".into())));
     let op = body["operationId"]
         .as_str()
@@ -173,22 +114,9 @@ async fn csharp_dps_over_websockets_registers_on_the_root_path() {
     // local DPS assigns at once, so a few polls do (each answer is awaited, not slept on).
     let mut assigned = None;
     for i in 0..10 {
-        let o = send(
-            &mut tx,
-            request(
-                &format!("poll-{i}"),
-                &[
-                    ("iotdps-operation-type", "iotdps-get-operationstatus"),
-                    ("iotdps-operation-id", &op),
-                ],
-                Body::Value(AmqpValue(AmqpValueT::String(
-                    "iotdps-get-operationstatus".into(),
-                ))),
-            ),
-        )
-        .await;
+        let o = send(&mut tx, status(&format!("poll-{i}"), &op)).await;
         assert!(matches!(o, Outcome::Accepted(_)), "poll {i}: {o:?}");
-        let (corr, body) = answer(&mut rx).await;
+        let (corr, _, body) = answer(&mut rx).await;
         assert_eq!(corr, Some(MessageId::String(format!("poll-{i}"))));
         if body["status"] == "assigned" {
             assigned = Some(body);

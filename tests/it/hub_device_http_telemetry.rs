@@ -24,24 +24,6 @@ fn events_url(hub: &TestHub, device: &str) -> String {
     )
 }
 
-async fn telemetry(hub: &TestHub, device: &str) -> Vec<Value> {
-    let (status, events) = hub
-        .rest(
-            Method::GET,
-            &format!("/emulator/events/recent?deviceId={device}"),
-            None,
-        )
-        .await;
-    assert_eq!(status, 200, "{events}");
-    events
-        .as_array()
-        .expect("an array")
-        .iter()
-        .filter(|e| e["type"] == "telemetry")
-        .cloned()
-        .collect()
-}
-
 #[tokio::test]
 async fn a_device_sends_telemetry_over_https_single_and_batched() {
     let hub = TestHub::start().await;
@@ -67,7 +49,7 @@ async fn a_device_sends_telemetry_over_https_single_and_batched() {
         .await
         .unwrap();
     assert_eq!(r.status(), 204, "{:?}", r.text().await);
-    let events = telemetry(&hub, "ht1").await;
+    let events = hub.telemetry("ht1").await;
     assert_eq!(events.len(), 1, "{events:?}");
     let ev = &events[0];
     assert_eq!(ev["body"], r#"{"temperature":21.5}"#, "{ev}");
@@ -103,7 +85,7 @@ async fn a_device_sends_telemetry_over_https_single_and_batched() {
         .await
         .unwrap();
     assert_eq!(r.status(), 204, "{:?}", r.text().await);
-    let events = telemetry(&hub, "ht1").await;
+    let events = hub.telemetry("ht1").await;
     let first = events.iter().find(|e| e["body"] == "first");
     let second = events.iter().find(|e| e["body"] == "second");
     let (Some(first), Some(second)) = (first, second) else {
@@ -192,8 +174,8 @@ async fn a_device_sends_telemetry_over_https_single_and_batched() {
         .await
         .unwrap();
     assert_eq!(r.status(), 204);
-    assert_eq!(telemetry(&hub, "ht2").await.len(), 1);
-    assert_eq!(telemetry(&hub, "ht1").await.len(), 3, "nothing else stored");
+    assert_eq!(hub.telemetry("ht2").await.len(), 1);
+    assert_eq!(hub.telemetry("ht1").await.len(), 3, "nothing else stored");
     hub.stop().await;
 }
 
@@ -246,10 +228,10 @@ async fn injected_throttle_and_quota_refuse_https_telemetry() {
             .unwrap();
         assert_eq!(r.status(), status, "{kind}");
         assert_eq!(r.headers()["iothub-errorcode"], code, "{kind}");
-        assert!(telemetry(&hub, device).await.is_empty(), "{kind}");
+        assert!(hub.telemetry(device).await.is_empty(), "{kind}");
         assert_eq!(post("tick").await.unwrap().status(), 204, "hf1 unaffected");
     }
-    let events = telemetry(&hub, "hf1").await;
+    let events = hub.telemetry("hf1").await;
     assert_eq!(events.len(), n as usize + 2, "{events:?}");
     hub.stop().await;
 }
@@ -294,9 +276,9 @@ async fn an_x509_device_sends_https_telemetry_with_its_client_certificate() {
     assert_eq!(post(&hub.http(), "hxt1").await.unwrap().status(), 401);
     assert_eq!(post(&http, "hxt2").await.unwrap().status(), 401);
     assert_eq!(post(&http, "hxt1").await.unwrap().status(), 204);
-    let events = telemetry(&hub, "hxt1").await;
+    let events = hub.telemetry("hxt1").await;
     assert_eq!(events.len(), 1, "{events:?}");
     assert_eq!(events[0]["body"], "x509");
-    assert!(telemetry(&hub, "hxt2").await.is_empty());
+    assert!(hub.telemetry("hxt2").await.is_empty());
     hub.stop().await;
 }

@@ -13,27 +13,6 @@ use std::path::{Path, PathBuf};
 use reqwest::Method;
 use serde_json::{Value, json};
 
-use crate::support::TestHub;
-
-/// The telemetry the hub stored for `device`, oldest first.
-async fn telemetry(hub: &TestHub, device: &str) -> Vec<Value> {
-    let (status, events) = hub
-        .rest(
-            Method::GET,
-            &format!("/emulator/events/recent?deviceId={device}"),
-            None,
-        )
-        .await;
-    assert_eq!(status, 200, "{events}");
-    events
-        .as_array()
-        .expect("an array")
-        .iter()
-        .filter(|e| e["type"] == "telemetry")
-        .cloned()
-        .collect()
-}
-
 /// A self-signed certificate for `id` in `dir`: its files and SHA-1 thumbprint.
 fn self_signed(dir: &Path, id: &str) -> (PathBuf, PathBuf, String) {
     let key = rcgen::KeyPair::generate().unwrap();
@@ -182,7 +161,7 @@ async fn the_node_http_transport_sends_telemetry_and_settles_c2d() {
 
     // What the hub stored: the single message with its system and application properties, the
     // batch's three with theirs, the one at the limit; nothing of the refused sends.
-    let events = telemetry(&view, "node-http").await;
+    let events = view.telemetry("node-http").await;
     assert_eq!(events.len(), 5 + n as usize, "{events:?}");
     let single = &events[0];
     assert_eq!(single["body"], r#"{"temperature":21.5}"#, "{single}");
@@ -205,7 +184,7 @@ async fn the_node_http_transport_sends_telemetry_and_settles_c2d() {
     for (i, ev) in events[5..].iter().enumerate() {
         assert_eq!(ev["body"], format!("timed-{i}"), "{ev}");
     }
-    let x509 = telemetry(&view, "node-http-x509").await;
+    let x509 = view.telemetry("node-http-x509").await;
     assert_eq!(x509.len(), 1, "{x509:?}");
     assert_eq!(x509[0]["systemProperties"]["message-id"], "http-x509-1");
     assert_eq!(x509[0]["body"], "from x509");

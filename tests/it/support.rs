@@ -197,6 +197,26 @@ impl TestHub {
         )
     }
 
+    /// The telemetry the hub keeps for `device` (`/emulator/events/recent`, its default limit),
+    /// oldest first: the events of type `telemetry` only.
+    pub async fn telemetry(&self, device: &str) -> Vec<serde_json::Value> {
+        let (status, events) = self
+            .rest(
+                reqwest::Method::GET,
+                &format!("/emulator/events/recent?deviceId={device}"),
+                None,
+            )
+            .await;
+        assert_eq!(status, 200, "{events}");
+        events
+            .as_array()
+            .expect("an array")
+            .iter()
+            .filter(|e| e["type"] == "telemetry")
+            .cloned()
+            .collect()
+    }
+
     /// Register a device; returns its connection string.
     pub async fn create_device(&self, id: &str) -> String {
         let (s, v) = self

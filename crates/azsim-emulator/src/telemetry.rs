@@ -160,20 +160,7 @@ pub fn to_json(
         };
         match SystemProperty::from_name(&name) {
             Some(sp) => {
-                let key = match sp {
-                    SystemProperty::MessageId => "message-id",
-                    SystemProperty::CorrelationId => "correlation-id",
-                    SystemProperty::ContentType => "content-type",
-                    SystemProperty::ContentEncoding => "content-encoding",
-                    SystemProperty::UserId => "user-id",
-                    SystemProperty::CreationTime => "creation-time",
-                    SystemProperty::Expiry => "expiry-time",
-                    SystemProperty::OutputName => "output-name",
-                    SystemProperty::Component => "dt-subject",
-                    SystemProperty::InterfaceId => "interface-id",
-                    _ => sp.name(),
-                };
-                sys.push((key, v));
+                sys.push((system_key(sp), v));
             }
             // Added by the hub for a Plug and Play device; a system property on Azure.
             None if name == "dt-dataschema" => sys.push(("dt-dataschema", v)),
@@ -233,6 +220,24 @@ pub fn to_json(
 }
 
 /// A JSON string, escaped as `serde_json` escapes it.
+/// The key a system property has under `systemProperties` in the message's JSON (the names
+/// Azure's Event Hubs-compatible endpoint uses; the MQTT names for the rest).
+fn system_key(sp: SystemProperty) -> &'static str {
+    match sp {
+        SystemProperty::MessageId => "message-id",
+        SystemProperty::CorrelationId => "correlation-id",
+        SystemProperty::ContentType => "content-type",
+        SystemProperty::ContentEncoding => "content-encoding",
+        SystemProperty::UserId => "user-id",
+        SystemProperty::CreationTime => "creation-time",
+        SystemProperty::Expiry => "expiry-time",
+        SystemProperty::OutputName => "output-name",
+        SystemProperty::Component => "dt-subject",
+        SystemProperty::InterfaceId => "interface-id",
+        _ => sp.name(),
+    }
+}
+
 fn put_str(out: &mut Vec<u8>, s: &str) {
     let _ = serde_json::to_writer(&mut *out, s);
 }
@@ -384,20 +389,7 @@ mod tests {
             };
             match SystemProperty::from_name(&name) {
                 Some(sp) => {
-                    let key = match sp {
-                        SystemProperty::MessageId => "message-id",
-                        SystemProperty::CorrelationId => "correlation-id",
-                        SystemProperty::ContentType => "content-type",
-                        SystemProperty::ContentEncoding => "content-encoding",
-                        SystemProperty::UserId => "user-id",
-                        SystemProperty::CreationTime => "creation-time",
-                        SystemProperty::Expiry => "expiry-time",
-                        SystemProperty::OutputName => "output-name",
-                        SystemProperty::Component => "dt-subject",
-                        SystemProperty::InterfaceId => "interface-id",
-                        _ => sp.name(),
-                    };
-                    sys.insert(key.into(), v);
+                    sys.insert(system_key(sp).into(), v);
                 }
                 // Added by the hub for a Plug and Play device; a system property on Azure.
                 None if name == "dt-dataschema" => {
