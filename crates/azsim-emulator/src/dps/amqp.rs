@@ -62,18 +62,17 @@ pub(crate) struct Address {
     pub registration_id: String,
 }
 
-/// The DPS address a link names, or `None` for any other address.
+/// The DPS address a link names (the shape of a DPS token's resource, read by
+/// `azsim_proto`), or `None` for any other address.
 pub(crate) fn parse_address(path: &str) -> Option<Address> {
-    let mut it = path.split('/');
-    match (it.next(), it.next(), it.next(), it.next()) {
-        (Some(scope), Some("registrations"), Some(id), None)
-            if !scope.is_empty() && !id.is_empty() =>
-        {
-            Some(Address {
-                scope: scope.to_string(),
-                registration_id: id.to_string(),
-            })
-        }
+    match azsim_proto::sas::Resource::parse(path)? {
+        azsim_proto::sas::Resource::DpsRegistration {
+            id_scope,
+            registration_id,
+        } => Some(Address {
+            scope: id_scope.to_string(),
+            registration_id: registration_id.to_string(),
+        }),
         _ => None,
     }
 }
